@@ -1,0 +1,224 @@
+/*
+ * flashattn.h — the C ABI of libflashattn_{cpu,cuda,hip}.
+ *
+ * One header, three libraries with the same symbols. The TypeScript side (ffi/) loads any of them the same way.
+ *
+ * Principles (see DESIGN.md, "The native library"):
+ *   - plain C, `fa_` prefix, every call returns an fa_status (0 = ok);
+ *   - the last error message is thread-local and copied into a caller buffer by fa_last_error() (never returned by
+ *     pointer: Deno's scoped --allow-ffi cannot read C strings);
+ *   - parameters travel in a fixed-layout struct passed by pointer that carries its own size and ABI version;
+ *     the library reports the layout it was compiled with (fa_params_layout) so a loader can refuse a mismatch;
+ *   - no structs by value, no callbacks, no C++ exceptions across the boundary;
+ *   - validation happens at the boundary: bad input returns FA_ERR_INVALID_ARGUMENT (or FA_ERR_UNSUPPORTED) with a
+ *     sentence a user understands, never a crash or an out-of-bounds write;
+ *   - device memory is managed through the library (fa_malloc/fa_free/fa_memcpy_*); on the CPU backend "device"
+ *     memory is ordinary 64-byte-aligned host memory.
+ *
+ * Tensor semantics are flash-attn 2.x's (BSHD layout, bottom-right causal, GQA, sliding window, softcap, ALiBi,
+ * varlen via cu_seqlens, LSE in natural log). Shapes, in elements:
+ *   padded:  q (batch, seqlen_q, heads_q, head_dim), k/v (batch, seqlen_k, heads_kv, head_dim), o like q,
+ *            lse (batch, heads_q, seqlen_q) fp32 contiguous
+ *   varlen:  q (total_q, heads_q, head_dim), k/v (total_k, heads_kv, head_dim), o like q,
+ *            lse (heads_q, total_q) fp32 contiguous; cu_seqlens_q/k int32 of length batch+1, starting at 0,
+ *            non-decreasing, ending at total_q/total_k; seqlen_q/seqlen_k hold the maximum sequence lengths.
+ * The last dimension is contiguous; batch/row/head strides are free (packed QKV works). Strides count elements.
+ *
+ * A query row with no allowed key (possible with windows or seqlen_k = 0) gets O = 0 and LSE = -inf; backward
+ * treats such a row as contributing nothing (dQ row = 0, no dK/dV contribution).
+ */
+#ifndef FLASHATTN_H
+#define FLASHATTN_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define FA_API __declspec(dllexport)
+#else
+#define FA_API __attribute__((visibility("default")))
+#endif
+
+/* Bumped whenever a signature or the fa_attn_params layout changes. */
+#define FA_ABI_VERSION 1
+
+typedef enum fa_status {
+  FA_OK = 0,
+  FA_ERR_INVALID_ARGUMENT = 1, /* the caller's input is wrong (shape, stride, value, null pointer, ...) */
+  FA_ERR_UNSUPPORTED = 2,      /* valid input that no kernel of this library implements (head dim, dtype, arch) */
+  FA_ERR_OUT_OF_MEMORY = 3,    /* host or device allocation failed */
+  FA_ERR_NO_DEVICE = 4,        /* no usable device / driver / runtime for this backend */
+  FA_ERR_DEVICE = 5,           /* the device reported a failure (illegal address, launch failure, ...) */
+  FA_ERR_ABI = 6,              /* params struct_size / abi_version do not match this library */
+  FA_ERR_INTERNAL = 7,         /* a bug in the library: please report it */
+  FA_ERR_BUFFER_TOO_SMALL = 8  /* an output string buffer was too short; the text was truncated */
+} fa_status;
+
+typedef enum fa_dtype {
+  FA_DTYPE_F32 = 0,  /* CPU backend only */
+  FA_DTYPE_F16 = 1,
+  FA_DTYPE_BF16 = 2
+} fa_dtype;
+
+typedef enum fa_alibi_mode {
+  FA_ALIBI_NONE = 0,
+  FA_ALIBI_PER_HEAD = 1,      /* alibi_slopes: fp32 [heads_q] */
+  FA_ALIBI_PER_BATCH_HEAD = 2 /* alibi_slopes: fp32 [batch, heads_q] */
+} fa_alibi_mode;
+
+typedef enum fa_algorithm {
+  FA_ALGO_FLASH = 0, /* tiled, online softmax, never materialises seqlen_q x seqlen_k */
+  FA_ALGO_NAIVE = 1  /* materialised scores (fp32 S and P), the baseline bench compares against; forward only */
+} fa_algorithm;
+
+typedef enum fa_direction {
+  FA_DIR_FORWARD = 0,
+  FA_DIR_BACKWARD = 1,
+  FA_DIR_FORWARD_BACKWARD = 2
+} fa_direction;
+
+/* A strided 4-D view (batch, row, head, dim) of one tensor; dim is contiguous. 32 bytes. */
+typedef struct fa_tensor {
+  void* data;           /*  0: device pointer (host pointer on the CPU backend) */
+  int64_t batch_stride; /*  8: elements between sequences; ignored in varlen mode */
+  int64_t row_stride;   /* 16: elements between consecutive tokens */
+  int64_t head_stride;  /* 24: elements between consecutive heads */
+} fa_tensor;
+
+/*
+ * Everything one forward or backward call needs. Zero-initialise, then set struct_size = sizeof(fa_attn_params)
+ * and abi_version = FA_ABI_VERSION. Unused tensors stay zero (data = NULL). 384 bytes, naturally aligned.
+ *
+ * Masking (key j visible from query i, with d = seqlen_k - seqlen_q of that sequence):
+ *   causal:  j <= i + d                      (bottom-right aligned; equivalent to window (-1, 0))
+ *   window:  i + d - window_left <= j <= i + d + window_right, a negative bound is unbounded
+ * Score:     s = scale * q.k; if softcap > 0: s = softcap * tanh(s / softcap); if ALiBi: s -= slope * |i + d - j|
+ */
+typedef struct fa_attn_params {
+  uint32_t struct_size;  /*   0 */
+  uint32_t abi_version;  /*   4 */
+  int32_t dtype;         /*   8: fa_dtype of q, k, v, o, dout, dq, dk, dv */
+  int32_t batch;         /*  12: number of sequences (varlen: cu_seqlens length - 1) */
+  int32_t seqlen_q;      /*  16: (varlen: max query length) */
+  int32_t seqlen_k;      /*  20: (varlen: max key length) */
+  int32_t heads_q;       /*  24 */
+  int32_t heads_kv;      /*  28: heads_q % heads_kv == 0 */
+  int32_t head_dim;      /*  32: multiple of 8 on GPUs, 8..256 */
+  int32_t is_causal;     /*  36: 0 or 1 */
+  int32_t window_left;   /*  40: -1 = unbounded */
+  int32_t window_right;  /*  44: -1 = unbounded */
+  float scale;           /*  48: softmax scale; 0 means 1/sqrt(head_dim) */
+  float softcap;         /*  52: 0 = off */
+  int32_t alibi_mode;    /*  56: fa_alibi_mode */
+  int32_t num_splits;    /*  60: split-KV count for forward; 0 = heuristic, 1 = no split */
+  int32_t deterministic; /*  64: backward without atomics-order dependence */
+  int32_t total_q;       /*  68: varlen only: tokens in q/o */
+  int32_t total_k;       /*  72: varlen only: tokens in k/v */
+  int32_t algorithm;     /*  76: fa_algorithm */
+  const float* alibi_slopes;     /*  80: fp32, in device memory */
+  const int32_t* cu_seqlens_q;   /*  88: NULL = padded batch; else varlen, in device memory */
+  const int32_t* cu_seqlens_k;   /*  96 */
+  void* stream;                  /* 104: cudaStream_t / hipStream_t; NULL = default stream; ignored on CPU */
+  fa_tensor q;                   /* 112 */
+  fa_tensor k;                   /* 144 */
+  fa_tensor v;                   /* 176 */
+  fa_tensor o;                   /* 208: written by forward, read by backward */
+  float* lse;                    /* 240: fp32; written by forward (may be NULL there), read by backward */
+  fa_tensor dout;                /* 248: backward input */
+  fa_tensor dq;                  /* 280: backward outputs */
+  fa_tensor dk;                  /* 312 */
+  fa_tensor dv;                  /* 344 */
+  int32_t out_kernel;            /* 376: filled by the library: id of the kernel path that ran (see fa_info) */
+  int32_t out_num_splits;        /* 380: filled by the library: split-KV count used */
+} fa_attn_params;                /* 384 */
+
+/*
+ * Field order of fa_params_layout(): out[0] = sizeof(fa_attn_params), out[1] = sizeof(fa_tensor), then the byte
+ * offset of each field below, in this order. The TS loader keeps the same list and refuses a library whose
+ * layout differs.
+ */
+#define FA_PARAMS_LAYOUT_FIELDS                                                                                     \
+  "struct_size,abi_version,dtype,batch,seqlen_q,seqlen_k,heads_q,heads_kv,head_dim,is_causal,window_left,"          \
+  "window_right,scale,softcap,alibi_mode,num_splits,deterministic,total_q,total_k,algorithm,alibi_slopes,"          \
+  "cu_seqlens_q,cu_seqlens_k,stream,q,k,v,o,lse,dout,dq,dk,dv,out_kernel,out_num_splits,"                          \
+  "tensor.data,tensor.batch_stride,tensor.row_stride,tensor.head_stride"
+#define FA_PARAMS_LAYOUT_COUNT 41 /* 2 sizes + 39 offsets */
+
+/* ---- identity and errors ------------------------------------------------------------------------------------ */
+
+/* FA_ABI_VERSION the library was built with. */
+FA_API int32_t fa_abi_version(void);
+
+/* Writes min(capacity, FA_PARAMS_LAYOUT_COUNT) entries of the layout described above; returns the full count. */
+FA_API int32_t fa_params_layout(int64_t* out, int32_t capacity);
+
+/* Copies the calling thread's last error message (NUL-terminated, truncated to len-1 bytes) into buf.
+ * Returns the message length in bytes without the NUL (0 when there is none). */
+FA_API int32_t fa_last_error(char* buf, int64_t len);
+
+/* Self-description as one JSON object, copied into buf (NUL-terminated). Keys:
+ *   backend ("cpu"|"cuda"|"hip"), version, abi, compiler, built_with ({"cuda": "13.0"} / {"hip": "5.2"} / {}),
+ *   archs (list of compiled targets, e.g. ["sm_80","sm_90","compute_90"]; CPU: ["x86_64-avx2", "x86_64"]),
+ *   kernels: [{id, name, directions: ["fwd","bwd"], dtypes, head_dims: [max or list], features: [...],
+ *              min_arch?: "sm_80"}]
+ * Returns FA_ERR_BUFFER_TOO_SMALL (after writing a truncated, still NUL-terminated prefix) if len is too small. */
+FA_API int32_t fa_info(char* buf, int64_t len);
+
+/* ---- devices and memory ------------------------------------------------------------------------------------- */
+
+/* Number of usable devices. The CPU backend always reports 1. A GPU backend on a machine without the driver or
+ * device returns FA_ERR_NO_DEVICE with the reason ("no NVIDIA driver found (libcuda.so.1)", ...) and sets 0. */
+FA_API int32_t fa_device_count(int32_t* count);
+
+/* JSON object about one device: name, arch (e.g. "sm_90" / "gfx90a" / "x86_64-avx2"), multiprocessors (or
+ * cores), memory_bytes, shared_memory_optin_bytes, l2_bytes, driver_version, runtime_version. */
+FA_API int32_t fa_device_info(int32_t device, char* buf, int64_t len);
+
+/* Selects the device later calls use on this thread. */
+FA_API int32_t fa_set_device(int32_t device);
+
+/* Device memory. *out receives the pointer (pass an 8-byte buffer). Zero bytes yields a valid unique pointer. */
+FA_API int32_t fa_malloc(void** out, uint64_t bytes);
+FA_API int32_t fa_free(void* ptr);
+FA_API int32_t fa_memcpy_h2d(void* dst_device, const void* src_host, uint64_t bytes);
+FA_API int32_t fa_memcpy_d2h(void* dst_host, const void* src_device, uint64_t bytes);
+FA_API int32_t fa_memcpy_d2d(void* dst_device, const void* src_device, uint64_t bytes);
+FA_API int32_t fa_memset(void* dst_device, int32_t byte_value, uint64_t bytes);
+FA_API int32_t fa_synchronize(void);
+
+/* Bytes the library holds now and the peak since the last reset: out[0] = current, out[1] = peak. Counts
+ * fa_malloc and the library's own workspaces (split-KV partials, dQ accumulators, naive scores). */
+FA_API int32_t fa_memory_stats(int64_t* out2);
+FA_API int32_t fa_reset_peak_memory(void);
+
+/* ---- attention ---------------------------------------------------------------------------------------------- */
+
+/* O (and LSE when p->lse != NULL) from Q, K, V. Fills p->out_kernel and p->out_num_splits. */
+FA_API int32_t fa_forward(fa_attn_params* p);
+
+/* dQ, dK, dV from dO, O, LSE, Q, K, V (P recomputed from LSE). Fills p->out_kernel. */
+FA_API int32_t fa_backward(fa_attn_params* p);
+
+/* Which kernel would run for this request, without running it: a JSON object copied into buf,
+ *   {"ok": true, "kernel": {"id": 3, "name": "..."}, "num_splits": 1}  or
+ *   {"ok": false, "reasons": ["head_dim 264 exceeds 256", ...]}
+ * direction is an fa_direction. Validation errors are reasons here, not a failing status: the call returns FA_OK
+ * whenever it could write the answer. */
+FA_API int32_t fa_plan(const fa_attn_params* p, int32_t direction, char* buf, int64_t len);
+
+/*
+ * Times `iters` runs of `direction` after `warmup` untimed runs, inside native code (CUDA/HIP events around each
+ * run; a monotonic clock on the CPU). Before every run the last-level cache is flushed (a write over a buffer of
+ * twice its size, outside the timed region). times_ms receives `iters` per-run times in milliseconds.
+ * For backward, p must hold a valid O and LSE (run fa_forward first).
+ */
+FA_API int32_t fa_bench(fa_attn_params* p, int32_t direction, int32_t warmup, int32_t iters, float* times_ms);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* FLASHATTN_H */
