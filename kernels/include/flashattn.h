@@ -206,7 +206,8 @@ FA_API int32_t fa_backward(fa_attn_params* p);
  *   {"ok": true, "kernel": {"id": 3, "name": "..."}, "num_splits": 1}  or
  *   {"ok": false, "reasons": ["head_dim 264 exceeds 256", ...]}
  * direction is an fa_direction. Validation errors are reasons here, not a failing status: the call returns FA_OK
- * whenever it could write the answer. */
+ * whenever it could write the answer. fa_plan never dereferences the data pointers in p (tensors, lse, slopes,
+ * cu_seqlens): callers plan before allocating and may pass any non-NULL placeholder. */
 FA_API int32_t fa_plan(const fa_attn_params* p, int32_t direction, char* buf, int64_t len);
 
 /*
