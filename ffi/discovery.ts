@@ -1,0 +1,62 @@
+// Where libflashattn_<backend>.so is looked for, in order, recording every attempt with its failure text (doctor and
+// error messages list them):
+//   1. an explicit path: --lib / the libPath option, else FLASHATTN_LIB. A failing explicit path is an error, never
+//      a silent fallback to another library.
+//   2. the build folder relative to this module (a source checkout after `bun kernels/build.ts`).
+//   3. beside the package: <package>/prebuilt/<platform>/ and the directory of the running executable (for
+//      `bun build --compile` / `deno compile --include`).
+//   4. the bare soname, resolved by the system loader (LD_LIBRARY_PATH, ldconfig).
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import fs from "node:fs";
+import process from "node:process";
+
+export type BackendName = "cpu" | "cuda" | "hip";
+export const backendNames: readonly BackendName[] = ["cuda", "hip", "cpu"];
+
+export type AttemptSource = "flag" | "env" | "build" | "package" | "executable" | "system";
+
+export interface LoadAttempt {
+  path: string;
+  source: AttemptSource;
+  ok: boolean;
+  error?: string;
+}
+
+export interface Candidate {
+  path: string;
+  source: AttemptSource;
+  explicit: boolean;
+}
+
+export const libraryFileName = (backend: BackendName) => `libflashattn_${backend}.so`;
+
+const moduleDir = path.dirname(fileURLToPath(import.meta.url));
+export const packageRoot = path.resolve(moduleDir, "..");
+
+/** The candidates for one backend, in search order. An explicit path makes it the only candidate. */
+export function libraryCandidates(
+  backend: BackendName,
+  opts: { libPath?: string; env?: Record<string, string | undefined> } = {},
+): Candidate[] {
+  const env = opts.env ?? process.env;
+  if (opts.libPath) return [{ path: path.resolve(opts.libPath), source: "flag", explicit: true }];
+  if (env.FLASHATTN_LIB) return [{ path: path.resolve(env.FLASHATTN_LIB), source: "env", explicit: true }];
+  const file = libraryFileName(backend);
+  const platform = `${process.platform}-${process.arch}`;
+  const list: Candidate[] = [
+    { path: path.join(packageRoot, "build", file), source: "build", explicit: false },
+    { path: path.join(packageRoot, "prebuilt", platform, file), source: "package", explicit: false },
+    { path: path.join(path.dirname(process.execPath), file), source: "executable", explicit: false },
+    { path: file, source: "system", explicit: false },
+  ];
+  // The same file reached two ways is tried once.
+  const seen = new Set<string>();
+  return list.filter((c) => !seen.has(c.path) && seen.add(c.path));
+}
+
+/** A candidate that is a path and does not exist needs no dlopen to fail; say so plainly. */
+export function missingFileError(c: Candidate): string | null {
+  if (c.source === "system") return null;
+  return fs.existsSync(c.path) ? null : "no such file";
+}

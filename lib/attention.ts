@@ -1,0 +1,172 @@
+// attention() / attentionBackward(): host tensors in, host tensors out, on the backend chooseBackend picks.
+// Inputs are copied to device memory owned by the library (host memory for the CPU backend), the call runs, the
+// outputs come back, and every buffer is freed whatever happens.
+import type { Backend, DeviceBuffer } from "./backend.ts";
+import { FlashAttnError } from "./errors.ts";
+import { type AttentionSemantics, describeProblem, type Problem } from "./problem.ts";
+import { type AttnRequest, type BackendChoice, chooseBackend, type DeviceTensors, noBackendError, paramsFor } from "./select.ts";
+import { type Tensor, tensor } from "./tensor.ts";
+
+export interface AttentionOptions extends AttentionSemantics {
+  backend?: BackendChoice;
+  libPath?: string;
+  /** Split-KV count for the forward pass; 0 = the library's heuristic. */
+  numSplits?: number;
+  /** Backward without dependence on the order of atomic additions. */
+  deterministic?: boolean;
+  /** "naive" runs the materialised-scores baseline instead of FlashAttention (forward only). */
+  algorithm?: "flash" | "naive";
+  env?: Record<string, string | undefined>;
+}
+
+export interface AttentionResult {
+  out: Tensor;
+  /** (batch, heads_q, seqlen_q) or, varlen, (heads_q, total_q). */
+  lse: Float32Array;
+  backend: string;
+  kernel: string;
+  numSplits: number;
+  /** Wall time of the native call including synchronisation, in ms (use bench for kernel timings). */
+  ms: number;
+}
+
+export interface BackwardResult {
+  dq: Tensor;
+  dk: Tensor;
+  dv: Tensor;
+  backend: string;
+  kernel: string;
+  ms: number;
+}
+
+function alibiMode(opts: AttentionOptions): AttnRequest["alibi"] {
+  if (!opts.alibiSlopes) return "none";
+  return opts.alibiPerBatch ? "per-batch-head" : "per-head";
+}
+
+function lseLength(p: Problem): number {
+  return p.headsQ * (p.varlen ? p.totalQ : p.batch * p.seqlenQ);
+}
+
+/** Uploads and later frees device buffers for one call. */
+class Scratch {
+  readonly #backend: Backend;
+  readonly #buffers: DeviceBuffer[] = [];
+  constructor(backend: Backend) {
+    this.#backend = backend;
+  }
+  upload(host: ArrayBufferView): bigint {
+    const b = this.#backend.upload(host);
+    this.#buffers.push(b);
+    return b.address;
+  }
+  alloc(bytes: number): DeviceBuffer {
+    const b = this.#backend.alloc(bytes);
+    this.#buffers.push(b);
+    return b;
+  }
+  release(): void {
+    for (const b of this.#buffers.splice(0)) this.#backend.free(b);
+  }
+}
+
+function pick(request: AttnRequest, opts: AttentionOptions): Backend {
+  const { chosen, decisions } = chooseBackend(request, { backend: opts.backend, libPath: opts.libPath, env: opts.env });
+  if (!chosen) throw noBackendError(decisions);
+  return chosen;
+}
+
+function uploadShared(scratch: Scratch, opts: AttentionOptions, p: Problem): Partial<DeviceTensors> {
+  return {
+    alibiSlopes: opts.alibiSlopes ? scratch.upload(opts.alibiSlopes) : undefined,
+    cuSeqlensQ: p.varlen ? scratch.upload(opts.cuSeqlensQ!) : undefined,
+    cuSeqlensK: p.varlen ? scratch.upload(opts.cuSeqlensK!) : undefined,
+  };
+}
+
+function newLike(t: Tensor): Tensor {
+  return tensor(t.dtype, t.shape);
+}
+
+/** Exact attention O = softmax(scale·QKᵀ [+ masks, softcap, ALiBi]) V with its LSE. */
+export async function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): Promise<AttentionResult> {
+  const problem = describeProblem(q, k, v, opts);
+  const request: AttnRequest = {
+    problem, direction: "fwd", algorithm: opts.algorithm, alibi: alibiMode(opts), numSplits: opts.numSplits,
+  };
+  const backend = pick(request, opts);
+  const scratch = new Scratch(backend);
+  try {
+    const out = newLike(q);
+    const lse = new Float32Array(lseLength(problem));
+    const o = scratch.alloc(out.data.byteLength);
+    const l = scratch.alloc(lse.byteLength);
+    const params = paramsFor(request, {
+      q: scratch.upload(q.data), k: scratch.upload(k.data), v: scratch.upload(v.data), o: o.address, lse: l.address,
+      ...uploadShared(scratch, opts, problem),
+    });
+    const t0 = performance.now();
+    const { kernelId, numSplits } = backend.forward(params);
+    backend.synchronize();
+    const ms = performance.now() - t0;
+    backend.download(o, out.data);
+    backend.download(l, lse);
+    return { out, lse, backend: backend.name, kernel: backend.kernelName(kernelId), numSplits, ms };
+  } finally {
+    scratch.release();
+  }
+}
+
+/** dQ, dK, dV from dO and the forward's O and LSE (P recomputed); dK/dV summed over GQA groups. */
+export async function attentionBackward(
+  dout: Tensor,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  out: Tensor,
+  lse: Float32Array,
+  opts: AttentionOptions = {},
+): Promise<BackwardResult> {
+  const problem = describeProblem(q, k, v, opts);
+  for (const [name, t] of [["dout", dout], ["out", out]] as const) {
+    if (t.dtype !== q.dtype || t.shape.join() !== q.shape.join()) {
+      throw new FlashAttnError("BAD_INPUT", `${name} must have q's dtype and shape (${q.dtype}, (${q.shape.join(", ")})), got ${t.dtype} (${t.shape.join(", ")})`);
+    }
+  }
+  if (lse.length !== lseLength(problem)) {
+    throw new FlashAttnError("BAD_INPUT", `lse has ${lse.length} values but this problem has ${lseLength(problem)}`);
+  }
+  const request: AttnRequest = {
+    problem, direction: "bwd", alibi: alibiMode(opts), deterministic: opts.deterministic,
+  };
+  const backend = pick(request, opts);
+  const scratch = new Scratch(backend);
+  try {
+    const dq = newLike(q), dk = newLike(k), dv = newLike(v);
+    const dqBuf = scratch.alloc(dq.data.byteLength);
+    const dkBuf = scratch.alloc(dk.data.byteLength);
+    const dvBuf = scratch.alloc(dv.data.byteLength);
+    const params = paramsFor(request, {
+      q: scratch.upload(q.data), k: scratch.upload(k.data), v: scratch.upload(v.data), o: scratch.upload(out.data),
+      lse: scratch.upload(lse), dout: scratch.upload(dout.data), dq: dqBuf.address, dk: dkBuf.address,
+      dv: dvBuf.address, ...uploadShared(scratch, opts, problem),
+    });
+    const t0 = performance.now();
+    const { kernelId } = backend.backward(params);
+    backend.synchronize();
+    const ms = performance.now() - t0;
+    backend.download(dqBuf, dq.data);
+    backend.download(dkBuf, dk.data);
+    backend.download(dvBuf, dv.data);
+    return { dq, dk, dv, backend: backend.name, kernel: backend.kernelName(kernelId), ms };
+  } finally {
+    scratch.release();
+  }
+}
+
+/** FLOPs of one pass by the field's formula: forward 4·b·h·sq·sk·d (halved for causal), backward 2.5×. */
+export function attentionFlops(p: Pick<Problem, "batch" | "headsQ" | "seqlenQ" | "seqlenK" | "headDim" | "causal">, direction: "fwd" | "bwd" | "fwd+bwd" = "fwd"): number {
+  const fwd = (4 * p.batch * p.headsQ * p.seqlenQ * p.seqlenK * p.headDim) / (p.causal ? 2 : 1);
+  return direction === "fwd" ? fwd : direction === "bwd" ? 2.5 * fwd : 3.5 * fwd;
+}
+

@@ -1,0 +1,146 @@
+// The attention problem a set of host tensors and options describes: shapes checked against each other, varlen
+// sequences resolved, the masking window with causal folded in. Shared by the reference, attention() and the
+// backend decision so that all three read a request the same way.
+import { FlashAttnError } from "./errors.ts";
+import type { DType, Tensor } from "./tensor.ts";
+
+/** The semantics of DESIGN.md (flash-attn 2.x). */
+export interface AttentionSemantics {
+  causal?: boolean;
+  /** [left, right]; -1 = unbounded. */
+  window?: [number, number];
+  softcap?: number;
+  /** Default 1/sqrt(head_dim). */
+  scale?: number;
+  /** fp32 slopes, [heads_q] or (alibiPerBatch) [batch, heads_q]. */
+  alibiSlopes?: Float32Array;
+  alibiPerBatch?: boolean;
+  /** Varlen: q (total_q, heads_q, d), k/v (total_k, heads_kv, d) and int32 cumulative lengths of length batch+1. */
+  cuSeqlensQ?: Int32Array;
+  cuSeqlensK?: Int32Array;
+}
+
+export interface Sequence {
+  /** First token of this sequence in the packed (or padded) q and k/v. */
+  q0: number;
+  k0: number;
+  sq: number;
+  sk: number;
+}
+
+export interface Problem {
+  dtype: DType;
+  batch: number;
+  /** Padded: the sequence lengths; varlen: the maximum lengths. */
+  seqlenQ: number;
+  seqlenK: number;
+  headsQ: number;
+  headsKv: number;
+  headDim: number;
+  varlen: boolean;
+  totalQ: number;
+  totalK: number;
+  sequences: Sequence[];
+  scale: number;
+  /** Resolved window; causal folds in as right = 0. -1 = unbounded. */
+  windowLeft: number;
+  windowRight: number;
+  softcap: number;
+  causal: boolean;
+}
+
+const bad = (message: string, fix?: string) => new FlashAttnError("BAD_INPUT", message, fix);
+
+function checkCuSeqlens(name: string, cu: Int32Array, batch: number, total: number): void {
+  if (cu.length !== batch + 1) throw bad(`${name} has ${cu.length} entries but needs batch + 1 = ${batch + 1}`);
+  if (cu[0] !== 0) throw bad(`${name}[0] must be 0, got ${cu[0]}`);
+  for (let i = 0; i < batch; i++) {
+    if (cu[i + 1] < cu[i]) throw bad(`${name} must be non-decreasing, but ${name}[${i}] = ${cu[i]} > ${name}[${i + 1}] = ${cu[i + 1]}`);
+  }
+  if (cu[batch] !== total) throw bad(`${name}[${batch}] = ${cu[batch]} must equal the ${total} packed tokens`);
+}
+
+/** Reads the problem from tensors and options, refusing inconsistent input with one sentence. */
+export function describeProblem(q: Tensor, k: Tensor, v: Tensor, opts: AttentionSemantics = {}): Problem {
+  if (q.dtype !== k.dtype || q.dtype !== v.dtype) {
+    throw bad(`q, k and v must share a dtype, got ${q.dtype}, ${k.dtype} and ${v.dtype}`);
+  }
+  const varlen = opts.cuSeqlensQ !== undefined || opts.cuSeqlensK !== undefined;
+  const rank = varlen ? 3 : 4;
+  for (const [name, t] of [["q", q], ["k", k], ["v", v]] as const) {
+    if (t.shape.length !== rank) {
+      throw bad(varlen
+        ? `${name} must be (total_tokens, heads, head_dim) for varlen, got shape (${t.shape.join(", ")})`
+        : `${name} must be (batch, seqlen, heads, head_dim), got shape (${t.shape.join(", ")})`);
+    }
+  }
+  if (k.shape.join() !== v.shape.join()) throw bad(`k and v shapes differ: (${k.shape.join(", ")}) vs (${v.shape.join(", ")})`);
+  const d = q.shape[rank - 1];
+  const headsQ = q.shape[rank - 2];
+  const headsKv = k.shape[rank - 2];
+  if (k.shape[rank - 1] !== d) throw bad(`q has head_dim ${d} but k and v have ${k.shape[rank - 1]}`);
+  if (d < 1) throw bad(`head_dim must be at least 1, got ${d}`);
+  if (headsQ < 1 || headsKv < 1) throw bad(`head counts must be at least 1, got ${headsQ} and ${headsKv}`);
+  if (headsQ % headsKv !== 0) {
+    throw bad(`heads_q (${headsQ}) must be a multiple of heads_kv (${headsKv}) for GQA/MQA`,
+      "use a kv head count that divides the query head count");
+  }
+
+  let batch: number, seqlenQ: number, seqlenK: number, totalQ = 0, totalK = 0;
+  const sequences: Sequence[] = [];
+  if (varlen) {
+    const cq = opts.cuSeqlensQ, ck = opts.cuSeqlensK;
+    if (!cq || !ck) throw bad("varlen needs both cu_seqlens_q and cu_seqlens_k");
+    batch = cq.length - 1;
+    if (batch < 1) throw bad("cu_seqlens_q must have at least 2 entries (batch + 1)");
+    totalQ = q.shape[0];
+    totalK = k.shape[0];
+    checkCuSeqlens("cu_seqlens_q", cq, batch, totalQ);
+    checkCuSeqlens("cu_seqlens_k", ck, batch, totalK);
+    seqlenQ = 0;
+    seqlenK = 0;
+    for (let b = 0; b < batch; b++) {
+      const s = { q0: cq[b], k0: ck[b], sq: cq[b + 1] - cq[b], sk: ck[b + 1] - ck[b] };
+      seqlenQ = Math.max(seqlenQ, s.sq);
+      seqlenK = Math.max(seqlenK, s.sk);
+      sequences.push(s);
+    }
+    if (seqlenQ < 1) throw bad("varlen input has no query tokens");
+  } else {
+    [batch, seqlenQ] = q.shape;
+    seqlenK = k.shape[1];
+    if (k.shape[0] !== batch) throw bad(`q has batch ${batch} but k and v have ${k.shape[0]}`);
+    if (batch < 1 || seqlenQ < 1) throw bad(`batch and seqlen_q must be at least 1, got q shape (${q.shape.join(", ")})`);
+    for (let b = 0; b < batch; b++) sequences.push({ q0: b * seqlenQ, k0: b * seqlenK, sq: seqlenQ, sk: seqlenK });
+  }
+
+  const scale = opts.scale ?? 1 / Math.sqrt(d);
+  if (!Number.isFinite(scale) || scale <= 0) throw bad(`scale must be a finite positive number, got ${opts.scale}`);
+  const softcap = opts.softcap ?? 0;
+  if (!Number.isFinite(softcap) || softcap < 0) throw bad(`softcap must be a finite number ≥ 0 (0 = off), got ${opts.softcap}`);
+  const [left, right] = opts.window ?? [-1, -1];
+  for (const w of [left, right]) {
+    if (!Number.isInteger(w) || w < -1) throw bad(`window bounds must be whole numbers ≥ -1 (-1 = unbounded), got (${left}, ${right})`);
+  }
+  const causal = !!opts.causal;
+  if (opts.alibiSlopes) {
+    const want = opts.alibiPerBatch ? batch * headsQ : headsQ;
+    if (opts.alibiSlopes.length !== want) {
+      throw bad(`ALiBi needs ${want} slopes (${opts.alibiPerBatch ? "batch × heads_q" : "one per query head"}), got ${opts.alibiSlopes.length}`);
+    }
+    if (!opts.alibiSlopes.every(Number.isFinite)) throw bad("ALiBi slopes must be finite numbers");
+  }
+  return {
+    dtype: q.dtype, batch, seqlenQ, seqlenK, headsQ, headsKv, headDim: d, varlen, totalQ, totalK, sequences, scale,
+    windowLeft: left, windowRight: causal ? 0 : right, softcap, causal,
+  };
+}
+
+/** The standard ALiBi slopes for `heads` heads (geometric, as in the ALiBi paper and flash-attn's tests). */
+export function standardAlibiSlopes(heads: number): Float32Array {
+  const closestPow2 = 2 ** Math.floor(Math.log2(heads));
+  const base = (n: number) => Array.from({ length: n }, (_, i) => 2 ** (-8 * (i + 1) / n));
+  const slopes = base(closestPow2);
+  if (closestPow2 < heads) slopes.push(...base(2 * closestPow2).filter((_, i) => i % 2 === 0).slice(0, heads - closestPow2));
+  return Float32Array.from(slopes);
+}

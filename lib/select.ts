@@ -1,0 +1,187 @@
+// The backend decision: which of our libraries serves a request, and why every other one does not. `run`, `bench`
+// and `doctor` all call chooseBackend, so what doctor explains is what the other commands do.
+import process from "node:process";
+import { type AttnParams, defaultParams, type TensorView } from "../ffi/layout.ts";
+import { type BackendName, backendNames } from "../ffi/discovery.ts";
+import { type Backend, describeAttempts, type Direction, type LoadAttempt, openBackend } from "./backend.ts";
+import { FlashAttnError } from "./errors.ts";
+import type { Problem } from "./problem.ts";
+
+export type BackendChoice = "auto" | BackendName;
+
+/** What is asked: the problem's shapes and features, which pass, and which algorithm. */
+export interface AttnRequest {
+  problem: Problem;
+  direction: Direction;
+  algorithm?: "flash" | "naive";
+  alibi?: "none" | "per-head" | "per-batch-head";
+  numSplits?: number;
+  deterministic?: boolean;
+}
+
+export interface BackendDecision {
+  backend: BackendName;
+  verdict: "chosen" | "usable" | "rejected" | "disabled";
+  reasons: string[];
+  kernel?: string;
+  library?: string;
+  attempts: LoadAttempt[];
+}
+
+export interface SelectOptions {
+  backend?: BackendChoice;
+  libPath?: string;
+  env?: Record<string, string | undefined>;
+}
+
+/** The device tensors of one call; any may be absent when only planning. */
+export interface DeviceTensors {
+  q: bigint;
+  k: bigint;
+  v: bigint;
+  o: bigint;
+  lse: bigint;
+  dout?: bigint;
+  dq?: bigint;
+  dk?: bigint;
+  dv?: bigint;
+  alibiSlopes?: bigint;
+  cuSeqlensQ?: bigint;
+  cuSeqlensK?: bigint;
+}
+
+/** Contiguous BSHD (or packed THD) views, in elements. */
+function contiguous(data: bigint, rowsPerBatch: number, heads: number, d: number): TensorView {
+  return { data, batchStride: rowsPerBatch * heads * d, rowStride: heads * d, headStride: d };
+}
+
+/** fa_attn_params for a request over contiguous device tensors. */
+export function paramsFor(request: AttnRequest, t: DeviceTensors): AttnParams {
+  const p = request.problem;
+  const rowsQ = p.varlen ? 0 : p.seqlenQ, rowsK = p.varlen ? 0 : p.seqlenK;
+  const qView = (addr: bigint | undefined) => contiguous(addr ?? 0n, rowsQ, p.headsQ, p.headDim);
+  const kView = (addr: bigint | undefined) => contiguous(addr ?? 0n, rowsK, p.headsKv, p.headDim);
+  return {
+    ...defaultParams(),
+    dtype: p.dtype, batch: p.batch, seqlenQ: p.seqlenQ, seqlenK: p.seqlenK, headsQ: p.headsQ, headsKv: p.headsKv,
+    headDim: p.headDim, causal: p.causal, windowLeft: p.windowLeft, windowRight: p.causal ? -1 : p.windowRight,
+    scale: p.scale, softcap: p.softcap, alibiMode: request.alibi ?? "none", numSplits: request.numSplits ?? 0,
+    deterministic: request.deterministic ?? false, totalQ: p.totalQ, totalK: p.totalK,
+    algorithm: request.algorithm ?? "flash", alibiSlopes: t.alibiSlopes ?? 0n, cuSeqlensQ: t.cuSeqlensQ ?? 0n,
+    cuSeqlensK: t.cuSeqlensK ?? 0n,
+    q: qView(t.q), k: kView(t.k), v: kView(t.v), o: qView(t.o), lse: t.lse,
+    dout: qView(t.dout), dq: qView(t.dq), dk: kView(t.dk), dv: kView(t.dv),
+  };
+}
+
+// Planning never dereferences pointers (flashattn.h), so any aligned non-NULL placeholder does.
+const PLACEHOLDER = 0x100000n;
+function placeholders(request: AttnRequest): DeviceTensors {
+  const bwd = request.direction !== "fwd";
+  return {
+    q: PLACEHOLDER, k: PLACEHOLDER, v: PLACEHOLDER, o: PLACEHOLDER, lse: PLACEHOLDER,
+    dout: bwd ? PLACEHOLDER : undefined, dq: bwd ? PLACEHOLDER : undefined,
+    dk: bwd ? PLACEHOLDER : undefined, dv: bwd ? PLACEHOLDER : undefined,
+    alibiSlopes: request.alibi && request.alibi !== "none" ? PLACEHOLDER : undefined,
+    cuSeqlensQ: request.problem.varlen ? PLACEHOLDER : undefined,
+    cuSeqlensK: request.problem.varlen ? PLACEHOLDER : undefined,
+  };
+}
+
+/** The backend the user asked for (flag first, then FLASHATTN_BACKEND), and where that wish came from. */
+export function requestedBackend(opts: SelectOptions): { choice: BackendChoice; source?: string } {
+  const env = opts.env ?? process.env;
+  if (opts.backend && opts.backend !== "auto") return { choice: opts.backend, source: `--backend ${opts.backend}` };
+  const fromEnv = env.FLASHATTN_BACKEND?.trim();
+  if (fromEnv && fromEnv !== "auto") {
+    if (!(backendNames as string[]).includes(fromEnv)) {
+      throw new FlashAttnError("USAGE", `FLASHATTN_BACKEND=${fromEnv} is not one of auto, cpu, cuda, hip`,
+        "unset FLASHATTN_BACKEND or set it to auto, cpu, cuda or hip");
+    }
+    return { choice: fromEnv as BackendName, source: `FLASHATTN_BACKEND=${fromEnv}` };
+  }
+  return { choice: "auto" };
+}
+
+/** Checks one loaded backend against the request: a device, then a kernel that accepts it. */
+function evaluate(backend: Backend, request: AttnRequest): { reasons: string[]; kernel?: string } {
+  let count: number;
+  try {
+    count = backend.deviceCount();
+  } catch (e) {
+    return { reasons: [(e as Error).message.replace(/^\w+: /, "")] };
+  }
+  if (count < 1) return { reasons: ["no device found"] };
+  const plan = backend.plan(paramsFor(request, placeholders(request)), request.direction);
+  if (!plan.ok) return { reasons: plan.reasons.length ? plan.reasons : ["no kernel accepts this request"] };
+  return { reasons: [], kernel: plan.kernel.name };
+}
+
+/**
+ * Decides which backend serves `request`: preference cuda, hip, cpu; a backend the user named (--backend,
+ * FLASHATTN_BACKEND) is the only candidate and the others are reported "disabled"; an explicit library
+ * (--lib, FLASHATTN_LIB) is the only library considered. Every backend gets a verdict with its reasons.
+ */
+export function chooseBackend(request: AttnRequest, opts: SelectOptions = {}): {
+  chosen?: Backend;
+  decisions: BackendDecision[];
+  usable: Map<BackendName, Backend>;
+} {
+  const env = opts.env ?? process.env;
+  const { choice, source } = requestedBackend(opts);
+  const explicitLib = opts.libPath ?? env.FLASHATTN_LIB;
+  const decisions: BackendDecision[] = [];
+  const usable = new Map<BackendName, Backend>();
+
+  if (explicitLib) {
+    const { backend, attempts } = openBackend("cpu", { libPath: opts.libPath, env });
+    if (!backend) {
+      const via = opts.libPath ? `--lib ${opts.libPath}` : `FLASHATTN_LIB=${env.FLASHATTN_LIB}`;
+      throw new FlashAttnError("LIBRARY_NOT_FOUND", `${via} could not be loaded: ${attempts[0]?.error ?? "unknown error"}`,
+        "point it at a libflashattn_<backend>.so built by `bun kernels/build.ts`, or unset it to search the usual places");
+    }
+    if (choice !== "auto" && backend.name !== choice) {
+      throw new FlashAttnError("USAGE", `${source} asks for ${choice}, but the explicit library ${backend.path} is ${backend.name}`);
+    }
+    for (const name of backendNames) {
+      if (name !== backend.name) {
+        decisions.push({ backend: name, verdict: "disabled", reasons: [`an explicit library was named (${explicitLib})`], attempts: [] });
+        continue;
+      }
+      const { reasons, kernel } = evaluate(backend, request);
+      if (reasons.length === 0) usable.set(name, backend);
+      decisions.push({ backend: name, verdict: reasons.length ? "rejected" : "usable", reasons, kernel, library: backend.path, attempts });
+    }
+  } else {
+    for (const name of backendNames) {
+      if (choice !== "auto" && name !== choice) {
+        decisions.push({ backend: name, verdict: "disabled", reasons: [`the user chose ${choice} (${source})`], attempts: [] });
+        continue;
+      }
+      const { backend, attempts } = openBackend(name, { env });
+      if (!backend) {
+        decisions.push({ backend: name, verdict: "rejected", reasons: [`libflashattn_${name}.so not found or not loadable: ${describeAttempts(attempts)}`], attempts });
+        continue;
+      }
+      const { reasons, kernel } = evaluate(backend, request);
+      if (reasons.length === 0) usable.set(name, backend);
+      decisions.push({ backend: name, verdict: reasons.length ? "rejected" : "usable", reasons, kernel, library: backend.path, attempts });
+    }
+  }
+
+  const first = decisions.find((d) => d.verdict === "usable");
+  if (first) first.verdict = "chosen";
+  return { chosen: first ? usable.get(first.backend) : undefined, decisions, usable };
+}
+
+/** One sentence saying why nothing can serve the request, built from the decisions. */
+export function noBackendError(decisions: BackendDecision[]): FlashAttnError {
+  const parts = decisions.filter((d) => d.verdict !== "disabled" || decisions.every((x) => x.verdict === "disabled"))
+    .map((d) => `${d.backend}: ${d.reasons[0] ?? d.verdict}`);
+  const missing = decisions.every((d) => d.verdict === "disabled" || d.reasons[0]?.includes("not found"));
+  return new FlashAttnError(
+    missing ? "LIBRARY_NOT_FOUND" : "NO_BACKEND",
+    `no backend can run this: ${parts.join("; ")}`,
+    missing ? "build the libraries with `bun kernels/build.ts` or point FLASHATTN_LIB at one" : "run `flashattn doctor` for details",
+  );
+}

@@ -1,0 +1,21 @@
+// flashattn: exact tiled attention (FlashAttention) for Bun and Deno.
+//
+//   import { attention, randomTensor } from "flashattn";
+//   const q = randomTensor("fp32", [1, 128, 8, 64], 1), k = randomTensor("fp32", [1, 128, 8, 64], 2);
+//   const v = randomTensor("fp32", [1, 128, 8, 64], 3);
+//   const { out, lse, backend, kernel } = await attention(q, k, v, { causal: true });
+export { attention, attentionBackward, attentionFlops } from "./lib/attention.ts";
+export type { AttentionOptions, AttentionResult, BackwardResult } from "./lib/attention.ts";
+export { naiveSamePrecisionForward, referenceBackward, referenceForward, relativeError, withinTolerance } from "./lib/reference.ts";
+export type { ReferenceGradients, ReferenceOutput } from "./lib/reference.ts";
+export { describeProblem, standardAlibiSlopes } from "./lib/problem.ts";
+export type { AttentionSemantics, Problem } from "./lib/problem.ts";
+export { fromFloat32, randomTensor, tensor, toFloat32 } from "./lib/tensor.ts";
+export type { DType, Tensor } from "./lib/tensor.ts";
+export { Backend, describeAttempts, openBackend } from "./lib/backend.ts";
+export type { DeviceBuffer, DeviceInfo, Direction, LibraryInfo, LoadAttempt, PlanResult } from "./lib/backend.ts";
+export { chooseBackend, paramsFor, requestedBackend } from "./lib/select.ts";
+export type { AttnRequest, BackendChoice, BackendDecision } from "./lib/select.ts";
+export { exitCodeFor, FlashAttnError } from "./lib/errors.ts";
+export type { ErrorCode } from "./lib/errors.ts";
+export type { BackendName } from "./ffi/discovery.ts";
