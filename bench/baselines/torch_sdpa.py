@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""PyTorch SDPA baseline for `flashattn bench`, run as a subprocess (bench/baselines/worker.ts).
+
+Protocol (one JSON object per line):
+  stdout, first line:  {"hello": {...versions and device...}}  or  {"unavailable": "<why>"} and exit 0
+  stdin, per case:     {"op": "case", "case": {batch, seqlenQ, seqlenK, headsQ, headsKv, headDim, causal, dtype,
+                        direction, id}, "warmup": n, "iters": n, "min_iters": n, "budget_ms": ms, "impls": [...]}
+  stdout, per case:    {"id": ..., "results": [{"impl", "status": ok|oom|unsupported|error, "reason"?,
+                        "times_ms"?: [...], "peak_bytes"?: n}]}
+  stdin:               {"op": "quit"} (or EOF) ends the worker.
+
+Timing, the same method as fa_bench: CUDA events around each run on the current stream, after warm-up, with the L2
+cache flushed before every run (a write over a buffer of twice its size, outside the events), so no run finds its
+inputs in cache. That flush replaces rotating inputs: it is stronger (nothing of the previous run survives) and
+does not multiply the memory the peak figure reports. The number of timed runs shrinks for slow cases so one case
+stays within budget_ms; the warm-up runs are timed too and give that estimate.
+
+Peak memory: torch.cuda.max_memory_allocated over one run, minus the flush buffer; it includes the inputs and
+outputs, as our library's figure does.
+"""
+import json
+import math
+import sys
+import warnings
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def one_line(text, limit=240):
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except Exception as error:  # absent or broken install: the bench names it and carries on without torch
+    emit({"unavailable": f"torch is not importable by {sys.executable}: {type(error).__name__}: {one_line(error)}"})
+    sys.exit(0)
+
+if not torch.cuda.is_available():
+    emit({"unavailable": f"torch {torch.__version__} sees no CUDA/ROCm device, and the SDPA baselines need one"})
+    sys.exit(0)
+
+IMPLS = {
+    "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+    "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "sdpa-math": SDPBackend.MATH,
+}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+device = torch.device("cuda")
+props = torch.cuda.get_device_properties(device)
+l2_bytes = int(getattr(props, "L2_cache_size", 0) or 0)
+# Twice the L2 (at least 64 MiB) written before each run evicts everything the previous run left in cache.
+flush = torch.empty(max(2 * l2_bytes, 64 << 20), dtype=torch.int8, device=device)
+flush_bytes = torch.cuda.memory_allocated(device)
+
+emit({"hello": {
+    "torch": torch.__version__,
+    "cuda": torch.version.cuda,
+    "hip": getattr(torch.version, "hip", None),
+    "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    "device": torch.cuda.get_device_name(device),
+    "capability": "sm_%d%d" % torch.cuda.get_device_capability(device),
+    "memory_bytes": int(props.total_memory),
+    "l2_bytes": l2_bytes,
+    "python": sys.version.split()[0],
+    "impls": list(IMPLS),
+}})
+
+
+def make_inputs(c, requires_grad):
+    """BSHD tensors (flash-attn's layout) viewed as BHSD for SDPA: the same memory our kernels read."""
+    dtype = DTYPES[c["dtype"]]
+    b, sq, sk, hq, hkv, d = c["batch"], c["seqlenQ"], c["seqlenK"], c["headsQ"], c["headsKv"], c["headDim"]
+    q = torch.randn(b, sq, hq, d, device=device, dtype=dtype).transpose(1, 2)
+    k = torch.randn(b, sk, hkv, d, device=device, dtype=dtype).transpose(1, 2)
+    v = torch.randn(b, sk, hkv, d, device=device, dtype=dtype).transpose(1, 2)
+    for t in (q, k, v):
+        t.requires_grad_(requires_grad)
+    dout = torch.randn(b, sq, hq, d, device=device, dtype=dtype).transpose(1, 2) if requires_grad else None
+    return q, k, v, dout
+
+
+def runner(c, q, k, v, dout):
+    """A closure running one pass in the case's direction."""
+    gqa = c["headsQ"] != c["headsKv"]
+
+    def forward():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=c["causal"], enable_gqa=gqa)
+
+    if c["direction"] == "fwd":
+        def run():
+            with torch.no_grad():
+                forward()
+        return run
+    if c["direction"] == "bwd":
+        out = forward()  # the graph is kept (retain_graph) so each run is the backward pass alone
+
+        def run():
+            torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+        return run
+
+    def run():
+        torch.autograd.grad(forward(), (q, k, v), dout)
+    return run
+
+
+def time_runs(run, count):
+    """Per-run milliseconds by CUDA events, L2 flushed before each run outside the events."""
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(count)]
+    for i in range(count):
+        flush.zero_()
+        starts[i].record()
+        run()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def measure(c, impl, req):
+    if c["causal"] and c["seqlenQ"] != c["seqlenK"]:
+        return {"status": "unsupported",
+                "reason": "SDPA's is_causal is top-left aligned; flash-attn's causal is bottom-right when seqlen_q != seqlen_k"}
+    requires_grad = c["direction"] != "fwd"
+    state = {}
+    try:
+        with sdpa_kernel([IMPLS[impl]]), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                state["inputs"] = make_inputs(c, requires_grad)
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(device)
+                run = runner(c, *state["inputs"])
+                run()  # first call: compiles/plans, and its peak is the memory figure
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated(device) - flush_bytes
+                warm = time_runs(run, max(1, req["warmup"]))
+                estimate = sorted(warm)[len(warm) // 2]
+                iters = req["iters"]
+                if estimate > 0:
+                    iters = min(iters, max(req["min_iters"], int(req["budget_ms"] / estimate)))
+                times = time_runs(run, iters)
+                return {"status": "ok", "times_ms": times, "peak_bytes": int(peak)}
+            except RuntimeError as error:
+                if isinstance(error, torch.cuda.OutOfMemoryError):
+                    raise
+                # SDPA says "No available kernel" and explains why in warnings: the explanation is the reason.
+                why = [str(w.message) for w in caught if "kernel" in str(w.message).lower() or "requires" in str(w.message).lower()]
+                text = why[0] if why else str(error)
+                status = "unsupported" if ("No available kernel" in str(error) or why) else "error"
+                return {"status": status, "reason": one_line(text)}
+    except torch.cuda.OutOfMemoryError as error:
+        return {"status": "oom", "reason": one_line(str(error).split(".")[0])}
+    except Exception as error:  # anything else is this row's failure, never the sweep's
+        return {"status": "error", "reason": one_line(f"{type(error).__name__}: {error}")}
+    finally:
+        state.clear()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # give the memory back so the next case (ours, in the other process) has it
+
+
+def main():
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        if req.get("op") == "quit":
+            break
+        c = req["case"]
+        results = []
+        for impl in req.get("impls", list(IMPLS)):
+            if impl not in IMPLS:
+                results.append({"impl": impl, "status": "error", "reason": f"unknown SDPA implementation {impl}"})
+                continue
+            results.append({"impl": impl, **measure(c, impl, req)})
+        emit({"id": c["id"], "results": results})
+
+
+if __name__ == "__main__":
+    main()

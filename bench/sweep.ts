@@ -1,0 +1,175 @@
+// Problem sets: the presets of issue #5 and the flags that override them, expanded into the list of cases a bench
+// run measures. Pure functions (no FFI), so expansion and flag checking are tested without a library.
+//
+//   fa      the sweep of flash-attention's own figures: batch · seqlen = 16k tokens, hidden 2048
+//           (heads = 2048 / head_dim), seqlen 512..16k, head_dim 64/128/256, causal off and on, bf16, fwd and bwd
+//   decode  one query token against a long KV cache (4k..128k), GQA 32 query heads over 8 KV heads, head_dim 128
+//   quick   a few small shapes that finish in seconds on a 2-core CPU (the default without a GPU)
+import type { DType } from "../ffi/layout.ts";
+import { FlashAttnError } from "../lib/errors.ts";
+import { attentionFlops, type Direction, directions, type ProblemSize } from "./flops.ts";
+
+export interface BenchCase extends ProblemSize {
+  /** Stable key of the case (shape + direction), used to join our rows with baseline rows. */
+  id: string;
+  direction: Direction;
+  /** decode cases are judged by K+V bytes/s against the copy bandwidth, prefill cases by TFLOP/s. */
+  kind: "prefill" | "decode";
+}
+
+export type PresetName = "fa" | "decode" | "quick";
+export const presetNames: readonly PresetName[] = ["fa", "decode", "quick"];
+
+/** A sweep before expansion. batch and heads may be derived from a token count and a hidden size. */
+export interface SweepSpec {
+  seqlens: number[];
+  /** Query lengths; absent means seqlen_q = seqlen_k (prefill). */
+  seqlensQ?: number[];
+  hdims: number[];
+  /** Explicit batch sizes, or derived as max(1, tokens / seqlen). */
+  batches?: number[];
+  tokens: number;
+  /** Explicit query head counts, or derived as hidden / head_dim. */
+  heads?: number[];
+  hidden: number;
+  /** KV head counts; absent means heads_kv = heads_q (MHA). */
+  headsKv?: number[];
+  causal: boolean[];
+  /** "auto" is bf16 where a GPU is measured, fp32 on a CPU-only run. */
+  dtype: DType | "auto";
+  directions: Direction[];
+  kind: "prefill" | "decode";
+}
+
+const k = 1024;
+
+export const presets: Record<PresetName, SweepSpec> = {
+  fa: {
+    seqlens: [512, 1 * k, 2 * k, 4 * k, 8 * k, 16 * k], hdims: [64, 128, 256], tokens: 16 * k, hidden: 2048,
+    causal: [false, true], dtype: "bf16", directions: ["fwd", "bwd"], kind: "prefill",
+  },
+  decode: {
+    seqlens: [4 * k, 8 * k, 16 * k, 32 * k, 64 * k, 128 * k], seqlensQ: [1], hdims: [128], batches: [1, 8],
+    tokens: 0, heads: [32], hidden: 0, headsKv: [8], causal: [false], dtype: "bf16", directions: ["fwd"],
+    kind: "decode",
+  },
+  quick: {
+    seqlens: [128, 256], hdims: [64], batches: [2], tokens: 0, heads: [4], hidden: 0, headsKv: [2],
+    causal: [false, true], dtype: "auto", directions: ["fwd", "bwd"], kind: "prefill",
+  },
+};
+
+/** Flags that override a preset; each is a list as typed by the user (already split, not yet checked). */
+export interface SweepOverrides {
+  seqlen?: string;
+  seqlenQ?: string;
+  hdim?: string;
+  batch?: string;
+  heads?: string;
+  headsKv?: string;
+  causal?: string;
+  dtype?: string;
+  direction?: string;
+}
+
+// Limits that keep a typo from asking for an absurd sweep; the native library validates the rest.
+const limits = { seqlen: 1 << 20, hdim: 256, batch: 1 << 16, heads: 1024, cases: 4096 };
+
+function usage(message: string): never {
+  throw new FlashAttnError("USAGE", message);
+}
+
+/** "512,1k,16k" -> [512, 1024, 16384]; every entry a whole number in 1..max. */
+export function parseSizeList(flag: string, text: string, max: number): number[] {
+  const items = text.split(",").map((s) => s.trim()).filter((s) => s.length > 0);
+  if (items.length === 0) usage(`--${flag} needs at least one value`);
+  return items.map((item) => {
+    const m = /^(\d+)([kK]?)$/.exec(item);
+    if (!m) usage(`--${flag}: "${item}" is not a whole number (suffix k = ×1024 allowed)`);
+    const value = Number(m[1]) * (m[2] ? 1024 : 1);
+    if (!Number.isSafeInteger(value) || value < 1 || value > max) usage(`--${flag}: ${item} is outside 1..${max}`);
+    return value;
+  });
+}
+
+function parseCausal(text: string): boolean[] {
+  const choices: Record<string, boolean[]> = {
+    on: [true], true: [true], yes: [true], off: [false], false: [false], no: [false], both: [false, true],
+  };
+  const v = choices[text.trim().toLowerCase()];
+  if (!v) usage(`--causal takes on, off or both, not "${text}"`);
+  return v;
+}
+
+function parseDirections(text: string): Direction[] {
+  const list = text.split(",").map((s) => s.trim());
+  for (const d of list) if (!(directions as string[]).includes(d)) usage(`--direction takes fwd, bwd or fwd+bwd (comma list), not "${d}"`);
+  return [...new Set(list as Direction[])];
+}
+
+function parseDtype(text: string): DType {
+  if (text === "fp32" || text === "fp16" || text === "bf16") return text;
+  usage(`--dtype takes fp16, bf16 or fp32, not "${text}"`);
+}
+
+/** The preset with the user's flags applied. */
+export function applyOverrides(base: SweepSpec, o: SweepOverrides): SweepSpec {
+  const spec: SweepSpec = structuredClone(base);
+  if (o.seqlen !== undefined) spec.seqlens = parseSizeList("seqlen", o.seqlen, limits.seqlen);
+  if (o.seqlenQ !== undefined) spec.seqlensQ = parseSizeList("seqlen-q", o.seqlenQ, limits.seqlen);
+  if (o.hdim !== undefined) spec.hdims = parseSizeList("hdim", o.hdim, limits.hdim);
+  if (o.batch !== undefined) spec.batches = parseSizeList("batch", o.batch, limits.batch);
+  if (o.heads !== undefined) spec.heads = parseSizeList("heads", o.heads, limits.heads);
+  if (o.headsKv !== undefined) spec.headsKv = parseSizeList("heads-kv", o.headsKv, limits.heads);
+  if (o.causal !== undefined) spec.causal = parseCausal(o.causal);
+  if (o.dtype !== undefined) spec.dtype = parseDtype(o.dtype);
+  if (o.direction !== undefined) spec.directions = parseDirections(o.direction);
+  return spec;
+}
+
+export function caseId(c: Omit<BenchCase, "id">): string {
+  const gqa = c.headsKv === c.headsQ ? `h${c.headsQ}` : `h${c.headsQ}/${c.headsKv}`;
+  const seq = c.seqlenQ === c.seqlenK ? `s${c.seqlenK}` : `q${c.seqlenQ}k${c.seqlenK}`;
+  return `b${c.batch} ${seq} ${gqa} d${c.headDim}${c.causal ? " causal" : ""} ${c.dtype} ${c.direction}`;
+}
+
+/**
+ * Every case of a sweep, grouped as the chart draws them: direction, then head_dim, then causal, then seqlen
+ * ascending (so a run that stops early has finished whole panels, and per-implementation speed learnt on small
+ * shapes predicts the large ones).
+ */
+export function expandSweep(spec: SweepSpec, ctx: { gpu: boolean }): BenchCase[] {
+  const dtype: DType = spec.dtype === "auto" ? (ctx.gpu ? "bf16" : "fp32") : spec.dtype;
+  const cases: BenchCase[] = [];
+  const seen = new Set<string>();
+  for (const direction of spec.directions) {
+    for (const headDim of spec.hdims) {
+      for (const causal of spec.causal) {
+        for (const seqlenK of [...spec.seqlens].sort((a, b) => a - b)) {
+          const batches = spec.batches ?? [Math.max(1, Math.floor(spec.tokens / seqlenK))];
+          const headsList = spec.heads ?? [Math.floor(spec.hidden / headDim)];
+          for (const batch of batches) {
+            for (const headsQ of headsList) {
+              if (headsQ < 1) usage(`hidden ${spec.hidden} / head_dim ${headDim} leaves no heads; pass --heads`);
+              for (const headsKv of spec.headsKv ?? [headsQ]) {
+                if (headsQ % headsKv !== 0) usage(`--heads ${headsQ} is not a multiple of --heads-kv ${headsKv}`);
+                for (const seqlenQ of spec.seqlensQ ?? [seqlenK]) {
+                  const c = { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim, causal, dtype, direction, kind: spec.kind };
+                  const id = caseId(c);
+                  if (seen.has(id)) continue;
+                  seen.add(id);
+                  cases.push({ id, ...c });
+                  if (cases.length > limits.cases) usage(`the sweep has more than ${limits.cases} cases; narrow the flags`);
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return cases;
+}
+
+/** Total forward-equivalent work of a sweep, for progress and ETA weighting. */
+export const sweepFlops = (cases: BenchCase[]) => cases.reduce((sum, c) => sum + attentionFlops(c, c.direction), 0);
