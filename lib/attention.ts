@@ -16,6 +16,8 @@ export interface AttentionOptions extends AttentionSemantics {
   deterministic?: boolean;
   /** "naive" runs the materialised-scores baseline instead of FlashAttention (forward only). */
   algorithm?: "flash" | "naive";
+  /** Fill the outputs with NaN before the call, so an element the kernel never wrote cannot pass a check. */
+  poison?: boolean;
   env?: Record<string, string | undefined>;
 }
 
@@ -101,6 +103,7 @@ export async function attention(q: Tensor, k: Tensor, v: Tensor, opts: Attention
     const lse = new Float32Array(lseLength(problem));
     const o = scratch.alloc(out.data.byteLength);
     const l = scratch.alloc(lse.byteLength);
+    if (opts.poison) for (const b of [o, l]) backend.fill(b, 0xff);
     const params = paramsFor(request, {
       q: scratch.upload(q.data), k: scratch.upload(k.data), v: scratch.upload(v.data), o: o.address, lse: l.address,
       ...uploadShared(scratch, opts, problem),
@@ -146,6 +149,7 @@ export async function attentionBackward(
     const dqBuf = scratch.alloc(dq.data.byteLength);
     const dkBuf = scratch.alloc(dk.data.byteLength);
     const dvBuf = scratch.alloc(dv.data.byteLength);
+    if (opts.poison) for (const b of [dqBuf, dkBuf, dvBuf]) backend.fill(b, 0xff);
     const params = paramsFor(request, {
       q: scratch.upload(q.data), k: scratch.upload(k.data), v: scratch.upload(v.data), o: scratch.upload(out.data),
       lse: scratch.upload(lse), dout: scratch.upload(dout.data), dq: dqBuf.address, dk: dkBuf.address,
