@@ -1,0 +1,69 @@
+// The GPU backends against the fp64 reference over the same DESIGN.md grid as the CPU suite, in fp16/bf16, with
+// the tolerance rule (≤ 1e-2 and ≤ 2× a naive same-precision implementation). Every kernel path of the CUDA library
+// is exercised: the dispatcher's own choice, then each path forced through FLASHATTN_KERNEL where it can serve the
+// case. On a machine without a GPU every test here is skipped, and the skip says why.
+//
+// Run only these on a GPU machine: scripts/test.sh test/gpu.test.ts
+import { describe, expect, test } from "bun:test";
+import { type Backend, openBackend } from "../lib/backend.ts";
+import type { AttentionOptions } from "../lib/attention.ts";
+import type { BackendName } from "../ffi/discovery.ts";
+import { backwardCases, type Case, checkBackward, checkForward, forwardCases, inGpuDtype } from "./support/grid.ts";
+
+/** A usable GPU backend, or the sentence that explains why there is none. */
+function gpuBackend(name: BackendName): { backend?: Backend; why?: string } {
+  const { backend, attempts } = openBackend(name);
+  if (!backend) return { why: `libflashattn_${name}.so not loadable (${attempts.map((a) => a.error).join("; ")})` };
+  try {
+    const n = backend.deviceCount();
+    return n > 0 ? { backend } : { why: `${name}: no device` };
+  } catch (e) {
+    return { why: (e as Error).message };
+  }
+}
+
+for (const name of ["cuda", "hip"] as const) {
+  const { backend, why } = gpuBackend(name);
+  const title = backend ? `${name} on ${backend.deviceInfo(0).name}` : `${name} (skipped: ${why})`;
+  describe.skipIf(!backend)(title, () => {
+    const run: AttentionOptions = { backend: name };
+    const gpuForward = forwardCases.map(inGpuDtype);
+    const gpuBackward = backwardCases.map(inGpuDtype);
+
+    describe("forward, dispatcher's choice", () => {
+      for (const c of gpuForward) test(`${c.name} [${c.dtype}]`, () => checkForward(c, run).then(() => {}));
+    });
+    describe("backward, dispatcher's choice", () => {
+      for (const c of gpuBackward) test(`${c.name} [${c.dtype}]`, () => checkBackward(c, run));
+    });
+
+    // Each kernel path forced: a path that cannot serve a case must say why (plan), never compute garbage.
+    const paths = backend?.info().kernels ?? [];
+    for (const kernel of paths) {
+      const forced: AttentionOptions = { ...run, env: { ...process.env, FLASHATTN_KERNEL: kernel.name } };
+      const dirs = kernel.directions ?? ["fwd"];
+      describe(`path ${kernel.name}`, () => {
+        const cases: Array<[Case, "fwd" | "bwd"]> = [
+          ...(dirs.includes("fwd") ? gpuForward.map((c) => [c, "fwd"] as [Case, "fwd"]) : []),
+          ...(dirs.includes("bwd") ? gpuBackward.map((c) => [c, "bwd"] as [Case, "bwd"]) : []),
+        ];
+        for (const [c, dir] of cases) {
+          test(`${dir} ${c.name} [${c.dtype}]`, async () => {
+            process.env.FLASHATTN_KERNEL = kernel.name;
+            try {
+              if (dir === "fwd") await checkForward(c, forced);
+              else await checkBackward(c, forced);
+            } catch (e) {
+              // Refusals are fine (the path does not cover this case); wrong numbers are not.
+              const message = (e as Error).message;
+              if (/exceeds|LSE|NaN/.test(message)) throw e;
+              expect(message).toMatch(/no backend can run this|not|unsupported|cannot/i);
+            } finally {
+              delete process.env.FLASHATTN_KERNEL;
+            }
+          });
+        }
+      });
+    }
+  });
+}
