@@ -1,0 +1,298 @@
+// What the doctor knows about a machine. Probes (doctor/probes/) produce these facts; rules (doctor/rules/) read
+// nothing else, so a report saved with `--json` on one machine replays to the same diagnosis anywhere
+// (`--facts FILE`). The JSON form is documented in doctor/schema.json and docs/doctor.md; bump
+// REPORT_SCHEMA_VERSION on any incompatible change.
+
+export const REPORT_SCHEMA_VERSION = 1;
+export const REPORT_SCHEMA_ID = `flashattn.doctor/${REPORT_SCHEMA_VERSION}`;
+
+/** How a probe ended. "absent" = the thing it looks for is not installed (not an error by itself). */
+export type ProbeStatus = "ok" | "absent" | "error" | "timeout";
+
+export interface ProbeResult {
+  status: ProbeStatus;
+  /** One line: the library's, the loader's or the tool's own words when the probe did not succeed. */
+  error?: string;
+  ms?: number;
+}
+
+export interface HostFacts {
+  os: string;
+  arch: string;
+  kernel?: string;
+  runtime: string;
+  /** The user's group names (for /dev/kfd and /dev/nvidia* access). */
+  groups?: string[];
+  /** Environment variables that change what loads or what is chosen (secrets are never collected). */
+  env: Record<string, string>;
+}
+
+// ---- NVIDIA ---------------------------------------------------------------------------------------------------
+
+export interface NvmlDevice {
+  index: number;
+  name?: string;
+  uuid?: string;
+  /** "9.0" */
+  compute_capability?: string;
+  memory_total_bytes?: number;
+  /** NVML architecture id (TURING=6 ... BLACKWELL=10) */
+  architecture?: number;
+  /** null when the GPU has no MIG support */
+  mig?: { current: boolean; pending: boolean } | null;
+}
+
+export interface NvmlFacts extends ProbeResult {
+  library?: string;
+  /** nvmlReturn_t of the call that failed, with its name */
+  code?: number;
+  code_name?: string;
+  driver_version?: string;
+  /** highest CUDA the driver supports, "13.0" */
+  cuda_driver_version?: string;
+  devices?: NvmlDevice[];
+}
+
+export interface CudaDevice {
+  index: number;
+  name?: string;
+  compute_capability?: string;
+  multiprocessors?: number;
+  memory_bytes?: number;
+  shared_memory_per_block_optin_bytes?: number;
+  shared_memory_per_sm_bytes?: number;
+  l2_bytes?: number;
+  pci_bus_id?: string;
+  /** CU_COMPUTEMODE: 0 default, 2 prohibited, 3 exclusive process */
+  compute_mode?: number;
+}
+
+export interface CudaDriverFacts extends ProbeResult {
+  /** The file the loader actually mapped for libcuda.so.1 (from /proc/self/maps). */
+  library?: string;
+  /** CUresult of the call that failed (cuInit usually), with its name. */
+  code?: number;
+  code_name?: string;
+  /** cuDriverGetVersion as "major.minor" */
+  driver_cuda_version?: string;
+  devices?: CudaDevice[];
+}
+
+export interface NvidiaSmiFacts extends ProbeResult {
+  path?: string;
+  exit_code?: number;
+  driver_version?: string;
+  cuda_version?: string;
+  gpus?: { name: string; compute_capability?: string; memory_mib?: number }[];
+}
+
+export interface NvidiaFacts {
+  /** /proc/driver/nvidia/version: the kernel module's version (null when the module is not loaded). */
+  kernel_module: { loaded: boolean; version?: string };
+  /** /dev/nvidia* device nodes present */
+  device_nodes: string[];
+  nvml: NvmlFacts;
+  cuda_driver: CudaDriverFacts;
+  smi: NvidiaSmiFacts;
+}
+
+// ---- AMD ------------------------------------------------------------------------------------------------------
+
+export interface HipDevice {
+  index: number;
+  name?: string;
+  /** gcnArchName, e.g. "gfx90a:sramecc+:xnack-" */
+  gcn_arch_name?: string;
+  memory_bytes?: number;
+}
+
+export interface HipFacts extends ProbeResult {
+  library?: string;
+  code?: number;
+  code_name?: string;
+  /** "6.2" from hipRuntimeGetVersion */
+  runtime_version?: string;
+  devices?: HipDevice[];
+}
+
+export interface KfdFacts {
+  exists: boolean;
+  /** whether this user can open /dev/kfd read-write */
+  accessible?: boolean;
+  owner_group?: string;
+  mode?: string;
+}
+
+export interface AmdToolFacts extends ProbeResult {
+  path?: string;
+  exit_code?: number;
+  /** gfx names of GPU agents (rocminfo) or target_graphics_version (amd-smi) */
+  gpus?: { name?: string; gfx: string }[];
+}
+
+export interface AmdFacts {
+  kfd: KfdFacts;
+  /** "amdgpu" kernel module present (/sys/module/amdgpu) */
+  kernel_module: boolean;
+  hip: HipFacts;
+  rocminfo: AmdToolFacts;
+  amd_smi: AmdToolFacts;
+}
+
+// ---- toolkits -------------------------------------------------------------------------------------------------
+
+export interface ToolFacts extends ProbeResult {
+  path?: string;
+  /** where it was found: "PATH", "CUDA_HOME", "ROCM_PATH", a fixed directory */
+  source?: string;
+  version?: string;
+}
+
+export interface ToolkitFacts {
+  nvcc: ToolFacts;
+  hipcc: ToolFacts;
+}
+
+// ---- our native libraries and the backend decision -------------------------------------------------------------
+
+export type BackendName = "cpu" | "cuda" | "hip";
+
+export interface LoadAttemptFacts {
+  path: string;
+  source: string;
+  ok: boolean;
+  error?: string;
+}
+
+export interface SelfTestFacts {
+  ok: boolean;
+  /** the problem it ran, in words */
+  problem: string;
+  kernel?: string;
+  rel_error?: number;
+  tolerance?: number;
+  ms?: number;
+  error?: string;
+}
+
+export interface LibraryFacts {
+  backend: BackendName;
+  loaded: boolean;
+  path?: string;
+  attempts: LoadAttemptFacts[];
+  /** fa_info as the library reported it */
+  info?: {
+    version?: string;
+    abi?: number;
+    compiler?: string;
+    built_with?: Record<string, string>;
+    archs?: string[];
+    kernels?: string[];
+  };
+  device_count?: number;
+  device_error?: string;
+  /** fa_device_info of each device */
+  devices?: Record<string, unknown>[];
+  self_test?: SelfTestFacts;
+}
+
+export interface BackendDecisionFacts {
+  backend: BackendName;
+  verdict: "chosen" | "usable" | "rejected" | "disabled";
+  reasons: string[];
+  kernel?: string;
+  library?: string;
+}
+
+export interface FlashattnFacts extends ProbeResult {
+  libraries: LibraryFacts[];
+  /** what was asked for and by whom: the default, --backend, or FLASHATTN_BACKEND */
+  request: { backend: "auto" | BackendName; source: "default" | "flag" | "env"; problem: string };
+  decisions: BackendDecisionFacts[];
+  chosen?: BackendName;
+}
+
+// ---- Python stack ----------------------------------------------------------------------------------------------
+
+export interface PyModuleFacts {
+  installed: boolean;
+  /** distribution version from package metadata */
+  version?: string;
+  importable?: boolean;
+  /** last line of the import error */
+  import_error?: string;
+  /** the first `undefined symbol: X` of the import error */
+  undefined_symbol?: string;
+  /** where the wheel came from (direct_url.json), which may carry the flash-attn wheel tag */
+  wheel_url?: string;
+}
+
+export interface TorchFacts extends PyModuleFacts {
+  cuda?: string | null;
+  hip?: string | null;
+  cuda_available?: boolean;
+  device_count?: number;
+  arch_list?: string[];
+  cxx11_abi?: boolean;
+  devices?: { name: string; capability: string; gcn_arch_name?: string }[];
+}
+
+export interface PythonFacts extends ProbeResult {
+  executable?: string;
+  version?: string;
+  torch?: TorchFacts;
+  flash_attn?: PyModuleFacts;
+  flash_attn_3?: PyModuleFacts;
+  /** csrc/rotary: rotary_emb */
+  rotary?: PyModuleFacts;
+  /** csrc/layer_norm: dropout_layer_norm */
+  layer_norm?: PyModuleFacts;
+  triton?: PyModuleFacts;
+  transformers?: PyModuleFacts & { flash_attn_2_available?: boolean; sdpa_available?: boolean };
+}
+
+// ---- the whole ---------------------------------------------------------------------------------------------------
+
+export interface DoctorFacts {
+  host: HostFacts;
+  nvidia: NvidiaFacts;
+  amd: AmdFacts;
+  toolkits: ToolkitFacts;
+  flashattn: FlashattnFacts;
+  python: PythonFacts;
+}
+
+export type Severity = "ok" | "info" | "warning" | "error";
+
+export type Section = "system" | "nvidia" | "amd" | "toolkits" | "libraries" | "python" | "backend";
+
+export interface Finding {
+  /** stable identifier, dotted: "nvidia.driver_too_old" */
+  id: string;
+  section: Section;
+  severity: Severity;
+  message: string;
+  /** what to do about it; every warning and error has one */
+  fix?: string;
+  /** more lines, printed with --verbose */
+  details?: string[];
+}
+
+export interface DoctorOptions {
+  /** --require: this backend (or any GPU backend) must be usable */
+  require?: "cuda" | "hip" | "gpu" | "cpu";
+}
+
+export interface DoctorReport {
+  schema: string;
+  created_at: string;
+  tool: { name: "flashattn"; version: string; runtime: string };
+  /** set when the facts were read from a saved report (--facts) */
+  replayed_from?: string;
+  options: DoctorOptions;
+  summary: { errors: number; warnings: number; chosen_backend: BackendName | null; healthy: boolean; line: string };
+  exit_code: 0 | 1;
+  findings: Finding[];
+  backends: BackendDecisionFacts[];
+  facts: DoctorFacts;
+}

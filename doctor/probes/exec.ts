@@ -1,0 +1,112 @@
+// Runs one external program with a hard deadline and returns what it said; never throws. A program that is not
+// installed is "absent", one that overruns is killed (SIGKILL: a process stuck in a driver call may ignore SIGTERM)
+// and reported as "timeout" without waiting for it to exit.
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import process from "node:process";
+import type { ProbeStatus } from "../facts.ts";
+
+export interface ExecResult {
+  status: ProbeStatus;
+  exitCode?: number;
+  signal?: string;
+  stdout: string;
+  stderr: string;
+  ms: number;
+  /** why it failed to start or was stopped */
+  error?: string;
+}
+
+/** Output beyond this is dropped: a tool that floods its pipes must not grow our memory. */
+const MAX_OUTPUT_BYTES = 4 << 20;
+
+export function execWithTimeout(
+  command: string,
+  args: string[],
+  opts: { timeoutMs: number; env?: Record<string, string | undefined>; input?: string } = { timeoutMs: 10_000 },
+): Promise<ExecResult> {
+  const started = performance.now();
+  const elapsed = () => Math.round(performance.now() - started);
+  return new Promise((resolve) => {
+    let settled = false;
+    const finish = (r: Omit<ExecResult, "ms">) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve({ ...r, ms: elapsed() });
+    };
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let outBytes = 0;
+    const collect = (into: Buffer[]) => (chunk: Buffer) => {
+      if (outBytes >= MAX_OUTPUT_BYTES) return;
+      outBytes += chunk.length;
+      into.push(chunk);
+    };
+    const text = (b: Buffer[]) => Buffer.concat(b).toString("utf8");
+
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(command, args, {
+        env: (opts.env ?? process.env) as NodeJS.ProcessEnv,
+        stdio: [opts.input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+      });
+    } catch (e) {
+      resolve({ status: "error", stdout: "", stderr: "", ms: elapsed(), error: (e as Error).message });
+      return;
+    }
+    const timer = setTimeout(() => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* already gone */ }
+      child.unref();
+      finish({
+        status: "timeout",
+        stdout: text(out),
+        stderr: text(err),
+        error: `${path.basename(command)} did not finish within ${opts.timeoutMs / 1000} s`,
+      });
+    }, opts.timeoutMs);
+    child.stdout?.on("data", collect(out));
+    child.stderr?.on("data", collect(err));
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+    child.on("error", (e: NodeJS.ErrnoException) => {
+      finish({
+        status: e.code === "ENOENT" ? "absent" : "error",
+        stdout: text(out),
+        stderr: text(err),
+        error: e.code === "ENOENT" ? `${command} not found` : e.message,
+      });
+    });
+    child.on("close", (code, signal) => {
+      finish({
+        status: code === 0 ? "ok" : "error",
+        exitCode: code ?? undefined,
+        signal: signal ?? undefined,
+        stdout: text(out),
+        stderr: text(err),
+        error: code === 0 ? undefined : signal ? `killed by ${signal}` : `exited with status ${code}`,
+      });
+    });
+  });
+}
+
+/** The first executable called `name` on PATH (or in `extraDirs`, searched first), or undefined. */
+export function findExecutable(name: string, extraDirs: string[] = [], env = process.env): string | undefined {
+  const dirs = [...extraDirs, ...(env.PATH ?? "").split(path.delimiter)].filter(Boolean);
+  for (const dir of dirs) {
+    const candidate = path.join(dir, name);
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+      if (fs.statSync(candidate).isFile()) return candidate;
+    } catch { /* not here */ }
+  }
+  return undefined;
+}
+
+/** The last non-empty line of a tool's output: the sentence worth quoting in a finding. */
+export function lastLine(text: string): string {
+  const lines = text.split("\n").map((l) => l.trim()).filter(Boolean);
+  return lines.at(-1) ?? "";
+}

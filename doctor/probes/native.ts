@@ -1,0 +1,57 @@
+// Runs a native probe (doctor/probes/worker.ts) in a child process of the same runtime, with a deadline. A library
+// call that blocks (cuInit on a wedged GPU, a self-test kernel that never returns) or crashes (a segfault inside a
+// driver) ends the child, not the doctor: the result is a probe result with status "timeout" or "error".
+import path from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import type { ProbeResult } from "../facts.ts";
+import { type ExecResult, execWithTimeout, lastLine } from "./exec.ts";
+
+const workerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), "worker.ts");
+
+// deno-lint-ignore no-explicit-any
+const Deno: any = (globalThis as any).Deno;
+
+/** The command that runs a TypeScript file with this runtime and the permissions the probes need. */
+function runtimeCommand(script: string): [string, string[]] {
+  if (Deno && typeof (globalThis as { Bun?: unknown }).Bun === "undefined") {
+    return [Deno.execPath(), ["run", "--no-prompt", "--allow-ffi", "--allow-read", "--allow-env", "--allow-sys", script]];
+  }
+  return [process.execPath, [script]];
+}
+
+export type NativeProbeName = "nvml" | "cuda" | "hip" | "flashattn";
+
+export async function runNativeProbe<T extends ProbeResult>(
+  probe: NativeProbeName,
+  opts: { timeoutMs: number; options?: unknown; env?: Record<string, string | undefined> },
+): Promise<T> {
+  const [command, runtimeArgs] = runtimeCommand(workerPath);
+  const args = [...runtimeArgs, probe];
+  if (opts.options !== undefined) args.push(JSON.stringify(opts.options));
+  const env = {
+    ...(opts.env ?? process.env),
+    // cuInit otherwise preloads the JIT libraries, which costs time and is not needed to read device facts.
+    CUDA_FORCE_PRELOAD_LIBRARIES: "0",
+    NO_COLOR: "1",
+  };
+  return parseWorkerResult<T>(probe, await execWithTimeout(command, args, { timeoutMs: opts.timeoutMs, env }));
+}
+
+/** The worker's JSON, or a probe result that says how the worker ended. */
+export function parseWorkerResult<T extends ProbeResult>(probe: NativeProbeName, r: ExecResult): T {
+  if (r.status === "timeout") return { status: "timeout", error: `the ${probe} probe ${r.error?.replace(/^\S+ /, "")}`, ms: r.ms } as T;
+  if (r.signal) {
+    return { status: "error", error: `the ${probe} probe crashed (${r.signal})${stderrTail(r)}`, ms: r.ms } as T;
+  }
+  try {
+    const facts = JSON.parse(lastLine(r.stdout)) as T;
+    if (facts && typeof facts === "object" && typeof facts.status === "string") return facts;
+  } catch { /* fall through */ }
+  return { status: "error", error: `the ${probe} probe ${r.error ?? "printed no result"}${stderrTail(r)}`, ms: r.ms } as T;
+}
+
+const stderrTail = (r: ExecResult) => {
+  const line = lastLine(r.stderr);
+  return line ? `: ${line.slice(0, 300)}` : "";
+};

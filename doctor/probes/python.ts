@@ -1,0 +1,30 @@
+// The Python attention stack (torch, flash_attn, flash_attn_3, the rotary / layer_norm extensions, triton,
+// transformers), read by doctor/probes/python_stack.py in a subprocess with a deadline.
+import path from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import type { PythonFacts } from "../facts.ts";
+import { execWithTimeout, findExecutable, lastLine } from "./exec.ts";
+
+const script = path.join(path.dirname(fileURLToPath(import.meta.url)), "python_stack.py");
+/** Importing torch, flash_attn and transformers cold can take a while; a wedged import must not. */
+const PYTHON_TIMEOUT_MS = 60_000;
+
+export async function probePython(env: Record<string, string | undefined> = process.env): Promise<PythonFacts> {
+  // FLASHATTN_PYTHON picks the interpreter (a venv's python) when python3 on PATH is not the one that matters.
+  const python = env.FLASHATTN_PYTHON || findExecutable("python3", [], env);
+  if (!python) return { status: "absent", error: "python3 not found on PATH" };
+  const r = await execWithTimeout(python, [script], {
+    timeoutMs: PYTHON_TIMEOUT_MS,
+    // The user's environment as is (their venv, their site-packages): what their python sees is the point.
+    env: { ...env, NO_COLOR: "1", PYTHONDONTWRITEBYTECODE: "1" },
+  });
+  if (r.status === "timeout" || r.status === "absent") return { status: r.status, executable: python, error: r.error, ms: r.ms };
+  try {
+    const facts = JSON.parse(lastLine(r.stdout)) as PythonFacts;
+    return { ...facts, ms: r.ms };
+  } catch {
+    const said = lastLine(r.stderr);
+    return { status: "error", executable: python, error: `${r.error ?? "no result"}${said ? `: ${said.slice(0, 300)}` : ""}`, ms: r.ms };
+  }
+}

@@ -1,0 +1,114 @@
+// Facts read from the filesystem and the environment: no library calls, nothing that can block.
+import fs from "node:fs";
+import os from "node:os";
+import process from "node:process";
+import type { HostFacts, KfdFacts } from "../facts.ts";
+import { runtimeName } from "../../ffi/loader.ts";
+
+/** Variables that change what loads, what is visible or what is chosen. Nothing else is collected. */
+const RELEVANT_ENV = [
+  "FLASHATTN_BACKEND",
+  "FLASHATTN_LIB",
+  "CUDA_HOME",
+  "CUDA_PATH",
+  "CUDA_VISIBLE_DEVICES",
+  "LD_LIBRARY_PATH",
+  "ROCM_PATH",
+  "HIP_VISIBLE_DEVICES",
+  "ROCR_VISIBLE_DEVICES",
+  "HIP_PLATFORM",
+  "TORCH_CUDA_ARCH_LIST",
+  "FLASH_ATTN_CUDA_ARCHS",
+  "FLASH_ATTENTION_TRITON_AMD_ENABLE",
+] as const;
+
+// deno-lint-ignore no-explicit-any
+const G = globalThis as any;
+
+function runtimeVersion(): string {
+  if (runtimeName === "bun") return `bun ${G.Bun.version}`;
+  if (runtimeName === "deno") return `deno ${G.Deno.version.deno}`;
+  return `node ${process.versions.node}`;
+}
+
+/** Group names of this process (from /proc/self/status and /etc/group; no subprocess). */
+export function userGroups(): string[] | undefined {
+  try {
+    const status = fs.readFileSync("/proc/self/status", "utf8");
+    const gids = new Set((/^Groups:[ \t]*(.*)$/m.exec(status)?.[1] ?? "").split(/\s+/).filter(Boolean));
+    const gid = /^Gid:[ \t]*(\d+)/m.exec(status)?.[1];
+    if (gid) gids.add(gid);
+    const names = groupNames();
+    return [...gids].map((id) => names.get(id) ?? id).sort();
+  } catch {
+    return undefined;
+  }
+}
+
+function groupNames(): Map<string, string> {
+  const names = new Map<string, string>();
+  try {
+    for (const line of fs.readFileSync("/etc/group", "utf8").split("\n")) {
+      const [name, , gid] = line.split(":");
+      if (name && gid) names.set(gid, name);
+    }
+  } catch { /* numeric ids then */ }
+  return names;
+}
+
+export function probeHost(env: Record<string, string | undefined> = process.env): HostFacts {
+  const collected: Record<string, string> = {};
+  for (const key of RELEVANT_ENV) if (env[key] !== undefined) collected[key] = env[key]!;
+  return {
+    os: `${os.type()} ${os.release()}`.trim(),
+    arch: process.arch,
+    kernel: os.release(),
+    runtime: runtimeVersion(),
+    groups: userGroups(),
+    env: collected,
+  };
+}
+
+/** The NVIDIA kernel module's version, as /proc/driver/nvidia/version states it ("... Kernel Module  580.95.05 ..."). */
+export function probeNvidiaKernelModule(): { loaded: boolean; version?: string } {
+  try {
+    const text = fs.readFileSync("/proc/driver/nvidia/version", "utf8");
+    const version = /Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)/.exec(text)?.[1];
+    return { loaded: true, version };
+  } catch {
+    return { loaded: false };
+  }
+}
+
+export function nvidiaDeviceNodes(): string[] {
+  try {
+    return fs.readdirSync("/dev").filter((f) => /^nvidia(\d+|ctl|-uvm)$/.test(f)).map((f) => `/dev/${f}`).sort();
+  } catch {
+    return [];
+  }
+}
+
+/** /dev/kfd, the device node ROCm needs: present? can this user open it read-write? which group owns it? */
+export function probeKfd(): KfdFacts {
+  const kfd = "/dev/kfd";
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(kfd);
+  } catch {
+    return { exists: false };
+  }
+  let accessible = true;
+  try {
+    fs.accessSync(kfd, fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    accessible = false;
+  }
+  return {
+    exists: true,
+    accessible,
+    owner_group: groupNames().get(String(stat.gid)) ?? String(stat.gid),
+    mode: (stat.mode & 0o777).toString(8).padStart(3, "0"),
+  };
+}
+
+export const amdgpuModuleLoaded = (): boolean => fs.existsSync("/sys/module/amdgpu");

@@ -1,0 +1,31 @@
+// Entry point of the probe worker: `<runtime> doctor/probes/worker.ts <probe> [options-json]` runs one probe that
+// calls into native libraries and prints its facts as one JSON document on stdout. The doctor runs it as a child
+// process with a deadline (doctor/probes/native.ts), so a driver call that hangs or crashes becomes a finding.
+import process from "node:process";
+import { probeNvml } from "./nvml.ts";
+import { probeCudaDriver } from "./cuda_driver.ts";
+import { probeHip } from "./hip.ts";
+import { type FlashattnProbeOptions, probeFlashattn } from "./flashattn.ts";
+
+const probes: Record<string, (options: FlashattnProbeOptions) => unknown | Promise<unknown>> = {
+  nvml: probeNvml,
+  cuda: probeCudaDriver,
+  hip: probeHip,
+  flashattn: probeFlashattn,
+};
+
+const [name, optionsJson] = process.argv.slice(2);
+const probe = probes[name];
+if (!probe) {
+  console.error(`unknown probe ${JSON.stringify(name)}; one of ${Object.keys(probes).join(", ")}`);
+  process.exit(2);
+}
+try {
+  const facts = await probe(optionsJson ? JSON.parse(optionsJson) : {});
+  process.stdout.write(JSON.stringify(facts) + "\n");
+  process.exit(0);
+} catch (e) {
+  // A probe's own bug: report it as the probe's result rather than a stack trace on a pipe nobody reads.
+  process.stdout.write(JSON.stringify({ status: "error", error: `probe ${name} failed: ${(e as Error).message}` }) + "\n");
+  process.exit(0);
+}
