@@ -1,0 +1,633 @@
+// `flashattn run`: attention on real inputs (.npy q/k/v, a .safetensors file with q/k/v or a packed qkv tensor) or on
+// a described random problem; optionally checked against the fp64 reference and written out atomically.
+//
+// Two halves: parseRunOptions() turns the raw flag strings into a RunPlan with no I/O (every bad flag becomes one
+// USAGE sentence, tested directly), and executeRun() loads inputs, runs, checks and writes.
+import process from "node:process";
+import type { Command } from "@commander-js/extra-typings";
+import { type BackendName, backendNames } from "../ffi/discovery.ts";
+import { attention, attentionFlops } from "../lib/attention.ts";
+import { FlashAttnError } from "../lib/errors.ts";
+import { type AttentionSemantics, describeProblem, type Problem, standardAlibiSlopes } from "../lib/problem.ts";
+import { naiveSamePrecisionForward, referenceForward, relativeError, withinTolerance } from "../lib/reference.ts";
+import { type BackendChoice, type BackendDecision, chooseBackend, noBackendError } from "../lib/select.ts";
+import { type DType, fromFloat32, randomTensor, type Tensor, tensor, toFloat32 } from "../lib/tensor.ts";
+import { readNpy, writeNpy } from "../formats/npy.ts";
+import { openSafetensors, writeSafetensors } from "../formats/safetensors.ts";
+import { describeShape } from "../formats/input.ts";
+import { refuseOverwritingInputs } from "../formats/atomic.ts";
+import packageJson from "../package.json" with { type: "json" };
+import { action, EXIT_FAILURE, type GlobalOptions, paint, printJson, progress, useColor } from "./_output.ts";
+
+// ---- the plan ------------------------------------------------------------------------------------------------------
+
+/** The raw option values commander hands over (all strings or flags; parseRunOptions gives them meaning). */
+export interface RawRunOptions {
+  q?: string;
+  k?: string;
+  v?: string;
+  input?: string;
+  qName?: string;
+  kName?: string;
+  vName?: string;
+  qkvName?: string;
+  shape?: string;
+  batch?: string;
+  seqlen?: string;
+  seqlenQ?: string;
+  seqlenK?: string;
+  heads?: string;
+  headsQ?: string;
+  headsKv?: string;
+  headDim?: string;
+  dtype?: string;
+  seed?: string;
+  causal?: boolean;
+  window?: string;
+  softcap?: string;
+  scale?: string;
+  alibi?: boolean;
+  alibiSlopes?: string;
+  backend?: string;
+  lib?: string;
+  out?: string;
+  lse?: boolean | string;
+  check?: boolean;
+}
+
+export interface ProblemShape {
+  batch: number;
+  seqlenQ: number;
+  seqlenK: number;
+  headsQ: number;
+  headsKv: number;
+  headDim: number;
+}
+
+export type InputPlan =
+  | { kind: "npy"; q: string; k: string; v: string }
+  /** names: explicit q/k/v names; packed: an explicit qkv name; neither: q/k/v if present, else qkv. */
+  | { kind: "safetensors"; path: string; names?: { q: string; k: string; v: string }; packed?: string }
+  | { kind: "random"; shape: ProblemShape; seed: number };
+
+export interface OutputPlan {
+  path: string;
+  format: "npy" | "safetensors";
+  /** LSE: not written, a separate .npy path, or (safetensors) a second tensor in the same file. */
+  lse: { kind: "none" } | { kind: "npy"; path: string } | { kind: "same-file" };
+}
+
+export interface RunPlan {
+  input: InputPlan;
+  /** Requested dtype: for files, a conversion (or how to read uint16 .npy data); "auto" = the files' own dtype,
+   *  for random problems fp32 on the CPU and bf16 on a GPU. */
+  dtype: DType | "auto";
+  causal: boolean;
+  window?: [number, number];
+  softcap?: number;
+  scale?: number;
+  alibi: { kind: "none" } | { kind: "standard" } | { kind: "file"; path: string };
+  backend: BackendChoice;
+  libPath?: string;
+  output?: OutputPlan;
+  check: boolean;
+  /** True when no problem was described: the embedded default problem runs, checked. */
+  isDefault: boolean;
+}
+
+/** The embedded default problem: one causal sequence of 1024 tokens, 8 heads of dimension 64. */
+export const defaultShape: ProblemShape = { batch: 1, seqlenQ: 1024, seqlenK: 1024, headsQ: 8, headsKv: 8, headDim: 64 };
+
+/** Random inputs are generated on the host: at most 2^28 elements (1 GiB as fp32) per tensor. */
+export const MAX_RANDOM_ELEMENTS = 2 ** 28;
+/** The fp64 reference costs about 2·b·hq·sq·sk·d multiply-adds; beyond 2^35 (tens of seconds) --check is refused. */
+export const MAX_CHECK_WORK = 2 ** 35;
+export const MAX_HEAD_DIM = 256;
+
+const usage = (message: string, fix?: string) => new FlashAttnError("USAGE", message, fix);
+
+const dtypeAliases: Record<string, DType> = {
+  fp32: "fp32", f32: "fp32", float32: "fp32", float: "fp32",
+  fp16: "fp16", f16: "fp16", float16: "fp16", half: "fp16",
+  bf16: "bf16", bfloat16: "bf16",
+};
+
+export function parseDtype(text: string): DType {
+  const dtype = dtypeAliases[text.trim().toLowerCase()];
+  if (!dtype) throw usage(`unknown dtype '${text}' (choose fp32, fp16 or bf16)`, "e.g. --dtype bf16");
+  return dtype;
+}
+
+/** A whole number within [min, max], named `flag` in the error. */
+function parseInteger(flag: string, text: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  const trimmed = text.trim();
+  const value = /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : NaN;
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `a whole number ≥ ${min}` : `a whole number in ${min}..${max}`;
+    throw usage(`${flag} must be ${range}, got '${text}'`);
+  }
+  return value;
+}
+
+function parseNumber(flag: string, text: string, check: (x: number) => boolean, want: string): number {
+  const value = text.trim() === "" ? NaN : Number(text);
+  if (!Number.isFinite(value) || !check(value)) throw usage(`${flag} must be ${want}, got '${text}'`);
+  return value;
+}
+
+/** "L,R" with -1 = unbounded on that side. */
+export function parseWindow(text: string): [number, number] {
+  const parts = text.split(",");
+  if (parts.length !== 2) throw usage(`--window takes LEFT,RIGHT (-1 = unbounded), got '${text}'`, "e.g. --window 256,0");
+  const [left, right] = parts.map((p) => parseInteger("--window bounds", p, -1));
+  if (left === -1 && right === -1) throw usage("--window -1,-1 is no window at all", "drop --window, or bound one side");
+  return [left, right];
+}
+
+/** --shape b,sq,sk,hq,hkv,d (or b,s,h,d with seqlen_q = seqlen_k and heads_q = heads_kv). */
+export function parseShape(text: string): ProblemShape {
+  const parts = text.split(",");
+  if (parts.length !== 6 && parts.length !== 4) {
+    throw usage(`--shape takes batch,seqlen_q,seqlen_k,heads_q,heads_kv,head_dim (or batch,seqlen,heads,head_dim), got '${text}'`,
+      "e.g. --shape 2,1024,1024,16,4,128");
+  }
+  const n = parts.map((p) => parseInteger("--shape entries", p, 1));
+  return parts.length === 6
+    ? { batch: n[0], seqlenQ: n[1], seqlenK: n[2], headsQ: n[3], headsKv: n[4], headDim: n[5] }
+    : { batch: n[0], seqlenQ: n[1], seqlenK: n[1], headsQ: n[2], headsKv: n[2], headDim: n[3] };
+}
+
+/** The problem-size rules that hold whatever the backend: GQA divisibility, head_dim range, host memory, check cost. */
+export function checkShape(shape: ProblemShape, options: { check: boolean; random: boolean }): void {
+  const { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim } = shape;
+  if (headsQ % headsKv !== 0) {
+    throw usage(`heads_q (${headsQ}) must be a multiple of heads_kv (${headsKv}) for GQA/MQA`, "use a kv head count that divides the query head count");
+  }
+  if (headDim > MAX_HEAD_DIM) throw usage(`head_dim ${headDim} is out of range (1..${MAX_HEAD_DIM})`, "FlashAttention kernels support head dims up to 256");
+  const largest = Math.max(batch * seqlenQ * headsQ, batch * seqlenK * headsKv) * headDim;
+  if (options.random && largest > MAX_RANDOM_ELEMENTS) {
+    throw usage(`the problem needs ${largest.toExponential(2)} elements per tensor; run generates at most 2^28 on the host`,
+      "use a smaller shape (flashattn bench measures large problems on the device)");
+  }
+  if (options.check && 2 * batch * headsQ * seqlenQ * seqlenK * headDim > MAX_CHECK_WORK) {
+    throw usage(`--check on this problem would take the fp64 reference too long (more than 2^35 multiply-adds)`, "drop --check, or check a smaller shape");
+  }
+}
+
+function inputPath(flag: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  if (value.trim() === "") throw usage(`${flag} needs a file path`);
+  return value;
+}
+
+function parseInputs(raw: RawRunOptions): { input?: InputPlan; described: boolean } {
+  const npyFlags = { q: inputPath("--q", raw.q), k: inputPath("--k", raw.k), v: inputPath("--v", raw.v) };
+  const anyNpy = Object.values(npyFlags).some((x) => x !== undefined);
+  const sizeFlags = ["batch", "seqlen", "seqlenQ", "seqlenK", "heads", "headsQ", "headsKv", "headDim"] as const;
+  const givenSizes = sizeFlags.filter((f) => raw[f] !== undefined);
+  const nameFlags = ([["qName", "--q-name"], ["kName", "--k-name"], ["vName", "--v-name"], ["qkvName", "--qkv-name"]] as const)
+    .filter(([f]) => raw[f] !== undefined);
+  const sources = [anyNpy && "--q/--k/--v", raw.input !== undefined && "--input", (raw.shape !== undefined || givenSizes.length > 0) && "a shape"]
+    .filter(Boolean);
+  if (sources.length > 1) throw usage(`choose one input: ${sources.join(" or ")}, not both`, "files (--q/--k/--v or --input) or a random problem (--shape)");
+  if (nameFlags.length && raw.input === undefined) throw usage(`${nameFlags[0][1]} names a tensor of a .safetensors --input, which is missing`);
+
+  if (anyNpy) {
+    const missing = (["q", "k", "v"] as const).filter((n) => npyFlags[n] === undefined);
+    if (missing.length) throw usage(`--q, --k and --v go together; --${missing.join(", --")} missing`);
+    for (const [flag, path] of Object.entries(npyFlags)) {
+      if (!path!.toLowerCase().endsWith(".npy")) throw usage(`--${flag} ${path} is not a .npy file`, "pass .npy files to --q/--k/--v, or a .safetensors file to --input");
+    }
+    return { input: { kind: "npy", q: npyFlags.q!, k: npyFlags.k!, v: npyFlags.v! }, described: true };
+  }
+  if (raw.input !== undefined) {
+    const path = inputPath("--input", raw.input)!;
+    if (!path.toLowerCase().endsWith(".safetensors")) throw usage(`--input ${path} is not a .safetensors file`, "pass .npy files with --q/--k/--v");
+    const named = [raw.qName, raw.kName, raw.vName].filter((x) => x !== undefined).length;
+    if (raw.qkvName !== undefined && named) throw usage("--qkv-name (one packed tensor) and --q-name/--k-name/--v-name exclude each other");
+    const names = named ? { q: raw.qName ?? "q", k: raw.kName ?? "k", v: raw.vName ?? "v" } : undefined;
+    return { input: { kind: "safetensors", path, names, packed: raw.qkvName }, described: true };
+  }
+  if (raw.shape !== undefined || givenSizes.length) {
+    if (raw.shape !== undefined && givenSizes.length) {
+      throw usage(`--shape and --${givenSizes[0].replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())} exclude each other`, "give the whole shape with --shape, or separate flags");
+    }
+    return { input: { kind: "random", shape: raw.shape !== undefined ? parseShape(raw.shape) : shapeFromFlags(raw), seed: 0 }, described: true };
+  }
+  return { described: false };
+}
+
+function shapeFromFlags(raw: RawRunOptions): ProblemShape {
+  const flag = (name: string, value: string | undefined, fallback: number) => value === undefined ? fallback : parseInteger(name, value, 1);
+  if (raw.seqlen !== undefined && (raw.seqlenQ !== undefined || raw.seqlenK !== undefined)) throw usage("--seqlen sets both lengths; do not combine it with --seqlen-q/--seqlen-k");
+  if (raw.heads !== undefined && (raw.headsQ !== undefined || raw.headsKv !== undefined)) throw usage("--heads sets both head counts; do not combine it with --heads-q/--heads-kv");
+  const seqlen = flag("--seqlen", raw.seqlen, defaultShape.seqlenQ);
+  const heads = flag("--heads", raw.heads, defaultShape.headsQ);
+  const headsQ = flag("--heads-q", raw.headsQ, heads);
+  return {
+    batch: flag("--batch", raw.batch, defaultShape.batch),
+    seqlenQ: flag("--seqlen-q", raw.seqlenQ, seqlen),
+    seqlenK: flag("--seqlen-k", raw.seqlenK, seqlen),
+    headsQ,
+    // Only --heads-q given: MHA with that many heads.
+    headsKv: flag("--heads-kv", raw.headsKv, raw.heads === undefined ? headsQ : heads),
+    headDim: flag("--head-dim", raw.headDim, defaultShape.headDim),
+  };
+}
+
+function parseOutput(raw: RawRunOptions): OutputPlan | undefined {
+  if (raw.out === undefined) {
+    if (raw.lse !== undefined) throw usage("--lse writes the LSE next to the output and needs --out");
+    return undefined;
+  }
+  const path = raw.out;
+  const lower = path.toLowerCase();
+  const format = lower.endsWith(".npy") ? "npy" : lower.endsWith(".safetensors") ? "safetensors" : undefined;
+  if (!format) throw usage(`--out ${path} must end in .npy or .safetensors`);
+  if (raw.lse === undefined || raw.lse === false) return { path, format, lse: { kind: "none" } };
+  if (format === "safetensors") {
+    if (typeof raw.lse === "string") throw usage("with a .safetensors --out the LSE is a second tensor in the same file; give --lse without a path");
+    return { path, format, lse: { kind: "same-file" } };
+  }
+  const lsePath = typeof raw.lse === "string" ? raw.lse : path.replace(/\.npy$/i, ".lse.npy");
+  if (!lsePath.toLowerCase().endsWith(".npy")) throw usage(`--lse ${lsePath} must end in .npy`);
+  if (lsePath === path) throw usage("--lse and --out name the same file");
+  return { path, format, lse: { kind: "npy", path: lsePath } };
+}
+
+/** Raw flags to a plan; throws FlashAttnError("USAGE") with one sentence for the first bad flag. No I/O. */
+export function parseRunOptions(raw: RawRunOptions): RunPlan {
+  const { input, described } = parseInputs(raw);
+  const dtype = raw.dtype === undefined ? "auto" : parseDtype(raw.dtype);
+  const seed = raw.seed === undefined ? 0 : parseInteger("--seed", raw.seed, 0, 2 ** 32 - 1);
+  if (raw.seed !== undefined && input && input.kind !== "random") throw usage("--seed only applies to random problems (--shape), not to files");
+  const window = raw.window === undefined ? undefined : parseWindow(raw.window);
+  const softcap = raw.softcap === undefined ? undefined : parseNumber("--softcap", raw.softcap, (x) => x >= 0, "a finite number ≥ 0 (0 = off)");
+  const scale = raw.scale === undefined ? undefined : parseNumber("--scale", raw.scale, (x) => x > 0, "a finite number > 0");
+  if (raw.alibi && raw.alibiSlopes !== undefined) throw usage("--alibi (standard slopes) and --alibi-slopes FILE exclude each other");
+  const alibi: RunPlan["alibi"] = raw.alibiSlopes !== undefined
+    ? { kind: "file", path: inputPath("--alibi-slopes", raw.alibiSlopes)! }
+    : raw.alibi ? { kind: "standard" } : { kind: "none" };
+  const backend = raw.backend === undefined ? "auto" : raw.backend.trim().toLowerCase();
+  if (backend !== "auto" && !(backendNames as readonly string[]).includes(backend)) {
+    throw usage(`unknown backend '${raw.backend}' (choose auto, cpu, cuda or hip)`);
+  }
+  if (raw.lib !== undefined && raw.lib.trim() === "") throw usage("--lib needs the path of a libflashattn_<backend>.so");
+
+  // Nothing describes a problem: the embedded default runs, causal and checked, unless semantics were given.
+  const semanticsGiven = raw.causal || window || softcap !== undefined || scale !== undefined || alibi.kind !== "none" ||
+    raw.dtype !== undefined || raw.seed !== undefined;
+  const isDefault = !described && !semanticsGiven;
+  const plan: RunPlan = {
+    input: input ?? { kind: "random", shape: { ...defaultShape }, seed },
+    dtype,
+    causal: isDefault ? true : raw.causal === true,
+    window,
+    softcap,
+    scale,
+    alibi,
+    backend: backend as BackendChoice,
+    libPath: raw.lib,
+    output: parseOutput(raw),
+    check: raw.check === true || isDefault,
+    isDefault,
+  };
+  if (plan.input.kind === "random") {
+    plan.input.seed = seed;
+    checkShape(plan.input.shape, { check: plan.check, random: true });
+  }
+  return plan;
+}
+
+// ---- loading inputs ------------------------------------------------------------------------------------------------
+
+/** The file paths a plan reads: outputs must not replace any of them. */
+export function planInputs(plan: RunPlan): string[] {
+  const paths: string[] = [];
+  if (plan.input.kind === "npy") paths.push(plan.input.q, plan.input.k, plan.input.v);
+  if (plan.input.kind === "safetensors") paths.push(plan.input.path);
+  if (plan.alibi.kind === "file") paths.push(plan.alibi.path);
+  return paths;
+}
+
+/** Converts a file tensor to the requested dtype (no copy when it already matches). */
+function convert(t: Tensor, dtype: DType | "auto"): Tensor {
+  return dtype === "auto" || dtype === t.dtype ? t : fromFloat32(dtype, t.shape, toFloat32(t));
+}
+
+/** (b, s, 3, h, d) packed qkv → three contiguous (b, s, h, d) tensors (a host copy of the strided views). */
+export function unpackQkv(file: string, name: string, qkv: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
+  const shape = qkv.shape;
+  if (shape.length !== 5 || shape[2] !== 3) {
+    throw new FlashAttnError("BAD_INPUT", `${file}: packed tensor '${name}' must be (batch, seqlen, 3, heads, head_dim), got ${describeShape(shape)}`,
+      "pack as torch.stack([q, k, v], dim=2), as flash_attn_qkvpacked_func takes it");
+  }
+  const [b, s, , h, d] = shape;
+  const slice = h * d;
+  const parts = [0, 1, 2].map(() => tensor(qkv.dtype, [b, s, h, d]));
+  for (let token = 0; token < b * s; token++) {
+    for (let which = 0; which < 3; which++) {
+      const from = (token * 3 + which) * slice;
+      parts[which].data.set(qkv.data.subarray(from, from + slice), token * slice);
+    }
+  }
+  return { q: parts[0], k: parts[1], v: parts[2] };
+}
+
+function loadSafetensors(input: Extract<InputPlan, { kind: "safetensors" }>): { q: Tensor; k: Tensor; v: Tensor } {
+  const file = openSafetensors(input.path);
+  try {
+    const has = (n: string) => file.entries.has(n);
+    // Without names: separate q, k, v tensors if the file has them, else one packed qkv.
+    const packed = input.packed ?? (!input.names && !(has("q") && has("k") && has("v")) && has("qkv") ? "qkv" : undefined);
+    if (packed !== undefined) return unpackQkv(input.path, packed, file.read(packed));
+    const names = input.names ?? { q: "q", k: "k", v: "v" };
+    return { q: file.read(names.q), k: file.read(names.k), v: file.read(names.v) };
+  } finally {
+    file.close();
+  }
+}
+
+function loadFiles(plan: RunPlan): { q: Tensor; k: Tensor; v: Tensor } {
+  const input = plan.input;
+  if (input.kind === "npy") {
+    const read = (path: string) => convert(readNpy(path, { bf16: plan.dtype === "bf16" }), plan.dtype);
+    return { q: read(input.q), k: read(input.k), v: read(input.v) };
+  }
+  if (input.kind === "safetensors") {
+    const { q, k, v } = loadSafetensors(input);
+    return { q: convert(q, plan.dtype), k: convert(k, plan.dtype), v: convert(v, plan.dtype) };
+  }
+  throw new FlashAttnError("INTERNAL", "loadFiles called for a random problem");
+}
+
+/** Seeded random q, k, v for a shape (k and v use the next seeds so the three differ). */
+function randomInputs(shape: ProblemShape, dtype: DType, seed: number): { q: Tensor; k: Tensor; v: Tensor } {
+  const { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim } = shape;
+  return {
+    q: randomTensor(dtype, [batch, seqlenQ, headsQ, headDim], seed),
+    k: randomTensor(dtype, [batch, seqlenK, headsKv, headDim], seed + 1),
+    v: randomTensor(dtype, [batch, seqlenK, headsKv, headDim], seed + 2),
+  };
+}
+
+/** ALiBi slopes from a .npy of shape (heads_q,) or (batch, heads_q), any float dtype. */
+function slopesFromFile(path: string, batch: number, headsQ: number): { alibiSlopes: Float32Array; alibiPerBatch: boolean } {
+  const t = readNpy(path);
+  const perHead = t.shape.length === 1 && t.shape[0] === headsQ;
+  const perBatch = t.shape.length === 2 && t.shape[0] === batch && t.shape[1] === headsQ;
+  if (!perHead && !perBatch) {
+    throw new FlashAttnError("BAD_INPUT", `${path}: ALiBi slopes must have shape (${headsQ},) or (${batch}, ${headsQ}), got ${describeShape(t.shape)}`,
+      "one slope per query head, or per batch entry and query head");
+  }
+  return { alibiSlopes: toFloat32(t), alibiPerBatch: perBatch };
+}
+
+function semanticsFor(plan: RunPlan, batch: number, headsQ: number): AttentionSemantics {
+  const semantics: AttentionSemantics = { causal: plan.causal, window: plan.window, softcap: plan.softcap, scale: plan.scale };
+  if (plan.alibi.kind === "standard") semantics.alibiSlopes = standardAlibiSlopes(headsQ);
+  if (plan.alibi.kind === "file") Object.assign(semantics, slopesFromFile(plan.alibi.path, batch, headsQ));
+  return semantics;
+}
+
+/** A tensor that carries only dtype and shape, for deciding the backend before any data exists. */
+function shapeOnly(dtype: DType, shape: number[]): Tensor {
+  return { dtype, shape, data: new Uint16Array(0) };
+}
+
+function decide(plan: RunPlan, problem: Problem, alibi: boolean): { backend: BackendName; decisions: BackendDecision[] } {
+  const { chosen, decisions } = chooseBackend(
+    { problem, direction: "fwd", alibi: alibi ? "per-head" : "none" },
+    { backend: plan.backend, libPath: plan.libPath },
+  );
+  if (!chosen) throw noBackendError(decisions);
+  return { backend: chosen.name, decisions };
+}
+
+// ---- running -------------------------------------------------------------------------------------------------------
+
+export interface CheckResult {
+  relativeError: number;
+  /** fp16/bf16: the error of softmax(QKᵀ)V computed naively in the same precision. */
+  naiveError?: number;
+  /** LSE against the reference over rows that have at least one key (informational). */
+  lseError: number;
+  limit: number;
+  pass: boolean;
+}
+
+export interface RunResult {
+  backend: BackendName;
+  kernel: string;
+  numSplits: number;
+  dtype: DType;
+  shape: ProblemShape;
+  causal: boolean;
+  window: [number, number] | null;
+  softcap: number;
+  scale: number;
+  alibi: "none" | "standard" | "file";
+  ms: number;
+  gflops: number;
+  check: CheckResult | null;
+  outputs: string[];
+  defaultProblem: boolean;
+  decisions: BackendDecision[];
+}
+
+function checkAgainstReference(q: Tensor, k: Tensor, v: Tensor, semantics: AttentionSemantics, out: Tensor, lse: Float32Array): CheckResult {
+  const reference = referenceForward(q, k, v, semantics);
+  const error = relativeError(toFloat32(out), reference.out);
+  const naiveError = q.dtype === "fp32" ? undefined : relativeError(naiveSamePrecisionForward(q, k, v, semantics), reference.out);
+  const rows = [...reference.lse.keys()].filter((i) => Number.isFinite(reference.lse[i]));
+  const lseError = relativeError(rows.map((i) => lse[i]), rows.map((i) => reference.lse[i]));
+  const { ok, limit } = withinTolerance(q.dtype, error, naiveError);
+  return { relativeError: error, naiveError, lseError, limit, pass: ok };
+}
+
+function writeOutputs(output: OutputPlan, out: Tensor, lse: Float32Array, problem: Problem, inputs: string[], meta: Record<string, string>): string[] {
+  const lseTensor = tensor("fp32", [problem.batch, problem.headsQ, problem.seqlenQ], lse);
+  if (output.format === "safetensors") {
+    const tensors: Record<string, Tensor> = output.lse.kind === "same-file" ? { out, lse: lseTensor } : { out };
+    writeSafetensors(output.path, tensors, meta, { inputs });
+    return [output.path];
+  }
+  writeNpy(output.path, out, { inputs });
+  if (output.lse.kind !== "npy") return [output.path];
+  writeNpy(output.lse.path, lseTensor, { inputs: [...inputs, output.path] });
+  return [output.path, output.lse.path];
+}
+
+/** Loads, decides the backend, runs, checks and writes as `plan` says. */
+export async function executeRun(plan: RunPlan, globals: GlobalOptions): Promise<RunResult> {
+  const inputs = planInputs(plan);
+  // Refuse a clobbering output before spending any time on the run.
+  if (plan.output) {
+    refuseOverwritingInputs(plan.output.path, inputs);
+    if (plan.output.lse.kind === "npy") refuseOverwritingInputs(plan.output.lse.path, [...inputs, plan.output.path]);
+  }
+  const tell = (message: string) => {
+    if (!globals.json && (globals.verbose || process.stderr.isTTY)) progress(message);
+  };
+
+  let tensors: { q: Tensor; k: Tensor; v: Tensor };
+  let decided: { backend: BackendName; decisions: BackendDecision[] } | undefined;
+  if (plan.input.kind === "random") {
+    const { shape, seed } = plan.input;
+    let dtype = plan.dtype;
+    if (dtype === "auto") {
+      // fp32 where the CPU serves the request, bf16 where a GPU does: decide on the shape alone, then generate.
+      const s = shape;
+      const kvShape = [s.batch, s.seqlenK, s.headsKv, s.headDim];
+      const problem = describeProblem(shapeOnly("bf16", [s.batch, s.seqlenQ, s.headsQ, s.headDim]), shapeOnly("bf16", kvShape),
+        shapeOnly("bf16", kvShape), { causal: plan.causal, window: plan.window, softcap: plan.softcap, scale: plan.scale });
+      decided = decide(plan, problem, plan.alibi.kind !== "none");
+      dtype = decided.backend === "cpu" ? "fp32" : "bf16";
+      if (dtype === "fp32") decided = undefined; // decide again for fp32 below
+    }
+    tell(`generating random ${dtype} inputs (seed ${seed})…`);
+    tensors = randomInputs(shape, dtype, seed);
+  } else {
+    tensors = loadFiles(plan);
+  }
+  const { q, k, v } = tensors;
+  const semantics = semanticsFor(plan, q.shape[0], q.shape[q.shape.length - 2]);
+  const problem = describeProblem(q, k, v, semantics);
+  const shape: ProblemShape = {
+    batch: problem.batch, seqlenQ: problem.seqlenQ, seqlenK: problem.seqlenK,
+    headsQ: problem.headsQ, headsKv: problem.headsKv, headDim: problem.headDim,
+  };
+  checkShape(shape, { check: plan.check, random: plan.input.kind === "random" });
+  decided ??= decide(plan, problem, semantics.alibiSlopes !== undefined);
+
+  tell(`running on ${decided.backend}…`);
+  const result = await attention(q, k, v, { ...semantics, backend: decided.backend, libPath: plan.libPath });
+  let check: CheckResult | null = null;
+  if (plan.check) {
+    tell("checking against the fp64 reference…");
+    check = checkAgainstReference(q, k, v, semantics, result.out, result.lse);
+  }
+  const meta = {
+    producer: `flashattn ${packageJson.version}`, backend: result.backend, kernel: result.kernel, dtype: q.dtype,
+    causal: String(problem.causal),
+  };
+  const outputs = plan.output ? writeOutputs(plan.output, result.out, result.lse, problem, inputs, meta) : [];
+  return {
+    backend: decided.backend,
+    kernel: result.kernel,
+    numSplits: result.numSplits,
+    dtype: q.dtype,
+    shape,
+    causal: problem.causal,
+    window: plan.window ?? null,
+    softcap: problem.softcap,
+    scale: problem.scale,
+    alibi: plan.alibi.kind,
+    ms: result.ms,
+    gflops: attentionFlops(problem) / (result.ms * 1e6),
+    check,
+    outputs,
+    defaultProblem: plan.isDefault,
+    decisions: decided.decisions,
+  };
+}
+
+// ---- presenting ----------------------------------------------------------------------------------------------------
+
+function formatError(x: number): string {
+  return Number.isFinite(x) ? x.toExponential(2) : String(x);
+}
+
+function checkFailure(check: CheckResult): FlashAttnError {
+  return new FlashAttnError("CHECK_FAILED",
+    `check failed: relative error ${formatError(check.relativeError)} exceeds the limit ${formatError(check.limit)}`,
+    "run `flashattn doctor`, and report it with the command line if the library is ours");
+}
+
+/** The human report (stdout). */
+export function renderRun(r: RunResult, color: boolean): string {
+  const label = (text: string) => paint("bold", text.padEnd(8), color);
+  const s = r.shape;
+  const heads = s.headsQ === s.headsKv ? `heads ${s.headsQ}` : `heads ${s.headsQ}/${s.headsKv} (GQA)`;
+  const features = [
+    r.causal && "causal", r.window && `window (${r.window.join(", ")})`, r.softcap > 0 && `softcap ${r.softcap}`,
+    r.alibi !== "none" && "alibi",
+  ].filter(Boolean);
+  const lines = [
+    `${label("backend")}${r.backend}  ${paint("dim", "kernel", color)} ${r.kernel}`,
+    `${label("shape")}batch ${s.batch}, seqlen ${s.seqlenQ}${s.seqlenK !== s.seqlenQ ? `×${s.seqlenK}` : ""}, ${heads}, head_dim ${s.headDim}, ${r.dtype}${features.length ? ", " + features.join(", ") : ""}`,
+    `${label("time")}${r.ms.toFixed(2)} ms  ${r.gflops.toFixed(1)} GFLOP/s ${paint("dim", "(one call; `flashattn bench` for kernel timings)", color)}`,
+  ];
+  if (r.check) {
+    const verdict = r.check.pass ? paint("green", "PASS", color) : paint("red", "FAIL", color);
+    const naive = r.check.naiveError === undefined ? "" : `, naive ${r.dtype} ${formatError(r.check.naiveError)}`;
+    lines.push(`${label("check")}relative error ${formatError(r.check.relativeError)} (limit ${formatError(r.check.limit)}${naive}; lse ${formatError(r.check.lseError)})  ${verdict}`);
+  }
+  if (r.outputs.length) lines.push(`${label("wrote")}${r.outputs.join(", ")}`);
+  if (r.defaultProblem) lines.push(paint("dim", "default problem; see `flashattn run --help` for files, shapes and options", color));
+  return lines.join("\n") + "\n";
+}
+
+export function runDocument(r: RunResult): Record<string, unknown> {
+  const ok = r.check ? r.check.pass : true;
+  const doc: Record<string, unknown> = { ok, command: "run", version: packageJson.version, ...r };
+  if (!ok) doc.error = { code: "CHECK_FAILED", message: checkFailure(r.check!).message };
+  return doc;
+}
+
+const examples = `
+Examples:
+  $ flashattn run                                          # default problem (1×1024 tokens, 8 heads, d 64, causal), checked
+  $ flashattn run --q q.npy --k k.npy --v v.npy --causal --out o.npy --lse --check
+  $ flashattn run --shape 2,4096,4096,32,8,128 --dtype bf16 --window 512,0 --backend cuda --json
+
+Inputs: .npy files are C-order little-endian float32/float16 (bf16 as uint16 bit patterns with --dtype bf16);
+.safetensors files hold q, k, v (or --q-name/--k-name/--v-name), or one packed qkv tensor (batch, seqlen, 3, heads, d).
+Layout BSHD: q (batch, seqlen_q, heads_q, head_dim), k/v (batch, seqlen_k, heads_kv, head_dim).`;
+
+/** Adds `run` to the program. */
+export function register(program: Command) {
+  program.command("run")
+    .description("compute attention on .npy/.safetensors inputs or a random problem, check it, write the output")
+    .option("--q <file.npy>", "query (batch, seqlen_q, heads_q, head_dim)")
+    .option("--k <file.npy>", "keys (batch, seqlen_k, heads_kv, head_dim)")
+    .option("--v <file.npy>", "values, shaped like the keys")
+    .option("--input <file.safetensors>", "a .safetensors file with q, k, v or one packed qkv tensor")
+    .option("--q-name <name>", "tensor name of q in --input (default q)")
+    .option("--k-name <name>", "tensor name of k in --input (default k)")
+    .option("--v-name <name>", "tensor name of v in --input (default v)")
+    .option("--qkv-name <name>", "packed (batch, seqlen, 3, heads, head_dim) tensor in --input (default qkv)")
+    .option("--shape <b,sq,sk,hq,hkv,d>", "random problem of this shape (or b,s,h,d)")
+    .option("--batch <n>", "random problem: batch size (default 1)")
+    .option("--seqlen <n>", "random problem: seqlen_q = seqlen_k (default 1024)")
+    .option("--seqlen-q <n>", "random problem: query length")
+    .option("--seqlen-k <n>", "random problem: key/value length")
+    .option("--heads <n>", "random problem: heads_q = heads_kv (default 8)")
+    .option("--heads-q <n>", "random problem: query heads")
+    .option("--heads-kv <n>", "random problem: key/value heads (GQA/MQA when fewer)")
+    .option("--head-dim <n>", "random problem: head dimension (default 64)")
+    .option("--dtype <fp32|fp16|bf16>", "data type (random default: fp32 on CPU, bf16 on GPU; files: convert)")
+    .option("--seed <n>", "random problem seed (default 0)")
+    .option("--causal", "causal mask, bottom-right aligned")
+    .option("--window <left,right>", "sliding window; -1 = unbounded side")
+    .option("--softcap <c>", "softcap: s = c·tanh(s/c); 0 = off")
+    .option("--scale <s>", "softmax scale (default 1/sqrt(head_dim))")
+    .option("--alibi", "ALiBi with the standard slopes for the head count")
+    .option("--alibi-slopes <file.npy>", "ALiBi slopes, (heads_q,) or (batch, heads_q)")
+    .option("--backend <auto|cpu|cuda|hip>", "backend (default auto: cuda, hip, cpu)")
+    .option("--lib <path>", "explicit libflashattn_<backend>.so")
+    .option("--out <file>", "write O to .npy or .safetensors (atomically, never over an input)")
+    .option("--lse [file.npy]", "also write the LSE (batch, heads_q, seqlen_q); safetensors: same file")
+    .option("--check", "compare with the fp64 reference; exit 1 beyond the DESIGN.md tolerance")
+    .addHelpText("after", examples)
+    .action(action(async (globals, raw: RawRunOptions) => {
+      const result = await executeRun(parseRunOptions(raw), globals);
+      if (globals.json) printJson(runDocument(result));
+      else process.stdout.write(renderRun(result, useColor(process.stdout, globals.color)));
+      if (result.check && !result.check.pass) {
+        if (!globals.json) throw checkFailure(result.check);
+        progress(`flashattn: ${checkFailure(result.check).message}`);
+        return EXIT_FAILURE;
+      }
+    }));
+}
