@@ -1,0 +1,192 @@
+// Measures one case on one of our backends (the flash kernels, or the library's naive materialised-scores
+// algorithm): plan, check the memory it needs, allocate and fill, record the peak memory of one call, then time
+// natively through fa_bench (CUDA/HIP events or a monotonic clock, last-level cache flushed before each run).
+import os from "node:os";
+import { dtypeBytes } from "../ffi/layout.ts";
+import type { Backend, DeviceBuffer } from "../lib/backend.ts";
+import { FlashAttnError } from "../lib/errors.ts";
+import type { Problem } from "../lib/problem.ts";
+import { type AttnRequest, paramsFor } from "../lib/select.ts";
+import { fromFloat32, rng } from "../lib/tensor.ts";
+import { attentionFlops, naiveScoreBytes, tensorBytes } from "./flops.ts";
+import type { Measurement, RowStatus } from "./results.ts";
+import { summarize } from "./stats.ts";
+import type { BenchCase } from "./sweep.ts";
+
+export type Algorithm = "flash" | "naive";
+
+export interface TimingPlan {
+  warmup: number;
+  iters: number;
+  /** Fewest timed runs for a slow case (the median of fewer says little). */
+  minIters: number;
+  /** Kernel time one case may spend timed; slow cases get fewer runs, down to minIters. */
+  caseBudgetMs: number;
+}
+
+/**
+ * Milliseconds per FLOP learnt from the cases already timed, per implementation and direction. It predicts a case
+ * before it runs, so that a slow implementation (our CPU library in a GPU sweep) skips the shapes it would spend
+ * minutes on instead of holding up the sweep.
+ */
+export class SpeedMemory {
+  readonly #msPerFlop = new Map<string, number>();
+  learn(key: string, flops: number, ms: number): void {
+    if (flops > 0 && ms > 0) this.#msPerFlop.set(key, ms / flops);
+  }
+  predictMs(key: string, flops: number): number | undefined {
+    const rate = this.#msPerFlop.get(key);
+    return rate === undefined ? undefined : rate * flops;
+  }
+}
+
+/** The library's view of a bench case: padded batch, no window, default scale. */
+export function problemFor(c: BenchCase): Problem {
+  return {
+    dtype: c.dtype, batch: c.batch, seqlenQ: c.seqlenQ, seqlenK: c.seqlenK, headsQ: c.headsQ, headsKv: c.headsKv,
+    headDim: c.headDim, varlen: false, totalQ: 0, totalK: 0, sequences: [], scale: 1 / Math.sqrt(c.headDim),
+    windowLeft: -1, windowRight: c.causal ? 0 : -1, softcap: 0, causal: c.causal,
+  };
+}
+
+export const implName = (algorithm: Algorithm, backend: string) => `${algorithm === "flash" ? "flashattn" : "naive"}-${backend}`;
+
+// A 1 MiB block of standard-normal values per dtype, tiled over every input: random enough that the GPU does not
+// run the cooler, faster path it takes on constant data, and cheap to make for multi-GiB KV caches.
+const RANDOM_BLOCK_ELEMENTS = 1 << 19;
+const randomBlocks = new Map<string, ArrayBufferView>();
+function randomBlock(dtype: BenchCase["dtype"]): ArrayBufferView {
+  let block = randomBlocks.get(dtype);
+  if (!block) {
+    const next = rng(0x5eed);
+    const values = new Float32Array(dtype === "fp32" ? RANDOM_BLOCK_ELEMENTS / 2 : RANDOM_BLOCK_ELEMENTS);
+    for (let i = 0; i < values.length; i++) values[i] = Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
+    block = fromFloat32(dtype, [values.length], values).data;
+    randomBlocks.set(dtype, block);
+  }
+  return block;
+}
+
+const offsetView = (b: DeviceBuffer, offset: number): DeviceBuffer => ({ address: b.address + BigInt(offset), bytes: b.bytes - offset });
+
+/** Fills `dst` with the tiled random block: one upload, then device copies doubling the filled prefix. */
+function fillRandom(backend: Backend, dst: DeviceBuffer, source: DeviceBuffer): void {
+  const first = Math.min(dst.bytes, source.bytes);
+  backend.copy(dst, source, first);
+  for (let done = first; done < dst.bytes;) {
+    const n = Math.min(done, dst.bytes - done);
+    backend.copy(offsetView(dst, done), dst, n);
+    done += n;
+  }
+}
+
+const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+
+/** Bytes one case may take on this backend's device: most of a GPU's memory, half of the host's free memory. */
+export function memoryLimit(backend: Backend): number {
+  if (backend.name === "cpu") return os.freemem() / 2;
+  const total = Number(backend.deviceInfo(0).memory_bytes ?? 0);
+  return total > 0 ? total * 0.92 : Infinity;
+}
+
+function statusOf(error: unknown): { status: RowStatus; reason: string } {
+  const reason = (error as Error).message.split("\n")[0];
+  if (error instanceof FlashAttnError) {
+    if (error.code === "OUT_OF_MEMORY") return { status: "oom", reason };
+    if (error.code === "UNSUPPORTED" || error.code === "INVALID_ARGUMENT") return { status: "unsupported", reason };
+  }
+  return { status: "error", reason };
+}
+
+export interface OursContext {
+  plan: TimingPlan;
+  memoryLimitBytes: number;
+  speeds: SpeedMemory;
+}
+
+/** One row: the case on `backend` with `algorithm`. Never throws for a problem of the case itself. */
+export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm, ctx: OursContext): Measurement {
+  const impl = implName(algorithm, backend.name);
+  const row = (status: RowStatus, extra: Partial<Measurement> = {}): Measurement => ({
+    caseId: c.id, impl, family: algorithm === "flash" ? "ours" : "naive", place: backend.name, status, ...extra,
+  });
+  const request: AttnRequest = { problem: problemFor(c), direction: c.direction, algorithm };
+  const placeholder = 0x100000n;
+  const plan = backend.plan(paramsFor(request, {
+    q: placeholder, k: placeholder, v: placeholder, o: placeholder, lse: placeholder,
+    dout: placeholder, dq: placeholder, dk: placeholder, dv: placeholder,
+  }), c.direction);
+  if (!plan.ok) return row("unsupported", { reason: plan.reasons.join("; ") || "no kernel accepts this case" });
+
+  const need = tensorBytes(c, c.direction) + (algorithm === "naive" ? naiveScoreBytes(c) : 0);
+  if (need > ctx.memoryLimitBytes) {
+    return row("oom", { reason: `needs ${gib(need)}, over the ${gib(ctx.memoryLimitBytes)} this device can give (not attempted)` });
+  }
+  const flops = attentionFlops(c, c.direction);
+  const speedKey = `${impl} ${c.direction}`;
+  const predicted = ctx.speeds.predictMs(speedKey, flops);
+  if (predicted !== undefined && predicted > ctx.plan.caseBudgetMs / 2) {
+    return row("skipped", { reason: `one run would take about ${(predicted / 1000).toFixed(1)} s, over the per-case budget of ${(ctx.plan.caseBudgetMs / 1000).toFixed(1)} s` });
+  }
+
+  const buffers: DeviceBuffer[] = [];
+  const alloc = (bytes: number) => {
+    const b = backend.alloc(bytes);
+    buffers.push(b);
+    return b;
+  };
+  try {
+    const e = dtypeBytes[c.dtype];
+    const qBytes = c.batch * c.seqlenQ * c.headsQ * c.headDim * e;
+    const kBytes = c.batch * c.seqlenK * c.headsKv * c.headDim * e;
+    const backwardToo = c.direction !== "fwd";
+    const [q, k, v, o] = [alloc(qBytes), alloc(kBytes), alloc(kBytes), alloc(qBytes)];
+    const lse = alloc(c.batch * c.headsQ * c.seqlenQ * 4);
+    const grads = backwardToo ? { dout: alloc(qBytes), dq: alloc(qBytes), dk: alloc(kBytes), dv: alloc(kBytes) } : undefined;
+    const source = backend.upload(randomBlock(c.dtype));
+    try {
+      for (const b of [q, k, v, ...(grads ? [grads.dout] : [])]) fillRandom(backend, b, source);
+    } finally {
+      backend.free(source);
+    }
+    const params = paramsFor(request, {
+      q: q.address, k: k.address, v: v.address, o: o.address, lse: lse.address,
+      dout: grads?.dout.address, dq: grads?.dq.address, dk: grads?.dk.address, dv: grads?.dv.address,
+    });
+    // The first forward checks the case runs at all and gives O and LSE to backward. The memory figure is the
+    // peak of one call of this direction, counted from what the library held before this case's tensors.
+    const held = backend.memoryStats().current - buffers.reduce((s, b) => s + b.bytes, 0);
+    backend.resetPeakMemory();
+    let kernel = backend.kernelName(backend.forward(params).kernelId);
+    backend.synchronize();
+    let peakBytes = backend.memoryStats().peak - held;
+    if (backwardToo) {
+      if (c.direction === "bwd") backend.resetPeakMemory();
+      kernel = `${kernel} + ${backend.kernelName(backend.backward(params).kernelId)}`;
+      backend.synchronize();
+      peakBytes = backend.memoryStats().peak - held;
+    }
+
+    // One timed run (already warm) estimates the cost; then as many runs as the budget allows.
+    const estimate = backend.bench(params, c.direction, 0, 1)[0];
+    const { warmup, iters, minIters, caseBudgetMs } = ctx.plan;
+    const times = estimate > caseBudgetMs / 2
+      ? [estimate]
+      : Array.from(backend.bench(params, c.direction, Math.max(1, Math.min(warmup, Math.floor(caseBudgetMs / 4 / Math.max(estimate, 1e-3)))),
+        Math.max(minIters, Math.min(iters, Math.floor(caseBudgetMs / Math.max(estimate, 1e-3))))));
+    const timing = summarize(times);
+    ctx.speeds.learn(speedKey, flops, timing.medianMs);
+    return row("ok", {
+      timing, peakBytes, kernel,
+      ...(times.length === 1 ? { reason: `one run only: it takes ${estimate.toFixed(0)} ms, over half the per-case budget` } : {}),
+    });
+  } catch (error) {
+    return row(statusOf(error).status, { reason: statusOf(error).reason });
+  } finally {
+    for (const b of buffers) {
+      try {
+        backend.free(b);
+      } catch { /* a device that failed may refuse the free too; the row already says why */ }
+    }
+  }
+}

@@ -1,0 +1,31 @@
+// One CSV row per measurement (RFC 4180 quoting), the case's shape spelled out in columns so a spreadsheet or
+// pandas can pivot it without parsing ids. Units are in the column names.
+import { type BenchReport, speedupOfOurs } from "../results.ts";
+
+const columns = [
+  "case", "batch", "seqlen_q", "seqlen_k", "heads_q", "heads_kv", "head_dim", "causal", "dtype", "direction", "kind",
+  "impl", "family", "place", "status", "reason", "median_ms", "min_ms", "p25_ms", "p75_ms", "max_ms", "spread", "iters",
+  "tflops", "gbps", "copy_fraction", "peak_bytes", "speedup_of_ours", "kernel", "computed_dtype",
+] as const;
+
+function quote(value: unknown): string {
+  if (value === undefined || value === null) return "";
+  const text = typeof value === "number" ? (Number.isFinite(value) ? String(value) : "") : String(value);
+  return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
+}
+
+export function renderCsv(report: BenchReport): string {
+  const cases = new Map(report.cases.map((c) => [c.id, c]));
+  const lines = [columns.join(",")];
+  for (const m of report.measurements) {
+    const c = cases.get(m.caseId)!;
+    const t = m.timing;
+    const row = [
+      c.id, c.batch, c.seqlenQ, c.seqlenK, c.headsQ, c.headsKv, c.headDim, c.causal, c.dtype, c.direction, c.kind,
+      m.impl, m.family, m.place, m.status, m.reason, t?.medianMs, t?.minMs, t?.p25Ms, t?.p75Ms, t?.maxMs, t?.spread,
+      t?.iters, m.tflops, m.gbps, m.copyFraction, m.peakBytes, speedupOfOurs(report, m), m.kernel, m.dtype,
+    ];
+    lines.push(row.map(quote).join(","));
+  }
+  return lines.join("\r\n") + "\r\n";
+}

@@ -1,0 +1,126 @@
+// The human report on stdout: a header with the machine facts and what was not measured (with why), then one row
+// per case and one column per implementation. Prefill cells read "TFLOP/s", decode cells "GB/s of K+V (share of
+// the copy bandwidth)"; a baseline's cell ends with ×N, how many times faster ours is on the same place (above 1:
+// ours wins). A second table gives the peak memory of one call, where the naive algorithm's O(seqlen²) scores
+// show; the notes say why any cell is not a number.
+import { type BenchReport, type Measurement, speedupOfOurs } from "../results.ts";
+import { geometricMean } from "../stats.ts";
+import type { BenchCase } from "../sweep.ts";
+
+export interface TableOptions {
+  color: boolean;
+}
+
+const statusWord: Record<Measurement["status"], string> = {
+  ok: "", oom: "OOM", unsupported: "n/a", skipped: "skipped", error: "error",
+};
+
+const paint = (on: boolean, code: number, text: string) => (on ? `\x1b[${code}m${text}\x1b[0m` : text);
+// Width without ANSI codes, for padding coloured cells.
+const visibleLength = (s: string) => s.replace(/\x1b\[[0-9;]*m/g, "").length;
+const padEnd = (s: string, n: number) => s + " ".repeat(Math.max(0, n - visibleLength(s)));
+const padStart = (s: string, n: number) => " ".repeat(Math.max(0, n - visibleLength(s))) + s;
+
+export function formatBytes(bytes: number | undefined): string {
+  if (bytes === undefined || !Number.isFinite(bytes)) return "";
+  if (bytes >= 2 ** 30) return `${(bytes / 2 ** 30).toFixed(2)} GiB`;
+  if (bytes >= 2 ** 20) return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+  return `${(bytes / 2 ** 10).toFixed(0)} KiB`;
+}
+
+const fixed = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+
+/** The implementations with at least one row, in report order (ours first, then baselines). */
+export function measuredImpls(report: BenchReport): string[] {
+  const seen = new Set(report.measurements.map((m) => m.impl));
+  return report.implementations.map((i) => i.impl).filter((impl, i, all) => seen.has(impl) && all.indexOf(impl) === i);
+}
+
+function rateCell(report: BenchReport, c: BenchCase, m: Measurement | undefined, color: boolean): string {
+  if (!m) return "";
+  if (m.status !== "ok") return paint(color, 2, statusWord[m.status]);
+  const rate = c.kind === "decode"
+    ? `${fixed(m.gbps ?? NaN)}${m.copyFraction !== undefined ? ` (${Math.round(m.copyFraction * 100)}%)` : ""}`
+    : fixed(m.tflops ?? NaN);
+  const speedup = speedupOfOurs(report, m);
+  if (speedup === undefined) return rate;
+  return `${rate} ${paint(color, speedup >= 1 ? 32 : 31, `×${speedup.toFixed(2)}`)}`;
+}
+
+function grid(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(visibleLength(h), ...rows.map((r) => visibleLength(r[i] ?? ""))));
+  const line = (cells: string[]) =>
+    cells.map((cell, i) => (i === 0 ? padEnd(cell, widths[i]) : padStart(cell, widths[i]))).join("  ").trimEnd();
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
+}
+
+function machineLines(report: BenchReport): string[] {
+  const lines: string[] = [];
+  const m = report.machine as {
+    host?: { cpu?: string; cpu_count?: number; runtime?: string };
+    libraries?: { backend: string; version?: string; compiler?: string; path: string; device?: { name?: string; arch?: string; driver_version?: unknown } }[];
+    nvidia?: { driver_version?: string };
+    baselines?: Record<string, Record<string, unknown>>;
+  };
+  if (m.host) lines.push(`host: ${m.host.cpu ?? "?"} ×${m.host.cpu_count ?? "?"}, ${m.host.runtime ?? ""}`);
+  for (const lib of m.libraries ?? []) {
+    const d = lib.device ?? {};
+    const driver = lib.backend === "cuda" && m.nvidia?.driver_version ? `, driver ${m.nvidia.driver_version}` : "";
+    lines.push(`${lib.backend}: ${d.name ?? "?"} ${d.arch ?? ""}${driver}; libflashattn_${lib.backend} ${lib.version ?? "?"} (${lib.compiler ?? "?"})`);
+  }
+  const torch = m.baselines?.torch;
+  if (torch) lines.push(`torch ${torch.torch} (CUDA ${torch.cuda ?? "-"}, cuDNN ${torch.cudnn ?? "-"}) on ${torch.device}`);
+  const numpy = m.baselines?.numpy;
+  if (numpy) lines.push(`numpy ${numpy.numpy} (python ${numpy.python})`);
+  for (const c of report.copyBandwidth) lines.push(`copy bandwidth (${c.place}, ${c.device}): ${fixed(c.gbps)} GB/s`);
+  return lines;
+}
+
+/** Why each cell that holds no number holds none, grouped so 30 identical reasons take one line. */
+function notes(report: BenchReport): string[] {
+  const groups = new Map<string, number>();
+  for (const m of report.measurements) {
+    if (m.status === "ok" && !m.reason) continue;
+    const key = `${m.impl} ${m.status === "ok" ? "note" : statusWord[m.status]}: ${m.reason ?? "no reason given"}`;
+    groups.set(key, (groups.get(key) ?? 0) + 1);
+  }
+  return [...groups].map(([key, n]) => `  ${key}${n > 1 ? ` (${n} cases)` : ""}`);
+}
+
+export function renderTable(report: BenchReport, opts: TableOptions): string {
+  const { color } = opts;
+  const out: string[] = [];
+  out.push(...machineLines(report));
+  const missing = report.implementations.filter((i) => !i.available);
+  for (const i of missing) out.push(`not measured: ${i.impl}: ${i.reason}`);
+  out.push("");
+
+  const impls = measuredImpls(report);
+  const byCase = new Map<string, Map<string, Measurement>>();
+  for (const m of report.measurements) {
+    if (!byCase.has(m.caseId)) byCase.set(m.caseId, new Map());
+    byCase.get(m.caseId)!.set(m.impl, m);
+  }
+  const decode = report.cases.some((c) => c.kind === "decode");
+  const unit = decode ? "GB/s of K+V (share of copy bandwidth)" : "TFLOP/s";
+  out.push(`${unit}; ×N = ours is N times faster than that baseline (median of timed runs)`);
+  out.push(grid(["case", ...impls], report.cases.map((c) => [c.id, ...impls.map((impl) => rateCell(report, c, byCase.get(c.id)?.get(impl), color))])));
+  out.push("");
+  out.push("peak memory of one call (inputs and outputs included)");
+  out.push(grid(["case", ...impls], report.cases.map((c) => [c.id, ...impls.map((impl) => {
+    const m = byCase.get(c.id)?.get(impl);
+    return !m ? "" : m.status === "ok" ? formatBytes(m.peakBytes) : paint(color, 2, statusWord[m.status]);
+  })])));
+
+  const summary: string[] = [];
+  for (const impl of impls) {
+    const ratios = report.measurements.filter((m) => m.impl === impl).map((m) => speedupOfOurs(report, m)).filter((r): r is number => r !== undefined);
+    if (ratios.length) summary.push(`  vs ${impl}: ×${geometricMean(ratios).toFixed(2)} over ${ratios.length} cases`);
+  }
+  if (summary.length) out.push("", "ours against each baseline (geometric mean of the speed-ups):", ...summary);
+  const why = notes(report);
+  if (why.length) out.push("", "notes:", ...why);
+  if (report.timeLimited) out.push("", `the time limit of ${report.config.maxSeconds} s cut the run short; the remaining rows say "skipped"`);
+  out.push("", `${report.cases.length} cases in ${report.elapsedSeconds.toFixed(1)} s`);
+  return out.join("\n") + "\n";
+}

@@ -1,0 +1,98 @@
+// The bench report: what was measured, by which implementation, on which machine. Reporters (bench/report/*) only
+// read this; `--json` prints it as is, so its keys carry their units (ms, bytes, tflops, gbps).
+import type { BackendName } from "../ffi/discovery.ts";
+import type { BenchCase, PresetName } from "./sweep.ts";
+import type { TimingSummary } from "./stats.ts";
+
+export const BENCH_SCHEMA = "flashattn.bench/1";
+
+/** ours: a libflashattn backend; naive: its materialised-scores algorithm; torch: an SDPA backend; numpy: NumPy. */
+export type ImplFamily = "ours" | "naive" | "torch" | "numpy";
+
+/**
+ * ok: timed. oom: out of memory (or predicted not to fit, said in reason). unsupported: the implementation cannot
+ * run this case. skipped: not attempted (time limit, or predicted far over the per-case budget). error: it failed.
+ */
+export type RowStatus = "ok" | "oom" | "unsupported" | "skipped" | "error";
+
+export interface Measurement {
+  caseId: string;
+  impl: string;
+  family: ImplFamily;
+  /** Where it ran: "cpu", or the GPU backend kind ("cuda", "hip"); ratios compare rows of the same place. */
+  place: BackendName;
+  status: RowStatus;
+  reason?: string;
+  timing?: TimingSummary;
+  tflops?: number;
+  /** Decode: bytes of K and V read per second (1e9), and that as a fraction of the device's copy bandwidth. */
+  gbps?: number;
+  copyFraction?: number;
+  /** Peak memory of one call, inputs and outputs included. */
+  peakBytes?: number;
+  kernel?: string;
+  /** When the implementation computed in another dtype than the case's (NumPy: fp32). */
+  dtype?: string;
+}
+
+/** One implementation the run considered, measured or not, with the reason when it was not. */
+export interface ImplStatus {
+  impl: string;
+  family: ImplFamily;
+  place?: BackendName;
+  available: boolean;
+  reason?: string;
+  detail?: Record<string, unknown>;
+}
+
+export interface CopyBandwidth {
+  place: BackendName;
+  device: string;
+  bytes: number;
+  medianMs: number;
+  /** (read + written bytes) / median time, 1e9 bytes per second. */
+  gbps: number;
+  method: string;
+}
+
+export interface BenchConfig {
+  preset: PresetName;
+  warmup: number;
+  iters: number;
+  minIters: number;
+  caseBudgetMs: number;
+  maxSeconds: number;
+}
+
+export interface BenchReport {
+  ok: true;
+  schema: typeof BENCH_SCHEMA;
+  createdAt: string;
+  config: BenchConfig;
+  machine: Record<string, unknown>;
+  implementations: ImplStatus[];
+  copyBandwidth: CopyBandwidth[];
+  cases: BenchCase[];
+  measurements: Measurement[];
+  /** Wall time of the whole run, and whether the time limit cut it short. */
+  elapsedSeconds: number;
+  timeLimited: boolean;
+}
+
+/** The measurement of ours that a row is compared with: the first "ours" implementation on the same place. */
+export function referenceRow(report: BenchReport, m: Measurement): Measurement | undefined {
+  const ours = report.implementations.find((i) => i.family === "ours" && i.available && i.place === m.place);
+  if (!ours) return undefined;
+  return report.measurements.find((x) => x.caseId === m.caseId && x.impl === ours.impl && x.status === "ok");
+}
+
+/**
+ * How many times faster ours is than `m` on the same case and place (time of m / time of ours); undefined when
+ * either side has no timing, or `m` is ours itself.
+ */
+export function speedupOfOurs(report: BenchReport, m: Measurement): number | undefined {
+  if (m.family === "ours" || m.status !== "ok" || !m.timing) return undefined;
+  const ref = referenceRow(report, m);
+  if (!ref?.timing) return undefined;
+  return m.timing.medianMs / ref.timing.medianMs;
+}

@@ -1,0 +1,194 @@
+// `flashattn bench`: our kernels against the naive algorithm, PyTorch SDPA's backends and NumPy, on the sweeps the
+// field quotes (bench/sweep.ts), timed natively. parseBenchOptions() turns the raw flags into a BenchPlan with no
+// I/O (every bad flag is one USAGE sentence, tested directly); executeBench() runs it and writes the outputs.
+import process from "node:process";
+import type { Command } from "@commander-js/extra-typings";
+import { backendNames } from "../ffi/discovery.ts";
+import { FlashAttnError } from "../lib/errors.ts";
+import type { BackendChoice } from "../lib/select.ts";
+import { writeFileAtomic } from "../formats/atomic.ts";
+import { applyOverrides, type PresetName, presetNames, presets, type SweepOverrides } from "../bench/sweep.ts";
+import { type BaselineName, baselineNames, type BenchOptions, gpuUsable, presetTiming, runBench, sdpaImpls } from "../bench/run.ts";
+import type { BenchReport } from "../bench/results.ts";
+import { renderTable } from "../bench/report/table.ts";
+import { renderCsv } from "../bench/report/csv.ts";
+import { renderSvg } from "../bench/report/svg.ts";
+import { StderrProgress, silentProgress } from "../bench/report/progress.ts";
+import { action, printJson, progress, useColor } from "./_output.ts";
+
+/** The raw option values commander hands over. */
+export interface RawBenchOptions extends SweepOverrides {
+  preset?: string;
+  backend?: string;
+  lib?: string;
+  baselines?: string;
+  warmup?: string;
+  iters?: string;
+  minIters?: string;
+  caseBudgetMs?: string;
+  maxSeconds?: string;
+  csv?: string | boolean;
+  chart?: string;
+  save?: string;
+  python?: string;
+  quiet?: boolean;
+}
+
+export interface BenchPlan {
+  /** undefined: fa where a GPU backend is usable, quick otherwise (decided when the backends are known). */
+  preset?: PresetName;
+  overrides: SweepOverrides;
+  backend: BackendChoice;
+  libPath?: string;
+  baselines: BaselineName[];
+  timing: Partial<{ warmup: number; iters: number; minIters: number; caseBudgetMs: number; maxSeconds: number }>;
+  csv?: { path?: string };
+  chart?: string;
+  save?: string;
+  python?: string;
+  quiet: boolean;
+}
+
+const usage = (message: string, fix?: string): never => {
+  throw new FlashAttnError("USAGE", message, fix);
+};
+
+function wholeNumber(flag: string, text: string | undefined, min: number, max: number): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < min || n > max) usage(`--${flag} takes a whole number in ${min}..${max}, not "${text}"`);
+  return n;
+}
+
+/** "naive,sdpa,numpy" → the baselines; "sdpa" means all four SDPA backends, "none" none, "all" all. */
+export function parseBaselines(text: string | undefined): BaselineName[] {
+  if (text === undefined || text.trim() === "all") return [...baselineNames];
+  if (text.trim() === "none") return [];
+  const out = new Set<BaselineName>();
+  for (const item of text.split(",").map((s) => s.trim()).filter(Boolean)) {
+    if (item === "sdpa" || item === "torch") sdpaImpls.forEach((i) => out.add(i));
+    else if ((baselineNames as readonly string[]).includes(item)) out.add(item as BaselineName);
+    else usage(`--baselines: unknown baseline "${item}"`, `use a comma list of ${["naive", "sdpa", ...sdpaImpls, "numpy"].join(", ")}, or all / none`);
+  }
+  return [...out];
+}
+
+export function parseBenchOptions(raw: RawBenchOptions): BenchPlan {
+  let preset: PresetName | undefined;
+  if (raw.preset !== undefined) {
+    if (!(presetNames as readonly string[]).includes(raw.preset)) usage(`--preset takes ${presetNames.join(", ")}, not "${raw.preset}"`);
+    preset = raw.preset as PresetName;
+  }
+  const backend = (raw.backend ?? "auto") as BackendChoice;
+  if (backend !== "auto" && !(backendNames as readonly string[]).includes(backend)) usage(`--backend takes auto, cpu, cuda or hip, not "${raw.backend}"`);
+  const overrides: SweepOverrides = {
+    seqlen: raw.seqlen, seqlenQ: raw.seqlenQ, hdim: raw.hdim, batch: raw.batch, heads: raw.heads, headsKv: raw.headsKv,
+    causal: raw.causal, dtype: raw.dtype, direction: raw.direction,
+  };
+  // Check the sweep flags now, against any preset: a typo fails before a library is even loaded.
+  applyOverrides(presets.quick, overrides);
+  if (raw.chart !== undefined && !raw.chart.toLowerCase().endsWith(".svg")) usage(`--chart writes SVG: name a .svg file, not "${raw.chart}"`);
+  return {
+    preset, overrides, backend, libPath: raw.lib, baselines: parseBaselines(raw.baselines),
+    timing: {
+      warmup: wholeNumber("warmup", raw.warmup, 0, 1000),
+      iters: wholeNumber("iters", raw.iters, 1, 100_000),
+      minIters: wholeNumber("min-iters", raw.minIters, 1, 1000),
+      caseBudgetMs: wholeNumber("case-budget-ms", raw.caseBudgetMs, 1, 3_600_000),
+      maxSeconds: wholeNumber("max-seconds", raw.maxSeconds, 1, 7 * 24 * 3600),
+    },
+    csv: raw.csv === undefined || raw.csv === false ? undefined : { path: raw.csv === true ? undefined : raw.csv },
+    chart: raw.chart, save: raw.save, python: raw.python, quiet: raw.quiet === true,
+  };
+}
+
+export async function executeBench(plan: BenchPlan): Promise<BenchReport> {
+  const preset = plan.preset ?? (gpuUsable({ backend: plan.backend, libPath: plan.libPath }) ? "fa" : "quick");
+  const defaults = presetTiming[preset];
+  const t = plan.timing;
+  const options: BenchOptions = {
+    preset, spec: applyOverrides(presets[preset], plan.overrides), backend: plan.backend, libPath: plan.libPath,
+    baselines: plan.baselines,
+    timing: {
+      warmup: t.warmup ?? defaults.warmup, iters: t.iters ?? defaults.iters,
+      minIters: Math.min(t.minIters ?? defaults.minIters, t.iters ?? defaults.iters),
+      caseBudgetMs: t.caseBudgetMs ?? defaults.caseBudgetMs,
+    },
+    maxSeconds: t.maxSeconds ?? defaults.maxSeconds,
+    python: plan.python,
+    progress: plan.quiet ? silentProgress : new StderrProgress(process.stderr),
+  };
+  if (!plan.quiet && plan.preset === undefined) progress(`flashattn bench: preset ${preset} (pass --preset to choose)`);
+  return await runBench(options);
+}
+
+const encode = (text: string) => new TextEncoder().encode(text);
+
+/** Writes the files the flags ask for; returns one line per file written (for stderr). */
+export function writeOutputs(report: BenchReport, plan: BenchPlan): string[] {
+  const written: string[] = [];
+  if (plan.chart) {
+    writeFileAtomic(plan.chart, encode(renderSvg(report)));
+    written.push(`chart: ${plan.chart}`);
+  }
+  if (plan.csv?.path) {
+    writeFileAtomic(plan.csv.path, encode(renderCsv(report)));
+    written.push(`csv: ${plan.csv.path}`);
+  }
+  if (plan.save) {
+    writeFileAtomic(plan.save, encode(JSON.stringify(report, null, 2) + "\n"));
+    written.push(`report: ${plan.save}`);
+  }
+  return written;
+}
+
+const examples = `
+Examples:
+  flashattn bench                                   quick on a CPU-only machine, fa where a GPU is usable
+  flashattn bench --preset fa --json --chart fa.svg the flash-attention sweep, JSON on stdout, a bar chart
+  flashattn bench --preset decode --save decode.json one query token against 4k..128k KV, GQA
+  flashattn bench --seqlen 1k,4k --hdim 128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn
+
+Implementations: ours (every usable libflashattn backend), naive-<backend> (materialised scores, forward only),
+sdpa-flash/-cudnn/-efficient/-math (PyTorch through python3, when torch sees a GPU), numpy (CPU rows). A baseline
+that cannot run is listed with the reason; a case that does not fit or is unsupported says so on its row.
+Timing: inside the library (CUDA/HIP events, a monotonic clock on the CPU), cache flushed before each run, median
+of the timed runs. See docs/bench.md.`;
+
+export function register(program: Command) {
+  program.command("bench")
+    .description("benchmark the attention kernels against naive, PyTorch SDPA and NumPy baselines")
+    .option("--preset <name>", `sweep: ${presetNames.join(", ")} (default: fa with a GPU, else quick)`)
+    .option("--seqlen <list>", "sequence lengths (KV length for decode), e.g. 512,1k,16k")
+    .option("--seqlen-q <list>", "query lengths when they differ from --seqlen (decode: 1)")
+    .option("--hdim <list>", "head dimensions, e.g. 64,128,256")
+    .option("--batch <list>", "batch sizes (default: 16k tokens / seqlen for fa)")
+    .option("--heads <list>", "query heads (default: 2048 / head dim for fa)")
+    .option("--heads-kv <list>", "key/value heads (GQA/MQA when fewer than --heads)")
+    .option("--causal <on|off|both>", "causal mask, bottom-right aligned")
+    .option("--dtype <fp16|bf16|fp32>", "data type (default: bf16; quick on a CPU: fp32)")
+    .option("--direction <list>", "fwd, bwd, fwd+bwd (comma list)")
+    .option("--backend <auto|cpu|cuda|hip>", "our backend(s) to measure (default auto: every usable one)")
+    .option("--lib <path>", "explicit libflashattn_<backend>.so")
+    .option("--baselines <list>", "naive, sdpa (all four), sdpa-flash, sdpa-cudnn, sdpa-efficient, sdpa-math, numpy; all or none")
+    .option("--warmup <n>", "untimed runs before timing")
+    .option("--iters <n>", "timed runs per case (fewer when a run is slow, see --case-budget-ms)")
+    .option("--min-iters <n>", "fewest timed runs of a slow case")
+    .option("--case-budget-ms <ms>", "timed kernel time one implementation may spend on one case")
+    .option("--max-seconds <s>", "time limit of the whole run; later rows become 'skipped'")
+    .option("--csv [file]", "CSV, one row per measurement (stdout without a file)")
+    .option("--chart <file.svg>", "grouped bar chart per (direction, head dim, causal)")
+    .option("--save <file.json>", "also write the JSON report to a file")
+    .option("--python <path>", "interpreter for the torch and NumPy baselines (default FLASHATTN_PYTHON or python3)")
+    .option("--quiet", "no progress on stderr")
+    .addHelpText("after", examples)
+    .action(action(async (globals, raw: RawBenchOptions) => {
+      const plan = parseBenchOptions(raw);
+      const report = await executeBench(plan);
+      const written = writeOutputs(report, plan);
+      if (globals.json) printJson(report);
+      else if (plan.csv && !plan.csv.path) process.stdout.write(renderCsv(report));
+      else process.stdout.write(renderTable(report, { color: useColor(process.stdout, globals.color) }));
+      if (!plan.quiet) for (const line of written) progress(`flashattn bench: wrote ${line}`);
+    }));
+}
