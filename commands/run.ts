@@ -568,6 +568,14 @@ export function renderRun(r: RunResult, color: boolean): string {
   return lines.join("\n") + "\n";
 }
 
+/** One line per backend: its verdict and the first reason (for --verbose, on stderr). */
+export function renderDecisions(decisions: BackendDecision[]): string {
+  return decisions.map((d) => {
+    const detail = d.verdict === "chosen" || d.verdict === "usable" ? (d.kernel ? `kernel ${d.kernel}` : "") : (d.reasons[0] ?? "");
+    return `  ${d.backend.padEnd(5)}${d.verdict.padEnd(9)}${detail}`;
+  }).join("\n") + "\n";
+}
+
 export function runDocument(r: RunResult): Record<string, unknown> {
   const ok = r.check ? r.check.pass : true;
   const doc: Record<string, unknown> = { ok, command: "run", version: packageJson.version, ...r };
@@ -622,6 +630,7 @@ export function register(program: Command) {
     .addHelpText("after", examples)
     .action(action(async (globals, raw: RawRunOptions) => {
       const result = await executeRun(parseRunOptions(raw), globals);
+      if (globals.verbose && !globals.json) process.stderr.write("backends:\n" + renderDecisions(result.decisions));
       if (globals.json) printJson(runDocument(result));
       else process.stdout.write(renderRun(result, useColor(process.stdout, globals.color)));
       if (result.check && !result.check.pass) {
