@@ -94,7 +94,9 @@ export interface ErrorDocument {
 /** The one-line shape of any thrown value: FlashAttnError keeps its code and fix, anything else is INTERNAL. */
 export function describeError(error: unknown): ErrorDocument["error"] {
   if (error instanceof FlashAttnError) {
-    return error.fix ? { code: error.code, message: error.message, fix: error.fix } : { code: error.code, message: error.message };
+    return error.fix
+      ? { code: error.code, message: error.message, fix: error.fix }
+      : { code: error.code, message: error.message };
   }
   if (error instanceof CommanderError) return { code: "USAGE", message: commanderMessage(error.message) };
   const message = error instanceof Error ? error.message : String(error);

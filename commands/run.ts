@@ -96,7 +96,14 @@ export interface RunPlan {
 }
 
 /** The embedded default problem: one causal sequence of 1024 tokens, 8 heads of dimension 64. */
-export const defaultShape: ProblemShape = { batch: 1, seqlenQ: 1024, seqlenK: 1024, headsQ: 8, headsKv: 8, headDim: 64 };
+export const defaultShape: ProblemShape = {
+  batch: 1,
+  seqlenQ: 1024,
+  seqlenK: 1024,
+  headsQ: 8,
+  headsKv: 8,
+  headDim: 64,
+};
 
 /** Random inputs are generated on the host: at most 2^28 elements (1 GiB as fp32) per tensor. */
 export const MAX_RANDOM_ELEMENTS = 2 ** 28;
@@ -107,9 +114,16 @@ export const MAX_HEAD_DIM = 256;
 const usage = (message: string, fix?: string) => new FlashAttnError("USAGE", message, fix);
 
 const dtypeAliases: Record<string, DType> = {
-  fp32: "fp32", f32: "fp32", float32: "fp32", float: "fp32",
-  fp16: "fp16", f16: "fp16", float16: "fp16", half: "fp16",
-  bf16: "bf16", bfloat16: "bf16",
+  fp32: "fp32",
+  f32: "fp32",
+  float32: "fp32",
+  float: "fp32",
+  fp16: "fp16",
+  f16: "fp16",
+  float16: "fp16",
+  half: "fp16",
+  bf16: "bf16",
+  bfloat16: "bf16",
 };
 
 export function parseDtype(text: string): DType {
@@ -138,9 +152,13 @@ function parseNumber(flag: string, text: string, check: (x: number) => boolean, 
 /** "L,R" with -1 = unbounded on that side. */
 export function parseWindow(text: string): [number, number] {
   const parts = text.split(",");
-  if (parts.length !== 2) throw usage(`--window takes LEFT,RIGHT (-1 = unbounded), got '${text}'`, "e.g. --window 256,0");
+  if (parts.length !== 2) {
+    throw usage(`--window takes LEFT,RIGHT (-1 = unbounded), got '${text}'`, "e.g. --window 256,0");
+  }
   const [left, right] = parts.map((p) => parseInteger("--window bounds", p, -1));
-  if (left === -1 && right === -1) throw usage("--window -1,-1 is no window at all", "drop --window, or bound one side");
+  if (left === -1 && right === -1) {
+    throw usage("--window -1,-1 is no window at all", "drop --window, or bound one side");
+  }
   return [left, right];
 }
 
@@ -148,8 +166,10 @@ export function parseWindow(text: string): [number, number] {
 export function parseShape(text: string): ProblemShape {
   const parts = text.split(",");
   if (parts.length !== 6 && parts.length !== 4) {
-    throw usage(`--shape takes batch,seqlen_q,seqlen_k,heads_q,heads_kv,head_dim (or batch,seqlen,heads,head_dim), got '${text}'`,
-      "e.g. --shape 2,1024,1024,16,4,128");
+    throw usage(
+      `--shape takes batch,seqlen_q,seqlen_k,heads_q,heads_kv,head_dim (or batch,seqlen,heads,head_dim), got '${text}'`,
+      "e.g. --shape 2,1024,1024,16,4,128",
+    );
   }
   const n = parts.map((p) => parseInteger("--shape entries", p, 1));
   return parts.length === 6
@@ -161,16 +181,29 @@ export function parseShape(text: string): ProblemShape {
 export function checkShape(shape: ProblemShape, options: { check: boolean; random: boolean }): void {
   const { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim } = shape;
   if (headsQ % headsKv !== 0) {
-    throw usage(`heads_q (${headsQ}) must be a multiple of heads_kv (${headsKv}) for GQA/MQA`, "use a kv head count that divides the query head count");
+    throw usage(
+      `heads_q (${headsQ}) must be a multiple of heads_kv (${headsKv}) for GQA/MQA`,
+      "use a kv head count that divides the query head count",
+    );
   }
-  if (headDim > MAX_HEAD_DIM) throw usage(`head_dim ${headDim} is out of range (1..${MAX_HEAD_DIM})`, "FlashAttention kernels support head dims up to 256");
+  if (headDim > MAX_HEAD_DIM) {
+    throw usage(
+      `head_dim ${headDim} is out of range (1..${MAX_HEAD_DIM})`,
+      "FlashAttention kernels support head dims up to 256",
+    );
+  }
   const largest = Math.max(batch * seqlenQ * headsQ, batch * seqlenK * headsKv) * headDim;
   if (options.random && largest > MAX_RANDOM_ELEMENTS) {
-    throw usage(`the problem needs ${largest.toExponential(2)} elements per tensor; run generates at most 2^28 on the host`,
-      "use a smaller shape (flashattn bench measures large problems on the device)");
+    throw usage(
+      `the problem needs ${largest.toExponential(2)} elements per tensor; run generates at most 2^28 on the host`,
+      "use a smaller shape (flashattn bench measures large problems on the device)",
+    );
   }
   if (options.check && 2 * batch * headsQ * seqlenQ * seqlenK * headDim > MAX_CHECK_WORK) {
-    throw usage(`--check on this problem would take the fp64 reference too long (more than 2^35 multiply-adds)`, "drop --check, or check a smaller shape");
+    throw usage(
+      `--check on this problem would take the fp64 reference too long (more than 2^35 multiply-adds)`,
+      "drop --check, or check a smaller shape",
+    );
   }
 }
 
@@ -185,42 +218,74 @@ function parseInputs(raw: RawRunOptions): { input?: InputPlan; described: boolea
   const anyNpy = Object.values(npyFlags).some((x) => x !== undefined);
   const sizeFlags = ["batch", "seqlen", "seqlenQ", "seqlenK", "heads", "headsQ", "headsKv", "headDim"] as const;
   const givenSizes = sizeFlags.filter((f) => raw[f] !== undefined);
-  const nameFlags = ([["qName", "--q-name"], ["kName", "--k-name"], ["vName", "--v-name"], ["qkvName", "--qkv-name"]] as const)
-    .filter(([f]) => raw[f] !== undefined);
-  const sources = [anyNpy && "--q/--k/--v", raw.input !== undefined && "--input", (raw.shape !== undefined || givenSizes.length > 0) && "a shape"]
+  const nameFlags =
+    ([["qName", "--q-name"], ["kName", "--k-name"], ["vName", "--v-name"], ["qkvName", "--qkv-name"]] as const)
+      .filter(([f]) => raw[f] !== undefined);
+  const sources = [
+    anyNpy && "--q/--k/--v",
+    raw.input !== undefined && "--input",
+    (raw.shape !== undefined || givenSizes.length > 0) && "a shape",
+  ]
     .filter(Boolean);
-  if (sources.length > 1) throw usage(`choose one input: ${sources.join(" or ")}, not both`, "files (--q/--k/--v or --input) or a random problem (--shape)");
-  if (nameFlags.length && raw.input === undefined) throw usage(`${nameFlags[0][1]} names a tensor of a .safetensors --input, which is missing`);
+  if (sources.length > 1) {
+    throw usage(
+      `choose one input: ${sources.join(" or ")}, not both`,
+      "files (--q/--k/--v or --input) or a random problem (--shape)",
+    );
+  }
+  if (nameFlags.length && raw.input === undefined) {
+    throw usage(`${nameFlags[0][1]} names a tensor of a .safetensors --input, which is missing`);
+  }
 
   if (anyNpy) {
     const missing = (["q", "k", "v"] as const).filter((n) => npyFlags[n] === undefined);
     if (missing.length) throw usage(`--q, --k and --v go together; --${missing.join(", --")} missing`);
     for (const [flag, path] of Object.entries(npyFlags)) {
-      if (!path!.toLowerCase().endsWith(".npy")) throw usage(`--${flag} ${path} is not a .npy file`, "pass .npy files to --q/--k/--v, or a .safetensors file to --input");
+      if (!path!.toLowerCase().endsWith(".npy")) {
+        throw usage(
+          `--${flag} ${path} is not a .npy file`,
+          "pass .npy files to --q/--k/--v, or a .safetensors file to --input",
+        );
+      }
     }
     return { input: { kind: "npy", q: npyFlags.q!, k: npyFlags.k!, v: npyFlags.v! }, described: true };
   }
   if (raw.input !== undefined) {
     const path = inputPath("--input", raw.input)!;
-    if (!path.toLowerCase().endsWith(".safetensors")) throw usage(`--input ${path} is not a .safetensors file`, "pass .npy files with --q/--k/--v");
+    if (!path.toLowerCase().endsWith(".safetensors")) {
+      throw usage(`--input ${path} is not a .safetensors file`, "pass .npy files with --q/--k/--v");
+    }
     const named = [raw.qName, raw.kName, raw.vName].filter((x) => x !== undefined).length;
-    if (raw.qkvName !== undefined && named) throw usage("--qkv-name (one packed tensor) and --q-name/--k-name/--v-name exclude each other");
+    if (raw.qkvName !== undefined && named) {
+      throw usage("--qkv-name (one packed tensor) and --q-name/--k-name/--v-name exclude each other");
+    }
     const names = named ? { q: raw.qName ?? "q", k: raw.kName ?? "k", v: raw.vName ?? "v" } : undefined;
     return { input: { kind: "safetensors", path, names, packed: raw.qkvName }, described: true };
   }
   if (raw.shape !== undefined || givenSizes.length) {
     if (raw.shape !== undefined && givenSizes.length) {
-      throw usage(`--shape and --${givenSizes[0].replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())} exclude each other`, "give the whole shape with --shape, or separate flags");
+      throw usage(
+        `--shape and --${givenSizes[0].replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())} exclude each other`,
+        "give the whole shape with --shape, or separate flags",
+      );
     }
-    return { input: { kind: "random", shape: raw.shape !== undefined ? parseShape(raw.shape) : shapeFromFlags(raw), seed: 0 }, described: true };
+    return {
+      input: { kind: "random", shape: raw.shape !== undefined ? parseShape(raw.shape) : shapeFromFlags(raw), seed: 0 },
+      described: true,
+    };
   }
   return { described: false };
 }
 
 function shapeFromFlags(raw: RawRunOptions): ProblemShape {
-  const flag = (name: string, value: string | undefined, fallback: number) => value === undefined ? fallback : parseInteger(name, value, 1);
-  if (raw.seqlen !== undefined && (raw.seqlenQ !== undefined || raw.seqlenK !== undefined)) throw usage("--seqlen sets both lengths; do not combine it with --seqlen-q/--seqlen-k");
-  if (raw.heads !== undefined && (raw.headsQ !== undefined || raw.headsKv !== undefined)) throw usage("--heads sets both head counts; do not combine it with --heads-q/--heads-kv");
+  const flag = (name: string, value: string | undefined, fallback: number) =>
+    value === undefined ? fallback : parseInteger(name, value, 1);
+  if (raw.seqlen !== undefined && (raw.seqlenQ !== undefined || raw.seqlenK !== undefined)) {
+    throw usage("--seqlen sets both lengths; do not combine it with --seqlen-q/--seqlen-k");
+  }
+  if (raw.heads !== undefined && (raw.headsQ !== undefined || raw.headsKv !== undefined)) {
+    throw usage("--heads sets both head counts; do not combine it with --heads-q/--heads-kv");
+  }
   const seqlen = flag("--seqlen", raw.seqlen, defaultShape.seqlenQ);
   const heads = flag("--heads", raw.heads, defaultShape.headsQ);
   const headsQ = flag("--heads-q", raw.headsQ, heads);
@@ -246,7 +311,9 @@ function parseOutput(raw: RawRunOptions): OutputPlan | undefined {
   if (!format) throw usage(`--out ${path} must end in .npy or .safetensors`);
   if (raw.lse === undefined || raw.lse === false) return { path, format, lse: { kind: "none" } };
   if (format === "safetensors") {
-    if (typeof raw.lse === "string") throw usage("with a .safetensors --out the LSE is a second tensor in the same file; give --lse without a path");
+    if (typeof raw.lse === "string") {
+      throw usage("with a .safetensors --out the LSE is a second tensor in the same file; give --lse without a path");
+    }
     return { path, format, lse: { kind: "same-file" } };
   }
   const lsePath = typeof raw.lse === "string" ? raw.lse : path.replace(/\.npy$/i, ".lse.npy");
@@ -260,22 +327,35 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
   const { input, described } = parseInputs(raw);
   const dtype = raw.dtype === undefined ? "auto" : parseDtype(raw.dtype);
   const seed = raw.seed === undefined ? 0 : parseInteger("--seed", raw.seed, 0, 2 ** 32 - 1);
-  if (raw.seed !== undefined && input && input.kind !== "random") throw usage("--seed only applies to random problems (--shape), not to files");
+  if (raw.seed !== undefined && input && input.kind !== "random") {
+    throw usage("--seed only applies to random problems (--shape), not to files");
+  }
   const window = raw.window === undefined ? undefined : parseWindow(raw.window);
-  const softcap = raw.softcap === undefined ? undefined : parseNumber("--softcap", raw.softcap, (x) => x >= 0, "a finite number ≥ 0 (0 = off)");
-  const scale = raw.scale === undefined ? undefined : parseNumber("--scale", raw.scale, (x) => x > 0, "a finite number > 0");
-  if (raw.alibi && raw.alibiSlopes !== undefined) throw usage("--alibi (standard slopes) and --alibi-slopes FILE exclude each other");
+  const softcap = raw.softcap === undefined
+    ? undefined
+    : parseNumber("--softcap", raw.softcap, (x) => x >= 0, "a finite number ≥ 0 (0 = off)");
+  const scale = raw.scale === undefined
+    ? undefined
+    : parseNumber("--scale", raw.scale, (x) => x > 0, "a finite number > 0");
+  if (raw.alibi && raw.alibiSlopes !== undefined) {
+    throw usage("--alibi (standard slopes) and --alibi-slopes FILE exclude each other");
+  }
   const alibi: RunPlan["alibi"] = raw.alibiSlopes !== undefined
     ? { kind: "file", path: inputPath("--alibi-slopes", raw.alibiSlopes)! }
-    : raw.alibi ? { kind: "standard" } : { kind: "none" };
+    : raw.alibi
+    ? { kind: "standard" }
+    : { kind: "none" };
   const backend = raw.backend === undefined ? "auto" : raw.backend.trim().toLowerCase();
   if (backend !== "auto" && !(backendNames as readonly string[]).includes(backend)) {
     throw usage(`unknown backend '${raw.backend}' (choose auto, cpu, cuda or hip)`);
   }
-  if (raw.lib !== undefined && raw.lib.trim() === "") throw usage("--lib needs the path of a libflashattn_<backend>.so");
+  if (raw.lib !== undefined && raw.lib.trim() === "") {
+    throw usage("--lib needs the path of a libflashattn_<backend>.so");
+  }
 
   // Nothing describes a problem: the embedded default runs, causal and checked, unless semantics were given.
-  const semanticsGiven = raw.causal || window || softcap !== undefined || scale !== undefined || alibi.kind !== "none" ||
+  const semanticsGiven = raw.causal || window || softcap !== undefined || scale !== undefined ||
+    alibi.kind !== "none" ||
     raw.dtype !== undefined || raw.seed !== undefined;
   const isDefault = !described && !semanticsGiven;
   const plan: RunPlan = {
@@ -319,8 +399,11 @@ function convert(t: Tensor, dtype: DType | "auto"): Tensor {
 export function unpackQkv(file: string, name: string, qkv: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
   const shape = qkv.shape;
   if (shape.length !== 5 || shape[2] !== 3) {
-    throw new FlashAttnError("BAD_INPUT", `${file}: packed tensor '${name}' must be (batch, seqlen, 3, heads, head_dim), got ${describeShape(shape)}`,
-      "pack as torch.stack([q, k, v], dim=2), as flash_attn_qkvpacked_func takes it");
+    throw new FlashAttnError(
+      "BAD_INPUT",
+      `${file}: packed tensor '${name}' must be (batch, seqlen, 3, heads, head_dim), got ${describeShape(shape)}`,
+      "pack as torch.stack([q, k, v], dim=2), as flash_attn_qkvpacked_func takes it",
+    );
   }
   const [b, s, , h, d] = shape;
   const slice = h * d;
@@ -339,7 +422,8 @@ function loadSafetensors(input: Extract<InputPlan, { kind: "safetensors" }>): { 
   try {
     const has = (n: string) => file.entries.has(n);
     // Without names: separate q, k, v tensors if the file has them, else one packed qkv.
-    const packed = input.packed ?? (!input.names && !(has("q") && has("k") && has("v")) && has("qkv") ? "qkv" : undefined);
+    const packed = input.packed ??
+      (!input.names && !(has("q") && has("k") && has("v")) && has("qkv") ? "qkv" : undefined);
     if (packed !== undefined) return unpackQkv(input.path, packed, file.read(packed));
     const names = input.names ?? { q: "q", k: "k", v: "v" };
     return { q: file.read(names.q), k: file.read(names.k), v: file.read(names.v) };
@@ -372,19 +456,31 @@ function randomInputs(shape: ProblemShape, dtype: DType, seed: number): { q: Ten
 }
 
 /** ALiBi slopes from a .npy of shape (heads_q,) or (batch, heads_q), any float dtype. */
-function slopesFromFile(path: string, batch: number, headsQ: number): { alibiSlopes: Float32Array; alibiPerBatch: boolean } {
+function slopesFromFile(
+  path: string,
+  batch: number,
+  headsQ: number,
+): { alibiSlopes: Float32Array; alibiPerBatch: boolean } {
   const t = readNpy(path);
   const perHead = t.shape.length === 1 && t.shape[0] === headsQ;
   const perBatch = t.shape.length === 2 && t.shape[0] === batch && t.shape[1] === headsQ;
   if (!perHead && !perBatch) {
-    throw new FlashAttnError("BAD_INPUT", `${path}: ALiBi slopes must have shape (${headsQ},) or (${batch}, ${headsQ}), got ${describeShape(t.shape)}`,
-      "one slope per query head, or per batch entry and query head");
+    throw new FlashAttnError(
+      "BAD_INPUT",
+      `${path}: ALiBi slopes must have shape (${headsQ},) or (${batch}, ${headsQ}), got ${describeShape(t.shape)}`,
+      "one slope per query head, or per batch entry and query head",
+    );
   }
   return { alibiSlopes: toFloat32(t), alibiPerBatch: perBatch };
 }
 
 function semanticsFor(plan: RunPlan, batch: number, headsQ: number): AttentionSemantics {
-  const semantics: AttentionSemantics = { causal: plan.causal, window: plan.window, softcap: plan.softcap, scale: plan.scale };
+  const semantics: AttentionSemantics = {
+    causal: plan.causal,
+    window: plan.window,
+    softcap: plan.softcap,
+    scale: plan.scale,
+  };
   if (plan.alibi.kind === "standard") semantics.alibiSlopes = standardAlibiSlopes(headsQ);
   if (plan.alibi.kind === "file") Object.assign(semantics, slopesFromFile(plan.alibi.path, batch, headsQ));
   return semantics;
@@ -395,7 +491,11 @@ function shapeOnly(dtype: DType, shape: number[]): Tensor {
   return { dtype, shape, data: new Uint16Array(0) };
 }
 
-function decide(plan: RunPlan, problem: Problem, alibi: boolean): { backend: BackendName; decisions: BackendDecision[] } {
+function decide(
+  plan: RunPlan,
+  problem: Problem,
+  alibi: boolean,
+): { backend: BackendName; decisions: BackendDecision[] } {
   const { chosen, decisions } = chooseBackend(
     { problem, direction: "fwd", alibi: alibi ? "per-head" : "none" },
     { backend: plan.backend, libPath: plan.libPath },
@@ -435,17 +535,33 @@ export interface RunResult {
   decisions: BackendDecision[];
 }
 
-function checkAgainstReference(q: Tensor, k: Tensor, v: Tensor, semantics: AttentionSemantics, out: Tensor, lse: Float32Array): CheckResult {
+function checkAgainstReference(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  semantics: AttentionSemantics,
+  out: Tensor,
+  lse: Float32Array,
+): CheckResult {
   const reference = referenceForward(q, k, v, semantics);
   const error = relativeError(toFloat32(out), reference.out);
-  const naiveError = q.dtype === "fp32" ? undefined : relativeError(naiveSamePrecisionForward(q, k, v, semantics), reference.out);
+  const naiveError = q.dtype === "fp32"
+    ? undefined
+    : relativeError(naiveSamePrecisionForward(q, k, v, semantics), reference.out);
   const rows = [...reference.lse.keys()].filter((i) => Number.isFinite(reference.lse[i]));
   const lseError = relativeError(rows.map((i) => lse[i]), rows.map((i) => reference.lse[i]));
   const { ok, limit } = withinTolerance(q.dtype, error, naiveError);
   return { relativeError: error, naiveError, lseError, limit, pass: ok };
 }
 
-function writeOutputs(output: OutputPlan, out: Tensor, lse: Float32Array, problem: Problem, inputs: string[], meta: Record<string, string>): string[] {
+function writeOutputs(
+  output: OutputPlan,
+  out: Tensor,
+  lse: Float32Array,
+  problem: Problem,
+  inputs: string[],
+  meta: Record<string, string>,
+): string[] {
   const lseTensor = tensor("fp32", [problem.batch, problem.headsQ, problem.seqlenQ], lse);
   if (output.format === "safetensors") {
     const tensors: Record<string, Tensor> = output.lse.kind === "same-file" ? { out, lse: lseTensor } : { out };
@@ -479,8 +595,12 @@ export async function executeRun(plan: RunPlan, globals: GlobalOptions): Promise
       // fp32 where the CPU serves the request, bf16 where a GPU does: decide on the shape alone, then generate.
       const s = shape;
       const kvShape = [s.batch, s.seqlenK, s.headsKv, s.headDim];
-      const problem = describeProblem(shapeOnly("bf16", [s.batch, s.seqlenQ, s.headsQ, s.headDim]), shapeOnly("bf16", kvShape),
-        shapeOnly("bf16", kvShape), { causal: plan.causal, window: plan.window, softcap: plan.softcap, scale: plan.scale });
+      const problem = describeProblem(
+        shapeOnly("bf16", [s.batch, s.seqlenQ, s.headsQ, s.headDim]),
+        shapeOnly("bf16", kvShape),
+        shapeOnly("bf16", kvShape),
+        { causal: plan.causal, window: plan.window, softcap: plan.softcap, scale: plan.scale },
+      );
       decided = decide(plan, problem, plan.alibi.kind !== "none");
       dtype = decided.backend === "cpu" ? "fp32" : "bf16";
       if (dtype === "fp32") decided = undefined; // decide again for fp32 below
@@ -494,8 +614,12 @@ export async function executeRun(plan: RunPlan, globals: GlobalOptions): Promise
   const semantics = semanticsFor(plan, q.shape[0], q.shape[q.shape.length - 2]);
   const problem = describeProblem(q, k, v, semantics);
   const shape: ProblemShape = {
-    batch: problem.batch, seqlenQ: problem.seqlenQ, seqlenK: problem.seqlenK,
-    headsQ: problem.headsQ, headsKv: problem.headsKv, headDim: problem.headDim,
+    batch: problem.batch,
+    seqlenQ: problem.seqlenQ,
+    seqlenK: problem.seqlenK,
+    headsQ: problem.headsQ,
+    headsKv: problem.headsKv,
+    headDim: problem.headDim,
   };
   checkShape(shape, { check: plan.check, random: plan.input.kind === "random" });
   decided ??= decide(plan, problem, semantics.alibiSlopes !== undefined);
@@ -508,7 +632,10 @@ export async function executeRun(plan: RunPlan, globals: GlobalOptions): Promise
     check = checkAgainstReference(q, k, v, semantics, result.out, result.lse);
   }
   const meta = {
-    producer: `flashattn ${packageJson.version}`, backend: result.backend, kernel: result.kernel, dtype: q.dtype,
+    producer: `flashattn ${packageJson.version}`,
+    backend: result.backend,
+    kernel: result.kernel,
+    dtype: q.dtype,
     causal: String(problem.causal),
   };
   const outputs = plan.output ? writeOutputs(plan.output, result.out, result.lse, problem, inputs, meta) : [];
@@ -539,9 +666,11 @@ function formatError(x: number): string {
 }
 
 function checkFailure(check: CheckResult): FlashAttnError {
-  return new FlashAttnError("CHECK_FAILED",
+  return new FlashAttnError(
+    "CHECK_FAILED",
     `check failed: relative error ${formatError(check.relativeError)} exceeds the limit ${formatError(check.limit)}`,
-    "run `flashattn doctor`, and report it with the command line if the library is ours");
+    "run `flashattn doctor`, and report it with the command line if the library is ours",
+  );
 }
 
 /** The human report (stdout). */
@@ -550,28 +679,42 @@ export function renderRun(r: RunResult, color: boolean): string {
   const s = r.shape;
   const heads = s.headsQ === s.headsKv ? `heads ${s.headsQ}` : `heads ${s.headsQ}/${s.headsKv} (GQA)`;
   const features = [
-    r.causal && "causal", r.window && `window (${r.window.join(", ")})`, r.softcap > 0 && `softcap ${r.softcap}`,
+    r.causal && "causal",
+    r.window && `window (${r.window.join(", ")})`,
+    r.softcap > 0 && `softcap ${r.softcap}`,
     r.alibi !== "none" && "alibi",
   ].filter(Boolean);
   const lines = [
     `${label("backend")}${r.backend}  ${paint("dim", "kernel", color)} ${r.kernel}`,
-    `${label("shape")}batch ${s.batch}, seqlen ${s.seqlenQ}${s.seqlenK !== s.seqlenQ ? `×${s.seqlenK}` : ""}, ${heads}, head_dim ${s.headDim}, ${r.dtype}${features.length ? ", " + features.join(", ") : ""}`,
-    `${label("time")}${r.ms.toFixed(2)} ms  ${r.gflops.toFixed(1)} GFLOP/s ${paint("dim", "(one call; `flashattn bench` for kernel timings)", color)}`,
+    `${label("shape")}batch ${s.batch}, seqlen ${s.seqlenQ}${
+      s.seqlenK !== s.seqlenQ ? `×${s.seqlenK}` : ""
+    }, ${heads}, head_dim ${s.headDim}, ${r.dtype}${features.length ? ", " + features.join(", ") : ""}`,
+    `${label("time")}${r.ms.toFixed(2)} ms  ${r.gflops.toFixed(1)} GFLOP/s ${
+      paint("dim", "(one call; `flashattn bench` for kernel timings)", color)
+    }`,
   ];
   if (r.check) {
     const verdict = r.check.pass ? paint("green", "PASS", color) : paint("red", "FAIL", color);
     const naive = r.check.naiveError === undefined ? "" : `, naive ${r.dtype} ${formatError(r.check.naiveError)}`;
-    lines.push(`${label("check")}relative error ${formatError(r.check.relativeError)} (limit ${formatError(r.check.limit)}${naive}; lse ${formatError(r.check.lseError)})  ${verdict}`);
+    lines.push(
+      `${label("check")}relative error ${formatError(r.check.relativeError)} (limit ${
+        formatError(r.check.limit)
+      }${naive}; lse ${formatError(r.check.lseError)})  ${verdict}`,
+    );
   }
   if (r.outputs.length) lines.push(`${label("wrote")}${r.outputs.join(", ")}`);
-  if (r.defaultProblem) lines.push(paint("dim", "default problem; see `flashattn run --help` for files, shapes and options", color));
+  if (r.defaultProblem) {
+    lines.push(paint("dim", "default problem; see `flashattn run --help` for files, shapes and options", color));
+  }
   return lines.join("\n") + "\n";
 }
 
 /** One line per backend: its verdict and the first reason (for --verbose, on stderr). */
 export function renderDecisions(decisions: BackendDecision[]): string {
   return decisions.map((d) => {
-    const detail = d.verdict === "chosen" || d.verdict === "usable" ? (d.kernel ? `kernel ${d.kernel}` : "") : (d.reasons[0] ?? "");
+    const detail = d.verdict === "chosen" || d.verdict === "usable"
+      ? (d.kernel ? `kernel ${d.kernel}` : "")
+      : (d.reasons[0] ?? "");
     return `  ${d.backend.padEnd(5)}${d.verdict.padEnd(9)}${detail}`;
   }).join("\n") + "\n";
 }

@@ -57,9 +57,15 @@ export function writeFileAtomic(
   try {
     dirStat = fs.statSync(dir);
   } catch {
-    throw new FlashAttnError("BAD_INPUT", `cannot write ${target}: directory ${dir} does not exist`, `create it first: mkdir -p ${dir}`);
+    throw new FlashAttnError(
+      "BAD_INPUT",
+      `cannot write ${target}: directory ${dir} does not exist`,
+      `create it first: mkdir -p ${dir}`,
+    );
   }
-  if (!dirStat.isDirectory()) throw new FlashAttnError("BAD_INPUT", `cannot write ${target}: ${dir} is not a directory`);
+  if (!dirStat.isDirectory()) {
+    throw new FlashAttnError("BAD_INPUT", `cannot write ${target}: ${dir} is not a directory`);
+  }
   try {
     if (fs.statSync(absolute).isDirectory()) {
       throw new FlashAttnError("BAD_INPUT", `cannot write ${target}: it is a directory`, "name a file, e.g. out.npy");
@@ -69,7 +75,10 @@ export function writeFileAtomic(
     // Not there yet: the usual case.
   }
 
-  const temporary = path.join(dir, `.${path.basename(absolute)}.${process.pid}.${Math.random().toString(36).slice(2, 10)}.tmp`);
+  const temporary = path.join(
+    dir,
+    `.${path.basename(absolute)}.${process.pid}.${Math.random().toString(36).slice(2, 10)}.tmp`,
+  );
   let fd: number | undefined;
   try {
     fd = fs.openSync(temporary, "wx", 0o644);
@@ -85,7 +94,11 @@ export function writeFileAtomic(
     if (fd !== undefined) fs.closeSync(fd);
     fs.rmSync(temporary, { force: true });
     const reason = error instanceof Error ? error.message : String(error);
-    throw new FlashAttnError("BAD_INPUT", `cannot write ${target}: ${reason}`, "check the path and that its directory is writable");
+    throw new FlashAttnError(
+      "BAD_INPUT",
+      `cannot write ${target}: ${reason}`,
+      "check the path and that its directory is writable",
+    );
   }
   syncDirectory(dir);
 }

@@ -10,7 +10,7 @@
 // NumPy loads; `arr.view(ml_dtypes.bfloat16)` or `torch.from_numpy(arr).view(torch.bfloat16)` restores it.
 import { dtypeBytes } from "../ffi/layout.ts";
 import { type DType, type Tensor, tensor } from "../lib/tensor.ts";
-import { writeFileAtomic, type AtomicWriteOptions } from "./atomic.ts";
+import { type AtomicWriteOptions, writeFileAtomic } from "./atomic.ts";
 import { badFile, describeShape, openInput, readExact, tensorByteCount } from "./input.ts";
 
 const MAGIC = [0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]; // "\x93NUMPY"
@@ -41,14 +41,24 @@ function dtypeOf(file: string, descr: string, options: ReadNpyOptions): DType {
     case "|V2":
     case "<V2":
       if (options.bf16) return "bf16";
-      throw badFile(file, `holds ${descr === "<u2" ? "uint16" : "2-byte raw"} data ('${descr}'), which is bfloat16 only if you say so`,
-        "pass --dtype bf16 if these are bfloat16 bit patterns, else save as float32");
+      throw badFile(
+        file,
+        `holds ${descr === "<u2" ? "uint16" : "2-byte raw"} data ('${descr}'), which is bfloat16 only if you say so`,
+        "pass --dtype bf16 if these are bfloat16 bit patterns, else save as float32",
+      );
   }
   if (descr.startsWith(">")) {
-    throw badFile(file, `is big-endian ('${descr}'); flashattn reads little-endian data`,
-      "convert with arr.astype(arr.dtype.newbyteorder('<')) and save again");
+    throw badFile(
+      file,
+      `is big-endian ('${descr}'); flashattn reads little-endian data`,
+      "convert with arr.astype(arr.dtype.newbyteorder('<')) and save again",
+    );
   }
-  throw badFile(file, `has dtype '${descr}', which flashattn does not read (float32, float16 and bf16 as uint16 only)`, fixConvert);
+  throw badFile(
+    file,
+    `has dtype '${descr}', which flashattn does not read (float32, float16 and bf16 as uint16 only)`,
+    fixConvert,
+  );
 }
 
 /**
@@ -58,8 +68,11 @@ function dtypeOf(file: string, descr: string, options: ReadNpyOptions): DType {
 export function parseNpyHeader(file: string, text: string): NpyHeader {
   let at = 0;
   const fail = (what: string): never => {
-    throw badFile(file, `malformed .npy header (${what} at character ${at}): ${JSON.stringify(text.slice(0, 120))}`,
-      "re-save the array with numpy.save");
+    throw badFile(
+      file,
+      `malformed .npy header (${what} at character ${at}): ${JSON.stringify(text.slice(0, 120))}`,
+      "re-save the array with numpy.save",
+    );
   };
   const skipSpace = () => {
     while (at < text.length && (text[at] === " " || text[at] === "\t")) at++;
@@ -134,7 +147,11 @@ export function parseNpyHeader(file: string, text: string): NpyHeader {
   at++;
   if (!/^[ \t]*\n?[ \t]*$/.test(text.slice(at))) fail("unexpected text after the header dict");
   for (const key of ["descr", "fortran_order", "shape"]) if (!seen.has(key)) fail(`missing key '${key}'`);
-  return { descr: seen.get("descr") as string, fortranOrder: seen.get("fortran_order") as boolean, shape: seen.get("shape") as number[] };
+  return {
+    descr: seen.get("descr") as string,
+    fortranOrder: seen.get("fortran_order") as boolean,
+    shape: seen.get("shape") as number[],
+  };
 }
 
 /** Reads a .npy file into a host tensor, checking every claimed size against the file before allocating. */
@@ -142,46 +159,78 @@ export function readNpy(file: string, options: ReadNpyOptions = {}): Tensor {
   const input = openInput(file, ".npy");
   try {
     const prefix = new Uint8Array(12);
-    if (input.size < 10) throw badFile(file, `is ${input.size} bytes, too short to be a .npy file`, "check that it is a NumPy .npy file");
+    if (input.size < 10) {
+      throw badFile(file, `is ${input.size} bytes, too short to be a .npy file`, "check that it is a NumPy .npy file");
+    }
     readExact(input, 0, prefix.subarray(0, Math.min(12, input.size)));
     if (!MAGIC.every((b, i) => prefix[i] === b)) {
-      throw badFile(file, "is not a .npy file (no \\x93NUMPY magic)", "save the array with numpy.save, or pass .safetensors with --input");
+      throw badFile(
+        file,
+        "is not a .npy file (no \\x93NUMPY magic)",
+        "save the array with numpy.save, or pass .safetensors with --input",
+      );
     }
     const major = prefix[6];
     if (major < 1 || major > 3 || prefix[7] !== 0) {
-      throw badFile(file, `has .npy format version ${major}.${prefix[7]}; flashattn reads 1.0, 2.0 and 3.0`, "re-save it with numpy.save");
+      throw badFile(
+        file,
+        `has .npy format version ${major}.${prefix[7]}; flashattn reads 1.0, 2.0 and 3.0`,
+        "re-save it with numpy.save",
+      );
     }
     const view = new DataView(prefix.buffer);
     const lengthBytes = major === 1 ? 2 : 4;
     const headerStart = 8 + lengthBytes;
-    if (input.size < headerStart) throw badFile(file, "is truncated inside the .npy preamble", "re-save the array with numpy.save");
+    if (input.size < headerStart) {
+      throw badFile(file, "is truncated inside the .npy preamble", "re-save the array with numpy.save");
+    }
     const headerLength = major === 1 ? view.getUint16(8, true) : view.getUint32(8, true);
     if (headerLength > MAX_HEADER_BYTES) {
-      throw badFile(file, `claims a ${headerLength}-byte .npy header, more than the ${MAX_HEADER_BYTES} flashattn accepts`, "re-save the array with numpy.save");
+      throw badFile(
+        file,
+        `claims a ${headerLength}-byte .npy header, more than the ${MAX_HEADER_BYTES} flashattn accepts`,
+        "re-save the array with numpy.save",
+      );
     }
     const dataStart = headerStart + headerLength;
     if (dataStart > input.size) {
-      throw badFile(file, `is truncated: its header claims ${headerLength} bytes but the file has ${input.size - headerStart} after the preamble`,
-        "the file was cut short; re-save or re-download it");
+      throw badFile(
+        file,
+        `is truncated: its header claims ${headerLength} bytes but the file has ${
+          input.size - headerStart
+        } after the preamble`,
+        "the file was cut short; re-save or re-download it",
+      );
     }
     const headerBytes = new Uint8Array(headerLength);
     readExact(input, headerStart, headerBytes);
     const header = parseNpyHeader(file, decodeHeader(file, headerBytes, major));
 
     if (header.fortranOrder) {
-      throw badFile(file, "is in Fortran (column-major) order; flashattn reads C order",
-        "save np.ascontiguousarray(arr) instead");
+      throw badFile(
+        file,
+        "is in Fortran (column-major) order; flashattn reads C order",
+        "save np.ascontiguousarray(arr) instead",
+      );
     }
     const dtype = dtypeOf(file, header.descr, options);
     const bytes = tensorByteCount(header.shape, dtypeBytes[dtype]);
     const available = input.size - dataStart;
     if (bytes === null || bytes > available) {
-      throw badFile(file, `is truncated: shape ${describeShape(header.shape)} of '${header.descr}' needs ${bytes ?? "more than 2^53"} data bytes but the file has ${available}`,
-        "the file was cut short or its header is wrong; re-save it");
+      throw badFile(
+        file,
+        `is truncated: shape ${describeShape(header.shape)} of '${header.descr}' needs ${
+          bytes ?? "more than 2^53"
+        } data bytes but the file has ${available}`,
+        "the file was cut short or its header is wrong; re-save it",
+      );
     }
     if (bytes < available) {
-      throw badFile(file, `has ${available - bytes} bytes after the ${describeShape(header.shape)} '${header.descr}' data`,
-        "the header does not match the data; re-save the array with numpy.save");
+      throw badFile(
+        file,
+        `has ${available - bytes} bytes after the ${describeShape(header.shape)} '${header.descr}' data`,
+        "the header does not match the data; re-save the array with numpy.save",
+      );
     }
     const count = bytes / dtypeBytes[dtype];
     const data = dtype === "fp32" ? new Float32Array(count) : new Uint16Array(count);

@@ -11,8 +11,23 @@ import { badFile, describeShape, type InputFile, openInput, readExact, tensorByt
 const MAX_HEADER_BYTES = 100_000_000;
 
 const elementBytes: Record<string, number> = {
-  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1, F8_E8M0: 1, I16: 2, U16: 2, F16: 2, BF16: 2,
-  I32: 4, U32: 4, F32: 4, I64: 8, U64: 8, F64: 8, C64: 8,
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  F8_E8M0: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  I64: 8,
+  U64: 8,
+  F64: 8,
+  C64: 8,
 };
 const readableDtypes: Record<string, DType> = { F32: "fp32", F16: "fp16", BF16: "bf16" };
 const fileDtype: Record<DType, string> = { fp32: "F32", fp16: "F16", bf16: "BF16" };
@@ -52,7 +67,10 @@ export function validateHeader(
   let metadata: Record<string, string> = {};
   for (const [name, value] of Object.entries(header)) {
     if (name === "__metadata__") {
-      if (typeof value !== "object" || value === null || Array.isArray(value) || !Object.values(value).every((v) => typeof v === "string")) {
+      if (
+        typeof value !== "object" || value === null || Array.isArray(value) ||
+        !Object.values(value).every((v) => typeof v === "string")
+      ) {
         throw badFile(file, "has a __metadata__ that is not a map of strings to strings", fixResave);
       }
       metadata = { ...(value as Record<string, string>) };
@@ -70,13 +88,21 @@ export function validateHeader(
       throw badFile(file, `tensor '${entry.name}' [${entry.begin}, ${entry.end}) overlaps ${previous}`, fixResave);
     }
     if (entry.begin > cursor) {
-      throw badFile(file, `has ${entry.begin - cursor} unused bytes before tensor '${entry.name}' (offsets must leave no holes)`, fixResave);
+      throw badFile(
+        file,
+        `has ${entry.begin - cursor} unused bytes before tensor '${entry.name}' (offsets must leave no holes)`,
+        fixResave,
+      );
     }
     cursor = entry.end;
     previous = `tensor '${entry.name}'`;
   }
   if (cursor !== dataSize) {
-    throw badFile(file, `has ${dataSize - cursor} bytes after the last tensor's data (offsets must cover the data exactly)`, fixResave);
+    throw badFile(
+      file,
+      `has ${dataSize - cursor} bytes after the last tensor's data (offsets must cover the data exactly)`,
+      fixResave,
+    );
   }
   return { entries, metadata };
 }
@@ -100,10 +126,16 @@ function validateEntry(file: string, name: string, value: unknown, dataSize: num
   }
   const [begin, end] = offsets as number[];
   if (end < begin) fail(`has data_offsets [${begin}, ${end}] that end before they begin`);
-  if (end > dataSize) fail(`has data_offsets [${begin}, ${end}] past the ${dataSize}-byte data buffer (truncated file?)`);
+  if (end > dataSize) {
+    fail(`has data_offsets [${begin}, ${end}] past the ${dataSize}-byte data buffer (truncated file?)`);
+  }
   const bytes = tensorByteCount(shape as number[], elementBytes[dtype as string]);
   if (bytes !== end - begin) {
-    fail(`has shape ${describeShape(shape as number[])} of ${dtype} (${bytes ?? "more than 2^53"} bytes) but data_offsets [${begin}, ${end}] hold ${end - begin}`);
+    fail(
+      `has shape ${describeShape(shape as number[])} of ${dtype} (${
+        bytes ?? "more than 2^53"
+      } bytes) but data_offsets [${begin}, ${end}] hold ${end - begin}`,
+    );
   }
   return { name, dtype: dtype as string, shape: shape as number[], begin, end };
 }
@@ -117,10 +149,18 @@ export function openSafetensors(file: string): SafetensorsFile {
     readExact(input, 0, prefix);
     const headerLength = new DataView(prefix.buffer).getBigUint64(0, true);
     if (headerLength > BigInt(MAX_HEADER_BYTES)) {
-      throw badFile(file, `claims a ${headerLength}-byte header, more than the ${MAX_HEADER_BYTES} allowed (not a .safetensors file?)`, fixResave);
+      throw badFile(
+        file,
+        `claims a ${headerLength}-byte header, more than the ${MAX_HEADER_BYTES} allowed (not a .safetensors file?)`,
+        fixResave,
+      );
     }
     if (Number(headerLength) > input.size - 8) {
-      throw badFile(file, `is truncated: its header claims ${headerLength} bytes but only ${input.size - 8} follow`, "the file was cut short; re-save or re-download it");
+      throw badFile(
+        file,
+        `is truncated: its header claims ${headerLength} bytes but only ${input.size - 8} follow`,
+        "the file was cut short; re-save or re-download it",
+      );
     }
     const headerBytes = new Uint8Array(Number(headerLength));
     readExact(input, 8, headerBytes);
@@ -149,13 +189,19 @@ function readEntry(input: InputFile, entries: Map<string, SafetensorsEntry>, dat
   const entry = entries.get(name);
   if (!entry) {
     const names = [...entries.keys()];
-    throw badFile(input.path, `has no tensor named '${name}' (it has ${names.length ? names.map((n) => `'${n}'`).join(", ") : "no tensors"})`,
-      "choose the tensor with --q-name/--k-name/--v-name");
+    throw badFile(
+      input.path,
+      `has no tensor named '${name}' (it has ${names.length ? names.map((n) => `'${n}'`).join(", ") : "no tensors"})`,
+      "choose the tensor with --q-name/--k-name/--v-name",
+    );
   }
   const dtype = readableDtypes[entry.dtype];
   if (!dtype) {
-    throw badFile(input.path, `tensor '${name}' has dtype ${entry.dtype}, which flashattn does not read (F32, F16, BF16 only)`,
-      "convert it, e.g. tensor.to(torch.float32), and save again");
+    throw badFile(
+      input.path,
+      `tensor '${name}' has dtype ${entry.dtype}, which flashattn does not read (F32, F16, BF16 only)`,
+      "convert it, e.g. tensor.to(torch.float32), and save again",
+    );
   }
   const bytes = new Uint8Array(entry.end - entry.begin);
   readExact(input, dataStart + entry.begin, bytes);
@@ -164,7 +210,10 @@ function readEntry(input: InputFile, entries: Map<string, SafetensorsEntry>, dat
 }
 
 /** Reads named tensors (all readable ones when `names` is omitted) and the metadata, closing the file. */
-export function readSafetensors(file: string, names?: readonly string[]): { tensors: Map<string, Tensor>; metadata: Record<string, string> } {
+export function readSafetensors(
+  file: string,
+  names?: readonly string[],
+): { tensors: Map<string, Tensor>; metadata: Record<string, string> } {
   const opened = openSafetensors(file);
   try {
     const wanted = names ?? [...opened.entries.values()].filter((e) => e.dtype in readableDtypes).map((e) => e.name);
@@ -178,7 +227,10 @@ export function readSafetensors(file: string, names?: readonly string[]): { tens
  * The bytes of a .safetensors file. Tensors are laid out by element size (largest first), then by name, back to
  * back, after a header padded with spaces to a multiple of 8: every tensor starts aligned to its element size.
  */
-export function encodeSafetensors(tensors: Record<string, Tensor>, metadata: Record<string, string> = {}): Uint8Array[] {
+export function encodeSafetensors(
+  tensors: Record<string, Tensor>,
+  metadata: Record<string, string> = {},
+): Uint8Array[] {
   const names = Object.keys(tensors).sort((a, b) => {
     const bySize = tensors[b].data.BYTES_PER_ELEMENT - tensors[a].data.BYTES_PER_ELEMENT;
     return bySize || (a < b ? -1 : a > b ? 1 : 0);
@@ -198,7 +250,10 @@ export function encodeSafetensors(tensors: Record<string, Tensor>, metadata: Rec
   const head = new Uint8Array(8 + headerBytes.byteLength);
   new DataView(head.buffer).setBigUint64(0, BigInt(headerBytes.byteLength), true);
   head.set(headerBytes, 8);
-  return [head, ...names.map((n) => new Uint8Array(tensors[n].data.buffer, tensors[n].data.byteOffset, tensors[n].data.byteLength))];
+  return [
+    head,
+    ...names.map((n) => new Uint8Array(tensors[n].data.buffer, tensors[n].data.byteOffset, tensors[n].data.byteLength)),
+  ];
 }
 
 /** Writes tensors (and metadata) as .safetensors atomically (never over one of options.inputs). */

@@ -4,7 +4,14 @@ import { describe, expect, test } from "bun:test";
 import { Command } from "@commander-js/extra-typings";
 import { FlashAttnError } from "../lib/errors.ts";
 import {
-  action, configureProgram, errorDocument, jsonRequested, paint, reportError, runProgram, useColor,
+  action,
+  configureProgram,
+  errorDocument,
+  jsonRequested,
+  paint,
+  reportError,
+  runProgram,
+  useColor,
 } from "../commands/_output.ts";
 
 /** A stream that records what is written. */
@@ -16,17 +23,19 @@ function sink(isTTY = false) {
 describe("colour", () => {
   const tty = { isTTY: true, write: () => true };
   const pipe = { isTTY: false, write: () => true };
-  test.each([
-    ["a TTY", tty, true, {}, true],
-    ["a pipe", pipe, true, {}, false],
-    ["--no-color", tty, false, {}, false],
-    ["NO_COLOR=1", tty, true, { NO_COLOR: "1" }, false],
-    ["NO_COLOR empty (counts as unset)", tty, true, { NO_COLOR: "" }, true],
-    ["TERM=dumb", tty, true, { TERM: "dumb" }, false],
-    ["FORCE_COLOR=0 on a TTY", tty, true, { FORCE_COLOR: "0" }, false],
-    ["FORCE_COLOR=1 on a pipe", pipe, true, { FORCE_COLOR: "1" }, true],
-    ["NO_COLOR beats FORCE_COLOR", pipe, true, { NO_COLOR: "1", FORCE_COLOR: "1" }, false],
-  ] as const)("%s", (_name, stream, flag, env, expected) => {
+  test.each(
+    [
+      ["a TTY", tty, true, {}, true],
+      ["a pipe", pipe, true, {}, false],
+      ["--no-color", tty, false, {}, false],
+      ["NO_COLOR=1", tty, true, { NO_COLOR: "1" }, false],
+      ["NO_COLOR empty (counts as unset)", tty, true, { NO_COLOR: "" }, true],
+      ["TERM=dumb", tty, true, { TERM: "dumb" }, false],
+      ["FORCE_COLOR=0 on a TTY", tty, true, { FORCE_COLOR: "0" }, false],
+      ["FORCE_COLOR=1 on a pipe", pipe, true, { FORCE_COLOR: "1" }, true],
+      ["NO_COLOR beats FORCE_COLOR", pipe, true, { NO_COLOR: "1", FORCE_COLOR: "1" }, false],
+    ] as const,
+  )("%s", (_name, stream, flag, env, expected) => {
     expect(useColor(stream, flag, env)).toBe(expected);
   });
 
@@ -39,7 +48,13 @@ describe("colour", () => {
 describe("reportError", () => {
   test("a FlashAttnError: one line plus its fix on stderr, exit code by its code", () => {
     const out = sink(), err = sink(true);
-    const code = reportError(new FlashAttnError("BAD_INPUT", "x.npy: no such file", "check the path"), { json: false, color: false, stdout: out, stderr: err, env: {} });
+    const code = reportError(new FlashAttnError("BAD_INPUT", "x.npy: no such file", "check the path"), {
+      json: false,
+      color: false,
+      stdout: out,
+      stderr: err,
+      env: {},
+    });
     expect(code).toBe(2);
     expect(out.text()).toBe("");
     expect(err.text()).toBe("flashattn: x.npy: no such file\n  fix: check the path\n");
@@ -47,7 +62,13 @@ describe("reportError", () => {
 
   test("--json: the document on stdout, the line still on stderr, never coloured", () => {
     const out = sink(), err = sink(true);
-    const code = reportError(new FlashAttnError("LIBRARY_NOT_FOUND", "no library"), { json: true, color: true, stdout: out, stderr: err, env: {} });
+    const code = reportError(new FlashAttnError("LIBRARY_NOT_FOUND", "no library"), {
+      json: true,
+      color: true,
+      stdout: out,
+      stderr: err,
+      env: {},
+    });
     expect(code).toBe(3);
     expect(JSON.parse(out.text())).toEqual({ ok: false, error: { code: "LIBRARY_NOT_FOUND", message: "no library" } });
     expect(err.text()).toBe("flashattn: no library\n");
@@ -66,10 +87,22 @@ describe("reportError", () => {
 
   test("colour on a TTY, off under NO_COLOR", () => {
     const coloured = sink(true);
-    reportError(new FlashAttnError("USAGE", "bad"), { json: false, color: true, stdout: sink(), stderr: coloured, env: {} });
+    reportError(new FlashAttnError("USAGE", "bad"), {
+      json: false,
+      color: true,
+      stdout: sink(),
+      stderr: coloured,
+      env: {},
+    });
     expect(coloured.text()).toContain("\x1b[31mflashattn:\x1b[39m bad");
     const plain = sink(true);
-    reportError(new FlashAttnError("USAGE", "bad"), { json: false, color: true, stdout: sink(), stderr: plain, env: { NO_COLOR: "1" } });
+    reportError(new FlashAttnError("USAGE", "bad"), {
+      json: false,
+      color: true,
+      stdout: sink(),
+      stderr: plain,
+      env: { NO_COLOR: "1" },
+    });
     expect(plain.text()).toBe("flashattn: bad\n");
   });
 });

@@ -4,7 +4,13 @@ import { describe, expect, test } from "bun:test";
 import { FlashAttnError } from "../lib/errors.ts";
 import { tensor } from "../lib/tensor.ts";
 import {
-  defaultShape, parseRunOptions, type RawRunOptions, renderRun, type RunResult, runDocument, unpackQkv,
+  defaultShape,
+  parseRunOptions,
+  type RawRunOptions,
+  renderRun,
+  runDocument,
+  type RunResult,
+  unpackQkv,
 } from "../commands/run.ts";
 
 function usageError(raw: RawRunOptions): string {
@@ -46,23 +52,45 @@ describe("accepted forms", () => {
 
   test("--shape with six and with four entries", () => {
     expect(parseRunOptions({ shape: "2,128,256,8,2,64", dtype: "bfloat16", seed: "9" }).input)
-      .toEqual({ kind: "random", shape: { batch: 2, seqlenQ: 128, seqlenK: 256, headsQ: 8, headsKv: 2, headDim: 64 }, seed: 9 });
+      .toEqual({
+        kind: "random",
+        shape: { batch: 2, seqlenQ: 128, seqlenK: 256, headsQ: 8, headsKv: 2, headDim: 64 },
+        seed: 9,
+      });
     expect(parseRunOptions({ shape: "1,100,4,32" }).input)
-      .toEqual({ kind: "random", shape: { batch: 1, seqlenQ: 100, seqlenK: 100, headsQ: 4, headsKv: 4, headDim: 32 }, seed: 0 });
+      .toEqual({
+        kind: "random",
+        shape: { batch: 1, seqlenQ: 100, seqlenK: 100, headsQ: 4, headsKv: 4, headDim: 32 },
+        seed: 0,
+      });
     expect(parseRunOptions({ shape: "1,100,4,32", dtype: "bf16" }).dtype).toBe("bf16");
   });
 
   test("separate size flags fill in from the defaults", () => {
     expect(parseRunOptions({ seqlenQ: "3", seqlenK: "7", headsQ: "8", headsKv: "2" }).input).toEqual({
-      kind: "random", shape: { batch: 1, seqlenQ: 3, seqlenK: 7, headsQ: 8, headsKv: 2, headDim: 64 }, seed: 0,
+      kind: "random",
+      shape: { batch: 1, seqlenQ: 3, seqlenK: 7, headsQ: 8, headsKv: 2, headDim: 64 },
+      seed: 0,
     });
     expect(parseRunOptions({ headsQ: "12" }).input).toMatchObject({ shape: { headsQ: 12, headsKv: 12 } });
-    expect(parseRunOptions({ heads: "4", seqlen: "10" }).input).toMatchObject({ shape: { headsQ: 4, headsKv: 4, seqlenQ: 10, seqlenK: 10 } });
+    expect(parseRunOptions({ heads: "4", seqlen: "10" }).input).toMatchObject({
+      shape: { headsQ: 4, headsKv: 4, seqlenQ: 10, seqlenK: 10 },
+    });
   });
 
   test(".npy inputs, safetensors with default, explicit and packed names", () => {
-    expect(parseRunOptions({ q: "q.npy", k: "k.npy", v: "v.npy", causal: true }).input).toEqual({ kind: "npy", q: "q.npy", k: "k.npy", v: "v.npy" });
-    expect(parseRunOptions({ input: "x.safetensors" }).input).toEqual({ kind: "safetensors", path: "x.safetensors", names: undefined, packed: undefined });
+    expect(parseRunOptions({ q: "q.npy", k: "k.npy", v: "v.npy", causal: true }).input).toEqual({
+      kind: "npy",
+      q: "q.npy",
+      k: "k.npy",
+      v: "v.npy",
+    });
+    expect(parseRunOptions({ input: "x.safetensors" }).input).toEqual({
+      kind: "safetensors",
+      path: "x.safetensors",
+      names: undefined,
+      packed: undefined,
+    });
     expect(parseRunOptions({ input: "x.safetensors", kName: "key" }).input)
       .toEqual({ kind: "safetensors", path: "x.safetensors", names: { q: "q", k: "key", v: "v" }, packed: undefined });
     expect(parseRunOptions({ input: "x.safetensors", qkvName: "attn.qkv" }).input)
@@ -70,18 +98,40 @@ describe("accepted forms", () => {
   });
 
   test("masks and scores", () => {
-    const plan = parseRunOptions({ shape: "1,64,64,2,2,32", window: "16,-1", softcap: "0", scale: "0.25", alibi: true, causal: true });
+    const plan = parseRunOptions({
+      shape: "1,64,64,2,2,32",
+      window: "16,-1",
+      softcap: "0",
+      scale: "0.25",
+      alibi: true,
+      causal: true,
+    });
     expect(plan.window).toEqual([16, -1]);
     expect(plan.softcap).toBe(0);
     expect(plan.scale).toBe(0.25);
     expect(plan.alibi).toEqual({ kind: "standard" });
-    expect(parseRunOptions({ shape: "1,64,64,2,2,32", alibiSlopes: "s.npy" }).alibi).toEqual({ kind: "file", path: "s.npy" });
+    expect(parseRunOptions({ shape: "1,64,64,2,2,32", alibiSlopes: "s.npy" }).alibi).toEqual({
+      kind: "file",
+      path: "s.npy",
+    });
   });
 
   test("outputs: .npy with LSE beside it or named, .safetensors with LSE in the same file", () => {
-    expect(parseRunOptions({ out: "dir/o.npy", lse: true }).output).toEqual({ path: "dir/o.npy", format: "npy", lse: { kind: "npy", path: "dir/o.lse.npy" } });
-    expect(parseRunOptions({ out: "o.npy", lse: "l.npy" }).output).toEqual({ path: "o.npy", format: "npy", lse: { kind: "npy", path: "l.npy" } });
-    expect(parseRunOptions({ out: "o.safetensors", lse: true }).output).toEqual({ path: "o.safetensors", format: "safetensors", lse: { kind: "same-file" } });
+    expect(parseRunOptions({ out: "dir/o.npy", lse: true }).output).toEqual({
+      path: "dir/o.npy",
+      format: "npy",
+      lse: { kind: "npy", path: "dir/o.lse.npy" },
+    });
+    expect(parseRunOptions({ out: "o.npy", lse: "l.npy" }).output).toEqual({
+      path: "o.npy",
+      format: "npy",
+      lse: { kind: "npy", path: "l.npy" },
+    });
+    expect(parseRunOptions({ out: "o.safetensors", lse: true }).output).toEqual({
+      path: "o.safetensors",
+      format: "safetensors",
+      lse: { kind: "same-file" },
+    });
   });
 });
 
@@ -101,11 +151,17 @@ describe("each bad flag is one usage sentence", () => {
     [{ headDim: "-8" }, "--head-dim must be a whole number ≥ 1, got '-8'"],
     [{ q: "q.npy", k: "k.npy" }, "--q, --k and --v go together; --v missing"],
     [{ q: "q.npy", k: "k.npy", v: "v.txt" }, "--v v.txt is not a .npy file"],
-    [{ q: "q.npy", k: "k.npy", v: "v.npy", input: "x.safetensors" }, "choose one input: --q/--k/--v or --input, not both"],
+    [
+      { q: "q.npy", k: "k.npy", v: "v.npy", input: "x.safetensors" },
+      "choose one input: --q/--k/--v or --input, not both",
+    ],
     [{ input: "x.safetensors", shape: "1,2,2,1,1,8" }, "choose one input: --input or a shape"],
     [{ input: "x.npy" }, "--input x.npy is not a .safetensors file"],
     [{ qName: "a" }, "--q-name names a tensor of a .safetensors --input, which is missing"],
-    [{ input: "x.safetensors", qName: "a", qkvName: "b" }, "--qkv-name (one packed tensor) and --q-name/--k-name/--v-name exclude each other"],
+    [
+      { input: "x.safetensors", qName: "a", qkvName: "b" },
+      "--qkv-name (one packed tensor) and --q-name/--k-name/--v-name exclude each other",
+    ],
     [{ q: "q.npy", k: "k.npy", v: "v.npy", seed: "3" }, "--seed only applies to random problems"],
     [{ seed: "-1" }, "--seed must be a whole number in 0..4294967295"],
     [{ window: "5" }, "--window takes LEFT,RIGHT"],
@@ -144,22 +200,38 @@ test("packed qkv (b, s, 3, h, d) splits into q, k, v", () => {
       for (let e = 0; e < h * d; e++) expect(t.data[token * h * d + e]).toBe((token * 3 + which) * h * d + e);
     }
   }
-  expect(() => unpackQkv("x.safetensors", "qkv", tensor("fp32", [2, 3, 2, 2, 4]))).toThrow("must be (batch, seqlen, 3, heads, head_dim)");
+  expect(() => unpackQkv("x.safetensors", "qkv", tensor("fp32", [2, 3, 2, 2, 4]))).toThrow(
+    "must be (batch, seqlen, 3, heads, head_dim)",
+  );
 });
 
 describe("rendering", () => {
   const result: RunResult = {
-    backend: "cpu", kernel: "cpu_flash", numSplits: 1, dtype: "bf16",
-    shape: { batch: 1, seqlenQ: 5, seqlenK: 9, headsQ: 4, headsKv: 2, headDim: 16 }, causal: true, window: null,
-    softcap: 0, scale: 0.25, alibi: "none", ms: 1.5, gflops: 2.5,
+    backend: "cpu",
+    kernel: "cpu_flash",
+    numSplits: 1,
+    dtype: "bf16",
+    shape: { batch: 1, seqlenQ: 5, seqlenK: 9, headsQ: 4, headsKv: 2, headDim: 16 },
+    causal: true,
+    window: null,
+    softcap: 0,
+    scale: 0.25,
+    alibi: "none",
+    ms: 1.5,
+    gflops: 2.5,
     check: { relativeError: 0.02, naiveError: 0.004, lseError: 1e-7, limit: 0.008, pass: false },
-    outputs: ["o.npy"], defaultProblem: false, decisions: [],
+    outputs: ["o.npy"],
+    defaultProblem: false,
+    decisions: [],
   };
 
   test("a failed check makes the JSON document ok: false with CHECK_FAILED", () => {
     const doc = runDocument(result);
     expect(doc.ok).toBe(false);
-    expect(doc.error).toEqual({ code: "CHECK_FAILED", message: "check failed: relative error 2.00e-2 exceeds the limit 8.00e-3" });
+    expect(doc.error).toEqual({
+      code: "CHECK_FAILED",
+      message: "check failed: relative error 2.00e-2 exceeds the limit 8.00e-3",
+    });
     expect(runDocument({ ...result, check: { ...result.check!, relativeError: 0.001, pass: true } }).ok).toBe(true);
   });
 

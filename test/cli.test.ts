@@ -25,7 +25,12 @@ const baseEnv: Record<string, string> = {
 };
 
 function cli(args: string[], env: Record<string, string> = {}, command = [bun, "cli.ts"]) {
-  const r = spawnSync(command[0], [...command.slice(1), ...args], { cwd: root, env: { ...baseEnv, ...env }, encoding: "utf8", timeout: 120_000 });
+  const r = spawnSync(command[0], [...command.slice(1), ...args], {
+    cwd: root,
+    env: { ...baseEnv, ...env },
+    encoding: "utf8",
+    timeout: 120_000,
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -70,7 +75,12 @@ describe("run on the CPU library", () => {
     expect(r.code).toBe(0);
     const doc = JSON.parse(r.stdout);
     expect(doc).toMatchObject({
-      ok: true, command: "run", backend: "cpu", dtype: "fp32", causal: true, defaultProblem: true,
+      ok: true,
+      command: "run",
+      backend: "cpu",
+      dtype: "fp32",
+      causal: true,
+      defaultProblem: true,
       shape: { batch: 1, seqlenQ: 1024, seqlenK: 1024, headsQ: 8, headsKv: 8, headDim: 64 },
     });
     expect(doc.check.pass).toBe(true);
@@ -81,8 +91,22 @@ describe("run on the CPU library", () => {
 
   test(".npy inputs (GQA, sq ≠ sk), causal, written O and LSE match the fp64 reference", () => {
     const out = tmp("o.npy");
-    const r = cli(["run", "--backend", "cpu", "--q", fixture("q.npy"), "--k", fixture("k.npy"), "--v", fixture("v.npy"),
-      "--causal", "--check", "--out", out, "--lse"], { NO_COLOR: "1" });
+    const r = cli([
+      "run",
+      "--backend",
+      "cpu",
+      "--q",
+      fixture("q.npy"),
+      "--k",
+      fixture("k.npy"),
+      "--v",
+      fixture("v.npy"),
+      "--causal",
+      "--check",
+      "--out",
+      out,
+      "--lse",
+    ], { NO_COLOR: "1" });
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("PASS");
     expect(r.stdout).toContain("batch 1, seqlen 5×9, heads 4/2 (GQA), head_dim 16, fp32, causal");
@@ -97,7 +121,20 @@ describe("run on the CPU library", () => {
 
   test("packed bf16 qkv from .safetensors, O and LSE into one .safetensors", () => {
     const out = tmp("o.safetensors");
-    const r = cli(["run", "--backend", "cpu", "--input", fixture("packed.safetensors"), "--window", "2,1", "--check", "--out", out, "--lse", "--json"]);
+    const r = cli([
+      "run",
+      "--backend",
+      "cpu",
+      "--input",
+      fixture("packed.safetensors"),
+      "--window",
+      "2,1",
+      "--check",
+      "--out",
+      out,
+      "--lse",
+      "--json",
+    ]);
     expect(r.code).toBe(0);
     const doc = JSON.parse(r.stdout);
     expect(doc).toMatchObject({ ok: true, dtype: "bf16", window: [2, 1], outputs: [out] });
@@ -112,7 +149,20 @@ describe("run on the CPU library", () => {
   }, 60_000);
 
   test("a random problem with ALiBi and softcap, fp16 on the CPU, passes the same-precision rule", () => {
-    const r = cli(["run", "--backend", "cpu", "--shape", "2,33,47,6,3,40", "--dtype", "fp16", "--alibi", "--softcap", "5", "--check", "--json"]);
+    const r = cli([
+      "run",
+      "--backend",
+      "cpu",
+      "--shape",
+      "2,33,47,6,3,40",
+      "--dtype",
+      "fp16",
+      "--alibi",
+      "--softcap",
+      "5",
+      "--check",
+      "--json",
+    ]);
     expect(r.code).toBe(0);
     const doc = JSON.parse(r.stdout);
     expect(doc.check.pass).toBe(true);
@@ -121,11 +171,24 @@ describe("run on the CPU library", () => {
   }, 60_000);
 
   test("a NaN in the input fails --check: exit 1, one line; with --json ok: false and CHECK_FAILED", () => {
-    const args = ["run", "--backend", "cpu", "--q", fixture("q_nan.npy"), "--k", fixture("k.npy"), "--v", fixture("v.npy"), "--check"];
+    const args = [
+      "run",
+      "--backend",
+      "cpu",
+      "--q",
+      fixture("q_nan.npy"),
+      "--k",
+      fixture("k.npy"),
+      "--v",
+      fixture("v.npy"),
+      "--check",
+    ];
     const human = cli(args, { NO_COLOR: "1" });
     expect(human.code).toBe(1);
     expect(human.stdout).toContain("FAIL");
-    expect(human.stderr.split("\n")[0]).toBe("flashattn: check failed: relative error Infinity exceeds the limit 1.00e-5");
+    expect(human.stderr.split("\n")[0]).toBe(
+      "flashattn: check failed: relative error Infinity exceeds the limit 1.00e-5",
+    );
     const json = cli([...args, "--json"]);
     expect(json.code).toBe(1);
     const doc = JSON.parse(json.stdout);
@@ -138,7 +201,10 @@ describe("run on the CPU library", () => {
 describe("usage and input errors exit 2 with one line", () => {
   fs.writeFileSync(tmp("truncated.npy"), fs.readFileSync(fixture("q.npy")).subarray(0, 100));
   const huge = new Uint8Array(fs.readFileSync(fixture("f4.npy")).subarray(0, 128));
-  new TextEncoder().encodeInto("{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000000), }", huge.subarray(10));
+  new TextEncoder().encodeInto(
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000000), }",
+    huge.subarray(10),
+  );
   fs.writeFileSync(tmp("huge.npy"), huge);
   const badJson = new TextEncoder().encode("{not json}");
   const badSafetensors = new Uint8Array(8 + badJson.length);
@@ -173,7 +239,8 @@ describe("usage and input errors exit 2 with one line", () => {
     const r = cli(["run", "--json", "--dtype", "fp8"]);
     expect(r.code).toBe(2);
     expect(JSON.parse(r.stdout)).toEqual({
-      ok: false, error: { code: "USAGE", message: "unknown dtype 'fp8' (choose fp32, fp16 or bf16)", fix: "e.g. --dtype bf16" },
+      ok: false,
+      error: { code: "USAGE", message: "unknown dtype 'fp8' (choose fp32, fp16 or bf16)", fix: "e.g. --dtype bf16" },
     });
     const unknown = cli(["run", "--json", "--bogus"]);
     expect(unknown.code).toBe(2);
@@ -187,7 +254,9 @@ describe("environment errors exit 3", () => {
   });
 
   test("--lib that is not our library (wrong ABI)", () => {
-    const libm = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6"].find((p) => fs.existsSync(p));
+    const libm = ["/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6"].find((
+      p,
+    ) => fs.existsSync(p));
     expect(libm).toBeDefined();
     const r = cli(["run", "--json", "--lib", libm!]);
     expect(r.code).toBe(3);

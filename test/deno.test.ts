@@ -11,7 +11,12 @@ const fixture = (name: string) => path.join(root, "test", "fixtures", "formats",
 function denoCli(args: string[]) {
   const r = spawnSync(deno, ["run", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", "cli.ts", ...args], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? "/tmp", NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+    env: {
+      PATH: process.env.PATH ?? "/usr/bin:/bin",
+      HOME: process.env.HOME ?? "/tmp",
+      NO_COLOR: "1",
+      DENO_NO_UPDATE_CHECK: "1",
+    },
     encoding: "utf8",
     timeout: 180_000,
   });
@@ -24,13 +29,30 @@ describe("Deno", () => {
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     const doc = JSON.parse(r.stdout);
-    expect(doc).toMatchObject({ ok: true, backend: "cpu", dtype: "fp32", shape: { batch: 2, seqlenQ: 77, seqlenK: 64, headsQ: 4, headsKv: 2, headDim: 32 } });
+    expect(doc).toMatchObject({
+      ok: true,
+      backend: "cpu",
+      dtype: "fp32",
+      shape: { batch: 2, seqlenQ: 77, seqlenK: 64, headsQ: 4, headsKv: 2, headDim: 32 },
+    });
     expect(doc.check.pass).toBe(true);
     expect(doc.check.relativeError).toBeLessThanOrEqual(1e-5);
   }, 180_000);
 
   test("run on .npy files reads them through node:fs under Deno too", () => {
-    const r = denoCli(["run", "--json", "--backend", "cpu", "--q", fixture("q.npy"), "--k", fixture("k.npy"), "--v", fixture("v.npy"), "--check"]);
+    const r = denoCli([
+      "run",
+      "--json",
+      "--backend",
+      "cpu",
+      "--q",
+      fixture("q.npy"),
+      "--k",
+      fixture("k.npy"),
+      "--v",
+      fixture("v.npy"),
+      "--check",
+    ]);
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, shape: { seqlenQ: 5, seqlenK: 9, headsQ: 4, headsKv: 2 } });
   }, 180_000);
@@ -38,7 +60,10 @@ describe("Deno", () => {
   test("a usage error: exit 2, the JSON error document, one line on stderr", () => {
     const r = denoCli(["run", "--json", "--dtype", "fp8"]);
     expect(r.code).toBe(2);
-    expect(JSON.parse(r.stdout).error).toMatchObject({ code: "USAGE", message: "unknown dtype 'fp8' (choose fp32, fp16 or bf16)" });
+    expect(JSON.parse(r.stdout).error).toMatchObject({
+      code: "USAGE",
+      message: "unknown dtype 'fp8' (choose fp32, fp16 or bf16)",
+    });
     expect(r.stderr.split("\n")[0]).toBe("flashattn: unknown dtype 'fp8' (choose fp32, fp16 or bf16)");
   }, 180_000);
 });

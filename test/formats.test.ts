@@ -6,7 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { FlashAttnError } from "../lib/errors.ts";
-import { fromFloat32, tensor, type Tensor } from "../lib/tensor.ts";
+import { fromFloat32, type Tensor, tensor } from "../lib/tensor.ts";
 import { encodeNpy, parseNpyHeader, readNpy, writeNpy } from "../formats/npy.ts";
 import { encodeSafetensors, openSafetensors, readSafetensors, writeSafetensors } from "../formats/safetensors.ts";
 import { canonicalPath, writeFileAtomic } from "../formats/atomic.ts";
@@ -117,7 +117,9 @@ describe(".npy: round trips keep every bit", () => {
 a = np.load(sys.argv[1]); b = np.load(sys.argv[2])
 bf = (b.astype(np.uint32) << 16).view(np.float32)
 print(a.dtype, a.shape, float(a.sum()), b.dtype, float(bf.sum()))`;
-    const r = spawnSync("python3", ["-c", script, tmp("for-numpy.npy"), tmp("for-numpy-bf16.npy")], { encoding: "utf8" });
+    const r = spawnSync("python3", ["-c", script, tmp("for-numpy.npy"), tmp("for-numpy-bf16.npy")], {
+      encoding: "utf8",
+    });
     expect(r.stderr).toBe("");
     const sum = grid.reduce((s, x) => s + x, 0);
     expect(r.stdout.trim()).toBe(`float32 (2, 3, 4) ${sum.toFixed(1)} uint16 ${sum.toFixed(1)}`);
@@ -132,12 +134,15 @@ describe(".npy: malformed files", () => {
   });
 
   test("not .npy at all, and too short", () => {
-    expect(badInput(() => readNpy(writeBytes("text.npy", new TextEncoder().encode("hello, this is not numpy"))))).toContain("no \\x93NUMPY magic");
+    expect(badInput(() => readNpy(writeBytes("text.npy", new TextEncoder().encode("hello, this is not numpy")))))
+      .toContain("no \\x93NUMPY magic");
     expect(badInput(() => readNpy(writeBytes("tiny.npy", goodBytes().subarray(0, 6))))).toContain("too short");
   });
 
   test("a truncated header", () => {
-    expect(badInput(() => readNpy(writeBytes("cut-header.npy", goodBytes().subarray(0, 40))))).toContain("is truncated: its header claims");
+    expect(badInput(() => readNpy(writeBytes("cut-header.npy", goodBytes().subarray(0, 40))))).toContain(
+      "is truncated: its header claims",
+    );
   });
 
   test("a header claiming more data than the file has", () => {
@@ -157,8 +162,13 @@ describe(".npy: malformed files", () => {
     const before = process.memoryUsage().rss;
     const huge = npyWithHeader("{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000), }", 0);
     expect(huge.length).toBeLessThanOrEqual(128);
-    expect(badInput(() => readNpy(writeBytes("giant.npy", huge)))).toContain("needs 4000000000 data bytes but the file has 0");
-    const overflow = npyWithHeader("{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 100000000000), }", 36);
+    expect(badInput(() => readNpy(writeBytes("giant.npy", huge)))).toContain(
+      "needs 4000000000 data bytes but the file has 0",
+    );
+    const overflow = npyWithHeader(
+      "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000000, 100000000000), }",
+      36,
+    );
     expect(badInput(() => readNpy(writeBytes("overflow.npy", overflow)))).toContain("more than 2^53");
     expect(process.memoryUsage().rss - before).toBeLessThan(256 * 2 ** 20);
   });
@@ -168,7 +178,9 @@ describe(".npy: malformed files", () => {
     new DataView(bytes.buffer).setUint32(8, 0xfffffff0, true);
     expect(badInput(() => readNpy(writeBytes("len.npy", bytes)))).toContain("more than the 1048576 flashattn accepts");
     new DataView(bytes.buffer).setUint32(8, 5000, true);
-    expect(badInput(() => readNpy(writeBytes("len2.npy", bytes)))).toContain("is truncated: its header claims 5000 bytes");
+    expect(badInput(() => readNpy(writeBytes("len2.npy", bytes)))).toContain(
+      "is truncated: its header claims 5000 bytes",
+    );
   });
 
   test("an unknown format version", () => {
@@ -195,14 +207,19 @@ describe(".npy: malformed files", () => {
     test(`header ${dict} → ${expected}`, () => {
       expect(badInput(() => parseNpyHeader("x.npy", dict + "  \n"))).toContain(expected);
       // The same header inside a file is refused by readNpy before any data is read.
-      expect(badInput(() => readNpy(writeBytes("dict.npy", npyWithHeader(dict, 8))))).toContain("malformed .npy header");
+      expect(badInput(() => readNpy(writeBytes("dict.npy", npyWithHeader(dict, 8))))).toContain(
+        "malformed .npy header",
+      );
     });
   }
 
   test("a well-formed header parses strictly", () => {
     expect(parseNpyHeader("x.npy", "{'descr': '<f2', 'fortran_order': True, 'shape': (), }   \n"))
       .toEqual({ descr: "<f2", fortranOrder: true, shape: [] });
-    expect(parseNpyHeader("x.npy", '{"shape": (3, 4,), "descr": "<f4", "fortran_order": False}\n').shape).toEqual([3, 4]);
+    expect(parseNpyHeader("x.npy", '{"shape": (3, 4,), "descr": "<f4", "fortran_order": False}\n').shape).toEqual([
+      3,
+      4,
+    ]);
   });
 });
 
@@ -282,15 +299,47 @@ describe(".safetensors", () => {
     }, "more than the 100000000 allowed"],
     ["bad JSON", () => craft("json.safetensors", null, 0, '{"q": {"dtype": "F32",'), "not valid JSON"],
     ["header not an object", () => craft("arr.safetensors", [1, 2], 0), "not a JSON object"],
-    ["overlapping offsets", () => craft("overlap.safetensors", { a: f32([2], 0, 8), b: f32([2], 4, 12) }, 12), "tensor 'b' [4, 12) overlaps tensor 'a'"],
-    ["a hole", () => craft("hole.safetensors", { a: f32([2], 0, 8), b: f32([2], 12, 20) }, 20), "4 unused bytes before tensor 'b'"],
-    ["offsets past the data", () => craft("past.safetensors", { a: f32([4], 0, 16) }, 8), "past the 8-byte data buffer"],
-    ["shape × dtype ≠ offsets", () => craft("size.safetensors", { a: f32([3], 0, 8) }, 8), "(12 bytes) but data_offsets [0, 8] hold 8"],
-    ["unknown dtype", () => craft("dt.safetensors", { a: { dtype: "F128", shape: [1], data_offsets: [0, 16] } }, 16), 'unknown dtype "F128"'],
-    ["negative shape", () => craft("neg.safetensors", { a: f32([-1], 0, 0) }, 0), "not a list of non-negative integers"],
-    ["bad metadata", () => craft("meta.safetensors", { __metadata__: { n: 1 } }, 0), "__metadata__ that is not a map of strings"],
+    [
+      "overlapping offsets",
+      () => craft("overlap.safetensors", { a: f32([2], 0, 8), b: f32([2], 4, 12) }, 12),
+      "tensor 'b' [4, 12) overlaps tensor 'a'",
+    ],
+    [
+      "a hole",
+      () => craft("hole.safetensors", { a: f32([2], 0, 8), b: f32([2], 12, 20) }, 20),
+      "4 unused bytes before tensor 'b'",
+    ],
+    [
+      "offsets past the data",
+      () => craft("past.safetensors", { a: f32([4], 0, 16) }, 8),
+      "past the 8-byte data buffer",
+    ],
+    [
+      "shape × dtype ≠ offsets",
+      () => craft("size.safetensors", { a: f32([3], 0, 8) }, 8),
+      "(12 bytes) but data_offsets [0, 8] hold 8",
+    ],
+    [
+      "unknown dtype",
+      () => craft("dt.safetensors", { a: { dtype: "F128", shape: [1], data_offsets: [0, 16] } }, 16),
+      'unknown dtype "F128"',
+    ],
+    [
+      "negative shape",
+      () => craft("neg.safetensors", { a: f32([-1], 0, 0) }, 0),
+      "not a list of non-negative integers",
+    ],
+    [
+      "bad metadata",
+      () => craft("meta.safetensors", { __metadata__: { n: 1 } }, 0),
+      "__metadata__ that is not a map of strings",
+    ],
     ["trailing bytes", () => craft("trail.safetensors", { a: f32([1], 0, 4) }, 12), "8 bytes after the last tensor"],
-    ["giant shape in a tiny file", () => craft("giant.safetensors", { a: f32([1e6, 1e6], 0, 4e12) }, 0), "past the 0-byte data buffer"],
+    [
+      "giant shape in a tiny file",
+      () => craft("giant.safetensors", { a: f32([1e6, 1e6], 0, 4e12) }, 0),
+      "past the 0-byte data buffer",
+    ],
   ];
   for (const [what, make, expected] of malformed) {
     test(`malformed: ${what}`, () => {
@@ -314,7 +363,9 @@ describe("atomic writes", () => {
     const names = [input, tmp("link.npy"), path.join(scratch, ".", "sub", "..", "input.npy")];
     fs.mkdirSync(tmp("sub"));
     for (const target of names) {
-      expect(badInput(() => writeNpy(target, tensor("fp32", [3]), { inputs: [input] }))).toContain("it is also an input");
+      expect(badInput(() => writeNpy(target, tensor("fp32", [3]), { inputs: [input] }))).toContain(
+        "it is also an input",
+      );
     }
     expect(readNpy(input).shape).toEqual([2]); // untouched
     expect(canonicalPath(tmp("link.npy"))).toBe(canonicalPath(input));
