@@ -494,10 +494,10 @@ function shapeOnly(dtype: DType, shape: number[]): Tensor {
 function decide(
   plan: RunPlan,
   problem: Problem,
-  alibi: boolean,
+  alibi: "none" | "per-head" | "per-batch-head",
 ): { backend: BackendName; decisions: BackendDecision[] } {
   const { chosen, decisions } = chooseBackend(
-    { problem, direction: "fwd", alibi: alibi ? "per-head" : "none" },
+    { problem, direction: "fwd", alibi },
     { backend: plan.backend, libPath: plan.libPath },
   );
   if (!chosen) throw noBackendError(decisions);
@@ -601,7 +601,7 @@ export async function executeRun(plan: RunPlan, globals: GlobalOptions): Promise
         shapeOnly("bf16", kvShape),
         { causal: plan.causal, window: plan.window, softcap: plan.softcap, scale: plan.scale },
       );
-      decided = decide(plan, problem, plan.alibi.kind !== "none");
+      decided = decide(plan, problem, plan.alibi.kind === "none" ? "none" : "per-head");
       dtype = decided.backend === "cpu" ? "fp32" : "bf16";
       if (dtype === "fp32") decided = undefined; // decide again for fp32 below
     }
@@ -622,7 +622,8 @@ export async function executeRun(plan: RunPlan, globals: GlobalOptions): Promise
     headDim: problem.headDim,
   };
   checkShape(shape, { check: plan.check, random: plan.input.kind === "random" });
-  decided ??= decide(plan, problem, semantics.alibiSlopes !== undefined);
+  const alibiMode = !semantics.alibiSlopes ? "none" : semantics.alibiPerBatch ? "per-batch-head" : "per-head";
+  decided ??= decide(plan, problem, alibiMode);
 
   tell(`running on ${decided.backend}…`);
   const result = await attention(q, k, v, { ...semantics, backend: decided.backend, libPath: plan.libPath });
