@@ -129,7 +129,7 @@ export function applyOverrides(base: SweepSpec, o: SweepOverrides): SweepSpec {
 
 export function caseId(c: Omit<BenchCase, "id">): string {
   const gqa = c.headsKv === c.headsQ ? `h${c.headsQ}` : `h${c.headsQ}/${c.headsKv}`;
-  const seq = c.seqlenQ === c.seqlenK ? `s${c.seqlenK}` : `q${c.seqlenQ}k${c.seqlenK}`;
+  const seq = c.seqlenQ === c.seqlenK ? `s${c.seqlenK}` : `q${c.seqlenQ} kv${c.seqlenK}`;
   return `b${c.batch} ${seq} ${gqa} d${c.headDim}${c.causal ? " causal" : ""} ${c.dtype} ${c.direction}`;
 }
 

@@ -101,8 +101,9 @@ export function renderTable(report: BenchReport, opts: TableOptions): string {
     if (!byCase.has(m.caseId)) byCase.set(m.caseId, new Map());
     byCase.get(m.caseId)!.set(m.impl, m);
   }
-  const decode = report.cases.some((c) => c.kind === "decode");
-  const unit = decode ? "GB/s of K+V (share of copy bandwidth)" : "TFLOP/s";
+  const kinds = new Set(report.cases.map((c) => c.kind));
+  const decodeUnit = "GB/s of K+V (share of copy bandwidth)";
+  const unit = kinds.size > 1 ? `TFLOP/s (prefill) or ${decodeUnit} (decode)` : kinds.has("decode") ? decodeUnit : "TFLOP/s";
   out.push(`${unit}; ×N = ours is N times faster than that baseline (median of timed runs)`);
   out.push(grid(["case", ...impls], report.cases.map((c) => [c.id, ...impls.map((impl) => rateCell(report, c, byCase.get(c.id)?.get(impl), color))])));
   out.push("");
