@@ -224,14 +224,11 @@ int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
 // CDNA2 (gfx90a) and CDNA3 (gfx940/941/942) have the 16x16x16 f16 and bf16_1k MFMA instructions used above.
 bool is_cdna2_or_3(int arch) { return arch == 0x90a || arch == 0x940 || arch == 0x941 || arch == 0x942; }
 
-bool supports(const fa_attn_params& p, const DeviceCaps& caps, int32_t direction, std::vector<std::string>& reasons) {
-  bool ok = portable::supports_common(p, "hip-mfma-fwd", reasons);
-  if (direction != FA_DIR_FORWARD) {
-    reasons.push_back("hip-mfma-fwd implements the forward pass only (portable-bwd serves the backward)");
-    ok = false;
-  }
+// The dispatcher itself refuses this forward-only path for backward requests; the portable path serves those.
+bool supports(const fa_attn_params& p, const DeviceCaps& caps, int32_t, std::vector<std::string>& reasons) {
+  bool ok = portable::supports_common(p, reasons);
   if (!caps.is_hip || !is_cdna2_or_3(caps.arch)) {
-    reasons.push_back(format("hip-mfma-fwd needs a CDNA2/CDNA3 GPU (gfx90a, gfx94x), this one is gfx%x", caps.arch));
+    reasons.push_back(format("needs a CDNA2/CDNA3 GPU (gfx90a, gfx94x), this one is gfx%x", caps.arch));
     ok = false;
   }
   return ok;

@@ -1,4 +1,4 @@
-// portable.cu — the registry of the portable kernels (the fallback the dispatcher tries after the vendor's matrix
+// portable.cu — the registry entry of the portable kernels (the fallback the dispatcher tries after the vendor's matrix
 // paths) and their host-side helpers: argument resolution, what the paths support, launch error reporting.
 #include "portable.hpp"
 
@@ -44,17 +44,17 @@ Args make_args(const fa_attn_params& p) {
   return a;
 }
 
-bool supports_common(const fa_attn_params& p, const char* path_name, std::vector<std::string>& reasons) {
+bool supports_common(const fa_attn_params& p, std::vector<std::string>& reasons) {
   const size_t before = reasons.size();
   if (p.dtype != FA_DTYPE_F16 && p.dtype != FA_DTYPE_BF16)
-    reasons.push_back(format("%s computes fp16 and bf16 only, not %s", path_name, dtype_name(p.dtype)));
+    reasons.push_back(format("computes fp16 and bf16 only, not %s", dtype_name(p.dtype)));
   if (p.head_dim % 8 != 0 || p.head_dim > 256)
-    reasons.push_back(format("%s needs head_dim a multiple of 8 up to 256, got %d", path_name, p.head_dim));
-  if (p.algorithm != FA_ALGO_FLASH) reasons.push_back(format("%s implements the flash algorithm, not naive", path_name));
+    reasons.push_back(format("needs head_dim a multiple of 8 up to 256, got %d", p.head_dim));
+  if (p.algorithm != FA_ALGO_FLASH) reasons.push_back("implements the flash algorithm, not naive");
   // Grid y = heads, z = batch: 65535 is the smallest limit among the GPUs we build for.
   if (p.heads_q > 65535 || p.batch > 65535)
-    reasons.push_back(format("%s launches one block row per head and batch entry, at most 65535 each (got %d heads, batch %d)",
-                             path_name, p.heads_q, p.batch));
+    reasons.push_back(format("launches one block row per head and batch entry, at most 65535 each (got %d heads, batch %d)",
+                             p.heads_q, p.batch));
   return reasons.size() == before;
 }
 
@@ -69,22 +69,8 @@ constexpr const char* kFeatures =
     "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"varlen\",\"lse\",\"strided\",\"deterministic\"]";
 constexpr const char* kDtypes = "[\"fp16\",\"bf16\"]";
 
-bool forward_supports(const fa_attn_params& p, const DeviceCaps&, int32_t direction, std::vector<std::string>& reasons) {
-  bool ok = supports_common(p, "portable-fwd", reasons);
-  if (direction != FA_DIR_FORWARD) {
-    reasons.push_back("portable-fwd implements the forward pass only (portable-bwd is its backward)");
-    ok = false;
-  }
-  return ok;
-}
-
-bool backward_supports(const fa_attn_params& p, const DeviceCaps&, int32_t direction, std::vector<std::string>& reasons) {
-  bool ok = supports_common(p, "portable-bwd", reasons);
-  if (direction != FA_DIR_BACKWARD) {
-    reasons.push_back("portable-bwd implements the backward pass only (portable-fwd is its forward)");
-    ok = false;
-  }
-  return ok;
+bool path_supports(const fa_attn_params& p, const DeviceCaps&, int32_t, std::vector<std::string>& reasons) {
+  return supports_common(p, reasons);
 }
 
 }  // namespace
@@ -92,8 +78,9 @@ bool backward_supports(const fa_attn_params& p, const DeviceCaps&, int32_t direc
 
 const std::vector<KernelPath>& portable_paths() {
   static const std::vector<KernelPath> paths = {
-      {100, "portable-fwd", portable::kFeatures, portable::kDtypes, 256, portable::forward_supports, portable::forward, nullptr},
-      {101, "portable-bwd", portable::kFeatures, portable::kDtypes, 256, portable::backward_supports, nullptr, portable::backward},
+      // One path for both directions: the dispatcher serves forward+backward requests (fa_bench, fa_plan "fwd+bwd")
+      // from a single path, and FLASHATTN_KERNEL=portable then forces both.
+      {100, "portable", portable::kFeatures, portable::kDtypes, 256, portable::path_supports, portable::forward, portable::backward},
   };
   return paths;
 }

@@ -228,7 +228,7 @@ __device__ inline float lanes_sum(float v) {
 // ---- host side ----------------------------------------------------------------------------------------------------
 
 // Reasons a portable kernel cannot take a validated request (dtype, head dim, grid limits); empty when it can.
-bool supports_common(const fa_attn_params& p, const char* path_name, std::vector<std::string>& reasons);
+bool supports_common(const fa_attn_params& p, std::vector<std::string>& reasons);
 
 }  // namespace portable
 }  // namespace fa
