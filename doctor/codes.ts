@@ -37,6 +37,7 @@ export const nvmlReturnNames: Record<number, string> = {
   12: "NVML_ERROR_LIBRARY_NOT_FOUND",
   13: "NVML_ERROR_FUNCTION_NOT_FOUND",
   15: "NVML_ERROR_GPU_IS_LOST",
+  18: "NVML_ERROR_LIB_RM_VERSION_MISMATCH",
   999: "NVML_ERROR_UNKNOWN",
 };
 

@@ -235,6 +235,8 @@ export interface TorchFacts extends PyModuleFacts {
   arch_list?: string[];
   cxx11_abi?: boolean;
   devices?: { name: string; capability: string; gcn_arch_name?: string }[];
+  /** what torch.cuda raised while being asked, if anything */
+  cuda_error?: string;
 }
 
 export interface PythonFacts extends ProbeResult {

@@ -1,0 +1,41 @@
+// facts (+ options) -> findings, summary and exit code. Pure: no I/O, no clock, no environment; the same facts give
+// the same report on any machine (that is what `--facts FILE` relies on).
+import type { DoctorFacts, DoctorOptions, Finding, Severity } from "../facts.ts";
+import { amdRules } from "./amd.ts";
+import { backendRules } from "./backend.ts";
+import { libraryRules } from "./libraries.ts";
+import { nvidiaRules } from "./nvidia.ts";
+import { pythonRules } from "./python.ts";
+import { toolkitRules } from "./toolkits.ts";
+
+export function evaluate(facts: DoctorFacts, options: DoctorOptions = {}): Finding[] {
+  return [
+    ...nvidiaRules(facts),
+    ...amdRules(facts),
+    ...toolkitRules(facts),
+    ...libraryRules(facts),
+    ...pythonRules(facts),
+    ...backendRules(facts, options),
+  ];
+}
+
+export interface Verdict {
+  errors: number;
+  warnings: number;
+  healthy: boolean;
+  /** 0 healthy (warnings allowed), 1 at least one error */
+  exitCode: 0 | 1;
+  line: string;
+}
+
+const count = (findings: Finding[], severity: Severity) => findings.filter((f) => f.severity === severity).length;
+
+export function verdict(findings: Finding[], chosen: string | undefined): Verdict {
+  const errors = count(findings, "error"), warnings = count(findings, "warning");
+  const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  const backend = chosen ? `backend: ${chosen}` : "no usable backend";
+  const line = errors + warnings === 0
+    ? `No issues found; ${backend}.`
+    : `Doctor found ${plural(errors, "error")} and ${plural(warnings, "warning")}; ${backend}.`;
+  return { errors, warnings, healthy: errors === 0, exitCode: errors ? 1 : 0, line };
+}
