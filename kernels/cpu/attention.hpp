@@ -1,0 +1,156 @@
+// attention.hpp — what the three CPU attention drivers (forward.cpp, backward.cpp, naive.cpp) share: where a row of
+// a tensor lives, the per-sequence geometry of padded and varlen batches, the visible key range of a query, and the
+// kernel identities reported in fa_info / out_kernel.
+//
+// Layout (flash-attn BSHD): element (b, token t, head h, k) of a tensor sits at
+//   data + b*batch_stride + t*row_stride + h*head_stride + k       (varlen: b*batch_stride dropped, t = global token)
+#pragma once
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <cstring>
+
+#include "../common/fa_common.hpp"
+#include "isa.hpp"
+
+namespace fa::cpu {
+
+// Kernel ids (stable: fa_info lists them, out_kernel reports them, fa_plan names them).
+enum KernelId : int32_t {
+  kFlashForwardAvx2 = 1,
+  kFlashForwardPortable = 2,
+  kFlashBackwardAvx2 = 3,
+  kFlashBackwardPortable = 4,
+  kNaiveForwardAvx2 = 5,
+  kNaiveForwardPortable = 6,
+};
+
+const char* kernel_name(int32_t id);
+
+// Tile sizes. Forward: a task is one (batch, head, block of kForwardBlockQ queries); K/V stream through in blocks of
+// kForwardBlockK keys, so per task the working set is Q^T (d x 96) + S^T (kForwardBlockK x 96) + O (96 x d) floats,
+// at most 96 KiB + 36 KiB + 96 KiB for d = 256: inside a 1 MiB L2. Block sizes are multiples of 16 (query columns
+// of S^T are 16-float strips) and of 6 (the AVX2 micro-tile height).
+constexpr int32_t kForwardBlockQ = 96;
+constexpr int32_t kForwardBlockK = 96;
+constexpr int32_t kBackwardBlockQ = 64;
+constexpr int32_t kBackwardBlockK = 96;
+
+inline int32_t round_up(int32_t x, int32_t multiple) { return (x + multiple - 1) / multiple * multiple; }
+
+struct Sequence {
+  int64_t q_start, k_start;  // first token (varlen: global index into the packed tensors; padded: 0)
+  int32_t len_q, len_k;
+};
+
+struct Geometry {
+  const fa_attn_params& p;
+  Resolved r;
+  bool varlen;
+  int32_t d, d_pad;  // head_dim, and rounded up to the 8-float vector
+
+  explicit Geometry(const fa_attn_params& params)
+      : p(params), r(resolve(params)), varlen(is_varlen(params)), d(params.head_dim), d_pad(round_up(params.head_dim, 8)) {}
+
+  Sequence sequence(int32_t b) const {
+    if (!varlen) return {0, 0, p.seqlen_q, p.seqlen_k};
+    return {p.cu_seqlens_q[b], p.cu_seqlens_k[b], p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b],
+            p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b]};
+  }
+
+  size_t element_size() const { return dtype_size(p.dtype); }
+
+  // Address of row `token` (relative to the sequence start) of head h in tensor t.
+  void* row(const fa_tensor& t, int32_t b, int64_t seq_start, int64_t token, int32_t h) const {
+    const int64_t offset = (varlen ? 0 : b * t.batch_stride) + (seq_start + token) * t.row_stride + h * t.head_stride;
+    return static_cast<char*>(t.data) + offset * static_cast<int64_t>(element_size());
+  }
+
+  // Index of (b, h, query i) in the fp32 LSE array: (batch, heads_q, seqlen_q), varlen (heads_q, total_q).
+  int64_t lse_index(int32_t b, int32_t h, const Sequence& s, int32_t i) const {
+    return varlen ? static_cast<int64_t>(h) * p.total_q + s.q_start + i
+                  : (static_cast<int64_t>(b) * p.heads_q + h) * p.seqlen_q + i;
+  }
+
+  float alibi_slope(int32_t b, int32_t h) const {
+    if (p.alibi_mode == FA_ALIBI_PER_HEAD) return p.alibi_slopes[h];
+    if (p.alibi_mode == FA_ALIBI_PER_BATCH_HEAD) return p.alibi_slopes[static_cast<int64_t>(b) * p.heads_q + h];
+    return 0.0f;
+  }
+
+  // Keys visible from query i of sequence s: [lo, hi], empty when lo > hi. With offset = len_k - len_q (bottom-right
+  // alignment): lo = i + offset - window_left, hi = i + offset + window_right (causal folded into window_right).
+  void visible_keys(const Sequence& s, int32_t i, int32_t& lo, int32_t& hi) const {
+    const int64_t diagonal = static_cast<int64_t>(i) + s.len_k - s.len_q;
+    const int64_t low = r.win_left < 0 ? 0 : std::max<int64_t>(0, diagonal - r.win_left);
+    const int64_t high = r.win_right < 0 ? s.len_k - 1 : std::min<int64_t>(s.len_k - 1, diagonal + r.win_right);
+    lo = static_cast<int32_t>(std::min<int64_t>(low, INT32_MAX));
+    hi = static_cast<int32_t>(std::max<int64_t>(high, -1));
+  }
+
+  // Queries that see at least one key of [k0, k1]: the inverse of visible_keys, clamped to [0, len_q).
+  void queries_seeing(const Sequence& s, int32_t k0, int32_t k1, int32_t& first, int32_t& last) const {
+    const int64_t offset = static_cast<int64_t>(s.len_k) - s.len_q;
+    const int64_t low = r.win_right < 0 ? 0 : std::max<int64_t>(0, k0 - offset - r.win_right);
+    const int64_t high = r.win_left < 0 ? s.len_q - 1 : std::min<int64_t>(s.len_q - 1, k1 - offset + r.win_left);
+    first = static_cast<int32_t>(std::min<int64_t>(low, INT32_MAX));
+    last = static_cast<int32_t>(std::max<int64_t>(high, -1));
+  }
+};
+
+// Visibility of one query block against the keys: per column lo/hi (padding columns get an empty range), the union
+// [key_lo, key_hi] of the non-empty ranges, and the tightest common range [common_lo, common_hi] (a key tile inside
+// it needs no mask).
+struct BlockVisibility {
+  int32_t key_lo = INT32_MAX, key_hi = -1;
+  int32_t common_lo = 0, common_hi = INT32_MAX;
+  bool any() const { return key_lo <= key_hi; }
+  bool tile_fully_visible(int32_t k0, int32_t k1) const { return common_lo <= k0 && k1 <= common_hi; }
+};
+
+inline BlockVisibility block_visibility(const Geometry& g, const Sequence& s, int32_t q0, int32_t rows, int32_t cols_pad,
+                                        int32_t* lo, int32_t* hi) {
+  BlockVisibility v;
+  for (int32_t c = 0; c < cols_pad; ++c) {
+    if (c >= rows) {
+      lo[c] = INT32_MAX;
+      hi[c] = -1;
+      continue;
+    }
+    g.visible_keys(s, q0 + c, lo[c], hi[c]);
+    v.common_lo = std::max(v.common_lo, lo[c]);
+    v.common_hi = std::min(v.common_hi, hi[c]);
+    if (lo[c] > hi[c]) continue;
+    v.key_lo = std::min(v.key_lo, lo[c]);
+    v.key_hi = std::max(v.key_hi, hi[c]);
+  }
+  return v;
+}
+
+// The drivers. Each runs over the thread pool and returns the kernel id it used; the caller has validated p.
+int32_t flash_forward(const fa_attn_params& p, const IsaKernels& isa);
+int32_t flash_backward(const fa_attn_params& p, const IsaKernels& isa);
+int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa);
+
+inline bool is_avx2(const IsaKernels& isa) { return std::strcmp(isa.name, "avx2") == 0; }
+
+// Carves 64-byte-aligned typed buffers out of one block. A Carver over nullptr only measures: the drivers run their
+// layout once to size a Workspace, then again over each worker's slice of it.
+class Carver {
+ public:
+  explicit Carver(void* base) : base_(static_cast<char*>(base)) {}
+  template <typename T>
+  T* take(int64_t count) {
+    T* out = base_ ? reinterpret_cast<T*>(base_ + used_) : nullptr;
+    used_ += (count * static_cast<int64_t>(sizeof(T)) + 63) / 64 * 64;
+    return out;
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  char* base_;
+  int64_t used_ = 0;
+};
+
+}  // namespace fa::cpu

@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""Checks build/libflashattn_cpu.so through its C ABI against a float64 NumPy reference of the full semantics
+(causal, windows, softcap, ALiBi, GQA, varlen, free strides, fp32/fp16/bf16 I/O), forward and backward, plus bad
+input. Also the ctypes binding that scripts/cpu_vs_numpy.py uses.
+
+Usage: python3 scripts/cpu_check.py [--lib build/libflashattn_cpu.so] [--quick]
+Exit status 0 when every check passes. FLASHATTN_CPU_ISA=portable checks the portable kernels.
+"""
+import argparse
+import ctypes as C
+import math
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+F32, F16, BF16 = 0, 1, 2
+ABI_VERSION = 1
+
+
+class Tensor(C.Structure):
+    _fields_ = [("data", C.c_void_p), ("batch_stride", C.c_int64), ("row_stride", C.c_int64), ("head_stride", C.c_int64)]
+
+
+class Params(C.Structure):
+    """fa_attn_params of kernels/include/flashattn.h, field for field (384 bytes)."""
+    _fields_ = [
+        ("struct_size", C.c_uint32), ("abi_version", C.c_uint32), ("dtype", C.c_int32), ("batch", C.c_int32),
+        ("seqlen_q", C.c_int32), ("seqlen_k", C.c_int32), ("heads_q", C.c_int32), ("heads_kv", C.c_int32),
+        ("head_dim", C.c_int32), ("is_causal", C.c_int32), ("window_left", C.c_int32), ("window_right", C.c_int32),
+        ("scale", C.c_float), ("softcap", C.c_float), ("alibi_mode", C.c_int32), ("num_splits", C.c_int32),
+        ("deterministic", C.c_int32), ("total_q", C.c_int32), ("total_k", C.c_int32), ("algorithm", C.c_int32),
+        ("alibi_slopes", C.c_void_p), ("cu_seqlens_q", C.c_void_p), ("cu_seqlens_k", C.c_void_p), ("stream", C.c_void_p),
+        ("q", Tensor), ("k", Tensor), ("v", Tensor), ("o", Tensor), ("lse", C.c_void_p),
+        ("dout", Tensor), ("dq", Tensor), ("dk", Tensor), ("dv", Tensor),
+        ("out_kernel", C.c_int32), ("out_num_splits", C.c_int32),
+    ]
+
+
+assert C.sizeof(Params) == 384
+
+
+class FlashAttnError(RuntimeError):
+    def __init__(self, status, message):
+        super().__init__(f"status {status}: {message}")
+        self.status, self.message = status, message
+
+
+class Library:
+    def __init__(self, path):
+        self.lib = C.CDLL(path)
+        L = self.lib
+        for name, args in [("fa_forward", [C.POINTER(Params)]), ("fa_backward", [C.POINTER(Params)]),
+                           ("fa_last_error", [C.c_char_p, C.c_int64]), ("fa_info", [C.c_char_p, C.c_int64]),
+                           ("fa_plan", [C.POINTER(Params), C.c_int32, C.c_char_p, C.c_int64]),
+                           ("fa_bench", [C.POINTER(Params), C.c_int32, C.c_int32, C.c_int32, C.POINTER(C.c_float)]),
+                           ("fa_memory_stats", [C.POINTER(C.c_int64)]), ("fa_reset_peak_memory", []),
+                           ("fa_params_layout", [C.POINTER(C.c_int64), C.c_int32])]:
+            getattr(L, name).argtypes = args
+            getattr(L, name).restype = C.c_int32
+        if L.fa_abi_version() != ABI_VERSION:
+            raise SystemExit(f"{path} has ABI {L.fa_abi_version()}, this script speaks {ABI_VERSION}")
+
+    def last_error(self):
+        buf = C.create_string_buffer(1024)
+        self.lib.fa_last_error(buf, len(buf))
+        return buf.value.decode()
+
+    def check(self, status):
+        if status != 0:
+            raise FlashAttnError(status, self.last_error())
+
+    def text(self, fn, *args):
+        buf = C.create_string_buffer(1 << 16)
+        self.check(fn(*args, buf, len(buf)))
+        return buf.value.decode()
+
+    def memory_stats(self):
+        out = (C.c_int64 * 2)()
+        self.check(self.lib.fa_memory_stats(out))
+        return out[0], out[1]
+
+
+# ---- tensors ----------------------------------------------------------------------------------------------------
+
+def to_bf16_bits(x):
+    """float -> bf16 bits, round to nearest even (NaN-free inputs)."""
+    u = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bits(a, dtype):
+    if dtype == F32:
+        return a.astype(np.float64)
+    if dtype == F16:
+        return a.view(np.float16).astype(np.float64)
+    return (a.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def to_storage(x, dtype):
+    if dtype == F32:
+        return np.ascontiguousarray(x, np.float32)
+    if dtype == F16:
+        return np.ascontiguousarray(x, np.float16).view(np.uint16)
+    return to_bf16_bits(x)
+
+
+def view(a, varlen):
+    """fa_tensor of a (batch, rows, heads, dim) or varlen (rows, heads, dim) array; strides in elements."""
+    if a.size == 0:  # NumPy gives empty arrays zero strides: use the tight layout
+        s = [int(np.prod(a.shape[i + 1:])) for i in range(a.ndim)]
+    else:
+        s = [st // a.itemsize for st in a.strides]
+    assert s[-1] == 1
+    if varlen:
+        return Tensor(a.ctypes.data, 0, s[0], s[1])
+    return Tensor(a.ctypes.data, s[0], s[1], s[2])
+
+
+# ---- reference (float64, no tiling) -----------------------------------------------------------------------------
+
+def reference_sequence(q, k, v, dout, scale, causal, window, softcap, slopes):
+    """One sequence, all heads. q (sq, hq, d), k/v (sk, hkv, d) float64. Returns o, lse, (dq, dk, dv)."""
+    sq, hq, d = q.shape
+    sk, hkv, _ = k.shape
+    group = hq // hkv
+    kk = np.repeat(k, group, axis=1)
+    vv = np.repeat(v, group, axis=1)
+    x = np.einsum("ihd,jhd->hij", q, kk) * scale
+    if softcap > 0:
+        t = np.tanh(x / softcap)
+        s = softcap * t
+    else:
+        t, s = None, x
+    i = np.arange(sq)[:, None] + sk - sq
+    j = np.arange(sk)[None, :]
+    if slopes is not None:
+        s = s - slopes[:, None, None] * np.abs(i - j)[None]
+    left, right = window
+    if causal:
+        right = 0
+    allowed = np.ones((sq, sk), bool)
+    if left >= 0:
+        allowed &= j >= i - left
+    if right >= 0:
+        allowed &= j <= i + right
+    s = np.where(allowed[None], s, -np.inf)
+    m = s.max(axis=2, initial=-np.inf)
+    has = np.isfinite(m)
+    p = np.where(has[..., None], np.exp(s - np.where(has, m, 0)[..., None]), 0.0)
+    l = p.sum(axis=2)
+    p = p / np.where(l > 0, l, 1)[..., None]
+    o = np.einsum("hij,jhd->ihd", p, vv)
+    lse = np.where(l > 0, np.where(has, m, 0) + np.log(np.where(l > 0, l, 1)), -np.inf)
+    grads = None
+    if dout is not None:
+        dv = np.einsum("hij,ihd->jhd", p, dout)
+        dp = np.einsum("ihd,jhd->hij", dout, vv)
+        ds = p * (dp - (dp * p).sum(axis=2, keepdims=True))
+        if t is not None:
+            ds = ds * (1 - t * t)
+        dq = np.einsum("hij,jhd->ihd", ds, kk) * scale
+        dk = np.einsum("hij,ihd->jhd", ds, q) * scale
+        dk = dk.reshape(sk, hkv, group, d).sum(axis=2)
+        dv = dv.reshape(sk, hkv, group, d).sum(axis=2)
+        grads = (dq, dk, dv)
+    return o, lse, grads
+
+
+def rel_err(a, e):
+    a, e = np.asarray(a, np.float64), np.asarray(e, np.float64)
+    if not np.all(np.isfinite(a)):
+        return math.inf
+    n = np.linalg.norm(e)
+    return np.linalg.norm(a - e) / (n if n > 0 else 1.0)
+
+
+# ---- one case ---------------------------------------------------------------------------------------------------
+
+def run_case(lib, rng, *, batch=1, sq=16, sk=16, hq=2, hkv=2, d=32, dtype=F32, causal=False, window=(-1, -1),
+             softcap=0.0, alibi=0, varlen_lens=None, strided=False, backward=True, algorithm=0, scale=0.0):
+    """Runs forward (and backward) and returns {name: relative error}. varlen_lens: [(len_q, len_k), ...]."""
+    varlen = varlen_lens is not None
+    if varlen:
+        batch = len(varlen_lens)
+        cu_q = np.concatenate([[0], np.cumsum([a for a, _ in varlen_lens])]).astype(np.int32)
+        cu_k = np.concatenate([[0], np.cumsum([b for _, b in varlen_lens])]).astype(np.int32)
+        sq, sk = max([a for a, _ in varlen_lens] + [1]), max(b for _, b in varlen_lens)
+        shape_q, shape_k = (int(cu_q[-1]), hq, d), (int(cu_k[-1]), hkv, d)
+    else:
+        shape_q, shape_k = (batch, sq, hq, d), (batch, sk, hkv, d)
+
+    def make(shape, extra_heads=0):
+        x = rng.standard_normal(shape)
+        st = to_storage(x, dtype)
+        if strided:  # embed in a wider buffer: row/head strides bigger than the tight layout
+            wide = np.zeros(shape[:-2] + (shape[-2] + 1, shape[-1] + 5), st.dtype)
+            wide[..., : shape[-2], : shape[-1]] = st
+            st = wide[..., : shape[-2], : shape[-1]]
+        return st
+
+    q, k, v = make(shape_q), make(shape_k), make(shape_k)
+    dout = make(shape_q)
+    poison = {F32: np.float32(np.nan).view(np.uint32), F16: 0x7E00, BF16: 0x7FC0}[dtype]
+    empty_like = lambda a: np.full(a.shape, poison, np.uint32 if dtype == F32 else np.uint16).view(a.dtype)
+    o = empty_like(q)
+    lse_shape = (hq, shape_q[0]) if varlen else (batch, hq, sq)
+    lse = np.full(lse_shape, np.nan, np.float32)
+    slopes = None
+    if alibi:
+        slopes = rng.uniform(0.01, 0.5, (hq,) if alibi == 1 else (batch, hq)).astype(np.float32)
+
+    p = Params()
+    p.struct_size, p.abi_version, p.dtype = C.sizeof(Params), ABI_VERSION, dtype
+    p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_kv, p.head_dim = batch, sq, sk, hq, hkv, d
+    p.is_causal, p.window_left, p.window_right = int(causal), window[0], window[1]
+    p.scale, p.softcap, p.algorithm = scale, softcap, algorithm
+    if slopes is not None:
+        p.alibi_mode, p.alibi_slopes = alibi, slopes.ctypes.data
+    if varlen:
+        p.cu_seqlens_q, p.cu_seqlens_k, p.total_q, p.total_k = cu_q.ctypes.data, cu_k.ctypes.data, shape_q[0], shape_k[0]
+    p.q, p.k, p.v, p.o = view(q, varlen), view(k, varlen), view(v, varlen), view(o, varlen)
+    p.lse = lse.ctypes.data
+    lib.check(lib.lib.fa_forward(C.byref(p)))
+
+    grads = None
+    if backward:
+        dq, dk, dv = empty_like(q), empty_like(k), empty_like(v)
+        p.dout, p.dq, p.dk, p.dv = view(dout, varlen), view(dq, varlen), view(dk, varlen), view(dv, varlen)
+        lib.check(lib.lib.fa_backward(C.byref(p)))
+        grads = (dq, dk, dv)
+
+    # reference, sequence by sequence
+    scale_used = scale if scale > 0 else 1 / math.sqrt(d)
+    errs = {}
+    outs = {"o": [], "lse": [], "dq": [], "dk": [], "dv": []}
+    refs = {key: [] for key in outs}
+    for b in range(batch):
+        if varlen:
+            qs, qe, ks, ke = cu_q[b], cu_q[b + 1], cu_k[b], cu_k[b + 1]
+            sel_q, sel_k = (slice(qs, qe),), (slice(ks, ke),)
+            lse_b = lse[:, qs:qe]
+        else:
+            sel_q = sel_k = (b,)
+            lse_b = lse[b]
+        f = lambda a, sel: from_bits(a[sel], dtype)
+        sl = None if slopes is None else (slopes if alibi == 1 else slopes[b]).astype(np.float64)
+        ro, rlse, rg = reference_sequence(f(q, sel_q), f(k, sel_k), f(v, sel_k), f(dout, sel_q) if backward else None,
+                                          scale_used, causal, window, softcap, sl)
+        outs["o"].append(f(o, sel_q)); refs["o"].append(ro)
+        outs["lse"].append(lse_b.T.astype(np.float64)); refs["lse"].append(rlse.T)
+        if backward:
+            for name, got, ref, sel in zip(("dq", "dk", "dv"), grads, rg, (sel_q, sel_k, sel_k)):
+                outs[name].append(f(got, sel)); refs[name].append(ref)
+    for name in outs:
+        if not outs[name]:
+            continue
+        got = np.concatenate([x.ravel() for x in outs[name]])
+        ref = np.concatenate([x.ravel() for x in refs[name]])
+        if name == "lse":  # -inf rows must match exactly; finite ones by relative error
+            if not np.array_equal(np.isneginf(got), np.isneginf(ref)):
+                errs[name] = math.inf
+                continue
+            finite = np.isfinite(ref)
+            got, ref = got[finite], ref[finite]
+        errs[name] = rel_err(got, ref)
+    return errs
+
+
+TOLERANCE = {F32: 1e-5, F16: 2e-3, BF16: 1.5e-2}
+
+
+def cases(quick):
+    """(description, kwargs) pairs covering the semantics on odd shapes."""
+    out = []
+    for sq, sk in [(1, 1), (3, 3), (113, 113), (203, 203), (1, 203), (113, 37), (37, 203), (128, 96), (97, 0)]:
+        out.append((f"sq={sq} sk={sk}", dict(sq=sq, sk=sk)))
+        out.append((f"causal sq={sq} sk={sk}", dict(sq=sq, sk=sk, causal=True)))
+    for d in [1, 8, 24, 40, 64, 100, 128, 200, 256]:
+        out.append((f"d={d}", dict(sq=70, sk=130, d=d, hq=2, hkv=1)))
+    for hq, hkv in [(8, 1), (6, 2), (4, 4), (8, 4)]:
+        out.append((f"gqa {hq}/{hkv}", dict(sq=50, sk=77, hq=hq, hkv=hkv, causal=True)))
+    for w in [(0, 0), (16, -1), (-1, 16), (8, 8), (100, 3)]:
+        out.append((f"window {w}", dict(sq=150, sk=203, window=w)))
+        out.append((f"window {w} sq>sk", dict(sq=203, sk=150, window=w, causal=w[1] == 0)))
+    out.append(("softcap 5", dict(sq=113, sk=203, softcap=5.0)))
+    out.append(("softcap 30 causal gqa", dict(sq=113, sk=113, softcap=30.0, causal=True, hq=4, hkv=2)))
+    out.append(("alibi per head", dict(sq=113, sk=150, alibi=1, causal=True)))
+    out.append(("alibi per batch-head", dict(batch=3, sq=40, sk=60, alibi=2)))
+    out.append(("alibi+softcap+window", dict(sq=99, sk=140, alibi=1, softcap=10.0, window=(20, 5))))
+    out.append(("scale 0.3", dict(sq=33, sk=44, scale=0.3)))
+    out.append(("strided", dict(batch=2, sq=65, sk=77, strided=True, hq=4, hkv=2, d=48)))
+    out.append(("batch 3", dict(batch=3, sq=100, sk=120, causal=True)))
+    lens = [(5, 9), (0, 3), (113, 113), (1, 200), (37, 0), (150, 60)]
+    out.append(("varlen", dict(varlen_lens=lens)))
+    out.append(("varlen causal gqa", dict(varlen_lens=lens, causal=True, hq=4, hkv=2)))
+    out.append(("varlen window alibi2", dict(varlen_lens=lens, window=(10, 4), alibi=2)))
+    out.append(("varlen strided softcap", dict(varlen_lens=lens, strided=True, softcap=8.0)))
+    for dtype, name in [(F16, "fp16"), (BF16, "bf16")]:
+        out.append((f"{name}", dict(dtype=dtype, sq=113, sk=203, d=64)))
+        out.append((f"{name} causal gqa d=100", dict(dtype=dtype, sq=77, sk=77, d=100, hq=4, hkv=1, causal=True)))
+        out.append((f"{name} varlen strided", dict(dtype=dtype, varlen_lens=lens, strided=True, d=40)))
+    out.append(("naive", dict(sq=113, sk=203, backward=False, algorithm=1)))
+    out.append(("naive causal alibi gqa", dict(sq=77, sk=50, causal=True, alibi=1, hq=4, hkv=2, backward=False, algorithm=1)))
+    out.append(("naive varlen bf16", dict(varlen_lens=lens, dtype=BF16, backward=False, algorithm=1, window=(9, 9))))
+    if not quick:
+        out.append(("long causal", dict(sq=799, sk=1023, causal=True, d=64, hq=2, hkv=1)))
+        out.append(("long window", dict(sq=1023, sk=1023, window=(100, 0), d=128)))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lib", default=os.path.join(ROOT, "build", "libflashattn_cpu.so"))
+    ap.add_argument("--quick", action="store_true", help="skip the long cases")
+    ap.add_argument("--only", default="", help="run cases whose name contains this")
+    args = ap.parse_args()
+    lib = Library(args.lib)
+    rng = np.random.default_rng(1234)
+    failed = 0
+    for name, kw in cases(args.quick):
+        if args.only not in name:
+            continue
+        tol = TOLERANCE[kw.get("dtype", F32)]
+        try:
+            errs = run_case(lib, rng, **kw)
+        except FlashAttnError as e:
+            errs, tol = {"error": e.message}, None
+        bad = tol is None or any(not (e <= (tol if n != "lse" else 1e-5)) for n, e in errs.items())
+        failed += bad
+        shown = " ".join(f"{n}={e:.1e}" if isinstance(e, float) else f"{n}={e}" for n, e in errs.items())
+        print(f"{'FAIL' if bad else 'ok  '} {name:36s} {shown}")
+    print(f"{failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
