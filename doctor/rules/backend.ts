@@ -17,8 +17,8 @@ export function requirementMet(f: DoctorFacts, require: NonNullable<DoctorOption
 function rejectionFix(backend: BackendName, reasons: string[]): string {
   const text = reasons.join(" ");
   if (/not found or not loadable/.test(text)) return "see the libraries section above (bun kernels/build.ts builds them)";
-  if (backend === "cuda" && /driver|device|libcuda|CUDA/i.test(text)) return "see the NVIDIA section above";
-  if (backend === "hip" && /driver|device|HIP|kfd/i.test(text)) return "see the AMD section above";
+  if (backend === "cuda" && /driver|device|libcuda|CUDA/i.test(text)) return "see the NVIDIA and libraries sections above";
+  if (backend === "hip" && /driver|device|HIP|kfd/i.test(text)) return "see the AMD and libraries sections above";
   return "the library's kernels do not accept this request; `flashattn run --backend " + backend + "` shows the same reasons";
 }
 

@@ -63,7 +63,9 @@ export function libraryRules(f: DoctorFacts): Finding[] {
     if (lib.backend === "cuda") cudaBuildRules(f, lib, s);
     if (lib.backend === "hip") hipBuildRules(f, lib, s);
 
-    if (lib.device_error && hardware) {
+    // A driver too old for the library explains "no device" already; say it once.
+    const explained = s.list.some((x) => x.id === "libraries.cuda_driver_too_old") && lib.backend === "cuda";
+    if (lib.device_error && hardware && !explained) {
       s.error(`${lib.backend}_no_device`, `${name} finds no usable device: ${lib.device_error}`,
         lib.backend === "cuda" ? "see the NVIDIA section above for the driver's own diagnosis" : "see the AMD section above for the runtime's own diagnosis");
     }

@@ -11,7 +11,7 @@ import {
   sectionFindings,
   smName,
 } from "./common.ts";
-import { nvidiaArchitectureByMajor } from "./tables.ts";
+import { nvidiaArchitectureByCapability } from "./tables.ts";
 
 /** Advice for a failing cuInit, by CUresult name. */
 const cuInitAdvice: Record<string, { message: string; fix: string }> = {
@@ -148,7 +148,8 @@ export function nvidiaRules(f: DoctorFacts): Finding[] {
 
   for (const gpu of nvidiaGpus(f)) {
     const dev = cuda.devices?.find((d) => d.index === gpu.index);
-    const arch = gpu.cc ? `${smName(gpu.cc)} (${nvidiaArchitectureByMajor[Number(gpu.cc.split(".")[0])] ?? "unknown architecture"})` : "compute capability unknown";
+    const family = gpu.cc && (nvidiaArchitectureByCapability[gpu.cc] ?? nvidiaArchitectureByCapability[gpu.cc.split(".")[0]]);
+    const arch = gpu.cc ? `${smName(gpu.cc)} (${family ?? "unknown architecture"})` : "compute capability unknown";
     const parts = [arch];
     if (dev?.multiprocessors) parts.push(`${dev.multiprocessors} SMs`);
     if (gpu.memoryBytes) parts.push(formatBytes(gpu.memoryBytes));

@@ -320,7 +320,8 @@ export function attnImplementations(f: DoctorFacts): string[] {
   const ccs = torch.devices?.map((d) => d.capability) ?? [];
   const faWorks = fa?.importable === true && torch.cuda_available === true &&
     (!!torch.hip || ccs.some((cc) => compareVersions(cc, FLASH_ATTN_2_MIN_CC) >= 0));
-  if (tf?.flash_attn_2_available ?? faWorks) impls.push("flash_attention_2");
+  // transformers' own check only asks whether the package imports; the GPU generation matters as much.
+  if (faWorks && tf?.flash_attn_2_available !== false) impls.push("flash_attention_2");
   if (tf?.sdpa_available ?? compareVersions(torch.version ?? "0", SDPA_MIN_TORCH) >= 0) impls.push("sdpa");
   impls.push("eager");
   return impls;

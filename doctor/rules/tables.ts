@@ -38,16 +38,21 @@ export const minorVersionCompatibleDriver: Record<number, string> = { 11: "450.8
 /** The driver branch to name in advice for a CUDA major ("R580"). */
 export const driverBranchForCudaMajor: Record<number, string> = { 11: "R450", 12: "R525", 13: "R580" };
 
-/** Architecture names by compute-capability major (NVIDIA CUDA GPUs pages). */
-export const nvidiaArchitectureByMajor: Record<number, string> = {
-  5: "Maxwell",
-  6: "Pascal",
-  7: "Volta/Turing",
-  8: "Ampere/Ada",
-  9: "Hopper",
-  10: "Blackwell",
-  11: "Blackwell (Thor)",
-  12: "Blackwell (RTX)",
+/** Architecture names by compute capability (NVIDIA CUDA GPUs pages); unknown minors fall back to the major's. */
+export const nvidiaArchitectureByCapability: Record<string, string> = {
+  "5": "Maxwell",
+  "6": "Pascal",
+  "7.0": "Volta",
+  "7.2": "Volta (Jetson Xavier)",
+  "7.5": "Turing",
+  "8": "Ampere",
+  "8.7": "Ampere (Jetson Orin)",
+  "8.9": "Ada",
+  "9": "Hopper",
+  "10": "Blackwell",
+  "10.3": "Blackwell Ultra",
+  "11": "Blackwell (Jetson Thor)",
+  "12": "Blackwell",
 };
 
 /** The first nvcc that can compile for a compute capability (sm_XY); older GPUs are all covered by 11.0. */

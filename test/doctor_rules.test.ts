@@ -1,0 +1,114 @@
+// The doctor's rules against machines: this CPU-only one and the H100 as captured, and derived fixtures of machines
+// we cannot reach (each fixture names its provenance). For each: the exit code, the chosen backend, and the
+// findings that must (and must not) appear with their severity and the gist of their fix.
+import { describe, expect, test } from "bun:test";
+import type { DoctorFacts, DoctorOptions, DoctorReport, Finding } from "../doctor/facts.ts";
+import { loadFixture } from "./fixtures/doctor/load.ts";
+import { buildReport } from "../doctor/report.ts";
+import { validate } from "../doctor/schema.ts";
+
+interface Expected {
+  id: string;
+  severity: Finding["severity"];
+  /** substrings the message must contain */
+  message?: string[];
+  /** substrings the fix must contain */
+  fix?: string[];
+}
+
+interface Case {
+  fixture: string;
+  options?: DoctorOptions;
+  exitCode: 0 | 1;
+  chosen: string | null;
+  expect: Expected[];
+  /** finding ids that must not appear */
+  absent?: string[];
+}
+
+function diagnose(facts: DoctorFacts, options: DoctorOptions = {}): DoctorReport {
+  return buildReport(facts, options, { version: "test", runtime: "bun test", createdAt: "2026-11-25T00:00:00Z" });
+}
+
+function checkCase(c: Case) {
+  const { report: saved, provenance } = loadFixture(c.fixture);
+  if (saved.schema === undefined) throw new Error(`${c.fixture}: not a report`);
+  if (c.fixture !== "cpu-only.json" && c.fixture !== "h100.json") expect(provenance?.length ?? 0).toBeGreaterThan(40);
+  const report = diagnose(saved.facts, c.options);
+  const byId = new Map(report.findings.map((f) => [f.id, f]));
+  for (const want of c.expect) {
+    const got = byId.get(want.id);
+    if (!got) throw new Error(`${c.fixture}: expected finding ${want.id}; got ${report.findings.map((f) => `${f.id}(${f.severity})`).join(", ")}`);
+    expect(`${want.id}: ${got.severity}`).toBe(`${want.id}: ${want.severity}`);
+    for (const s of want.message ?? []) expect(got.message).toContain(s);
+    for (const s of want.fix ?? []) expect(got.fix ?? "").toContain(s);
+  }
+  for (const id of c.absent ?? []) {
+    if (byId.has(id)) throw new Error(`${c.fixture}: finding ${id} should not appear: ${byId.get(id)!.message}`);
+  }
+  expect(report.summary.chosen_backend).toBe(c.chosen as never);
+  expect(report.exit_code).toBe(c.exitCode);
+  // Invariants of every report: schema-valid, and a fix under every warning and error.
+  expect(validate(JSON.parse(JSON.stringify(report)))).toEqual([]);
+  for (const f of report.findings) if (f.severity === "error" || f.severity === "warning") expect(`${f.id}: ${f.fix ?? ""}`.length).toBeGreaterThan(f.id.length + 10);
+  return report;
+}
+
+const cases: Case[] = [
+  {
+    fixture: "cpu-only.json",
+    exitCode: 0,
+    chosen: "cpu",
+    expect: [
+      { id: "nvidia.none", severity: "info" },
+      { id: "amd.none", severity: "info", message: ["HIP runtime 5.2"] },
+      { id: "libraries.cpu_loaded", severity: "ok", message: ["libflashattn_cpu", "ABI 1"] },
+      { id: "libraries.cpu_self_test", severity: "ok" },
+      { id: "libraries.cuda_missing", severity: "info" },
+      { id: "backend.cpu", severity: "ok", message: ["chosen"] },
+      { id: "backend.cuda", severity: "info", message: ["rejected", "no NVIDIA GPU here"] },
+      { id: "python.torch", severity: "info" },
+    ],
+  },
+  {
+    fixture: "cpu-only.json",
+    options: { require: "gpu" },
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [{ id: "backend.require", severity: "error", message: ["--require gpu", "cuda rejected", "hip rejected"] }],
+  },
+  {
+    fixture: "cpu-only.json",
+    options: { require: "cpu" },
+    exitCode: 0,
+    chosen: "cpu",
+    expect: [{ id: "backend.require", severity: "ok" }],
+  },
+  {
+    fixture: "a100-driver535.json",
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [
+      { id: "nvidia.driver", severity: "ok", message: ["535.104.05", "CUDA up to 12.2"] },
+      { id: "nvidia.gpu0", severity: "ok", message: ["A100", "sm_80", "108 SMs", "163 KiB shared/block", "40 MiB L2"] },
+      { id: "libraries.cuda_driver_too_old", severity: "error", message: ["CUDA 13.0", "580.65.06", "535.104.05"], fix: ["R580", "cuda-compat-13-0"] },
+      
+      { id: "backend.cuda", severity: "error", message: ["rejected", "CUDA 12.2"], fix: ["NVIDIA and libraries sections"] },
+      { id: "toolkits.nvcc_newer_than_driver", severity: "warning", message: ["nvcc 13.0"], fix: ["CUDA 12.x"] },
+      { id: "toolkits.nvcc_vs_torch", severity: "warning", fix: ["CUDA 12.x toolkit"] },
+      { id: "python.torch", severity: "ok", message: ["2.5.1+cu121"] },
+      { id: "python.flash_attn", severity: "ok", message: ["2.7.4.post1"] },
+      { id: "python.rotary", severity: "info", fix: ["csrc/rotary"] },
+      { id: "python.transformers", severity: "ok", message: ['"flash_attention_2", "sdpa", "eager"'] },
+    ],
+    absent: ["nvidia.driver_mismatch", "nvidia.stub_libcuda", "libraries.cuda_arch_gpu0", "libraries.cuda_no_device"],
+  },
+];
+
+describe("doctor rules against machine fixtures", () => {
+  for (const c of cases) {
+    test(`${c.fixture}${c.options?.require ? ` --require ${c.options.require}` : ""}: exit ${c.exitCode}`, () => {
+      checkCase(c);
+    });
+  }
+});
