@@ -2,6 +2,8 @@
 // our kernels, the naive algorithm, PyTorch SDPA's backends and NumPy before moving on. A case that does not fit,
 // is not supported or fails becomes its row's status and the sweep goes on; a time limit turns the remaining
 // rows into "skipped" with that reason, so the run always ends with a complete report.
+import os from "node:os";
+import process from "node:process";
 import { type BackendName, backendNames } from "../ffi/discovery.ts";
 import type { Backend } from "../lib/backend.ts";
 import { type BackendChoice, chooseBackend } from "../lib/select.ts";
@@ -164,7 +166,11 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
   }
   if (wants.has("numpy")) {
     if (usable.some((b) => b.name === "cpu")) {
-      pythons.push(await startBaseline("numpy", "numpy_attention.py", ["numpy"], "numpy", "cpu", statuses, opts));
+      // NumPy's BLAS gets the threads our CPU library uses (FLASHATTN_NUM_THREADS, else every core): same cores.
+      const env = opts.env ?? process.env;
+      const threads = env.FLASHATTN_NUM_THREADS || String(os.availableParallelism?.() ?? os.cpus().length);
+      const blas = Object.fromEntries(["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"].map((k) => [k, env[k] || threads]));
+      pythons.push(await startBaseline("numpy", "numpy_attention.py", ["numpy"], "numpy", "cpu", statuses, { ...opts, env: { ...env, ...blas } }));
     } else {
       statuses.push({ impl: "numpy", family: "numpy", place: "cpu", available: false, reason: "our CPU backend is not measured in this run, so NumPy has nothing to compare with" });
     }

@@ -18,6 +18,7 @@ memory limit the caller passes is reported as OOM without being attempted.
 """
 import json
 import math
+import os
 import sys
 import time
 import tracemalloc
@@ -51,6 +52,7 @@ def llc_bytes():
 
 flush = np.zeros(2 * llc_bytes() // 8, dtype=np.float64)
 emit({"hello": {"numpy": np.__version__, "python": sys.version.split()[0], "llc_bytes": llc_bytes(),
+                "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"),
                 "impls": ["numpy"]}})
 
 
