@@ -31,7 +31,8 @@ describe("FLOP and byte formulas", () => {
     expect(attentionFlops(shape, "bwd")).toBe(2.5 * fwd);
     expect(attentionFlops(shape, "fwd+bwd")).toBe(3.5 * fwd);
     // GQA does not change the count: every query head still does its two matmuls.
-    expect(attentionFlops({ ...shape, headsKv: 2 }, "fwd")).toBe(fwd);
+    const gqa = { ...shape, headsKv: 2 };
+    expect(attentionFlops(gqa, "fwd")).toBe(fwd);
   });
 
   test("the DESIGN.md anchor converts back: 361 TFLOP/s at hdim 128, 8k, non-causal is 3.05 ms", () => {

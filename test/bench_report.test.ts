@@ -6,7 +6,7 @@ import { attentionFlops, kvBytes } from "../bench/flops.ts";
 import { BENCH_SCHEMA, type BenchReport, type Measurement, speedupOfOurs } from "../bench/results.ts";
 import { summarize } from "../bench/stats.ts";
 import { expandSweep, presets, applyOverrides } from "../bench/sweep.ts";
-import { renderTable } from "../bench/report/table.ts";
+import { formatRate, renderTable } from "../bench/report/table.ts";
 import { renderCsv } from "../bench/report/csv.ts";
 import { niceCeiling, panelsOf, renderSvg } from "../bench/report/svg.ts";
 
@@ -145,6 +145,12 @@ describe("table", () => {
     expect(text).toMatch(/vs naive-cuda: ×4\.00 over 1 cases/);
     expect(text).toMatch(/vs sdpa-flash: ×1\.26 over 3 cases/); // (2 · 0.5 · 2)^(1/3)
     expect(text).not.toContain("\x1b[");
+  });
+
+  test("rates keep three significant figures, so a CPU's 0.0312 TFLOP/s is not printed as 0.00", () => {
+    expect([formatRate(617.4), formatRate(68.72), formatRate(3.14159), formatRate(0.031249), formatRate(0.000701)])
+      .toEqual(["617", "68.7", "3.14", "0.0312", "0.000701"]);
+    expect(formatRate(NaN)).toBe("?");
   });
 
   test("colour only when asked", () => {

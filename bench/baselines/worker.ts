@@ -36,6 +36,9 @@ export class PythonWorker<Hello> {
       }
       this.#notify();
     });
+    // A worker that exits while we write to it makes the write fail with EPIPE; the exit handler below reports
+    // why it exited, so the stream error itself carries nothing to add (unhandled, it would end the process).
+    child.stdin.on("error", () => {});
     child.stderr.setEncoding("utf8");
     child.stderr.on("data", (chunk: string) => (this.#stderrTail = (this.#stderrTail + chunk).slice(-2000)));
     child.on("error", (e: NodeJS.ErrnoException) => {

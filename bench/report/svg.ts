@@ -5,7 +5,7 @@
 // figure), readable in any browser; no scripts, no external fonts.
 import type { BenchReport, Measurement } from "../results.ts";
 import type { BenchCase } from "../sweep.ts";
-import { measuredImpls } from "./table.ts";
+import { formatRate, measuredImpls } from "./table.ts";
 
 // Colour-blind-safe palette (Okabe–Ito), ours first.
 const palette = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000", "#999999"];
@@ -101,7 +101,7 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
         if (m && m.status === "ok" && v !== undefined && Number.isFinite(v)) {
           const tip = `${impl}, ${c.id}: ${v.toFixed(1)} ${unit}, ${m.timing!.medianMs.toFixed(3)} ms`;
           out.push(`<rect class="bar" data-impl="${escapeXml(impl)}" data-case="${escapeXml(c.id)}" data-value="${v}" x="${bx}" y="${y(v)}" width="${bar - 1}" height="${oy + top + plotH - y(v)}" fill="${colour.get(impl)}"><title>${escapeXml(tip)}</title></rect>`);
-          out.push(`<text transform="translate(${bx + bar / 2 + 3},${y(v) - 3}) rotate(-90)" font-size="8">${v >= 10 ? v.toFixed(0) : v.toFixed(1)}</text>`);
+          out.push(`<text transform="translate(${bx + bar / 2 + 3},${y(v) - 3}) rotate(-90)" font-size="8">${formatRate(v)}</text>`);
         } else if (m && m.status !== "ok") {
           out.push(`<text transform="translate(${bx + bar / 2 + 3},${oy + top + plotH - 3}) rotate(-90)" font-size="8" fill="#b00000"><title>${escapeXml(`${impl}, ${c.id}: ${m.reason ?? m.status}`)}</title>${statusLabel[m.status]}</text>`);
         }

@@ -28,7 +28,12 @@ export function formatBytes(bytes: number | undefined): string {
   return `${(bytes / 2 ** 10).toFixed(0)} KiB`;
 }
 
-const fixed = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+/** Three significant figures at most, whole numbers from 100 up (TFLOP/s of a CPU are 0.0x, of a GPU 100s). */
+export function formatRate(v: number): string {
+  if (!Number.isFinite(v)) return "?";
+  if (v >= 100) return v.toFixed(0);
+  return String(Number(v.toPrecision(3)));
+}
 
 /** The implementations with at least one row, in report order (ours first, then baselines). */
 export function measuredImpls(report: BenchReport): string[] {
@@ -40,8 +45,8 @@ function rateCell(report: BenchReport, c: BenchCase, m: Measurement | undefined,
   if (!m) return "";
   if (m.status !== "ok") return paint(color, 2, statusWord[m.status]);
   const rate = c.kind === "decode"
-    ? `${fixed(m.gbps ?? NaN)}${m.copyFraction !== undefined ? ` (${Math.round(m.copyFraction * 100)}%)` : ""}`
-    : fixed(m.tflops ?? NaN);
+    ? `${formatRate(m.gbps ?? NaN)}${m.copyFraction !== undefined ? ` (${Math.round(m.copyFraction * 100)}%)` : ""}`
+    : formatRate(m.tflops ?? NaN);
   const speedup = speedupOfOurs(report, m);
   if (speedup === undefined) return rate;
   return `${rate} ${paint(color, speedup >= 1 ? 32 : 31, `×${speedup.toFixed(2)}`)}`;
@@ -72,7 +77,7 @@ function machineLines(report: BenchReport): string[] {
   if (torch) lines.push(`torch ${torch.torch} (CUDA ${torch.cuda ?? "-"}, cuDNN ${torch.cudnn ?? "-"}) on ${torch.device}`);
   const numpy = m.baselines?.numpy;
   if (numpy) lines.push(`numpy ${numpy.numpy} (python ${numpy.python})`);
-  for (const c of report.copyBandwidth) lines.push(`copy bandwidth (${c.place}, ${c.device}): ${fixed(c.gbps)} GB/s`);
+  for (const c of report.copyBandwidth) lines.push(`copy bandwidth (${c.place}, ${c.device}): ${formatRate(c.gbps)} GB/s`);
   return lines;
 }
 
