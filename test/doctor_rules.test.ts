@@ -103,6 +103,124 @@ const cases: Case[] = [
     ],
     absent: ["nvidia.driver_mismatch", "nvidia.stub_libcuda", "libraries.cuda_arch_gpu0", "libraries.cuda_no_device"],
   },
+  {
+    fixture: "t4.json",
+    exitCode: 1,
+    chosen: "cuda",
+    expect: [
+      { id: "nvidia.gpu0", severity: "ok", message: ["Tesla T4", "sm_75 (Turing)", "40 SMs"] },
+      { id: "libraries.cuda_arch_gpu0", severity: "error", message: ["sm_75", "no kernel image"], fix: ["sm_75"] },
+      { id: "libraries.cuda_self_test", severity: "error", message: ["cudaErrorNoKernelImageForDevice"] },
+      { id: "python.flash_attn_arch", severity: "warning", message: ["Ampere", "sm_75"], fix: ["sdpa"] },
+      { id: "python.transformers", severity: "ok", message: ['"sdpa", "eager"'] },
+    ],
+    absent: ["libraries.cuda_driver_too_old", "python.torch_arch0", "python.flash_attn"],
+  },
+  {
+    fixture: "rtx5090.json",
+    exitCode: 1,
+    chosen: "cuda",
+    expect: [
+      { id: "nvidia.gpu0", severity: "ok", message: ["RTX 5090", "sm_120 (Blackwell)", "170 SMs", "96 MiB L2"] },
+      // compute_90 PTX JIT-compiles on sm_120: it runs, without native code
+      { id: "libraries.cuda_arch_gpu0", severity: "info", message: ["PTX"], fix: ["sm_120"] },
+      { id: "libraries.cuda_self_test", severity: "ok" },
+      { id: "python.torch_arch0", severity: "error", message: ["sm_120", "not compatible"], fix: ["whl/cu130"] },
+    ],
+  },
+  {
+    fixture: "mi250x-rocm6.json",
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [
+      { id: "amd.runtime", severity: "ok", message: ["HIP runtime 6.2"] },
+      { id: "amd.gpu0", severity: "ok", message: ["MI250X", "gfx90a", "64 GiB"] },
+      { id: "amd.gpu1", severity: "ok" },
+      { id: "libraries.hip_load_failed", severity: "error", message: ["libamdhip64.so.5"], fix: ["libamdhip64.so.5", "hipcc"] },
+      { id: "backend.hip", severity: "error", message: ["rejected"] },
+      { id: "python.torch", severity: "ok", message: ["rocm6.2", "2 GPUs"] },
+      { id: "python.flash_attn", severity: "ok", message: ["ROCm"] },
+      { id: "nvidia.none", severity: "info" },
+    ],
+    absent: ["amd.kfd_permission", "amd.rocminfo_disagrees", "amd.amd_smi_disagrees", "python.torch_arch0", "python.flash_attn_rocm_arch"],
+  },
+  {
+    fixture: "mi250x-kfd-denied.json",
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [
+      { id: "amd.kfd_permission", severity: "error", message: ["/dev/kfd", "render"], fix: ["usermod -aG render,video"] },
+      { id: "python.torch_no_gpu", severity: "error" },
+    ],
+    absent: ["amd.hip_failed", "amd.none"],
+  },
+  {
+    fixture: "h100.json",
+    exitCode: 0,
+    chosen: "cuda",
+    expect: [
+      { id: "nvidia.gpu0", severity: "ok", message: ["H100", "sm_90 (Hopper)", "132 SMs"] },
+      { id: "libraries.cuda_loaded", severity: "ok", message: ["CUDA 13.0", "sm_90"] },
+      { id: "libraries.cuda_self_test", severity: "ok" },
+      { id: "backend.cuda", severity: "ok", message: ["chosen"] },
+      { id: "backend.cpu", severity: "ok", message: ["usable"] },
+    ],
+    absent: ["libraries.cuda_arch_gpu0", "libraries.cuda_driver_too_old", "libraries.cuda_minor_compat", "python.torch_arch0"],
+  },
+  {
+    fixture: "h100.json",
+    options: { require: "cuda" },
+    exitCode: 0,
+    chosen: "cuda",
+    expect: [{ id: "backend.require", severity: "ok" }],
+  },
+  {
+    fixture: "stub-libcuda.json",
+    options: { require: "gpu" },
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [
+      { id: "nvidia.stub_libcuda", severity: "error", message: ["stubs/libcuda.so.1"], fix: ["remove /usr/local/cuda-13.0/targets/x86_64-linux/lib/stubs from LD_LIBRARY_PATH"] },
+      { id: "backend.cuda", severity: "error", message: ["stub"] },
+      { id: "backend.require", severity: "error", message: ["--require gpu", "cuda rejected"] },
+    ],
+    // the stub explains why the library sees no device; it is said once
+    absent: ["nvidia.cuinit_failed", "libraries.cuda_no_device"],
+  },
+  {
+    fixture: "flash-attn-undefined-cxx11-true.json",
+    exitCode: 1,
+    chosen: "cuda",
+    expect: [
+      { id: "python.flash_attn_import", severity: "error", message: ["ABI mismatch", "CXX11_ABI=TRUE", "torch uses FALSE"], fix: ["cxx11abiFALSE", "torch 2.6"] },
+      { id: "python.transformers", severity: "ok", message: ['"sdpa", "eager"'] },
+    ],
+    absent: ["python.flash_attn_tag_abi", "python.flash_attn_tag_torch", "python.flash_attn"],
+  },
+  {
+    fixture: "flash-attn-undefined-cxx11-false.json",
+    exitCode: 1,
+    chosen: "cuda",
+    expect: [
+      { id: "python.flash_attn_import", severity: "error", message: ["ABI mismatch", "CXX11_ABI=FALSE", "torch uses TRUE"], fix: ["cxx11abiTRUE", "torch 2.8"] },
+    ],
+    absent: ["python.flash_attn_tag_abi"],
+  },
+  {
+    fixture: "flash-attn-undefined-torch-version.json",
+    exitCode: 1,
+    chosen: "cuda",
+    expect: [
+      { id: "python.flash_attn_import", severity: "error", message: ["another torch (2.8)", "2.9.1+cu128", "_ZN3c104cuda9SetDeviceEi"], fix: ["torch2.9"] },
+    ],
+    absent: ["python.flash_attn_tag_torch", "python.flash_attn_tag_abi"],
+  },
+  {
+    fixture: "torch-cpu-only.json",
+    exitCode: 1,
+    chosen: "cuda",
+    expect: [{ id: "python.torch_cpu_only", severity: "error", message: ["2.9.1+cpu", "NVIDIA GPU"], fix: ["download.pytorch.org/whl/cu130"] }],
+  },
 ];
 
 describe("doctor rules against machine fixtures", () => {

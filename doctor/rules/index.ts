@@ -8,15 +8,19 @@ import { nvidiaRules } from "./nvidia.ts";
 import { pythonRules } from "./python.ts";
 import { toolkitRules } from "./toolkits.ts";
 
+/**
+ * Sections run in order; later ones see the findings before them, so a consequence (a library without a device)
+ * can defer to its cause (a stub libcuda) instead of repeating it.
+ */
 export function evaluate(facts: DoctorFacts, options: DoctorOptions = {}): Finding[] {
-  return [
-    ...nvidiaRules(facts),
-    ...amdRules(facts),
-    ...toolkitRules(facts),
-    ...libraryRules(facts),
-    ...pythonRules(facts),
-    ...backendRules(facts, options),
-  ];
+  const findings: Finding[] = [];
+  findings.push(...nvidiaRules(facts));
+  findings.push(...amdRules(facts));
+  findings.push(...toolkitRules(facts));
+  findings.push(...libraryRules(facts, findings));
+  findings.push(...pythonRules(facts));
+  findings.push(...backendRules(facts, options));
+  return findings;
 }
 
 export interface Verdict {

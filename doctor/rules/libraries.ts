@@ -25,7 +25,7 @@ function builtWith(lib: LibraryFacts): string {
   return `${parts.length ? `built with ${parts.join(", ")}` : "built"}${archs}`;
 }
 
-export function libraryRules(f: DoctorFacts): Finding[] {
+export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Finding[] {
   const s = sectionFindings("libraries");
   const probe = f.flashattn;
   if (probe.status === "timeout" || (probe.status === "error" && probe.libraries.length === 0)) {
@@ -63,8 +63,10 @@ export function libraryRules(f: DoctorFacts): Finding[] {
     if (lib.backend === "cuda") cudaBuildRules(f, lib, s);
     if (lib.backend === "hip") hipBuildRules(f, lib, s);
 
-    // A driver too old for the library explains "no device" already; say it once.
-    const explained = s.list.some((x) => x.id === "libraries.cuda_driver_too_old") && lib.backend === "cuda";
+    // A driver too old for the library, or a driver/runtime problem found above, explains "no device"; say it once.
+    const vendor = lib.backend === "cuda" ? "nvidia" : "amd";
+    const explained = s.list.some((x) => x.id === `libraries.${lib.backend}_driver_too_old`) ||
+      prior.some((x) => x.section === vendor && x.severity === "error");
     if (lib.device_error && hardware && !explained) {
       s.error(`${lib.backend}_no_device`, `${name} finds no usable device: ${lib.device_error}`,
         lib.backend === "cuda" ? "see the NVIDIA section above for the driver's own diagnosis" : "see the AMD section above for the runtime's own diagnosis");

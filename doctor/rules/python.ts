@@ -220,17 +220,19 @@ function flashAttnRules(f: DoctorFacts, torch: TorchFacts, s: Builder): void {
     const { message, fix } = describeImportFailure(fa, torch, tag);
     s.error("flash_attn_import", message, fix, [`import error: ${fa.import_error}`]);
   }
-  // The wheel tag names what it was built for; each part must match torch.
+  // The wheel tag names what it was built for; each part must match torch. An undefined symbol has already named
+  // the torch or ABI mismatch, so only the CUDA part is left to say then.
+  const explainedByImport = fa.importable === false && !!fa.undefined_symbol;
   if (tag) {
     const sev = fa.importable === false ? s.error : s.warn;
     const torchMM = majorMinor(torch.version ?? "");
-    if (tag.torch !== torchMM) {
+    if (tag.torch !== torchMM && !explainedByImport) {
       sev("flash_attn_tag_torch", `the flash-attn wheel is built for torch ${tag.torch}, torch is ${torch.version}`, `install the wheel tagged torch${torchMM}: ${FA_REINSTALL}`);
     }
     if (tag.cuda && torch.cuda && majorOf(tag.cuda) !== majorOf(torch.cuda)) {
       sev("flash_attn_tag_cuda", `the flash-attn wheel is built for CUDA ${tag.cuda}, torch for CUDA ${torch.cuda}`, `install the wheel tagged cu${majorOf(torch.cuda)}: ${FA_REINSTALL}`);
     }
-    if (torch.cxx11_abi !== undefined && tag.cxx11abi !== torch.cxx11_abi && !f.python.flash_attn?.undefined_symbol) {
+    if (torch.cxx11_abi !== undefined && tag.cxx11abi !== torch.cxx11_abi && !explainedByImport) {
       sev("flash_attn_tag_abi", `the flash-attn wheel is tagged cxx11abi${tag.cxx11abi ? "TRUE" : "FALSE"} but torch uses CXX11_ABI=${torch.cxx11_abi ? "1" : "0"}`,
         `install the wheel tagged cxx11abi${torch.cxx11_abi ? "TRUE" : "FALSE"}: ${FA_REINSTALL}`);
     }
