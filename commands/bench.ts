@@ -1,6 +1,8 @@
 // `flashattn bench`: our kernels against the naive algorithm, PyTorch SDPA's backends and NumPy, on the sweeps the
 // field quotes (bench/sweep.ts), timed natively. parseBenchOptions() turns the raw flags into a BenchPlan with no
 // I/O (every bad flag is one USAGE sentence, tested directly); executeBench() runs it and writes the outputs.
+import fs from "node:fs";
+import path from "node:path";
 import process from "node:process";
 import type { Command } from "@commander-js/extra-typings";
 import { backendNames } from "../ffi/discovery.ts";
@@ -14,7 +16,7 @@ import { renderTable } from "../bench/report/table.ts";
 import { renderCsv } from "../bench/report/csv.ts";
 import { renderSvg } from "../bench/report/svg.ts";
 import { StderrProgress, silentProgress } from "../bench/report/progress.ts";
-import { action, printJson, progress, useColor } from "./_output.ts";
+import { action, EXIT_FAILURE, printJson, progress, useColor } from "./_output.ts";
 
 /** The raw option values commander hands over. */
 export interface RawBenchOptions extends SweepOverrides {
@@ -124,8 +126,11 @@ export async function executeBench(plan: BenchPlan): Promise<BenchReport> {
 
 const encode = (text: string) => new TextEncoder().encode(text);
 
-/** Writes the files the flags ask for; returns one line per file written (for stderr). */
+/** Writes the files the flags ask for (creating their folders); returns one line per file written (for stderr). */
 export function writeOutputs(report: BenchReport, plan: BenchPlan): string[] {
+  for (const file of [plan.chart, plan.csv?.path, plan.save]) {
+    if (file) fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  }
   const written: string[] = [];
   if (plan.chart) {
     writeFileAtomic(plan.chart, encode(renderSvg(report)));
@@ -190,5 +195,11 @@ export function register(program: Command) {
       else if (plan.csv && !plan.csv.path) process.stdout.write(renderCsv(report));
       else process.stdout.write(renderTable(report, { color: useColor(process.stdout, globals.color) }));
       if (!plan.quiet) for (const line of written) progress(`flashattn bench: wrote ${line}`);
+      // Unsupported shapes and OOM are results; our kernels failing on a device is not.
+      const failed = report.measurements.filter((m) => m.family === "ours" && m.status === "error");
+      if (failed.length) {
+        progress(`flashattn bench: ${failed.length} of our measurements failed, first: ${failed[0].impl} on ${failed[0].caseId}: ${failed[0].reason}`);
+        return EXIT_FAILURE;
+      }
     }));
 }

@@ -142,7 +142,8 @@ describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu
   });
 
   test("the CLI writes JSON on stdout and the chart, CSV and saved report to files", () => {
-    const chart = path.join(scratch, "quick.svg"), csv = path.join(scratch, "quick.csv"), saved = path.join(scratch, "quick.json");
+    // The chart goes into a folder that does not exist yet: bench creates it (a fresh checkout has no results/bench).
+    const chart = path.join(scratch, "new", "quick.svg"), csv = path.join(scratch, "quick.csv"), saved = path.join(scratch, "quick.json");
     const r = spawnSync(bun, [cli, "bench", "--preset", "quick", "--backend", "cpu", "--baselines", "naive", "--direction", "fwd",
       "--json", "--chart", chart, "--csv", csv, "--save", saved], { encoding: "utf8", env: { ...process.env, NO_COLOR: "1", FLASHATTN_BACKEND: "" } });
     expect(r.stderr).toContain("wrote chart");
