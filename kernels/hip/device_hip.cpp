@@ -10,6 +10,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "../gpu/device.hpp"
 
@@ -34,9 +35,15 @@ int arch_number(const std::string& arch) {
   return *end == '\0' ? static_cast<int>(n) : 0;
 }
 
+// "hipErrorNoDevice" or "hipErrorX: description" (HIP 5.2's hipGetErrorString returns the name: say it once).
+std::string error_text(hipError_t err) {
+  const std::string name = hipGetErrorName(err), text = hipGetErrorString(err);
+  return text == name ? name : name + ": " + text;
+}
+
 // Why the HIP runtime sees no device, from what the system shows: the amdgpu kernel driver exposes /dev/kfd.
 std::string no_device_reason(hipError_t err) {
-  const std::string detail = format("%s: %s", hipGetErrorName(err), hipGetErrorString(err));
+  const std::string detail = error_text(err);
   if (access("/dev/kfd", F_OK) != 0)
     return format("no AMD GPU / ROCm runtime found (/dev/kfd does not exist: the amdgpu kernel driver is not loaded or the "
                   "GPU is not passed into this container; HIP says %s)",
@@ -98,16 +105,26 @@ int32_t vendor_device_info_json(int device, std::string* json) {
   return FA_OK;
 }
 
+// FA_HIP_ARCHS is set by kernels/hip/target.ts to the --offload-arch list it compiles, as bare tokens
+// (-DFA_HIP_ARCHS=gfx90a,gfx942): hipcc passes its arguments through a shell, which would strip quotes.
+#define FA_STRINGIFY_LIST(...) #__VA_ARGS__
+#define FA_STRINGIFY(...) FA_STRINGIFY_LIST(__VA_ARGS__)
+
 std::string vendor_build_info_fragment() {
-  // FA_HIP_ARCHS is set by kernels/hip/target.ts from the --offload-arch list it compiles.
+  std::vector<std::string> archs;
+  const std::string list = FA_STRINGIFY(FA_HIP_ARCHS);  // target.ts checked each is gfx + hex digits
+  size_t start = 0;
+  for (size_t comma; (comma = list.find(',', start)) != std::string::npos; start = comma + 1)
+    archs.push_back(list.substr(start, comma - start));
+  archs.push_back(list.substr(start));
   return format("\"backend\":\"hip\",\"compiler\":\"hipcc (clang %d.%d) HIP %d.%d\",\"built_with\":{\"hip\":\"%d.%d\"},"
-                "\"archs\":[%s]",
+                "\"archs\":%s",
                 __clang_major__, __clang_minor__, HIP_VERSION_MAJOR, HIP_VERSION_MINOR, HIP_VERSION_MAJOR, HIP_VERSION_MINOR,
-                FA_HIP_ARCHS);
+                json_strings(archs).c_str());
 }
 
 int32_t vendor_fail(gpuError_t err, const char* what) {
-  const std::string detail = format("%s (%s)", hipGetErrorString(err), hipGetErrorName(err));
+  const std::string detail = error_text(err);
   switch (err) {
     case hipErrorOutOfMemory:
       return fail(FA_ERR_OUT_OF_MEMORY, format("out of GPU memory while %s: free memory or use smaller inputs", what));

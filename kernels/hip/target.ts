@@ -19,7 +19,6 @@ for (const a of archs) {
   if (!/^gfx[0-9a-f]+$/.test(a)) throw new Error(`FLASHATTN_HIP_ARCHS: "${a}" is not a gfx target such as gfx90a`);
 }
 const offload = archs.map((a) => `--offload-arch=${a}`);
-const archList = archs.map((a) => `"${a}"`).join(",");
 const env = { HIP_PLATFORM: "amd" };
 
 function sourcesIn(dir: string, ext: RegExp): CompileUnit[] {
@@ -34,7 +33,7 @@ const target: BuildTarget = {
   compilerDirs: [process.env.ROCM_PATH ? path.join(process.env.ROCM_PATH, "bin") : "/opt/rocm/bin"],
   env,
   compileArgs: [
-    "-x", "hip", "-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", ...offload, `-DFA_HIP_ARCHS=${archList}`,
+    "-x", "hip", "-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", ...offload, `-DFA_HIP_ARCHS=${archs.join(",")}`,
     // HIP 5.2 marks every runtime call [[nodiscard]]; cleanup calls whose status cannot matter would warn.
     "-Wno-unused-result",
   ],
