@@ -29,10 +29,11 @@ enum KernelId : int32_t {
 const char* kernel_name(int32_t id);
 
 // Tile sizes. Forward: a task is one (batch, head, block of kForwardBlockQ queries); K/V stream through in blocks of
-// kForwardBlockK keys, so per task the working set is Q^T (d x 96) + S^T (kForwardBlockK x 96) + O (96 x d) floats,
-// at most 96 KiB + 36 KiB + 96 KiB for d = 256: inside a 1 MiB L2. Block sizes are multiples of 16 (query columns
-// of S^T are 16-float strips) and of 6 (the AVX2 micro-tile height).
-constexpr int32_t kForwardBlockQ = 96;
+// kForwardBlockK keys. Per task the working set is Q^T (d x Bq) + S^T (Bk x Bq) + O (Bq x d) + K, V (Bk x d) floats:
+// 216 KiB for d = 64 and 664 KiB for d = 256, inside a 1 MiB L2. A large Bq amortises the per-block K/V copy (its
+// cost is 1/Bq of the block's FLOPs); Bk bounds the S^T tile. All are multiples of 16 (query columns of S^T are
+// 16-float strips) and of 6 (the AVX2 micro-tile height).
+constexpr int32_t kForwardBlockQ = 192;
 constexpr int32_t kForwardBlockK = 96;
 constexpr int32_t kBackwardBlockQ = 64;
 constexpr int32_t kBackwardBlockK = 96;

@@ -88,10 +88,9 @@ void compute_delta(const BackwardPlan& plan, const IsaKernels& isa, BackwardScra
   }
 }
 
-// One query block of head h against the key block [k0, k0 + keys) whose K/V tiles are in kt/vt.
+// One query block of head h against the key block [k0, k0 + keys) whose K/V tiles are in w.k / w.v.
 void backward_pair(const BackwardPlan& plan, const IsaKernels& isa, BackwardScratch& w, int32_t b, int32_t h, int32_t chunk,
-                   const Sequence& s, int32_t q0, int32_t k0, int32_t keys, const float* kt, int64_t k_ld, const float* vt,
-                   int64_t v_ld) {
+                   const Sequence& s, int32_t q0, int32_t k0, int32_t keys) {
   const Geometry& g = plan.g;
   const fa_attn_params& p = g.p;
   const int32_t bq = kBackwardBlockQ, d = g.d, d_pad = g.d_pad;
@@ -105,10 +104,7 @@ void backward_pair(const BackwardPlan& plan, const IsaKernels& isa, BackwardScra
   isa.load_rows_transposed(p.dtype, q_rows, p.q.row_stride, rows, d, g.r.scale, w.qt, bq, cols);
   isa.load_rows(p.dtype, q_rows, p.q.row_stride, rows, d, g.r.scale, w.qs, d_pad, d_pad);
   isa.load_rows_transposed(p.dtype, do_rows, p.dout.row_stride, rows, d, 1.0f, w.dot, bq, cols);
-  const bool do_in_place = p.dtype == FA_DTYPE_F32 && d % 8 == 0;
-  if (!do_in_place) isa.load_rows(p.dtype, do_rows, p.dout.row_stride, rows, d, 1.0f, w.dorow, d_pad, d_pad);
-  const float* dorow = do_in_place ? static_cast<const float*>(do_rows) : w.dorow;
-  const int64_t do_ld = do_in_place ? p.dout.row_stride : d_pad;
+  isa.load_rows(p.dtype, do_rows, p.dout.row_stride, rows, d, 1.0f, w.dorow, d_pad, d_pad);
   for (int32_t c = 0; c < cols; ++c) {
     const float lse = c < rows ? p.lse[g.lse_index(b, h, s, q0 + c)] : -INFINITY;
     w.lse[c] = lse == -INFINITY ? INFINITY : lse;  // a query without visible keys: P = exp(s - inf) = 0
@@ -119,14 +115,14 @@ void backward_pair(const BackwardPlan& plan, const IsaKernels& isa, BackwardScra
   const ScoreMods mods{p.softcap, g.alibi_slope(b, h), w.q_pos, full ? nullptr : w.lo, full ? nullptr : w.hi,
                        softcap ? w.grad : nullptr};
 
-  isa.gemm({keys, cols, d, kt, k_ld, 1, w.qt, bq, w.st, bq, GemmMode::kOverwrite, nullptr});        // S^T = K.Qs^T
+  isa.gemm({keys, cols, d, w.k, d_pad, 1, w.qt, bq, w.st, bq, GemmMode::kOverwrite, nullptr});        // S^T = K.Qs^T
   isa.transform_scores(w.st, bq, keys, cols, k0, mods);
   isa.probs_from_lse(w.st, w.pt, bq, keys, cols, w.lse);                                            // P^T
-  isa.gemm({keys, d_pad, rows, w.pt, bq, 1, dorow, do_ld, w.dv, d_pad, GemmMode::kAccumulate, nullptr});  // dV += P^T.dO
-  isa.gemm({keys, cols, d, vt, v_ld, 1, w.dot, bq, w.dpt, bq, GemmMode::kOverwrite, nullptr});       // dP^T = V.dO^T
+  isa.gemm({keys, d_pad, rows, w.pt, bq, 1, w.dorow, d_pad, w.dv, d_pad, GemmMode::kAccumulate, nullptr});  // dV += P^T.dO
+  isa.gemm({keys, cols, d, w.v, d_pad, 1, w.dot, bq, w.dpt, bq, GemmMode::kOverwrite, nullptr});       // dP^T = V.dO^T
   isa.score_grads(w.dpt, w.pt, softcap ? w.grad : nullptr, bq, keys, cols, w.delta);                // dS^T
   isa.gemm({keys, d_pad, rows, w.dpt, bq, 1, w.qs, d_pad, w.dk, d_pad, GemmMode::kAccumulate, nullptr});  // dK += dS^T.Qs
-  isa.gemm({rows, d_pad, keys, w.dpt, 1, bq, kt, k_ld, plan.dq_row(chunk, plan.token(b, s, q0), h),        // dQ += dS.K
+  isa.gemm({rows, d_pad, keys, w.dpt, 1, bq, w.k, d_pad, plan.dq_row(chunk, plan.token(b, s, q0), h),        // dQ += dS.K
             int64_t{p.heads_q} * d_pad, GemmMode::kAccumulate, nullptr});
 }
 
@@ -137,26 +133,18 @@ void backward_chunk(const BackwardPlan& plan, const IsaKernels& isa, BackwardScr
   const Sequence s = g.sequence(b);
   const int32_t key_blocks = (s.len_k + bk - 1) / bk;
   const int32_t first = chunk * plan.chunk_blocks, last = std::min(key_blocks, first + plan.chunk_blocks);
-  // K/V (and dO in backward_pair) are read in place when they are fp32 rows without a partial vector at the end.
-  const bool in_place = p.dtype == FA_DTYPE_F32 && d % 8 == 0;
   for (int32_t kb = first; kb < last; ++kb) {
     const int32_t k0 = kb * bk, keys = std::min(bk, s.len_k - k0);
-    const void* k_rows = g.row(p.k, b, s.k_start, k0, kvh);
-    const void* v_rows = g.row(p.v, b, s.k_start, k0, kvh);
-    const float* kt = in_place ? static_cast<const float*>(k_rows) : w.k;
-    const float* vt = in_place ? static_cast<const float*>(v_rows) : w.v;
-    const int64_t k_ld = in_place ? p.k.row_stride : d_pad, v_ld = in_place ? p.v.row_stride : d_pad;
-    if (!in_place) {
-      isa.load_rows(p.dtype, k_rows, p.k.row_stride, keys, d, 1.0f, w.k, d_pad, d_pad);
-      isa.load_rows(p.dtype, v_rows, p.v.row_stride, keys, d, 1.0f, w.v, d_pad, d_pad);
-    }
+    // Contiguous fp32 copies even of fp32 inputs: strided BSHD rows crowd a few L1 sets (see forward.cpp).
+    isa.load_rows(p.dtype, g.row(p.k, b, s.k_start, k0, kvh), p.k.row_stride, keys, d, 1.0f, w.k, d_pad, d_pad);
+    isa.load_rows(p.dtype, g.row(p.v, b, s.k_start, k0, kvh), p.v.row_stride, keys, d, 1.0f, w.v, d_pad, d_pad);
     std::fill(w.dk, w.dk + int64_t{keys} * d_pad, 0.0f);
     std::fill(w.dv, w.dv + int64_t{keys} * d_pad, 0.0f);
     int32_t q_first, q_last;
     g.queries_seeing(s, k0, k0 + keys - 1, q_first, q_last);
     for (int32_t h = kvh * g.r.group; h < (kvh + 1) * g.r.group; ++h)
       for (int32_t q0 = q_first / bq * bq; q0 <= q_last; q0 += bq)
-        backward_pair(plan, isa, w, b, h, chunk, s, q0, k0, keys, kt, k_ld, vt, v_ld);
+        backward_pair(plan, isa, w, b, h, chunk, s, q0, k0, keys);
     isa.store_rows(p.dtype, w.dk, d_pad, keys, d, nullptr, g.row(p.dk, b, s.k_start, k0, kvh), p.dk.row_stride);
     isa.store_rows(p.dtype, w.dv, d_pad, keys, d, nullptr, g.row(p.dv, b, s.k_start, k0, kvh), p.dv.row_stride);
   }

@@ -92,26 +92,19 @@ void forward_block(const Geometry& g, const IsaKernels& isa, ForwardScratch& w, 
     isa.load_rows_transposed(p.dtype, g.row(p.q, b, s.q_start, q0, h), p.q.row_stride, rows, d, g.r.scale, w.qt, bq, cols);
     for (int32_t c = 0; c < cols; ++c) w.q_pos[c] = static_cast<float>(q0 + c + s.len_k - s.len_q);
     ScoreMods mods{p.softcap, g.alibi_slope(b, h), w.q_pos, nullptr, nullptr, nullptr};
-    // K and V are read in place when they are fp32 rows without a partial vector at the end.
-    const bool in_place = p.dtype == FA_DTYPE_F32 && d % 8 == 0;
     for (int32_t k0 = vis.key_lo / bk * bk; k0 <= vis.key_hi; k0 += bk) {
       const int32_t keys = std::min(bk, s.len_k - k0);
       const bool full = vis.tile_fully_visible(k0, k0 + keys - 1);
       mods.visible_lo = full ? nullptr : w.lo;
       mods.visible_hi = full ? nullptr : w.hi;
-      const void* k_rows = g.row(p.k, b, s.k_start, k0, kvh);
-      const void* v_rows = g.row(p.v, b, s.k_start, k0, kvh);
-      const float* kt = in_place ? static_cast<const float*>(k_rows) : w.k;
-      const float* vt = in_place ? static_cast<const float*>(v_rows) : w.v;
-      const int64_t k_ld = in_place ? p.k.row_stride : d_pad, v_ld = in_place ? p.v.row_stride : d_pad;
-      if (!in_place) {
-        isa.load_rows(p.dtype, k_rows, p.k.row_stride, keys, d, 1.0f, w.k, d_pad, d_pad);
-        isa.load_rows(p.dtype, v_rows, p.v.row_stride, keys, d, 1.0f, w.v, d_pad, d_pad);
-      }
-      isa.gemm({keys, cols, d, kt, k_ld, 1, w.qt, bq, w.st, bq, GemmMode::kOverwrite, nullptr});
+      // K and V are copied to contiguous fp32 tiles even when they are fp32 already: rows of a BSHD tensor lie
+      // heads * d floats apart, and with power-of-two strides they all fall into the same few L1 sets.
+      isa.load_rows(p.dtype, g.row(p.k, b, s.k_start, k0, kvh), p.k.row_stride, keys, d, 1.0f, w.k, d_pad, d_pad);
+      isa.load_rows(p.dtype, g.row(p.v, b, s.k_start, k0, kvh), p.v.row_stride, keys, d, 1.0f, w.v, d_pad, d_pad);
+      isa.gemm({keys, cols, d, w.k, d_pad, 1, w.qt, bq, w.st, bq, GemmMode::kOverwrite, nullptr});
       isa.transform_scores(w.st, bq, keys, cols, k0, mods);
       isa.softmax_step(w.st, w.st, bq, keys, cols, w.m, w.l, w.alpha);
-      isa.gemm({rows, d_pad, keys, w.st, 1, bq, vt, v_ld, w.o, d_pad, GemmMode::kRowScale, w.alpha});
+      isa.gemm({rows, d_pad, keys, w.st, 1, bq, w.v, d_pad, w.o, d_pad, GemmMode::kRowScale, w.alpha});
     }
   }
   for (int32_t c = 0; c < rows; ++c) w.inv_l[c] = w.l[c] > 0.0f ? 1.0f / w.l[c] : 0.0f;

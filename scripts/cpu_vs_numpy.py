@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""CPU forward of libflashattn_cpu against NumPy (OpenBLAS), measured in the same run.
+
+Three timings, interleaved round by round so that load from other processes hits all of them alike:
+  sgemm   NumPy float32 matmul n x n x n (2 n^3 FLOPs): this machine's OpenBLAS ceiling
+  numpy   attention as matmul -> softmax -> matmul on (batch, heads, seqlen, head_dim), float32, in place
+  ours    fa_forward (FA_ALGO_FLASH) through the C ABI with ctypes, same inputs (BSHD views)
+Attention FLOPs: 4 * batch * heads * seqlen^2 * head_dim (halved when causal). Ours is checked against a float64
+reference (relative error <= 1e-5). Prints a table, the two ratios (ours vs NumPy, ours vs sgemm) and the load.
+
+Usage: python3 scripts/cpu_vs_numpy.py [--seqlen 2048 --heads 8 --head-dim 64 --batch 1 --rounds 7 --causal --json]
+"""
+import argparse
+import ctypes as C
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cpu_check import ABI_VERSION, F32, Library, Params, reference_sequence, rel_err, view  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def numpy_attention(q, k, v, scale, causal):
+    """Standard attention with materialised scores; q/k/v (batch, seqlen, heads, dim) float32 -> same layout."""
+    qh, kh, vh = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    s = np.matmul(qh, kh.transpose(0, 1, 3, 2))
+    s *= scale
+    if causal:
+        sq, sk = s.shape[-2:]
+        s[..., np.triu(np.ones((sq, sk), bool), k=1 + sk - sq)] = -np.inf
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return np.matmul(s, vh).transpose(0, 2, 1, 3)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main():
+    ap = argparse.ArgumentParser(description="libflashattn_cpu forward vs NumPy/OpenBLAS")
+    ap.add_argument("--lib", default=os.path.join(ROOT, "build", "libflashattn_cpu.so"))
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--gemm-n", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    args = ap.parse_args()
+
+    lib = Library(args.lib)
+    load_before = os.getloadavg()
+    b, h, s, d = args.batch, args.heads, args.seqlen, args.head_dim
+    rng = np.random.default_rng(7)
+    q, k, v = (rng.standard_normal((b, s, h, d)).astype(np.float32) for _ in range(3))
+    o = np.full_like(q, np.nan)
+    lse = np.full((b, h, s), np.nan, np.float32)
+    scale = 1 / math.sqrt(d)
+
+    p = Params()
+    p.struct_size, p.abi_version, p.dtype = C.sizeof(Params), ABI_VERSION, F32
+    p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_kv, p.head_dim = b, s, s, h, h, d
+    p.is_causal, p.window_left, p.window_right = int(args.causal), -1, -1
+    p.q, p.k, p.v, p.o = view(q, False), view(k, False), view(v, False), view(o, False)
+    p.lse = lse.ctypes.data
+
+    def ours():
+        lib.check(lib.lib.fa_forward(C.byref(p)))
+
+    n = args.gemm_n
+    ga, gb = rng.standard_normal((n, n)).astype(np.float32), rng.standard_normal((n, n)).astype(np.float32)
+    sgemm = lambda: np.matmul(ga, gb)
+    naive = lambda: numpy_attention(q, k, v, scale, args.causal)
+
+    for fn in (sgemm, naive, ours):  # warm-up: page faults, thread pools, OpenBLAS buffers
+        fn()
+    times = {"sgemm": [], "numpy": [], "ours": []}
+    for _ in range(args.rounds):
+        times["sgemm"].append(timed(sgemm))
+        times["numpy"].append(timed(naive))
+        times["ours"].append(timed(ours))
+    med = {key: statistics.median(t) for key, t in times.items()}
+
+    # correctness of the timed output (float64 reference, one sequence at a time)
+    errors = []
+    for bi in range(b):
+        ref_o, ref_lse, _ = reference_sequence(q[bi].astype(np.float64), k[bi].astype(np.float64), v[bi].astype(np.float64),
+                                               None, scale, args.causal, (-1, -1), 0.0, None)
+        errors.append(rel_err(o[bi], ref_o))
+        errors.append(rel_err(lse[bi].T, ref_lse.T))
+    error = max(errors)
+    numpy_error = rel_err(naive(), np.concatenate([reference_sequence(q[bi].astype(np.float64), k[bi].astype(np.float64),
+                                                                      v[bi].astype(np.float64), None, scale, args.causal,
+                                                                      (-1, -1), 0.0, None)[0][None] for bi in range(b)]))
+
+    attn_flops = 4 * b * h * s * s * d / (2 if args.causal else 1)
+    gflops = {"sgemm": 2 * n ** 3 / med["sgemm"] / 1e9, "numpy": attn_flops / med["numpy"] / 1e9,
+              "ours": attn_flops / med["ours"] / 1e9}
+    result = {
+        "shape": {"batch": b, "heads": h, "seqlen": s, "head_dim": d, "causal": args.causal, "dtype": "fp32"},
+        "attention_gflop": attn_flops / 1e9,
+        "median_ms": {key: 1e3 * t for key, t in med.items()},
+        "gflops": gflops,
+        "speedup_vs_numpy": med["numpy"] / med["ours"],
+        "fraction_of_sgemm": gflops["ours"] / gflops["sgemm"],
+        "rel_error": {"ours": error, "numpy": numpy_error},
+        "kernel": p.out_kernel,
+        "threads": json.loads(lib.text(lib.lib.fa_info))["threads"],
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "rounds": args.rounds,
+    }
+    ok = error <= 1e-5
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0 if ok else 1
+    print(f"shape b={b} h={h} s={s} d={d} fp32 {'causal' if args.causal else 'non-causal'}: "
+          f"{attn_flops / 1e9:.2f} GFLOP per attention; sgemm {n}^3; median of {args.rounds} rounds; "
+          f"{result['threads']} threads")
+    print(f"{'':8s} {'ms':>9s} {'GFLOP/s':>9s}  rel.err")
+    print(f"{'sgemm':8s} {1e3 * med['sgemm']:9.2f} {gflops['sgemm']:9.1f}")
+    print(f"{'numpy':8s} {1e3 * med['numpy']:9.2f} {gflops['numpy']:9.1f}  {numpy_error:.1e}")
+    print(f"{'ours':8s} {1e3 * med['ours']:9.2f} {gflops['ours']:9.1f}  {error:.1e}")
+    print(f"ours vs numpy: {result['speedup_vs_numpy']:.2f}x faster   ours / sgemm: {100 * result['fraction_of_sgemm']:.0f}%")
+    print(f"load average before {load_before[0]:.2f}, after {result['loadavg_after'][0]:.2f} (1 min)")
+    if not ok:
+        print(f"FAIL: relative error {error:.2e} > 1e-5", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
