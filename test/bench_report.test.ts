@@ -200,8 +200,8 @@ describe("SVG chart", () => {
     expect(svg).toContain(">OOM</text>");
     expect(svg).toContain(">n/a</text>");
     expect(panelsOf(r.cases).map((p) => p.title)).toEqual([
-      "fwd, head dim 64, non-causal, 32 heads, bf16",
-      "fwd, head dim 128, non-causal, 32/8 heads, bf16, 1 query token",
+      "fwd · head dim 64 · non-causal · 32 heads · bf16",
+      "fwd · head dim 128 · non-causal · 32/8 heads · bf16 · 1 query token",
     ]);
     expect((svg.match(/<g class="panel">/g) ?? []).length).toBe(2);
   });

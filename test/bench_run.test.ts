@@ -97,7 +97,7 @@ describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu
       expect(status.available).toBe(false);
       expect(status.reason).toMatch(/torch is not importable|python3? was not found/);
     }
-    expect(renderTable(report, { color: false })).toContain("not measured: sdpa-flash: torch is not importable");
+    expect(renderTable(report, { color: false })).toContain("not measured: sdpa-flash, sdpa-cudnn, sdpa-efficient, sdpa-math: torch is not importable");
   });
 
   test("the chart of a real run parses and holds one bar per timed value", () => {

@@ -18,8 +18,8 @@ stays within budget_ms; the warm-up runs are timed too and give that estimate.
 Peak memory: torch.cuda.max_memory_allocated over one run, minus the flush buffer; it includes the inputs and
 outputs, as our library's figure does.
 """
+import gc
 import json
-import math
 import sys
 import warnings
 
@@ -79,11 +79,10 @@ def make_inputs(c, requires_grad):
     """BSHD tensors (flash-attn's layout) viewed as BHSD for SDPA: the same memory our kernels read."""
     dtype = DTYPES[c["dtype"]]
     b, sq, sk, hq, hkv, d = c["batch"], c["seqlenQ"], c["seqlenK"], c["headsQ"], c["headsKv"], c["headDim"]
-    q = torch.randn(b, sq, hq, d, device=device, dtype=dtype).transpose(1, 2)
-    k = torch.randn(b, sk, hkv, d, device=device, dtype=dtype).transpose(1, 2)
-    v = torch.randn(b, sk, hkv, d, device=device, dtype=dtype).transpose(1, 2)
-    for t in (q, k, v):
-        t.requires_grad_(requires_grad)
+    def bshd(s, h):
+        return torch.randn(b, s, h, d, device=device, dtype=dtype).requires_grad_(requires_grad).transpose(1, 2)
+
+    q, k, v = bshd(sq, hq), bshd(sk, hkv), bshd(sk, hkv)
     dout = torch.randn(b, sq, hq, d, device=device, dtype=dtype).transpose(1, 2) if requires_grad else None
     return q, k, v, dout
 
@@ -152,19 +151,18 @@ def measure(c, impl, req):
             except RuntimeError as error:
                 if isinstance(error, torch.cuda.OutOfMemoryError):
                     raise
-                # SDPA says "No available kernel" and explains why in warnings: the explanation is the reason.
-                why = [str(w.message) for w in caught if "kernel" in str(w.message).lower() or "requires" in str(w.message).lower()]
-                text = why[0] if why else str(error)
-                status = "unsupported" if ("No available kernel" in str(error) or why) else "error"
-                return {"status": status, "reason": one_line(text)}
+                # SDPA says "No available kernel" and explains why in warnings ("... not used because:" headers,
+                # then the conditions that failed): the conditions are the reason.
+                why = [str(w.message) for w in caught if not str(w.message).rstrip().endswith("because:")]
+                if "No available kernel" in str(error):
+                    return {"status": "unsupported", "reason": one_line("; ".join(why) or str(error))}
+                return {"status": "error", "reason": one_line(str(error))}
     except torch.cuda.OutOfMemoryError as error:
         return {"status": "oom", "reason": one_line(str(error).split(".")[0])}
     except Exception as error:  # anything else is this row's failure, never the sweep's
         return {"status": "error", "reason": one_line(f"{type(error).__name__}: {error}")}
     finally:
         state.clear()
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()  # give the memory back so the next case (ours, in the other process) has it
 
 
 def main():
@@ -181,7 +179,16 @@ def main():
                 results.append({"impl": impl, "status": "error", "reason": f"unknown SDPA implementation {impl}"})
                 continue
             results.append({"impl": impl, **measure(c, impl, req)})
+            release()
         emit({"id": c["id"], "results": results})
+
+
+def release():
+    """Gives the cached blocks back to the device once nothing refers to them, so the next case (ours, in the
+    other process) finds the memory free."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ export function panelsOf(cases: BenchCase[]): Panel[] {
   const panels = new Map<string, Panel>();
   for (const c of cases) {
     const heads = c.headsQ === c.headsKv ? `${c.headsQ} heads` : `${c.headsQ}/${c.headsKv} heads`;
-    const title = `${c.direction}, head dim ${c.headDim}, ${c.causal ? "causal" : "non-causal"}, ${heads}, ${c.dtype}` +
-      (c.kind === "decode" ? `, ${c.seqlenQ} query token${c.seqlenQ > 1 ? "s" : ""}` : "");
+    const title = `${c.direction} · head dim ${c.headDim} · ${c.causal ? "causal" : "non-causal"} · ${heads} · ${c.dtype}` +
+      (c.kind === "decode" ? ` · ${c.seqlenQ} query token${c.seqlenQ > 1 ? "s" : ""}` : "");
     if (!panels.has(title)) panels.set(title, { title, cases: [] });
     panels.get(title)!.cases.push(c);
   }
@@ -51,13 +51,16 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
   for (const m of report.measurements) rows.set(`${m.caseId}\u0000${m.impl}`, m);
   const panels = panelsOf(report.cases);
 
-  const bar = 9, groupGap = 14, plotH = 220, left = 52, top = 34, bottom = 46, panelGap = 24;
+  // Bars are 9..14 px wide; a panel is at least wide enough for its title. Two panels a row (causal off | on).
+  const groupGap = 14, plotH = 220, left = 60, top = 34, bottom = 46, panelGap = 24, minPlotW = 340;
   const groupsMax = Math.max(1, ...panels.map((p) => p.cases.length));
-  const plotW = groupsMax * (impls.length * bar + groupGap);
+  const plotW = Math.max(minPlotW, groupsMax * (impls.length * 9 + groupGap));
+  const bar = Math.min(14, (plotW / groupsMax - groupGap) / Math.max(1, impls.length));
   const panelW = left + plotW + 16, panelH = top + plotH + bottom;
   const columns = panels.length > 1 ? 2 : 1;
-  const legendH = 28 + 18 * Math.ceil(impls.length / 4);
   const width = columns * panelW + (columns - 1) * panelGap + 20;
+  const legendPerRow = Math.max(1, Math.floor((width - 20) / 170));
+  const legendH = 28 + 18 * Math.ceil(impls.length / legendPerRow);
   const height = legendH + Math.ceil(panels.length / columns) * (panelH + panelGap) + 10;
 
   const out: string[] = [];
@@ -69,7 +72,7 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
   const heading = opts.title ?? `flashattn bench --preset ${report.config.preset}: ${unit}`;
   out.push(`<text x="10" y="18" font-size="14" font-weight="bold">${escapeXml(heading)}</text>`);
   impls.forEach((impl, i) => {
-    const x = 10 + (i % 4) * 190, y = 30 + 18 * Math.floor(i / 4);
+    const x = 10 + (i % legendPerRow) * 170, y = 30 + 18 * Math.floor(i / legendPerRow);
     out.push(`<rect x="${x}" y="${y}" width="12" height="12" fill="${colour.get(impl)}"/>`);
     out.push(`<text x="${x + 17}" y="${y + 10}" font-size="11">${escapeXml(impl)}</text>`);
   });
@@ -85,13 +88,14 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
     for (let t = 0; t <= 4; t++) {
       const v = (yMax * t) / 4;
       out.push(`<line x1="${ox + left}" x2="${ox + left + plotW}" y1="${y(v)}" y2="${y(v)}" stroke="#dddddd"/>`);
-      out.push(`<text x="${ox + left - 4}" y="${y(v) + 3}" font-size="9" text-anchor="end">${+v.toFixed(2)}</text>`);
+      out.push(`<text x="${ox + left - 4}" y="${y(v) + 3}" font-size="9" text-anchor="end">${Number(v.toPrecision(3))}</text>`);
     }
     out.push(`<text transform="translate(${ox + 12},${oy + top + plotH / 2}) rotate(-90)" font-size="10" text-anchor="middle">${unit}</text>`);
     const seqCount = new Map<number, number>();
     for (const c of panel.cases) seqCount.set(c.seqlenK, (seqCount.get(c.seqlenK) ?? 0) + 1);
     panel.cases.forEach((c, g) => {
-      const gx = ox + left + g * (impls.length * bar + groupGap) + groupGap / 2;
+      const step = plotW / groupsMax;
+      const gx = ox + left + g * step + (step - impls.length * bar) / 2;
       const label = (seqCount.get(c.seqlenK)! > 1 ? `b${c.batch} ` : "") + seqLabel(c.seqlenK);
       out.push(`<text x="${gx + (impls.length * bar) / 2}" y="${oy + top + plotH + 14}" font-size="10" text-anchor="middle">${label}</text>`);
       impls.forEach((impl, i) => {

@@ -96,8 +96,13 @@ export function renderTable(report: BenchReport, opts: TableOptions): string {
   const { color } = opts;
   const out: string[] = [];
   out.push(...machineLines(report));
-  const missing = report.implementations.filter((i) => !i.available);
-  for (const i of missing) out.push(`not measured: ${i.impl}: ${i.reason}`);
+  // Implementations missing for the same reason (the four SDPA backends without torch) share one line.
+  const missing = new Map<string, string[]>();
+  for (const i of report.implementations.filter((x) => !x.available)) {
+    const reason = i.reason ?? "no reason given";
+    missing.set(reason, [...(missing.get(reason) ?? []), i.impl]);
+  }
+  for (const [reason, impls] of missing) out.push(`not measured: ${impls.join(", ")}: ${reason}`);
   out.push("");
 
   const impls = measuredImpls(report);
