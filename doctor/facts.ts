@@ -25,6 +25,8 @@ export interface HostFacts {
   groups?: string[];
   /** Environment variables that change what loads or what is chosen (secrets are never collected). */
   env: Record<string, string>;
+  /** set when /proc, /sys and /dev could not be read (Deno without --allow-all): the runtime's words */
+  restricted?: string;
 }
 
 // ---- NVIDIA ---------------------------------------------------------------------------------------------------

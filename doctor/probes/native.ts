@@ -6,6 +6,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import type { ProbeResult } from "../facts.ts";
 import { type ExecResult, execWithTimeout, lastLine } from "./exec.ts";
+import { restrictedReason } from "./system.ts";
 
 const workerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), "worker.ts");
 
@@ -15,7 +16,10 @@ const Deno: any = (globalThis as any).Deno;
 /** The command that runs a TypeScript file with this runtime and the permissions the probes need. */
 function runtimeCommand(script: string): [string, string[]] {
   if (Deno && typeof (globalThis as { Bun?: unknown }).Bun === "undefined") {
-    return [Deno.execPath(), ["run", "--no-prompt", "--allow-ffi", "--allow-read", "--allow-env", "--allow-sys", script]];
+    // The worker gets no more than the doctor has: everything if /proc is readable (only --allow-all grants it),
+    // else what the probes need to call libraries.
+    const grants = restrictedReason() ? ["--allow-ffi", "--allow-read", "--allow-env", "--allow-sys"] : ["--allow-all"];
+    return [Deno.execPath(), ["run", "--no-prompt", ...grants, script]];
   }
   return [process.execPath, [script]];
 }

@@ -56,10 +56,24 @@ function groupNames(): Map<string, string> {
   return names;
 }
 
+/**
+ * Why /proc, /sys and /dev cannot be read, if they cannot: Deno grants them only with --allow-all, whatever
+ * --allow-read says. Without them the kernel-module, device-node and /dev/kfd facts are unknown, not absent.
+ */
+export function restrictedReason(): string | undefined {
+  try {
+    fs.statSync("/proc/self/status");
+    return undefined;
+  } catch (e) {
+    const message = (e as Error).message;
+    return /Requires|NotCapable|PermissionDenied/.test(message) || (e as Error).name === "NotCapable" ? message.split("\n")[0] : undefined;
+  }
+}
+
 export function probeHost(env: Record<string, string | undefined> = process.env): HostFacts {
   const collected: Record<string, string> = {};
   for (const key of RELEVANT_ENV) if (env[key] !== undefined) collected[key] = env[key]!;
-  return {
+  const host: HostFacts = {
     os: `${os.type()} ${os.release()}`.trim(),
     arch: process.arch,
     kernel: os.release(),
@@ -67,6 +81,9 @@ export function probeHost(env: Record<string, string | undefined> = process.env)
     groups: userGroups(),
     env: collected,
   };
+  const restricted = restrictedReason();
+  if (restricted) host.restricted = restricted;
+  return host;
 }
 
 /** The NVIDIA kernel module's version, as /proc/driver/nvidia/version states it ("... Kernel Module  580.95.05 ..."). */
@@ -111,4 +128,10 @@ export function probeKfd(): KfdFacts {
   };
 }
 
-export const amdgpuModuleLoaded = (): boolean => fs.existsSync("/sys/module/amdgpu");
+export function amdgpuModuleLoaded(): boolean {
+  try {
+    return fs.existsSync("/sys/module/amdgpu");
+  } catch {
+    return false; // unreadable (see restrictedReason)
+  }
+}

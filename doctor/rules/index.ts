@@ -6,6 +6,7 @@ import { backendRules } from "./backend.ts";
 import { libraryRules } from "./libraries.ts";
 import { nvidiaRules } from "./nvidia.ts";
 import { pythonRules } from "./python.ts";
+import { systemRules } from "./system.ts";
 import { toolkitRules } from "./toolkits.ts";
 
 /**
@@ -14,6 +15,7 @@ import { toolkitRules } from "./toolkits.ts";
  */
 export function evaluate(facts: DoctorFacts, options: DoctorOptions = {}): Finding[] {
   const findings: Finding[] = [];
+  findings.push(...systemRules(facts));
   findings.push(...nvidiaRules(facts));
   findings.push(...amdRules(facts));
   findings.push(...toolkitRules(facts));

@@ -72,7 +72,8 @@ export function pythonRules(f: DoctorFacts): Finding[] {
   const s = sectionFindings("python");
   const py = f.python;
   if (py.status === "absent") {
-    s.info("absent", `${py.error ?? "python3 not found"}: PyTorch / flash-attn checks skipped`, "set FLASHATTN_PYTHON to the interpreter of your environment to check it");
+    if (py.error?.startsWith("skipped")) s.info("absent", `PyTorch / flash-attn checks ${py.error}`);
+    else s.info("absent", `${py.error ?? "python3 not found"}: PyTorch / flash-attn checks skipped`, "set FLASHATTN_PYTHON to the interpreter of your environment to check it");
     return s.list;
   }
   if (py.status !== "ok") {
