@@ -16,6 +16,18 @@ function runtime(): string {
   return `node ${process.version}`;
 }
 
+/**
+ * A host fact, or undefined where the runtime refuses it (Deno without --allow-sys): the report then lacks that
+ * fact rather than the run failing.
+ */
+export function hostFact<T>(read: () => T): T | undefined {
+  try {
+    return read();
+  } catch {
+    return undefined;
+  }
+}
+
 export async function machineFacts(
   backends: Backend[],
   baselines: { name: string; hello?: Record<string, unknown> }[],
@@ -39,11 +51,11 @@ export async function machineFacts(
     const nvml = await runNativeProbe<NvmlFacts>("nvml", { timeoutMs: 10_000 });
     nvidia = { status: nvml.status, error: nvml.error, driver_version: nvml.driver_version, cuda_driver_version: nvml.cuda_driver_version, devices: nvml.devices };
   }
-  const cpus = os.cpus();
+  const cpus = hostFact(() => os.cpus()) ?? [];
   return {
     host: {
-      os: `${os.type()} ${os.release()}`, arch: process.arch, cpu: cpus[0]?.model?.trim(), cpu_count: cpus.length,
-      memory_bytes: os.totalmem(), runtime: runtime(),
+      os: hostFact(() => `${os.type()} ${os.release()}`), arch: process.arch, cpu: cpus[0]?.model?.trim(),
+      cpu_count: cpus.length || undefined, memory_bytes: hostFact(() => os.totalmem()), runtime: runtime(),
     },
     libraries,
     ...(nvidia ? { nvidia } : {}),

@@ -11,6 +11,7 @@ import { fromFloat32, rng } from "../lib/tensor.ts";
 import { attentionFlops, naiveScoreBytes, tensorBytes } from "./flops.ts";
 import type { Measurement, RowStatus } from "./results.ts";
 import { summarize } from "./stats.ts";
+import { hostFact } from "./machine.ts";
 import type { BenchCase } from "./sweep.ts";
 
 export type Algorithm = "flash" | "naive";
@@ -82,11 +83,15 @@ function fillRandom(backend: Backend, dst: DeviceBuffer, source: DeviceBuffer): 
 
 const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 
-/** Bytes one case may take on this backend's device: most of a GPU's memory, half of the host's free memory. */
+/**
+ * Bytes one case may take on this backend's device: most of a GPU's memory; half of the host's free memory, or a
+ * quarter of its total where the runtime will not say what is free (Deno without --allow-sys). Never unbounded: a
+ * sweep's sizes must not drive allocations nobody checked.
+ */
 export function memoryLimit(backend: Backend): number {
-  if (backend.name === "cpu") return os.freemem() / 2;
   const total = Number(backend.deviceInfo(0).memory_bytes ?? 0);
-  return total > 0 ? total * 0.92 : Infinity;
+  if (backend.name === "cpu") return hostFact(() => os.freemem() / 2) ?? (total > 0 ? total / 4 : 1 << 30);
+  return total > 0 ? total * 0.92 : 1 << 30;
 }
 
 function statusOf(error: unknown): { status: RowStatus; reason: string } {

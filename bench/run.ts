@@ -16,7 +16,8 @@ import { summarize } from "./stats.ts";
 import { type BenchCase, expandSweep, type PresetName, presets, type SweepSpec } from "./sweep.ts";
 import { baselineScript, PythonWorker } from "./baselines/worker.ts";
 import { type ProgressSink, silentProgress } from "./report/progress.ts";
-import { machineFacts } from "./machine.ts";
+import { formatRate } from "./report/table.ts";
+import { hostFact, machineFacts } from "./machine.ts";
 
 /**
  * Timing per preset. The fa preset must fit well under 8 minutes on an H100 with every baseline: 72 cases, up to 7
@@ -168,7 +169,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     if (usable.some((b) => b.name === "cpu")) {
       // NumPy's BLAS gets the threads our CPU library uses (FLASHATTN_NUM_THREADS, else every core): same cores.
       const env = opts.env ?? process.env;
-      const threads = env.FLASHATTN_NUM_THREADS || String(os.availableParallelism?.() ?? os.cpus().length);
+      const threads = env.FLASHATTN_NUM_THREADS || String(hostFact(() => os.availableParallelism?.() ?? os.cpus().length) ?? 1);
       const blas = Object.fromEntries(["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"].map((k) => [k, env[k] || threads]));
       pythons.push(await startBaseline("numpy", "numpy_attention.py", ["numpy"], "numpy", "cpu", statuses, { ...opts, env: { ...env, ...blas } }));
     } else {
@@ -255,7 +256,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const finished = rows.map((m) => withRates(m, c, copies));
       measurements.push(...finished);
       const ours = finished.find((m) => m.family === "ours" && m.status === "ok");
-      progress.done(index, `${c.id}: ${ours?.tflops !== undefined ? `${ours.impl} ${ours.tflops.toFixed(1)} TFLOP/s` : "no timing of ours"}`);
+      progress.done(index, `${c.id}: ${ours?.tflops !== undefined ? `${ours.impl} ${formatRate(ours.tflops)} TFLOP/s` : "no timing of ours"}`);
     }
   } finally {
     progress.finish();

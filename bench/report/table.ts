@@ -67,7 +67,10 @@ function machineLines(report: BenchReport): string[] {
     nvidia?: { driver_version?: string };
     baselines?: Record<string, Record<string, unknown>>;
   };
-  if (m.host) lines.push(`host: ${m.host.cpu ?? "?"} ×${m.host.cpu_count ?? "?"}, ${m.host.runtime ?? ""}`);
+  if (m.host) {
+    const cpu = m.host.cpu ? `${m.host.cpu}${m.host.cpu_count ? ` ×${m.host.cpu_count}` : ""}` : undefined;
+    lines.push(`host: ${[cpu, m.host.runtime].filter(Boolean).join(", ")}`);
+  }
   for (const lib of m.libraries ?? []) {
     const d = lib.device ?? {};
     const driver = lib.backend === "cuda" && m.nvidia?.driver_version ? `, driver ${m.nvidia.driver_version}` : "";
