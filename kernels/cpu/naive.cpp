@@ -15,6 +15,8 @@ namespace fa::cpu {
 
 namespace {
 
+constexpr int32_t kNaiveKeyBand = 128;
+
 struct NaiveScratch {
   float *qt, *k, *v, *o, *m, *l, *alpha, *q_pos, *inv_l;
   int32_t *lo, *hi;
@@ -80,7 +82,14 @@ int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa) {
       isa.transform_scores(st, cols, s.len_k, used_cols, 0, mods);
       isa.softmax_step(st, pt, cols, s.len_k, used_cols, w.m, w.l, w.alpha);
     }
-    isa.gemm({s.len_q, d_pad, s.len_k, pt, 1, cols, w.v, d_pad, w.o, d_pad, GemmMode::kOverwrite, nullptr});
+    // O = P.V with P read through P^T (consecutive keys are `cols` floats apart): in bands of keys, so that the
+    // rows one micro-tile walks stay within the TLB's reach.
+    std::fill(w.o, w.o + int64_t{s.len_q} * d_pad, 0.0f);
+    for (int32_t k0 = 0; k0 < s.len_k; k0 += kNaiveKeyBand) {
+      const int32_t keys = std::min(kNaiveKeyBand, s.len_k - k0);
+      isa.gemm({s.len_q, d_pad, keys, pt + int64_t{k0} * cols, 1, cols, w.v + int64_t{k0} * d_pad, d_pad, w.o, d_pad,
+                GemmMode::kAccumulate, nullptr});
+    }
     for (int32_t c = 0; c < s.len_q; ++c) w.inv_l[c] = w.l[c] > 0.0f ? 1.0f / w.l[c] : 0.0f;
     isa.store_rows(p.dtype, w.o, d_pad, s.len_q, d, w.inv_l, g.row(p.o, b, s.q_start, 0, h), p.o.row_stride);
     if (p.lse != nullptr)
