@@ -310,6 +310,100 @@ def cases(quick):
     return out
 
 
+def bad_input_checks(lib):
+    """Every check of fa::check_params (and the CPU's own) must give its status and a message, never a crash.
+    Yields (description, passed, detail)."""
+    rng = np.random.default_rng(5)
+    q, k, v, o = (rng.standard_normal((2, 8, 2, 16)).astype(np.float32) for _ in range(4))
+    lse = np.zeros((2, 2, 8), np.float32)
+    slopes = np.ones(2, np.float32)
+    cu_bad = np.array([0, 9, 16], np.int32)  # 9 > seqlen 8
+
+    def base():
+        p = Params()
+        p.struct_size, p.abi_version, p.dtype = C.sizeof(Params), ABI_VERSION, F32
+        p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_kv, p.head_dim = 2, 8, 8, 2, 2, 16
+        p.window_left = p.window_right = -1
+        p.q, p.k, p.v, p.o = view(q, False), view(k, False), view(v, False), view(o, False)
+        p.lse = lse.ctypes.data
+        return p
+
+    INVALID, UNSUPPORTED, OOM, ABI = 1, 2, 3, 6
+    mutations = [
+        ("struct_size", lambda p: setattr(p, "struct_size", 100), ABI),
+        ("abi_version", lambda p: setattr(p, "abi_version", 99), ABI),
+        ("dtype 7", lambda p: setattr(p, "dtype", 7), INVALID),
+        ("batch 0", lambda p: setattr(p, "batch", 0), INVALID),
+        ("seqlen_q 0", lambda p: setattr(p, "seqlen_q", 0), INVALID),
+        ("seqlen_k -1", lambda p: setattr(p, "seqlen_k", -1), INVALID),
+        ("heads 3/2", lambda p: setattr(p, "heads_q", 3), INVALID),
+        ("heads_kv 0", lambda p: setattr(p, "heads_kv", 0), INVALID),
+        ("head_dim 0", lambda p: setattr(p, "head_dim", 0), INVALID),
+        ("head_dim 264", lambda p: setattr(p, "head_dim", 264), UNSUPPORTED),
+        ("is_causal 2", lambda p: setattr(p, "is_causal", 2), INVALID),
+        ("window -2", lambda p: setattr(p, "window_left", -2), INVALID),
+        ("scale nan", lambda p: setattr(p, "scale", float("nan")), INVALID),
+        ("softcap -1", lambda p: setattr(p, "softcap", -1.0), INVALID),
+        ("alibi mode 5", lambda p: setattr(p, "alibi_mode", 5), INVALID),
+        ("alibi NULL slopes", lambda p: setattr(p, "alibi_mode", 1), INVALID),
+        ("num_splits 999", lambda p: setattr(p, "num_splits", 999), INVALID),
+        ("deterministic 3", lambda p: setattr(p, "deterministic", 3), INVALID),
+        ("algorithm 4", lambda p: setattr(p, "algorithm", 4), INVALID),
+        ("q NULL", lambda p: setattr(p.q, "data", None), INVALID),
+        ("v NULL", lambda p: setattr(p.v, "data", None), INVALID),
+        ("o NULL", lambda p: setattr(p.o, "data", None), INVALID),
+        ("negative stride", lambda p: setattr(p.k, "row_stride", -32), INVALID),
+        ("overflowing stride", lambda p: setattr(p.k, "batch_stride", 1 << 62), INVALID),
+        ("misaligned q", lambda p: setattr(p.q, "data", q.ctypes.data + 2), INVALID),
+        ("only cu_seqlens_q", lambda p: setattr(p, "cu_seqlens_q", cu_bad.ctypes.data), INVALID),
+        ("cu_seqlens step > max", lambda p: (setattr(p, "cu_seqlens_q", cu_bad.ctypes.data),
+                                             setattr(p, "cu_seqlens_k", cu_bad.ctypes.data),
+                                             setattr(p, "total_q", 16), setattr(p, "total_k", 16)), INVALID),
+        ("varlen total -1", lambda p: (setattr(p, "cu_seqlens_q", cu_bad.ctypes.data),
+                                       setattr(p, "cu_seqlens_k", cu_bad.ctypes.data), setattr(p, "total_q", -1)), INVALID),
+        # sizes no memory can hold, with zero strides so the tensors themselves stay tiny
+        ("naive scores too big", lambda p: (setattr(p, "algorithm", 1), setattr(p, "batch", 64),
+                                            setattr(p, "seqlen_q", 1 << 16), setattr(p, "seqlen_k", 1 << 16),
+                                            [setattr(t, name, 0) for t in (p.q, p.k, p.v, p.o)
+                                             for name in ("batch_stride", "row_stride")],
+                                            setattr(p, "lse", None)), OOM),
+    ]
+    for name, mutate, expected in mutations:
+        p = base()
+        mutate(p)
+        status = lib.lib.fa_forward(C.byref(p))
+        message = lib.last_error()
+        yield f"fa_forward {name}", status == expected and len(message) > 10, f"status {status}: {message}"
+        # fa_plan reads no data: alignment, cu_seqlens contents and memory are the run's business
+        plan = lib.text(lib.lib.fa_plan, C.byref(p), 0)
+        data_dependent = expected == OOM or name in ("misaligned q", "cu_seqlens step > max")
+        yield f"fa_plan {name}", ('"ok":true' if data_dependent else '"ok":false') in plan, plan[:120]
+    p = base()  # backward without its inputs
+    status = lib.lib.fa_backward(C.byref(p))
+    yield "fa_backward without dout", status == INVALID, lib.last_error()
+    p.algorithm = 1
+    yield "fa_plan naive backward", '"ok":false' in lib.text(lib.lib.fa_plan, C.byref(p), 1), ""
+    status = lib.lib.fa_forward(None)
+    yield "fa_forward NULL", status == INVALID, lib.last_error()
+    ptr = C.c_void_p()
+    status = lib.lib.fa_malloc(C.byref(ptr), C.c_uint64(1 << 62))
+    yield "fa_malloc 2^62 bytes", status == OOM, lib.last_error()
+    lib.check(lib.lib.fa_malloc(C.byref(ptr), C.c_uint64(100)))
+    before = lib.memory_stats()[0]
+    host = (C.c_char * 200)()
+    status = lib.lib.fa_memcpy_h2d(ptr, host, C.c_uint64(200))
+    yield "fa_memcpy_h2d past the block", status == INVALID, lib.last_error()
+    status = lib.lib.fa_free(C.c_void_p(ptr.value + 8))
+    yield "fa_free of an inner pointer", status == INVALID, lib.last_error()
+    lib.check(lib.lib.fa_free(ptr))
+    yield "fa_free returns the bytes", lib.memory_stats()[0] == before - 100, str(lib.memory_stats())
+    status = lib.lib.fa_free(ptr)
+    yield "double fa_free", status == INVALID, lib.last_error()
+    small = C.create_string_buffer(8)
+    status = lib.lib.fa_info(small, len(small))
+    yield "fa_info into 8 bytes", status == 8 and small.value == b'{"backe', small.value.decode()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lib", default=os.path.join(ROOT, "build", "libflashattn_cpu.so"))
@@ -331,6 +425,10 @@ def main():
         failed += bad
         shown = " ".join(f"{n}={e:.1e}" if isinstance(e, float) else f"{n}={e}" for n, e in errs.items())
         print(f"{'FAIL' if bad else 'ok  '} {name:36s} {shown}")
+    if not args.only:
+        for name, passed, detail in bad_input_checks(lib):
+            failed += not passed
+            print(f"{'ok  ' if passed else 'FAIL'} bad input: {name:32s} {detail}")
     print(f"{failed} failed", file=sys.stderr)
     return 1 if failed else 0
 

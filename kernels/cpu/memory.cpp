@@ -59,7 +59,7 @@ uint64_t available_memory_bytes() {
 int32_t registry_alloc(void** out, uint64_t bytes) {
   if (out == nullptr) return fail(FA_ERR_INVALID_ARGUMENT, "fa_malloc: the output pointer is NULL");
   *out = nullptr;
-  const uint64_t limit = physical_memory_bytes();
+  const uint64_t physical = physical_memory_bytes(), limit = physical > kAlignment ? physical : UINT64_MAX / 2;
   if (bytes > limit - kAlignment)
     return fail(FA_ERR_OUT_OF_MEMORY, format("fa_malloc: %llu bytes is more than this machine's %llu bytes of memory",
                                              static_cast<unsigned long long>(bytes), static_cast<unsigned long long>(limit)));
