@@ -39,6 +39,26 @@ export class SpeedMemory {
     const rate = this.#msPerFlop.get(key);
     return rate === undefined ? undefined : rate * flops;
   }
+  /** Why `key` should not attempt a case of `flops`: one run predicted over twice the per-case budget. */
+  skipReason(key: string, flops: number, plan: TimingPlan): string | undefined {
+    const predicted = this.predictMs(key, flops);
+    if (predicted === undefined || predicted <= 2 * plan.caseBudgetMs) return undefined;
+    return `one run would take about ${(predicted / 1000).toFixed(1)} s, over twice the per-case budget of ${(plan.caseBudgetMs / 1000).toFixed(1)} s`;
+  }
+}
+
+/**
+ * The runs a case gets once one warm run took `estimateMs`: none more when that run is over half the budget (the
+ * estimate is the figure, with a note); else a warm-up that takes at most a quarter of the budget and as many
+ * timed runs as fit the budget, between minIters and iters. The Python workers apply the same rule.
+ */
+export function runsFor(estimateMs: number, plan: TimingPlan): { warmup: number; iters: number } | null {
+  if (estimateMs > plan.caseBudgetMs / 2) return null;
+  const per = Math.max(estimateMs, 1e-3);
+  return {
+    warmup: Math.max(1, Math.min(plan.warmup, Math.floor(plan.caseBudgetMs / 4 / per))),
+    iters: Math.max(plan.minIters, Math.min(plan.iters, Math.floor(plan.caseBudgetMs / per))),
+  };
 }
 
 /** The library's view of a bench case: padded batch, no window, default scale. */
@@ -129,10 +149,8 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
   }
   const flops = attentionFlops(c, c.direction);
   const speedKey = `${impl} ${c.direction}`;
-  const predicted = ctx.speeds.predictMs(speedKey, flops);
-  if (predicted !== undefined && predicted > ctx.plan.caseBudgetMs / 2) {
-    return row("skipped", { reason: `one run would take about ${(predicted / 1000).toFixed(1)} s, over the per-case budget of ${(ctx.plan.caseBudgetMs / 1000).toFixed(1)} s` });
-  }
+  const tooSlow = ctx.speeds.skipReason(speedKey, flops, ctx.plan);
+  if (tooSlow) return row("skipped", { reason: tooSlow });
 
   const buffers: DeviceBuffer[] = [];
   const alloc = (bytes: number) => {
@@ -174,16 +192,13 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
 
     // One timed run (already warm) estimates the cost; then as many runs as the budget allows.
     const estimate = backend.bench(params, c.direction, 0, 1)[0];
-    const { warmup, iters, minIters, caseBudgetMs } = ctx.plan;
-    const times = estimate > caseBudgetMs / 2
-      ? [estimate]
-      : Array.from(backend.bench(params, c.direction, Math.max(1, Math.min(warmup, Math.floor(caseBudgetMs / 4 / Math.max(estimate, 1e-3)))),
-        Math.max(minIters, Math.min(iters, Math.floor(caseBudgetMs / Math.max(estimate, 1e-3))))));
+    const runs = runsFor(estimate, ctx.plan);
+    const times = runs ? Array.from(backend.bench(params, c.direction, runs.warmup, runs.iters)) : [estimate];
     const timing = summarize(times);
     ctx.speeds.learn(speedKey, flops, timing.medianMs);
     return row("ok", {
       timing, peakBytes, kernel,
-      ...(times.length === 1 ? { reason: `one run only: it takes ${estimate.toFixed(0)} ms, over half the per-case budget` } : {}),
+      ...(runs ? {} : { reason: `one run only: it takes ${estimate.toFixed(0)} ms, over half the per-case budget` }),
     });
   } catch (error) {
     return row(statusOf(error).status, { reason: statusOf(error).reason });

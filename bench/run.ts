@@ -217,11 +217,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         const flops = attentionFlops(c, c.direction);
         const run: string[] = [];
         for (const impl of py.impls) {
-          const predicted = speeds.predictMs(`${impl} ${c.direction}`, flops);
-          if (predicted !== undefined && predicted > opts.timing.caseBudgetMs / 2) {
-            rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "skipped",
-              reason: `one run would take about ${(predicted / 1000).toFixed(1)} s, over the per-case budget of ${(opts.timing.caseBudgetMs / 1000).toFixed(1)} s` });
-          } else run.push(impl);
+          const tooSlow = speeds.skipReason(`${impl} ${c.direction}`, flops, opts.timing);
+          if (tooSlow) rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "skipped", reason: tooSlow });
+          else run.push(impl);
         }
         if (run.length === 0) continue;
         progress.step(index, `${c.id} · ${run.join(", ")}`);

@@ -9,6 +9,7 @@ import { geometricMean, quantile, summarize } from "../bench/stats.ts";
 import { formatDuration, StderrProgress } from "../bench/report/progress.ts";
 import { parseBaselines, parseBenchOptions } from "../commands/bench.ts";
 import { presetTiming } from "../bench/run.ts";
+import { runsFor, SpeedMemory } from "../bench/ours.ts";
 
 function usageError(fn: () => unknown): string {
   try {
@@ -155,6 +156,29 @@ describe("bench flags", () => {
     expect(t.maxSeconds).toBeLessThan(8 * 60);
     // Per implementation and case: the estimate run plus the timed runs stay near the budget (slow runs get minIters).
     expect(t.caseBudgetMs * 72 * 7 / 1000).toBeLessThan(t.maxSeconds);
+  });
+});
+
+describe("how many runs a case gets", () => {
+  const plan = { warmup: 3, iters: 30, minIters: 5, caseBudgetMs: 300 };
+
+  test("fast kernels get every run; slower ones fewer, never under minIters; over half the budget, one run", () => {
+    expect(runsFor(0.2, plan)).toEqual({ warmup: 3, iters: 30 });
+    expect(runsFor(20, plan)).toEqual({ warmup: 3, iters: 15 });
+    expect(runsFor(100, plan)).toEqual({ warmup: 1, iters: 5 });
+    expect(runsFor(150, plan)).toEqual({ warmup: 1, iters: 5 });
+    expect(runsFor(151, plan)).toBeNull();
+    expect(runsFor(0, plan)).toEqual({ warmup: 3, iters: 30 });
+  });
+
+  test("a speed learnt on one shape skips a larger one predicted over twice the budget", () => {
+    const speeds = new SpeedMemory();
+    expect(speeds.skipReason("numpy fwd", 1e9, plan)).toBeUndefined(); // nothing learnt yet: try it
+    speeds.learn("numpy fwd", 1e9, 100); // 100 ms per GFLOP
+    expect(speeds.predictMs("numpy fwd", 4e9)).toBeCloseTo(400, 9);
+    expect(speeds.skipReason("numpy fwd", 6e9, plan)).toBeUndefined(); // 600 ms: still tried
+    expect(speeds.skipReason("numpy fwd", 7e9, plan)).toBe("one run would take about 0.7 s, over twice the per-case budget of 0.3 s");
+    expect(speeds.skipReason("numpy bwd", 7e9, plan)).toBeUndefined(); // per direction
   });
 });
 
