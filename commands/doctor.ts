@@ -78,7 +78,11 @@ export function register(program: Command) {
         options.require ??= saved.options?.require;
       } else {
         if (!globals.json) process.stderr.write("flashattn doctor: probing (drivers, libraries, Python)...\n");
-        facts = await collectFacts({ backend, libPath: raw.lib, noPython: !raw.python, noSelfTest: !raw.selfTest });
+        facts = await collectFacts({
+          backend, libPath: raw.lib, noPython: !raw.python, noSelfTest: !raw.selfTest,
+          // Every probe has its own deadline; this only says what the wait is for.
+          onSlow: globals.json ? undefined : (pending) => process.stderr.write(`flashattn doctor: still waiting for ${pending.join(", ")}...\n`),
+        });
       }
       const report = buildReport(facts, options, meta);
       if (globals.json) printJson(report);

@@ -12,7 +12,12 @@ export interface CollectOptions extends FlashattnProbeOptions {
   /** skip the Python stack (it is the slowest probe) */
   noPython?: boolean;
   env?: Record<string, string | undefined>;
+  /** called with the probes still running, every SLOW_NOTICE_MS while any is (for a "still waiting" line) */
+  onSlow?: (pending: string[]) => void;
 }
+
+/** After this long without an answer the user hears which probes are still running. */
+export const SLOW_NOTICE_MS = 10_000;
 
 const DRIVER_PROBE_TIMEOUT_MS = 20_000;
 /** Loading every library, deciding, and one small attention per usable backend (a GPU context costs seconds). */
@@ -21,22 +26,28 @@ const FLASHATTN_PROBE_TIMEOUT_MS = 60_000;
 export async function collectFacts(opts: CollectOptions = {}): Promise<DoctorFacts> {
   const env = opts.env ?? process.env;
   const { backend, libPath, noSelfTest } = opts;
+  const pending = new Set<string>();
+  const track = <T>(name: string, p: Promise<T>): Promise<T> => {
+    pending.add(name);
+    return p.finally(() => pending.delete(name));
+  };
+  const notice = opts.onSlow && setInterval(() => pending.size && opts.onSlow!([...pending]), SLOW_NOTICE_MS);
   const [nvml, cudaDriver, hip, flashattn, smi, rocminfo, amdSmi, nvcc, hipcc, python] = await Promise.all([
-    runNativeProbe<NvmlFacts>("nvml", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env }),
-    runNativeProbe<CudaDriverFacts>("cuda", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env }),
-    runNativeProbe<HipFacts>("hip", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env }),
-    runNativeProbe<FlashattnFacts>("flashattn", {
+    track("NVML", runNativeProbe<NvmlFacts>("nvml", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env })),
+    track("libcuda", runNativeProbe<CudaDriverFacts>("cuda", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env })),
+    track("HIP", runNativeProbe<HipFacts>("hip", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env })),
+    track("flashattn libraries and self-test", runNativeProbe<FlashattnFacts>("flashattn", {
       timeoutMs: FLASHATTN_PROBE_TIMEOUT_MS,
       env,
       options: { backend, libPath, noSelfTest } satisfies FlashattnProbeOptions,
-    }),
-    probeNvidiaSmi(env),
-    probeRocminfo(env),
-    probeAmdSmi(env),
-    probeNvcc(env),
-    probeHipcc(env),
-    opts.noPython ? Promise.resolve({ status: "absent" as const, error: "skipped (--no-python)" }) : probePython(env),
-  ]);
+    })),
+    track("nvidia-smi", probeNvidiaSmi(env)),
+    track("rocminfo", probeRocminfo(env)),
+    track("amd-smi", probeAmdSmi(env)),
+    track("nvcc", probeNvcc(env)),
+    track("hipcc", probeHipcc(env)),
+    opts.noPython ? Promise.resolve({ status: "absent" as const, error: "skipped (--no-python)" }) : track("Python stack", probePython(env)),
+  ]).finally(() => notice && clearInterval(notice));
   return {
     host: probeHost(env),
     nvidia: {
