@@ -94,6 +94,15 @@ describe.skipIf(!hasCpuLibrary || hasGpu)("live on this CPU-only machine", () =>
     expect(f.message).toContain("FLASHATTN_BACKEND=tpu is not one of auto, cpu, cuda, hip");
     expect(f.fix).toContain("unset FLASHATTN_BACKEND");
   });
+  test("--lib naming a missing library: two errors with fixes (exit 1), the decision refused, no fallback", () => {
+    const missing = path.join(scratch, "libflashattn_cuda.so");
+    const report = jsonReport(doctor(["--json", "--no-python", "--lib", missing]));
+    expect(report.exit_code).toBe(1);
+    expect(report.summary.chosen_backend).toBeNull();
+    const lib = report.findings.find((f) => f.id === "libraries.explicit_load_failed")!;
+    expect(lib.message).toBe(`the library named by --lib (${missing}) does not load: no such file`);
+    expect(report.findings.find((f) => f.id === "backend.decision_failed")?.fix).toContain("unset it");
+  });
   test("--facts replays a saved report to the same findings", () => {
     const saved = path.join(scratch, "live.json");
     fs.writeFileSync(saved, liveReport().r.stdout);

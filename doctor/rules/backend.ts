@@ -31,7 +31,7 @@ export function backendRules(f: DoctorFacts, options: DoctorOptions = {}): Findi
       fix ?? "fix the setting named above; `flashattn doctor --verbose` lists every library attempt");
   }
   const request = probe.request;
-  if (request?.problem) s.ok("request", `decision for: ${request.problem}`);
+  if (request?.problem && probe.decisions.length) s.ok("request", `decision for: ${request.problem}`);
 
   for (const d of probe.decisions) {
     const reasons = d.reasons.join("; ");

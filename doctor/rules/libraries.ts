@@ -36,6 +36,13 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
   for (const lib of probe.libraries) {
     const name = `libflashattn_${lib.backend}`;
     const hardware = lib.backend === "cpu" || (lib.backend === "cuda" ? nvidiaHardwarePresent(f) : amdHardwarePresent(f));
+    const explicit = lib.attempts.find((a) => a.source === "flag" || a.source === "env");
+    if (!lib.loaded && explicit) {
+      const via = explicit.source === "flag" ? "--lib" : "FLASHATTN_LIB";
+      s.error("explicit_load_failed", `the library named by ${via} (${explicit.path}) does not load: ${explicit.error}`,
+        `point ${via} at a libflashattn_<backend>.so built by \`${BUILD}\`, or drop it to search the usual places`);
+      continue;
+    }
     if (!lib.loaded) {
       const real = lib.attempts.filter((a) => a.error !== "no such file" && a.source !== "system");
       const tried = lib.attempts.map((a) => `${a.path} (${a.source}): ${a.error}`);
