@@ -16,6 +16,7 @@ import ctypes
 import json
 import math
 import os
+import re
 import sys
 import time
 
@@ -420,6 +421,7 @@ def main():
     ap.add_argument("--kernel", default="portable", help='kernel path to force through FLASHATTN_KERNEL ("auto": none)')
     ap.add_argument("--json", help="write the full results as JSON here")
     ap.add_argument("--bench", action="store_true", help="also time fa_bench against PyTorch SDPA on one shape")
+    ap.add_argument("--only", help="run only the cases whose description matches this regular expression")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                     help="cpu: host tensors, for libflashattn_cpu (checks this script without a GPU)")
     args = ap.parse_args()
@@ -441,6 +443,8 @@ def main():
     gen = torch.Generator(device=DEVICE).manual_seed(1234)
     results = []
     for c in make_cases():
+        if args.only and not re.search(args.only, describe(c)):
+            continue
         t0 = time.time()
         try:
             r = check_case(lib, c, gen, expected)
