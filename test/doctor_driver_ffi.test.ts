@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import type { CudaDriverFacts, NvmlFacts } from "../doctor/facts.ts";
+import type { CudaDriverFacts, HipFacts, NvmlFacts } from "../doctor/facts.ts";
 import { runNativeProbe } from "../doctor/probes/native.ts";
 import { loadFixture } from "./fixtures/doctor/load.ts";
 import { buildReport } from "../doctor/report.ts";
@@ -80,6 +80,28 @@ int nvmlDeviceGetArchitecture(device_t* d, unsigned* a) { if (!valid(d)) return 
 int nvmlDeviceGetMigMode(device_t* d, unsigned* cur, unsigned* pend) { if (!valid(d)) return 2; *cur = 0; *pend = 1; return 0; }
 `;
 
+// ROCm 6+: hipGetDevicePropertiesR0600 fills a struct whose gcnArchName sits at a layout-specific offset; the
+// stand-in puts it at an offset of its own to show the probe does not depend on one. The legacy symbol must not be
+// used with a .so.6/.so.7, so the stand-in's legacy entry point answers an error.
+const libhip = `
+#include <stdio.h>
+#include <string.h>
+#include <stddef.h>
+int hipInit(unsigned flags) { return 0; }
+int hipRuntimeGetVersion(int* v) { *v = 60241133; return 0; }
+int hipGetDeviceCount(int* n) { *n = 2; return 0; }
+int hipDeviceGet(int* d, int ordinal) { *d = ordinal; return 0; }
+int hipDeviceGetName(char* name, int len, int d) { snprintf(name, len, "Stand-in MI250X"); return 0; }
+int hipDeviceTotalMem(size_t* bytes, int d) { *bytes = 68702699520ull; return 0; }
+int hipGetDevicePropertiesR0600(char* prop, int d) {
+  memset(prop, 0, 1472);
+  strcpy(prop, "Stand-in MI250X");
+  strcpy(prop + 1160, d == 0 ? "gfx90a:sramecc+:xnack-" : "gfx942:sramecc+:xnack-");
+  return 0;
+}
+int hipGetDeviceProperties(char* prop, int d) { return 999; }
+`;
+
 function build(source: string, out: string): void {
   fs.mkdirSync(path.dirname(out), { recursive: true });
   const src = out + ".c";
@@ -95,6 +117,7 @@ beforeAll(() => {
   build(libcuda, path.join(real, "libcuda.so.1"));
   build(libnvml, path.join(real, "libnvidia-ml.so.1"));
   build(stubLibcuda, path.join(stubs, "libcuda.so.1"));
+  build(libhip, path.join(real, "libamdhip64.so.7"));
 });
 
 // With a real driver installed the loader would find it first; these tests are for driverless machines.
@@ -120,6 +143,18 @@ describe.skipIf(!cc || hasDriver)("driver API and NVML probes through FFI (C sta
       cuda_driver_version: "13.0",
       devices: [{ index: 0, name: "Stand-in H100", uuid: "GPU-12345678-abcd-ef01-2345-6789abcdef01", compute_capability: "9.0",
         memory_total_bytes: 85520809984, architecture: 9, mig: { current: false, pending: true } }],
+    });
+  });
+  test("HIP: the newest soname first, the R0600 properties symbol, gcnArchName found in the struct", async () => {
+    const facts = await runNativeProbe<HipFacts>("hip", { timeoutMs: 20_000, env: { ...process.env, LD_LIBRARY_PATH: real } });
+    expect(facts).toMatchObject({
+      status: "ok",
+      library: path.join(real, "libamdhip64.so.7"),
+      runtime_version: "6.2",
+      devices: [
+        { index: 0, name: "Stand-in MI250X", memory_bytes: 68702699520, gcn_arch_name: "gfx90a:sramecc+:xnack-" },
+        { index: 1, name: "Stand-in MI250X", memory_bytes: 68702699520, gcn_arch_name: "gfx942:sramecc+:xnack-" },
+      ],
     });
   });
   test("a stub libcuda first on LD_LIBRARY_PATH: found, diagnosed, and the fix names the directory", async () => {
