@@ -206,12 +206,13 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
 
       for (const py of pythons) {
         if (!py.worker) continue;
-        if (py.down || timeLeft() <= 0) {
-          if (!py.down) timeLimited = true;
-          for (const impl of py.impls) {
-            if (py.down) rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "error", reason: py.down });
-            else skip(impl, py.family, py.place);
-          }
+        if (timeLeft() <= 0) {
+          timeLimited = true;
+          for (const impl of py.impls) skip(impl, py.family, py.place);
+          continue;
+        }
+        if (py.down) {
+          for (const impl of py.impls) rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "error", reason: py.down });
           continue;
         }
         const flops = attentionFlops(c, c.direction);
@@ -223,8 +224,10 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         }
         if (run.length === 0) continue;
         progress.step(index, `${c.id} · ${run.join(", ")}`);
-        // Each implementation may spend its budget plus set-up; the answer must come well before the deadline.
-        const timeoutMs = Math.max(1000, Math.min(timeLeft() + 5000, run.length * (opts.timing.caseBudgetMs * 3 + 30_000)));
+        // Each implementation may spend a few budgets plus set-up (cuDNN plans, first-call compiles); the time limit
+        // of the run, with a little grace, caps that.
+        const ownLimit = run.length * (opts.timing.caseBudgetMs * 3 + 30_000);
+        const timeoutMs = Math.max(1000, Math.min(timeLeft() + 5000, ownLimit));
         try {
           const answer = await py.worker.request<{ results: WorkerResult[] }>({
             op: "case", case: c, impls: run, warmup: opts.timing.warmup, iters: opts.timing.iters,
@@ -246,8 +249,18 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
             rows.push(m);
           }
         } catch (e) {
-          py.down = `${py.name} baseline stopped: ${(e as Error).message}`;
-          for (const impl of run) rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "error", reason: py.down });
+          // Stopped by the run's time limit: these rows are skipped like the rest. Otherwise the worker is broken
+          // (hung past its own allowance, crashed): its rows from here on are errors with that reason.
+          if (timeoutMs < ownLimit && timeLeft() <= 0) {
+            timeLimited = true;
+            for (const impl of run) {
+              rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "skipped",
+                reason: `the time limit (--max-seconds ${opts.maxSeconds}) was reached while ${py.name} was running` });
+            }
+          } else {
+            py.down = `${py.name} baseline stopped: ${(e as Error).message}`;
+            for (const impl of run) rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "error", reason: py.down });
+          }
         }
       }
 
