@@ -7,7 +7,7 @@ import schemaJson from "./schema.json" with { type: "json" };
 import { FlashAttnError } from "../lib/errors.ts";
 import { type DoctorReport, REPORT_SCHEMA_ID } from "./facts.ts";
 
-export const reportSchema = schemaJson as unknown as Schema;
+const reportSchema = schemaJson as unknown as Schema;
 
 interface Schema {
   $ref?: string;

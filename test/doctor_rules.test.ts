@@ -188,6 +188,17 @@ const cases: Case[] = [
     absent: ["nvidia.cuinit_failed", "libraries.cuda_no_device"],
   },
   {
+    fixture: "driver-mismatch.json",
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [
+      { id: "nvidia.driver_mismatch", severity: "error", message: ["kernel module is 580.95.05", "user-space driver is 580.159.04"], fix: ["reboot"] },
+      { id: "backend.cuda", severity: "error" },
+    ],
+    // one cause, said once: not again as an NVML, cuInit or library finding
+    absent: ["nvidia.nvml_failed", "nvidia.cuinit_failed", "libraries.cuda_no_device", "nvidia.smi_failed"],
+  },
+  {
     fixture: "flash-attn-undefined-cxx11-true.json",
     exitCode: 1,
     chosen: "cuda",

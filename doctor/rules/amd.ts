@@ -16,7 +16,7 @@ export function amdRules(f: DoctorFacts): Finding[] {
     const groups = f.host.groups?.join(", ") ?? "unknown";
     s.error("kfd_permission",
       `this user cannot open /dev/kfd read-write (group ${kfd.owner_group ?? "?"}, mode ${kfd.mode ?? "?"}; your groups: ${groups})`,
-      `add yourself to the ${kfd.owner_group && !["root"].includes(kfd.owner_group) ? kfd.owner_group : "render"} and video groups (sudo usermod -aG render,video $USER), then log out and in`);
+      "add yourself to the render and video groups (sudo usermod -aG render,video $USER), then log out and in");
   } else if (!kfd.exists) {
     s.error("kfd_missing", "an AMD GPU is present but /dev/kfd does not exist",
       "load the amdgpu kernel module (sudo modprobe amdgpu); in a container pass --device=/dev/kfd --device=/dev/dri");

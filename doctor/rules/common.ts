@@ -123,11 +123,6 @@ export function amdHardwarePresent(f: DoctorFacts): boolean {
     (f.amd.rocminfo.gpus?.length ?? 0) > 0 || (f.amd.amd_smi.gpus?.length ?? 0) > 0;
 }
 
-/** Highest compute capability among the NVIDIA GPUs (for advice that depends on the newest card). */
-export function nvidiaCapabilities(f: DoctorFacts): string[] {
-  return nvidiaGpus(f).flatMap((g) => (g.cc ? [g.cc] : []));
-}
-
 // ---- findings ------------------------------------------------------------------------------------------------------
 
 /** A finding builder bound to one section. */
