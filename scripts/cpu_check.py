@@ -281,6 +281,9 @@ def cases(quick):
         out.append((f"d={d}", dict(sq=70, sk=130, d=d, hq=2, hkv=1)))
     for hq, hkv in [(8, 1), (6, 2), (4, 4), (8, 4)]:
         out.append((f"gqa {hq}/{hkv}", dict(sq=50, sk=77, hq=hq, hkv=hkv, causal=True)))
+    out.append(("decode gqa 8/2", dict(sq=1, sk=300, hq=8, hkv=2, d=64)))
+    out.append(("group of 200 heads", dict(sq=3, sk=40, hq=200, hkv=1, d=8, causal=True)))
+    out.append(("alibi gqa varlen", dict(varlen_lens=[(7, 30), (50, 50)], hq=8, hkv=2, alibi=2, causal=True)))
     for w in [(0, 0), (16, -1), (-1, 16), (8, 8), (100, 3)]:
         out.append((f"window {w}", dict(sq=150, sk=203, window=w)))
         out.append((f"window {w} sq>sk", dict(sq=203, sk=150, window=w, causal=w[1] == 0)))

@@ -28,7 +28,7 @@ namespace {
 constexpr int64_t kMinBackwardTasks = 16;
 
 struct BackwardScratch {
-  float *qt, *qs, *dot, *dorow, *st, *pt, *dpt, *grad, *k, *v, *dk, *dv, *lse, *delta, *q_pos, *row_a, *row_b, *dq_sum,
+  float *qt, *qs, *dot, *dorow, *st, *pt, *dpt, *grad, *k, *v, *dk, *dv, *lse, *delta, *q_pos, *slope, *row_a, *row_b, *dq_sum,
       *dq_scale;
   int32_t *lo, *hi;
 
@@ -49,6 +49,7 @@ struct BackwardScratch {
     lse = c.take<float>(bq);
     delta = c.take<float>(bq);
     q_pos = c.take<float>(bq);
+    slope = c.take<float>(bq);
     row_a = c.take<float>(d_pad);
     row_b = c.take<float>(d_pad);
     dq_sum = c.take<float>(int64_t{bq} * d_pad);
@@ -110,9 +111,10 @@ void backward_pair(const BackwardPlan& plan, const IsaKernels& isa, BackwardScra
     w.lse[c] = lse == -INFINITY ? INFINITY : lse;  // a query without visible keys: P = exp(s - inf) = 0
     w.delta[c] = c < rows ? plan.delta[g.lse_index(b, h, s, q0 + c)] : 0.0f;
     w.q_pos[c] = static_cast<float>(q0 + c + s.len_k - s.len_q);
+    w.slope[c] = g.alibi_slope(b, h);
   }
   const bool softcap = p.softcap > 0.0f;
-  const ScoreMods mods{p.softcap, g.alibi_slope(b, h), w.q_pos, full ? nullptr : w.lo, full ? nullptr : w.hi,
+  const ScoreMods mods{p.softcap, p.alibi_mode != FA_ALIBI_NONE ? w.slope : nullptr, w.q_pos, full ? nullptr : w.lo, full ? nullptr : w.hi,
                        softcap ? w.grad : nullptr};
 
   isa.gemm({keys, cols, d, w.k, d_pad, 1, w.qt, bq, w.st, bq, GemmMode::kOverwrite, nullptr});        // S^T = K.Qs^T

@@ -1,8 +1,11 @@
 // forward.cpp — FlashAttention forward on the CPU (FA_ALGO_FLASH).
 //
-// One task = (head h, query block of Bq = kForwardBlockQ rows of one sequence). Per task, with d = head_dim:
-//   Q^T (d x Bq)  = (scale * Q_block)^T, converted to fp32 once
-//   m, l (Bq)     = running max and running sum of exp, per query;  O (Bq x d) = unnormalised output
+// One task = (kv head, the query heads of its GQA group (up to Bq of them), a block of queries of one sequence):
+// the Bq = kForwardBlockQ columns of a task are (query head, query) pairs, column c = j * queries + i for head h0 + j
+// and query q0 + i, so every K/V block is converted once for all the heads that share it (with one query token,
+// decoding, the columns are the group's heads). Per task, with d = head_dim:
+//   Q^T (d x Bq)  = (scale * Q_columns)^T, converted to fp32 once
+//   m, l (Bq)     = running max and running sum of exp, per column;  O (Bq x d) = unnormalised output
 //   for each key block K_j, V_j (Bk = kForwardBlockK keys) that some query of the block can see:
 //     S^T (Bk x Bq) = K_j . Q^T                         (keys in rows: the softmax vectorises across queries)
 //     S^T          <- softcap / ALiBi / mask            (mask only where the block is not fully visible)
@@ -23,7 +26,7 @@ namespace fa::cpu {
 namespace {
 
 struct ForwardScratch {
-  float *qt, *st, *o, *k, *v, *m, *l, *alpha, *q_pos, *inv_l;
+  float *qt, *st, *o, *k, *v, *m, *l, *alpha, *q_pos, *slope, *inv_l;
   int32_t *lo, *hi;
 
   ForwardScratch(Carver& c, int32_t d_pad) {
@@ -37,6 +40,7 @@ struct ForwardScratch {
     l = c.take<float>(bq);
     alpha = c.take<float>(bq);
     q_pos = c.take<float>(bq);
+    slope = c.take<float>(bq);
     inv_l = c.take<float>(bq);
     lo = c.take<int32_t>(bq);
     hi = c.take<int32_t>(bq);
@@ -77,21 +81,37 @@ class QueryBlocks {
   std::vector<int64_t> prefix_;
 };
 
-void forward_block(const Geometry& g, const IsaKernels& isa, ForwardScratch& w, int32_t b, int32_t h, int32_t q0) {
+// The columns of one task: `heads` query heads from h0 (all sharing kv head kvh) x `queries` queries from q0.
+struct Columns {
+  int32_t b, kvh, h0, heads, q0, queries;
+  int32_t count() const { return heads * queries; }
+};
+
+void forward_block(const Geometry& g, const IsaKernels& isa, ForwardScratch& w, const Columns& t) {
   const fa_attn_params& p = g.p;
   const int32_t bq = kForwardBlockQ, bk = kForwardBlockK, d = g.d, d_pad = g.d_pad;
-  const Sequence s = g.sequence(b);
-  const int32_t rows = std::min(bq, s.len_q - q0), cols = round_up(rows, 16);
-  const int32_t kvh = h / g.r.group;
-  const BlockVisibility vis = block_visibility(g, s, q0, rows, cols, w.lo, w.hi);
+  const Sequence s = g.sequence(t.b);
+  const int32_t n = t.count(), cols = round_up(n, 16);
+  // Visibility depends on the query only: computed for the first head's columns, copied to the others.
+  const BlockVisibility vis = block_visibility(g, s, t.q0, t.queries, t.queries, w.lo, w.hi);
+  for (int32_t c = t.queries; c < cols; ++c) {
+    w.lo[c] = c < n ? w.lo[c % t.queries] : INT32_MAX;
+    w.hi[c] = c < n ? w.hi[c % t.queries] : -1;
+  }
 
-  std::fill(w.o, w.o + int64_t{rows} * d_pad, 0.0f);
+  std::fill(w.o, w.o + int64_t{n} * d_pad, 0.0f);
   std::fill(w.m, w.m + cols, -INFINITY);
   std::fill(w.l, w.l + cols, 0.0f);
   if (vis.any()) {
-    isa.load_rows_transposed(p.dtype, g.row(p.q, b, s.q_start, q0, h), p.q.row_stride, rows, d, g.r.scale, w.qt, bq, cols);
-    for (int32_t c = 0; c < cols; ++c) w.q_pos[c] = static_cast<float>(q0 + c + s.len_k - s.len_q);
-    ScoreMods mods{p.softcap, g.alibi_slope(b, h), w.q_pos, nullptr, nullptr, nullptr};
+    for (int32_t j = 0; j < t.heads; ++j)  // the last head's call also zeroes the padding columns
+      isa.load_rows_transposed(p.dtype, g.row(p.q, t.b, s.q_start, t.q0, t.h0 + j), p.q.row_stride, t.queries, d,
+                               g.r.scale, w.qt + j * t.queries, bq, j + 1 < t.heads ? t.queries : cols - j * t.queries);
+    const bool alibi = p.alibi_mode != FA_ALIBI_NONE;
+    for (int32_t c = 0; c < cols; ++c) {
+      w.q_pos[c] = static_cast<float>(t.q0 + c % t.queries + s.len_k - s.len_q);
+      if (alibi) w.slope[c] = c < n ? g.alibi_slope(t.b, t.h0 + c / t.queries) : 0.0f;
+    }
+    ScoreMods mods{p.softcap, alibi ? w.slope : nullptr, w.q_pos, nullptr, nullptr, nullptr};
     for (int32_t k0 = vis.key_lo / bk * bk; k0 <= vis.key_hi; k0 += bk) {
       const int32_t keys = std::min(bk, s.len_k - k0);
       const bool full = vis.tile_fully_visible(k0, k0 + keys - 1);
@@ -99,26 +119,33 @@ void forward_block(const Geometry& g, const IsaKernels& isa, ForwardScratch& w, 
       mods.visible_hi = full ? nullptr : w.hi;
       // K and V are copied to contiguous fp32 tiles even when they are fp32 already: rows of a BSHD tensor lie
       // heads * d floats apart, and with power-of-two strides they all fall into the same few L1 sets.
-      isa.load_rows(p.dtype, g.row(p.k, b, s.k_start, k0, kvh), p.k.row_stride, keys, d, 1.0f, w.k, d_pad, d_pad);
-      isa.load_rows(p.dtype, g.row(p.v, b, s.k_start, k0, kvh), p.v.row_stride, keys, d, 1.0f, w.v, d_pad, d_pad);
+      isa.load_rows(p.dtype, g.row(p.k, t.b, s.k_start, k0, t.kvh), p.k.row_stride, keys, d, 1.0f, w.k, d_pad, d_pad);
+      isa.load_rows(p.dtype, g.row(p.v, t.b, s.k_start, k0, t.kvh), p.v.row_stride, keys, d, 1.0f, w.v, d_pad, d_pad);
       isa.gemm({keys, cols, d, w.k, d_pad, 1, w.qt, bq, w.st, bq, GemmMode::kOverwrite, nullptr});
       isa.transform_scores(w.st, bq, keys, cols, k0, mods);
       isa.softmax_step(w.st, w.st, bq, keys, cols, w.m, w.l, w.alpha);
-      isa.gemm({rows, d_pad, keys, w.st, 1, bq, w.v, d_pad, w.o, d_pad, GemmMode::kRowScale, w.alpha});
+      isa.gemm({n, d_pad, keys, w.st, 1, bq, w.v, d_pad, w.o, d_pad, GemmMode::kRowScale, w.alpha});
     }
   }
-  for (int32_t c = 0; c < rows; ++c) w.inv_l[c] = w.l[c] > 0.0f ? 1.0f / w.l[c] : 0.0f;
-  isa.store_rows(p.dtype, w.o, d_pad, rows, d, w.inv_l, g.row(p.o, b, s.q_start, q0, h), p.o.row_stride);
+  for (int32_t c = 0; c < n; ++c) w.inv_l[c] = w.l[c] > 0.0f ? 1.0f / w.l[c] : 0.0f;
+  for (int32_t j = 0; j < t.heads; ++j)
+    isa.store_rows(p.dtype, w.o + int64_t{j} * t.queries * d_pad, d_pad, t.queries, d, w.inv_l + j * t.queries,
+                   g.row(p.o, t.b, s.q_start, t.q0, t.h0 + j), p.o.row_stride);
   if (p.lse != nullptr)
-    for (int32_t c = 0; c < rows; ++c)
-      p.lse[g.lse_index(b, h, s, q0 + c)] = w.l[c] > 0.0f ? w.m[c] + std::log(w.l[c]) : -INFINITY;
+    for (int32_t c = 0; c < n; ++c)
+      p.lse[g.lse_index(t.b, t.h0 + c / t.queries, s, t.q0 + c % t.queries)] =
+          w.l[c] > 0.0f ? w.m[c] + std::log(w.l[c]) : -INFINITY;
 }
 
 }  // namespace
 
 int32_t flash_forward(const fa_attn_params& p, const IsaKernels& isa) {
   const Geometry g(p);
-  const QueryBlocks blocks(g, kForwardBlockQ);
+  // Columns per task: up to Bq heads of a group (a larger group is split), times as many queries as fit.
+  const int32_t heads_per_task = std::min(g.r.group, kForwardBlockQ);
+  const int32_t head_chunks = (g.r.group + heads_per_task - 1) / heads_per_task;
+  const int32_t queries_per_task = std::max(1, kForwardBlockQ / heads_per_task);
+  const QueryBlocks blocks(g, queries_per_task);
   const int workers = worker_count();
   Carver sizer(nullptr);
   ForwardScratch{sizer, g.d_pad};
@@ -130,11 +157,17 @@ int32_t flash_forward(const fa_attn_params& p, const IsaKernels& isa) {
     Carver carve(scratch.as<char>() + w * per_worker);
     slices.emplace_back(carve, g.d_pad);
   }
-  // Head-major order: consecutive tasks share one head's K/V, which then stays in cache across query blocks.
-  parallel_for(int64_t{p.heads_q} * blocks.total(), [&](int64_t task, int worker) {
-    int32_t b, q0;
-    blocks.locate(task % blocks.total(), b, q0);
-    forward_block(g, isa, slices[worker], b, static_cast<int32_t>(task / blocks.total()), q0);
+  // kv-head-major order: consecutive tasks share one head's K/V, which then stays in cache across query blocks.
+  parallel_for(int64_t{p.heads_kv} * head_chunks * blocks.total(), [&](int64_t task, int worker) {
+    Columns t;
+    blocks.locate(task % blocks.total(), t.b, t.q0);
+    const int64_t head_task = task / blocks.total();
+    const int32_t chunk = static_cast<int32_t>(head_task % head_chunks);
+    t.kvh = static_cast<int32_t>(head_task / head_chunks);
+    t.h0 = t.kvh * g.r.group + chunk * heads_per_task;
+    t.heads = std::min(heads_per_task, g.r.group - chunk * heads_per_task);
+    t.queries = std::min(queries_per_task, g.sequence(t.b).len_q - t.q0);
+    forward_block(g, isa, slices[worker], t);
   });
   return is_avx2(isa) ? kFlashForwardAvx2 : kFlashForwardPortable;
 }

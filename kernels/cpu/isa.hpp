@@ -36,7 +36,7 @@ struct Gemm {
 // Per-tile modifiers of the raw scores s = (scale*q).k, applied in flash-attn's order: softcap, ALiBi, mask.
 struct ScoreMods {
   float softcap;             // 0 = off: s = softcap * tanh(s / softcap)
-  float alibi_slope;         // 0 = off: s -= slope * |q_pos - key|
+  const float* alibi_slope;  // per query column (its head's slope), or NULL = off: s -= slope * |q_pos - key|
   const float* q_pos;        // per query column: i + seqlen_k - seqlen_q (ALiBi distance origin)
   const int32_t* visible_lo; // per query column: first and last visible key, or NULL when every key of the tile is
   const int32_t* visible_hi; //   visible to every column (no masking needed); masked scores become -inf

@@ -125,7 +125,7 @@ uint64_t checked_bytes(const char* what, std::initializer_list<uint64_t> factors
 Workspace::Workspace(uint64_t bytes, const char* what) {
   const uint64_t available = available_memory_bytes();
   if (bytes > available)
-    throw WorkspaceError(format("%s needs %.2f GiB but only %.2f GiB of memory is available", what,
+    throw WorkspaceError(format("%s: %.2f GiB needed, but only %.2f GiB of memory is available", what,
                                 static_cast<double>(bytes) / (1ull << 30), static_cast<double>(available) / (1ull << 30)));
   data_ = std::aligned_alloc(kAlignment, padded_size(bytes));
   if (data_ == nullptr) throw WorkspaceError(format("%s: could not allocate %llu bytes", what, static_cast<unsigned long long>(bytes)));

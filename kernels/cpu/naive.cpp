@@ -18,7 +18,7 @@ namespace {
 constexpr int32_t kNaiveKeyBand = 128;
 
 struct NaiveScratch {
-  float *qt, *k, *v, *o, *m, *l, *alpha, *q_pos, *inv_l;
+  float *qt, *k, *v, *o, *m, *l, *alpha, *q_pos, *slope, *inv_l;
   int32_t *lo, *hi;
 
   NaiveScratch(Carver& c, const Geometry& g, int32_t cols) {
@@ -31,6 +31,7 @@ struct NaiveScratch {
     l = c.take<float>(cols);
     alpha = c.take<float>(cols);
     q_pos = c.take<float>(cols);
+    slope = c.take<float>(cols);
     inv_l = c.take<float>(cols);
     lo = c.take<int32_t>(cols);
     hi = c.take<int32_t>(cols);
@@ -76,8 +77,11 @@ int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa) {
                                used_cols);
       isa.load_rows(p.dtype, g.row(p.k, b, s.k_start, 0, kvh), p.k.row_stride, s.len_k, d, 1.0f, w.k, d_pad, d_pad);
       isa.load_rows(p.dtype, g.row(p.v, b, s.k_start, 0, kvh), p.v.row_stride, s.len_k, d, 1.0f, w.v, d_pad, d_pad);
-      for (int32_t c = 0; c < used_cols; ++c) w.q_pos[c] = static_cast<float>(c + s.len_k - s.len_q);
-      const ScoreMods mods{p.softcap, g.alibi_slope(b, h), w.q_pos, w.lo, w.hi, nullptr};
+      for (int32_t c = 0; c < used_cols; ++c) {
+        w.q_pos[c] = static_cast<float>(c + s.len_k - s.len_q);
+        w.slope[c] = g.alibi_slope(b, h);
+      }
+      const ScoreMods mods{p.softcap, p.alibi_mode != FA_ALIBI_NONE ? w.slope : nullptr, w.q_pos, w.lo, w.hi, nullptr};
       isa.gemm({s.len_k, used_cols, d, w.k, d_pad, 1, w.qt, cols, st, cols, GemmMode::kOverwrite, nullptr});
       isa.transform_scores(st, cols, s.len_k, used_cols, 0, mods);
       isa.softmax_step(st, pt, cols, s.len_k, used_cols, w.m, w.l, w.alpha);
