@@ -39,12 +39,18 @@ export function parseDoctorOptions(raw: RawDoctorOptions): { options: DoctorOpti
   const options: DoctorOptions = {};
   if (raw.require !== undefined) {
     if (!(requireChoices as readonly string[]).includes(raw.require)) {
-      throw new FlashAttnError("USAGE", `--require must be one of ${requireChoices.join(", ")}, got ${JSON.stringify(raw.require)}`);
+      throw new FlashAttnError(
+        "USAGE",
+        `--require must be one of ${requireChoices.join(", ")}, got ${JSON.stringify(raw.require)}`,
+      );
     }
     options.require = raw.require as DoctorOptions["require"];
   }
   if (raw.backend !== undefined && !(backendChoices as readonly string[]).includes(raw.backend)) {
-    throw new FlashAttnError("USAGE", `--backend must be one of ${backendChoices.join(", ")}, got ${JSON.stringify(raw.backend)}`);
+    throw new FlashAttnError(
+      "USAGE",
+      `--backend must be one of ${backendChoices.join(", ")}, got ${JSON.stringify(raw.backend)}`,
+    );
   }
   if (raw.facts !== undefined && (raw.backend !== undefined || raw.lib !== undefined)) {
     throw new FlashAttnError("USAGE", "--facts replays a saved report; --backend and --lib apply only to a live check");
@@ -58,7 +64,9 @@ function runtimeVersion(): string {
 
 export function register(program: Command) {
   program.command("doctor")
-    .description("check GPU, driver, CUDA/ROCm, our libraries and the Python flash-attn stack; explain the backend choice")
+    .description(
+      "check GPU, driver, CUDA/ROCm, our libraries and the Python flash-attn stack; explain the backend choice",
+    )
     .option("--require <cuda|hip|gpu|cpu>", "exit 1 unless this backend (gpu: cuda or hip) is usable")
     .option("--facts <report.json>", "diagnose a report saved with --json (from another machine) instead of this one")
     .option("--backend <auto|cpu|cuda|hip>", "decide as `run --backend` would (default: FLASHATTN_BACKEND, else auto)")
@@ -69,24 +77,42 @@ export function register(program: Command) {
     .action(action(async (globals, raw: RawDoctorOptions) => {
       const { options, backend } = parseDoctorOptions(raw);
       let facts: DoctorFacts;
-      let meta = { version: packageJson.version, runtime: runtimeVersion(), createdAt: new Date().toISOString(), replayedFrom: undefined as string | undefined };
+      let meta = {
+        version: packageJson.version,
+        runtime: runtimeVersion(),
+        createdAt: new Date().toISOString(),
+        replayedFrom: undefined as string | undefined,
+      };
       if (raw.facts !== undefined) {
         const saved = readSavedReport(raw.facts);
         facts = saved.facts;
-        meta = { ...meta, runtime: saved.tool.runtime, version: saved.tool.version, createdAt: saved.created_at, replayedFrom: raw.facts };
+        meta = {
+          ...meta,
+          runtime: saved.tool.runtime,
+          version: saved.tool.version,
+          createdAt: saved.created_at,
+          replayedFrom: raw.facts,
+        };
         // A saved --require is a property of that run; the one given now applies, else the saved one.
         options.require ??= saved.options?.require;
       } else {
         if (!globals.json) process.stderr.write("flashattn doctor: probing (drivers, libraries, Python)...\n");
         facts = await collectFacts({
-          backend, libPath: raw.lib, noPython: !raw.python, noSelfTest: !raw.selfTest,
+          backend,
+          libPath: raw.lib,
+          noPython: !raw.python,
+          noSelfTest: !raw.selfTest,
           // Every probe has its own deadline; this only says what the wait is for.
-          onSlow: globals.json ? undefined : (pending) => process.stderr.write(`flashattn doctor: still waiting for ${pending.join(", ")}...\n`),
+          onSlow: globals.json
+            ? undefined
+            : (pending) => process.stderr.write(`flashattn doctor: still waiting for ${pending.join(", ")}...\n`),
         });
       }
       const report = buildReport(facts, options, meta);
       if (globals.json) printJson(report);
-      else process.stdout.write(renderHuman(report, { color: useColor(process.stdout, globals.color), verbose: globals.verbose }));
+      else {process.stdout.write(
+          renderHuman(report, { color: useColor(process.stdout, globals.color), verbose: globals.verbose }),
+        );}
       return report.exit_code;
     }));
 }

@@ -5,7 +5,13 @@ import type { CudaDriverFacts, DoctorFacts, FlashattnFacts, HipFacts, NvmlFacts 
 import { type FlashattnProbeOptions } from "./probes/flashattn.ts";
 import { runNativeProbe } from "./probes/native.ts";
 import { probePython } from "./probes/python.ts";
-import { amdgpuModuleLoaded, nvidiaDeviceNodes, probeHost, probeKfd, probeNvidiaKernelModule } from "./probes/system.ts";
+import {
+  amdgpuModuleLoaded,
+  nvidiaDeviceNodes,
+  probeHost,
+  probeKfd,
+  probeNvidiaKernelModule,
+} from "./probes/system.ts";
 import { probeAmdSmi, probeHipcc, probeNvcc, probeNvidiaSmi, probeRocminfo } from "./probes/tools.ts";
 
 export interface CollectOptions extends FlashattnProbeOptions {
@@ -36,17 +42,22 @@ export async function collectFacts(opts: CollectOptions = {}): Promise<DoctorFac
     track("NVML", runNativeProbe<NvmlFacts>("nvml", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env })),
     track("libcuda", runNativeProbe<CudaDriverFacts>("cuda", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env })),
     track("HIP", runNativeProbe<HipFacts>("hip", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env })),
-    track("flashattn libraries and self-test", runNativeProbe<FlashattnFacts>("flashattn", {
-      timeoutMs: FLASHATTN_PROBE_TIMEOUT_MS,
-      env,
-      options: { backend, libPath, noSelfTest } satisfies FlashattnProbeOptions,
-    })),
+    track(
+      "flashattn libraries and self-test",
+      runNativeProbe<FlashattnFacts>("flashattn", {
+        timeoutMs: FLASHATTN_PROBE_TIMEOUT_MS,
+        env,
+        options: { backend, libPath, noSelfTest } satisfies FlashattnProbeOptions,
+      }),
+    ),
     track("nvidia-smi", probeNvidiaSmi(env)),
     track("rocminfo", probeRocminfo(env)),
     track("amd-smi", probeAmdSmi(env)),
     track("nvcc", probeNvcc(env)),
     track("hipcc", probeHipcc(env)),
-    opts.noPython ? Promise.resolve({ status: "absent" as const, error: "skipped (--no-python)" }) : track("Python stack", probePython(env)),
+    opts.noPython
+      ? Promise.resolve({ status: "absent" as const, error: "skipped (--no-python)" })
+      : track("Python stack", probePython(env)),
   ]).finally(() => notice && clearInterval(notice));
   return {
     host: probeHost(env),

@@ -1,7 +1,15 @@
 // The report: built from facts by the rules, rendered for people (sections of one-line findings with ✓ ! ✗ •, the
 // fix under every ! and ✗, details with --verbose, a summary line) or as one JSON document (doctor/schema.json).
 import { paint, type Style } from "../commands/_output.ts";
-import { type DoctorFacts, type DoctorOptions, type DoctorReport, type Finding, REPORT_SCHEMA_ID, type Section, type Severity } from "./facts.ts";
+import {
+  type DoctorFacts,
+  type DoctorOptions,
+  type DoctorReport,
+  type Finding,
+  REPORT_SCHEMA_ID,
+  type Section,
+  type Severity,
+} from "./facts.ts";
 import { evaluate, verdict } from "./rules/index.ts";
 
 export function buildReport(
@@ -48,7 +56,9 @@ export function renderHuman(report: DoctorReport, opts: { color: boolean; verbos
   const c = opts.color;
   const lines: string[] = [];
   const host = report.facts.host;
-  const origin = report.replayed_from ? `replaying ${report.replayed_from}, captured ${report.created_at} with ${host.runtime}` : host.runtime;
+  const origin = report.replayed_from
+    ? `replaying ${report.replayed_from}, captured ${report.created_at} with ${host.runtime}`
+    : host.runtime;
   lines.push(paint("bold", `flashattn doctor`, c) + paint("dim", ` (${origin}; ${host.os}, ${host.arch})`, c));
 
   const bySection = new Map<Section, Finding[]>();
@@ -60,12 +70,16 @@ export function renderHuman(report: DoctorReport, opts: { color: boolean; verbos
       lines.push(`  ${paint(style, mark, c)} ${f.message}`);
       const showFix = f.fix && (f.severity === "error" || f.severity === "warning" || opts.verbose);
       if (showFix) lines.push(`    ${paint("dim", "fix:", c)} ${f.fix}`);
-      if (opts.verbose) for (const d of f.details ?? []) lines.push(paint("dim", `      ${d}`, c));
+      if (opts.verbose) { for (const d of f.details ?? []) lines.push(paint("dim", `      ${d}`, c)); }
     }
   }
   const s = report.summary;
   const style: Style = s.errors ? "red" : s.warnings ? "yellow" : "green";
   lines.push("", paint(style, s.line, c));
-  if (!opts.verbose) lines.push(paint("dim", "(details: flashattn doctor --verbose; for a bug report: flashattn doctor --json > doctor.json)", c));
+  if (!opts.verbose) {
+    lines.push(
+      paint("dim", "(details: flashattn doctor --verbose; for a bug report: flashattn doctor --json > doctor.json)", c),
+    );
+  }
   return lines.join("\n") + "\n";
 }

@@ -63,12 +63,16 @@ export function validate(value: unknown, schema: Schema = reportSchema, root: Sc
       }
     }
     if ("const" in s && v !== s.const) errors.push(`${path}: must be ${JSON.stringify(s.const)}`);
-    if (s.enum && !s.enum.includes(v)) errors.push(`${path}: must be one of ${s.enum.map((e) => JSON.stringify(e)).join(", ")}`);
+    if (s.enum && !s.enum.includes(v)) {
+      errors.push(`${path}: must be one of ${s.enum.map((e) => JSON.stringify(e)).join(", ")}`);
+    }
     if (typeof v === "number") {
       if (s.minimum !== undefined && v < s.minimum) errors.push(`${path}: must be ≥ ${s.minimum}`);
       if (s.maximum !== undefined && v > s.maximum) errors.push(`${path}: must be ≤ ${s.maximum}`);
     }
-    if (typeof v === "string" && s.pattern && !new RegExp(s.pattern).test(v)) errors.push(`${path}: does not match ${s.pattern}`);
+    if (typeof v === "string" && s.pattern && !new RegExp(s.pattern).test(v)) {
+      errors.push(`${path}: does not match ${s.pattern}`);
+    }
     if (Array.isArray(v) && s.items) v.forEach((item, i) => visit(item, s.items!, `${path}[${i}]`));
     if (got === "object" && (s.properties || s.required || s.additionalProperties !== undefined)) {
       const obj = v as Record<string, unknown>;
@@ -94,24 +98,39 @@ export function readSavedReport(path: string): DoctorReport {
   try {
     size = fs.statSync(path).size;
   } catch (e) {
-    throw new FlashAttnError("BAD_INPUT", `--facts ${path}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`);
+    throw new FlashAttnError(
+      "BAD_INPUT",
+      `--facts ${path}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`,
+    );
   }
-  if (size > MAX_REPORT_BYTES) throw new FlashAttnError("BAD_INPUT", `--facts ${path} is ${size} bytes; a doctor report is far smaller`);
+  if (size > MAX_REPORT_BYTES) {
+    throw new FlashAttnError("BAD_INPUT", `--facts ${path} is ${size} bytes; a doctor report is far smaller`);
+  }
   let doc: unknown;
   try {
     doc = JSON.parse(fs.readFileSync(path, "utf8"));
   } catch (e) {
-    throw new FlashAttnError("BAD_INPUT", `--facts ${path} is not JSON: ${(e as Error).message}`, "pass a file written by `flashattn doctor --json`");
+    throw new FlashAttnError(
+      "BAD_INPUT",
+      `--facts ${path} is not JSON: ${(e as Error).message}`,
+      "pass a file written by `flashattn doctor --json`",
+    );
   }
   const schema = (doc as { schema?: unknown })?.schema;
   if (typeof schema === "string" && schema.startsWith("flashattn.doctor/") && schema !== REPORT_SCHEMA_ID) {
-    throw new FlashAttnError("BAD_INPUT", `--facts ${path} is a ${schema} report; this flashattn reads ${REPORT_SCHEMA_ID}`,
-      "re-run `flashattn doctor --json` on that machine with this flashattn version");
+    throw new FlashAttnError(
+      "BAD_INPUT",
+      `--facts ${path} is a ${schema} report; this flashattn reads ${REPORT_SCHEMA_ID}`,
+      "re-run `flashattn doctor --json` on that machine with this flashattn version",
+    );
   }
   const problems = validate(doc);
   if (problems.length) {
-    throw new FlashAttnError("BAD_INPUT", `--facts ${path} is not a valid doctor report: ${problems.slice(0, 3).join("; ")}`,
-      "pass a file written by `flashattn doctor --json`");
+    throw new FlashAttnError(
+      "BAD_INPUT",
+      `--facts ${path} is not a valid doctor report: ${problems.slice(0, 3).join("; ")}`,
+      "pass a file written by `flashattn doctor --json`",
+    );
   }
   return doc as DoctorReport;
 }

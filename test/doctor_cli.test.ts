@@ -17,7 +17,9 @@ const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-doctor-"));
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
 const hasCpuLibrary = fs.existsSync(path.join(root, "build", "libflashattn_cpu.so"));
 const hasGpu = fs.existsSync("/dev/nvidiactl") || fs.existsSync("/dev/kfd");
-if (!hasCpuLibrary) console.warn("doctor CLI tests: build/libflashattn_cpu.so missing (run bun kernels/build.ts); live checks skipped");
+if (!hasCpuLibrary) {
+  console.warn("doctor CLI tests: build/libflashattn_cpu.so missing (run bun kernels/build.ts); live checks skipped");
+}
 
 const baseEnv: Record<string, string> = {
   PATH: `${path.join(root, "node_modules", ".bin")}:${process.env.PATH ?? "/usr/bin:/bin"}`,
@@ -57,7 +59,11 @@ describe.skipIf(!hasCpuLibrary || hasGpu)("live on this CPU-only machine", () =>
     expect(r.stderr).toBe("");
     expect(report.exit_code).toBe(0);
     expect(report.summary).toMatchObject({ errors: 0, chosen_backend: "cpu", healthy: true });
-    expect(report.backends.map((d) => `${d.backend}:${d.verdict}`)).toEqual(["cuda:rejected", "hip:rejected", "cpu:chosen"]);
+    expect(report.backends.map((d) => `${d.backend}:${d.verdict}`)).toEqual([
+      "cuda:rejected",
+      "hip:rejected",
+      "cpu:chosen",
+    ]);
     expect(report.facts.flashattn.libraries.find((l) => l.backend === "cpu")?.self_test?.ok).toBe(true);
     expect(report.facts.python).toMatchObject({ status: "absent", error: "skipped (--no-python)" });
   });
@@ -65,7 +71,9 @@ describe.skipIf(!hasCpuLibrary || hasGpu)("live on this CPU-only machine", () =>
     const r = doctor(["--no-python"], { NO_COLOR: "1", FORCE_COLOR: "1" });
     expect(r.code).toBe(0);
     expect(r.stdout).not.toContain("\x1b[");
-    for (const s of ["NVIDIA\n", "AMD\n", "Toolkits\n", "flashattn libraries\n", "Backend decision\n"]) expect(r.stdout).toContain(s);
+    for (const s of ["NVIDIA\n", "AMD\n", "Toolkits\n", "flashattn libraries\n", "Backend decision\n"]) {
+      expect(r.stdout).toContain(s);
+    }
     expect(r.stdout).toContain("✓ cpu: chosen");
     expect(r.stdout).toContain("No issues found; backend: cpu.");
     expect(r.stderr).toContain("probing");
@@ -123,7 +131,7 @@ describe("--facts with other machines' reports", () => {
     expect(human.code).toBe(1);
     expect(human.stdout).toContain("replaying " + file);
     expect(human.stdout).toContain("✗ libflashattn_cuda was built with CUDA 13.0, which needs driver ≥ 580.65.06");
-    expect(human.stdout).toMatch(/\n    fix: upgrade the NVIDIA driver to R580 or newer/);
+    expect(human.stdout).toContain("\n    fix: upgrade the NVIDIA driver to R580 or newer");
     expect(human.stdout).toContain("Doctor found 2 errors and 2 warnings; backend: cpu.");
     const json = jsonReport(doctor(["--json", "--facts", file, "--require", "cuda"]));
     expect(json.options).toEqual({ require: "cuda" });
@@ -143,7 +151,9 @@ describe("--facts with other machines' reports", () => {
     expect(invalid.stderr).toContain("is not a valid doctor report: $: missing");
     const future = path.join(scratch, "future.json");
     fs.writeFileSync(future, JSON.stringify({ schema: "flashattn.doctor/2" }));
-    expect(doctor(["--facts", future]).stderr).toContain("is a flashattn.doctor/2 report; this flashattn reads flashattn.doctor/1");
+    expect(doctor(["--facts", future]).stderr).toContain(
+      "is a flashattn.doctor/2 report; this flashattn reads flashattn.doctor/1",
+    );
     expect(doctor(["--facts", foreign, "--lib", "/x.so"]).code).toBe(2);
   });
 });
@@ -161,8 +171,11 @@ describe.skipIf(!hasCpuLibrary || hasGpu)("Deno", () => {
     expect(report.facts.flashattn.libraries.find((l) => l.backend === "cpu")?.self_test?.ok).toBe(true);
   }, 180_000);
   test("without --allow-all Deno hides /proc, /sys and /dev: a warning that says so, not a crash", () => {
-    const r = doctor(["--json", "--no-python", "--no-self-test"], { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
-      denoRun(["--allow-ffi", "--allow-read", "--allow-env", "--allow-run", "--allow-sys"]));
+    const r = doctor(
+      ["--json", "--no-python", "--no-self-test"],
+      { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" },
+      denoRun(["--allow-ffi", "--allow-read", "--allow-env", "--allow-run", "--allow-sys"]),
+    );
     expect(r.code).toBe(0);
     const f = jsonReport(r).findings.find((x) => x.id === "system.restricted")!;
     expect(f.severity).toBe("warning");

@@ -123,30 +123,66 @@ beforeAll(() => {
 // With a real driver installed the loader would find it first; these tests are for driverless machines.
 describe.skipIf(!cc || hasDriver)("driver API and NVML probes through FFI (C stand-ins)", () => {
   test("libcuda: versioned symbols, caller buffers, attributes per device, the mapped file", async () => {
-    const facts = await runNativeProbe<CudaDriverFacts>("cuda", { timeoutMs: 20_000, env: { ...process.env, LD_LIBRARY_PATH: real } });
+    const facts = await runNativeProbe<CudaDriverFacts>("cuda", {
+      timeoutMs: 20_000,
+      env: { ...process.env, LD_LIBRARY_PATH: real },
+    });
     expect(facts.status).toBe("ok");
     expect(facts.library).toBe(path.join(real, "libcuda.so.1"));
     expect(facts.driver_cuda_version).toBe("13.0");
     expect(facts.devices).toEqual([
-      { index: 0, name: "Stand-in H100 #0", compute_capability: "9.0", multiprocessors: 132, memory_bytes: 85030141952,
-        shared_memory_per_block_optin_bytes: 232448, shared_memory_per_sm_bytes: 233472, l2_bytes: 52428800, compute_mode: 0, pci_bus_id: "0000:18:00.0" },
-      { index: 1, name: "Stand-in H100 #1", compute_capability: "9.0", multiprocessors: 132, memory_bytes: 85030141953,
-        shared_memory_per_block_optin_bytes: 232448, shared_memory_per_sm_bytes: 233472, l2_bytes: 52428800, compute_mode: 3, pci_bus_id: "0000:19:00.0" },
+      {
+        index: 0,
+        name: "Stand-in H100 #0",
+        compute_capability: "9.0",
+        multiprocessors: 132,
+        memory_bytes: 85030141952,
+        shared_memory_per_block_optin_bytes: 232448,
+        shared_memory_per_sm_bytes: 233472,
+        l2_bytes: 52428800,
+        compute_mode: 0,
+        pci_bus_id: "0000:18:00.0",
+      },
+      {
+        index: 1,
+        name: "Stand-in H100 #1",
+        compute_capability: "9.0",
+        multiprocessors: 132,
+        memory_bytes: 85030141953,
+        shared_memory_per_block_optin_bytes: 232448,
+        shared_memory_per_sm_bytes: 233472,
+        l2_bytes: 52428800,
+        compute_mode: 3,
+        pci_bus_id: "0000:19:00.0",
+      },
     ]);
   });
   test("NVML: _v2 entry points, handles passed back, text buffers, MIG pending", async () => {
-    const facts = await runNativeProbe<NvmlFacts>("nvml", { timeoutMs: 20_000, env: { ...process.env, LD_LIBRARY_PATH: real } });
+    const facts = await runNativeProbe<NvmlFacts>("nvml", {
+      timeoutMs: 20_000,
+      env: { ...process.env, LD_LIBRARY_PATH: real },
+    });
     expect(facts).toMatchObject({
       status: "ok",
       library: path.join(real, "libnvidia-ml.so.1"),
       driver_version: "580.95.05",
       cuda_driver_version: "13.0",
-      devices: [{ index: 0, name: "Stand-in H100", uuid: "GPU-12345678-abcd-ef01-2345-6789abcdef01", compute_capability: "9.0",
-        memory_total_bytes: 85520809984, architecture: 9, mig: { current: false, pending: true } }],
+      devices: [{
+        index: 0,
+        name: "Stand-in H100",
+        uuid: "GPU-12345678-abcd-ef01-2345-6789abcdef01",
+        compute_capability: "9.0",
+        memory_total_bytes: 85520809984,
+        architecture: 9,
+        mig: { current: false, pending: true },
+      }],
     });
   });
   test("HIP: the newest soname first, the R0600 properties symbol, gcnArchName found in the struct", async () => {
-    const facts = await runNativeProbe<HipFacts>("hip", { timeoutMs: 20_000, env: { ...process.env, LD_LIBRARY_PATH: real } });
+    const facts = await runNativeProbe<HipFacts>("hip", {
+      timeoutMs: 20_000,
+      env: { ...process.env, LD_LIBRARY_PATH: real },
+    });
     expect(facts).toMatchObject({
       status: "ok",
       library: path.join(real, "libamdhip64.so.7"),
@@ -160,7 +196,12 @@ describe.skipIf(!cc || hasDriver)("driver API and NVML probes through FFI (C sta
   test("a stub libcuda first on LD_LIBRARY_PATH: found, diagnosed, and the fix names the directory", async () => {
     const env = { ...process.env, LD_LIBRARY_PATH: `${stubs}:${real}` };
     const cuda = await runNativeProbe<CudaDriverFacts>("cuda", { timeoutMs: 20_000, env });
-    expect(cuda).toMatchObject({ status: "error", code: 34, code_name: "CUDA_ERROR_STUB_LIBRARY", library: path.join(stubs, "libcuda.so.1") });
+    expect(cuda).toMatchObject({
+      status: "error",
+      code: 34,
+      code_name: "CUDA_ERROR_STUB_LIBRARY",
+      library: path.join(stubs, "libcuda.so.1"),
+    });
     expect(cuda.driver_cuda_version).toBeUndefined();
     // Put the live facts into an otherwise-H100 machine and let the rules speak.
     const facts = structuredClone(loadFixture("h100.json").report.facts);

@@ -13,7 +13,11 @@ import type { CudaDriverFacts, FlashattnFacts, HipFacts, NvmlFacts } from "../do
 const root = path.resolve(import.meta.dir, "..");
 const cpuLibrary = path.join(root, "build", "libflashattn_cpu.so");
 const hasCpuLibrary = fs.existsSync(cpuLibrary);
-if (!hasCpuLibrary) console.warn("doctor probe tests: build/libflashattn_cpu.so missing (run bun kernels/build.ts); library probes skipped");
+if (!hasCpuLibrary) {
+  console.warn(
+    "doctor probe tests: build/libflashattn_cpu.so missing (run bun kernels/build.ts); library probes skipped",
+  );
+}
 
 describe("subprocesses never hang the doctor", () => {
   test("a program past its deadline is killed and reported as a timeout", async () => {
@@ -59,7 +63,11 @@ describe("FFI probes of system libraries (in the worker)", () => {
   });
   test("HIP: the runtime installed here loads and reports its version; no GPU", async () => {
     const hip = await runNativeProbe<HipFacts>("hip", { timeoutMs: 20_000 });
-    const installed = ["/lib/x86_64-linux-gnu/libamdhip64.so.5", "/opt/rocm/lib/libamdhip64.so.6", "/opt/rocm/lib/libamdhip64.so.7"].some((p) => fs.existsSync(p));
+    const installed = [
+      "/lib/x86_64-linux-gnu/libamdhip64.so.5",
+      "/opt/rocm/lib/libamdhip64.so.6",
+      "/opt/rocm/lib/libamdhip64.so.7",
+    ].some((p) => fs.existsSync(p));
     if (!installed) {
       expect(hip.status).toBe("absent");
       return;
@@ -114,15 +122,25 @@ describe("the Python stack script", () => {
     // A real package on PYTHONPATH whose import raises what a mismatched extension raises.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "doctor-py-"));
     fs.mkdirSync(path.join(dir, "flash_attn"));
-    fs.writeFileSync(path.join(dir, "flash_attn", "__init__.py"),
-      'raise ImportError("/site/flash_attn_2_cuda.cpython-311-x86_64-linux-gnu.so: undefined symbol: _ZN3c104cuda9SetDeviceEi")\n');
+    fs.writeFileSync(
+      path.join(dir, "flash_attn", "__init__.py"),
+      'raise ImportError("/site/flash_attn_2_cuda.cpython-311-x86_64-linux-gnu.so: undefined symbol: _ZN3c104cuda9SetDeviceEi")\n',
+    );
     fs.mkdirSync(path.join(dir, "flash_attn-2.8.3.dist-info"));
-    fs.writeFileSync(path.join(dir, "flash_attn-2.8.3.dist-info", "METADATA"), "Metadata-Version: 2.1\nName: flash_attn\nVersion: 2.8.3\n");
+    fs.writeFileSync(
+      path.join(dir, "flash_attn-2.8.3.dist-info", "METADATA"),
+      "Metadata-Version: 2.1\nName: flash_attn\nVersion: 2.8.3\n",
+    );
     try {
       const facts = await probePython({ ...process.env, PYTHONPATH: dir });
       expect(facts.status).toBe("ok");
       expect(facts.version).toMatch(/^3\.\d+\.\d+$/);
-      expect(facts.flash_attn).toMatchObject({ installed: true, version: "2.8.3", importable: false, undefined_symbol: "_ZN3c104cuda9SetDeviceEi" });
+      expect(facts.flash_attn).toMatchObject({
+        installed: true,
+        version: "2.8.3",
+        importable: false,
+        undefined_symbol: "_ZN3c104cuda9SetDeviceEi",
+      });
       expect(facts.flash_attn?.import_error).toStartWith("ImportError: ");
       expect(facts.flash_attn_3).toEqual({ installed: false });
     } finally {

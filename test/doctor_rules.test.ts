@@ -38,7 +38,13 @@ function checkCase(c: Case) {
   const byId = new Map(report.findings.map((f) => [f.id, f]));
   for (const want of c.expect) {
     const got = byId.get(want.id);
-    if (!got) throw new Error(`${c.fixture}: expected finding ${want.id}; got ${report.findings.map((f) => `${f.id}(${f.severity})`).join(", ")}`);
+    if (!got) {
+      throw new Error(
+        `${c.fixture}: expected finding ${want.id}; got ${
+          report.findings.map((f) => `${f.id}(${f.severity})`).join(", ")
+        }`,
+      );
+    }
     expect(`${want.id}: ${got.severity}`).toBe(`${want.id}: ${want.severity}`);
     for (const s of want.message ?? []) expect(got.message).toContain(s);
     for (const s of want.fix ?? []) expect(got.fix ?? "").toContain(s);
@@ -50,7 +56,11 @@ function checkCase(c: Case) {
   expect(report.exit_code).toBe(c.exitCode);
   // Invariants of every report: schema-valid, and a fix under every warning and error.
   expect(validate(JSON.parse(JSON.stringify(report)))).toEqual([]);
-  for (const f of report.findings) if (f.severity === "error" || f.severity === "warning") expect(`${f.id}: ${f.fix ?? ""}`.length).toBeGreaterThan(f.id.length + 10);
+  for (const f of report.findings) {
+    if (f.severity === "error" || f.severity === "warning") {
+      expect(`${f.id}: ${f.fix ?? ""}`.length).toBeGreaterThan(f.id.length + 10);
+    }
+  }
   return report;
 }
 
@@ -91,9 +101,19 @@ const cases: Case[] = [
     expect: [
       { id: "nvidia.driver", severity: "ok", message: ["535.104.05", "CUDA up to 12.2"] },
       { id: "nvidia.gpu0", severity: "ok", message: ["A100", "sm_80", "108 SMs", "163 KiB shared/block", "40 MiB L2"] },
-      { id: "libraries.cuda_driver_too_old", severity: "error", message: ["CUDA 13.0", "580.65.06", "535.104.05"], fix: ["R580", "cuda-compat-13-0"] },
-      
-      { id: "backend.cuda", severity: "error", message: ["rejected", "CUDA 12.2"], fix: ["NVIDIA and libraries sections"] },
+      {
+        id: "libraries.cuda_driver_too_old",
+        severity: "error",
+        message: ["CUDA 13.0", "580.65.06", "535.104.05"],
+        fix: ["R580", "cuda-compat-13-0"],
+      },
+
+      {
+        id: "backend.cuda",
+        severity: "error",
+        message: ["rejected", "CUDA 12.2"],
+        fix: ["NVIDIA and libraries sections"],
+      },
       { id: "toolkits.nvcc_newer_than_driver", severity: "warning", message: ["nvcc 13.0"], fix: ["CUDA 12.x"] },
       { id: "toolkits.nvcc_vs_torch", severity: "warning", fix: ["CUDA 12.x toolkit"] },
       { id: "python.torch", severity: "ok", message: ["2.5.1+cu121"] },
@@ -136,20 +156,36 @@ const cases: Case[] = [
       { id: "amd.runtime", severity: "ok", message: ["HIP runtime 6.2"] },
       { id: "amd.gpu0", severity: "ok", message: ["MI250X", "gfx90a", "64 GiB"] },
       { id: "amd.gpu1", severity: "ok" },
-      { id: "libraries.hip_load_failed", severity: "error", message: ["libamdhip64.so.5"], fix: ["libamdhip64.so.5", "hipcc"] },
+      {
+        id: "libraries.hip_load_failed",
+        severity: "error",
+        message: ["libamdhip64.so.5"],
+        fix: ["libamdhip64.so.5", "hipcc"],
+      },
       { id: "backend.hip", severity: "error", message: ["rejected"] },
       { id: "python.torch", severity: "ok", message: ["rocm6.2", "2 GPUs"] },
       { id: "python.flash_attn", severity: "ok", message: ["ROCm"] },
       { id: "nvidia.none", severity: "info" },
     ],
-    absent: ["amd.kfd_permission", "amd.rocminfo_disagrees", "amd.amd_smi_disagrees", "python.torch_arch0", "python.flash_attn_rocm_arch"],
+    absent: [
+      "amd.kfd_permission",
+      "amd.rocminfo_disagrees",
+      "amd.amd_smi_disagrees",
+      "python.torch_arch0",
+      "python.flash_attn_rocm_arch",
+    ],
   },
   {
     fixture: "mi250x-kfd-denied.json",
     exitCode: 1,
     chosen: "cpu",
     expect: [
-      { id: "amd.kfd_permission", severity: "error", message: ["/dev/kfd", "render"], fix: ["usermod -aG render,video"] },
+      {
+        id: "amd.kfd_permission",
+        severity: "error",
+        message: ["/dev/kfd", "render"],
+        fix: ["usermod -aG render,video"],
+      },
       { id: "python.torch_no_gpu", severity: "error" },
     ],
     absent: ["amd.hip_failed", "amd.none"],
@@ -165,7 +201,12 @@ const cases: Case[] = [
       { id: "backend.cuda", severity: "ok", message: ["chosen"] },
       { id: "backend.cpu", severity: "ok", message: ["usable"] },
     ],
-    absent: ["libraries.cuda_arch_gpu0", "libraries.cuda_driver_too_old", "libraries.cuda_minor_compat", "python.torch_arch0"],
+    absent: [
+      "libraries.cuda_arch_gpu0",
+      "libraries.cuda_driver_too_old",
+      "libraries.cuda_minor_compat",
+      "python.torch_arch0",
+    ],
   },
   {
     fixture: "h100.json",
@@ -180,7 +221,12 @@ const cases: Case[] = [
     exitCode: 1,
     chosen: "cpu",
     expect: [
-      { id: "nvidia.stub_libcuda", severity: "error", message: ["stubs/libcuda.so.1"], fix: ["remove /usr/local/cuda-13.0/targets/x86_64-linux/lib/stubs from LD_LIBRARY_PATH"] },
+      {
+        id: "nvidia.stub_libcuda",
+        severity: "error",
+        message: ["stubs/libcuda.so.1"],
+        fix: ["remove /usr/local/cuda-13.0/targets/x86_64-linux/lib/stubs from LD_LIBRARY_PATH"],
+      },
       { id: "backend.cuda", severity: "error", message: ["stub"] },
       { id: "backend.require", severity: "error", message: ["--require gpu", "cuda rejected"] },
     ],
@@ -192,7 +238,12 @@ const cases: Case[] = [
     exitCode: 1,
     chosen: "cpu",
     expect: [
-      { id: "nvidia.driver_mismatch", severity: "error", message: ["kernel module is 580.95.05", "user-space driver is 580.159.04"], fix: ["reboot"] },
+      {
+        id: "nvidia.driver_mismatch",
+        severity: "error",
+        message: ["kernel module is 580.95.05", "user-space driver is 580.159.04"],
+        fix: ["reboot"],
+      },
       { id: "backend.cuda", severity: "error" },
     ],
     // one cause, said once: not again as an NVML, cuInit or library finding
@@ -203,7 +254,12 @@ const cases: Case[] = [
     exitCode: 1,
     chosen: "cuda",
     expect: [
-      { id: "python.flash_attn_import", severity: "error", message: ["ABI mismatch", "CXX11_ABI=TRUE", "torch uses FALSE"], fix: ["cxx11abiFALSE", "torch 2.6"] },
+      {
+        id: "python.flash_attn_import",
+        severity: "error",
+        message: ["ABI mismatch", "CXX11_ABI=TRUE", "torch uses FALSE"],
+        fix: ["cxx11abiFALSE", "torch 2.6"],
+      },
       { id: "python.transformers", severity: "ok", message: ['"sdpa", "eager"'] },
     ],
     absent: ["python.flash_attn_tag_abi", "python.flash_attn_tag_torch", "python.flash_attn"],
@@ -213,7 +269,12 @@ const cases: Case[] = [
     exitCode: 1,
     chosen: "cuda",
     expect: [
-      { id: "python.flash_attn_import", severity: "error", message: ["ABI mismatch", "CXX11_ABI=FALSE", "torch uses TRUE"], fix: ["cxx11abiTRUE", "torch 2.8"] },
+      {
+        id: "python.flash_attn_import",
+        severity: "error",
+        message: ["ABI mismatch", "CXX11_ABI=FALSE", "torch uses TRUE"],
+        fix: ["cxx11abiTRUE", "torch 2.8"],
+      },
     ],
     absent: ["python.flash_attn_tag_abi"],
   },
@@ -222,7 +283,12 @@ const cases: Case[] = [
     exitCode: 1,
     chosen: "cuda",
     expect: [
-      { id: "python.flash_attn_import", severity: "error", message: ["another torch (2.8)", "2.9.1+cu128", "_ZN3c104cuda9SetDeviceEi"], fix: ["torch2.9"] },
+      {
+        id: "python.flash_attn_import",
+        severity: "error",
+        message: ["another torch (2.8)", "2.9.1+cu128", "_ZN3c104cuda9SetDeviceEi"],
+        fix: ["torch2.9"],
+      },
     ],
     absent: ["python.flash_attn_tag_torch", "python.flash_attn_tag_abi"],
   },
@@ -230,7 +296,12 @@ const cases: Case[] = [
     fixture: "torch-cpu-only.json",
     exitCode: 1,
     chosen: "cuda",
-    expect: [{ id: "python.torch_cpu_only", severity: "error", message: ["2.9.1+cpu", "NVIDIA GPU"], fix: ["download.pytorch.org/whl/cu130"] }],
+    expect: [{
+      id: "python.torch_cpu_only",
+      severity: "error",
+      message: ["2.9.1+cpu", "NVIDIA GPU"],
+      fix: ["download.pytorch.org/whl/cu130"],
+    }],
   },
 ];
 

@@ -3,7 +3,13 @@
 import { describe, expect, test } from "bun:test";
 import { archSupport, compareVersions, driverRuns, formatBytes, parseArch } from "../doctor/rules/common.ts";
 import { classifyUndefinedSymbol, parseWheelTag, torchIndexForDriver } from "../doctor/rules/python.ts";
-import { parseAmdSmiJson, parseHipccVersion, parseNvccVersion, parseNvidiaSmiCsv, parseRocminfo } from "../doctor/probes/tools.ts";
+import {
+  parseAmdSmiJson,
+  parseHipccVersion,
+  parseNvccVersion,
+  parseNvidiaSmiCsv,
+  parseRocminfo,
+} from "../doctor/probes/tools.ts";
 import { findGcnArchName, hipVersionString } from "../doctor/probes/hip.ts";
 import { cudaVersionString } from "../doctor/probes/native_util.ts";
 import { validate } from "../doctor/schema.ts";
@@ -70,23 +76,40 @@ describe("GPU architectures", () => {
 
 describe("flash_attn import failures", () => {
   test("C++11 ABI: __cxx11 spelling means the wheel uses the new ABI", () => {
-    expect(classifyUndefinedSymbol("_ZN3c105ErrorC2ENS_14SourceLocationENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE"))
+    expect(
+      classifyUndefinedSymbol(
+        "_ZN3c105ErrorC2ENS_14SourceLocationENSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE",
+      ),
+    )
       .toEqual({ kind: "cxx11-abi", wheelAbi: true });
   });
   test("C++11 ABI: the old std::string code Ss means the wheel uses the old ABI", () => {
-    expect(classifyUndefinedSymbol("_ZN3c105ErrorC2ENS_14SourceLocationESs")).toEqual({ kind: "cxx11-abi", wheelAbi: false });
-    expect(classifyUndefinedSymbol("_ZN3c106detail14torchCheckFailEPKcS2_jRKSs")).toEqual({ kind: "cxx11-abi", wheelAbi: false });
+    expect(classifyUndefinedSymbol("_ZN3c105ErrorC2ENS_14SourceLocationESs")).toEqual({
+      kind: "cxx11-abi",
+      wheelAbi: false,
+    });
+    expect(classifyUndefinedSymbol("_ZN3c106detail14torchCheckFailEPKcS2_jRKSs")).toEqual({
+      kind: "cxx11-abi",
+      wheelAbi: false,
+    });
   });
   test("another torch symbol is a torch version mismatch; anything else is other", () => {
     expect(classifyUndefinedSymbol("_ZN3c104cuda9SetDeviceEi")).toEqual({ kind: "torch-version" });
-    expect(classifyUndefinedSymbol("_ZN2at4_ops5zeros4callEN3c108ArrayRefINS2_6SymIntEEE")).toEqual({ kind: "torch-version" });
+    expect(classifyUndefinedSymbol("_ZN2at4_ops5zeros4callEN3c108ArrayRefINS2_6SymIntEEE")).toEqual({
+      kind: "torch-version",
+    });
     expect(classifyUndefinedSymbol("_ZNK3c1010TensorImpl4sizeEl")).toEqual({ kind: "torch-version" });
     expect(classifyUndefinedSymbol("cublasLtMatmul")).toEqual({ kind: "other" });
   });
   test("wheel tags", () => {
     expect(parseWheelTag("https://x/flash_attn-2.8.3+cu12torch2.8cxx11abiTRUE-cp312-cp312-linux_x86_64.whl"))
       .toEqual({ cuda: "12", rocm: undefined, torch: "2.8", cxx11abi: true });
-    expect(parseWheelTag("2.3.4+cu122torch2.1cxx11abiFALSE")).toEqual({ cuda: "122", rocm: undefined, torch: "2.1", cxx11abi: false });
+    expect(parseWheelTag("2.3.4+cu122torch2.1cxx11abiFALSE")).toEqual({
+      cuda: "122",
+      rocm: undefined,
+      torch: "2.1",
+      cxx11abi: false,
+    });
     expect(parseWheelTag("2.7.4+rocm63torch2.6cxx11abiFALSE")?.rocm).toBe("6.3");
     expect(parseWheelTag("2.7.4.post1")).toBeUndefined();
   });
@@ -94,11 +117,14 @@ describe("flash_attn import failures", () => {
 
 describe("tool output parsers (formats of doctor-facts.md §1.8-1.9)", () => {
   test("nvcc and hipcc versions", () => {
-    expect(parseNvccVersion("nvcc: NVIDIA (R) Cuda compiler driver\nCuda compilation tools, release 13.0, V13.0.88\n")).toBe("13.0");
+    expect(parseNvccVersion("nvcc: NVIDIA (R) Cuda compiler driver\nCuda compilation tools, release 13.0, V13.0.88\n"))
+      .toBe("13.0");
     expect(parseHipccVersion("HIP version: 5.2.21153-0\nclang version 15.0.0")).toBe("5.2");
   });
   test("nvidia-smi --query-gpu CSV", () => {
-    const out = parseNvidiaSmiCsv("NVIDIA H100 80GB HBM3, 9.0, 81559, 580.159.04\nNVIDIA H100 80GB HBM3, 9.0, 81559, 580.159.04\n");
+    const out = parseNvidiaSmiCsv(
+      "NVIDIA H100 80GB HBM3, 9.0, 81559, 580.159.04\nNVIDIA H100 80GB HBM3, 9.0, 81559, 580.159.04\n",
+    );
     expect(out.driver_version).toBe("580.159.04");
     expect(out.gpus).toEqual([
       { name: "NVIDIA H100 80GB HBM3", compute_capability: "9.0", memory_mib: 81559 },
@@ -108,17 +134,28 @@ describe("tool output parsers (formats of doctor-facts.md §1.8-1.9)", () => {
   });
   test("rocminfo agents: GPUs only", () => {
     const text = [
-      "*******", "Agent 1", "*******",
-      "  Name:                    AMD EPYC 7A53 64-Core Processor", "  Marketing Name:          AMD EPYC 7A53", "  Device Type:             CPU",
-      "*******", "Agent 2", "*******",
-      "  Name:                    gfx90a", "  Marketing Name:          AMD Instinct MI250X", "  Device Type:             GPU",
+      "*******",
+      "Agent 1",
+      "*******",
+      "  Name:                    AMD EPYC 7A53 64-Core Processor",
+      "  Marketing Name:          AMD EPYC 7A53",
+      "  Device Type:             CPU",
+      "*******",
+      "Agent 2",
+      "*******",
+      "  Name:                    gfx90a",
+      "  Marketing Name:          AMD Instinct MI250X",
+      "  Device Type:             GPU",
     ].join("\n");
     expect(parseRocminfo(text)).toEqual([{ gfx: "gfx90a", name: "AMD Instinct MI250X" }]);
   });
   test("amd-smi static --json: a list or gpu_data", () => {
     const gpu = { gpu: 0, asic: { market_name: "AMD Instinct MI300X", target_graphics_version: "gfx942" } };
     expect(parseAmdSmiJson(JSON.stringify([gpu]))).toEqual([{ gfx: "gfx942", name: "AMD Instinct MI300X" }]);
-    expect(parseAmdSmiJson(JSON.stringify({ gpu_data: [gpu] }))).toEqual([{ gfx: "gfx942", name: "AMD Instinct MI300X" }]);
+    expect(parseAmdSmiJson(JSON.stringify({ gpu_data: [gpu] }))).toEqual([{
+      gfx: "gfx942",
+      name: "AMD Instinct MI300X",
+    }]);
     expect(() => parseAmdSmiJson("not json")).toThrow();
   });
   test("gcnArchName is found in a properties block of any layout", () => {
@@ -132,9 +169,19 @@ describe("tool output parsers (formats of doctor-facts.md §1.8-1.9)", () => {
 
 describe("verdict and schema validator", () => {
   test("errors decide the exit code, warnings do not", () => {
-    const f = (severity: "ok" | "warning" | "error") => ({ id: "x.y", section: "nvidia" as const, severity, message: "m", fix: "f" });
+    const f = (severity: "ok" | "warning" | "error") => ({
+      id: "x.y",
+      section: "nvidia" as const,
+      severity,
+      message: "m",
+      fix: "f",
+    });
     expect(verdict([f("ok"), f("warning")], "cpu")).toMatchObject({ exitCode: 0, healthy: true, warnings: 1 });
-    expect(verdict([f("error")], undefined)).toMatchObject({ exitCode: 1, healthy: false, line: "Doctor found 1 error and 0 warnings; no usable backend." });
+    expect(verdict([f("error")], undefined)).toMatchObject({
+      exitCode: 1,
+      healthy: false,
+      line: "Doctor found 1 error and 0 warnings; no usable backend.",
+    });
     expect(verdict([], "cuda").line).toBe("No issues found; backend: cuda.");
   });
   test("the validator catches wrong types, missing keys, unknown keys, bad enums and patterns", () => {
@@ -142,14 +189,18 @@ describe("verdict and schema validator", () => {
       type: "object",
       required: ["a"],
       additionalProperties: false,
-      properties: { a: { enum: ["x", "y"] }, b: { type: "integer", minimum: 0 }, c: { type: "string", pattern: "^\\d+\\.\\d+$" } },
+      properties: {
+        a: { enum: ["x", "y"] },
+        b: { type: "integer", minimum: 0 },
+        c: { type: "string", pattern: "^\\d+\\.\\d+$" },
+      },
     };
     expect(validate({ a: "x", b: 3, c: "9.0" }, schema)).toEqual([]);
-    expect(validate({ b: 1.5 }, schema)).toEqual(["$.b: expected integer, got number", "$: missing \"a\""].reverse());
+    expect(validate({ b: 1.5 }, schema)).toEqual(["$.b: expected integer, got number", '$: missing "a"'].reverse());
     expect(validate({ a: "z", c: "nine", d: 1 }, schema)).toEqual([
-      "$: must be one of \"x\", \"y\"".replace("$", "$.a"),
+      '$: must be one of "x", "y"'.replace("$", "$.a"),
       "$.c: does not match ^\\d+\\.\\d+$",
-      "$: unexpected property \"d\"",
+      '$: unexpected property "d"',
     ]);
   });
 });

@@ -49,7 +49,9 @@ export function probeCudaDriver(): CudaDriverFacts {
   try {
     // cuDriverGetVersion needs no cuInit, so the version is known even when initialisation fails.
     const version = intFrom((o) => call("cuDriverGetVersion", o));
-    if (version.code === CUDA_SUCCESS && version.value > 0) facts.driver_cuda_version = cudaVersionString(version.value);
+    if (version.code === CUDA_SUCCESS && version.value > 0) {
+      facts.driver_cuda_version = cudaVersionString(version.value);
+    }
     const fail = (what: string, code: number): CudaDriverFacts => ({
       ...facts,
       status: "error",

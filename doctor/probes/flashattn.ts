@@ -43,7 +43,11 @@ const selfTestText = (dtype: DType) =>
   `${dtype} forward, batch ${SELF_TEST.batch}, seqlen_q ${SELF_TEST.seqlenQ}, seqlen_k ${SELF_TEST.seqlenK}, ` +
   `heads ${SELF_TEST.headsQ}/${SELF_TEST.headsKv}, head_dim ${SELF_TEST.headDim}, causal`;
 
-async function selfTest(backend: BackendName, opts: FlashattnProbeOptions, env: Record<string, string | undefined>): Promise<SelfTestFacts> {
+async function selfTest(
+  backend: BackendName,
+  opts: FlashattnProbeOptions,
+  env: Record<string, string | undefined>,
+): Promise<SelfTestFacts> {
   const dtype = selfTestDtype(backend);
   const { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim, causal } = SELF_TEST;
   const q = randomTensor(dtype, [batch, seqlenQ, headsQ, headDim], 1);
@@ -56,13 +60,24 @@ async function selfTest(backend: BackendName, opts: FlashattnProbeOptions, env: 
     const error = relativeError(toFloat32(result.out), ref.out);
     const naive = dtype === "fp32" ? undefined : relativeError(naiveSamePrecisionForward(q, k, v, { causal }), ref.out);
     const verdict = withinTolerance(dtype, error, naive);
-    return { ...facts, ok: verdict.ok, kernel: result.kernel, rel_error: error, tolerance: verdict.limit, ms: Math.round(result.ms * 100) / 100 };
+    return {
+      ...facts,
+      ok: verdict.ok,
+      kernel: result.kernel,
+      rel_error: error,
+      tolerance: verdict.limit,
+      ms: Math.round(result.ms * 100) / 100,
+    };
   } catch (e) {
     return { ...facts, error: (e as Error).message.split("\n")[0] };
   }
 }
 
-function describeLibrary(name: BackendName, opts: FlashattnProbeOptions, env: Record<string, string | undefined>): LibraryFacts {
+function describeLibrary(
+  name: BackendName,
+  opts: FlashattnProbeOptions,
+  env: Record<string, string | undefined>,
+): LibraryFacts {
   const { backend, attempts } = openBackend(name, { libPath: opts.libPath, env });
   const facts: LibraryFacts = { backend: name, loaded: !!backend, attempts };
   if (!backend) return facts;
@@ -81,7 +96,9 @@ function describeLibrary(name: BackendName, opts: FlashattnProbeOptions, env: Re
     try {
       facts.device_count = backend.deviceCount();
       facts.devices = [];
-      for (let i = 0; i < Math.min(facts.device_count, MAX_DEVICES_LISTED); i++) facts.devices.push(backend.deviceInfo(i));
+      for (let i = 0; i < Math.min(facts.device_count, MAX_DEVICES_LISTED); i++) {
+        facts.devices.push(backend.deviceInfo(i));
+      }
     } catch (e) {
       facts.device_count = 0;
       facts.device_error = (e as Error).message.replace(/^\w+: /, "");
@@ -111,11 +128,19 @@ export async function probeFlashattn(opts: FlashattnProbeOptions = {}): Promise<
     facts.request.backend = choice;
     facts.request.source = opts.backend && opts.backend !== "auto" ? "flag" : choice !== "auto" ? "env" : "default";
     const { decisions } = chooseBackend(decisionRequest(), { backend: opts.backend, libPath: opts.libPath, env });
-    facts.decisions = decisions.map(({ backend, verdict, reasons, kernel, library }) => ({ backend, verdict, reasons, kernel, library }));
+    facts.decisions = decisions.map(({ backend, verdict, reasons, kernel, library }) => ({
+      backend,
+      verdict,
+      reasons,
+      kernel,
+      library,
+    }));
     facts.chosen = decisions.find((d) => d.verdict === "chosen")?.backend;
   } catch (e) {
     facts.status = "error";
-    facts.error = e instanceof FlashAttnError && e.fix ? `${e.message} (fix: ${e.fix})` : (e as Error).message.split("\n")[0];
+    facts.error = e instanceof FlashAttnError && e.fix
+      ? `${e.message} (fix: ${e.fix})`
+      : (e as Error).message.split("\n")[0];
   }
 
   if (!opts.noSelfTest) {

@@ -14,15 +14,16 @@ const sonames = [
   { file: "libamdhip64.so.5", properties: "hipGetDeviceProperties" },
 ] as const;
 
-const symbolsFor = (properties: string) => ({
-  hipInit: { args: ["u32"], returns: "i32" },
-  hipRuntimeGetVersion: { args: ["buffer"], returns: "i32" },
-  hipGetDeviceCount: { args: ["buffer"], returns: "i32" },
-  hipDeviceGet: { args: ["buffer", "i32"], returns: "i32" },
-  hipDeviceGetName: { args: ["buffer", "i32", "i32"], returns: "i32" },
-  hipDeviceTotalMem: { args: ["buffer", "i32"], returns: "i32" },
-  [properties]: { args: ["buffer", "i32"], returns: "i32" },
-}) satisfies SymbolTable;
+const symbolsFor = (properties: string) =>
+  ({
+    hipInit: { args: ["u32"], returns: "i32" },
+    hipRuntimeGetVersion: { args: ["buffer"], returns: "i32" },
+    hipGetDeviceCount: { args: ["buffer"], returns: "i32" },
+    hipDeviceGet: { args: ["buffer", "i32"], returns: "i32" },
+    hipDeviceGetName: { args: ["buffer", "i32", "i32"], returns: "i32" },
+    hipDeviceTotalMem: { args: ["buffer", "i32"], returns: "i32" },
+    [properties]: { args: ["buffer", "i32"], returns: "i32" },
+  }) satisfies SymbolTable;
 
 const HIP_SUCCESS = 0;
 /** Larger than hipDeviceProp_t of every ROCm release (about 1.5 KiB in ROCm 6). */
@@ -37,7 +38,8 @@ export function findGcnArchName(props: Uint8Array): string | undefined {
 }
 
 /** HIP_VERSION = major * 10000000 + minor * 100000 + patch */
-export const hipVersionString = (v: number) => `${Math.floor(v / 10_000_000)}.${Math.floor((v % 10_000_000) / 100_000)}`;
+export const hipVersionString = (v: number) =>
+  `${Math.floor(v / 10_000_000)}.${Math.floor((v % 10_000_000) / 100_000)}`;
 
 export function probeHip(): HipFacts {
   const started = performance.now();

@@ -44,7 +44,9 @@ export async function runNativeProbe<T extends ProbeResult>(
 
 /** The worker's JSON, or a probe result that says how the worker ended. */
 export function parseWorkerResult<T extends ProbeResult>(probe: NativeProbeName, r: ExecResult): T {
-  if (r.status === "timeout") return { status: "timeout", error: `the ${probe} probe ${r.error?.replace(/^\S+ /, "")}`, ms: r.ms } as T;
+  if (r.status === "timeout") {
+    return { status: "timeout", error: `the ${probe} probe ${r.error?.replace(/^\S+ /, "")}`, ms: r.ms } as T;
+  }
   if (r.signal) {
     return { status: "error", error: `the ${probe} probe crashed (${r.signal})${stderrTail(r)}`, ms: r.ms } as T;
   }
@@ -52,7 +54,11 @@ export function parseWorkerResult<T extends ProbeResult>(probe: NativeProbeName,
     const facts = JSON.parse(lastLine(r.stdout)) as T;
     if (facts && typeof facts === "object" && typeof facts.status === "string") return facts;
   } catch { /* fall through */ }
-  return { status: "error", error: `the ${probe} probe ${r.error ?? "printed no result"}${stderrTail(r)}`, ms: r.ms } as T;
+  return {
+    status: "error",
+    error: `the ${probe} probe ${r.error ?? "printed no result"}${stderrTail(r)}`,
+    ms: r.ms,
+  } as T;
 }
 
 const stderrTail = (r: ExecResult) => {

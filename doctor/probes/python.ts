@@ -19,12 +19,19 @@ export async function probePython(env: Record<string, string | undefined> = proc
     // The user's environment as is (their venv, their site-packages): what their python sees is the point.
     env: { ...env, NO_COLOR: "1", PYTHONDONTWRITEBYTECODE: "1" },
   });
-  if (r.status === "timeout" || r.status === "absent") return { status: r.status, executable: python, error: r.error, ms: r.ms };
+  if (r.status === "timeout" || r.status === "absent") {
+    return { status: r.status, executable: python, error: r.error, ms: r.ms };
+  }
   try {
     const facts = JSON.parse(lastLine(r.stdout)) as PythonFacts;
     return { ...facts, ms: r.ms };
   } catch {
     const said = lastLine(r.stderr);
-    return { status: "error", executable: python, error: `${r.error ?? "no result"}${said ? `: ${said.slice(0, 300)}` : ""}`, ms: r.ms };
+    return {
+      status: "error",
+      executable: python,
+      error: `${r.error ?? "no result"}${said ? `: ${said.slice(0, 300)}` : ""}`,
+      ms: r.ms,
+    };
   }
 }

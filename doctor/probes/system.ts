@@ -66,7 +66,9 @@ export function restrictedReason(): string | undefined {
     return undefined;
   } catch (e) {
     const message = (e as Error).message;
-    return /Requires|NotCapable|PermissionDenied/.test(message) || (e as Error).name === "NotCapable" ? message.split("\n")[0] : undefined;
+    return /Requires|NotCapable|PermissionDenied/.test(message) || (e as Error).name === "NotCapable"
+      ? message.split("\n")[0]
+      : undefined;
   }
 }
 

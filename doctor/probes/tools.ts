@@ -9,7 +9,12 @@ type Env = Record<string, string | undefined>;
 const TOOL_TIMEOUT_MS = 15_000;
 
 /** A tool looked up on PATH first, then in the directories its toolkit variables name. */
-function locate(name: string, homes: [string, string | undefined][], fixed: string[], env: Env): { path?: string; source?: string } {
+function locate(
+  name: string,
+  homes: [string, string | undefined][],
+  fixed: string[],
+  env: Env,
+): { path?: string; source?: string } {
   const onPath = findExecutable(name, [], env);
   if (onPath) return { path: onPath, source: "PATH" };
   for (const [variable, home] of homes) {
@@ -26,7 +31,10 @@ function locate(name: string, homes: [string, string | undefined][], fixed: stri
 
 function failed(r: ExecResult): { status: ToolFacts["status"]; error?: string } {
   const said = lastLine(r.stderr) || lastLine(r.stdout);
-  return { status: r.status === "ok" ? "error" : r.status, error: said ? `${r.error}: ${said.slice(0, 300)}` : r.error };
+  return {
+    status: r.status === "ok" ? "error" : r.status,
+    error: said ? `${r.error}: ${said.slice(0, 300)}` : r.error,
+  };
 }
 
 /** "Cuda compilation tools, release 13.0, V13.0.88" -> "13.0" */
@@ -42,7 +50,12 @@ async function probeCompiler(
   env: Env,
 ): Promise<ToolFacts> {
   const where = locate(name, homes, fixed, env);
-  if (!where.path) return { status: "absent", error: `${name} not found on PATH${homes.map(([v]) => ` or in $${v}/bin`).join("")}` };
+  if (!where.path) {
+    return {
+      status: "absent",
+      error: `${name} not found on PATH${homes.map(([v]) => ` or in $${v}/bin`).join("")}`,
+    };
+  }
   const r = await execWithTimeout(where.path, ["--version"], { timeoutMs: TOOL_TIMEOUT_MS, env });
   const version = parse(r.stdout + r.stderr);
   if (r.status !== "ok" || !version) return { ...where, ...failed(r), ms: r.ms };
@@ -50,7 +63,13 @@ async function probeCompiler(
 }
 
 export const probeNvcc = (env: Env = process.env) =>
-  probeCompiler("nvcc", [["CUDA_HOME", env.CUDA_HOME], ["CUDA_PATH", env.CUDA_PATH]], ["/usr/local/cuda/bin"], parseNvccVersion, env);
+  probeCompiler(
+    "nvcc",
+    [["CUDA_HOME", env.CUDA_HOME], ["CUDA_PATH", env.CUDA_PATH]],
+    ["/usr/local/cuda/bin"],
+    parseNvccVersion,
+    env,
+  );
 
 export const probeHipcc = (env: Env = process.env) =>
   probeCompiler("hipcc", [["ROCM_PATH", env.ROCM_PATH]], ["/opt/rocm/bin"], parseHipccVersion, env);
@@ -119,7 +138,13 @@ async function probeAmdTool(
   try {
     return { status: "ok", path: where.path, exit_code: 0, gpus: parse(r.stdout), ms: r.ms };
   } catch (e) {
-    return { status: "error", path: where.path, exit_code: 0, error: `unreadable output: ${(e as Error).message}`, ms: r.ms };
+    return {
+      status: "error",
+      path: where.path,
+      exit_code: 0,
+      error: `unreadable output: ${(e as Error).message}`,
+      ms: r.ms,
+    };
   }
 }
 

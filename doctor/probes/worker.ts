@@ -26,6 +26,8 @@ try {
   process.exit(0);
 } catch (e) {
   // A probe's own bug: report it as the probe's result rather than a stack trace on a pipe nobody reads.
-  process.stdout.write(JSON.stringify({ status: "error", error: `probe ${name} failed: ${(e as Error).message}` }) + "\n");
+  process.stdout.write(
+    JSON.stringify({ status: "error", error: `probe ${name} failed: ${(e as Error).message}` }) + "\n",
+  );
   process.exit(0);
 }

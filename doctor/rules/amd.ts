@@ -14,24 +14,42 @@ export function amdRules(f: DoctorFacts): Finding[] {
 
   if (kfd.exists && kfd.accessible === false) {
     const groups = f.host.groups?.join(", ") ?? "unknown";
-    s.error("kfd_permission",
-      `this user cannot open /dev/kfd read-write (group ${kfd.owner_group ?? "?"}, mode ${kfd.mode ?? "?"}; your groups: ${groups})`,
-      "add yourself to the render and video groups (sudo usermod -aG render,video $USER), then log out and in");
+    s.error(
+      "kfd_permission",
+      `this user cannot open /dev/kfd read-write (group ${kfd.owner_group ?? "?"}, mode ${
+        kfd.mode ?? "?"
+      }; your groups: ${groups})`,
+      "add yourself to the render and video groups (sudo usermod -aG render,video $USER), then log out and in",
+    );
   } else if (!kfd.exists) {
-    s.error("kfd_missing", "an AMD GPU is present but /dev/kfd does not exist",
-      "load the amdgpu kernel module (sudo modprobe amdgpu); in a container pass --device=/dev/kfd --device=/dev/dri");
+    s.error(
+      "kfd_missing",
+      "an AMD GPU is present but /dev/kfd does not exist",
+      "load the amdgpu kernel module (sudo modprobe amdgpu); in a container pass --device=/dev/kfd --device=/dev/dri",
+    );
   }
 
   if (hip.status === "absent") {
-    s.error("hip_absent", "the HIP runtime (libamdhip64.so.7/.6/.5) is not installed", "install ROCm (https://rocm.docs.amd.com) and make sure its lib directory is known to the loader (ldconfig or LD_LIBRARY_PATH)");
+    s.error(
+      "hip_absent",
+      "the HIP runtime (libamdhip64.so.7/.6/.5) is not installed",
+      "install ROCm (https://rocm.docs.amd.com) and make sure its lib directory is known to the loader (ldconfig or LD_LIBRARY_PATH)",
+    );
   } else if (hip.status !== "ok" && !(kfd.exists && kfd.accessible === false)) {
-    s.error("hip_failed", `HIP: ${hip.error}`, "check dmesg for amdgpu errors and that ROCm matches the kernel driver; rocminfo shows what the runtime sees");
+    s.error(
+      "hip_failed",
+      `HIP: ${hip.error}`,
+      "check dmesg for amdgpu errors and that ROCm matches the kernel driver; rocminfo shows what the runtime sees",
+    );
   } else if (runtime) {
     s.ok("runtime", runtime);
   }
 
   for (const d of hip.devices ?? []) {
-    s.ok(`gpu${d.index}`, `GPU ${d.index}: ${d.name ?? "AMD GPU"}, ${d.gcn_arch_name ?? "arch unknown"}, ${formatBytes(d.memory_bytes)}`);
+    s.ok(
+      `gpu${d.index}`,
+      `GPU ${d.index}: ${d.name ?? "AMD GPU"}, ${d.gcn_arch_name ?? "arch unknown"}, ${formatBytes(d.memory_bytes)}`,
+    );
   }
 
   // Second sources: the same set of gfx targets.
@@ -40,8 +58,11 @@ export function amdRules(f: DoctorFacts): Finding[] {
     if (facts.status !== "ok" || !facts.gpus) continue;
     const toolArchs = facts.gpus.map((g) => gfxBase(g.gfx)).sort().join(",");
     if (hipArchs && toolArchs !== hipArchs) {
-      s.warn(`${tool.replace("-", "_")}_disagrees`, `${tool} lists ${toolArchs || "no GPU"} but HIP sees ${hipArchs}`,
-        "check HIP_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES and that only one ROCm version is installed");
+      s.warn(
+        `${tool.replace("-", "_")}_disagrees`,
+        `${tool} lists ${toolArchs || "no GPU"} but HIP sees ${hipArchs}`,
+        "check HIP_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES and that only one ROCm version is installed",
+      );
     }
   }
   return s.list;

@@ -92,10 +92,29 @@ export interface NvidiaGpu {
 /** NVIDIA GPUs as the driver API sees them, else NVML, else nvidia-smi (the second source). */
 export function nvidiaGpus(f: DoctorFacts): NvidiaGpu[] {
   const cuda = f.nvidia.cuda_driver.devices;
-  if (cuda?.length) return cuda.map((d) => ({ index: d.index, name: d.name ?? `GPU ${d.index}`, cc: d.compute_capability, memoryBytes: d.memory_bytes }));
+  if (cuda?.length) {
+    return cuda.map((d) => ({
+      index: d.index,
+      name: d.name ?? `GPU ${d.index}`,
+      cc: d.compute_capability,
+      memoryBytes: d.memory_bytes,
+    }));
+  }
   const nvml = f.nvidia.nvml.devices;
-  if (nvml?.length) return nvml.map((d) => ({ index: d.index, name: d.name ?? `GPU ${d.index}`, cc: d.compute_capability, memoryBytes: d.memory_total_bytes }));
-  return (f.nvidia.smi.gpus ?? []).map((g, index) => ({ index, name: g.name, cc: g.compute_capability, memoryBytes: g.memory_mib && g.memory_mib * 2 ** 20 }));
+  if (nvml?.length) {
+    return nvml.map((d) => ({
+      index: d.index,
+      name: d.name ?? `GPU ${d.index}`,
+      cc: d.compute_capability,
+      memoryBytes: d.memory_total_bytes,
+    }));
+  }
+  return (f.nvidia.smi.gpus ?? []).map((g, index) => ({
+    index,
+    name: g.name,
+    cc: g.compute_capability,
+    memoryBytes: g.memory_mib && g.memory_mib * 2 ** 20,
+  }));
 }
 
 /** Any sign of NVIDIA hardware: the kernel module, device nodes, or a GPU listed by NVML or nvidia-smi. */

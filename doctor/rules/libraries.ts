@@ -14,7 +14,12 @@ import {
   sectionFindings,
   smName,
 } from "./common.ts";
-import { driverBranchForCudaMajor, firstCudaForCapability, minimumDriverForCuda, minorVersionCompatibleDriver } from "./tables.ts";
+import {
+  driverBranchForCudaMajor,
+  firstCudaForCapability,
+  minimumDriverForCuda,
+  minorVersionCompatibleDriver,
+} from "./tables.ts";
 
 const BUILD = "bun kernels/build.ts";
 
@@ -29,18 +34,25 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
   const s = sectionFindings("libraries");
   const probe = f.flashattn;
   if (probe.status === "timeout" || (probe.status === "error" && probe.libraries.length === 0)) {
-    s.error("probe_failed", `the library probe did not finish: ${probe.error}`,
-      "run `flashattn run --backend cpu` to see whether loading alone hangs; attach this report (--json) to a bug report");
+    s.error(
+      "probe_failed",
+      `the library probe did not finish: ${probe.error}`,
+      "run `flashattn run --backend cpu` to see whether loading alone hangs; attach this report (--json) to a bug report",
+    );
   }
 
   for (const lib of probe.libraries) {
     const name = `libflashattn_${lib.backend}`;
-    const hardware = lib.backend === "cpu" || (lib.backend === "cuda" ? nvidiaHardwarePresent(f) : amdHardwarePresent(f));
+    const hardware = lib.backend === "cpu" ||
+      (lib.backend === "cuda" ? nvidiaHardwarePresent(f) : amdHardwarePresent(f));
     const explicit = lib.attempts.find((a) => a.source === "flag" || a.source === "env");
     if (!lib.loaded && explicit) {
       const via = explicit.source === "flag" ? "--lib" : "FLASHATTN_LIB";
-      s.error("explicit_load_failed", `the library named by ${via} (${explicit.path}) does not load: ${explicit.error}`,
-        `point ${via} at a libflashattn_<backend>.so built by \`${BUILD}\`, or drop it to search the usual places`);
+      s.error(
+        "explicit_load_failed",
+        `the library named by ${via} (${explicit.path}) does not load: ${explicit.error}`,
+        `point ${via} at a libflashattn_<backend>.so built by \`${BUILD}\`, or drop it to search the usual places`,
+      );
       continue;
     }
     if (!lib.loaded) {
@@ -49,23 +61,44 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
       if (real.length) {
         const first = real[0];
         const abi = /ABI|layout/.test(first.error ?? "");
-        s.error(`${lib.backend}_load_failed`, `${name} at ${first.path} does not load: ${first.error}`,
-          abi ? `rebuild it so it matches this flashattn: ${BUILD}` : missingDependencyFix(first.error ?? "", lib.backend), tried);
+        s.error(
+          `${lib.backend}_load_failed`,
+          `${name} at ${first.path} does not load: ${first.error}`,
+          abi
+            ? `rebuild it so it matches this flashattn: ${BUILD}`
+            : missingDependencyFix(first.error ?? "", lib.backend),
+          tried,
+        );
       } else if (hardware) {
         const compiler = lib.backend === "hip" ? f.toolkits.hipcc : f.toolkits.nvcc;
-        const needs = lib.backend === "cpu" ? "" : compiler.status === "ok"
+        const needs = lib.backend === "cpu"
+          ? ""
+          : compiler.status === "ok"
           ? ` (${lib.backend === "cuda" ? "nvcc" : "hipcc"} ${compiler.version} is here)`
           : ` (needs ${lib.backend === "cuda" ? "nvcc: install the CUDA toolkit" : "hipcc: install ROCm"} first)`;
-        s.error(`${lib.backend}_missing`, `${name}.so is not built or installed`, `${BUILD}${needs}, or point FLASHATTN_LIB at a built library`, tried);
+        s.error(
+          `${lib.backend}_missing`,
+          `${name}.so is not built or installed`,
+          `${BUILD}${needs}, or point FLASHATTN_LIB at a built library`,
+          tried,
+        );
       } else {
-        s.info(`${lib.backend}_missing`, `${name}.so is not built (no ${lib.backend === "cuda" ? "NVIDIA" : "AMD"} GPU here, so not needed)`, undefined, tried);
+        s.info(
+          `${lib.backend}_missing`,
+          `${name}.so is not built (no ${lib.backend === "cuda" ? "NVIDIA" : "AMD"} GPU here, so not needed)`,
+          undefined,
+          tried,
+        );
       }
       continue;
     }
 
     const version = lib.info?.version ? ` ${lib.info.version}` : "";
-    s.ok(`${lib.backend}_loaded`, `${name}${version} (ABI ${lib.info?.abi ?? "?"}) ${builtWith(lib)}: ${lib.path}`,
-      lib.info?.kernels?.length ? [`kernels: ${lib.info.kernels.join(", ")}`] : undefined);
+    s.ok(
+      `${lib.backend}_loaded`,
+      `${name}${version} (ABI ${lib.info?.abi ?? "?"}) ${builtWith(lib)}: ${lib.path}`,
+      lib.info?.kernels?.length ? [`kernels: ${lib.info.kernels.join(", ")}`] : undefined,
+    );
 
     if (lib.backend === "cuda") cudaBuildRules(f, lib, s);
     if (lib.backend === "hip") hipBuildRules(f, lib, s);
@@ -75,20 +108,34 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
     const explained = s.list.some((x) => x.id === `libraries.${lib.backend}_driver_too_old`) ||
       prior.some((x) => x.section === vendor && x.severity === "error");
     if (lib.device_error && hardware && !explained) {
-      s.error(`${lib.backend}_no_device`, `${name} finds no usable device: ${lib.device_error}`,
-        lib.backend === "cuda" ? "see the NVIDIA section above for the driver's own diagnosis" : "see the AMD section above for the runtime's own diagnosis");
+      s.error(
+        `${lib.backend}_no_device`,
+        `${name} finds no usable device: ${lib.device_error}`,
+        lib.backend === "cuda"
+          ? "see the NVIDIA section above for the driver's own diagnosis"
+          : "see the AMD section above for the runtime's own diagnosis",
+      );
     }
 
     const t = lib.self_test;
     if (t?.ok) {
-      s.ok(`${lib.backend}_self_test`,
-        `self-test on ${lib.backend} passed: relative error ${t.rel_error?.toExponential(1)} ≤ ${t.tolerance?.toExponential(1)} (${t.kernel}, ${t.ms} ms)`,
-        [t.problem]);
+      s.ok(
+        `${lib.backend}_self_test`,
+        `self-test on ${lib.backend} passed: relative error ${t.rel_error?.toExponential(1)} ≤ ${
+          t.tolerance?.toExponential(1)
+        } (${t.kernel}, ${t.ms} ms)`,
+        [t.problem],
+      );
     } else if (t) {
-      const what = t.error ? t.error : `relative error ${t.rel_error?.toExponential(2)} exceeds ${t.tolerance?.toExponential(1)}`;
-      s.error(`${lib.backend}_self_test`, `self-test on ${lib.backend} failed: ${what}`,
+      const what = t.error
+        ? t.error
+        : `relative error ${t.rel_error?.toExponential(2)} exceeds ${t.tolerance?.toExponential(1)}`;
+      s.error(
+        `${lib.backend}_self_test`,
+        `self-test on ${lib.backend} failed: ${what}`,
         `rebuild (${BUILD}) and run the tests (bun test); if it persists, attach \`flashattn doctor --json\` to a bug report`,
-        [t.problem, t.kernel ? `kernel: ${t.kernel}` : ""].filter(Boolean));
+        [t.problem, t.kernel ? `kernel: ${t.kernel}` : ""].filter(Boolean),
+      );
     }
   }
   return s.list;
@@ -96,8 +143,12 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
 
 function missingDependencyFix(error: string, backend: string): string {
   const dep = /(lib[\w.+-]+\.so[\w.]*): cannot open shared object file/.exec(error)?.[1];
-  if (dep?.startsWith("libamdhip64")) return `the library was built against ${dep}: install that ROCm version or rebuild with the installed hipcc (${BUILD})`;
-  if (dep?.startsWith("libcudart")) return `the library needs ${dep}; rebuild it (${BUILD}), which links the CUDA runtime statically`;
+  if (dep?.startsWith("libamdhip64")) {
+    return `the library was built against ${dep}: install that ROCm version or rebuild with the installed hipcc (${BUILD})`;
+  }
+  if (dep?.startsWith("libcudart")) {
+    return `the library needs ${dep}; rebuild it (${BUILD}), which links the CUDA runtime statically`;
+  }
   if (dep) return `install ${dep} or rebuild the library here (${BUILD})`;
   return `rebuild the ${backend} library (${BUILD}) and check it with ldd`;
 }
@@ -113,13 +164,27 @@ function cudaBuildRules(f: DoctorFacts, lib: LibraryFacts, s: ReturnType<typeof 
     const major = majorOf(built);
     if (runs === "no") {
       const minimum = minimumDriverForCuda[majorMinor(built)] ?? minorVersionCompatibleDriver[major];
-      s.error("cuda_driver_too_old",
-        `libflashattn_cuda was built with CUDA ${built}, which needs driver ≥ ${minimum} (any ${driverBranchForCudaMajor[major] ?? ""}+ under minor-version compatibility); this driver is ${driver}${supported ? ` (CUDA ${supported})` : ""}`,
-        `upgrade the NVIDIA driver to ${driverBranchForCudaMajor[major] ?? minimum} or newer, or rebuild the library with a toolkit no newer than CUDA ${supported ?? "the driver supports"} (CUDA_HOME=<that toolkit> ${BUILD}); data-center GPUs can also use the cuda-compat-${major}-${built.split(".")[1] ?? 0} package`);
+      s.error(
+        "cuda_driver_too_old",
+        `libflashattn_cuda was built with CUDA ${built}, which needs driver ≥ ${minimum} (any ${
+          driverBranchForCudaMajor[major] ?? ""
+        }+ under minor-version compatibility); this driver is ${driver}${supported ? ` (CUDA ${supported})` : ""}`,
+        `upgrade the NVIDIA driver to ${
+          driverBranchForCudaMajor[major] ?? minimum
+        } or newer, or rebuild the library with a toolkit no newer than CUDA ${
+          supported ?? "the driver supports"
+        } (CUDA_HOME=<that toolkit> ${BUILD}); data-center GPUs can also use the cuda-compat-${major}-${
+          built.split(".")[1] ?? 0
+        } package`,
+      );
     } else if (runs === "minor-compat") {
-      s.info("cuda_minor_compat",
+      s.info(
+        "cuda_minor_compat",
         `libflashattn_cuda (CUDA ${built}) runs on driver ${driver} under minor-version compatibility: it must carry native code (SASS) for each GPU, PTX from a newer toolkit cannot be JIT-compiled`,
-        `upgrade the driver to ≥ ${minimumDriverForCuda[majorMinor(built)] ?? "the toolkit's minimum"} for the full feature set`);
+        `upgrade the driver to ≥ ${
+          minimumDriverForCuda[majorMinor(built)] ?? "the toolkit's minimum"
+        } for the full feature set`,
+      );
     }
   }
   const archs = lib.info?.archs ?? [];
@@ -130,17 +195,26 @@ function cudaBuildRules(f: DoctorFacts, lib: LibraryFacts, s: ReturnType<typeof 
     const sm = smName(gpu.cc);
     if (support === "none") {
       const nvccNeeded = firstCudaForCapability[gpu.cc];
-      s.error(`cuda_arch_gpu${gpu.index}`,
-        `libflashattn_cuda has no code for GPU ${gpu.index} (${gpu.name}, ${sm}): built for ${archs.join(", ")} ("no kernel image is available for execution on the device")`,
-        `rebuild with ${sm} among the targets${nvccNeeded ? ` (needs nvcc ≥ ${nvccNeeded})` : ""}: ${BUILD}`);
+      s.error(
+        `cuda_arch_gpu${gpu.index}`,
+        `libflashattn_cuda has no code for GPU ${gpu.index} (${gpu.name}, ${sm}): built for ${
+          archs.join(", ")
+        } ("no kernel image is available for execution on the device")`,
+        `rebuild with ${sm} among the targets${nvccNeeded ? ` (needs nvcc ≥ ${nvccNeeded})` : ""}: ${BUILD}`,
+      );
     } else if (support === "ptx") {
       if (runs === "minor-compat") {
-        s.error(`cuda_arch_gpu${gpu.index}`,
+        s.error(
+          `cuda_arch_gpu${gpu.index}`,
           `GPU ${gpu.index} (${sm}) has only PTX in libflashattn_cuda and this driver is too old to JIT-compile PTX from CUDA ${built}`,
-          `rebuild with ${sm} SASS (${BUILD}) or upgrade the driver`);
+          `rebuild with ${sm} SASS (${BUILD}) or upgrade the driver`,
+        );
       } else {
-        s.info(`cuda_arch_gpu${gpu.index}`, `GPU ${gpu.index} (${sm}) runs libflashattn_cuda by JIT-compiling its PTX (slow first launch; tuned kernels for ${sm} are not included)`,
-          `rebuild with ${sm} among the targets for native code: ${BUILD}`);
+        s.info(
+          `cuda_arch_gpu${gpu.index}`,
+          `GPU ${gpu.index} (${sm}) runs libflashattn_cuda by JIT-compiling its PTX (slow first launch; tuned kernels for ${sm} are not included)`,
+          `rebuild with ${sm} among the targets for native code: ${BUILD}`,
+        );
       }
     }
   }
@@ -150,15 +224,24 @@ function hipBuildRules(f: DoctorFacts, lib: LibraryFacts, s: ReturnType<typeof s
   const built = lib.info?.built_with?.hip;
   const runtime = f.amd.hip.runtime_version;
   if (built && runtime && majorOf(built) !== majorOf(runtime)) {
-    s.error("hip_version", `libflashattn_hip was built with HIP ${built} but the runtime is HIP ${runtime}`, `rebuild it with this ROCm's hipcc: ${BUILD}`);
+    s.error(
+      "hip_version",
+      `libflashattn_hip was built with HIP ${built} but the runtime is HIP ${runtime}`,
+      `rebuild it with this ROCm's hipcc: ${BUILD}`,
+    );
   }
   const archs = (lib.info?.archs ?? []).map(gfxBase);
   if (!archs.length) return;
   for (const d of f.amd.hip.devices ?? []) {
     const gfx = d.gcn_arch_name && gfxBase(d.gcn_arch_name);
     if (gfx && !archs.includes(gfx)) {
-      s.error(`hip_arch_gpu${d.index}`, `libflashattn_hip has no code for GPU ${d.index} (${d.name ?? "AMD GPU"}, ${gfx}): built for ${archs.join(", ")}`,
-        `rebuild with ${gfx} among the offload targets: ${BUILD}`);
+      s.error(
+        `hip_arch_gpu${d.index}`,
+        `libflashattn_hip has no code for GPU ${d.index} (${d.name ?? "AMD GPU"}, ${gfx}): built for ${
+          archs.join(", ")
+        }`,
+        `rebuild with ${gfx} among the offload targets: ${BUILD}`,
+      );
     }
   }
 }

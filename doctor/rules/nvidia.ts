@@ -17,7 +17,8 @@ import { nvidiaArchitectureByCapability } from "./tables.ts";
 const cuInitAdvice: Record<string, { message: string; fix: string }> = {
   CUDA_ERROR_NO_DEVICE: {
     message: "the CUDA driver sees no GPU",
-    fix: "check CUDA_VISIBLE_DEVICES (an empty or wrong value hides every GPU) and, in a container, that it was started with GPU access (--gpus all)",
+    fix:
+      "check CUDA_VISIBLE_DEVICES (an empty or wrong value hides every GPU) and, in a container, that it was started with GPU access (--gpus all)",
   },
   CUDA_ERROR_DEVICE_UNAVAILABLE: {
     message: "the GPU is unavailable (compute mode exclusive or prohibited, or busy)",
@@ -28,8 +29,10 @@ const cuInitAdvice: Record<string, { message: string; fix: string }> = {
     fix: "reboot (or reload the nvidia kernel modules) after the driver upgrade so both are the same version",
   },
   CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE: {
-    message: "a cuda-compat (forward compatibility) libcuda is loaded, but this GPU does not support forward compatibility",
-    fix: "remove the cuda-compat directory from LD_LIBRARY_PATH (forward compatibility works only on data-center GPUs) or upgrade the driver",
+    message:
+      "a cuda-compat (forward compatibility) libcuda is loaded, but this GPU does not support forward compatibility",
+    fix:
+      "remove the cuda-compat directory from LD_LIBRARY_PATH (forward compatibility works only on data-center GPUs) or upgrade the driver",
   },
   CUDA_ERROR_SYSTEM_NOT_READY: {
     message: "the system is not ready for CUDA (on NVSwitch systems the fabric manager is not running)",
@@ -78,8 +81,13 @@ export function nvidiaRules(f: DoctorFacts): Finding[] {
   if (!nvidiaHardwarePresent(f) && nvml.status !== "error") {
     // Driver libraries without a kernel module, device nodes or a listed GPU: a CPU machine or container that
     // happens to carry them. Nothing to fix unless a GPU was expected (--require says so).
-    s.info("no_gpu", `NVIDIA driver libraries are present but there is no NVIDIA GPU or kernel module${cuda.error ? ` (${cuda.error})` : ""}`,
-      "in a container, start it with GPU access (--gpus all)");
+    s.info(
+      "no_gpu",
+      `NVIDIA driver libraries are present but there is no NVIDIA GPU or kernel module${
+        cuda.error ? ` (${cuda.error})` : ""
+      }`,
+      "in a container, start it with GPU access (--gpus all)",
+    );
     return s.list;
   }
 
@@ -90,7 +98,9 @@ export function nvidiaRules(f: DoctorFacts): Finding[] {
     const inLdPath = dir && (f.host.env.LD_LIBRARY_PATH ?? "").split(":").some((p) => p.replace(/\/$/, "") === dir);
     s.error(
       "stub_libcuda",
-      `libcuda.so.1 resolves to the CUDA toolkit's stub${cuda.library ? ` (${cuda.library})` : ""}, not the driver's library`,
+      `libcuda.so.1 resolves to the CUDA toolkit's stub${
+        cuda.library ? ` (${cuda.library})` : ""
+      }, not the driver's library`,
       inLdPath
         ? `remove ${dir} from LD_LIBRARY_PATH: stubs are for linking only; the real libcuda.so.1 comes with the NVIDIA driver`
         : "make sure the driver's libcuda.so.1 is found first (check LD_LIBRARY_PATH and ldconfig -p | grep libcuda); stubs are for linking only",
@@ -109,66 +119,120 @@ export function nvidiaRules(f: DoctorFacts): Finding[] {
 
   if (nvml.status === "error" && nvml.code_name) {
     const advice = nvmlAdvice[nvml.code_name];
-    const already = nvml.code_name === "NVML_ERROR_LIB_RM_VERSION_MISMATCH" && s.list.some((x) => x.id === "nvidia.driver_mismatch");
+    const already = nvml.code_name === "NVML_ERROR_LIB_RM_VERSION_MISMATCH" &&
+      s.list.some((x) => x.id === "nvidia.driver_mismatch");
     if (!already) {
-      s.error("nvml_failed", `NVML: ${advice?.message ?? nvml.error}`, advice?.fix ?? "check dmesg for NVRM errors; reinstalling the driver usually helps");
+      s.error(
+        "nvml_failed",
+        `NVML: ${advice?.message ?? nvml.error}`,
+        advice?.fix ?? "check dmesg for NVRM errors; reinstalling the driver usually helps",
+      );
     }
   } else if (nvml.status === "timeout" || (nvml.status === "error" && !nvml.code_name)) {
-    s.error("nvml_failed", `NVML: ${nvml.error}`, "check dmesg for NVRM/Xid errors; a hung GPU needs a reset or a reboot");
+    s.error(
+      "nvml_failed",
+      `NVML: ${nvml.error}`,
+      "check dmesg for NVRM/Xid errors; a hung GPU needs a reset or a reboot",
+    );
   } else if (nvml.status === "absent" && libcudaPresent) {
-    s.warn("nvml_absent", "libnvidia-ml.so.1 (NVML) is not installed although libcuda.so.1 is", "install the full NVIDIA driver (in containers: the NVIDIA container toolkit mounts it)");
+    s.warn(
+      "nvml_absent",
+      "libnvidia-ml.so.1 (NVML) is not installed although libcuda.so.1 is",
+      "install the full NVIDIA driver (in containers: the NVIDIA container toolkit mounts it)",
+    );
   }
 
   if (cuda.status === "absent") {
-    s.error("libcuda_absent", `libcuda.so.1 (the CUDA driver) cannot be loaded: ${cuda.error}`,
-      "install the NVIDIA driver (in containers: run with --gpus all and the NVIDIA container toolkit)");
+    s.error(
+      "libcuda_absent",
+      `libcuda.so.1 (the CUDA driver) cannot be loaded: ${cuda.error}`,
+      "install the NVIDIA driver (in containers: run with --gpus all and the NVIDIA container toolkit)",
+    );
   } else if (cuda.status === "timeout") {
-    s.error("cuinit_timeout", `libcuda did not answer: ${cuda.error}`, "check dmesg for Xid errors and processes stuck on the GPU (nvidia-smi); a reset or a reboot may be needed");
+    s.error(
+      "cuinit_timeout",
+      `libcuda did not answer: ${cuda.error}`,
+      "check dmesg for Xid errors and processes stuck on the GPU (nvidia-smi); a reset or a reboot may be needed",
+    );
   } else if (cuda.status === "error" && !stub) {
     const advice = cuda.code_name ? cuInitAdvice[cuda.code_name] : undefined;
-    const duplicate = cuda.code_name === "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH" && s.list.some((x) => x.id === "nvidia.driver_mismatch");
+    const duplicate = cuda.code_name === "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH" &&
+      s.list.some((x) => x.id === "nvidia.driver_mismatch");
     if (!duplicate) {
-      s.error("cuinit_failed", `CUDA driver: ${advice?.message ?? cuda.error} (${cuda.error})`,
-        advice?.fix ?? "check dmesg for NVRM/Xid errors; reinstalling the driver usually helps");
+      s.error(
+        "cuinit_failed",
+        `CUDA driver: ${advice?.message ?? cuda.error} (${cuda.error})`,
+        advice?.fix ?? "check dmesg for NVRM/Xid errors; reinstalling the driver usually helps",
+      );
     }
   }
 
   const driver = driverVersion(f);
   const cudaSupported = driverCudaVersion(f);
   if (driver || cudaSupported) {
-    s.ok("driver", `driver ${driver ?? "?"}${cudaSupported ? `, supports CUDA up to ${cudaSupported}` : ""}`,
-      [`libcuda: ${cuda.library ?? "?"}`, `NVML: ${nvml.library ?? nvml.status}`, `kernel module: ${kmod.version ?? (kmod.loaded ? "loaded" : "not loaded")}`]);
+    s.ok("driver", `driver ${driver ?? "?"}${cudaSupported ? `, supports CUDA up to ${cudaSupported}` : ""}`, [
+      `libcuda: ${cuda.library ?? "?"}`,
+      `NVML: ${nvml.library ?? nvml.status}`,
+      `kernel module: ${kmod.version ?? (kmod.loaded ? "loaded" : "not loaded")}`,
+    ]);
   }
 
   const visible = f.host.env.CUDA_VISIBLE_DEVICES;
   if (cuda.status === "ok" && (cuda.devices?.length ?? 0) === 0 && (nvml.devices?.length ?? 0) > 0) {
-    s.error("no_visible_gpu", `the CUDA driver lists no GPU although NVML sees ${nvml.devices!.length}`,
-      visible !== undefined ? `CUDA_VISIBLE_DEVICES=${JSON.stringify(visible)} hides them: unset it or list valid GPU indices/UUIDs` : "check CUDA_VISIBLE_DEVICES and the container's GPU access");
+    s.error(
+      "no_visible_gpu",
+      `the CUDA driver lists no GPU although NVML sees ${nvml.devices!.length}`,
+      visible !== undefined
+        ? `CUDA_VISIBLE_DEVICES=${JSON.stringify(visible)} hides them: unset it or list valid GPU indices/UUIDs`
+        : "check CUDA_VISIBLE_DEVICES and the container's GPU access",
+    );
   }
 
   for (const gpu of nvidiaGpus(f)) {
     const dev = cuda.devices?.find((d) => d.index === gpu.index);
-    const family = gpu.cc && (nvidiaArchitectureByCapability[gpu.cc] ?? nvidiaArchitectureByCapability[gpu.cc.split(".")[0]]);
+    const family = gpu.cc &&
+      (nvidiaArchitectureByCapability[gpu.cc] ?? nvidiaArchitectureByCapability[gpu.cc.split(".")[0]]);
     const arch = gpu.cc ? `${smName(gpu.cc)} (${family ?? "unknown architecture"})` : "compute capability unknown";
     const parts = [arch];
     if (dev?.multiprocessors) parts.push(`${dev.multiprocessors} SMs`);
     if (gpu.memoryBytes) parts.push(formatBytes(gpu.memoryBytes));
-    if (dev?.shared_memory_per_block_optin_bytes) parts.push(`${formatBytes(dev.shared_memory_per_block_optin_bytes)} shared/block (opt-in)`);
+    if (dev?.shared_memory_per_block_optin_bytes) {
+      parts.push(`${formatBytes(dev.shared_memory_per_block_optin_bytes)} shared/block (opt-in)`);
+    }
     if (dev?.l2_bytes) parts.push(`${formatBytes(dev.l2_bytes)} L2`);
     const nvmlDev = nvml.devices?.find((d) => d.index === gpu.index);
-    s.ok(`gpu${gpu.index}`, `GPU ${gpu.index}: ${gpu.name}, ${parts.join(", ")}`,
-      [nvmlDev?.uuid && `UUID ${nvmlDev.uuid}`, dev?.pci_bus_id && `PCI ${dev.pci_bus_id}`].filter(Boolean) as string[]);
+    s.ok(
+      `gpu${gpu.index}`,
+      `GPU ${gpu.index}: ${gpu.name}, ${parts.join(", ")}`,
+      [nvmlDev?.uuid && `UUID ${nvmlDev.uuid}`, dev?.pci_bus_id && `PCI ${dev.pci_bus_id}`].filter(Boolean) as string[],
+    );
     if (nvmlDev?.mig?.current) {
-      s.warn(`mig${gpu.index}`, `MIG is enabled on GPU ${gpu.index}: CUDA sees only the MIG instances, each with a share of SMs and memory`,
-        "select an instance with CUDA_VISIBLE_DEVICES=MIG-<uuid> (nvidia-smi -L lists them), or disable MIG: sudo nvidia-smi -i " + gpu.index + " -mig 0");
+      s.warn(
+        `mig${gpu.index}`,
+        `MIG is enabled on GPU ${gpu.index}: CUDA sees only the MIG instances, each with a share of SMs and memory`,
+        "select an instance with CUDA_VISIBLE_DEVICES=MIG-<uuid> (nvidia-smi -L lists them), or disable MIG: sudo nvidia-smi -i " +
+          gpu.index + " -mig 0",
+      );
     }
     if (nvmlDev?.mig && nvmlDev.mig.current !== nvmlDev.mig.pending) {
-      s.warn(`mig_pending${gpu.index}`, `a MIG mode change is pending on GPU ${gpu.index}`, `reset the GPU (sudo nvidia-smi -i ${gpu.index} -r) or reboot to apply it`);
+      s.warn(
+        `mig_pending${gpu.index}`,
+        `a MIG mode change is pending on GPU ${gpu.index}`,
+        `reset the GPU (sudo nvidia-smi -i ${gpu.index} -r) or reboot to apply it`,
+      );
     }
     if (dev?.compute_mode === 2) {
-      s.error(`compute_mode${gpu.index}`, `GPU ${gpu.index} is in compute mode PROHIBITED: no process may use it`, `sudo nvidia-smi -i ${gpu.index} -c DEFAULT`);
+      s.error(
+        `compute_mode${gpu.index}`,
+        `GPU ${gpu.index} is in compute mode PROHIBITED: no process may use it`,
+        `sudo nvidia-smi -i ${gpu.index} -c DEFAULT`,
+      );
     } else if (dev?.compute_mode === 3) {
-      s.warn(`compute_mode${gpu.index}`, `GPU ${gpu.index} is in compute mode EXCLUSIVE_PROCESS: it fails while another process holds it`, `sudo nvidia-smi -i ${gpu.index} -c DEFAULT, or make sure nothing else runs on it`);
+      s.warn(
+        `compute_mode${gpu.index}`,
+        `GPU ${gpu.index} is in compute mode EXCLUSIVE_PROCESS: it fails while another process holds it`,
+        `sudo nvidia-smi -i ${gpu.index} -c DEFAULT, or make sure nothing else runs on it`,
+      );
     }
   }
 
@@ -177,13 +241,24 @@ export function nvidiaRules(f: DoctorFacts): Finding[] {
     const nvmlCount = nvml.devices?.length;
     const smiCount = smi.gpus?.length ?? 0;
     if (nvml.driver_version && smi.driver_version && nvml.driver_version !== smi.driver_version) {
-      s.warn("smi_disagrees", `nvidia-smi reports driver ${smi.driver_version} but NVML ${nvml.driver_version}`,
-        "two drivers are installed side by side; remove the stale one (check ldconfig -p | grep nvidia-ml)");
+      s.warn(
+        "smi_disagrees",
+        `nvidia-smi reports driver ${smi.driver_version} but NVML ${nvml.driver_version}`,
+        "two drivers are installed side by side; remove the stale one (check ldconfig -p | grep nvidia-ml)",
+      );
     } else if (nvmlCount !== undefined && nvmlCount !== smiCount) {
-      s.warn("smi_disagrees", `nvidia-smi lists ${smiCount} GPUs but NVML ${nvmlCount}`, "check CUDA_VISIBLE_DEVICES and MIG settings; reinstall the driver if they still differ");
+      s.warn(
+        "smi_disagrees",
+        `nvidia-smi lists ${smiCount} GPUs but NVML ${nvmlCount}`,
+        "check CUDA_VISIBLE_DEVICES and MIG settings; reinstall the driver if they still differ",
+      );
     }
   } else if (smi.status === "error" && nvml.status === "ok") {
-    s.warn("smi_failed", `nvidia-smi failed (${smi.error}) although NVML works`, "reinstall the driver's utilities (nvidia-utils) so nvidia-smi matches the driver");
+    s.warn(
+      "smi_failed",
+      `nvidia-smi failed (${smi.error}) although NVML works`,
+      "reinstall the driver's utilities (nvidia-utils) so nvidia-smi matches the driver",
+    );
   }
   return s.list;
 }

@@ -56,7 +56,12 @@ export interface WheelTag {
 export function parseWheelTag(text: string | undefined): WheelTag | undefined {
   const m = /\+(?:cu(\d+)|rocm(\d)(\d))torch(\d+\.\d+)cxx11abi(TRUE|FALSE)/i.exec(text ?? "");
   if (!m) return undefined;
-  return { cuda: m[1], rocm: m[2] ? `${m[2]}.${m[3]}` : undefined, torch: m[4], cxx11abi: m[5].toUpperCase() === "TRUE" };
+  return {
+    cuda: m[1],
+    rocm: m[2] ? `${m[2]}.${m[3]}` : undefined,
+    torch: m[4],
+    cxx11abi: m[5].toUpperCase() === "TRUE",
+  };
 }
 
 /** The newest PyTorch CUDA wheel index this driver runs (cu130 on R580+, cu128 on R570+, ...). */
@@ -73,11 +78,19 @@ export function pythonRules(f: DoctorFacts): Finding[] {
   const py = f.python;
   if (py.status === "absent") {
     if (py.error?.startsWith("skipped")) s.info("absent", `PyTorch / flash-attn checks ${py.error}`);
-    else s.info("absent", `${py.error ?? "python3 not found"}: PyTorch / flash-attn checks skipped`, "set FLASHATTN_PYTHON to the interpreter of your environment to check it");
+    else {s.info(
+        "absent",
+        `${py.error ?? "python3 not found"}: PyTorch / flash-attn checks skipped`,
+        "set FLASHATTN_PYTHON to the interpreter of your environment to check it",
+      );}
     return s.list;
   }
   if (py.status !== "ok") {
-    s.warn("probe_failed", `the Python probe did not finish: ${py.error}`, "run `python3 -c 'import torch, flash_attn'` to see where it hangs or fails");
+    s.warn(
+      "probe_failed",
+      `the Python probe did not finish: ${py.error}`,
+      "run `python3 -c 'import torch, flash_attn'` to see where it hangs or fails",
+    );
     return s.list;
   }
   s.ok("python", `Python ${py.version} (${py.executable})`);
@@ -100,7 +113,11 @@ type Builder = ReturnType<typeof sectionFindings>;
 /** Returns whether torch imports (the later checks need it). */
 function torchRules(f: DoctorFacts, torch: TorchFacts, s: Builder): boolean {
   if (torch.importable === false) {
-    s.error("torch_import", `import torch fails: ${torch.import_error}`, `reinstall PyTorch: ${pipTorch(torchIndexForDriver(driverVersion(f)))}`);
+    s.error(
+      "torch_import",
+      `import torch fails: ${torch.import_error}`,
+      `reinstall PyTorch: ${pipTorch(torchIndexForDriver(driverVersion(f)))}`,
+    );
     return false;
   }
   const build = torch.cuda ? `CUDA ${torch.cuda}` : torch.hip ? `ROCm/HIP ${torch.hip}` : "CPU only";
@@ -109,20 +126,36 @@ function torchRules(f: DoctorFacts, torch: TorchFacts, s: Builder): boolean {
 
   if (!torch.cuda && !torch.hip) {
     if (nvidia) {
-      s.error("torch_cpu_only", `torch ${torch.version} is a CPU-only build, but this machine has an NVIDIA GPU`, pipTorch(torchIndexForDriver(driver)));
+      s.error(
+        "torch_cpu_only",
+        `torch ${torch.version} is a CPU-only build, but this machine has an NVIDIA GPU`,
+        pipTorch(torchIndexForDriver(driver)),
+      );
     } else if (amd) {
-      s.error("torch_cpu_only", `torch ${torch.version} is a CPU-only build, but this machine has an AMD GPU`, pipTorch(TORCH_ROCM_INDEX));
+      s.error(
+        "torch_cpu_only",
+        `torch ${torch.version} is a CPU-only build, but this machine has an AMD GPU`,
+        pipTorch(TORCH_ROCM_INDEX),
+      );
     } else {
       s.ok("torch", `torch ${torch.version} (${build}; no GPU here)`);
     }
     return true;
   }
   if (torch.cuda && !nvidia && amd) {
-    s.error("torch_wrong_vendor", `torch ${torch.version} is built for CUDA but this machine's GPU is AMD`, pipTorch(TORCH_ROCM_INDEX));
+    s.error(
+      "torch_wrong_vendor",
+      `torch ${torch.version} is built for CUDA but this machine's GPU is AMD`,
+      pipTorch(TORCH_ROCM_INDEX),
+    );
     return true;
   }
   if (torch.hip && !amd && nvidia) {
-    s.error("torch_wrong_vendor", `torch ${torch.version} is built for ROCm but this machine's GPU is NVIDIA`, pipTorch(torchIndexForDriver(driver)));
+    s.error(
+      "torch_wrong_vendor",
+      `torch ${torch.version} is built for ROCm but this machine's GPU is NVIDIA`,
+      pipTorch(torchIndexForDriver(driver)),
+    );
     return true;
   }
   if (!nvidia && !amd) {
@@ -133,19 +166,33 @@ function torchRules(f: DoctorFacts, torch: TorchFacts, s: Builder): boolean {
   if (!torch.cuda_available) {
     const runs = torch.cuda && driver ? driverRuns(torch.cuda, driver) : undefined;
     if (runs === "no") {
-      s.error("torch_driver_too_old",
-        `torch ${torch.version} is built with CUDA ${torch.cuda}, which needs driver ≥ ${minimumDriverForCuda[majorMinor(torch.cuda!)] ?? "a newer one"}; this driver is ${driver} (CUDA ${driverCudaVersion(f) ?? "?"})`,
-        `upgrade the NVIDIA driver, or install a torch this driver runs: ${pipTorch(torchIndexForDriver(driver))}`);
+      s.error(
+        "torch_driver_too_old",
+        `torch ${torch.version} is built with CUDA ${torch.cuda}, which needs driver ≥ ${
+          minimumDriverForCuda[majorMinor(torch.cuda!)] ?? "a newer one"
+        }; this driver is ${driver} (CUDA ${driverCudaVersion(f) ?? "?"})`,
+        `upgrade the NVIDIA driver, or install a torch this driver runs: ${pipTorch(torchIndexForDriver(driver))}`,
+      );
     } else {
-      s.error("torch_no_gpu", `torch ${torch.version} (${build}) cannot use the GPU: torch.cuda.is_available() is False${torch.cuda_error ? ` (${torch.cuda_error})` : ""}`,
-        "see the NVIDIA/AMD sections above; check CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES");
+      s.error(
+        "torch_no_gpu",
+        `torch ${torch.version} (${build}) cannot use the GPU: torch.cuda.is_available() is False${
+          torch.cuda_error ? ` (${torch.cuda_error})` : ""
+        }`,
+        "see the NVIDIA/AMD sections above; check CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES",
+      );
     }
     return true;
   }
 
   const devices = torch.devices ?? [];
-  s.ok("torch", `torch ${torch.version} (${build}), ${devices.length} GPU${devices.length === 1 ? "" : "s"} available${devices[0] ? `: ${devices[0].name}` : ""}`,
-    torch.arch_list?.length ? [`arch list: ${torch.arch_list.join(" ")}`] : undefined);
+  s.ok(
+    "torch",
+    `torch ${torch.version} (${build}), ${devices.length} GPU${devices.length === 1 ? "" : "s"} available${
+      devices[0] ? `: ${devices[0].name}` : ""
+    }`,
+    torch.arch_list?.length ? [`arch list: ${torch.arch_list.join(" ")}`] : undefined,
+  );
 
   // The GPU's architecture must be in torch's arch list (else "sm_120 is not compatible with the current PyTorch").
   for (const [i, d] of devices.entries()) {
@@ -153,13 +200,22 @@ function torchRules(f: DoctorFacts, torch: TorchFacts, s: Builder): boolean {
     if (torch.hip) {
       const gfx = gfxBase(d.gcn_arch_name ?? "");
       if (gfx && !torch.arch_list.map(gfxBase).includes(gfx)) {
-        s.error(`torch_arch${i}`, `torch ${torch.version} has no kernels for GPU ${i} (${d.name}, ${gfx}): built for ${torch.arch_list.join(" ")}`,
-          `install a ROCm build of torch that supports ${gfx}: ${pipTorch(TORCH_ROCM_INDEX)}`);
+        s.error(
+          `torch_arch${i}`,
+          `torch ${torch.version} has no kernels for GPU ${i} (${d.name}, ${gfx}): built for ${
+            torch.arch_list.join(" ")
+          }`,
+          `install a ROCm build of torch that supports ${gfx}: ${pipTorch(TORCH_ROCM_INDEX)}`,
+        );
       }
     } else if (archSupport(torch.arch_list, d.capability) === "none") {
-      s.error(`torch_arch${i}`,
-        `torch ${torch.version} does not support GPU ${i} (${d.name}, ${smName(d.capability)}): built for ${torch.arch_list.join(" ")} ("${smName(d.capability)} is not compatible with the current PyTorch installation")`,
-        `install a newer CUDA build of torch: ${pipTorch(torchIndexForDriver(driver))}`);
+      s.error(
+        `torch_arch${i}`,
+        `torch ${torch.version} does not support GPU ${i} (${d.name}, ${smName(d.capability)}): built for ${
+          torch.arch_list.join(" ")
+        } ("${smName(d.capability)} is not compatible with the current PyTorch installation")`,
+        `install a newer CUDA build of torch: ${pipTorch(torchIndexForDriver(driver))}`,
+      );
     }
   }
   return true;
@@ -171,7 +227,11 @@ function capabilities(f: DoctorFacts, torch: TorchFacts): string[] {
   return fromTorch.length ? fromTorch : nvidiaGpus(f).flatMap((g) => (g.cc ? [g.cc] : []));
 }
 
-function describeImportFailure(m: PyModuleFacts, torch: TorchFacts, tag: WheelTag | undefined): { message: string; fix: string } {
+function describeImportFailure(
+  m: PyModuleFacts,
+  torch: TorchFacts,
+  tag: WheelTag | undefined,
+): { message: string; fix: string } {
   const symbol = m.undefined_symbol;
   const torchMM = majorMinor(torch.version ?? "");
   if (symbol) {
@@ -179,27 +239,43 @@ function describeImportFailure(m: PyModuleFacts, torch: TorchFacts, tag: WheelTa
     if (kind.kind === "cxx11-abi") {
       const want = torch.cxx11_abi ?? !kind.wheelAbi;
       return {
-        message: `C++ ABI mismatch: the flash_attn binary was built with CXX11_ABI=${kind.wheelAbi ? "TRUE" : "FALSE"} but torch uses ${want ? "TRUE" : "FALSE"} (undefined symbol ${symbol})`,
-        fix: `install the wheel tagged cxx11abi${want ? "TRUE" : "FALSE"} for torch ${torchMM}, or build it here: ${FA_REINSTALL}`,
+        message: `C++ ABI mismatch: the flash_attn binary was built with CXX11_ABI=${
+          kind.wheelAbi ? "TRUE" : "FALSE"
+        } but torch uses ${want ? "TRUE" : "FALSE"} (undefined symbol ${symbol})`,
+        fix: `install the wheel tagged cxx11abi${
+          want ? "TRUE" : "FALSE"
+        } for torch ${torchMM}, or build it here: ${FA_REINSTALL}`,
       };
     }
     if (kind.kind === "torch-version") {
       return {
-        message: `flash_attn was built for another torch${tag ? ` (${tag.torch})` : ""} than the installed ${torch.version} (undefined symbol ${symbol})`,
-        fix: `install the flash-attn wheel whose tag says torch${torchMM}, or rebuild it against this torch: ${FA_REINSTALL}`,
+        message: `flash_attn was built for another torch${
+          tag ? ` (${tag.torch})` : ""
+        } than the installed ${torch.version} (undefined symbol ${symbol})`,
+        fix:
+          `install the flash-attn wheel whose tag says torch${torchMM}, or rebuild it against this torch: ${FA_REINSTALL}`,
       };
     }
     return { message: `import flash_attn fails: undefined symbol ${symbol}`, fix: FA_REINSTALL };
   }
-  const lib = /(libcudart\.so\.(\d+)|libc10\w*\.so|libtorch\w*\.so)[^:]*: cannot open shared object file/.exec(m.import_error ?? "");
+  const lib = /(libcudart\.so\.(\d+)|libc10\w*\.so|libtorch\w*\.so)[^:]*: cannot open shared object file/.exec(
+    m.import_error ?? "",
+  );
   if (lib?.[2]) {
     return {
-      message: `flash_attn needs ${lib[1]} (CUDA ${lib[2]}) but torch brings CUDA ${torch.cuda ?? "none"}: ${m.import_error}`,
-      fix: `install the flash-attn wheel for CUDA ${majorOf(torch.cuda ?? "12")} (tag cu${majorOf(torch.cuda ?? "12")}), or rebuild it: ${FA_REINSTALL}`,
+      message: `flash_attn needs ${lib[1]} (CUDA ${lib[2]}) but torch brings CUDA ${
+        torch.cuda ?? "none"
+      }: ${m.import_error}`,
+      fix: `install the flash-attn wheel for CUDA ${majorOf(torch.cuda ?? "12")} (tag cu${
+        majorOf(torch.cuda ?? "12")
+      }), or rebuild it: ${FA_REINSTALL}`,
     };
   }
   if (/flash_attn_2_cuda/.test(m.import_error ?? "") && /No module named/.test(m.import_error ?? "")) {
-    return { message: `flash_attn is installed without its CUDA extension (flash_attn_2_cuda): ${m.import_error}`, fix: FA_REINSTALL };
+    return {
+      message: `flash_attn is installed without its CUDA extension (flash_attn_2_cuda): ${m.import_error}`,
+      fix: FA_REINSTALL,
+    };
   }
   return { message: `import flash_attn fails: ${m.import_error}`, fix: FA_REINSTALL };
 }
@@ -210,7 +286,11 @@ function flashAttnRules(f: DoctorFacts, torch: TorchFacts, s: Builder): void {
   const ampere = ccs.some((cc) => compareVersions(cc, FLASH_ATTN_2_MIN_CC) >= 0);
   if (!fa?.installed) {
     if (torch.cuda_available && (ampere || torch.hip)) {
-      s.info("flash_attn", "flash_attn is not installed (transformers and others fall back to SDPA)", "pip install flash-attn --no-build-isolation");
+      s.info(
+        "flash_attn",
+        "flash_attn is not installed (transformers and others fall back to SDPA)",
+        "pip install flash-attn --no-build-isolation",
+      );
     } else {
       s.info("flash_attn", "flash_attn is not installed");
     }
@@ -228,14 +308,27 @@ function flashAttnRules(f: DoctorFacts, torch: TorchFacts, s: Builder): void {
     const sev = fa.importable === false ? s.error : s.warn;
     const torchMM = majorMinor(torch.version ?? "");
     if (tag.torch !== torchMM && !explainedByImport) {
-      sev("flash_attn_tag_torch", `the flash-attn wheel is built for torch ${tag.torch}, torch is ${torch.version}`, `install the wheel tagged torch${torchMM}: ${FA_REINSTALL}`);
+      sev(
+        "flash_attn_tag_torch",
+        `the flash-attn wheel is built for torch ${tag.torch}, torch is ${torch.version}`,
+        `install the wheel tagged torch${torchMM}: ${FA_REINSTALL}`,
+      );
     }
     if (tag.cuda && torch.cuda && majorOf(tag.cuda) !== majorOf(torch.cuda)) {
-      sev("flash_attn_tag_cuda", `the flash-attn wheel is built for CUDA ${tag.cuda}, torch for CUDA ${torch.cuda}`, `install the wheel tagged cu${majorOf(torch.cuda)}: ${FA_REINSTALL}`);
+      sev(
+        "flash_attn_tag_cuda",
+        `the flash-attn wheel is built for CUDA ${tag.cuda}, torch for CUDA ${torch.cuda}`,
+        `install the wheel tagged cu${majorOf(torch.cuda)}: ${FA_REINSTALL}`,
+      );
     }
     if (torch.cxx11_abi !== undefined && tag.cxx11abi !== torch.cxx11_abi && !explainedByImport) {
-      sev("flash_attn_tag_abi", `the flash-attn wheel is tagged cxx11abi${tag.cxx11abi ? "TRUE" : "FALSE"} but torch uses CXX11_ABI=${torch.cxx11_abi ? "1" : "0"}`,
-        `install the wheel tagged cxx11abi${torch.cxx11_abi ? "TRUE" : "FALSE"}: ${FA_REINSTALL}`);
+      sev(
+        "flash_attn_tag_abi",
+        `the flash-attn wheel is tagged cxx11abi${tag.cxx11abi ? "TRUE" : "FALSE"} but torch uses CXX11_ABI=${
+          torch.cxx11_abi ? "1" : "0"
+        }`,
+        `install the wheel tagged cxx11abi${torch.cxx11_abi ? "TRUE" : "FALSE"}: ${FA_REINSTALL}`,
+      );
     }
   }
   if (fa.importable === false) return;
@@ -244,8 +337,11 @@ function flashAttnRules(f: DoctorFacts, torch: TorchFacts, s: Builder): void {
     const archs = (torch.devices ?? []).map((d) => gfxBase(d.gcn_arch_name ?? "")).filter(Boolean);
     const unsupported = archs.filter((a) => !flashAttnCkArchs.includes(a));
     if (unsupported.length) {
-      s.warn("flash_attn_rocm_arch", `flash_attn's Composable Kernel backend does not support ${unsupported.join(", ")}`,
-        "use its Triton backend: FLASH_ATTENTION_TRITON_AMD_ENABLE=TRUE (reinstall with it set), or attn_implementation=\"sdpa\"");
+      s.warn(
+        "flash_attn_rocm_arch",
+        `flash_attn's Composable Kernel backend does not support ${unsupported.join(", ")}`,
+        'use its Triton backend: FLASH_ATTENTION_TRITON_AMD_ENABLE=TRUE (reinstall with it set), or attn_implementation="sdpa"',
+      );
     } else {
       s.ok("flash_attn", `flash_attn ${fa.version} imports (ROCm)`);
     }
@@ -253,10 +349,24 @@ function flashAttnRules(f: DoctorFacts, torch: TorchFacts, s: Builder): void {
   }
   const old = ccs.filter((cc) => compareVersions(cc, FLASH_ATTN_2_MIN_CC) < 0);
   if (old.length) {
-    s.warn("flash_attn_arch", `flash_attn ${fa.version} imports, but FlashAttention 2 needs Ampere (sm_80) or newer; this GPU is ${old.map(smName).join(", ")} ("FlashAttention only supports Ampere GPUs or newer.")`,
-      "use attn_implementation=\"sdpa\" (or xformers) on this GPU; flash_attn cannot run here");
+    s.warn(
+      "flash_attn_arch",
+      `flash_attn ${fa.version} imports, but FlashAttention 2 needs Ampere (sm_80) or newer; this GPU is ${
+        old.map(smName).join(", ")
+      } ("FlashAttention only supports Ampere GPUs or newer.")`,
+      'use attn_implementation="sdpa" (or xformers) on this GPU; flash_attn cannot run here',
+    );
   } else {
-    s.ok("flash_attn", `flash_attn ${fa.version} imports${tag ? ` (wheel ${tag.cuda ? `cu${tag.cuda}` : `rocm${tag.rocm}`}, torch ${tag.torch}, cxx11abi ${tag.cxx11abi ? "TRUE" : "FALSE"})` : ""}`);
+    s.ok(
+      "flash_attn",
+      `flash_attn ${fa.version} imports${
+        tag
+          ? ` (wheel ${tag.cuda ? `cu${tag.cuda}` : `rocm${tag.rocm}`}, torch ${tag.torch}, cxx11abi ${
+            tag.cxx11abi ? "TRUE" : "FALSE"
+          })`
+          : ""
+      }`,
+    );
   }
 }
 
@@ -265,21 +375,37 @@ function flashAttn3Rules(f: DoctorFacts, torch: TorchFacts, s: Builder): void {
   const hopper = capabilities(f, torch).some((cc) => cc === FLASH_ATTN_3_CC);
   if (!fa3?.installed) {
     if (hopper && torch.cuda_available) {
-      s.info("flash_attn_3", "flash_attn_3 (FlashAttention 3, faster on Hopper) is not installed",
-        `optional: build it from flash-attention's hopper/ directory (cd hopper && python setup.py install; needs CUDA ≥ ${FLASH_ATTN_3_MIN_CUDA})`);
+      s.info(
+        "flash_attn_3",
+        "flash_attn_3 (FlashAttention 3, faster on Hopper) is not installed",
+        `optional: build it from flash-attention's hopper/ directory (cd hopper && python setup.py install; needs CUDA ≥ ${FLASH_ATTN_3_MIN_CUDA})`,
+      );
     }
     return;
   }
   if (fa3.importable === false) {
     const { message, fix } = describeImportFailure(fa3, torch, undefined);
-    s.warn("flash_attn_3_import", message.replace("flash_attn ", "flash_attn_3 "), fix.replace(/flash-attn\b/g, "flash-attn-3"));
+    s.warn(
+      "flash_attn_3_import",
+      message.replace("flash_attn ", "flash_attn_3 "),
+      fix.replace(/flash-attn\b/g, "flash-attn-3"),
+    );
     return;
   }
   if (!hopper) {
-    s.warn("flash_attn_3_arch", `flash_attn_3 ${fa3.version ?? ""} is installed, but FlashAttention 3 runs only on Hopper (sm_90); this GPU is ${capabilities(f, torch).map(smName).join(", ") || "unknown"}`,
-      "use flash_attn (FA2) or SDPA on this GPU");
+    s.warn(
+      "flash_attn_3_arch",
+      `flash_attn_3 ${fa3.version ?? ""} is installed, but FlashAttention 3 runs only on Hopper (sm_90); this GPU is ${
+        capabilities(f, torch).map(smName).join(", ") || "unknown"
+      }`,
+      "use flash_attn (FA2) or SDPA on this GPU",
+    );
   } else if (torch.cuda && compareVersions(torch.cuda, FLASH_ATTN_3_MIN_CUDA) < 0) {
-    s.warn("flash_attn_3_cuda", `flash_attn_3 needs CUDA ≥ ${FLASH_ATTN_3_MIN_CUDA}; torch is built with CUDA ${torch.cuda}`, pipTorch(torchIndexForDriver(driverVersion(f))));
+    s.warn(
+      "flash_attn_3_cuda",
+      `flash_attn_3 needs CUDA ≥ ${FLASH_ATTN_3_MIN_CUDA}; torch is built with CUDA ${torch.cuda}`,
+      pipTorch(torchIndexForDriver(driverVersion(f))),
+    );
   } else {
     s.ok("flash_attn_3", `flash_attn_3 ${fa3.version ?? ""} imports (Hopper)`.replace("  ", " "));
   }
@@ -294,20 +420,39 @@ function extensionRules(f: DoctorFacts, s: Builder): void {
     ["layer_norm", "dropout_layer_norm", py.layer_norm, "csrc/layer_norm"],
   ] as const;
   for (const [id, module, facts, dir] of extensions) {
-    const install = `pip install --no-build-isolation "git+https://github.com/Dao-AILab/flash-attention.git#subdirectory=${dir}"`;
+    const install =
+      `pip install --no-build-isolation "git+https://github.com/Dao-AILab/flash-attention.git#subdirectory=${dir}"`;
     if (!facts?.installed) {
-      s.info(id, `flash_attn's ${module} extension (${dir}) is not installed: models that import it (Qwen: "import flash_attn ${id === "rotary" ? "rotary" : "rms_norm"} fail") fall back to slower code`, install);
+      s.info(
+        id,
+        `flash_attn's ${module} extension (${dir}) is not installed: models that import it (Qwen: "import flash_attn ${
+          id === "rotary" ? "rotary" : "rms_norm"
+        } fail") fall back to slower code`,
+        install,
+      );
     } else if (facts.importable === false) {
-      s.warn(id, `${module} is installed but does not import: ${facts.import_error}`, `rebuild it against this torch: ${install}`);
+      s.warn(
+        id,
+        `${module} is installed but does not import: ${facts.import_error}`,
+        `rebuild it against this torch: ${install}`,
+      );
     } else {
       s.ok(id, `${module} ${facts.version ?? ""} imports`.replace("  ", " "));
     }
   }
   const triton = py.triton;
   if (!triton?.installed) {
-    s.warn("triton", "triton is not installed: flash_attn's rotary embedding (flash_attn.layers.rotary) needs it", "pip install triton");
+    s.warn(
+      "triton",
+      "triton is not installed: flash_attn's rotary embedding (flash_attn.layers.rotary) needs it",
+      "pip install triton",
+    );
   } else if (triton.importable === false) {
-    s.warn("triton", `triton does not import: ${triton.import_error}`, "pip install --force-reinstall triton (the version your torch pins)");
+    s.warn(
+      "triton",
+      `triton does not import: ${triton.import_error}`,
+      "pip install --force-reinstall triton (the version your torch pins)",
+    );
   } else {
     s.ok("triton", `triton ${triton.version ?? ""} imports`.replace("  ", " "));
   }
@@ -338,8 +483,13 @@ function transformersRules(f: DoctorFacts, torch: TorchFacts, s: Builder): void 
     return;
   }
   const impls = attnImplementations(f);
-  const why = impls.includes("flash_attention_2") ? "" : torch.cuda_available
+  const why = impls.includes("flash_attention_2")
+    ? ""
+    : torch.cuda_available
     ? " (flash_attention_2 needs flash_attn importable on an Ampere+ GPU)"
     : " (flash_attention_2 needs a GPU)";
-  s.ok("transformers", `transformers ${tf.version}: attn_implementation can be ${impls.map((i) => `"${i}"`).join(", ")}${why}`);
+  s.ok(
+    "transformers",
+    `transformers ${tf.version}: attn_implementation can be ${impls.map((i) => `"${i}"`).join(", ")}${why}`,
+  );
 }

@@ -5,9 +5,11 @@ import { sectionFindings } from "./common.ts";
 export function systemRules(f: DoctorFacts): Finding[] {
   const s = sectionFindings("system");
   if (f.host.restricted) {
-    s.warn("restricted",
+    s.warn(
+      "restricted",
       `/proc, /sys and /dev are not readable (${f.host.restricted}): kernel-module, device-node and /dev/kfd checks are incomplete`,
-      "under Deno run the doctor with --allow-all: deno run -A cli.ts doctor");
+      "under Deno run the doctor with --allow-all: deno run -A cli.ts doctor",
+    );
   }
   return s.list;
 }

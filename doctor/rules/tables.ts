@@ -33,7 +33,11 @@ export const minimumDriverForCuda: Record<string, string> = {
  * Minor-version compatibility: a program built with any toolkit of a major runs (with a limited feature set: no
  * JIT of newer PTX) on drivers from this version on. 11.x from 450.80.02, 12.x from 525, 13.x from 580.
  */
-export const minorVersionCompatibleDriver: Record<number, string> = { 11: "450.80.02", 12: "525.60.13", 13: "580.65.06" };
+export const minorVersionCompatibleDriver: Record<number, string> = {
+  11: "450.80.02",
+  12: "525.60.13",
+  13: "580.65.06",
+};
 
 /** The driver branch to name in advice for a CUDA major ("R580"). */
 export const driverBranchForCudaMajor: Record<number, string> = { 11: "R450", 12: "R525", 13: "R580" };
@@ -73,7 +77,18 @@ export const FLASH_ATTN_3_CC = "9.0";
 export const FLASH_ATTN_3_MIN_CUDA = "12.3";
 
 /** flash-attn's Composable Kernel backend: the GPU_ARCHS allow-list of setup.py. */
-export const flashAttnCkArchs = ["gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1101", "gfx1102", "gfx1150", "gfx1151", "gfx1200", "gfx1201"];
+export const flashAttnCkArchs = [
+  "gfx90a",
+  "gfx942",
+  "gfx950",
+  "gfx1100",
+  "gfx1101",
+  "gfx1102",
+  "gfx1150",
+  "gfx1151",
+  "gfx1200",
+  "gfx1201",
+];
 
 /** transformers uses SDPA from torch 2.1.1 on. */
 export const SDPA_MIN_TORCH = "2.1.1";

@@ -1,6 +1,14 @@
 // Compilers: needed to build our libraries (and flash-attn from source), never to run them.
 import type { DoctorFacts, Finding } from "../facts.ts";
-import { compareVersions, driverCudaVersion, driverRuns, driverVersion, majorOf, nvidiaHardwarePresent, sectionFindings } from "./common.ts";
+import {
+  compareVersions,
+  driverCudaVersion,
+  driverRuns,
+  driverVersion,
+  majorOf,
+  nvidiaHardwarePresent,
+  sectionFindings,
+} from "./common.ts";
 
 export function toolkitRules(f: DoctorFacts): Finding[] {
   const s = sectionFindings("toolkits");
@@ -11,33 +19,55 @@ export function toolkitRules(f: DoctorFacts): Finding[] {
     s.ok("nvcc", `nvcc ${nvcc.version} (${nvcc.path}, found via ${nvcc.source})`);
     const driver = driverVersion(f);
     const supported = driverCudaVersion(f);
-    if (driver && supported && compareVersions(nvcc.version, supported) > 0 && driverRuns(nvcc.version, driver) === "no") {
-      s.warn("nvcc_newer_than_driver",
+    if (
+      driver && supported && compareVersions(nvcc.version, supported) > 0 && driverRuns(nvcc.version, driver) === "no"
+    ) {
+      s.warn(
+        "nvcc_newer_than_driver",
         `nvcc ${nvcc.version} builds programs this driver (${driver}, CUDA ${supported}) cannot run`,
-        `build with a CUDA ${majorOf(supported)}.x toolkit (set CUDA_HOME) or upgrade the NVIDIA driver`);
+        `build with a CUDA ${majorOf(supported)}.x toolkit (set CUDA_HOME) or upgrade the NVIDIA driver`,
+      );
     }
     if (torchCuda && majorOf(torchCuda) !== majorOf(nvcc.version)) {
-      s.warn("nvcc_vs_torch",
+      s.warn(
+        "nvcc_vs_torch",
         `nvcc ${nvcc.version} and torch's CUDA ${torchCuda} differ in major version: building flash-attn from source fails ("The detected CUDA version mismatches the version that was used to compile PyTorch")`,
-        `point CUDA_HOME at a CUDA ${majorOf(torchCuda)}.x toolkit before pip install flash-attn --no-build-isolation, or install prebuilt wheels`);
+        `point CUDA_HOME at a CUDA ${
+          majorOf(torchCuda)
+        }.x toolkit before pip install flash-attn --no-build-isolation, or install prebuilt wheels`,
+      );
     }
   } else if (nvcc.status === "absent") {
-    s.info("nvcc", "nvcc not found: needed only to build libflashattn_cuda or flash-attn from source",
-      nvidiaHardwarePresent(f) ? "install the CUDA toolkit and put its bin/ on PATH (or set CUDA_HOME)" : undefined);
+    s.info(
+      "nvcc",
+      "nvcc not found: needed only to build libflashattn_cuda or flash-attn from source",
+      nvidiaHardwarePresent(f) ? "install the CUDA toolkit and put its bin/ on PATH (or set CUDA_HOME)" : undefined,
+    );
   } else {
-    s.warn("nvcc_broken", `nvcc at ${nvcc.path} does not run: ${nvcc.error}`, "reinstall the CUDA toolkit or fix PATH/CUDA_HOME to point at a working one");
+    s.warn(
+      "nvcc_broken",
+      `nvcc at ${nvcc.path} does not run: ${nvcc.error}`,
+      "reinstall the CUDA toolkit or fix PATH/CUDA_HOME to point at a working one",
+    );
   }
 
   for (const variable of ["CUDA_HOME", "CUDA_PATH"] as const) {
     const home = f.host.env[variable];
     if (home && nvcc.path && !nvcc.path.startsWith(home.replace(/\/$/, "") + "/")) {
-      s.warn(`${variable.toLowerCase()}_differs`, `${variable}=${home} but the nvcc in use is ${nvcc.path}`,
-        `builds (ours and torch extensions) may mix two toolkits: put ${home}/bin first on PATH or fix ${variable}`);
+      s.warn(
+        `${variable.toLowerCase()}_differs`,
+        `${variable}=${home} but the nvcc in use is ${nvcc.path}`,
+        `builds (ours and torch extensions) may mix two toolkits: put ${home}/bin first on PATH or fix ${variable}`,
+      );
     }
   }
 
   if (hipcc.status === "ok" && hipcc.version) s.ok("hipcc", `hipcc ${hipcc.version} (${hipcc.path})`);
   else if (hipcc.status === "absent") s.info("hipcc", "hipcc not found: needed only to build libflashattn_hip");
-  else s.warn("hipcc_broken", `hipcc at ${hipcc.path} does not run: ${hipcc.error}`, "reinstall ROCm's HIP compiler (hipcc) or fix PATH/ROCM_PATH");
+  else {s.warn(
+      "hipcc_broken",
+      `hipcc at ${hipcc.path} does not run: ${hipcc.error}`,
+      "reinstall ROCm's HIP compiler (hipcc) or fix PATH/ROCM_PATH",
+    );}
   return s.list;
 }
