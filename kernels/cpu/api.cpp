@@ -50,14 +50,17 @@ std::vector<Problem> check_host_data(const fa_attn_params& p, int32_t direction)
   std::vector<Problem> out;
   const size_t element = dtype_size(p.dtype);
   const bool bwd = direction != FA_DIR_FORWARD;
-  const std::pair<const char*, const fa_tensor*> tensors[] = {{"q", &p.q}, {"k", &p.k}, {"v", &p.v}, {"o", &p.o},
-                                                               {"dout", &p.dout}, {"dq", &p.dq}, {"dk", &p.dk}, {"dv", &p.dv}};
-  for (const auto& [name, t] : tensors) {
-    const bool needed = bwd || name[0] == 'q' || name[0] == 'k' || name[0] == 'v' || name[0] == 'o';
-    if (needed && t->data != nullptr && reinterpret_cast<uintptr_t>(t->data) % element != 0)
-      out.push_back({FA_ERR_INVALID_ARGUMENT, format("tensor %s is not aligned to its %zu-byte %s elements", name, element,
+  struct Named {
+    const char* name;
+    const fa_tensor& t;
+    bool needed;
+  };
+  const Named tensors[] = {{"q", p.q, true},       {"k", p.k, true},     {"v", p.v, true},     {"o", p.o, true},
+                           {"dout", p.dout, bwd}, {"dq", p.dq, bwd}, {"dk", p.dk, bwd}, {"dv", p.dv, bwd}};
+  for (const Named& n : tensors)
+    if (n.needed && reinterpret_cast<uintptr_t>(n.t.data) % element != 0)
+      out.push_back({FA_ERR_INVALID_ARGUMENT, format("tensor %s is not aligned to its %zu-byte %s elements", n.name, element,
                                                      dtype_name(p.dtype))});
-  }
   if (p.lse != nullptr && reinterpret_cast<uintptr_t>(p.lse) % 4 != 0)
     out.push_back({FA_ERR_INVALID_ARGUMENT, "lse is not aligned to 4-byte floats"});
   if (!out.empty() || !is_varlen(p)) return out;
