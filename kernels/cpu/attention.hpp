@@ -10,9 +10,11 @@
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "../common/fa_common.hpp"
 #include "isa.hpp"
+#include "memory.hpp"
 
 namespace fa::cpu {
 
@@ -152,6 +154,29 @@ class Carver {
  private:
   char* base_;
   int64_t used_ = 0;
+};
+
+// One counted Workspace holding a Scratch (a struct of buffers carved by its constructor from a Carver) for every
+// pool worker; scratch[worker] is that worker's. Scratch is constructed from (Carver&, args...).
+template <typename Scratch>
+class PerWorker {
+ public:
+  template <typename... Args>
+  PerWorker(const char* what, int workers, const Args&... args) {
+    Carver sizer(nullptr);
+    Scratch{sizer, args...};
+    const int64_t per_worker = sizer.used();
+    block_ = Workspace(checked_bytes(what, {static_cast<uint64_t>(per_worker), static_cast<uint64_t>(workers)}), what);
+    for (int w = 0; w < workers; ++w) {
+      Carver carve(block_.as<char>() + w * per_worker);
+      slices_.emplace_back(carve, args...);
+    }
+  }
+  Scratch& operator[](int worker) { return slices_[worker]; }
+
+ private:
+  Workspace block_;
+  std::vector<Scratch> slices_;
 };
 
 }  // namespace fa::cpu

@@ -192,17 +192,7 @@ int32_t flash_backward(const fa_attn_params& p, const IsaKernels& isa) {
                   "the backward's D = rowsum(dO*O)");
   const BackwardPlan plan{g, chunk_blocks, chunks, q_rows, dq_partial.as<float>(), delta.as<float>()};
 
-  const int workers = worker_count();
-  Carver sizer(nullptr);
-  BackwardScratch{sizer, g.d_pad};
-  const int64_t per_worker = sizer.used();
-  Workspace scratch(checked_bytes("backward scratch", {static_cast<uint64_t>(per_worker), static_cast<uint64_t>(workers)}),
-                    "backward scratch");
-  std::vector<BackwardScratch> slices;
-  for (int w = 0; w < workers; ++w) {
-    Carver carve(scratch.as<char>() + w * per_worker);
-    slices.emplace_back(carve, g.d_pad);
-  }
+  PerWorker<BackwardScratch> slices("backward scratch", worker_count(), g.d_pad);
 
   const int64_t heads = int64_t{p.batch} * p.heads_q;
   parallel_for(heads, [&](int64_t task, int worker) {

@@ -146,17 +146,7 @@ int32_t flash_forward(const fa_attn_params& p, const IsaKernels& isa) {
   const int32_t head_chunks = (g.r.group + heads_per_task - 1) / heads_per_task;
   const int32_t queries_per_task = std::max(1, kForwardBlockQ / heads_per_task);
   const QueryBlocks blocks(g, queries_per_task);
-  const int workers = worker_count();
-  Carver sizer(nullptr);
-  ForwardScratch{sizer, g.d_pad};
-  const int64_t per_worker = sizer.used();
-  Workspace scratch(checked_bytes("forward scratch", {static_cast<uint64_t>(per_worker), static_cast<uint64_t>(workers)}),
-                    "forward scratch");
-  std::vector<ForwardScratch> slices;
-  for (int w = 0; w < workers; ++w) {
-    Carver carve(scratch.as<char>() + w * per_worker);
-    slices.emplace_back(carve, g.d_pad);
-  }
+  PerWorker<ForwardScratch> slices("forward scratch", worker_count(), g.d_pad);
   // kv-head-major order: consecutive tasks share one head's K/V, which then stays in cache across query blocks.
   parallel_for(int64_t{p.heads_kv} * head_chunks * blocks.total(), [&](int64_t task, int worker) {
     Columns t;

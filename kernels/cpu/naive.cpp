@@ -48,17 +48,7 @@ int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa) {
   const char* what = "the naive algorithm's score and probability matrices";
   Workspace scores(checked_bytes(what, {static_cast<uint64_t>(heads), static_cast<uint64_t>(matrix), 2, sizeof(float)}), what);
 
-  const int workers = worker_count();
-  Carver sizer(nullptr);
-  NaiveScratch{sizer, g, cols};
-  const int64_t per_worker = sizer.used();
-  Workspace scratch(checked_bytes("naive scratch", {static_cast<uint64_t>(per_worker), static_cast<uint64_t>(workers)}),
-                    "naive scratch");
-  std::vector<NaiveScratch> slices;
-  for (int w = 0; w < workers; ++w) {
-    Carver carve(scratch.as<char>() + w * per_worker);
-    slices.emplace_back(carve, g, cols);
-  }
+  PerWorker<NaiveScratch> slices("naive scratch", worker_count(), g, cols);
 
   parallel_for(heads, [&](int64_t task, int worker) {
     NaiveScratch& w = slices[worker];
