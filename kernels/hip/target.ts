@@ -15,9 +15,7 @@ import type { BuildTarget, CompileUnit } from "../target.ts";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
 const archs = (process.env.FLASHATTN_HIP_ARCHS ?? "gfx90a").split(",").map((a) => a.trim()).filter(Boolean);
-for (const a of archs) {
-  if (!/^gfx[0-9a-f]+$/.test(a)) throw new Error(`FLASHATTN_HIP_ARCHS: "${a}" is not a gfx target such as gfx90a`);
-}
+const badArch = archs.find((a) => !/^gfx[0-9a-f]+$/.test(a));
 const offload = archs.map((a) => `--offload-arch=${a}`);
 const env = { HIP_PLATFORM: "amd" };
 
@@ -47,6 +45,8 @@ const target: BuildTarget = {
   // Debian's hipcc defaults to the NVIDIA platform when nvcc is installed; HIP_PLATFORM=amd (env above) selects
   // clang. Skip with a reason when that platform is not usable (no HIP headers / device libraries for the targets).
   async precheck(compiler) {
+    if (badArch !== undefined || archs.length === 0)
+      return `FLASHATTN_HIP_ARCHS="${process.env.FLASHATTN_HIP_ARCHS}" is not a comma list of gfx targets such as gfx90a,gfx942`;
     const probe = await $({ env: { ...process.env, ...env }, nothrow: true, quiet: true })`${compiler} --version`;
     if (probe.exitCode !== 0) return `${compiler} --version failed: ${probe.stderr.trim().split("\n")[0] ?? ""}`;
     if (!/HIP version/i.test(probe.stdout)) return `${compiler} is not a HIP compiler (no "HIP version" in --version)`;
