@@ -42,7 +42,10 @@ struct NaiveScratch {
 
 int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa) {
   const Geometry g(p);
-  const int32_t cols = round_up(p.seqlen_q, 16);  // S^T columns: queries, padded to the 16-float strip
+  const int64_t padded_queries = (int64_t{p.seqlen_q} + 15) / 16 * 16;  // S^T columns: queries, in 16-float strips
+  if (padded_queries > INT32_MAX / 16)
+    throw WorkspaceError(format("the naive algorithm materialises seqlen_q x seqlen_k and cannot take %d queries", p.seqlen_q));
+  const int32_t cols = static_cast<int32_t>(padded_queries);
   const int64_t heads = int64_t{p.batch} * p.heads_q;
   const int64_t matrix = int64_t{p.seqlen_k} * cols;  // floats of one head's S (and of its P)
   const char* what = "the naive algorithm's score and probability matrices";
