@@ -6,8 +6,7 @@ import os from "node:os";
 import process from "node:process";
 import { type BackendName, backendNames } from "../ffi/discovery.ts";
 import type { Backend } from "../lib/backend.ts";
-import { type BackendChoice, chooseBackend } from "../lib/select.ts";
-import { FlashAttnError } from "../lib/errors.ts";
+import { type BackendChoice, chooseBackend, noBackendError } from "../lib/select.ts";
 import { measureCopyBandwidth } from "./copy.ts";
 import { attentionFlops, gigabytesPerSecond, kvBytes, tflopsPerSecond } from "./flops.ts";
 import { type Algorithm, implName, measureOurs, memoryLimit, problemFor, SpeedMemory, type TimingPlan } from "./ours.ts";
@@ -65,7 +64,10 @@ export function gpuUsable(opts: { backend: BackendChoice; libPath?: string; env?
   return [...usable.keys()].some((name) => name !== "cpu");
 }
 
-/** Our backends that can run here, by the same decision run and doctor use, and why the others cannot. */
+/**
+ * Our backends that can run here, by the same decision run and doctor use, and why the others cannot. None usable
+ * is the environment error run and doctor give too.
+ */
 function findBackends(cases: BenchCase[], opts: BenchOptions): { usable: Backend[]; statuses: ImplStatus[] } {
   const first = cases[0];
   const { decisions, usable } = chooseBackend(
@@ -80,6 +82,7 @@ function findBackends(cases: BenchCase[], opts: BenchOptions): { usable: Backend
       ...(backend ? { detail: { library: backend.path, kernel: d.kernel } } : { reason: d.reasons.join("; ") || d.verdict }),
     });
   }
+  if (usable.size === 0) throw noBackendError(decisions);
   return { usable: backendNames.map((n) => usable.get(n)).filter((b): b is Backend => !!b), statuses };
 }
 
@@ -134,10 +137,6 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
   // expansion below knows whether a GPU is measured.
   const probeCases = expandSweep(opts.spec, { gpu: true });
   const { usable, statuses } = findBackends(probeCases, opts);
-  if (usable.length === 0) {
-    const why = statuses.map((s) => `${s.place}: ${s.reason}`).join("; ");
-    throw new FlashAttnError("NO_BACKEND", `no backend of ours can run the bench: ${why}`, "run `flashattn doctor` for details");
-  }
   const gpu = usable.some((b) => b.name !== "cpu");
   const cases = expandSweep(opts.spec, { gpu });
   const wants = new Set(opts.baselines);
