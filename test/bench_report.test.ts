@@ -153,6 +153,14 @@ describe("table", () => {
     expect(formatRate(NaN)).toBe("?");
   });
 
+  test("a row whose runs spread over 10% of the median is called noisy in the notes", () => {
+    const r = report();
+    r.measurements[3] = { ...r.measurements[3], timing: summarize([6, 8, 8, 10]) }; // p25 7.5, p75 8.5: 12.5 %
+    const text = renderTable(r, { color: false });
+    expect(text).toContain(`flashattn-cuda noisy: spread over 10% of the median on 1 case (worst 13% on ${faCases[1].id})`);
+    expect(renderTable(report(), { color: false })).not.toContain("noisy");
+  });
+
   test("colour only when asked", () => {
     expect(renderTable(report(), { color: true })).toContain("\x1b[32m×4.00\x1b[0m");
   });

@@ -92,8 +92,21 @@ function notes(report: BenchReport): string[] {
     const key = `${m.impl} ${m.status === "ok" ? "note" : statusWord[m.status]}: ${m.reason ?? "no reason given"}`;
     groups.set(key, (groups.get(key) ?? 0) + 1);
   }
-  return [...groups].map(([key, n]) => `  ${key}${n > 1 ? ` (${n} cases)` : ""}`);
+  const lines = [...groups].map(([key, n]) => `  ${key}${n > 1 ? ` (${n} cases)` : ""}`);
+  // Runs whose middle half spreads over 10 % of the median: a busy machine or a clock that moved; read with care.
+  const noisy = new Map<string, Measurement[]>();
+  for (const m of report.measurements) {
+    if (m.timing && m.timing.iters > 1 && m.timing.spread > NOISY_SPREAD) noisy.set(m.impl, [...(noisy.get(m.impl) ?? []), m]);
+  }
+  for (const [impl, rows] of noisy) {
+    const worst = rows.reduce((a, b) => (b.timing!.spread > a.timing!.spread ? b : a));
+    lines.push(`  ${impl} noisy: spread over ${NOISY_SPREAD * 100}% of the median on ${rows.length} case${rows.length > 1 ? "s" : ""} (worst ${Math.round(worst.timing!.spread * 100)}% on ${worst.caseId})`);
+  }
+  return lines;
 }
+
+/** Interquartile range over median above which a row is called noisy. */
+const NOISY_SPREAD = 0.1;
 
 export function renderTable(report: BenchReport, opts: TableOptions): string {
   const { color } = opts;
