@@ -149,10 +149,10 @@ export function writeOutputs(report: BenchReport, plan: BenchPlan): string[] {
 
 const examples = `
 Examples:
-  flashattn bench                                   quick on a CPU-only machine, fa where a GPU is usable
-  flashattn bench --preset fa --json --chart fa.svg the flash-attention sweep, JSON on stdout, a bar chart
-  flashattn bench --preset decode --save decode.json one query token against 4k..128k KV, GQA
-  flashattn bench --seqlen 1k,4k --hdim 128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn
+  $ flashattn bench                                          # quick without a GPU, fa with one
+  $ flashattn bench --preset fa --json --chart fa.svg > fa.json
+  $ flashattn bench --preset decode --save decode.json       # one query token against 4k..128k KV, GQA
+  $ flashattn bench --seqlen 1k,4k --hdim 128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn
 
 Implementations: ours (every usable libflashattn backend), naive-<backend> (materialised scores, forward only),
 sdpa-flash/-cudnn/-efficient/-math (PyTorch through python3, when torch sees a GPU), numpy (CPU rows). A baseline
