@@ -16,17 +16,13 @@ twice its size, outside the timed region), as fa_bench does on the CPU. Peak mem
 (NumPy reports its buffers to tracemalloc) plus the inputs. A case whose materialised scores would not fit in the
 memory limit the caller passes is reported as OOM without being attempted.
 """
-import json
 import math
 import os
 import sys
 import time
 import tracemalloc
 
-
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+from worker_protocol import emit, requests, runs_for
 
 
 try:
@@ -108,16 +104,6 @@ def backward(q, k, v, o, lse, dout, causal, scale):
     return dq.transpose(0, 3, 1, 2, 4).reshape(b, sq, hq, d), dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)
 
 
-def runs_for(estimate_ms, req):
-    """bench/ours.ts runsFor: None when one warm run is over half the budget (that run is the figure), else
-    (warm-up runs, timed runs) that fit the budget, timed runs between min_iters and iters."""
-    budget = req["budget_ms"]
-    if estimate_ms > budget / 2:
-        return None
-    per = max(estimate_ms, 1e-3)
-    return max(1, min(req["warmup"], int(budget / 4 / per))), max(req["min_iters"], min(req["iters"], int(budget / per)))
-
-
 def score_bytes(c):
     """fp32 bytes of the largest live set of (b, h, sq, sk) arrays: S, P and a temporary (forward), dP, dS (backward)."""
     per = 4 * c["batch"] * c["headsQ"] * c["seqlenQ"] * c["seqlenK"]
@@ -176,12 +162,7 @@ def measure(c, req):
 
 
 def main():
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        if req.get("op") == "quit":
-            break
+    for req in requests():
         c = req["case"]
         try:
             result = measure(c, req)

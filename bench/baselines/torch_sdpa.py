@@ -12,26 +12,17 @@ Protocol (one JSON object per line):
 Timing, the same method as fa_bench: CUDA events around each run on the current stream, after warm-up, with the L2
 cache flushed before every run (a write over a buffer of twice its size, outside the events), so no run finds its
 inputs in cache. That flush replaces rotating inputs: it is stronger (nothing of the previous run survives) and
-does not multiply the memory the peak figure reports. The number of timed runs shrinks for slow cases so one case
-stays within budget_ms; the warm-up runs are timed too and give that estimate.
+does not multiply the memory the peak figure reports. How many runs: runs_for, the rule of bench/ours.ts (one
+timed warm run estimates; slow cases get fewer runs so one case stays near budget_ms).
 
 Peak memory: torch.cuda.max_memory_allocated over one run, minus the flush buffer; it includes the inputs and
 outputs, as our library's figure does.
 """
 import gc
-import json
 import sys
 import warnings
 
-
-def emit(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def one_line(text, limit=240):
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+from worker_protocol import emit, one_line, requests, runs_for
 
 
 try:
@@ -73,16 +64,6 @@ emit({"hello": {
     "python": sys.version.split()[0],
     "impls": list(IMPLS),
 }})
-
-
-def runs_for(estimate_ms, req):
-    """bench/ours.ts runsFor: None when one warm run is over half the budget (that run is the figure), else
-    (warm-up runs, timed runs) that fit the budget, timed runs between min_iters and iters."""
-    budget = req["budget_ms"]
-    if estimate_ms > budget / 2:
-        return None
-    per = max(estimate_ms, 1e-3)
-    return max(1, min(req["warmup"], int(budget / 4 / per))), max(req["min_iters"], min(req["iters"], int(budget / per)))
 
 
 def make_inputs(c, requires_grad):
@@ -176,12 +157,7 @@ def measure(c, impl, req):
 
 
 def main():
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        if req.get("op") == "quit":
-            break
+    for req in requests():
         c = req["case"]
         results = []
         for impl in req.get("impls", list(IMPLS)):
