@@ -31,7 +31,7 @@ class Pool {
     for (int w = 1; w < threads; ++w) workers_.emplace_back([this, w] { worker_loop(w); });
   }
 
-  // Runs at process exit or dlclose: wakes the workers and joins them, so no thread outlives the library's code.
+  // Wakes the workers and joins them, so no thread outlives the library's code.
   ~Pool() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -106,24 +106,27 @@ class Pool {
   bool stopping_ = false;
 };
 
-// The pool of this process. A child created by fork() has none of its parent's threads, so it builds its own
-// (the parent's Pool object is left alone: its threads do not exist in the child).
+// The pool of this process, destroyed at exit or dlclose. A child created by fork() has none of its parent's
+// threads: it builds its own pool and leaves the parent's alone (destroying it would wait on workers and condition
+// variables that only exist in the parent).
+struct PoolHolder {
+  Pool* pool = nullptr;
+  pid_t owner = 0;
+  ~PoolHolder() {
+    if (pool != nullptr && owner == getpid()) delete pool;
+  }
+};
+
 Pool& pool() {
   static std::mutex mutex;
-  static Pool* parent_pool = nullptr;
-  static pid_t owner = 0;
-  static int threads = configured_threads();
+  static PoolHolder holder;
+  static const int threads = configured_threads();
   std::lock_guard<std::mutex> lock(mutex);
-  if (parent_pool == nullptr || owner != getpid()) {
-    if (parent_pool == nullptr) {
-      static Pool first(threads);
-      parent_pool = &first;
-    } else {
-      parent_pool = new Pool(threads);  // forked child: intentionally never destroyed
-    }
-    owner = getpid();
+  if (holder.pool == nullptr || holder.owner != getpid()) {
+    holder.pool = new Pool(threads);
+    holder.owner = getpid();
   }
-  return *parent_pool;
+  return *holder.pool;
 }
 
 }  // namespace
