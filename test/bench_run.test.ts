@@ -191,6 +191,57 @@ describe("Python baseline workers", () => {
     expect("unavailable" in started && started.unavailable).toContain("the worker exited (status 1)");
   });
 
+  test.skipIf(!hasPython)("NumPy computes the attention it times: forward vs a float64 loop, gradients vs finite differences (skipped without python3 + numpy)", () => {
+    // GQA 4/2, sq < sk (bottom-right causal), a fully masked row when sq > sk; gradients of sum(O ∘ dO).
+    const check = `
+import importlib.util, io, contextlib, math, os, sys
+import numpy as np
+sys.path.insert(0, os.path.dirname(sys.argv[1]))  # as when the script runs: its folder holds worker_protocol.py
+spec = importlib.util.spec_from_file_location("na", sys.argv[1])
+na = importlib.util.module_from_spec(spec)
+with contextlib.redirect_stdout(io.StringIO()):
+    spec.loader.exec_module(na)
+rng = np.random.default_rng(7)
+worst = 0.0
+for (b, sq, sk, hq, hkv, d) in [(2, 5, 7, 4, 2, 8), (1, 6, 3, 2, 1, 16)]:
+    q = rng.standard_normal((b, sq, hq, d)).astype(np.float32)
+    k = rng.standard_normal((b, sk, hkv, d)).astype(np.float32)
+    v = rng.standard_normal((b, sk, hkv, d)).astype(np.float32)
+    do = rng.standard_normal((b, sq, hq, d)).astype(np.float32)
+    scale = 1 / math.sqrt(d)
+    for causal in (False, True):
+        def ref(q, k, v):
+            o = np.zeros((b, sq, hq, d))
+            for bb in range(b):
+                for h in range(hq):
+                    g = h // (hq // hkv)
+                    s = q[bb, :, h].astype(np.float64) @ k[bb, :, g].astype(np.float64).T * scale
+                    for i in range(sq):
+                        for j in range(sk):
+                            if causal and j > i + sk - sq:
+                                s[i, j] = -np.inf
+                    for i in range(sq):
+                        if np.isfinite(s[i]).any():
+                            p = np.exp(s[i] - s[i].max()); o[bb, i, h] = (p / p.sum()) @ v[bb, :, g]
+            return o
+        o, lse = na.forward(q, k, v, causal, scale)
+        worst = max(worst, np.abs(o - ref(q, k, v)).max())
+        dq, dk, dv = na.backward(q, k, v, o, lse, do, causal, scale)
+        for name, grad in (("q", dq), ("k", dk), ("v", dv)):
+            args = {"q": q.astype(np.float64), "k": k.astype(np.float64), "v": v.astype(np.float64)}
+            idx = tuple(int(rng.integers(n)) for n in args[name].shape)
+            plus, minus = dict(args), dict(args)
+            plus[name] = args[name].copy(); plus[name][idx] += 1e-4
+            minus[name] = args[name].copy(); minus[name][idx] -= 1e-4
+            fd = ((ref(**plus) * do).sum() - (ref(**minus) * do).sum()) / 2e-4
+            worst = max(worst, abs(fd - grad[idx]))
+print(worst)
+`;
+    const r = spawnSync("python3", ["-B", "-c", check, baselineScript("numpy_attention.py")], { encoding: "utf8" });
+    expect(r.stderr).toBe("");
+    expect(Number(r.stdout.trim())).toBeLessThan(1e-3);
+  });
+
   test.skipIf(!hasPython)("NumPy answers a case with timed runs and its peak memory (skipped without python3 + numpy)", async () => {
     const started = await PythonWorker.start<{ numpy: string }>(baselineScript("numpy_attention.py"), { timeoutMs: 20_000 });
     if (!("worker" in started)) throw new Error(started.unavailable);
