@@ -30,7 +30,7 @@ enum KernelId : int32_t {
 
 const char* kernel_name(int32_t id);
 
-// Tile sizes. Forward: a task is one (batch, head, block of kForwardBlockQ queries); K/V stream through in blocks of
+// Tile sizes. Forward: a task has kForwardBlockQ (query head, query) columns (forward.cpp); K/V stream through in blocks of
 // kForwardBlockK keys. Per task the working set is Q^T (d x Bq) + S^T (Bk x Bq) + O (Bq x d) + K, V (Bk x d) floats:
 // 216 KiB for d = 64 and 664 KiB for d = 256, inside a 1 MiB L2. A large Bq amortises the per-block K/V copy (its
 // cost is 1/Bq of the block's FLOPs); Bk bounds the S^T tile. All are multiples of 16 (query columns of S^T are
