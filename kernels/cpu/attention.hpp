@@ -37,7 +37,7 @@ const char* kernel_name(int32_t id);
 // 16-float strips) and of 6 (the AVX2 micro-tile height).
 constexpr int32_t kForwardBlockQ = 192;
 constexpr int32_t kForwardBlockK = 96;
-constexpr int32_t kBackwardBlockQ = 64;
+constexpr int32_t kBackwardBlockQ = 96;
 constexpr int32_t kBackwardBlockK = 96;
 
 inline int32_t round_up(int32_t x, int32_t multiple) { return (x + multiple - 1) / multiple * multiple; }
