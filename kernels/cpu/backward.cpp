@@ -95,7 +95,7 @@ void backward_pair(const BackwardPlan& plan, const IsaKernels& isa, BackwardScra
   const Geometry& g = plan.g;
   const fa_attn_params& p = g.p;
   const int32_t bq = kBackwardBlockQ, d = g.d, d_pad = g.d_pad;
-  const int32_t rows = std::min(bq, s.len_q - q0), cols = round_up(rows, 16);
+  const int32_t rows = std::min(bq, s.len_q - q0), cols = round_up(rows, 8);
   const BlockVisibility vis = block_visibility(g, s, q0, rows, cols, w.lo, w.hi);
   if (!vis.any() || vis.key_hi < k0 || vis.key_lo > k0 + keys - 1) return;
   const bool full = vis.tile_fully_visible(k0, k0 + keys - 1);

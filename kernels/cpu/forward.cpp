@@ -91,7 +91,7 @@ void forward_block(const Geometry& g, const IsaKernels& isa, ForwardScratch& w, 
   const fa_attn_params& p = g.p;
   const int32_t bq = kForwardBlockQ, bk = kForwardBlockK, d = g.d, d_pad = g.d_pad;
   const Sequence s = g.sequence(t.b);
-  const int32_t n = t.count(), cols = round_up(n, 16);
+  const int32_t n = t.count(), cols = round_up(n, 8);
   // Visibility depends on the query only: computed for the first head's columns, copied to the others.
   const BlockVisibility vis = block_visibility(g, s, t.q0, t.queries, t.queries, w.lo, w.hi);
   for (int32_t c = t.queries; c < cols; ++c) {

@@ -5,7 +5,7 @@
 //
 // Conventions: matrices are fp32, row-major with an explicit leading dimension (elements). "Transposed score tiles"
 // S^T hold keys in rows and queries in columns, so every per-query quantity (running max, sum, LSE, D) is a
-// contiguous vector and the softmax vectorises across queries. Query counts passed as `cols` are multiples of 16.
+// contiguous vector and the softmax vectorises across queries. Query counts passed as `cols` are multiples of 8.
 #pragma once
 
 #include <cstdint>
