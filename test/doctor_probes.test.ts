@@ -92,6 +92,14 @@ describe("our libraries and the backend decision (in the worker)", () => {
     expect(cpu.self_test!.rel_error!).toBeLessThan(1e-5);
     expect(facts.chosen).toBe("cpu");
     expect(facts.request).toMatchObject({ backend: "auto", source: "default" });
+    // A HIP library built here (hipcc 5.2) loads, describes itself, and finds no GPU.
+    const hip = facts.libraries.find((l) => l.backend === "hip")!;
+    if (fs.existsSync(path.join(root, "build", "libflashattn_hip.so")) && !fs.existsSync("/dev/kfd")) {
+      expect(hip).toMatchObject({ loaded: true, device_count: 0 });
+      expect(hip.info?.built_with?.hip).toMatch(/^\d+\.\d+$/);
+      expect(hip.device_error).toContain("/dev/kfd");
+      expect(hip.self_test).toBeUndefined();
+    }
   });
   test.skipIf(!hasCpuLibrary)("FLASHATTN_BACKEND=cpu is reported as the user's choice", async () => {
     const facts = await runNativeProbe<FlashattnFacts>("flashattn", {

@@ -25,7 +25,10 @@ const BUILD = "bun kernels/build.ts";
 
 function builtWith(lib: LibraryFacts): string {
   const bw = lib.info?.built_with ?? {};
-  const parts = [lib.info?.compiler, bw.cuda && `CUDA ${bw.cuda}`, bw.hip && `HIP ${bw.hip}`].filter(Boolean);
+  const compiler = lib.info?.compiler ?? "";
+  // The compiler string may already name the toolkit version ("hipcc (clang 15.0) HIP 5.2"): say it once.
+  const toolkit = [bw.cuda && `CUDA ${bw.cuda}`, bw.hip && `HIP ${bw.hip}`].filter((t) => t && !compiler.includes(t));
+  const parts = [compiler, ...toolkit].filter(Boolean);
   const archs = lib.info?.archs?.length ? ` for ${lib.info.archs.join(", ")}` : "";
   return `${parts.length ? `built with ${parts.join(", ")}` : "built"}${archs}`;
 }
@@ -97,7 +100,10 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
     s.ok(
       `${lib.backend}_loaded`,
       `${name}${version} (ABI ${lib.info?.abi ?? "?"}) ${builtWith(lib)}: ${lib.path}`,
-      lib.info?.kernels?.length ? [`kernels: ${lib.info.kernels.join(", ")}`] : undefined,
+      [
+        lib.info?.kernels?.length ? `kernels: ${lib.info.kernels.join(", ")}` : "",
+        lib.device_error ? `devices: none (${lib.device_error})` : `devices: ${lib.device_count ?? "?"}`,
+      ].filter(Boolean),
     );
 
     if (lib.backend === "cuda") cudaBuildRules(f, lib, s);
