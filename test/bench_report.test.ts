@@ -179,6 +179,9 @@ describe("CSV", () => {
     expect(Number(naive[header.indexOf("speedup_of_ours")])).toBeCloseTo(4, 9);
     expect(Number(naive[header.indexOf("median_ms")])).toBe(1);
     expect(naive[header.indexOf("seqlen_k")]).toBe("512");
+    // Every row carries the machine facts of its place.
+    expect(naive[header.indexOf("device")]).toBe("NVIDIA H100 80GB HBM3");
+    expect(naive[header.indexOf("library")]).toBe("libflashattn_cuda 0.1.0 (nvcc 13.0)");
   });
 });
 
