@@ -10,7 +10,7 @@ import { collectFacts } from "../doctor/collect.ts";
 import type { BackendName, DoctorFacts, DoctorOptions } from "../doctor/facts.ts";
 import { buildReport, renderHuman } from "../doctor/report.ts";
 import { readSavedReport } from "../doctor/schema.ts";
-import { probeHost } from "../doctor/probes/system.ts";
+import { runtimeVersion } from "../doctor/probes/system.ts";
 
 interface RawDoctorOptions {
   require?: string;
@@ -56,10 +56,6 @@ export function parseDoctorOptions(raw: RawDoctorOptions): { options: DoctorOpti
     throw new FlashAttnError("USAGE", "--facts replays a saved report; --backend and --lib apply only to a live check");
   }
   return { options, backend: raw.backend as "auto" | BackendName | undefined };
-}
-
-function runtimeVersion(): string {
-  return probeHost().runtime;
 }
 
 export function register(program: Command) {

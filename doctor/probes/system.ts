@@ -25,7 +25,8 @@ const RELEVANT_ENV = [
 // deno-lint-ignore no-explicit-any
 const G = globalThis as any;
 
-function runtimeVersion(): string {
+/** "bun 1.4.5" / "deno 2.9.6" */
+export function runtimeVersion(): string {
   if (runtimeName === "bun") return `bun ${G.Bun.version}`;
   if (runtimeName === "deno") return `deno ${G.Deno.version.deno}`;
   return `node ${process.versions.node}`;
