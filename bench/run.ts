@@ -57,6 +57,11 @@ interface WorkerResult {
 
 type Hello = Record<string, unknown>;
 
+/** Whether a run times the CPU: not for a GPU-sized preset when a GPU is usable, unless the user picked a backend. */
+export function timesCpu(spec: SweepSpec, gpuUsable: boolean, backend: BackendChoice): boolean {
+  return !(gpuUsable && spec.gpuSized && backend === "auto");
+}
+
 /** Whether a GPU backend of ours can run here (the default preset is fa then, quick otherwise). */
 export function gpuUsable(opts: { backend: BackendChoice; libPath?: string; env?: Record<string, string | undefined> }): boolean {
   const c = expandSweep(presets.quick, { gpu: true })[0];
@@ -136,8 +141,17 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
   // Probe with the GPU dtype when the preset leaves it open ("auto": bf16, which every backend reads); the real
   // expansion below knows whether a GPU is measured.
   const probeCases = expandSweep(opts.spec, { gpu: true });
-  const { usable, statuses } = findBackends(probeCases, opts);
-  const gpu = usable.some((b) => b.name !== "cpu");
+  const found = findBackends(probeCases, opts);
+  const { statuses } = found;
+  const gpu = found.usable.some((b) => b.name !== "cpu");
+  let usable = found.usable;
+  if (!timesCpu(opts.spec, gpu, opts.backend)) {
+    usable = usable.filter((b) => b.name !== "cpu");
+    for (const s of statuses.filter((x) => x.place === "cpu" && x.available)) {
+      s.available = false;
+      s.reason = `the ${opts.preset} preset is sized for a GPU (a CPU would spend minutes per shape); time it with --backend cpu`;
+    }
+  }
   const cases = expandSweep(opts.spec, { gpu });
   const wants = new Set(opts.baselines);
 

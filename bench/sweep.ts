@@ -39,6 +39,12 @@ export interface SweepSpec {
   dtype: DType | "auto";
   directions: Direction[];
   kind: "prefill" | "decode";
+  /**
+   * Shapes sized for a GPU (GiBs of scores, TFLOPs per call): where a GPU backend is usable and the user did not
+   * pick a backend, the CPU rows (our CPU library, NumPy) are not timed, and the report says so. Without a GPU the
+   * CPU runs them, under the time limit.
+   */
+  gpuSized: boolean;
 }
 
 const k = 1024;
@@ -46,16 +52,16 @@ const k = 1024;
 export const presets: Record<PresetName, SweepSpec> = {
   fa: {
     seqlens: [512, 1 * k, 2 * k, 4 * k, 8 * k, 16 * k], hdims: [64, 128, 256], tokens: 16 * k, hidden: 2048,
-    causal: [false, true], dtype: "bf16", directions: ["fwd", "bwd"], kind: "prefill",
+    causal: [false, true], dtype: "bf16", directions: ["fwd", "bwd"], kind: "prefill", gpuSized: true,
   },
   decode: {
     seqlens: [4 * k, 8 * k, 16 * k, 32 * k, 64 * k, 128 * k], seqlensQ: [1], hdims: [128], batches: [1, 8],
     tokens: 0, heads: [32], hidden: 0, headsKv: [8], causal: [false], dtype: "bf16", directions: ["fwd"],
-    kind: "decode",
+    kind: "decode", gpuSized: true,
   },
   quick: {
     seqlens: [128, 256], hdims: [64], batches: [2], tokens: 0, heads: [4], hidden: 0, headsKv: [2],
-    causal: [false, true], dtype: "auto", directions: ["fwd", "bwd"], kind: "prefill",
+    causal: [false, true], dtype: "auto", directions: ["fwd", "bwd"], kind: "prefill", gpuSized: false,
   },
 };
 

@@ -8,7 +8,7 @@ import { applyOverrides, expandSweep, parseSizeList, presets } from "../bench/sw
 import { geometricMean, quantile, summarize } from "../bench/stats.ts";
 import { formatDuration, StderrProgress } from "../bench/report/progress.ts";
 import { parseBaselines, parseBenchOptions } from "../commands/bench.ts";
-import { presetTiming } from "../bench/run.ts";
+import { presetTiming, timesCpu } from "../bench/run.ts";
 import { runsFor, SpeedMemory } from "../bench/ours.ts";
 
 function usageError(fn: () => unknown): string {
@@ -88,6 +88,14 @@ describe("presets", () => {
       expect(c.direction).toBe("fwd");
     }
     expect(Math.max(...cases.map((c) => c.seqlenK))).toBe(131072);
+  });
+
+  test("GPU-sized presets leave the CPU out where a GPU is usable, unless a backend is picked", () => {
+    expect(timesCpu(presets.fa, true, "auto")).toBe(false);
+    expect(timesCpu(presets.decode, true, "auto")).toBe(false);
+    expect(timesCpu(presets.fa, true, "cpu")).toBe(true);
+    expect(timesCpu(presets.fa, false, "auto")).toBe(true);
+    expect(timesCpu(presets.quick, true, "auto")).toBe(true);
   });
 
   test("quick computes in fp32 without a GPU and bf16 with one", () => {
