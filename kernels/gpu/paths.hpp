@@ -48,6 +48,9 @@ struct KernelPath {
   // implements only one direction.
   int32_t (*forward)(fa_attn_params& p, const LaunchContext& ctx);
   int32_t (*backward)(fa_attn_params& p, const LaunchContext& ctx);
+  // Optional (null = 1): the split-KV count forward would choose, for fa_plan's "num_splits". Never reads device
+  // memory. Last member, so registries that list only the members above still compile.
+  int32_t (*plan_num_splits)(const fa_attn_params& p, const DeviceCaps& caps);
 };
 
 // Registries each kernel family defines (in its own translation unit). The dispatcher concatenates them in this

@@ -1,0 +1,249 @@
+// fwd.cuh — FlashAttention-2 forward on mma.sync tensor cores (sm_80+), one instantiation per (dtype, head dim).
+//
+// Grid (m blocks, heads_q, batch * num_splits); a CTA of NW warps owns BM query rows of one head (each warp owns
+// MF = BM / (16 NW) fragments of 16 rows) and walks the visible key blocks of BN keys from last to first
+// (the masked diagonal blocks come first), with its share of them when split-KV is on:
+//   S    = Q K^T                       (BM x BN, fp32 in registers; Q re-read from smem with ldmatrix)
+//   m'   = max(m, rowmax(S))           online softmax in base 2: the scale is folded into the exponent,
+//   P    = exp2(S * c - m' * c)        c = scale * log2(e)  (or 1 once softcap/ALiBi rewrote S into log2 units)
+//   l    = l * exp2((m - m') c) + rowsum(P),   O = O * exp2((m - m') c) + P V
+// and finally O / l, LSE = (m c + log2 l) ln 2. K and V live in single smem buffers, pipelined FA2-style with
+// cp.async: V(n) streams in during Q K(n)^T, K(n-1) during P V(n).
+#pragma once
+
+#include "attn.cuh"
+
+namespace fa::tc {
+
+template <int D_, int BM_, int BN_, int NW_>
+struct FwdTile {
+  static constexpr int D = D_, BM = BM_, BN = BN_, NW = NW_;
+  static constexpr int MF = BM / (16 * NW);  // 16-row fragments per warp
+  static constexpr int LD = D + kPad;
+  static constexpr int kThreads = NW * 32;
+  static constexpr size_t smem_bytes(size_t elem) { return static_cast<size_t>(BM + 2 * BN) * LD * elem; }
+  static_assert(MF >= 1 && BM == MF * 16 * NW, "BM must be a multiple of 16 * warps");
+  static_assert(D % 16 == 0 && BN % 16 == 0, "D and BN must be multiples of 16");
+};
+
+// The per-head-dim tile table (H100/A100 sized; supports() checks the smem need against the device).
+template <int D> struct FwdTileFor;
+template <> struct FwdTileFor<32> { using type = FwdTile<32, 128, 128, 4>; };
+template <> struct FwdTileFor<64> { using type = FwdTile<64, 128, 64, 4>; };
+template <> struct FwdTileFor<96> { using type = FwdTile<96, 128, 64, 4>; };
+template <> struct FwdTileFor<128> { using type = FwdTile<128, 128, 64, 4>; };
+template <> struct FwdTileFor<192> { using type = FwdTile<192, 128, 64, 8>; };
+template <> struct FwdTileFor<256> { using type = FwdTile<256, 128, 64, 8>; };
+
+template <typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
+  constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, MF = Tile::MF, LD = Tile::LD, NT = BN / 8;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + BM * LD;
+  T* sV = sK + BN * LD;
+
+  const int m_block = gridDim.x - 1 - blockIdx.x;  // heaviest (causal) row blocks start first
+  const int h = blockIdx.y, b = blockIdx.z / a.num_splits, split = blockIdx.z % a.num_splits;
+  const SeqInfo s = seq_info(a, b);
+  const int m0 = m_block * BM;
+  if (m0 >= s.sq) return;
+  const int hk = h / a.group;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int warp_row0 = warp * MF * 16;
+
+  const RowView<T> q = row_view<T>(a.q, a, b, h, s.q_start, s.sq);
+  const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
+  const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
+
+  int key_begin, key_end;
+  visible_keys(a, s, m0, BM, key_begin, key_end);
+  const int nb_first = key_begin / BN;
+  const int nb_all = key_end > key_begin ? ceil_div(key_end, BN) - nb_first : 0;
+  const int nb_per_split = ceil_div(nb_all, a.num_splits);
+  const int nb_lo = nb_first + min(nb_all, split * nb_per_split);
+  const int nb_hi = nb_first + min(nb_all, (split + 1) * nb_per_split);  // exclusive
+
+  load_tile_async<BM, D, Tile::kThreads>(sQ, q, m0);
+  if (nb_hi > nb_lo) load_tile_async<BN, D, Tile::kThreads>(sK, k, (nb_hi - 1) * BN);
+  cp_async_commit();
+
+  const bool transform = a.softcap > 0.f || a.alibi != nullptr;
+  const float mult = transform ? 1.f : a.scale_log2;  // multiplier from S to log2 units inside exp2
+  const float slope = alibi_slope_log2(a, b, h);
+
+  float o_acc[MF][D / 8][4];
+  float row_max[MF][2], row_sum[MF][2];
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o_acc[mf][j][e] = 0.f;
+    row_max[mf][0] = row_max[mf][1] = -INFINITY;
+    row_sum[mf][0] = row_sum[mf][1] = 0.f;
+  }
+
+  for (int nb = nb_hi - 1; nb >= nb_lo; --nb) {
+    const int n0 = nb * BN;
+    cp_async_wait<0>();
+    __syncthreads();  // K(nb) landed; every warp is done with V(nb + 1)
+    load_tile_async<BN, D, Tile::kThreads>(sV, v, n0);
+    cp_async_commit();
+
+    // S = Q K^T over D in k-steps of 16.
+    float sc[MF][NT][4];
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[mf][j][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[MF][4];
+#pragma unroll
+      for (int mf = 0; mf < MF; ++mf) load_a<LD>(qa[mf], sQ, warp_row0 + mf * 16, kk * 16);
+#pragma unroll
+      for (int np = 0; np < BN / 16; ++np) {
+        uint32_t kb[4];
+        load_b_nk<LD>(kb, sK, np * 16, kk * 16);
+#pragma unroll
+        for (int mf = 0; mf < MF; ++mf) {
+          mma<T>(sc[mf][2 * np], qa[mf], kb[0], kb[1]);
+          mma<T>(sc[mf][2 * np + 1], qa[mf], kb[2], kb[3]);
+        }
+      }
+    }
+
+    // Softcap / ALiBi rewrite S into log2 units; masked pairs become -inf.
+    const bool masked = tile_needs_mask(a, s, m0, BM, n0, BN);
+    if (transform || masked) {
+#pragma unroll
+      for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int i = m0 + warp_row0 + mf * 16 + g + (e / 2) * 8, col = n0 + j * 8 + 2 * t + (e % 2);
+            float x = sc[mf][j][e], unused_tanh;
+            if (transform) x = transformed_logit(a, x, slope, i + s.diag - col, unused_tanh);
+            if (masked && !visible(a, s, i, col)) x = -INFINITY;
+            sc[mf][j][e] = x;
+          }
+    }
+
+    // Online softmax; each row lives in one quad (4 lanes), two rows (g, g + 8) per fragment.
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = row_max[mf][hf];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(sc[mf][j][2 * hf], sc[mf][j][2 * hf + 1]));
+        mx = quad_max(mx);
+        // A row that has seen only masked keys keeps max -inf; subtract 0 then so exp2 gives 0, not NaN.
+        const float m_scaled = mx == -INFINITY ? 0.f : mx * mult;
+        const float alpha = fast_exp2(row_max[mf][hf] * mult - m_scaled);
+        row_max[mf][hf] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+            const float p = fast_exp2(fmaf(sc[mf][j][e], mult, -m_scaled));
+            sc[mf][j][e] = p;
+            sum += p;
+          }
+        row_sum[mf][hf] = row_sum[mf][hf] * alpha + sum;  // per-lane partial; reduced over the quad at the end
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          o_acc[mf][j][2 * hf] *= alpha;
+          o_acc[mf][j][2 * hf + 1] *= alpha;
+        }
+      }
+
+    cp_async_wait<0>();
+    __syncthreads();  // V(nb) landed; every warp is done with K(nb)
+    if (nb > nb_lo) {
+      load_tile_async<BN, D, Tile::kThreads>(sK, k, (nb - 1) * BN);
+      cp_async_commit();
+    }
+
+    // O += P V, P taken straight from the accumulators (C layout of two n-tiles = A layout of one k-step).
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      uint32_t pa[MF][4];
+#pragma unroll
+      for (int mf = 0; mf < MF; ++mf) acc_to_a<T>(pa[mf], sc[mf][2 * kk], sc[mf][2 * kk + 1]);
+#pragma unroll
+      for (int dp = 0; dp < D / 16; ++dp) {
+        uint32_t vb[4];
+        load_b_kn<LD>(vb, sV, dp * 16, kk * 16);
+#pragma unroll
+        for (int mf = 0; mf < MF; ++mf) {
+          mma<T>(o_acc[mf][2 * dp], pa[mf], vb[0], vb[1]);
+          mma<T>(o_acc[mf][2 * dp + 1], pa[mf], vb[2], vb[3]);
+        }
+      }
+    }
+  }
+
+  // Epilogue: O / l and LSE. A row with no visible key (l = 0) gets O = 0 and LSE = -inf.
+  const int64_t lrow0 = lse_row0(a, s, b, h);
+  const bool direct = a.num_splits == 1;
+  float* lse_out = direct ? a.lse : a.lse_part + static_cast<int64_t>(split) * a.lse_rows;
+  // Each warp stages its own rows of O in its own rows of sQ (no other warp reads them), then stores 16-byte chunks.
+  T* sO = sQ;
+  cp_async_wait<0>();  // with no visible key block the Q copy may still be in flight
+  __syncwarp();
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float l = quad_sum(row_sum[mf][hf]);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int r = warp_row0 + mf * 16 + g + hf * 8, i = m0 + r;
+      if (lse_out != nullptr && t == 0 && i < s.sq)
+        lse_out[lrow0 + i] = l > 0.f ? (row_max[mf][hf] * mult + __log2f(l)) * kLn2 : -INFINITY;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        const float x0 = o_acc[mf][j][2 * hf] * inv, x1 = o_acc[mf][j][2 * hf + 1] * inv;
+        const int col = j * 8 + 2 * t;
+        if (direct) {
+          *reinterpret_cast<uint32_t*>(sO + r * LD + col) = pack2<T>(x0, x1);
+        } else if (i < s.sq && col < a.head_dim) {
+          float* dst = a.o_part + (static_cast<int64_t>(split) * a.lse_rows + lrow0 + i) * a.head_dim + col;
+          *reinterpret_cast<float2*>(dst) = make_float2(x0, x1);
+        }
+      }
+    }
+  if (!direct) return;
+  __syncwarp();
+  T* o = static_cast<T*>(a.o.data) + (a.cu_q != nullptr ? static_cast<int64_t>(s.q_start) * a.o.row_stride
+                                                        : static_cast<int64_t>(b) * a.o.batch_stride) +
+         static_cast<int64_t>(h) * a.o.head_stride;
+  constexpr int kChunks = MF * 16 * (D / 8);
+#pragma unroll
+  for (int c = lane; c < kChunks; c += 32) {
+    const int r = warp_row0 + c / (D / 8), col = (c % (D / 8)) * 8, i = m0 + r;
+    if (i < s.sq && col < a.head_dim)
+      *reinterpret_cast<uint4*>(o + static_cast<int64_t>(i) * a.o.row_stride + col) =
+          *reinterpret_cast<const uint4*>(sO + r * LD + col);
+  }
+}
+
+// Launches the forward for head dim D (the caller picked D >= head_dim). Returns the CUDA error of the launch.
+template <typename T, int D>
+gpuError_t launch_fwd(const AttnArgs& a, int m_blocks, gpuStream_t stream) {
+  using Tile = typename FwdTileFor<D>::type;
+  const size_t smem = Tile::smem_bytes(sizeof(T));
+  auto kernel = fwd_kernel<T, Tile>;
+  gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != gpuSuccess) return err;
+  dim3 grid(m_blocks, a.heads_q, a.batch * a.num_splits);
+  kernel<<<grid, Tile::kThreads, smem, stream>>>(a);
+  return gpuGetLastError();
+}
+
+}  // namespace fa::tc

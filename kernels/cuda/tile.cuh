@@ -1,0 +1,159 @@
+// tile.cuh — the small set of tile helpers every tensor-core kernel here is written with (sm_80+ mma.sync).
+//
+// Fragment layouts of mma.sync.m16n8k16 (16-bit inputs, fp32 accumulators), with g = lane / 4, t = lane % 4:
+//   A (16x16, row-major) 4 regs of 2 halves: a0 (row g,   k 2t..2t+1)  a1 (row g+8, k 2t..2t+1)
+//                                            a2 (row g,   k 2t+8..+9)  a3 (row g+8, k 2t+8..+9)
+//   B (16x8, k x n)      2 regs:             b0 (k 2t..2t+1, col g)    b1 (k 2t+8..+9, col g)
+//   C (16x8, fp32)       4 floats:           c0,c1 (row g, cols 2t, 2t+1)   c2,c3 (row g+8, cols 2t, 2t+1)
+// ldmatrix.x4 hands lane L the (row L/4, cols 2(L%4)..+1) pair of each of four 8x8 matrices whose row addresses
+// come from lanes 0-7, 8-15, 16-23, 24-31; .trans hands the transposed pair instead.
+//
+// Shared-memory tiles are row-major with rows padded by 8 elements (16 bytes): consecutive rows then start 4 banks
+// apart, so the 8 row reads of one ldmatrix phase hit 8 distinct 16-byte bank groups (no conflicts), at any head dim.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "../gpu/gpu_compat.hpp"
+
+namespace fa::tc {
+
+constexpr int kPad = 8;  // elements of padding per shared-memory row
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+template <typename T> struct MmaType;
+template <> struct MmaType<half_t> { static constexpr const char* ptx = "f16"; };
+template <> struct MmaType<bf16_t> { static constexpr const char* ptx = "bf16"; };
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// ---- global -> shared (cp.async, 16 bytes, zero-filled when `valid` is false) ----------------------------------------
+
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+  // src-size 0 reads nothing and writes 16 zero bytes: masked rows/columns of ragged tiles come in as zeros.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// A strided view of one (sequence, head) slice: row r, dim d at base[r * row_stride + d].
+template <typename T>
+struct RowView {
+  const T* base;
+  int64_t row_stride;
+  int rows;      // valid rows (the sequence length of this slice)
+  int head_dim;  // valid columns
+};
+
+// Copies rows [row0, row0 + ROWS) x dims [0, D) of `src` into a padded smem tile (ROWS x (D + kPad)), zero-filling
+// rows >= src.rows and dims >= src.head_dim. All NTHREADS threads take part; each moves 16-byte chunks.
+template <int ROWS, int D, int NTHREADS, typename T>
+__device__ __forceinline__ void load_tile_async(T* smem, const RowView<T>& src, int row0) {
+  constexpr int kChunksPerRow = D / 8;
+  constexpr int kChunks = ROWS * kChunksPerRow;
+  static_assert(kChunks % NTHREADS == 0 || kChunks < NTHREADS, "tile chunks must spread evenly over the threads");
+#pragma unroll
+  for (int c = threadIdx.x; c < kChunks; c += NTHREADS) {
+    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+    const int grow = row0 + r;
+    const bool valid = grow < src.rows && col < src.head_dim;
+    // An invalid chunk still needs a mapped address for the instruction; it reads 0 bytes from the base.
+    const T* g = valid ? src.base + static_cast<int64_t>(grow) * src.row_stride + col : src.base;
+    cp_async_16(smem + r * (D + kPad) + col, g, valid);
+  }
+}
+
+// ---- shared -> registers (ldmatrix) ---------------------------------------------------------------------------------
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+
+// A fragment (16 rows x 16 k) of a row-major smem tile with row length LD, at (row0, k0).
+template <int LD, typename T>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int row0, int k0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4(a, tile + (row0 + lane % 16) * LD + k0 + (lane / 16) * 8);
+}
+
+// A fragment (16 rows x 16 k) whose smem tile is stored transposed: tile[k][row], row length LD.
+template <int LD, typename T>
+__device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* tile, int row0, int k0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4_trans(a, tile + (k0 + (lane / 16) * 8 + lane % 8) * LD + row0 + ((lane / 8) % 2) * 8);
+}
+
+// B fragments for two adjacent n-tiles (n0..n0+7, n0+8..n0+15) over k0..k0+15, when the smem tile is stored [n][k]
+// (e.g. K for S = Q K^T): b[0..1] serve n-tile 0, b[2..3] n-tile 1.
+template <int LD, typename T>
+__device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* tile, int n0, int k0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4(b, tile + (n0 + (lane / 16) * 8 + lane % 8) * LD + k0 + ((lane / 8) % 2) * 8);
+}
+
+// The same two B fragments when the smem tile is stored [k][n] (e.g. V for O = P V).
+template <int LD, typename T>
+__device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const T* tile, int n0, int k0) {
+  const int lane = threadIdx.x % 32;
+  ldmatrix_x4_trans(b, tile + (k0 + ((lane / 8) % 2) * 8 + lane % 8) * LD + n0 + (lane / 16) * 8);
+}
+
+// ---- tensor-core product ---------------------------------------------------------------------------------------------
+
+// c (16x8 fp32) += a (16x16) * b (16x8)
+template <typename T>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (sizeof(T) == 2 && std::is_same<T, half_t>::value) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats -> one register of two 16-bit values (low half = first).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same<T, half_t>::value) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  } else {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+}
+
+// The A fragment for k-step kk of a product whose left operand is held as C accumulators (16 rows x 16 cols = n-tiles
+// 2kk and 2kk+1), e.g. P in O = P V: the C layout of two adjacent n-tiles is exactly the A layout of one k-step.
+template <typename T>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  a[0] = pack2<T>(c0[0], c0[1]);
+  a[1] = pack2<T>(c0[2], c0[3]);
+  a[2] = pack2<T>(c1[0], c1[1]);
+  a[3] = pack2<T>(c1[2], c1[3]);
+}
+
+// Max / sum over the 4 lanes of a quad (the 4 threads that share one accumulator row).
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+}  // namespace fa::tc
