@@ -5,10 +5,10 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { readNpy } from "../formats/npy.ts";
+import { readNpy, writeNpy } from "../formats/npy.ts";
 import { readSafetensors } from "../formats/safetensors.ts";
 import { referenceForward, relativeError } from "../lib/reference.ts";
-import { toFloat32 } from "../lib/tensor.ts";
+import { fromFloat32, tensor, toFloat32 } from "../lib/tensor.ts";
 import { unpackQkv } from "../commands/run.ts";
 
 const root = path.resolve(import.meta.dir, "..");
@@ -146,6 +146,61 @@ describe("run on the CPU library", () => {
     const { q, k, v } = unpackQkv("packed", "qkv", packed);
     const reference = referenceForward(q, k, v, { window: [2, 1] });
     expect(relativeError(toFloat32(tensors.get("out")!), reference.out)).toBeLessThanOrEqual(1e-2);
+  }, 60_000);
+
+  test("--alibi-slopes from a file, --scale, fp32 files converted with --dtype fp16, LSE to a named path", () => {
+    const slopes = Float32Array.from([0.5, 0.25, 0.125, 0.0625]);
+    writeNpy(tmp("slopes.npy"), tensor("fp32", [4], slopes));
+    const lsePath = tmp("named-lse.npy");
+    const r = cli([
+      "run",
+      "--backend",
+      "cpu",
+      "--q",
+      fixture("q.npy"),
+      "--k",
+      fixture("k.npy"),
+      "--v",
+      fixture("v.npy"),
+      "--dtype",
+      "fp16",
+      "--alibi-slopes",
+      tmp("slopes.npy"),
+      "--scale",
+      "0.3",
+      "--check",
+      "--json",
+      "--out",
+      tmp("o16.npy"),
+      "--lse",
+      lsePath,
+    ]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, dtype: "fp16", alibi: "file", scale: 0.3 });
+    const [q, k, v] = ["q", "k", "v"].map((n) => {
+      const t = readNpy(fixture(`${n}.npy`));
+      return fromFloat32("fp16", t.shape, toFloat32(t));
+    });
+    const reference = referenceForward(q, k, v, { alibiSlopes: slopes, scale: 0.3 });
+    expect(readNpy(tmp("o16.npy")).dtype).toBe("fp16");
+    expect(relativeError(toFloat32(readNpy(tmp("o16.npy"))), reference.out)).toBeLessThanOrEqual(1e-2);
+    expect(relativeError(toFloat32(readNpy(lsePath)), reference.lse)).toBeLessThanOrEqual(1e-5);
+
+    writeNpy(tmp("slopes3.npy"), tensor("fp32", [3]));
+    const wrong = cli([
+      "run",
+      "--backend",
+      "cpu",
+      "--q",
+      fixture("q.npy"),
+      "--k",
+      fixture("k.npy"),
+      "--v",
+      fixture("v.npy"),
+      "--alibi-slopes",
+      tmp("slopes3.npy"),
+    ], { NO_COLOR: "1" });
+    expectOneLineError(wrong, 2, "ALiBi slopes must have shape (4,) or (1, 4), got (3,)");
   }, 60_000);
 
   test("a random problem with ALiBi and softcap, fp16 on the CPU, passes the same-precision rule", () => {
