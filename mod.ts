@@ -19,3 +19,5 @@ export type { AttnRequest, BackendChoice, BackendDecision } from "./lib/select.t
 export { exitCodeFor, FlashAttnError } from "./lib/errors.ts";
 export type { ErrorCode } from "./lib/errors.ts";
 export type { BackendName } from "./ffi/discovery.ts";
+export { readNpy, writeNpy } from "./formats/npy.ts";
+export { openSafetensors, readSafetensors, writeSafetensors } from "./formats/safetensors.ts";

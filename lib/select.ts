@@ -3,7 +3,7 @@
 import process from "node:process";
 import { type AttnParams, defaultParams, type TensorView } from "../ffi/layout.ts";
 import { type BackendName, backendNames } from "../ffi/discovery.ts";
-import { type Backend, describeAttempts, type Direction, type LoadAttempt, openBackend } from "./backend.ts";
+import { type Backend, type Direction, type LoadAttempt, openBackend } from "./backend.ts";
 import { FlashAttnError } from "./errors.ts";
 import type { Problem } from "./problem.ts";
 
@@ -103,6 +103,16 @@ export function requestedBackend(opts: SelectOptions): { choice: BackendChoice; 
   return { choice: "auto" };
 }
 
+/**
+ * One reason for a library that did not load: "not built" when no candidate file exists, otherwise the first real
+ * loader error (ABI mismatch, missing symbol, ...). The full attempt list stays in the decision for doctor.
+ */
+function notLoadedReason(name: BackendName, attempts: LoadAttempt[]): string {
+  const real = attempts.find((a) => !a.ok && a.source !== "system" && a.error !== "no such file");
+  if (real) return `${real.path}: ${real.error}`;
+  return `libflashattn_${name}.so not found (not built here: \`bun kernels/build.ts ${name}\`)`;
+}
+
 /** Checks one loaded backend against the request: a device, then a kernel that accepts it. */
 function evaluate(backend: Backend, request: AttnRequest): { reasons: string[]; kernel?: string } {
   let count: number;
@@ -160,7 +170,7 @@ export function chooseBackend(request: AttnRequest, opts: SelectOptions = {}): {
       }
       const { backend, attempts } = openBackend(name, { env });
       if (!backend) {
-        decisions.push({ backend: name, verdict: "rejected", reasons: [`libflashattn_${name}.so not found or not loadable: ${describeAttempts(attempts)}`], attempts });
+        decisions.push({ backend: name, verdict: "rejected", reasons: [notLoadedReason(name, attempts)], attempts });
         continue;
       }
       const { reasons, kernel } = evaluate(backend, request);
@@ -178,7 +188,7 @@ export function chooseBackend(request: AttnRequest, opts: SelectOptions = {}): {
 export function noBackendError(decisions: BackendDecision[]): FlashAttnError {
   const parts = decisions.filter((d) => d.verdict !== "disabled" || decisions.every((x) => x.verdict === "disabled"))
     .map((d) => `${d.backend}: ${d.reasons[0] ?? d.verdict}`);
-  const missing = decisions.every((d) => d.verdict === "disabled" || d.reasons[0]?.includes("not found"));
+  const missing = decisions.every((d) => d.verdict === "disabled" || d.reasons[0]?.includes(" not found "));
   return new FlashAttnError(
     missing ? "LIBRARY_NOT_FOUND" : "NO_BACKEND",
     `no backend can run this: ${parts.join("; ")}`,
