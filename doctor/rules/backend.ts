@@ -21,7 +21,8 @@ export function requirementMet(
 
 function rejectionFix(backend: BackendName, reasons: string[]): string {
   const text = reasons.join(" ");
-  if (/not found or not loadable/.test(text)) {
+  // lib/select.ts says "libflashattn_<b>.so not found (not built here: ...)" or "<path>: <loader error>".
+  if (/\.so not found|\.so: /.test(text)) {
     return "see the libraries section above (bun kernels/build.ts builds them)";
   }
   if (backend === "cuda" && /driver|device|libcuda|CUDA/i.test(text)) {
@@ -102,5 +103,5 @@ export function backendRules(f: DoctorFacts, options: DoctorOptions = {}): Findi
 
 /** A rejection reason without the list of every path tried (that is in --verbose). */
 function firstClause(reasons: string): string {
-  return reasons.replace(/: \/.*$/, "").replace(/: libflashattn.*$/, "");
+  return reasons.replace(/: \/.*$/, "").replace(/: libflashattn.*$/, "").replace(/ \(not built here: .*\)$/, "");
 }
