@@ -209,6 +209,12 @@ const cases: Case[] = [
     ],
   },
   {
+    fixture: "h100-hip-library-without-rocm.json",
+    exitCode: 0,
+    chosen: "cuda",
+    expect: [{ id: "libraries.hip_load_failed", severity: "info", message: ["libamdhip64.so.5", "no AMD GPU here"], fix: ["libamdhip64.so.5"] }],
+  },
+  {
     fixture: "h100.json",
     options: { require: "cuda" },
     exitCode: 0,

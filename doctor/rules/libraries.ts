@@ -64,9 +64,13 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
       if (real.length) {
         const first = real[0];
         const abi = /ABI|layout/.test(first.error ?? "");
-        s.error(
+        // Without the GPU it is for, a library that cannot load (its runtime is not installed either) costs nothing.
+        const report = hardware ? s.error : s.info;
+        report(
           `${lib.backend}_load_failed`,
-          `${name} at ${first.path} does not load: ${first.error}`,
+          `${name} at ${first.path} does not load: ${first.error}${
+            hardware ? "" : ` (no ${vendorName(lib.backend)} GPU here, so not needed)`
+          }`,
           abi
             ? `rebuild it so it matches this flashattn: ${BUILD}`
             : missingDependencyFix(first.error ?? "", lib.backend),
@@ -88,7 +92,7 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
       } else {
         s.info(
           `${lib.backend}_missing`,
-          `${name}.so is not built (no ${lib.backend === "cuda" ? "NVIDIA" : "AMD"} GPU here, so not needed)`,
+          `${name}.so is not built (no ${vendorName(lib.backend)} GPU here, so not needed)`,
           undefined,
           tried,
         );
@@ -146,6 +150,8 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
   }
   return s.list;
 }
+
+const vendorName = (backend: string) => (backend === "cuda" ? "NVIDIA" : "AMD");
 
 function missingDependencyFix(error: string, backend: string): string {
   const dep = /(lib[\w.+-]+\.so[\w.]*): cannot open shared object file/.exec(error)?.[1];
