@@ -92,6 +92,9 @@ describe("our libraries and the backend decision (in the worker)", () => {
     expect(cpu.self_test!.rel_error!).toBeLessThan(1e-5);
     expect(facts.chosen).toBe("cpu");
     expect(facts.request).toMatchObject({ backend: "auto", source: "default" });
+    // The system-search attempt names the soname, not the cwd-relative path Bun also tried.
+    const system = facts.libraries.flatMap((l) => l.attempts).filter((a) => a.source === "system" && !a.ok);
+    for (const a of system) expect(a.error).not.toContain(`${process.cwd()}/libflashattn`);
     // A HIP library built here (hipcc 5.2) loads, describes itself, and finds no GPU.
     const hip = facts.libraries.find((l) => l.backend === "hip")!;
     if (fs.existsSync(path.join(root, "build", "libflashattn_hip.so")) && !fs.existsSync("/dev/kfd")) {

@@ -11,7 +11,7 @@ import {
   parseRocminfo,
 } from "../doctor/probes/tools.ts";
 import { findGcnArchName, hipVersionString } from "../doctor/probes/hip.ts";
-import { cudaVersionString } from "../doctor/probes/native_util.ts";
+import { cudaVersionString, loaderError } from "../doctor/probes/native_util.ts";
 import { validate } from "../doctor/schema.ts";
 import { verdict } from "../doctor/rules/index.ts";
 
@@ -164,6 +164,21 @@ describe("tool output parsers (formats of doctor-facts.md §1.8-1.9)", () => {
     props.set(new TextEncoder().encode("gfx90a:sramecc+:xnack-\0"), 1160);
     expect(findGcnArchName(props)).toBe("gfx90a:sramecc+:xnack-");
     expect(findGcnArchName(new Uint8Array(64))).toBeUndefined();
+  });
+});
+
+describe("loader errors", () => {
+  test("a bare soname's error names the soname, not the cwd-relative path Bun also tried", () => {
+    expect(
+      loaderError(
+        'Failed to open library "libcuda.so.1": /work/main/libcuda.so.1: cannot open shared object file: No such file',
+      ),
+    )
+      .toBe('Failed to open library "libcuda.so.1": cannot open shared object file: No such file');
+    const absolute =
+      'Failed to open library "/x/libflashattn_hip.so": libamdhip64.so.5: cannot open shared object file';
+    expect(loaderError(absolute)).toBe(absolute);
+    expect(loaderError(new Error("first line\nsecond"))).toBe("first line");
   });
 });
 

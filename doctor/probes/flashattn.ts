@@ -12,6 +12,7 @@ import { naiveSamePrecisionForward, referenceForward, relativeError, withinToler
 import { type AttnRequest, chooseBackend, requestedBackend } from "../../lib/select.ts";
 import { type DType, randomTensor, tensor, toFloat32 } from "../../lib/tensor.ts";
 import type { BackendName, FlashattnFacts, LibraryFacts, SelfTestFacts } from "../facts.ts";
+import { loaderError } from "./native_util.ts";
 
 export interface FlashattnProbeOptions {
   backend?: "auto" | BackendName;
@@ -79,7 +80,11 @@ function describeLibrary(
   env: Record<string, string | undefined>,
 ): LibraryFacts {
   const { backend, attempts } = openBackend(name, { libPath: opts.libPath, env });
-  const facts: LibraryFacts = { backend: name, loaded: !!backend, attempts };
+  const facts: LibraryFacts = {
+    backend: name,
+    loaded: !!backend,
+    attempts: attempts.map((a) => (a.error ? { ...a, error: loaderError(a.error) } : a)),
+  };
   if (!backend) return facts;
   try {
     facts.backend = backend.name;
