@@ -329,6 +329,28 @@ const cases: Case[] = [
     absent: ["python.flash_attn_tag_torch", "python.flash_attn_tag_abi"],
   },
   {
+    fixture: "flash-attn-3-off-hopper.json",
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [{
+      id: "python.flash_attn_3_arch",
+      severity: "warning",
+      message: ["flash_attn_3 3.0.0b1", "Hopper (sm_90)", "sm_80"],
+    }],
+  },
+  {
+    fixture: "flash-attn-3-import-failure.json",
+    exitCode: 0,
+    chosen: "cuda",
+    expect: [{
+      id: "python.flash_attn_3_import",
+      severity: "warning",
+      message: ["flash_attn_3 was built for another torch", "2.11.0+cu130"],
+      fix: ["pip uninstall -y flash-attn-3 && pip install flash-attn-3"],
+    }],
+    absent: ["python.flash_attn_3"],
+  },
+  {
     fixture: "torch-cpu-only.json",
     exitCode: 1,
     chosen: "cuda",

@@ -70,8 +70,13 @@ export function torchIndexForDriver(driver: string | undefined): string {
   return (torchCudaIndexes.find((t) => driverRuns(t.cuda, driver) !== "no") ?? torchCudaIndexes.at(-1)!).index;
 }
 
+/** "triton 3.5.1", or just "triton" when the version is unknown */
+const named = (module: string, version?: string) => (version ? `${module} ${version}` : module);
+
 const pipTorch = (index: string) => `pip install --force-reinstall torch --index-url ${torchIndexUrl(index)}`;
-const FA_REINSTALL = "pip uninstall -y flash-attn && pip install flash-attn --no-build-isolation --no-cache-dir";
+const reinstall = (dist: string) =>
+  `pip uninstall -y ${dist} && pip install ${dist} --no-build-isolation --no-cache-dir`;
+const FA_REINSTALL = reinstall("flash-attn");
 
 export function pythonRules(f: DoctorFacts): Finding[] {
   const s = sectionFindings("python");
@@ -231,7 +236,9 @@ function describeImportFailure(
   m: PyModuleFacts,
   torch: TorchFacts,
   tag: WheelTag | undefined,
+  pkg: { module: string; dist: string } = { module: "flash_attn", dist: "flash-attn" },
 ): { message: string; fix: string } {
+  const again = reinstall(pkg.dist);
   const symbol = m.undefined_symbol;
   const torchMM = majorMinor(torch.version ?? "");
   if (symbol) {
@@ -239,45 +246,44 @@ function describeImportFailure(
     if (kind.kind === "cxx11-abi") {
       const want = torch.cxx11_abi ?? !kind.wheelAbi;
       return {
-        message: `C++ ABI mismatch: the flash_attn binary was built with CXX11_ABI=${
+        message: `C++ ABI mismatch: the ${pkg.module} binary was built with CXX11_ABI=${
           kind.wheelAbi ? "TRUE" : "FALSE"
         } but torch uses ${want ? "TRUE" : "FALSE"} (undefined symbol ${symbol})`,
         fix: `install the wheel tagged cxx11abi${
           want ? "TRUE" : "FALSE"
-        } for torch ${torchMM}, or build it here: ${FA_REINSTALL}`,
+        } for torch ${torchMM}, or build it here: ${again}`,
       };
     }
     if (kind.kind === "torch-version") {
       return {
-        message: `flash_attn was built for another torch${
+        message: `${pkg.module} was built for another torch${
           tag ? ` (${tag.torch})` : ""
         } than the installed ${torch.version} (undefined symbol ${symbol})`,
-        fix:
-          `install the flash-attn wheel whose tag says torch${torchMM}, or rebuild it against this torch: ${FA_REINSTALL}`,
+        fix: `install the ${pkg.dist} wheel whose tag says torch${torchMM}, or rebuild it against this torch: ${again}`,
       };
     }
-    return { message: `import flash_attn fails: undefined symbol ${symbol}`, fix: FA_REINSTALL };
+    return { message: `import ${pkg.module} fails: undefined symbol ${symbol}`, fix: again };
   }
   const lib = /(libcudart\.so\.(\d+)|libc10\w*\.so|libtorch\w*\.so)[^:]*: cannot open shared object file/.exec(
     m.import_error ?? "",
   );
   if (lib?.[2]) {
     return {
-      message: `flash_attn needs ${lib[1]} (CUDA ${lib[2]}) but torch brings CUDA ${
+      message: `${pkg.module} needs ${lib[1]} (CUDA ${lib[2]}) but torch brings CUDA ${
         torch.cuda ?? "none"
       }: ${m.import_error}`,
-      fix: `install the flash-attn wheel for CUDA ${majorOf(torch.cuda ?? "12")} (tag cu${
+      fix: `install the ${pkg.dist} wheel for CUDA ${majorOf(torch.cuda ?? "12")} (tag cu${
         majorOf(torch.cuda ?? "12")
-      }), or rebuild it: ${FA_REINSTALL}`,
+      }), or rebuild it: ${again}`,
     };
   }
   if (/flash_attn_2_cuda/.test(m.import_error ?? "") && /No module named/.test(m.import_error ?? "")) {
     return {
-      message: `flash_attn is installed without its CUDA extension (flash_attn_2_cuda): ${m.import_error}`,
-      fix: FA_REINSTALL,
+      message: `${pkg.module} is installed without its CUDA extension (flash_attn_2_cuda): ${m.import_error}`,
+      fix: again,
     };
   }
-  return { message: `import flash_attn fails: ${m.import_error}`, fix: FA_REINSTALL };
+  return { message: `import ${pkg.module} fails: ${m.import_error}`, fix: again };
 }
 
 function flashAttnRules(f: DoctorFacts, torch: TorchFacts, s: Builder): void {
@@ -384,18 +390,19 @@ function flashAttn3Rules(f: DoctorFacts, torch: TorchFacts, s: Builder): void {
     return;
   }
   if (fa3.importable === false) {
-    const { message, fix } = describeImportFailure(fa3, torch, undefined);
-    s.warn(
-      "flash_attn_3_import",
-      message.replace("flash_attn ", "flash_attn_3 "),
-      fix.replace(/flash-attn\b/g, "flash-attn-3"),
-    );
+    const { message, fix } = describeImportFailure(fa3, torch, undefined, {
+      module: "flash_attn_3",
+      dist: "flash-attn-3",
+    });
+    s.warn("flash_attn_3_import", message, fix);
     return;
   }
   if (!hopper) {
     s.warn(
       "flash_attn_3_arch",
-      `flash_attn_3 ${fa3.version ?? ""} is installed, but FlashAttention 3 runs only on Hopper (sm_90); this GPU is ${
+      `${
+        named("flash_attn_3", fa3.version)
+      } is installed, but FlashAttention 3 runs only on Hopper (sm_90); this GPU is ${
         capabilities(f, torch).map(smName).join(", ") || "unknown"
       }`,
       "use flash_attn (FA2) or SDPA on this GPU",
@@ -407,7 +414,7 @@ function flashAttn3Rules(f: DoctorFacts, torch: TorchFacts, s: Builder): void {
       pipTorch(torchIndexForDriver(driverVersion(f))),
     );
   } else {
-    s.ok("flash_attn_3", `flash_attn_3 ${fa3.version ?? ""} imports (Hopper)`.replace("  ", " "));
+    s.ok("flash_attn_3", `${named("flash_attn_3", fa3.version)} imports (Hopper)`);
   }
 }
 
@@ -437,7 +444,7 @@ function extensionRules(f: DoctorFacts, s: Builder): void {
         `rebuild it against this torch: ${install}`,
       );
     } else {
-      s.ok(id, `${module} ${facts.version ?? ""} imports`.replace("  ", " "));
+      s.ok(id, `${named(module, facts.version)} imports`);
     }
   }
   const triton = py.triton;
@@ -454,7 +461,7 @@ function extensionRules(f: DoctorFacts, s: Builder): void {
       "pip install --force-reinstall triton (the version your torch pins)",
     );
   } else {
-    s.ok("triton", `triton ${triton.version ?? ""} imports`.replace("  ", " "));
+    s.ok("triton", `${named("triton", triton.version)} imports`);
   }
 }
 
