@@ -36,6 +36,7 @@ function checkCase(c: Case) {
   // Captured reports are their own provenance; every derived fixture must say where its values come from.
   const captured = ["cpu-only.json", "cpu-only-gpu-libraries-built.json", "h100.json"];
   if (!captured.includes(c.fixture)) expect(provenance?.length ?? 0).toBeGreaterThan(40);
+  else expect(validate(saved)).toEqual([]); // a capture is a report as `--json` printed it
   const report = diagnose(saved.facts, c.options);
   const byId = new Map(report.findings.map((f) => [f.id, f]));
   for (const want of c.expect) {
