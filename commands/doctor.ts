@@ -10,7 +10,7 @@ import { collectFacts } from "../doctor/collect.ts";
 import type { BackendName, DoctorFacts, DoctorOptions } from "../doctor/facts.ts";
 import { buildReport, renderHuman } from "../doctor/report.ts";
 import { readSavedReport } from "../doctor/schema.ts";
-import { runtimeVersion } from "../doctor/probes/system.ts";
+import { missingDenoPermissions, runtimeVersion } from "../doctor/probes/system.ts";
 
 interface RawDoctorOptions {
   require?: string;
@@ -92,6 +92,14 @@ export function register(program: Command) {
         // A saved --require is a property of that run; the one given now applies, else the saved one.
         options.require ??= saved.options?.require;
       } else {
+        const missing = missingDenoPermissions();
+        if (missing.length) {
+          throw new FlashAttnError(
+            "USAGE",
+            `flashattn doctor under Deno needs ${missing.join(" ")} (it loads drivers through FFI and runs tools)`,
+            "deno run -A cli.ts doctor (-A also lets it read /proc, /sys and /dev)",
+          );
+        }
         if (!globals.json) process.stderr.write("flashattn doctor: probing (drivers, libraries, Python)...\n");
         facts = await collectFacts({
           backend,

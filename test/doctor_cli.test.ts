@@ -170,6 +170,19 @@ describe.skipIf(!hasCpuLibrary || hasGpu)("Deno", () => {
     expect(report.facts.nvidia.cuda_driver.status).toBe("absent");
     expect(report.facts.flashattn.libraries.find((l) => l.backend === "cpu")?.self_test?.ok).toBe(true);
   }, 180_000);
+  test("without run/sys permissions a live check is a usage error naming the flags; a replay needs only read", () => {
+    const env = { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1" };
+    const live = doctor(["--json"], env, denoRun(["--allow-ffi", "--allow-read", "--allow-env"]));
+    expect(live.code).toBe(2);
+    expect(JSON.parse(live.stdout).error.message).toBe(
+      "flashattn doctor under Deno needs --allow-run --allow-sys (it loads drivers through FFI and runs tools)",
+    );
+    const file = path.join(scratch, "h100-replay.json");
+    fs.writeFileSync(file, JSON.stringify(loadFixture("h100.json").report));
+    const replay = doctor(["--facts", file], env, denoRun(["--allow-read", "--allow-env"]));
+    expect(replay.code).toBe(0);
+    expect(replay.stdout).toContain("✓ cuda: chosen (kernel cuda-mma-sm80)");
+  }, 180_000);
   test("without --allow-all Deno hides /proc, /sys and /dev: a warning that says so, not a crash", () => {
     const r = doctor(
       ["--json", "--no-python", "--no-self-test"],

@@ -58,6 +58,19 @@ function groupNames(): Map<string, string> {
 }
 
 /**
+ * Deno permissions a live check cannot do without (FFI for the libraries, subprocesses for the tools and Python,
+ * sys for the OS facts, read and env for paths and settings), as the flags that grant them. Empty elsewhere.
+ */
+export function missingDenoPermissions(): string[] {
+  const deno = G.Deno;
+  if (!deno?.permissions?.querySync || runtimeName !== "deno") return [];
+  const needed = ["ffi", "read", "env", "run", "sys"] as const;
+  return needed.filter((name) => deno.permissions.querySync({ name }).state !== "granted").map((name) =>
+    `--allow-${name}`
+  );
+}
+
+/**
  * Why /proc, /sys and /dev cannot be read, if they cannot: Deno grants them only with --allow-all, whatever
  * --allow-read says. Without them the kernel-module, device-node and /dev/kfd facts are unknown, not absent.
  */
