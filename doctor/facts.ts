@@ -84,7 +84,6 @@ export interface NvidiaSmiFacts extends ProbeResult {
   path?: string;
   exit_code?: number;
   driver_version?: string;
-  cuda_version?: string;
   gpus?: { name: string; compute_capability?: string; memory_mib?: number }[];
 }
 
