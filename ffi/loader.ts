@@ -74,10 +74,27 @@ function convertResult(type: NativeType, value: unknown): number | bigint {
 }
 
 /**
+ * The loader's error as one line. For a bare soname Bun reports a path under the working directory
+ * ('"libcuda.so.1": /cwd/libcuda.so.1: cannot open ...'), which points at the wrong place; keep only the name.
+ */
+export function loaderMessage(e: unknown): string {
+  const line = String((e as Error)?.message ?? e).split("\n")[0];
+  return line.replace(/"([^"/]+)": \/\S*\/\1: /, '"$1": ');
+}
+
+/**
  * Opens `path` (absolute, or a bare soname for the system search) with the given symbols. Throws an Error whose
- * message is the loader's own text when the library or a required symbol cannot be loaded.
+ * message is the loader's own text (one line) when the library or a required symbol cannot be loaded.
  */
 export function openLibrary<T extends SymbolTable>(path: string, symbols: T): NativeLibrary<T> {
+  try {
+    return openLibraryUnchecked(path, symbols);
+  } catch (e) {
+    throw new Error(loaderMessage(e));
+  }
+}
+
+function openLibraryUnchecked<T extends SymbolTable>(path: string, symbols: T): NativeLibrary<T> {
   const present = new Set<string>();
   let handle: Any;
   const required = Object.entries(symbols).filter(([, s]) => !s.optional);

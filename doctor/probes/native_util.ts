@@ -37,11 +37,5 @@ export function cudaVersionString(v: number): string {
   return `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}`;
 }
 
-/**
- * The first line of a loader error. For a bare soname Bun names a cwd-relative path it also tried
- * ("/cwd/libcuda.so.1: cannot open ..."), which would mislead; the soname alone is what the system search missed.
- */
-export function loaderError(e: unknown): string {
-  const line = String((e as Error)?.message ?? e).split("\n")[0];
-  return line.replace(/"([^"/]+)": \/\S*\/\1: /, '"$1": ');
-}
+/** The first line of a loader error, without Bun's misleading cwd-relative path (see ffi/loader.ts). */
+export { loaderMessage as loaderError } from "../../ffi/loader.ts";
