@@ -3,7 +3,9 @@
 
 For every case: fresh random inputs, outputs poisoned with NaN first (every element must be written), the kernel
 path forced with FLASHATTN_KERNEL (default cuda-mma-sm80, so a silent fallback cannot hide a rejection), then
-    err = ||ours - ref64|| / ||ref64||   must be <= 1e-2 and <= 2 * err(naive) + 1e-5
+    err = ||ours - ref64|| / ||ref64||   must be <= 1e-2 and <= 2 * err(naive) + 1e-4
+(the 1e-4 floor covers gradients that are exactly zero in exact maths — one visible key per row — where the naive
+error is 0 and ours is bf16 rounding noise of O in dsum = rowsum(dO * O))
 where naive is the same maths in the input precision (bf16/fp16 matmuls, fp32 softmax) — flash-attention's rule.
 NaN never passes. LSE must match the reference (rows without keys: -inf in both).
 
@@ -184,7 +186,7 @@ def run_case(lib, case, kernel):
     result["errors"] = {n: {"ours": e, "naive": nv} for n, (e, nv) in checks.items()}
     ok = lse_ok and result.get("deterministic_ok", True)
     for e, nv in checks.values():
-        ok = ok and e <= 1e-2 and e <= 2 * nv + 1e-5
+        ok = ok and e <= 1e-2 and e <= 2 * nv + 1e-4
     result["ok"] = bool(ok)
     return result
 

@@ -41,9 +41,9 @@ struct BwdTile {
 
 template <int D> struct BwdTileFor;
 template <> struct BwdTileFor<32> { using type = BwdTile<32, 64, 4, 1>; };
-template <> struct BwdTileFor<64> { using type = BwdTile<64, 64, 4, 1>; };
+template <> struct BwdTileFor<64> { using type = BwdTile<64, 64, 8, 1>; };
 template <> struct BwdTileFor<96> { using type = BwdTile<96, 64, 4, 1>; };
-template <> struct BwdTileFor<128> { using type = BwdTile<128, 64, 8, 2>; };
+template <> struct BwdTileFor<128> { using type = BwdTile<128, 64, 8, 1>; };
 template <> struct BwdTileFor<192> { using type = BwdTile<192, 64, 8, 2>; };
 template <> struct BwdTileFor<256> { using type = BwdTile<256, 32, 8, 2>; };
 
@@ -245,8 +245,12 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
             row[col] += dq[j][2 * hf];
             row[col + 1] += dq[j][2 * hf + 1];
           } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // one vector reduction for the adjacent pair
+            atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(dq[j][2 * hf], dq[j][2 * hf + 1]));
+#else
             atomicAdd(row + col, dq[j][2 * hf]);
             atomicAdd(row + col + 1, dq[j][2 * hf + 1]);
+#endif
           }
         }
       }
