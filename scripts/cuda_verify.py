@@ -217,6 +217,7 @@ def grid(quick):
     add("window-32-16", window=(32, 16))
     add("window-0-0-sq>sk", sq=203, sk=113, window=(0, 0))  # early rows see no key: O = 0, LSE = -inf
     add("window-left-only", window=(50, -1), causal=True, d=128)
+    add("window-huge-bounds", window=(2**31 - 1, 2**31 - 1))  # same as unbounded; no int overflow
     add("softcap-30", softcap=30.0, d=128)
     add("softcap-causal", softcap=5.0, causal=True)
     add("alibi-head", alibi="head", causal=True)

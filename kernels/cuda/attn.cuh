@@ -2,6 +2,7 @@
 // geometry (padded batch or varlen), the visibility mask and the score transform (softcap, ALiBi) of DESIGN.md.
 #pragma once
 
+#include <climits>
 #include <cstdint>
 
 #include "tile.cuh"
@@ -82,9 +83,19 @@ __device__ __forceinline__ int64_t lse_row0(const AttnArgs& a, const SeqInfo& s,
                            : (static_cast<int64_t>(b) * a.heads_q + h) * a.seqlen_q;
 }
 
-// Key j is visible from query i (both local to the sequence) under the window; keys past the end are never visible.
-__device__ __forceinline__ bool visible(const AttnArgs& a, const SeqInfo& s, int i, int j) {
-  return j < s.sk && (a.win_right < 0 || j <= i + s.diag + a.win_right) && (a.win_left < 0 || j >= i + s.diag - a.win_left);
+// Key j is visible from query i iff j < sk and i + diag - left <= j <= i + diag + right (a negative bound is
+// unbounded). Row form for query i: keys [lo, hi] are visible (empty when hi < lo); hoisted out of the per-element
+// loops so a masked tile costs two compares per score.
+__device__ __forceinline__ void visible_key_range(const AttnArgs& a, const SeqInfo& s, int i, int& lo, int& hi) {
+  lo = a.win_left >= 0 ? i + s.diag - a.win_left : 0;
+  hi = a.win_right >= 0 ? min(s.sk - 1, i + s.diag + a.win_right) : s.sk - 1;
+}
+
+// Column form for key j: queries [lo, hi] see it (empty when hi < lo, e.g. j past the end of the keys).
+__device__ __forceinline__ void visible_query_range(const AttnArgs& a, const SeqInfo& s, int j, int& lo, int& hi) {
+  lo = a.win_right >= 0 ? j - s.diag - a.win_right : INT_MIN;
+  hi = a.win_left >= 0 ? j - s.diag + a.win_left : INT_MAX;
+  if (j >= s.sk) lo = INT_MAX;
 }
 
 // Whether any pair of the (rows m0.., keys n0..) tile can be masked, i.e. the mask must be applied element-wise.

@@ -144,14 +144,17 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
       for (int j = 0; j < MT; ++j)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
+          const int key = n0 + key_row0 + g + hf * 8;
+          int lo = INT_MIN, hi = INT_MAX;
+          if (masked) visible_query_range(a, s, key, lo, hi);
           float p[2];
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
             const int e = 2 * hf + c;
-            const int key = n0 + key_row0 + g + hf * 8, qr = j * 8 + 2 * t + c, i = m0 + qr;
+            const int qr = j * 8 + 2 * t + c, i = m0 + qr;
             float th = 0.f;
             const float x = transform ? transformed_logit(a, st[j][e], slope, i + s.diag - key, th) : st[j][e] * a.scale_log2;
-            p[c] = (masked && !visible(a, s, i, key)) ? 0.f : fast_exp2(x - lse2_s[qr]);
+            p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - lse2_s[qr]);
             st[j][e] = p[c] * (1.f - th * th);
           }
           pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(p[0], p[1]);

@@ -122,15 +122,20 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
 #pragma unroll
       for (int mf = 0; mf < MF; ++mf)
 #pragma unroll
-        for (int j = 0; j < NT; ++j)
+        for (int hf = 0; hf < 2; ++hf) {
+          const int i = m0 + warp_row0 + mf * 16 + g + hf * 8;
+          int lo = INT_MIN, hi = INT_MAX;
+          if (masked) visible_key_range(a, s, i, lo, hi);
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int i = m0 + warp_row0 + mf * 16 + g + (e / 2) * 8, col = n0 + j * 8 + 2 * t + (e % 2);
-            float x = sc[mf][j][e], unused_tanh;
-            if (transform) x = transformed_logit(a, x, slope, i + s.diag - col, unused_tanh);
-            if (masked && !visible(a, s, i, col)) x = -INFINITY;
-            sc[mf][j][e] = x;
-          }
+          for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int col = n0 + j * 8 + 2 * t + c;
+              float x = sc[mf][j][2 * hf + c], unused_tanh;
+              if (transform) x = transformed_logit(a, x, slope, i + s.diag - col, unused_tanh);
+              sc[mf][j][2 * hf + c] = (col < lo || col > hi) ? -INFINITY : x;
+            }
+        }
     }
 
     // Online softmax; each row lives in one quad (4 lanes), two rows (g, g + 8) per fragment.

@@ -147,7 +147,11 @@ AttnArgs make_args(const fa_attn_params& p) {
   a.batch = p.batch, a.heads_q = p.heads_q, a.heads_kv = p.heads_kv, a.group = r.group;
   a.seqlen_q = p.seqlen_q, a.seqlen_k = p.seqlen_k, a.total_q = p.total_q, a.head_dim = p.head_dim;
   a.scale = r.scale, a.scale_log2 = r.scale * kLog2e, a.softcap = p.softcap;
-  a.win_left = r.win_left, a.win_right = r.win_right;
+  // A bound beyond seqlen_q + seqlen_k allows every key, exactly like -1; folding it keeps the kernels' int index
+  // arithmetic (i + diag +- bound) far from overflow.
+  const int64_t reach = static_cast<int64_t>(p.seqlen_q) + p.seqlen_k;
+  a.win_left = r.win_left > reach ? -1 : r.win_left;
+  a.win_right = r.win_right > reach ? -1 : r.win_right;
   a.num_splits = 1;
   a.deterministic = p.deterministic;
   a.lse_rows = is_varlen(p) ? static_cast<int64_t>(p.heads_q) * p.total_q
