@@ -215,6 +215,9 @@ describe("SVG chart", () => {
       "fwd · head dim 128 · non-causal · 32/8 heads · bf16 · 1 query token",
     ]);
     expect((svg.match(/<g class="panel">/g) ?? []).length).toBe(2);
+    // The decode panel (only) carries the copy bandwidth measured in the same run.
+    expect((svg.match(/<line class="copy"/g) ?? []).length).toBe(1);
+    expect(svg).toContain("copy bandwidth 3000 GB/s (cuda)");
   });
 
   test("axis maxima are round numbers at or above the data", () => {

@@ -19,6 +19,7 @@ Peak memory: torch.cuda.max_memory_allocated over one run, minus the flush buffe
 outputs, as our library's figure does.
 """
 import gc
+import re
 import sys
 import warnings
 
@@ -144,7 +145,11 @@ def measure(c, impl, req):
                     raise
                 # SDPA says "No available kernel" and explains why in warnings ("... not used because:" headers,
                 # then the conditions that failed): the conditions are the reason.
-                why = [str(w.message) for w in caught if not str(w.message).rstrip().endswith("because:")]
+                # Torch's source location and the per-case tensor sizes are dropped so one reason reads the same on
+                # every case (the notes group identical reasons).
+                messages = [re.sub(r"\s*\(Triggered internally at [^)]*\)\.?|\s*Query\.sizes\(\).*? instead\.", "", str(w.message)).strip()
+                            for w in caught]
+                why = [m for m in messages if m and not m.endswith("because:")]
                 if "No available kernel" in str(error):
                     return {"status": "unsupported", "reason": one_line("; ".join(why) or str(error))}
                 return {"status": "error", "reason": one_line(str(error))}

@@ -52,7 +52,9 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
   const panels = panelsOf(report.cases);
 
   // Bars are 9..14 px wide; a panel is at least wide enough for its title. Two panels a row (causal off | on).
-  const groupGap = 14, plotH = 220, left = 60, top = 34, bottom = 46, panelGap = 24, minPlotW = 340;
+  const groupGap = 14, plotH = 220, left = 60, top = 34, bottom = 46, panelGap = 24;
+  // Wide enough for the longest panel title (bold 12 px: under 7.6 px a character) and at least 340 px.
+  const minPlotW = Math.max(340, ...panels.map((p) => p.title.length * 7.6 - left + 16));
   const groupsMax = Math.max(1, ...panels.map((p) => p.cases.length));
   const plotW = Math.max(minPlotW, groupsMax * (impls.length * 9 + groupGap));
   const bar = Math.min(14, (plotW / groupsMax - groupGap) / Math.max(1, impls.length));
@@ -81,7 +83,9 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
     const ox = 10 + (p % columns) * (panelW + panelGap);
     const oy = legendH + Math.floor(p / columns) * (panelH + panelGap);
     const values = panel.cases.flatMap((c) => impls.map((impl) => metricOf(c, rows.get(`${c.id}\u0000${impl}`)) ?? 0));
-    const yMax = niceCeiling(Math.max(...values));
+    // Decode panels carry the device's copy bandwidth (measured in the same run) as a dashed reference line.
+    const copy = panel.cases[0].kind === "decode" ? report.copyBandwidth.find((x) => x.place !== "cpu") ?? report.copyBandwidth[0] : undefined;
+    const yMax = niceCeiling(Math.max(...values, copy?.gbps ?? 0));
     const y = (v: number) => oy + top + plotH - (v / yMax) * plotH;
     out.push(`<g class="panel">`);
     out.push(`<text x="${ox + left}" y="${oy + 16}" font-size="12" font-weight="bold">${escapeXml(panel.title)}</text>`);
@@ -111,6 +115,10 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
         }
       });
     });
+    if (copy) {
+      out.push(`<line class="copy" x1="${ox + left}" x2="${ox + left + plotW}" y1="${y(copy.gbps)}" y2="${y(copy.gbps)}" stroke="#555555" stroke-dasharray="5,3"/>`);
+      out.push(`<text x="${ox + left + 4}" y="${y(copy.gbps) - 4}" font-size="9" fill="#555555">copy bandwidth ${formatRate(copy.gbps)} GB/s (${escapeXml(copy.place)})</text>`);
+    }
     out.push(`<line x1="${ox + left}" x2="${ox + left + plotW}" y1="${y(0)}" y2="${y(0)}" stroke="#333333"/>`);
     out.push(`<text x="${ox + left + plotW / 2}" y="${oy + top + plotH + 32}" font-size="10" text-anchor="middle">${decode ? "KV length" : "sequence length"}</text>`);
     out.push(`</g>`);
