@@ -33,9 +33,13 @@ export function measureCopyBandwidth(backend: Backend, opts: { repeats?: number;
     }
     const { medianMs } = summarize(times);
     return {
-      place: backend.name, device: String(info.name), bytes, medianMs,
+      place: backend.name,
+      device: String(info.name),
+      bytes,
+      medianMs,
       gbps: (2 * bytes) / (medianMs * 1e-3) / 1e9,
-      method: `median of ${repeats} fa_memcpy_d2d of ${bytes} bytes timed from TypeScript between fa_synchronize calls; read + written bytes`,
+      method:
+        `median of ${repeats} fa_memcpy_d2d of ${bytes} bytes timed from TypeScript between fa_synchronize calls; read + written bytes`,
     };
   } finally {
     for (const b of buffers) backend.free(b);

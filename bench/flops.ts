@@ -4,7 +4,7 @@
 //   causal   = half of that (the field's convention, also for seqlen_q ≠ seqlen_k)
 //   backward = 2.5 × forward (five matmuls instead of two), fwd+bwd = 3.5 × forward
 // Decode is memory bound, so it is judged by the bytes of K and V read, against the device's copy bandwidth.
-import { dtypeBytes, type DType } from "../ffi/layout.ts";
+import { type DType, dtypeBytes } from "../ffi/layout.ts";
 import { attentionFlops } from "../lib/attention.ts";
 import type { Direction } from "../lib/backend.ts";
 

@@ -41,21 +41,36 @@ export async function machineFacts(
       device = { error: (e as Error).message };
     }
     return {
-      backend: b.name, path: b.path, version: info.version, compiler: info.compiler, built_with: info.built_with,
-      archs: info.archs, device,
+      backend: b.name,
+      path: b.path,
+      version: info.version,
+      compiler: info.compiler,
+      built_with: info.built_with,
+      archs: info.archs,
+      device,
     };
   });
   // The driver as NVML reports it (doctor's probe, in its own deadline-bound process): only where CUDA is measured.
   let nvidia: Pick<NvmlFacts, "status" | "error" | "driver_version" | "cuda_driver_version" | "devices"> | undefined;
   if (backends.some((b) => b.name === "cuda")) {
     const nvml = await runNativeProbe<NvmlFacts>("nvml", { timeoutMs: 10_000 });
-    nvidia = { status: nvml.status, error: nvml.error, driver_version: nvml.driver_version, cuda_driver_version: nvml.cuda_driver_version, devices: nvml.devices };
+    nvidia = {
+      status: nvml.status,
+      error: nvml.error,
+      driver_version: nvml.driver_version,
+      cuda_driver_version: nvml.cuda_driver_version,
+      devices: nvml.devices,
+    };
   }
   const cpus = hostFact(() => os.cpus()) ?? [];
   return {
     host: {
-      os: hostFact(() => `${os.type()} ${os.release()}`), arch: process.arch, cpu: cpus[0]?.model?.trim(),
-      cpu_count: cpus.length || undefined, memory_bytes: hostFact(() => os.totalmem()), runtime: runtime(),
+      os: hostFact(() => `${os.type()} ${os.release()}`),
+      arch: process.arch,
+      cpu: cpus[0]?.model?.trim(),
+      cpu_count: cpus.length || undefined,
+      memory_bytes: hostFact(() => os.totalmem()),
+      runtime: runtime(),
     },
     libraries,
     ...(nvidia ? { nvidia } : {}),

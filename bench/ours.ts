@@ -46,7 +46,9 @@ export class SpeedMemory {
   skipReason(key: string, flops: number, plan: TimingPlan): string | undefined {
     const predicted = this.predictMs(key, flops);
     if (predicted === undefined || predicted <= 4 * plan.caseBudgetMs) return undefined;
-    return `one run would take about ${(predicted / 1000).toFixed(1)} s, over four times the per-case budget of ${(plan.caseBudgetMs / 1000).toFixed(1)} s`;
+    return `one run would take about ${(predicted / 1000).toFixed(1)} s, over four times the per-case budget of ${
+      (plan.caseBudgetMs / 1000).toFixed(1)
+    } s`;
   }
 }
 
@@ -67,13 +69,27 @@ export function runsFor(estimateMs: number, plan: TimingPlan): { warmup: number;
 /** The library's view of a bench case: padded batch, no window, default scale. */
 export function problemFor(c: BenchCase): Problem {
   return {
-    dtype: c.dtype, batch: c.batch, seqlenQ: c.seqlenQ, seqlenK: c.seqlenK, headsQ: c.headsQ, headsKv: c.headsKv,
-    headDim: c.headDim, varlen: false, totalQ: 0, totalK: 0, sequences: [], scale: 1 / Math.sqrt(c.headDim),
-    windowLeft: -1, windowRight: c.causal ? 0 : -1, softcap: 0, causal: c.causal,
+    dtype: c.dtype,
+    batch: c.batch,
+    seqlenQ: c.seqlenQ,
+    seqlenK: c.seqlenK,
+    headsQ: c.headsQ,
+    headsKv: c.headsKv,
+    headDim: c.headDim,
+    varlen: false,
+    totalQ: 0,
+    totalK: 0,
+    sequences: [],
+    scale: 1 / Math.sqrt(c.headDim),
+    windowLeft: -1,
+    windowRight: c.causal ? 0 : -1,
+    softcap: 0,
+    causal: c.causal,
   };
 }
 
-export const implName = (algorithm: Algorithm, backend: string) => `${algorithm === "flash" ? "flashattn" : "naive"}-${backend}`;
+export const implName = (algorithm: Algorithm, backend: string) =>
+  `${algorithm === "flash" ? "flashattn" : "naive"}-${backend}`;
 
 // A 1 MiB block of standard-normal values per dtype, tiled over every input: random enough that the GPU does not
 // run the cooler, faster path it takes on constant data, and cheap to make for multi-GiB KV caches.
@@ -84,14 +100,19 @@ function randomBlock(dtype: BenchCase["dtype"]): ArrayBufferView {
   if (!block) {
     const next = rng(0x5eed);
     const values = new Float32Array(dtype === "fp32" ? RANDOM_BLOCK_ELEMENTS / 2 : RANDOM_BLOCK_ELEMENTS);
-    for (let i = 0; i < values.length; i++) values[i] = Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
+    for (let i = 0; i < values.length; i++) {
+      values[i] = Math.sqrt(-2 * Math.log(1 - next())) * Math.cos(2 * Math.PI * next());
+    }
     block = fromFloat32(dtype, [values.length], values).data;
     randomBlocks.set(dtype, block);
   }
   return block;
 }
 
-const offsetView = (b: DeviceBuffer, offset: number): DeviceBuffer => ({ address: b.address + BigInt(offset), bytes: b.bytes - offset });
+const offsetView = (b: DeviceBuffer, offset: number): DeviceBuffer => ({
+  address: b.address + BigInt(offset),
+  bytes: b.bytes - offset,
+});
 
 /** Fills `dst` with the tiled random block: one upload, then device copies doubling the filled prefix. */
 function fillRandom(backend: Backend, dst: DeviceBuffer, source: DeviceBuffer): void {
@@ -136,19 +157,36 @@ export interface OursContext {
 export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm, ctx: OursContext): Measurement {
   const impl = implName(algorithm, backend.name);
   const row = (status: RowStatus, extra: Partial<Measurement> = {}): Measurement => ({
-    caseId: c.id, impl, family: algorithm === "flash" ? "ours" : "naive", place: backend.name, status, ...extra,
+    caseId: c.id,
+    impl,
+    family: algorithm === "flash" ? "ours" : "naive",
+    place: backend.name,
+    status,
+    ...extra,
   });
   const request: AttnRequest = { problem: problemFor(c), direction: c.direction, algorithm };
   const placeholder = 0x100000n;
-  const plan = backend.plan(paramsFor(request, {
-    q: placeholder, k: placeholder, v: placeholder, o: placeholder, lse: placeholder,
-    dout: placeholder, dq: placeholder, dk: placeholder, dv: placeholder,
-  }), c.direction);
+  const plan = backend.plan(
+    paramsFor(request, {
+      q: placeholder,
+      k: placeholder,
+      v: placeholder,
+      o: placeholder,
+      lse: placeholder,
+      dout: placeholder,
+      dq: placeholder,
+      dk: placeholder,
+      dv: placeholder,
+    }),
+    c.direction,
+  );
   if (!plan.ok) return row("unsupported", { reason: plan.reasons.join("; ") || "no kernel accepts this case" });
 
   const need = tensorBytes(c, c.direction) + (algorithm === "naive" ? naiveScoreBytes(c) : 0);
   if (need > ctx.memoryLimitBytes) {
-    return row("oom", { reason: `needs ${gib(need)}, over the ${gib(ctx.memoryLimitBytes)} this device can give (not attempted)` });
+    return row("oom", {
+      reason: `needs ${gib(need)}, over the ${gib(ctx.memoryLimitBytes)} this device can give (not attempted)`,
+    });
   }
   const flops = attentionFlops(c, c.direction);
   const speedKey = `${impl} ${c.direction}`;
@@ -168,7 +206,9 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
     const backwardToo = c.direction !== "fwd";
     const [q, k, v, o] = [alloc(qBytes), alloc(kBytes), alloc(kBytes), alloc(qBytes)];
     const lse = alloc(c.batch * c.headsQ * c.seqlenQ * 4);
-    const grads = backwardToo ? { dout: alloc(qBytes), dq: alloc(qBytes), dk: alloc(kBytes), dv: alloc(kBytes) } : undefined;
+    const grads = backwardToo
+      ? { dout: alloc(qBytes), dq: alloc(qBytes), dk: alloc(kBytes), dv: alloc(kBytes) }
+      : undefined;
     const source = backend.upload(randomBlock(c.dtype));
     try {
       for (const b of [q, k, v, ...(grads ? [grads.dout] : [])]) fillRandom(backend, b, source);
@@ -176,8 +216,15 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
       backend.free(source);
     }
     const params = paramsFor(request, {
-      q: q.address, k: k.address, v: v.address, o: o.address, lse: lse.address,
-      dout: grads?.dout.address, dq: grads?.dq.address, dk: grads?.dk.address, dv: grads?.dv.address,
+      q: q.address,
+      k: k.address,
+      v: v.address,
+      o: o.address,
+      lse: lse.address,
+      dout: grads?.dout.address,
+      dq: grads?.dq.address,
+      dk: grads?.dk.address,
+      dv: grads?.dv.address,
     });
     // The first forward checks the case runs at all and gives O and LSE to backward. The memory figure is the
     // peak of one call of this direction, counted from what the library held before this case's tensors.
@@ -200,7 +247,9 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
     const timing = summarize(times);
     ctx.speeds.learn(speedKey, flops, timing.medianMs);
     return row("ok", {
-      timing, peakBytes, kernel,
+      timing,
+      peakBytes,
+      kernel,
       ...(runs ? {} : { reason: `one run only: it takes ${estimate.toFixed(0)} ms, over half the per-case budget` }),
     });
   } catch (error) {

@@ -9,8 +9,23 @@ import type { Backend } from "../lib/backend.ts";
 import { type BackendChoice, chooseBackend, noBackendError } from "../lib/select.ts";
 import { measureCopyBandwidth } from "./copy.ts";
 import { attentionFlops, gigabytesPerSecond, kvBytes, tflopsPerSecond } from "./flops.ts";
-import { type Algorithm, implName, measureOurs, memoryLimit, problemFor, SpeedMemory, type TimingPlan } from "./ours.ts";
-import { BENCH_SCHEMA, type BenchConfig, type BenchReport, type CopyBandwidth, type ImplStatus, type Measurement } from "./results.ts";
+import {
+  type Algorithm,
+  implName,
+  measureOurs,
+  memoryLimit,
+  problemFor,
+  SpeedMemory,
+  type TimingPlan,
+} from "./ours.ts";
+import {
+  BENCH_SCHEMA,
+  type BenchConfig,
+  type BenchReport,
+  type CopyBandwidth,
+  type ImplStatus,
+  type Measurement,
+} from "./results.ts";
 import { summarize } from "./stats.ts";
 import { type BenchCase, expandSweep, type PresetName, presets, type SweepSpec } from "./sweep.ts";
 import { baselineScript, PythonWorker } from "./baselines/worker.ts";
@@ -63,7 +78,9 @@ export function timesCpu(spec: SweepSpec, gpuUsable: boolean, backend: BackendCh
 }
 
 /** Whether a GPU backend of ours can run here (the default preset is fa then, quick otherwise). */
-export function gpuUsable(opts: { backend: BackendChoice; libPath?: string; env?: Record<string, string | undefined> }): boolean {
+export function gpuUsable(
+  opts: { backend: BackendChoice; libPath?: string; env?: Record<string, string | undefined> },
+): boolean {
   const c = expandSweep(presets.quick, { gpu: true })[0];
   const { usable } = chooseBackend({ problem: problemFor(c), direction: c.direction }, opts);
   return [...usable.keys()].some((name) => name !== "cpu");
@@ -83,8 +100,13 @@ function findBackends(cases: BenchCase[], opts: BenchOptions): { usable: Backend
   for (const d of decisions) {
     const backend = usable.get(d.backend);
     statuses.push({
-      impl: implName("flash", d.backend), family: "ours", place: d.backend, available: !!backend,
-      ...(backend ? { detail: { library: backend.path, kernel: d.kernel } } : { reason: d.reasons.join("; ") || d.verdict }),
+      impl: implName("flash", d.backend),
+      family: "ours",
+      place: d.backend,
+      available: !!backend,
+      ...(backend
+        ? { detail: { library: backend.path, kernel: d.kernel } }
+        : { reason: d.reasons.join("; ") || d.verdict }),
     });
   }
   if (usable.size === 0) throw noBackendError(decisions);
@@ -115,16 +137,27 @@ interface PythonBaseline {
 }
 
 async function startBaseline(
-  name: string, script: string, impls: string[], family: "torch" | "numpy", place: BackendName,
-  statuses: ImplStatus[], opts: BenchOptions,
+  name: string,
+  script: string,
+  impls: string[],
+  family: "torch" | "numpy",
+  place: BackendName,
+  statuses: ImplStatus[],
+  opts: BenchOptions,
 ): Promise<PythonBaseline> {
-  const started = await PythonWorker.start<Hello>(baselineScript(script), { python: opts.python, timeoutMs: 120_000, env: opts.env });
+  const started = await PythonWorker.start<Hello>(baselineScript(script), {
+    python: opts.python,
+    timeoutMs: 120_000,
+    env: opts.env,
+  });
   const base: PythonBaseline = { name, impls, family, place };
   if ("worker" in started) base.worker = started.worker;
   for (const impl of impls) {
-    statuses.push("worker" in started
-      ? { impl, family, place, available: true, detail: started.worker.hello }
-      : { impl, family, place, available: false, reason: started.unavailable });
+    statuses.push(
+      "worker" in started
+        ? { impl, family, place, available: true, detail: started.worker.hello }
+        : { impl, family, place, available: false, reason: started.unavailable },
+    );
   }
   return base;
 }
@@ -134,8 +167,12 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
   const t0 = performance.now();
   const deadline = t0 + opts.maxSeconds * 1000;
   const config: BenchConfig = {
-    preset: opts.preset, warmup: opts.timing.warmup, iters: opts.timing.iters, minIters: opts.timing.minIters,
-    caseBudgetMs: opts.timing.caseBudgetMs, maxSeconds: opts.maxSeconds,
+    preset: opts.preset,
+    warmup: opts.timing.warmup,
+    iters: opts.timing.iters,
+    minIters: opts.timing.minIters,
+    caseBudgetMs: opts.timing.caseBudgetMs,
+    maxSeconds: opts.maxSeconds,
   };
 
   // Probe with the GPU dtype when the preset leaves it open ("auto": bf16, which every backend reads); the real
@@ -149,16 +186,23 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     usable = usable.filter((b) => b.name !== "cpu");
     for (const s of statuses.filter((x) => x.place === "cpu" && x.available)) {
       s.available = false;
-      s.reason = `the ${opts.preset} preset is sized for a GPU (a CPU would spend minutes per shape); time it with --backend cpu`;
+      s.reason =
+        `the ${opts.preset} preset is sized for a GPU (a CPU would spend minutes per shape); time it with --backend cpu`;
     }
   }
   const cases = expandSweep(opts.spec, { gpu });
   const wants = new Set(opts.baselines);
 
   for (const b of usable) {
-    statuses.push(wants.has("naive")
-      ? { impl: implName("naive", b.name), family: "naive", place: b.name, available: true }
-      : { impl: implName("naive", b.name), family: "naive", place: b.name, available: false, reason: "not requested (--baselines)" });
+    statuses.push(
+      wants.has("naive") ? { impl: implName("naive", b.name), family: "naive", place: b.name, available: true } : {
+        impl: implName("naive", b.name),
+        family: "naive",
+        place: b.name,
+        available: false,
+        reason: "not requested (--baselines)",
+      },
+    );
   }
 
   const copies: CopyBandwidth[] = [];
@@ -167,7 +211,13 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       try {
         copies.push(measureCopyBandwidth(b));
       } catch (e) {
-        statuses.push({ impl: `copy-${b.name}`, family: "ours", place: b.name, available: false, reason: `copy bandwidth not measured: ${(e as Error).message}` });
+        statuses.push({
+          impl: `copy-${b.name}`,
+          family: "ours",
+          place: b.name,
+          available: false,
+          reason: `copy bandwidth not measured: ${(e as Error).message}`,
+        });
       }
     }
   }
@@ -182,11 +232,25 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     if (usable.some((b) => b.name === "cpu")) {
       // NumPy's BLAS gets the threads our CPU library uses (FLASHATTN_NUM_THREADS, else every core): same cores.
       const env = opts.env ?? process.env;
-      const threads = env.FLASHATTN_NUM_THREADS || String(hostFact(() => os.availableParallelism?.() ?? os.cpus().length) ?? 1);
-      const blas = Object.fromEntries(["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"].map((k) => [k, env[k] || threads]));
-      pythons.push(await startBaseline("numpy", "numpy_attention.py", ["numpy"], "numpy", "cpu", statuses, { ...opts, env: { ...env, ...blas } }));
+      const threads = env.FLASHATTN_NUM_THREADS ||
+        String(hostFact(() => os.availableParallelism?.() ?? os.cpus().length) ?? 1);
+      const blas = Object.fromEntries(
+        ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"].map((k) => [k, env[k] || threads]),
+      );
+      pythons.push(
+        await startBaseline("numpy", "numpy_attention.py", ["numpy"], "numpy", "cpu", statuses, {
+          ...opts,
+          env: { ...env, ...blas },
+        }),
+      );
     } else {
-      statuses.push({ impl: "numpy", family: "numpy", place: "cpu", available: false, reason: "our CPU backend is not measured in this run, so NumPy has nothing to compare with" });
+      statuses.push({
+        impl: "numpy",
+        family: "numpy",
+        place: "cpu",
+        available: false,
+        reason: "our CPU backend is not measured in this run, so NumPy has nothing to compare with",
+      });
     }
   }
 
@@ -202,7 +266,14 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const rows: Measurement[] = [];
       const timeLeft = () => deadline - performance.now();
       const skip = (impl: string, family: Measurement["family"], place: BackendName) =>
-        rows.push({ caseId: c.id, impl, family, place, status: "skipped", reason: `the time limit (--max-seconds ${opts.maxSeconds}) was reached` });
+        rows.push({
+          caseId: c.id,
+          impl,
+          family,
+          place,
+          status: "skipped",
+          reason: `the time limit (--max-seconds ${opts.maxSeconds}) was reached`,
+        });
 
       const algorithms: Algorithm[] = wants.has("naive") ? ["flash", "naive"] : ["flash"];
       for (const b of usable) {
@@ -225,15 +296,18 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           continue;
         }
         if (py.down) {
-          for (const impl of py.impls) rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "error", reason: py.down });
+          for (const impl of py.impls) {
+            rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "error", reason: py.down });
+          }
           continue;
         }
         const flops = attentionFlops(c, c.direction);
         const run: string[] = [];
         for (const impl of py.impls) {
           const tooSlow = speeds.skipReason(`${impl} ${c.direction}`, flops, opts.timing);
-          if (tooSlow) rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "skipped", reason: tooSlow });
-          else run.push(impl);
+          if (tooSlow) {
+            rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "skipped", reason: tooSlow });
+          } else run.push(impl);
         }
         if (run.length === 0) continue;
         progress.step(index, `${c.id} · ${run.join(", ")}`);
@@ -243,8 +317,13 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
         const timeoutMs = Math.max(1000, Math.min(timeLeft() + 5000, ownLimit));
         try {
           const answer = await py.worker.request<{ results: WorkerResult[] }>({
-            op: "case", case: c, impls: run, warmup: opts.timing.warmup, iters: opts.timing.iters,
-            min_iters: opts.timing.minIters, budget_ms: opts.timing.caseBudgetMs,
+            op: "case",
+            case: c,
+            impls: run,
+            warmup: opts.timing.warmup,
+            iters: opts.timing.iters,
+            min_iters: opts.timing.minIters,
+            budget_ms: opts.timing.caseBudgetMs,
             memory_limit_bytes: limits.get("cpu") ?? 0,
           }, timeoutMs);
           for (const r of answer.results) {
@@ -267,12 +346,20 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
           if (timeoutMs < ownLimit && timeLeft() <= 0) {
             timeLimited = true;
             for (const impl of run) {
-              rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "skipped",
-                reason: `the time limit (--max-seconds ${opts.maxSeconds}) was reached while ${py.name} was running` });
+              rows.push({
+                caseId: c.id,
+                impl,
+                family: py.family,
+                place: py.place,
+                status: "skipped",
+                reason: `the time limit (--max-seconds ${opts.maxSeconds}) was reached while ${py.name} was running`,
+              });
             }
           } else {
             py.down = `${py.name} baseline stopped: ${(e as Error).message}`;
-            for (const impl of run) rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "error", reason: py.down });
+            for (const impl of run) {
+              rows.push({ caseId: c.id, impl, family: py.family, place: py.place, status: "error", reason: py.down });
+            }
           }
         }
       }
@@ -280,7 +367,12 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
       const finished = rows.map((m) => withRates(m, c, copies));
       measurements.push(...finished);
       const ours = finished.find((m) => m.family === "ours" && m.status === "ok");
-      progress.done(index, `${c.id}: ${ours?.tflops !== undefined ? `${ours.impl} ${formatRate(ours.tflops)} TFLOP/s` : "no timing of ours"}`);
+      progress.done(
+        index,
+        `${c.id}: ${
+          ours?.tflops !== undefined ? `${ours.impl} ${formatRate(ours.tflops)} TFLOP/s` : "no timing of ours"
+        }`,
+      );
     }
   } finally {
     progress.finish();

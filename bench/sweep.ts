@@ -51,17 +51,44 @@ const k = 1024;
 
 export const presets: Record<PresetName, SweepSpec> = {
   fa: {
-    seqlens: [512, 1 * k, 2 * k, 4 * k, 8 * k, 16 * k], hdims: [64, 128, 256], tokens: 16 * k, hidden: 2048,
-    causal: [false, true], dtype: "bf16", directions: ["fwd", "bwd"], kind: "prefill", gpuSized: true,
+    seqlens: [512, 1 * k, 2 * k, 4 * k, 8 * k, 16 * k],
+    hdims: [64, 128, 256],
+    tokens: 16 * k,
+    hidden: 2048,
+    causal: [false, true],
+    dtype: "bf16",
+    directions: ["fwd", "bwd"],
+    kind: "prefill",
+    gpuSized: true,
   },
   decode: {
-    seqlens: [4 * k, 8 * k, 16 * k, 32 * k, 64 * k, 128 * k], seqlensQ: [1], hdims: [128], batches: [1, 8],
-    tokens: 0, heads: [32], hidden: 0, headsKv: [8], causal: [false], dtype: "bf16", directions: ["fwd"],
-    kind: "decode", gpuSized: true,
+    seqlens: [4 * k, 8 * k, 16 * k, 32 * k, 64 * k, 128 * k],
+    seqlensQ: [1],
+    hdims: [128],
+    batches: [1, 8],
+    tokens: 0,
+    heads: [32],
+    hidden: 0,
+    headsKv: [8],
+    causal: [false],
+    dtype: "bf16",
+    directions: ["fwd"],
+    kind: "decode",
+    gpuSized: true,
   },
   quick: {
-    seqlens: [128, 256], hdims: [64], batches: [2], tokens: 0, heads: [4], hidden: 0, headsKv: [2],
-    causal: [false, true], dtype: "auto", directions: ["fwd", "bwd"], kind: "prefill", gpuSized: false,
+    seqlens: [128, 256],
+    hdims: [64],
+    batches: [2],
+    tokens: 0,
+    heads: [4],
+    hidden: 0,
+    headsKv: [2],
+    causal: [false, true],
+    dtype: "auto",
+    directions: ["fwd", "bwd"],
+    kind: "prefill",
+    gpuSized: false,
   },
 };
 
@@ -100,7 +127,13 @@ export function parseSizeList(flag: string, text: string, max: number): number[]
 
 function parseCausal(text: string): boolean[] {
   const choices: Record<string, boolean[]> = {
-    on: [true], true: [true], yes: [true], off: [false], false: [false], no: [false], both: [false, true],
+    on: [true],
+    true: [true],
+    yes: [true],
+    off: [false],
+    false: [false],
+    no: [false],
+    both: [false, true],
   };
   const v = choices[text.trim().toLowerCase()];
   if (!v) usage(`--causal takes on, off or both, not "${text}"`);
@@ -109,7 +142,11 @@ function parseCausal(text: string): boolean[] {
 
 function parseDirections(text: string): Direction[] {
   const list = text.split(",").map((s) => s.trim());
-  for (const d of list) if (!(directions as string[]).includes(d)) usage(`--direction takes fwd, bwd or fwd+bwd (comma list), not "${d}"`);
+  for (const d of list) {
+    if (!(directions as string[]).includes(d)) {
+      usage(`--direction takes fwd, bwd or fwd+bwd (comma list), not "${d}"`);
+    }
+  }
   return [...new Set(list as Direction[])];
 }
 
@@ -160,12 +197,25 @@ export function expandSweep(spec: SweepSpec, ctx: { gpu: boolean }): BenchCase[]
               for (const headsKv of spec.headsKv ?? [headsQ]) {
                 if (headsQ % headsKv !== 0) usage(`--heads ${headsQ} is not a multiple of --heads-kv ${headsKv}`);
                 for (const seqlenQ of spec.seqlensQ ?? [seqlenK]) {
-                  const c = { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim, causal, dtype, direction, kind: spec.kind };
+                  const c = {
+                    batch,
+                    seqlenQ,
+                    seqlenK,
+                    headsQ,
+                    headsKv,
+                    headDim,
+                    causal,
+                    dtype,
+                    direction,
+                    kind: spec.kind,
+                  };
                   const id = caseId(c);
                   if (seen.has(id)) continue;
                   seen.add(id);
                   cases.push({ id, ...c });
-                  if (cases.length > limits.cases) usage(`the sweep has more than ${limits.cases} cases; narrow the flags`);
+                  if (cases.length > limits.cases) {
+                    usage(`the sweep has more than ${limits.cases} cases; narrow the flags`);
+                  }
                 }
               }
             }

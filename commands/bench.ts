@@ -10,12 +10,20 @@ import { FlashAttnError } from "../lib/errors.ts";
 import type { BackendChoice } from "../lib/select.ts";
 import { writeFileAtomic } from "../formats/atomic.ts";
 import { applyOverrides, type PresetName, presetNames, presets, type SweepOverrides } from "../bench/sweep.ts";
-import { type BaselineName, baselineNames, type BenchOptions, gpuUsable, presetTiming, runBench, sdpaImpls } from "../bench/run.ts";
+import {
+  type BaselineName,
+  baselineNames,
+  type BenchOptions,
+  gpuUsable,
+  presetTiming,
+  runBench,
+  sdpaImpls,
+} from "../bench/run.ts";
 import type { BenchReport } from "../bench/results.ts";
 import { renderTable } from "../bench/report/table.ts";
 import { renderCsv } from "../bench/report/csv.ts";
 import { renderSvg } from "../bench/report/svg.ts";
-import { StderrProgress, silentProgress } from "../bench/report/progress.ts";
+import { silentProgress, StderrProgress } from "../bench/report/progress.ts";
 import { action, EXIT_FAILURE, printJson, progress, useColor } from "./_output.ts";
 
 /** The raw option values commander hands over. */
@@ -58,7 +66,9 @@ const usage = (message: string, fix?: string): never => {
 function wholeNumber(flag: string, text: string | undefined, min: number, max: number): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
-  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < min || n > max) usage(`--${flag} takes a whole number in ${min}..${max}, not "${text}"`);
+  if (!/^\d+$/.test(text.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+    usage(`--${flag} takes a whole number in ${min}..${max}, not "${text}"`);
+  }
   return n;
 }
 
@@ -70,7 +80,10 @@ export function parseBaselines(text: string | undefined): BaselineName[] {
   for (const item of text.split(",").map((s) => s.trim()).filter(Boolean)) {
     if (item === "sdpa" || item === "torch") sdpaImpls.forEach((i) => out.add(i));
     else if ((baselineNames as readonly string[]).includes(item)) out.add(item as BaselineName);
-    else usage(`--baselines: unknown baseline "${item}"`, `use a comma list of ${["naive", "sdpa", ...sdpaImpls, "numpy"].join(", ")}, or all / none`);
+    else {usage(
+        `--baselines: unknown baseline "${item}"`,
+        `use a comma list of ${["naive", "sdpa", ...sdpaImpls, "numpy"].join(", ")}, or all / none`,
+      );}
   }
   return [...out];
 }
@@ -78,20 +91,37 @@ export function parseBaselines(text: string | undefined): BaselineName[] {
 export function parseBenchOptions(raw: RawBenchOptions): BenchPlan {
   let preset: PresetName | undefined;
   if (raw.preset !== undefined) {
-    if (!(presetNames as readonly string[]).includes(raw.preset)) usage(`--preset takes ${presetNames.join(", ")}, not "${raw.preset}"`);
+    if (!(presetNames as readonly string[]).includes(raw.preset)) {
+      usage(`--preset takes ${presetNames.join(", ")}, not "${raw.preset}"`);
+    }
     preset = raw.preset as PresetName;
   }
   const backend = (raw.backend ?? "auto") as BackendChoice;
-  if (backend !== "auto" && !(backendNames as readonly string[]).includes(backend)) usage(`--backend takes auto, cpu, cuda or hip, not "${raw.backend}"`);
+  if (backend !== "auto" && !(backendNames as readonly string[]).includes(backend)) {
+    usage(`--backend takes auto, cpu, cuda or hip, not "${raw.backend}"`);
+  }
   const overrides: SweepOverrides = {
-    seqlen: raw.seqlen, seqlenQ: raw.seqlenQ, hdim: raw.hdim, batch: raw.batch, heads: raw.heads, headsKv: raw.headsKv,
-    causal: raw.causal, dtype: raw.dtype, direction: raw.direction,
+    seqlen: raw.seqlen,
+    seqlenQ: raw.seqlenQ,
+    hdim: raw.hdim,
+    batch: raw.batch,
+    heads: raw.heads,
+    headsKv: raw.headsKv,
+    causal: raw.causal,
+    dtype: raw.dtype,
+    direction: raw.direction,
   };
   // Check the sweep flags now, against any preset: a typo fails before a library is even loaded.
   applyOverrides(presets.quick, overrides);
-  if (raw.chart !== undefined && !raw.chart.toLowerCase().endsWith(".svg")) usage(`--chart writes SVG: name a .svg file, not "${raw.chart}"`);
+  if (raw.chart !== undefined && !raw.chart.toLowerCase().endsWith(".svg")) {
+    usage(`--chart writes SVG: name a .svg file, not "${raw.chart}"`);
+  }
   return {
-    preset, overrides, backend, libPath: raw.lib, baselines: parseBaselines(raw.baselines),
+    preset,
+    overrides,
+    backend,
+    libPath: raw.lib,
+    baselines: parseBaselines(raw.baselines),
     timing: {
       warmup: wholeNumber("warmup", raw.warmup, 0, 1000),
       iters: wholeNumber("iters", raw.iters, 1, 100_000),
@@ -100,7 +130,10 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchPlan {
       maxSeconds: wholeNumber("max-seconds", raw.maxSeconds, 1, 7 * 24 * 3600),
     },
     csv: raw.csv === undefined || raw.csv === false ? undefined : { path: raw.csv === true ? undefined : raw.csv },
-    chart: raw.chart, save: raw.save, python: raw.python, quiet: raw.quiet === true,
+    chart: raw.chart,
+    save: raw.save,
+    python: raw.python,
+    quiet: raw.quiet === true,
   };
 }
 
@@ -109,10 +142,14 @@ export async function executeBench(plan: BenchPlan): Promise<BenchReport> {
   const defaults = presetTiming[preset];
   const t = plan.timing;
   const options: BenchOptions = {
-    preset, spec: applyOverrides(presets[preset], plan.overrides), backend: plan.backend, libPath: plan.libPath,
+    preset,
+    spec: applyOverrides(presets[preset], plan.overrides),
+    backend: plan.backend,
+    libPath: plan.libPath,
     baselines: plan.baselines,
     timing: {
-      warmup: t.warmup ?? defaults.warmup, iters: t.iters ?? defaults.iters,
+      warmup: t.warmup ?? defaults.warmup,
+      iters: t.iters ?? defaults.iters,
       minIters: Math.min(t.minIters ?? defaults.minIters, t.iters ?? defaults.iters),
       caseBudgetMs: t.caseBudgetMs ?? defaults.caseBudgetMs,
     },
@@ -175,7 +212,10 @@ export function register(program: Command) {
     .option("--direction <list>", "fwd, bwd, fwd+bwd (comma list)")
     .option("--backend <auto|cpu|cuda|hip>", "our backend(s) to measure (default auto: every usable one)")
     .option("--lib <path>", "explicit libflashattn_<backend>.so")
-    .option("--baselines <list>", "naive, sdpa (all four), sdpa-flash, sdpa-cudnn, sdpa-efficient, sdpa-math, numpy; all or none")
+    .option(
+      "--baselines <list>",
+      "naive, sdpa (all four), sdpa-flash, sdpa-cudnn, sdpa-efficient, sdpa-math, numpy; all or none",
+    )
     .option("--warmup <n>", "untimed runs before timing")
     .option("--iters <n>", "timed runs per case (fewer when a run is slow, see --case-budget-ms)")
     .option("--min-iters <n>", "fewest timed runs of a slow case")
@@ -194,11 +234,15 @@ export function register(program: Command) {
       if (globals.json) printJson(report);
       else if (plan.csv && !plan.csv.path) process.stdout.write(renderCsv(report));
       else process.stdout.write(renderTable(report, { color: useColor(process.stdout, globals.color) }));
-      if (!plan.quiet) for (const line of written) progress(`flashattn bench: wrote ${line}`);
+      if (!plan.quiet) { for (const line of written) progress(`flashattn bench: wrote ${line}`); }
       // Unsupported shapes and OOM are results; our kernels failing on a device is not.
       const failed = report.measurements.filter((m) => m.family === "ours" && m.status === "error");
       if (failed.length) {
-        progress(`flashattn bench: ${failed.length} of our measurements failed, first: ${failed[0].impl} on ${failed[0].caseId}: ${failed[0].reason}`);
+        progress(
+          `flashattn bench: ${failed.length} of our measurements failed, first: ${failed[0].impl} on ${
+            failed[0].caseId
+          }: ${failed[0].reason}`,
+        );
         return EXIT_FAILURE;
       }
     }));

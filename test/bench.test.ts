@@ -3,7 +3,14 @@
 // timing statistics, and the progress bar's ETA.
 import { describe, expect, test } from "bun:test";
 import { FlashAttnError } from "../lib/errors.ts";
-import { attentionFlops, gigabytesPerSecond, kvBytes, naiveScoreBytes, tensorBytes, tflopsPerSecond } from "../bench/flops.ts";
+import {
+  attentionFlops,
+  gigabytesPerSecond,
+  kvBytes,
+  naiveScoreBytes,
+  tensorBytes,
+  tflopsPerSecond,
+} from "../bench/flops.ts";
 import { applyOverrides, expandSweep, parseSizeList, presets } from "../bench/sweep.ts";
 import { geometricMean, quantile, summarize } from "../bench/stats.ts";
 import { formatDuration, StderrProgress } from "../bench/report/progress.ts";
@@ -22,7 +29,16 @@ function usageError(fn: () => unknown): string {
   throw new Error("expected a USAGE error, got none");
 }
 
-const shape = { batch: 2, seqlenQ: 8192, seqlenK: 8192, headsQ: 16, headsKv: 16, headDim: 128, causal: false, dtype: "bf16" as const };
+const shape = {
+  batch: 2,
+  seqlenQ: 8192,
+  seqlenK: 8192,
+  headsQ: 16,
+  headsKv: 16,
+  headDim: 128,
+  causal: false,
+  dtype: "bf16" as const,
+};
 
 describe("FLOP and byte formulas", () => {
   test("forward is 4·b·h·sq·sk·d, halved for causal; backward 2.5×, fwd+bwd 3.5×", () => {
@@ -43,14 +59,32 @@ describe("FLOP and byte formulas", () => {
   });
 
   test("decode bytes are K and V once: 2·b·sk·h_kv·d·sizeof", () => {
-    const decode = { batch: 8, seqlenQ: 1, seqlenK: 131072, headsQ: 32, headsKv: 8, headDim: 128, causal: false, dtype: "bf16" as const };
+    const decode = {
+      batch: 8,
+      seqlenQ: 1,
+      seqlenK: 131072,
+      headsQ: 32,
+      headsKv: 8,
+      headDim: 128,
+      causal: false,
+      dtype: "bf16" as const,
+    };
     expect(kvBytes(decode)).toBe(2 * 8 * 131072 * 8 * 128 * 2);
     expect(kvBytes({ ...decode, dtype: "fp32" })).toBe(2 * kvBytes(decode));
     expect(gigabytesPerSecond(3e9, 1)).toBeCloseTo(3000, 9);
   });
 
   test("tensor bytes: q, k, v, o, fp32 LSE; backward adds dO, dQ, dK, dV", () => {
-    const small = { batch: 1, seqlenQ: 4, seqlenK: 6, headsQ: 2, headsKv: 1, headDim: 8, causal: false, dtype: "fp16" as const };
+    const small = {
+      batch: 1,
+      seqlenQ: 4,
+      seqlenK: 6,
+      headsQ: 2,
+      headsKv: 1,
+      headDim: 8,
+      causal: false,
+      dtype: "fp16" as const,
+    };
     const q = 1 * 4 * 2 * 8 * 2, kv = 1 * 6 * 1 * 8 * 2, lse = 1 * 2 * 4 * 4;
     expect(tensorBytes(small, "fwd")).toBe(2 * q + 2 * kv + lse);
     expect(tensorBytes(small, "bwd")).toBe(4 * q + 4 * kv + lse);
@@ -73,7 +107,8 @@ describe("presets", () => {
     expect(new Set(cases.map((c) => c.id)).size).toBe(cases.length);
     // Grouped as the chart draws them: the first six are fwd, hdim 64, non-causal, seqlen ascending.
     expect(cases.slice(0, 6).map((c) => [c.direction, c.headDim, c.causal, c.seqlenK])).toEqual(
-      [512, 1024, 2048, 4096, 8192, 16384].map((s) => ["fwd", 64, false, s]));
+      [512, 1024, 2048, 4096, 8192, 16384].map((s) => ["fwd", 64, false, s]),
+    );
     const first = cases[0];
     expect([first.batch, first.headsQ]).toEqual([32, 32]);
   });
@@ -104,7 +139,14 @@ describe("presets", () => {
   });
 
   test("flags override a preset; --batch replaces the 16k-token rule", () => {
-    const spec = applyOverrides(presets.fa, { hdim: "128", causal: "on", seqlen: "1k,4k", direction: "fwd+bwd", batch: "3", headsKv: "4" });
+    const spec = applyOverrides(presets.fa, {
+      hdim: "128",
+      causal: "on",
+      seqlen: "1k,4k",
+      direction: "fwd+bwd",
+      batch: "3",
+      headsKv: "4",
+    });
     const cases = expandSweep(spec, { gpu: true });
     expect(cases.map((c) => [c.headDim, c.causal, c.seqlenK, c.direction, c.batch, c.headsQ, c.headsKv])).toEqual([
       [128, true, 1024, "fwd+bwd", 3, 16, 4],
@@ -137,7 +179,14 @@ describe("presets", () => {
 
 describe("bench flags", () => {
   test("baselines: sdpa expands to its four backends; unknown names are refused", () => {
-    expect(parseBaselines(undefined)).toEqual(["naive", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "numpy"]);
+    expect(parseBaselines(undefined)).toEqual([
+      "naive",
+      "sdpa-flash",
+      "sdpa-cudnn",
+      "sdpa-efficient",
+      "sdpa-math",
+      "numpy",
+    ]);
     expect(parseBaselines("none")).toEqual([]);
     expect(parseBaselines("sdpa,numpy")).toEqual(["sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "numpy"]);
     expect(parseBaselines("sdpa-cudnn")).toEqual(["sdpa-cudnn"]);
@@ -147,7 +196,13 @@ describe("bench flags", () => {
   test("parseBenchOptions checks every flag before any library is loaded", () => {
     const plan = parseBenchOptions({ preset: "decode", iters: "20", csv: true, chart: "out.svg", maxSeconds: "30" });
     expect(plan.preset).toBe("decode");
-    expect(plan.timing).toEqual({ warmup: undefined, iters: 20, minIters: undefined, caseBudgetMs: undefined, maxSeconds: 30 });
+    expect(plan.timing).toEqual({
+      warmup: undefined,
+      iters: 20,
+      minIters: undefined,
+      caseBudgetMs: undefined,
+      maxSeconds: 30,
+    });
     expect(plan.csv).toEqual({ path: undefined });
     expect(parseBenchOptions({ csv: "x.csv" }).csv).toEqual({ path: "x.csv" });
     expect(parseBenchOptions({}).preset).toBeUndefined();
@@ -185,7 +240,9 @@ describe("how many runs a case gets", () => {
     speeds.learn("numpy fwd", 1e9, 100); // 100 ms per GFLOP
     expect(speeds.predictMs("numpy fwd", 4e9)).toBeCloseTo(400, 9);
     expect(speeds.skipReason("numpy fwd", 12e9, plan)).toBeUndefined(); // 1.2 s: still tried (once)
-    expect(speeds.skipReason("numpy fwd", 13e9, plan)).toBe("one run would take about 1.3 s, over four times the per-case budget of 0.3 s");
+    expect(speeds.skipReason("numpy fwd", 13e9, plan)).toBe(
+      "one run would take about 1.3 s, over four times the per-case budget of 0.3 s",
+    );
     expect(speeds.skipReason("numpy bwd", 13e9, plan)).toBeUndefined(); // per direction
   });
 });
@@ -237,6 +294,7 @@ describe("progress", () => {
     expect(drawn.length).toBeGreaterThan(0);
     for (const w of drawn) {
       expect(w.startsWith("\x1b[?7l\r\x1b[K")).toBe(true);
+      // deno-lint-ignore no-control-regex -- strips the terminal's escape sequences to measure the visible line
       expect(w.replace(/\x1b\[[?0-9;]*[a-zA-Z]/g, "").replace("\r", "").length).toBeLessThanOrEqual(39);
     }
     expect(drawn.at(-1)).toContain("100%");

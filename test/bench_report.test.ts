@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { attentionFlops, kvBytes } from "../bench/flops.ts";
 import { BENCH_SCHEMA, type BenchReport, type Measurement, speedupOfOurs } from "../bench/results.ts";
 import { summarize } from "../bench/stats.ts";
-import { expandSweep, presets, applyOverrides } from "../bench/sweep.ts";
+import { applyOverrides, expandSweep, presets } from "../bench/sweep.ts";
 import { formatRate, renderTable } from "../bench/report/table.ts";
 import { renderCsv } from "../bench/report/csv.ts";
 import { niceCeiling, panelsOf, renderSvg } from "../bench/report/svg.ts";
@@ -52,13 +52,29 @@ export function parseXml(xml: string): string[] {
   return names;
 }
 
-const faCases = expandSweep(applyOverrides(presets.fa, { hdim: "64", seqlen: "512,16k", direction: "fwd" }), { gpu: true });
+const faCases = expandSweep(applyOverrides(presets.fa, { hdim: "64", seqlen: "512,16k", direction: "fwd" }), {
+  gpu: true,
+});
 const decodeCases = expandSweep(applyOverrides(presets.decode, { seqlen: "4k", batch: "1" }), { gpu: true });
 
-function timed(caseId: string, impl: string, family: Measurement["family"], ms: number, flops: number, extra: Partial<Measurement> = {}): Measurement {
+function timed(
+  caseId: string,
+  impl: string,
+  family: Measurement["family"],
+  ms: number,
+  flops: number,
+  extra: Partial<Measurement> = {},
+): Measurement {
   return {
-    caseId, impl, family, place: "cuda", status: "ok", timing: summarize([ms * 0.99, ms, ms * 1.01]),
-    tflops: flops / (ms * 1e-3) / 1e12, peakBytes: 64 << 20, ...extra,
+    caseId,
+    impl,
+    family,
+    place: "cuda",
+    status: "ok",
+    timing: summarize([ms * 0.99, ms, ms * 1.01]),
+    tflops: flops / (ms * 1e-3) / 1e12,
+    peakBytes: 64 << 20,
+    ...extra,
   };
 }
 
@@ -68,27 +84,65 @@ function report(): BenchReport {
   const f = (c: typeof short) => attentionFlops(c, c.direction);
   const decodeGbps = kvBytes(dec) / (0.05e-3) / 1e9;
   return {
-    ok: true, schema: BENCH_SCHEMA, createdAt: "2026-11-25T05:00:00.000Z",
+    ok: true,
+    schema: BENCH_SCHEMA,
+    createdAt: "2026-11-25T05:00:00.000Z",
     config: { preset: "fa", warmup: 3, iters: 30, minIters: 5, caseBudgetMs: 300, maxSeconds: 420 },
-    machine: { host: { cpu: "test cpu", cpu_count: 2, runtime: "bun" }, libraries: [{ backend: "cuda", path: "/x", version: "0.1.0", compiler: "nvcc 13.0", device: { name: "NVIDIA H100 80GB HBM3", arch: "sm_90" } }] },
+    machine: {
+      host: { cpu: "test cpu", cpu_count: 2, runtime: "bun" },
+      libraries: [{
+        backend: "cuda",
+        path: "/x",
+        version: "0.1.0",
+        compiler: "nvcc 13.0",
+        device: { name: "NVIDIA H100 80GB HBM3", arch: "sm_90" },
+      }],
+    },
     implementations: [
       { impl: "flashattn-cuda", family: "ours", place: "cuda", available: true },
-      { impl: "flashattn-cpu", family: "ours", place: "cpu", available: false, reason: "libflashattn_cpu.so not found" },
+      {
+        impl: "flashattn-cpu",
+        family: "ours",
+        place: "cpu",
+        available: false,
+        reason: "libflashattn_cpu.so not found",
+      },
       { impl: "naive-cuda", family: "naive", place: "cuda", available: true },
       { impl: "sdpa-flash", family: "torch", place: "cuda", available: true },
       { impl: "numpy", family: "numpy", place: "cpu", available: false, reason: "our CPU backend is not measured" },
     ],
-    copyBandwidth: [{ place: "cuda", device: "NVIDIA H100 80GB HBM3", bytes: 1 << 30, medianMs: 0.7, gbps: 3000, method: "test" }],
+    copyBandwidth: [{
+      place: "cuda",
+      device: "NVIDIA H100 80GB HBM3",
+      bytes: 1 << 30,
+      medianMs: 0.7,
+      gbps: 3000,
+      method: "test",
+    }],
     cases: [short, long, dec],
     measurements: [
       timed(short.id, "flashattn-cuda", "ours", 0.25, f(short)),
       timed(short.id, "naive-cuda", "naive", 1.0, f(short), { peakBytes: 2 * 2 ** 30 }),
       timed(short.id, "sdpa-flash", "torch", 0.5, f(short)),
       timed(long.id, "flashattn-cuda", "ours", 8, f(long)),
-      { caseId: long.id, impl: "naive-cuda", family: "naive", place: "cuda", status: "oom", reason: "needs 128.0 GiB, over the 73.6 GiB this device can give (not attempted)" },
+      {
+        caseId: long.id,
+        impl: "naive-cuda",
+        family: "naive",
+        place: "cuda",
+        status: "oom",
+        reason: "needs 128.0 GiB, over the 73.6 GiB this device can give (not attempted)",
+      },
       timed(long.id, "sdpa-flash", "torch", 4, f(long)),
       timed(dec.id, "flashattn-cuda", "ours", 0.05, f(dec), { gbps: decodeGbps, copyFraction: decodeGbps / 3000 }),
-      { caseId: dec.id, impl: "naive-cuda", family: "naive", place: "cuda", status: "unsupported", reason: "no naive kernel" },
+      {
+        caseId: dec.id,
+        impl: "naive-cuda",
+        family: "naive",
+        place: "cuda",
+        status: "unsupported",
+        reason: "no naive kernel",
+      },
       timed(dec.id, "sdpa-flash", "torch", 0.1, f(dec), { gbps: decodeGbps / 2, copyFraction: decodeGbps / 2 / 3000 }),
     ],
     elapsedSeconds: 12.5,
@@ -157,7 +211,9 @@ describe("table", () => {
     const r = report();
     r.measurements[3] = { ...r.measurements[3], timing: summarize([6, 8, 8, 10]) }; // p25 7.5, p75 8.5: 12.5 %
     const text = renderTable(r, { color: false });
-    expect(text).toContain(`flashattn-cuda noisy: spread over 10% of the median on 1 case (worst 13% on ${faCases[1].id})`);
+    expect(text).toContain(
+      `flashattn-cuda noisy: spread over 10% of the median on 1 case (worst 13% on ${faCases[1].id})`,
+    );
     expect(renderTable(report(), { color: false })).not.toContain("noisy");
   });
 

@@ -31,8 +31,13 @@ describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu
   let report: BenchReport;
   beforeAll(async () => {
     report = await runBench({
-      preset: "quick", spec: presets.quick, backend: "cpu", baselines: [...baselineNames], timing: quickTiming,
-      maxSeconds: 60, env: { ...process.env, FLASHATTN_BACKEND: undefined, FLASHATTN_LIB: undefined },
+      preset: "quick",
+      spec: presets.quick,
+      backend: "cpu",
+      baselines: [...baselineNames],
+      timing: quickTiming,
+      maxSeconds: 60,
+      env: { ...process.env, FLASHATTN_BACKEND: undefined, FLASHATTN_LIB: undefined },
     });
   }, 120_000);
 
@@ -63,7 +68,9 @@ describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu
   });
 
   test("every baseline is measured or named with its reason", () => {
-    for (const impl of ["sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "numpy", "naive-cpu", "flashattn-cpu"]) {
+    for (
+      const impl of ["sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "numpy", "naive-cpu", "flashattn-cpu"]
+    ) {
       const status = report.implementations.find((i) => i.impl === impl)!;
       expect(status).toBeDefined();
       if (!status.available) expect(status.reason!.length).toBeGreaterThan(10);
@@ -72,33 +79,41 @@ describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu
     expect(report.implementations.find((i) => i.impl === "flashattn-cuda")!.reason).toContain("the user chose cpu");
   });
 
-  test.skipIf(!hasPython)("NumPy timed on every case, in fp32, and ratios computed against ours (skipped without python3 + numpy)", () => {
-    const rows = report.measurements.filter((m) => m.impl === "numpy");
-    expect(rows.length).toBe(report.cases.length);
-    // The first case is always timed; later ones may be skipped when NumPy is slow on this (shared) machine, and
-    // then the row says why.
-    expect(rows[0].status).toBe("ok");
-    for (const m of rows) {
-      if (m.status === "skipped") {
-        expect(m.reason).toContain("per-case budget");
-        continue;
+  test.skipIf(!hasPython)(
+    "NumPy timed on every case, in fp32, and ratios computed against ours (skipped without python3 + numpy)",
+    () => {
+      const rows = report.measurements.filter((m) => m.impl === "numpy");
+      expect(rows.length).toBe(report.cases.length);
+      // The first case is always timed; later ones may be skipped when NumPy is slow on this (shared) machine, and
+      // then the row says why.
+      expect(rows[0].status).toBe("ok");
+      for (const m of rows) {
+        if (m.status === "skipped") {
+          expect(m.reason).toContain("per-case budget");
+          continue;
+        }
+        expect(m.status).toBe("ok");
+        expect(m.dtype).toBeUndefined(); // quick on a CPU is fp32 already
+        expect(m.peakBytes!).toBeGreaterThan(0);
       }
-      expect(m.status).toBe("ok");
-      expect(m.dtype).toBeUndefined(); // quick on a CPU is fp32 already
-      expect(m.peakBytes!).toBeGreaterThan(0);
-    }
-    const timedCount = rows.filter((m) => m.status === "ok").length;
-    expect(renderTable(report, { color: false })).toMatch(new RegExp(`vs numpy: ×[0-9.]+ over ${timedCount} cases`));
-  });
+      const timedCount = rows.filter((m) => m.status === "ok").length;
+      expect(renderTable(report, { color: false })).toMatch(new RegExp(`vs numpy: ×[0-9.]+ over ${timedCount} cases`));
+    },
+  );
 
-  test.skipIf(torchPresent)("without torch the SDPA baselines are named with the reason (skipped: torch is installed here)", () => {
-    for (const impl of ["sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math"]) {
-      const status = report.implementations.find((i) => i.impl === impl)!;
-      expect(status.available).toBe(false);
-      expect(status.reason).toMatch(/torch is not importable|python3? was not found/);
-    }
-    expect(renderTable(report, { color: false })).toContain("not measured: sdpa-flash, sdpa-cudnn, sdpa-efficient, sdpa-math: torch is not importable");
-  });
+  test.skipIf(torchPresent)(
+    "without torch the SDPA baselines are named with the reason (skipped: torch is installed here)",
+    () => {
+      for (const impl of ["sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math"]) {
+        const status = report.implementations.find((i) => i.impl === impl)!;
+        expect(status.available).toBe(false);
+        expect(status.reason).toMatch(/torch is not importable|python3? was not found/);
+      }
+      expect(renderTable(report, { color: false })).toContain(
+        "not measured: sdpa-flash, sdpa-cudnn, sdpa-efficient, sdpa-math: torch is not importable",
+      );
+    },
+  );
 
   test("the chart of a real run parses and holds one bar per timed value", () => {
     const svg = renderSvg(report);
@@ -114,7 +129,10 @@ describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu
     expect(oom.status).toBe("oom");
     expect(oom.reason).toContain("not attempted");
     const [wide] = expandSweep(applyOverrides(presets.quick, { hdim: "200", seqlen: "16" }), { gpu: false });
-    const odd = measureOurs(cpu!, { ...wide, headDim: 1000, id: "hdim 1000" }, "flash", { ...ctx, memoryLimitBytes: 1e9 });
+    const odd = measureOurs(cpu!, { ...wide, headDim: 1000, id: "hdim 1000" }, "flash", {
+      ...ctx,
+      memoryLimitBytes: 1e9,
+    });
     expect(odd.status).toBe("unsupported");
     expect(odd.reason).toMatch(/head.?dim/i);
   });
@@ -130,7 +148,12 @@ describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu
 
   test("a spent time limit turns the rows into 'skipped' with the reason, and the report is complete", async () => {
     const r = await runBench({
-      preset: "quick", spec: presets.quick, backend: "cpu", baselines: ["naive"], timing: quickTiming, maxSeconds: 0,
+      preset: "quick",
+      spec: presets.quick,
+      backend: "cpu",
+      baselines: ["naive"],
+      timing: quickTiming,
+      maxSeconds: 0,
       env: { ...process.env, FLASHATTN_BACKEND: undefined, FLASHATTN_LIB: undefined },
     });
     expect(r.timeLimited).toBe(true);
@@ -143,9 +166,28 @@ describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu
 
   test("the CLI writes JSON on stdout and the chart, CSV and saved report to files", () => {
     // The chart goes into a folder that does not exist yet: bench creates it (a fresh checkout has no results/bench).
-    const chart = path.join(scratch, "new", "quick.svg"), csv = path.join(scratch, "quick.csv"), saved = path.join(scratch, "quick.json");
-    const r = spawnSync(bun, [cli, "bench", "--preset", "quick", "--backend", "cpu", "--baselines", "naive", "--direction", "fwd",
-      "--json", "--chart", chart, "--csv", csv, "--save", saved], { encoding: "utf8", env: { ...process.env, NO_COLOR: "1", FLASHATTN_BACKEND: "" } });
+    const chart = path.join(scratch, "new", "quick.svg"),
+      csv = path.join(scratch, "quick.csv"),
+      saved = path.join(scratch, "quick.json");
+    const r = spawnSync(bun, [
+      cli,
+      "bench",
+      "--preset",
+      "quick",
+      "--backend",
+      "cpu",
+      "--baselines",
+      "naive",
+      "--direction",
+      "fwd",
+      "--json",
+      "--chart",
+      chart,
+      "--csv",
+      csv,
+      "--save",
+      saved,
+    ], { encoding: "utf8", env: { ...process.env, NO_COLOR: "1", FLASHATTN_BACKEND: "" } });
     expect(r.stderr).toContain("wrote chart");
     expect(r.status).toBe(0);
     const doc = JSON.parse(r.stdout) as BenchReport;
@@ -166,14 +208,20 @@ describe("bench CLI errors", () => {
     expect(doc.ok).toBe(false);
     expect(doc.error.code).toBe("USAGE");
     expect(doc.error.message).toContain('"12q" is not a whole number');
-    const plain = spawnSync(bun, [cli, "bench", "--preset", "nope"], { encoding: "utf8", env: { ...process.env, NO_COLOR: "1" } });
+    const plain = spawnSync(bun, [cli, "bench", "--preset", "nope"], {
+      encoding: "utf8",
+      env: { ...process.env, NO_COLOR: "1" },
+    });
     expect(plain.status).toBe(2);
     expect(plain.stdout).toBe("");
     expect(plain.stderr.trim().split("\n")[0]).toBe('flashattn: --preset takes fa, decode, quick, not "nope"');
   });
 
   test("no usable backend is an environment error (exit 3)", () => {
-    const r = spawnSync(bun, [cli, "bench", "--lib", path.join(scratch, "missing.so")], { encoding: "utf8", env: { ...process.env, NO_COLOR: "1" } });
+    const r = spawnSync(bun, [cli, "bench", "--lib", path.join(scratch, "missing.so")], {
+      encoding: "utf8",
+      env: { ...process.env, NO_COLOR: "1" },
+    });
     expect(r.status).toBe(3);
     expect(r.stderr).toContain("missing.so");
   });
@@ -181,19 +229,27 @@ describe("bench CLI errors", () => {
 
 describe("Python baseline workers", () => {
   test("a missing interpreter is a reason, not a crash", async () => {
-    const started = await PythonWorker.start(baselineScript("torch_sdpa.py"), { python: path.join(scratch, "no-python"), timeoutMs: 10_000 });
+    const started = await PythonWorker.start(baselineScript("torch_sdpa.py"), {
+      python: path.join(scratch, "no-python"),
+      timeoutMs: 10_000,
+    });
     expect("unavailable" in started && started.unavailable).toContain("was not found");
   });
 
   test("a worker that dies says how", async () => {
     // `false` exits at once with status 1: the worker never says hello.
-    const started = await PythonWorker.start(baselineScript("numpy_attention.py"), { python: "false", timeoutMs: 10_000 });
+    const started = await PythonWorker.start(baselineScript("numpy_attention.py"), {
+      python: "false",
+      timeoutMs: 10_000,
+    });
     expect("unavailable" in started && started.unavailable).toContain("the worker exited (status 1)");
   });
 
-  test.skipIf(!hasPython)("NumPy computes the attention it times: forward vs a float64 loop, gradients vs finite differences (skipped without python3 + numpy)", () => {
-    // GQA 4/2, sq < sk (bottom-right causal), a fully masked row when sq > sk; gradients of sum(O ∘ dO).
-    const check = `
+  test.skipIf(!hasPython)(
+    "NumPy computes the attention it times: forward vs a float64 loop, gradients vs finite differences (skipped without python3 + numpy)",
+    () => {
+      // GQA 4/2, sq < sk (bottom-right causal), a fully masked row when sq > sk; gradients of sum(O ∘ dO).
+      const check = `
 import importlib.util, io, contextlib, math, os, sys
 import numpy as np
 sys.path.insert(0, os.path.dirname(sys.argv[1]))  # as when the script runs: its folder holds worker_protocol.py
@@ -237,32 +293,45 @@ for (b, sq, sk, hq, hkv, d) in [(2, 5, 7, 4, 2, 8), (1, 6, 3, 2, 1, 16)]:
             worst = max(worst, abs(fd - grad[idx]))
 print(worst)
 `;
-    const r = spawnSync("python3", ["-B", "-c", check, baselineScript("numpy_attention.py")], { encoding: "utf8" });
-    expect(r.stderr).toBe("");
-    expect(Number(r.stdout.trim())).toBeLessThan(1e-3);
-  });
+      const r = spawnSync("python3", ["-B", "-c", check, baselineScript("numpy_attention.py")], { encoding: "utf8" });
+      expect(r.stderr).toBe("");
+      expect(Number(r.stdout.trim())).toBeLessThan(1e-3);
+    },
+  );
 
-  test.skipIf(!hasPython)("NumPy answers a case with timed runs and its peak memory (skipped without python3 + numpy)", async () => {
-    const started = await PythonWorker.start<{ numpy: string }>(baselineScript("numpy_attention.py"), { timeoutMs: 20_000 });
-    if (!("worker" in started)) throw new Error(started.unavailable);
-    const w = started.worker;
-    try {
-      expect(w.hello.numpy).toMatch(/^\d+\.\d+/);
-      const [c] = expandSweep(presets.quick, { gpu: false });
-      const req = { op: "case", case: c, warmup: 1, iters: 4, min_iters: 2, budget_ms: 1000 };
-      const answer = await w.request<{ id: string; results: { status: string; times_ms: number[]; peak_bytes: number }[] }>(
-        { ...req, memory_limit_bytes: 1e9 }, 20_000);
-      expect(answer.id).toBe(c.id);
-      expect(answer.results[0].status).toBe("ok");
-      expect(answer.results[0].times_ms.length).toBe(4);
-      expect(answer.results[0].peak_bytes).toBeGreaterThan(3 * 2 * 128 * 4 * 64 * 4);
-      const refused = await w.request<{ results: { status: string; reason: string }[] }>({ ...req, memory_limit_bytes: 1000 }, 20_000);
-      expect(refused.results[0].status).toBe("oom");
-      expect(refused.results[0].reason).toContain("materialised scores need");
-    } finally {
-      w.close();
-    }
-  });
+  test.skipIf(!hasPython)(
+    "NumPy answers a case with timed runs and its peak memory (skipped without python3 + numpy)",
+    async () => {
+      const started = await PythonWorker.start<{ numpy: string }>(baselineScript("numpy_attention.py"), {
+        timeoutMs: 20_000,
+      });
+      if (!("worker" in started)) throw new Error(started.unavailable);
+      const w = started.worker;
+      try {
+        expect(w.hello.numpy).toMatch(/^\d+\.\d+/);
+        const [c] = expandSweep(presets.quick, { gpu: false });
+        const req = { op: "case", case: c, warmup: 1, iters: 4, min_iters: 2, budget_ms: 1000 };
+        const answer = await w.request<
+          { id: string; results: { status: string; times_ms: number[]; peak_bytes: number }[] }
+        >(
+          { ...req, memory_limit_bytes: 1e9 },
+          20_000,
+        );
+        expect(answer.id).toBe(c.id);
+        expect(answer.results[0].status).toBe("ok");
+        expect(answer.results[0].times_ms.length).toBe(4);
+        expect(answer.results[0].peak_bytes).toBeGreaterThan(3 * 2 * 128 * 4 * 64 * 4);
+        const refused = await w.request<{ results: { status: string; reason: string }[] }>({
+          ...req,
+          memory_limit_bytes: 1000,
+        }, 20_000);
+        expect(refused.results[0].status).toBe("oom");
+        expect(refused.results[0].reason).toContain("materialised scores need");
+      } finally {
+        w.close();
+      }
+    },
+  );
 });
 
 test("the quick preset's timing keeps it to a few seconds", () => {

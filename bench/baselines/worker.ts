@@ -3,14 +3,15 @@
 // whole sweep pays `import torch` once, and lets the bench interleave: our kernels on a shape, then the baseline
 // on the same shape, so a time limit cuts whole shapes rather than a whole implementation.
 // Every wait has a deadline; a worker that overruns it is killed and reported, never waited on forever.
-import { spawn, type ChildProcessWithoutNullStreams } from "node:child_process";
+import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
 
 export type WorkerStart<Hello> = { worker: PythonWorker<Hello> } | { unavailable: string };
 
 /** The interpreter: FLASHATTN_PYTHON when set, else python3 on the PATH. */
-export const pythonCommand = (env: Record<string, string | undefined> = process.env) => env.FLASHATTN_PYTHON || "python3";
+export const pythonCommand = (env: Record<string, string | undefined> = process.env) =>
+  env.FLASHATTN_PYTHON || "python3";
 
 export const baselineScript = (name: string) => fileURLToPath(new URL(`./${name}`, import.meta.url));
 

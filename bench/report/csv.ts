@@ -3,10 +3,39 @@
 import { type BenchReport, speedupOfOurs } from "../results.ts";
 
 const columns = [
-  "case", "batch", "seqlen_q", "seqlen_k", "heads_q", "heads_kv", "head_dim", "causal", "dtype", "direction", "kind",
-  "impl", "family", "place", "status", "reason", "median_ms", "min_ms", "p25_ms", "p75_ms", "max_ms", "spread", "iters",
-  "tflops", "gbps", "copy_fraction", "peak_bytes", "speedup_of_ours", "kernel", "computed_dtype",
-  "device", "driver", "library",
+  "case",
+  "batch",
+  "seqlen_q",
+  "seqlen_k",
+  "heads_q",
+  "heads_kv",
+  "head_dim",
+  "causal",
+  "dtype",
+  "direction",
+  "kind",
+  "impl",
+  "family",
+  "place",
+  "status",
+  "reason",
+  "median_ms",
+  "min_ms",
+  "p25_ms",
+  "p75_ms",
+  "max_ms",
+  "spread",
+  "iters",
+  "tflops",
+  "gbps",
+  "copy_fraction",
+  "peak_bytes",
+  "speedup_of_ours",
+  "kernel",
+  "computed_dtype",
+  "device",
+  "driver",
+  "library",
 ] as const;
 
 interface LibraryFacts {
@@ -20,8 +49,14 @@ interface LibraryFacts {
 function placeFacts(report: BenchReport): Map<string, [string?, string?, string?]> {
   const m = report.machine as { libraries?: LibraryFacts[]; nvidia?: { driver_version?: string } };
   return new Map((m.libraries ?? []).map((lib) => {
-    const driver = lib.backend === "cuda" && m.nvidia?.driver_version ? m.nvidia.driver_version : lib.device?.driver_version;
-    return [lib.backend, [lib.device?.name, driver === undefined ? undefined : String(driver), `libflashattn_${lib.backend} ${lib.version ?? "?"} (${lib.compiler ?? "?"})`]];
+    const driver = lib.backend === "cuda" && m.nvidia?.driver_version
+      ? m.nvidia.driver_version
+      : lib.device?.driver_version;
+    return [lib.backend, [
+      lib.device?.name,
+      driver === undefined ? undefined : String(driver),
+      `libflashattn_${lib.backend} ${lib.version ?? "?"} (${lib.compiler ?? "?"})`,
+    ]];
   }));
 }
 
@@ -39,9 +74,36 @@ export function renderCsv(report: BenchReport): string {
     const c = cases.get(m.caseId)!;
     const t = m.timing;
     const row = [
-      c.id, c.batch, c.seqlenQ, c.seqlenK, c.headsQ, c.headsKv, c.headDim, c.causal, c.dtype, c.direction, c.kind,
-      m.impl, m.family, m.place, m.status, m.reason, t?.medianMs, t?.minMs, t?.p25Ms, t?.p75Ms, t?.maxMs, t?.spread,
-      t?.iters, m.tflops, m.gbps, m.copyFraction, m.peakBytes, speedupOfOurs(report, m), m.kernel, m.dtype,
+      c.id,
+      c.batch,
+      c.seqlenQ,
+      c.seqlenK,
+      c.headsQ,
+      c.headsKv,
+      c.headDim,
+      c.causal,
+      c.dtype,
+      c.direction,
+      c.kind,
+      m.impl,
+      m.family,
+      m.place,
+      m.status,
+      m.reason,
+      t?.medianMs,
+      t?.minMs,
+      t?.p25Ms,
+      t?.p75Ms,
+      t?.maxMs,
+      t?.spread,
+      t?.iters,
+      m.tflops,
+      m.gbps,
+      m.copyFraction,
+      m.peakBytes,
+      speedupOfOurs(report, m),
+      m.kernel,
+      m.dtype,
       ...(facts.get(m.place) ?? []),
     ];
     lines.push(row.map(quote).join(","));

@@ -76,7 +76,9 @@ export class StderrProgress implements ProgressSink {
     if (this.#animate) this.#draw();
     else {
       const n = this.#weights.length;
-      this.#stream.write(`[${String(this.#doneCount).padStart(String(n).length)}/${n}] ${summary} (ETA ${formatDuration(this.eta())})\n`);
+      this.#stream.write(
+        `[${String(this.#doneCount).padStart(String(n).length)}/${n}] ${summary} (ETA ${formatDuration(this.eta())})\n`,
+      );
     }
   }
 
@@ -86,7 +88,9 @@ export class StderrProgress implements ProgressSink {
     const barWidth = 24;
     const filled = Math.round(share * barWidth);
     const bar = "█".repeat(filled) + "░".repeat(barWidth - filled);
-    const head = `${bar} ${String(Math.floor(share * 100)).padStart(3)}% ${this.#doneCount}/${this.#weights.length} ETA ${formatDuration(this.eta())} `;
+    const head = `${bar} ${
+      String(Math.floor(share * 100)).padStart(3)
+    }% ${this.#doneCount}/${this.#weights.length} ETA ${formatDuration(this.eta())} `;
     const line = (head + this.#label).slice(0, Math.max(10, columns - 1));
     // \r + erase line, and auto-wrap off (DECAWM) so a long label is cut, not wrapped onto a new line.
     this.#stream.write(`\x1b[?7l\r\x1b[K${line}\x1b[?7h`);

@@ -33,7 +33,8 @@ export function panelsOf(cases: BenchCase[]): Panel[] {
   const panels = new Map<string, Panel>();
   for (const c of cases) {
     const heads = c.headsQ === c.headsKv ? `${c.headsQ} heads` : `${c.headsQ}/${c.headsKv} heads`;
-    const title = `${c.direction} · head dim ${c.headDim} · ${c.causal ? "causal" : "non-causal"} · ${heads} · ${c.dtype}` +
+    const title =
+      `${c.direction} · head dim ${c.headDim} · ${c.causal ? "causal" : "non-causal"} · ${heads} · ${c.dtype}` +
       (c.kind === "decode" ? ` · ${c.seqlenQ} query token${c.seqlenQ > 1 ? "s" : ""}` : "");
     if (!panels.has(title)) panels.set(title, { title, cases: [] });
     panels.get(title)!.cases.push(c);
@@ -42,7 +43,13 @@ export function panelsOf(cases: BenchCase[]): Panel[] {
 }
 
 const metricOf = (c: BenchCase, m: Measurement | undefined) => (c.kind === "decode" ? m?.gbps : m?.tflops);
-const statusLabel: Record<Measurement["status"], string> = { ok: "", oom: "OOM", unsupported: "n/a", skipped: "skip", error: "err" };
+const statusLabel: Record<Measurement["status"], string> = {
+  ok: "",
+  oom: "OOM",
+  unsupported: "n/a",
+  skipped: "skip",
+  error: "err",
+};
 
 export function renderSvg(report: BenchReport, opts: { title?: string } = {}): string {
   const impls = measuredImpls(report);
@@ -67,7 +74,9 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
 
   const out: string[] = [];
   out.push(`<?xml version="1.0" encoding="UTF-8"?>`);
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif">`);
+  out.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif">`,
+  );
   out.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
   const decode = report.cases.some((c) => c.kind === "decode");
   const unit = decode ? "GB/s (K+V read)" : "TFLOP/s";
@@ -84,43 +93,85 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
     const oy = legendH + Math.floor(p / columns) * (panelH + panelGap);
     const values = panel.cases.flatMap((c) => impls.map((impl) => metricOf(c, rows.get(`${c.id}\u0000${impl}`)) ?? 0));
     // Decode panels carry the device's copy bandwidth (measured in the same run) as a dashed reference line.
-    const copy = panel.cases[0].kind === "decode" ? report.copyBandwidth.find((x) => x.place !== "cpu") ?? report.copyBandwidth[0] : undefined;
+    const copy = panel.cases[0].kind === "decode"
+      ? report.copyBandwidth.find((x) => x.place !== "cpu") ?? report.copyBandwidth[0]
+      : undefined;
     const yMax = niceCeiling(Math.max(...values, copy?.gbps ?? 0));
     const y = (v: number) => oy + top + plotH - (v / yMax) * plotH;
     out.push(`<g class="panel">`);
-    out.push(`<text x="${ox + left}" y="${oy + 16}" font-size="12" font-weight="bold">${escapeXml(panel.title)}</text>`);
+    out.push(
+      `<text x="${ox + left}" y="${oy + 16}" font-size="12" font-weight="bold">${escapeXml(panel.title)}</text>`,
+    );
     for (let t = 0; t <= 4; t++) {
       const v = (yMax * t) / 4;
       out.push(`<line x1="${ox + left}" x2="${ox + left + plotW}" y1="${y(v)}" y2="${y(v)}" stroke="#dddddd"/>`);
-      out.push(`<text x="${ox + left - 4}" y="${y(v) + 3}" font-size="9" text-anchor="end">${Number(v.toPrecision(3))}</text>`);
+      out.push(
+        `<text x="${ox + left - 4}" y="${y(v) + 3}" font-size="9" text-anchor="end">${Number(v.toPrecision(3))}</text>`,
+      );
     }
-    out.push(`<text transform="translate(${ox + 12},${oy + top + plotH / 2}) rotate(-90)" font-size="10" text-anchor="middle">${unit}</text>`);
+    out.push(
+      `<text transform="translate(${ox + 12},${
+        oy + top + plotH / 2
+      }) rotate(-90)" font-size="10" text-anchor="middle">${unit}</text>`,
+    );
     const seqCount = new Map<number, number>();
     for (const c of panel.cases) seqCount.set(c.seqlenK, (seqCount.get(c.seqlenK) ?? 0) + 1);
     panel.cases.forEach((c, g) => {
       const step = plotW / groupsMax;
       const gx = ox + left + g * step + (step - impls.length * bar) / 2;
       const label = (seqCount.get(c.seqlenK)! > 1 ? `b${c.batch} ` : "") + seqLabel(c.seqlenK);
-      out.push(`<text x="${gx + (impls.length * bar) / 2}" y="${oy + top + plotH + 14}" font-size="10" text-anchor="middle">${label}</text>`);
+      out.push(
+        `<text x="${gx + (impls.length * bar) / 2}" y="${
+          oy + top + plotH + 14
+        }" font-size="10" text-anchor="middle">${label}</text>`,
+      );
       impls.forEach((impl, i) => {
         const m = rows.get(`${c.id}\u0000${impl}`);
         const bx = gx + i * bar;
         const v = metricOf(c, m);
         if (m && m.status === "ok" && v !== undefined && Number.isFinite(v)) {
           const tip = `${impl}, ${c.id}: ${v.toFixed(1)} ${unit}, ${m.timing!.medianMs.toFixed(3)} ms`;
-          out.push(`<rect class="bar" data-impl="${escapeXml(impl)}" data-case="${escapeXml(c.id)}" data-value="${v}" x="${bx}" y="${y(v)}" width="${bar - 1}" height="${oy + top + plotH - y(v)}" fill="${colour.get(impl)}"><title>${escapeXml(tip)}</title></rect>`);
-          out.push(`<text transform="translate(${bx + bar / 2 + 3},${y(v) - 3}) rotate(-90)" font-size="8">${formatRate(v)}</text>`);
+          out.push(
+            `<rect class="bar" data-impl="${escapeXml(impl)}" data-case="${
+              escapeXml(c.id)
+            }" data-value="${v}" x="${bx}" y="${y(v)}" width="${bar - 1}" height="${oy + top + plotH - y(v)}" fill="${
+              colour.get(impl)
+            }"><title>${escapeXml(tip)}</title></rect>`,
+          );
+          out.push(
+            `<text transform="translate(${bx + bar / 2 + 3},${y(v) - 3}) rotate(-90)" font-size="8">${
+              formatRate(v)
+            }</text>`,
+          );
         } else if (m && m.status !== "ok") {
-          out.push(`<text transform="translate(${bx + bar / 2 + 3},${oy + top + plotH - 3}) rotate(-90)" font-size="8" fill="#b00000"><title>${escapeXml(`${impl}, ${c.id}: ${m.reason ?? m.status}`)}</title>${statusLabel[m.status]}</text>`);
+          out.push(
+            `<text transform="translate(${bx + bar / 2 + 3},${
+              oy + top + plotH - 3
+            }) rotate(-90)" font-size="8" fill="#b00000"><title>${
+              escapeXml(`${impl}, ${c.id}: ${m.reason ?? m.status}`)
+            }</title>${statusLabel[m.status]}</text>`,
+          );
         }
       });
     });
     if (copy) {
-      out.push(`<line class="copy" x1="${ox + left}" x2="${ox + left + plotW}" y1="${y(copy.gbps)}" y2="${y(copy.gbps)}" stroke="#555555" stroke-dasharray="5,3"/>`);
-      out.push(`<text x="${ox + left + 4}" y="${y(copy.gbps) - 4}" font-size="9" fill="#555555">copy bandwidth ${formatRate(copy.gbps)} GB/s (${escapeXml(copy.place)})</text>`);
+      out.push(
+        `<line class="copy" x1="${ox + left}" x2="${ox + left + plotW}" y1="${y(copy.gbps)}" y2="${
+          y(copy.gbps)
+        }" stroke="#555555" stroke-dasharray="5,3"/>`,
+      );
+      out.push(
+        `<text x="${ox + left + 4}" y="${y(copy.gbps) - 4}" font-size="9" fill="#555555">copy bandwidth ${
+          formatRate(copy.gbps)
+        } GB/s (${escapeXml(copy.place)})</text>`,
+      );
     }
     out.push(`<line x1="${ox + left}" x2="${ox + left + plotW}" y1="${y(0)}" y2="${y(0)}" stroke="#333333"/>`);
-    out.push(`<text x="${ox + left + plotW / 2}" y="${oy + top + plotH + 32}" font-size="10" text-anchor="middle">${decode ? "KV length" : "sequence length"}</text>`);
+    out.push(
+      `<text x="${ox + left + plotW / 2}" y="${oy + top + plotH + 32}" font-size="10" text-anchor="middle">${
+        decode ? "KV length" : "sequence length"
+      }</text>`,
+    );
     out.push(`</g>`);
   });
   out.push(`</svg>`);

@@ -12,11 +12,16 @@ export interface TableOptions {
 }
 
 const statusWord: Record<Measurement["status"], string> = {
-  ok: "", oom: "OOM", unsupported: "n/a", skipped: "skipped", error: "error",
+  ok: "",
+  oom: "OOM",
+  unsupported: "n/a",
+  skipped: "skipped",
+  error: "error",
 };
 
 const paint = (on: boolean, code: number, text: string) => (on ? `\x1b[${code}m${text}\x1b[0m` : text);
 // Width without ANSI codes, for padding coloured cells.
+// deno-lint-ignore no-control-regex -- ESC is what an ANSI colour code starts with
 const visibleLength = (s: string) => s.replace(/\x1b\[[0-9;]*m/g, "").length;
 const padEnd = (s: string, n: number) => s + " ".repeat(Math.max(0, n - visibleLength(s)));
 const padStart = (s: string, n: number) => " ".repeat(Math.max(0, n - visibleLength(s))) + s;
@@ -63,7 +68,13 @@ function machineLines(report: BenchReport): string[] {
   const lines: string[] = [];
   const m = report.machine as {
     host?: { cpu?: string; cpu_count?: number; runtime?: string };
-    libraries?: { backend: string; version?: string; compiler?: string; path: string; device?: { name?: string; arch?: string; driver_version?: unknown } }[];
+    libraries?: {
+      backend: string;
+      version?: string;
+      compiler?: string;
+      path: string;
+      device?: { name?: string; arch?: string; driver_version?: unknown };
+    }[];
     nvidia?: { driver_version?: string };
     baselines?: Record<string, Record<string, unknown>>;
   };
@@ -74,13 +85,21 @@ function machineLines(report: BenchReport): string[] {
   for (const lib of m.libraries ?? []) {
     const d = lib.device ?? {};
     const driver = lib.backend === "cuda" && m.nvidia?.driver_version ? `, driver ${m.nvidia.driver_version}` : "";
-    lines.push(`${lib.backend}: ${d.name ?? "?"} ${d.arch ?? ""}${driver}; libflashattn_${lib.backend} ${lib.version ?? "?"} (${lib.compiler ?? "?"})`);
+    lines.push(
+      `${lib.backend}: ${d.name ?? "?"} ${d.arch ?? ""}${driver}; libflashattn_${lib.backend} ${lib.version ?? "?"} (${
+        lib.compiler ?? "?"
+      })`,
+    );
   }
   const torch = m.baselines?.torch;
-  if (torch) lines.push(`torch ${torch.torch} (CUDA ${torch.cuda ?? "-"}, cuDNN ${torch.cudnn ?? "-"}) on ${torch.device}`);
+  if (torch) {
+    lines.push(`torch ${torch.torch} (CUDA ${torch.cuda ?? "-"}, cuDNN ${torch.cudnn ?? "-"}) on ${torch.device}`);
+  }
   const numpy = m.baselines?.numpy;
   if (numpy) lines.push(`numpy ${numpy.numpy} (python ${numpy.python})`);
-  for (const c of report.copyBandwidth) lines.push(`copy bandwidth (${c.place}, ${c.device}): ${formatRate(c.gbps)} GB/s`);
+  for (const c of report.copyBandwidth) {
+    lines.push(`copy bandwidth (${c.place}, ${c.device}): ${formatRate(c.gbps)} GB/s`);
+  }
   return lines;
 }
 
@@ -96,11 +115,17 @@ function notes(report: BenchReport): string[] {
   // Runs whose middle half spreads over 10 % of the median: a busy machine or a clock that moved; read with care.
   const noisy = new Map<string, Measurement[]>();
   for (const m of report.measurements) {
-    if (m.timing && m.timing.iters > 1 && m.timing.spread > NOISY_SPREAD) noisy.set(m.impl, [...(noisy.get(m.impl) ?? []), m]);
+    if (m.timing && m.timing.iters > 1 && m.timing.spread > NOISY_SPREAD) {
+      noisy.set(m.impl, [...(noisy.get(m.impl) ?? []), m]);
+    }
   }
   for (const [impl, rows] of noisy) {
     const worst = rows.reduce((a, b) => (b.timing!.spread > a.timing!.spread ? b : a));
-    lines.push(`  ${impl} noisy: spread over ${NOISY_SPREAD * 100}% of the median on ${rows.length} case${rows.length > 1 ? "s" : ""} (worst ${Math.round(worst.timing!.spread * 100)}% on ${worst.caseId})`);
+    lines.push(
+      `  ${impl} noisy: spread over ${NOISY_SPREAD * 100}% of the median on ${rows.length} case${
+        rows.length > 1 ? "s" : ""
+      } (worst ${Math.round(worst.timing!.spread * 100)}% on ${worst.caseId})`,
+    );
   }
   return lines;
 }
@@ -129,25 +154,44 @@ export function renderTable(report: BenchReport, opts: TableOptions): string {
   }
   const kinds = new Set(report.cases.map((c) => c.kind));
   const decodeUnit = "GB/s of K+V (share of copy bandwidth)";
-  const unit = kinds.size > 1 ? `TFLOP/s (prefill) or ${decodeUnit} (decode)` : kinds.has("decode") ? decodeUnit : "TFLOP/s";
+  const unit = kinds.size > 1
+    ? `TFLOP/s (prefill) or ${decodeUnit} (decode)`
+    : kinds.has("decode")
+    ? decodeUnit
+    : "TFLOP/s";
   out.push(`${unit}; ×N = ours is N times faster than that baseline (median of timed runs)`);
-  out.push(grid(["case", ...impls], report.cases.map((c) => [c.id, ...impls.map((impl) => rateCell(report, c, byCase.get(c.id)?.get(impl), color))])));
+  out.push(
+    grid(
+      ["case", ...impls],
+      report.cases.map((c) => [c.id, ...impls.map((impl) => rateCell(report, c, byCase.get(c.id)?.get(impl), color))]),
+    ),
+  );
   out.push("");
   out.push("peak memory of one call (inputs and outputs included)");
-  out.push(grid(["case", ...impls], report.cases.map((c) => [c.id, ...impls.map((impl) => {
-    const m = byCase.get(c.id)?.get(impl);
-    return !m ? "" : m.status === "ok" ? formatBytes(m.peakBytes) : paint(color, 2, statusWord[m.status]);
-  })])));
+  out.push(grid(
+    ["case", ...impls],
+    report.cases.map((c) => [
+      c.id,
+      ...impls.map((impl) => {
+        const m = byCase.get(c.id)?.get(impl);
+        return !m ? "" : m.status === "ok" ? formatBytes(m.peakBytes) : paint(color, 2, statusWord[m.status]);
+      }),
+    ]),
+  ));
 
   const summary: string[] = [];
   for (const impl of impls) {
-    const ratios = report.measurements.filter((m) => m.impl === impl).map((m) => speedupOfOurs(report, m)).filter((r): r is number => r !== undefined);
+    const ratios = report.measurements.filter((m) => m.impl === impl).map((m) => speedupOfOurs(report, m)).filter((
+      r,
+    ): r is number => r !== undefined);
     if (ratios.length) summary.push(`  vs ${impl}: ×${geometricMean(ratios).toFixed(2)} over ${ratios.length} cases`);
   }
   if (summary.length) out.push("", "ours against each baseline (geometric mean of the speed-ups):", ...summary);
   const why = notes(report);
   if (why.length) out.push("", "notes:", ...why);
-  if (report.timeLimited) out.push("", `the time limit of ${report.config.maxSeconds} s cut the run short; the remaining rows say "skipped"`);
+  if (report.timeLimited) {
+    out.push("", `the time limit of ${report.config.maxSeconds} s cut the run short; the remaining rows say "skipped"`);
+  }
   out.push("", `${report.cases.length} cases in ${report.elapsedSeconds.toFixed(1)} s`);
   return out.join("\n") + "\n";
 }
