@@ -48,7 +48,8 @@ describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu
     for (const c of report.cases) {
       const ours = report.measurements.find((m) => m.caseId === c.id && m.impl === "flashattn-cpu")!;
       expect(ours.status).toBe("ok");
-      expect(ours.timing!.iters).toBeGreaterThanOrEqual(3);
+      // Many runs, unless one run took over half the budget (a very busy machine), which the row then says.
+      if (ours.timing!.iters < 3) expect(ours.reason).toContain("one run only");
       expect(ours.tflops!).toBeGreaterThan(0);
       // One call holds at least its inputs and outputs.
       expect(ours.peakBytes!).toBeGreaterThanOrEqual(tensorBytes(c, c.direction));
