@@ -26,14 +26,16 @@ struct FwdTile {
   static_assert(D % 16 == 0 && BN % 16 == 0, "D and BN must be multiples of 16");
 };
 
-// The per-head-dim tile table (H100/A100 sized; supports() checks the smem need against the device).
+// The per-head-dim tile table (H100/A100 sized; supports() checks the smem need against the device). `type` serves
+// full and ragged attention, `windowed` causal / sliding-window attention, where a narrower key block wastes less
+// of the diagonal tile (measured at hdim 64: BN 128 is +10% non-causal, BN 64 +20% causal at seqlen 512..2k).
 template <int D> struct FwdTileFor;
-template <> struct FwdTileFor<32> { using type = FwdTile<32, 128, 128, 4>; };
-template <> struct FwdTileFor<64> { using type = FwdTile<64, 128, 64, 4>; };
-template <> struct FwdTileFor<96> { using type = FwdTile<96, 128, 64, 4>; };
-template <> struct FwdTileFor<128> { using type = FwdTile<128, 128, 64, 4>; };
-template <> struct FwdTileFor<192> { using type = FwdTile<192, 128, 64, 8>; };
-template <> struct FwdTileFor<256> { using type = FwdTile<256, 128, 64, 8>; };
+template <> struct FwdTileFor<32> { using type = FwdTile<32, 128, 128, 4>; using windowed = type; };
+template <> struct FwdTileFor<64> { using type = FwdTile<64, 128, 128, 4>; using windowed = FwdTile<64, 128, 64, 4>; };
+template <> struct FwdTileFor<96> { using type = FwdTile<96, 128, 64, 4>; using windowed = type; };
+template <> struct FwdTileFor<128> { using type = FwdTile<128, 128, 64, 4>; using windowed = type; };
+template <> struct FwdTileFor<192> { using type = FwdTile<192, 128, 64, 8>; using windowed = type; };
+template <> struct FwdTileFor<256> { using type = FwdTile<256, 128, 64, 8>; using windowed = type; };
 
 template <typename T, typename Tile>
 __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
@@ -238,10 +240,8 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
   }
 }
 
-// Launches the forward for head dim D (the caller picked D >= head_dim). Returns the CUDA error of the launch.
-template <typename T, int D>
-gpuError_t launch_fwd(const AttnArgs& a, int m_blocks, gpuStream_t stream) {
-  using Tile = typename FwdTileFor<D>::type;
+template <typename T, typename Tile>
+gpuError_t launch_fwd_tile(const AttnArgs& a, int m_blocks, gpuStream_t stream) {
   const size_t smem = Tile::smem_bytes(sizeof(T));
   auto kernel = fwd_kernel<T, Tile>;
   gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
@@ -249,6 +249,14 @@ gpuError_t launch_fwd(const AttnArgs& a, int m_blocks, gpuStream_t stream) {
   dim3 grid(m_blocks, a.heads_q, a.batch * a.num_splits);
   kernel<<<grid, Tile::kThreads, smem, stream>>>(a);
   return gpuGetLastError();
+}
+
+// Launches the forward for head dim D (the caller picked D >= head_dim). Returns the CUDA error of the launch.
+template <typename T, int D>
+gpuError_t launch_fwd(const AttnArgs& a, int m_blocks, gpuStream_t stream) {
+  static_assert(FwdTileFor<D>::type::BM == FwdTileFor<D>::windowed::BM, "both tiles share the row-block grid");
+  if (a.win_left >= 0 || a.win_right >= 0) return launch_fwd_tile<T, typename FwdTileFor<D>::windowed>(a, m_blocks, stream);
+  return launch_fwd_tile<T, typename FwdTileFor<D>::type>(a, m_blocks, stream);
 }
 
 }  // namespace fa::tc

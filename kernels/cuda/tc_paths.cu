@@ -28,9 +28,8 @@ template <> constexpr int dtype_code<bf16_t>() { return FA_DTYPE_BF16; }
 // Tile facts of the instantiation that serves `head_dim` (the smallest instantiated D >= head_dim).
 struct TileInfo {
   int d = 0;  // 0: none
-  int fwd_bm, fwd_bn, bwd_bn;
+  int fwd_bm, fwd_bn, fwd_bn_windowed, bwd_bn;
   size_t fwd_smem, bwd_smem;
-  int fwd_threads;
 };
 
 TileInfo tile_for(int head_dim) {
@@ -38,8 +37,9 @@ TileInfo tile_for(int head_dim) {
 #define FA_TC_INSTANCE(T, D)                                                                                    \
   if (dtype_code<T>() == FA_DTYPE_F16 && D >= head_dim && (best.d == 0 || D < best.d)) {                         \
     using F = FwdTileFor<D>::type;                                                                              \
+    using W = FwdTileFor<D>::windowed;                                                                          \
     using B = BwdTileFor<D>::type;                                                                              \
-    best = TileInfo{D, F::BM, F::BN, B::BN, F::smem_bytes(2), B::smem_bytes(2), F::kThreads};                   \
+    best = TileInfo{D, F::BM, F::BN, W::BN, B::BN, std::max(F::smem_bytes(2), W::smem_bytes(2)), B::smem_bytes(2)}; \
   }
 #include "tc_instances.inc"
 #undef FA_TC_INSTANCE
@@ -163,7 +163,8 @@ AttnArgs make_args(const fa_attn_params& p) {
 // whose wave efficiency is within 85% of the best.
 int32_t choose_splits(const fa_attn_params& p, const DeviceCaps& caps) {
   const TileInfo tile = tile_for(p.head_dim);
-  const int key_blocks = ceil_div(std::max(p.seqlen_k, 1), tile.fwd_bn);
+  const bool windowed = p.window_left >= 0 || effective_window_right(p) >= 0;
+  const int key_blocks = ceil_div(std::max(p.seqlen_k, 1), windowed ? tile.fwd_bn_windowed : tile.fwd_bn);
   if (p.num_splits > 0) return std::min(p.num_splits, std::min(key_blocks, kMaxSplits));
   const int64_t ctas = static_cast<int64_t>(p.batch) * p.heads_q * ceil_div(p.seqlen_q, tile.fwd_bm);
   const int per_sm = std::max<int>(1, std::min<int>(2, static_cast<int>(caps.smem_per_block_optin / tile.fwd_smem)));
