@@ -198,7 +198,11 @@ interface ParsableProgram extends ConfigurableProgram {
 export async function runProgram(program: ParsableProgram, argv: readonly string[]): Promise<number> {
   try {
     await program.parseAsync(argv, { from: "user" });
-    return Number(process.exitCode ?? EXIT_OK);
+    // The action left its code in process.exitCode; hand it to the caller (cli.ts sets it again) and clear it, so a
+    // program run in-process (tests, embedding) does not change the exit status of its host.
+    const code = Number(process.exitCode ?? EXIT_OK);
+    process.exitCode = EXIT_OK;
+    return code;
   } catch (error) {
     if (error instanceof CommanderError) {
       // Help shown because no command was given goes to stderr with exit code 1: for us that is a usage error.
