@@ -91,9 +91,13 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
       load_tile_async<BM, D, Tile::kThreads>(sdO + buf * BM * LD, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
       const int64_t lrow0 = lse_row0(a, s, b, h);
       for (int r = threadIdx.x; r < BM; r += Tile::kThreads) {
-        const bool in = m0 + r < s.sq;
-        sLse2[buf * BM + r] = in ? a.lse2[lrow0 + m0 + r] : INFINITY;  // rows past the end: P = 0
-        sDsum[buf * BM + r] = in ? a.dsum[lrow0 + m0 + r] : 0.f;
+        if (m0 + r < s.sq) {
+          cp_async_4(sLse2 + buf * BM + r, a.lse2 + lrow0 + m0 + r);
+          cp_async_4(sDsum + buf * BM + r, a.dsum + lrow0 + m0 + r);
+        } else {
+          sLse2[buf * BM + r] = INFINITY;  // rows past the end: P = 0
+          sDsum[buf * BM + r] = 0.f;
+        }
       }
     };
     if (steps > 0) prefetch(0, 0);

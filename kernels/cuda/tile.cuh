@@ -37,6 +37,10 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
   // src-size 0 reads nothing and writes 16 zero bytes: masked rows/columns of ragged tiles come in as zeros.
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(valid ? 16 : 0));
 }
+// 4-byte variant (e.g. per-row statistics), so the copy joins the same commit groups instead of stalling the thread.
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(smem)), "l"(gmem));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
