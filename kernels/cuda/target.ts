@@ -22,7 +22,9 @@ const dtypes = [
 /** SASS for Ampere, Ampere consumer, Ada and Hopper, plus compute_90 PTX that newer GPUs JIT-compile. */
 const sass = ["80", "86", "89", "90"];
 const gencode = [...sass.map((sm) => `-gencode=arch=compute_${sm},code=sm_${sm}`), "-gencode=arch=compute_90,code=compute_90"];
-const archList = [...sass.map((sm) => `"sm_${sm}"`), `"compute_90"`].join(",");
+/** Turing (T4, RTX 20xx) machine code for the units that can run there: the portable and naive kernels. */
+const turing = ["-gencode=arch=compute_75,code=sm_75"];
+const archList = [`"sm_75"`, ...sass.map((sm) => `"sm_${sm}"`), `"compute_90"`].join(",");
 
 function writeIfChanged(file: string, text: string): void {
   if (fs.existsSync(file) && fs.readFileSync(file, "utf8") === text) return;
@@ -75,9 +77,9 @@ const target: BuildTarget = {
     "-cudart=static", ...gencode, `-I${genDir}`,
   ],
   units: [
-    ...sourcesIn("kernels/gpu", /\.(cpp|cu)$/).map((u) => (u.source.endsWith(".cpp") ? { ...u, args: ["-x", "cu"] } : u)),
+    ...sourcesIn("kernels/gpu", /\.(cpp|cu)$/).map((u) => (u.source.endsWith(".cpp") ? { ...u, args: ["-x", "cu"] } : { ...u, args: turing })),
     ...sourcesIn("kernels/cuda", /\.cu$/),
-    ...sourcesIn("kernels/portable", /\.cu$/),
+    ...sourcesIn("kernels/portable", /\.cu$/).map((u) => ({ ...u, args: turing })),
     ...generateInstances(),
   ],
   linkArgs: ["-shared", "-cudart=static", ...gencode, "-Xlinker=--no-undefined"],

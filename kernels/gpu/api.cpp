@@ -104,6 +104,20 @@ void* workspace_slot(int slot, size_t bytes) {
   return p;
 }
 
+// Frees every cached workspace (after the device is idle, so no queued kernel still uses one). fa_reset_peak_memory
+// calls it so that the next measurement counts the workspaces its own calls need.
+void release_workspaces() {
+  std::lock_guard<std::mutex> lock(g_slots_mutex);
+  bool any = false;
+  for (const WorkspaceSlot& s : g_slots) any = any || s.ptr != nullptr;
+  if (!any) return;
+  gpuDeviceSynchronize();
+  for (WorkspaceSlot& s : g_slots) {
+    if (s.ptr != nullptr) tracked_free(s.ptr);
+    s = WorkspaceSlot{};
+  }
+}
+
 void* kernel_workspace(int slot, size_t bytes) {
   if (slot > 3) {
     fail(FA_ERR_INTERNAL, format("workspace slot %d does not exist (0..3)", slot));
@@ -182,6 +196,16 @@ bool path_accepts(const KernelPath* k, const fa_attn_params& p, const DeviceCaps
 // FLASHATTN_KERNEL=<name> restricts the choice to that path; algorithm = naive restricts it to the naive paths.
 const KernelPath* select_path(const fa_attn_params& p, const DeviceCaps& caps, int32_t direction,
                               std::vector<std::string>& reasons) {
+#if defined(FA_GPU_CUDA)
+  // The oldest machine code in the library is sm_75 (portable and naive units; see kernels/cuda/target.ts), and its
+  // PTX is compute_90: an older GPU has nothing it can run, so every path would fail at launch with "no kernel image".
+  if (caps.arch < 75) {
+    reasons.push_back(format("this library carries code for sm_75 (portable path only), sm_80, sm_86, sm_89, sm_90 and "
+                             "compute_90 PTX; this GPU is sm_%d, which none of it can run on",
+                             caps.arch));
+    return nullptr;
+  }
+#endif
   const char* forced = std::getenv("FLASHATTN_KERNEL");
   const std::vector<const KernelPath*> paths = all_paths();
   if (forced != nullptr && *forced != '\0') {
@@ -401,6 +425,7 @@ FA_API int32_t fa_memory_stats(int64_t* out2) {
 
 FA_API int32_t fa_reset_peak_memory(void) {
   return guard([&]() -> int32_t {
+    release_workspaces();
     std::lock_guard<std::mutex> lock(book().mutex);
     book().peak = book().current;
     return static_cast<int32_t>(FA_OK);
