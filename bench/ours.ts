@@ -228,8 +228,9 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
     });
     // The first forward checks the case runs at all and gives O and LSE to backward. The memory figure is the
     // peak of one call of this direction, counted from what the library held before this case's tensors.
-    const held = backend.memoryStats().current - buffers.reduce((s, b) => s + b.bytes, 0);
+    // Resetting first also releases the library's idle workspaces, so each case counts the ones it needs itself.
     backend.resetPeakMemory();
+    const held = backend.memoryStats().current - buffers.reduce((s, b) => s + b.bytes, 0);
     let kernel = backend.kernelName(backend.forward(params).kernelId);
     backend.synchronize();
     let peakBytes = backend.memoryStats().peak - held;

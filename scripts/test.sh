@@ -4,8 +4,9 @@
 # Extra arguments go to `bun test` (e.g. a file filter: scripts/test.sh test/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Bun from npm (node_modules/.bin), or one already on the PATH (the GPU machine's, see scripts/gpu-session.sh).
 bun=node_modules/.bin/bun
-[ -x "$bun" ] || { echo "scripts/test.sh: $bun is missing: run npm install first" >&2; exit 1; }
+[ -x "$bun" ] || bun=$(command -v bun) || { echo "scripts/test.sh: no Bun: run npm install first" >&2; exit 1; }
 "$bun" kernels/build.ts || { echo "scripts/test.sh: the native build failed" >&2; echo "0 passed, 1 failed"; exit 1; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
