@@ -15,7 +15,7 @@ describe("CPU forward vs the fp64 reference", () => {
 });
 
 describe("CPU backward vs the fp64 reference", () => {
-  for (const c of backwardCases) test(c.name, () => checkBackward(c, cpu));
+  for (const c of backwardCases) test(c.name, () => checkBackward(c, cpu).then(() => {}));
   test("deterministic: two backward runs give identical bits", async () => {
     const seed = freshSeed();
     const c: Case = { name: "det", b: 1, sq: 113, sk: 113, hq: 4, hkv: 1, d: 64, opts: { causal: true } };

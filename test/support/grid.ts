@@ -93,8 +93,8 @@ export const backwardCases: Case[] = [
 ];
 
 
-/** Runs one forward case on `backend` and checks O and LSE against the reference. Returns the error. */
-export async function checkForward(c: Case, run: AttentionOptions): Promise<number> {
+/** Runs one forward case on `backend` and checks O and LSE against the reference. Returns the kernel that ran. */
+export async function checkForward(c: Case, run: AttentionOptions): Promise<string> {
   const seed = freshSeed();
   const { q, k, v, opts } = inputs(c, seed);
   const result = await attention(q, k, v, { poison: true, ...run, ...opts });
@@ -107,11 +107,12 @@ export async function checkForward(c: Case, run: AttentionOptions): Promise<numb
     throw new Error(`${c.name} (seed ${seed}, ${result.kernel}): error ${err.toExponential(2)} exceeds ${verdict.limit.toExponential(2)}`);
   }
   checkLse(result.lse, ref.lse, `${c.name} (seed ${seed})`);
-  return err;
+  return result.kernel;
 }
 
-/** Runs one backward case and checks dQ, dK, dV against the reference (fp32 ≤ 1e-5, fp16/bf16 ≤ 1e-2). */
-export async function checkBackward(c: Case, run: AttentionOptions): Promise<void> {
+/** Runs one backward case and checks dQ, dK, dV against the reference (fp32 ≤ 1e-5, fp16/bf16 ≤ 1e-2). Returns the
+ * backward kernel that ran. */
+export async function checkBackward(c: Case, run: AttentionOptions): Promise<string> {
   const seed = freshSeed();
   const { q, k, v, dout, opts } = inputs(c, seed);
   const fwd = await attention(q, k, v, { poison: true, ...run, ...opts });
@@ -122,6 +123,7 @@ export async function checkBackward(c: Case, run: AttentionOptions): Promise<voi
     const err = relativeError(toFloat32(got), want);
     if (!(err <= limit)) throw new Error(`${c.name} (seed ${seed}, ${grads.kernel}): ${name} error ${err.toExponential(2)} exceeds ${limit}`);
   }
+  return grads.kernel;
 }
 
 /** The same case in a GPU dtype (fp32 cases alternate between bf16 and fp16). */
