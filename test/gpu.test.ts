@@ -9,6 +9,7 @@ import { type Backend, openBackend } from "../lib/backend.ts";
 import type { AttentionOptions } from "../lib/attention.ts";
 import type { BackendName } from "../ffi/discovery.ts";
 import { backwardCases, type Case, checkBackward, checkForward, forwardCases, inGpuDtype } from "./support/grid.ts";
+import { setNativeEnv } from "./support/native-env.ts";
 
 /** A usable GPU backend, or the sentence that explains why there is none. */
 function gpuBackend(name: BackendName): { backend?: Backend; why?: string } {
@@ -44,7 +45,6 @@ for (const name of ["cuda", "hip"] as const) {
     // Each kernel path forced: a path that cannot serve a case must say why (plan), never compute garbage.
     const paths = backend.info().kernels;
     for (const kernel of paths) {
-      const forced: AttentionOptions = { ...run, env: { ...process.env, FLASHATTN_KERNEL: kernel.name } };
       const dirs = kernel.directions ?? ["fwd"];
       describe(`path ${kernel.name}`, () => {
         const cases: Array<[Case, "fwd" | "bwd"]> = [
@@ -53,9 +53,9 @@ for (const name of ["cuda", "hip"] as const) {
         ];
         for (const [c, dir] of cases) {
           test(`${dir} ${c.name} [${c.dtype}]`, async () => {
-            process.env.FLASHATTN_KERNEL = kernel.name;
+            setNativeEnv("FLASHATTN_KERNEL", kernel.name);
             try {
-              const ran = dir === "fwd" ? await checkForward(c, forced) : await checkBackward(c, forced);
+              const ran = dir === "fwd" ? await checkForward(c, run) : await checkBackward(c, run);
               expect(ran).toBe(kernel.name); // the forced path, not the dispatcher's own choice
             } catch (e) {
               // A refusal is fine (the path does not cover this case: the plan says why); wrong numbers are not.
@@ -63,7 +63,7 @@ for (const name of ["cuda", "hip"] as const) {
               // The plan names the refusing path first: "no backend can run this: cuda: portable: <why>".
               if (!message.startsWith(`no backend can run this: ${name}: ${kernel.name}: `)) throw e;
             } finally {
-              delete process.env.FLASHATTN_KERNEL;
+              setNativeEnv("FLASHATTN_KERNEL", undefined);
             }
           });
         }
