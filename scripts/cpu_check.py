@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks build/libflashattn_cpu.so through its C ABI against a float64 NumPy reference of the full semantics
 (causal, windows, softcap, ALiBi, GQA, varlen, free strides, fp32/fp16/bf16 I/O), forward and backward, plus bad
-input. Also the ctypes binding that scripts/cpu_vs_numpy.py uses.
+input, through the ctypes binding of scripts/fa_ctypes.py. scripts/cpu_vs_numpy.py reuses its reference and views.
 
 Usage: python3 scripts/cpu_check.py [--lib build/libflashattn_cpu.so] [--quick]
 Exit status 0 when every check passes. FLASHATTN_CPU_ISA=portable checks the portable kernels.
@@ -15,71 +15,9 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-F32, F16, BF16 = 0, 1, 2
-ABI_VERSION = 1
-
-
-class Tensor(C.Structure):
-    _fields_ = [("data", C.c_void_p), ("batch_stride", C.c_int64), ("row_stride", C.c_int64), ("head_stride", C.c_int64)]
-
-
-class Params(C.Structure):
-    """fa_attn_params of kernels/include/flashattn.h, field for field (384 bytes)."""
-    _fields_ = [
-        ("struct_size", C.c_uint32), ("abi_version", C.c_uint32), ("dtype", C.c_int32), ("batch", C.c_int32),
-        ("seqlen_q", C.c_int32), ("seqlen_k", C.c_int32), ("heads_q", C.c_int32), ("heads_kv", C.c_int32),
-        ("head_dim", C.c_int32), ("is_causal", C.c_int32), ("window_left", C.c_int32), ("window_right", C.c_int32),
-        ("scale", C.c_float), ("softcap", C.c_float), ("alibi_mode", C.c_int32), ("num_splits", C.c_int32),
-        ("deterministic", C.c_int32), ("total_q", C.c_int32), ("total_k", C.c_int32), ("algorithm", C.c_int32),
-        ("alibi_slopes", C.c_void_p), ("cu_seqlens_q", C.c_void_p), ("cu_seqlens_k", C.c_void_p), ("stream", C.c_void_p),
-        ("q", Tensor), ("k", Tensor), ("v", Tensor), ("o", Tensor), ("lse", C.c_void_p),
-        ("dout", Tensor), ("dq", Tensor), ("dk", Tensor), ("dv", Tensor),
-        ("out_kernel", C.c_int32), ("out_num_splits", C.c_int32),
-    ]
-
-
-assert C.sizeof(Params) == 384
-
-
-class FlashAttnError(RuntimeError):
-    def __init__(self, status, message):
-        super().__init__(f"status {status}: {message}")
-        self.status, self.message = status, message
-
-
-class Library:
-    def __init__(self, path):
-        self.lib = C.CDLL(path)
-        L = self.lib
-        for name, args in [("fa_forward", [C.POINTER(Params)]), ("fa_backward", [C.POINTER(Params)]),
-                           ("fa_last_error", [C.c_char_p, C.c_int64]), ("fa_info", [C.c_char_p, C.c_int64]),
-                           ("fa_plan", [C.POINTER(Params), C.c_int32, C.c_char_p, C.c_int64]),
-                           ("fa_bench", [C.POINTER(Params), C.c_int32, C.c_int32, C.c_int32, C.POINTER(C.c_float)]),
-                           ("fa_memory_stats", [C.POINTER(C.c_int64)]), ("fa_reset_peak_memory", []),
-                           ("fa_params_layout", [C.POINTER(C.c_int64), C.c_int32])]:
-            getattr(L, name).argtypes = args
-            getattr(L, name).restype = C.c_int32
-        if L.fa_abi_version() != ABI_VERSION:
-            raise SystemExit(f"{path} has ABI {L.fa_abi_version()}, this script speaks {ABI_VERSION}")
-
-    def last_error(self):
-        buf = C.create_string_buffer(1024)
-        self.lib.fa_last_error(buf, len(buf))
-        return buf.value.decode()
-
-    def check(self, status):
-        if status != 0:
-            raise FlashAttnError(status, self.last_error())
-
-    def text(self, fn, *args):
-        buf = C.create_string_buffer(1 << 16)
-        self.check(fn(*args, buf, len(buf)))
-        return buf.value.decode()
-
-    def memory_stats(self):
-        out = (C.c_int64 * 2)()
-        self.check(self.lib.fa_memory_stats(out))
-        return out[0], out[1]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fa_ctypes import (BF16, ERR_ABI, ERR_BUFFER_TOO_SMALL, ERR_INVALID_ARGUMENT, ERR_OUT_OF_MEMORY,  # noqa: E402
+                       ERR_UNSUPPORTED, F16, F32, FaTensor, FlashAttnError, Library, new_params)
 
 
 # ---- tensors ----------------------------------------------------------------------------------------------------
@@ -114,8 +52,8 @@ def view(a, varlen):
         s = [st // a.itemsize for st in a.strides]
     assert s[-1] == 1
     if varlen:
-        return Tensor(a.ctypes.data, 0, s[0], s[1])
-    return Tensor(a.ctypes.data, s[0], s[1], s[2])
+        return FaTensor(a.ctypes.data, 0, s[0], s[1])
+    return FaTensor(a.ctypes.data, s[0], s[1], s[2])
 
 
 # ---- reference (float64, no tiling) -----------------------------------------------------------------------------
@@ -211,8 +149,8 @@ def run_case(lib, rng, *, batch=1, sq=16, sk=16, hq=2, hkv=2, d=32, dtype=F32, c
     if alibi:
         slopes = rng.uniform(0.01, 0.5, (hq,) if alibi == 1 else (batch, hq)).astype(np.float32)
 
-    p = Params()
-    p.struct_size, p.abi_version, p.dtype = C.sizeof(Params), ABI_VERSION, dtype
+    p = new_params()
+    p.dtype = dtype
     p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_kv, p.head_dim = batch, sq, sk, hq, hkv, d
     p.is_causal, p.window_left, p.window_right = int(causal), window[0], window[1]
     p.scale, p.softcap, p.algorithm = scale, softcap, algorithm
@@ -222,13 +160,13 @@ def run_case(lib, rng, *, batch=1, sq=16, sk=16, hq=2, hkv=2, d=32, dtype=F32, c
         p.cu_seqlens_q, p.cu_seqlens_k, p.total_q, p.total_k = cu_q.ctypes.data, cu_k.ctypes.data, shape_q[0], shape_k[0]
     p.q, p.k, p.v, p.o = view(q, varlen), view(k, varlen), view(v, varlen), view(o, varlen)
     p.lse = lse.ctypes.data
-    lib.check(lib.lib.fa_forward(C.byref(p)))
+    lib.forward(p)
 
     grads = None
     if backward:
         dq, dk, dv = empty_like(q), empty_like(k), empty_like(v)
         p.dout, p.dq, p.dk, p.dv = view(dout, varlen), view(dq, varlen), view(dk, varlen), view(dv, varlen)
-        lib.check(lib.lib.fa_backward(C.byref(p)))
+        lib.backward(p)
         grads = (dq, dk, dv)
 
     # reference, sequence by sequence
@@ -323,15 +261,15 @@ def bad_input_checks(lib):
     cu_bad = np.array([0, 9, 16], np.int32)  # 9 > seqlen 8
 
     def base():
-        p = Params()
-        p.struct_size, p.abi_version, p.dtype = C.sizeof(Params), ABI_VERSION, F32
+        p = new_params()
+        p.dtype = F32
         p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_kv, p.head_dim = 2, 8, 8, 2, 2, 16
         p.window_left = p.window_right = -1
         p.q, p.k, p.v, p.o = view(q, False), view(k, False), view(v, False), view(o, False)
         p.lse = lse.ctypes.data
         return p
 
-    INVALID, UNSUPPORTED, OOM, ABI = 1, 2, 3, 6
+    INVALID, UNSUPPORTED, OOM, ABI = ERR_INVALID_ARGUMENT, ERR_UNSUPPORTED, ERR_OUT_OF_MEMORY, ERR_ABI
     mutations = [
         ("struct_size", lambda p: setattr(p, "struct_size", 100), ABI),
         ("abi_version", lambda p: setattr(p, "abi_version", 99), ABI),
@@ -404,7 +342,7 @@ def bad_input_checks(lib):
     yield "double fa_free", status == INVALID, lib.last_error()
     small = C.create_string_buffer(8)
     status = lib.lib.fa_info(small, len(small))
-    yield "fa_info into 8 bytes", status == 8 and small.value == b'{"backe', small.value.decode()
+    yield "fa_info into 8 bytes", status == ERR_BUFFER_TOO_SMALL and small.value == b'{"backe', small.value.decode()
 
 
 def main():

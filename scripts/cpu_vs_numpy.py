@@ -13,7 +13,6 @@ reference (relative error <= 1e-5). Prints a table, the two ratios (ours vs NumP
 Usage: python3 scripts/cpu_vs_numpy.py [--seqlen 2048 --heads 8 --head-dim 64 --batch 1 --rounds 7 --causal --json]
 """
 import argparse
-import ctypes as C
 import json
 import math
 import os
@@ -24,7 +23,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cpu_check import ABI_VERSION, F32, Library, Params, reference_sequence, rel_err, view  # noqa: E402
+from cpu_check import reference_sequence, rel_err, view  # noqa: E402
+from fa_ctypes import F32, Library, new_params  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,21 +89,19 @@ def main():
     lse = np.full((b, h, s), np.nan, np.float32)
     scale = 1 / math.sqrt(d)
 
-    p = Params()
-    p.struct_size, p.abi_version, p.dtype = C.sizeof(Params), ABI_VERSION, F32
+    p = new_params()
+    p.dtype = F32
     p.batch, p.seqlen_q, p.seqlen_k, p.heads_q, p.heads_kv, p.head_dim = b, s, s, h, h, d
     p.is_causal, p.window_left, p.window_right = int(args.causal), -1, -1
     p.q, p.k, p.v, p.o = view(q, False), view(k, False), view(v, False), view(o, False)
     p.lse = lse.ctypes.data
 
-    def ours():
-        lib.check(lib.lib.fa_forward(C.byref(p)))
-
     n = args.gemm_n
     ga, gb = rng.standard_normal((n, n)).astype(np.float32), rng.standard_normal((n, n)).astype(np.float32)
     sgemm = lambda: np.matmul(ga, gb)
     runs = {"sgemm": sgemm, "numpy": lambda: numpy_attention(q, k, v, scale, args.causal),
-            "numpy-inplace": lambda: numpy_attention_inplace(q, k, v, scale, args.causal), "ours": ours}
+            "numpy-inplace": lambda: numpy_attention_inplace(q, k, v, scale, args.causal),
+            "ours": lambda: lib.forward(p)}
     for fn in runs.values():  # warm-up: page faults, thread pools, OpenBLAS buffers
         fn()
     times = {key: [] for key in runs}
@@ -137,7 +135,7 @@ def main():
         "fraction_of_sgemm": gflops["ours"] / gflops["sgemm"],
         "rel_error": {"ours": error, **numpy_errors},
         "kernel": p.out_kernel,
-        "threads": json.loads(lib.text(lib.lib.fa_info))["threads"],
+        "threads": lib.info()["threads"],
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, os.path.dirname(__file__))
-from cuda_ffi import DIR_BWD, DIR_FWD, Library, make_params  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_ffi import cuda_library, make_params  # noqa: E402
+from fa_ctypes import DIR_BWD, DIR_FWD  # noqa: E402
 
 
 def flops(b, h, s, d, causal, direction):
@@ -63,7 +64,7 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--md")
     args = ap.parse_args()
-    lib = Library()
+    lib = cuda_library()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
     rows, failed = [], 0

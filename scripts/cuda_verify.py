@@ -22,8 +22,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(__file__))
-from cuda_ffi import DIR_BWD, DIR_FWD, FlashAttnError, Library, make_params  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cuda_ffi import cuda_library, make_params  # noqa: E402
+from fa_ctypes import DIR_FWD, FlashAttnError  # noqa: E402
 
 DEV = "cuda"
 
@@ -243,7 +244,7 @@ def main():
     ap.add_argument("--filter", default="", help="run only cases whose name contains this")
     ap.add_argument("--json", help="write every result here")
     args = ap.parse_args()
-    lib = Library()
+    lib = cuda_library()
     names = lib.kernel_names()
     results, failed = [], 0
     t0 = time.time()
