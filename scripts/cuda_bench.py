@@ -61,10 +61,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--no-cudnn", action="store_true")
+    ap.add_argument("--kernel", default="", help="FLASHATTN_KERNEL for ours ('' = the dispatcher's choice)")
+    ap.add_argument("--also", default="", help="a second kernel path of ours to time in the same run (columns 'alt')")
     ap.add_argument("--json")
     ap.add_argument("--md")
     args = ap.parse_args()
     lib = cuda_library()
+    names = lib.kernel_names()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
     rows, failed = [], 0
@@ -81,9 +84,18 @@ def main():
                 row = {"hdim": d, "seqlen": s, "batch": b, "heads": h, "causal": causal}
                 try:
                     p = make_params(q, k, v, o, lse, causal=causal, dout=dout, dq=dq, dk=dk, dv=dv)
-                    row["ours_fwd_ms"] = statistics.median(lib.bench(p, DIR_FWD, args.warmup, args.iters))
-                    lib.forward(p)
-                    row["ours_bwd_ms"] = statistics.median(lib.bench(p, DIR_BWD, args.warmup, args.iters))
+                    for prefix, kernel in (("ours", args.kernel), ("alt", args.also)):
+                        if prefix == "alt" and not kernel:
+                            continue
+                        if kernel:
+                            os.environ["FLASHATTN_KERNEL"] = kernel
+                        row[f"{prefix}_fwd_ms"] = statistics.median(lib.bench(p, DIR_FWD, args.warmup, args.iters))
+                        lib.forward(p)
+                        row[f"{prefix}_fwd_kernel"] = names.get(p.out_kernel)
+                        row[f"{prefix}_bwd_ms"] = statistics.median(lib.bench(p, DIR_BWD, args.warmup, args.iters))
+                        lib.backward(p)
+                        row[f"{prefix}_bwd_kernel"] = names.get(p.out_kernel)
+                        os.environ.pop("FLASHATTN_KERNEL", None)
                     row["flash_fwd_ms"], row["flash_bwd_ms"] = sdpa_times(q, k, v, causal, SDPBackend.FLASH_ATTENTION,
                                                                           flush, args.warmup, args.iters)
                     if not args.no_cudnn:
@@ -102,16 +114,20 @@ def main():
 
     lines = [f"Device: {torch.cuda.get_device_name()}; bf16; TFLOP/s (median of {args.iters}, L2 flushed); "
              "ratio = ours / SDPA-flash", "",
-             "| hdim | seqlen | causal | ours fwd | flash fwd | cuDNN fwd | fwd ratio | ours bwd | flash bwd | cuDNN bwd | bwd ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"ours = {rows[0].get('ours_fwd_kernel') if rows else '-'} / {rows[0].get('ours_bwd_kernel') if rows else '-'}"
+             + (f"; alt = {args.also}" if args.also else ""), "",
+             "| hdim | seqlen | causal | ours fwd | alt fwd | flash fwd | cuDNN fwd | fwd ratio | ours bwd | alt bwd | flash bwd | "
+             "cuDNN bwd | bwd ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['hdim']} | {r['seqlen']} | {int(r['causal'])} | error: {r['error'][:80]} |")
             continue
         g = lambda k_: f"{r[k_]:.0f}" if k_ in r else "-"  # noqa: E731
-        lines.append(f"| {r['hdim']} | {r['seqlen']} | {int(r['causal'])} | {g('ours_fwd_tflops')} | {g('flash_fwd_tflops')} | "
-                     f"{g('cudnn_fwd_tflops')} | {r['ours_fwd_tflops'] / r['flash_fwd_tflops']:.2f} | {g('ours_bwd_tflops')} | "
-                     f"{g('flash_bwd_tflops')} | {g('cudnn_bwd_tflops')} | {r['ours_bwd_tflops'] / r['flash_bwd_tflops']:.2f} |")
+        lines.append(f"| {r['hdim']} | {r['seqlen']} | {int(r['causal'])} | {g('ours_fwd_tflops')} | {g('alt_fwd_tflops')} | "
+                     f"{g('flash_fwd_tflops')} | {g('cudnn_fwd_tflops')} | {r['ours_fwd_tflops'] / r['flash_fwd_tflops']:.2f} | "
+                     f"{g('ours_bwd_tflops')} | {g('alt_bwd_tflops')} | {g('flash_bwd_tflops')} | {g('cudnn_bwd_tflops')} | "
+                     f"{r['ours_bwd_tflops'] / r['flash_bwd_tflops']:.2f} |")
     table = "\n".join(lines)
     print(table)
     if args.json:

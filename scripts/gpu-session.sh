@@ -2,46 +2,68 @@
 # One batched session on the GPU machine (device tool): set up Bun from .gpu/, build the libraries there, then run
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
-#   steps: build | tests | verify | sanitize | doctor | bench-fa | bench-decode | bench-quick
+#   steps: build | tests | layouts | verify | verify-sm90 | verify-auto | sanitize | racecheck | doctor |
+#          bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick
 #   e.g.   bash scripts/gpu-session.sh build tests doctor bench-fa
 #
-# Carry [".gpu"] (made by scripts/pack-gpu.sh). Each step has its own time limit so one slow step cannot eat the
-# call; a failing step is reported in the summary and the next one still runs.
+# Carry [".gpu"] (made by scripts/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
+# Python steps (layouts, verify*, sanitize, racecheck, bench-kernels, bench-hdim256) need only a built library and
+# build/gen. Each step has its own time limit so one slow step cannot eat the call; a failing step is reported in the
+# summary and the next one still runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/flashattn-out}
-mkdir -p "$OUT"
+# Every log and result goes to $OUT/logs, packed into $OUT/session.tgz at the end (the device tool brings back at
+# most 8 files).
+LOGS="$OUT/logs"
+mkdir -p "$LOGS"
 summary=()
 
-if ! command -v bun >/dev/null 2>&1; then
-  xz -dc .gpu/bun.xz > /tmp/bun && chmod +x /tmp/bun && export PATH=/tmp:$PATH
+# Bun and the JS dependencies from .gpu/, for the steps that run TypeScript (the Python steps need neither).
+with_bun() {
+  if ! command -v bun >/dev/null 2>&1; then
+    xz -dc .gpu/bun.xz > /tmp/bun && chmod +x /tmp/bun && export PATH=/tmp:$PATH
+  fi
+  [ -e node_modules ] || ln -sfn .gpu/node_modules node_modules
+}
+# A library carried xz-compressed (build/libflashattn_cuda.so.xz, to stay under the carry limit) is unpacked first.
+if [ build/libflashattn_cuda.so.xz -nt build/libflashattn_cuda.so ]; then
+  xz -dc build/libflashattn_cuda.so.xz > build/libflashattn_cuda.so
 fi
-[ -e node_modules ] || ln -sfn .gpu/node_modules node_modules
+export PYTHONUNBUFFERED=1
 
 step() { # name, limit (s), command...
   local name=$1 limit=$2
   shift 2
   local t0=$SECONDS
   echo "=== $name" >&2
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  timeout --kill-after=10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
   local rc=$?
   summary+=("$(printf '%-14s rc=%-3s %4ss' "$name" "$rc" "$((SECONDS - t0))")")
-  tail -n 25 "$OUT/$name.log" >&2
+  tail -n 15 "$LOGS/$name.log" >&2
   return $rc
 }
+
+case " $* " in *" build "* | *" tests "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-quick "*) with_bun ;; esac
 
 for s in "$@"; do
   case "$s" in
     build) step build 420 bun kernels/build.ts cpu cuda --jobs 16 ;;
     tests) step tests 540 bash scripts/test.sh test/gpu.test.ts test/ffi.test.ts ;;
-    verify) step verify 420 python3 scripts/cuda_verify.py ;;
-    sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/cuda_verify.py --small ;;
+    layouts) step layouts 120 bash -c "nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/wgmma_layouts.cu -o /tmp/wgmma_layouts && /tmp/wgmma_layouts" ;;
+    verify) step verify 420 python3 scripts/cuda_verify.py --json "$LOGS/verify-sm80.json" ;;
+    verify-sm90) step verify-sm90 420 python3 scripts/cuda_verify.py --kernel cuda-wgmma-sm90 --json "$LOGS/verify-sm90.json" ;;
+    verify-auto) step verify-auto 420 python3 scripts/cuda_verify.py --kernel "" --json "$LOGS/verify-auto.json" ;;
+    sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
+    racecheck) step racecheck 420 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim ;;
+    bench-kernels) step bench-kernels 420 python3 scripts/cuda_bench.py --seqlens 1024,2048,4096,8192,16384 --also cuda-mma-sm80 --json "$LOGS/bench-kernels.json" --md "$LOGS/bench-kernels.md" ;;
+    bench-hdim256) step bench-hdim256 200 python3 scripts/cuda_bench.py --hdims 256 --seqlens 2048,8192 --causal 0,1 --also cuda-mma-sm80 --json "$LOGS/bench-hdim256.json" --md "$LOGS/bench-hdim256.md" ;;
     doctor)
       step doctor-json 120 bun cli.ts doctor --json --verbose
-      cp "$OUT/doctor-json.log" "$OUT/doctor.json"
+      cp "$LOGS/doctor-json.log" "$LOGS/doctor.json"
       step doctor 120 bun cli.ts doctor --verbose ;;
-    bench-fa) step bench-fa 560 bun cli.ts bench --preset fa --max-seconds 480 --save "$OUT/bench-fa.json" --chart "$OUT/bench-fa.svg" ;;
-    bench-decode) step bench-decode 400 bun cli.ts bench --preset decode --max-seconds 330 --save "$OUT/bench-decode.json" --chart "$OUT/bench-decode.svg" ;;
+    bench-fa) step bench-fa 560 bun cli.ts bench --preset fa --max-seconds 480 --save "$LOGS/bench-fa.json" --chart "$LOGS/bench-fa.svg" ;;
+    bench-decode) step bench-decode 400 bun cli.ts bench --preset decode --max-seconds 330 --save "$LOGS/bench-decode.json" --chart "$LOGS/bench-decode.svg" ;;
     bench-quick) step bench-quick 200 bun cli.ts bench --preset quick ;;
     *) echo "unknown step $s" >&2; summary+=("$s: unknown step") ;;
   esac
@@ -50,3 +72,4 @@ done
 echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"
+tar -czf "$OUT/session.tgz" -C "$LOGS" . && rm -rf "$LOGS"

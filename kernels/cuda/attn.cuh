@@ -147,4 +147,170 @@ __device__ __forceinline__ float transformed_logit(const AttnArgs& a, float qk, 
 
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// ---- what both forward kernels (mma.sync and wgmma) do the same way ---------------------------------------------
+
+// The key blocks [lo, hi) of BN keys that split `split` of the row block at m0 (bm rows) walks.
+struct KeyBlocks {
+  int lo, hi;
+};
+__device__ __forceinline__ KeyBlocks split_key_blocks(const AttnArgs& a, const SeqInfo& s, int m0, int bm, int bn, int split) {
+  int key_begin, key_end;
+  visible_keys(a, s, m0, bm, key_begin, key_end);
+  const int first = key_begin / bn;
+  const int all = key_end > key_begin ? ceil_div(key_end, bn) - first : 0;
+  const int per_split = ceil_div(all, a.num_splits);
+  return KeyBlocks{first + min(all, split * per_split), first + min(all, (split + 1) * per_split)};
+}
+
+// One 16-row fragment's share of key block n0 in the online softmax. `sc(j, e)` is C register e of n-tile j of S
+// (rows i0 and i0 + 8: query i0 + 8 (e / 2), key n0 + 8j + 2t + e % 2). Softcap / ALiBi rewrite S into log2 units,
+// masked pairs become -inf; then the running max and (per-lane) sum are updated, S is replaced by
+// P = exp2(S mult - max mult), and alpha[hf] = exp2((old max - new max) mult) is what O's rows must be scaled by.
+template <int NT, typename Scores>
+__device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const SeqInfo& s, Scores&& sc, int i0, int n0,
+                                                     bool transform, bool masked, float slope, float mult,
+                                                     float (&row_max)[2], float (&row_sum)[2], float (&alpha)[2]) {
+  const int t = threadIdx.x % 4;
+  if (transform || masked) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = i0 + hf * 8;
+      int lo = INT_MIN, hi = INT_MAX;
+      if (masked) visible_key_range(a, s, i, lo, hi);
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int col = n0 + j * 8 + 2 * t + c;
+          float x = sc(j, 2 * hf + c), unused_tanh;
+          if (transform) x = transformed_logit(a, x, slope, i + s.diag - col, unused_tanh);
+          sc(j, 2 * hf + c) = (col < lo || col > hi) ? -INFINITY : x;
+        }
+    }
+  }
+  // Each row lives in one quad (4 lanes).
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float mx = row_max[hf];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(sc(j, 2 * hf), sc(j, 2 * hf + 1)));
+    mx = quad_max(mx);
+    // A row that has seen only masked keys keeps max -inf; subtract 0 then so exp2 gives 0, not NaN.
+    const float m_scaled = mx == -INFINITY ? 0.f : mx * mult;
+    alpha[hf] = fast_exp2(row_max[hf] * mult - m_scaled);
+    row_max[hf] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+        const float p = fast_exp2(fmaf(sc(j, e), mult, -m_scaled));
+        sc(j, e) = p;
+        sum += p;
+      }
+    row_sum[hf] = row_sum[hf] * alpha[hf] + sum;  // per-lane partial; reduced over the quad at the end
+  }
+}
+
+// The forward epilogue of the 16 rows a warp owns (block rows row0 + g, row0 + g + 8; `acc(j, e)` is C register e
+// of n-tile j of O): O / l and LSE (a row with no visible key, l = 0, gets O = 0 and LSE = -inf), written to o / lse,
+// or as fp32 partials of split `split`. The direct path stages the rows in the warp's own rows of `stage` (row length
+// D + kPad; no other warp touches them) and stores 16-byte chunks.
+template <typename T, int D, typename Acc>
+__device__ __forceinline__ void store_output_rows(const AttnArgs& a, const SeqInfo& s, int b, int h, int split, int m0,
+                                                  int row0, Acc&& acc, const float (&row_max)[2],
+                                                  const float (&row_sum)[2], float mult, T* stage) {
+  constexpr int LD = D + kPad;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t lrow0 = lse_row0(a, s, b, h);
+  const bool direct = a.num_splits == 1;
+  float* lse_out = direct ? a.lse : a.lse_part + static_cast<int64_t>(split) * a.lse_rows;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float l = quad_sum(row_sum[hf]);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int r = row0 + g + hf * 8, i = m0 + r;
+    if (lse_out != nullptr && t == 0 && i < s.sq) lse_out[lrow0 + i] = l > 0.f ? (row_max[hf] * mult + __log2f(l)) * kLn2 : -INFINITY;
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j) {
+      const float x0 = acc(j, 2 * hf) * inv, x1 = acc(j, 2 * hf + 1) * inv;
+      const int col = j * 8 + 2 * t;
+      if (direct) {
+        *reinterpret_cast<uint32_t*>(stage + r * LD + col) = pack2<T>(x0, x1);
+      } else if (i < s.sq && col < a.head_dim) {
+        float* dst = a.o_part + (static_cast<int64_t>(split) * a.lse_rows + lrow0 + i) * a.head_dim + col;
+        *reinterpret_cast<float2*>(dst) = make_float2(x0, x1);
+      }
+    }
+  }
+  if (!direct) return;
+  __syncwarp();
+  T* o = static_cast<T*>(a.o.data) + (a.cu_q != nullptr ? static_cast<int64_t>(s.q_start) * a.o.row_stride
+                                                        : static_cast<int64_t>(b) * a.o.batch_stride) +
+         static_cast<int64_t>(h) * a.o.head_stride;
+  constexpr int kChunks = 16 * (D / 8);
+#pragma unroll
+  for (int c = lane; c < kChunks; c += 32) {
+    const int r = row0 + c / (D / 8), col = (c % (D / 8)) * 8, i = m0 + r;
+    if (i < s.sq && col < a.head_dim)
+      *reinterpret_cast<uint4*>(o + static_cast<int64_t>(i) * a.o.row_stride + col) = *reinterpret_cast<const uint4*>(stage + r * LD + col);
+  }
+}
+
+// ---- what both backward kernels do the same way -------------------------------------------------------------------
+
+// Adds the C-layout dQ fragment a warp holds (queries i0 + g, i0 + g + 8 of the lse rows from lrow0; columns col0 + 8j
+// + 2t ..) to dq_accum: vector atomics, or, in deterministic mode, a plain read-modify-write of the CTA's own slice.
+template <int NJ, typename Acc>
+__device__ __forceinline__ void accumulate_dq_rows(const AttnArgs& a, float* dq_accum, int64_t lrow0, int i0, int sq, int col0,
+                                                   Acc&& acc) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int i = i0 + g + hf * 8;
+    if (i >= sq) continue;
+    float* row = dq_accum + (lrow0 + i) * a.head_dim;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      const int col = col0 + j * 8 + 2 * t;
+      if (col >= a.head_dim) continue;
+      const float x0 = acc(j, 2 * hf), x1 = acc(j, 2 * hf + 1);
+      if (a.deterministic) {  // this CTA owns the slice: a plain, ordered read-modify-write
+        row[col] += x0;
+        row[col + 1] += x1;
+      } else {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // one vector reduction for the adjacent pair
+        atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(x0, x1));
+#else
+        atomicAdd(row + col, x0);
+        atomicAdd(row + col + 1, x1);
+#endif
+      }
+    }
+  }
+}
+
+// Writes the C-layout dK or dV fragment a warp holds (keys key0 + g, key0 + g + 8 of sequence b, kv head hk; columns
+// col0 + 8j + 2t ..) times `scale`; rows past the keys and columns past head_dim are not written.
+template <typename T, int NJ, typename Acc>
+__device__ __forceinline__ void store_key_rows(const DevTensor& dst, const AttnArgs& a, const SeqInfo& s, int b, int hk, int key0,
+                                               int col0, Acc&& acc, float scale) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  T* base = static_cast<T*>(dst.data) +
+            (a.cu_q != nullptr ? static_cast<int64_t>(s.k_start) * dst.row_stride : static_cast<int64_t>(b) * dst.batch_stride) +
+            static_cast<int64_t>(hk) * dst.head_stride;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int key = key0 + g + hf * 8;
+    if (key >= s.sk) continue;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j) {
+      const int col = col0 + j * 8 + 2 * t;
+      if (col >= a.head_dim) continue;
+      *reinterpret_cast<uint32_t*>(base + static_cast<int64_t>(key) * dst.row_stride + col) =
+          pack2<T>(acc(j, 2 * hf) * scale, acc(j, 2 * hf + 1) * scale);
+    }
+  }
+}
+
 }  // namespace fa::tc

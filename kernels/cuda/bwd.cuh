@@ -238,53 +238,15 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
           mma<T>(dq[2 * dp + 1], da, kb[2], kb[3]);
         }
       }
-      const int64_t lrow0 = lse_row0(a, s, b, h);
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int i = m0 + dq_row0 + g + hf * 8;
-        if (i >= s.sq) continue;
-        float* row = dq_accum + (lrow0 + i) * a.head_dim;
-#pragma unroll
-        for (int j = 0; j < DQC / 8; ++j) {
-          const int col = dq_col0 + j * 8 + 2 * t;
-          if (col >= a.head_dim) continue;
-          if (a.deterministic) {  // this CTA owns the slice: a plain, ordered read-modify-write
-            row[col] += dq[j][2 * hf];
-            row[col + 1] += dq[j][2 * hf + 1];
-          } else {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // one vector reduction for the adjacent pair
-            atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(dq[j][2 * hf], dq[j][2 * hf + 1]));
-#else
-            atomicAdd(row + col, dq[j][2 * hf]);
-            atomicAdd(row + col + 1, dq[j][2 * hf + 1]);
-#endif
-          }
-        }
-      }
+      accumulate_dq_rows<DQC / 8>(a, dq_accum, lse_row0(a, s, b, h), m0 + dq_row0, s.sq, dq_col0,
+                                  [&](int j, int e) { return dq[j][e]; });
       __syncthreads();  // sdS and this step's buffers are free for the next prefetch
     }
     cp_async_wait<0>();  // with no visible query the K / V copies may still be in flight
 
     // dK (times scale) and dV for this warp's 16 keys x DP columns; rows past the sequence are not written.
-    T* dk = static_cast<T*>(a.dk.data) + (a.cu_q != nullptr ? static_cast<int64_t>(s.k_start) * a.dk.row_stride
-                                                            : static_cast<int64_t>(b) * a.dk.batch_stride) +
-            static_cast<int64_t>(hk) * a.dk.head_stride;
-    T* dv = static_cast<T*>(a.dv.data) + (a.cu_q != nullptr ? static_cast<int64_t>(s.k_start) * a.dv.row_stride
-                                                            : static_cast<int64_t>(b) * a.dv.batch_stride) +
-            static_cast<int64_t>(hk) * a.dv.head_stride;
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int key = n0 + key_row0 + g + hf * 8;
-      if (key >= s.sk) continue;
-#pragma unroll
-      for (int j = 0; j < DP / 8; ++j) {
-        const int col = dcol0 + j * 8 + 2 * t;
-        if (col >= a.head_dim) continue;
-        *reinterpret_cast<uint32_t*>(dk + key * a.dk.row_stride + col) =
-            pack2<T>(dk_acc[j][2 * hf] * a.scale, dk_acc[j][2 * hf + 1] * a.scale);
-        *reinterpret_cast<uint32_t*>(dv + key * a.dv.row_stride + col) = pack2<T>(dv_acc[j][2 * hf], dv_acc[j][2 * hf + 1]);
-      }
-    }
+    store_key_rows<T, DP / 8>(a.dk, a, s, b, hk, n0 + key_row0, dcol0, [&](int j, int e) { return dk_acc[j][e]; }, a.scale);
+    store_key_rows<T, DP / 8>(a.dv, a, s, b, hk, n0 + key_row0, dcol0, [&](int j, int e) { return dv_acc[j][e]; }, 1.f);
   }
 }
 

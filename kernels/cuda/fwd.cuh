@@ -51,20 +51,15 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
   const int m0 = m_block * BM;
   if (m0 >= s.sq) return;
   const int hk = h / a.group;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4;
   const int warp_row0 = warp * MF * 16;
 
   const RowView<T> q = row_view<T>(a.q, a, b, h, s.q_start, s.sq);
   const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
   const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
 
-  int key_begin, key_end;
-  visible_keys(a, s, m0, BM, key_begin, key_end);
-  const int nb_first = key_begin / BN;
-  const int nb_all = key_end > key_begin ? ceil_div(key_end, BN) - nb_first : 0;
-  const int nb_per_split = ceil_div(nb_all, a.num_splits);
-  const int nb_lo = nb_first + min(nb_all, split * nb_per_split);
-  const int nb_hi = nb_first + min(nb_all, (split + 1) * nb_per_split);  // exclusive
+  const KeyBlocks blocks = split_key_blocks(a, s, m0, BM, BN, split);
+  const int nb_lo = blocks.lo, nb_hi = blocks.hi;
 
   load_tile_async<BM, D, Tile::kThreads>(sQ, q, m0);
   if (nb_hi > nb_lo) load_tile_async<BN, D, Tile::kThreads>(sK, k, (nb_hi - 1) * BN);
@@ -118,57 +113,18 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
       }
     }
 
-    // Softcap / ALiBi rewrite S into log2 units; masked pairs become -inf.
+    // Online softmax, one 16-row fragment at a time; O's rows are rescaled by the change of their max.
     const bool masked = tile_needs_mask(a, s, m0, BM, n0, BN);
-    if (transform || masked) {
 #pragma unroll
-      for (int mf = 0; mf < MF; ++mf)
+    for (int mf = 0; mf < MF; ++mf) {
+      float alpha[2];
+      online_softmax_block<NT>(a, s, [&](int j, int e) -> float& { return sc[mf][j][e]; }, m0 + warp_row0 + mf * 16 + g,
+                               n0, transform, masked, slope, mult, row_max[mf], row_sum[mf], alpha);
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int i = m0 + warp_row0 + mf * 16 + g + hf * 8;
-          int lo = INT_MIN, hi = INT_MAX;
-          if (masked) visible_key_range(a, s, i, lo, hi);
+      for (int j = 0; j < D / 8; ++j)
 #pragma unroll
-          for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const int col = n0 + j * 8 + 2 * t + c;
-              float x = sc[mf][j][2 * hf + c], unused_tanh;
-              if (transform) x = transformed_logit(a, x, slope, i + s.diag - col, unused_tanh);
-              sc[mf][j][2 * hf + c] = (col < lo || col > hi) ? -INFINITY : x;
-            }
-        }
+        for (int e = 0; e < 4; ++e) o_acc[mf][j][e] *= alpha[e / 2];
     }
-
-    // Online softmax; each row lives in one quad (4 lanes), two rows (g, g + 8) per fragment.
-#pragma unroll
-    for (int mf = 0; mf < MF; ++mf)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        float mx = row_max[mf][hf];
-#pragma unroll
-        for (int j = 0; j < NT; ++j) mx = fmaxf(mx, fmaxf(sc[mf][j][2 * hf], sc[mf][j][2 * hf + 1]));
-        mx = quad_max(mx);
-        // A row that has seen only masked keys keeps max -inf; subtract 0 then so exp2 gives 0, not NaN.
-        const float m_scaled = mx == -INFINITY ? 0.f : mx * mult;
-        const float alpha = fast_exp2(row_max[mf][hf] * mult - m_scaled);
-        row_max[mf][hf] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-          for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
-            const float p = fast_exp2(fmaf(sc[mf][j][e], mult, -m_scaled));
-            sc[mf][j][e] = p;
-            sum += p;
-          }
-        row_sum[mf][hf] = row_sum[mf][hf] * alpha + sum;  // per-lane partial; reduced over the quad at the end
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          o_acc[mf][j][2 * hf] *= alpha;
-          o_acc[mf][j][2 * hf + 1] *= alpha;
-        }
-      }
 
     cp_async_wait<0>();
     __syncthreads();  // V(nb) landed; every warp is done with K(nb)
@@ -196,48 +152,13 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
     }
   }
 
-  // Epilogue: O / l and LSE. A row with no visible key (l = 0) gets O = 0 and LSE = -inf.
-  const int64_t lrow0 = lse_row0(a, s, b, h);
-  const bool direct = a.num_splits == 1;
-  float* lse_out = direct ? a.lse : a.lse_part + static_cast<int64_t>(split) * a.lse_rows;
-  // Each warp stages its own rows of O in its own rows of sQ (no other warp reads them), then stores 16-byte chunks.
-  T* sO = sQ;
+  // Epilogue: each warp stages its rows of O in its own rows of sQ.
   cp_async_wait<0>();  // with no visible key block the Q copy may still be in flight
   __syncwarp();
 #pragma unroll
   for (int mf = 0; mf < MF; ++mf)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const float l = quad_sum(row_sum[mf][hf]);
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      const int r = warp_row0 + mf * 16 + g + hf * 8, i = m0 + r;
-      if (lse_out != nullptr && t == 0 && i < s.sq)
-        lse_out[lrow0 + i] = l > 0.f ? (row_max[mf][hf] * mult + __log2f(l)) * kLn2 : -INFINITY;
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j) {
-        const float x0 = o_acc[mf][j][2 * hf] * inv, x1 = o_acc[mf][j][2 * hf + 1] * inv;
-        const int col = j * 8 + 2 * t;
-        if (direct) {
-          *reinterpret_cast<uint32_t*>(sO + r * LD + col) = pack2<T>(x0, x1);
-        } else if (i < s.sq && col < a.head_dim) {
-          float* dst = a.o_part + (static_cast<int64_t>(split) * a.lse_rows + lrow0 + i) * a.head_dim + col;
-          *reinterpret_cast<float2*>(dst) = make_float2(x0, x1);
-        }
-      }
-    }
-  if (!direct) return;
-  __syncwarp();
-  T* o = static_cast<T*>(a.o.data) + (a.cu_q != nullptr ? static_cast<int64_t>(s.q_start) * a.o.row_stride
-                                                        : static_cast<int64_t>(b) * a.o.batch_stride) +
-         static_cast<int64_t>(h) * a.o.head_stride;
-  constexpr int kChunks = MF * 16 * (D / 8);
-#pragma unroll
-  for (int c = lane; c < kChunks; c += 32) {
-    const int r = warp_row0 + c / (D / 8), col = (c % (D / 8)) * 8, i = m0 + r;
-    if (i < s.sq && col < a.head_dim)
-      *reinterpret_cast<uint4*>(o + static_cast<int64_t>(i) * a.o.row_stride + col) =
-          *reinterpret_cast<const uint4*>(sO + r * LD + col);
-  }
+    store_output_rows<T, D>(a, s, b, h, split, m0, warp_row0 + mf * 16, [&](int j, int e) { return o_acc[mf][j][e]; },
+                            row_max[mf], row_sum[mf], mult, sQ);
 }
 
 template <typename T, typename Tile>

@@ -1,0 +1,217 @@
+// bwd_sm90.cuh — FlashAttention backward on Hopper's warpgroup tensor cores (wgmma, sm_90a), one instantiation per
+// (dtype, head dim 64 or 128).
+//
+// Grid (key blocks, heads_kv, batch), as the mma.sync backward: a CTA owns BN = 128 keys of one kv head (64 per
+// warpgroup, the M of one wgmma) and walks every (query head of the GQA group, query block of BM = 64 rows) that can
+// see them, so dK / dV of the group are summed in registers and written once. All tiles are 128B-swizzled (wgmma.cuh);
+// Q, dO and their row statistics are double-buffered with cp.async. Per step and warpgroup (its 64 keys):
+//   S^T  = K_w Q^T                 SS, m64 x BM                 P^T = exp2(S^T c - lse2[q])  (0 where masked)
+//   dP^T = V_w dO^T                SS, issued with S^T          dS^T = P^T (dP^T - dsum[q])  (x (1 - tanh^2) softcap)
+//   dV  += P^T dO                  RS, P^T from registers, dO N-major; runs while dS^T is computed
+//   dK  += dS^T Q                  RS (times scale at the end)
+//   dQ  += dS K                    SS from the dS^T tile in smem (M-major, imm-trans-a) and K (N-major), fp32 into
+//                                  dq_accum: head dim 128 splits dQ's columns between the warpgroups (64 each, over
+//                                  all 128 keys, after a CTA barrier); head dim 64 lets each warpgroup add the share
+//                                  of its own 64 keys (a warpgroup barrier only), so deterministic mode is left to
+//                                  the mma.sync path there.
+// Work per step: 5 products of 2 BN BM D flops; exp2 for BN BM scores; BM D fp32 dQ additions per warpgroup.
+#pragma once
+
+#include "attn.cuh"
+#include "wgmma.cuh"
+
+namespace fa::tc {
+
+template <int D_>
+struct Sm90BwdTile {
+  static constexpr int D = D_, BN = 128, BM = 64, kThreads = 256;
+  static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: warpgroup w computes dQ columns [64w, 64w + 64)
+  static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2, kTileDs = BN * BM * 2;  // bytes
+  static constexpr size_t smem_bytes() {
+    return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + kTileDs + 4 * BM * sizeof(float);
+  }
+  static_assert(D == 64 || D == 128, "dK and dV of 64 keys stay in registers up to head dim 128");
+};
+
+template <typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __grid_constant__ AttnArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, MT = BM / 8;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = swizzle_aligned_smem(smem_raw);
+  T* sK = reinterpret_cast<T*>(smem);   // [BN x D]
+  T* sV = sK + BN * D;                  // [BN x D]
+  T* sQ = sV + BN * D;                  // [2][BM x D]
+  T* sdO = sQ + 2 * BM * D;             // [2][BM x D]
+  T* sdS = sdO + 2 * BM * D;            // [BN keys x BM queries]: dS^T, read as the M-major A of dQ = dS K
+  float* sLse2 = reinterpret_cast<float*>(sdS + BN * BM);  // [2][BM]
+  float* sDsum = sLse2 + 2 * BM;                            // [2][BM]
+
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const SeqInfo s = seq_info(a, b);
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int wg_key0 = wg * 64;  // this warpgroup's keys within the block
+  const bool transform = a.softcap > 0.f || a.alibi != nullptr;
+  float* dq_accum = a.dq_accum + (a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows * a.head_dim : 0);
+
+  const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
+  const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
+
+  // Deterministic mode runs fewer CTAs than key blocks, each looping over its own; otherwise one iteration.
+  for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x) {
+    const int n0 = nb * BN;
+    __syncthreads();  // the previous key block's products are done with sK / sV
+    load_tile_sw128_async<BN, D, Tile::kThreads>(sK, k, n0);
+    load_tile_sw128_async<BN, D, Tile::kThreads>(sV, v, n0);
+
+    int q_begin, q_end;
+    visible_queries(a, s, n0, BN, q_begin, q_end);
+    const int mb_first = q_begin / BM;
+    const int mb_count = q_end > q_begin ? ceil_div(q_end, BM) - mb_first : 0;
+    const int steps = mb_count * a.group;  // (query head, query block) pairs
+    auto step_head = [&](int step) { return hk * a.group + step / mb_count; };
+    auto step_row0 = [&](int step) { return (mb_first + step % mb_count) * BM; };
+
+    // Issues the async loads of step `step` into buffer `buf`.
+    auto prefetch = [&](int step, int buf) {
+      const int h = step_head(step), m0 = step_row0(step);
+      load_tile_sw128_async<BM, D, Tile::kThreads>(sQ + buf * BM * D, row_view<T>(a.q, a, b, h, s.q_start, s.sq), m0);
+      load_tile_sw128_async<BM, D, Tile::kThreads>(sdO + buf * BM * D, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
+      const int64_t lrow0 = lse_row0(a, s, b, h);
+      for (int r = threadIdx.x; r < BM; r += Tile::kThreads) {
+        if (m0 + r < s.sq) {
+          cp_async_4(sLse2 + buf * BM + r, a.lse2 + lrow0 + m0 + r);
+          cp_async_4(sDsum + buf * BM + r, a.dsum + lrow0 + m0 + r);
+        } else {
+          sLse2[buf * BM + r] = INFINITY;  // rows past the end: P = 0
+          sDsum[buf * BM + r] = 0.f;
+        }
+      }
+    };
+    if (steps > 0) prefetch(0, 0);
+    cp_async_commit();
+
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
+
+    for (int step = 0; step < steps; ++step) {
+      const int buf = step & 1, h = step_head(step), m0 = step_row0(step);
+      cp_async_wait<0>();  // this step's Q, dO, lse2, dsum (and K, V on the first step)
+      fence_async_smem();
+      __syncthreads();     // ... from every thread; and every warpgroup is done with the other buffer and sdS
+      if (step + 1 < steps) prefetch(step + 1, buf ^ 1);
+      cp_async_commit();
+      const T* q_s = sQ + buf * BM * D;
+      const T* do_s = sdO + buf * BM * D;
+      const float* lse2_s = sLse2 + buf * BM;
+      const float* dsum_s = sDsum + buf * BM;
+
+      float st[BM / 2], dpt[BM / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        Wgmma<BM, T>::template ss<0, 0>(st, desc_k_major<BN>(sK, wg_key0, kk), desc_k_major<BM>(q_s, 0, kk), kk > 0);
+      wgmma_commit();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        Wgmma<BM, T>::template ss<0, 0>(dpt, desc_k_major<BN>(sV, wg_key0, kk), desc_k_major<BM>(do_s, 0, kk), kk > 0);
+      wgmma_commit();
+      wgmma_wait<1>();  // S^T landed; dP^T still runs
+      reg_fence(st);
+
+      // P^T (packed for the dV product) and P^T (1 - tanh^2) kept in st for dS.
+      const bool masked = tile_needs_mask(a, s, m0, BM, n0 + wg_key0, 64);
+      const float slope = alibi_slope_log2(a, b, h);
+      uint32_t pa[BM / 16][4];
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int key = n0 + wg_key0 + warp * 16 + g + hf * 8;
+          int lo = INT_MIN, hi = INT_MAX;
+          if (masked) visible_query_range(a, s, key, lo, hi);
+          float p[2];
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const int e = j * 4 + 2 * hf + c;
+            const int qr = j * 8 + 2 * t + c, i = m0 + qr;
+            float th = 0.f;
+            const float x = transform ? transformed_logit(a, st[e], slope, i + s.diag - key, th) : st[e] * a.scale_log2;
+            p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - lse2_s[qr]);
+            st[e] = p[c] * (1.f - th * th);
+          }
+          pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(p[0], p[1]);
+        }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dv, pa[kk], desc_mn_major<BM>(do_s, kk), 1);
+      wgmma_commit();
+      wgmma_wait<1>();  // dP^T landed; dV still runs
+      reg_fence(dpt);
+
+      // dS^T = P^T (dP^T - dsum): A fragments for dK, and the smem tile dQ reads.
+      uint32_t dsa[BM / 16][4];
+#pragma unroll
+      for (int j = 0; j < MT; ++j)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int qr = j * 8 + 2 * t, e = j * 4 + 2 * hf;
+          const uint32_t packed = pack2<T>(st[e] * (dpt[e] - dsum_s[qr]), st[e + 1] * (dpt[e + 1] - dsum_s[qr + 1]));
+          dsa[j / 2][(j % 2) * 2 + hf] = packed;
+          sw128_store_pair<BN>(sdS, wg_key0 + warp * 16 + g + hf * 8, qr, packed);
+        }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dk, dsa[kk], desc_mn_major<BM>(q_s, kk), 1);
+      wgmma_commit();
+
+      // dQ (64 queries x 64 columns per warpgroup) = dS K over this warpgroup's keys or over all of them.
+      fence_async_smem();
+      float dq[32];
+      if constexpr (Tile::kDqPerWarpgroupKeys) {
+        warpgroup_sync(wg);  // this warpgroup's dS^T rows are in smem
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(sdS, wg * 4 + kk), desc_mn_major<BN>(sK, wg * 4 + kk), kk > 0);
+      } else {
+        __syncthreads();  // both warpgroups' dS^T rows are in smem
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; ++kk)
+          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(sdS, kk), desc_mn_major<BN>(sK, kk, wg), kk > 0);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(dq);
+      reg_fence(dk);
+      reg_fence(dv);
+      reg_fence(pa);
+      reg_fence(dsa);
+      accumulate_dq_rows<8>(a, dq_accum, lse_row0(a, s, b, h), m0 + warp * 16, s.sq, Tile::kDqPerWarpgroupKeys ? 0 : wg * 64,
+                            [&](int j, int e) { return dq[j * 4 + e]; });
+    }
+    cp_async_wait<0>();  // with no visible query the K / V copies may still be in flight
+
+    // dK (times scale) and dV of this warp's 16 keys.
+    const int key0 = n0 + wg_key0 + warp * 16;
+    store_key_rows<T, D / 8>(a.dk, a, s, b, hk, key0, 0, [&](int j, int e) { return dk[j * 4 + e]; }, a.scale);
+    store_key_rows<T, D / 8>(a.dv, a, s, b, hk, key0, 0, [&](int j, int e) { return dv[j * 4 + e]; }, 1.f);
+  }
+#endif
+}
+
+template <typename T, int D>
+gpuError_t launch_bwd_sm90(const AttnArgs& a, int grid_keys, gpuStream_t stream) {
+  using Tile = Sm90BwdTile<D>;
+  const size_t smem = Tile::smem_bytes();
+  auto kernel = bwd_sm90_kernel<T, Tile>;
+  gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != gpuSuccess) return err;
+  dim3 grid(grid_keys, a.heads_kv, a.batch);
+  kernel<<<grid, Tile::kThreads, smem, stream>>>(a);
+  return gpuGetLastError();
+}
+
+}  // namespace fa::tc

@@ -1,0 +1,128 @@
+// wgmma.cuh — the Hopper (sm_90a) tile helpers the warpgroup kernels are written with: 128-byte-swizzled shared-memory
+// tiles filled by cp.async, wgmma matrix descriptors over them, and the fence / commit / wait protocol.
+//
+// Swizzled tile (R rows x C columns of a 16-bit type, C a multiple of 64): C/64 column blocks, each R rows of 128
+// bytes, one after the other. Inside a block, the 16-byte chunk c (columns 8c..8c+7) of row r is stored at chunk
+// position c ^ (r % 8): the 8 rows of a core-matrix group then cover all 32 banks, and this is exactly the layout
+// wgmma's 128B swizzle mode reads (it XORs byte-address bits [4:6] with bits [7:9], so tiles start 1024-aligned).
+//
+// One tile serves two roles:
+//   K-major operand (rows = M or N, k = columns): Q and K in S = Q K^T, K and V in the backward's S^T and dP^T.
+//     Descriptor per 16-column k-step kk: start = block kk/4, row0, + (kk % 4) * 32 bytes; SBO = 1024 (next 8 rows).
+//   MN-major operand (rows = k, columns = N or M, imm-trans = 1): V in O = P V, dO / Q in dV / dK, K in dQ = dS K,
+//     and the stored dS^T as the (M-major) A of dQ. Per 16-row k-step: start + 16 * 128 bytes; SBO = 1024 (next 8
+//     k rows), LBO = R * 128 (next 64-column block).
+//
+// Register layouts (per warp w of the warpgroup, g = lane / 4, t = lane % 4): the m64nN accumulator holds rows
+// 16w + g (+8) exactly as mma.sync's C fragments, register 4j + e = column 8j + 2t + e % 2 of row g + 8 (e / 2);
+// the register A operand is mma.sync's A fragment of rows 16w.., so tile.cuh's acc_to_a turns S into P unchanged.
+#pragma once
+
+#include <cstdint>
+
+#include "tile.cuh"
+
+namespace fa::tc {
+
+// m64nNk16 wrappers, generated per (N, element type) into build/gen/cuda/wgmma_ops.inc by kernels/cuda/target.ts.
+template <int N, typename T> struct Wgmma;
+#include "wgmma_ops.inc"
+
+constexpr int kSwizzleRowBytes = 128;  // one swizzle row: 64 elements of 16 bits
+constexpr int kSwizzleAlign = 1024;    // the swizzle pattern repeats every 8 rows
+
+// Byte offset of 16-byte chunk `chunk` (columns 8 chunk ..) of row `r` in a swizzled tile of R rows.
+template <int R>
+__device__ __forceinline__ uint32_t sw128_offset(int r, int chunk) {
+  return (chunk / 8) * (R * kSwizzleRowBytes) + r * kSwizzleRowBytes + (((chunk % 8) ^ (r % 8)) * 16);
+}
+
+// Copies rows [row0, row0 + ROWS) x columns [0, C) of `src` into a swizzled tile, zero-filling rows >= src.rows and
+// columns >= src.head_dim. All NTHREADS threads take part; consecutive threads take consecutive chunks of a row, so
+// each row is read as one coalesced run.
+template <int ROWS, int C, int NTHREADS, typename T>
+__device__ __forceinline__ void load_tile_sw128_async(T* tile, const RowView<T>& src, int row0) {
+  constexpr int kChunksPerRow = C / 8;
+  constexpr int kChunks = ROWS * kChunksPerRow;
+  static_assert(C % 64 == 0, "swizzled tiles are whole 128-byte rows");
+  static_assert(kChunks % NTHREADS == 0, "tile chunks must spread evenly over the threads");
+  unsigned char* bytes = reinterpret_cast<unsigned char*>(tile);
+#pragma unroll
+  for (int c = threadIdx.x; c < kChunks; c += NTHREADS) {
+    const int r = c / kChunksPerRow, chunk = c % kChunksPerRow, col = chunk * 8;
+    const int grow = row0 + r;
+    const bool valid = grow < src.rows && col < src.head_dim;
+    const T* g = valid ? src.base + static_cast<int64_t>(grow) * src.row_stride + col : src.base;
+    cp_async_16(bytes + sw128_offset<ROWS>(r, chunk), g, valid);
+  }
+}
+
+// Stores the 32-bit pair (columns 2t.., 16-bit elements) of row r, chunk `chunk` of a swizzled tile of R rows.
+template <int R>
+__device__ __forceinline__ void sw128_store_pair(void* tile, int r, int col, uint32_t pair) {
+  *reinterpret_cast<uint32_t*>(static_cast<unsigned char*>(tile) + sw128_offset<R>(r, col / 8) + (col % 8) * 2) = pair;
+}
+
+// ---- descriptors --------------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ uint64_t sw128_desc(const void* start, uint32_t lbo_bytes) {
+  const uint32_t addr = smem_addr(start);
+  uint64_t d = static_cast<uint64_t>((addr & 0x3FFFF) >> 4);
+  d |= static_cast<uint64_t>((lbo_bytes & 0x3FFFF) >> 4) << 16;
+  d |= static_cast<uint64_t>(kSwizzleAlign >> 4) << 32;  // SBO: the next group of 8 rows
+  d |= 1ull << 62;                                        // 128-byte swizzle
+  return d;
+}
+
+// K-major operand: rows [row0, row0 + 64 or N) of a swizzled tile of R rows, k-step kk (columns 16 kk ..).
+template <int R>
+__device__ __forceinline__ uint64_t desc_k_major(const void* tile, int row0, int kk) {
+  const unsigned char* p = static_cast<const unsigned char*>(tile) + (kk / 4) * (R * kSwizzleRowBytes) +
+                           row0 * kSwizzleRowBytes + (kk % 4) * 32;
+  return sw128_desc(p, 16);  // LBO unused for swizzled K-major layouts
+}
+
+// MN-major operand: k rows [16 kk, 16 kk + 16) of a swizzled tile of R rows, columns from 64-column block `block0`.
+template <int R>
+__device__ __forceinline__ uint64_t desc_mn_major(const void* tile, int kk, int block0 = 0) {
+  const unsigned char* p = static_cast<const unsigned char*>(tile) + block0 * (R * kSwizzleRowBytes) + kk * 16 * kSwizzleRowBytes;
+  return sw128_desc(p, R * kSwizzleRowBytes);
+}
+
+// ---- ordering -----------------------------------------------------------------------------------------------------
+
+// Before the first wgmma of a batch, and whenever its accumulator or A registers were touched by other instructions.
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+// Waits until at most N of this warpgroup's committed groups are pending.
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+
+// Keeps the compiler from moving accesses of registers an in-flight wgmma owns across the fence/wait that guards them.
+template <int N>
+__device__ __forceinline__ void reg_fence(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void reg_fence(uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
+
+// Shared memory written by the generic proxy (cp.async, st.shared) becomes visible to wgmma's async-proxy reads;
+// each writing thread fences, then a barrier orders the readers after every writer.
+__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Barrier among the 128 threads of one warpgroup (ids 1, 2, ...; 0 is __syncthreads).
+__device__ __forceinline__ void warpgroup_sync(int wg) { asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory"); }
+
+// The dynamic shared memory base rounded up to the swizzle period (the launcher requests kSwizzleAlign extra bytes).
+__device__ __forceinline__ unsigned char* swizzle_aligned_smem(unsigned char* raw) {
+  const uint32_t addr = smem_addr(raw);
+  return raw + ((kSwizzleAlign - (addr % kSwizzleAlign)) % kSwizzleAlign);
+}
+
+}  // namespace fa::tc
