@@ -2,8 +2,8 @@
 # One batched session on the GPU machine (device tool): set up Bun from .gpu/, build the libraries there, then run
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
-#   steps: build | tests | layouts | verify | verify-sm90 | verify-auto | sanitize | racecheck | doctor |
-#          bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick
+#   steps: build | tests | gpu-tests | layouts | verify | verify-sm90 | verify-auto | sanitize | racecheck | doctor |
+#          profile | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick
 #   e.g.   bash scripts/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -44,12 +44,13 @@ step() { # name, limit (s), command...
   return $rc
 }
 
-case " $* " in *" build "* | *" tests "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-quick "*) with_bun ;; esac
+case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-quick "*) with_bun ;; esac
 
 for s in "$@"; do
   case "$s" in
     build) step build 420 bun kernels/build.ts cpu cuda --jobs 16 ;;
     tests) step tests 540 bash scripts/test.sh test/gpu.test.ts test/ffi.test.ts ;;
+    gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/ffi.test.ts ;;  # carried libraries, no build
     layouts) step layouts 120 bash -c "nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/wgmma_layouts.cu -o /tmp/wgmma_layouts && /tmp/wgmma_layouts" ;;
     verify) step verify 420 python3 scripts/cuda_verify.py --json "$LOGS/verify-sm80.json" ;;
     verify-sm90) step verify-sm90 420 python3 scripts/cuda_verify.py --kernel cuda-wgmma-sm90 --json "$LOGS/verify-sm90.json" ;;
@@ -58,6 +59,14 @@ for s in "$@"; do
     racecheck) step racecheck 420 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim ;;
     bench-kernels) step bench-kernels 420 python3 scripts/cuda_bench.py --seqlens 1024,2048,4096,8192,16384 --also cuda-mma-sm80 --json "$LOGS/bench-kernels.json" --md "$LOGS/bench-kernels.md" ;;
     bench-hdim256) step bench-hdim256 200 python3 scripts/cuda_bench.py --hdims 256 --seqlens 2048,8192 --causal 0,1 --also cuda-mma-sm80 --json "$LOGS/bench-hdim256.json" --md "$LOGS/bench-hdim256.md" ;;
+    profile)  # hardware counters of the wgmma kernels at hdim 128, seqlen 8k, and their SASS
+      for kern in fwd_sm90 bwd_sm90; do
+        step "ncu-$kern" 200 ncu --clock-control none --kernel-name "regex:$kern" --launch-skip 1 --launch-count 1 \
+          --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
+          --section SchedulerStats --section WarpStateStats --section InstructionStats --section LaunchStats \
+          --section SourceCounters python3 scripts/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --warmup 1 --iters 1 --no-cudnn
+      done
+      for obj in build/obj/cuda/*sm90_hdim128_bf16*.o; do cuobjdump -sass "$obj" > "$LOGS/$(basename "$obj" .cu.o).sass" 2>&1; done ;;
     doctor)
       step doctor-json 120 bun cli.ts doctor --json --verbose
       cp "$LOGS/doctor-json.log" "$LOGS/doctor.json"

@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf1
 
   float acc[N / 2];
   wgmma_fence();
-  for (int kk = 0; kk < K / 16; ++kk) Wgmma<N, bf16_t>::ss<0, 0>(acc, desc_k_major<M>(sA, 0, kk), desc_k_major<N>(sB, 0, kk), kk > 0);
+  for (int kk = 0; kk < K / 16; ++kk) Wgmma<N, bf16_t>::ss<0, 0>(acc, desc_k_major<M>(tile_desc_k_major(sA), 0, kk), desc_k_major<N>(tile_desc_k_major(sB), 0, kk), kk > 0);
   wgmma_commit();
   wgmma_wait<0>();
   reg_fence(acc);
@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf1
       pa[kk][r] = *reinterpret_cast<const uint32_t*>(&pair);
     }
   wgmma_fence();
-  for (int kk = 0; kk < KP / 16; ++kk) Wgmma<N, bf16_t>::rs<1>(acc, pa[kk], desc_mn_major<KP>(sV, kk), kk > 0);
+  for (int kk = 0; kk < KP / 16; ++kk) Wgmma<N, bf16_t>::rs<1>(acc, pa[kk], desc_mn_major<KP>(tile_desc_mn_major<KP>(sV), kk), kk > 0);
   wgmma_commit();
   wgmma_wait<0>();
   reg_fence(acc);
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf1
 
   float dq[32];
   wgmma_fence();
-  for (int kk = 0; kk < K / 16; ++kk) Wgmma<64, bf16_t>::ss<1, 1>(dq, desc_mn_major<K>(sDsT, kk), desc_mn_major<N>(sB, kk, 1), kk > 0);
+  for (int kk = 0; kk < K / 16; ++kk) Wgmma<64, bf16_t>::ss<1, 1>(dq, desc_mn_major<K>(tile_desc_mn_major<K>(sDsT), kk), desc_mn_major<N>(tile_desc_mn_major<N>(sB), kk, 1), kk > 0);
   wgmma_commit();
   wgmma_wait<0>();
   reg_fence(dq);

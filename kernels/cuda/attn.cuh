@@ -265,28 +265,31 @@ template <int NJ, typename Acc>
 __device__ __forceinline__ void accumulate_dq_rows(const AttnArgs& a, float* dq_accum, int64_t lrow0, int i0, int sq, int col0,
                                                    Acc&& acc) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int cols_left = a.head_dim - col0 - 2 * t;  // n-tile j is inside the head dim iff 8j < cols_left
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     const int i = i0 + g + hf * 8;
     if (i >= sq) continue;
-    float* row = dq_accum + (lrow0 + i) * a.head_dim;
+    float* row = dq_accum + (lrow0 + i) * a.head_dim + col0 + 2 * t;
+    if (a.deterministic) {  // this CTA owns the slice: a plain, ordered read-modify-write
 #pragma unroll
-    for (int j = 0; j < NJ; ++j) {
-      const int col = col0 + j * 8 + 2 * t;
-      if (col >= a.head_dim) continue;
-      const float x0 = acc(j, 2 * hf), x1 = acc(j, 2 * hf + 1);
-      if (a.deterministic) {  // this CTA owns the slice: a plain, ordered read-modify-write
-        row[col] += x0;
-        row[col + 1] += x1;
-      } else {
+      for (int j = 0; j < NJ; ++j)
+        if (8 * j < cols_left) {
+          row[8 * j] += acc(j, 2 * hf);
+          row[8 * j + 1] += acc(j, 2 * hf + 1);
+        }
+      continue;
+    }
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+      if (8 * j < cols_left) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // one vector reduction for the adjacent pair
-        atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(x0, x1));
+        atomicAdd(reinterpret_cast<float2*>(row + 8 * j), make_float2(acc(j, 2 * hf), acc(j, 2 * hf + 1)));
 #else
-        atomicAdd(row + col, x0);
-        atomicAdd(row + col + 1, x1);
+        atomicAdd(row + 8 * j, acc(j, 2 * hf));
+        atomicAdd(row + 8 * j + 1, acc(j, 2 * hf + 1));
 #endif
       }
-    }
   }
 }
 

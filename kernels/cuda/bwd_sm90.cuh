@@ -54,6 +54,14 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
   float* dq_accum = a.dq_accum + (a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows * a.head_dim : 0);
 
+  // Tile descriptors, built once (K, Q and dO serve as K-major and as N-major operands).
+  const uint64_t k_kmaj = tile_desc_k_major(sK), v_kmaj = tile_desc_k_major(sV), k_nmaj = tile_desc_mn_major<BN>(sK);
+  const uint64_t q_kmaj[2] = {tile_desc_k_major(sQ), tile_desc_k_major(sQ + BM * D)};
+  const uint64_t q_nmaj[2] = {tile_desc_mn_major<BM>(sQ), tile_desc_mn_major<BM>(sQ + BM * D)};
+  const uint64_t do_kmaj[2] = {tile_desc_k_major(sdO), tile_desc_k_major(sdO + BM * D)};
+  const uint64_t do_nmaj[2] = {tile_desc_mn_major<BM>(sdO), tile_desc_mn_major<BM>(sdO + BM * D)};
+  const uint64_t ds_mmaj = tile_desc_mn_major<BN>(sdS);
+
   const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
   const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
 
@@ -102,8 +110,6 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
       __syncthreads();     // ... from every thread; and every warpgroup is done with the other buffer and sdS
       if (step + 1 < steps) prefetch(step + 1, buf ^ 1);
       cp_async_commit();
-      const T* q_s = sQ + buf * BM * D;
-      const T* do_s = sdO + buf * BM * D;
       const float* lse2_s = sLse2 + buf * BM;
       const float* dsum_s = sDsum + buf * BM;
 
@@ -111,59 +117,77 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<BM, T>::template ss<0, 0>(st, desc_k_major<BN>(sK, wg_key0, kk), desc_k_major<BM>(q_s, 0, kk), kk > 0);
+        Wgmma<BM, T>::template ss<0, 0>(st, desc_k_major<BN>(k_kmaj, wg_key0, kk), desc_k_major<BM>(buf ? q_kmaj[1] : q_kmaj[0], 0, kk), kk > 0);
       wgmma_commit();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<BM, T>::template ss<0, 0>(dpt, desc_k_major<BN>(sV, wg_key0, kk), desc_k_major<BM>(do_s, 0, kk), kk > 0);
+        Wgmma<BM, T>::template ss<0, 0>(dpt, desc_k_major<BN>(v_kmaj, wg_key0, kk), desc_k_major<BM>(buf ? do_kmaj[1] : do_kmaj[0], 0, kk), kk > 0);
       wgmma_commit();
       wgmma_wait<1>();  // S^T landed; dP^T still runs
       reg_fence(st);
 
-      // P^T (packed for the dV product) and P^T (1 - tanh^2) kept in st for dS.
+      // P^T (packed for the dV product) and P^T (1 - tanh^2) kept in st for dS. Thread columns (queries) are the
+      // pairs 8j + 2t, +1, so their statistics come as float2.
       const bool masked = tile_needs_mask(a, s, m0, BM, n0 + wg_key0, 64);
-      const float slope = alibi_slope_log2(a, b, h);
+      const float2* lse2_pairs = reinterpret_cast<const float2*>(lse2_s) + t;  // [4 j] = queries 8j + 2t, +1
       uint32_t pa[BM / 16][4];
+      if (!transform && !masked) {  // the common interior tile: one FFMA and one exp2 per score
 #pragma unroll
-      for (int j = 0; j < MT; ++j)
+        for (int j = 0; j < MT; ++j) {
+          const float2 l2 = lse2_pairs[4 * j];
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int key = n0 + wg_key0 + warp * 16 + g + hf * 8;
-          int lo = INT_MIN, hi = INT_MAX;
-          if (masked) visible_query_range(a, s, key, lo, hi);
-          float p[2];
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            const int e = j * 4 + 2 * hf + c;
-            const int qr = j * 8 + 2 * t + c, i = m0 + qr;
-            float th = 0.f;
-            const float x = transform ? transformed_logit(a, st[e], slope, i + s.diag - key, th) : st[e] * a.scale_log2;
-            p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - lse2_s[qr]);
-            st[e] = p[c] * (1.f - th * th);
+          for (int hf = 0; hf < 2; ++hf) {
+            const int e = j * 4 + 2 * hf;
+            st[e] = fast_exp2(fmaf(st[e], a.scale_log2, -l2.x));
+            st[e + 1] = fast_exp2(fmaf(st[e + 1], a.scale_log2, -l2.y));
+            pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(st[e], st[e + 1]);
           }
-          pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(p[0], p[1]);
         }
+      } else {
+        const float slope = alibi_slope_log2(a, b, h);
+#pragma unroll
+        for (int j = 0; j < MT; ++j)
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const int key = n0 + wg_key0 + warp * 16 + g + hf * 8;
+            int lo = INT_MIN, hi = INT_MAX;
+            if (masked) visible_query_range(a, s, key, lo, hi);
+            float p[2];
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int e = j * 4 + 2 * hf + c;
+              const int qr = j * 8 + 2 * t + c, i = m0 + qr;
+              float th = 0.f;
+              const float x = transform ? transformed_logit(a, st[e], slope, i + s.diag - key, th) : st[e] * a.scale_log2;
+              p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - lse2_s[qr]);
+              st[e] = p[c] * (1.f - th * th);
+            }
+            pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(p[0], p[1]);
+          }
+      }
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dv, pa[kk], desc_mn_major<BM>(do_s, kk), 1);
+      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dv, pa[kk], desc_mn_major<BM>(buf ? do_nmaj[1] : do_nmaj[0], kk), 1);
       wgmma_commit();
       wgmma_wait<1>();  // dP^T landed; dV still runs
       reg_fence(dpt);
 
       // dS^T = P^T (dP^T - dsum): A fragments for dK, and the smem tile dQ reads.
       uint32_t dsa[BM / 16][4];
+      const float2* dsum_pairs = reinterpret_cast<const float2*>(dsum_s) + t;
 #pragma unroll
       for (int j = 0; j < MT; ++j)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int qr = j * 8 + 2 * t, e = j * 4 + 2 * hf;
-          const uint32_t packed = pack2<T>(st[e] * (dpt[e] - dsum_s[qr]), st[e + 1] * (dpt[e + 1] - dsum_s[qr + 1]));
+          const float2 ds = dsum_pairs[4 * j];
+          const uint32_t packed = pack2<T>(st[e] * (dpt[e] - ds.x), st[e + 1] * (dpt[e + 1] - ds.y));
           dsa[j / 2][(j % 2) * 2 + hf] = packed;
           sw128_store_pair<BN>(sdS, wg_key0 + warp * 16 + g + hf * 8, qr, packed);
         }
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dk, dsa[kk], desc_mn_major<BM>(q_s, kk), 1);
+      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dk, dsa[kk], desc_mn_major<BM>(buf ? q_nmaj[1] : q_nmaj[0], kk), 1);
       wgmma_commit();
 
       // dQ (64 queries x 64 columns per warpgroup) = dS K over this warpgroup's keys or over all of them.
@@ -174,13 +198,13 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)
-          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(sdS, wg * 4 + kk), desc_mn_major<BN>(sK, wg * 4 + kk), kk > 0);
+          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(ds_mmaj, wg * 4 + kk), desc_mn_major<BN>(k_nmaj, wg * 4 + kk), kk > 0);
       } else {
         __syncthreads();  // both warpgroups' dS^T rows are in smem
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)
-          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(sdS, kk), desc_mn_major<BN>(sK, kk, wg), kk > 0);
+          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(ds_mmaj, kk), desc_mn_major<BN>(k_nmaj, kk, wg), kk > 0);
       }
       wgmma_commit();
       wgmma_wait<0>();

@@ -87,17 +87,23 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   auto scores = [&](int j, int e) -> float& { return sc[j * 4 + e]; };
 
-  // S = Q K^T for the key block in `kt` (SS: both operands K-major over the head dim).
-  auto issue_qk = [&](const T* kt) {
+  // Tile descriptors, built once: Q, and K / V of buffer it & 1.
+  const uint64_t q_desc = tile_desc_k_major(sQ);
+  const uint64_t k_desc[2] = {tile_desc_k_major(k_buf(0)), tile_desc_k_major(k_buf(1))};
+  const uint64_t v_desc[2] = {tile_desc_mn_major<BN>(v_buf(0)), tile_desc_mn_major<BN>(v_buf(1))};
+  // S = Q K^T for key block it (SS: both operands K-major over the head dim).
+  auto issue_qk = [&](int it) {
+    const uint64_t kd = (it & 1) ? k_desc[1] : k_desc[0];
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk)
-      Wgmma<BN, T>::template ss<0, 0>(sc, desc_k_major<BM>(sQ, wg_row0, kk), desc_k_major<BN>(kt, 0, kk), kk > 0);
+      Wgmma<BN, T>::template ss<0, 0>(sc, desc_k_major<BM>(q_desc, wg_row0, kk), desc_k_major<BN>(kd, 0, kk), kk > 0);
     wgmma_commit();
   };
-  // O += P V for the key block in `vt` (RS: P from registers, V N-major).
-  auto issue_pv = [&](const T* vt) {
+  // O += P V for key block it (RS: P from registers, V N-major).
+  auto issue_pv = [&](int it) {
+    const uint64_t vd = (it & 1) ? v_desc[1] : v_desc[0];
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) Wgmma<D, T>::template rs<1>(o, p[kk], desc_mn_major<BN>(vt, kk), 1);
+    for (int kk = 0; kk < BN / 16; ++kk) Wgmma<D, T>::template rs<1>(o, p[kk], desc_mn_major<BN>(vd, kk), 1);
     wgmma_commit();
   };
   auto softmax = [&](int it, float (&alpha)[2]) {
@@ -121,7 +127,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
   if (n_blocks > 0) {
     float alpha[2];
     wgmma_fence();
-    issue_qk(k_buf(0));
+    issue_qk(0);
     wgmma_wait<0>();
     reg_fence(sc);
     softmax(0, alpha);  // O is still zero: nothing to rescale
@@ -136,8 +142,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
     cp_async_commit();
 
     wgmma_fence();
-    issue_qk(k_buf(it));
-    issue_pv(v_buf(it - 1));
+    issue_qk(it);
+    issue_pv(it - 1);
     float alpha[2];
     wgmma_wait<1>();  // S(it) landed; P(it - 1) V(it - 1) still runs
     reg_fence(sc);
@@ -154,7 +160,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
     fence_async_smem();
     __syncthreads();
     wgmma_fence();
-    issue_pv(v_buf(n_blocks - 1));
+    issue_pv(n_blocks - 1);
     wgmma_wait<0>();
     reg_fence(o);
   }

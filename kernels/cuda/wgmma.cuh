@@ -38,32 +38,40 @@ __device__ __forceinline__ uint32_t sw128_offset(int r, int chunk) {
 }
 
 // Copies rows [row0, row0 + ROWS) x columns [0, C) of `src` into a swizzled tile, zero-filling rows >= src.rows and
-// columns >= src.head_dim. All NTHREADS threads take part; consecutive threads take consecutive chunks of a row, so
-// each row is read as one coalesced run.
+// columns >= src.head_dim. All NTHREADS threads take part. Thread x always moves chunk x % 8 of rows x / 8 + k *
+// (NTHREADS / 8) of every 64-column block: eight threads read one 128-byte row segment (coalesced), the swizzled
+// position and both addresses are computed once, and each further chunk is a constant offset away.
 template <int ROWS, int C, int NTHREADS, typename T>
 __device__ __forceinline__ void load_tile_sw128_async(T* tile, const RowView<T>& src, int row0) {
-  constexpr int kChunksPerRow = C / 8;
-  constexpr int kChunks = ROWS * kChunksPerRow;
+  constexpr int kRowsPerPass = NTHREADS / 8;
   static_assert(C % 64 == 0, "swizzled tiles are whole 128-byte rows");
-  static_assert(kChunks % NTHREADS == 0, "tile chunks must spread evenly over the threads");
-  unsigned char* bytes = reinterpret_cast<unsigned char*>(tile);
+  static_assert(kRowsPerPass % 8 == 0 && ROWS % kRowsPerPass == 0, "every pass keeps the thread's swizzle phase");
+  const int chunk = threadIdx.x % 8, r = threadIdx.x / 8;
+  unsigned char* dst = reinterpret_cast<unsigned char*>(tile) + r * kSwizzleRowBytes + ((chunk ^ (r % 8)) * 16);
+  const T* g = src.base + static_cast<int64_t>(row0 + r) * src.row_stride + chunk * 8;
+  const int64_t pass_stride = static_cast<int64_t>(kRowsPerPass) * src.row_stride;
+  const int rows_left = src.rows - row0 - r;  // passes p with p * kRowsPerPass < rows_left are inside the sequence
 #pragma unroll
-  for (int c = threadIdx.x; c < kChunks; c += NTHREADS) {
-    const int r = c / kChunksPerRow, chunk = c % kChunksPerRow, col = chunk * 8;
-    const int grow = row0 + r;
-    const bool valid = grow < src.rows && col < src.head_dim;
-    const T* g = valid ? src.base + static_cast<int64_t>(grow) * src.row_stride + col : src.base;
-    cp_async_16(bytes + sw128_offset<ROWS>(r, chunk), g, valid);
+  for (int b = 0; b < C / 64; ++b) {
+    const bool col_ok = b * 64 + chunk * 8 < src.head_dim;
+#pragma unroll
+    for (int p = 0; p < ROWS / kRowsPerPass; ++p) {
+      const bool valid = col_ok && p * kRowsPerPass < rows_left;
+      // An invalid chunk still needs a mapped address for the instruction; it reads 0 bytes from the base.
+      cp_async_16(dst + (b * ROWS + p * kRowsPerPass) * kSwizzleRowBytes, valid ? g + b * 64 + p * pass_stride : src.base, valid);
+    }
   }
 }
 
-// Stores the 32-bit pair (columns 2t.., 16-bit elements) of row r, chunk `chunk` of a swizzled tile of R rows.
+// Stores a 32-bit pair of 16-bit elements (columns col, col + 1; col even) of row r of a swizzled tile of R rows.
 template <int R>
 __device__ __forceinline__ void sw128_store_pair(void* tile, int r, int col, uint32_t pair) {
   *reinterpret_cast<uint32_t*>(static_cast<unsigned char*>(tile) + sw128_offset<R>(r, col / 8) + (col % 8) * 2) = pair;
 }
 
 // ---- descriptors --------------------------------------------------------------------------------------------------
+// A tile's descriptor is built once (tile_desc_*); the descriptor of each k-step adds the step's byte offset to the
+// start-address field (>> 4). Shared memory ends below 256 KB, so the 14-bit field never carries into its neighbour.
 
 __device__ __forceinline__ uint64_t sw128_desc(const void* start, uint32_t lbo_bytes) {
   const uint32_t addr = smem_addr(start);
@@ -73,20 +81,22 @@ __device__ __forceinline__ uint64_t sw128_desc(const void* start, uint32_t lbo_b
   d |= 1ull << 62;                                        // 128-byte swizzle
   return d;
 }
+// The tile as a K-major operand (LBO unused for swizzled K-major layouts).
+__device__ __forceinline__ uint64_t tile_desc_k_major(const void* tile) { return sw128_desc(tile, 16); }
+// The tile (R rows) as an MN-major operand: LBO = the distance between 64-column blocks.
+template <int R>
+__device__ __forceinline__ uint64_t tile_desc_mn_major(const void* tile) { return sw128_desc(tile, R * kSwizzleRowBytes); }
 
 // K-major operand: rows [row0, row0 + 64 or N) of a swizzled tile of R rows, k-step kk (columns 16 kk ..).
 template <int R>
-__device__ __forceinline__ uint64_t desc_k_major(const void* tile, int row0, int kk) {
-  const unsigned char* p = static_cast<const unsigned char*>(tile) + (kk / 4) * (R * kSwizzleRowBytes) +
-                           row0 * kSwizzleRowBytes + (kk % 4) * 32;
-  return sw128_desc(p, 16);  // LBO unused for swizzled K-major layouts
+__device__ __forceinline__ uint64_t desc_k_major(uint64_t tile_desc, int row0, int kk) {
+  return tile_desc + (static_cast<uint32_t>((kk / 4) * (R * kSwizzleRowBytes) + row0 * kSwizzleRowBytes + (kk % 4) * 32) >> 4);
 }
 
 // MN-major operand: k rows [16 kk, 16 kk + 16) of a swizzled tile of R rows, columns from 64-column block `block0`.
 template <int R>
-__device__ __forceinline__ uint64_t desc_mn_major(const void* tile, int kk, int block0 = 0) {
-  const unsigned char* p = static_cast<const unsigned char*>(tile) + block0 * (R * kSwizzleRowBytes) + kk * 16 * kSwizzleRowBytes;
-  return sw128_desc(p, R * kSwizzleRowBytes);
+__device__ __forceinline__ uint64_t desc_mn_major(uint64_t tile_desc, int kk, int block0 = 0) {
+  return tile_desc + (static_cast<uint32_t>(block0 * (R * kSwizzleRowBytes) + kk * 16 * kSwizzleRowBytes) >> 4);
 }
 
 // ---- ordering -----------------------------------------------------------------------------------------------------
