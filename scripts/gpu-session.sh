@@ -56,7 +56,7 @@ for s in "$@"; do
     verify-sm90) step verify-sm90 420 python3 scripts/cuda_verify.py --kernel cuda-wgmma-sm90 --json "$LOGS/verify-sm90.json" ;;
     verify-auto) step verify-auto 420 python3 scripts/cuda_verify.py --kernel "" --json "$LOGS/verify-auto.json" ;;
     sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
-    racecheck) step racecheck 420 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim ;;
+    racecheck) step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim64 ;;
     bench-kernels) step bench-kernels 420 python3 scripts/cuda_bench.py --seqlens 1024,2048,4096,8192,16384 --also cuda-mma-sm80 --json "$LOGS/bench-kernels.json" --md "$LOGS/bench-kernels.md" ;;
     bench-hdim256) step bench-hdim256 200 python3 scripts/cuda_bench.py --hdims 256 --seqlens 2048,8192 --causal 0,1 --also cuda-mma-sm80 --json "$LOGS/bench-hdim256.json" --md "$LOGS/bench-hdim256.md" ;;
     profile)  # hardware counters of the wgmma kernels at hdim 128, seqlen 8k, and their SASS

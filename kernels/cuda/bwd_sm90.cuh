@@ -11,9 +11,9 @@
 //   dK  += dS^T Q                  RS (times scale at the end)
 //   dQ  += dS K                    SS from the dS^T tile in smem (M-major, imm-trans-a) and K (N-major), fp32 into
 //                                  dq_accum: head dim 128 splits dQ's columns between the warpgroups (64 each, over
-//                                  all 128 keys, after a CTA barrier); head dim 64 lets each warpgroup add the share
-//                                  of its own 64 keys (a warpgroup barrier only), so deterministic mode is left to
-//                                  the mma.sync path there.
+//                                  all 128 keys, after a CTA barrier); at head dim 64 each warpgroup multiplies its
+//                                  own 64 keys (a warpgroup barrier only) and the two partials are summed through
+//                                  smem, each warpgroup adding 32 columns.
 // Work per step: 5 products of 2 BN BM D flops; exp2 for BN BM scores; BM D fp32 dQ additions per warpgroup.
 #pragma once
 
@@ -27,8 +27,12 @@ struct Sm90BwdTile {
   static constexpr int D = D_, BN = 128, BM = 64, kThreads = 256;
   static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: warpgroup w computes dQ columns [64w, 64w + 64)
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2, kTileDs = BN * BM * 2;  // bytes
+  // Head dim 64: the fp32 dQ halves the warpgroups hand each other, [2][BM rows][kRedLd] (rows padded by 8 floats,
+  // so the float2 accesses of a half-warp hit 32 distinct banks).
+  static constexpr int kRedLd = 32 + 8;
+  static constexpr size_t kRedBytes = kDqPerWarpgroupKeys ? 2 * BM * kRedLd * sizeof(float) : 0;
   static constexpr size_t smem_bytes() {
-    return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + kTileDs + 4 * BM * sizeof(float);
+    return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + kTileDs + 4 * BM * sizeof(float) + kRedBytes;
   }
   static_assert(D == 64 || D == 128, "dK and dV of 64 keys stay in registers up to head dim 128");
 };
@@ -46,6 +50,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
   T* sdS = sdO + 2 * BM * D;            // [BN keys x BM queries]: dS^T, read as the M-major A of dQ = dS K
   float* sLse2 = reinterpret_cast<float*>(sdS + BN * BM);  // [2][BM]
   float* sDsum = sLse2 + 2 * BM;                            // [2][BM]
+  float* sRed = sDsum + 2 * BM;                             // head dim 64: [2][BM][kRedLd]
 
   const int hk = blockIdx.y, b = blockIdx.z;
   const SeqInfo s = seq_info(a, b);
@@ -213,8 +218,31 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
       reg_fence(dv);
       reg_fence(pa);
       reg_fence(dsa);
-      accumulate_dq_rows<8>(a, dq_accum, lse_row0(a, s, b, h), m0 + warp * 16, s.sq, Tile::kDqPerWarpgroupKeys ? 0 : wg * 64,
-                            [&](int j, int e) { return dq[j * 4 + e]; });
+      const int64_t lrow0 = lse_row0(a, s, b, h);
+      if constexpr (Tile::kDqPerWarpgroupKeys) {
+        // Each partial covers all 64 columns over one warpgroup's keys. Warpgroup w owns columns [32w, 32w + 32):
+        // it hands the other's 32 columns over through smem (the partner thread, same warp and lane, holds the same
+        // rows and columns) and adds the sum of its own, so every dQ element gets one addition per step.
+        const int other = 1 - wg;
+        float* handed = sRed + wg * 64 * Tile::kRedLd;
+        const float* received = sRed + other * 64 * Tile::kRedLd;
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            // n-tile j + 4 other, with compile-time register indices (a run-time one would spill dq to local memory)
+            const int e0 = j * 4 + 2 * hf, e1 = (j + 4) * 4 + 2 * hf;
+            const float2 pair = wg == 0 ? make_float2(dq[e1], dq[e1 + 1]) : make_float2(dq[e0], dq[e0 + 1]);
+            *reinterpret_cast<float2*>(handed + (warp * 16 + g + 8 * hf) * Tile::kRedLd + 8 * j + 2 * t) = pair;
+          }
+        __syncthreads();
+        accumulate_dq_rows<4>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, 32 * wg, [&](int j, int e) {
+          const float own = wg == 0 ? dq[j * 4 + e] : dq[(j + 4) * 4 + e];
+          return own + received[(warp * 16 + g + 8 * (e / 2)) * Tile::kRedLd + 8 * j + 2 * t + e % 2];
+        });
+      } else {
+        accumulate_dq_rows<8>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, wg * 64, [&](int j, int e) { return dq[j * 4 + e]; });
+      }
     }
     cp_async_wait<0>();  // with no visible query the K / V copies may still be in flight
 

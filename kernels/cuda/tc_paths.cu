@@ -110,8 +110,6 @@ struct Sm90 {
                                p.head_dim, tile.d, sm80.d));
     if (direction == FA_DIR_FORWARD || tile.d == 0) return;
     if (tile.bwd_d == 0) reasons.push_back("backward kernels exist for head dims up to 64 and 65..128 only");
-    else if (p.deterministic && Sm90BwdTile<64>::kDqPerWarpgroupKeys && tile.bwd_d == 64)
-      reasons.push_back("deterministic backward at head dim <= 64 is left to the mma.sync kernels (both warpgroups of a CTA add to dQ)");
   }
   static gpuError_t fwd(int dtype, int d, const AttnArgs& a, int m_blocks, gpuStream_t stream) {
 #define FA_SM90_FWD(T, D) \
