@@ -3,7 +3,7 @@
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
 #   steps: build | tests | gpu-tests | layouts | verify | verify-sm90 | verify-auto | sanitize | racecheck | doctor |
-#          profile | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick
+#          profile | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick | bench-subset
 #   e.g.   bash scripts/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -44,7 +44,7 @@ step() { # name, limit (s), command...
   return $rc
 }
 
-case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-quick "*) with_bun ;; esac
+case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-quick "* | *" bench-subset "*) with_bun ;; esac
 
 for s in "$@"; do
   case "$s" in
@@ -74,6 +74,7 @@ for s in "$@"; do
     bench-fa) step bench-fa 560 bun cli.ts bench --preset fa --max-seconds 480 --save "$LOGS/bench-fa.json" --chart "$LOGS/bench-fa.svg" ;;
     bench-decode) step bench-decode 400 bun cli.ts bench --preset decode --max-seconds 330 --save "$LOGS/bench-decode.json" --chart "$LOGS/bench-decode.svg" ;;
     bench-quick) step bench-quick 200 bun cli.ts bench --preset quick ;;
+    bench-subset) step bench-subset 100 bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn --max-seconds 70 --save "$LOGS/bench-subset.json" --chart "$LOGS/bench-subset.svg" ;;
     *) echo "unknown step $s" >&2; summary+=("$s: unknown step") ;;
   esac
 done
