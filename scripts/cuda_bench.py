@@ -44,12 +44,17 @@ def time_torch(fn, flush, warmup, iters):
 
 
 def sdpa_times(q, k, v, causal, backend, flush, warmup, iters):
+    """SDPA as bench/baselines/torch_sdpa.py times it: the forward under no_grad, the backward as autograd.grad of a
+    kept graph (no accumulation into .grad, which would add three elementwise kernels to every timed backward)."""
     qt, kt, vt = (t.transpose(1, 2).detach().requires_grad_(True) for t in (q, k, v))
     with sdpa_kernel(backend):
-        fwd = time_torch(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal), flush, warmup, iters)
+        def forward():
+            with torch.no_grad():
+                F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
+        fwd = time_torch(forward, flush, warmup, iters)
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal)
         dout = torch.randn_like(out)
-        bwd = time_torch(lambda: out.backward(dout, retain_graph=True), flush, warmup, iters)
+        bwd = time_torch(lambda: torch.autograd.grad(out, (qt, kt, vt), dout, retain_graph=True), flush, warmup, iters)
     return fwd, bwd
 
 
