@@ -27,7 +27,7 @@ afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
 
 const quickTiming = { warmup: 1, iters: 10, minIters: 3, caseBudgetMs: 100 };
 
-describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu.so is not built)", () => {
+describe.skipIf(!cpu)("bench on the CPU library (skipped when build/libflashattn_cpu.so is not built)", () => {
   let report: BenchReport;
   beforeAll(async () => {
     report = await runBench({
@@ -103,7 +103,7 @@ describe.skipIf(!cpu)("bench on the CPU library (skipped: build/libflashattn_cpu
   );
 
   test.skipIf(torchPresent)(
-    "without torch the SDPA baselines are named with the reason (skipped: torch is installed here)",
+    "without torch the SDPA baselines are named with the reason (skipped where torch is installed)",
     () => {
       for (const impl of ["sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math"]) {
         const status = report.implementations.find((i) => i.impl === impl)!;

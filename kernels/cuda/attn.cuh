@@ -147,6 +147,15 @@ __device__ __forceinline__ float transformed_logit(const AttnArgs& a, float qk, 
 
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// Raises `kernel`'s dynamic shared-memory limit to `smem` bytes and launches it on `grid` x `threads`.
+template <typename Kernel>
+gpuError_t launch_attention_kernel(Kernel kernel, dim3 grid, int threads, size_t smem, gpuStream_t stream, const AttnArgs& a) {
+  gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != gpuSuccess) return err;
+  kernel<<<grid, threads, smem, stream>>>(a);
+  return gpuGetLastError();
+}
+
 // ---- what both forward kernels (mma.sync and wgmma) do the same way ---------------------------------------------
 
 // The key blocks [lo, hi) of BN keys that split `split` of the row block at m0 (bm rows) walks.
@@ -290,6 +299,21 @@ __device__ __forceinline__ void accumulate_dq_rows(const AttnArgs& a, float* dq_
         atomicAdd(row + 8 * j + 1, acc(j, 2 * hf + 1));
 #endif
       }
+  }
+}
+
+// Stages lse2 and dsum of query rows [m0, m0 + BM) (lse rows from lrow0) in smem with 4-byte cp.async, so they join
+// the step's commit group; rows past the sequence get lse2 = +inf (P = 0 there) and dsum = 0.
+template <int BM, int NTHREADS>
+__device__ __forceinline__ void load_row_stats_async(const AttnArgs& a, int64_t lrow0, int m0, int sq, float* lse2, float* dsum) {
+  for (int r = threadIdx.x; r < BM; r += NTHREADS) {
+    if (m0 + r < sq) {
+      cp_async_4(lse2 + r, a.lse2 + lrow0 + m0 + r);
+      cp_async_4(dsum + r, a.dsum + lrow0 + m0 + r);
+    } else {
+      lse2[r] = INFINITY;
+      dsum[r] = 0.f;
+    }
   }
 }
 

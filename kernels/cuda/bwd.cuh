@@ -89,16 +89,7 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
       const int h = hk * a.group + step / mb_count, m0 = (mb_first + step % mb_count) * BM;
       load_tile_async<BM, D, Tile::kThreads>(sQ + buf * BM * LD, row_view<T>(a.q, a, b, h, s.q_start, s.sq), m0);
       load_tile_async<BM, D, Tile::kThreads>(sdO + buf * BM * LD, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
-      const int64_t lrow0 = lse_row0(a, s, b, h);
-      for (int r = threadIdx.x; r < BM; r += Tile::kThreads) {
-        if (m0 + r < s.sq) {
-          cp_async_4(sLse2 + buf * BM + r, a.lse2 + lrow0 + m0 + r);
-          cp_async_4(sDsum + buf * BM + r, a.dsum + lrow0 + m0 + r);
-        } else {
-          sLse2[buf * BM + r] = INFINITY;  // rows past the end: P = 0
-          sDsum[buf * BM + r] = 0.f;
-        }
-      }
+      load_row_stats_async<BM, Tile::kThreads>(a, lse_row0(a, s, b, h), m0, s.sq, sLse2 + buf * BM, sDsum + buf * BM);
     };
     if (steps > 0) prefetch(0, 0);
     cp_async_commit();
@@ -253,13 +244,8 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
 template <typename T, int D>
 gpuError_t launch_bwd(const AttnArgs& a, int grid_keys, gpuStream_t stream) {
   using Tile = typename BwdTileFor<D>::type;
-  const size_t smem = Tile::smem_bytes(sizeof(T));
-  auto kernel = bwd_kernel<T, Tile>;
-  gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (err != gpuSuccess) return err;
-  dim3 grid(grid_keys, a.heads_kv, a.batch);
-  kernel<<<grid, Tile::kThreads, smem, stream>>>(a);
-  return gpuGetLastError();
+  return launch_attention_kernel(bwd_kernel<T, Tile>, dim3(grid_keys, a.heads_kv, a.batch), Tile::kThreads,
+                                 Tile::smem_bytes(sizeof(T)), stream, a);
 }
 
 }  // namespace fa::tc

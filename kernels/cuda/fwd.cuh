@@ -163,13 +163,8 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
 
 template <typename T, typename Tile>
 gpuError_t launch_fwd_tile(const AttnArgs& a, int m_blocks, gpuStream_t stream) {
-  const size_t smem = Tile::smem_bytes(sizeof(T));
-  auto kernel = fwd_kernel<T, Tile>;
-  gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (err != gpuSuccess) return err;
-  dim3 grid(m_blocks, a.heads_q, a.batch * a.num_splits);
-  kernel<<<grid, Tile::kThreads, smem, stream>>>(a);
-  return gpuGetLastError();
+  return launch_attention_kernel(fwd_kernel<T, Tile>, dim3(m_blocks, a.heads_q, a.batch * a.num_splits), Tile::kThreads,
+                                 Tile::smem_bytes(sizeof(T)), stream, a);
 }
 
 // Launches the forward for head dim D (the caller picked D >= head_dim). Returns the CUDA error of the launch.

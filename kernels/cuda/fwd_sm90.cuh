@@ -178,13 +178,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
 template <typename T, int D>
 gpuError_t launch_fwd_sm90(const AttnArgs& a, int m_blocks, gpuStream_t stream) {
   using Tile = typename Sm90FwdTileFor<D>::type;
-  const size_t smem = Tile::smem_bytes();
-  auto kernel = fwd_sm90_kernel<T, Tile>;
-  gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (err != gpuSuccess) return err;
-  dim3 grid(m_blocks, a.heads_q, a.batch * a.num_splits);
-  kernel<<<grid, Tile::kThreads, smem, stream>>>(a);
-  return gpuGetLastError();
+  return launch_attention_kernel(fwd_sm90_kernel<T, Tile>, dim3(m_blocks, a.heads_q, a.batch * a.num_splits),
+                                 Tile::kThreads, Tile::smem_bytes(), stream, a);
 }
 
 }  // namespace fa::tc
