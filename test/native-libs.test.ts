@@ -69,8 +69,12 @@ describe.skipIf(!built.includes("cuda"))("the CUDA library", () => {
   });
   test("describes the architectures it carries code for", () => {
     const info = openBackend("cuda", { env: {} }).backend!.info();
-    expect(info.archs).toEqual(expect.arrayContaining(["sm_80", "sm_90", "compute_90"]));
+    expect(info.archs).toEqual(expect.arrayContaining(["sm_80", "sm_90", "sm_90a", "compute_90"]));
     expect(info.kernels.map((k) => k.name)).toContain("portable");
+  });
+  test("lists its kernel paths in the dispatcher's order: Hopper wgmma first, then mma.sync, then portable", () => {
+    const names = openBackend("cuda", { env: {} }).backend!.info().kernels.map((k) => k.name);
+    expect(names.slice(0, 3)).toEqual(["cuda-wgmma-sm90", "cuda-mma-sm80", "portable"]);
   });
   test.skipIf(fs.existsSync("/dev/nvidiactl"))("without an NVIDIA driver, device calls say so instead of crashing", () => {
     const backend = openBackend("cuda", { env: {} }).backend!;
