@@ -268,6 +268,17 @@ __device__ __forceinline__ void store_output_rows(const AttnArgs& a, const SeqIn
 
 // ---- what both backward kernels do the same way -------------------------------------------------------------------
 
+// The query blocks [first, first + count) of bm rows holding some query that sees a key of [n0, n0 + bn).
+struct QueryBlocks {
+  int first, count;
+};
+__device__ __forceinline__ QueryBlocks visible_query_blocks(const AttnArgs& a, const SeqInfo& s, int n0, int bn, int bm) {
+  int q_begin, q_end;
+  visible_queries(a, s, n0, bn, q_begin, q_end);
+  const int first = q_begin / bm;
+  return QueryBlocks{first, q_end > q_begin ? ceil_div(q_end, bm) - first : 0};
+}
+
 // Adds the C-layout dQ fragment a warp holds (queries i0 + g, i0 + g + 8 of the lse rows from lrow0; columns col0 + 8j
 // + 2t ..) to dq_accum: vector atomics, or, in deterministic mode, a plain read-modify-write of the CTA's own slice.
 template <int NJ, typename Acc>
@@ -299,21 +310,6 @@ __device__ __forceinline__ void accumulate_dq_rows(const AttnArgs& a, float* dq_
         atomicAdd(row + 8 * j + 1, acc(j, 2 * hf + 1));
 #endif
       }
-  }
-}
-
-// Stages lse2 and dsum of query rows [m0, m0 + BM) (lse rows from lrow0) in smem with 4-byte cp.async, so they join
-// the step's commit group; rows past the sequence get lse2 = +inf (P = 0 there) and dsum = 0.
-template <int BM, int NTHREADS>
-__device__ __forceinline__ void load_row_stats_async(const AttnArgs& a, int64_t lrow0, int m0, int sq, float* lse2, float* dsum) {
-  for (int r = threadIdx.x; r < BM; r += NTHREADS) {
-    if (m0 + r < sq) {
-      cp_async_4(lse2 + r, a.lse2 + lrow0 + m0 + r);
-      cp_async_4(dsum + r, a.dsum + lrow0 + m0 + r);
-    } else {
-      lse2[r] = INFINITY;
-      dsum[r] = 0.f;
-    }
   }
 }
 

@@ -78,10 +78,8 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
     load_tile_async<BN, D, Tile::kThreads>(sK, k, n0);
     load_tile_async<BN, D, Tile::kThreads>(sV, v, n0);
 
-    int q_begin, q_end;
-    visible_queries(a, s, n0, BN, q_begin, q_end);
-    const int mb_first = q_begin / BM;
-    const int mb_count = q_end > q_begin ? ceil_div(q_end, BM) - mb_first : 0;
+    const QueryBlocks blocks = visible_query_blocks(a, s, n0, BN, BM);
+    const int mb_first = blocks.first, mb_count = blocks.count;
     const int steps = mb_count * a.group;  // (query head, query block) pairs
 
     // Issues the async loads of step `step` into buffer `buf`.
@@ -89,7 +87,16 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
       const int h = hk * a.group + step / mb_count, m0 = (mb_first + step % mb_count) * BM;
       load_tile_async<BM, D, Tile::kThreads>(sQ + buf * BM * LD, row_view<T>(a.q, a, b, h, s.q_start, s.sq), m0);
       load_tile_async<BM, D, Tile::kThreads>(sdO + buf * BM * LD, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
-      load_row_stats_async<BM, Tile::kThreads>(a, lse_row0(a, s, b, h), m0, s.sq, sLse2 + buf * BM, sDsum + buf * BM);
+      const int64_t lrow0 = lse_row0(a, s, b, h);
+      for (int r = threadIdx.x; r < BM; r += Tile::kThreads) {
+        if (m0 + r < s.sq) {
+          cp_async_4(sLse2 + buf * BM + r, a.lse2 + lrow0 + m0 + r);
+          cp_async_4(sDsum + buf * BM + r, a.dsum + lrow0 + m0 + r);
+        } else {
+          sLse2[buf * BM + r] = INFINITY;  // rows past the end: P = 0
+          sDsum[buf * BM + r] = 0.f;
+        }
+      }
     };
     if (steps > 0) prefetch(0, 0);
     cp_async_commit();

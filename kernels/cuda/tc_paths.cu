@@ -109,7 +109,7 @@ struct Sm90 {
       reasons.push_back(format("head_dim %d would run padded to %d here; the mma.sync kernels have a head-dim-%d instantiation",
                                p.head_dim, tile.d, sm80.d));
     if (direction == FA_DIR_FORWARD || tile.d == 0) return;
-    if (tile.bwd_d == 0) reasons.push_back("backward kernels exist for head dims up to 64 and 65..128 only");
+    if (tile.bwd_d == 0) reasons.push_back(format("the wgmma backward covers head dims up to 128, not %d (its dK and dV accumulators would not fit in registers)", p.head_dim));
   }
   static gpuError_t fwd(int dtype, int d, const AttnArgs& a, int m_blocks, gpuStream_t stream) {
 #define FA_SM90_FWD(T, D) \
