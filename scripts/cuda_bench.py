@@ -30,17 +30,17 @@ def flops(b, h, s, d, causal, direction):
 
 
 def time_torch(fn, flush, warmup, iters):
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
+    """Runs are queued back to back (no host sync in between, as bench/baselines/torch_sdpa.py does), so PyTorch's
+    launch overhead overlaps the previous run instead of landing between the events."""
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(warmup + iters)]
+    stops = [torch.cuda.Event(enable_timing=True) for _ in range(warmup + iters)]
     for i in range(warmup + iters):
         flush.fill_(i & 0xFF)
-        start.record()
+        starts[i].record()
         fn()
-        stop.record()
-        stop.synchronize()
-        if i >= warmup:
-            times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+        stops[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in list(zip(starts, stops))[warmup:])
 
 
 def sdpa_times(q, k, v, causal, backend, flush, warmup, iters):

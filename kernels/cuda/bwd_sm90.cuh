@@ -1,19 +1,21 @@
 // bwd_sm90.cuh — FlashAttention backward on Hopper's warpgroup tensor cores (wgmma, sm_90a), one instantiation per
 // (dtype, head dim 64 or 128).
 //
-// Grid (key blocks, heads_kv, batch), as the mma.sync backward: a CTA owns BN = 128 keys of one kv head (64 per
-// warpgroup, the M of one wgmma) and walks every (query head of the GQA group, query block of BM = 64 rows) that can
-// see them, so dK / dV of the group are summed in registers and written once. All tiles are 128B-swizzled (wgmma.cuh);
-// Q, dO and their row statistics are double-buffered with cp.async. Per step and warpgroup (its 64 keys):
+// Grid (key blocks, heads_kv, batch), as the mma.sync backward: a CTA owns BN = 128 keys of one kv head and walks
+// every (query head of the GQA group, query block of BM = 64 rows) that can see them, so dK / dV of the group are
+// summed in registers and written once. Warp-specialised like the forward: warpgroup 0 (the producer) copies K and V
+// of the key block and each step's Q, dO and row statistics into a two-slot ring of 128B-swizzled tiles (wgmma.cuh)
+// guarded by full / empty mbarriers; warpgroups 1 and 2 (the consumers) own 64 keys each. Per step and consumer:
 //   S^T  = K_w Q^T                 SS, m64 x BM                 P^T = exp2(S^T c - lse2[q])  (0 where masked)
 //   dP^T = V_w dO^T                SS, issued with S^T          dS^T = P^T (dP^T - dsum[q])  (x (1 - tanh^2) softcap)
 //   dV  += P^T dO                  RS, P^T from registers, dO N-major; runs while dS^T is computed
 //   dK  += dS^T Q                  RS (times scale at the end)
 //   dQ  += dS K                    SS from the dS^T tile in smem (M-major, imm-trans-a) and K (N-major), fp32 into
-//                                  dq_accum: head dim 128 splits dQ's columns between the warpgroups (64 each, over
-//                                  all 128 keys, after a CTA barrier); at head dim 64 each warpgroup multiplies its
-//                                  own 64 keys (a warpgroup barrier only) and the two partials are summed through
-//                                  smem, each warpgroup adding 32 columns.
+//                                  dq_accum: head dim 128 splits dQ's columns between the consumers (64 each, over
+//                                  all 128 keys, after a consumer barrier); at head dim 64 each consumer multiplies
+//                                  its own 64 keys and the two partials are summed through smem, each consumer adding
+//                                  32 columns. dS^T and that exchange are double-buffered by ring slot, so one
+//                                  consumer barrier per step orders them.
 // Work per step: 5 products of 2 BN BM D flops; exp2 for BN BM scores; BM D fp32 dQ additions per warpgroup.
 #pragma once
 
@@ -24,15 +26,22 @@ namespace fa::tc {
 
 template <int D_>
 struct Sm90BwdTile {
-  static constexpr int D = D_, BN = 128, BM = 64, kThreads = 256;
-  static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: warpgroup w computes dQ columns [64w, 64w + 64)
+  static constexpr int D = D_, BN = 128, BM = 64;
+  static constexpr int kThreads = 384, kConsumerThreads = 256;  // the producer warpgroup + two consumers
+  // setmaxnreg budgets (128 x producer + 256 x consumer <= 65536): head dim 128's consumers hold dK, dV (128 fp32)
+  // beside S^T, dP^T and the operands in flight, so its producer gets the minimum (both still spill a little: ptxas
+  // reports 136 bytes, the consumers' share about 20).
+  static constexpr int kProducerRegs = D == 128 ? 24 : 40, kConsumerRegs = D == 128 ? 240 : 232;
+  static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: consumer w computes dQ columns [64w, 64w + 64)
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2, kTileDs = BN * BM * 2;  // bytes
-  // Head dim 64: the fp32 dQ halves the warpgroups hand each other, [2][BM rows][kRedLd] (rows padded by 8 floats,
-  // so the float2 accesses of a half-warp hit 32 distinct banks).
+  // Head dim 64: the fp32 dQ halves the consumers hand each other, [2 slots][2][BM rows][kRedLd] (rows padded by 8
+  // floats, so the float2 accesses of a half-warp hit 32 distinct banks).
   static constexpr int kRedLd = 32 + 8;
-  static constexpr size_t kRedBytes = kDqPerWarpgroupKeys ? 2 * BM * kRedLd * sizeof(float) : 0;
+  static constexpr size_t kRedBytes = kDqPerWarpgroupKeys ? 4 * BM * kRedLd * sizeof(float) : 0;
+  static constexpr int kBarriers = 6;  // K/V full, empty; Q/dO full, empty per slot
   static constexpr size_t smem_bytes() {
-    return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + kTileDs + 4 * BM * sizeof(float) + kRedBytes;
+    return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + 2 * kTileDs + 4 * BM * sizeof(float) +
+           kRedBytes + kBarriers * sizeof(uint64_t);
   }
   static_assert(D == 64 || D == 128, "dK and dV of 64 keys stay in registers up to head dim 128");
 };
@@ -47,84 +56,108 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
   T* sV = sK + BN * D;                  // [BN x D]
   T* sQ = sV + BN * D;                  // [2][BM x D]
   T* sdO = sQ + 2 * BM * D;             // [2][BM x D]
-  T* sdS = sdO + 2 * BM * D;            // [BN keys x BM queries]: dS^T, read as the M-major A of dQ = dS K
-  float* sLse2 = reinterpret_cast<float*>(sdS + BN * BM);  // [2][BM]
-  float* sDsum = sLse2 + 2 * BM;                            // [2][BM]
-  float* sRed = sDsum + 2 * BM;                             // head dim 64: [2][BM][kRedLd]
+  T* sdS = sdO + 2 * BM * D;            // [2][BN keys x BM queries]: dS^T, read as the M-major A of dQ = dS K
+  float* sLse2 = reinterpret_cast<float*>(sdS + 2 * BN * BM);  // [2][BM]
+  float* sDsum = sLse2 + 2 * BM;                                // [2][BM]
+  float* sRed = sDsum + 2 * BM;                                 // head dim 64: [2][2][BM][kRedLd]
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(sRed) + Tile::kRedBytes);
+  uint64_t* kv_empty = kv_full + 1;
+  uint64_t* qdo_full = kv_full + 2;   // [2]
+  uint64_t* qdo_empty = kv_full + 4;  // [2]
 
   const int hk = blockIdx.y, b = blockIdx.z;
   const SeqInfo s = seq_info(a, b);
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int wg_key0 = wg * 64;  // this warpgroup's keys within the block
+
+  if (threadIdx.x == 0) {
+    mbarrier_init(kv_full, 128), mbarrier_init(kv_empty, Tile::kConsumerThreads);
+    for (int slot = 0; slot < 2; ++slot)
+      mbarrier_init(qdo_full + slot, 128), mbarrier_init(qdo_empty + slot, Tile::kConsumerThreads);
+    mbarrier_init_fence();
+  }
+  __syncthreads();
+
+  // Deterministic mode runs fewer CTAs than key blocks, each looping over its own; otherwise one iteration. Both roles
+  // walk the same (key block, step) sequence; `ring` counts the steps over all key blocks (slot ring & 1).
+  auto step_head = [&](int step, const QueryBlocks& qb) { return hk * a.group + step / qb.count; };
+  auto step_row0 = [&](int step, const QueryBlocks& qb) { return (qb.first + step % qb.count) * BM; };
+
+  if (wg == 0) {  // the producer
+    warpgroup_release_registers<Tile::kProducerRegs>();
+    const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
+    const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
+    int ring = 0, kb = 0;
+    for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
+      const int n0 = nb * BN;
+      if (kb > 0) mbarrier_wait(kv_empty, (kb - 1) & 1);
+      load_tile_sw128_async<BN, D, 128>(sK, k, n0);
+      load_tile_sw128_async<BN, D, 128>(sV, v, n0);
+      cp_async_arrive(kv_full);
+      const QueryBlocks qb = visible_query_blocks(a, s, n0, BN, BM);
+      for (int step = 0; step < qb.count * a.group; ++step, ++ring) {
+        const int slot = ring & 1, h = step_head(step, qb), m0 = step_row0(step, qb);
+        if (ring >= 2) mbarrier_wait(qdo_empty + slot, ((ring >> 1) & 1) ^ 1);
+        load_tile_sw128_async<BM, D, 128>(sQ + slot * BM * D, row_view<T>(a.q, a, b, h, s.q_start, s.sq), m0);
+        load_tile_sw128_async<BM, D, 128>(sdO + slot * BM * D, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
+        // Rows past the end come in as zeros: their Q and dO rows are zero too, so they add nothing to dK / dV.
+        const int64_t lrow0 = lse_row0(a, s, b, h);
+        if (threadIdx.x < BM) {
+          const int r = threadIdx.x;
+          const bool inside = m0 + r < s.sq;
+          cp_async_4(sLse2 + slot * BM + r, inside ? a.lse2 + lrow0 + m0 + r : a.lse2, inside);
+          cp_async_4(sDsum + slot * BM + r, inside ? a.dsum + lrow0 + m0 + r : a.dsum, inside);
+        }
+        cp_async_arrive(qdo_full + slot);
+      }
+    }
+    return;
+  }
+
+  warpgroup_claim_registers<Tile::kConsumerRegs>();
+  const int cw = wg - 1;        // consumer index
+  const int wg_key0 = cw * 64;  // this consumer's keys within the block
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
   float* dq_accum = a.dq_accum + (a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows * a.head_dim : 0);
 
-  // Tile descriptors, built once (K, Q and dO serve as K-major and as N-major operands).
+  // Tile descriptors, built once (K, Q and dO serve as K-major and as N-major operands). The slot-1 tiles lie a
+  // constant distance after slot 0, so a step's descriptors are these plus an offset (not ten more 64-bit registers).
   const uint64_t k_kmaj = tile_desc_k_major(sK), v_kmaj = tile_desc_k_major(sV), k_nmaj = tile_desc_mn_major<BN>(sK);
-  const uint64_t q_kmaj[2] = {tile_desc_k_major(sQ), tile_desc_k_major(sQ + BM * D)};
-  const uint64_t q_nmaj[2] = {tile_desc_mn_major<BM>(sQ), tile_desc_mn_major<BM>(sQ + BM * D)};
-  const uint64_t do_kmaj[2] = {tile_desc_k_major(sdO), tile_desc_k_major(sdO + BM * D)};
-  const uint64_t do_nmaj[2] = {tile_desc_mn_major<BM>(sdO), tile_desc_mn_major<BM>(sdO + BM * D)};
-  const uint64_t ds_mmaj = tile_desc_mn_major<BN>(sdS);
+  const uint64_t q_kmaj0 = tile_desc_k_major(sQ), q_nmaj0 = tile_desc_mn_major<BM>(sQ);
+  const uint64_t do_kmaj0 = tile_desc_k_major(sdO), do_nmaj0 = tile_desc_mn_major<BM>(sdO);
+  const uint64_t ds_mmaj0 = tile_desc_mn_major<BN>(sdS);
 
-  const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
-  const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
-
-  // Deterministic mode runs fewer CTAs than key blocks, each looping over its own; otherwise one iteration.
-  for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x) {
+  int ring = 0, kb = 0;
+  for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
     const int n0 = nb * BN;
-    __syncthreads();  // the previous key block's products are done with sK / sV
-    load_tile_sw128_async<BN, D, Tile::kThreads>(sK, k, n0);
-    load_tile_sw128_async<BN, D, Tile::kThreads>(sV, v, n0);
-
-    const QueryBlocks blocks = visible_query_blocks(a, s, n0, BN, BM);
-    const int mb_first = blocks.first, mb_count = blocks.count;
-    const int steps = mb_count * a.group;  // (query head, query block) pairs
-    auto step_head = [&](int step) { return hk * a.group + step / mb_count; };
-    auto step_row0 = [&](int step) { return (mb_first + step % mb_count) * BM; };
-
-    // Issues the async loads of step `step` into buffer `buf`.
-    auto prefetch = [&](int step, int buf) {
-      const int h = step_head(step), m0 = step_row0(step);
-      load_tile_sw128_async<BM, D, Tile::kThreads>(sQ + buf * BM * D, row_view<T>(a.q, a, b, h, s.q_start, s.sq), m0);
-      load_tile_sw128_async<BM, D, Tile::kThreads>(sdO + buf * BM * D, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
-      const int64_t lrow0 = lse_row0(a, s, b, h);
-      for (int r = threadIdx.x; r < BM; r += Tile::kThreads) {
-        if (m0 + r < s.sq) {
-          cp_async_4(sLse2 + buf * BM + r, a.lse2 + lrow0 + m0 + r);
-          cp_async_4(sDsum + buf * BM + r, a.dsum + lrow0 + m0 + r);
-        } else {
-          sLse2[buf * BM + r] = INFINITY;  // rows past the end: P = 0
-          sDsum[buf * BM + r] = 0.f;
-        }
-      }
-    };
-    if (steps > 0) prefetch(0, 0);
-    cp_async_commit();
+    const QueryBlocks qb = visible_query_blocks(a, s, n0, BN, BM);
+    const int steps = qb.count * a.group;  // (query head, query block) pairs
+    mbarrier_wait(kv_full, kb & 1);
+    fence_async_smem();
 
     float dk[D / 2], dv[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
-    for (int step = 0; step < steps; ++step) {
-      const int buf = step & 1, h = step_head(step), m0 = step_row0(step);
-      cp_async_wait<0>();  // this step's Q, dO, lse2, dsum (and K, V on the first step)
+    for (int step = 0; step < steps; ++step, ++ring) {
+      const int buf = ring & 1, h = step_head(step, qb), m0 = step_row0(step, qb);
+      mbarrier_wait(qdo_full + buf, (ring >> 1) & 1);  // this step's Q, dO, lse2, dsum
       fence_async_smem();
-      __syncthreads();     // ... from every thread; and every warpgroup is done with the other buffer and sdS
-      if (step + 1 < steps) prefetch(step + 1, buf ^ 1);
-      cp_async_commit();
       const float* lse2_s = sLse2 + buf * BM;
       const float* dsum_s = sDsum + buf * BM;
+      T* ds_tile = sdS + buf * BN * BM;
+      const uint32_t q_slot = buf * (Tile::kTileQ >> 4), ds_slot = buf * (Tile::kTileDs >> 4);  // descriptor units
+      const uint64_t q_kmaj = q_kmaj0 + q_slot, q_nmaj = q_nmaj0 + q_slot;
+      const uint64_t do_kmaj = do_kmaj0 + q_slot, do_nmaj = do_nmaj0 + q_slot;
 
       float st[BM / 2], dpt[BM / 2];
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<BM, T>::template ss<0, 0>(st, desc_k_major<BN>(k_kmaj, wg_key0, kk), desc_k_major<BM>(buf ? q_kmaj[1] : q_kmaj[0], 0, kk), kk > 0);
+        Wgmma<BM, T>::template ss<0, 0>(st, desc_k_major<BN>(k_kmaj, wg_key0, kk), desc_k_major<BM>(q_kmaj, 0, kk), kk > 0);
       wgmma_commit();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<BM, T>::template ss<0, 0>(dpt, desc_k_major<BN>(v_kmaj, wg_key0, kk), desc_k_major<BM>(buf ? do_kmaj[1] : do_kmaj[0], 0, kk), kk > 0);
+        Wgmma<BM, T>::template ss<0, 0>(dpt, desc_k_major<BN>(v_kmaj, wg_key0, kk), desc_k_major<BM>(do_kmaj, 0, kk), kk > 0);
       wgmma_commit();
       wgmma_wait<1>();  // S^T landed; dP^T still runs
       reg_fence(st);
@@ -170,7 +203,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
       }
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dv, pa[kk], desc_mn_major<BM>(buf ? do_nmaj[1] : do_nmaj[0], kk), 1);
+      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dv, pa[kk], desc_mn_major<BM>(do_nmaj, kk), 1);
       wgmma_commit();
       wgmma_wait<1>();  // dP^T landed; dV still runs
       reg_fence(dpt);
@@ -186,63 +219,66 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
           const float2 ds = dsum_pairs[4 * j];
           const uint32_t packed = pack2<T>(st[e] * (dpt[e] - ds.x), st[e + 1] * (dpt[e + 1] - ds.y));
           dsa[j / 2][(j % 2) * 2 + hf] = packed;
-          sw128_store_pair<BN>(sdS, wg_key0 + warp * 16 + g + hf * 8, qr, packed);
+          sw128_store_pair<BN>(ds_tile, wg_key0 + warp * 16 + g + hf * 8, qr, packed);
         }
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dk, dsa[kk], desc_mn_major<BM>(buf ? q_nmaj[1] : q_nmaj[0], kk), 1);
+      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dk, dsa[kk], desc_mn_major<BM>(q_nmaj, kk), 1);
       wgmma_commit();
+      wgmma_wait<1>();  // dV is done: its P^T registers are free for dQ's accumulators
+      reg_fence(dv);
+      reg_fence(pa);
 
-      // dQ (64 queries x 64 columns per warpgroup) = dS K over this warpgroup's keys or over all of them.
+      // dQ (64 queries x 64 columns per consumer) = dS K over this consumer's keys or over all of them.
       fence_async_smem();
       float dq[32];
+      const uint64_t dsd = ds_mmaj0 + ds_slot;
       if constexpr (Tile::kDqPerWarpgroupKeys) {
-        warpgroup_sync(wg);  // this warpgroup's dS^T rows are in smem
+        warpgroup_sync(wg);  // this consumer's dS^T rows are in smem
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)
-          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(ds_mmaj, wg * 4 + kk), desc_mn_major<BN>(k_nmaj, wg * 4 + kk), kk > 0);
+          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(dsd, cw * 4 + kk), desc_mn_major<BN>(k_nmaj, cw * 4 + kk), kk > 0);
       } else {
-        __syncthreads();  // both warpgroups' dS^T rows are in smem
+        named_barrier_sync(1, Tile::kConsumerThreads);  // both consumers' dS^T rows are in smem
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)
-          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(ds_mmaj, kk), desc_mn_major<BN>(k_nmaj, kk, wg), kk > 0);
+          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(dsd, kk), desc_mn_major<BN>(k_nmaj, kk, cw), kk > 0);
       }
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(dq);
       reg_fence(dk);
-      reg_fence(dv);
-      reg_fence(pa);
       reg_fence(dsa);
+      mbarrier_arrive(qdo_empty + buf);  // every product of this step has read its Q / dO slot
       const int64_t lrow0 = lse_row0(a, s, b, h);
       if constexpr (Tile::kDqPerWarpgroupKeys) {
-        // Each partial covers all 64 columns over one warpgroup's keys. Warpgroup w owns columns [32w, 32w + 32):
-        // it hands the other's 32 columns over through smem (the partner thread, same warp and lane, holds the same
+        // Each partial covers all 64 columns over one consumer's keys. Consumer w owns columns [32w, 32w + 32): it
+        // hands the other's 32 columns over through smem (the partner thread, same warp and lane, holds the same
         // rows and columns) and adds the sum of its own, so every dQ element gets one addition per step.
-        const int other = 1 - wg;
-        float* handed = sRed + wg * 64 * Tile::kRedLd;
-        const float* received = sRed + other * 64 * Tile::kRedLd;
+        float* red = sRed + buf * 2 * BM * Tile::kRedLd;
+        float* handed = red + cw * BM * Tile::kRedLd;
+        const float* received = red + (1 - cw) * BM * Tile::kRedLd;
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf) {
             // n-tile j + 4 other, with compile-time register indices (a run-time one would spill dq to local memory)
             const int e0 = j * 4 + 2 * hf, e1 = (j + 4) * 4 + 2 * hf;
-            const float2 pair = wg == 0 ? make_float2(dq[e1], dq[e1 + 1]) : make_float2(dq[e0], dq[e0 + 1]);
+            const float2 pair = cw == 0 ? make_float2(dq[e1], dq[e1 + 1]) : make_float2(dq[e0], dq[e0 + 1]);
             *reinterpret_cast<float2*>(handed + (warp * 16 + g + 8 * hf) * Tile::kRedLd + 8 * j + 2 * t) = pair;
           }
-        __syncthreads();
-        accumulate_dq_rows<4>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, 32 * wg, [&](int j, int e) {
-          const float own = wg == 0 ? dq[j * 4 + e] : dq[(j + 4) * 4 + e];
+        named_barrier_sync(1, Tile::kConsumerThreads);
+        accumulate_dq_rows<4>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, 32 * cw, [&](int j, int e) {
+          const float own = cw == 0 ? dq[j * 4 + e] : dq[(j + 4) * 4 + e];
           return own + received[(warp * 16 + g + 8 * (e / 2)) * Tile::kRedLd + 8 * j + 2 * t + e % 2];
         });
       } else {
-        accumulate_dq_rows<8>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, wg * 64, [&](int j, int e) { return dq[j * 4 + e]; });
+        accumulate_dq_rows<8>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, cw * 64, [&](int j, int e) { return dq[j * 4 + e]; });
       }
     }
-    cp_async_wait<0>();  // with no visible query the K / V copies may still be in flight
+    mbarrier_arrive(kv_empty);  // the last dQ product has read K
 
     // dK (times scale) and dV of this warp's 16 keys.
     const int key0 = n0 + wg_key0 + warp * 16;

@@ -168,35 +168,64 @@ __global__ void combine_kernel(const AttnArgs a) {
   }
 }
 
-// Backward preprocess, one warp per lse row: dsum = rowsum(dO * O); lse2 = LSE log2(e), +inf for empty rows.
+// Backward preprocess: dsum = rowsum(dO * O); lse2 = LSE log2(e), +inf for empty rows. Eight lanes per lse row (four
+// rows per warp), each taking 8 adjacent columns per pass with 16-byte loads (rows are 16-byte aligned, as every
+// tensor-core path requires): with a warp per row, most of the time went into the row's 64-bit offset arithmetic.
 template <typename T>
 __global__ void bwd_preprocess_kernel(const AttnArgs a) {
-  const int64_t lrow = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (lrow >= a.lse_rows) return;
+  constexpr int kLanesPerRow = 8;
+  const int64_t lrow = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kLanesPerRow;
+  const int sub = threadIdx.x % kLanesPerRow;
+  if (lrow >= a.lse_rows) return;  // whole groups of 8 lanes leave together
+  const unsigned group = 0xFFu << (threadIdx.x % 32 / kLanesPerRow * kLanesPerRow);
   const T* o = static_cast<const T*>(a.o.data) + tensor_offset(a.o, a, lrow);
   const T* dout = static_cast<const T*>(a.dout.data) + tensor_offset(a.dout, a, lrow);
   float acc = 0.f;
-  for (int col = lane; col < a.head_dim; col += 32) acc += to_float(o[col]) * to_float(dout[col]);
+  for (int col = sub * 8; col < a.head_dim; col += kLanesPerRow * 8) {
+    if (col + 8 <= a.head_dim) {
+      const uint4 ov = *reinterpret_cast<const uint4*>(o + col), dv = *reinterpret_cast<const uint4*>(dout + col);
+      const T* op = reinterpret_cast<const T*>(&ov);
+      const T* dp = reinterpret_cast<const T*>(&dv);
 #pragma unroll
-  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  if (lane == 0) {
+      for (int c = 0; c < 8; ++c) acc += to_float(op[c]) * to_float(dp[c]);
+    } else {
+      for (int c = col; c < a.head_dim; ++c) acc += to_float(o[c]) * to_float(dout[c]);
+    }
+  }
+#pragma unroll
+  for (int off = kLanesPerRow / 2; off > 0; off /= 2) acc += __shfl_xor_sync(group, acc, off);
+  if (sub == 0) {
     const float lse = a.lse[lrow];
     a.dsum[lrow] = acc;
     a.lse2[lrow] = lse == -INFINITY ? INFINITY : lse * kLog2e;
   }
 }
 
-// dQ = scale * sum over slices of dq_accum, one thread per element.
+// dQ = scale * sum over slices of dq_accum; a thread converts 8 adjacent columns of one lse row (one 16-byte store),
+// so the row's offset arithmetic is shared by 8 elements.
 template <typename T>
 __global__ void dq_convert_kernel(const AttnArgs a, int slices) {
+  const int chunks = ceil_div(a.head_dim, 8);
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= a.lse_rows * a.head_dim) return;
-  const int64_t lrow = idx / a.head_dim;
-  const int col = static_cast<int>(idx % a.head_dim);
-  float acc = 0.f;
-  for (int s = 0; s < slices; ++s) acc += a.dq_accum[s * a.lse_rows * a.head_dim + idx];
-  static_cast<T*>(a.dq.data)[tensor_offset(a.dq, a, lrow) + col] = from_float<T>(acc * a.scale);
+  if (idx >= a.lse_rows * chunks) return;
+  const int64_t lrow = idx / chunks;
+  const int col = static_cast<int>(idx - lrow * chunks) * 8, n = min(8, a.head_dim - col);
+  const int64_t slice_stride = a.lse_rows * a.head_dim;
+  const float* src = a.dq_accum + lrow * a.head_dim + col;
+  float acc[8] = {};
+  for (int s = 0; s < slices; ++s)
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+      if (c < n) acc[c] += src[s * slice_stride + c];
+  T* dst = static_cast<T*>(a.dq.data) + tensor_offset(a.dq, a, lrow) + col;
+  if (n == 8) {
+    uint4 packed;
+    packed.x = pack2<T>(acc[0] * a.scale, acc[1] * a.scale), packed.y = pack2<T>(acc[2] * a.scale, acc[3] * a.scale);
+    packed.z = pack2<T>(acc[4] * a.scale, acc[5] * a.scale), packed.w = pack2<T>(acc[6] * a.scale, acc[7] * a.scale);
+    *reinterpret_cast<uint4*>(dst) = packed;
+  } else {
+    for (int c = 0; c < n; ++c) dst[c] = from_float<T>(acc[c] * a.scale);
+  }
 }
 
 // ---- host side ---------------------------------------------------------------------------------------------------
@@ -312,13 +341,13 @@ int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
 
 template <typename F, typename T>
 gpuError_t launch_bwd_aux(const AttnArgs& a, int grid_keys, int d, int dq_slices, gpuStream_t stream) {
-  bwd_preprocess_kernel<T><<<static_cast<unsigned>((a.lse_rows * 32 + 255) / 256), 256, 0, stream>>>(a);
+  bwd_preprocess_kernel<T><<<static_cast<unsigned>((a.lse_rows * 8 + 255) / 256), 256, 0, stream>>>(a);
   gpuError_t err = gpuGetLastError();
   if (err != gpuSuccess) return err;
   err = F::bwd(dtype_code<T>(), d, a, grid_keys, stream);
   if (err != gpuSuccess) return err;
-  const int64_t elems = a.lse_rows * a.head_dim;
-  dq_convert_kernel<T><<<static_cast<unsigned>((elems + 255) / 256), 256, 0, stream>>>(a, dq_slices);
+  const int64_t threads = a.lse_rows * ceil_div(a.head_dim, 8);
+  dq_convert_kernel<T><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(a, dq_slices);
   return gpuGetLastError();
 }
 

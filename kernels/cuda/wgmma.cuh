@@ -126,8 +126,52 @@ __device__ __forceinline__ void reg_fence(uint32_t (&r)[N][4]) {
 // each writing thread fences, then a barrier orders the readers after every writer.
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// Barrier among the 128 threads of one warpgroup (ids 1, 2, ...; 0 is __syncthreads).
-__device__ __forceinline__ void warpgroup_sync(int wg) { asm volatile("bar.sync %0, 128;\n" ::"r"(wg + 1) : "memory"); }
+// Named barriers (ids 1..15; 0 is __syncthreads) over `threads` threads, a multiple of 32: bar.sync waits for the
+// count, bar.arrive adds this warp's threads without waiting (the producer side of a hand-off).
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Barrier among the 128 threads of warpgroup wg (named barrier wg + 1).
+__device__ __forceinline__ void warpgroup_sync(int wg) { named_barrier_sync(wg + 1, 128); }
+
+// ---- warp specialisation ------------------------------------------------------------------------------------------
+// A producer warpgroup copies tiles with cp.async while consumer warpgroups multiply. Each ring slot has a "full"
+// mbarrier (completed by the producer threads' cp.async arrivals: count = producer threads) and an "empty" one
+// (completed when every consumer thread is done reading the slot: count = consumer threads). A barrier's phases
+// alternate parity 0, 1, 0, ...; the k-th completion (from 0) has parity k & 1.
+
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the other threads and the async proxy (then a __syncthreads).
+__device__ __forceinline__ void mbarrier_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Arrives on `bar` once every cp.async this thread issued so far has landed (the count was set for it: .noinc).
+__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Waits until the phase of parity `parity` of `bar` has completed.
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, int parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+// Hands registers between warpgroups (all four warps of a warpgroup execute it): the producer gives up what its copy
+// loop does not need, the consumers take it for their accumulators.
+template <int REGS>
+__device__ __forceinline__ void warpgroup_release_registers() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(REGS)); }
+template <int REGS>
+__device__ __forceinline__ void warpgroup_claim_registers() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(REGS)); }
 
 // The dynamic shared memory base rounded up to the swizzle period (the launcher requests kSwizzleAlign extra bytes).
 __device__ __forceinline__ unsigned char* swizzle_aligned_smem(unsigned char* raw) {
