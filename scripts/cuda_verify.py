@@ -253,6 +253,12 @@ def grid(quick):
     add("deterministic", deterministic=True, sq=300, sk=600, d=128)
     add("deterministic-gqa-causal", deterministic=True, sq=512, sk=512, h=8, hk=2, causal=True)
     add("fp16-hdim256-long", dtype="fp16", d=256, sq=700, sk=900, causal=True)
+    # more tiles than SMs: the persistent hdim-64 forward (tile counter, Q ring, tiles that skip) on an H100 / H200
+    add("persistent-small", batch=1, sq=128, sk=256, h=136, hk=8, causal=True)  # 136 tiles: racecheck-sized
+    add("persistent-causal", batch=4, sq=1000, sk=1000, h=16, hk=4, causal=True)
+    add("persistent-sq!=sk", batch=3, sq=900, sk=700, h=12, hk=12, dtype="fp16")
+    add("persistent-varlen", varlen=True, sq=700, sk=700, batch=8, h=16, hk=8, causal=True)
+    add("persistent-splits", batch=2, sq=600, sk=2000, h=32, hk=8, splits=3, bwd=False)
     return cases
 
 

@@ -2,8 +2,8 @@
 # One batched session on the GPU machine (device tool): set up Bun from .gpu/, build the libraries there, then run
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
-#   steps: build | tests | gpu-tests | layouts | verify | verify-sm90 | verify-auto | sanitize | racecheck(128) | doctor |
-#          profile | bench-variants | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick | bench-subset
+#   steps: build | tests | gpu-tests | layouts | verify | verify-sm90 | verify-auto | sanitize | racecheck(128) | racecheck-persistent | doctor |
+#          profile | profile-fwd64 | bench-variants | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick | bench-subset
 #   e.g.   bash scripts/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -58,6 +58,7 @@ for s in "$@"; do
     sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
     racecheck) step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim64 ;;
     racecheck128) step racecheck128 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim128 ;;
+    racecheck-persistent) step racecheck-persistent 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --kernel cuda-wgmma-sm90 --filter persistent-small ;;
     bench-kernels) step bench-kernels 420 python3 scripts/cuda_bench.py --seqlens 1024,2048,4096,8192,16384 --also cuda-mma-sm80 --json "$LOGS/bench-kernels.json" --md "$LOGS/bench-kernels.md" ;;
     bench-hdim256) step bench-hdim256 200 python3 scripts/cuda_bench.py --hdims 256 --seqlens 2048,8192 --causal 0,1 --also cuda-mma-sm80 --json "$LOGS/bench-hdim256.json" --md "$LOGS/bench-hdim256.md" ;;
     bench-variants)  # A/B of kernel experiments: every build/variants/NAME.so.xz against SDPA at the target points
@@ -75,6 +76,18 @@ for s in "$@"; do
           --section SourceCounters python3 scripts/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --warmup 1 --iters 1 --no-cudnn
       done
       for obj in build/obj/cuda/*sm90_hdim128_bf16*.o; do cuobjdump -sass "$obj" > "$LOGS/$(basename "$obj" .cu.o).sass" 2>&1; done ;;
+    profile-fwd64)  # hardware counters of the hdim-64 forward at seqlen 2k, causal and not (the causal gap)
+      for causal in 0 1; do
+        step "ncu-fwd64-causal$causal" 200 ncu --clock-control none --kernel-name "regex:fwd_sm90" --launch-skip 1 --launch-count 1 \
+          --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
+          --section SchedulerStats --section WarpStateStats --section SourceCounters \
+          --metrics sm__cycles_active.avg,sm__cycles_active.min,sm__cycles_active.max,sm__cycles_elapsed.avg,sm__ctas_launched.sum \
+          --print-details all python3 scripts/cuda_bench.py --hdims 64 --seqlens 2048 --causal $causal --warmup 1 --iters 1 --no-cudnn
+        # stall samples per SASS instruction
+        step "ncu-fwd64-source$causal" 200 ncu --clock-control none --kernel-name "regex:fwd_sm90" --launch-skip 1 --launch-count 1 \
+          --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
+          python3 scripts/cuda_bench.py --hdims 64 --seqlens 2048 --causal $causal --warmup 1 --iters 1 --no-cudnn
+      done ;;
     doctor)
       step doctor-json 120 bun cli.ts doctor --json --verbose
       cp "$LOGS/doctor-json.log" "$LOGS/doctor.json"

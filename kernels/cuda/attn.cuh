@@ -37,6 +37,10 @@ struct AttnArgs {
   int num_splits;
   float* o_part;
   float* lse_part;
+  // persistent forward (fwd_sm90.cuh): tiles past the first CTA of each SM are taken from *tile_counter (zeroed
+  // before the launch) by persistent_ctas CTAs; null = one CTA per tile.
+  int* tile_counter;
+  int persistent_ctas;
   // backward workspaces (lse-row indexed like lse): lse2 = lse * log2(e) (+inf for empty rows, so P = 0),
   // dsum = rowsum(dO * O), dq_accum: [dq_slices][lse row][head_dim] fp32.
   float* lse2;

@@ -39,6 +39,7 @@ struct TileInfo {
   int d = 0, bwd_d = 0;
   int fwd_bm = 0, fwd_bn = 0, fwd_bn_windowed = 0, bwd_bn = 0;
   size_t fwd_smem = 0, bwd_smem = 0;
+  bool fwd_persistent = false;  // the forward kernel can run one CTA per SM over a tile counter
 };
 
 // ---- the two kernel families ---------------------------------------------------------------------------------------
@@ -87,6 +88,7 @@ struct Sm90 {
   if (dtype_code<T>() == FA_DTYPE_F16 && D >= head_dim && (best.d == 0 || D < best.d)) {                         \
     using F = Sm90FwdTileFor<D>::type;                                                                          \
     best.d = D, best.fwd_bm = F::BM, best.fwd_bn = best.fwd_bn_windowed = F::BN, best.fwd_smem = F::smem_bytes(); \
+    best.fwd_persistent = F::kPersistent;                                                                       \
   }
 #define FA_SM90_BWD(T, D)
 #include "sm90_instances.inc"
@@ -329,7 +331,16 @@ int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
     a.lse_part = static_cast<float*>(ctx.workspace.get(1, sizeof(float) * a.num_splits * a.lse_rows));
     if (a.o_part == nullptr || a.lse_part == nullptr) return FA_ERR_OUT_OF_MEMORY;
   }
-  gpuError_t err = F::fwd(p.dtype, tile.d, a, ceil_div(p.seqlen_q, tile.fwd_bm), ctx.stream);
+  const int m_blocks = ceil_div(p.seqlen_q, tile.fwd_bm);
+  // Persistent only when there are more tiles than SMs (one CTA per SM: the kernels take 384 threads x 168 registers).
+  if (tile.fwd_persistent && static_cast<int64_t>(m_blocks) * p.heads_q * p.batch * a.num_splits > ctx.caps->multiprocessors) {
+    a.tile_counter = static_cast<int*>(ctx.workspace.get(2, sizeof(int)));
+    if (a.tile_counter == nullptr) return FA_ERR_OUT_OF_MEMORY;
+    a.persistent_ctas = ctx.caps->multiprocessors;
+    const gpuError_t zero = gpuMemsetAsync(a.tile_counter, 0, sizeof(int), ctx.stream);
+    if (zero != gpuSuccess) return vendor_fail(zero, "zeroing the forward's tile counter");
+  }
+  gpuError_t err = F::fwd(p.dtype, tile.d, a, m_blocks, ctx.stream);
   if (err != gpuSuccess) return vendor_fail(err, "launching the tensor-core forward kernel");
   if (a.num_splits > 1) {
     err = p.dtype == FA_DTYPE_F16 ? launch_combine<half_t>(a, ctx.stream) : launch_combine<bf16_t>(a, ctx.stream);
