@@ -127,6 +127,11 @@ async function buildTarget(target: BuildTarget, opts: Options): Promise<"built" 
     if (result.exitCode !== 0) {
       throw new CompileError(`${unit.source} failed to compile with ${path.basename(compiler)}:\n${result.stderr.trim()}`);
     }
+    const rejected = target.rejectedDiagnostics?.find((d) => d.pattern.test(result.stderr));
+    if (rejected) {
+      const line = result.stderr.split("\n").find((l) => rejected.pattern.test(l))?.trim();
+      throw new CompileError(`${unit.source}: ${rejected.reason}:\n${line}`);
+    }
     if (opts.verbose && result.stderr.trim()) process.stderr.write(result.stderr);
     await fs.writeFile(stampFile, stamp);
     changed = true;

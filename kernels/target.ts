@@ -28,4 +28,6 @@ export interface BuildTarget {
   headerDirs: string[];
   /** Optional check after finding the compiler: return a reason to skip this target (e.g. missing headers). */
   precheck?: (compiler: string) => Promise<string | null>;
+  /** Compiler messages that fail a unit although it compiled (e.g. a known performance trap), with the reason. */
+  rejectedDiagnostics?: { pattern: RegExp; reason: string }[];
 }

@@ -259,6 +259,11 @@ def grid(quick):
     add("persistent-sq!=sk", batch=3, sq=900, sk=700, h=12, hk=12, dtype="fp16")
     add("persistent-varlen", varlen=True, sq=700, sk=700, batch=8, h=16, hk=8, causal=True)
     add("persistent-splits", batch=2, sq=600, sk=2000, h=32, hk=8, splits=3, bwd=False)
+    # tiles with no key block (rows before the diagonal; empty key sequences) between tiles with some, and tiles of one
+    # key block (whose Q is released by the round that finishes the previous tile)
+    add("persistent-causal-sq>sk", batch=2, sq=1000, sk=300, h=16, hk=4, causal=True)
+    add("persistent-varlen-empty-keys", varlen=True, sq=300, sk=300, batch=8, h=16, hk=8, empty_keys=True)
+    add("persistent-one-key-block", batch=2, sq=1024, sk=100, h=16, hk=8)
     return cases
 
 

@@ -2,14 +2,15 @@
 // (dtype, head dim).
 //
 // A tile is BM = 64 x kConsumers query rows of one head; its visible key blocks of BN keys are walked from last to
-// first (the masked diagonal blocks first). Tiles are numbered (row block, head, batch x split) with the row block
-// fastest and heaviest first, so the CTAs running together share a head's K / V in L2. The grid is either one CTA
-// per tile, or (kPersistent, when there are more tiles than SMs) one CTA per SM that takes tile after tile from a
-// global counter: each SM then starts its next tile while the current one drains (its Q and first K / V are already
-// in flight), and the heaviest-first order still balances causal work.
+// first (the masked diagonal blocks first). The grid is either one CTA per tile, tiles numbered (row block, head,
+// batch x split) with the row block fastest and heaviest first, so the CTAs running together share a head's K / V in
+// L2; or (kPersistent, when there are more tiles than SMs) one CTA per SM that takes tile after tile from a global
+// counter: each SM then starts its next tile while the current one drains (its Q and first K / V are already in
+// flight); with a causal or window mask the tiles come nearly longest first over the whole grid (row blocks
+// heaviest first within groups of kHeadGroup heads), so that the work ends level on every SM.
 // It is warp-specialised (FA3's schedule, with cp.async where FA3 has TMA):
 //   warpgroup 0, the producer: fetches the next tile index and publishes it in a two-slot ring, copies each tile's Q
-//     (a Q ring of kQSlots) and K / V into a two-slot ring of 128B-swizzled tiles (wgmma.cuh) that runs on across
+//     (a Q ring of kQSlots) and K / V into a ring of kStages 128B-swizzled tiles (wgmma.cuh) that runs on across
 //     tiles; every slot is guarded by full / empty mbarriers, so no math warp issues a copy or waits at a CTA barrier;
 //   warpgroups 1.., the consumers, 64 query rows each. Per key block n:
 //     S_n  = Q K_n^T                    SS wgmma, m64 x BN, fp32 accumulators
@@ -27,9 +28,11 @@
 
 namespace fa::tc {
 
-template <int D_, int BN_, bool kPersistent_>
+template <int D_, int BN_, bool kPersistent_, int kStages_ = 2>
 struct Sm90FwdTile {
   static constexpr int D = D_, BN = BN_, kConsumers = 2, BM = 64 * kConsumers;
+  static constexpr int kStages = kStages_;  // slots of the K / V ring
+  static constexpr int kHeadGroup = 16;     // a persistent grid's tile order (fwd_sm90_kernel's work_of)
   static constexpr bool kPersistent = kPersistent_;
   static constexpr int kThreads = 128 * (kConsumers + 1);  // the producer warpgroup + the consumers
   static constexpr int kConsumerThreads = 128 * kConsumers;
@@ -43,11 +46,12 @@ struct Sm90FwdTile {
   // own (the next tile's copies may be landing in Q and K); a one-tile CTA stages over Q and the K slots at the end.
   static constexpr int kQSlots = kPersistent ? 2 : 1;
   static constexpr int kStage = kPersistent ? BM * (D + kPad) * 2 : 0;
-  // Q, K, V full / empty and tile-index full / empty, two of each; then the two published tile indices.
-  static constexpr int kBarriers = 16;
+  // Q and tile-index full / empty, two of each, K and V full / empty, kStages of each; then the two published tile
+  // indices.
+  static constexpr int kBarriers = 8 + 4 * kStages;
   static constexpr size_t smem_bytes() {
-    return kSwizzleAlign + kQSlots * kTileQ + 4 * static_cast<size_t>(kTileKV) + kStage + kBarriers * sizeof(uint64_t) +
-           2 * sizeof(int);
+    return kSwizzleAlign + kQSlots * kTileQ + 2 * kStages * static_cast<size_t>(kTileKV) + kStage +
+           kBarriers * sizeof(uint64_t) + 2 * sizeof(int);
   }
   static_assert(smem_bytes() <= 227 * 1024, "fits an H100's shared memory per block");
   static_assert(D % 64 == 0 && BN % 16 == 0 && BN <= 256 && D <= 256, "wgmma shapes: N <= 256, whole swizzle rows");
@@ -65,33 +69,41 @@ template <> struct Sm90FwdTileFor<128> { using type = Sm90FwdTile<128, 128, fals
 template <> struct Sm90FwdTileFor<192> { using type = Sm90FwdTile<192, 64, false>; };
 template <> struct Sm90FwdTileFor<256> { using type = Sm90FwdTile<256, 64, false>; };
 
-template <typename T, typename Tile>
+// kTransform: softcap or ALiBi rewrite the scores (a.softcap > 0 or a.alibi set). A separate instantiation, because
+// their unrolled code is two thirds of the kernel's, and a causal tile's instruction working set with it in
+// overflowed the instruction cache (ncu: "no instruction" stalls 12% of samples, 2.5% without the mask).
+template <typename T, typename Tile, bool kTransform>
 __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ AttnArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, NT = BN / 8, NC = Tile::kConsumers, QS = Tile::kQSlots;
+  constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, NT = BN / 8, NC = Tile::kConsumers, QS = Tile::kQSlots,
+                S = Tile::kStages;
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = swizzle_aligned_smem(smem_raw);
   T* sQ = reinterpret_cast<T*>(smem);                        // [QS][BM x D], swizzled
-  T* sK = reinterpret_cast<T*>(smem + QS * Tile::kTileQ);    // [2][BN x D], swizzled
-  T* sV = sK + 2 * BN * D;                                   // [2][BN x D], swizzled
-  T* sStage = sV + 2 * BN * D;                               // [BM x (D + kPad)] when persistent
-  uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + QS * Tile::kTileQ + 4 * Tile::kTileKV + Tile::kStage);
+  T* sK = reinterpret_cast<T*>(smem + QS * Tile::kTileQ);    // [S][BN x D], swizzled
+  T* sV = sK + S * BN * D;                                   // [S][BN x D], swizzled
+  T* sStage = sV + S * BN * D;                               // [BM x (D + kPad)] when persistent
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + QS * Tile::kTileQ + 2 * S * Tile::kTileKV + Tile::kStage);
   uint64_t* q_empty = q_full + 2;
-  uint64_t* k_full = q_full + 4;
-  uint64_t* v_full = q_full + 6;
-  uint64_t* k_empty = q_full + 8;
-  uint64_t* v_empty = q_full + 10;
-  uint64_t* tile_full = q_full + 12;
-  uint64_t* tile_empty = q_full + 14;
-  int* tile_slot = reinterpret_cast<int*>(q_full + 16);  // [2] published tile indices
+  uint64_t* tile_full = q_full + 4;
+  uint64_t* tile_empty = q_full + 6;
+  uint64_t* k_full = q_full + 8;
+  uint64_t* v_full = k_full + S;
+  uint64_t* k_empty = k_full + 2 * S;
+  uint64_t* v_empty = k_full + 3 * S;
+  int* tile_slot = reinterpret_cast<int*>(q_full + Tile::kBarriers);  // [2] published tile indices
+  // K / V ring iteration gi uses slot gi % S and is that slot's (gi / S)-th filling (the parity its barriers wait for).
+  auto slot_of = [](int gi) { return static_cast<int>(static_cast<unsigned>(gi) % S); };
+  auto parity_of = [](int gi) { return static_cast<uint32_t>(static_cast<unsigned>(gi) / S) & 1; };
   auto q_buf = [&](int qi) { return sQ + (qi % QS) * BM * D; };
-  auto k_buf = [&](int gi) { return sK + (gi & 1) * BN * D; };
-  auto v_buf = [&](int gi) { return sV + (gi & 1) * BN * D; };
+  auto k_buf = [&](int gi) { return sK + slot_of(gi) * BN * D; };
+  auto v_buf = [&](int gi) { return sV + slot_of(gi) * BN * D; };
 
-  // Tile index space (row block fastest, heaviest first; then head; then batch x split).
+  // Tile index space: row blocks x heads x (batch x split), in the order work_of decodes.
   const int m_count = ceil_div(a.seqlen_q, BM);
   const int total = m_count * a.heads_q * a.batch * a.num_splits;
   const bool dynamic = Tile::kPersistent && a.tile_counter != nullptr;  // else one tile per CTA
+  const bool masked_grid = a.win_left >= 0 || a.win_right >= 0;          // a tile's key range depends on its rows
   struct Work {
     int m0, h, b, split;
     SeqInfo s;
@@ -100,8 +112,21 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
   };
   auto work_of = [&](int tile) {
     Work w;
-    const int x = tile % m_count, rest = tile / m_count, z = rest / a.heads_q;
-    w.m0 = (m_count - 1 - x) * BM, w.h = rest % a.heads_q, w.b = z / a.num_splits, w.split = z % a.num_splits;
+    int x, hz;  // row block from the heaviest, and head + heads x (batch x split + ...)
+    if (dynamic && masked_grid) {
+      // Tiles of different lengths (causal / window): heads in groups of kHeadGroup; in a group, row blocks heaviest
+      // first with the heads fastest. The CTAs running together still share the K / V of a few heads in L2, and over
+      // the whole grid the tiles come nearly longest first, so the CTAs' last tiles are short ones and they finish
+      // together. (Tiles of one length keep the row block fastest: fewer heads at a time in L2.)
+      constexpr int W = Tile::kHeadGroup;
+      const int group = tile / (m_count * W), in = tile - group * (m_count * W);
+      const int width = min(W, a.heads_q * a.batch * a.num_splits - group * W);
+      x = in / width, hz = group * W + in % width;
+    } else {
+      x = tile % m_count, hz = tile / m_count;
+    }
+    const int z = hz / a.heads_q;
+    w.m0 = (m_count - 1 - x) * BM, w.h = hz % a.heads_q, w.b = z / a.num_splits, w.split = z % a.num_splits;
     w.s = seq_info(a, w.b);
     w.run = w.m0 < w.s.sq;
     w.blocks = w.run ? split_key_blocks(a, w.s, w.m0, BM, BN, w.split) : KeyBlocks{0, 0};
@@ -121,9 +146,11 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
   if (threadIdx.x == 0) {
     for (int slot = 0; slot < 2; ++slot) {
       mbarrier_init(q_full + slot, 128), mbarrier_init(q_empty + slot, Tile::kConsumerThreads);
+      mbarrier_init(tile_full + slot, 1), mbarrier_init(tile_empty + slot, Tile::kThreads);
+    }
+    for (int slot = 0; slot < S; ++slot) {
       mbarrier_init(k_full + slot, 128), mbarrier_init(v_full + slot, 128);
       mbarrier_init(k_empty + slot, Tile::kConsumerThreads), mbarrier_init(v_empty + slot, Tile::kConsumerThreads);
-      mbarrier_init(tile_full + slot, 1), mbarrier_init(tile_empty + slot, Tile::kThreads);
     }
     mbarrier_init_fence();
   }
@@ -157,11 +184,12 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
         const RowView<T> k_rows = row_view<T>(a.k, a, w.b, hk, w.s.k_start, w.s.sk);
         const RowView<T> v_rows = row_view<T>(a.v, a, w.b, hk, w.s.k_start, w.s.sk);
         for (int n = w.blocks.hi - 1; n >= w.blocks.lo; --n, ++gi) {  // last key block first
-          const int slot = gi & 1, reuse_parity = ((gi >> 1) & 1) ^ 1;  // completion gi / 2 - 1 of the empty barrier
-          if (gi >= 2) mbarrier_wait(k_empty + slot, reuse_parity);
+          const int slot = slot_of(gi);
+          const uint32_t reuse_parity = parity_of(gi) ^ 1;  // completion gi / S - 1 of the empty barrier
+          if (gi >= S) mbarrier_wait(k_empty + slot, reuse_parity);
           load_tile_sw128_async<BN, D, 128>(k_buf(gi), k_rows, n * BN);
           cp_async_arrive(k_full + slot);
-          if (gi >= 2) mbarrier_wait(v_empty + slot, reuse_parity);
+          if (gi >= S) mbarrier_wait(v_empty + slot, reuse_parity);
           load_tile_sw128_async<BN, D, 128>(v_buf(gi), v_rows, n * BN);
           cp_async_arrive(v_full + slot);
         }
@@ -174,7 +202,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
   warpgroup_claim_registers<Tile::kConsumerRegs>();
   const int cw = wg - 1;  // consumer index
   const int wg_row0 = cw * 64, warp_row0 = wg_row0 + warp * 16;
-  const bool transform = a.softcap > 0.f || a.alibi != nullptr;
+  constexpr bool transform = kTransform;
   const float mult = transform ? 1.f : a.scale_log2;  // multiplier from S to log2 units inside exp2
 
   float o[D / 2];         // O, 64 x D per warpgroup
@@ -183,21 +211,22 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
   float row_max[2], row_sum[2];
   auto scores = [&](int j, int e) -> float& { return sc[j * 4 + e]; };
 
-  // K / V descriptors of ring slot gi & 1, built once.
-  const uint64_t k_desc[2] = {tile_desc_k_major(k_buf(0)), tile_desc_k_major(k_buf(1))};
-  const uint64_t v_desc[2] = {tile_desc_mn_major<BN>(v_buf(0)), tile_desc_mn_major<BN>(v_buf(1))};
+  // K / V descriptors of ring iteration gi: slot 0's, moved on by whole slots (descriptors count 16-byte units).
+  const uint64_t k_desc0 = tile_desc_k_major(sK), v_desc0 = tile_desc_mn_major<BN>(sV);
+  auto slot_desc = [&](uint64_t desc0, int gi) { return desc0 + static_cast<uint32_t>(slot_of(gi) * (Tile::kTileKV >> 4)); };
   // O += P V for ring iteration gi (RS: P from registers, V N-major).
   auto issue_pv = [&](int gi) {
-    const uint64_t vd = (gi & 1) ? v_desc[1] : v_desc[0];
+    const uint64_t vd = slot_desc(v_desc0, gi);
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) Wgmma<D, T>::template rs<1>(o, p[kk], desc_mn_major<BN>(vd, kk), 1);
     wgmma_commit();
   };
-  // Waits for slot gi & 1 of a ring (its gi / 2-th filling), then orders the async proxy's reads after the copies.
+  // Waits for ring iteration gi's copies to land, then orders the async proxy's reads after them.
   auto wait_full = [&](uint64_t* full, int gi) {
-    mbarrier_wait(full + (gi & 1), (gi >> 1) & 1);
+    mbarrier_wait(full + slot_of(gi), parity_of(gi));
     fence_async_smem();
   };
+  auto release = [&](uint64_t* empty, int gi) { mbarrier_arrive(empty + slot_of(gi)); };
   // Ping-pong: consumer cw issues when the previous one (cyclically) has issued the same round. Consumer NC - 1 hands
   // the first turn to consumer 0 and every consumer passes the turn on after each round, across tiles (so one's
   // epilogue overlaps the other's products); consumer 0 takes the turn left over at the end, which keeps every
@@ -228,7 +257,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
     // S = Q K^T for tile iteration it (SS: both operands K-major over the head dim).
     const uint64_t q_desc = tile_desc_k_major(q_buf(qi));
     auto issue_qk = [&](int it) {
-      const uint64_t kd = ((base + it) & 1) ? k_desc[1] : k_desc[0];
+      const uint64_t kd = slot_desc(k_desc0, base + it);
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
         Wgmma<BN, T>::template ss<0, 0>(sc, desc_k_major<BM>(q_desc, wg_row0, kk), desc_k_major<BN>(kd, 0, kk), kk > 0);
@@ -256,7 +285,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
       end_turn();
       wgmma_wait<0>();
       reg_fence(sc);
-      mbarrier_arrive(k_empty + (base & 1));
+      release(k_empty, base);
       if (n == 1) mbarrier_arrive(q_empty + qs);  // the tile's last product from Q has landed
       softmax(0, alpha);  // O is still zero: nothing to rescale
       pack_p();
@@ -273,13 +302,13 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
       float alpha[2];
       wgmma_wait<1>();  // S(it) landed; P(it - 1) V(it - 1) still runs
       reg_fence(sc);
-      mbarrier_arrive(k_empty + (gi & 1));
+      release(k_empty, gi);
       if (it == n - 1) mbarrier_arrive(q_empty + qs);
       softmax(it, alpha);
       wgmma_wait<0>();
       reg_fence(o);
       reg_fence(p);
-      mbarrier_arrive(v_empty + ((gi - 1) & 1));
+      release(v_empty, gi - 1);
 #pragma unroll
       for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
       pack_p();
@@ -293,7 +322,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
       end_turn();
       wgmma_wait<0>();
       reg_fence(o);
-      mbarrier_arrive(v_empty + ((gi - 1) & 1));
+      release(v_empty, gi - 1);
     }
 
     // Epilogue. A persistent CTA stages O in rows of its own (each warp its rows; its reads of the previous tile's
@@ -322,8 +351,9 @@ gpuError_t launch_fwd_sm90(const AttnArgs& a, int m_blocks, gpuStream_t stream) 
   if (tiles > INT_MAX / 2) return cudaErrorInvalidConfiguration;  // the kernel counts tiles in int
   const bool persistent = Tile::kPersistent && a.tile_counter != nullptr;
   const int64_t ctas = persistent ? std::min<int64_t>(tiles, a.persistent_ctas) : tiles;
-  return launch_attention_kernel(fwd_sm90_kernel<T, Tile>, dim3(static_cast<unsigned>(ctas)), Tile::kThreads,
-                                 Tile::smem_bytes(), stream, a);
+  const bool transform = a.softcap > 0.f || a.alibi != nullptr;
+  return launch_attention_kernel(transform ? fwd_sm90_kernel<T, Tile, true> : fwd_sm90_kernel<T, Tile, false>,
+                                 dim3(static_cast<unsigned>(ctas)), Tile::kThreads, Tile::smem_bytes(), stream, a);
 }
 
 }  // namespace fa::tc

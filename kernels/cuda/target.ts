@@ -151,6 +151,11 @@ const target: BuildTarget = {
   ],
   linkArgs: ["-shared", "-cudart=static", ...gencode, "-Xlinker=--no-undefined"],
   headerDirs: ["kernels/include", "kernels/common", "kernels/gpu", "kernels/cuda", "kernels/portable", "build/gen/cuda"],
+  // ptxas reports (info C7514) when it has to serialise the wgmma pipeline because other instructions touch the
+  // accumulators inside it: the kernel still runs correctly, 20-25% slower (a one-body forward loop did it on the H200).
+  rejectedDiagnostics: [
+    { pattern: /\(C7514\)/, reason: "ptxas serialised the wgmma pipeline (a performance loss, not an error, but never wanted)" },
+  ],
 };
 
 export default target;
