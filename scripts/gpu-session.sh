@@ -3,7 +3,7 @@
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
 #   steps: build | tests | gpu-tests | layouts | verify | verify-sm90 | verify-auto | sanitize | racecheck(128) | racecheck-persistent | doctor |
-#          profile | profile-fwd64 | bench-variants | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick | bench-subset
+#          profile | profile-fwd64 | tile-cost | bench-variants | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick | bench-subset
 #   e.g.   bash scripts/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -60,6 +60,7 @@ for s in "$@"; do
     racecheck128) step racecheck128 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim128 ;;
     # (this case's fp64 reference runs cuBLAS kernels that racecheck flags on its own account: read the report for fa:: names)
     racecheck-persistent) step racecheck-persistent 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --kernel cuda-wgmma-sm90 --filter persistent-small ;;
+    tile-cost) step tile-cost 120 python3 scripts/cuda_tile_cost.py ;;  # the hdim-64 forward's fixed and per-key-block cost per tile
     bench-kernels) step bench-kernels 420 python3 scripts/cuda_bench.py --seqlens 1024,2048,4096,8192,16384 --also cuda-mma-sm80 --json "$LOGS/bench-kernels.json" --md "$LOGS/bench-kernels.md" ;;
     bench-hdim256) step bench-hdim256 200 python3 scripts/cuda_bench.py --hdims 256 --seqlens 2048,8192 --causal 0,1 --also cuda-mma-sm80 --json "$LOGS/bench-hdim256.json" --md "$LOGS/bench-hdim256.md" ;;
     bench-variants)  # A/B of kernel experiments: every build/variants/NAME.so.xz against SDPA at the target points
