@@ -28,10 +28,10 @@
 
 namespace fa::tc {
 
-template <int D_, int BN_, bool kPersistent_, int kStages_ = 2>
+template <int D_, int BN_, bool kPersistent_>
 struct Sm90FwdTile {
   static constexpr int D = D_, BN = BN_, kConsumers = 2, BM = 64 * kConsumers;
-  static constexpr int kStages = kStages_;  // slots of the K / V ring
+  static constexpr int kStages = 2;         // slots of the K / V ring (3 at hdim 64: -2%, docs/perf-cuda.md v6)
   static constexpr int kHeadGroup = 16;     // a persistent grid's tile order (fwd_sm90_kernel's work_of)
   static constexpr bool kPersistent = kPersistent_;
   static constexpr int kThreads = 128 * (kConsumers + 1);  // the producer warpgroup + the consumers
