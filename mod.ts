@@ -18,6 +18,6 @@ export { chooseBackend, paramsFor, requestedBackend } from "./lib/select.ts";
 export type { AttnRequest, BackendChoice, BackendDecision } from "./lib/select.ts";
 export { exitCodeFor, FlashAttnError } from "./lib/errors.ts";
 export type { ErrorCode } from "./lib/errors.ts";
-export type { BackendName } from "./ffi/discovery.ts";
+export type { BackendName, ProblemShape } from "./lib/vocabulary.ts";
 export { readNpy, writeNpy } from "./formats/npy.ts";
 export { openSafetensors, readSafetensors, writeSafetensors } from "./formats/safetensors.ts";

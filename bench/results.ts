@@ -1,6 +1,6 @@
 // The bench report: what was measured, by which implementation, on which machine. Reporters (bench/report/*) only
 // read this; `--json` prints it as is, so its keys carry their units (ms, bytes, tflops, gbps).
-import type { BackendName } from "../ffi/discovery.ts";
+import type { BackendName } from "../lib/vocabulary.ts";
 import type { BenchCase, PresetName } from "./sweep.ts";
 import type { TimingSummary } from "./stats.ts";
 

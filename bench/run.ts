@@ -4,9 +4,9 @@
 // rows into "skipped" with that reason, so the run always ends with a complete report.
 import os from "node:os";
 import process from "node:process";
-import { type BackendName, backendNames } from "../ffi/discovery.ts";
 import type { Backend } from "../lib/backend.ts";
 import { type BackendChoice, chooseBackend, noBackendError } from "../lib/select.ts";
+import { type BackendName, backendNames } from "../lib/vocabulary.ts";
 import { measureCopyBandwidth } from "./copy.ts";
 import { attentionFlops, gigabytesPerSecond, kvBytes, tflopsPerSecond } from "./flops.ts";
 import {

@@ -5,8 +5,8 @@
 //           (heads = 2048 / head_dim), seqlen 512..16k, head_dim 64/128/256, causal off and on, bf16, fwd and bwd
 //   decode  one query token against a long KV cache (4k..128k), GQA 32 query heads over 8 KV heads, head_dim 128
 //   quick   a few small shapes that finish in seconds on a 2-core CPU (the default without a GPU)
-import type { DType } from "../ffi/layout.ts";
 import { FlashAttnError } from "../lib/errors.ts";
+import type { DType } from "../lib/vocabulary.ts";
 import { attentionFlops, type Direction, directions, type ProblemSize } from "./flops.ts";
 
 export interface BenchCase extends ProblemSize {

@@ -5,9 +5,9 @@ import fs from "node:fs";
 import path from "node:path";
 import process from "node:process";
 import type { Command } from "@commander-js/extra-typings";
-import { backendNames } from "../ffi/discovery.ts";
 import { FlashAttnError } from "../lib/errors.ts";
 import type { BackendChoice } from "../lib/select.ts";
+import { backendNames } from "../lib/vocabulary.ts";
 import { writeFileAtomic } from "../formats/atomic.ts";
 import { applyOverrides, type PresetName, presetNames, presets, type SweepOverrides } from "../bench/sweep.ts";
 import {
