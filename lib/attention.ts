@@ -62,15 +62,35 @@ export function planAttention(
   direction: Direction = "fwd",
 ): AttentionPlan {
   const problem = describeProblem(q, k, v, options);
-  const alibi = alibiMode(options);
-  const request: AttnRequest = direction === "fwd"
-    ? { problem, direction, alibi, algorithm: options.algorithm, numSplits: options.numSplits }
-    : { problem, direction, alibi, deterministic: options.deterministic };
+  const request = requestFor(problem, options, direction);
   const { chosen, decisions } = chooseBackend(request, {
     backend: options.backend, libPath: options.libPath, env: options.env,
   });
   if (!chosen) throw noBackendError(decisions);
   return { problem, options, request, backend: chosen, decisions };
+}
+
+/**
+ * A plan on a backend chosen before (bench measures each usable backend in turn): the problem described, the
+ * backend taken as it is. A kernel that cannot serve the problem answers UNSUPPORTED when the call runs.
+ */
+export function planOnBackend(
+  backend: Backend,
+  q: TensorShape,
+  k: TensorShape,
+  v: TensorShape,
+  options: AttentionOptions = {},
+  direction: Direction = "fwd",
+): AttentionPlan {
+  const problem = describeProblem(q, k, v, options);
+  return { problem, options, request: requestFor(problem, options, direction), backend, decisions: [] };
+}
+
+function requestFor(problem: Problem, options: AttentionOptions, direction: Direction): AttnRequest {
+  const alibi = alibiMode(options);
+  return direction === "fwd"
+    ? { problem, direction, alibi, algorithm: options.algorithm, numSplits: options.numSplits }
+    : { problem, direction, alibi, deterministic: options.deterministic };
 }
 
 /** The plan a call runs: the one passed in (its tensors must be the problem's), or a new one. */
