@@ -4,8 +4,10 @@
 //   const q = randomTensor("fp32", [1, 128, 8, 64], 1), k = randomTensor("fp32", [1, 128, 8, 64], 2);
 //   const v = randomTensor("fp32", [1, 128, 8, 64], 3);
 //   const { out, lse, backend, kernel } = await attention(q, k, v, { causal: true });
-export { attention, attentionBackward, attentionFlops } from "./lib/attention.ts";
-export type { AttentionOptions, AttentionResult, BackwardResult } from "./lib/attention.ts";
+export { attention, attentionBackward, attentionFlops, planAttention } from "./lib/attention.ts";
+export type { AttentionOptions, AttentionPlan, AttentionResult, BackwardResult, CallOptions } from "./lib/attention.ts";
+export { checkAgainstReference } from "./lib/check.ts";
+export type { CheckResult } from "./lib/check.ts";
 export { naiveSamePrecisionForward, referenceBackward, referenceForward, relativeError, withinTolerance } from "./lib/reference.ts";
 export type { ReferenceGradients, ReferenceOutput } from "./lib/reference.ts";
 export { describeProblem, standardAlibiSlopes } from "./lib/problem.ts";
