@@ -78,8 +78,12 @@ export function checkOutputTarget(target: string, inputs: readonly string[] = []
     throw cannotWrite(target, `directory ${dir} does not exist`, `create it first: mkdir -p ${dir}`);
   }
   if (!dirStat.isDirectory()) throw cannotWrite(target, `${dir} is not a directory`);
+  // Writable means a new file can be created there (access(2) answers for the real uid only, and not in every
+  // runtime): create the kind of temporary file the write will need, and remove it.
+  const probe = temporaryBeside(file, "tmp");
   try {
-    fs.accessSync(dir, fs.constants.W_OK);
+    fs.closeSync(fs.openSync(probe, "wx", 0o600));
+    fs.rmSync(probe, { force: true });
   } catch {
     throw cannotWrite(target, `directory ${dir} is not writable`, "choose a directory you can write to");
   }
