@@ -1,7 +1,7 @@
 // A benchmark never times a wrong kernel: before the first timing of a kernel path, the same path computes a small
 // case of the same kind (dtype, head_dim, GQA ratio, causal, direction, algorithm) on random data, and its results
 // are compared with the fp64 reference (lib/check.ts). A path that fails is not timed; its rows say why.
-import { attention, attentionBackward, planOnBackend } from "../lib/attention.ts";
+import { attention, attentionBackward, planAttention } from "../lib/attention.ts";
 import type { Backend } from "../lib/backend.ts";
 import { checkAgainstReference, checkGradientsAgainstReference } from "../lib/check.ts";
 import { FlashAttnError } from "../lib/errors.ts";
@@ -46,7 +46,7 @@ async function checkPath(backend: Backend, s: BenchCase, algorithm: Algorithm): 
   const semantics = { causal: s.causal };
   try {
     const forward = await attention(q, k, v, {
-      plan: planOnBackend(backend, q, k, v, { ...semantics, algorithm }, "fwd"),
+      plan: planAttention(q, k, v, { ...semantics, algorithm }, "fwd", backend),
       poison: true,
     });
     const fwd = checkAgainstReference(q, k, v, semantics, forward.out, forward.lse);
@@ -55,7 +55,7 @@ async function checkPath(backend: Backend, s: BenchCase, algorithm: Algorithm): 
     }
     const dout = randomTensor(s.dtype, q.shape, 14);
     const grads = await attentionBackward(dout, q, k, v, forward.out, forward.lse, {
-      plan: planOnBackend(backend, q, k, v, semantics, "bwd"),
+      plan: planAttention(q, k, v, semantics, "bwd", backend),
       poison: true,
     });
     const bwd = checkGradientsAgainstReference(dout, q, k, v, semantics, grads);

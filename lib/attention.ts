@@ -53,6 +53,8 @@ function alibiMode(opts: AttentionSemantics): AttnRequest["alibi"] {
 /**
  * Describes the problem of q, k, v (their shapes suffice: no data is read) and chooses the backend that serves it,
  * once. Throws the usage error of an inconsistent request, or the environment error of "no backend can run this".
+ * `chosen`: a backend chosen before (bench measures each usable backend in turn), taken as it is; a kernel that
+ * cannot serve the problem then answers UNSUPPORTED when the call runs.
  */
 export function planAttention(
   q: TensorShape,
@@ -60,30 +62,14 @@ export function planAttention(
   v: TensorShape,
   options: AttentionOptions = {},
   direction: Direction = "fwd",
+  chosen?: Backend,
 ): AttentionPlan {
   const problem = describeProblem(q, k, v, options);
   const request = requestFor(problem, options, direction);
-  const { chosen, decisions } = chooseBackend(request, {
-    backend: options.backend, libPath: options.libPath, env: options.env,
-  });
-  if (!chosen) throw noBackendError(decisions);
-  return { problem, options, request, backend: chosen, decisions };
-}
-
-/**
- * A plan on a backend chosen before (bench measures each usable backend in turn): the problem described, the
- * backend taken as it is. A kernel that cannot serve the problem answers UNSUPPORTED when the call runs.
- */
-export function planOnBackend(
-  backend: Backend,
-  q: TensorShape,
-  k: TensorShape,
-  v: TensorShape,
-  options: AttentionOptions = {},
-  direction: Direction = "fwd",
-): AttentionPlan {
-  const problem = describeProblem(q, k, v, options);
-  return { problem, options, request: requestFor(problem, options, direction), backend, decisions: [] };
+  if (chosen) return { problem, options, request, backend: chosen, decisions: [] };
+  const decision = chooseBackend(request, { backend: options.backend, libPath: options.libPath, env: options.env });
+  if (!decision.chosen) throw noBackendError(decision.decisions);
+  return { problem, options, request, backend: decision.chosen, decisions: decision.decisions };
 }
 
 function requestFor(problem: Problem, options: AttentionOptions, direction: Direction): AttnRequest {
