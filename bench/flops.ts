@@ -4,21 +4,15 @@
 //   causal   = half of that (the field's convention, also for seqlen_q ≠ seqlen_k)
 //   backward = 2.5 × forward (five matmuls instead of two), fwd+bwd = 3.5 × forward
 // Decode is memory bound, so it is judged by the bytes of K and V read, against the device's copy bandwidth.
-import { type DType, dtypeBytes } from "../ffi/layout.ts";
 import { attentionFlops } from "../lib/attention.ts";
 import type { Direction } from "../lib/backend.ts";
+import { type DType, dtypeBytes, type ProblemShape } from "../lib/vocabulary.ts";
 
 export type { Direction };
 export const directions: readonly Direction[] = ["fwd", "bwd", "fwd+bwd"];
 
-/** What a FLOP or byte count needs to know about a problem. */
-export interface ProblemSize {
-  batch: number;
-  seqlenQ: number;
-  seqlenK: number;
-  headsQ: number;
-  headsKv: number;
-  headDim: number;
+/** What a FLOP or byte count needs to know about a problem: its shape, causal and dtype. */
+export interface ProblemSize extends ProblemShape {
   causal: boolean;
   dtype: DType;
 }

@@ -2,12 +2,12 @@
 // algorithm): plan, check the memory it needs, allocate and fill, record the peak memory of one call, then time
 // natively through fa_bench (CUDA/HIP events or a monotonic clock, last-level cache flushed before each run).
 import os from "node:os";
-import { dtypeBytes } from "../ffi/layout.ts";
 import type { Backend, DeviceBuffer } from "../lib/backend.ts";
 import { FlashAttnError } from "../lib/errors.ts";
-import type { Problem } from "../lib/problem.ts";
+import { describeProblem, type Problem } from "../lib/problem.ts";
 import { type AttnRequest, paramsFor } from "../lib/select.ts";
 import { fromFloat32, rng } from "../lib/tensor.ts";
+import { dtypeBytes } from "../lib/vocabulary.ts";
 import { attentionFlops, naiveScoreBytes, tensorBytes } from "./flops.ts";
 import type { Measurement, RowStatus } from "./results.ts";
 import { summarize } from "./stats.ts";
@@ -66,26 +66,12 @@ export function runsFor(estimateMs: number, plan: TimingPlan): { warmup: number;
   };
 }
 
-/** The library's view of a bench case: padded batch, no window, default scale. */
+/** The library's view of a bench case (padded batch, no window, default scale), described like any other problem. */
 export function problemFor(c: BenchCase): Problem {
-  return {
-    dtype: c.dtype,
-    batch: c.batch,
-    seqlenQ: c.seqlenQ,
-    seqlenK: c.seqlenK,
-    headsQ: c.headsQ,
-    headsKv: c.headsKv,
-    headDim: c.headDim,
-    varlen: false,
-    totalQ: 0,
-    totalK: 0,
-    sequences: [],
-    scale: 1 / Math.sqrt(c.headDim),
-    windowLeft: -1,
-    windowRight: c.causal ? 0 : -1,
-    softcap: 0,
+  const kv = { dtype: c.dtype, shape: [c.batch, c.seqlenK, c.headsKv, c.headDim] };
+  return describeProblem({ dtype: c.dtype, shape: [c.batch, c.seqlenQ, c.headsQ, c.headDim] }, kv, kv, {
     causal: c.causal,
-  };
+  });
 }
 
 export const implName = (algorithm: Algorithm, backend: string) =>
@@ -164,7 +150,12 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
     status,
     ...extra,
   });
-  const request: AttnRequest = { problem: problemFor(c), direction: c.direction, algorithm };
+  let request: AttnRequest;
+  try {
+    request = { problem: problemFor(c), direction: c.direction, algorithm };
+  } catch (error) {
+    return row("unsupported", { reason: (error as Error).message });
+  }
   const placeholder = 0x100000n;
   const plan = backend.plan(
     paramsFor(request, {

@@ -1,6 +1,6 @@
 // The bench report: what was measured, by which implementation, on which machine. Reporters (bench/report/*) only
 // read this; `--json` prints it as is, so its keys carry their units (ms, bytes, tflops, gbps).
-import type { BackendName } from "../ffi/discovery.ts";
+import type { BackendName } from "../lib/vocabulary.ts";
 import type { BenchCase, PresetName } from "./sweep.ts";
 import type { TimingSummary } from "./stats.ts";
 
@@ -14,6 +14,21 @@ export type ImplFamily = "ours" | "naive" | "torch" | "numpy";
  * run this case. skipped: not attempted (time limit, or predicted far over the per-case budget). error: it failed.
  */
 export type RowStatus = "ok" | "oom" | "unsupported" | "skipped" | "error";
+
+/** The check of a kernel path against the fp64 reference on a small case, made before the path is timed. */
+export interface KernelCheck {
+  /** The small case, e.g. "b1 q257 kv257 h2/2 d128". */
+  shape: string;
+  /** The kernel(s) that computed it. */
+  kernel?: string;
+  relativeError?: number;
+  limit?: number;
+  pass: boolean;
+  /** Why the small case could not run at all (then pass is false). */
+  error?: string;
+  /** The library refused the small case as unsupported (the timed case says the same). */
+  unsupported?: boolean;
+}
 
 export interface Measurement {
   caseId: string;
@@ -33,6 +48,8 @@ export interface Measurement {
   kernel?: string;
   /** When the implementation computed in another dtype than the case's (NumPy: fp32). */
   dtype?: string;
+  /** Ours and naive: the reference check of this kernel path, made before it was timed. */
+  check?: KernelCheck;
 }
 
 /** One implementation the run considered, measured or not, with the reason when it was not. */

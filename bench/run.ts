@@ -4,9 +4,9 @@
 // rows into "skipped" with that reason, so the run always ends with a complete report.
 import os from "node:os";
 import process from "node:process";
-import { type BackendName, backendNames } from "../ffi/discovery.ts";
 import type { Backend } from "../lib/backend.ts";
 import { type BackendChoice, chooseBackend, noBackendError } from "../lib/select.ts";
+import { type BackendName, backendNames } from "../lib/vocabulary.ts";
 import { measureCopyBandwidth } from "./copy.ts";
 import { attentionFlops, gigabytesPerSecond, kvBytes, tflopsPerSecond } from "./flops.ts";
 import {
@@ -27,11 +27,12 @@ import {
   type Measurement,
 } from "./results.ts";
 import { summarize } from "./stats.ts";
-import { type BenchCase, expandSweep, type PresetName, presets, type SweepSpec } from "./sweep.ts";
+import { type BenchCase, expandSweep, type PresetName, type SweepSpec } from "./sweep.ts";
 import { baselineScript, PythonWorker } from "./baselines/worker.ts";
 import { type ProgressSink, silentProgress } from "./report/progress.ts";
 import { formatRate } from "./report/table.ts";
 import { hostFact, machineFacts } from "./machine.ts";
+import { KernelChecks } from "./verify.ts";
 
 /**
  * Timing per preset. The fa preset must fit well under 8 minutes on an H100 with every baseline: 72 cases, up to 7
@@ -59,6 +60,8 @@ export interface BenchOptions {
   python?: string;
   progress?: ProgressSink;
   env?: Record<string, string | undefined>;
+  /** The backend decision made before (commands/bench.ts); made here when absent. */
+  backends?: FoundBackends;
 }
 
 interface WorkerResult {
@@ -77,21 +80,23 @@ export function timesCpu(spec: SweepSpec, gpuUsable: boolean, backend: BackendCh
   return !(gpuUsable && spec.gpuSized && backend === "auto");
 }
 
-/** Whether a GPU backend of ours can run here (the default preset is fa then, quick otherwise). */
-export function gpuUsable(
-  opts: { backend: BackendChoice; libPath?: string; env?: Record<string, string | undefined> },
-): boolean {
-  const c = expandSweep(presets.quick, { gpu: true })[0];
-  const { usable } = chooseBackend({ problem: problemFor(c), direction: c.direction }, opts);
-  return [...usable.keys()].some((name) => name !== "cpu");
+/** The backend decision of a bench run: our usable backends (preference order) and a status for every backend. */
+export interface FoundBackends {
+  usable: Backend[];
+  statuses: ImplStatus[];
 }
 
 /**
- * Our backends that can run here, by the same decision run and doctor use, and why the others cannot. None usable
- * is the environment error run and doctor give too.
+ * Our backends that can run `spec` here, by the same decision run and doctor use, and why the others cannot; made
+ * once per run (commands/bench.ts also picks the default preset from it). The probe is the sweep's first case in
+ * bf16 where the dtype is left open, which every backend reads. None usable is the environment error run and
+ * doctor give too.
  */
-function findBackends(cases: BenchCase[], opts: BenchOptions): { usable: Backend[]; statuses: ImplStatus[] } {
-  const first = cases[0];
+export function findBackends(
+  spec: SweepSpec,
+  opts: { backend: BackendChoice; libPath?: string; env?: Record<string, string | undefined> },
+): FoundBackends {
+  const first = expandSweep(spec, { gpu: true })[0];
   const { decisions, usable } = chooseBackend(
     { problem: problemFor(first), direction: first.direction },
     { backend: opts.backend, libPath: opts.libPath, env: opts.env },
@@ -112,6 +117,9 @@ function findBackends(cases: BenchCase[], opts: BenchOptions): { usable: Backend
   if (usable.size === 0) throw noBackendError(decisions);
   return { usable: backendNames.map((n) => usable.get(n)).filter((b): b is Backend => !!b), statuses };
 }
+
+/** Whether a decision includes a GPU backend of ours. */
+export const gpuAmong = (found: FoundBackends) => found.usable.some((b) => b.name !== "cpu");
 
 /** Fills in the derived figures of a timed row: TFLOP/s, and for decode GB/s of K+V against the copy bandwidth. */
 function withRates(m: Measurement, c: BenchCase, copies: CopyBandwidth[]): Measurement {
@@ -175,12 +183,9 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     maxSeconds: opts.maxSeconds,
   };
 
-  // Probe with the GPU dtype when the preset leaves it open ("auto": bf16, which every backend reads); the real
-  // expansion below knows whether a GPU is measured.
-  const probeCases = expandSweep(opts.spec, { gpu: true });
-  const found = findBackends(probeCases, opts);
-  const { statuses } = found;
-  const gpu = found.usable.some((b) => b.name !== "cpu");
+  const found = opts.backends ?? findBackends(opts.spec, opts);
+  const statuses = [...found.statuses.map((s) => ({ ...s }))];
+  const gpu = gpuAmong(found);
   let usable = found.usable;
   if (!timesCpu(opts.spec, gpu, opts.backend)) {
     usable = usable.filter((b) => b.name !== "cpu");
@@ -255,6 +260,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
   }
 
   const speeds = new SpeedMemory();
+  const checks = new KernelChecks();
   const limits = new Map(usable.map((b) => [b.name, memoryLimit(b)]));
   const meanFlops = cases.reduce((s, c) => s + attentionFlops(c, c.direction), 0) / Math.max(1, cases.length);
   progress.start(cases.map((c) => 1 + attentionFlops(c, c.direction) / meanFlops));
@@ -284,7 +290,23 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
             continue;
           }
           progress.step(index, `${c.id} · ${implName(algorithm, b.name)}`);
-          rows.push(measureOurs(b, c, algorithm, { plan: opts.timing, memoryLimitBytes: limits.get(b.name)!, speeds }));
+          const check = await checks.verify(b, c, algorithm);
+          if (!check.pass && !check.unsupported) {
+            rows.push({
+              caseId: c.id,
+              impl: implName(algorithm, b.name),
+              family: algorithm === "flash" ? "ours" : "naive",
+              place: b.name,
+              status: "error",
+              reason: `not timed: the kernel failed the reference check on ${check.shape}: ${
+                check.error ?? `relative error ${check.relativeError!.toExponential(2)} > ${check.limit!.toExponential(2)}`
+              }`,
+              check,
+            });
+            continue;
+          }
+          const row = measureOurs(b, c, algorithm, { plan: opts.timing, memoryLimitBytes: limits.get(b.name)!, speeds });
+          rows.push({ ...row, check });
         }
       }
 

@@ -5,8 +5,9 @@
 //           (heads = 2048 / head_dim), seqlen 512..16k, head_dim 64/128/256, causal off and on, bf16, fwd and bwd
 //   decode  one query token against a long KV cache (4k..128k), GQA 32 query heads over 8 KV heads, head_dim 128
 //   quick   a few small shapes that finish in seconds on a 2-core CPU (the default without a GPU)
-import type { DType } from "../ffi/layout.ts";
 import { FlashAttnError } from "../lib/errors.ts";
+import { MAX_HEAD_DIM } from "../lib/problem.ts";
+import type { DType } from "../lib/vocabulary.ts";
 import { attentionFlops, type Direction, directions, type ProblemSize } from "./flops.ts";
 
 export interface BenchCase extends ProblemSize {
@@ -105,8 +106,9 @@ export interface SweepOverrides {
   direction?: string;
 }
 
-// Limits that keep a typo from asking for an absurd sweep; the native library validates the rest.
-const limits = { seqlen: 1 << 20, hdim: 256, batch: 1 << 16, heads: 1024, cases: 4096 };
+// Limits that keep a typo from asking for an absurd sweep (head_dim: the semantics' range); the native library
+// validates the rest.
+const limits = { seqlen: 1 << 20, hdim: MAX_HEAD_DIM, batch: 1 << 16, heads: 1024, cases: 4096 };
 
 function usage(message: string): never {
   throw new FlashAttnError("USAGE", message);

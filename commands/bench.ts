@@ -5,16 +5,17 @@ import fs from "node:fs";
 import path from "node:path";
 import process from "node:process";
 import type { Command } from "@commander-js/extra-typings";
-import { backendNames } from "../ffi/discovery.ts";
 import { FlashAttnError } from "../lib/errors.ts";
 import type { BackendChoice } from "../lib/select.ts";
-import { writeFileAtomic } from "../formats/atomic.ts";
+import { backendNames } from "../lib/vocabulary.ts";
+import { checkOutputTargets, writeFileAtomic } from "../formats/atomic.ts";
 import { applyOverrides, type PresetName, presetNames, presets, type SweepOverrides } from "../bench/sweep.ts";
 import {
   type BaselineName,
   baselineNames,
   type BenchOptions,
-  gpuUsable,
+  findBackends,
+  gpuAmong,
   presetTiming,
   runBench,
   sdpaImpls,
@@ -138,7 +139,10 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchPlan {
 }
 
 export async function executeBench(plan: BenchPlan): Promise<BenchReport> {
-  const preset = plan.preset ?? (gpuUsable({ backend: plan.backend, libPath: plan.libPath }) ? "fa" : "quick");
+  // The backend decision, once: it picks the default preset and is what the run measures.
+  const probe = plan.preset ? applyOverrides(presets[plan.preset], plan.overrides) : presets.quick;
+  const backends = findBackends(probe, { backend: plan.backend, libPath: plan.libPath });
+  const preset = plan.preset ?? (gpuAmong(backends) ? "fa" : "quick");
   const defaults = presetTiming[preset];
   const t = plan.timing;
   const options: BenchOptions = {
@@ -156,6 +160,7 @@ export async function executeBench(plan: BenchPlan): Promise<BenchReport> {
     maxSeconds: t.maxSeconds ?? defaults.maxSeconds,
     python: plan.python,
     progress: plan.quiet ? silentProgress : new StderrProgress(process.stderr),
+    backends,
   };
   if (!plan.quiet && plan.preset === undefined) progress(`flashattn bench: preset ${preset} (pass --preset to choose)`);
   return await runBench(options);
@@ -163,11 +168,17 @@ export async function executeBench(plan: BenchPlan): Promise<BenchReport> {
 
 const encode = (text: string) => new TextEncoder().encode(text);
 
-/** Writes the files the flags ask for (creating their folders); returns one line per file written (for stderr). */
+/**
+ * Refuses, before the bench runs, a --csv or --save file that cannot be written (a missing folder is not created:
+ * a typo in a path must not leave a new directory tree behind). The chart's folder is created (results/<device>/).
+ */
+export function checkOutputs(plan: BenchPlan): void {
+  checkOutputTargets([plan.csv?.path, plan.save].filter((f): f is string => !!f));
+}
+
+/** Writes the files the flags ask for; returns one line per file written (for stderr). */
 export function writeOutputs(report: BenchReport, plan: BenchPlan): string[] {
-  for (const file of [plan.chart, plan.csv?.path, plan.save]) {
-    if (file) fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-  }
+  if (plan.chart) fs.mkdirSync(path.dirname(path.resolve(plan.chart)), { recursive: true });
   const written: string[] = [];
   if (plan.chart) {
     writeFileAtomic(plan.chart, encode(renderSvg(report)));
@@ -229,6 +240,7 @@ export function register(program: Command) {
     .addHelpText("after", examples)
     .action(action(async (globals, raw: RawBenchOptions) => {
       const plan = parseBenchOptions(raw);
+      checkOutputs(plan);
       const report = await executeBench(plan);
       const written = writeOutputs(report, plan);
       if (globals.json) printJson(report);

@@ -1,23 +1,18 @@
 // `flashattn run`: attention on real inputs (.npy q/k/v, a .safetensors file with q/k/v or a packed qkv tensor) or on
 // a described random problem; optionally checked against the fp64 reference and written out atomically.
 //
-// Two halves: parseRunOptions() turns the raw flag strings into a RunPlan with no I/O (every bad flag becomes one
-// USAGE sentence, tested directly), and executeRun() loads inputs, runs, checks and writes.
+// This file is the command: its flags and help, parseRunOptions() (raw flag strings to a RunPlan, no I/O, every bad
+// flag one USAGE sentence, tested directly), and the report. The run wing (run/) carries the plan out.
 import process from "node:process";
 import type { Command } from "@commander-js/extra-typings";
-import { type BackendName, backendNames } from "../ffi/discovery.ts";
-import { attention, attentionFlops } from "../lib/attention.ts";
 import { FlashAttnError } from "../lib/errors.ts";
-import { type AttentionSemantics, describeProblem, type Problem, standardAlibiSlopes } from "../lib/problem.ts";
-import { naiveSamePrecisionForward, referenceForward, relativeError, withinTolerance } from "../lib/reference.ts";
-import { type BackendChoice, type BackendDecision, chooseBackend, noBackendError } from "../lib/select.ts";
-import { type DType, fromFloat32, randomTensor, type Tensor, tensor, toFloat32 } from "../lib/tensor.ts";
-import { readNpy, writeNpy } from "../formats/npy.ts";
-import { openSafetensors, writeSafetensors } from "../formats/safetensors.ts";
-import { describeShape } from "../formats/input.ts";
-import { refuseOverwritingInputs } from "../formats/atomic.ts";
+import { abiFault, checkShape } from "../lib/problem.ts";
+import type { BackendChoice, BackendDecision } from "../lib/select.ts";
+import { backendNames, type DType, type ProblemShape } from "../lib/vocabulary.ts";
+import { executeRun, type CheckResult, type RunResult } from "../run/execute.ts";
+import { checkRunLimits, defaultShape, type InputPlan, type OutputPlan, type RunPlan } from "../run/plan.ts";
 import packageJson from "../package.json" with { type: "json" };
-import { action, EXIT_FAILURE, type GlobalOptions, paint, printJson, progress, useColor } from "./_output.ts";
+import { action, EXIT_FAILURE, paint, printJson, progress, useColor } from "./_output.ts";
 
 // ---- the plan ------------------------------------------------------------------------------------------------------
 
@@ -55,62 +50,6 @@ export interface RawRunOptions {
   check?: boolean;
 }
 
-export interface ProblemShape {
-  batch: number;
-  seqlenQ: number;
-  seqlenK: number;
-  headsQ: number;
-  headsKv: number;
-  headDim: number;
-}
-
-export type InputPlan =
-  | { kind: "npy"; q: string; k: string; v: string }
-  /** names: explicit q/k/v names; packed: an explicit qkv name; neither: q/k/v if present, else qkv. */
-  | { kind: "safetensors"; path: string; names?: { q: string; k: string; v: string }; packed?: string }
-  | { kind: "random"; shape: ProblemShape; seed: number };
-
-export interface OutputPlan {
-  path: string;
-  format: "npy" | "safetensors";
-  /** LSE: not written, a separate .npy path, or (safetensors) a second tensor in the same file. */
-  lse: { kind: "none" } | { kind: "npy"; path: string } | { kind: "same-file" };
-}
-
-export interface RunPlan {
-  input: InputPlan;
-  /** Requested dtype: for files, a conversion (or how to read uint16 .npy data); "auto" = the files' own dtype,
-   *  for random problems fp32 on the CPU and bf16 on a GPU. */
-  dtype: DType | "auto";
-  causal: boolean;
-  window?: [number, number];
-  softcap?: number;
-  scale?: number;
-  alibi: { kind: "none" } | { kind: "standard" } | { kind: "file"; path: string };
-  backend: BackendChoice;
-  libPath?: string;
-  output?: OutputPlan;
-  check: boolean;
-  /** True when no problem was described: the embedded default problem runs, checked. */
-  isDefault: boolean;
-}
-
-/** The embedded default problem: one causal sequence of 1024 tokens, 8 heads of dimension 64. */
-export const defaultShape: ProblemShape = {
-  batch: 1,
-  seqlenQ: 1024,
-  seqlenK: 1024,
-  headsQ: 8,
-  headsKv: 8,
-  headDim: 64,
-};
-
-/** Random inputs are generated on the host: at most 2^28 elements (1 GiB as fp32) per tensor. */
-export const MAX_RANDOM_ELEMENTS = 2 ** 28;
-/** The fp64 reference costs about 2·b·hq·sq·sk·d multiply-adds; beyond 2^35 (tens of seconds) --check is refused. */
-export const MAX_CHECK_WORK = 2 ** 35;
-export const MAX_HEAD_DIM = 256;
-
 const usage = (message: string, fix?: string) => new FlashAttnError("USAGE", message, fix);
 
 const dtypeAliases: Record<string, DType> = {
@@ -143,9 +82,12 @@ function parseInteger(flag: string, text: string, min: number, max = Number.MAX_
   return value;
 }
 
+/** A float flag: finite, `check` holds, and it reaches the library's float32 field as itself (not 0, not inf). */
 function parseNumber(flag: string, text: string, check: (x: number) => boolean, want: string): number {
   const value = text.trim() === "" ? NaN : Number(text);
   if (!Number.isFinite(value) || !check(value)) throw usage(`${flag} must be ${want}, got '${text}'`);
+  const fault = abiFault("float32", value);
+  if (fault) throw usage(`${flag} ${text.trim()} ${fault}`, "the library computes in float32: about 1.2e-38 to 3.4e38");
   return value;
 }
 
@@ -155,7 +97,12 @@ export function parseWindow(text: string): [number, number] {
   if (parts.length !== 2) {
     throw usage(`--window takes LEFT,RIGHT (-1 = unbounded), got '${text}'`, "e.g. --window 256,0");
   }
-  const [left, right] = parts.map((p) => parseInteger("--window bounds", p, -1));
+  const [left, right] = parts.map((p) => {
+    const bound = parseInteger("--window bounds", p, -1);
+    const fault = abiFault("int32", bound);
+    if (fault) throw usage(`--window bound ${p.trim()} ${fault}`, "-1 leaves a side unbounded");
+    return bound;
+  });
   if (left === -1 && right === -1) {
     throw usage("--window -1,-1 is no window at all", "drop --window, or bound one side");
   }
@@ -175,36 +122,6 @@ export function parseShape(text: string): ProblemShape {
   return parts.length === 6
     ? { batch: n[0], seqlenQ: n[1], seqlenK: n[2], headsQ: n[3], headsKv: n[4], headDim: n[5] }
     : { batch: n[0], seqlenQ: n[1], seqlenK: n[1], headsQ: n[2], headsKv: n[2], headDim: n[3] };
-}
-
-/** The problem-size rules that hold whatever the backend: GQA divisibility, head_dim range, host memory, check cost. */
-export function checkShape(shape: ProblemShape, options: { check: boolean; random: boolean }): void {
-  const { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim } = shape;
-  if (headsQ % headsKv !== 0) {
-    throw usage(
-      `heads_q (${headsQ}) must be a multiple of heads_kv (${headsKv}) for GQA/MQA`,
-      "use a kv head count that divides the query head count",
-    );
-  }
-  if (headDim > MAX_HEAD_DIM) {
-    throw usage(
-      `head_dim ${headDim} is out of range (1..${MAX_HEAD_DIM})`,
-      "FlashAttention kernels support head dims up to 256",
-    );
-  }
-  const largest = Math.max(batch * seqlenQ * headsQ, batch * seqlenK * headsKv) * headDim;
-  if (options.random && largest > MAX_RANDOM_ELEMENTS) {
-    throw usage(
-      `the problem needs ${largest.toExponential(2)} elements per tensor; run generates at most 2^28 on the host`,
-      "use a smaller shape (flashattn bench measures large problems on the device)",
-    );
-  }
-  if (options.check && 2 * batch * headsQ * seqlenQ * seqlenK * headDim > MAX_CHECK_WORK) {
-    throw usage(
-      `--check on this problem would take the fp64 reference too long (more than 2^35 multiply-adds)`,
-      "drop --check, or check a smaller shape",
-    );
-  }
 }
 
 function inputPath(flag: string, value: string | undefined): string | undefined {
@@ -374,290 +291,10 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
   };
   if (plan.input.kind === "random") {
     plan.input.seed = seed;
-    checkShape(plan.input.shape, { check: plan.check, random: true });
+    checkShape(plan.input.shape, "USAGE");
+    checkRunLimits(plan.input.shape, { check: plan.check, random: true });
   }
   return plan;
-}
-
-// ---- loading inputs ------------------------------------------------------------------------------------------------
-
-/** The file paths a plan reads: outputs must not replace any of them. */
-export function planInputs(plan: RunPlan): string[] {
-  const paths: string[] = [];
-  if (plan.input.kind === "npy") paths.push(plan.input.q, plan.input.k, plan.input.v);
-  if (plan.input.kind === "safetensors") paths.push(plan.input.path);
-  if (plan.alibi.kind === "file") paths.push(plan.alibi.path);
-  return paths;
-}
-
-/** Converts a file tensor to the requested dtype (no copy when it already matches). */
-function convert(t: Tensor, dtype: DType | "auto"): Tensor {
-  return dtype === "auto" || dtype === t.dtype ? t : fromFloat32(dtype, t.shape, toFloat32(t));
-}
-
-/** (b, s, 3, h, d) packed qkv → three contiguous (b, s, h, d) tensors (a host copy of the strided views). */
-export function unpackQkv(file: string, name: string, qkv: Tensor): { q: Tensor; k: Tensor; v: Tensor } {
-  const shape = qkv.shape;
-  if (shape.length !== 5 || shape[2] !== 3) {
-    throw new FlashAttnError(
-      "BAD_INPUT",
-      `${file}: packed tensor '${name}' must be (batch, seqlen, 3, heads, head_dim), got ${describeShape(shape)}`,
-      "pack as torch.stack([q, k, v], dim=2), as flash_attn_qkvpacked_func takes it",
-    );
-  }
-  const [b, s, , h, d] = shape;
-  const slice = h * d;
-  const parts = [0, 1, 2].map(() => tensor(qkv.dtype, [b, s, h, d]));
-  for (let token = 0; token < b * s; token++) {
-    for (let which = 0; which < 3; which++) {
-      const from = (token * 3 + which) * slice;
-      parts[which].data.set(qkv.data.subarray(from, from + slice), token * slice);
-    }
-  }
-  return { q: parts[0], k: parts[1], v: parts[2] };
-}
-
-function loadSafetensors(input: Extract<InputPlan, { kind: "safetensors" }>): { q: Tensor; k: Tensor; v: Tensor } {
-  const file = openSafetensors(input.path);
-  try {
-    const has = (n: string) => file.entries.has(n);
-    // Without names: separate q, k, v tensors if the file has them, else one packed qkv.
-    const packed = input.packed ??
-      (!input.names && !(has("q") && has("k") && has("v")) && has("qkv") ? "qkv" : undefined);
-    if (packed !== undefined) return unpackQkv(input.path, packed, file.read(packed));
-    const names = input.names ?? { q: "q", k: "k", v: "v" };
-    return { q: file.read(names.q), k: file.read(names.k), v: file.read(names.v) };
-  } finally {
-    file.close();
-  }
-}
-
-function loadFiles(plan: RunPlan): { q: Tensor; k: Tensor; v: Tensor } {
-  const input = plan.input;
-  if (input.kind === "npy") {
-    const read = (path: string) => convert(readNpy(path, { bf16: plan.dtype === "bf16" }), plan.dtype);
-    return { q: read(input.q), k: read(input.k), v: read(input.v) };
-  }
-  if (input.kind === "safetensors") {
-    const { q, k, v } = loadSafetensors(input);
-    return { q: convert(q, plan.dtype), k: convert(k, plan.dtype), v: convert(v, plan.dtype) };
-  }
-  throw new FlashAttnError("INTERNAL", "loadFiles called for a random problem");
-}
-
-/** Seeded random q, k, v for a shape (k and v use the next seeds so the three differ). */
-function randomInputs(shape: ProblemShape, dtype: DType, seed: number): { q: Tensor; k: Tensor; v: Tensor } {
-  const { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim } = shape;
-  return {
-    q: randomTensor(dtype, [batch, seqlenQ, headsQ, headDim], seed),
-    k: randomTensor(dtype, [batch, seqlenK, headsKv, headDim], seed + 1),
-    v: randomTensor(dtype, [batch, seqlenK, headsKv, headDim], seed + 2),
-  };
-}
-
-/** ALiBi slopes from a .npy of shape (heads_q,) or (batch, heads_q), any float dtype. */
-function slopesFromFile(
-  path: string,
-  batch: number,
-  headsQ: number,
-): { alibiSlopes: Float32Array; alibiPerBatch: boolean } {
-  const t = readNpy(path);
-  const perHead = t.shape.length === 1 && t.shape[0] === headsQ;
-  const perBatch = t.shape.length === 2 && t.shape[0] === batch && t.shape[1] === headsQ;
-  if (!perHead && !perBatch) {
-    throw new FlashAttnError(
-      "BAD_INPUT",
-      `${path}: ALiBi slopes must have shape (${headsQ},) or (${batch}, ${headsQ}), got ${describeShape(t.shape)}`,
-      "one slope per query head, or per batch entry and query head",
-    );
-  }
-  return { alibiSlopes: toFloat32(t), alibiPerBatch: perBatch };
-}
-
-function semanticsFor(plan: RunPlan, batch: number, headsQ: number): AttentionSemantics {
-  const semantics: AttentionSemantics = {
-    causal: plan.causal,
-    window: plan.window,
-    softcap: plan.softcap,
-    scale: plan.scale,
-  };
-  if (plan.alibi.kind === "standard") semantics.alibiSlopes = standardAlibiSlopes(headsQ);
-  if (plan.alibi.kind === "file") Object.assign(semantics, slopesFromFile(plan.alibi.path, batch, headsQ));
-  return semantics;
-}
-
-/** A tensor that carries only dtype and shape, for deciding the backend before any data exists. */
-function shapeOnly(dtype: DType, shape: number[]): Tensor {
-  return { dtype, shape, data: new Uint16Array(0) };
-}
-
-function decide(
-  plan: RunPlan,
-  problem: Problem,
-  alibi: "none" | "per-head" | "per-batch-head",
-): { backend: BackendName; decisions: BackendDecision[] } {
-  const { chosen, decisions } = chooseBackend(
-    { problem, direction: "fwd", alibi },
-    { backend: plan.backend, libPath: plan.libPath },
-  );
-  if (!chosen) throw noBackendError(decisions);
-  return { backend: chosen.name, decisions };
-}
-
-// ---- running -------------------------------------------------------------------------------------------------------
-
-export interface CheckResult {
-  relativeError: number;
-  /** fp16/bf16: the error of softmax(QKᵀ)V computed naively in the same precision. */
-  naiveError?: number;
-  /** LSE against the reference over rows that have at least one key (informational). */
-  lseError: number;
-  limit: number;
-  pass: boolean;
-}
-
-export interface RunResult {
-  backend: BackendName;
-  kernel: string;
-  numSplits: number;
-  dtype: DType;
-  shape: ProblemShape;
-  causal: boolean;
-  window: [number, number] | null;
-  softcap: number;
-  scale: number;
-  alibi: "none" | "standard" | "file";
-  ms: number;
-  gflops: number;
-  check: CheckResult | null;
-  outputs: string[];
-  defaultProblem: boolean;
-  decisions: BackendDecision[];
-}
-
-function checkAgainstReference(
-  q: Tensor,
-  k: Tensor,
-  v: Tensor,
-  semantics: AttentionSemantics,
-  out: Tensor,
-  lse: Float32Array,
-): CheckResult {
-  const reference = referenceForward(q, k, v, semantics);
-  const error = relativeError(toFloat32(out), reference.out);
-  const naiveError = q.dtype === "fp32"
-    ? undefined
-    : relativeError(naiveSamePrecisionForward(q, k, v, semantics), reference.out);
-  const rows = [...reference.lse.keys()].filter((i) => Number.isFinite(reference.lse[i]));
-  const lseError = relativeError(rows.map((i) => lse[i]), rows.map((i) => reference.lse[i]));
-  const { ok, limit } = withinTolerance(q.dtype, error, naiveError);
-  return { relativeError: error, naiveError, lseError, limit, pass: ok };
-}
-
-function writeOutputs(
-  output: OutputPlan,
-  out: Tensor,
-  lse: Float32Array,
-  problem: Problem,
-  inputs: string[],
-  meta: Record<string, string>,
-): string[] {
-  const lseTensor = tensor("fp32", [problem.batch, problem.headsQ, problem.seqlenQ], lse);
-  if (output.format === "safetensors") {
-    const tensors: Record<string, Tensor> = output.lse.kind === "same-file" ? { out, lse: lseTensor } : { out };
-    writeSafetensors(output.path, tensors, meta, { inputs });
-    return [output.path];
-  }
-  writeNpy(output.path, out, { inputs });
-  if (output.lse.kind !== "npy") return [output.path];
-  writeNpy(output.lse.path, lseTensor, { inputs: [...inputs, output.path] });
-  return [output.path, output.lse.path];
-}
-
-/** Loads, decides the backend, runs, checks and writes as `plan` says. */
-export async function executeRun(plan: RunPlan, globals: GlobalOptions): Promise<RunResult> {
-  const inputs = planInputs(plan);
-  // Refuse a clobbering output before spending any time on the run.
-  if (plan.output) {
-    refuseOverwritingInputs(plan.output.path, inputs);
-    if (plan.output.lse.kind === "npy") refuseOverwritingInputs(plan.output.lse.path, [...inputs, plan.output.path]);
-  }
-  const tell = (message: string) => {
-    if (!globals.json && (globals.verbose || process.stderr.isTTY)) progress(message);
-  };
-
-  let tensors: { q: Tensor; k: Tensor; v: Tensor };
-  let decided: { backend: BackendName; decisions: BackendDecision[] } | undefined;
-  if (plan.input.kind === "random") {
-    const { shape, seed } = plan.input;
-    let dtype = plan.dtype;
-    if (dtype === "auto") {
-      // fp32 where the CPU serves the request, bf16 where a GPU does: decide on the shape alone, then generate.
-      const s = shape;
-      const kvShape = [s.batch, s.seqlenK, s.headsKv, s.headDim];
-      const problem = describeProblem(
-        shapeOnly("bf16", [s.batch, s.seqlenQ, s.headsQ, s.headDim]),
-        shapeOnly("bf16", kvShape),
-        shapeOnly("bf16", kvShape),
-        { causal: plan.causal, window: plan.window, softcap: plan.softcap, scale: plan.scale },
-      );
-      decided = decide(plan, problem, plan.alibi.kind === "none" ? "none" : "per-head");
-      dtype = decided.backend === "cpu" ? "fp32" : "bf16";
-      if (dtype === "fp32") decided = undefined; // decide again for fp32 below
-    }
-    tell(`generating random ${dtype} inputs (seed ${seed})…`);
-    tensors = randomInputs(shape, dtype, seed);
-  } else {
-    tensors = loadFiles(plan);
-  }
-  const { q, k, v } = tensors;
-  const semantics = semanticsFor(plan, q.shape[0], q.shape[q.shape.length - 2]);
-  const problem = describeProblem(q, k, v, semantics);
-  const shape: ProblemShape = {
-    batch: problem.batch,
-    seqlenQ: problem.seqlenQ,
-    seqlenK: problem.seqlenK,
-    headsQ: problem.headsQ,
-    headsKv: problem.headsKv,
-    headDim: problem.headDim,
-  };
-  checkShape(shape, { check: plan.check, random: plan.input.kind === "random" });
-  const alibiMode = !semantics.alibiSlopes ? "none" : semantics.alibiPerBatch ? "per-batch-head" : "per-head";
-  decided ??= decide(plan, problem, alibiMode);
-
-  tell(`running on ${decided.backend}…`);
-  const result = await attention(q, k, v, { ...semantics, backend: decided.backend, libPath: plan.libPath });
-  let check: CheckResult | null = null;
-  if (plan.check) {
-    tell("checking against the fp64 reference…");
-    check = checkAgainstReference(q, k, v, semantics, result.out, result.lse);
-  }
-  const meta = {
-    producer: `flashattn ${packageJson.version}`,
-    backend: result.backend,
-    kernel: result.kernel,
-    dtype: q.dtype,
-    causal: String(problem.causal),
-  };
-  const outputs = plan.output ? writeOutputs(plan.output, result.out, result.lse, problem, inputs, meta) : [];
-  return {
-    backend: decided.backend,
-    kernel: result.kernel,
-    numSplits: result.numSplits,
-    dtype: q.dtype,
-    shape,
-    causal: problem.causal,
-    window: plan.window ?? null,
-    softcap: problem.softcap,
-    scale: problem.scale,
-    alibi: plan.alibi.kind,
-    ms: result.ms,
-    gflops: attentionFlops(problem) / (result.ms * 1e6),
-    check,
-    outputs,
-    defaultProblem: plan.isDefault,
-    decisions: decided.decisions,
-  };
 }
 
 // ---- presenting ----------------------------------------------------------------------------------------------------
@@ -773,7 +410,10 @@ export function register(program: Command) {
     .option("--check", "compare with the fp64 reference; exit 1 beyond the DESIGN.md tolerance")
     .addHelpText("after", examples)
     .action(action(async (globals, raw: RawRunOptions) => {
-      const result = await executeRun(parseRunOptions(raw), globals);
+      const tell = (message: string) => {
+        if (!globals.json && (globals.verbose || process.stderr.isTTY)) progress(message);
+      };
+      const result = await executeRun(parseRunOptions(raw), tell);
       if (globals.verbose && !globals.json) process.stderr.write("backends:\n" + renderDecisions(result.decisions));
       if (globals.json) printJson(runDocument(result));
       else process.stdout.write(renderRun(result, useColor(process.stdout, globals.color)));

@@ -156,7 +156,8 @@ export interface ToolkitFacts {
 
 // ---- our native libraries and the backend decision -------------------------------------------------------------
 
-export type BackendName = "cpu" | "cuda" | "hip";
+import type { BackendName } from "../lib/vocabulary.ts";
+export type { BackendName };
 
 export interface LoadAttemptFacts {
   path: string;

@@ -10,9 +10,7 @@ import { fileURLToPath } from "node:url";
 import path from "node:path";
 import fs from "node:fs";
 import process from "node:process";
-
-export type BackendName = "cpu" | "cuda" | "hip";
-export const backendNames: readonly BackendName[] = ["cuda", "hip", "cpu"];
+import type { BackendName } from "../lib/vocabulary.ts";
 
 export type AttemptSource = "flag" | "env" | "build" | "package" | "executable" | "system";
 

@@ -1,11 +1,35 @@
 // fa_attn_params as the TypeScript side lays it out. The offsets mirror flashattn.h; on load they are compared
 // with what the library reports through fa_params_layout, so a header change that forgot this file (or a stale
 // library) is refused with a clear message instead of corrupting memory.
+//
+// The writer is the last check before C: every number must fit its field exactly (see fitsInt32 / fitsFloat32), so a
+// value that would wrap or flush to zero is refused here instead of silently becoming another problem.
+import { FlashAttnError } from "../lib/errors.ts";
+import type { DType, ProblemShape } from "../lib/vocabulary.ts";
 import { ABI_VERSION } from "./symbols.ts";
 
-export type DType = "fp32" | "fp16" | "bf16";
 export const dtypeCode: Record<DType, number> = { fp32: 0, fp16: 1, bf16: 2 };
-export const dtypeBytes: Record<DType, number> = { fp32: 4, fp16: 2, bf16: 2 };
+
+export const INT32_MIN = -(2 ** 31);
+export const INT32_MAX = 2 ** 31 - 1;
+/** The smallest positive normal float32: below it a GPU flushes to zero (FTZ), so such a value is not kept. */
+const FLOAT32_MIN_NORMAL = 2 ** -126;
+
+/** Whether `x` is stored exactly in an int32 field (a whole number in range; a larger one would wrap). */
+export function fitsInt32(x: number): boolean {
+  return Number.isInteger(x) && x >= INT32_MIN && x <= INT32_MAX;
+}
+
+/**
+ * Whether `x` keeps its meaning in a float32 field: finite after rounding to float32, and zero only when it was
+ * zero (1e39 would become infinity, 1e-50 would become 0 = "off" or "default"; subnormals are flushed by GPUs).
+ * Rounding to the nearest float32 is expected and harmless (the kernels compute in float32).
+ */
+export function fitsFloat32(x: number): boolean {
+  if (x === 0) return true;
+  const stored = Math.abs(Math.fround(x));
+  return Number.isFinite(stored) && stored >= FLOAT32_MIN_NORMAL;
+}
 
 /** A strided (batch, row, head, dim) view of a device tensor; dim is contiguous. Strides count elements. */
 export interface TensorView {
@@ -15,14 +39,9 @@ export interface TensorView {
   headStride: number;
 }
 
-export interface AttnParams {
+/** fa_attn_params field for field (camelCase); the shape fields are the shared ProblemShape. */
+export interface AttnParams extends ProblemShape {
   dtype: DType;
-  batch: number;
-  seqlenQ: number;
-  seqlenK: number;
-  headsQ: number;
-  headsKv: number;
-  headDim: number;
   causal: boolean;
   windowLeft: number;
   windowRight: number;
@@ -100,17 +119,38 @@ export function defaultParams(): AttnParams {
 }
 
 function writeView(dv: DataView, offset: number, t: TensorView) {
+  const name = layoutFields.find(([, o]) => o === offset)![0];
+  if (t.data < 0n || t.data >= 2n ** 64n) {
+    throw new FlashAttnError("INVALID_ARGUMENT", `fa_attn_params.${name}.data cannot hold ${t.data} (pointer)`);
+  }
   dv.setBigUint64(offset, t.data, true);
-  dv.setBigInt64(offset + 8, BigInt(t.batchStride), true);
-  dv.setBigInt64(offset + 16, BigInt(t.rowStride), true);
-  dv.setBigInt64(offset + 24, BigInt(t.headStride), true);
+  for (const [at, stride] of [[8, t.batchStride], [16, t.rowStride], [24, t.headStride]]) {
+    if (!Number.isSafeInteger(stride)) {
+      throw new FlashAttnError("INVALID_ARGUMENT", `fa_attn_params.${name} has a stride that is not a whole number: ${stride}`);
+    }
+    dv.setBigInt64(offset + at, BigInt(stride), true);
+  }
 }
 
 /** The bytes of fa_attn_params for `p` (struct_size and abi_version set). */
 export function encodeParams(p: AttnParams): Uint8Array {
   const bytes = new Uint8Array(PARAMS_SIZE);
   const dv = new DataView(bytes.buffer);
-  const i32 = (off: number, v: number) => dv.setInt32(off, v, true);
+  const field = (off: number) => layoutFields.find(([, o]) => o === off)![0];
+  const refuse = (off: number, v: number | bigint, type: string) =>
+    new FlashAttnError("INVALID_ARGUMENT", `fa_attn_params.${field(off)} cannot hold ${v} (${type})`);
+  const i32 = (off: number, v: number) => {
+    if (!fitsInt32(v)) throw refuse(off, v, "int32");
+    dv.setInt32(off, v, true);
+  };
+  const f32 = (off: number, v: number) => {
+    if (!fitsFloat32(v)) throw refuse(off, v, "float32");
+    dv.setFloat32(off, v, true);
+  };
+  const pointer = (off: number, v: bigint) => {
+    if (v < 0n || v >= 2n ** 64n) throw refuse(off, v, "pointer");
+    dv.setBigUint64(off, v, true);
+  };
   dv.setUint32(0, PARAMS_SIZE, true);
   dv.setUint32(4, ABI_VERSION, true);
   i32(8, dtypeCode[p.dtype]);
@@ -123,23 +163,23 @@ export function encodeParams(p: AttnParams): Uint8Array {
   i32(36, p.causal ? 1 : 0);
   i32(40, p.windowLeft);
   i32(44, p.windowRight);
-  dv.setFloat32(48, p.scale, true);
-  dv.setFloat32(52, p.softcap, true);
+  f32(48, p.scale);
+  f32(52, p.softcap);
   i32(56, alibiCodes[p.alibiMode]);
   i32(60, p.numSplits);
   i32(64, p.deterministic ? 1 : 0);
   i32(68, p.totalQ);
   i32(72, p.totalK);
   i32(76, p.algorithm === "naive" ? 1 : 0);
-  dv.setBigUint64(80, p.alibiSlopes, true);
-  dv.setBigUint64(88, p.cuSeqlensQ, true);
-  dv.setBigUint64(96, p.cuSeqlensK, true);
-  dv.setBigUint64(104, p.stream, true);
+  pointer(80, p.alibiSlopes);
+  pointer(88, p.cuSeqlensQ);
+  pointer(96, p.cuSeqlensK);
+  pointer(104, p.stream);
   writeView(dv, 112, p.q);
   writeView(dv, 144, p.k);
   writeView(dv, 176, p.v);
   writeView(dv, 208, p.o);
-  dv.setBigUint64(240, p.lse, true);
+  pointer(240, p.lse);
   writeView(dv, 248, p.dout);
   writeView(dv, 280, p.dq);
   writeView(dv, 312, p.dk);

@@ -16,10 +16,15 @@ export interface InputFile {
   close(): void;
 }
 
+/**
+ * Opens an input file for reading, refusing anything that is not a regular file (a FIFO would block the open or
+ * the read forever, a device never ends, a directory has no bytes). The open itself does not block: O_NONBLOCK,
+ * which has no effect on the reads of a regular file.
+ */
 export function openInput(file: string, kind: string): InputFile {
   let fd: number;
   try {
-    fd = fs.openSync(file, "r");
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (error) {
     const code = (error as { code?: string }).code;
     if (code === "ENOENT") throw badFile(file, "no such file", `check the path of the ${kind} file`);
@@ -29,7 +34,8 @@ export function openInput(file: string, kind: string): InputFile {
   const stat = fs.fstatSync(fd);
   if (!stat.isFile()) {
     fs.closeSync(fd);
-    throw badFile(file, "is not a regular file", `name a ${kind} file`);
+    const what = stat.isFIFO() ? "a FIFO" : stat.isDirectory() ? "a directory" : stat.isSocket() ? "a socket" : "a device";
+    throw badFile(file, `is not a regular file (it is ${what})`, `name a ${kind} file`);
   }
   return { path: file, fd, size: stat.size, close: () => fs.closeSync(fd) };
 }

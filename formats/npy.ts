@@ -8,8 +8,8 @@
 // (arr.view(np.uint16)) or 'V2' (ml_dtypes.bfloat16 saved by np.save); those are read as bf16 only when the caller
 // says the data is bf16, since a uint16 file may just as well hold integers. bf16 is written as '<u2', which plain
 // NumPy loads; `arr.view(ml_dtypes.bfloat16)` or `torch.from_numpy(arr).view(torch.bfloat16)` restores it.
-import { dtypeBytes } from "../ffi/layout.ts";
-import { type DType, type Tensor, tensor } from "../lib/tensor.ts";
+import { type Tensor, tensor } from "../lib/tensor.ts";
+import { type DType, dtypeBytes } from "../lib/vocabulary.ts";
 import { type AtomicWriteOptions, writeFileAtomic } from "./atomic.ts";
 import { badFile, describeShape, openInput, readExact, tensorByteCount } from "./input.ts";
 

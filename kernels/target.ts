@@ -2,7 +2,8 @@
 // kernels/build.ts finds the compiler, compiles the units in parallel (only those whose inputs changed: source,
 // the headers it can see, the flags), links, and writes build/libflashattn_<backend>.so.
 
-export type BackendName = "cpu" | "cuda" | "hip";
+import type { BackendName } from "../lib/vocabulary.ts";
+export type { BackendName };
 
 export interface CompileUnit {
   /** Source path relative to the repository root. */

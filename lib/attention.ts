@@ -1,10 +1,21 @@
 // attention() / attentionBackward(): host tensors in, host tensors out, on the backend chooseBackend picks.
 // Inputs are copied to device memory owned by the library (host memory for the CPU backend), the call runs, the
 // outputs come back, and every buffer is freed whatever happens.
-import type { Backend, DeviceBuffer } from "./backend.ts";
+//
+// The decision is made once: planAttention() describes the problem and chooses the backend; attention() takes that
+// plan (run and bench pass theirs in) or, given plain options, makes one itself.
+import type { Backend, DeviceBuffer, Direction } from "./backend.ts";
 import { FlashAttnError } from "./errors.ts";
-import { type AttentionSemantics, describeProblem, type Problem } from "./problem.ts";
-import { type AttnRequest, type BackendChoice, chooseBackend, type DeviceTensors, noBackendError, paramsFor } from "./select.ts";
+import { type AttentionSemantics, describeProblem, type Problem, type TensorShape } from "./problem.ts";
+import {
+  type AttnRequest,
+  type BackendChoice,
+  type BackendDecision,
+  chooseBackend,
+  type DeviceTensors,
+  noBackendError,
+  paramsFor,
+} from "./select.ts";
 import { type Tensor, tensor } from "./tensor.ts";
 
 export interface AttentionOptions extends AttentionSemantics {
@@ -19,6 +30,75 @@ export interface AttentionOptions extends AttentionSemantics {
   /** Fill the outputs with NaN before the call, so an element the kernel never wrote cannot pass a check. */
   poison?: boolean;
   env?: Record<string, string | undefined>;
+}
+
+/** The decision for one call: the problem described and the backend chosen, with every backend's verdict. */
+export interface AttentionPlan {
+  problem: Problem;
+  /** The options the plan was made from (the call uploads their ALiBi slopes and cu_seqlens). */
+  options: AttentionOptions;
+  request: AttnRequest;
+  backend: Backend;
+  decisions: BackendDecision[];
+}
+
+/** How a call runs: plain options (a plan is made), or a plan made before (used as it is). */
+export type CallOptions = AttentionOptions | { plan: AttentionPlan; poison?: boolean };
+
+function alibiMode(opts: AttentionSemantics): AttnRequest["alibi"] {
+  if (!opts.alibiSlopes) return "none";
+  return opts.alibiPerBatch ? "per-batch-head" : "per-head";
+}
+
+/**
+ * Describes the problem of q, k, v (their shapes suffice: no data is read) and chooses the backend that serves it,
+ * once. Throws the usage error of an inconsistent request, or the environment error of "no backend can run this".
+ * `chosen`: a backend chosen before (bench measures each usable backend in turn), taken as it is; a kernel that
+ * cannot serve the problem then answers UNSUPPORTED when the call runs.
+ */
+export function planAttention(
+  q: TensorShape,
+  k: TensorShape,
+  v: TensorShape,
+  options: AttentionOptions = {},
+  direction: Direction = "fwd",
+  chosen?: Backend,
+): AttentionPlan {
+  const problem = describeProblem(q, k, v, options);
+  const request = requestFor(problem, options, direction);
+  if (chosen) return { problem, options, request, backend: chosen, decisions: [] };
+  const decision = chooseBackend(request, { backend: options.backend, libPath: options.libPath, env: options.env });
+  if (!decision.chosen) throw noBackendError(decision.decisions);
+  return { problem, options, request, backend: decision.chosen, decisions: decision.decisions };
+}
+
+function requestFor(problem: Problem, options: AttentionOptions, direction: Direction): AttnRequest {
+  const alibi = alibiMode(options);
+  return direction === "fwd"
+    ? { problem, direction, alibi, algorithm: options.algorithm, numSplits: options.numSplits }
+    : { problem, direction, alibi, deterministic: options.deterministic };
+}
+
+/** The plan a call runs: the one passed in (its tensors must be the problem's), or a new one. */
+function planOf(q: Tensor, k: Tensor, v: Tensor, opts: CallOptions, direction: Direction): AttentionPlan {
+  if (!("plan" in opts)) return planAttention(q, k, v, opts, direction);
+  const { plan } = opts;
+  if (plan.request.direction !== direction) {
+    throw new FlashAttnError("INTERNAL", `a ${plan.request.direction} plan was passed to a ${direction} call`);
+  }
+  const p = plan.problem;
+  const rows = (batch: number, seqlen: number) => (p.varlen ? [batch] : [p.batch, seqlen]);
+  const wants: Array<[string, Tensor, number[]]> = [
+    ["q", q, [...rows(p.totalQ, p.seqlenQ), p.headsQ, p.headDim]],
+    ["k", k, [...rows(p.totalK, p.seqlenK), p.headsKv, p.headDim]],
+    ["v", v, [...rows(p.totalK, p.seqlenK), p.headsKv, p.headDim]],
+  ];
+  for (const [name, t, shape] of wants) {
+    if (t.dtype !== p.dtype || t.shape.join() !== shape.join()) {
+      throw new FlashAttnError("BAD_INPUT", `${name} is ${t.dtype} (${t.shape.join(", ")}) but the plan is for ${p.dtype} (${shape.join(", ")})`);
+    }
+  }
+  return plan;
 }
 
 export interface AttentionResult {
@@ -39,11 +119,6 @@ export interface BackwardResult {
   backend: string;
   kernel: string;
   ms: number;
-}
-
-function alibiMode(opts: AttentionOptions): AttnRequest["alibi"] {
-  if (!opts.alibiSlopes) return "none";
-  return opts.alibiPerBatch ? "per-batch-head" : "per-head";
 }
 
 function lseLength(p: Problem): number {
@@ -72,13 +147,7 @@ class Scratch {
   }
 }
 
-function pick(request: AttnRequest, opts: AttentionOptions): Backend {
-  const { chosen, decisions } = chooseBackend(request, { backend: opts.backend, libPath: opts.libPath, env: opts.env });
-  if (!chosen) throw noBackendError(decisions);
-  return chosen;
-}
-
-function uploadShared(scratch: Scratch, opts: AttentionOptions, p: Problem): Partial<DeviceTensors> {
+function uploadShared(scratch: Scratch, opts: AttentionSemantics, p: Problem): Partial<DeviceTensors> {
   return {
     alibiSlopes: opts.alibiSlopes ? scratch.upload(opts.alibiSlopes) : undefined,
     cuSeqlensQ: p.varlen ? scratch.upload(opts.cuSeqlensQ!) : undefined,
@@ -91,12 +160,8 @@ function newLike(t: Tensor): Tensor {
 }
 
 /** Exact attention O = softmax(scale·QKᵀ [+ masks, softcap, ALiBi]) V with its LSE. */
-export async function attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions = {}): Promise<AttentionResult> {
-  const problem = describeProblem(q, k, v, opts);
-  const request: AttnRequest = {
-    problem, direction: "fwd", algorithm: opts.algorithm, alibi: alibiMode(opts), numSplits: opts.numSplits,
-  };
-  const backend = pick(request, opts);
+export async function attention(q: Tensor, k: Tensor, v: Tensor, opts: CallOptions = {}): Promise<AttentionResult> {
+  const { problem, options, request, backend } = planOf(q, k, v, opts, "fwd");
   const scratch = new Scratch(backend);
   try {
     const out = newLike(q);
@@ -106,7 +171,7 @@ export async function attention(q: Tensor, k: Tensor, v: Tensor, opts: Attention
     if (opts.poison) for (const b of [o, l]) backend.fill(b, 0xff);
     const params = paramsFor(request, {
       q: scratch.upload(q.data), k: scratch.upload(k.data), v: scratch.upload(v.data), o: o.address, lse: l.address,
-      ...uploadShared(scratch, opts, problem),
+      ...uploadShared(scratch, options, problem),
     });
     const t0 = performance.now();
     const { kernelId, numSplits } = backend.forward(params);
@@ -128,9 +193,9 @@ export async function attentionBackward(
   v: Tensor,
   out: Tensor,
   lse: Float32Array,
-  opts: AttentionOptions = {},
+  opts: CallOptions = {},
 ): Promise<BackwardResult> {
-  const problem = describeProblem(q, k, v, opts);
+  const { problem, options, request, backend } = planOf(q, k, v, opts, "bwd");
   for (const [name, t] of [["dout", dout], ["out", out]] as const) {
     if (t.dtype !== q.dtype || t.shape.join() !== q.shape.join()) {
       throw new FlashAttnError("BAD_INPUT", `${name} must have q's dtype and shape (${q.dtype}, (${q.shape.join(", ")})), got ${t.dtype} (${t.shape.join(", ")})`);
@@ -139,10 +204,6 @@ export async function attentionBackward(
   if (lse.length !== lseLength(problem)) {
     throw new FlashAttnError("BAD_INPUT", `lse has ${lse.length} values but this problem has ${lseLength(problem)}`);
   }
-  const request: AttnRequest = {
-    problem, direction: "bwd", alibi: alibiMode(opts), deterministic: opts.deterministic,
-  };
-  const backend = pick(request, opts);
   const scratch = new Scratch(backend);
   try {
     const dq = newLike(q), dk = newLike(k), dv = newLike(v);
@@ -153,7 +214,7 @@ export async function attentionBackward(
     const params = paramsFor(request, {
       q: scratch.upload(q.data), k: scratch.upload(k.data), v: scratch.upload(v.data), o: scratch.upload(out.data),
       lse: scratch.upload(lse), dout: scratch.upload(dout.data), dq: dqBuf.address, dk: dkBuf.address,
-      dv: dvBuf.address, ...uploadShared(scratch, opts, problem),
+      dv: dvBuf.address, ...uploadShared(scratch, options, problem),
     });
     const t0 = performance.now();
     const { kernelId } = backend.backward(params);

@@ -1,16 +1,12 @@
 // Backend: one loaded libflashattn_<backend>.so behind a typed interface. Every native status becomes a
 // FlashAttnError carrying the library's own sentence (fa_last_error), so nothing below this file sees status codes.
+import fs from "node:fs";
 import { addressOf, decodeCString, type NativeLibrary, openLibrary } from "../ffi/loader.ts";
 import { ABI_VERSION, type FaSymbols, faSymbols, Status, statusNames } from "../ffi/symbols.ts";
 import { type AttnParams, compareLayout, decodeOutputs, encodeParams, expectedLayout } from "../ffi/layout.ts";
-import {
-  type BackendName,
-  type Candidate,
-  type LoadAttempt,
-  libraryCandidates,
-  missingFileError,
-} from "../ffi/discovery.ts";
+import { type Candidate, type LoadAttempt, libraryCandidates, missingFileError } from "../ffi/discovery.ts";
 import { type ErrorCode, FlashAttnError } from "./errors.ts";
+import type { BackendName } from "./vocabulary.ts";
 
 export type { BackendName, LoadAttempt };
 export type Direction = "fwd" | "bwd" | "fwd+bwd";
@@ -262,6 +258,16 @@ function loadCandidate(expected: BackendName | null, c: Candidate): Backend {
 
 const loaded = new Map<string, Backend>();
 
+/** dlopen of a FIFO blocks forever and of a device or directory fails obscurely: only regular files are opened. */
+function notRegularFileError(c: Candidate): string | null {
+  if (c.source === "system") return null;
+  try {
+    return fs.statSync(c.path).isFile() ? null : "is not a regular file (a FIFO, device or directory)";
+  } catch (error) {
+    return (error as Error).message;
+  }
+}
+
 /**
  * Finds and loads libflashattn_<name>.so. Every attempt is recorded; the first library that loads and passes the
  * ABI checks wins. With an explicit path (libPath / FLASHATTN_LIB) only that path is tried.
@@ -272,7 +278,7 @@ export function openBackend(
 ): { backend?: Backend; attempts: LoadAttempt[] } {
   const attempts: LoadAttempt[] = [];
   for (const c of libraryCandidates(name, opts)) {
-    const missing = missingFileError(c);
+    const missing = missingFileError(c) ?? notRegularFileError(c);
     if (missing) {
       attempts.push({ path: c.path, source: c.source, ok: false, error: missing });
       continue;

@@ -1,10 +1,17 @@
 // The attention problem a set of host tensors and options describes: shapes checked against each other, varlen
-// sequences resolved, the masking window with causal folded in. Shared by the reference, attention() and the
-// backend decision so that all three read a request the same way.
-import { FlashAttnError } from "./errors.ts";
-import type { DType, Tensor } from "./tensor.ts";
+// sequences resolved, every value checked against the rules of the semantics and of the C ABI. Shared by the
+// reference, attention(), the backend decision and the CLI's flag parsing, so that all of them read a request the
+// same way and each rule is written once.
+//
+// Causal and the window are kept as given: `causal` says "no key after the diagonal", `window` is the user's
+// [left, right] (-1 = unbounded). The two combine in one place per implementation: the fp64 reference's mask
+// (lib/reference.ts) and, for the kernels, effective_window_right in kernels/common/fa_common.hpp.
+import { fitsFloat32, fitsInt32, INT32_MAX } from "../ffi/layout.ts";
+import { type ErrorCode, FlashAttnError } from "./errors.ts";
+import type { Tensor } from "./tensor.ts";
+import type { DType, ProblemShape } from "./vocabulary.ts";
 
-/** The semantics of DESIGN.md (flash-attn 2.x). */
+/** The semantics of docs/DESIGN.md (flash-attn 2.x). */
 export interface AttentionSemantics {
   causal?: boolean;
   /** [left, right]; -1 = unbounded. */
@@ -20,6 +27,42 @@ export interface AttentionSemantics {
   cuSeqlensK?: Int32Array;
 }
 
+/** The head_dim range of flash-attn 2.x, which every backend implements (the limits in kernels/{cpu,gpu}/api.cpp). */
+export const MAX_HEAD_DIM = 256;
+
+/**
+ * The rules a problem's sizes obey whatever the backend: every size fits the ABI's int32 fields, GQA/MQA needs
+ * heads_q to be a multiple of heads_kv, head_dim is 1..256. Throws `code` (BAD_INPUT for tensors, USAGE for flags).
+ */
+export function checkShape(shape: ProblemShape, code: ErrorCode = "BAD_INPUT"): void {
+  const fail = (message: string, fix?: string) => new FlashAttnError(code, message, fix);
+  const names: Array<[keyof ProblemShape, string]> = [
+    ["batch", "batch"], ["seqlenQ", "seqlen_q"], ["seqlenK", "seqlen_k"], ["headsQ", "heads_q"],
+    ["headsKv", "heads_kv"], ["headDim", "head_dim"],
+  ];
+  for (const [key, name] of names) {
+    if (!fitsInt32(shape[key])) throw fail(`${name} ${shape[key]} does not fit the library's int32 sizes (at most ${INT32_MAX})`);
+  }
+  const { headsQ, headsKv, headDim } = shape;
+  if (headsQ % headsKv !== 0) {
+    throw fail(`heads_q (${headsQ}) must be a multiple of heads_kv (${headsKv}) for GQA/MQA`,
+      "use a kv head count that divides the query head count");
+  }
+  if (headDim > MAX_HEAD_DIM) {
+    throw fail(`head_dim ${headDim} is out of range (1..${MAX_HEAD_DIM})`, "FlashAttention kernels support head dims up to 256");
+  }
+}
+
+/**
+ * Why `value` cannot reach its C ABI field unchanged, or undefined when it can: the window bounds are int32, scale
+ * and softcap float32 (ffi/layout.ts refuses the same values again when it writes the struct).
+ */
+export function abiFault(kind: "int32" | "float32", value: number): string | undefined {
+  if (kind === "int32") return fitsInt32(value) ? undefined : `does not fit an int32 (at most ${INT32_MAX})`;
+  if (fitsFloat32(value)) return undefined;
+  return `is outside float32's range (${Number.isFinite(Math.fround(value)) ? "it would become 0" : "it would overflow"})`;
+}
+
 export interface Sequence {
   /** First token of this sequence in the packed (or padded) q and k/v. */
   q0: number;
@@ -28,23 +71,16 @@ export interface Sequence {
   sk: number;
 }
 
-export interface Problem {
+/** A checked problem: the shape (padded: the sequence lengths; varlen: the longest) and the semantics resolved. */
+export interface Problem extends ProblemShape {
   dtype: DType;
-  batch: number;
-  /** Padded: the sequence lengths; varlen: the maximum lengths. */
-  seqlenQ: number;
-  seqlenK: number;
-  headsQ: number;
-  headsKv: number;
-  headDim: number;
   varlen: boolean;
   totalQ: number;
   totalK: number;
   sequences: Sequence[];
   scale: number;
-  /** Resolved window; causal folds in as right = 0. -1 = unbounded. */
-  windowLeft: number;
-  windowRight: number;
+  /** The window as given, [left, right], -1 = unbounded ([-1, -1]: none); causal is not folded in. */
+  window: [number, number];
   softcap: number;
   causal: boolean;
 }
@@ -60,8 +96,11 @@ function checkCuSeqlens(name: string, cu: Int32Array, batch: number, total: numb
   if (cu[batch] !== total) throw bad(`${name}[${batch}] = ${cu[batch]} must equal the ${total} packed tokens`);
 }
 
-/** Reads the problem from tensors and options, refusing inconsistent input with one sentence. */
-export function describeProblem(q: Tensor, k: Tensor, v: Tensor, opts: AttentionSemantics = {}): Problem {
+/** What describing a problem reads of a tensor: its dtype and shape (so a problem can be described before its data exists). */
+export type TensorShape = Pick<Tensor, "dtype" | "shape">;
+
+/** Reads the problem from tensors (or their shapes) and options, refusing inconsistent input with one sentence. */
+export function describeProblem(q: TensorShape, k: TensorShape, v: TensorShape, opts: AttentionSemantics = {}): Problem {
   if (q.dtype !== k.dtype || q.dtype !== v.dtype) {
     throw bad(`q, k and v must share a dtype, got ${q.dtype}, ${k.dtype} and ${v.dtype}`);
   }
@@ -81,10 +120,6 @@ export function describeProblem(q: Tensor, k: Tensor, v: Tensor, opts: Attention
   if (k.shape[rank - 1] !== d) throw bad(`q has head_dim ${d} but k and v have ${k.shape[rank - 1]}`);
   if (d < 1) throw bad(`head_dim must be at least 1, got ${d}`);
   if (headsQ < 1 || headsKv < 1) throw bad(`head counts must be at least 1, got ${headsQ} and ${headsKv}`);
-  if (headsQ % headsKv !== 0) {
-    throw bad(`heads_q (${headsQ}) must be a multiple of heads_kv (${headsKv}) for GQA/MQA`,
-      "use a kv head count that divides the query head count");
-  }
 
   let batch: number, seqlenQ: number, seqlenK: number, totalQ = 0, totalK = 0;
   const sequences: Sequence[] = [];
@@ -111,16 +146,27 @@ export function describeProblem(q: Tensor, k: Tensor, v: Tensor, opts: Attention
     seqlenK = k.shape[1];
     if (k.shape[0] !== batch) throw bad(`q has batch ${batch} but k and v have ${k.shape[0]}`);
     if (batch < 1 || seqlenQ < 1) throw bad(`batch and seqlen_q must be at least 1, got q shape (${q.shape.join(", ")})`);
-    for (let b = 0; b < batch; b++) sequences.push({ q0: b * seqlenQ, k0: b * seqlenK, sq: seqlenQ, sk: seqlenK });
+  }
+
+  checkShape({ batch, seqlenQ, seqlenK, headsQ, headsKv, headDim: d });
+  if (!varlen) for (let b = 0; b < batch; b++) sequences.push({ q0: b * seqlenQ, k0: b * seqlenK, sq: seqlenQ, sk: seqlenK });
+  if (varlen) for (const [name, total] of [["total_q", totalQ], ["total_k", totalK]] as const) {
+    if (!fitsInt32(total)) throw bad(`${name} ${total} does not fit the library's int32 sizes (at most ${INT32_MAX})`);
   }
 
   const scale = opts.scale ?? 1 / Math.sqrt(d);
   if (!Number.isFinite(scale) || scale <= 0) throw bad(`scale must be a finite positive number, got ${opts.scale}`);
   const softcap = opts.softcap ?? 0;
   if (!Number.isFinite(softcap) || softcap < 0) throw bad(`softcap must be a finite number ≥ 0 (0 = off), got ${opts.softcap}`);
+  for (const [name, value] of [["scale", scale], ["softcap", softcap]] as const) {
+    const fault = abiFault("float32", value);
+    if (fault) throw bad(`${name} ${value} ${fault}`);
+  }
   const [left, right] = opts.window ?? [-1, -1];
   for (const w of [left, right]) {
     if (!Number.isInteger(w) || w < -1) throw bad(`window bounds must be whole numbers ≥ -1 (-1 = unbounded), got (${left}, ${right})`);
+    const fault = abiFault("int32", w);
+    if (fault) throw bad(`window bound ${w} ${fault}`);
   }
   const causal = !!opts.causal;
   if (opts.alibiSlopes) {
@@ -132,7 +178,7 @@ export function describeProblem(q: Tensor, k: Tensor, v: Tensor, opts: Attention
   }
   return {
     dtype: q.dtype, batch, seqlenQ, seqlenK, headsQ, headsKv, headDim: d, varlen, totalQ, totalK, sequences, scale,
-    windowLeft: left, windowRight: causal ? 0 : right, softcap, causal,
+    window: [left, right], softcap, causal,
   };
 }
 

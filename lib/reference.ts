@@ -44,6 +44,8 @@ function forEachRow(
   const { headsQ, headsKv, headDim: d, scale, softcap } = p;
   const group = headsQ / headsKv;
   const slopes = opts.alibiSlopes;
+  // Causal bounds the window's right side at the diagonal (flash-attn 2.x: window_size right = 0 when causal).
+  const [left, right] = [p.window[0], p.causal ? 0 : p.window[1]];
   for (let b = 0; b < p.sequences.length; b++) {
     const { q0, k0, sq, sk } = p.sequences[b];
     const diag = sk - sq;
@@ -51,8 +53,8 @@ function forEachRow(
       const kvh = Math.floor(h / group);
       const slope = slopes ? slopes[opts.alibiPerBatch ? b * headsQ + h : h] : 0;
       for (let i = 0; i < sq; i++) {
-        const lo = p.windowLeft >= 0 ? Math.max(0, i + diag - p.windowLeft) : 0;
-        const hi = p.windowRight >= 0 ? Math.min(sk - 1, i + diag + p.windowRight) : sk - 1;
+        const lo = left >= 0 ? Math.max(0, i + diag - left) : 0;
+        const hi = right >= 0 ? Math.min(sk - 1, i + diag + right) : sk - 1;
         const qt = q0 + i;
         const qBase = (qt * headsQ + h) * d;
         const keys: number[] = [], scores: number[] = [], capGrad: number[] = [];

@@ -2,10 +2,10 @@
 // and `doctor` all call chooseBackend, so what doctor explains is what the other commands do.
 import process from "node:process";
 import { type AttnParams, defaultParams, type TensorView } from "../ffi/layout.ts";
-import { type BackendName, backendNames } from "../ffi/discovery.ts";
 import { type Backend, type Direction, type LoadAttempt, openBackend } from "./backend.ts";
 import { FlashAttnError } from "./errors.ts";
 import type { Problem } from "./problem.ts";
+import { type BackendName, backendNames } from "./vocabulary.ts";
 
 export type BackendChoice = "auto" | BackendName;
 
@@ -55,7 +55,7 @@ function contiguous(data: bigint, rowsPerBatch: number, heads: number, d: number
   return { data, batchStride: rowsPerBatch * heads * d, rowStride: heads * d, headStride: d };
 }
 
-/** fa_attn_params for a request over contiguous device tensors. */
+/** fa_attn_params for a request over contiguous device tensors (causal and the window passed as given). */
 export function paramsFor(request: AttnRequest, t: DeviceTensors): AttnParams {
   const p = request.problem;
   const rowsQ = p.varlen ? 0 : p.seqlenQ, rowsK = p.varlen ? 0 : p.seqlenK;
@@ -64,7 +64,7 @@ export function paramsFor(request: AttnRequest, t: DeviceTensors): AttnParams {
   return {
     ...defaultParams(),
     dtype: p.dtype, batch: p.batch, seqlenQ: p.seqlenQ, seqlenK: p.seqlenK, headsQ: p.headsQ, headsKv: p.headsKv,
-    headDim: p.headDim, causal: p.causal, windowLeft: p.windowLeft, windowRight: p.causal ? -1 : p.windowRight,
+    headDim: p.headDim, causal: p.causal, windowLeft: p.window[0], windowRight: p.window[1],
     scale: p.scale, softcap: p.softcap, alibiMode: request.alibi ?? "none", numSplits: request.numSplits ?? 0,
     deterministic: request.deterministic ?? false, totalQ: p.totalQ, totalK: p.totalK,
     algorithm: request.algorithm ?? "flash", alibiSlopes: t.alibiSlopes ?? 0n, cuSeqlensQ: t.cuSeqlensQ ?? 0n,

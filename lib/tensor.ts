@@ -1,7 +1,7 @@
 // Host tensors: a dtype, a shape and the raw elements (fp16/bf16 kept as their 16-bit patterns), with exact
 // conversions to and from fp32 (round to nearest even, like the hardware) and seeded random data.
-import type { DType } from "../ffi/layout.ts";
 import { FlashAttnError } from "./errors.ts";
+import type { DType } from "./vocabulary.ts";
 
 export type { DType };
 
@@ -11,8 +11,6 @@ export interface Tensor {
   /** fp32: Float32Array; fp16/bf16: Uint16Array of bit patterns. Row-major (C order). */
   data: Float32Array | Uint16Array;
 }
-
-export const dtypes: readonly DType[] = ["fp32", "fp16", "bf16"];
 
 export function elementCount(shape: readonly number[]): number {
   let n = 1;

@@ -3,15 +3,10 @@
 import { describe, expect, test } from "bun:test";
 import { FlashAttnError } from "../lib/errors.ts";
 import { tensor } from "../lib/tensor.ts";
-import {
-  defaultShape,
-  parseRunOptions,
-  type RawRunOptions,
-  renderRun,
-  runDocument,
-  type RunResult,
-  unpackQkv,
-} from "../commands/run.ts";
+import { parseRunOptions, type RawRunOptions, renderRun, runDocument } from "../commands/run.ts";
+import { unpackQkv } from "../formats/qkv.ts";
+import type { RunResult } from "../run/execute.ts";
+import { defaultShape } from "../run/plan.ts";
 
 function usageError(raw: RawRunOptions): string {
   try {

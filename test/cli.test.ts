@@ -9,7 +9,7 @@ import { readNpy, writeNpy } from "../formats/npy.ts";
 import { readSafetensors } from "../formats/safetensors.ts";
 import { referenceForward, relativeError } from "../lib/reference.ts";
 import { fromFloat32, tensor, toFloat32 } from "../lib/tensor.ts";
-import { unpackQkv } from "../commands/run.ts";
+import { unpackQkv } from "../formats/qkv.ts";
 
 const root = path.resolve(import.meta.dir, "..");
 const bun = path.join(root, "node_modules", ".bin", "bun");

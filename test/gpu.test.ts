@@ -7,7 +7,7 @@
 import { describe, expect, test } from "bun:test";
 import { type Backend, openBackend } from "../lib/backend.ts";
 import type { AttentionOptions } from "../lib/attention.ts";
-import type { BackendName } from "../ffi/discovery.ts";
+import type { BackendName } from "../lib/vocabulary.ts";
 import { backwardCases, type Case, checkBackward, checkForward, forwardCases, inGpuDtype } from "./support/grid.ts";
 import { setNativeEnv } from "./support/native-env.ts";
 

@@ -3,7 +3,7 @@
 // it (lib/select.ts chooseBackend, not a copy). Runs in the probe worker: a GPU self-test that hangs must not
 // take the doctor with it.
 import process from "node:process";
-import { backendNames } from "../../ffi/discovery.ts";
+import { backendNames } from "../../lib/vocabulary.ts";
 import { attention } from "../../lib/attention.ts";
 import { openBackend } from "../../lib/backend.ts";
 import { FlashAttnError } from "../../lib/errors.ts";

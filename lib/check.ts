@@ -1,0 +1,60 @@
+// A kernel's results against the fp64 reference (lib/reference.ts), with the tolerances of DESIGN.md: what
+// `run --check` reports and what `bench` requires of each kernel path before it times it.
+import type { AttentionSemantics } from "./problem.ts";
+import {
+  naiveSamePrecisionForward,
+  referenceBackward,
+  referenceForward,
+  relativeError,
+  withinTolerance,
+} from "./reference.ts";
+import { type Tensor, toFloat32 } from "./tensor.ts";
+
+export interface CheckResult {
+  relativeError: number;
+  /** fp16/bf16: the error of softmax(QKᵀ)V computed naively in the same precision. */
+  naiveError?: number;
+  /** LSE against the reference over rows that have at least one key (informational). */
+  lseError: number;
+  limit: number;
+  pass: boolean;
+}
+
+/** O (and, for information, the LSE) of a forward call against the reference. */
+export function checkAgainstReference(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  semantics: AttentionSemantics,
+  out: Tensor,
+  lse: Float32Array,
+): CheckResult {
+  const reference = referenceForward(q, k, v, semantics);
+  const error = relativeError(toFloat32(out), reference.out);
+  const naiveError = q.dtype === "fp32"
+    ? undefined
+    : relativeError(naiveSamePrecisionForward(q, k, v, semantics), reference.out);
+  const rows = [...reference.lse.keys()].filter((i) => Number.isFinite(reference.lse[i]));
+  const lseError = relativeError(rows.map((i) => lse[i]), rows.map((i) => reference.lse[i]));
+  const { ok, limit } = withinTolerance(q.dtype, error, naiveError);
+  return { relativeError: error, naiveError, lseError, limit, pass: ok };
+}
+
+/** dQ, dK, dV against the reference: the worst of the three, fp32 ≤ 1e-5, fp16/bf16 ≤ 1e-2. */
+export function checkGradientsAgainstReference(
+  dout: Tensor,
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  semantics: AttentionSemantics,
+  grads: { dq: Tensor; dk: Tensor; dv: Tensor },
+): { relativeError: number; limit: number; pass: boolean } {
+  const reference = referenceBackward(dout, q, k, v, semantics);
+  const error = Math.max(
+    relativeError(toFloat32(grads.dq), reference.dq),
+    relativeError(toFloat32(grads.dk), reference.dk),
+    relativeError(toFloat32(grads.dv), reference.dv),
+  );
+  const limit = q.dtype === "fp32" ? 1e-5 : 1e-2;
+  return { relativeError: error, limit, pass: error <= limit };
+}

@@ -1,0 +1,26 @@
+// The words every layer shares, defined once: the element types, the backends, and the shape of an attention
+// problem. Everything from the flags (commands/) through the library (lib/), the bench (bench/), the doctor
+// (doctor/) and the FFI struct writer (ffi/layout.ts) to the build (kernels/target.ts) uses these names. No imports:
+// any layer may depend on this file.
+
+/** Element types of q, k, v, o (and dO, dQ, dK, dV); the LSE is always fp32. */
+export type DType = "fp32" | "fp16" | "bf16";
+export const dtypeBytes: Record<DType, number> = { fp32: 4, fp16: 2, bf16: 2 };
+
+/** Our native libraries, one per backend: libflashattn_<name>.so. */
+export type BackendName = "cpu" | "cuda" | "hip";
+/** The preference order of `--backend auto`: a GPU when one is usable, else the CPU. */
+export const backendNames: readonly BackendName[] = ["cuda", "hip", "cpu"];
+
+/**
+ * The sizes of one attention problem (layout BSHD): q is (batch, seqlenQ, headsQ, headDim), k and v are
+ * (batch, seqlenK, headsKv, headDim). For varlen problems the lengths are the longest sequence's.
+ */
+export interface ProblemShape {
+  batch: number;
+  seqlenQ: number;
+  seqlenK: number;
+  headsQ: number;
+  headsKv: number;
+  headDim: number;
+}
