@@ -5,6 +5,7 @@
 import fs from "node:fs";
 import schemaJson from "./schema.json" with { type: "json" };
 import { FlashAttnError } from "../lib/errors.ts";
+import { parseJsonBounded } from "../lib/json.ts";
 import { type DoctorReport, REPORT_SCHEMA_ID } from "./facts.ts";
 
 const reportSchema = schemaJson as unknown as Schema;
@@ -89,8 +90,30 @@ export function validate(value: unknown, schema: Schema = reportSchema, root: Sc
   return errors.slice(0, limit);
 }
 
+/** The facts of one probe, as a dotted path under the report's `facts` ("python", "nvidia.nvml"). */
+export type FactsPart =
+  | "nvidia.nvml"
+  | "nvidia.cuda_driver"
+  | "nvidia.smi"
+  | "amd.hip"
+  | "amd.rocminfo"
+  | "amd.amd_smi"
+  | "toolkits.nvcc"
+  | "toolkits.hipcc"
+  | "flashattn"
+  | "python";
+
+/** Every violation of the report schema by `value` taken as the facts at `part` (a probe's result). */
+export function validateFactsPart(value: unknown, part: FactsPart): string[] {
+  let schema = reportSchema.$defs!.facts;
+  for (const key of part.split(".")) schema = schema.properties![key];
+  return validate(value, schema, reportSchema).map((problem) => problem.replace(/^\$/, `facts.${part}`));
+}
+
 /** Reports larger than this are not doctor reports (a real one is a few tens of KiB). */
-const MAX_REPORT_BYTES = 8 << 20;
+export const MAX_REPORT_BYTES = 8 << 20;
+/** Far deeper than any report (about 8 levels), far shallower than what overflows a recursive walk. */
+const MAX_REPORT_DEPTH = 64;
 
 /** Reads a report saved with `doctor --json`, refusing (as a usage error) anything that is not one. */
 export function readSavedReport(path: string): DoctorReport {
@@ -108,11 +131,11 @@ export function readSavedReport(path: string): DoctorReport {
   }
   let doc: unknown;
   try {
-    doc = JSON.parse(fs.readFileSync(path, "utf8"));
+    doc = parseJsonBounded(fs.readFileSync(path, "utf8"), { maxChars: MAX_REPORT_BYTES, maxDepth: MAX_REPORT_DEPTH });
   } catch (e) {
     throw new FlashAttnError(
       "BAD_INPUT",
-      `--facts ${path} is not JSON: ${(e as Error).message}`,
+      `--facts ${path} cannot be read as JSON: ${(e as Error).message}`,
       "pass a file written by `flashattn doctor --json`",
     );
   }

@@ -8,6 +8,7 @@ import path from "node:path";
 import process from "node:process";
 import type { ProbeStatus } from "../facts.ts";
 import { abandonPipes, killGroup, spawnGroup } from "../../lib/subprocess.ts";
+import { parseJsonBounded } from "../../lib/json.ts";
 
 export interface ExecResult {
   status: ProbeStatus;
@@ -126,4 +127,26 @@ export function findExecutable(name: string, extraDirs: string[] = [], env = pro
 export function lastLine(text: string): string {
   const lines = text.split("\n").map((l) => l.trim()).filter(Boolean);
   return lines.at(-1) ?? "";
+}
+
+/** A probe's result is a few KiB, a handful of levels deep; one far beyond either is not a probe result. */
+const PROBE_RESULT_LIMITS = { maxChars: 256 << 10, maxDepth: 32 };
+
+/**
+ * The JSON document a probe program printed as its last line, bounded in size and depth before it is parsed (the
+ * program may be anything on PATH). Throws an Error saying what is wrong with it; the caller checks the schema.
+ */
+export function probeJson(stdout: string): Record<string, unknown> {
+  const line = lastLine(stdout);
+  if (!line) throw new Error("printed no result");
+  let doc: unknown;
+  try {
+    doc = parseJsonBounded(line, PROBE_RESULT_LIMITS);
+  } catch (e) {
+    throw new Error(`printed a result that is not readable JSON (${(e as Error).message.slice(0, 200)})`);
+  }
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
+    throw new Error(`printed ${Array.isArray(doc) ? "an array" : doc === null ? "null" : `a ${typeof doc}`}, not a result`);
+  }
+  return doc as Record<string, unknown>;
 }
