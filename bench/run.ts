@@ -31,7 +31,7 @@ import { type BenchCase, expandSweep, type PresetName, presets, type SweepSpec }
 import { baselineScript, PythonWorker } from "./baselines/worker.ts";
 import { type ProgressSink, silentProgress } from "./report/progress.ts";
 import { formatRate } from "./report/table.ts";
-import { hostFact, machineFacts } from "./machine.ts";
+import { type DriverReader, hostFact, machineFacts } from "./machine.ts";
 
 /**
  * Timing per preset. The fa preset must fit well under 8 minutes on an H100 with every baseline: 72 cases, up to 7
@@ -59,6 +59,8 @@ export interface BenchOptions {
   python?: string;
   progress?: ProgressSink;
   env?: Record<string, string | undefined>;
+  /** how the report learns the NVIDIA driver's version when CUDA is measured (none: the report goes without) */
+  readDriver?: DriverReader;
 }
 
 interface WorkerResult {
@@ -384,7 +386,11 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     schema: BENCH_SCHEMA,
     createdAt: new Date().toISOString(),
     config,
-    machine: await machineFacts(usable, pythons.map((p) => ({ name: p.name, hello: p.worker?.hello }))),
+    machine: await machineFacts(
+      usable,
+      pythons.map((p) => ({ name: p.name, hello: p.worker?.hello })),
+      opts.readDriver,
+    ),
     implementations: statuses,
     copyBandwidth: copies,
     cases,

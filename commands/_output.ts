@@ -11,7 +11,7 @@ import process from "node:process";
 import { CommanderError } from "@commander-js/extra-typings";
 import { exitCodeFor, FlashAttnError } from "../lib/errors.ts";
 import { jsonReplacer } from "../lib/json.ts";
-import { paint, printable } from "../lib/terminal.ts";
+import { paint, printable, terminalSafeJson } from "../lib/terminal.ts";
 
 export { paint, printable, type Style } from "../lib/terminal.ts";
 
@@ -59,7 +59,7 @@ export function useColor(stream: StreamLike, flag = true, env: Env = process.env
 
 /** Writes one JSON document (pretty-printed, newline-terminated) to stdout. */
 export function printJson(doc: unknown, stdout: StreamLike = process.stdout): void {
-  stdout.write(JSON.stringify(doc, jsonReplacer, 2) + "\n");
+  stdout.write(terminalSafeJson(JSON.stringify(doc, jsonReplacer, 2)) + "\n");
 }
 
 /** A progress line on stderr (never on stdout, so --json output stays one document). */

@@ -96,9 +96,12 @@ const MAX_PROBE_FACTS_CHARS = 256 << 10;
  * writes is always one its --facts accepts.
  */
 function admitted<T extends ProbeResult>(part: FactsPart, label: string, facts: T): T {
-  const problems = validateFactsPart(facts, part);
-  const size = problems.length ? 0 : JSON.stringify(facts, jsonReplacer, 2).length;
-  if (!problems.length && size <= MAX_PROBE_FACTS_CHARS) return facts;
+  // Checked as the report will hold it (no undefined members, Infinity as "Infinity"), and passed on in that form:
+  // the rules see what a replay of the report will see.
+  const asJson = JSON.parse(JSON.stringify(facts, jsonReplacer) ?? "null") as T;
+  const problems = validateFactsPart(asJson, part);
+  const size = problems.length ? 0 : JSON.stringify(asJson, null, 2).length;
+  if (!problems.length && size <= MAX_PROBE_FACTS_CHARS) return asJson;
   const why = problems.length
     ? `does not fit the report schema (${problems[0].slice(0, 200)})`
     : `is ${size} characters long, far more than any real one`;

@@ -45,10 +45,10 @@ export function redactText(text: string): string {
 }
 
 function factText(text: string): string {
-  const cut = text.length > MAX_FACT_CHARS
-    ? `${text.slice(0, MAX_FACT_CHARS)}… (${text.length - MAX_FACT_CHARS} more characters cut)`
-    : text;
-  return redactText(cut);
+  if (text.length <= MAX_FACT_CHARS) return redactText(text);
+  // The note fits within the bound, so a report replayed with --facts is not cut again.
+  const note = `… (${text.length} characters, cut)`;
+  return redactText(text.slice(0, MAX_FACT_CHARS - note.length)) + note;
 }
 
 /** `value` with every string (object keys included) redacted and bounded; numbers, booleans and null unchanged. */
