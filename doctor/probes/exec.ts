@@ -146,7 +146,9 @@ export function probeJson(stdout: string): Record<string, unknown> {
     throw new Error(`printed a result that is not readable JSON (${(e as Error).message.slice(0, 200)})`);
   }
   if (typeof doc !== "object" || doc === null || Array.isArray(doc)) {
-    throw new Error(`printed ${Array.isArray(doc) ? "an array" : doc === null ? "null" : `a ${typeof doc}`}, not a result`);
+    throw new Error(
+      `printed ${Array.isArray(doc) ? "an array" : doc === null ? "null" : `a ${typeof doc}`}, not a result`,
+    );
   }
   return doc as Record<string, unknown>;
 }
