@@ -117,17 +117,19 @@ const MAX_REPORT_DEPTH = 64;
 
 /** Reads a report saved with `doctor --json`, refusing (as a usage error) anything that is not one. */
 export function readSavedReport(path: string): DoctorReport {
-  let size: number;
+  let stat: fs.Stats;
   try {
-    size = fs.statSync(path).size;
+    stat = fs.statSync(path);
   } catch (e) {
     throw new FlashAttnError(
       "BAD_INPUT",
       `--facts ${path}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`,
     );
   }
-  if (size > MAX_REPORT_BYTES) {
-    throw new FlashAttnError("BAD_INPUT", `--facts ${path} is ${size} bytes; a doctor report is far smaller`);
+  // A FIFO or a device would block the read (or never end); a report is a file.
+  if (!stat.isFile()) throw new FlashAttnError("BAD_INPUT", `--facts ${path} is not a regular file`);
+  if (stat.size > MAX_REPORT_BYTES) {
+    throw new FlashAttnError("BAD_INPUT", `--facts ${path} is ${stat.size} bytes; a doctor report is far smaller`);
   }
   let doc: unknown;
   try {

@@ -252,9 +252,9 @@ describe.skipIf(!hasCpuLibrary || !python)("credentials in what the probes read"
   }, 180_000);
 });
 
-// ---- item 9: the Python probe's output is held to the schema ------------------------------------------------------
+// ---- item 9: what probes print is bounded and held to the schema; a report always replays ---------------------
 
-describe.skipIf(!hasCpuLibrary)("a Python probe that prints nonsense", () => {
+describe.skipIf(!hasCpuLibrary)("probes that print nonsense, hostile --facts files", () => {
   const deep = `printf '%*s' 100000 '' | tr ' ' '['; printf '%*s\\n' 100000 '' | tr ' ' ']'`;
   const huge = `printf '{"status": "ok", "version": "'; head -c 1000000 /dev/zero | tr '\\0' 7; printf '"}\\n'`;
   const cases: [string, string, string][] = [
@@ -279,6 +279,17 @@ describe.skipIf(!hasCpuLibrary)("a Python probe that prints nonsense", () => {
     }, 180_000);
   }
 
+  test("an nvidia-smi flooding its output with GPUs: a probe error, the report still replays", () => {
+    const dir = fakeTools("smi-flood", {
+      "nvidia-smi": `yes 'NVIDIA H100 80GB HBM3, 9.0, 81559, 580.95.05' | head -n 100000`,
+    });
+    const r = cli(["doctor", "--json", "--no-python", "--no-self-test"], { PATH: `${dir}:${systemPath}` });
+    const doc = report(r);
+    expect(doc.facts.nvidia.smi.status).toBe("error");
+    expect(doc.facts.nvidia.smi.error).toMatch(/^the nvidia-smi probe's result is \d+ characters long/);
+    expectReplays(doc, "smi-flood");
+  }, 180_000);
+
   test("--facts with a report nested 100,000 deep: a usage error in one line, no stack overflow", () => {
     const file = path.join(scratch, "deep-report.json");
     fs.writeFileSync(file, `{"schema": "flashattn.doctor/1", "facts": ${"[".repeat(100_000)}${"]".repeat(100_000)}}`);
@@ -288,6 +299,16 @@ describe.skipIf(!hasCpuLibrary)("a Python probe that prints nonsense", () => {
       `flashattn: --facts ${file} cannot be read as JSON: nested more than 64 levels deep\n` +
         "  fix: pass a file written by `flashattn doctor --json`\n",
     );
+  });
+
+  test("--facts naming a FIFO or a device: a usage error, not a read that never ends", () => {
+    const fifo = path.join(scratch, "report.fifo");
+    spawnSync("mkfifo", [fifo]);
+    for (const file of [fifo, "/dev/zero"]) {
+      const r = cli(["doctor", "--facts", file]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toBe(`flashattn: --facts ${file} is not a regular file\n`);
+    }
   });
 
   test("a self-test whose relative error is Infinity (NaN output) replays and reads as a failure", () => {
