@@ -30,7 +30,8 @@ interface Schema {
 function typeOf(value: unknown): string {
   if (value === null) return "null";
   if (Array.isArray(value)) return "array";
-  if (typeof value === "number") return Number.isInteger(value) ? "integer" : "number";
+  // An integer JSON cannot carry exactly (beyond 2^53, 1e308) is no index or count: it would name "gpu1e+308".
+  if (typeof value === "number") return Number.isSafeInteger(value) ? "integer" : "number";
   return typeof value;
 }
 

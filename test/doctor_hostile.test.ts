@@ -10,6 +10,8 @@ import path from "node:path";
 import type { DoctorReport } from "../doctor/facts.ts";
 import { execWithTimeout } from "../doctor/probes/exec.ts";
 import { validate } from "../doctor/schema.ts";
+import { buildReport, renderHuman } from "../doctor/report.ts";
+import { loadFixture } from "./fixtures/doctor/load.ts";
 import { tensor } from "../lib/tensor.ts";
 import { writeSafetensors } from "../formats/safetensors.ts";
 
@@ -94,7 +96,7 @@ function pidsIn(file: string): number[] {
   return pids;
 }
 
-// ---- item 4: a tool's children never keep the doctor waiting ---------------------------------------------------
+// ---- item 4: a tool's children never keep the doctor waiting --------------------------------------------------------
 
 describe("tools that hang or leave children behind", () => {
   // Each fake tool starts `sleep 300` holding its stdout and records the sleeper's pid.
@@ -199,7 +201,7 @@ describe("tools that hang or leave children behind", () => {
   );
 });
 
-// ---- item 8: no credential reaches a report -----------------------------------------------------------------------
+// ---- item 8: no credential reaches a report -------------------------------------------------------------------------
 
 describe.skipIf(!hasCpuLibrary || !python)("credentials in what the probes read", () => {
   const token = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz0123";
@@ -252,7 +254,7 @@ describe.skipIf(!hasCpuLibrary || !python)("credentials in what the probes read"
   }, 180_000);
 });
 
-// ---- item 9: what probes print is bounded and held to the schema; a report always replays ---------------------
+// ---- item 9: what probes print is bounded and held to the schema; a report always replays ---------------------------
 
 describe.skipIf(!hasCpuLibrary)("probes that print nonsense, hostile --facts files", () => {
   const deep = `printf '%*s' 100000 '' | tr ' ' '['; printf '%*s\\n' 100000 '' | tr ' ' ']'`;
@@ -290,6 +292,73 @@ describe.skipIf(!hasCpuLibrary)("probes that print nonsense, hostile --facts fil
     expectReplays(doc, "smi-flood");
   }, 180_000);
 
+  test("facts mutated within the schema (a bounded, seeded fuzz): the rules never throw, every report validates", () => {
+    // Each captured or derived fixture, with strings, numbers, booleans and arrays changed at random and optional
+    // members dropped; the variants the schema accepts are what a probe may now hand the rules.
+    let state = 20_261_206;
+    const random = () => (state = (state * 1_103_515_245 + 12_345) % 2_147_483_648) / 2_147_483_648;
+    const pick = <T>(list: T[]) => list[Math.floor(random() * list.length)];
+    const strings = [
+      "",
+      "x",
+      "0",
+      "-1",
+      "999.999",
+      "1.2.3.4.5",
+      "9.0",
+      "13.0",
+      "gfx",
+      "sm_",
+      "a".repeat(300),
+      "/",
+      "é✓",
+    ];
+    const numbers = [0, -1, 0.5, 7, 2 ** 31, 2 ** 53 - 1, 1e308];
+    // Enums and patterns stay (changed, they fail the schema); required members are never dropped.
+    const kept = new Set(["status", "backend", "verdict", "source", "chosen", "mode", "compute_capability"]);
+    for (const key of ["cuda_driver_version", "driver_cuda_version"]) kept.add(key);
+    const required = new Set(["path", "attempts", "index", "name", "gfx", "reasons", "exists", "problem", "ok"]);
+    for (const key of ["status", "backend", "loaded", "installed", "source", "verdict"]) required.add(key);
+    const mutate = (value: unknown, depth: number): unknown => {
+      if (typeof value === "string") return random() < 0.15 ? pick(strings) : value;
+      if (typeof value === "number") return random() < 0.15 ? pick(numbers) : value;
+      if (typeof value === "boolean") return random() < 0.15 ? !value : value;
+      if (Array.isArray(value)) {
+        const items = value.map((item) => mutate(item, depth + 1));
+        if (random() < 0.1) return [];
+        return random() < 0.1 && items.length ? [...items, items[0]] : items;
+      }
+      if (value && typeof value === "object") {
+        const entries = Object.entries(value).filter(([k]) => depth < 2 || required.has(k) || random() >= 0.08);
+        return Object.fromEntries(entries.map(([k, v]) => [k, kept.has(k) ? v : mutate(v, depth + 1)]));
+      }
+      return value;
+    };
+    const fixtures = fs.readdirSync(path.join(root, "test", "fixtures", "doctor")).filter((f) => f.endsWith(".json"));
+    let accepted = 0;
+    const failures: string[] = [];
+    for (let i = 0; i < 600; i++) {
+      const { report: base } = loadFixture(fixtures[i % fixtures.length]);
+      const facts = mutate(base.facts, 0) as DoctorReport["facts"];
+      if (validate({ ...base, facts }).length) continue;
+      accepted++;
+      try {
+        const built = buildReport(facts, base.options, {
+          version: "0.1.0",
+          runtime: "bun",
+          createdAt: base.created_at,
+        });
+        renderHuman(built, { color: true, verbose: true });
+        const problems = validate(JSON.parse(JSON.stringify(built)));
+        if (problems.length) failures.push(`${fixtures[i % fixtures.length]}: ${problems[0]}`);
+      } catch (e) {
+        failures.push(`${fixtures[i % fixtures.length]}: ${(e as Error).stack}`);
+      }
+    }
+    expect(accepted).toBeGreaterThan(100); // the fuzz reaches the rules
+    expect(failures).toEqual([]);
+  });
+
   test("--facts with a report nested 100,000 deep: a usage error in one line, no stack overflow", () => {
     const file = path.join(scratch, "deep-report.json");
     fs.writeFileSync(file, `{"schema": "flashattn.doctor/1", "facts": ${"[".repeat(100_000)}${"]".repeat(100_000)}}`);
@@ -323,7 +392,7 @@ describe.skipIf(!hasCpuLibrary)("probes that print nonsense, hostile --facts fil
   }, 180_000);
 });
 
-// ---- item 10: control characters never reach the terminal ----------------------------------------------------------
+// ---- item 10: control characters never reach the terminal -----------------------------------------------------------
 
 describe("terminal escape sequences in names and saved reports", () => {
   // OSC 52 writes the clipboard, OSC 0 retitles the window, CSI 2J clears the screen; C1 CSI and a bidi override too.
