@@ -12,6 +12,7 @@ import { execWithTimeout } from "../doctor/probes/exec.ts";
 import { validate } from "../doctor/schema.ts";
 import { buildReport, renderHuman } from "../doctor/report.ts";
 import { loadFixture } from "./fixtures/doctor/load.ts";
+import { baselineScript, PythonWorker } from "../bench/baselines/worker.ts";
 import { tensor } from "../lib/tensor.ts";
 import { writeSafetensors } from "../formats/safetensors.ts";
 
@@ -156,6 +157,20 @@ describe("tools that hang or leave children behind", () => {
     },
     180_000,
   );
+
+  test("bench's Python baseline worker that stops answering is stopped with everything it started", async () => {
+    const pids = path.join(scratch, "baseline.pids");
+    const dir = fakeTools("baseline", { python3: `${sleeper(pids)}\necho '{"hello": {"numpy": "2.0"}}'\nwait` });
+    const started = await PythonWorker.start(baselineScript("numpy_attention.py"), {
+      python: path.join(dir, "python3"),
+      timeoutMs: 60_000,
+    });
+    if (!("worker" in started)) throw new Error(started.unavailable);
+    await expect(started.worker.request({ op: "case" }, 100)).rejects.toThrow("the worker was stopped");
+    const sleepers = pidsIn(pids);
+    expect(sleepers.length).toBe(1);
+    for (const pid of sleepers) expect(await becomesDead(pid)).toBe(true);
+  }, 120_000);
 
   test("Ctrl-C during a hanging probe ends the doctor by the signal and the tool's process group with it", async () => {
     // The probes run in process groups of their own, which the terminal's SIGINT no longer reaches by itself.
