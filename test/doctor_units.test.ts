@@ -255,7 +255,13 @@ describe("redaction (every string on its way into a report)", () => {
   });
   test("deep through facts, keys included; long strings cut once (a replayed report is not cut again)", () => {
     const long = "x".repeat(100_000);
-    const facts = { a: [{ [`k ${hf}`]: `u ${hf}` }], n: 1, b: true, z: null, long };
+    const facts: Record<string, unknown> & { long: string } = {
+      a: [{ [`k ${hf}`]: `u ${hf}` }],
+      n: 1,
+      b: true,
+      z: null,
+      long,
+    };
     const once = redactFacts(facts);
     expect(once.a).toEqual([{ "k hf_<redacted>": "u hf_<redacted>" }]);
     expect(once).toMatchObject({ n: 1, b: true, z: null });
