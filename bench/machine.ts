@@ -1,11 +1,23 @@
 // The machine facts every bench report carries, so a number is never read without what produced it: host and
-// runtime, each measured library (its self-description and its device), the GPU driver as doctor's NVML probe
-// sees it, and what the Python baselines reported about themselves (torch, CUDA, cuDNN, NumPy versions).
+// runtime, each measured library (its self-description and its device), the GPU driver as the caller reads it (the
+// CLI passes the doctor's NVML probe, so bench depends on no other wing), and what the Python baselines reported
+// about themselves (torch, CUDA, cuDNN, NumPy versions).
 import os from "node:os";
 import process from "node:process";
 import type { Backend } from "../lib/backend.ts";
-import { runNativeProbe } from "../doctor/probes/native.ts";
-import type { NvmlFacts } from "../doctor/facts.ts";
+
+/** What a bench report records of the NVIDIA driver. */
+export interface DriverFacts {
+  status: string;
+  error?: string;
+  driver_version?: string;
+  /** highest CUDA the driver supports, "13.0" */
+  cuda_driver_version?: string;
+  devices?: unknown[];
+}
+
+/** Reads the NVIDIA driver's facts within its own deadline; never throws. */
+export type DriverReader = () => Promise<DriverFacts>;
 
 // deno-lint-ignore no-explicit-any
 const g = globalThis as any;
@@ -31,6 +43,7 @@ export function hostFact<T>(read: () => T): T | undefined {
 export async function machineFacts(
   backends: Backend[],
   baselines: { name: string; hello?: Record<string, unknown> }[],
+  readDriver?: DriverReader,
 ): Promise<Record<string, unknown>> {
   const libraries = backends.map((b) => {
     const info = b.info();
@@ -50,10 +63,10 @@ export async function machineFacts(
       device,
     };
   });
-  // The driver as NVML reports it (doctor's probe, in its own deadline-bound process): only where CUDA is measured.
-  let nvidia: Pick<NvmlFacts, "status" | "error" | "driver_version" | "cuda_driver_version" | "devices"> | undefined;
-  if (backends.some((b) => b.name === "cuda")) {
-    const nvml = await runNativeProbe<NvmlFacts>("nvml", { timeoutMs: 10_000 });
+  // The driver: only where CUDA is measured.
+  let nvidia: DriverFacts | undefined;
+  if (readDriver && backends.some((b) => b.name === "cuda")) {
+    const nvml = await readDriver();
     nvidia = {
       status: nvml.status,
       error: nvml.error,

@@ -31,7 +31,7 @@ import { type BenchCase, expandSweep, type PresetName, type SweepSpec } from "./
 import { baselineScript, PythonWorker } from "./baselines/worker.ts";
 import { type ProgressSink, silentProgress } from "./report/progress.ts";
 import { formatRate } from "./report/table.ts";
-import { hostFact, machineFacts } from "./machine.ts";
+import { type DriverReader, hostFact, machineFacts } from "./machine.ts";
 import { KernelChecks } from "./verify.ts";
 
 /**
@@ -62,6 +62,8 @@ export interface BenchOptions {
   env?: Record<string, string | undefined>;
   /** The backend decision made before (commands/bench.ts); made here when absent. */
   backends?: FoundBackends;
+  /** how the report learns the NVIDIA driver's version when CUDA is measured (none: the report goes without) */
+  readDriver?: DriverReader;
 }
 
 interface WorkerResult {
@@ -406,7 +408,11 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     schema: BENCH_SCHEMA,
     createdAt: new Date().toISOString(),
     config,
-    machine: await machineFacts(usable, pythons.map((p) => ({ name: p.name, hello: p.worker?.hello }))),
+    machine: await machineFacts(
+      usable,
+      pythons.map((p) => ({ name: p.name, hello: p.worker?.hello })),
+      opts.readDriver,
+    ),
     implementations: statuses,
     copyBandwidth: copies,
     cases,

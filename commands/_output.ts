@@ -3,12 +3,17 @@
 //
 // Rules every command follows through these helpers:
 //   - stdout carries data (a table, or exactly one JSON document with --json, errors included);
-//   - stderr carries progress and the human error line: `flashattn: <message>` then `  fix: <fix>`;
+//   - stderr carries progress and the human error line: `flashattn: <message>` then `  fix: <fix>`, control
+//     characters in them shown as escapes (a message may quote a file or tensor name: lib/terminal.ts);
 //   - colour only when the stream is a TTY and neither NO_COLOR, TERM=dumb, FORCE_COLOR=0 nor --no-color says no;
 //   - a stack trace only with FLASHATTN_DEBUG=1.
 import process from "node:process";
 import { CommanderError } from "@commander-js/extra-typings";
 import { exitCodeFor, FlashAttnError } from "../lib/errors.ts";
+import { jsonReplacer } from "../lib/json.ts";
+import { paint, printable, terminalSafeJson } from "../lib/terminal.ts";
+
+export { paint, printable, type Style } from "../lib/terminal.ts";
 
 export const EXIT_OK = 0;
 export const EXIT_FAILURE = 1;
@@ -52,38 +57,14 @@ export function useColor(stream: StreamLike, flag = true, env: Env = process.env
   return stream.isTTY === true;
 }
 
-const ansi = {
-  bold: [1, 22],
-  dim: [2, 22],
-  red: [31, 39],
-  green: [32, 39],
-  yellow: [33, 39],
-  cyan: [36, 39],
-} as const;
-export type Style = keyof typeof ansi;
-
-/** `text` wrapped in the ANSI codes of `style` when `on`, else unchanged. */
-export function paint(style: Style, text: string, on: boolean): string {
-  if (!on) return text;
-  const [open, close] = ansi[style];
-  return `\x1b[${open}m${text}\x1b[${close}m`;
-}
-
 /** Writes one JSON document (pretty-printed, newline-terminated) to stdout. */
 export function printJson(doc: unknown, stdout: StreamLike = process.stdout): void {
-  stdout.write(JSON.stringify(doc, jsonReplacer, 2) + "\n");
-}
-
-// Infinity/NaN are not JSON; a relative error of Infinity must still say so rather than turn into null silently.
-function jsonReplacer(_key: string, value: unknown): unknown {
-  if (typeof value === "number" && !Number.isFinite(value)) return String(value);
-  if (typeof value === "bigint") return value.toString();
-  return value;
+  stdout.write(terminalSafeJson(JSON.stringify(doc, jsonReplacer, 2)) + "\n");
 }
 
 /** A progress line on stderr (never on stdout, so --json output stays one document). */
 export function progress(message: string, stderr: StreamLike = process.stderr): void {
-  stderr.write(message + "\n");
+  stderr.write(printable(message) + "\n");
 }
 
 export interface ErrorDocument {
@@ -135,8 +116,8 @@ export function reportError(error: unknown, target: ReportTarget): number {
   const described = describeError(error);
   if (target.json) printJson({ ok: false, error: described }, stdout);
   const color = useColor(stderr, target.color && !target.json, env);
-  let text = `${paint("red", "flashattn:", color)} ${described.message}\n`;
-  if (described.fix) text += `  ${paint("dim", "fix:", color)} ${described.fix}\n`;
+  let text = `${paint("red", "flashattn:", color)} ${printable(described.message)}\n`;
+  if (described.fix) text += `  ${paint("dim", "fix:", color)} ${printable(described.fix)}\n`;
   if (env.FLASHATTN_DEBUG === "1" && error instanceof Error && error.stack) text += error.stack + "\n";
   stderr.write(text);
   return exitCodeForAny(error);

@@ -24,6 +24,8 @@ import type { BenchReport } from "../bench/results.ts";
 import { renderTable } from "../bench/report/table.ts";
 import { renderCsv } from "../bench/report/csv.ts";
 import { renderSvg } from "../bench/report/svg.ts";
+import { runNativeProbe } from "../doctor/probes/native.ts";
+import type { NvmlFacts } from "../doctor/facts.ts";
 import { silentProgress, StderrProgress } from "../bench/report/progress.ts";
 import { action, EXIT_FAILURE, printJson, progress, useColor } from "./_output.ts";
 
@@ -161,6 +163,8 @@ export async function executeBench(plan: BenchPlan): Promise<BenchReport> {
     python: plan.python,
     progress: plan.quiet ? silentProgress : new StderrProgress(process.stderr),
     backends,
+    // The driver as NVML reports it: the doctor's probe, in its own deadline-bound process.
+    readDriver: () => runNativeProbe<NvmlFacts>("nvml", { timeoutMs: 10_000 }),
   };
   if (!plan.quiet && plan.preset === undefined) progress(`flashattn bench: preset ${preset} (pass --preset to choose)`);
   return await runBench(options);

@@ -1,7 +1,10 @@
 // Runs every probe (in parallel, each with its own deadline) and assembles the facts. Nothing here throws for a
-// machine's sake: a probe that fails, times out or crashes is recorded as such and the rules turn it into a finding.
+// machine's sake: a probe that fails, times out, crashes or answers nonsense is recorded as such and the rules turn
+// it into a finding.
 import process from "node:process";
-import type { CudaDriverFacts, DoctorFacts, FlashattnFacts, HipFacts, NvmlFacts } from "./facts.ts";
+import type { CudaDriverFacts, DoctorFacts, FlashattnFacts, HipFacts, NvmlFacts, ProbeResult } from "./facts.ts";
+import { type FactsPart, validateFactsPart } from "./schema.ts";
+import { jsonReplacer } from "../lib/json.ts";
 import { type FlashattnProbeOptions } from "./probes/flashattn.ts";
 import { runNativeProbe } from "./probes/native.ts";
 import { probePython } from "./probes/python.ts";
@@ -64,15 +67,50 @@ export async function collectFacts(opts: CollectOptions = {}): Promise<DoctorFac
     nvidia: {
       kernel_module: probeNvidiaKernelModule(),
       device_nodes: nvidiaDeviceNodes(),
-      nvml,
-      cuda_driver: cudaDriver,
-      smi,
+      nvml: admitted("nvidia.nvml", "NVML", nvml),
+      cuda_driver: admitted("nvidia.cuda_driver", "libcuda", cudaDriver),
+      smi: admitted("nvidia.smi", "nvidia-smi", smi),
     },
-    amd: { kfd: probeKfd(), kernel_module: amdgpuModuleLoaded(), hip, rocminfo, amd_smi: amdSmi },
-    toolkits: { nvcc, hipcc },
-    flashattn: withDefaults(flashattn),
-    python,
+    amd: {
+      kfd: probeKfd(),
+      kernel_module: amdgpuModuleLoaded(),
+      hip: admitted("amd.hip", "HIP", hip),
+      rocminfo: admitted("amd.rocminfo", "rocminfo", rocminfo),
+      amd_smi: admitted("amd.amd_smi", "amd-smi", amdSmi),
+    },
+    toolkits: { nvcc: admitted("toolkits.nvcc", "nvcc", nvcc), hipcc: admitted("toolkits.hipcc", "hipcc", hipcc) },
+    flashattn: withDefaults(admitted("flashattn", "flashattn libraries", withDefaults(flashattn))),
+    python: admitted("python", "Python stack", python),
   };
+}
+
+/**
+ * Far more than any real probe result (a few KiB) as the report prints it, far less than the report may hold: every
+ * report the doctor writes must replay with --facts (doctor/schema.ts MAX_REPORT_BYTES).
+ */
+const MAX_PROBE_FACTS_CHARS = 256 << 10;
+
+/**
+ * A probe's result as the report carries it: valid by the report schema and of a sane size, else a probe error that
+ * says why. What a probe read may come from anything on PATH or a library passed with --lib; a report the doctor
+ * writes is always one its --facts accepts.
+ */
+function admitted<T extends ProbeResult>(part: FactsPart, label: string, facts: T): T {
+  // Checked as the report will hold it (no undefined members, Infinity as "Infinity"), and passed on in that form:
+  // the rules see what a replay of the report will see.
+  const asJson = JSON.parse(JSON.stringify(facts, jsonReplacer) ?? "null") as T;
+  const problems = validateFactsPart(asJson, part);
+  const size = problems.length ? 0 : JSON.stringify(asJson, null, 2).length;
+  if (!problems.length && size <= MAX_PROBE_FACTS_CHARS) return asJson;
+  const why = problems.length
+    ? `does not fit the report schema (${problems[0].slice(0, 200)})`
+    : `is ${size} characters long, far more than any real one`;
+  const ms = (facts as { ms?: unknown } | null)?.ms;
+  return {
+    status: "error",
+    error: `the ${label} probe's result ${why}; it was left out`,
+    ...(typeof ms === "number" && ms >= 0 ? { ms } : {}),
+  } as T;
 }
 
 /** A flashattn probe that timed out or crashed still has the shape the rules expect. */

@@ -171,7 +171,8 @@ export interface SelfTestFacts {
   /** the problem it ran, in words */
   problem: string;
   kernel?: string;
-  rel_error?: number;
+  /** "Infinity" (a string: JSON has no such number) when the output held NaN or overflowed */
+  rel_error?: number | "Infinity";
   tolerance?: number;
   ms?: number;
   error?: string;

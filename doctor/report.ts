@@ -1,6 +1,8 @@
 // The report: built from facts by the rules, rendered for people (sections of one-line findings with ✓ ! ✗ •, the
 // fix under every ! and ✗, details with --verbose, a summary line) or as one JSON document (doctor/schema.json).
-import { paint, type Style } from "../commands/_output.ts";
+// Every string in a report may come from outside (a tool's output, a library's self-description, a saved report
+// replayed with --facts): the human form shows its control characters as escapes, line by line.
+import { paint, printable, type Style } from "../lib/terminal.ts";
 import {
   type DoctorFacts,
   type DoctorOptions,
@@ -10,13 +12,16 @@ import {
   type Section,
   type Severity,
 } from "./facts.ts";
+import { redactFacts } from "./redact.ts";
 import { evaluate, verdict } from "./rules/index.ts";
 
 export function buildReport(
-  facts: DoctorFacts,
+  collected: DoctorFacts,
   options: DoctorOptions,
   meta: { version: string; runtime: string; createdAt: string; replayedFrom?: string },
 ): DoctorReport {
+  // The one door facts come in by, collected here or replayed from a file: no credential gets past it.
+  const facts = redactFacts(collected);
   const findings = evaluate(facts, options);
   const chosen = facts.flashattn.chosen ?? null;
   const v = verdict(findings, chosen ?? undefined);
@@ -54,31 +59,33 @@ const marks: Record<Severity, { mark: string; style: Style }> = {
 
 export function renderHuman(report: DoctorReport, opts: { color: boolean; verbose: boolean }): string {
   const c = opts.color;
+  // Text from the report, made inert; only our own colours reach the terminal as escape sequences.
+  const show = (style: Style | undefined, text: string) => style ? paint(style, printable(text), c) : printable(text);
   const lines: string[] = [];
   const host = report.facts.host;
   const origin = report.replayed_from
     ? `replaying ${report.replayed_from}, captured ${report.created_at} with ${host.runtime}`
     : host.runtime;
-  lines.push(paint("bold", `flashattn doctor`, c) + paint("dim", ` (${origin}; ${host.os}, ${host.arch})`, c));
+  lines.push(show("bold", `flashattn doctor`) + show("dim", ` (${origin}; ${host.os}, ${host.arch})`));
 
   const bySection = new Map<Section, Finding[]>();
   for (const f of report.findings) bySection.set(f.section, [...(bySection.get(f.section) ?? []), f]);
   for (const [section, findings] of bySection) {
-    lines.push("", paint("bold", sectionTitles[section], c));
+    lines.push("", show("bold", sectionTitles[section]));
     for (const f of findings) {
       const { mark, style } = marks[f.severity];
-      lines.push(`  ${paint(style, mark, c)} ${f.message}`);
+      lines.push(`  ${show(style, mark)} ${show(undefined, f.message)}`);
       const showFix = f.fix && (f.severity === "error" || f.severity === "warning" || opts.verbose);
-      if (showFix) lines.push(`    ${paint("dim", "fix:", c)} ${f.fix}`);
-      if (opts.verbose) { for (const d of f.details ?? []) lines.push(paint("dim", `      ${d}`, c)); }
+      if (showFix) lines.push(`    ${show("dim", "fix:")} ${show(undefined, f.fix!)}`);
+      if (opts.verbose) { for (const d of f.details ?? []) lines.push(show("dim", `      ${d}`)); }
     }
   }
   const s = report.summary;
   const style: Style = s.errors ? "red" : s.warnings ? "yellow" : "green";
-  lines.push("", paint(style, s.line, c));
+  lines.push("", show(style, s.line));
   if (!opts.verbose) {
     lines.push(
-      paint("dim", "(details: flashattn doctor --verbose; for a bug report: flashattn doctor --json > doctor.json)", c),
+      show("dim", "(details: flashattn doctor --verbose; for a bug report: flashattn doctor --json > doctor.json)"),
     );
   }
   return lines.join("\n") + "\n";

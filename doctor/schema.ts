@@ -5,6 +5,7 @@
 import fs from "node:fs";
 import schemaJson from "./schema.json" with { type: "json" };
 import { FlashAttnError } from "../lib/errors.ts";
+import { parseJsonBounded } from "../lib/json.ts";
 import { type DoctorReport, REPORT_SCHEMA_ID } from "./facts.ts";
 
 const reportSchema = schemaJson as unknown as Schema;
@@ -29,7 +30,8 @@ interface Schema {
 function typeOf(value: unknown): string {
   if (value === null) return "null";
   if (Array.isArray(value)) return "array";
-  if (typeof value === "number") return Number.isInteger(value) ? "integer" : "number";
+  // An integer JSON cannot carry exactly (beyond 2^53, 1e308) is no index or count: it would name "gpu1e+308".
+  if (typeof value === "number") return Number.isSafeInteger(value) ? "integer" : "number";
   return typeof value;
 }
 
@@ -89,30 +91,54 @@ export function validate(value: unknown, schema: Schema = reportSchema, root: Sc
   return errors.slice(0, limit);
 }
 
+/** The facts of one probe, as a dotted path under the report's `facts` ("python", "nvidia.nvml"). */
+export type FactsPart =
+  | "nvidia.nvml"
+  | "nvidia.cuda_driver"
+  | "nvidia.smi"
+  | "amd.hip"
+  | "amd.rocminfo"
+  | "amd.amd_smi"
+  | "toolkits.nvcc"
+  | "toolkits.hipcc"
+  | "flashattn"
+  | "python";
+
+/** Every violation of the report schema by `value` taken as the facts at `part` (a probe's result). */
+export function validateFactsPart(value: unknown, part: FactsPart): string[] {
+  let schema = reportSchema.$defs!.facts;
+  for (const key of part.split(".")) schema = schema.properties![key];
+  return validate(value, schema, reportSchema).map((problem) => problem.replace(/^\$/, `facts.${part}`));
+}
+
 /** Reports larger than this are not doctor reports (a real one is a few tens of KiB). */
-const MAX_REPORT_BYTES = 8 << 20;
+export const MAX_REPORT_BYTES = 8 << 20;
+/** Far deeper than any report (about 8 levels), far shallower than what overflows a recursive walk. */
+const MAX_REPORT_DEPTH = 64;
 
 /** Reads a report saved with `doctor --json`, refusing (as a usage error) anything that is not one. */
 export function readSavedReport(path: string): DoctorReport {
-  let size: number;
+  let stat: fs.Stats;
   try {
-    size = fs.statSync(path).size;
+    stat = fs.statSync(path);
   } catch (e) {
     throw new FlashAttnError(
       "BAD_INPUT",
       `--facts ${path}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`,
     );
   }
-  if (size > MAX_REPORT_BYTES) {
-    throw new FlashAttnError("BAD_INPUT", `--facts ${path} is ${size} bytes; a doctor report is far smaller`);
+  // A FIFO or a device would block the read (or never end); a report is a file.
+  if (!stat.isFile()) throw new FlashAttnError("BAD_INPUT", `--facts ${path} is not a regular file`);
+  if (stat.size > MAX_REPORT_BYTES) {
+    throw new FlashAttnError("BAD_INPUT", `--facts ${path} is ${stat.size} bytes; a doctor report is far smaller`);
   }
   let doc: unknown;
   try {
-    doc = JSON.parse(fs.readFileSync(path, "utf8"));
+    doc = parseJsonBounded(fs.readFileSync(path, "utf8"), { maxChars: MAX_REPORT_BYTES, maxDepth: MAX_REPORT_DEPTH });
   } catch (e) {
     throw new FlashAttnError(
       "BAD_INPUT",
-      `--facts ${path} is not JSON: ${(e as Error).message}`,
+      `--facts ${path} cannot be read as JSON: ${(e as Error).message}`,
       "pass a file written by `flashattn doctor --json`",
     );
   }

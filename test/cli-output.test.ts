@@ -9,10 +9,12 @@ import {
   errorDocument,
   jsonRequested,
   paint,
+  printable,
   reportError,
   runProgram,
   useColor,
 } from "../commands/_output.ts";
+import { terminalSafeJson } from "../lib/terminal.ts";
 
 /** A stream that records what is written. */
 function sink(isTTY = false) {
@@ -139,5 +141,32 @@ describe("runProgram exit codes through a real commander program", () => {
     expect(await runProgram(program(["probe", "--n"], () => {}), ["probe", "--n"])).toBe(2);
     expect(await runProgram(program(["--help"], () => {}), ["--help"])).toBe(0);
     process.exitCode = saved;
+  });
+});
+
+describe("text from outside on a terminal", () => {
+  test("printable: control characters as visible escapes, everything else as it is", () => {
+    expect(printable("q\x1b]52;c;ZXZpbA==\x07\x1b[2J\r\n\x00\x7f\x9b\u202e\u2028 é ✓ 日本\tok")).toBe(
+      "q\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\x0d\\x0a\\x00\\x7f\\x9b\\u202e\\u2028 é ✓ 日本\tok",
+    );
+  });
+  test("terminalSafeJson: the same JSON, with nothing a terminal acts on left raw", () => {
+    const doc = { s: "a\x1b]0;t\x07b\x9b\u202e\u2066c\x7f" };
+    const safe = terminalSafeJson(JSON.stringify(doc));
+    // deno-lint-ignore no-control-regex
+    expect(safe).not.toMatch(/[\x00-\x1f\x7f-\x9f\u202e\u2066]/);
+    expect(JSON.parse(safe)).toEqual(doc);
+  });
+  test("the error line shows a hostile message and fix escaped, on one line each", () => {
+    const stderr = sink(true);
+    reportError(new FlashAttnError("BAD_INPUT", "no tensor 'q\x1b]0;owned\x07'\n  fix: fake", "a\x9bb"), {
+      json: false,
+      color: true,
+      stderr,
+      env: {},
+    });
+    expect(stderr.text()).toBe(
+      "\x1b[31mflashattn:\x1b[39m no tensor 'q\\x1b]0;owned\\x07'\\x0a  fix: fake\n  \x1b[2mfix:\x1b[22m a\\x9bb\n",
+    );
   });
 });

@@ -14,6 +14,8 @@ import { findGcnArchName, hipVersionString } from "../doctor/probes/hip.ts";
 import { cudaVersionString, loaderError } from "../doctor/probes/native_util.ts";
 import { validate } from "../doctor/schema.ts";
 import { verdict } from "../doctor/rules/index.ts";
+import { redactFacts, redactText } from "../doctor/redact.ts";
+import { parseJsonBounded } from "../lib/json.ts";
 
 describe("versions", () => {
   test("compare as numeric tuples, not strings", () => {
@@ -217,5 +219,68 @@ describe("verdict and schema validator", () => {
       "$.c: does not match ^\\d+\\.\\d+$",
       '$: unexpected property "d"',
     ]);
+  });
+});
+
+describe("redaction (every string on its way into a report)", () => {
+  const hf = "hf_" + "AbCdEfGhIjKlMnOpQrStUv01";
+  test("credentials in URLs and token-shaped values become <redacted>, keeping what they were", () => {
+    const cases: [string, string][] = [
+      [`https://__token__:${hf}@huggingface.co/o/r/x.whl`, "https://<redacted>@huggingface.co/o/r/x.whl"],
+      [`git+https://ghp_${"a".repeat(36)}@github.com/o/r@v2.8.3`, "git+https://<redacted>@github.com/o/r@v2.8.3"],
+      [`https://pypi.example/simple/?token=abc123&x=1`, "https://pypi.example/simple/?token=<redacted>&x=1"],
+      [
+        "https://b.s3.amazonaws.com/f.whl?X-Amz-Signature=00ff&X-Amz-Credential=AKIAXX%2F1&X-Amz-Expires=300",
+        "https://b.s3.amazonaws.com/f.whl?X-Amz-Signature=<redacted>&X-Amz-Credential=<redacted>&X-Amz-Expires=300",
+      ],
+      [`HF_TOKEN=${hf} python -c ...`, "HF_TOKEN=<redacted> python -c ..."],
+      ["aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_secret_access_key = <redacted>"],
+      ["Authorization: Bearer abcdefghijklmnop.qrstuvwx", "Authorization: Bearer <redacted>"],
+      [`said ${hf}`, "said hf_<redacted>"],
+      [`github_pat_11AB${"c".repeat(30)} sk-proj-${"d".repeat(40)}`, "github_pat_<redacted> sk-<redacted>"],
+      ["id AKIAIOSFODNN7EXAMPLE", "id AKIA<redacted>"],
+      ["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NSJ9.c2lnbmF0dXJlX2hlcmU", "<redacted>"],
+    ];
+    for (const [text, expected] of cases) expect(redactText(text)).toBe(expected);
+  });
+  test("what is no credential stays as it is", () => {
+    for (
+      const text of [
+        "https://github.com/Dao-AILab/flash-attention/releases/download/v2.8.3/flash_attn-2.8.3+cu12torch2.8cxx11abiTRUE-cp312-cp312-linux_x86_64.whl",
+        "file:///home/me/wheels/flash_attn-2.8.3-cp312-cp312-linux_x86_64.whl",
+        "/usr/lib/libtorch_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi",
+        "/usr/local/cuda/lib64:/opt/rocm/lib",
+      ]
+    ) expect(redactText(text)).toBe(text);
+  });
+  test("deep through facts, keys included; long strings cut once (a replayed report is not cut again)", () => {
+    const long = "x".repeat(100_000);
+    const facts: Record<string, unknown> & { long: string } = {
+      a: [{ [`k ${hf}`]: `u ${hf}` }],
+      n: 1,
+      b: true,
+      z: null,
+      long,
+    };
+    const once = redactFacts(facts);
+    expect(once.a).toEqual([{ "k hf_<redacted>": "u hf_<redacted>" }]);
+    expect(once).toMatchObject({ n: 1, b: true, z: null });
+    expect(once.long.length).toBeLessThanOrEqual(4096);
+    expect(once.long).toEndWith("… (100000 characters, cut)");
+    expect(redactFacts(once)).toEqual(once);
+  });
+});
+
+describe("JSON from outside", () => {
+  test("bounded in size and depth before parsing; within the bounds, JSON.parse's answer", () => {
+    const limits = { maxChars: 1000, maxDepth: 3 };
+    expect(parseJsonBounded('{"a": [[1]], "s": "[[[[[[{{{{"}', limits)).toEqual({ a: [[1]], s: "[[[[[[{{{{" });
+    expect(parseJsonBounded('["\\"[[[["]', limits)).toEqual(['"[[[[']);
+    expect(() => parseJsonBounded("[[[[1]]]]", limits)).toThrow("nested more than 3 levels deep");
+    expect(() => parseJsonBounded("[".repeat(1_000_000), { maxChars: 2_000_000, maxDepth: 64 })).toThrow(
+      "nested more than 64 levels deep",
+    );
+    expect(() => parseJsonBounded(`"${"x".repeat(1000)}"`, limits)).toThrow("1002 characters, more than the 1000");
+    expect(() => parseJsonBounded("{", limits)).toThrow(SyntaxError);
   });
 });

@@ -2,10 +2,12 @@
 // line: it says hello (or why it cannot run) once, then answers one line per case. Keeping one process for the
 // whole sweep pays `import torch` once, and lets the bench interleave: our kernels on a shape, then the baseline
 // on the same shape, so a time limit cuts whole shapes rather than a whole implementation.
-// Every wait has a deadline; a worker that overruns it is killed and reported, never waited on forever.
-import { type ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+// Every wait has a deadline; a worker that overruns it is killed and reported, never waited on forever, together with
+// anything it started (it runs in a process group of its own).
+import type { ChildProcessWithoutNullStreams } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
+import { abandonPipes, killGroup, spawnGroup } from "../../lib/subprocess.ts";
 
 export type WorkerStart<Hello> = { worker: PythonWorker<Hello> } | { unavailable: string };
 
@@ -107,10 +109,10 @@ export class PythonWorker<Hello> {
     const python = opts.python ?? pythonCommand(opts.env);
     let child: ChildProcessWithoutNullStreams;
     try {
-      child = spawn(python, ["-B", "-u", script], {
+      child = spawnGroup(python, ["-B", "-u", script], {
         env: { ...(opts.env ?? process.env), PYTHONDONTWRITEBYTECODE: "1", PYTHONUNBUFFERED: "1" },
         stdio: ["pipe", "pipe", "pipe"],
-      });
+      }) as ChildProcessWithoutNullStreams;
     } catch (e) {
       return { unavailable: `cannot start ${python}: ${(e as Error).message}` };
     }
@@ -133,7 +135,7 @@ export class PythonWorker<Hello> {
     return this.#parse<Answer>(await this.#readLine(timeoutMs));
   }
 
-  /** Asks the worker to quit, and kills it if it has not gone two seconds later. */
+  /** Asks the worker to quit, and kills it (with all it started) if it has not gone two seconds later. */
   close(): void {
     const child = this.#child;
     const running = () => child.exitCode === null && child.signalCode === null;
@@ -141,7 +143,11 @@ export class PythonWorker<Hello> {
       try {
         child.stdin.end(JSON.stringify({ op: "quit" }) + "\n");
       } catch { /* stdin already closed */ }
-      const timer = setTimeout(() => running() && child.kill("SIGKILL"), 2000);
+      const timer = setTimeout(() => {
+        if (!running()) return;
+        killGroup(child);
+        abandonPipes(child);
+      }, 2000);
       (timer as { unref?: () => void }).unref?.();
     }
     this.#exited ??= "the worker was closed";

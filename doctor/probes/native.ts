@@ -5,7 +5,7 @@ import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import type { ProbeResult } from "../facts.ts";
-import { type ExecResult, execWithTimeout, lastLine } from "./exec.ts";
+import { type ExecResult, execWithTimeout, lastLine, probeJson } from "./exec.ts";
 import { restrictedReason } from "./system.ts";
 
 const workerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), "worker.ts");
@@ -51,14 +51,15 @@ export function parseWorkerResult<T extends ProbeResult>(probe: NativeProbeName,
     return { status: "error", error: `the ${probe} probe crashed (${r.signal})${stderrTail(r)}`, ms: r.ms } as T;
   }
   try {
-    const facts = JSON.parse(lastLine(r.stdout)) as T;
-    if (facts && typeof facts === "object" && typeof facts.status === "string") return facts;
-  } catch { /* fall through */ }
-  return {
-    status: "error",
-    error: `the ${probe} probe ${r.error ?? "printed no result"}${stderrTail(r)}`,
-    ms: r.ms,
-  } as T;
+    // The shape is checked against the report schema in collect.ts.
+    return probeJson(r.stdout) as unknown as T;
+  } catch (e) {
+    return {
+      status: "error",
+      error: `the ${probe} probe ${r.error ?? (e as Error).message}${stderrTail(r)}`,
+      ms: r.ms,
+    } as T;
+  }
 }
 
 const stderrTail = (r: ExecResult) => {

@@ -4,7 +4,7 @@ import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import type { PythonFacts } from "../facts.ts";
-import { execWithTimeout, findExecutable, lastLine } from "./exec.ts";
+import { execWithTimeout, findExecutable, lastLine, probeJson } from "./exec.ts";
 
 const script = path.join(path.dirname(fileURLToPath(import.meta.url)), "python_stack.py");
 /** Importing torch, flash_attn and transformers cold can take a while; a wedged import must not. */
@@ -23,14 +23,14 @@ export async function probePython(env: Record<string, string | undefined> = proc
     return { status: r.status, executable: python, error: r.error, ms: r.ms };
   }
   try {
-    const facts = JSON.parse(lastLine(r.stdout)) as PythonFacts;
-    return { ...facts, ms: r.ms };
-  } catch {
+    // Only the shape of a JSON object is checked here; collect.ts holds every probe's result to the report schema.
+    return { ...(probeJson(r.stdout) as unknown as PythonFacts), ms: r.ms };
+  } catch (e) {
     const said = lastLine(r.stderr);
     return {
       status: "error",
       executable: python,
-      error: `${r.error ?? "no result"}${said ? `: ${said.slice(0, 300)}` : ""}`,
+      error: `${r.error ?? `${path.basename(python)} ${(e as Error).message}`}${said ? `: ${said.slice(0, 300)}` : ""}`,
       ms: r.ms,
     };
   }

@@ -2,6 +2,7 @@
 // calls into native libraries and prints its facts as one JSON document on stdout. The doctor runs it as a child
 // process with a deadline (doctor/probes/native.ts), so a driver call that hangs or crashes becomes a finding.
 import process from "node:process";
+import { jsonReplacer } from "../../lib/json.ts";
 import { probeNvml } from "./nvml.ts";
 import { probeCudaDriver } from "./cuda_driver.ts";
 import { probeHip } from "./hip.ts";
@@ -22,7 +23,8 @@ if (!probe) {
 }
 try {
   const facts = await probe(optionsJson ? JSON.parse(optionsJson) : {});
-  process.stdout.write(JSON.stringify(facts) + "\n");
+  // A self-test's relative error of Infinity (NaN output) must stay "Infinity", not become null (not in the schema).
+  process.stdout.write(JSON.stringify(facts, jsonReplacer) + "\n");
   process.exit(0);
 } catch (e) {
   // A probe's own bug: report it as the probe's result rather than a stack trace on a pipe nobody reads.

@@ -131,7 +131,7 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
     if (t?.ok) {
       s.ok(
         `${lib.backend}_self_test`,
-        `self-test on ${lib.backend} passed: relative error ${t.rel_error?.toExponential(1)} ≤ ${
+        `self-test on ${lib.backend} passed: relative error ${Number(t.rel_error).toExponential(1)} ≤ ${
           t.tolerance?.toExponential(1)
         } (${t.kernel}, ${t.ms} ms)`,
         [t.problem],
@@ -139,7 +139,7 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
     } else if (t) {
       const what = t.error
         ? t.error
-        : `relative error ${t.rel_error?.toExponential(2)} exceeds ${t.tolerance?.toExponential(1)}`;
+        : `relative error ${Number(t.rel_error).toExponential(2)} exceeds ${t.tolerance?.toExponential(1)}`;
       s.error(
         `${lib.backend}_self_test`,
         `self-test on ${lib.backend} failed: ${what}`,
