@@ -123,14 +123,14 @@ function npyBytes(descr: string, shape: string, data: Uint8Array, major = 1): Ui
 const shapeText = (dims: readonly (number | string)[]) => (dims.length === 1 ? `(${dims[0]},)` : `(${dims.join(", ")})`);
 
 /** A valid .npy file: fp32, fp16 or bf16 bit patterns, format 1, 2 or 3, a few small shapes (BSHD and others). */
-function seedNpy(rng: Rng): { bytes: Uint8Array; dims: number[]; descr: string } {
+function seedNpy(rng: Rng): Uint8Array {
   const dims = rng.pick([[1, 8, 2, 16], [2, 3, 1, 8], [1, 12, 1, 16], [4], [2, 3], [1, 1, 1, 1], [0, 4], []]);
   const count = dims.reduce((a, b) => a * b, 1);
   const descr = rng.pick(["<f4", "<f2", "<u2", "|V2"]);
   const data = descr === "<f4"
     ? float32Bytes(seededValues(rng, count))
     : new Uint8Array(Uint16Array.from({ length: count }, () => rng.int(0x10000)).buffer);
-  return { bytes: npyBytes(descr, shapeText(dims), data, rng.pick([1, 1, 2, 3])), dims, descr };
+  return npyBytes(descr, shapeText(dims), data, rng.pick([1, 1, 2, 3]));
 }
 
 function safetensorsBytes(header: unknown, data: Uint8Array, lengthField?: bigint): Uint8Array {
@@ -309,6 +309,18 @@ function safetensorsFieldMutation(rng: Rng): Uint8Array {
     }
   }
   return safetensorsBytes(header, data);
+}
+
+/** The file of one parser case: mostly damaged seeds or hostile headers, a few untouched seeds. */
+function fileCase(rng: Rng, target: "npy" | "safetensors"): Uint8Array {
+  const seed = () => {
+    if (target === "npy") return seedNpy(rng);
+    const { header, data } = seedSafetensors(rng);
+    return safetensorsBytes(header, data);
+  };
+  if (rng.chance(0.03)) return seed(); // the parsers must still accept good files
+  if (target === "npy") return rng.chance(0.4) ? npyFieldMutation(rng) : mutateBytes(rng, seed());
+  return rng.chance(0.6) ? safetensorsFieldMutation(rng) : mutateBytes(rng, seed());
 }
 
 // ---- outcomes -------------------------------------------------------------------------------------------------------
@@ -550,7 +562,7 @@ function prepareFlagFiles(dir: string, rng: Rng): string[] {
   write("slopes.npy", f32([2]));
   const st = seedSafetensors(rng);
   write("qkv.safetensors", safetensorsBytes(st.header, st.data));
-  for (let i = 0; i < 6; i++) write(`bad${i}.npy`, mutateBytes(rng, seedNpy(rng).bytes));
+  for (let i = 0; i < 6; i++) write(`bad${i}.npy`, mutateBytes(rng, seedNpy(rng)));
   for (let i = 0; i < 3; i++) write(`bad${i}.safetensors`, safetensorsFieldMutation(rng));
   write("empty.npy", new Uint8Array(0));
   files.push(dir, path.join(dir, "missing.npy"), "");
@@ -601,17 +613,7 @@ export async function runFuzz(
           }
           continue;
         }
-        let bytes: Uint8Array;
-        if (target === "npy") bytes = rng.chance(0.4) ? npyFieldMutation(rng) : mutateBytes(rng, seedNpy(rng).bytes);
-        else if (rng.chance(0.6)) bytes = safetensorsFieldMutation(rng);
-        else {
-          const { header, data } = seedSafetensors(rng);
-          bytes = mutateBytes(rng, safetensorsBytes(header, data));
-        }
-        if (rng.chance(0.05)) bytes = rng.chance(0.5) ? (target === "npy" ? seedNpy(rng).bytes : (() => {
-          const { header, data } = seedSafetensors(rng);
-          return safetensorsBytes(header, data);
-        })()) : bytes; // some untouched seeds: the parsers must still accept good files
+        const bytes = fileCase(rng, target);
         const file = path.join(dir, `case.${target}`);
         fs.writeFileSync(file, bytes);
         const problem = checkParse(m, target, file, bytes, tally, rng.chance(0.5));
