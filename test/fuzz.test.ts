@@ -13,7 +13,6 @@ import { openSafetensors } from "../formats/safetensors.ts";
 import { FlashAttnError } from "../lib/errors.ts";
 import type { FuzzSummary } from "./fuzz/fuzz.ts";
 
-const bun = path.join(import.meta.dir, "..", "node_modules", ".bin", "bun");
 const fuzzer = path.join(import.meta.dir, "fuzz", "fuzz.ts");
 const cases = Number(process.env.FLASHATTN_FUZZ_CASES ?? 1000);
 const seed = Number(process.env.FLASHATTN_FUZZ_SEED ?? 1);
@@ -31,7 +30,7 @@ interface ChildResult {
 
 function runFuzzer(args: string[]): Promise<ChildResult> {
   return new Promise((resolve) => {
-    const child = spawn(bun, [fuzzer, ...args], { stdio: ["ignore", "pipe", "pipe"], detached: true });
+    const child = spawn(process.execPath, [fuzzer, ...args], { stdio: ["ignore", "pipe", "pipe"], detached: true });
     let stdout = "", lastCase = "", pending = "", hung = false;
     let lastProgress = Date.now();
     child.stdout.on("data", (chunk) => (stdout += chunk));
