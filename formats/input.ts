@@ -14,6 +14,7 @@ export function badFile(file: string, problem: string, fix?: string): FlashAttnE
 
 /** C0 and C1 control characters (newlines and ESC included) as \xNN escapes. */
 function escapeControl(text: string): string {
+  // deno-lint-ignore no-control-regex -- matching control characters is the point
   return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 

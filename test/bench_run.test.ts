@@ -348,26 +348,29 @@ print(worst)
   );
 });
 
-test.skipIf(!hasPython)("the Python workers count warm-up and timed runs by runsFor's rule (skipped without python3)", () => {
-  const plan = { warmup: 3, iters: 30, minIters: 5, caseBudgetMs: 300 };
-  const estimates = [0, 1e-4, 0.2, 2.5, 9.99, 10, 20, 37.5, 74.9, 75, 100, 149.9, 150, 150.1, 400];
-  const script = `
+test.skipIf(!hasPython)(
+  "the Python workers count warm-up and timed runs by runsFor's rule (skipped without python3)",
+  () => {
+    const plan = { warmup: 3, iters: 30, minIters: 5, caseBudgetMs: 300 };
+    const estimates = [0, 1e-4, 0.2, 2.5, 9.99, 10, 20, 37.5, 74.9, 75, 100, 149.9, 150, 150.1, 400];
+    const script = `
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from worker_protocol import runs_for
 req = {"warmup": ${plan.warmup}, "iters": ${plan.iters}, "min_iters": ${plan.minIters}, "budget_ms": ${plan.caseBudgetMs}}
 print(json.dumps([runs_for(e, req) for e in ${JSON.stringify(estimates)}]))
 `;
-  const r = spawnSync("python3", ["-B", "-c", script, path.dirname(baselineScript("worker_protocol.py"))], {
-    encoding: "utf8",
-  });
-  expect(r.stderr).toBe("");
-  const python = JSON.parse(r.stdout) as ([number, number] | null)[];
-  expect(python).toEqual(estimates.map((e) => {
-    const runs = runsFor(e, plan);
-    return runs && [runs.warmup, runs.iters];
-  }));
-});
+    const r = spawnSync("python3", ["-B", "-c", script, path.dirname(baselineScript("worker_protocol.py"))], {
+      encoding: "utf8",
+    });
+    expect(r.stderr).toBe("");
+    const python = JSON.parse(r.stdout) as ([number, number] | null)[];
+    expect(python).toEqual(estimates.map((e) => {
+      const runs = runsFor(e, plan);
+      return runs && [runs.warmup, runs.iters];
+    }));
+  },
+);
 
 test("the quick preset's timing keeps it to a few seconds", () => {
   expect(presetTiming.quick.caseBudgetMs * 8 * 3).toBeLessThanOrEqual(5000);

@@ -80,20 +80,82 @@ export function caseRng(seed: number, target: string, index: number): Rng {
 
 /** Numbers at the edges of every integer type a size passes through on its way to the C ABI. */
 const edgeNumbers = [
-  "0", "1", "2", "3", "8", "-1", "-0", "2147483647", "2147483648", "4294967295", "4294967296", "4294967297",
-  "9007199254740991", "9007199254740992", "9007199254740993", "18446744073709551615", "18446744073709551616",
-  "1e20", "1e400", "1.5", "1e3", "0x10", "NaN", "Infinity",
+  "0",
+  "1",
+  "2",
+  "3",
+  "8",
+  "-1",
+  "-0",
+  "2147483647",
+  "2147483648",
+  "4294967295",
+  "4294967296",
+  "4294967297",
+  "9007199254740991",
+  "9007199254740992",
+  "9007199254740993",
+  "18446744073709551615",
+  "18446744073709551616",
+  "1e20",
+  "1e400",
+  "1.5",
+  "1e3",
+  "0x10",
+  "NaN",
+  "Infinity",
 ];
 
 /** Strings that are not numbers, or are numbers only to a careless parser. */
 const junk = [
-  "", " ", "abc", "1,2", "1;2", ",", "--", "-", "+4", " 3", "3 ", "\u0663", "\uff13", "8\n", "\u00001", "1_000",
-  "\u001b[31mred\u001b[0m", "\u001b]52;c;Zm9v\u0007", "q\r\nk", "a".repeat(300), "%s%n", "../../etc/passwd",
+  "",
+  " ",
+  "abc",
+  "1,2",
+  "1;2",
+  ",",
+  "--",
+  "-",
+  "+4",
+  " 3",
+  "3 ",
+  "\u0663",
+  "\uff13",
+  "8\n",
+  "\u00001",
+  "1_000",
+  "\u001b[31mred\u001b[0m",
+  "\u001b]52;c;Zm9v\u0007",
+  "q\r\nk",
+  "a".repeat(300),
+  "%s%n",
+  "../../etc/passwd",
 ];
 
 const edgeFloats = [
-  "0", "1", "30", "0.125", "-1", "-0", "1e-50", "1e-45", "1.4e-45", "1e-38", "5e-324", "1e38", "3.4028235e38",
-  "3.5e38", "1e39", "1e308", "NaN", "Infinity", "-Infinity", "1/8", "1e", ".", "0x1p3",
+  "0",
+  "1",
+  "30",
+  "0.125",
+  "-1",
+  "-0",
+  "1e-50",
+  "1e-45",
+  "1.4e-45",
+  "1e-38",
+  "5e-324",
+  "1e38",
+  "3.4028235e38",
+  "3.5e38",
+  "1e39",
+  "1e308",
+  "NaN",
+  "Infinity",
+  "-Infinity",
+  "1/8",
+  "1e",
+  ".",
+  "0x1p3",
 ];
 
 // ---- seed files ---------------------------------------------------------------------------------------------------
@@ -120,7 +182,9 @@ function npyBytes(descr: string, shape: string, data: Uint8Array, major = 1): Ui
   return out;
 }
 
-const shapeText = (dims: readonly (number | string)[]) => (dims.length === 1 ? `(${dims[0]},)` : `(${dims.join(", ")})`);
+const shapeText = (
+  dims: readonly (number | string)[],
+) => (dims.length === 1 ? `(${dims[0]},)` : `(${dims.join(", ")})`);
 
 /** A valid .npy file: fp32, fp16 or bf16 bit patterns, format 1, 2 or 3, a few small shapes (BSHD and others). */
 function seedNpy(rng: Rng): Uint8Array {
@@ -198,8 +262,18 @@ export function mutateBytes(rng: Rng, input: Uint8Array): Uint8Array {
       case 4: // overwrite a 4- or 8-byte field with an edge value (sizes, lengths)
         if (bytes.length >= at + 8) {
           const v = new DataView(bytes.buffer, bytes.byteOffset);
-          const edge = rng.pick([0n, 1n, 0x7fffffffn, 0x80000000n, 0xffffffffn, 0x1_0000_0000n, 0x7fff_ffff_ffff_ffffn,
-            0xffff_ffff_ffff_ffffn, BigInt(bytes.length), BigInt(bytes.length) + 1n]);
+          const edge = rng.pick([
+            0n,
+            1n,
+            0x7fffffffn,
+            0x80000000n,
+            0xffffffffn,
+            0x1_0000_0000n,
+            0x7fff_ffff_ffff_ffffn,
+            0xffff_ffff_ffff_ffffn,
+            BigInt(bytes.length),
+            BigInt(bytes.length) + 1n,
+          ]);
           if (rng.chance(0.5)) v.setBigUint64(at, edge, true);
           else v.setUint32(at, Number(edge & 0xffffffffn), true);
         }
@@ -247,7 +321,9 @@ function npyFieldMutation(rng: Rng): Uint8Array {
   const major = bytes[6];
   const preamble = major === 1 ? 10 : 12;
   const header = dict + " ".repeat((64 - ((preamble + dict.length + 1) % 64)) % 64) + "\n";
-  const encoded = major === 3 ? new TextEncoder().encode(header) : Uint8Array.from(header, (c) => c.charCodeAt(0) & 0xff);
+  const encoded = major === 3
+    ? new TextEncoder().encode(header)
+    : Uint8Array.from(header, (c) => c.charCodeAt(0) & 0xff);
   const out = new Uint8Array(preamble + encoded.length + data.length);
   out.set(bytes.subarray(0, preamble));
   const view = new DataView(out.buffer);
@@ -260,7 +336,23 @@ function npyFieldMutation(rng: Rng): Uint8Array {
 }
 
 const jsonEdges: unknown[] = [
-  0, 1, -1, 1.5, 2 ** 31, 2 ** 32, 2 ** 53 - 1, 2 ** 53, 2 ** 53 + 2, 1e20, 1e308, "8", null, true, [], {}, [1, 2],
+  0,
+  1,
+  -1,
+  1.5,
+  2 ** 31,
+  2 ** 32,
+  2 ** 53 - 1,
+  2 ** 53,
+  2 ** 53 + 2,
+  1e20,
+  1e308,
+  "8",
+  null,
+  true,
+  [],
+  {},
+  [1, 2],
 ];
 
 /** A .safetensors whose JSON header has hostile fields, names, nesting or length field. */
@@ -298,14 +390,37 @@ function safetensorsFieldMutation(rng: Rng): Uint8Array {
     }
     case 6: // a header that is not an object of entries, or is nested absurdly deep
       return safetensorsBytes(
-        rng.pick(["[]", "null", "\"q\"", "{", "{\"q\":", "[".repeat(100_000) + "]".repeat(100_000), "{\"q\":{}}",
-          `{"q":${"[".repeat(5000)}${"]".repeat(5000)}}`, "\ufeff{}", "{} {}"]),
+        rng.pick([
+          "[]",
+          "null",
+          '"q"',
+          "{",
+          '{"q":',
+          "[".repeat(100_000) + "]".repeat(100_000),
+          '{"q":{}}',
+          `{"q":${"[".repeat(5000)}${"]".repeat(5000)}}`,
+          "\ufeff{}",
+          "{} {}",
+        ]),
         data,
       );
     default: { // the u64 length field lies
       const json = BigInt(new TextEncoder().encode(JSON.stringify(header)).byteLength);
-      return safetensorsBytes(header, data, rng.pick([0n, 1n, json - 1n, json + 1n, 100_000_001n, 2n ** 53n + 1n,
-        2n ** 63n, 2n ** 64n - 1n, BigInt(data.length) + json + 8n]));
+      return safetensorsBytes(
+        header,
+        data,
+        rng.pick([
+          0n,
+          1n,
+          json - 1n,
+          json + 1n,
+          100_000_001n,
+          2n ** 53n + 1n,
+          2n ** 63n,
+          2n ** 64n - 1n,
+          BigInt(data.length) + json + 8n,
+        ]),
+      );
     }
   }
   return safetensorsBytes(header, data);
@@ -362,7 +477,14 @@ function elementBytesOf(dtype: string): number {
 }
 
 /** Parses `file` as a tensor file and checks the outcome; returns a problem or null, and tallies the outcome. */
-function checkParse(m: Modules, kind: "npy" | "safetensors", file: string, bytes: Uint8Array, tally: Tally, bf16: boolean): string | null {
+function checkParse(
+  m: Modules,
+  kind: "npy" | "safetensors",
+  file: string,
+  bytes: Uint8Array,
+  tally: Tally,
+  bf16: boolean,
+): string | null {
   largestAllocation = 0;
   try {
     if (kind === "npy") {
@@ -373,18 +495,24 @@ function checkParse(m: Modules, kind: "npy" | "safetensors", file: string, bytes
       const preamble = major === 1 ? 10 : 12;
       const headerLength = major === 1 ? bytes[8] | (bytes[9] << 8) : new DataView(bytes.buffer).getUint32(8, true);
       const expected = preamble + headerLength + count * elementBytesOf(t.dtype);
-      if (expected !== bytes.length) return `accepted a ${bytes.length}-byte file whose header and data make ${expected}`;
+      if (expected !== bytes.length) {
+        return `accepted a ${bytes.length}-byte file whose header and data make ${expected}`;
+      }
     } else {
       const { tensors } = m.readSafetensors(file);
       for (const [name, t] of tensors) {
         const count = t.shape.reduce((a, b) => a * b, 1);
-        if (t.data.length !== count) return `accepted: tensor '${name}' shape (${t.shape}) but ${t.data.length} elements`;
+        if (t.data.length !== count) {
+          return `accepted: tensor '${name}' shape (${t.shape}) but ${t.data.length} elements`;
+        }
       }
     }
     tally.ok++;
   } catch (error) {
     if (!(error instanceof m.FlashAttnError)) {
-      return `threw ${(error as Error)?.name ?? typeof error}: ${String((error as Error)?.message ?? error).split("\n")[0]}`;
+      return `threw ${(error as Error)?.name ?? typeof error}: ${
+        String((error as Error)?.message ?? error).split("\n")[0]
+      }`;
     }
     if (error.code !== "BAD_INPUT") return `failed with code ${error.code}, not BAD_INPUT: ${error.message}`;
     if (!oneLine(error.message)) return `error message is not one line: ${JSON.stringify(error.message.slice(0, 200))}`;
@@ -435,26 +563,59 @@ function flagArgv(rng: Rng, ctx: FlagContext): string[] {
   type Flag = [string, () => string | null];
   // Flags that refine the base problem: most of what a case adds.
   const refining: Flag[] = [
-    ["--dtype", () => either(() => rng.pick(["fp32", "fp16", "bf16", "BF16"]), () => rng.pick(["float64", "int8", "", "fp"]))],
+    [
+      "--dtype",
+      () => either(() => rng.pick(["fp32", "fp16", "bf16", "BF16"]), () => rng.pick(["float64", "int8", "", "fp"])),
+    ],
     ["--seed", int],
-    ["--window", () => either(() => `${rng.int(9) - 1},${rng.int(9)}`, () => rng.chance(0.7) ? `${int()},${int()}` : rng.pick(junk))],
-    ["--softcap", float], ["--scale", float],
-    ["--causal", () => null], ["--alibi", () => null], ["--check", () => null],
-    ["--backend", () => either(() => rng.pick(["auto", "cpu"]), () => rng.pick(["cuda", "hip", "CPU", "gpu", "", "cpu,cuda"]))],
-    ["--lib", () => either(() => ctx.lib, () => rng.pick([path.join(ctx.dir, "missing.so"), ctx.dir, rng.pick(ctx.files), ""]))],
-    ["--out", outPath], ["--lse", () => (rng.chance(0.5) ? null : outPath())],
+    [
+      "--window",
+      () =>
+        either(() => `${rng.int(9) - 1},${rng.int(9)}`, () => rng.chance(0.7) ? `${int()},${int()}` : rng.pick(junk)),
+    ],
+    ["--softcap", float],
+    ["--scale", float],
+    ["--causal", () => null],
+    ["--alibi", () => null],
+    ["--check", () => null],
+    [
+      "--backend",
+      () => either(() => rng.pick(["auto", "cpu"]), () => rng.pick(["cuda", "hip", "CPU", "gpu", "", "cpu,cuda"])),
+    ],
+    [
+      "--lib",
+      () => either(() => ctx.lib, () => rng.pick([path.join(ctx.dir, "missing.so"), ctx.dir, rng.pick(ctx.files), ""])),
+    ],
+    ["--out", outPath],
+    ["--lse", () => (rng.chance(0.5) ? null : outPath())],
     ["--alibi-slopes", () => rng.pick(ctx.files)],
   ];
   // Flags that describe the problem again (conflicts with the base), or are not flags at all.
   const clashing: Flag[] = [
-    ["--shape", () => either(() => smallShape(rng), () => Array.from({ length: rng.pick([3, 4, 6, 7]) }, int).join(","))],
-    ["--batch", int], ["--seqlen", int], ["--seqlen-q", int], ["--seqlen-k", int], ["--heads", int], ["--heads-q", int],
-    ["--heads-kv", int], ["--head-dim", int],
-    ["--q", () => rng.pick(ctx.files)], ["--k", () => rng.pick(ctx.files)], ["--v", () => rng.pick(ctx.files)],
+    [
+      "--shape",
+      () => either(() => smallShape(rng), () => Array.from({ length: rng.pick([3, 4, 6, 7]) }, int).join(",")),
+    ],
+    ["--batch", int],
+    ["--seqlen", int],
+    ["--seqlen-q", int],
+    ["--seqlen-k", int],
+    ["--heads", int],
+    ["--heads-q", int],
+    ["--heads-kv", int],
+    ["--head-dim", int],
+    ["--q", () => rng.pick(ctx.files)],
+    ["--k", () => rng.pick(ctx.files)],
+    ["--v", () => rng.pick(ctx.files)],
     ["--input", () => rng.pick(ctx.files)],
-    ["--q-name", () => rng.pick(["q", "k", "qkv", "", ...junk])], ["--k-name", () => rng.pick(["k", "v", ...junk])],
-    ["--v-name", () => rng.pick(["v", "q", ...junk])], ["--qkv-name", () => rng.pick(["qkv", "q", ...junk])],
-    ["--bogus", () => null], ["--", () => null], ["-x", () => null], ["--help", () => null],
+    ["--q-name", () => rng.pick(["q", "k", "qkv", "", ...junk])],
+    ["--k-name", () => rng.pick(["k", "v", ...junk])],
+    ["--v-name", () => rng.pick(["v", "q", ...junk])],
+    ["--qkv-name", () => rng.pick(["qkv", "q", ...junk])],
+    ["--bogus", () => null],
+    ["--", () => null],
+    ["-x", () => null],
+    ["--help", () => null],
   ];
   for (let i = 0, n = 1 + rng.int(4); i < n; i++) {
     const [flag, value] = rng.pick(rng.chance(0.85) ? refining : clashing);
@@ -513,7 +674,9 @@ async function checkFlags(m: Modules, argv: string[], tally: Tally): Promise<str
       if (errorCode === "INTERNAL") return `INTERNAL error: ${doc.error?.message}`;
       const expected = m.exitCodeFor(new m.FlashAttnError(errorCode as never, ""));
       if (expected !== code) return `error code ${errorCode} should exit ${expected}, exited ${code}`;
-      if (!oneLine(doc.error?.message ?? "")) return `error message is not one line: ${JSON.stringify(doc.error?.message)}`;
+      if (!oneLine(doc.error?.message ?? "")) {
+        return `error message is not one line: ${JSON.stringify(doc.error?.message)}`;
+      }
     }
   }
   if (code !== 0) {
@@ -523,14 +686,20 @@ async function checkFlags(m: Modules, argv: string[], tally: Tally): Promise<str
     if (at < 0) return `exit ${code} without a "flashattn: " line on stderr: ${JSON.stringify(stderr.slice(0, 300))}`;
     const rest = lines.slice(at + 1);
     if (rest.length > 1 || (rest.length === 1 && !rest[0].startsWith("  fix: "))) {
-      return `the error takes more than one line (and a fix): ${JSON.stringify(lines.slice(at).join("\n").slice(0, 300))}`;
+      return `the error takes more than one line (and a fix): ${
+        JSON.stringify(lines.slice(at).join("\n").slice(0, 300))
+      }`;
     }
     if (/internal error/i.test(lines[at])) return `internal error: ${lines[at]}`;
-    if (code === 1 && !/^flashattn: check failed/.test(lines[at])) return `exit 1 that is not a failed check: ${lines[at]}`;
+    if (code === 1 && !/^flashattn: check failed/.test(lines[at])) {
+      return `exit 1 that is not a failed check: ${lines[at]}`;
+    }
     // Random inputs are finite and well scaled, so a failed check there means a flag's value changed on its way to
     // the kernel (or a kernel is wrong): a silent wrong answer without --check. Mutated files may hold NaN.
     const fileFlags = ["--q", "--k", "--v", "--input", "--alibi-slopes"];
-    if (code === 1 && !argv.some((a) => fileFlags.includes(a))) return `a random problem failed its check: ${lines[at]}`;
+    if (code === 1 && !argv.some((a) => fileFlags.includes(a))) {
+      return `a random problem failed its check: ${lines[at]}`;
+    }
   }
   if (largestAllocation > problemSizedAllocation) return `allocated ${largestAllocation} bytes for a small problem`;
   return null;
@@ -555,7 +724,8 @@ function prepareFlagFiles(dir: string, rng: Rng): string[] {
     fs.writeFileSync(file, bytes);
     files.push(file);
   };
-  const f32 = (dims: number[]) => npyBytes("<f4", shapeText(dims), float32Bytes(seededValues(rng, dims.reduce((a, b) => a * b, 1))));
+  const f32 = (dims: number[]) =>
+    npyBytes("<f4", shapeText(dims), float32Bytes(seededValues(rng, dims.reduce((a, b) => a * b, 1))));
   write("q.npy", f32([1, 8, 2, 16]));
   write("k.npy", f32([1, 12, 1, 16]));
   write("v.npy", f32([1, 12, 1, 16]));
@@ -570,7 +740,13 @@ function prepareFlagFiles(dir: string, rng: Rng): string[] {
 }
 
 export async function runFuzz(
-  options: { seed: number; cases: number; targets?: readonly Target[]; only?: number; onCase?: (t: Target, i: number) => void },
+  options: {
+    seed: number;
+    cases: number;
+    targets?: readonly Target[];
+    only?: number;
+    onCase?: (t: Target, i: number) => void;
+  },
 ): Promise<FuzzSummary> {
   trackAllocations();
   const m: Modules = {
@@ -589,7 +765,9 @@ export async function runFuzz(
   const savedEnv = { ...process.env };
   try {
     // The flag cases run in this process: keep the environment from choosing for them.
-    for (const name of ["FLASHATTN_BACKEND", "FLASHATTN_LIB", "FLASHATTN_DEBUG", "FORCE_COLOR"]) delete process.env[name];
+    for (const name of ["FLASHATTN_BACKEND", "FLASHATTN_LIB", "FLASHATTN_DEBUG", "FORCE_COLOR"]) {
+      delete process.env[name];
+    }
     process.env.NO_COLOR = "1";
     const ctx: FlagContext = {
       dir,
@@ -639,8 +817,12 @@ if (import.meta.main) {
   const seed = Number(flagValue(argv, "--seed") ?? process.env.FLASHATTN_FUZZ_SEED ?? 1);
   const target = flagValue(argv, "--target") as Target | undefined;
   const only = flagValue(argv, "--only");
-  if (!Number.isSafeInteger(cases) || cases < 1 || !Number.isSafeInteger(seed) || (target && !targets.includes(target))) {
-    process.stderr.write("usage: bun test/fuzz/fuzz.ts [--cases N] [--seed S] [--target npy|safetensors|flags] [--only I]\n");
+  if (
+    !Number.isSafeInteger(cases) || cases < 1 || !Number.isSafeInteger(seed) || (target && !targets.includes(target))
+  ) {
+    process.stderr.write(
+      "usage: bun test/fuzz/fuzz.ts [--cases N] [--seed S] [--target npy|safetensors|flags] [--only I]\n",
+    );
     process.exit(2);
   }
   const progressLine = (t: Target, i: number) => process.stderr.write(`case ${t} ${i}\n`);
