@@ -3,9 +3,19 @@
 import fs from "node:fs";
 import { FlashAttnError } from "../lib/errors.ts";
 
-/** A BAD_INPUT error about `file`: "<file>: <what is wrong>" plus how to fix it. */
+/**
+ * A BAD_INPUT error about `file`: "<file>: <what is wrong>" plus how to fix it. The path and the problem quote what
+ * a file says (tensor names, dtypes, header keys), so control characters are escaped: the message stays one line and
+ * never drives the terminal.
+ */
 export function badFile(file: string, problem: string, fix?: string): FlashAttnError {
-  return new FlashAttnError("BAD_INPUT", `${file}: ${problem}`, fix);
+  return new FlashAttnError("BAD_INPUT", escapeControl(`${file}: ${problem}`), fix);
+}
+
+/** C0 and C1 control characters (newlines and ESC included) as \xNN escapes. */
+function escapeControl(text: string): string {
+  // deno-lint-ignore no-control-regex -- matching control characters is the point
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 }
 
 /** An open input file and its size; close() when done. */

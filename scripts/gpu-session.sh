@@ -3,7 +3,7 @@
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
 #   steps: build | tests | gpu-tests | layouts | verify | verify-sm90 | verify-auto | sanitize | racecheck(128) | racecheck-persistent | doctor |
-#          profile | profile-fwd64 | tile-cost | bench-variants | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick | bench-subset
+#          profile | profile-fwd64 | tile-cost | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick | bench-subset
 #   e.g.   bash scripts/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -63,13 +63,6 @@ for s in "$@"; do
     tile-cost) step tile-cost 120 python3 scripts/cuda_tile_cost.py ;;  # the hdim-64 forward's fixed and per-key-block cost per tile
     bench-kernels) step bench-kernels 420 python3 scripts/cuda_bench.py --seqlens 1024,2048,4096,8192,16384 --also cuda-mma-sm80 --json "$LOGS/bench-kernels.json" --md "$LOGS/bench-kernels.md" ;;
     bench-hdim256) step bench-hdim256 200 python3 scripts/cuda_bench.py --hdims 256 --seqlens 2048,8192 --causal 0,1 --also cuda-mma-sm80 --json "$LOGS/bench-hdim256.json" --md "$LOGS/bench-hdim256.md" ;;
-    bench-variants)  # A/B of kernel experiments: every build/variants/NAME.so.xz against SDPA at the target points
-      for lib in build/variants/*.so.xz; do
-        name=$(basename "$lib" .so.xz)
-        xz -dc "$lib" > "/tmp/$name.so"
-        step "bench-$name" 200 env FLASHATTN_LIB="/tmp/$name.so" python3 scripts/cuda_bench.py --hdims 64,128 \
-          --seqlens 2048,8192 --causal 0,1 --no-cudnn --json "$LOGS/bench-$name.json" --md "$LOGS/bench-$name.md"
-      done ;;
     profile)  # hardware counters of the wgmma kernels at hdim 128, seqlen 8k, and their SASS
       for kern in fwd_sm90 bwd_sm90; do
         step "ncu-$kern" 200 ncu --clock-control none --kernel-name "regex:$kern" --launch-skip 1 --launch-count 1 \

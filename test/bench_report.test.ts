@@ -276,6 +276,32 @@ describe("SVG chart", () => {
     expect(svg).toContain("copy bandwidth 3000 GB/s (cuda)");
   });
 
+  test("tooltips keep four significant digits (a CPU's 0.0312 TFLOP/s is not 0.0); units follow each case", () => {
+    const cpu = report();
+    const c = cpu.cases[0];
+    const flops = attentionFlops(c, c.direction);
+    // 0.03123 TFLOP/s in 8.765 ms on the CPU
+    const ms = flops / (0.03123 * 1e12) * 1e3;
+    cpu.measurements = [{ ...timed(c.id, "flashattn-cpu", "ours", ms, flops), place: "cpu" }];
+    const tips = [...renderSvg(cpu).matchAll(/<title>(flashattn-cpu[^<]*)<\/title>/g)].map((t) => t[1]);
+    expect(tips.length).toBe(1);
+    expect(tips[0]).toContain(": 0.03123 TFLOP/s, ");
+    expect(tips[0].endsWith(` ${Number(ms.toPrecision(4))} ms`)).toBe(true);
+    expect(tips[0]).not.toContain(" 0.0 ");
+    // In a report that mixes prefill and decode cases each tooltip and panel axis carries its own case's unit.
+    expect((svg.match(/rotate\(-90\)" font-size="10" text-anchor="middle">TFLOP\/s</g) ?? []).length).toBe(1);
+    expect((svg.match(/rotate\(-90\)" font-size="10" text-anchor="middle">GB\/s \(K\+V read\)</g) ?? []).length)
+      .toBe(1);
+    expect((svg.match(/>KV length</g) ?? []).length).toBe(1);
+    expect((svg.match(/>sequence length</g) ?? []).length).toBe(1);
+    const units = [...svg.matchAll(/<title>[^<]*?: [\d.e+-]+ (TFLOP\/s|GB\/s \(K\+V read\)), /g)];
+    expect(units.length).toBe(r.measurements.filter((m) => m.status === "ok").length);
+    for (const [tip, unit] of units) {
+      const decodeCase = decodeCases.some((c) => tip.includes(`, ${c.id}:`));
+      expect(unit).toBe(decodeCase ? "GB/s (K+V read)" : "TFLOP/s");
+    }
+  });
+
   test("axis maxima are round numbers at or above the data", () => {
     expect(niceCeiling(361)).toBe(500);
     expect(niceCeiling(2100)).toBe(2500);

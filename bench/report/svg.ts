@@ -13,6 +13,10 @@ const palette = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00
 const escapeXml = (s: string) =>
   s.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;").replaceAll('"', "&quot;");
 
+// The tooltip's "exact figure": four significant digits whatever the magnitude, so a CPU's 0.0312 TFLOP/s or a
+// 0.0042 ms decode call reads as itself, not as 0.0.
+const exactFigure = (v: number) => String(Number(v.toPrecision(4)));
+
 const seqLabel = (n: number) => (n >= 1024 && n % 1024 === 0 ? `${n / 1024}k` : String(n));
 
 /** A round axis maximum (1, 2, 2.5 or 5 × 10^k) at or above `v`. */
@@ -78,9 +82,10 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="Helvetica, Arial, sans-serif">`,
   );
   out.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
-  const decode = report.cases.some((c) => c.kind === "decode");
-  const unit = decode ? "GB/s (K+V read)" : "TFLOP/s";
-  const heading = opts.title ?? `flashattn bench --preset ${report.config.preset}: ${unit}`;
+  // A report may mix prefill and decode cases: each bar's unit follows its case, the heading names both.
+  const unitOf = (c: BenchCase) => (c.kind === "decode" ? "GB/s (K+V read)" : "TFLOP/s");
+  const units = [...new Set(report.cases.map(unitOf))];
+  const heading = opts.title ?? `flashattn bench --preset ${report.config.preset}: ${units.join("; ") || "TFLOP/s"}`;
   out.push(`<text x="10" y="18" font-size="14" font-weight="bold">${escapeXml(heading)}</text>`);
   impls.forEach((impl, i) => {
     const x = 10 + (i % legendPerRow) * 170, y = 30 + 18 * Math.floor(i / legendPerRow);
@@ -112,7 +117,7 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
     out.push(
       `<text transform="translate(${ox + 12},${
         oy + top + plotH / 2
-      }) rotate(-90)" font-size="10" text-anchor="middle">${unit}</text>`,
+      }) rotate(-90)" font-size="10" text-anchor="middle">${unitOf(panel.cases[0])}</text>`,
     );
     const seqCount = new Map<number, number>();
     for (const c of panel.cases) seqCount.set(c.seqlenK, (seqCount.get(c.seqlenK) ?? 0) + 1);
@@ -130,7 +135,7 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
         const bx = gx + i * bar;
         const v = metricOf(c, m);
         if (m && m.status === "ok" && v !== undefined && Number.isFinite(v)) {
-          const tip = `${impl}, ${c.id}: ${v.toFixed(1)} ${unit}, ${m.timing!.medianMs.toFixed(3)} ms`;
+          const tip = `${impl}, ${c.id}: ${exactFigure(v)} ${unitOf(c)}, ${exactFigure(m.timing!.medianMs)} ms`;
           out.push(
             `<rect class="bar" data-impl="${escapeXml(impl)}" data-case="${
               escapeXml(c.id)
@@ -169,7 +174,7 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
     out.push(`<line x1="${ox + left}" x2="${ox + left + plotW}" y1="${y(0)}" y2="${y(0)}" stroke="#333333"/>`);
     out.push(
       `<text x="${ox + left + plotW / 2}" y="${oy + top + plotH + 32}" font-size="10" text-anchor="middle">${
-        decode ? "KV length" : "sequence length"
+        panel.cases[0].kind === "decode" ? "KV length" : "sequence length"
       }</text>`,
     );
     out.push(`</g>`);
