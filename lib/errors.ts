@@ -1,6 +1,8 @@
 // One error type for everything a user can cause or meet: a code, one line, and a fix when there is one.
 // The CLI maps codes to exit statuses (docs/ARCHITECTURE.md): usage/input problems exit 2, an unusable environment
-// exits 3, anything else 1.
+// exits 3, anything else 1. The message and the fix are one line each whatever they quote: control characters of a
+// flag value, a file or tensor name are shown as escapes (lib/terminal.ts), so no caller has to remember to.
+import { printable } from "./terminal.ts";
 
 export type ErrorCode =
   | "USAGE" // a bad flag or flag value
@@ -20,10 +22,10 @@ export class FlashAttnError extends Error {
   readonly code: ErrorCode;
   readonly fix?: string;
   constructor(code: ErrorCode, message: string, fix?: string) {
-    super(message);
+    super(printable(message));
     this.name = "FlashAttnError";
     this.code = code;
-    this.fix = fix;
+    this.fix = fix === undefined ? undefined : printable(fix);
   }
 }
 

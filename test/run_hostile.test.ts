@@ -71,6 +71,16 @@ describe("item 1 and 11: a flag value that does not fit its ABI field is a usage
     });
   }
 
+  // Found by the fuzzer (test/fuzz): a flag value holding CR / LF was echoed raw, so the "one line" was three.
+  for (const flags of [["--seed", "q\r\nk"], ["--window", "8\n"], ["--shape", "1,2\u001b]52;c;eA==\u0007"]]) {
+    test(`${JSON.stringify(flags)}: the echoed value is escaped, the error stays one line`, () => {
+      const r = cli(["run", ...small, ...flags]);
+      expectOneLineError(r, 2, flags[0]);
+      expect(r.stderr).not.toMatch(/[\r\x1b\x07]/);
+      expect(r.stderr.trimEnd().split("\n")[0]).toMatch(/\\x(0d|0a|1b)/);
+    });
+  }
+
   test("the library API refuses the same values (BAD_INPUT), never computing another problem", async () => {
     const q = randomTensor("fp32", [1, 8, 2, 16], 1);
     for (
