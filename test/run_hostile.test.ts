@@ -77,7 +77,11 @@ describe("item 1 and 11: a flag value that does not fit its ABI field is a usage
       const r = cli(["run", ...small, ...flags]);
       expectOneLineError(r, 2, flags[0]);
       expect(r.stderr).not.toMatch(/[\r\x1b\x07]/);
-      expect(r.stderr.trimEnd().split("\n")[0]).toMatch(/\\x(0d|0a|1b)/);
+      // The --json document carries the same one-line message (a consumer prints it as it is).
+      const doc = JSON.parse(cli(["run", "--json", ...small, ...flags]).stdout);
+      expect(doc.error.message).toContain(flags[0]);
+      expect(doc.error.message).not.toMatch(/[\r\n\x1b\x07]/);
+      expect(doc.error.message).toMatch(/\\x(0d|0a|1b)/);
     });
   }
 
