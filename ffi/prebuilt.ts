@@ -87,29 +87,29 @@ const verified = new Map<string, string | null>();
 
 /**
  * Why a prebuilt library must not be loaded (no manifest, or its bytes differ from the manifest's sha256), or null
- * when it is the file that was packed. Checked once per file state (size, mtime, inode) per process.
+ * when it is the file that was packed. Decided once per path per process: the dynamic loader, too, keeps the first
+ * image it mapped for a path for the life of the process, and hashing the 20 MB CUDA library on every lookup would
+ * cost more than the lookup.
  */
 export function prebuiltRefusal(libraryPath: string): string | null {
-  let key: string;
-  try {
-    const st = fs.statSync(libraryPath);
-    key = `${libraryPath}\0${st.size}\0${st.mtimeMs}\0${st.ino}`;
-  } catch (e) {
-    return `cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`;
-  }
-  const cached = verified.get(key);
+  const cached = verified.get(libraryPath);
   if (cached !== undefined) return cached;
   const read = readManifest(libraryPath);
   let refusal: string | null;
   if ("error" in read) refusal = `refused: ${read.error} (a prebuilt library is trusted only with its manifest)`;
   else {
-    const actual = sha256File(libraryPath);
+    let actual: string;
+    try {
+      actual = sha256File(libraryPath);
+    } catch (e) {
+      actual = `unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`;
+    }
     refusal = actual === read.manifest.sha256
       ? null
       : `refused: sha256 ${actual.slice(0, 16)}… differs from the manifest's ${read.manifest.sha256.slice(0, 16)}… ` +
         `(the file changed after packing; reinstall flashattn)`;
   }
-  verified.set(key, refusal);
+  verified.set(libraryPath, refusal);
   return refusal;
 }
 

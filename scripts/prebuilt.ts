@@ -5,9 +5,11 @@
 // NVIDIA driver, and the GLIBC version and libraries the file needs, read from the file). Runs as `prepack`, so
 // `npm pack` and `npm publish` cannot ship without it.
 //
-// A release carries all three libraries. Where a GPU compiler is missing (a contributor's machine, a test) the
-// missing ones may be left out only when asked: --allow-missing cuda,hip (or FLASHATTN_PACK_ALLOW_MISSING, since
-// `npm pack` passes no arguments); the output says what the package lacks.
+// A release carries all three libraries. Where a GPU library cannot or need not be built (no nvcc/hipcc, or a test
+// that must not spend minutes compiling CUDA) it may be left out only when asked: --allow-missing cuda,hip (or
+// FLASHATTN_PACK_ALLOW_MISSING, since `npm pack` passes no arguments). An allowed-missing backend is packed when
+// build/ already has its library (rebuilt first if its sources changed) and its compiler is here, and left out
+// otherwise; the output says what the package lacks and that it is not a release.
 //
 // Usage: bun scripts/prebuilt.ts [--allow-missing cuda,hip] [--out DIR]
 import { execFileSync } from "node:child_process";
@@ -99,7 +101,11 @@ async function main(): Promise<number> {
     log((e as Error).message);
     return 2;
   }
-  const outcomes = await buildBackends({ backends: allBackends, all: true, jobs: Math.max(1, os.availableParallelism()), force: false, verbose: false });
+  const wanted = allBackends.filter((b) => !opts.allowMissing.has(b) || fs.existsSync(path.join(root, "build", libraryFileName(b))));
+  const outcomes = await buildBackends({ backends: wanted, all: false, jobs: Math.max(1, os.availableParallelism()), force: false, verbose: false });
+  for (const b of allBackends.filter((x) => !wanted.includes(x))) {
+    outcomes.push({ backend: b, status: "skipped", detail: "not built in build/ and allowed missing, so not compiled now" });
+  }
   const failed = outcomes.filter((o) => o.status === "failed");
   if (failed.length) {
     log(`the build failed for ${failed.map((o) => o.backend).join(", ")}: nothing was staged`);
