@@ -143,6 +143,19 @@ describe.skipIf(!!skipReason)("the npm package", () => {
     expect(doc.measurements.some((m: { impl: string }) => m.impl === "flashattn-cpu")).toBe(true);
   }, SLOW);
 
+  test("npm i -g (a prefix of its own): `flashattn doctor --json` exits 0 on the prebuilt libraries; npm rm -g removes it", () => {
+    const prefix = path.join(scratch, "global");
+    const install = sh("npm", ["install", "-g", "--prefix", prefix, "--prefer-offline", "--no-audit", "--no-fund", tarball], { cwd: scratch, env: nodeOnlyEnv });
+    expect(install.code).toBe(0);
+    const env = { ...nodeOnlyEnv, PATH: `${path.join(prefix, "bin")}:${nodeOnlyBin}` };
+    const r = sh("flashattn", ["doctor", "--json"], { cwd: scratch, env });
+    expect(r.code).toBe(0);
+    const cpu = JSON.parse(r.stdout).facts.flashattn.prebuilt.find((p: { backend: string }) => p.backend === "cpu");
+    expect(cpu.path).toBe(path.join(prefix, "lib", "node_modules", "flashattn", "prebuilt", platform, "libflashattn_cpu.so"));
+    expect(sh("npm", ["rm", "-g", "--prefix", prefix, "flashattn"], { cwd: scratch, env }).code).toBe(0);
+    expect(fs.existsSync(path.join(prefix, "bin", "flashattn"))).toBe(false);
+  }, SLOW);
+
   test("a Bun project imports it: import { attention } from \"flashattn\"", () => {
     fs.writeFileSync(
       path.join(project, "main.ts"),
