@@ -50,7 +50,9 @@ export function libraryCandidates(
   const inFiles = !moduleDir.startsWith("/$bunfs/");
   const list: Candidate[] = [
     ...(inFiles ? [{ path: path.join(packageRoot, "build", file), source: "build" as const, explicit: false }] : []),
-    ...(inFiles ? [{ path: path.join(packageRoot, "prebuilt", platform, file), source: "package" as const, explicit: false }] : []),
+    ...(inFiles
+      ? [{ path: path.join(packageRoot, "prebuilt", platform, file), source: "package" as const, explicit: false }]
+      : []),
     { path: path.join(path.dirname(process.execPath), file), source: "executable", explicit: false },
     { path: file, source: "system", explicit: false },
   ];

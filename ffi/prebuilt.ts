@@ -74,7 +74,10 @@ export function readManifest(libraryPath: string): { manifest: PrebuiltManifest 
   } catch (e) {
     return { error: `manifest ${path.basename(file)} is not JSON (${(e as Error).message})` };
   }
-  if (!m || typeof m !== "object" || m.schema !== MANIFEST_SCHEMA || typeof m.sha256 !== "string" || !/^[0-9a-f]{64}$/.test(m.sha256)) {
+  if (
+    !m || typeof m !== "object" || m.schema !== MANIFEST_SCHEMA || typeof m.sha256 !== "string" ||
+    !/^[0-9a-f]{64}$/.test(m.sha256)
+  ) {
     return { error: `manifest ${path.basename(file)} is not a schema ${MANIFEST_SCHEMA} manifest with a sha256` };
   }
   if (m.library !== path.basename(libraryPath)) {
@@ -125,7 +128,9 @@ const DT_NEEDED = 1n;
  */
 export function readElfNeeds(bytes: Uint8Array): ElfNeeds {
   const bad = (why: string) => new Error(`not a readable ELF64 shared library: ${why}`);
-  if (bytes.length < 64 || bytes[0] !== 0x7f || bytes[1] !== 0x45 || bytes[2] !== 0x4c || bytes[3] !== 0x46) throw bad("no ELF magic");
+  if (bytes.length < 64 || bytes[0] !== 0x7f || bytes[1] !== 0x45 || bytes[2] !== 0x4c || bytes[3] !== 0x46) {
+    throw bad("no ELF magic");
+  }
   if (bytes[4] !== 2 || bytes[5] !== 1) throw bad("not 64-bit little-endian");
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const u64 = (off: number) => {

@@ -27,7 +27,9 @@ export const PROBE_WORKER_ENV = "FLASHATTN_STANDALONE_PROBE_WORKER";
 export function diskPath(file: string): string {
   if (!file.startsWith(VIRTUAL_ROOT)) return file;
   const dir = extractionDir();
-  for (const blob of (globalThis as unknown as { Bun: { embeddedFiles: (Blob & { name: string })[] } }).Bun.embeddedFiles) {
+  for (
+    const blob of (globalThis as unknown as { Bun: { embeddedFiles: (Blob & { name: string })[] } }).Bun.embeddedFiles
+  ) {
     const target = path.join(dir, path.basename(blob.name));
     const embedded = fs.readFileSync(path.join(VIRTUAL_ROOT, "root", blob.name));
     // Rewritten when absent or different (another flashattn version, or tampering), through a rename.

@@ -31,17 +31,29 @@ const nodeOnlyBin = path.join(scratch, "node-only-bin");
 const home = process.env.HOME ?? os.tmpdir();
 /** The machine's network settings (proxy, extra CA certificates), which npm and Deno need to reach the registry. */
 const networkEnv = Object.fromEntries(
-  Object.entries(process.env).filter(([k]) => /^(https?_proxy|no_proxy|NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|DENO_CERT|DENO_DIR)$/i.test(k)),
+  Object.entries(process.env).filter(([k]) =>
+    /^(https?_proxy|no_proxy|NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|DENO_CERT|DENO_DIR)$/i.test(k)
+  ),
 );
 const denoCert = process.env.DENO_CERT ?? process.env.SSL_CERT_FILE ?? process.env.NODE_EXTRA_CA_CERTS;
-const nodeOnlyEnv = { ...networkEnv, PATH: nodeOnlyBin, HOME: home, NO_COLOR: "1", npm_config_update_notifier: "false" };
+const nodeOnlyEnv = {
+  ...networkEnv,
+  PATH: nodeOnlyBin,
+  HOME: home,
+  NO_COLOR: "1",
+  npm_config_update_notifier: "false",
+};
 
 function sh(command: string, args: string[], opts: { cwd: string; env: Record<string, string | undefined> }) {
   const r = spawnSync(command, args, { ...opts, encoding: "utf8", timeout: SLOW, maxBuffer: 64 << 20 });
   return { code: r.status, stdout: r.stdout ?? "", stderr: r.stderr ?? "", error: r.error?.message };
 }
 
-const skipReason = !npm || !node ? "npm and node are needed on the PATH" : process.platform !== "linux" ? "prebuilt libraries are linux-x64" : null;
+const skipReason = !npm || !node
+  ? "npm and node are needed on the PATH"
+  : process.platform !== "linux"
+  ? "prebuilt libraries are linux-x64"
+  : null;
 if (skipReason) console.error(`package tests skipped: ${skipReason}`);
 
 let tarball = "";
@@ -55,7 +67,11 @@ beforeAll(() => {
   for (const [name, target] of [["node", node!], ["npm", npm!], ["npx", Bun.which("npx")!], ["sh", "/bin/sh"]]) {
     fs.symlinkSync(target, path.join(nodeOnlyBin, name));
   }
-  console.error(`package tests: packing with FLASHATTN_PACK_ALLOW_MISSING=cuda,hip (test mode, not a release); GPU libraries in build/: ${gpuLibs.join(", ") || "none"}`);
+  console.error(
+    `package tests: packing with FLASHATTN_PACK_ALLOW_MISSING=cuda,hip (test mode, not a release); GPU libraries in build/: ${
+      gpuLibs.join(", ") || "none"
+    }`,
+  );
   const pack = sh(npm!, ["pack", "--json", "--pack-destination", scratch], {
     cwd: root,
     env: { ...process.env, FLASHATTN_PACK_ALLOW_MISSING: "cuda,hip", NO_COLOR: "1" },
@@ -63,13 +79,25 @@ beforeAll(() => {
   if (pack.code !== 0) throw new Error(`npm pack failed (${pack.code}): ${pack.stderr.slice(-2000)}`);
   const [info] = JSON.parse(pack.stdout.slice(pack.stdout.indexOf("[")));
   tarball = path.join(scratch, info.filename);
-  console.error(`package tests: ${info.filename} ${(info.size / 1e6).toFixed(1)} MB packed, ${(info.unpackedSize / 1e6).toFixed(1)} MB unpacked, ${info.entryCount} files`);
+  console.error(
+    `package tests: ${info.filename} ${(info.size / 1e6).toFixed(1)} MB packed, ${
+      (info.unpackedSize / 1e6).toFixed(1)
+    } MB unpacked, ${info.entryCount} files`,
+  );
 
   project = path.join(scratch, "project");
   fs.mkdirSync(project);
-  fs.writeFileSync(path.join(project, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
-  const install = sh("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", tarball], { cwd: project, env: nodeOnlyEnv });
-  if (install.code !== 0) throw new Error(`npm install of the tarball failed (${install.code}): ${install.stderr.slice(-2000)}`);
+  fs.writeFileSync(
+    path.join(project, "package.json"),
+    JSON.stringify({ name: "consumer", private: true, type: "module" }),
+  );
+  const install = sh("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", tarball], {
+    cwd: project,
+    env: nodeOnlyEnv,
+  });
+  if (install.code !== 0) {
+    throw new Error(`npm install of the tarball failed (${install.code}): ${install.stderr.slice(-2000)}`);
+  }
 }, SLOW);
 
 describe.skipIf(!!skipReason)("the npm package", () => {
@@ -109,28 +137,37 @@ describe.skipIf(!!skipReason)("the npm package", () => {
     expect(chosen.attempts.at(-1)).toEqual({ path: installedLib("cpu"), source: "package", ok: true });
   }, SLOW);
 
-  test("npx flashattn doctor --json: exit 0, the manifests shown, each prebuilt library judged for this machine", () => {
-    const r = sh("npx", ["flashattn", "doctor", "--json"], { cwd: project, env: nodeOnlyEnv });
-    expect(r.code).toBe(0);
-    const doc = JSON.parse(r.stdout);
-    expect(doc.exit_code).toBe(0);
-    const prebuilt = doc.facts.flashattn.prebuilt as { backend: string; path: string; refused?: string; manifest?: { sha256: string } }[];
-    expect(prebuilt.map((p) => p.backend).sort()).toEqual(["cpu", ...gpuLibs].sort());
-    for (const p of prebuilt) {
-      expect(p.refused).toBeUndefined();
-      expect(p.manifest?.sha256).toMatch(/^[0-9a-f]{64}$/);
-    }
-    expect(doc.facts.flashattn.glibc).toMatch(/^2\.\d+$/);
-    const cpu = doc.findings.find((f: { id: string }) => f.id === "libraries.cpu_prebuilt");
-    expect(cpu.severity).toBe("ok");
-    expect(cpu.message).toContain("can load and run here");
-    // Without a GPU, a GPU library is information ("nothing to run on"), never a problem.
-    const hasGpu = fs.existsSync("/dev/nvidiactl") || fs.existsSync("/dev/kfd");
-    for (const b of gpuLibs) {
-      const f = doc.findings.find((x: { id: string }) => x.id.startsWith(`libraries.${b}_prebuilt`));
-      if (!hasGpu) expect(f.message).toContain(`no ${b === "cuda" ? "NVIDIA" : "AMD"} GPU here`);
-    }
-  }, SLOW);
+  test(
+    "npx flashattn doctor --json: exit 0, the manifests shown, each prebuilt library judged for this machine",
+    () => {
+      const r = sh("npx", ["flashattn", "doctor", "--json"], { cwd: project, env: nodeOnlyEnv });
+      expect(r.code).toBe(0);
+      const doc = JSON.parse(r.stdout);
+      expect(doc.exit_code).toBe(0);
+      const prebuilt = doc.facts.flashattn.prebuilt as {
+        backend: string;
+        path: string;
+        refused?: string;
+        manifest?: { sha256: string };
+      }[];
+      expect(prebuilt.map((p) => p.backend).sort()).toEqual(["cpu", ...gpuLibs].sort());
+      for (const p of prebuilt) {
+        expect(p.refused).toBeUndefined();
+        expect(p.manifest?.sha256).toMatch(/^[0-9a-f]{64}$/);
+      }
+      expect(doc.facts.flashattn.glibc).toMatch(/^2\.\d+$/);
+      const cpu = doc.findings.find((f: { id: string }) => f.id === "libraries.cpu_prebuilt");
+      expect(cpu.severity).toBe("ok");
+      expect(cpu.message).toContain("can load and run here");
+      // Without a GPU, a GPU library is information ("nothing to run on"), never a problem.
+      const hasGpu = fs.existsSync("/dev/nvidiactl") || fs.existsSync("/dev/kfd");
+      for (const b of gpuLibs) {
+        const f = doc.findings.find((x: { id: string }) => x.id.startsWith(`libraries.${b}_prebuilt`));
+        if (!hasGpu) expect(f.message).toContain(`no ${b === "cuda" ? "NVIDIA" : "AMD"} GPU here`);
+      }
+    },
+    SLOW,
+  );
 
   test("npx flashattn bench --preset quick --json: measures the prebuilt CPU library", () => {
     const r = sh("npx", ["flashattn", "bench", "--preset", "quick", "--json"], { cwd: project, env: nodeOnlyEnv });
@@ -143,20 +180,35 @@ describe.skipIf(!!skipReason)("the npm package", () => {
     expect(doc.measurements.some((m: { impl: string }) => m.impl === "flashattn-cpu")).toBe(true);
   }, SLOW);
 
-  test("npm i -g (a prefix of its own): `flashattn doctor --json` exits 0 on the prebuilt libraries; npm rm -g removes it", () => {
-    const prefix = path.join(scratch, "global");
-    const install = sh("npm", ["install", "-g", "--prefix", prefix, "--prefer-offline", "--no-audit", "--no-fund", tarball], { cwd: scratch, env: nodeOnlyEnv });
-    expect(install.code).toBe(0);
-    const env = { ...nodeOnlyEnv, PATH: `${path.join(prefix, "bin")}:${nodeOnlyBin}` };
-    const r = sh("flashattn", ["doctor", "--json"], { cwd: scratch, env });
-    expect(r.code).toBe(0);
-    const cpu = JSON.parse(r.stdout).facts.flashattn.prebuilt.find((p: { backend: string }) => p.backend === "cpu");
-    expect(cpu.path).toBe(path.join(prefix, "lib", "node_modules", "flashattn", "prebuilt", platform, "libflashattn_cpu.so"));
-    expect(sh("npm", ["rm", "-g", "--prefix", prefix, "flashattn"], { cwd: scratch, env }).code).toBe(0);
-    expect(fs.existsSync(path.join(prefix, "bin", "flashattn"))).toBe(false);
-  }, SLOW);
+  test(
+    "npm i -g (a prefix of its own): `flashattn doctor --json` exits 0 on the prebuilt libraries; npm rm -g removes it",
+    () => {
+      const prefix = path.join(scratch, "global");
+      const install = sh("npm", [
+        "install",
+        "-g",
+        "--prefix",
+        prefix,
+        "--prefer-offline",
+        "--no-audit",
+        "--no-fund",
+        tarball,
+      ], { cwd: scratch, env: nodeOnlyEnv });
+      expect(install.code).toBe(0);
+      const env = { ...nodeOnlyEnv, PATH: `${path.join(prefix, "bin")}:${nodeOnlyBin}` };
+      const r = sh("flashattn", ["doctor", "--json"], { cwd: scratch, env });
+      expect(r.code).toBe(0);
+      const cpu = JSON.parse(r.stdout).facts.flashattn.prebuilt.find((p: { backend: string }) => p.backend === "cpu");
+      expect(cpu.path).toBe(
+        path.join(prefix, "lib", "node_modules", "flashattn", "prebuilt", platform, "libflashattn_cpu.so"),
+      );
+      expect(sh("npm", ["rm", "-g", "--prefix", prefix, "flashattn"], { cwd: scratch, env }).code).toBe(0);
+      expect(fs.existsSync(path.join(prefix, "bin", "flashattn"))).toBe(false);
+    },
+    SLOW,
+  );
 
-  test("a Bun project imports it: import { attention } from \"flashattn\"", () => {
+  test('a Bun project imports it: import { attention } from "flashattn"', () => {
     fs.writeFileSync(
       path.join(project, "main.ts"),
       `import { attention, randomTensor } from "flashattn";\n` +
@@ -175,8 +227,21 @@ describe.skipIf(!!skipReason)("the npm package", () => {
     expect(sh("tar", ["-xzf", tarball, "-C", dir], { cwd: scratch, env: process.env }).code).toBe(0);
     const r = sh(
       deno,
-      ["run", "--node-modules-dir=none", "--allow-ffi", "--allow-read", "--allow-env", path.join(dir, "package", "cli.ts"), "run", "--check", "--json"],
-      { cwd: scratch, env: { ...nodeOnlyEnv, ...(denoCert ? { DENO_CERT: denoCert } : {}), DENO_NO_UPDATE_CHECK: "1" } },
+      [
+        "run",
+        "--node-modules-dir=none",
+        "--allow-ffi",
+        "--allow-read",
+        "--allow-env",
+        path.join(dir, "package", "cli.ts"),
+        "run",
+        "--check",
+        "--json",
+      ],
+      {
+        cwd: scratch,
+        env: { ...nodeOnlyEnv, ...(denoCert ? { DENO_CERT: denoCert } : {}), DENO_NO_UPDATE_CHECK: "1" },
+      },
     );
     if (r.code !== 0) console.error(r.stderr.slice(-1500));
     expect(r.code).toBe(0);
@@ -199,7 +264,9 @@ describe.skipIf(!!skipReason)("the npm package", () => {
     expect(doc.error.message).toContain(`${lib}: refused: sha256`);
     expect(doc.error.message).toContain("differs from the manifest");
     const d = sh("npx", ["flashattn", "doctor", "--json"], { cwd: project, env: nodeOnlyEnv });
-    const finding = JSON.parse(d.stdout).findings.find((f: { id: string }) => f.id === "libraries.cpu_prebuilt_refused");
+    const finding = JSON.parse(d.stdout).findings.find((f: { id: string }) =>
+      f.id === "libraries.cpu_prebuilt_refused"
+    );
     expect(finding.severity).toBe("error");
     expect(finding.message).toContain("refused: sha256");
   }, SLOW);
@@ -208,21 +275,30 @@ describe.skipIf(!!skipReason)("the npm package", () => {
 describe.skipIf(!!skipReason)("the standalone executable (npm run release)", () => {
   let dir = "";
   beforeAll(() => {
-    const release = sh(bun, ["scripts/release.ts", "--allow-missing", "cuda,hip"], { cwd: root, env: { ...process.env, NO_COLOR: "1" } });
+    const release = sh(bun, ["scripts/release.ts", "--allow-missing", "cuda,hip"], {
+      cwd: root,
+      env: { ...process.env, NO_COLOR: "1" },
+    });
     if (release.code !== 0) throw new Error(`release failed (${release.code}): ${release.stderr.slice(-2000)}`);
     dir = path.join(scratch, "release");
     fs.mkdirSync(dir);
-    const untar = sh("tar", ["-xJf", path.join(root, "dist", `flashattn-${platform}.tar.xz`), "-C", dir], { cwd: dir, env: process.env });
+    const untar = sh("tar", ["-xJf", path.join(root, "dist", `flashattn-${platform}.tar.xz`), "-C", dir], {
+      cwd: dir,
+      env: process.env,
+    });
     if (untar.code !== 0) throw new Error(`the release archive does not unpack: ${untar.stderr}`);
     dir = path.join(dir, `flashattn-${platform}`);
   }, SLOW);
 
-  const bare = (args: string[]) => sh(path.join(dir, "flashattn"), args, { cwd: scratch, env: { PATH: "/usr/bin:/bin" } });
+  const bare = (args: string[]) =>
+    sh(path.join(dir, "flashattn"), args, { cwd: scratch, env: { PATH: "/usr/bin:/bin" } });
 
   test("the archive holds the executable and the libraries with their manifests", () => {
     const files = fs.readdirSync(dir).sort();
     expect(files).toContain("flashattn");
-    for (const b of ["cpu", ...gpuLibs]) expect(files).toEqual(expect.arrayContaining([`libflashattn_${b}.so`, `libflashattn_${b}.json`]));
+    for (const b of ["cpu", ...gpuLibs]) {
+      expect(files).toEqual(expect.arrayContaining([`libflashattn_${b}.so`, `libflashattn_${b}.json`]));
+    }
   });
 
   test("run --check under env -i PATH=/usr/bin:/bin: the library beside the executable", () => {
@@ -231,18 +307,28 @@ describe.skipIf(!!skipReason)("the standalone executable (npm run release)", () 
     const doc = JSON.parse(r.stdout);
     expect(doc.check.pass).toBe(true);
     const chosen = doc.decisions.find((d: { verdict: string }) => d.verdict === "chosen");
-    expect(chosen.attempts.at(-1)).toEqual({ path: path.join(dir, "libflashattn_cpu.so"), source: "executable", ok: true });
+    expect(chosen.attempts.at(-1)).toEqual({
+      path: path.join(dir, "libflashattn_cpu.so"),
+      source: "executable",
+      ok: true,
+    });
   }, SLOW);
 
-  test("doctor --json under env -i: exit 0, probes run in the executable itself, the Python probe's script extracted", () => {
-    const r = bare(["doctor", "--json"]);
-    expect(r.code).toBe(0);
-    const doc = JSON.parse(r.stdout);
-    expect(doc.facts.flashattn.status).toBe("ok");
-    expect(doc.facts.flashattn.prebuilt.find((p: { backend: string }) => p.backend === "cpu").source).toBe("executable");
-    // python3 is in /usr/bin here: the embedded python_stack.py must have run (a status other than "absent").
-    if (fs.existsSync("/usr/bin/python3")) expect(doc.facts.python.status).toBe("ok");
-  }, SLOW);
+  test(
+    "doctor --json under env -i: exit 0, probes run in the executable itself, the Python probe's script extracted",
+    () => {
+      const r = bare(["doctor", "--json"]);
+      expect(r.code).toBe(0);
+      const doc = JSON.parse(r.stdout);
+      expect(doc.facts.flashattn.status).toBe("ok");
+      expect(doc.facts.flashattn.prebuilt.find((p: { backend: string }) => p.backend === "cpu").source).toBe(
+        "executable",
+      );
+      // python3 is in /usr/bin here: the embedded python_stack.py must have run (a status other than "absent").
+      if (fs.existsSync("/usr/bin/python3")) expect(doc.facts.python.status).toBe("ok");
+    },
+    SLOW,
+  );
 
   test("bench --preset quick --json under env -i", () => {
     const r = bare(["bench", "--preset", "quick", "--json"]);

@@ -166,7 +166,12 @@ function prebuiltRules(f: DoctorFacts, s: ReturnType<typeof sectionFindings>): v
       ? "reinstall flashattn (npm i -g flashattn, or npm i flashattn in the project)"
       : "download and unpack the release archive again";
     if (p.refused || !m) {
-      s.error(`${p.backend}_prebuilt_refused`, `${name} (${p.source}) is not loaded: ${p.refused ?? "no manifest"}`, reinstall, [p.path]);
+      s.error(
+        `${p.backend}_prebuilt_refused`,
+        `${name} (${p.source}) is not loaded: ${p.refused ?? "no manifest"}`,
+        reinstall,
+        [p.path],
+      );
       continue;
     }
     const needs = [
@@ -176,8 +181,10 @@ function prebuiltRules(f: DoctorFacts, s: ReturnType<typeof sectionFindings>): v
     ].filter(Boolean);
     const details = [
       p.path,
-      `commit ${m.commit}, ${[m.compiler, ...Object.entries(m.toolkit).map(([k, v]) => `${k.toUpperCase()} ${v}`)]
-        .filter((t, i) => i === 0 || !m.compiler.includes(t)).join(", ")}`,
+      `commit ${m.commit}, ${
+        [m.compiler, ...Object.entries(m.toolkit).map(([k, v]) => `${k.toUpperCase()} ${v}`)]
+          .filter((t, i) => i === 0 || !m.compiler.includes(t)).join(", ")
+      }`,
       m.archs.length ? `targets: ${m.archs.join(", ")}` : "",
       `needs: ${needs.join(", ") || "nothing beyond the C/C++ runtime"}`,
       `sha256 ${m.sha256} (verified)`,
@@ -213,10 +220,19 @@ function prebuiltRules(f: DoctorFacts, s: ReturnType<typeof sectionFindings>): v
         details,
       );
     } else if (noHardware) {
-      s.info(`${p.backend}_prebuilt`, `${name} loads, but has nothing to run on: no ${vendorName(p.backend)} GPU here`, undefined, details);
+      s.info(
+        `${p.backend}_prebuilt`,
+        `${name} loads, but has nothing to run on: no ${vendorName(p.backend)} GPU here`,
+        undefined,
+        details,
+      );
     } else {
       const here = f.flashattn.glibc ? `; glibc ${f.flashattn.glibc} here` : "";
-      s.ok(`${p.backend}_prebuilt`, `${name} can load and run here (needs ${needs.join(", ") || "nothing special"}${here})`, details);
+      s.ok(
+        `${p.backend}_prebuilt`,
+        `${name} can load and run here (needs ${needs.join(", ") || "nothing special"}${here})`,
+        details,
+      );
     }
   }
 }
