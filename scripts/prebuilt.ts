@@ -113,31 +113,28 @@ async function main(): Promise<number> {
   }
   const commit = gitCommit();
   fs.mkdirSync(opts.out, { recursive: true });
-  const missing: string[] = [];
+  const missing = outcomes.filter((o) => o.status !== "built" && o.status !== "up to date");
   for (const o of outcomes) {
     const name = libraryFileName(o.backend);
     const dest = path.join(opts.out, name);
     // A library that was not (re)built now is never shipped: a stale copy from an older commit would lie.
     fs.rmSync(dest, { force: true });
     fs.rmSync(manifestPathFor(dest), { force: true });
-    if (o.status !== "built" && o.status !== "up to date") {
-      missing.push(`${o.backend} (${o.detail})`);
-      continue;
-    }
+    if (missing.includes(o)) continue;
     writeAtomic(dest, fs.readFileSync(path.join(root, "build", name)));
     const manifest = manifestFor(o.backend, dest, commit);
     writeAtomic(manifestPathFor(dest), JSON.stringify(manifest, null, 2) + "\n");
     log(`${name}: ${(manifest.bytes / 1e6).toFixed(1)} MB, sha256 ${manifest.sha256.slice(0, 16)}…, needs glibc ≥ ${manifest.needs.glibc}` +
       `${manifest.min_nvidia_driver ? `, NVIDIA driver ≥ ${manifest.min_nvidia_driver}` : ""} -> ${path.relative(root, dest)}`);
   }
-  const notAllowed = outcomes.filter((o) => missing.some((m) => m.startsWith(o.backend)) && !opts.allowMissing.has(o.backend));
-  for (const m of missing) log(`MISSING ${m}`);
+  for (const m of missing) log(`MISSING ${m.backend} (${m.detail})`);
+  const notAllowed = missing.filter((m) => !opts.allowMissing.has(m.backend)).map((m) => m.backend);
   if (notAllowed.length) {
-    log(`a release carries cpu, cuda and hip; missing ${notAllowed.map((o) => o.backend).join(", ")}. ` +
-      `To pack without them anyway (not for release): FLASHATTN_PACK_ALLOW_MISSING=${notAllowed.map((o) => o.backend).join(",")}`);
+    log(`a release carries cpu, cuda and hip; missing ${notAllowed.join(", ")}. ` +
+      `To pack without them anyway (not for release): FLASHATTN_PACK_ALLOW_MISSING=${notAllowed.filter((b) => b !== "cpu").join(",")}`);
     return 1;
   }
-  if (missing.length) log(`packing WITHOUT ${[...opts.allowMissing].filter((b) => missing.some((m) => m.startsWith(b))).join(", ")} (allowed by request): not a release`);
+  if (missing.length) log(`packing WITHOUT ${missing.map((m) => m.backend).join(", ")} (allowed by request): not a release`);
   return 0;
 }
 
