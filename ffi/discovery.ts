@@ -48,11 +48,12 @@ export function libraryCandidates(
   const platform = `${process.platform}-${process.arch}`;
   // Inside a standalone executable this module lives in Bun's virtual /$bunfs/, where no library can be.
   const inFiles = !moduleDir.startsWith("/$bunfs/");
+  const beside: Candidate[] = [
+    { path: path.join(packageRoot, "build", file), source: "build", explicit: false },
+    { path: path.join(packageRoot, "prebuilt", platform, file), source: "package", explicit: false },
+  ];
   const list: Candidate[] = [
-    ...(inFiles ? [{ path: path.join(packageRoot, "build", file), source: "build" as const, explicit: false }] : []),
-    ...(inFiles
-      ? [{ path: path.join(packageRoot, "prebuilt", platform, file), source: "package" as const, explicit: false }]
-      : []),
+    ...(inFiles ? beside : []),
     { path: path.join(path.dirname(process.execPath), file), source: "executable", explicit: false },
     { path: file, source: "system", explicit: false },
   ];

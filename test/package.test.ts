@@ -208,6 +208,20 @@ describe.skipIf(!!skipReason)("the npm package", () => {
     SLOW,
   );
 
+  test("bunx flashattn with Bun alone on the PATH (no node): the launcher runs the CLI inside Bun", () => {
+    const bunOnly = path.join(scratch, "bun-only-bin");
+    fs.mkdirSync(bunOnly);
+    for (const name of ["bun", "bunx"]) fs.symlinkSync(fs.realpathSync(bun), path.join(bunOnly, name));
+    const r = sh(path.join(bunOnly, "bunx"), ["flashattn", "run", "--check", "--json"], {
+      cwd: project,
+      env: { PATH: bunOnly, HOME: home, NO_COLOR: "1" },
+    });
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.check.pass).toBe(true);
+    expect(doc.decisions.find((d: { verdict: string }) => d.verdict === "chosen").library).toBe(installedLib("cpu"));
+  }, SLOW);
+
   test('a Bun project imports it: import { attention } from "flashattn"', () => {
     fs.writeFileSync(
       path.join(project, "main.ts"),
