@@ -3,7 +3,7 @@
 // scripts/prebuilt.ts when the package or the release is made). A prebuilt file is trusted only when its sha256
 // matches the manifest: a file changed after packing (a flipped byte, a swapped library) is refused before dlopen
 // runs any of its code. What a library needs from the machine (the newest GLIBC symbol version, the libraries it
-// links) is read from the ELF file itself, so the manifest states facts, not assumptions.
+// links) is read from the ELF file itself when the manifest is written (scripts/elf.ts), so it states facts.
 import { createHash } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
@@ -46,17 +46,6 @@ export const manifestPathFor = (libraryPath: string) => libraryPath.replace(/\.s
 
 export function sha256File(file: string): string {
   return createHash("sha256").update(fs.readFileSync(file)).digest("hex");
-}
-
-/** Compares dotted version strings numerically: -1, 0 or 1. */
-export function compareVersions(a: string, b: string): number {
-  const pa = a.split(/[._-]/).map((x) => Number.parseInt(x, 10) || 0);
-  const pb = b.split(/[._-]/).map((x) => Number.parseInt(x, 10) || 0);
-  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
-    const d = (pa[i] ?? 0) - (pb[i] ?? 0);
-    if (d !== 0) return d < 0 ? -1 : 1;
-  }
-  return 0;
 }
 
 /** The manifest beside a library, or the reason there is no usable one. */
@@ -114,95 +103,6 @@ export function prebuiltRefusal(libraryPath: string): string | null {
   }
   verified.set(libraryPath, refusal);
   return refusal;
-}
-
-// ---- ELF ---------------------------------------------------------------------------------------------------------
-
-const SHT_DYNAMIC = 6;
-const SHT_GNU_VERNEED = 0x6ffffffe;
-const DT_NEEDED = 1n;
-
-/**
- * The shared libraries and symbol versions an ELF64 little-endian shared object needs. Every offset is checked
- * against the file: a truncated or hostile file gives an Error, never a read out of bounds or a huge loop.
- */
-export function readElfNeeds(bytes: Uint8Array): ElfNeeds {
-  const bad = (why: string) => new Error(`not a readable ELF64 shared library: ${why}`);
-  if (bytes.length < 64 || bytes[0] !== 0x7f || bytes[1] !== 0x45 || bytes[2] !== 0x4c || bytes[3] !== 0x46) {
-    throw bad("no ELF magic");
-  }
-  if (bytes[4] !== 2 || bytes[5] !== 1) throw bad("not 64-bit little-endian");
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const u64 = (off: number) => {
-    if (off < 0 || off + 8 > bytes.length) throw bad(`offset ${off} past the end`);
-    const v = dv.getBigUint64(off, true);
-    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw bad(`value at ${off} too large`);
-    return Number(v);
-  };
-  const u32 = (off: number) => {
-    if (off < 0 || off + 4 > bytes.length) throw bad(`offset ${off} past the end`);
-    return dv.getUint32(off, true);
-  };
-  const u16 = (off: number) => {
-    if (off < 0 || off + 2 > bytes.length) throw bad(`offset ${off} past the end`);
-    return dv.getUint16(off, true);
-  };
-  const shoff = u64(0x28), shentsize = u16(0x3a), shnum = u16(0x3c);
-  if (shentsize < 64 || shoff + shnum * shentsize > bytes.length) throw bad("section headers outside the file");
-  const sections = Array.from({ length: shnum }, (_, i) => {
-    const h = shoff + i * shentsize;
-    return { type: u32(h + 4), offset: u64(h + 0x18), size: u64(h + 0x20), link: u32(h + 0x28), info: u32(h + 0x2c) };
-  });
-  const stringAt = (strtab: number, off: number) => {
-    const s = sections[strtab];
-    if (!s || off >= s.size) throw bad("string outside its table");
-    const start = s.offset + off;
-    const end = bytes.indexOf(0, start);
-    if (end < 0 || end > s.offset + s.size) throw bad("unterminated string");
-    return new TextDecoder().decode(bytes.subarray(start, end));
-  };
-
-  const libraries: string[] = [];
-  for (const s of sections.filter((x) => x.type === SHT_DYNAMIC)) {
-    for (let off = s.offset; off + 16 <= s.offset + s.size; off += 16) {
-      const tag = dv.getBigInt64(off, true);
-      if (tag === 0n) break;
-      if (tag === DT_NEEDED) libraries.push(stringAt(s.link, u64(off + 8)));
-    }
-  }
-
-  // Newest version per (library, prefix): GLIBC_2.34 beats GLIBC_2.2.5; GLIBCXX and CXXABI are kept apart.
-  const newest = new Map<string, Map<string, string>>();
-  for (const s of sections.filter((x) => x.type === SHT_GNU_VERNEED)) {
-    let off = s.offset;
-    for (let n = 0; n < s.info; n++) {
-      const count = u16(off + 2), file = stringAt(s.link, u32(off + 4)), aux = u32(off + 8), next = u32(off + 12);
-      let a = off + aux;
-      for (let j = 0; j < count; j++) {
-        const name = stringAt(s.link, u32(a + 8));
-        const m = /^([A-Z_]+?)_(\d+(?:\.\d+)*)$/.exec(name);
-        if (m) {
-          const perLib = newest.get(file) ?? new Map<string, string>();
-          const old = perLib.get(m[1]);
-          if (!old || compareVersions(m[2], old.slice(m[1].length + 1)) > 0) perLib.set(m[1], name);
-          newest.set(file, perLib);
-        }
-        const step = u32(a + 12);
-        if (step === 0) break;
-        a += step;
-      }
-      if (next === 0) break;
-      off += next;
-    }
-  }
-  const symbolVersions: Record<string, string[]> = {};
-  let glibc: string | null = null;
-  for (const [file, perLib] of [...newest].sort(([a], [b]) => a.localeCompare(b))) {
-    symbolVersions[file] = [...perLib.values()].sort();
-    const g = perLib.get("GLIBC")?.slice("GLIBC_".length);
-    if (g && (!glibc || compareVersions(g, glibc) > 0)) glibc = g;
-  }
-  return { glibc, symbol_versions: symbolVersions, libraries };
 }
 
 // ---- this machine ------------------------------------------------------------------------------------------------

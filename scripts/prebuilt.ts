@@ -22,7 +22,8 @@ import { buildBackends } from "../kernels/build.ts";
 import type { BackendName } from "../kernels/target.ts";
 import { openBackend } from "../lib/backend.ts";
 import { libraryFileName } from "../ffi/discovery.ts";
-import { MANIFEST_SCHEMA, manifestPathFor, type PrebuiltManifest, readElfNeeds, sha256File } from "../ffi/prebuilt.ts";
+import { MANIFEST_SCHEMA, manifestPathFor, type PrebuiltManifest, sha256File } from "../ffi/prebuilt.ts";
+import { readElfNeeds } from "./elf.ts";
 import { minimumDriverForCuda } from "../doctor/rules/tables.ts";
 import packageJson from "../package.json" with { type: "json" };
 
