@@ -176,6 +176,10 @@ function prebuiltRules(f: DoctorFacts, s: ReturnType<typeof sectionFindings>): v
     }
     const needs = [
       m.needs.glibc ? `glibc ≥ ${m.needs.glibc}` : "",
+      // The C++ runtime is the other system library a build machine's compiler ties us to (GCC 12: GLIBCXX_3.4.30).
+      ...(m.needs.symbol_versions["libstdc++.so.6"] ?? []).filter((v) => v.startsWith("GLIBCXX_")).map((v) =>
+        `libstdc++ ${v}`
+      ),
       m.min_nvidia_driver ? `NVIDIA driver ≥ ${m.min_nvidia_driver}` : "",
       ...m.needs.libraries.filter((l) => !/^(libc|libm|libgcc_s|libstdc\+\+|ld-linux[\w-]*)\.so/.test(l)),
     ].filter(Boolean);
