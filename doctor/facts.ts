@@ -3,6 +3,8 @@
 // (`--facts FILE`). The JSON form is documented in doctor/schema.json and docs/doctor.md; bump
 // REPORT_SCHEMA_VERSION on any incompatible change.
 
+import type { PrebuiltManifest } from "../ffi/prebuilt.ts";
+
 export const REPORT_SCHEMA_VERSION = 1;
 export const REPORT_SCHEMA_ID = `flashattn.doctor/${REPORT_SCHEMA_VERSION}`;
 
@@ -207,8 +209,22 @@ export interface BackendDecisionFacts {
   library?: string;
 }
 
+/** A prebuilt library found where the package or the standalone executable keeps them, with its manifest. */
+export interface PrebuiltFacts {
+  backend: BackendName;
+  path: string;
+  source: "package" | "executable";
+  /** the manifest beside it (ffi/prebuilt.ts), when there is a readable one */
+  manifest?: PrebuiltManifest;
+  /** why the loader refuses the file (no manifest, sha256 mismatch); absent when its bytes are the packed ones */
+  refused?: string;
+}
+
 export interface FlashattnFacts extends ProbeResult {
   libraries: LibraryFacts[];
+  /** the prebuilt libraries found, and the C library version of this machine they are checked against */
+  prebuilt?: PrebuiltFacts[];
+  glibc?: string | null;
   /** what was asked for and by whom: the default, --backend, or FLASHATTN_BACKEND */
   request: { backend: "auto" | BackendName; source: "default" | "flag" | "env"; problem: string };
   decisions: BackendDecisionFacts[];

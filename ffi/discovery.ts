@@ -4,13 +4,15 @@
 //      a silent fallback to another library.
 //   2. the build folder relative to this module (a source checkout after `bun kernels/build.ts`).
 //   3. beside the package: <package>/prebuilt/<platform>/ and the directory of the running executable (for
-//      `bun build --compile` / `deno compile --include`).
+//      `bun build --compile` / `deno compile --include`). These prebuilt files load only when their sha256 matches
+//      the manifest beside them (ffi/prebuilt.ts).
 //   4. the bare soname, resolved by the system loader (LD_LIBRARY_PATH, ldconfig).
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import fs from "node:fs";
 import process from "node:process";
 import type { BackendName } from "../lib/vocabulary.ts";
+import { prebuiltRefusal } from "./prebuilt.ts";
 
 export type AttemptSource = "flag" | "env" | "build" | "package" | "executable" | "system";
 
@@ -42,9 +44,14 @@ export function libraryCandidates(
   if (env.FLASHATTN_LIB) return [{ path: path.resolve(env.FLASHATTN_LIB), source: "env", explicit: true }];
   const file = libraryFileName(backend);
   const platform = `${process.platform}-${process.arch}`;
-  const list: Candidate[] = [
+  // Inside a standalone executable this module lives in Bun's virtual /$bunfs/, where no library can be.
+  const inFiles = !moduleDir.startsWith("/$bunfs/");
+  const beside: Candidate[] = [
     { path: path.join(packageRoot, "build", file), source: "build", explicit: false },
     { path: path.join(packageRoot, "prebuilt", platform, file), source: "package", explicit: false },
+  ];
+  const list: Candidate[] = [
+    ...(inFiles ? beside : []),
     { path: path.join(path.dirname(process.execPath), file), source: "executable", explicit: false },
     { path: file, source: "system", explicit: false },
   ];
@@ -53,8 +60,12 @@ export function libraryCandidates(
   return list.filter((c) => !seen.has(c.path) && seen.add(c.path));
 }
 
-/** A candidate that is a path and does not exist needs no dlopen to fail; say so plainly. */
+/**
+ * Why a candidate fails before any dlopen: a path that does not exist, or a prebuilt file (package, executable)
+ * whose manifest does not vouch for its bytes.
+ */
 export function missingFileError(c: Candidate): string | null {
   if (c.source === "system") return null;
-  return fs.existsSync(c.path) ? null : "no such file";
+  if (!fs.existsSync(c.path)) return "no such file";
+  return c.source === "package" || c.source === "executable" ? prebuiltRefusal(c.path) : null;
 }

@@ -1,13 +1,17 @@
 #!/usr/bin/env bun
-// Builds every native library this machine can build into build/ (git-ignored):
+// Builds the native libraries into build/ (git-ignored):
 //   build/libflashattn_cpu.so   always (a C++17 compiler is required)
-//   build/libflashattn_cuda.so  when nvcc is found
-//   build/libflashattn_hip.so   when hipcc is found
+//   build/libflashattn_cuda.so  when nvcc is found and an NVIDIA driver is present (or with --all / `cuda`)
+//   build/libflashattn_hip.so   when hipcc is found and the amdgpu driver is present (or with --all / `hip`)
+// By default only the libraries this machine can run are built: compiling CUDA and HIP code for a machine without
+// their GPUs costs minutes and gives nothing it can use. --all (CI, releases) builds every library whose compiler
+// is here; naming backends builds exactly those.
 // Each backend describes itself in kernels/<backend>/target.ts (see kernels/target.ts). Only the units whose inputs
 // changed (source, the headers they can see, the flags, the compiler) are recompiled; the link runs when any object
 // changed. Says what it built, what it skipped and why.
 //
-// Usage: bun kernels/build.ts [cpu|cuda|hip ...] [--jobs N] [--force] [--verbose]
+// Usage: bun kernels/build.ts [cpu|cuda|hip ... | --all] [--jobs N] [--force] [--verbose]
+// Also a module: scripts/prebuilt.ts calls buildBackends() to build what it packs.
 import { $, fs, path, which } from "zx";
 import { createHash } from "node:crypto";
 import os from "node:os";
@@ -18,28 +22,47 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const buildDir = path.join(root, "build");
 const allBackends: BackendName[] = ["cpu", "cuda", "hip"];
 
-interface Options {
+export interface Options {
+  /** the backends to build; empty: those this machine can run (see machineBackends) */
   backends: BackendName[];
+  all: boolean;
   jobs: number;
   force: boolean;
   verbose: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
-  const opts: Options = { backends: [], jobs: Math.max(1, os.availableParallelism?.() ?? os.cpus().length), force: false, verbose: false };
+  const opts: Options = { backends: [], all: false, jobs: Math.max(1, os.availableParallelism?.() ?? os.cpus().length), force: false, verbose: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--force") opts.force = true;
+    else if (a === "--all") opts.all = true;
     else if (a === "--verbose" || a === "-v") opts.verbose = true;
     else if (a === "--jobs" || a === "-j") {
       const n = Number(argv[++i]);
       if (!Number.isInteger(n) || n < 1) throw new Error(`--jobs takes a positive whole number, got ${argv[i]}`);
       opts.jobs = n;
     } else if ((allBackends as string[]).includes(a)) opts.backends.push(a as BackendName);
-    else throw new Error(`unknown argument ${a}: expected cpu, cuda, hip, --jobs N, --force or --verbose`);
+    else throw new Error(`unknown argument ${a}: expected cpu, cuda, hip, --all, --jobs N, --force or --verbose`);
   }
-  if (opts.backends.length === 0) opts.backends = [...allBackends];
+  if (opts.all && opts.backends.length) throw new Error("--all builds every backend: name backends or give --all, not both");
+  if (opts.all) opts.backends = [...allBackends];
   return opts;
+}
+
+/**
+ * Why this machine cannot run a backend's library (so the default build skips it), or null when it can. The test
+ * is the kernel driver the GPU runtime talks to, not a GPU library: a container given the GPU has the driver's
+ * device files even before any user-space runtime is installed.
+ */
+export function cannotRunHere(backend: BackendName): string | null {
+  if (backend === "cpu") return null;
+  if (backend === "cuda") {
+    return fs.existsSync("/proc/driver/nvidia/version") || fs.existsSync("/dev/nvidiactl")
+      ? null
+      : "no NVIDIA driver on this machine (neither /proc/driver/nvidia/version nor /dev/nvidiactl)";
+  }
+  return fs.existsSync("/dev/kfd") ? null : "no AMD GPU driver on this machine (/dev/kfd does not exist)";
 }
 
 const log = (line: string) => process.stderr.write(`build: ${line}\n`);
@@ -155,6 +178,36 @@ async function loadTarget(backend: BackendName): Promise<BuildTarget | string> {
   return mod.default as BuildTarget;
 }
 
+export type Outcome = { backend: BackendName; status: "built" | "up to date" | "skipped" | "failed"; detail: string };
+
+/** Builds the backends of `opts` (or those this machine can run), logging each outcome on stderr. */
+export async function buildBackends(opts: Options): Promise<Outcome[]> {
+  await fs.mkdirp(buildDir);
+  const outcomes: Outcome[] = [];
+  const explicit = opts.backends.length > 0;
+  for (const backend of explicit ? opts.backends : allBackends) {
+    const outcome = await buildOne(backend, opts, explicit);
+    outcomes.push(outcome);
+    const built = outcome.status === "built" || outcome.status === "up to date";
+    log(`${backend}: ${outcome.status === "failed" ? "FAILED — " : ""}${outcome.detail}${built ? ` -> build/libflashattn_${backend}.so` : ""}`);
+  }
+  return outcomes;
+}
+
+async function buildOne(backend: BackendName, opts: Options, explicit: boolean): Promise<Outcome> {
+  const unusable = explicit ? null : cannotRunHere(backend);
+  if (unusable) return { backend, status: "skipped", detail: `skipped: ${unusable}; \`bun kernels/build.ts --all\` builds it anyway` };
+  const target = await loadTarget(backend);
+  if (typeof target === "string") return { backend, status: "skipped", detail: target };
+  try {
+    const detail = await buildTarget(target, opts);
+    const status = detail.startsWith("skipped") ? "skipped" : detail === "up to date" ? "up to date" : "built";
+    return { backend, status, detail };
+  } catch (e) {
+    return { backend, status: "failed", detail: (e as Error).message };
+  }
+}
+
 async function main(): Promise<number> {
   let opts: Options;
   try {
@@ -163,23 +216,8 @@ async function main(): Promise<number> {
     log((e as Error).message);
     return 2;
   }
-  await fs.mkdirp(buildDir);
-  let failed = false;
-  for (const backend of opts.backends) {
-    const target = await loadTarget(backend);
-    if (typeof target === "string") {
-      log(`${backend}: ${target}`);
-      continue;
-    }
-    try {
-      const outcome = await buildTarget(target, opts);
-      log(`${backend}: ${outcome}${outcome.startsWith("skipped") ? "" : ` -> build/libflashattn_${backend}.so`}`);
-    } catch (e) {
-      failed = true;
-      log(`${backend}: FAILED — ${(e as Error).message}`);
-    }
-  }
-  return failed ? 1 : 0;
+  const outcomes = await buildBackends(opts);
+  return outcomes.some((o) => o.status === "failed") ? 1 : 0;
 }
 
-process.exitCode = await main();
+if (import.meta.main) process.exitCode = await main();

@@ -8,6 +8,7 @@ import type { ChildProcessWithoutNullStreams } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
 import { abandonPipes, killGroup, spawnGroup } from "../../lib/subprocess.ts";
+import { diskPath } from "../../lib/standalone.ts";
 
 export type WorkerStart<Hello> = { worker: PythonWorker<Hello> } | { unavailable: string };
 
@@ -15,7 +16,8 @@ export type WorkerStart<Hello> = { worker: PythonWorker<Hello> } | { unavailable
 export const pythonCommand = (env: Record<string, string | undefined> = process.env) =>
   env.FLASHATTN_PYTHON || "python3";
 
-export const baselineScript = (name: string) => fileURLToPath(new URL(`./${name}`, import.meta.url));
+/** The script on disk (in the standalone executable: an extracted copy, see lib/standalone.ts). */
+export const baselineScript = (name: string) => diskPath(fileURLToPath(new URL(`./${name}`, import.meta.url)));
 
 export class PythonWorker<Hello> {
   #hello?: Hello;

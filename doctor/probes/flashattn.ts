@@ -2,7 +2,10 @@
 // its devices, a self-test against the fp64 reference, and the backend decision exactly as `run` and `bench` make
 // it (lib/select.ts chooseBackend, not a copy). Runs in the probe worker: a GPU self-test that hangs must not
 // take the doctor with it.
+import fs from "node:fs";
 import process from "node:process";
+import { libraryCandidates } from "../../ffi/discovery.ts";
+import { prebuiltRefusal, readManifest, runningGlibcVersion } from "../../ffi/prebuilt.ts";
 import { backendNames } from "../../lib/vocabulary.ts";
 import { attention } from "../../lib/attention.ts";
 import { openBackend } from "../../lib/backend.ts";
@@ -11,7 +14,7 @@ import { describeProblem } from "../../lib/problem.ts";
 import { naiveSamePrecisionForward, referenceForward, relativeError, withinTolerance } from "../../lib/reference.ts";
 import { type AttnRequest, chooseBackend, requestedBackend } from "../../lib/select.ts";
 import { type DType, randomTensor, tensor, toFloat32 } from "../../lib/tensor.ts";
-import type { BackendName, FlashattnFacts, LibraryFacts, SelfTestFacts } from "../facts.ts";
+import type { BackendName, FlashattnFacts, LibraryFacts, PrebuiltFacts, SelfTestFacts } from "../facts.ts";
 import { loaderError } from "./native_util.ts";
 
 export interface FlashattnProbeOptions {
@@ -114,6 +117,23 @@ function describeLibrary(
   return facts;
 }
 
+/** The prebuilt libraries that exist where the package and the standalone executable keep them, with manifests. */
+function describePrebuilt(env: Record<string, string | undefined>): PrebuiltFacts[] {
+  const found: PrebuiltFacts[] = [];
+  for (const backend of backendNames) {
+    for (const c of libraryCandidates(backend, { env: { ...env, FLASHATTN_LIB: undefined } })) {
+      if ((c.source !== "package" && c.source !== "executable") || !fs.existsSync(c.path)) continue;
+      const facts: PrebuiltFacts = { backend, path: c.path, source: c.source };
+      const read = readManifest(c.path);
+      if ("manifest" in read) facts.manifest = read.manifest;
+      const refused = prebuiltRefusal(c.path);
+      if (refused) facts.refused = refused;
+      found.push(facts);
+    }
+  }
+  return found;
+}
+
 export async function probeFlashattn(opts: FlashattnProbeOptions = {}): Promise<FlashattnFacts> {
   const started = performance.now();
   const env = process.env;
@@ -127,6 +147,8 @@ export async function probeFlashattn(opts: FlashattnProbeOptions = {}): Promise<
     libraries,
     request: { backend: "auto", source: "default", problem: decisionProblemText },
     decisions: [],
+    prebuilt: describePrebuilt(env),
+    glibc: runningGlibcVersion(),
   };
   try {
     const { choice } = requestedBackend({ backend: opts.backend, env });

@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import type { ProbeResult } from "../facts.ts";
 import { type ExecResult, execWithTimeout, lastLine, probeJson } from "./exec.ts";
 import { restrictedReason } from "./system.ts";
+import { isStandalone, PROBE_WORKER_ENV } from "../../lib/standalone.ts";
 
 const workerPath = path.join(path.dirname(fileURLToPath(import.meta.url)), "worker.ts");
 
@@ -21,7 +22,8 @@ function runtimeCommand(script: string): [string, string[]] {
     const grants = restrictedReason() ? ["--allow-ffi", "--allow-read", "--allow-env", "--allow-sys"] : ["--allow-all"];
     return [Deno.execPath(), ["run", "--no-prompt", ...grants, script]];
   }
-  return [process.execPath, [script]];
+  // The standalone executable has no runtime beside it: it runs itself as the worker (bin/standalone.ts).
+  return isStandalone ? [process.execPath, []] : [process.execPath, [script]];
 }
 
 export type NativeProbeName = "nvml" | "cuda" | "hip" | "flashattn";
@@ -38,6 +40,7 @@ export async function runNativeProbe<T extends ProbeResult>(
     // cuInit otherwise preloads the JIT libraries, which costs time and is not needed to read device facts.
     CUDA_FORCE_PRELOAD_LIBRARIES: "0",
     NO_COLOR: "1",
+    ...(isStandalone ? { [PROBE_WORKER_ENV]: "1" } : {}),
   };
   return parseWorkerResult<T>(probe, await execWithTimeout(command, args, { timeoutMs: opts.timeoutMs, env }));
 }

@@ -5,6 +5,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import type { PythonFacts } from "../facts.ts";
 import { execWithTimeout, findExecutable, lastLine, probeJson } from "./exec.ts";
+import { diskPath } from "../../lib/standalone.ts";
 
 const script = path.join(path.dirname(fileURLToPath(import.meta.url)), "python_stack.py");
 /** Importing torch, flash_attn and transformers cold can take a while; a wedged import must not. */
@@ -14,7 +15,7 @@ export async function probePython(env: Record<string, string | undefined> = proc
   // FLASHATTN_PYTHON picks the interpreter (a venv's python) when python3 on PATH is not the one that matters.
   const python = env.FLASHATTN_PYTHON || findExecutable("python3", [], env);
   if (!python) return { status: "absent", error: "python3 not found on PATH" };
-  const r = await execWithTimeout(python, [script], {
+  const r = await execWithTimeout(python, [diskPath(script)], {
     timeoutMs: PYTHON_TIMEOUT_MS,
     // The user's environment as is (their venv, their site-packages): what their python sees is the point.
     env: { ...env, NO_COLOR: "1", PYTHONDONTWRITEBYTECODE: "1" },

@@ -3,6 +3,7 @@ import type { DoctorFacts, Finding, LibraryFacts } from "../facts.ts";
 import {
   amdHardwarePresent,
   archSupport,
+  compareVersions,
   driverCudaVersion,
   driverRuns,
   driverVersion,
@@ -148,7 +149,96 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
       );
     }
   }
+  prebuiltRules(f, s);
   return s.list;
+}
+
+/**
+ * Each prebuilt library (npm package, beside the standalone executable): its manifest, and whether it can load and
+ * run on this machine, and if not why: refused (bytes differ from the manifest), glibc older than the file needs,
+ * no GPU of its kind, an NVIDIA driver older than the manifest's minimum, or the loader's own words.
+ */
+function prebuiltRules(f: DoctorFacts, s: ReturnType<typeof sectionFindings>): void {
+  for (const p of f.flashattn.prebuilt ?? []) {
+    const name = `prebuilt ${p.path.split("/").pop()}`;
+    const m = p.manifest;
+    const reinstall = p.source === "package"
+      ? "reinstall flashattn (npm i -g flashattn, or npm i flashattn in the project)"
+      : "download and unpack the release archive again";
+    if (p.refused || !m) {
+      s.error(
+        `${p.backend}_prebuilt_refused`,
+        `${name} (${p.source}) is not loaded: ${p.refused ?? "no manifest"}`,
+        reinstall,
+        [p.path],
+      );
+      continue;
+    }
+    const needs = [
+      m.needs.glibc ? `glibc ≥ ${m.needs.glibc}` : "",
+      // The C++ runtime is the other system library a build machine's compiler ties us to (GCC 12: GLIBCXX_3.4.30).
+      ...(m.needs.symbol_versions["libstdc++.so.6"] ?? []).filter((v) => v.startsWith("GLIBCXX_")).map((v) =>
+        `libstdc++ ${v}`
+      ),
+      m.min_nvidia_driver ? `NVIDIA driver ≥ ${m.min_nvidia_driver}` : "",
+      ...m.needs.libraries.filter((l) => !/^(libc|libm|libgcc_s|libstdc\+\+|ld-linux[\w-]*)\.so/.test(l)),
+    ].filter(Boolean);
+    const details = [
+      p.path,
+      `commit ${m.commit}, ${
+        [m.compiler, ...Object.entries(m.toolkit).map(([k, v]) => `${k.toUpperCase()} ${v}`)]
+          .filter((t, i) => i === 0 || !m.compiler.includes(t)).join(", ")
+      }`,
+      m.archs.length ? `targets: ${m.archs.join(", ")}` : "",
+      `needs: ${needs.join(", ") || "nothing beyond the C/C++ runtime"}`,
+      `sha256 ${m.sha256} (verified)`,
+    ].filter(Boolean);
+
+    const blockers: string[] = [];
+    if (m.needs.glibc && f.flashattn.glibc && compareVersions(f.flashattn.glibc, m.needs.glibc) < 0) {
+      blockers.push(`glibc ${f.flashattn.glibc} here is older than the ${m.needs.glibc} it needs`);
+    }
+    const loadError = f.flashattn.libraries.flatMap((l) => l.attempts).find((a) => a.path === p.path && !a.ok)?.error;
+    if (loadError && !blockers.length) blockers.push(`it does not load: ${loadError}`);
+    let noHardware = false;
+    if (p.backend === "cuda") {
+      const driver = driverVersion(f);
+      if (!nvidiaHardwarePresent(f)) noHardware = true;
+      else if (driver && m.min_nvidia_driver && compareVersions(driver, m.min_nvidia_driver) < 0) {
+        blockers.push(`NVIDIA driver ${driver} is older than the ${m.min_nvidia_driver} it needs`);
+      }
+    }
+    if (p.backend === "hip" && !amdHardwarePresent(f)) noHardware = true;
+
+    if (blockers.length) {
+      const fix = blockers.some((b) => b.startsWith("NVIDIA driver"))
+        ? `update the NVIDIA driver to ${m.min_nvidia_driver} or newer`
+        : blockers.some((b) => b.startsWith("glibc"))
+        ? `use a distribution with glibc ≥ ${m.needs.glibc}, or build the library here (${BUILD})`
+        : missingDependencyFix(loadError ?? "", p.backend);
+      // Only what this machine could use is a problem; a GPU library without its GPU is information.
+      (noHardware ? s.info : p.backend === "cpu" ? s.error : s.warn)(
+        `${p.backend}_prebuilt_unusable`,
+        `${name} cannot run here: ${blockers.join("; ")}`,
+        fix,
+        details,
+      );
+    } else if (noHardware) {
+      s.info(
+        `${p.backend}_prebuilt`,
+        `${name} loads, but has nothing to run on: no ${vendorName(p.backend)} GPU here`,
+        undefined,
+        details,
+      );
+    } else {
+      const here = f.flashattn.glibc ? `; glibc ${f.flashattn.glibc} here` : "";
+      s.ok(
+        `${p.backend}_prebuilt`,
+        `${name} can load and run here (needs ${needs.join(", ") || "nothing special"}${here})`,
+        details,
+      );
+    }
+  }
 }
 
 const vendorName = (backend: string) => (backend === "cuda" ? "NVIDIA" : "AMD");
