@@ -157,7 +157,7 @@ __global__ void combine_kernel(const AttnArgs a) {
   if (mx != -INFINITY)
     for (int s = 0; s < a.num_splits; ++s) sum += __expf(a.lse_part[s * a.lse_rows + lrow] - mx);
   const float lse = mx == -INFINITY ? -INFINITY : mx + __logf(sum);
-  if (a.lse != nullptr && lane == 0) a.lse[lrow] = lse;
+  if (a.lse != nullptr && lane == 0) a.lse[lrow] = lse == -INFINITY ? INFINITY : lse;  // no key in any split: +inf
   T* o = static_cast<T*>(a.o.data) + tensor_offset(a.o, a, lrow);
   for (int col = lane; col < a.head_dim; col += 32) {
     float acc = 0.f;
@@ -170,7 +170,7 @@ __global__ void combine_kernel(const AttnArgs a) {
   }
 }
 
-// Backward preprocess: dsum = rowsum(dO * O); lse2 = LSE log2(e), +inf for empty rows. Eight lanes per lse row (four
+// Backward preprocess: dsum = rowsum(dO * O); lse2 = LSE log2(e), +inf for empty rows (LSE +inf, or -inf as written before). Eight lanes per lse row (four
 // rows per warp), each taking 8 adjacent columns per pass with 16-byte loads (rows are 16-byte aligned, as every
 // tensor-core path requires): with a warp per row, most of the time went into the row's 64-bit offset arithmetic.
 template <typename T>
@@ -199,7 +199,7 @@ __global__ void bwd_preprocess_kernel(const AttnArgs a) {
   if (sub == 0) {
     const float lse = a.lse[lrow];
     a.dsum[lrow] = acc;
-    a.lse2[lrow] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+    a.lse2[lrow] = isinf(lse) ? INFINITY : lse * kLog2e;
   }
 }
 

@@ -24,7 +24,8 @@
  *            non-decreasing, ending at total_q/total_k; seqlen_q/seqlen_k hold the maximum sequence lengths.
  * The last dimension is contiguous; batch/row/head strides are free (packed QKV works). Strides count elements.
  *
- * A query row with no allowed key (possible with windows or seqlen_k = 0) gets O = 0 and LSE = -inf; backward
+ * A query row with no allowed key (possible with windows or seqlen_k = 0) gets O = 0 and LSE = +inf (flash-attn
+ * 2.x); backward
  * treats such a row as contributing nothing (dQ row = 0, no dK/dV contribution).
  */
 #ifndef FLASHATTN_H

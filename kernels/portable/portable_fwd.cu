@@ -5,7 +5,7 @@
 //   K, V tiles (BN x D) streamed through shared memory over the visible key range,
 //   S = Q K^T (BM x BN) in registers, online softmax in fp32:
 //     m' = max(m, rowmax(S)),  alpha = exp(m - m'),  P = exp(S - m'),  l = alpha*l + rowsum(P),  O = alpha*O + P V
-//   and at the end O /= l, LSE = m + log(l) (a row that saw no key: O = 0, LSE = -inf).
+//   and at the end O /= l, LSE = m + log(l) (a row that saw no key: O = 0, LSE = +inf).
 // Threads: THREADS = 128; LANES = THREADS / BM adjacent threads share one query row. Lane t of a row holds scores of
 // keys t, t+LANES, ... and the O columns of 16-byte chunks t, t+LANES, ...; P goes through shared memory for P V.
 #include "portable.hpp"
@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(C::THREADS) forward_kernel(const Args a) {
     for (int e = 0; e < 8; ++e) r[e] = o[x * 8 + e] * inv_l;
     store8_global(out + col, r, vec);
   }
-  if (a.lse != nullptr && lane == 0) a.lse[row_stat_index(a, seq, b, h, i)] = l > 0.f ? m_run + __logf(l) : -INFINITY;
+  if (a.lse != nullptr && lane == 0) a.lse[row_stat_index(a, seq, b, h, i)] = l > 0.f ? m_run + __logf(l) : INFINITY;
 }
 
 template <typename T, typename C>
