@@ -14,6 +14,8 @@ function usable(name: BackendName): { backend?: Backend; why?: string } {
   const { backend, attempts } = openBackend(name, name === "cpu" ? { env: {} } : undefined);
   if (!backend) return { why: `libflashattn_${name}.so is not built or not loadable (${attempts.find((a) => a.source === "build")?.error ?? "not found"})` };
   try {
+    // FLASHATTN_LIB names one library for every backend name: run each library once, under its own name.
+    if (backend.name !== name) return { why: `the library found is ${backend.name}'s (FLASHATTN_LIB)` };
     return backend.deviceCount() > 0 ? { backend } : { why: `${name}: no device` };
   } catch (e) {
     return { why: (e as Error).message };
