@@ -266,12 +266,15 @@ int32_t choose_splits(const fa_attn_params& p, const DeviceCaps& caps) {
   const TileInfo tile = F::tile_for(p.head_dim);
   const bool windowed = p.window_left >= 0 || effective_window_right(p) >= 0;
   const int key_blocks = ceil_div(std::max(p.seqlen_k, 1), windowed ? tile.fwd_bn_windowed : tile.fwd_bn);
-  if (p.num_splits > 0) return std::min(p.num_splits, std::min(key_blocks, kMaxSplits));
   const int64_t ctas = static_cast<int64_t>(p.batch) * p.heads_q * ceil_div(p.seqlen_q, tile.fwd_bm);
+  // The mma.sync grid's z dimension is batch x splits (at most 65535), and the wgmma kernel counts tiles x splits in
+  // an int: a split count past either is lowered rather than refused.
+  const int grid_limit = static_cast<int>(std::min<int64_t>(65535 / p.batch, (INT_MAX / 2) / std::max<int64_t>(ctas, 1)));
+  if (p.num_splits > 0) return std::max(1, std::min({p.num_splits, key_blocks, kMaxSplits, grid_limit}));
   const int per_sm = std::max<int>(1, std::min<int>(2, static_cast<int>(caps.smem_per_block_optin / tile.fwd_smem)));
   const int64_t slots = static_cast<int64_t>(caps.multiprocessors) * per_sm;
   if (ctas * 10 >= slots * 8) return 1;
-  const int max_splits = std::min(std::min(key_blocks, kMaxSplits), static_cast<int>(slots));
+  const int max_splits = std::min({key_blocks, kMaxSplits, static_cast<int>(slots), std::max(1, grid_limit)});
   auto efficiency = [&](int s) {
     const double work = static_cast<double>(ctas * s) / slots;
     return work / std::ceil(work);
