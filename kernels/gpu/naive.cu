@@ -103,8 +103,15 @@ __global__ void naive_pv(const NaiveArgs a) {
   const Seq s = naive_seq(a.p, b);
   if (i >= s.sq || d >= a.p.head_dim) return;
   const float* prob = score_row(a, b, h, i);
+  // Summed in chunks of 256 keys, each added to the total once: a total grown key by key stops growing once it holds
+  // 2^24 keys' worth (fp32), which 2^25 keys of equal weight reach at half their sum.
   float acc = 0.f;
-  for (int j = 0; j < s.sk; ++j) acc += prob[j] * to_float(row_ptr<T>(a.p.v, a.p, b, s.k_start, j, h / a.r.group)[d]);
+  for (int j0 = 0; j0 < s.sk; j0 += 256) {
+    float chunk = 0.f;
+    for (int j = j0; j < min(s.sk, j0 + 256); ++j)
+      chunk += prob[j] * to_float(row_ptr<T>(a.p.v, a.p, b, s.k_start, j, h / a.r.group)[d]);
+    acc += chunk;
+  }
   T* o = const_cast<T*>(row_ptr<T>(a.p.o, a.p, b, s.q_start, i, h));
   o[d] = from_float<T>(acc);
 }
