@@ -8,7 +8,7 @@ import { type DType, roundTo, type Tensor, toFloat32 } from "./tensor.ts";
 export interface ReferenceOutput {
   /** Same layout as q: (batch, seqlen_q, heads_q, d) or (total_q, heads_q, d). */
   out: Float64Array;
-  /** (batch, heads_q, seqlen_q) or, varlen, (heads_q, total_q); natural log; -inf for a row with no key. */
+  /** (batch, heads_q, seqlen_q) or, varlen, (heads_q, total_q); natural log; +inf for a row with no key (flash-attn 2.x). */
   lse: Float64Array;
 }
 
@@ -86,7 +86,7 @@ function lseIndex(p: Problem, row: RowContext): number {
 }
 
 function softmaxRow(scores: number[]): { probs: number[]; lse: number } {
-  if (scores.length === 0) return { probs: [], lse: -Infinity };
+  if (scores.length === 0) return { probs: [], lse: Infinity }; // flash-attn 2.x: a row with no key has LSE +inf
   let m = -Infinity;
   for (const s of scores) m = Math.max(m, s);
   let sum = 0;

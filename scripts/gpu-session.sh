@@ -49,8 +49,8 @@ case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" doctor "* | *" b
 for s in "$@"; do
   case "$s" in
     build) step build 420 bun kernels/build.ts cpu cuda --jobs 16 ;;
-    tests) step tests 540 bash scripts/test.sh test/gpu.test.ts test/ffi.test.ts ;;
-    gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/ffi.test.ts ;;  # carried libraries, no build
+    tests) step tests 540 bash scripts/test.sh test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;
+    gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;  # carried libraries, no build
     layouts) step layouts 120 bash -c "nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/wgmma_layouts.cu -o /tmp/wgmma_layouts && /tmp/wgmma_layouts" ;;
     verify) step verify 420 python3 scripts/cuda_verify.py --json "$LOGS/verify-sm80.json" ;;
     verify-sm90) step verify-sm90 420 python3 scripts/cuda_verify.py --kernel cuda-wgmma-sm90 --json "$LOGS/verify-sm90.json" ;;

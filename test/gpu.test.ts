@@ -3,7 +3,9 @@
 // is exercised: the dispatcher's own choice, then each path forced through FLASHATTN_KERNEL where it can serve the
 // case. On a machine without a GPU every test here is skipped, and the skip says why.
 //
-// Run only these on a GPU machine: scripts/test.sh test/gpu.test.ts
+// Run only these on a GPU machine: scripts/test.sh test/gpu.test.ts. The library's own limits (sizes it refuses,
+// nonsense parameter values, rows of 2^25+ keys, LSE of rows without keys) run on every backend present, GPUs included,
+// in test/native-limits.test.ts.
 import { describe, expect, test } from "bun:test";
 import { type Backend, openBackend } from "../lib/backend.ts";
 import type { AttentionOptions } from "../lib/attention.ts";

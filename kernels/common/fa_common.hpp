@@ -209,6 +209,19 @@ inline int64_t view_extent(const fa_tensor& t, int64_t batches, int64_t rows, in
   return a + b + c + dim;
 }
 
+// Sizes every kernel supports. Sequence lengths up to 2^28 keep every index sum the kernels form in 32 bits (query +
+// diagonal offset + window, block starts + block size) below 2^31, and a row's running sums exact enough (the fp32
+// partial sums of a key block stay far above the rounding step of a total of 2^28 probabilities). Head and batch
+// counts up to 65535 fit a CUDA / HIP grid's y and z dimensions; the lse rows (batch x heads_q x seqlen_q) stay below
+// 2^31 so tile and row counters fit an int.
+constexpr int32_t kMaxSeqlen = 1 << 28;
+constexpr int32_t kMaxHeads = 65535;
+constexpr int32_t kMaxBatch = 65535;
+constexpr int64_t kMaxLseRows = INT32_MAX;
+
+// 0 or a normal float (a subnormal scale or softcap would be flushed to zero on GPUs, which compute with ftz).
+inline bool zero_or_normal(float x) { return x == 0.f || std::fpclassify(x) == FP_NORMAL; }
+
 // Checks everything that does not need to read device memory. Returns the problems found, first one first.
 // `direction` is an fa_direction. The caller turns problems[0] into the status and message of the call.
 inline std::vector<Problem> check_params(const fa_attn_params* pp, const BackendLimits& lim, int32_t direction) {
@@ -235,12 +248,19 @@ inline std::vector<Problem> check_params(const fa_attn_params* pp, const Backend
     unsupported("fp32 tensors are not supported by this backend: use fp16 or bf16");
 
   if (p.batch < 1) invalid(format("batch must be at least 1, got %d", p.batch));
+  else if (p.batch > kMaxBatch) unsupported(format("batch %d exceeds the supported maximum %d", p.batch, kMaxBatch));
   if (p.seqlen_q < 1) invalid(format("seqlen_q must be at least 1, got %d", p.seqlen_q));
+  else if (p.seqlen_q > kMaxSeqlen)
+    unsupported(format("seqlen_q %d exceeds the supported maximum %d (2^28)", p.seqlen_q, kMaxSeqlen));
   if (p.seqlen_k < 0) invalid(format("seqlen_k must not be negative, got %d", p.seqlen_k));
+  else if (p.seqlen_k > kMaxSeqlen)
+    unsupported(format("seqlen_k %d exceeds the supported maximum %d (2^28)", p.seqlen_k, kMaxSeqlen));
   if (p.heads_q < 1 || p.heads_kv < 1)
     invalid(format("head counts must be at least 1, got heads_q %d and heads_kv %d", p.heads_q, p.heads_kv));
   else if (p.heads_q % p.heads_kv != 0)
     invalid(format("heads_q (%d) must be a multiple of heads_kv (%d) for GQA/MQA", p.heads_q, p.heads_kv));
+  else if (p.heads_q > kMaxHeads)
+    unsupported(format("heads_q %d exceeds the supported maximum %d", p.heads_q, kMaxHeads));
 
   if (p.head_dim < 1) invalid(format("head_dim must be positive, got %d", p.head_dim));
   else if (p.head_dim < lim.min_head_dim || p.head_dim > lim.max_head_dim)
@@ -251,10 +271,10 @@ inline std::vector<Problem> check_params(const fa_attn_params* pp, const Backend
   if (p.is_causal != 0 && p.is_causal != 1) invalid(format("is_causal must be 0 or 1, got %d", p.is_causal));
   if (p.window_left < -1 || p.window_right < -1)
     invalid(format("window bounds must be -1 (unbounded) or non-negative, got (%d, %d)", p.window_left, p.window_right));
-  if (!std::isfinite(p.scale) || p.scale < 0.f)
-    invalid(format("scale must be a finite non-negative number (0 = 1/sqrt(head_dim)), got %g", static_cast<double>(p.scale)));
-  if (!std::isfinite(p.softcap) || p.softcap < 0.f)
-    invalid(format("softcap must be a finite non-negative number (0 = off), got %g", static_cast<double>(p.softcap)));
+  if (!std::isfinite(p.scale) || p.scale < 0.f || !zero_or_normal(p.scale))
+    invalid(format("scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got %g", static_cast<double>(p.scale)));
+  if (!std::isfinite(p.softcap) || p.softcap < 0.f || !zero_or_normal(p.softcap))
+    invalid(format("softcap must be 0 (off) or a positive normal float, got %g", static_cast<double>(p.softcap)));
   if (p.alibi_mode < FA_ALIBI_NONE || p.alibi_mode > FA_ALIBI_PER_BATCH_HEAD)
     invalid(format("alibi_mode %d is not none (0), per head (1) or per batch and head (2)", p.alibi_mode));
   else if (p.alibi_mode != FA_ALIBI_NONE && p.alibi_slopes == nullptr)
@@ -273,6 +293,11 @@ inline std::vector<Problem> check_params(const fa_attn_params* pp, const Backend
     invalid(format("varlen totals must not be negative, got total_q %d and total_k %d", p.total_q, p.total_k));
 
   if (!out.empty()) return out;  // shapes below rely on the scalars above
+
+  const int64_t lse_rows = varlen ? int64_t{p.heads_q} * p.total_q : int64_t{p.batch} * p.heads_q * p.seqlen_q;
+  if (lse_rows > kMaxLseRows)
+    unsupported(format("%s (%lld query rows over all heads) exceeds the supported maximum 2^31 - 1",
+                       varlen ? "heads_q x total_q" : "batch x heads_q x seqlen_q", static_cast<long long>(lse_rows)));
 
   // Tensor presence and extents: (batches, rows) per tensor in padded vs varlen mode.
   const int64_t batches = varlen ? 1 : p.batch;
@@ -339,7 +364,7 @@ inline std::string plan_refusal_json(const std::vector<Problem>& problems) {
 // Resolved per-call scalars every kernel wants.
 struct Resolved {
   float scale;         // softmax scale
-  int32_t win_left;    // -1 = unbounded
+  int32_t win_left;    // -1 = unbounded (also for any bound that reaches past every key)
   int32_t win_right;   // -1 = unbounded, causal folded in
   int32_t group;       // heads_q / heads_kv
 };
@@ -347,8 +372,11 @@ struct Resolved {
 inline Resolved resolve(const fa_attn_params& p) {
   Resolved r;
   r.scale = p.scale > 0.f ? p.scale : 1.0f / std::sqrt(static_cast<float>(p.head_dim));
-  r.win_left = p.window_left;
-  r.win_right = effective_window_right(p);
+  // A left bound >= seqlen_k (right bound >= seqlen_q) admits every key of every query of every sequence (i + sk - sq
+  // - left < 0, i + sk - sq + right >= sk - 1), so it is exactly "unbounded"; folding it keeps the kernels' 32-bit
+  // index sums (query + offset + window) small.
+  r.win_left = p.window_left >= p.seqlen_k ? -1 : p.window_left;
+  r.win_right = effective_window_right(p) >= p.seqlen_q ? -1 : effective_window_right(p);
   r.group = p.heads_q / p.heads_kv;
   return r;
 }

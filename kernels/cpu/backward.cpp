@@ -108,7 +108,7 @@ void backward_pair(const BackwardPlan& plan, const IsaKernels& isa, BackwardScra
   isa.load_rows(p.dtype, do_rows, p.dout.row_stride, rows, d, 1.0f, w.dorow, d_pad, d_pad);
   for (int32_t c = 0; c < cols; ++c) {
     const float lse = c < rows ? p.lse[g.lse_index(b, h, s, q0 + c)] : -INFINITY;
-    w.lse[c] = lse == -INFINITY ? INFINITY : lse;  // a query without visible keys: P = exp(s - inf) = 0
+    w.lse[c] = std::isinf(lse) ? INFINITY : lse;  // no visible key (LSE +inf) or a padding column: P = exp(s - inf) = 0
     w.delta[c] = c < rows ? plan.delta[g.lse_index(b, h, s, q0 + c)] : 0.0f;
     w.q_pos[c] = static_cast<float>(q0 + c + s.len_k - s.len_q);
     w.slope[c] = g.alibi_slope(b, h);

@@ -11,7 +11,7 @@
 //     S^T          <- softcap / ALiBi / mask            (mask only where the block is not fully visible)
 //     m' = max(m, colmax S^T);  P^T = exp(S^T - m');  alpha = exp(m - m');  l = alpha l + colsum P^T
 //     O  = diag(alpha) O + P . V_j                      (P read through P^T, no transpose copy)
-//   O /= l, LSE = m + log l; a query with no visible key gets O = 0, LSE = -inf.
+//   O /= l, LSE = m + log l; a query with no visible key gets O = 0, LSE = +inf (flash-attn 2.x).
 // Memory per task is O(Bq*d + Bk*Bq): seqlen_q x seqlen_k is never materialised. Key blocks outside every query's
 // window are skipped (causal: the blocks above the diagonal). FLOPs: 4 * Bq * Bk * d per visited block pair.
 #include <cmath>
@@ -134,7 +134,7 @@ void forward_block(const Geometry& g, const IsaKernels& isa, ForwardScratch& w, 
   if (p.lse != nullptr)
     for (int32_t c = 0; c < n; ++c)
       p.lse[g.lse_index(t.b, t.h0 + c / t.queries, s, t.q0 + c % t.queries)] =
-          w.l[c] > 0.0f ? w.m[c] + std::log(w.l[c]) : -INFINITY;
+          w.l[c] > 0.0f ? w.m[c] + std::log(w.l[c]) : INFINITY;
 }
 
 }  // namespace

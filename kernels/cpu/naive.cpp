@@ -91,7 +91,7 @@ int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa) {
     isa.store_rows(p.dtype, w.o, d_pad, s.len_q, d, w.inv_l, g.row(p.o, b, s.q_start, 0, h), p.o.row_stride);
     if (p.lse != nullptr)
       for (int32_t c = 0; c < s.len_q; ++c)
-        p.lse[g.lse_index(b, h, s, c)] = w.l[c] > 0.0f ? w.m[c] + std::log(w.l[c]) : -INFINITY;
+        p.lse[g.lse_index(b, h, s, c)] = w.l[c] > 0.0f ? w.m[c] + std::log(w.l[c]) : INFINITY;
   });
   return is_avx2(isa) ? kNaiveForwardAvx2 : kNaiveForwardPortable;
 }

@@ -226,7 +226,7 @@ __device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const Se
 }
 
 // The forward epilogue of the 16 rows a warp owns (block rows row0 + g, row0 + g + 8; `acc(j, e)` is C register e
-// of n-tile j of O): O / l and LSE (a row with no visible key, l = 0, gets O = 0 and LSE = -inf), written to o / lse,
+// of n-tile j of O): O / l and LSE (a row with no visible key, l = 0, gets O = 0 and LSE = +inf), written to o / lse,
 // or as fp32 partials of split `split`. The direct path stages the rows in the warp's own rows of `stage` (row length
 // D + kPad; no other warp touches them) and stores 16-byte chunks.
 template <typename T, int D, typename Acc>
@@ -243,7 +243,9 @@ __device__ __forceinline__ void store_output_rows(const AttnArgs& a, const SeqIn
     const float l = quad_sum(row_sum[hf]);
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const int r = row0 + g + hf * 8, i = m0 + r;
-    if (lse_out != nullptr && t == 0 && i < s.sq) lse_out[lrow0 + i] = l > 0.f ? (row_max[hf] * mult + __log2f(l)) * kLn2 : -INFINITY;
+    // No visible key: LSE +inf in the output (flash-attn 2.x), -inf in a split's partial (weight 0 in the combine).
+    if (lse_out != nullptr && t == 0 && i < s.sq)
+      lse_out[lrow0 + i] = l > 0.f ? (row_max[hf] * mult + __log2f(l)) * kLn2 : direct ? INFINITY : -INFINITY;
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
       const float x0 = acc(j, 2 * hf) * inv, x1 = acc(j, 2 * hf + 1) * inv;

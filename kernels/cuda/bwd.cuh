@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
       const float* lse2_s = sLse2 + buf * BM;
       const float* dsum_s = sDsum + buf * BM;
 
-      // S^T = K Q^T for this warp's 16 keys.
+      // S^T = K Q^T (16 keys x BM = 16 x D . (BM x D)^T) for this warp's 16 keys.
       float st[MT][4];
 #pragma unroll
       for (int j = 0; j < MT; ++j)
@@ -129,13 +129,8 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
       for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t ka[4];
         load_a<LD>(ka, sK, key_row0, kk * 16);
-#pragma unroll
-        for (int np = 0; np < BM / 16; ++np) {
-          uint32_t qb[4];
-          load_b_nk<LD>(qb, q_s, np * 16, kk * 16);
-          mma<T>(st[2 * np], ka, qb[0], qb[1]);
-          mma<T>(st[2 * np + 1], ka, qb[2], qb[3]);
-        }
+        mm_ABt<T, LD, BM, 1>([&](int, int j) -> float(&)[4] { return st[j]; }, [&](int) -> const uint32_t(&)[4] { return ka; },
+                             q_s, kk * 16);
       }
 
       // P^T (packed for the dV product) and P^T * (1 - tanh^2) kept in st for dS.
@@ -162,18 +157,13 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
           pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(p[0], p[1]);
         }
 
-      // dV += P^T dO (this warp's DP columns).
+      // dV += P^T dO (16 keys x DP += 16 x BM . BM x DP: this warp's DP columns).
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
-#pragma unroll
-        for (int dp = 0; dp < DP / 16; ++dp) {
-          uint32_t ob[4];
-          load_b_kn<LD>(ob, do_s, dcol0 + dp * 16, kk * 16);
-          mma<T>(dv_acc[2 * dp], pa[kk], ob[0], ob[1]);
-          mma<T>(dv_acc[2 * dp + 1], pa[kk], ob[2], ob[3]);
-        }
+        mm_AB<T, LD, DP, 1>([&](int, int j) -> float(&)[4] { return dv_acc[j]; }, [&](int) -> const uint32_t(&)[4] { return pa[kk]; },
+                            do_s, dcol0, kk * 16);
 
-      // dP^T = V dO^T.
+      // dP^T = V dO^T (16 keys x BM = 16 x D . (BM x D)^T).
       float dpt[MT][4];
 #pragma unroll
       for (int j = 0; j < MT; ++j)
@@ -183,13 +173,8 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
       for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t va[4];
         load_a<LD>(va, sV, key_row0, kk * 16);
-#pragma unroll
-        for (int np = 0; np < BM / 16; ++np) {
-          uint32_t ob[4];
-          load_b_nk<LD>(ob, do_s, np * 16, kk * 16);
-          mma<T>(dpt[2 * np], va, ob[0], ob[1]);
-          mma<T>(dpt[2 * np + 1], va, ob[2], ob[3]);
-        }
+        mm_ABt<T, LD, BM, 1>([&](int, int j) -> float(&)[4] { return dpt[j]; }, [&](int) -> const uint32_t(&)[4] { return va; },
+                             do_s, kk * 16);
       }
 
       // dS^T = P^T (dP^T - dsum), packed as A fragments; the first warp of each key group also stores it for dQ.
@@ -206,19 +191,15 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
           if (dcol0 == 0) *reinterpret_cast<uint32_t*>(sdS + (key_row0 + g + hf * 8) * LDS + qr) = packed;
         }
 
-      // dK += dS^T Q.
+      // dK += dS^T Q (16 keys x DP += 16 x BM . BM x DP).
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
-#pragma unroll
-        for (int dp = 0; dp < DP / 16; ++dp) {
-          uint32_t qb[4];
-          load_b_kn<LD>(qb, q_s, dcol0 + dp * 16, kk * 16);
-          mma<T>(dk_acc[2 * dp], dsa[kk], qb[0], qb[1]);
-          mma<T>(dk_acc[2 * dp + 1], dsa[kk], qb[2], qb[3]);
-        }
+        mm_AB<T, LD, DP, 1>([&](int, int j) -> float(&)[4] { return dk_acc[j]; }, [&](int) -> const uint32_t(&)[4] { return dsa[kk]; },
+                            q_s, dcol0, kk * 16);
       __syncthreads();  // dS^T complete in smem
 
-      // dQ (rows dq_row0.., cols dq_col0..) += dS K, reduced over this block's BN keys, then added to dq_accum.
+      // dQ (rows dq_row0.., cols dq_col0..) += dS K (16 x DQC += 16 x BN . BN x DQC), reduced over this block's BN
+      // keys, then added to dq_accum.
       float dq[DQC / 8][4];
 #pragma unroll
       for (int j = 0; j < DQC / 8; ++j)
@@ -228,13 +209,8 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
       for (int kk = 0; kk < BN / 16; ++kk) {
         uint32_t da[4];
         load_a_trans<LDS>(da, sdS, dq_row0, kk * 16);
-#pragma unroll
-        for (int dp = 0; dp < DQC / 16; ++dp) {
-          uint32_t kb[4];
-          load_b_kn<LD>(kb, sK, dq_col0 + dp * 16, kk * 16);
-          mma<T>(dq[2 * dp], da, kb[0], kb[1]);
-          mma<T>(dq[2 * dp + 1], da, kb[2], kb[3]);
-        }
+        mm_AB<T, LD, DQC, 1>([&](int, int j) -> float(&)[4] { return dq[j]; }, [&](int) -> const uint32_t(&)[4] { return da; },
+                             sK, dq_col0, kk * 16);
       }
       accumulate_dq_rows<DQC / 8>(a, dq_accum, lse_row0(a, s, b, h), m0 + dq_row0, s.sq, dq_col0,
                                   [&](int j, int e) { return dq[j][e]; });

@@ -46,73 +46,149 @@ struct Sm90BwdTile {
   static_assert(D == 64 || D == 128, "dK and dV of 64 keys stay in registers up to head dim 128");
 };
 
+// ---- shared memory ------------------------------------------------------------------------------------------------
+
+// The CTA's shared memory, in allocation order: K and V of the key block, the two-slot ring of Q, dO, lse2 and dsum,
+// the double-buffered dS^T tile, head dim 64's dQ exchange, and the mbarriers.
 template <typename T, typename Tile>
-__global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __grid_constant__ AttnArgs a) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, MT = BM / 8;
-  extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = swizzle_aligned_smem(smem_raw);
-  T* sK = reinterpret_cast<T*>(smem);   // [BN x D]
-  T* sV = sK + BN * D;                  // [BN x D]
-  T* sQ = sV + BN * D;                  // [2][BM x D]
-  T* sdO = sQ + 2 * BM * D;             // [2][BM x D]
-  T* sdS = sdO + 2 * BM * D;            // [2][BN keys x BM queries]: dS^T, read as the M-major A of dQ = dS K
-  float* sLse2 = reinterpret_cast<float*>(sdS + 2 * BN * BM);  // [2][BM]
-  float* sDsum = sLse2 + 2 * BM;                                // [2][BM]
-  float* sRed = sDsum + 2 * BM;                                 // head dim 64: [2][2][BM][kRedLd]
-  uint64_t* kv_full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(sRed) + Tile::kRedBytes);
-  uint64_t* kv_empty = kv_full + 1;
-  uint64_t* qdo_full = kv_full + 2;   // [2]
-  uint64_t* qdo_empty = kv_full + 4;  // [2]
+struct Sm90BwdShared {
+  static constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM;
+  T* sK;         // [BN x D]
+  T* sV;         // [BN x D]
+  T* sQ;         // [2][BM x D]
+  T* sdO;        // [2][BM x D]
+  T* sdS;        // [2][BN keys x BM queries]: dS^T, read as the M-major A of dQ = dS K
+  float* sLse2;  // [2][BM]
+  float* sDsum;  // [2][BM]
+  float* sRed;   // head dim 64: [2][2][BM][kRedLd]
+  uint64_t *kv_full, *kv_empty;
+  uint64_t *qdo_full, *qdo_empty;  // [2] each
 
-  const int hk = blockIdx.y, b = blockIdx.z;
-  const SeqInfo s = seq_info(a, b);
-  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  __device__ __forceinline__ explicit Sm90BwdShared(unsigned char* smem) {
+    sK = reinterpret_cast<T*>(smem);
+    sV = sK + BN * D;
+    sQ = sV + BN * D;
+    sdO = sQ + 2 * BM * D;
+    sdS = sdO + 2 * BM * D;
+    sLse2 = reinterpret_cast<float*>(sdS + 2 * BN * BM);
+    sDsum = sLse2 + 2 * BM;
+    sRed = sDsum + 2 * BM;
+    kv_full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(sRed) + Tile::kRedBytes);
+    kv_empty = kv_full + 1;
+    qdo_full = kv_full + 2;
+    qdo_empty = kv_full + 4;
+  }
 
-  if (threadIdx.x == 0) {
+  // Thread 0 only; the CTA synchronises before anyone waits on them.
+  __device__ __forceinline__ void init_barriers() const {
     mbarrier_init(kv_full, 128), mbarrier_init(kv_empty, Tile::kConsumerThreads);
     for (int slot = 0; slot < 2; ++slot)
       mbarrier_init(qdo_full + slot, 128), mbarrier_init(qdo_empty + slot, Tile::kConsumerThreads);
     mbarrier_init_fence();
   }
-  __syncthreads();
+};
 
-  // Deterministic mode runs fewer CTAs than key blocks, each looping over its own; otherwise one iteration. Both roles
-  // walk the same (key block, step) sequence; `ring` counts the steps over all key blocks (slot ring & 1).
-  auto step_head = [&](int step, const QueryBlocks& qb) { return hk * a.group + step / qb.count; };
-  auto step_row0 = [&](int step, const QueryBlocks& qb) { return (qb.first + step % qb.count) * BM; };
+// ---- schedule -----------------------------------------------------------------------------------------------------
 
-  if (wg == 0) {  // the producer
-    warpgroup_release_registers<Tile::kProducerRegs>();
-    const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
-    const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
-    int ring = 0, kb = 0;
-    for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
-      const int n0 = nb * BN;
-      if (kb > 0) mbarrier_wait(kv_empty, (kb - 1) & 1);
-      load_tile_sw128_async<BN, D, 128>(sK, k, n0);
-      load_tile_sw128_async<BN, D, 128>(sV, v, n0);
-      cp_async_arrive(kv_full);
-      const QueryBlocks qb = visible_query_blocks(a, s, n0, BN, BM);
-      for (int step = 0; step < qb.count * a.group; ++step, ++ring) {
-        const int slot = ring & 1, h = step_head(step, qb), m0 = step_row0(step, qb);
-        if (ring >= 2) mbarrier_wait(qdo_empty + slot, ((ring >> 1) & 1) ^ 1);
-        load_tile_sw128_async<BM, D, 128>(sQ + slot * BM * D, row_view<T>(a.q, a, b, h, s.q_start, s.sq), m0);
-        load_tile_sw128_async<BM, D, 128>(sdO + slot * BM * D, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
-        // Rows past the end come in as zeros: their Q and dO rows are zero too, so they add nothing to dK / dV.
-        const int64_t lrow0 = lse_row0(a, s, b, h);
-        if (threadIdx.x < BM) {
-          const int r = threadIdx.x;
-          const bool inside = m0 + r < s.sq;
-          cp_async_4(sLse2 + slot * BM + r, inside ? a.lse2 + lrow0 + m0 + r : a.lse2, inside);
-          cp_async_4(sDsum + slot * BM + r, inside ? a.dsum + lrow0 + m0 + r : a.dsum, inside);
-        }
-        cp_async_arrive(qdo_full + slot);
+// Deterministic mode runs fewer CTAs than key blocks, each looping over its own (nb = blockIdx.x, + gridDim.x, ...);
+// otherwise one iteration. Per key block, the steps are the (query head of the GQA group, query block) pairs that
+// can see it, heads slowest. Both roles walk the same (key block, step) sequence; `ring` counts the steps over all key
+// blocks (slot ring & 1).
+struct Sm90BwdSteps {
+  QueryBlocks qb;
+  int count;  // qb.count x group
+  __device__ __forceinline__ Sm90BwdSteps(const AttnArgs& a, const SeqInfo& s, int n0, int bn, int bm)
+      : qb(visible_query_blocks(a, s, n0, bn, bm)), count(qb.count * a.group) {}
+  __device__ __forceinline__ int head(const AttnArgs& a, int hk, int step) const { return hk * a.group + step / qb.count; }
+  __device__ __forceinline__ int row0(int step, int bm) const { return (qb.first + step % qb.count) * bm; }
+};
+
+// ---- producer -----------------------------------------------------------------------------------------------------
+
+// Warpgroup 0: K and V of each key block, then each step's Q, dO and row statistics into the two-slot ring.
+template <typename T, typename Tile>
+__device__ __forceinline__ void bwd_sm90_producer(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s, int hk,
+                                                  int b) {
+  constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM;
+  warpgroup_release_registers<Tile::kProducerRegs>();
+  const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
+  const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
+  int ring = 0, kb = 0;
+  for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
+    const int n0 = nb * BN;
+    if (kb > 0) mbarrier_wait(sh.kv_empty, (kb - 1) & 1);
+    load_tile_sw128_async<BN, D, 128>(sh.sK, k, n0);
+    load_tile_sw128_async<BN, D, 128>(sh.sV, v, n0);
+    cp_async_arrive(sh.kv_full);
+    const Sm90BwdSteps steps(a, s, n0, BN, BM);
+    for (int step = 0; step < steps.count; ++step, ++ring) {
+      const int slot = ring & 1, h = steps.head(a, hk, step), m0 = steps.row0(step, BM);
+      if (ring >= 2) mbarrier_wait(sh.qdo_empty + slot, ((ring >> 1) & 1) ^ 1);
+      load_tile_sw128_async<BM, D, 128>(sh.sQ + slot * BM * D, row_view<T>(a.q, a, b, h, s.q_start, s.sq), m0);
+      load_tile_sw128_async<BM, D, 128>(sh.sdO + slot * BM * D, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
+      // Rows past the end come in as zeros: their Q and dO rows are zero too, so they add nothing to dK / dV.
+      const int64_t lrow0 = lse_row0(a, s, b, h);
+      if (threadIdx.x < BM) {
+        const int r = threadIdx.x;
+        const bool inside = m0 + r < s.sq;
+        cp_async_4(sh.sLse2 + slot * BM + r, inside ? a.lse2 + lrow0 + m0 + r : a.lse2, inside);
+        cp_async_4(sh.sDsum + slot * BM + r, inside ? a.dsum + lrow0 + m0 + r : a.dsum, inside);
       }
+      cp_async_arrive(sh.qdo_full + slot);
     }
-    return;
   }
+}
 
+// ---- consumers ----------------------------------------------------------------------------------------------------
+
+// Adds a consumer's dQ of one step (64 queries x 64 columns, C layout in dq) to dq_accum.
+template <typename T, typename Tile>
+__device__ __forceinline__ void bwd_sm90_accumulate_dq(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s, int b,
+                                                       int h, int m0, int buf, int cw, float* dq_accum, const float (&dq)[32]) {
+  constexpr int BM = Tile::BM;
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int64_t lrow0 = lse_row0(a, s, b, h);
+  if constexpr (Tile::kDqPerWarpgroupKeys) {
+    // Each partial covers all 64 columns over one consumer's keys. Consumer w owns columns [32w, 32w + 32): it
+    // hands the other's 32 columns over through smem (the partner thread, same warp and lane, holds the same
+    // rows and columns) and adds the sum of its own, so every dQ element gets one addition per step.
+    float* red = sh.sRed + buf * 2 * BM * Tile::kRedLd;
+    float* handed = red + cw * BM * Tile::kRedLd;
+    const float* received = red + (1 - cw) * BM * Tile::kRedLd;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        // n-tile j + 4 other, with compile-time register indices (a run-time one would spill dq to local memory)
+        const int e0 = j * 4 + 2 * hf, e1 = (j + 4) * 4 + 2 * hf;
+        const float2 pair = cw == 0 ? make_float2(dq[e1], dq[e1 + 1]) : make_float2(dq[e0], dq[e0 + 1]);
+        *reinterpret_cast<float2*>(handed + (warp * 16 + g + 8 * hf) * Tile::kRedLd + 8 * j + 2 * t) = pair;
+      }
+    named_barrier_sync(1, Tile::kConsumerThreads);
+    accumulate_dq_rows<4>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, 32 * cw, [&](int j, int e) {
+      const float own = cw == 0 ? dq[j * 4 + e] : dq[(j + 4) * 4 + e];
+      return own + received[(warp * 16 + g + 8 * (e / 2)) * Tile::kRedLd + 8 * j + 2 * t + e % 2];
+    });
+  } else {
+    accumulate_dq_rows<8>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, cw * 64, [&](int j, int e) { return dq[j * 4 + e]; });
+  }
+}
+
+// The epilogue of a key block: dK (times scale) and dV of this warp's 16 keys from key0.
+template <typename T, typename Tile>
+__device__ __forceinline__ void bwd_sm90_epilogue(const AttnArgs& a, const SeqInfo& s, int b, int hk, int key0,
+                                                  const float (&dk)[Tile::D / 2], const float (&dv)[Tile::D / 2]) {
+  store_key_rows<T, Tile::D / 8>(a.dk, a, s, b, hk, key0, 0, [&](int j, int e) { return dk[j * 4 + e]; }, a.scale);
+  store_key_rows<T, Tile::D / 8>(a.dv, a, s, b, hk, key0, 0, [&](int j, int e) { return dv[j * 4 + e]; }, 1.f);
+}
+
+// Warpgroups 1 and 2: keys [64 cw, 64 cw + 64) of every key block of this CTA. dK and dV (64 x D each) stay in
+// registers over the block's steps; each step runs the five products and adds its share of dQ to dq_accum.
+template <typename T, typename Tile>
+__device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned char* smem, const SeqInfo& s, int hk,
+                                                  int b, int wg, int warp, int g, int t) {
+  constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, MT = BM / 8;
+  const Sm90BwdShared<T, Tile> sh(smem);
   warpgroup_claim_registers<Tile::kConsumerRegs>();
   const int cw = wg - 1;        // consumer index
   const int wg_key0 = cw * 64;  // this consumer's keys within the block
@@ -121,30 +197,29 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
 
   // Tile descriptors, built once (K, Q and dO serve as K-major and as N-major operands). The slot-1 tiles lie a
   // constant distance after slot 0, so a step's descriptors are these plus an offset (not ten more 64-bit registers).
-  const uint64_t k_kmaj = tile_desc_k_major(sK), v_kmaj = tile_desc_k_major(sV), k_nmaj = tile_desc_mn_major<BN>(sK);
-  const uint64_t q_kmaj0 = tile_desc_k_major(sQ), q_nmaj0 = tile_desc_mn_major<BM>(sQ);
-  const uint64_t do_kmaj0 = tile_desc_k_major(sdO), do_nmaj0 = tile_desc_mn_major<BM>(sdO);
-  const uint64_t ds_mmaj0 = tile_desc_mn_major<BN>(sdS);
+  const uint64_t k_kmaj = tile_desc_k_major(sh.sK), v_kmaj = tile_desc_k_major(sh.sV), k_nmaj = tile_desc_mn_major<BN>(sh.sK);
+  const uint64_t q_kmaj0 = tile_desc_k_major(sh.sQ), q_nmaj0 = tile_desc_mn_major<BM>(sh.sQ);
+  const uint64_t do_kmaj0 = tile_desc_k_major(sh.sdO), do_nmaj0 = tile_desc_mn_major<BM>(sh.sdO);
+  const uint64_t ds_mmaj0 = tile_desc_mn_major<BN>(sh.sdS);
 
   int ring = 0, kb = 0;
   for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
     const int n0 = nb * BN;
-    const QueryBlocks qb = visible_query_blocks(a, s, n0, BN, BM);
-    const int steps = qb.count * a.group;  // (query head, query block) pairs
-    mbarrier_wait(kv_full, kb & 1);
+    const Sm90BwdSteps steps(a, s, n0, BN, BM);
+    mbarrier_wait(sh.kv_full, kb & 1);
     fence_async_smem();
 
     float dk[D / 2], dv[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
-    for (int step = 0; step < steps; ++step, ++ring) {
-      const int buf = ring & 1, h = step_head(step, qb), m0 = step_row0(step, qb);
-      mbarrier_wait(qdo_full + buf, (ring >> 1) & 1);  // this step's Q, dO, lse2, dsum
+    for (int step = 0; step < steps.count; ++step, ++ring) {
+      const int buf = ring & 1, h = steps.head(a, hk, step), m0 = steps.row0(step, BM);
+      mbarrier_wait(sh.qdo_full + buf, (ring >> 1) & 1);  // this step's Q, dO, lse2, dsum
       fence_async_smem();
-      const float* lse2_s = sLse2 + buf * BM;
-      const float* dsum_s = sDsum + buf * BM;
-      T* ds_tile = sdS + buf * BN * BM;
+      const float* lse2_s = sh.sLse2 + buf * BM;
+      const float* dsum_s = sh.sDsum + buf * BM;
+      T* ds_tile = sh.sdS + buf * BN * BM;
       const uint32_t q_slot = buf * (Tile::kTileQ >> 4), ds_slot = buf * (Tile::kTileDs >> 4);  // descriptor units
       const uint64_t q_kmaj = q_kmaj0 + q_slot, q_nmaj = q_nmaj0 + q_slot;
       const uint64_t do_kmaj = do_kmaj0 + q_slot, do_nmaj = do_nmaj0 + q_slot;
@@ -251,40 +326,30 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
       reg_fence(dq);
       reg_fence(dk);
       reg_fence(dsa);
-      mbarrier_arrive(qdo_empty + buf);  // every product of this step has read its Q / dO slot
-      const int64_t lrow0 = lse_row0(a, s, b, h);
-      if constexpr (Tile::kDqPerWarpgroupKeys) {
-        // Each partial covers all 64 columns over one consumer's keys. Consumer w owns columns [32w, 32w + 32): it
-        // hands the other's 32 columns over through smem (the partner thread, same warp and lane, holds the same
-        // rows and columns) and adds the sum of its own, so every dQ element gets one addition per step.
-        float* red = sRed + buf * 2 * BM * Tile::kRedLd;
-        float* handed = red + cw * BM * Tile::kRedLd;
-        const float* received = red + (1 - cw) * BM * Tile::kRedLd;
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            // n-tile j + 4 other, with compile-time register indices (a run-time one would spill dq to local memory)
-            const int e0 = j * 4 + 2 * hf, e1 = (j + 4) * 4 + 2 * hf;
-            const float2 pair = cw == 0 ? make_float2(dq[e1], dq[e1 + 1]) : make_float2(dq[e0], dq[e0 + 1]);
-            *reinterpret_cast<float2*>(handed + (warp * 16 + g + 8 * hf) * Tile::kRedLd + 8 * j + 2 * t) = pair;
-          }
-        named_barrier_sync(1, Tile::kConsumerThreads);
-        accumulate_dq_rows<4>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, 32 * cw, [&](int j, int e) {
-          const float own = cw == 0 ? dq[j * 4 + e] : dq[(j + 4) * 4 + e];
-          return own + received[(warp * 16 + g + 8 * (e / 2)) * Tile::kRedLd + 8 * j + 2 * t + e % 2];
-        });
-      } else {
-        accumulate_dq_rows<8>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, cw * 64, [&](int j, int e) { return dq[j * 4 + e]; });
-      }
+      mbarrier_arrive(sh.qdo_empty + buf);  // every product of this step has read its Q / dO slot
+      bwd_sm90_accumulate_dq<T, Tile>(a, sh, s, b, h, m0, buf, cw, dq_accum, dq);
     }
-    mbarrier_arrive(kv_empty);  // the last dQ product has read K
+    mbarrier_arrive(sh.kv_empty);  // the last dQ product has read K
 
-    // dK (times scale) and dV of this warp's 16 keys.
-    const int key0 = n0 + wg_key0 + warp * 16;
-    store_key_rows<T, D / 8>(a.dk, a, s, b, hk, key0, 0, [&](int j, int e) { return dk[j * 4 + e]; }, a.scale);
-    store_key_rows<T, D / 8>(a.dv, a, s, b, hk, key0, 0, [&](int j, int e) { return dv[j * 4 + e]; }, 1.f);
+    bwd_sm90_epilogue<T, Tile>(a, s, b, hk, n0 + wg_key0 + warp * 16, dk, dv);
   }
+}
+
+template <typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __grid_constant__ AttnArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = swizzle_aligned_smem(smem_raw);  // each role takes its own Sm90BwdShared view of it
+  const int hk = blockIdx.y, b = blockIdx.z;
+  const SeqInfo s = seq_info(a, b);
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  if (threadIdx.x == 0) Sm90BwdShared<T, Tile>(smem).init_barriers();
+  __syncthreads();
+  if (wg == 0) {
+    bwd_sm90_producer<T, Tile>(a, Sm90BwdShared<T, Tile>(smem), s, hk, b);
+    return;
+  }
+  bwd_sm90_consumer<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
 #endif
 }
 

@@ -88,8 +88,9 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
     load_tile_async<BN, D, Tile::kThreads>(sV, v, n0);
     cp_async_commit();
 
-    // S = Q K^T over D in k-steps of 16.
+    // S = Q K^T (BM x BN = BM x D . (BN x D)^T, this warp's MF x 16 rows) over D in k-steps of 16.
     float sc[MF][NT][4];
+    auto S_frag = [&](int mf, int j) -> float(&)[4] { return sc[mf][j]; };
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf)
 #pragma unroll
@@ -101,16 +102,7 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
       uint32_t qa[MF][4];
 #pragma unroll
       for (int mf = 0; mf < MF; ++mf) load_a<LD>(qa[mf], sQ, warp_row0 + mf * 16, kk * 16);
-#pragma unroll
-      for (int np = 0; np < BN / 16; ++np) {
-        uint32_t kb[4];
-        load_b_nk<LD>(kb, sK, np * 16, kk * 16);
-#pragma unroll
-        for (int mf = 0; mf < MF; ++mf) {
-          mma<T>(sc[mf][2 * np], qa[mf], kb[0], kb[1]);
-          mma<T>(sc[mf][2 * np + 1], qa[mf], kb[2], kb[3]);
-        }
-      }
+      mm_ABt<T, LD, BN, MF>(S_frag, [&](int mf) -> const uint32_t(&)[4] { return qa[mf]; }, sK, kk * 16);
     }
 
     // Online softmax, one 16-row fragment at a time; O's rows are rescaled by the change of their max.
@@ -133,22 +125,15 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
       cp_async_commit();
     }
 
-    // O += P V, P taken straight from the accumulators (C layout of two n-tiles = A layout of one k-step).
+    // O += P V (BM x D += BM x BN . BN x D), P taken straight from the accumulators (C layout of two n-tiles = A
+    // layout of one k-step).
 #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
       uint32_t pa[MF][4];
 #pragma unroll
       for (int mf = 0; mf < MF; ++mf) acc_to_a<T>(pa[mf], sc[mf][2 * kk], sc[mf][2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t vb[4];
-        load_b_kn<LD>(vb, sV, dp * 16, kk * 16);
-#pragma unroll
-        for (int mf = 0; mf < MF; ++mf) {
-          mma<T>(o_acc[mf][2 * dp], pa[mf], vb[0], vb[1]);
-          mma<T>(o_acc[mf][2 * dp + 1], pa[mf], vb[2], vb[3]);
-        }
-      }
+      mm_AB<T, LD, D, MF>([&](int mf, int j) -> float(&)[4] { return o_acc[mf][j]; },
+                          [&](int mf) -> const uint32_t(&)[4] { return pa[mf]; }, sV, 0, kk * 16);
     }
   }
 

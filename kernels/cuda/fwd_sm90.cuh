@@ -69,49 +69,88 @@ template <> struct Sm90FwdTileFor<128> { using type = Sm90FwdTile<128, 128, fals
 template <> struct Sm90FwdTileFor<192> { using type = Sm90FwdTile<192, 64, false>; };
 template <> struct Sm90FwdTileFor<256> { using type = Sm90FwdTile<256, 64, false>; };
 
-// kTransform: softcap or ALiBi rewrite the scores (a.softcap > 0 or a.alibi set). A separate instantiation, because
-// their unrolled code is two thirds of the kernel's, and a causal tile's instruction working set with it in
-// overflowed the instruction cache (ncu: "no instruction" stalls 12% of samples, 2.5% without the mask).
-template <typename T, typename Tile, bool kTransform>
-__global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ AttnArgs a) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, NT = BN / 8, NC = Tile::kConsumers, QS = Tile::kQSlots,
-                S = Tile::kStages;
-  extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = swizzle_aligned_smem(smem_raw);
-  T* sQ = reinterpret_cast<T*>(smem);                        // [QS][BM x D], swizzled
-  T* sK = reinterpret_cast<T*>(smem + QS * Tile::kTileQ);    // [S][BN x D], swizzled
-  T* sV = sK + S * BN * D;                                   // [S][BN x D], swizzled
-  T* sStage = sV + S * BN * D;                               // [BM x (D + kPad)] when persistent
-  uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + QS * Tile::kTileQ + 2 * S * Tile::kTileKV + Tile::kStage);
-  uint64_t* q_empty = q_full + 2;
-  uint64_t* tile_full = q_full + 4;
-  uint64_t* tile_empty = q_full + 6;
-  uint64_t* k_full = q_full + 8;
-  uint64_t* v_full = k_full + S;
-  uint64_t* k_empty = k_full + 2 * S;
-  uint64_t* v_empty = k_full + 3 * S;
-  int* tile_slot = reinterpret_cast<int*>(q_full + Tile::kBarriers);  // [2] published tile indices
-  // K / V ring iteration gi uses slot gi % S and is that slot's (gi / S)-th filling (the parity its barriers wait for).
-  auto slot_of = [](int gi) { return static_cast<int>(static_cast<unsigned>(gi) % S); };
-  auto parity_of = [](int gi) { return static_cast<uint32_t>(static_cast<unsigned>(gi) / S) & 1; };
-  auto q_buf = [&](int qi) { return sQ + (qi % QS) * BM * D; };
-  auto k_buf = [&](int gi) { return sK + slot_of(gi) * BN * D; };
-  auto v_buf = [&](int gi) { return sV + slot_of(gi) * BN * D; };
+// ---- shared memory ------------------------------------------------------------------------------------------------
 
-  // Tile index space: row blocks x heads x (batch x split), in the order work_of decodes.
-  const int m_count = ceil_div(a.seqlen_q, BM);
-  const int total = m_count * a.heads_q * a.batch * a.num_splits;
-  const bool dynamic = Tile::kPersistent && a.tile_counter != nullptr;  // else one tile per CTA
-  const bool masked_grid = a.win_left >= 0 || a.win_right >= 0;          // a tile's key range depends on its rows
-  struct Work {
-    int m0, h, b, split;
-    SeqInfo s;
-    KeyBlocks blocks;
-    bool run;  // false: a row block past this (varlen) sequence's end
-  };
-  auto work_of = [&](int tile) {
-    Work w;
+// The CTA's shared memory, in allocation order: the Q slots, the K and V rings, the persistent CTA's output staging
+// rows, the mbarriers (Q and tile-index full / empty, two of each; K and V full / empty, kStages of each) and the two
+// published tile indices.
+template <typename T, typename Tile>
+struct Sm90FwdShared {
+  static constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, QS = Tile::kQSlots, S = Tile::kStages;
+  T* sQ;      // [QS][BM x D], swizzled
+  T* sK;      // [S][BN x D], swizzled
+  T* sV;      // [S][BN x D], swizzled
+  T* sStage;  // [BM x (D + kPad)] when persistent
+  uint64_t *q_full, *q_empty, *tile_full, *tile_empty, *k_full, *v_full, *k_empty, *v_empty;
+  int* tile_slot;  // [2] published tile indices
+
+  __device__ __forceinline__ explicit Sm90FwdShared(unsigned char* smem) {
+    sQ = reinterpret_cast<T*>(smem);
+    sK = reinterpret_cast<T*>(smem + QS * Tile::kTileQ);
+    sV = sK + S * BN * D;
+    sStage = sV + S * BN * D;
+    q_full = reinterpret_cast<uint64_t*>(smem + QS * Tile::kTileQ + 2 * S * Tile::kTileKV + Tile::kStage);
+    q_empty = q_full + 2;
+    tile_full = q_full + 4;
+    tile_empty = q_full + 6;
+    k_full = q_full + 8;
+    v_full = k_full + S;
+    k_empty = k_full + 2 * S;
+    v_empty = k_full + 3 * S;
+    tile_slot = reinterpret_cast<int*>(q_full + Tile::kBarriers);
+  }
+
+  // Thread 0 only; the CTA synchronises before anyone waits on them.
+  __device__ __forceinline__ void init_barriers() const {
+    for (int slot = 0; slot < 2; ++slot) {
+      mbarrier_init(q_full + slot, 128), mbarrier_init(q_empty + slot, Tile::kConsumerThreads);
+      mbarrier_init(tile_full + slot, 1), mbarrier_init(tile_empty + slot, Tile::kThreads);
+    }
+    for (int slot = 0; slot < S; ++slot) {
+      mbarrier_init(k_full + slot, 128), mbarrier_init(v_full + slot, 128);
+      mbarrier_init(k_empty + slot, Tile::kConsumerThreads), mbarrier_init(v_empty + slot, Tile::kConsumerThreads);
+    }
+    mbarrier_init_fence();
+  }
+
+  // K / V ring iteration gi uses slot gi % S and is that slot's (gi / S)-th filling (the parity its barriers wait for).
+  static __device__ __forceinline__ int slot_of(int gi) { return static_cast<int>(static_cast<unsigned>(gi) % S); }
+  static __device__ __forceinline__ uint32_t parity_of(int gi) { return static_cast<uint32_t>(static_cast<unsigned>(gi) / S) & 1; }
+  __device__ __forceinline__ T* q_buf(int qi) const { return sQ + (qi % QS) * BM * D; }
+  __device__ __forceinline__ T* k_buf(int gi) const { return sK + slot_of(gi) * BN * D; }
+  __device__ __forceinline__ T* v_buf(int gi) const { return sV + slot_of(gi) * BN * D; }
+};
+
+// ---- tile scheduler -----------------------------------------------------------------------------------------------
+
+// One tile: row block m0 of head h of sequence b, key blocks of split `split`.
+struct Sm90FwdWork {
+  int m0, h, b, split;
+  SeqInfo s;
+  KeyBlocks blocks;
+  bool run;  // false: a row block past this (varlen) sequence's end
+};
+
+// The tile index space, row blocks x heads x (batch x split), and the order tiles are handed out in: one tile per CTA
+// (its block index), or, when persistent, the first by block index and the rest from the global counter, published
+// by the producer's thread 0 in a two-slot ring that every thread of the CTA reads.
+template <typename Tile>
+struct Sm90FwdScheduler {
+  static constexpr int BM = Tile::BM, BN = Tile::BN;
+  const int m_count, total;
+  const bool dynamic;      // tiles come from a.tile_counter, else one tile per CTA
+  const bool masked_grid;  // a tile's key range depends on its rows
+  const int first_tile;    // this CTA's own tile: its block index
+
+  __device__ __forceinline__ explicit Sm90FwdScheduler(const AttnArgs& a)
+      : m_count(ceil_div(a.seqlen_q, BM)),
+        total(m_count * a.heads_q * a.batch * a.num_splits),
+        dynamic(Tile::kPersistent && a.tile_counter != nullptr),
+        masked_grid((a.win_left >= 0) | (a.win_right >= 0)),
+        first_tile(blockIdx.x) {}
+
+  __device__ __forceinline__ Sm90FwdWork work_of(const AttnArgs& a, int tile) const {
+    Sm90FwdWork w;
     int x, hz;  // row block from the heaviest, and head + heads x (batch x split + ...)
     if (dynamic && masked_grid) {
       // Tiles of different lengths (causal / window): heads in groups of kHeadGroup; in a group, row blocks heaviest
@@ -131,214 +170,279 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
     w.run = w.m0 < w.s.sq;
     w.blocks = w.run ? split_key_blocks(a, w.s, w.m0, BM, BN, w.split) : KeyBlocks{0, 0};
     return w;
-  };
-  // Tile k of this CTA: the first is its own (linear) block index; a persistent CTA reads the rest from the ring the
-  // producer's thread 0 fills (every thread of the CTA reads slot k & 1, then releases it).
-  auto read_tile = [&](int k) {
-    mbarrier_wait(tile_full + (k & 1), (k >> 1) & 1);
-    const int tile = tile_slot[k & 1];
-    mbarrier_arrive(tile_empty + (k & 1));
-    return tile;
-  };
-  const int first_tile = blockIdx.x;
-  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, g = (threadIdx.x % 32) / 4;
-
-  if (threadIdx.x == 0) {
-    for (int slot = 0; slot < 2; ++slot) {
-      mbarrier_init(q_full + slot, 128), mbarrier_init(q_empty + slot, Tile::kConsumerThreads);
-      mbarrier_init(tile_full + slot, 1), mbarrier_init(tile_empty + slot, Tile::kThreads);
-    }
-    for (int slot = 0; slot < S; ++slot) {
-      mbarrier_init(k_full + slot, 128), mbarrier_init(v_full + slot, 128);
-      mbarrier_init(k_empty + slot, Tile::kConsumerThreads), mbarrier_init(v_empty + slot, Tile::kConsumerThreads);
-    }
-    mbarrier_init_fence();
   }
-  __syncthreads();
 
-  // Ring counters, the same on every warpgroup: qi counts Q slot fillings, gi K / V iterations (both only of tiles
-  // that run).
+  // The producer's thread 0 publishes tile k of this CTA.
+  template <typename Shared>
+  __device__ __forceinline__ void publish_tile(const Shared& sh, int k, int tile) const {
+    if (k >= 2) mbarrier_wait(sh.tile_empty + (k & 1), ((k >> 1) & 1) ^ 1);
+    sh.tile_slot[k & 1] = tile;
+    mbarrier_arrive(sh.tile_full + (k & 1));
+  }
+
+  // Tile k of this CTA as published (every thread of the CTA reads slot k & 1, then releases it).
+  template <typename Shared>
+  __device__ __forceinline__ int read_tile(const Shared& sh, int k) const {
+    mbarrier_wait(sh.tile_full + (k & 1), (k >> 1) & 1);
+    const int tile = sh.tile_slot[k & 1];
+    mbarrier_arrive(sh.tile_empty + (k & 1));
+    return tile;
+  }
+};
+
+// ---- producer -----------------------------------------------------------------------------------------------------
+
+// Warpgroup 0: fetches the next tile index (persistent grids) while it copies the current tile's Q into the Q ring
+// and its key blocks, last first, into the K / V ring. Ring counters qi (Q slot fillings) and gi (K / V iterations)
+// count only tiles that run, exactly as the consumers count them.
+template <typename T, typename Tile>
+__device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh,
+                                                  const Sm90FwdScheduler<Tile>& sched) {
+  constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, QS = Tile::kQSlots, S = Tile::kStages;
+  using Shared = Sm90FwdShared<T, Tile>;
+  warpgroup_release_registers<Tile::kProducerRegs>();
   int qi = 0, gi = 0;
-  if (wg == 0) {  // the producer
-    warpgroup_release_registers<Tile::kProducerRegs>();
-    int tile = first_tile;
-    for (int k = 0;; ++k) {
-      if (dynamic) {
-        if (threadIdx.x == 0) {
-          if (k >= 2) mbarrier_wait(tile_empty + (k & 1), ((k >> 1) & 1) ^ 1);
-          tile_slot[k & 1] = tile;
-          mbarrier_arrive(tile_full + (k & 1));
-        }
-        tile = read_tile(k);
-      }
-      if (tile >= total) break;
-      int next = total;
-      if (dynamic && threadIdx.x == 0) next = gridDim.x + atomicAdd(a.tile_counter, 1);  // lands while we copy
-      const Work w = work_of(tile);
-      if (w.run) {
-        if (qi >= QS) mbarrier_wait(q_empty + qi % QS, ((qi / QS) & 1) ^ 1);
-        load_tile_sw128_async<BM, D, 128>(q_buf(qi), row_view<T>(a.q, a, w.b, w.h, w.s.q_start, w.s.sq), w.m0);
-        cp_async_arrive(q_full + qi % QS);
-        ++qi;
-        const int hk = w.h / a.group;
-        const RowView<T> k_rows = row_view<T>(a.k, a, w.b, hk, w.s.k_start, w.s.sk);
-        const RowView<T> v_rows = row_view<T>(a.v, a, w.b, hk, w.s.k_start, w.s.sk);
-        for (int n = w.blocks.hi - 1; n >= w.blocks.lo; --n, ++gi) {  // last key block first
-          const int slot = slot_of(gi);
-          const uint32_t reuse_parity = parity_of(gi) ^ 1;  // completion gi / S - 1 of the empty barrier
-          if (gi >= S) mbarrier_wait(k_empty + slot, reuse_parity);
-          load_tile_sw128_async<BN, D, 128>(k_buf(gi), k_rows, n * BN);
-          cp_async_arrive(k_full + slot);
-          if (gi >= S) mbarrier_wait(v_empty + slot, reuse_parity);
-          load_tile_sw128_async<BN, D, 128>(v_buf(gi), v_rows, n * BN);
-          cp_async_arrive(v_full + slot);
-        }
-      }
-      tile = next;
+  int tile = sched.first_tile;
+  for (int k = 0;; ++k) {
+    if (sched.dynamic) {
+      if (threadIdx.x == 0) sched.publish_tile(sh, k, tile);
+      tile = sched.read_tile(sh, k);
     }
+    if (tile >= sched.total) break;
+    int next = sched.total;
+    if (sched.dynamic && threadIdx.x == 0) next = gridDim.x + atomicAdd(a.tile_counter, 1);  // lands while we copy
+    const Sm90FwdWork w = sched.work_of(a, tile);
+    if (w.run) {
+      if (qi >= QS) mbarrier_wait(sh.q_empty + qi % QS, ((qi / QS) & 1) ^ 1);
+      load_tile_sw128_async<BM, D, 128>(sh.q_buf(qi), row_view<T>(a.q, a, w.b, w.h, w.s.q_start, w.s.sq), w.m0);
+      cp_async_arrive(sh.q_full + qi % QS);
+      ++qi;
+      const int hk = w.h / a.group;
+      const RowView<T> k_rows = row_view<T>(a.k, a, w.b, hk, w.s.k_start, w.s.sk);
+      const RowView<T> v_rows = row_view<T>(a.v, a, w.b, hk, w.s.k_start, w.s.sk);
+      for (int n = w.blocks.hi - 1; n >= w.blocks.lo; --n, ++gi) {  // last key block first
+        const int slot = Shared::slot_of(gi);
+        const uint32_t reuse_parity = Shared::parity_of(gi) ^ 1;  // completion gi / S - 1 of the empty barrier
+        if (gi >= S) mbarrier_wait(sh.k_empty + slot, reuse_parity);
+        load_tile_sw128_async<BN, D, 128>(sh.k_buf(gi), k_rows, n * BN);
+        cp_async_arrive(sh.k_full + slot);
+        if (gi >= S) mbarrier_wait(sh.v_empty + slot, reuse_parity);
+        load_tile_sw128_async<BN, D, 128>(sh.v_buf(gi), v_rows, n * BN);
+        cp_async_arrive(sh.v_full + slot);
+      }
+    }
+    tile = next;
+  }
+}
+
+// ---- consumers ----------------------------------------------------------------------------------------------------
+
+// What a consumer warpgroup keeps in registers for its 64 rows of a tile: references to the consumer's own arrays (a
+// struct holding the arrays made the compiler number and schedule them differently from the lambda-based kernel).
+template <typename Tile>
+struct Sm90FwdRegisters {
+  float (&o)[Tile::D / 2];          // O, 64 x D
+  float (&sc)[Tile::BN / 2];        // S_n, then P_n in fp32 (64 x BN)
+  uint32_t (&p)[Tile::BN / 16][4];  // P_{n-1} as the A operand of the P V product
+  float (&row_max)[2];              // the online softmax's running max and (per-lane) sum of this thread's two rows
+  float (&row_sum)[2];
+};
+
+// S = Q K^T (64 x BN = 64 x D . (BN x D)^T) of this warpgroup's rows: SS, both operands K-major over the head dim.
+template <typename T, typename Tile>
+__device__ __forceinline__ void sm90_issue_qk(float (&sc)[Tile::BN / 2], uint64_t q_desc, uint64_t k_desc, int wg_row0) {
+#pragma unroll
+  for (int kk = 0; kk < Tile::D / 16; ++kk)
+    Wgmma<Tile::BN, T>::template ss<0, 0>(sc, desc_k_major<Tile::BM>(q_desc, wg_row0, kk), desc_k_major<Tile::BN>(k_desc, 0, kk),
+                                          kk > 0);
+  wgmma_commit();
+}
+
+// O += P V (64 x D += 64 x BN . BN x D): RS, P from registers, V N-major.
+template <typename T, typename Tile>
+__device__ __forceinline__ void sm90_issue_pv(float (&o)[Tile::D / 2], const uint32_t (&p)[Tile::BN / 16][4], uint64_t v_desc) {
+#pragma unroll
+  for (int kk = 0; kk < Tile::BN / 16; ++kk) Wgmma<Tile::D, T>::template rs<1>(o, p[kk], desc_mn_major<Tile::BN>(v_desc, kk), 1);
+  wgmma_commit();
+}
+
+// P_n (fp32, C layout) to the A fragments of the P V product.
+template <typename T, int BN>
+__device__ __forceinline__ void sm90_pack_p(uint32_t (&p)[BN / 16][4], const float (&sc)[BN / 2]) {
+#pragma unroll
+  for (int kk = 0; kk < BN / 16; ++kk) {
+    p[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
+    p[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
+    p[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
+    p[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+  }
+}
+
+// A consumer's view of its role: its rows, the K / V ring's slot descriptors, the ring barriers and the ping-pong
+// turns (consumer cw issues when the previous one, cyclically, has issued the same round; consumer NC - 1 hands the
+// first turn to consumer 0 and every consumer passes the turn on after each round, across tiles, so one's epilogue
+// overlaps the other's products; consumer 0 takes the turn left over at the end, which keeps every barrier's arrivals
+// matched).
+template <typename T, typename Tile>
+struct Sm90FwdRole {
+  using Shared = Sm90FwdShared<T, Tile>;
+  static constexpr int NC = Tile::kConsumers;
+  int cw, wg_row0, warp_row0, g;  // consumer index, its first tile row, this warp's first row, the lane's row
+  // K / V descriptors of ring iteration gi: slot 0's, moved on by whole slots (descriptors count 16-byte units).
+  uint64_t k_desc0, v_desc0;
+  __device__ __forceinline__ uint64_t k_desc(int gi) const { return slot_desc(k_desc0, gi); }
+  __device__ __forceinline__ uint64_t v_desc(int gi) const { return slot_desc(v_desc0, gi); }
+  static __device__ __forceinline__ uint64_t slot_desc(uint64_t desc0, int gi) {
+    return desc0 + static_cast<uint32_t>(Shared::slot_of(gi) * (Tile::kTileKV >> 4));
+  }
+  // Waits for ring iteration gi's copies to land, then orders the async proxy's reads after them.
+  static __device__ __forceinline__ void wait_full(uint64_t* full, int gi) {
+    mbarrier_wait(full + Shared::slot_of(gi), Shared::parity_of(gi));
+    fence_async_smem();
+  }
+  static __device__ __forceinline__ void release(uint64_t* empty, int gi) { mbarrier_arrive(empty + Shared::slot_of(gi)); }
+  __device__ __forceinline__ void begin_turn() const { named_barrier_sync(1 + cw, 256); }
+  __device__ __forceinline__ void end_turn() const { named_barrier_arrive(1 + (cw + 1) % NC, 256); }
+};
+
+// The key-block loop of one tile: O, row_max and row_sum of this warpgroup's rows, unnormalised. Iteration it issues
+// S_it = Q K_it^T and P_{it-1} V_{it-1} together, so the tensor cores work on the product while the warpgroup computes
+// the softmax of S_it; O is rescaled once the product has landed. qi / gi: the Q and K / V ring counters.
+template <typename T, typename Tile, bool kTransform>
+__device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh, const Sm90FwdRole<T, Tile>& role,
+                                                  const Sm90FwdWork& w, float mult, int& qi, int& gi, Sm90FwdRegisters<Tile> r) {
+  constexpr int D = Tile::D, BN = Tile::BN, NT = BN / 8, QS = Tile::kQSlots;
+  const SeqInfo& s = w.s;
+  const int m0 = w.m0, hi = w.blocks.hi, n = w.blocks.hi - w.blocks.lo, base = gi, qs = qi % QS;
+  const float slope = alibi_slope_log2(a, w.b, w.h);
+  const uint64_t q_desc = tile_desc_k_major(sh.q_buf(qi));
+  auto softmax = [&](int it, float (&alpha)[2]) {
+    const int n0 = (hi - 1 - it) * BN;
+    const bool masked = tile_needs_mask(a, s, m0 + role.wg_row0, 64, n0, BN);
+    online_softmax_block<NT>(a, s, [&](int j, int e) -> float& { return r.sc[j * 4 + e]; }, m0 + role.warp_row0 + role.g, n0,
+                             kTransform, masked, slope, mult, r.row_max, r.row_sum, alpha);
+  };
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) r.o[i] = 0.f;
+  r.row_max[0] = r.row_max[1] = -INFINITY, r.row_sum[0] = r.row_sum[1] = 0.f;
+
+  mbarrier_wait(sh.q_full + qs, (qi / QS) & 1);
+  fence_async_smem();
+  ++qi;
+  if (n == 0) mbarrier_arrive(sh.q_empty + qs);
+  if (n > 0) {
+    float alpha[2];
+    role.wait_full(sh.k_full, base);
+    role.begin_turn();
+    wgmma_fence();
+    sm90_issue_qk<T, Tile>(r.sc, q_desc, role.k_desc(base), role.wg_row0);
+    role.end_turn();
+    wgmma_wait<0>();
+    reg_fence(r.sc);
+    role.release(sh.k_empty, base);
+    if (n == 1) mbarrier_arrive(sh.q_empty + qs);  // the tile's last product from Q has landed
+    softmax(0, alpha);  // O is still zero: nothing to rescale
+    sm90_pack_p<T, BN>(r.p, r.sc);
+  }
+  for (int it = 1; it < n; ++it) {
+    gi = base + it;
+    role.wait_full(sh.k_full, gi);
+    role.wait_full(sh.v_full, gi - 1);
+    role.begin_turn();
+    wgmma_fence();
+    sm90_issue_qk<T, Tile>(r.sc, q_desc, role.k_desc(base + it), role.wg_row0);
+    sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1));
+    role.end_turn();
+    float alpha[2];
+    wgmma_wait<1>();  // S(it) landed; P(it - 1) V(it - 1) still runs
+    reg_fence(r.sc);
+    role.release(sh.k_empty, gi);
+    if (it == n - 1) mbarrier_arrive(sh.q_empty + qs);
+    softmax(it, alpha);
+    wgmma_wait<0>();
+    reg_fence(r.o);
+    reg_fence(r.p);
+    role.release(sh.v_empty, gi - 1);
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) r.o[i] *= alpha[(i / 2) % 2];
+    sm90_pack_p<T, BN>(r.p, r.sc);
+  }
+  gi = base + n;
+  if (n > 0) {
+    role.wait_full(sh.v_full, gi - 1);
+    role.begin_turn();
+    wgmma_fence();
+    sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1));
+    role.end_turn();
+    wgmma_wait<0>();
+    reg_fence(r.o);
+    role.release(sh.v_empty, gi - 1);
+  }
+}
+
+// O / l and LSE of the tile's rows, to o / lse or the split's partials. A persistent CTA stages O in rows of its own
+// (each warp its rows; its reads of the previous tile's rows must be done). A one-tile CTA stages over Q and the K
+// slots, which no product reads any more once every consumer is past this barrier (the producer's copies have all
+// landed: every slot was waited for).
+template <typename T, typename Tile>
+__device__ __forceinline__ void fwd_sm90_epilogue(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh, const Sm90FwdRole<T, Tile>& role,
+                                                  const Sm90FwdWork& w, float mult, const Sm90FwdRegisters<Tile> r) {
+  T* stage = sh.sStage;
+  if constexpr (Tile::kPersistent) {
+    __syncwarp();
+  } else {
+    named_barrier_sync(Tile::kConsumers + 1, Tile::kConsumerThreads);
+    stage = sh.sQ;
+  }
+  store_output_rows<T, Tile::D>(a, w.s, w.b, w.h, w.split, w.m0, role.warp_row0, [&](int j, int e) { return r.o[j * 4 + e]; },
+                                r.row_max, r.row_sum, mult, stage);
+}
+
+// Warpgroups 1..: 64 query rows of every tile the scheduler gives this CTA, in the producer's order.
+template <typename T, typename Tile, bool kTransform>
+__device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh,
+                                                  const Sm90FwdScheduler<Tile>& sched, int wg, int warp, int g) {
+  constexpr int NC = Tile::kConsumers;
+  int qi = 0, gi = 0;  // ring counters, as the producer's
+  warpgroup_claim_registers<Tile::kConsumerRegs>();
+  const int cw = wg - 1;
+  const Sm90FwdRole<T, Tile> role{cw, cw * 64, cw * 64 + warp * 16, g, tile_desc_k_major(sh.sK), tile_desc_mn_major<Tile::BN>(sh.sV)};
+  const float mult = kTransform ? 1.f : a.scale_log2;  // multiplier from S to log2 units inside exp2
+  float o[Tile::D / 2], sc[Tile::BN / 2], row_max[2], row_sum[2];
+  uint32_t p[Tile::BN / 16][4];
+  const Sm90FwdRegisters<Tile> r{o, sc, p, row_max, row_sum};
+  if (role.cw == NC - 1) named_barrier_arrive(1, 256);
+
+  int tile = sched.first_tile;
+  for (int k = 0;; ++k) {
+    if (sched.dynamic) tile = sched.read_tile(sh, k);
+    if (tile >= sched.total) break;
+    const Sm90FwdWork w = sched.work_of(a, tile);
+    tile = sched.total;  // one tile per CTA unless the ring brings more
+    if (!w.run) continue;
+    fwd_sm90_mainloop<T, Tile, kTransform>(a, sh, role, w, mult, qi, gi, r);
+    fwd_sm90_epilogue<T, Tile>(a, sh, role, w, mult, r);
+  }
+  if (role.cw == 0) named_barrier_sync(1, 256);  // the turn consumer NC - 1 passed on after the last round
+}
+
+// kTransform: softcap or ALiBi rewrite the scores (a.softcap > 0 or a.alibi set). A separate instantiation, because
+// their unrolled code is two thirds of the kernel's, and a causal tile's instruction working set with it in
+// overflowed the instruction cache (ncu: "no instruction" stalls 12% of samples, 2.5% without the mask).
+template <typename T, typename Tile, bool kTransform>
+__global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ AttnArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char smem_raw[];
+  const Sm90FwdShared<T, Tile> sh(swizzle_aligned_smem(smem_raw));
+  const Sm90FwdScheduler<Tile> sched(a);
+  const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, g = (threadIdx.x % 32) / 4;
+  if (threadIdx.x == 0) sh.init_barriers();
+  __syncthreads();
+  if (wg == 0) {
+    fwd_sm90_producer<T, Tile>(a, sh, sched);
     return;
   }
-
-  warpgroup_claim_registers<Tile::kConsumerRegs>();
-  const int cw = wg - 1;  // consumer index
-  const int wg_row0 = cw * 64, warp_row0 = wg_row0 + warp * 16;
-  constexpr bool transform = kTransform;
-  const float mult = transform ? 1.f : a.scale_log2;  // multiplier from S to log2 units inside exp2
-
-  float o[D / 2];         // O, 64 x D per warpgroup
-  float sc[BN / 2];       // S_n, then P_n in fp32
-  uint32_t p[BN / 16][4];  // P_{n-1} as the A operand of the P V product
-  float row_max[2], row_sum[2];
-  auto scores = [&](int j, int e) -> float& { return sc[j * 4 + e]; };
-
-  // K / V descriptors of ring iteration gi: slot 0's, moved on by whole slots (descriptors count 16-byte units).
-  const uint64_t k_desc0 = tile_desc_k_major(sK), v_desc0 = tile_desc_mn_major<BN>(sV);
-  auto slot_desc = [&](uint64_t desc0, int gi) { return desc0 + static_cast<uint32_t>(slot_of(gi) * (Tile::kTileKV >> 4)); };
-  // O += P V for ring iteration gi (RS: P from registers, V N-major).
-  auto issue_pv = [&](int gi) {
-    const uint64_t vd = slot_desc(v_desc0, gi);
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) Wgmma<D, T>::template rs<1>(o, p[kk], desc_mn_major<BN>(vd, kk), 1);
-    wgmma_commit();
-  };
-  // Waits for ring iteration gi's copies to land, then orders the async proxy's reads after them.
-  auto wait_full = [&](uint64_t* full, int gi) {
-    mbarrier_wait(full + slot_of(gi), parity_of(gi));
-    fence_async_smem();
-  };
-  auto release = [&](uint64_t* empty, int gi) { mbarrier_arrive(empty + slot_of(gi)); };
-  // Ping-pong: consumer cw issues when the previous one (cyclically) has issued the same round. Consumer NC - 1 hands
-  // the first turn to consumer 0 and every consumer passes the turn on after each round, across tiles (so one's
-  // epilogue overlaps the other's products); consumer 0 takes the turn left over at the end, which keeps every
-  // barrier's arrivals matched.
-  auto begin_turn = [&]() { named_barrier_sync(1 + cw, 256); };
-  auto end_turn = [&]() { named_barrier_arrive(1 + (cw + 1) % NC, 256); };
-  auto pack_p = [&]() {
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      p[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
-      p[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
-      p[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
-      p[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
-    }
-  };
-  if (cw == NC - 1) named_barrier_arrive(1, 256);
-
-  int tile = first_tile;
-  for (int k = 0;; ++k) {
-    if (dynamic) tile = read_tile(k);
-    if (tile >= total) break;
-    const Work w = work_of(tile);
-    tile = total;  // one tile per CTA unless the ring brings more
-    if (!w.run) continue;
-    const SeqInfo& s = w.s;
-    const int m0 = w.m0, hi = w.blocks.hi, n = w.blocks.hi - w.blocks.lo, base = gi, qs = qi % QS;
-    const float slope = alibi_slope_log2(a, w.b, w.h);
-    // S = Q K^T for tile iteration it (SS: both operands K-major over the head dim).
-    const uint64_t q_desc = tile_desc_k_major(q_buf(qi));
-    auto issue_qk = [&](int it) {
-      const uint64_t kd = slot_desc(k_desc0, base + it);
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<BN, T>::template ss<0, 0>(sc, desc_k_major<BM>(q_desc, wg_row0, kk), desc_k_major<BN>(kd, 0, kk), kk > 0);
-      wgmma_commit();
-    };
-    auto softmax = [&](int it, float (&alpha)[2]) {
-      const int n0 = (hi - 1 - it) * BN;
-      const bool masked = tile_needs_mask(a, s, m0 + wg_row0, 64, n0, BN);
-      online_softmax_block<NT>(a, s, scores, m0 + warp_row0 + g, n0, transform, masked, slope, mult, row_max, row_sum, alpha);
-    };
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    row_max[0] = row_max[1] = -INFINITY, row_sum[0] = row_sum[1] = 0.f;
-
-    mbarrier_wait(q_full + qs, (qi / QS) & 1);
-    fence_async_smem();
-    ++qi;
-    if (n == 0) mbarrier_arrive(q_empty + qs);
-    if (n > 0) {
-      float alpha[2];
-      wait_full(k_full, base);
-      begin_turn();
-      wgmma_fence();
-      issue_qk(0);
-      end_turn();
-      wgmma_wait<0>();
-      reg_fence(sc);
-      release(k_empty, base);
-      if (n == 1) mbarrier_arrive(q_empty + qs);  // the tile's last product from Q has landed
-      softmax(0, alpha);  // O is still zero: nothing to rescale
-      pack_p();
-    }
-    for (int it = 1; it < n; ++it) {
-      gi = base + it;
-      wait_full(k_full, gi);
-      wait_full(v_full, gi - 1);
-      begin_turn();
-      wgmma_fence();
-      issue_qk(it);
-      issue_pv(gi - 1);
-      end_turn();
-      float alpha[2];
-      wgmma_wait<1>();  // S(it) landed; P(it - 1) V(it - 1) still runs
-      reg_fence(sc);
-      release(k_empty, gi);
-      if (it == n - 1) mbarrier_arrive(q_empty + qs);
-      softmax(it, alpha);
-      wgmma_wait<0>();
-      reg_fence(o);
-      reg_fence(p);
-      release(v_empty, gi - 1);
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
-      pack_p();
-    }
-    gi = base + n;
-    if (n > 0) {
-      wait_full(v_full, gi - 1);
-      begin_turn();
-      wgmma_fence();
-      issue_pv(gi - 1);
-      end_turn();
-      wgmma_wait<0>();
-      reg_fence(o);
-      release(v_empty, gi - 1);
-    }
-
-    // Epilogue. A persistent CTA stages O in rows of its own (each warp its rows; its reads of the previous tile's
-    // rows must be done). A one-tile CTA stages over Q and the K slots, which no product reads any more once every
-    // consumer is past this barrier (the producer's copies have all landed: every slot was waited for).
-    T* stage = sStage;
-    if constexpr (Tile::kPersistent) {
-      __syncwarp();
-    } else {
-      named_barrier_sync(NC + 1, Tile::kConsumerThreads);
-      stage = sQ;
-    }
-    store_output_rows<T, D>(a, s, w.b, w.h, w.split, m0, warp_row0, [&](int j, int e) { return o[j * 4 + e]; }, row_max,
-                            row_sum, mult, stage);
-  }
-  if (cw == 0) named_barrier_sync(1, 256);  // the turn consumer NC - 1 passed on after the last round
+  fwd_sm90_consumer<T, Tile, kTransform>(a, sh, sched, wg, warp, g);
 #endif
 }
 

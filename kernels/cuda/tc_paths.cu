@@ -157,7 +157,7 @@ __global__ void combine_kernel(const AttnArgs a) {
   if (mx != -INFINITY)
     for (int s = 0; s < a.num_splits; ++s) sum += __expf(a.lse_part[s * a.lse_rows + lrow] - mx);
   const float lse = mx == -INFINITY ? -INFINITY : mx + __logf(sum);
-  if (a.lse != nullptr && lane == 0) a.lse[lrow] = lse;
+  if (a.lse != nullptr && lane == 0) a.lse[lrow] = lse == -INFINITY ? INFINITY : lse;  // no key in any split: +inf
   T* o = static_cast<T*>(a.o.data) + tensor_offset(a.o, a, lrow);
   for (int col = lane; col < a.head_dim; col += 32) {
     float acc = 0.f;
@@ -170,7 +170,7 @@ __global__ void combine_kernel(const AttnArgs a) {
   }
 }
 
-// Backward preprocess: dsum = rowsum(dO * O); lse2 = LSE log2(e), +inf for empty rows. Eight lanes per lse row (four
+// Backward preprocess: dsum = rowsum(dO * O); lse2 = LSE log2(e), +inf for empty rows (LSE +inf, or -inf as written before). Eight lanes per lse row (four
 // rows per warp), each taking 8 adjacent columns per pass with 16-byte loads (rows are 16-byte aligned, as every
 // tensor-core path requires): with a warp per row, most of the time went into the row's 64-bit offset arithmetic.
 template <typename T>
@@ -199,7 +199,7 @@ __global__ void bwd_preprocess_kernel(const AttnArgs a) {
   if (sub == 0) {
     const float lse = a.lse[lrow];
     a.dsum[lrow] = acc;
-    a.lse2[lrow] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+    a.lse2[lrow] = isinf(lse) ? INFINITY : lse * kLog2e;
   }
 }
 
@@ -266,12 +266,15 @@ int32_t choose_splits(const fa_attn_params& p, const DeviceCaps& caps) {
   const TileInfo tile = F::tile_for(p.head_dim);
   const bool windowed = p.window_left >= 0 || effective_window_right(p) >= 0;
   const int key_blocks = ceil_div(std::max(p.seqlen_k, 1), windowed ? tile.fwd_bn_windowed : tile.fwd_bn);
-  if (p.num_splits > 0) return std::min(p.num_splits, std::min(key_blocks, kMaxSplits));
   const int64_t ctas = static_cast<int64_t>(p.batch) * p.heads_q * ceil_div(p.seqlen_q, tile.fwd_bm);
+  // The mma.sync grid's z dimension is batch x splits (at most 65535), and the wgmma kernel counts tiles x splits in
+  // an int: a split count past either is lowered rather than refused.
+  const int grid_limit = static_cast<int>(std::min<int64_t>(65535 / p.batch, (INT_MAX / 2) / std::max<int64_t>(ctas, 1)));
+  if (p.num_splits > 0) return std::max(1, std::min({p.num_splits, key_blocks, kMaxSplits, grid_limit}));
   const int per_sm = std::max<int>(1, std::min<int>(2, static_cast<int>(caps.smem_per_block_optin / tile.fwd_smem)));
   const int64_t slots = static_cast<int64_t>(caps.multiprocessors) * per_sm;
   if (ctas * 10 >= slots * 8) return 1;
-  const int max_splits = std::min(std::min(key_blocks, kMaxSplits), static_cast<int>(slots));
+  const int max_splits = std::min({key_blocks, kMaxSplits, static_cast<int>(slots), std::max(1, grid_limit)});
   auto efficiency = [&](int s) {
     const double work = static_cast<double>(ctas * s) / slots;
     return work / std::ceil(work);

@@ -132,6 +132,37 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
   }
 }
 
+// One 16-deep k-step of a warp's product, named for the maths. MF 16-row A fragments `a(f)` (registers) times a B
+// tile in shared memory (row length LD) into C `c(f, j)`: fragment f, n-tile j (8 columns), fp32.
+// C (MF*16 x N) += A (MF*16 x 16) . B^T, B stored [n][k]: rows 0..N of the tile, columns k0..k0+15 (S = Q K^T).
+template <typename T, int LD, int N, int MF, typename AccC, typename FragA>
+__device__ __forceinline__ void mm_ABt(AccC&& c, FragA&& a, const T* b_tile, int k0) {
+#pragma unroll
+  for (int np = 0; np < N / 16; ++np) {
+    uint32_t b[4];
+    load_b_nk<LD>(b, b_tile, np * 16, k0);
+#pragma unroll
+    for (int f = 0; f < MF; ++f) {
+      mma<T>(c(f, 2 * np), a(f), b[0], b[1]);
+      mma<T>(c(f, 2 * np + 1), a(f), b[2], b[3]);
+    }
+  }
+}
+// C (MF*16 x N) += A (MF*16 x 16) . B, B stored [k][n]: rows k0..k0+15, columns n0..n0+N of the tile (O += P V).
+template <typename T, int LD, int N, int MF, typename AccC, typename FragA>
+__device__ __forceinline__ void mm_AB(AccC&& c, FragA&& a, const T* b_tile, int n0, int k0) {
+#pragma unroll
+  for (int np = 0; np < N / 16; ++np) {
+    uint32_t b[4];
+    load_b_kn<LD>(b, b_tile, n0 + np * 16, k0);
+#pragma unroll
+    for (int f = 0; f < MF; ++f) {
+      mma<T>(c(f, 2 * np), a(f), b[0], b[1]);
+      mma<T>(c(f, 2 * np + 1), a(f), b[2], b[3]);
+    }
+  }
+}
+
 // Two floats -> one register of two 16-bit values (low half = first).
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {

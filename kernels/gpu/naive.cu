@@ -91,7 +91,7 @@ __global__ void naive_softmax(const NaiveArgs a) {
   if (threadIdx.x == 0 && a.p.lse != nullptr) {
     const int64_t lrow = a.p.cu_seqlens_q != nullptr ? static_cast<int64_t>(h) * a.p.total_q + s.q_start + i
                                                      : (static_cast<int64_t>(b) * a.p.heads_q + h) * a.p.seqlen_q + i;
-    a.p.lse[lrow] = sum > 0.f ? mx + logf(sum) : -INFINITY;
+    a.p.lse[lrow] = sum > 0.f ? mx + logf(sum) : INFINITY;
   }
 }
 
@@ -103,8 +103,15 @@ __global__ void naive_pv(const NaiveArgs a) {
   const Seq s = naive_seq(a.p, b);
   if (i >= s.sq || d >= a.p.head_dim) return;
   const float* prob = score_row(a, b, h, i);
+  // Summed in chunks of 256 keys, each added to the total once: a total grown key by key stops growing once it holds
+  // 2^24 keys' worth (fp32), which 2^25 keys of equal weight reach at half their sum.
   float acc = 0.f;
-  for (int j = 0; j < s.sk; ++j) acc += prob[j] * to_float(row_ptr<T>(a.p.v, a.p, b, s.k_start, j, h / a.r.group)[d]);
+  for (int j0 = 0; j0 < s.sk; j0 += 256) {
+    float chunk = 0.f;
+    for (int j = j0; j < min(s.sk, j0 + 256); ++j)
+      chunk += prob[j] * to_float(row_ptr<T>(a.p.v, a.p, b, s.k_start, j, h / a.r.group)[d]);
+    acc += chunk;
+  }
   T* o = const_cast<T*>(row_ptr<T>(a.p.o, a.p, b, s.q_start, i, h));
   o[d] = from_float<T>(acc);
 }
@@ -121,7 +128,7 @@ bool naive_supports(const fa_attn_params& p, const DeviceCaps&, int32_t directio
 template <typename T>
 gpuError_t naive_launch(const NaiveArgs& a, gpuStream_t stream) {
   const int bh = a.p.batch * a.p.heads_q;
-  if (a.p.seqlen_k > 0)  // no keys: the softmax writes LSE = -inf and P V gives zeros
+  if (a.p.seqlen_k > 0)  // no keys: the softmax writes LSE = +inf and P V gives zeros
     naive_scores<T><<<dim3((a.p.seqlen_k + 15) / 16, (a.p.seqlen_q + 15) / 16, bh), dim3(16, 16), 0, stream>>>(a);
   naive_softmax<<<dim3(a.p.seqlen_q, bh), 256, 0, stream>>>(a);
   naive_pv<T><<<dim3((a.p.head_dim + 63) / 64, a.p.seqlen_q, bh), 64, 0, stream>>>(a);

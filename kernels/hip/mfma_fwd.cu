@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(kThreads) mfma_forward_kernel(const Args a) {
       if (d < a.head_dim) out[static_cast<int64_t>(i) * a.o.row_stride + d] = from_float<T>(o[db][e] * inv_l);
     }
     if (a.lse != nullptr && col == 0)
-      a.lse[portable::row_stat_index(a, seq, b, h, i)] = l > 0.f ? m_run[e] + __logf(l) : -INFINITY;
+      a.lse[portable::row_stat_index(a, seq, b, h, i)] = l > 0.f ? m_run[e] + __logf(l) : INFINITY;
   }
 #else
   (void)a;  // not a CDNA target: hip_mfma_supports() never selects this path there

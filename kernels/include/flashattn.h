@@ -24,7 +24,13 @@
  *            non-decreasing, ending at total_q/total_k; seqlen_q/seqlen_k hold the maximum sequence lengths.
  * The last dimension is contiguous; batch/row/head strides are free (packed QKV works). Strides count elements.
  *
- * A query row with no allowed key (possible with windows or seqlen_k = 0) gets O = 0 and LSE = -inf; backward
+ * Sizes every backend supports (larger ones return FA_ERR_UNSUPPORTED with the reason): seqlen_q and seqlen_k up to
+ * 2^28, heads_q and batch up to 65535, batch x heads_q x seqlen_q (varlen: heads_q x total_q) below 2^31. scale and
+ * softcap are 0 (default / off) or positive normal floats; window bounds -1 or non-negative (a bound past every key is
+ * the same as -1).
+ *
+ * A query row with no allowed key (possible with windows or seqlen_k = 0) gets O = 0 and LSE = +inf (flash-attn
+ * 2.x); backward
  * treats such a row as contributing nothing (dQ row = 0, no dK/dV contribution).
  */
 #ifndef FLASHATTN_H

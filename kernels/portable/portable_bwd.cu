@@ -8,7 +8,7 @@
 //                    dS = P * (dP - D) * dscore/d(q.k),  dV += P^T dO,  dK += dS^T Q
 //   3. dq_kernel:    one block per BM query rows of one query head; loops over the visible key tiles:
 //                    the same P, dS, then dQ += dS K
-// A row whose LSE is -inf (it saw no key) has P = 0 and contributes nothing; its dQ row is 0.
+// A row whose LSE is +inf (it saw no key) has P = 0 and contributes nothing; its dQ row is 0.
 #include "portable.hpp"
 
 namespace fa {
@@ -82,7 +82,7 @@ __device__ inline void pairs_stage(BwdSmem<T, C>& sm, const ScoreMod& mod, int m
   for (int x = 0; x < C::PAIRS; ++x) {
     const int key = lane + x * C::PAIR_LANES, j = n0 + key;
     float p = 0.f, ds = 0.f;
-    if (lse != -INFINITY && mod.visible(i, j)) {
+    if (!isinf(lse) && mod.visible(i, j)) {
       float dscore_ddot;
       const float score = mod.apply(s[x], i, j, &dscore_ddot);
       p = __expf(score - lse);

@@ -5,7 +5,8 @@
 //   K, V tiles (BN x D) streamed through shared memory over the visible key range,
 //   S = Q K^T (BM x BN) in registers, online softmax in fp32:
 //     m' = max(m, rowmax(S)),  alpha = exp(m - m'),  P = exp(S - m'),  l = alpha*l + rowsum(P),  O = alpha*O + P V
-//   and at the end O /= l, LSE = m + log(l) (a row that saw no key: O = 0, LSE = -inf).
+//     (rowsum(P) and P V summed per tile, then added: fp32 running sums keep their precision over long rows)
+//   and at the end O /= l, LSE = m + log(l) (a row that saw no key: O = 0, LSE = +inf).
 // Threads: THREADS = 128; LANES = THREADS / BM adjacent threads share one query row. Lane t of a row holds scores of
 // keys t, t+LANES, ... and the O columns of 16-byte chunks t, t+LANES, ...; P goes through shared memory for P V.
 #include "portable.hpp"
@@ -97,11 +98,14 @@ __global__ void __launch_bounds__(C::THREADS) forward_kernel(const Args a) {
     }
     l_part = l_part * alpha + p_sum;
     m_run = m_new;
-#pragma unroll
-    for (int x = 0; x < C::CHUNKS * 8; ++x) o[x] *= alpha;
     __syncthreads();
 
-    // O[row][chunk] += sum_j P[row][j] * V[j][chunk]
+    // O[row][chunk] = alpha O[row][chunk] + sum_j P[row][j] * V[j][chunk]. The tile's sum starts from zero and is
+    // added to O once: added key by key, an fp32 O stops growing once it holds 2^24 keys' worth (2^25 equal keys gave
+    // half the right value).
+    float pv[C::CHUNKS * 8];
+#pragma unroll
+    for (int x = 0; x < C::CHUNKS * 8; ++x) pv[x] = 0.f;
 #pragma unroll 2
     for (int j = 0; j < C::BN; ++j) {
       const float p = sP[row][j];
@@ -110,9 +114,11 @@ __global__ void __launch_bounds__(C::THREADS) forward_kernel(const Args a) {
         float v8[8];
         unpack8<T>(*reinterpret_cast<const uint4*>(sV + j * LDS + (lane + x * C::LANES) * 8), v8);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) o[x * 8 + e] = fmaf(p, v8[e], o[x * 8 + e]);
+        for (int e = 0; e < 8; ++e) pv[x * 8 + e] = fmaf(p, v8[e], pv[x * 8 + e]);
       }
     }
+#pragma unroll
+    for (int x = 0; x < C::CHUNKS * 8; ++x) o[x] = fmaf(o[x], alpha, pv[x]);
   }
 
   const float l = lanes_sum<C::LANES>(l_part);
@@ -128,7 +134,7 @@ __global__ void __launch_bounds__(C::THREADS) forward_kernel(const Args a) {
     for (int e = 0; e < 8; ++e) r[e] = o[x * 8 + e] * inv_l;
     store8_global(out + col, r, vec);
   }
-  if (a.lse != nullptr && lane == 0) a.lse[row_stat_index(a, seq, b, h, i)] = l > 0.f ? m_run + __logf(l) : -INFINITY;
+  if (a.lse != nullptr && lane == 0) a.lse[row_stat_index(a, seq, b, h, i)] = l > 0.f ? m_run + __logf(l) : INFINITY;
 }
 
 template <typename T, typename C>
