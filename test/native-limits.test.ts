@@ -6,7 +6,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { type Backend, openBackend, type DeviceBuffer } from "../lib/backend.ts";
 import { defaultParams, type AttnParams, type TensorView } from "../ffi/layout.ts";
-import type { BackendName } from "../ffi/discovery.ts";
+import type { BackendName } from "../lib/vocabulary.ts";
 import { FlashAttnError } from "../lib/errors.ts";
 import { floatToFp16, fp16ToFloat } from "../lib/tensor.ts";
 
