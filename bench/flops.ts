@@ -1,5 +1,5 @@
 // The counts everybody quotes, so our TFLOP/s and GB/s compare one to one with flash-attention's figures and
-// PyTorch's (DESIGN.md "Benchmark methodology", flash-attention benchmarks/benchmark_flash_attention.py):
+// PyTorch's (docs/DESIGN.md "Benchmark method", flash-attention benchmarks/benchmark_flash_attention.py):
 //   forward  = 4 · batch · heads_q · seqlen_q · seqlen_k · head_dim   (two matmuls, QKᵀ and PV, 2 flops per MAC)
 //   causal   = half of that (the field's convention, also for seqlen_q ≠ seqlen_k)
 //   backward = 2.5 × forward (five matmuls instead of two), fwd+bwd = 3.5 × forward

@@ -1,4 +1,4 @@
-// Entry point of the standalone executable (`bun build --compile`, see scripts/release.ts): the CLI, or, when the
+// Entry point of the standalone executable (`bun build --compile`, see scripts/release/release.ts): the CLI, or, when the
 // doctor re-runs the executable with PROBE_WORKER_ENV set, the doctor's probe worker (doctor/probes/native.ts).
 import process from "node:process";
 import { PROBE_WORKER_ENV } from "../lib/standalone.ts";

@@ -407,7 +407,7 @@ export function register(program: Command) {
     .option("--lib <path>", "explicit libflashattn_<backend>.so")
     .option("--out <file>", "write O to .npy or .safetensors (atomically, never over an input)")
     .option("--lse [file.npy]", "also write the LSE (batch, heads_q, seqlen_q); safetensors: same file")
-    .option("--check", "compare with the fp64 reference; exit 1 beyond the DESIGN.md tolerance")
+    .option("--check", "compare with the fp64 reference; exit 1 beyond the docs/DESIGN.md tolerance")
     .addHelpText("after", examples)
     .action(action(async (globals, raw: RawRunOptions) => {
       const tell = (message: string) => {

@@ -1,9 +1,9 @@
 // Prebuilt libraries: the ones shipped in the npm package (prebuilt/<platform>/) and beside the standalone binary.
 // Each libflashattn_<backend>.so there comes with libflashattn_<backend>.json, its manifest (written by
-// scripts/prebuilt.ts when the package or the release is made). A prebuilt file is trusted only when its sha256
+// scripts/release/prebuilt.ts when the package or the release is made). A prebuilt file is trusted only when its sha256
 // matches the manifest: a file changed after packing (a flipped byte, a swapped library) is refused before dlopen
 // runs any of its code. What a library needs from the machine (the newest GLIBC symbol version, the libraries it
-// links) is read from the ELF file itself when the manifest is written (scripts/elf.ts), so it states facts.
+// links) is read from the ELF file itself when the manifest is written (scripts/release/elf.ts), so it states facts.
 import { createHash } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";

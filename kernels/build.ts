@@ -11,7 +11,7 @@
 // changed. Says what it built, what it skipped and why.
 //
 // Usage: bun kernels/build.ts [cpu|cuda|hip ... | --all] [--jobs N] [--force] [--verbose]
-// Also a module: scripts/prebuilt.ts calls buildBackends() to build what it packs.
+// Also a module: scripts/release/prebuilt.ts calls buildBackends() to build what it packs.
 import { $, fs, path, which } from "zx";
 import { createHash } from "node:crypto";
 import os from "node:os";

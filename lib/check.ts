@@ -1,4 +1,4 @@
-// A kernel's results against the fp64 reference (lib/reference.ts), with the tolerances of DESIGN.md: what
+// A kernel's results against the fp64 reference (lib/reference.ts), with the tolerances of docs/DESIGN.md: what
 // `run --check` reports and what `bench` requires of each kernel path before it times it.
 import type { AttentionSemantics } from "./problem.ts";
 import {

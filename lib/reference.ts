@@ -1,4 +1,4 @@
-// The plain fp64 reference of DESIGN.md's semantics: no tiling, no online softmax, every score computed directly.
+// The plain fp64 reference of docs/DESIGN.md's semantics: no tiling, no online softmax, every score computed directly.
 // Used by the tests, `run --check` and doctor's self-test. Also the "naive same-precision" variant the tolerance rule
 // compares against (scores, probabilities and output rounded to the input dtype, as a framework would compute
 // softmax(QKᵀ)V in fp16/bf16).
@@ -125,7 +125,7 @@ export function referenceForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
 
 /**
  * What a framework computing softmax(scale·QKᵀ)V in the input dtype gets: scores, probabilities and the output
- * rounded to that dtype. DESIGN.md's fp16/bf16 tolerance allows at most twice its error.
+ * rounded to that dtype. docs/DESIGN.md's fp16/bf16 tolerance allows at most twice its error.
  */
 export function naiveSamePrecisionForward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionSemantics = {}): Float64Array {
   return forward(q, k, v, opts, q.dtype).out;
@@ -183,7 +183,7 @@ export function relativeError(actual: ArrayLike<number>, expected: ArrayLike<num
   return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
 }
 
-/** DESIGN.md tolerances: fp32 ≤ 1e-5; fp16/bf16 ≤ 1e-2 and no worse than twice the naive same-precision error. */
+/** docs/DESIGN.md tolerances: fp32 ≤ 1e-5; fp16/bf16 ≤ 1e-2 and no worse than twice the naive same-precision error. */
 export function withinTolerance(dtype: DType, error: number, naiveError?: number): { ok: boolean; limit: number } {
   if (dtype === "fp32") return { ok: error <= 1e-5, limit: 1e-5 };
   const limit = naiveError === undefined ? 1e-2 : Math.min(1e-2, 2 * naiveError);

@@ -1,4 +1,4 @@
-// The standalone executable (`bun build --compile`, scripts/release.ts) carries its modules and data files inside
+// The standalone executable (`bun build --compile`, scripts/release/release.ts) carries its modules and data files inside
 // itself, under Bun's virtual /$bunfs/ root. Bun reads those paths; other programs cannot: Python must be given a
 // real file, and the probe worker cannot be `bun worker.ts` when there is no bun. This module is the one place that
 // knows: in a checkout, an npm install or under Deno every path here is a plain file and passes through unchanged.

@@ -52,7 +52,7 @@ describe("FLOP and byte formulas", () => {
     expect(attentionFlops(gqa, "fwd")).toBe(fwd);
   });
 
-  test("the DESIGN.md anchor converts back: 361 TFLOP/s at hdim 128, 8k, non-causal is 3.05 ms", () => {
+  test("the docs/DESIGN.md anchor converts back: 361 TFLOP/s at hdim 128, 8k, non-causal is 3.05 ms", () => {
     const ms = attentionFlops(shape, "fwd") / 361e12 * 1e3;
     expect(ms).toBeCloseTo(3.046, 2);
     expect(tflopsPerSecond(attentionFlops(shape, "fwd"), ms)).toBeCloseTo(361, 6);

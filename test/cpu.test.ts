@@ -1,4 +1,4 @@
-// libflashattn_cpu against the fp64 reference over the DESIGN.md grid (test/support/grid.ts): odd sequence lengths,
+// libflashattn_cpu against the fp64 reference over the docs/DESIGN.md grid (test/support/grid.ts): odd sequence lengths,
 // sq ≠ sk, GQA ratios 1..8, causal, windows, softcap, ALiBi, varlen, head dims 8..256, fp32/fp16/bf16 I/O. Inputs
 // are fresh random numbers on every run (the seed is in the failure message), outputs are poisoned with NaN first.
 import { describe, expect, test } from "bun:test";

@@ -1,9 +1,9 @@
-// The GPU backends against the fp64 reference over the same DESIGN.md grid as the CPU suite, in fp16/bf16, with
+// The GPU backends against the fp64 reference over the same docs/DESIGN.md grid as the CPU suite, in fp16/bf16, with
 // the tolerance rule (≤ 1e-2 and ≤ 2× a naive same-precision implementation). Every kernel path of the CUDA library
 // is exercised: the dispatcher's own choice, then each path forced through FLASHATTN_KERNEL where it can serve the
 // case. On a machine without a GPU every test here is skipped, and the skip says why.
 //
-// Run only these on a GPU machine: scripts/test.sh test/gpu.test.ts. The library's own limits (sizes it refuses,
+// Run only these on a GPU machine: scripts/ci/test.sh test/gpu.test.ts. The library's own limits (sizes it refuses,
 // nonsense parameter values, rows of 2^25+ keys, LSE of rows without keys) run on every backend present, GPUs included,
 // in test/native-limits.test.ts.
 import { describe, expect, test } from "bun:test";

@@ -1,4 +1,4 @@
-// Every native library this machine built: it exports the whole C ABI (scripts/check_exports.ts, as .ci/run uses it),
+// Every native library this machine built: it exports the whole C ABI (scripts/ci/check_exports.ts, as .ci/run uses it),
 // describes itself, and a GPU library on a machine without that GPU answers with a reason instead of crashing.
 import { afterAll, describe, expect, test } from "bun:test";
 import { execFileSync, spawnSync } from "node:child_process";
@@ -14,7 +14,7 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-exports-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 function checkExports(lib: string) {
-  const r = spawnSync(process.execPath, ["scripts/check_exports.ts", lib], { cwd: root, encoding: "utf8", timeout: 60_000 });
+  const r = spawnSync(process.execPath, ["scripts/ci/check_exports.ts", lib], { cwd: root, encoding: "utf8", timeout: 60_000 });
   return { status: r.status, out: r.stdout + r.stderr };
 }
 

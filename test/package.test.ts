@@ -289,7 +289,7 @@ describe.skipIf(!!skipReason)("the npm package", () => {
 describe.skipIf(!!skipReason)("the standalone executable (npm run release)", () => {
   let dir = "";
   beforeAll(() => {
-    const release = sh(bun, ["scripts/release.ts", "--allow-missing", "cuda,hip"], {
+    const release = sh(bun, ["scripts/release/release.ts", "--allow-missing", "cuda,hip"], {
       cwd: root,
       env: { ...process.env, NO_COLOR: "1" },
     });

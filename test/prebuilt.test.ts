@@ -1,4 +1,4 @@
-// Prebuilt libraries without packing: the ELF reader (scripts/elf.ts) against the real built library (and objdump where present), the
+// Prebuilt libraries without packing: the ELF reader (scripts/release/elf.ts) against the real built library (and objdump where present), the
 // sha256 gate against real files (missing, foreign and stale manifests, a changed byte), and the doctor's verdict for
 // a prebuilt library on machines it can and cannot run on (captured reports with prebuilt facts added).
 import { afterAll, describe, expect, test } from "bun:test";
@@ -13,7 +13,7 @@ import {
   runningGlibcVersion,
   sha256File,
 } from "../ffi/prebuilt.ts";
-import { readElfNeeds } from "../scripts/elf.ts";
+import { readElfNeeds } from "../scripts/release/elf.ts";
 import type { DoctorFacts, PrebuiltFacts } from "../doctor/facts.ts";
 import { buildReport } from "../doctor/report.ts";
 import { validate } from "../doctor/schema.ts";

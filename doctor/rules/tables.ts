@@ -1,5 +1,4 @@
-// Compatibility data the rules consult, as tables. Sources are named per table (see
-// /work/shared/reference/doctor-facts.md for the citations); update the data, not the rule code.
+// Compatibility data the rules consult, as tables. Sources are named per table// /work/shared/reference/doctor-facts.md for the citations); update the data, not the rule code.
 
 /**
  * Minimum Linux x86_64 driver for each CUDA toolkit release (GA), from the CUDA release notes table "CUDA Toolkit

@@ -1,5 +1,5 @@
 // attn.cuh — what the tensor-core forward and backward kernels share: the kernel argument block, per-sequence
-// geometry (padded batch or varlen), the visibility mask and the score transform (softcap, ALiBi) of DESIGN.md.
+// geometry (padded batch or varlen), the visibility mask and the score transform (softcap, ALiBi) of docs/DESIGN.md.
 #pragma once
 
 #include <climits>

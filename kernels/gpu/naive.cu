@@ -36,7 +36,7 @@ __device__ float* score_row(const NaiveArgs& a, int b, int h, int i) {
   return a.scores + ((static_cast<int64_t>(b) * a.p.heads_q + h) * a.p.seqlen_q + i) * a.p.seqlen_k;
 }
 
-// S[i][j] = the score of DESIGN.md (scale, softcap, ALiBi), -inf where j is not visible from i.
+// S[i][j] = the score of docs/DESIGN.md (scale, softcap, ALiBi), -inf where j is not visible from i.
 template <typename T>
 __global__ void naive_scores(const NaiveArgs a) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x, i = blockIdx.y * blockDim.y + threadIdx.y;

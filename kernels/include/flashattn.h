@@ -3,7 +3,7 @@
  *
  * One header, three libraries with the same symbols. The TypeScript side (ffi/) loads any of them the same way.
  *
- * Principles (see DESIGN.md, "The native library"):
+ * Principles (see docs/DESIGN.md, "The C ABI"):
  *   - plain C, `fa_` prefix, every call returns an fa_status (0 = ok);
  *   - the last error message is thread-local and copied into a caller buffer by fa_last_error() (never returned by
  *     pointer: Deno's scoped --allow-ffi cannot read C strings);

@@ -7,7 +7,7 @@
 #   bash scripts/device/package-check.sh flashattn-0.1.0.tgz               # the npm package, run with the Bun of .gpu/
 #
 # The GPU machine reaches no registry, so the npm package is not `npm install`ed there: it is unpacked and its cli.ts
-# run by the Bun that scripts/pack-gpu.sh carries (carry [".gpu", "<tarball>"]); the release needs nothing (carry
+# run by the Bun that scripts/device/pack-gpu.sh carries (carry [".gpu", "<tarball>"]); the release needs nothing (carry
 # ["dist/flashattn-linux-x64.tar.xz"], 42 MB). Logs go to $OUT (default /tmp/flashattn-out); exit 0 only if all passed.
 set -uo pipefail
 archive=${1:?usage: package-check.sh <flashattn-linux-x64.tar.xz | flashattn-x.y.z.tgz>}

@@ -11,7 +11,7 @@ hardware: a wrong layout model would make both wrong the same way. --model trans
 logic against a deliberately wrong model (D transposed) and must FAIL, which shows the check can catch a
 layout mismatch. Exit code 0 when every case is within the fp16 tolerance, 1 otherwise.
 
-Usage: python3 scripts/portable_mfma_emulate.py [--model documented|transposed]
+Usage: python3 scripts/check/portable_mfma_emulate.py [--model documented|transposed]
 """
 import argparse
 import math

@@ -11,23 +11,23 @@
 // build/ already has its library (rebuilt first if its sources changed) and its compiler is here, and left out
 // otherwise; the output says what the package lacks and that it is not a release.
 //
-// Usage: bun scripts/prebuilt.ts [--allow-missing cuda,hip] [--out DIR]
+// Usage: bun scripts/release/prebuilt.ts [--allow-missing cuda,hip] [--out DIR]
 import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
-import { buildBackends } from "../kernels/build.ts";
-import type { BackendName } from "../kernels/target.ts";
-import { openBackend } from "../lib/backend.ts";
-import { libraryFileName } from "../ffi/discovery.ts";
-import { MANIFEST_SCHEMA, manifestPathFor, type PrebuiltManifest, sha256File } from "../ffi/prebuilt.ts";
+import { buildBackends } from "../../kernels/build.ts";
+import type { BackendName } from "../../kernels/target.ts";
+import { openBackend } from "../../lib/backend.ts";
+import { libraryFileName } from "../../ffi/discovery.ts";
+import { MANIFEST_SCHEMA, manifestPathFor, type PrebuiltManifest, sha256File } from "../../ffi/prebuilt.ts";
 import { readElfNeeds } from "./elf.ts";
-import { minimumDriverForCuda } from "../doctor/rules/tables.ts";
-import packageJson from "../package.json" with { type: "json" };
+import { minimumDriverForCuda } from "../../doctor/rules/tables.ts";
+import packageJson from "../../package.json" with { type: "json" };
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const allBackends: BackendName[] = ["cpu", "cuda", "hip"];
 const log = (line: string) => process.stderr.write(`prebuilt: ${line}\n`);
 

@@ -15,7 +15,7 @@ DTYPES = {torch.float16: F16, torch.bfloat16: BF16}
 def cuda_library():
     """libflashattn_cuda from $FLASHATTN_LIB, else build/libflashattn_cuda.so next to scripts/."""
     return Library(os.environ.get("FLASHATTN_LIB") or
-                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "libflashattn_cuda.so"))
+                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "libflashattn_cuda.so"))
 
 
 def view(t, varlen=False):

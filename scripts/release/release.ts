@@ -3,17 +3,17 @@
 //   dist/flashattn-linux-x64/flashattn                    one executable (bun build --compile), Python scripts embedded
 //   dist/flashattn-linux-x64/libflashattn_<backend>.so    the prebuilt libraries with their manifests beside it
 //   dist/flashattn-linux-x64.tar.xz                       the two above, as one download
-// The libraries come from scripts/prebuilt.ts (built from this commit; all three, unless --allow-missing is given,
+// The libraries come from scripts/release/prebuilt.ts (built from this commit; all three, unless --allow-missing is given,
 // which makes a test build, not a release); discovery finds them beside the executable and checks their sha256.
 //
-// Usage: bun scripts/release.ts [--allow-missing cuda,hip] [--no-archive]   (--no-archive: skip the slow xz step)
+// Usage: bun scripts/release/release.ts [--allow-missing cuda,hip] [--no-archive]   (--no-archive: skip the slow xz step)
 import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const platform = `${process.platform}-${process.arch}`;
 const name = `flashattn-${platform}`;
 const dist = path.join(root, "dist");
@@ -40,7 +40,7 @@ function main(): number {
   for (const file of embedded) if (!fs.existsSync(path.join(root, file))) throw new Error(`${file} is missing`);
   // Only the flag may leave libraries out: a FLASHATTN_PACK_ALLOW_MISSING left in the environment must not.
   const env = { ...process.env, FLASHATTN_PACK_ALLOW_MISSING: "" };
-  run(process.execPath, ["scripts/prebuilt.ts", ...(allowMissing !== null ? ["--allow-missing", allowMissing] : [])], env);
+  run(process.execPath, ["scripts/release/prebuilt.ts", ...(allowMissing !== null ? ["--allow-missing", allowMissing] : [])], env);
 
   fs.rmSync(stage, { recursive: true, force: true });
   fs.mkdirSync(stage, { recursive: true });

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Checks build/libflashattn_cpu.so through its C ABI against a float64 NumPy reference of the full semantics
 (causal, windows, softcap, ALiBi, GQA, varlen, free strides, fp32/fp16/bf16 I/O), forward and backward, plus bad
-input, through the ctypes binding of scripts/fa_ctypes.py. scripts/cpu_vs_numpy.py reuses its reference and views.
+input, through the ctypes binding of scripts/check/fa_ctypes.py. scripts/perf/cpu_vs_numpy.py reuses its reference and views.
 
-Usage: python3 scripts/cpu_check.py [--lib build/libflashattn_cpu.so] [--quick]
+Usage: python3 scripts/check/cpu_check.py [--lib build/libflashattn_cpu.so] [--quick]
 Exit status 0 when every check passes. FLASHATTN_CPU_ISA=portable checks the portable kernels.
 """
 import argparse
@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fa_ctypes import (BF16, ERR_ABI, ERR_BUFFER_TOO_SMALL, ERR_INVALID_ARGUMENT, ERR_OUT_OF_MEMORY,  # noqa: E402
                        ERR_UNSUPPORTED, F16, F32, FaTensor, FlashAttnError, Library, new_params)
@@ -90,7 +90,7 @@ def reference_sequence(q, k, v, dout, scale, causal, window, softcap, slopes):
     l = p.sum(axis=2)
     p = p / np.where(l > 0, l, 1)[..., None]
     o = np.einsum("hij,jhd->ihd", p, vv)
-    lse = np.where(l > 0, np.where(has, m, 0) + np.log(np.where(l > 0, l, 1)), -np.inf)
+    lse = np.where(l > 0, np.where(has, m, 0) + np.log(np.where(l > 0, l, 1)), np.inf)  # no key: +inf (flash-attn 2.x)
     grads = None
     if dout is not None:
         dv = np.einsum("hij,ihd->jhd", p, dout)
@@ -196,8 +196,8 @@ def run_case(lib, rng, *, batch=1, sq=16, sk=16, hq=2, hkv=2, d=32, dtype=F32, c
             continue
         got = np.concatenate([x.ravel() for x in outs[name]])
         ref = np.concatenate([x.ravel() for x in refs[name]])
-        if name == "lse":  # -inf rows must match exactly; finite ones by relative error
-            if not np.array_equal(np.isneginf(got), np.isneginf(ref)):
+        if name == "lse":  # rows with no key (+inf) must match exactly; finite ones by relative error
+            if not np.array_equal(np.isposinf(got), np.isposinf(ref)) or np.isneginf(got).any() or np.isnan(got).any():
                 errs[name] = math.inf
                 continue
             finite = np.isfinite(ref)

@@ -6,7 +6,7 @@
 // A wrong descriptor, swizzle or fragment map shows up as a large error in its own line. Exit status 1 on failure.
 //
 // Build and run (from the repository root; the kernels' generated headers come from `bun kernels/build.ts cuda`):
-//   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/wgmma_layouts.cu -o build/wgmma_layouts
+//   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/check/wgmma_layouts.cu -o build/wgmma_layouts
 //   build/wgmma_layouts
 #include <cmath>
 #include <cstdio>

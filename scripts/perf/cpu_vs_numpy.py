@@ -10,7 +10,7 @@ Three timings, interleaved round by round so that load from other processes hits
 Attention FLOPs: 4 * batch * heads * seqlen^2 * head_dim (halved when causal). Ours is checked against a float64
 reference (relative error <= 1e-5). Prints a table, the two ratios (ours vs NumPy, ours vs sgemm) and the load.
 
-Usage: python3 scripts/cpu_vs_numpy.py [--seqlen 2048 --heads 8 --head-dim 64 --batch 1 --rounds 7 --causal --json]
+Usage: python3 scripts/perf/cpu_vs_numpy.py [--seqlen 2048 --heads 8 --head-dim 64 --batch 1 --rounds 7 --causal --json]
 """
 import argparse
 import json
@@ -22,11 +22,12 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The ctypes binding and the checks live beside the correctness scripts.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "check"))
 from cpu_check import reference_sequence, rel_err, view  # noqa: E402
 from fa_ctypes import F32, Library, new_params  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def numpy_attention(q, k, v, scale, causal):

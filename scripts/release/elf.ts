@@ -1,8 +1,8 @@
-// What an ELF shared library needs from the machine that loads it, read from the file (scripts/prebuilt.ts writes it
+// What an ELF shared library needs from the machine that loads it, read from the file (scripts/release/prebuilt.ts writes it
 // into each prebuilt library's manifest): the DT_NEEDED libraries and the newest symbol version per library and
 // prefix (GLIBC_2.34, GLIBCXX_3.4.29 ...). ELF64 little-endian only: the platforms we ship.
-import type { ElfNeeds } from "../ffi/prebuilt.ts";
-import { compareVersions } from "../doctor/rules/common.ts";
+import type { ElfNeeds } from "../../ffi/prebuilt.ts";
+import { compareVersions } from "../../doctor/rules/common.ts";
 
 const SHT_DYNAMIC = 6;
 const SHT_GNU_VERNEED = 0x6ffffffe;

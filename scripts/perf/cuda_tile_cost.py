@@ -7,7 +7,7 @@ That separates what a tile costs to start and finish (Q, first products, epilogu
 loop, which a whole-run TFLOP/s figure cannot. Causal runs at the same queries are printed beside it, with the n the
 fit predicts for them (their mean key blocks per tile) and the time that predicts.
 
-Usage: python3 scripts/cuda_tile_cost.py [--hdim 64] [--sq 2048] [--batch 8] [--heads 32] [--bm 128] [--bn 128]
+Usage: python3 scripts/perf/cuda_tile_cost.py [--hdim 64] [--sq 2048] [--batch 8] [--heads 32] [--bm 128] [--bn 128]
        [--sks 128,256,...] (FLASHATTN_LIB picks the library, FLASHATTN_KERNEL the path, as elsewhere)
 """
 import argparse
@@ -17,7 +17,8 @@ import os
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The ctypes binding and the checks live beside the correctness scripts.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "check"))
 from cuda_ffi import cuda_library, make_params  # noqa: E402
 from fa_ctypes import DIR_FWD  # noqa: E402
 

@@ -4,14 +4,14 @@
 #
 #   steps: build | tests | gpu-tests | layouts | verify | verify-sm90 | verify-auto | sanitize | racecheck(128) | racecheck-persistent | doctor |
 #          profile | profile-fwd64 | tile-cost | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick | bench-subset
-#   e.g.   bash scripts/gpu-session.sh build tests doctor bench-fa
+#   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
-# Carry [".gpu"] (made by scripts/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
+# Carry [".gpu"] (made by scripts/device/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
 # Python steps (layouts, verify*, sanitize, racecheck, bench-kernels, bench-hdim256) need only a built library and
 # build/gen. Each step has its own time limit so one slow step cannot eat the call; a failing step is reported in the
 # summary and the next one still runs.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/flashattn-out}
 # Every log and result goes to $OUT/logs, packed into $OUT/session.tgz at the end (the device tool brings back at
 # most 8 files).
@@ -49,26 +49,26 @@ case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" doctor "* | *" b
 for s in "$@"; do
   case "$s" in
     build) step build 420 bun kernels/build.ts cpu cuda --jobs 16 ;;
-    tests) step tests 540 bash scripts/test.sh test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;
+    tests) step tests 540 bash scripts/ci/test.sh test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;
     gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;  # carried libraries, no build
-    layouts) step layouts 120 bash -c "nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/wgmma_layouts.cu -o /tmp/wgmma_layouts && /tmp/wgmma_layouts" ;;
-    verify) step verify 420 python3 scripts/cuda_verify.py --json "$LOGS/verify-sm80.json" ;;
-    verify-sm90) step verify-sm90 420 python3 scripts/cuda_verify.py --kernel cuda-wgmma-sm90 --json "$LOGS/verify-sm90.json" ;;
-    verify-auto) step verify-auto 420 python3 scripts/cuda_verify.py --kernel "" --json "$LOGS/verify-auto.json" ;;
-    sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
-    racecheck) step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim64 ;;
-    racecheck128) step racecheck128 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim128 ;;
+    layouts) step layouts 120 bash -c "nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/check/wgmma_layouts.cu -o /tmp/wgmma_layouts && /tmp/wgmma_layouts" ;;
+    verify) step verify 420 python3 scripts/check/cuda_verify.py --json "$LOGS/verify-sm80.json" ;;
+    verify-sm90) step verify-sm90 420 python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --json "$LOGS/verify-sm90.json" ;;
+    verify-auto) step verify-auto 420 python3 scripts/check/cuda_verify.py --kernel "" --json "$LOGS/verify-auto.json" ;;
+    sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
+    racecheck) step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim64 ;;
+    racecheck128) step racecheck128 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim128 ;;
     # (this case's fp64 reference runs cuBLAS kernels that racecheck flags on its own account: read the report for fa:: names)
-    racecheck-persistent) step racecheck-persistent 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/cuda_verify.py --kernel cuda-wgmma-sm90 --filter persistent-small ;;
-    tile-cost) step tile-cost 120 python3 scripts/cuda_tile_cost.py ;;  # the hdim-64 forward's fixed and per-key-block cost per tile
-    bench-kernels) step bench-kernels 420 python3 scripts/cuda_bench.py --seqlens 1024,2048,4096,8192,16384 --also cuda-mma-sm80 --json "$LOGS/bench-kernels.json" --md "$LOGS/bench-kernels.md" ;;
-    bench-hdim256) step bench-hdim256 200 python3 scripts/cuda_bench.py --hdims 256 --seqlens 2048,8192 --causal 0,1 --also cuda-mma-sm80 --json "$LOGS/bench-hdim256.json" --md "$LOGS/bench-hdim256.md" ;;
+    racecheck-persistent) step racecheck-persistent 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --filter persistent-small ;;
+    tile-cost) step tile-cost 120 python3 scripts/perf/cuda_tile_cost.py ;;  # the hdim-64 forward's fixed and per-key-block cost per tile
+    bench-kernels) step bench-kernels 420 python3 scripts/perf/cuda_bench.py --seqlens 1024,2048,4096,8192,16384 --also cuda-mma-sm80 --json "$LOGS/bench-kernels.json" --md "$LOGS/bench-kernels.md" ;;
+    bench-hdim256) step bench-hdim256 200 python3 scripts/perf/cuda_bench.py --hdims 256 --seqlens 2048,8192 --causal 0,1 --also cuda-mma-sm80 --json "$LOGS/bench-hdim256.json" --md "$LOGS/bench-hdim256.md" ;;
     profile)  # hardware counters of the wgmma kernels at hdim 128, seqlen 8k, and their SASS
       for kern in fwd_sm90 bwd_sm90; do
         step "ncu-$kern" 200 ncu --clock-control none --kernel-name "regex:$kern" --launch-skip 1 --launch-count 1 \
           --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
           --section SchedulerStats --section WarpStateStats --section InstructionStats --section LaunchStats \
-          --section SourceCounters python3 scripts/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --warmup 1 --iters 1 --no-cudnn
+          --section SourceCounters python3 scripts/perf/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --warmup 1 --iters 1 --no-cudnn
       done
       for obj in build/obj/cuda/*sm90_hdim128_bf16*.o; do cuobjdump -sass "$obj" > "$LOGS/$(basename "$obj" .cu.o).sass" 2>&1; done ;;
     profile-fwd64)  # hardware counters of the hdim-64 forward at seqlen 2k, causal and not (the causal gap)
@@ -77,11 +77,11 @@ for s in "$@"; do
           --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
           --section SchedulerStats --section WarpStateStats --section SourceCounters \
           --metrics sm__cycles_active.avg,sm__cycles_active.min,sm__cycles_active.max,sm__cycles_elapsed.avg,sm__ctas_launched.sum \
-          --print-details all python3 scripts/cuda_bench.py --hdims 64 --seqlens 2048 --causal $causal --warmup 1 --iters 1 --no-cudnn
+          --print-details all python3 scripts/perf/cuda_bench.py --hdims 64 --seqlens 2048 --causal $causal --warmup 1 --iters 1 --no-cudnn
         # stall samples per SASS instruction
         step "ncu-fwd64-source$causal" 200 ncu --clock-control none --kernel-name "regex:fwd_sm90" --launch-skip 1 --launch-count 1 \
           --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
-          python3 scripts/cuda_bench.py --hdims 64 --seqlens 2048 --causal $causal --warmup 1 --iters 1 --no-cudnn
+          python3 scripts/perf/cuda_bench.py --hdims 64 --seqlens 2048 --causal $causal --warmup 1 --iters 1 --no-cudnn
       done ;;
     doctor)
       step doctor-json 120 bun cli.ts doctor --json --verbose

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""cuda_bench.py — TFLOP/s of libflashattn_cuda vs PyTorch SDPA (flash and cuDNN backends), DESIGN.md sweep.
+"""cuda_bench.py — TFLOP/s of libflashattn_cuda vs PyTorch SDPA (flash and cuDNN backends), docs/DESIGN.md sweep.
 
 bf16, batch x seqlen = 16k tokens, hidden 2048 (heads = 2048 / head_dim), seqlen 512..16k, causal on/off.
 Ours is timed natively by fa_bench (CUDA events per run, L2 flushed by a 2x-L2 memset before each run); SDPA the
 same way from Python (same flush, events around the call only). Median of the timed runs after warm-up.
 FLOPs: forward 4 * b * h * s * s * d (halved when causal), backward 2.5 x forward.
 
-Usage: python3 scripts/cuda_bench.py [--hdims 64,128] [--seqlens 512,...] [--iters 20] [--json f] [--md f]
+Usage: python3 scripts/perf/cuda_bench.py [--hdims 64,128] [--seqlens 512,...] [--iters 20] [--json f] [--md f]
 Exit status 1 when a run fails.
 """
 import argparse
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The ctypes binding and the checks live beside the correctness scripts.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "check"))
 from cuda_ffi import cuda_library, make_params  # noqa: E402
 from fa_ctypes import DIR_BWD, DIR_FWD  # noqa: E402
 

@@ -10,7 +10,7 @@ error is 0 and ours is bf16 rounding noise of O in dsum = rowsum(dO * O))
 where naive is the same maths in the input precision (bf16/fp16 matmuls, fp32 softmax) — flash-attention's rule.
 NaN never passes. LSE must match the reference (rows without keys: the library writes +inf, as flash-attn 2.x).
 
-Usage: python3 scripts/cuda_verify.py [--quick] [--kernel NAME] [--json out.json] [--filter SUBSTR]
+Usage: python3 scripts/check/cuda_verify.py [--quick] [--kernel NAME] [--json out.json] [--filter SUBSTR]
 Exit status 1 when any case fails; the last lines are a table.
 """
 import argparse
@@ -30,7 +30,7 @@ from fa_ctypes import DIR_FWD, ERR_UNSUPPORTED, FlashAttnError  # noqa: E402
 DEV = "cuda"
 
 
-# ---- reference semantics (DESIGN.md), one sequence at a time ----------------------------------------------------
+# ---- reference semantics (docs/DESIGN.md), one sequence at a time ----------------------------------------------------
 
 def ref_sequence(q, k, v, *, scale, causal, window, softcap, slopes, low_precision):
     """q (sq, H, D), k/v (sk, Hk, D) -> o (sq, H, D), lse (H, sq). fp64 unless low_precision (naive baseline)."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bun
 // Checks that a native library exports every FA_API function that kernels/include/flashattn.h declares.
 //
-// Usage: bun scripts/check_exports.ts <library.so> [--header path/to/flashattn.h] [--json]
+// Usage: bun scripts/ci/check_exports.ts <library.so> [--header path/to/flashattn.h] [--json]
 // Prints one line per missing symbol on stdout ("missing: fa_bench"), a summary on stderr.
 // Exit codes: 0 all exported, 1 some missing, 2 usage error or the library/header/nm could not be read.
 import { spawnSync } from "node:child_process";
@@ -9,7 +9,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 
 /** Names of the functions the header declares with FA_API (comments stripped so prose never counts). */
 export function declaredFunctions(headerText: string): string[] {
@@ -44,7 +44,7 @@ function main(argv: string[]): number {
       header = argv[++i];
     } else if (a === "--json") json = true;
     else if (a === "-h" || a === "--help") {
-      process.stdout.write("usage: bun scripts/check_exports.ts <library.so> [--header flashattn.h] [--json]\n");
+      process.stdout.write("usage: bun scripts/ci/check_exports.ts <library.so> [--header flashattn.h] [--json]\n");
       return 0;
     } else if (a.startsWith("-")) return usage(`unknown option ${a}`);
     else if (library === undefined) library = a;
@@ -74,7 +74,7 @@ function main(argv: string[]): number {
 }
 
 function usage(message: string): number {
-  process.stderr.write(`check_exports: ${message}\nusage: bun scripts/check_exports.ts <library.so> [--header flashattn.h] [--json]\n`);
+  process.stderr.write(`check_exports: ${message}\nusage: bun scripts/ci/check_exports.ts <library.so> [--header flashattn.h] [--json]\n`);
   return 2;
 }
 
