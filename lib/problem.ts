@@ -54,6 +54,13 @@ export function checkShape(shape: ProblemShape, code: ErrorCode = "BAD_INPUT"): 
 }
 
 /**
+ * The largest softmax scale taken (the C library's kMaxScale). The kernels keep scaled scores in float32: past 2^64
+ * even fp16 inputs (|q·k| ≤ 256 · 65504² ≈ 1.1e12) could overflow them, and the softmax of infinite scores is wrong
+ * without a word. No real model comes near: 1/sqrt(head_dim) is below 1.
+ */
+export const MAX_SCALE = 2 ** 64;
+
+/**
  * Why `value` cannot reach its C ABI field unchanged, or undefined when it can: the window bounds are int32, scale
  * and softcap float32 (ffi/layout.ts refuses the same values again when it writes the struct).
  */
@@ -156,6 +163,7 @@ export function describeProblem(q: TensorShape, k: TensorShape, v: TensorShape, 
 
   const scale = opts.scale ?? 1 / Math.sqrt(d);
   if (!Number.isFinite(scale) || scale <= 0) throw bad(`scale must be a finite positive number, got ${opts.scale}`);
+  if (scale > MAX_SCALE) throw bad(`scale ${scale} is above 2^64 (${MAX_SCALE.toPrecision(3)}): scaled scores would overflow float32`);
   const softcap = opts.softcap ?? 0;
   if (!Number.isFinite(softcap) || softcap < 0) throw bad(`softcap must be a finite number ≥ 0 (0 = off), got ${opts.softcap}`);
   for (const [name, value] of [["scale", scale], ["softcap", softcap]] as const) {

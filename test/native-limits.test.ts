@@ -5,7 +5,9 @@
 // and HIP libraries run the same cases (fp16, head dim 64) where a device is present, else one skipped entry says why.
 import { afterAll, describe, expect, test } from "bun:test";
 import { type Backend, openBackend, type DeviceBuffer } from "../lib/backend.ts";
-import { defaultParams, type AttnParams, type TensorView } from "../ffi/layout.ts";
+import { defaultParams, encodeParams, layoutFields, type AttnParams, type TensorView } from "../ffi/layout.ts";
+import { decodeCString, openLibrary } from "../ffi/loader.ts";
+import { faSymbols, Status } from "../ffi/symbols.ts";
 import type { BackendName } from "../lib/vocabulary.ts";
 import { FlashAttnError } from "../lib/errors.ts";
 import { floatToFp16, fp16ToFloat } from "../lib/tensor.ts";
@@ -108,20 +110,47 @@ for (const name of ["cpu", "cuda", "hip"] as const) {
   });
 
   describe(`${name}: nonsense parameter values are refused at the C boundary`, () => {
+    // The TypeScript writer refuses what a field cannot hold (NaN, infinities, what float32 rounds), so these values
+    // are written into the struct's bytes directly: what a C caller could pass, reaching the library's own check.
+    const raw = openLibrary(backend.path, faSymbols);
+    afterAll(() => raw.close());
+    function rawForward(p: AttnParams, field: "scale" | "softcap" | "window_left" | "num_splits", value: number) {
+      const bytes = encodeParams(p);
+      const offset = layoutFields.find(([n]) => n === field)![1];
+      const view = new DataView(bytes.buffer);
+      if (field === "scale" || field === "softcap") view.setFloat32(offset, value, true);
+      else view.setInt32(offset, value, true);
+      const status = Number(raw.call("fa_forward", bytes));
+      const text = new Uint8Array(1024);
+      raw.call("fa_last_error", text, BigInt(text.length));
+      return { status, message: decodeCString(text) };
+    }
     test.each([
-      ["scale NaN", { scale: NaN }, "scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got nan"],
-      ["scale inf", { scale: Infinity }, "scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got inf"],
-      ["scale negative", { scale: -0.5 }, "scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got -0.5"],
-      ["scale subnormal", { scale: 1e-40 }, "scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got 9.99995e-41"],
-      ["softcap NaN", { softcap: NaN }, "softcap must be 0 (off) or a positive normal float, got nan"],
-      ["softcap -inf", { softcap: -Infinity }, "softcap must be 0 (off) or a positive normal float, got -inf"],
-      ["softcap subnormal", { softcap: 1e-42 }, "softcap must be 0 (off) or a positive normal float, got 1.00053e-42"],
-      ["window_left -2", { windowLeft: -2 }, "window bounds must be -1 (unbounded) or non-negative, got (-2, -1)"],
-      ["num_splits 257", { numSplits: 257 }, "num_splits must be 0 (auto) to 256, got 257"],
-    ] as const)("%s", (_, over, message) => {
-      const error = refusal(params(over));
-      expect(error.code).toBe("INVALID_ARGUMENT");
-      expect(error.message).toBe(`${name}: ${message}`);
+      ["scale NaN", "scale", NaN, "scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got nan"],
+      ["scale inf", "scale", Infinity, "scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got inf"],
+      ["scale negative", "scale", -0.5, "scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got -0.5"],
+      ["scale subnormal", "scale", 1e-40, "scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got 9.99995e-41"],
+      ["scale past 2^64", "scale", 1e20, "scale 1e+20 is above 2^64: scaled scores would overflow float32"],
+      ["softcap NaN", "softcap", NaN, "softcap must be 0 (off) or a positive normal float, got nan"],
+      ["softcap -inf", "softcap", -Infinity, "softcap must be 0 (off) or a positive normal float, got -inf"],
+      ["softcap subnormal", "softcap", 1e-42, "softcap must be 0 (off) or a positive normal float, got 1.00053e-42"],
+      ["window_left -2", "window_left", -2, "window bounds must be -1 (unbounded) or non-negative, got (-2, -1)"],
+      ["num_splits 257", "num_splits", 257, "num_splits must be 0 (auto) to 256, got 257"],
+    ] as const)("%s", (_, field, value, message) => {
+      const { status, message: said } = rawForward(params({}), field, value);
+      expect(status).toBe(Status.INVALID_ARGUMENT);
+      expect(said).toBe(message);
+    });
+    test("values the TypeScript writer can hold reach the same check through the Backend", () => {
+      for (const [over, message] of [
+        [{ scale: -0.5 }, "scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got -0.5"],
+        [{ scale: 1e20 }, "scale 1e+20 is above 2^64"],
+        [{ numSplits: 257 }, "num_splits must be 0 (auto) to 256, got 257"],
+      ] as const) {
+        const error = refusal(params(over));
+        expect(error.code).toBe("INVALID_ARGUMENT");
+        expect(error.message).toStartWith(`${name}: ${message}`);
+      }
     });
   });
 

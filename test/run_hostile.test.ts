@@ -62,6 +62,10 @@ describe("item 1 and 11: a flag value that does not fit its ABI field is a usage
     [["--scale", "1e39"], "--scale 1e39 is outside float32's range (it would overflow)"],
     [["--softcap", "1e-50"], "--softcap 1e-50 is outside float32's range (it would become 0)"],
     [["--softcap", "1e39"], "--softcap 1e39 is outside float32's range (it would overflow)"],
+    // In float32's range, but scaled scores could overflow it: the softmax of infinite scores was silently wrong
+    // (the fuzzer: --scale 1e38 --check missed by 0.5).
+    [["--scale", "1e38"], "scale 1e+38 is above 2^64"],
+    [["--scale", "3.4028235e38"], "is above 2^64"],
   ];
   for (const [flags, message] of cases) {
     test(`${flags.join(" ")}`, () => {

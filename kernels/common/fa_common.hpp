@@ -219,6 +219,10 @@ constexpr int32_t kMaxHeads = 65535;
 constexpr int32_t kMaxBatch = 65535;
 constexpr int64_t kMaxLseRows = INT32_MAX;
 
+// The largest softmax scale taken (lib/problem.ts MAX_SCALE): the kernels keep scaled scores in float32, and past
+// 2^64 even fp16 inputs (|q.k| <= 256 * 65504^2) could overflow them; the softmax of infinite scores is silently wrong.
+constexpr float kMaxScale = 18446744073709551616.0f;  // 2^64
+
 // 0 or a normal float (a subnormal scale or softcap would be flushed to zero on GPUs, which compute with ftz).
 inline bool zero_or_normal(float x) { return x == 0.f || std::fpclassify(x) == FP_NORMAL; }
 
@@ -273,6 +277,8 @@ inline std::vector<Problem> check_params(const fa_attn_params* pp, const Backend
     invalid(format("window bounds must be -1 (unbounded) or non-negative, got (%d, %d)", p.window_left, p.window_right));
   if (!std::isfinite(p.scale) || p.scale < 0.f || !zero_or_normal(p.scale))
     invalid(format("scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got %g", static_cast<double>(p.scale)));
+  else if (p.scale > kMaxScale)
+    invalid(format("scale %g is above 2^64: scaled scores would overflow float32", static_cast<double>(p.scale)));
   if (!std::isfinite(p.softcap) || p.softcap < 0.f || !zero_or_normal(p.softcap))
     invalid(format("softcap must be 0 (off) or a positive normal float, got %g", static_cast<double>(p.softcap)));
   if (p.alibi_mode < FA_ALIBI_NONE || p.alibi_mode > FA_ALIBI_PER_BATCH_HEAD)
