@@ -6,6 +6,7 @@
 import process from "node:process";
 import type { Command } from "@commander-js/extra-typings";
 import { FlashAttnError } from "../lib/errors.ts";
+import { printable } from "../lib/terminal.ts";
 import { abiFault, checkShape } from "../lib/problem.ts";
 import type { BackendChoice, BackendDecision } from "../lib/select.ts";
 import { backendNames, type DType, type ProblemShape } from "../lib/vocabulary.ts";
@@ -323,7 +324,7 @@ export function renderRun(r: RunResult, color: boolean): string {
     r.alibi !== "none" && "alibi",
   ].filter(Boolean);
   const lines = [
-    `${label("backend")}${r.backend}  ${paint("dim", "kernel", color)} ${r.kernel}`,
+    `${label("backend")}${r.backend}  ${paint("dim", "kernel", color)} ${printable(r.kernel)}`,
     `${label("shape")}batch ${s.batch}, seqlen ${s.seqlenQ}${
       s.seqlenK !== s.seqlenQ ? `×${s.seqlenK}` : ""
     }, ${heads}, head_dim ${s.headDim}, ${r.dtype}${features.length ? ", " + features.join(", ") : ""}`,
@@ -340,7 +341,7 @@ export function renderRun(r: RunResult, color: boolean): string {
       }${naive}; lse ${formatError(r.check.lseError)})  ${verdict}`,
     );
   }
-  if (r.outputs.length) lines.push(`${label("wrote")}${r.outputs.join(", ")}`);
+  if (r.outputs.length) lines.push(`${label("wrote")}${r.outputs.map(printable).join(", ")}`);
   if (r.defaultProblem) {
     lines.push(paint("dim", "default problem; see `flashattn run --help` for files, shapes and options", color));
   }
@@ -353,7 +354,7 @@ export function renderDecisions(decisions: BackendDecision[]): string {
     const detail = d.verdict === "chosen" || d.verdict === "usable"
       ? (d.kernel ? `kernel ${d.kernel}` : "")
       : (d.reasons[0] ?? "");
-    return `  ${d.backend.padEnd(5)}${d.verdict.padEnd(9)}${detail}`;
+    return `  ${d.backend.padEnd(5)}${d.verdict.padEnd(9)}${printable(detail)}`;
   }).join("\n") + "\n";
 }
 

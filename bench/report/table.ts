@@ -6,6 +6,7 @@
 import { type BenchReport, type Measurement, speedupOfOurs } from "../results.ts";
 import { geometricMean } from "../stats.ts";
 import type { BenchCase } from "../sweep.ts";
+import { paint, printable, type Style } from "../../lib/terminal.ts";
 
 export interface TableOptions {
   color: boolean;
@@ -19,7 +20,7 @@ const statusWord: Record<Measurement["status"], string> = {
   error: "error",
 };
 
-const paint = (on: boolean, code: number, text: string) => (on ? `\x1b[${code}m${text}\x1b[0m` : text);
+const colour = (on: boolean, style: Style, text: string) => paint(style, text, on);
 // Width without ANSI codes, for padding coloured cells.
 // deno-lint-ignore no-control-regex -- ESC is what an ANSI colour code starts with
 const visibleLength = (s: string) => s.replace(/\x1b\[[0-9;]*m/g, "").length;
@@ -48,13 +49,13 @@ export function measuredImpls(report: BenchReport): string[] {
 
 function rateCell(report: BenchReport, c: BenchCase, m: Measurement | undefined, color: boolean): string {
   if (!m) return "";
-  if (m.status !== "ok") return paint(color, 2, statusWord[m.status]);
+  if (m.status !== "ok") return colour(color, "dim", statusWord[m.status]);
   const rate = c.kind === "decode"
     ? `${formatRate(m.gbps ?? NaN)}${m.copyFraction !== undefined ? ` (${Math.round(m.copyFraction * 100)}%)` : ""}`
     : formatRate(m.tflops ?? NaN);
   const speedup = speedupOfOurs(report, m);
   if (speedup === undefined) return rate;
-  return `${rate} ${paint(color, speedup >= 1 ? 32 : 31, `×${speedup.toFixed(2)}`)}`;
+  return `${rate} ${colour(color, speedup >= 1 ? "green" : "red", `×${speedup.toFixed(2)}`)}`;
 }
 
 function grid(header: string[], rows: string[][]): string {
@@ -100,7 +101,8 @@ function machineLines(report: BenchReport): string[] {
   for (const c of report.copyBandwidth) {
     lines.push(`copy bandwidth (${c.place}, ${c.device}): ${formatRate(c.gbps)} GB/s`);
   }
-  return lines;
+  // Device names, versions and paths come from libraries and tools: shown inert.
+  return lines.map(printable);
 }
 
 /** Why each cell that holds no number holds none, grouped so 30 identical reasons take one line. */
@@ -111,7 +113,7 @@ function notes(report: BenchReport): string[] {
     const key = `${m.impl} ${m.status === "ok" ? "note" : statusWord[m.status]}: ${m.reason ?? "no reason given"}`;
     groups.set(key, (groups.get(key) ?? 0) + 1);
   }
-  const lines = [...groups].map(([key, n]) => `  ${key}${n > 1 ? ` (${n} cases)` : ""}`);
+  const lines = [...groups].map(([key, n]) => `  ${printable(key)}${n > 1 ? ` (${n} cases)` : ""}`);
   // Runs whose middle half spreads over 10 % of the median: a busy machine or a clock that moved; read with care.
   const noisy = new Map<string, Measurement[]>();
   for (const m of report.measurements) {
@@ -143,7 +145,7 @@ export function renderTable(report: BenchReport, opts: TableOptions): string {
     const reason = i.reason ?? "no reason given";
     missing.set(reason, [...(missing.get(reason) ?? []), i.impl]);
   }
-  for (const [reason, impls] of missing) out.push(`not measured: ${impls.join(", ")}: ${reason}`);
+  for (const [reason, impls] of missing) out.push(`not measured: ${impls.join(", ")}: ${printable(reason)}`);
   out.push("");
 
   const impls = measuredImpls(report);
@@ -174,7 +176,7 @@ export function renderTable(report: BenchReport, opts: TableOptions): string {
       c.id,
       ...impls.map((impl) => {
         const m = byCase.get(c.id)?.get(impl);
-        return !m ? "" : m.status === "ok" ? formatBytes(m.peakBytes) : paint(color, 2, statusWord[m.status]);
+        return !m ? "" : m.status === "ok" ? formatBytes(m.peakBytes) : colour(color, "dim", statusWord[m.status]);
       }),
     ]),
   ));
