@@ -309,6 +309,13 @@ export function describeNeeds(n: AttentionNeeds): string {
   return words.join(", ");
 }
 
+/** What a line waits for, with the pip line for the Python packages among it. */
+function installFix(after: string): string {
+  const missing = [["transformers not installed", "transformers"], ["torch is not installed", "torch"], ["flash_attn is not installed", "flash-attn"]]
+    .filter(([words]) => after.includes(words)).map(([, dist]) => dist);
+  return missing.length ? `${after} (pip install ${missing.join(" ")}, in the Python that runs the model)` : after;
+}
+
 /** The model's findings (section "model"), for the report's list and summary. */
 export function modelFindings(m: ModelFacts, advice: ModelAdvice): Finding[] {
   const s = sectionFindings("model");
@@ -333,7 +340,7 @@ export function modelFindings(m: ModelFacts, advice: ModelAdvice): Finding[] {
   if (advice.use.line) {
     const line = `use: ${advice.use.line}`;
     if (advice.use.ready) s.ok("use", line);
-    else s.warn("use", `${line} (not ready here)`, advice.use.after ?? "");
+    else s.warn("use", `${line} (not ready here)`, installFix(advice.use.after ?? ""));
   } else s.warn("use", "no attention implementation of transformers can load this model as configured", advice.use.after ?? "check the model's config");
   if (advice.enable && advice.enable.line !== advice.use.line) {
     s.info("enable", `flash attention on: ${advice.enable.line}${advice.enable.ready ? "" : " (not ready here)"}`, advice.enable.after);
