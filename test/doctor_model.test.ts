@@ -7,7 +7,7 @@ import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { adviseModel, implementationVerdicts, type ModelAdvice } from "../doctor/model/advice.ts";
+import { adviseModel, implementationVerdicts, type ModelAdvice, modelFindings } from "../doctor/model/advice.ts";
 import { modelProblems, problemText } from "../doctor/model/kernels.ts";
 import { deriveNeeds, type ModelNeeds } from "../doctor/model/needs.ts";
 import type { ModelFacts, TransformersFacts } from "../doctor/model/probe.ts";
@@ -277,6 +277,15 @@ describe("verdicts that depend on the machine (pure rules)", () => {
     expect(a.use.ready).toBe(false);
     expect(a.use.after).toContain("transformers not installed");
     expect(a.use.line).toBe(`AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", torch_dtype=torch.bfloat16)`);
+  });
+  test("--no-python: neither transformers nor flash_attn is guessed at; the fix says how to check them", () => {
+    const skipped: TransformersFacts = { status: "absent", error: "transformers was not asked (--no-python)" };
+    const facts = applyPatch(machine("h100") as never, { python: { status: "absent", error: "skipped (--no-python)", flash_attn: null, torch: null } } as never) as unknown as DoctorFacts;
+    const m = modelOn("llama-3.1-8b", "cuda", skipped);
+    const a = adviseModel(m, facts);
+    expect(blockersOf(a, "flash_attention_2")).toBe("transformers was not asked (--no-python)");
+    const use = modelFindings(m, a).find((x) => x.id === "model.use")!;
+    expect(use).toMatchObject({ severity: "warning", fix: "transformers was not asked (--no-python): run the doctor without --no-python to check the Python stack" });
   });
   test("flashattn's own kernels: the decision as recorded, a problem outside the library said as a model blocker", () => {
     const m = modelOn("llama-3.1-8b");

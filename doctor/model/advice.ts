@@ -115,6 +115,8 @@ function flashAttention2(m: ModelFacts, f: DoctorFacts, flags: TransformersClass
   const gpu = machineGpu(f);
   if (!gpu.flashReady) b.push({ by: "machine", reason: gpu.text });
   const fa = f.python.flash_attn;
+  // Without a Python stack probed (--no-python, no python3) there is nothing to say about flash_attn beyond that.
+  if (f.python.status !== "ok") return b;
   if (!fa?.installed) b.push({ by: "machine", reason: "flash_attn is not installed in this Python" });
   else if (fa.importable === false) b.push({ by: "machine", reason: `flash_attn does not import: ${fa.import_error ?? "unknown error"}` });
   else if (fa.version) {
@@ -311,6 +313,7 @@ export function describeNeeds(n: AttentionNeeds): string {
 
 /** What a line waits for, with the pip line for the Python packages among it. */
 function installFix(after: string): string {
+  if (after.includes("(--no-python)")) return `${after}: run the doctor without --no-python to check the Python stack`;
   const missing = [["transformers not installed", "transformers"], ["torch is not installed", "torch"], ["flash_attn is not installed", "flash-attn"]]
     .filter(([words]) => after.includes(words)).map(([, dist]) => dist);
   return missing.length ? `${after} (pip install ${missing.join(" ")}, in the Python that runs the model)` : after;

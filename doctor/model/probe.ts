@@ -75,7 +75,7 @@ export async function collectModelFacts(
   const kernelOptions: ModelKernelOptions = { problems: modelProblems(source.needs), backend: opts.backend, libPath: opts.libPath };
   const [transformers, kernels] = await Promise.all([
     opts.noPython
-      ? Promise.resolve<TransformersFacts>({ status: "absent", error: "skipped (--no-python)" })
+      ? Promise.resolve<TransformersFacts>({ status: "absent", error: "transformers was not asked (--no-python)" })
       : probeTransformers(source, env),
     runNativeProbe<ModelKernelFacts>("model", { timeoutMs: KERNELS_TIMEOUT_MS, env, options: kernelOptions }),
   ]);
