@@ -14,7 +14,7 @@ import type { ModelFacts, TransformersFacts } from "../doctor/model/probe.ts";
 import { readModel } from "../doctor/model/read.ts";
 import { findSwitches } from "../doctor/model/switches.ts";
 import type { DoctorFacts, DoctorReport } from "../doctor/facts.ts";
-import { validate } from "../doctor/schema.ts";
+import { validate, validateFactsPart } from "../doctor/schema.ts";
 import { FlashAttnError } from "../lib/errors.ts";
 import { applyPatch, loadFixture } from "./fixtures/doctor/load.ts";
 
@@ -428,6 +428,19 @@ describe.skipIf(!hasCpuLibrary || hasGpu)("flashattn doctor --model on this CPU-
     const both = doctor(["--model", path.join(models, "llama-3.1-8b"), "--facts", path.join(scratch, "x.json")]);
     expect(both.code).toBe(2);
     expect(both.stderr).toContain("--model applies only to a live check");
+  });
+});
+
+describe("a python3 that answers nonsense", () => {
+  test("its transformers answer becomes a probe error that says why; the report stays valid", async () => {
+    const { collectModelFacts } = await import("../doctor/model/probe.ts");
+    const dir = path.join(scratch, "liar");
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, "python3"), `#!/bin/sh\necho '{"status":"ok","classes":{"LlamaForCausalLM":{"found":"yes"}}}'\n`, { mode: 0o755 });
+    const facts = await collectModelFacts(readModel(path.join(models, "llama-3.1-8b")), { env: { ...process.env, PATH: `${dir}:/usr/bin:/bin` } });
+    expect(facts.transformers.status).toBe("error");
+    expect(facts.transformers.error).toContain(`the transformers probe's result does not fit the report schema (facts.model.transformers.classes.LlamaForCausalLM.found: expected boolean, got string)`);
+    expect(validateFactsPart(facts, "model")).toEqual([]);
   });
 });
 

@@ -172,7 +172,8 @@ function attentionNeeds(raw: Config, part: "text" | "vision", where: string): At
   if (part === "vision") {
     const image = whole(c, ["image_size"], LIMITS.positions, where);
     const patch = whole(c, ["patch_size"], LIMITS.positions, where);
-    if (image && patch) needs.tokens = (Math.floor(image / patch)) ** 2 + (model_type.startsWith("clip") ? 1 : 0);
+    const tokens = image && patch ? Math.floor(image / patch) ** 2 + (model_type.startsWith("clip") ? 1 : 0) : 0;
+    if (tokens >= 1) needs.tokens = tokens;
   }
   return needs;
 }
@@ -183,7 +184,7 @@ function rotaryOf(c: Config, where: string, headDim: number, ropeDim?: number): 
   if (theta !== undefined) rotary.theta = theta;
   const partial = real(c, ["partial_rotary_factor", "rotary_pct"], where);
   const dim = ropeDim ?? (partial !== undefined && partial < 1 ? Math.round(headDim * partial) : undefined);
-  if (dim !== undefined) rotary.dim = dim;
+  if (dim !== undefined && dim >= 1) rotary.dim = dim;
   if (isObject(c.rope_scaling)) {
     const s = c.rope_scaling;
     rotary.scaling = name(s.rope_type) ?? name(s.type) ?? "unnamed";

@@ -9,6 +9,8 @@ import type { ProbeResult } from "../facts.ts";
 import { execWithTimeout, findExecutable, lastLine, probeJson } from "../probes/exec.ts";
 import { runNativeProbe } from "../probes/native.ts";
 import { diskPath } from "../../lib/standalone.ts";
+import { jsonReplacer } from "../../lib/json.ts";
+import { validateFactsPart } from "../schema.ts";
 import type { BackendChoice } from "../../lib/select.ts";
 import { type ModelKernelFacts, type ModelKernelOptions, modelProblems } from "./kernels.ts";
 import type { ModelSource } from "./read.ts";
@@ -79,5 +81,22 @@ export async function collectModelFacts(
       : probeTransformers(source, env),
     runNativeProbe<ModelKernelFacts>("model", { timeoutMs: KERNELS_TIMEOUT_MS, env, options: kernelOptions }),
   ]);
-  return { ...source, transformers, kernels: { ...kernels, parts: kernels.parts ?? [] } };
+  return admitted({ ...source, transformers, kernels: { ...kernels, parts: kernels.parts ?? [] } });
+}
+
+/**
+ * The model's facts as the report will hold them: what a probe printed (any python3 on PATH may answer) is held to
+ * the report schema, and a probe part that does not fit becomes a probe error saying why, so every report the
+ * doctor writes replays with --facts and the rules never read a shape they do not expect.
+ */
+function admitted(facts: ModelFacts): ModelFacts {
+  const asJson = JSON.parse(JSON.stringify(facts, jsonReplacer)) as ModelFacts;
+  for (const part of ["transformers", "kernels"] as const) {
+    const problems = validateFactsPart(asJson, "model").filter((p) => p.startsWith(`facts.model.${part}`));
+    if (!problems.length) continue;
+    const error = `the ${part} probe's result does not fit the report schema (${problems[0].slice(0, 200)}); it was left out`;
+    if (part === "transformers") asJson.transformers = { status: "error", error };
+    else asJson.kernels = { status: "error", error, parts: [] };
+  }
+  return asJson;
 }
