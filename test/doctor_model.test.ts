@@ -264,6 +264,16 @@ describe("verdicts that depend on the machine (pure rules)", () => {
     expect(blockersOf(mistral, "flash_attention_2")).toContain("flash_attn 2.1.0 has no sliding window");
     expect(adviseModel(modelOn("mistral-7b-v0.1"), machine("h100", "2.3.0")).implementations[0].verdict).toBe("recommended");
   });
+  test("head_dim above 256 and ALiBi before flash_attn 2.4; an MI250X (CK's gfx90a) runs flash_attn", () => {
+    const wide = modelOn("llama-3.1-8b");
+    wide.needs = { ...wide.needs, text: { ...wide.needs.text, head_dim_qk: 512, head_dim_v: 512 } };
+    expect(blockersOf(adviseModel(wide, machine("h100", "2.7.4")), "flash_attention_2")).toBe("head_dim 512 is above flash_attn 2's 256");
+    const alibiFalcon = modelOn("falcon-7b");
+    alibiFalcon.needs = deriveNeeds({ ...configOf("falcon-7b"), alibi: true });
+    expect(alibiFalcon.needs.text.rotary).toBeUndefined();
+    expect(blockersOf(adviseModel(alibiFalcon, machine("h100", "2.3.6")), "flash_attention_2")).toBe("flash_attn 2.3.6 has no ALiBi (the model needs it); it came in flash_attn 2.4.0");
+    expect(adviseModel(modelOn("llama-3.1-8b", "cuda"), machine("mi250x-rocm6", "2.7.4")).implementations[0].verdict).toBe("recommended");
+  });
   test("a T4 (sm_75): flash_attn 2 cannot run there, SDPA is the line", () => {
     const a = adviseModel(modelOn("llama-3.1-8b"), machine("t4", "2.7.4.post1"));
     expect(blockersOf(a, "flash_attention_2")).toContain("is sm_75; flash_attn 2 needs sm_80 or newer");
