@@ -4,7 +4,7 @@
 import os from "node:os";
 import type { Backend, DeviceBuffer } from "../lib/backend.ts";
 import { FlashAttnError } from "../lib/errors.ts";
-import { describeProblem, type Problem } from "../lib/problem.ts";
+import { type AttentionSemantics, describeProblem, type Problem, standardAlibiSlopes } from "../lib/problem.ts";
 import { type AttnRequest, paramsFor } from "../lib/select.ts";
 import { fromFloat32, rng } from "../lib/tensor.ts";
 import { dtypeBytes } from "../lib/vocabulary.ts";
@@ -67,11 +67,19 @@ export function runsFor(estimateMs: number, plan: TimingPlan): { warmup: number;
 }
 
 /** The library's view of a bench case (padded batch, no window, default scale), described like any other problem. */
+/** The semantics of a case: causal, and a model's window, softcap and standard ALiBi slopes (bench --model). */
+export function caseSemantics(c: BenchCase): AttentionSemantics {
+  return {
+    causal: c.causal,
+    ...(c.window ? { window: c.window } : {}),
+    ...(c.softcap ? { softcap: c.softcap } : {}),
+    ...(c.alibi ? { alibiSlopes: standardAlibiSlopes(c.headsQ) } : {}),
+  };
+}
+
 export function problemFor(c: BenchCase): Problem {
   const kv = { dtype: c.dtype, shape: [c.batch, c.seqlenK, c.headsKv, c.headDim] };
-  return describeProblem({ dtype: c.dtype, shape: [c.batch, c.seqlenQ, c.headsQ, c.headDim] }, kv, kv, {
-    causal: c.causal,
-  });
+  return describeProblem({ dtype: c.dtype, shape: [c.batch, c.seqlenQ, c.headsQ, c.headDim] }, kv, kv, caseSemantics(c));
 }
 
 export const implName = (algorithm: Algorithm, backend: string) =>
@@ -152,7 +160,7 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
   });
   let request: AttnRequest;
   try {
-    request = { problem: problemFor(c), direction: c.direction, algorithm };
+    request = { problem: problemFor(c), direction: c.direction, algorithm, alibi: c.alibi ? "per-head" : "none" };
   } catch (error) {
     return row("unsupported", { reason: (error as Error).message });
   }
@@ -168,6 +176,7 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
       dq: placeholder,
       dk: placeholder,
       dv: placeholder,
+      alibiSlopes: c.alibi ? placeholder : undefined,
     }),
     c.direction,
   );
@@ -200,6 +209,8 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
     const grads = backwardToo
       ? { dout: alloc(qBytes), dq: alloc(qBytes), dk: alloc(kBytes), dv: alloc(kBytes) }
       : undefined;
+    const slopes = c.alibi ? backend.upload(standardAlibiSlopes(c.headsQ)) : undefined;
+    if (slopes) buffers.push(slopes);
     const source = backend.upload(randomBlock(c.dtype));
     try {
       for (const b of [q, k, v, ...(grads ? [grads.dout] : [])]) fillRandom(backend, b, source);
@@ -216,6 +227,7 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
       dq: grads?.dq.address,
       dk: grads?.dk.address,
       dv: grads?.dv.address,
+      alibiSlopes: slopes?.address,
     });
     // The first forward checks the case runs at all and gives O and LSE to backward. The memory figure is the
     // peak of one call of this direction, counted from what the library held before this case's tensors.

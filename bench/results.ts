@@ -74,6 +74,8 @@ export interface CopyBandwidth {
 
 export interface BenchConfig {
   preset: PresetName;
+  /** bench --model: the model whose attention the cases are ("mistral (MistralForCausalLM), config.json path") */
+  model?: string;
   warmup: number;
   iters: number;
   minIters: number;

@@ -51,6 +51,8 @@ export type BaselineName = typeof baselineNames[number];
 
 export interface BenchOptions {
   preset: PresetName;
+  /** bench --model: which model the spec is the attention of (for the report) */
+  model?: string;
   spec: SweepSpec;
   backend: BackendChoice;
   libPath?: string;
@@ -178,6 +180,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
   const deadline = t0 + opts.maxSeconds * 1000;
   const config: BenchConfig = {
     preset: opts.preset,
+    ...(opts.model ? { model: opts.model } : {}),
     warmup: opts.timing.warmup,
     iters: opts.timing.iters,
     minIters: opts.timing.minIters,

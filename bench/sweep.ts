@@ -8,9 +8,19 @@
 import { FlashAttnError } from "../lib/errors.ts";
 import { MAX_HEAD_DIM } from "../lib/problem.ts";
 import type { DType } from "../lib/vocabulary.ts";
+import type { ModelProblem } from "../doctor/model/kernels.ts";
 import { attentionFlops, type Direction, directions, type ProblemSize } from "./flops.ts";
 
-export interface BenchCase extends ProblemSize {
+/** A model's attention features beyond the shape (bench --model): absent on the presets' cases. */
+export interface CaseFeatures {
+  /** [left, right], -1 = unbounded */
+  window?: [number, number];
+  softcap?: number;
+  /** the standard ALiBi slopes, one per query head */
+  alibi?: boolean;
+}
+
+export interface BenchCase extends ProblemSize, CaseFeatures {
   /** Stable key of the case (shape + direction), used to join our rows with baseline rows. */
   id: string;
   direction: Direction;
@@ -23,6 +33,8 @@ export const presetNames: readonly PresetName[] = ["fa", "decode", "quick"];
 
 /** A sweep before expansion. batch and heads may be derived from a token count and a hidden size. */
 export interface SweepSpec {
+  /** a model's window, softcap and ALiBi, on every case (bench --model) */
+  features?: CaseFeatures;
   seqlens: number[];
   /** Query lengths; absent means seqlen_q = seqlen_k (prefill). */
   seqlensQ?: number[];
@@ -175,7 +187,43 @@ export function applyOverrides(base: SweepSpec, o: SweepOverrides): SweepSpec {
 export function caseId(c: Omit<BenchCase, "id">): string {
   const gqa = c.headsKv === c.headsQ ? `h${c.headsQ}` : `h${c.headsQ}/${c.headsKv}`;
   const seq = c.seqlenQ === c.seqlenK ? `s${c.seqlenK}` : `q${c.seqlenQ} kv${c.seqlenK}`;
-  return `b${c.batch} ${seq} ${gqa} d${c.headDim}${c.causal ? " causal" : ""} ${c.dtype} ${c.direction}`;
+  const features = [
+    c.window ? ` window(${c.window[0]},${c.window[1]})` : "",
+    c.softcap ? ` softcap${c.softcap}` : "",
+    c.alibi ? " alibi" : "",
+  ].join("");
+  return `b${c.batch} ${seq} ${gqa} d${c.headDim}${c.causal ? " causal" : ""}${features} ${c.dtype} ${c.direction}`;
+}
+
+/** The default lengths of bench --model: 4k and 16k, within what the model takes. */
+export const MODEL_SEQLENS = [4 * k, 16 * k];
+
+/**
+ * The sweep of a model's own attention (doctor/model/kernels.ts modelProblems): its heads, KV heads, head dim,
+ * causal, window, softcap and ALiBi at batch 1, over `seqlens` (those above the model's maximum dropped, the
+ * maximum itself then taken), forward by default, timed as the fa preset times.
+ */
+export function modelSweep(p: ModelProblem, seqlens: number[], maxPositions?: number): SweepSpec {
+  const within = maxPositions ? seqlens.filter((s) => s <= maxPositions) : seqlens;
+  const features: CaseFeatures = {};
+  if (p.window[0] >= 0 || p.window[1] >= 0) features.window = p.window;
+  if (p.softcap) features.softcap = p.softcap;
+  if (p.alibi) features.alibi = true;
+  return {
+    features,
+    seqlens: within.length ? within : [maxPositions!],
+    hdims: [p.headDim],
+    batches: [1],
+    tokens: 0,
+    heads: [p.headsQ],
+    hidden: 0,
+    headsKv: [p.headsKv],
+    causal: [p.causal],
+    dtype: p.dtype,
+    directions: ["fwd"],
+    kind: "prefill",
+    gpuSized: true,
+  };
 }
 
 /**
@@ -200,6 +248,7 @@ export function expandSweep(spec: SweepSpec, ctx: { gpu: boolean }): BenchCase[]
                 if (headsQ % headsKv !== 0) usage(`--heads ${headsQ} is not a multiple of --heads-kv ${headsKv}`);
                 for (const seqlenQ of spec.seqlensQ ?? [seqlenK]) {
                   const c = {
+                    ...spec.features,
                     batch,
                     seqlenQ,
                     seqlenK,

@@ -6,7 +6,7 @@ import type { Backend } from "../lib/backend.ts";
 import { checkAgainstReference, checkGradientsAgainstReference } from "../lib/check.ts";
 import { FlashAttnError } from "../lib/errors.ts";
 import { randomTensor } from "../lib/tensor.ts";
-import type { Algorithm } from "./ours.ts";
+import { type Algorithm, caseSemantics } from "./ours.ts";
 import type { KernelCheck } from "./results.ts";
 import type { BenchCase } from "./sweep.ts";
 
@@ -20,7 +20,8 @@ export function smallCaseOf(c: BenchCase): BenchCase {
 
 /** The key of a kernel path: what selects a kernel, without the sizes. */
 const pathKey = (backend: Backend, c: BenchCase, algorithm: Algorithm) =>
-  [backend.name, algorithm, c.dtype, c.headDim, c.headsQ / c.headsKv, c.causal, c.direction, c.kind].join(" ");
+  [backend.name, algorithm, c.dtype, c.headDim, c.headsQ / c.headsKv, c.causal, c.window ?? "", c.softcap ?? 0, !!c.alibi,
+    c.direction, c.kind].join(" ");
 
 /** Checks each kernel path once per run (the first case of each kind), remembering the verdict. */
 export class KernelChecks {
@@ -43,7 +44,7 @@ async function checkPath(backend: Backend, s: BenchCase, algorithm: Algorithm): 
   const q = randomTensor(s.dtype, [s.batch, s.seqlenQ, s.headsQ, s.headDim], 11);
   const k = randomTensor(s.dtype, [s.batch, s.seqlenK, s.headsKv, s.headDim], 12);
   const v = randomTensor(s.dtype, [s.batch, s.seqlenK, s.headsKv, s.headDim], 13);
-  const semantics = { causal: s.causal };
+  const semantics = caseSemantics(s);
   try {
     const forward = await attention(q, k, v, {
       plan: planAttention(q, k, v, { ...semantics, algorithm }, "fwd", backend),

@@ -9,7 +9,19 @@ import { FlashAttnError } from "../lib/errors.ts";
 import type { BackendChoice } from "../lib/select.ts";
 import { backendNames } from "../lib/vocabulary.ts";
 import { checkOutputTargets, writeFileAtomic } from "../formats/atomic.ts";
-import { applyOverrides, type PresetName, presetNames, presets, type SweepOverrides } from "../bench/sweep.ts";
+import {
+  applyOverrides,
+  MODEL_SEQLENS,
+  modelSweep,
+  parseSizeList,
+  type PresetName,
+  presetNames,
+  presets,
+  type SweepOverrides,
+  type SweepSpec,
+} from "../bench/sweep.ts";
+import { readModel } from "../doctor/model/read.ts";
+import { modelProblems, problemText } from "../doctor/model/kernels.ts";
 import {
   type BaselineName,
   baselineNames,
@@ -32,6 +44,7 @@ import { action, EXIT_FAILURE, printJson, progress, useColor } from "./_output.t
 /** The raw option values commander hands over. */
 export interface RawBenchOptions extends SweepOverrides {
   preset?: string;
+  model?: string;
   backend?: string;
   lib?: string;
   baselines?: string;
@@ -50,6 +63,8 @@ export interface RawBenchOptions extends SweepOverrides {
 export interface BenchPlan {
   /** undefined: fa where a GPU backend is usable, quick otherwise (decided when the backends are known). */
   preset?: PresetName;
+  /** bench --model: a local model directory or config.json whose attention is the sweep */
+  model?: string;
   overrides: SweepOverrides;
   backend: BackendChoice;
   libPath?: string;
@@ -116,11 +131,20 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchPlan {
   };
   // Check the sweep flags now, against any preset: a typo fails before a library is even loaded.
   applyOverrides(presets.quick, overrides);
+  if (raw.model !== undefined) {
+    const shapeFlags: Array<[string, unknown]> = [
+      ["--preset", raw.preset], ["--hdim", raw.hdim], ["--heads", raw.heads], ["--heads-kv", raw.headsKv],
+      ["--causal", raw.causal], ["--seqlen-q", raw.seqlenQ],
+    ];
+    const clash = shapeFlags.find(([, value]) => value !== undefined);
+    if (clash) usage(`--model takes the attention shape from the model; ${clash[0]} does not apply with it`);
+  }
   if (raw.chart !== undefined && !raw.chart.toLowerCase().endsWith(".svg")) {
     usage(`--chart writes SVG: name a .svg file, not "${raw.chart}"`);
   }
   return {
     preset,
+    model: raw.model,
     overrides,
     backend,
     libPath: raw.lib,
@@ -140,16 +164,38 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchPlan {
   };
 }
 
+/**
+ * bench --model: the sweep of the model's text attention (its heads, KV heads, head dim, window, softcap, ALiBi),
+ * timed as the fa preset is; --seqlen, --batch, --dtype and --direction still apply.
+ */
+export function modelBench(plan: BenchPlan): { spec: SweepSpec; model: string; problem: string } {
+  const source = readModel(plan.model!);
+  const text = modelProblems(source.needs)[0];
+  const seqlens = plan.overrides.seqlen !== undefined ? parseSizeList("seqlen", plan.overrides.seqlen, 1 << 20) : MODEL_SEQLENS;
+  const { batch, dtype, direction } = plan.overrides;
+  const spec = applyOverrides(modelSweep(text, seqlens, source.needs.text.max_positions), { batch, dtype, direction });
+  const arch = source.needs.architectures[0];
+  const lengths = spec.seqlens.join("/");
+  const problem = problemText(text).replace(`seqlen ${text.seqlen}`, `seqlen ${lengths}`);
+  return { spec, model: `${source.needs.model_type}${arch ? ` (${arch})` : ""}, ${source.config}`, problem };
+}
+
 export async function executeBench(plan: BenchPlan): Promise<BenchReport> {
+  const model = plan.model === undefined ? undefined : modelBench(plan);
+  if (model && !plan.quiet) {
+    progress(`flashattn bench: ${model.model}: the text model's attention, ${model.problem} (a vision tower is not benched)`);
+  }
   // The backend decision, once: it picks the default preset and is what the run measures.
-  const probe = plan.preset ? applyOverrides(presets[plan.preset], plan.overrides) : presets.quick;
+  const probe = model?.spec ?? (plan.preset ? applyOverrides(presets[plan.preset], plan.overrides) : presets.quick);
   const backends = findBackends(probe, { backend: plan.backend, libPath: plan.libPath });
-  const preset = plan.preset ?? (gpuAmong(backends) ? "fa" : "quick");
+  // A model is timed as the fa preset: the same baselines, budgets and limit.
+  const preset = model ? "fa" : plan.preset ?? (gpuAmong(backends) ? "fa" : "quick");
   const defaults = presetTiming[preset];
   const t = plan.timing;
   const options: BenchOptions = {
     preset,
-    spec: applyOverrides(presets[preset], plan.overrides),
+    model: model?.model,
+    spec: model?.spec ?? applyOverrides(presets[preset], plan.overrides),
     backend: plan.backend,
     libPath: plan.libPath,
     baselines: plan.baselines,
@@ -166,7 +212,7 @@ export async function executeBench(plan: BenchPlan): Promise<BenchReport> {
     // The driver as NVML reports it: the doctor's probe, in its own deadline-bound process.
     readDriver: () => runNativeProbe<NvmlFacts>("nvml", { timeoutMs: 10_000 }),
   };
-  if (!plan.quiet && plan.preset === undefined) progress(`flashattn bench: preset ${preset} (pass --preset to choose)`);
+  if (!plan.quiet && plan.preset === undefined && !model) progress(`flashattn bench: preset ${preset} (pass --preset to choose)`);
   return await runBench(options);
 }
 
@@ -204,6 +250,7 @@ Examples:
   $ flashattn bench                                          # quick without a GPU, fa with one
   $ flashattn bench --preset fa --json --chart fa.svg > fa.json
   $ flashattn bench --preset decode --save decode.json       # one query token against 4k..128k KV, GQA
+  $ flashattn bench --model ./Mistral-7B-v0.1 --seqlen 4k,16k  # the model's own attention, vs the fa baselines
   $ flashattn bench --seqlen 1k,4k --hdim 128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn
 
 Implementations: ours (every usable libflashattn backend), naive-<backend> (materialised scores, forward only),
@@ -216,6 +263,7 @@ export function register(program: Command) {
   program.command("bench")
     .description("benchmark the attention kernels against naive, PyTorch SDPA and NumPy baselines")
     .option("--preset <name>", `sweep: ${presetNames.join(", ")} (default: fa with a GPU, else quick)`)
+    .option("--model <path>", "time this local model's own attention (heads, KV heads, head dim, window, softcap) at --seqlen (default 4k,16k)")
     .option("--seqlen <list>", "sequence lengths (KV length for decode), e.g. 512,1k,16k")
     .option("--seqlen-q <list>", "query lengths when they differ from --seqlen (decode: 1)")
     .option("--hdim <list>", "head dimensions, e.g. 64,128,256")

@@ -11,12 +11,15 @@ import type { BackendName, DoctorFacts, DoctorOptions } from "../doctor/facts.ts
 import { buildReport, renderHuman } from "../doctor/report.ts";
 import { readSavedReport } from "../doctor/schema.ts";
 import { missingDenoPermissions, runtimeVersion } from "../doctor/probes/system.ts";
+import { readModel } from "../doctor/model/read.ts";
+import { collectModelFacts } from "../doctor/model/probe.ts";
 
 interface RawDoctorOptions {
   require?: string;
   facts?: string;
   backend?: string;
   lib?: string;
+  model?: string;
   python: boolean;
   selfTest: boolean;
 }
@@ -30,6 +33,7 @@ Examples:
   flashattn doctor --require gpu        exit 1 unless a GPU backend is usable (for CI)
   flashattn doctor --json > doctor.json attach to a bug report
   flashattn doctor --facts doctor.json  replay a saved report: the same diagnosis on another machine
+  flashattn doctor --model ./Llama-3.1-8B which attention this model can use here, and the line to load it with
 
 Exit codes: 0 healthy (warnings allowed), 1 problems found (or --require not met), 2 usage error.
 Sections: NVIDIA, AMD, toolkits, flashattn libraries, Python stack, backend decision.`;
@@ -55,6 +59,9 @@ export function parseDoctorOptions(raw: RawDoctorOptions): { options: DoctorOpti
   if (raw.facts !== undefined && (raw.backend !== undefined || raw.lib !== undefined)) {
     throw new FlashAttnError("USAGE", "--facts replays a saved report; --backend and --lib apply only to a live check");
   }
+  if (raw.facts !== undefined && raw.model !== undefined) {
+    throw new FlashAttnError("USAGE", "--facts replays a saved report (with its model, if it had one); --model applies only to a live check");
+  }
   return { options, backend: raw.backend as "auto" | BackendName | undefined };
 }
 
@@ -67,11 +74,14 @@ export function register(program: Command) {
     .option("--facts <report.json>", "diagnose a report saved with --json (from another machine) instead of this one")
     .option("--backend <auto|cpu|cuda|hip>", "decide as `run --backend` would (default: FLASHATTN_BACKEND, else auto)")
     .option("--lib <path>", "check this libflashattn_<backend>.so only (as FLASHATTN_LIB)")
+    .option("--model <path>", "advise on this local model (a directory with config.json, or the file): attention needs, implementations, the line to use")
     .option("--no-python", "skip the Python stack (torch, flash_attn, ...)")
     .option("--no-self-test", "skip the small attention run on each usable backend")
     .addHelpText("after", help)
     .action(action(async (globals, raw: RawDoctorOptions) => {
       const { options, backend } = parseDoctorOptions(raw);
+      // The model's files first: a bad path or config is a usage error before any probe runs.
+      const model = raw.model === undefined ? undefined : readModel(raw.model);
       let facts: DoctorFacts;
       let meta = {
         version: packageJson.version,
@@ -111,6 +121,7 @@ export function register(program: Command) {
             ? undefined
             : (pending) => process.stderr.write(`flashattn doctor: still waiting for ${pending.join(", ")}...\n`),
         });
+        if (model) facts.model = await collectModelFacts(model, { backend, libPath: raw.lib, noPython: !raw.python });
       }
       const report = buildReport(facts, options, meta);
       if (globals.json) printJson(report);

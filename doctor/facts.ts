@@ -4,6 +4,8 @@
 // REPORT_SCHEMA_VERSION on any incompatible change.
 
 import type { PrebuiltManifest } from "../ffi/prebuilt.ts";
+import type { ModelAdvice } from "./model/advice.ts";
+import type { ModelFacts } from "./model/probe.ts";
 
 export const REPORT_SCHEMA_VERSION = 1;
 export const REPORT_SCHEMA_ID = `flashattn.doctor/${REPORT_SCHEMA_VERSION}`;
@@ -281,11 +283,13 @@ export interface DoctorFacts {
   toolkits: ToolkitFacts;
   flashattn: FlashattnFacts;
   python: PythonFacts;
+  /** `doctor --model PATH`: what the model's files and the installed transformers say (doctor/model/) */
+  model?: ModelFacts;
 }
 
 export type Severity = "ok" | "info" | "warning" | "error";
 
-export type Section = "system" | "nvidia" | "amd" | "toolkits" | "libraries" | "python" | "backend";
+export type Section = "system" | "nvidia" | "amd" | "toolkits" | "libraries" | "python" | "backend" | "model";
 
 export interface Finding {
   /** stable identifier, dotted: "nvidia.driver_too_old" */
@@ -315,5 +319,7 @@ export interface DoctorReport {
   exit_code: 0 | 1;
   findings: Finding[];
   backends: BackendDecisionFacts[];
+  /** `doctor --model`: the advice computed from facts.model */
+  model?: ModelAdvice;
   facts: DoctorFacts;
 }

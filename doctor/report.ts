@@ -14,6 +14,7 @@ import {
 } from "./facts.ts";
 import { redactFacts } from "./redact.ts";
 import { evaluate, verdict } from "./rules/index.ts";
+import { adviseModel, modelFindings } from "./model/advice.ts";
 
 export function buildReport(
   collected: DoctorFacts,
@@ -23,6 +24,8 @@ export function buildReport(
   // The one door facts come in by, collected here or replayed from a file: no credential gets past it.
   const facts = redactFacts(collected);
   const findings = evaluate(facts, options);
+  const model = facts.model && adviseModel(facts.model, facts);
+  if (facts.model && model) findings.push(...modelFindings(facts.model, model));
   const chosen = facts.flashattn.chosen ?? null;
   const v = verdict(findings, chosen ?? undefined);
   const report: DoctorReport = {
@@ -34,6 +37,7 @@ export function buildReport(
     exit_code: v.exitCode,
     findings,
     backends: facts.flashattn.decisions,
+    ...(model ? { model } : {}),
     facts,
   };
   if (meta.replayedFrom) report.replayed_from = meta.replayedFrom;
@@ -48,6 +52,7 @@ const sectionTitles: Record<Section, string> = {
   libraries: "flashattn libraries",
   python: "Python stack",
   backend: "Backend decision",
+  model: "Model",
 };
 
 const marks: Record<Severity, { mark: string; style: Style }> = {

@@ -102,7 +102,8 @@ export type FactsPart =
   | "toolkits.nvcc"
   | "toolkits.hipcc"
   | "flashattn"
-  | "python";
+  | "python"
+  | "model";
 
 /** Every violation of the report schema by `value` taken as the facts at `part` (a probe's result). */
 export function validateFactsPart(value: unknown, part: FactsPart): string[] {

@@ -22,7 +22,7 @@ import sys
 import time
 import tracemalloc
 
-from worker_protocol import emit, requests, runs_for
+from worker_protocol import emit, plain_attention_only, requests, runs_for
 
 
 try:
@@ -111,6 +111,9 @@ def score_bytes(c):
 
 
 def measure(c, req):
+    beyond = plain_attention_only(c)
+    if beyond:
+        return beyond
     need = score_bytes(c)
     if need > req["memory_limit_bytes"]:
         return {"status": "oom", "reason": "the materialised scores need %.1f GiB, over the %.1f GiB limit (half the free memory)"

@@ -23,7 +23,7 @@ import re
 import sys
 import warnings
 
-from worker_protocol import emit, one_line, requests, runs_for
+from worker_protocol import emit, plain_attention_only, one_line, requests, runs_for
 
 
 try:
@@ -117,6 +117,9 @@ def time_runs(run, count):
 
 
 def measure(c, impl, req):
+    beyond = plain_attention_only(c)
+    if beyond:
+        return beyond
     if c["causal"] and c["seqlenQ"] != c["seqlenK"]:
         return {"status": "unsupported",
                 "reason": "SDPA's is_causal is top-left aligned; flash-attn's causal is bottom-right when seqlen_q != seqlen_k"}

@@ -35,3 +35,14 @@ def runs_for(estimate_ms, req):
         return None
     per = max(estimate_ms, 1e-3)
     return max(1, min(req["warmup"], int(budget / 4 / per))), max(req["min_iters"], min(req["iters"], int(budget / per)))
+
+
+def plain_attention_only(c):
+    """A refusal for a case with a model's window, softcap or ALiBi (bench --model): this baseline times plain
+    attention, and timing it on such a case would compare a different problem."""
+    features = [words for key, words in (("window", "sliding window"), ("softcap", "logit softcap"), ("alibi", "ALiBi"))
+                if c.get(key)]
+    if not features:
+        return None
+    return {"status": "unsupported",
+            "reason": "this baseline times plain attention; the model's %s would make it another problem" % ", ".join(features)}

@@ -85,7 +85,8 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
   // A report may mix prefill and decode cases: each bar's unit follows its case, the heading names both.
   const unitOf = (c: BenchCase) => (c.kind === "decode" ? "GB/s (K+V read)" : "TFLOP/s");
   const units = [...new Set(report.cases.map(unitOf))];
-  const heading = opts.title ?? `flashattn bench --preset ${report.config.preset}: ${units.join("; ") || "TFLOP/s"}`;
+  const what = report.config.model ? `--model ${report.config.model}` : `--preset ${report.config.preset}`;
+  const heading = opts.title ?? `flashattn bench ${what}: ${units.join("; ") || "TFLOP/s"}`;
   out.push(`<text x="10" y="18" font-size="14" font-weight="bold">${escapeXml(heading)}</text>`);
   impls.forEach((impl, i) => {
     const x = 10 + (i % legendPerRow) * 170, y = 30 + 18 * Math.floor(i / legendPerRow);

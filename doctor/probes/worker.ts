@@ -7,12 +7,14 @@ import { probeNvml } from "./nvml.ts";
 import { probeCudaDriver } from "./cuda_driver.ts";
 import { probeHip } from "./hip.ts";
 import { type FlashattnProbeOptions, probeFlashattn } from "./flashattn.ts";
+import { type ModelKernelOptions, probeModelKernels } from "../model/kernels.ts";
 
-const probes: Record<string, (options: FlashattnProbeOptions) => unknown | Promise<unknown>> = {
+const probes: Record<string, (options: FlashattnProbeOptions & ModelKernelOptions) => unknown | Promise<unknown>> = {
   nvml: probeNvml,
   cuda: probeCudaDriver,
   hip: probeHip,
   flashattn: probeFlashattn,
+  model: probeModelKernels,
 };
 
 const [name, optionsJson] = process.argv.slice(2);

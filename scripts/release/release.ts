@@ -21,7 +21,7 @@ const stage = path.join(dist, name);
 const log = (line: string) => process.stderr.write(`release: ${line}\n`);
 
 /** Files read at run time rather than imported: embedded in the executable, extracted by lib/standalone.ts. */
-const embedded = ["doctor/probes/python_stack.py", "bench/baselines/numpy_attention.py", "bench/baselines/torch_sdpa.py", "bench/baselines/worker_protocol.py"];
+const embedded = ["doctor/probes/python_stack.py", "doctor/model/transformers_probe.py", "bench/baselines/numpy_attention.py", "bench/baselines/torch_sdpa.py", "bench/baselines/worker_protocol.py"];
 
 function run(command: string, args: string[], env: Record<string, string | undefined> = process.env): void {
   const r = spawnSync(command, args, { cwd: root, stdio: "inherit", env });
