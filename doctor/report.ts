@@ -13,6 +13,7 @@ import {
   type Severity,
 } from "./facts.ts";
 import { redactFacts } from "./redact.ts";
+import { decideFromFacts } from "./rules/backend.ts";
 import { evaluate, verdict } from "./rules/index.ts";
 
 export function buildReport(
@@ -23,7 +24,9 @@ export function buildReport(
   // The one door facts come in by, collected here or replayed from a file: no credential gets past it.
   const facts = redactFacts(collected);
   const findings = evaluate(facts, options);
-  const chosen = facts.flashattn.chosen ?? null;
+  // The decision recomputed from the facts, as the rules see them: live and replayed reports give the same verdict.
+  const decided = decideFromFacts(facts);
+  const chosen = decided.chosen ?? null;
   const v = verdict(findings, chosen ?? undefined);
   const report: DoctorReport = {
     schema: REPORT_SCHEMA_ID,
@@ -33,7 +36,7 @@ export function buildReport(
     summary: { errors: v.errors, warnings: v.warnings, chosen_backend: chosen, healthy: v.healthy, line: v.line },
     exit_code: v.exitCode,
     findings,
-    backends: facts.flashattn.decisions,
+    backends: decided.decisions,
     facts,
   };
   if (meta.replayedFrom) report.replayed_from = meta.replayedFrom;
