@@ -10,6 +10,9 @@
 // changed (source, the headers they can see, the flags, the compiler) are recompiled; the link runs when any object
 // changed. Says what it built, what it skipped and why.
 //
+// The CUDA toolkit is $CUDA_HOME/bin/nvcc where CUDA_HOME is set (a CUDA_HOME without it fails the cuda build with
+// one line), else nvcc on PATH, else /usr/local/cuda/bin.
+//
 // Usage: bun kernels/build.ts [cpu|cuda|hip ... | --all] [--jobs N] [--force] [--verbose]
 // Also a module: scripts/release/prebuilt.ts calls buildBackends() to build what it packs.
 import { $, fs, path, which } from "zx";
