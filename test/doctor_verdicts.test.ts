@@ -101,6 +101,28 @@ describe("CUDA_VISIBLE_DEVICES as the cause", () => {
 });
 
 describe("fixes the user can carry out", () => {
+  test("no HIP code for the GPU: the fix names the build's FLASHATTN_HIP_ARCHS with that gfx added", () => {
+    const f = facts("mi250x-rocm6.json");
+    f.amd.hip.devices = [{ index: 0, name: "AMD Instinct MI300X", gcn_arch_name: "gfx942:sramecc+:xnack-" }];
+    const lib = f.flashattn.libraries.find((l) => l.backend === "hip")!;
+    lib.loaded = true;
+    lib.info = { ...lib.info, archs: ["gfx90a"], built_with: { hip: f.amd.hip.runtime_version! } };
+    const report = buildReport(f, {}, { version: "t", runtime: "t", createdAt: "2026-12-06T00:00:00Z" });
+    expect(report.findings.find((x) => x.id === "libraries.hip_arch_gpu0")?.fix).toStartWith(
+      "rebuild with gfx942 among the offload targets: FLASHATTN_HIP_ARCHS=gfx90a,gfx942 bun kernels/build.ts hip",
+    );
+  });
+  test("a HIP library and runtime of different majors: an error with an AMD GPU, information without", () => {
+    const f = facts("cpu-only-gpu-libraries-built.json");
+    f.amd.hip.runtime_version = "6.2";
+    const severity = (facts: DoctorFacts) =>
+      buildReport(facts, {}, { version: "t", runtime: "t", createdAt: "2026-12-06T00:00:00Z" }).findings.find((x) =>
+        x.id === "libraries.hip_version"
+      )?.severity;
+    expect(severity(f)).toBe("info");
+    f.amd.kfd = { exists: true, accessible: true };
+    expect(severity(f)).toBe("error");
+  });
   test("a CUDA_HOME without nvcc is named, with the toolkit that is there as the example", () => {
     const f = facts("h100.json");
     f.host.env.CUDA_HOME = "/opt/cuda-12.8";

@@ -351,10 +351,14 @@ function hipBuildRules(f: DoctorFacts, lib: LibraryFacts, s: ReturnType<typeof s
   const built = lib.info?.built_with?.hip;
   const runtime = f.amd.hip.runtime_version;
   if (built && runtime && majorOf(built) !== majorOf(runtime)) {
-    s.error(
+    // Without an AMD GPU the mismatch runs nothing: information, like the CUDA driver rules.
+    const gpu = amdHardwarePresent(f);
+    (gpu ? s.error : s.info)(
       "hip_version",
-      `libflashattn_hip was built with HIP ${built} but the runtime is HIP ${runtime}`,
-      `rebuild it with this ROCm's hipcc: ${BUILD}`,
+      `libflashattn_hip was built with HIP ${built} but the runtime is HIP ${runtime}${
+        gpu ? "" : " (no AMD GPU here, so nothing runs on it)"
+      }`,
+      `rebuild it with this ROCm's hipcc: ${BUILD} hip`,
     );
   }
   const archs = (lib.info?.archs ?? []).map(gfxBase);
@@ -367,7 +371,9 @@ function hipBuildRules(f: DoctorFacts, lib: LibraryFacts, s: ReturnType<typeof s
         `libflashattn_hip has no code for GPU ${d.index} (${d.name ?? "AMD GPU"}, ${gfx}): built for ${
           archs.join(", ")
         }`,
-        `rebuild with ${gfx} among the offload targets: ${BUILD}`,
+        `rebuild with ${gfx} among the offload targets: FLASHATTN_HIP_ARCHS=${
+          [...new Set([...archs, gfx])].join(",")
+        } ${BUILD} hip (the installed ROCm must ship device libraries for ${gfx})`,
       );
     }
   }
