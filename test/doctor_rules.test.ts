@@ -501,6 +501,8 @@ const cases: Case[] = [
       { id: "python.import_ops_rms_norm", severity: "info", message: ["dropout_layer_norm"], fix: ["csrc/layer_norm"] },
       { id: "python.import_ops_triton_layer_norm", severity: "warning", fix: ["pip install triton"] },
       { id: "python.needs", severity: "ok", message: ["einops 0.8.1"] },
+      // flash_attn itself imports: its attention serves transformers whatever its rotary and norm imports do
+      { id: "python.transformers", severity: "ok", message: ['"flash_attention_2", "sdpa", "eager"'] },
     ],
     absent: ["python.rotary", "python.layer_norm", "python.triton"],
   },

@@ -479,7 +479,7 @@ function flashAttnModuleRules(f: DoctorFacts, s: Builder): boolean {
         id,
         `import ${m.module} fails: ${missing} is not installed (${m.import_error})`,
         missing === "triton"
-          ? "pip install triton (the version your torch pins: pip show torch lists it)"
+          ? "pip install triton (then `pip check` says whether it is the release your torch requires)"
           : `pip install ${missing}`,
       );
     } else {
