@@ -396,7 +396,7 @@ const cases: Case[] = [
         id: "backend.cuda",
         severity: "error",
         message: ["FLASHATTN_BACKEND=cuda allows no other backend", "libflashattn_cuda.so not found"],
-        fix: ["unset FLASHATTN_BACKEND (then cpu is chosen)"],
+        fix: ["unset FLASHATTN_BACKEND (then cpu is chosen), or set it to cpu"],
       },
       { id: "backend.cpu", severity: "info", message: ["disabled by your choice"] },
     ],

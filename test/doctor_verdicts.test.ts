@@ -72,6 +72,27 @@ describe("the backend decision is a function of the facts", () => {
   });
 });
 
+describe("a forced backend that cannot run", () => {
+  const report = (f: DoctorFacts) =>
+    buildReport(f, {}, { version: "t", runtime: "t", createdAt: "2026-12-06T00:00:00Z" });
+  test("where nothing else runs either, the fix also says to build a library", () => {
+    const f = facts("forced-backend-cuda-no-gpu.json");
+    const cpu = f.flashattn.libraries.find((l) => l.backend === "cpu")!;
+    cpu.loaded = false;
+    cpu.attempts = [{ path: "/work/x/build/libflashattn_cpu.so", source: "build", ok: false, error: "no such file" }];
+    expect(report(f).findings.find((x) => x.id === "backend.cuda")?.fix).toBe(
+      "unset FLASHATTN_BACKEND, and build a library this machine can run: bun kernels/build.ts (the CPU one needs only g++)",
+    );
+  });
+  test("forced by the flag, the fix is about the flag", () => {
+    const f = facts("forced-backend-cuda-no-gpu.json");
+    f.flashattn.request.source = "flag";
+    const cuda = report(f).findings.find((x) => x.id === "backend.cuda")!;
+    expect(cuda.message).toContain("--backend cuda allows no other backend");
+    expect(cuda.fix).toBe("drop --backend cuda (then cpu is chosen), or give --backend cpu");
+  });
+});
+
 describe("CUDA_VISIBLE_DEVICES as the cause", () => {
   // The H100 with the driver API seeing nothing (cuInit: CUDA_ERROR_NO_DEVICE) and NVML one GPU.
   const hidden = (value: string | undefined) => {
@@ -169,7 +190,7 @@ describe.skipIf(!hasCpuLibrary || hasGpu)("live on this CPU-only machine, then r
     expect(live.code).toBe(1);
     expect(live.report.summary.chosen_backend).toBeNull();
     expect(finding(live.report, "backend.cuda")?.fix).toBe(
-      "unset FLASHATTN_BACKEND (then cpu is chosen), or set it to a backend that runs here",
+      "unset FLASHATTN_BACKEND (then cpu is chosen), or set it to cpu",
     );
     expect(finding(live.report, "backend.none")).toBeUndefined();
     roundTrip(live, "forced-cuda.json");

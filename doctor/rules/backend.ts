@@ -80,18 +80,20 @@ export function requirementMet(
   return { ok: false, reason: reason || f.flashattn.error || "no decision was recorded" };
 }
 
-/** What unsetting the user's backend choice would pick, as words for a fix: " (then cpu is chosen)". */
-function autoWouldChoose(f: DoctorFacts): string {
-  const auto = decideFromFacts(f, "auto").chosen;
-  return auto ? ` (then ${auto} is chosen)` : "";
-}
-
-/** The fix for a backend choice that cannot run here: drop or change the flag or the variable. */
+/**
+ * The fix for a backend choice that cannot run here: drop the flag or unset the variable, saying what auto would
+ * choose instead, or, where nothing would run either, that a library must be built first.
+ */
 function dropChoiceFix(f: DoctorFacts): string {
   const r = f.flashattn.request;
+  const drop = r.source === "flag" ? `drop --backend ${r.backend}` : "unset FLASHATTN_BACKEND";
+  const auto = decideFromFacts(f, "auto").chosen;
+  if (!auto) {
+    return `${drop}, and build a library this machine can run: bun kernels/build.ts (the CPU one needs only g++)`;
+  }
   return r.source === "flag"
-    ? `drop --backend ${r.backend}${autoWouldChoose(f)}, or pick a backend that runs here`
-    : `unset FLASHATTN_BACKEND${autoWouldChoose(f)}, or set it to a backend that runs here`;
+    ? `${drop} (then ${auto} is chosen), or give --backend ${auto}`
+    : `${drop} (then ${auto} is chosen), or set it to ${auto}`;
 }
 
 function rejectionFix(f: DoctorFacts, backend: BackendName, reasons: string[]): string {
