@@ -11,6 +11,7 @@ import { probePython } from "./probes/python.ts";
 import {
   amdgpuModuleLoaded,
   nvidiaDeviceNodes,
+  nvidiaPciGpus,
   probeHost,
   probeKfd,
   probeNvidiaKernelModule,
@@ -67,6 +68,7 @@ export async function collectFacts(opts: CollectOptions = {}): Promise<DoctorFac
     nvidia: {
       kernel_module: probeNvidiaKernelModule(),
       device_nodes: nvidiaDeviceNodes(),
+      ...optional("pci_gpus", nvidiaPciGpus()),
       nvml: admitted("nvidia.nvml", "NVML", nvml),
       cuda_driver: admitted("nvidia.cuda_driver", "libcuda", cudaDriver),
       smi: admitted("nvidia.smi", "nvidia-smi", smi),
@@ -112,6 +114,10 @@ function admitted<T extends ProbeResult>(part: FactsPart, label: string, facts: 
     ...(typeof ms === "number" && ms >= 0 ? { ms } : {}),
   } as T;
 }
+
+/** { key: value }, or nothing where the value is unknown (the report has no undefined members). */
+const optional = <K extends string, V>(key: K, value: V | undefined) =>
+  (value === undefined ? {} : { [key]: value }) as Partial<Record<K, V>>;
 
 /** A flashattn probe that timed out or crashed still has the shape the rules expect. */
 function withDefaults(f: FlashattnFacts): FlashattnFacts {

@@ -96,6 +96,8 @@ export interface NvidiaFacts {
   kernel_module: { loaded: boolean; version?: string };
   /** /dev/nvidia* device nodes present */
   device_nodes: string[];
+  /** NVIDIA display/3D controllers on the PCI bus, driver or not (absent where /sys/bus/pci could not be read) */
+  pci_gpus?: number;
   nvml: NvmlFacts;
   cuda_driver: CudaDriverFacts;
   smi: NvidiaSmiFacts;
@@ -244,6 +246,8 @@ export interface PyModuleFacts {
   import_error?: string;
   /** the first `undefined symbol: X` of the import error */
   undefined_symbol?: string;
+  /** the module whose absence made the import fail (ModuleNotFoundError.name), e.g. "triton" */
+  missing_module?: string;
   /** where the wheel came from (direct_url.json), which may carry the flash-attn wheel tag */
   wheel_url?: string;
 }
@@ -271,6 +275,9 @@ export interface PythonFacts extends ProbeResult {
   /** csrc/layer_norm: dropout_layer_norm */
   layer_norm?: PyModuleFacts;
   triton?: PyModuleFacts;
+  einops?: PyModuleFacts;
+  /** what people import from flash_attn (flash_attn.layers.rotary, ...), tried only when flash_attn imports */
+  flash_attn_modules?: { module: string; importable: boolean; import_error?: string; missing_module?: string }[];
   transformers?: PyModuleFacts & { flash_attn_2_available?: boolean; sdpa_available?: boolean };
 }
 

@@ -13,6 +13,7 @@ import {
   type Severity,
 } from "./facts.ts";
 import { redactFacts } from "./redact.ts";
+import { decideFromFacts } from "./rules/backend.ts";
 import { evaluate, verdict } from "./rules/index.ts";
 import { adviseModel, modelFindings } from "./model/advice.ts";
 
@@ -26,7 +27,9 @@ export function buildReport(
   const findings = evaluate(facts, options);
   const model = facts.model && adviseModel(facts.model, facts);
   if (facts.model && model) findings.push(...modelFindings(facts.model, model));
-  const chosen = facts.flashattn.chosen ?? null;
+  // The decision recomputed from the facts, as the rules see them: live and replayed reports give the same verdict.
+  const decided = decideFromFacts(facts);
+  const chosen = decided.chosen ?? null;
   const v = verdict(findings, chosen ?? undefined);
   const report: DoctorReport = {
     schema: REPORT_SCHEMA_ID,
@@ -36,7 +39,7 @@ export function buildReport(
     summary: { errors: v.errors, warnings: v.warnings, chosen_backend: chosen, healthy: v.healthy, line: v.line },
     exit_code: v.exitCode,
     findings,
-    backends: facts.flashattn.decisions,
+    backends: decided.decisions,
     ...(model ? { model } : {}),
     facts,
   };

@@ -10,6 +10,9 @@
 // changed (source, the headers they can see, the flags, the compiler) are recompiled; the link runs when any object
 // changed. Says what it built, what it skipped and why.
 //
+// The CUDA toolkit is $CUDA_HOME/bin/nvcc where CUDA_HOME is set (a CUDA_HOME without it fails the cuda build with
+// one line), else nvcc on PATH, else /usr/local/cuda/bin.
+//
 // Usage: bun kernels/build.ts [cpu|cuda|hip ... | --all] [--jobs N] [--force] [--verbose]
 // Also a module: scripts/release/prebuilt.ts calls buildBackends() to build what it packs.
 import { $, fs, path, which } from "zx";
@@ -65,15 +68,41 @@ export function cannotRunHere(backend: BackendName): string | null {
   return fs.existsSync("/dev/kfd") ? null : "no AMD GPU driver on this machine (/dev/kfd does not exist)";
 }
 
+class CompileError extends Error {}
+
 const log = (line: string) => process.stderr.write(`build: ${line}\n`);
 
-async function findCompiler(target: BuildTarget): Promise<string | null> {
+/**
+ * The variable that names a backend's toolkit: when set, its bin/ holds the compiler the user wants, before any on
+ * PATH (the doctor's fixes say "CUDA_HOME=<toolkit> bun kernels/build.ts cuda" and mean it).
+ */
+const toolkitHome: Partial<Record<BackendName, string>> = { cuda: "CUDA_HOME" };
+
+/** The compiler for a target: $CUDA_HOME/bin first where set, then PATH, then the target's usual directories. */
+export async function findCompiler(
+  target: BuildTarget,
+  env: Record<string, string | undefined> = process.env,
+): Promise<string | null> {
+  const variable = toolkitHome[target.backend];
+  const home = variable ? env[variable] : undefined;
+  if (variable && home) {
+    for (const name of target.compilers) {
+      const candidate = path.join(home, "bin", path.basename(name));
+      if (await fs.pathExists(candidate)) {
+        log(`${target.backend}: using ${candidate} (${variable})`);
+        return candidate;
+      }
+    }
+    throw new CompileError(
+      `${variable}=${home} has no bin/${target.compilers.map((c) => path.basename(c)).join(" or bin/")}: point ${variable} at a toolkit (the directory that holds bin/${path.basename(target.compilers[0])}) or unset it to use the one on PATH`,
+    );
+  }
   for (const name of target.compilers) {
     if (path.isAbsolute(name)) {
       if (await fs.pathExists(name)) return name;
       continue;
     }
-    const onPath = await which(name, { nothrow: true });
+    const onPath = await which(name, { nothrow: true, path: env.PATH ?? "" });
     if (onPath) return onPath;
     for (const dir of target.compilerDirs ?? []) {
       const candidate = path.join(dir, name);
@@ -117,8 +146,6 @@ async function runPool<T>(items: T[], jobs: number, work: (item: T) => Promise<v
   await Promise.all(Array.from({ length: Math.min(jobs, items.length) }, worker));
   if (errors.length) throw errors[0];
 }
-
-class CompileError extends Error {}
 
 async function buildTarget(target: BuildTarget, opts: Options): Promise<"built" | "up to date" | string> {
   const compiler = await findCompiler(target);

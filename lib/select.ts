@@ -6,8 +6,10 @@ import { type Backend, type Direction, type LoadAttempt, openBackend } from "./b
 import { FlashAttnError } from "./errors.ts";
 import type { Problem } from "./problem.ts";
 import { type BackendName, backendNames } from "./vocabulary.ts";
+import { assignVerdicts, type BackendChoice, notLoadedReason, userDisabledReason, type Verdict } from "./verdicts.ts";
 
-export type BackendChoice = "auto" | BackendName;
+export type { BackendChoice };
+
 
 /** What is asked: the problem's shapes and features, which pass, and which algorithm. */
 export interface AttnRequest {
@@ -21,7 +23,7 @@ export interface AttnRequest {
 
 export interface BackendDecision {
   backend: BackendName;
-  verdict: "chosen" | "usable" | "rejected" | "disabled";
+  verdict: Verdict;
   reasons: string[];
   kernel?: string;
   library?: string;
@@ -103,16 +105,6 @@ export function requestedBackend(opts: SelectOptions): { choice: BackendChoice; 
   return { choice: "auto" };
 }
 
-/**
- * One reason for a library that did not load: "not built" when no candidate file exists, otherwise the first real
- * loader error (ABI mismatch, missing symbol, ...). The full attempt list stays in the decision for doctor.
- */
-function notLoadedReason(name: BackendName, attempts: LoadAttempt[]): string {
-  const real = attempts.find((a) => !a.ok && a.source !== "system" && a.error !== "no such file");
-  if (real) return `${real.path}: ${real.error}`;
-  return `libflashattn_${name}.so not found (not built here: \`bun kernels/build.ts ${name}\`)`;
-}
-
 /** Checks one loaded backend against the request: a device, then a kernel that accepts it. */
 function evaluate(backend: Backend, request: AttnRequest): { reasons: string[]; kernel?: string } {
   let count: number;
@@ -140,7 +132,7 @@ export function chooseBackend(request: AttnRequest, opts: SelectOptions = {}): {
   const env = opts.env ?? process.env;
   const { choice, source } = requestedBackend(opts);
   const explicitLib = opts.libPath ?? env.FLASHATTN_LIB;
-  const decisions: BackendDecision[] = [];
+  const offers: (Omit<BackendDecision, "verdict"> & { disabled?: string })[] = [];
   const usable = new Map<BackendName, Backend>();
 
   if (explicitLib) {
@@ -155,32 +147,33 @@ export function chooseBackend(request: AttnRequest, opts: SelectOptions = {}): {
     }
     for (const name of backendNames) {
       if (name !== backend.name) {
-        decisions.push({ backend: name, verdict: "disabled", reasons: [`an explicit library was named (${explicitLib})`], attempts: [] });
+        offers.push({ backend: name, disabled: `an explicit library was named (${explicitLib})`, reasons: [], attempts: [] });
         continue;
       }
       const { reasons, kernel } = evaluate(backend, request);
       if (reasons.length === 0) usable.set(name, backend);
-      decisions.push({ backend: name, verdict: reasons.length ? "rejected" : "usable", reasons, kernel, library: backend.path, attempts });
+      offers.push({ backend: name, reasons, kernel, library: backend.path, attempts });
     }
   } else {
     for (const name of backendNames) {
-      if (choice !== "auto" && name !== choice) {
-        decisions.push({ backend: name, verdict: "disabled", reasons: [`the user chose ${choice} (${source})`], attempts: [] });
+      const disabled = userDisabledReason(name, choice, source);
+      if (disabled) {
+        offers.push({ backend: name, disabled, reasons: [], attempts: [] });
         continue;
       }
       const { backend, attempts } = openBackend(name, { env });
       if (!backend) {
-        decisions.push({ backend: name, verdict: "rejected", reasons: [notLoadedReason(name, attempts)], attempts });
+        offers.push({ backend: name, reasons: [notLoadedReason(name, attempts)], attempts });
         continue;
       }
       const { reasons, kernel } = evaluate(backend, request);
       if (reasons.length === 0) usable.set(name, backend);
-      decisions.push({ backend: name, verdict: reasons.length ? "rejected" : "usable", reasons, kernel, library: backend.path, attempts });
+      offers.push({ backend: name, reasons, kernel, library: backend.path, attempts });
     }
   }
 
-  const first = decisions.find((d) => d.verdict === "usable");
-  if (first) first.verdict = "chosen";
+  const decisions: BackendDecision[] = assignVerdicts(offers);
+  const first = decisions.find((d) => d.verdict === "chosen");
   return { chosen: first ? usable.get(first.backend) : undefined, decisions, usable };
 }
 

@@ -2,16 +2,13 @@
 // one schema-valid JSON document, NO_COLOR, --require, the user's backend choice, and --facts replaying a report
 // (ours and another machine's) to the same diagnosis. Also once under Deno.
 import { afterAll, describe, expect, test } from "bun:test";
-import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { DoctorReport } from "../doctor/facts.ts";
-import { validate } from "../doctor/schema.ts";
 import { loadFixture } from "./fixtures/doctor/load.ts";
+import { doctor, jsonReport, root } from "./support/doctor_cli.ts";
 
-const root = path.resolve(import.meta.dir, "..");
-const bun = path.join(root, "node_modules", ".bin", "bun");
 const deno = path.join(root, "node_modules", ".bin", "deno");
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-doctor-"));
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
@@ -19,27 +16,6 @@ const hasCpuLibrary = fs.existsSync(path.join(root, "build", "libflashattn_cpu.s
 const hasGpu = fs.existsSync("/dev/nvidiactl") || fs.existsSync("/dev/kfd");
 if (!hasCpuLibrary) {
   console.warn("doctor CLI tests: build/libflashattn_cpu.so missing (run bun kernels/build.ts); live checks skipped");
-}
-
-const baseEnv: Record<string, string> = {
-  PATH: `${path.join(root, "node_modules", ".bin")}:${process.env.PATH ?? "/usr/bin:/bin"}`,
-  HOME: process.env.HOME ?? os.tmpdir(),
-};
-
-function doctor(args: string[], env: Record<string, string> = {}, command = [bun, "cli.ts"]) {
-  const r = spawnSync(command[0], [...command.slice(1), "doctor", ...args], {
-    cwd: root,
-    env: { ...baseEnv, ...env },
-    encoding: "utf8",
-    timeout: 180_000,
-  });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function jsonReport(r: ReturnType<typeof doctor>): DoctorReport {
-  const doc = JSON.parse(r.stdout);
-  expect(validate(doc)).toEqual([]);
-  return doc as DoctorReport;
 }
 
 // One live --json run shared by the tests that only read it (the probes cost a second or two).

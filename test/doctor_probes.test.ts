@@ -7,7 +7,7 @@ import path from "node:path";
 import { execWithTimeout } from "../doctor/probes/exec.ts";
 import { parseWorkerResult, runNativeProbe } from "../doctor/probes/native.ts";
 import { probePython } from "../doctor/probes/python.ts";
-import { probeHost, probeKfd } from "../doctor/probes/system.ts";
+import { nvidiaPciGpus, probeHost, probeKfd } from "../doctor/probes/system.ts";
 import type { CudaDriverFacts, FlashattnFacts, HipFacts, NvmlFacts } from "../doctor/facts.ts";
 
 const root = path.resolve(import.meta.dir, "..");
@@ -129,6 +129,70 @@ describe("our libraries and the backend decision (in the worker)", () => {
 
 describe("the Python stack script", () => {
   const python = ["/usr/bin/python3", "/usr/local/bin/python3"].find((p) => fs.existsSync(p)) ?? Bun.which("python3");
+  test.skipIf(!python)(
+    "imports what people import from a flash_attn that imports, naming the module each one misses",
+    async () => {
+      // A real package laid out as flash-attn 2.8 is: rotary needs a module that is not installed here, rms_norm the
+      // optional dropout_layer_norm extension, the triton layer norm imports.
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "doctor-py-"));
+      const write = (file: string, text: string) => {
+        fs.mkdirSync(path.dirname(path.join(dir, file)), { recursive: true });
+        fs.writeFileSync(path.join(dir, file), text);
+      };
+      write("flash_attn/__init__.py", '__version__ = "2.8.3"\n');
+      write("flash_attn/layers/__init__.py", "");
+      write("flash_attn/layers/rotary.py", "import flashattn_doctor_test_missing_dependency\n");
+      write("flash_attn/ops/__init__.py", "");
+      write("flash_attn/ops/rms_norm.py", "import dropout_layer_norm\n");
+      write("flash_attn/ops/triton/__init__.py", "");
+      write("flash_attn/ops/triton/layer_norm.py", "LAYER_NORM = True\n");
+      try {
+        const facts = await probePython({ ...process.env, PYTHONPATH: dir });
+        expect(facts.flash_attn).toMatchObject({ installed: true, importable: true, version: "2.8.3" });
+        expect(facts.flash_attn_modules).toEqual([
+          {
+            module: "flash_attn.layers.rotary",
+            importable: false,
+            import_error: "ModuleNotFoundError: No module named 'flashattn_doctor_test_missing_dependency'",
+            missing_module: "flashattn_doctor_test_missing_dependency",
+          },
+          {
+            module: "flash_attn.ops.rms_norm",
+            importable: false,
+            import_error: "ModuleNotFoundError: No module named 'dropout_layer_norm'",
+            missing_module: "dropout_layer_norm",
+          },
+          { module: "flash_attn.ops.triton.layer_norm", importable: true },
+        ]);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
+  test("FLASHATTN_PYTHON naming no interpreter is recorded with that path, not replaced by python3", async () => {
+    const missing = path.join(os.tmpdir(), "flashattn-no-such-venv", "bin", "python");
+    const facts = await probePython({ ...process.env, FLASHATTN_PYTHON: missing });
+    expect(facts).toMatchObject({ status: "absent", executable: missing, error: `${missing} not found` });
+    expect(probeHost({ FLASHATTN_PYTHON: missing }).env.FLASHATTN_PYTHON).toBe(missing);
+  });
+  test("NVIDIA GPUs on the PCI bus are counted from vendor and class; an unreadable bus is unknown", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "doctor-pci-"));
+    const device = (name: string, vendor: string, cls: string) => {
+      fs.mkdirSync(path.join(dir, name));
+      fs.writeFileSync(path.join(dir, name, "vendor"), `${vendor}\n`);
+      fs.writeFileSync(path.join(dir, name, "class"), `${cls}\n`);
+    };
+    try {
+      device("0000:00:01.0", "0x8086", "0x030000"); // Intel graphics
+      device("0000:17:00.0", "0x10de", "0x030200"); // NVIDIA 3D controller (a data-center GPU)
+      device("0000:17:00.1", "0x10de", "0x040300"); // its HDMI audio function: not a GPU
+      device("0000:65:00.0", "0x10de", "0x030000"); // NVIDIA VGA controller
+      expect(nvidiaPciGpus(dir)).toBe(2);
+      expect(nvidiaPciGpus(path.join(dir, "missing"))).toBeUndefined();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
   test.skipIf(!python)("reports a flash_attn whose import fails, with the undefined symbol", async () => {
     // A real package on PYTHONPATH whose import raises what a mismatched extension raises.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "doctor-py-"));

@@ -14,6 +14,8 @@ interface Expected {
   message?: string[];
   /** substrings the fix must contain */
   fix?: string[];
+  /** the finding must print no fix (there is nothing the user could do) */
+  noFix?: boolean;
 }
 
 interface Case {
@@ -51,6 +53,7 @@ function checkCase(c: Case) {
     expect(`${want.id}: ${got.severity}`).toBe(`${want.id}: ${want.severity}`);
     for (const s of want.message ?? []) expect(got.message).toContain(s);
     for (const s of want.fix ?? []) expect(got.fix ?? "").toContain(s);
+    if (want.noFix) expect(`${want.id}: ${got.fix}`).toBe(`${want.id}: undefined`);
   }
   for (const id of c.absent ?? []) {
     if (byId.has(id)) throw new Error(`${c.fixture}: finding ${id} should not appear: ${byId.get(id)!.message}`);
@@ -59,9 +62,13 @@ function checkCase(c: Case) {
   expect(report.exit_code).toBe(c.exitCode);
   // Invariants of every report: schema-valid, and a fix under every warning and error.
   expect(validate(JSON.parse(JSON.stringify(report)))).toEqual([]);
-  for (const f of report.findings) {
+  for (const [i, f] of report.findings.entries()) {
     if (f.severity === "error" || f.severity === "warning") {
       expect(`${f.id}: ${f.fix ?? ""}`.length).toBeGreaterThan(f.id.length + 10);
+    }
+    // a fix that points above needs something above to point at
+    if (/errors above/.test(f.fix ?? "")) {
+      expect(`${f.id}: ${report.findings.slice(0, i).some((x) => x.severity === "error")}`).toBe(`${f.id}: true`);
     }
   }
   return report;
@@ -143,10 +150,18 @@ const cases: Case[] = [
   {
     fixture: "t4.json",
     exitCode: 1,
-    chosen: "cuda",
+    // The recorded decision chose cuda (planning needs no kernel image); the facts say it has no code for sm_75.
+    chosen: "cpu",
     expect: [
       { id: "nvidia.gpu0", severity: "ok", message: ["Tesla T4", "sm_75 (Turing)", "40 SMs"] },
-      { id: "libraries.cuda_arch_gpu0", severity: "error", message: ["sm_75", "no kernel image"], fix: ["sm_75"] },
+      // the build's targets include sm_75, so "rebuild" is a fix the user can carry out
+      {
+        id: "libraries.cuda_arch_gpu0",
+        severity: "error",
+        message: ["sm_75", "no kernel image"],
+        fix: ["bun kernels/build.ts cuda", "include sm_75"],
+      },
+      { id: "backend.cuda", severity: "error", message: ["rejected", "no code for sm_75"] },
       { id: "libraries.cuda_self_test", severity: "error", message: ["cudaErrorNoKernelImageForDevice"] },
       { id: "python.flash_attn_arch", severity: "warning", message: ["Ampere", "sm_75"], fix: ["sdpa"] },
       { id: "python.transformers", severity: "ok", message: ['"sdpa", "eager"'] },
@@ -160,7 +175,8 @@ const cases: Case[] = [
     expect: [
       { id: "nvidia.gpu0", severity: "ok", message: ["RTX 5090", "sm_120 (Blackwell)", "170 SMs", "96 MiB L2"] },
       // compute_90 PTX JIT-compiles on sm_120: it runs, without native code
-      { id: "libraries.cuda_arch_gpu0", severity: "info", message: ["PTX"], fix: ["sm_120"] },
+      // no build makes sm_120 code (tables.ts cudaBuildTargets), so there is no fix to print
+      { id: "libraries.cuda_arch_gpu0", severity: "info", message: ["PTX"], noFix: true },
       { id: "libraries.cuda_self_test", severity: "ok" },
       { id: "python.torch_arch0", severity: "error", message: ["sm_120", "not compatible"], fix: ["whl/cu130"] },
     ],
@@ -299,7 +315,15 @@ const cases: Case[] = [
       },
       { id: "python.transformers", severity: "ok", message: ['"sdpa", "eager"'] },
     ],
-    absent: ["python.flash_attn_tag_abi", "python.flash_attn_tag_torch", "python.flash_attn"],
+    // flash_attn itself does not import: nothing about its optional extensions or triton
+    absent: [
+      "python.flash_attn_tag_abi",
+      "python.flash_attn_tag_torch",
+      "python.flash_attn",
+      "python.rotary",
+      "python.layer_norm",
+      "python.triton",
+    ],
   },
   {
     fixture: "flash-attn-undefined-cxx11-false.json",
@@ -361,6 +385,138 @@ const cases: Case[] = [
       message: ["2.9.1+cpu", "NVIDIA GPU"],
       fix: ["download.pytorch.org/whl/cu130"],
     }],
+  },
+  // ---- issue 16: verdicts that must hold outside the first fixtures ----
+  {
+    fixture: "forced-backend-cuda-no-gpu.json",
+    exitCode: 1,
+    chosen: null,
+    expect: [
+      {
+        id: "backend.cuda",
+        severity: "error",
+        message: ["FLASHATTN_BACKEND=cuda allows no other backend", "libflashattn_cuda.so not found"],
+        fix: ["unset FLASHATTN_BACKEND (then cpu is chosen), or set it to cpu"],
+      },
+      { id: "backend.cpu", severity: "info", message: ["disabled by your choice"] },
+    ],
+    // nothing above is wrong: no "fix the errors above"
+    absent: ["backend.none"],
+  },
+  {
+    fixture: "forced-cpu-on-h100.json",
+    options: { require: "gpu" },
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [
+      { id: "backend.cuda", severity: "info", message: ["disabled by your choice", "FLASHATTN_BACKEND=cpu"] },
+      {
+        id: "backend.require",
+        severity: "error",
+        message: ["--require gpu", "FLASHATTN_BACKEND=cpu disables the GPU backends"],
+        fix: ["unset FLASHATTN_BACKEND", "without it gpu is usable here"],
+      },
+    ],
+  },
+  {
+    fixture: "cpu-only.json",
+    options: { require: "gpu" },
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [{ id: "backend.require", severity: "error", message: ["cuda rejected"], fix: ["fix the findings above"] }],
+  },
+  {
+    fixture: "h100-edited-driver535.json",
+    exitCode: 1,
+    chosen: "cpu",
+    // CUDA_HOME=/usr/local/cuda holds the nvcc in use (a report from before the probe looked there first)
+    absent: ["toolkits.cuda_home_differs"],
+    expect: [
+      {
+        id: "libraries.cuda_driver_too_old",
+        severity: "error",
+        message: ["CUDA 13.0", "535.183.01"],
+        fix: ["CUDA_HOME="],
+      },
+      { id: "backend.cuda", severity: "error", message: ["rejected", "driver 535.183.01 is older than"] },
+      { id: "backend.cpu", severity: "ok", message: ["cpu: chosen"] },
+    ],
+  },
+  {
+    fixture: "leftover-driver-no-gpu.json",
+    exitCode: 0,
+    chosen: "cpu",
+    expect: [
+      { id: "nvidia.no_gpu", severity: "info", message: ["no NVIDIA GPU"] },
+      { id: "libraries.cuda_driver_too_old", severity: "info", message: ["535.183.01", "no NVIDIA GPU here"] },
+      { id: "toolkits.nvcc_newer_than_driver", severity: "info" },
+      { id: "backend.cuda", severity: "info" },
+    ],
+    absent: ["nvidia.nvml_failed", "nvidia.cuinit_failed", "libraries.cuda_no_device"],
+  },
+  {
+    fixture: "v100-sm70.json",
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [
+      {
+        id: "libraries.cuda_arch_gpu0",
+        severity: "warning",
+        message: ["sm_70", "no build serves this GPU"],
+        fix: ["use the CPU backend"],
+      },
+      { id: "libraries.cuda_self_test", severity: "warning", fix: ["use the CPU backend"] },
+      { id: "backend.cuda", severity: "warning", message: ["no code for sm_70"], fix: ["nothing to rebuild"] },
+      // torch's cu130 wheels dropped Volta: the advice is a 12.x index, not the newest the driver runs
+      { id: "python.torch_arch0", severity: "error", message: ["sm_70"], fix: ["whl/cu128"] },
+    ],
+  },
+  {
+    fixture: "h100-cuda-visible-devices-empty.json",
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [
+      {
+        id: "nvidia.visible_devices",
+        severity: "error",
+        message: ['CUDA_VISIBLE_DEVICES=""', "hides every GPU", "NVML sees 1 GPU"],
+        fix: ["unset CUDA_VISIBLE_DEVICES"],
+      },
+      { id: "python.torch_no_gpu", severity: "error", fix: ["unset CUDA_VISIBLE_DEVICES"] },
+    ],
+    // one cause, named once: not as a generic cuInit failure, nor again as the library's missing device
+    absent: ["nvidia.cuinit_failed", "nvidia.no_visible_gpu", "libraries.cuda_no_device"],
+  },
+  {
+    fixture: "flash-attn-rotary-without-triton.json",
+    exitCode: 0,
+    chosen: "cuda",
+    expect: [
+      {
+        id: "python.import_layers_rotary",
+        severity: "warning",
+        message: ["flash_attn.layers.rotary", "triton is not installed"],
+        fix: ["pip install triton"],
+      },
+      { id: "python.import_ops_rms_norm", severity: "info", message: ["dropout_layer_norm"], fix: ["csrc/layer_norm"] },
+      { id: "python.import_ops_triton_layer_norm", severity: "warning", fix: ["pip install triton"] },
+      { id: "python.needs", severity: "ok", message: ["einops 0.8.1"] },
+      // flash_attn itself imports: its attention serves transformers whatever its rotary and norm imports do
+      { id: "python.transformers", severity: "ok", message: ['"flash_attention_2", "sdpa", "eager"'] },
+    ],
+    absent: ["python.rotary", "python.layer_norm", "python.triton"],
+  },
+  {
+    fixture: "flashattn-python-missing.json",
+    exitCode: 1,
+    chosen: "cpu",
+    expect: [{
+      id: "python.interpreter",
+      severity: "error",
+      message: ["FLASHATTN_PYTHON=/opt/venv/bin/python", "not found"],
+      fix: ["point FLASHATTN_PYTHON at your environment's python", "unset it"],
+    }],
+    absent: ["python.absent"],
   },
 ];
 

@@ -44,6 +44,11 @@ describe("versions", () => {
     expect(torchIndexForDriver("570.124.06")).toBe("cu128");
     expect(torchIndexForDriver("535.104.05")).toBe("cu128"); // 12.x runs on R525+ under minor-version compatibility
     expect(torchIndexForDriver("470.82.01")).toBe("cu118");
+    // CUDA 13 wheels have no code below sm_75: a V100 anywhere on the machine keeps the advice at 12.x
+    expect(torchIndexForDriver("580.95.05", ["7.0"])).toBe("cu128");
+    expect(torchIndexForDriver("580.95.05", ["9.0", "7.0"])).toBe("cu128");
+    expect(torchIndexForDriver("580.95.05", ["7.5"])).toBe("cu130");
+    expect(torchIndexForDriver(undefined, ["6.0"])).toBe("cu128");
   });
   test("bytes", () => {
     expect(formatBytes(232448)).toBe("227 KiB");

@@ -50,6 +50,9 @@ def try_import(module):
         symbol = UNDEFINED_SYMBOL.search(str(error))
         if symbol:
             facts["undefined_symbol"] = symbol.group(1)
+        missing = getattr(error, "name", None) if isinstance(error, ImportError) else None
+        if isinstance(missing, str) and missing:
+            facts["missing_module"] = missing
         return None, facts
 
 
@@ -117,6 +120,22 @@ def transformers_facts():
     return facts
 
 
+# What models and training code import from flash_attn beyond the attention functions: the rotary embedding (needs
+# triton and einops), the fused RMS norm (needs the dropout_layer_norm extension), the triton layer norm / RMS norm.
+FLASH_ATTN_MODULES = ("flash_attn.layers.rotary", "flash_attn.ops.rms_norm", "flash_attn.ops.triton.layer_norm")
+
+
+def flash_attn_modules():
+    """Each module people import from flash_attn, imported as they do it, with the real failure."""
+    found = []
+    for module in FLASH_ATTN_MODULES:
+        facts = try_import(module)[1]
+        facts.pop("undefined_symbol", None)
+        facts["module"] = module
+        found.append(facts)
+    return found
+
+
 def main():
     report = {
         "status": "ok",
@@ -126,6 +145,9 @@ def main():
     }
     # flash_attn needs torch imported first (it links against libc10/libtorch); torch_facts() has done that.
     report["flash_attn"] = module_facts("flash_attn", "flash_attn", "flash-attn")[1]
+    if report["flash_attn"].get("importable"):
+        report["flash_attn_modules"] = flash_attn_modules()
+    report["einops"] = module_facts("einops", "einops")[1]
     report["flash_attn_3"] = module_facts("flash_attn_3", "flash_attn_3", "flash-attn-3")[1]
     report["rotary"] = module_facts("rotary_emb", "rotary_emb")[1]
     report["layer_norm"] = module_facts("dropout_layer_norm", "dropout_layer_norm")[1]

@@ -9,6 +9,7 @@ import { runtimeName } from "../../ffi/loader.ts";
 const RELEVANT_ENV = [
   "FLASHATTN_BACKEND",
   "FLASHATTN_LIB",
+  "FLASHATTN_PYTHON",
   "CUDA_HOME",
   "CUDA_PATH",
   "CUDA_VISIBLE_DEVICES",
@@ -119,6 +120,31 @@ export function nvidiaDeviceNodes(): string[] {
   } catch {
     return [];
   }
+}
+
+/**
+ * NVIDIA display and 3D controllers on the PCI bus (vendor 0x10de, class 0x03xx), whether or not a driver is loaded:
+ * what tells a GPU whose driver is missing from driver libraries left on a machine without one. Undefined where
+ * /sys/bus/pci cannot be read.
+ */
+export function nvidiaPciGpus(root = "/sys/bus/pci/devices"): number | undefined {
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(root);
+  } catch {
+    return undefined;
+  }
+  let count = 0;
+  for (const entry of entries) {
+    try {
+      const vendor = fs.readFileSync(`${root}/${entry}/vendor`, "utf8").trim();
+      const cls = fs.readFileSync(`${root}/${entry}/class`, "utf8").trim();
+      if (vendor === "0x10de" && cls.startsWith("0x03")) count++;
+    } catch {
+      // a device that vanished or cannot be read is not counted
+    }
+  }
+  return count;
 }
 
 /** /dev/kfd, the device node ROCm needs: present? can this user open it read-write? which group owns it? */

@@ -8,13 +8,20 @@ import { type ExecResult, execWithTimeout, findExecutable, lastLine } from "./ex
 type Env = Record<string, string | undefined>;
 const TOOL_TIMEOUT_MS = 15_000;
 
-/** A tool looked up on PATH first, then in the directories its toolkit variables name. */
+/**
+ * A tool looked up on PATH, then in the directories its toolkit variables name; `homeFirst` names the variable that
+ * wins over PATH where it holds the tool (CUDA_HOME: kernels/build.ts and torch's extension builds use its nvcc).
+ */
 function locate(
   name: string,
   homes: [string, string | undefined][],
   fixed: string[],
   env: Env,
+  homeFirst?: string,
 ): { path?: string; source?: string } {
+  const first = homes.find(([variable, home]) => variable === homeFirst && home);
+  const chosen = first && findExecutable(name, [path.join(first[1]!, "bin")], { PATH: "" });
+  if (chosen) return { path: chosen, source: first[0] };
   const onPath = findExecutable(name, [], env);
   if (onPath) return { path: onPath, source: "PATH" };
   for (const [variable, home] of homes) {
@@ -48,8 +55,9 @@ async function probeCompiler(
   fixed: string[],
   parse: (text: string) => string | undefined,
   env: Env,
+  homeFirst?: string,
 ): Promise<ToolFacts> {
-  const where = locate(name, homes, fixed, env);
+  const where = locate(name, homes, fixed, env, homeFirst);
   if (!where.path) {
     return {
       status: "absent",
@@ -69,6 +77,7 @@ export const probeNvcc = (env: Env = process.env) =>
     ["/usr/local/cuda/bin"],
     parseNvccVersion,
     env,
+    "CUDA_HOME",
   );
 
 export const probeHipcc = (env: Env = process.env) =>

@@ -1,7 +1,7 @@
 // Helpers every rule file shares: version comparison, GPU architecture matching, the few facts that several
 // sections derive the same way (which NVIDIA GPUs exist, which driver runs), and the finding builder.
-import type { DoctorFacts, Finding, Section, Severity } from "../facts.ts";
-import { minimumDriverForCuda, minorVersionCompatibleDriver } from "./tables.ts";
+import type { DoctorFacts, Finding, LibraryFacts, Section, Severity } from "../facts.ts";
+import { cudaBuildTargets, minimumDriverForCuda, minorVersionCompatibleDriver } from "./tables.ts";
 
 // ---- versions ----------------------------------------------------------------------------------------------------
 
@@ -117,9 +117,10 @@ export function nvidiaGpus(f: DoctorFacts): NvidiaGpu[] {
   }));
 }
 
-/** Any sign of NVIDIA hardware: the kernel module, device nodes, or a GPU listed by NVML or nvidia-smi. */
+/** Any sign of NVIDIA hardware: a GPU on the PCI bus, the kernel module, device nodes, or a GPU NVML or nvidia-smi lists. */
 export function nvidiaHardwarePresent(f: DoctorFacts): boolean {
-  return f.nvidia.kernel_module.loaded || f.nvidia.device_nodes.length > 0 || nvidiaGpus(f).length > 0;
+  return (f.nvidia.pci_gpus ?? 0) > 0 || f.nvidia.kernel_module.loaded || f.nvidia.device_nodes.length > 0 ||
+    nvidiaGpus(f).length > 0;
 }
 
 /** The user-space driver version: NVML, else nvidia-smi, else the version in libcuda's file name. */
@@ -140,6 +141,36 @@ export function driverCudaVersion(f: DoctorFacts): string | undefined {
 export function amdHardwarePresent(f: DoctorFacts): boolean {
   return f.amd.kfd.exists || f.amd.kernel_module || (f.amd.hip.devices?.length ?? 0) > 0 ||
     (f.amd.rocminfo.gpus?.length ?? 0) > 0 || (f.amd.amd_smi.gpus?.length ?? 0) > 0;
+}
+
+/** The driver a CUDA release needs at least: its own minimum, else its major's minor-compatibility minimum. */
+export function minimumDriverFor(built: string): string | undefined {
+  return minimumDriverForCuda[majorMinor(built)] ?? minorVersionCompatibleDriver[majorOf(built)];
+}
+
+/** Whether `bun kernels/build.ts` makes code that runs on compute capability `cc`, and how. */
+export const buildSupport = (cc: string) => archSupport(cudaBuildTargets, cc);
+
+/**
+ * Why libflashattn_cuda cannot run on this machine by the facts alone: a driver older than the CUDA it was built
+ * with, or no code for any listed GPU. The backend decision (replayed or live) rejects it for these; the libraries
+ * section says the same at length.
+ */
+export function cudaLibraryBlockers(f: DoctorFacts, lib: LibraryFacts): string[] {
+  const blockers: string[] = [];
+  const built = lib.info?.built_with?.cuda;
+  const driver = driverVersion(f);
+  if (built && driver && driverRuns(built, driver) === "no") {
+    blockers.push(`driver ${driver} is older than the ${minimumDriverFor(built)} that CUDA ${built} needs`);
+  }
+  const archs = lib.info?.archs ?? [];
+  const gpus = nvidiaGpus(f).filter((g) => g.cc);
+  if (archs.length && gpus.length && gpus.every((g) => archSupport(archs, g.cc!) === "none")) {
+    blockers.push(
+      `no code for ${[...new Set(gpus.map((g) => smName(g.cc!)))].join(", ")} (built for ${archs.join(", ")})`,
+    );
+  }
+  return blockers;
 }
 
 // ---- findings ------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import type { DoctorFacts, Finding, LibraryFacts } from "../facts.ts";
 import {
   amdHardwarePresent,
   archSupport,
+  buildSupport,
   compareVersions,
   driverCudaVersion,
   driverRuns,
@@ -10,17 +11,13 @@ import {
   gfxBase,
   majorMinor,
   majorOf,
+  minimumDriverFor,
   nvidiaGpus,
   nvidiaHardwarePresent,
   sectionFindings,
   smName,
 } from "./common.ts";
-import {
-  driverBranchForCudaMajor,
-  firstCudaForCapability,
-  minimumDriverForCuda,
-  minorVersionCompatibleDriver,
-} from "./tables.ts";
+import { driverBranchForCudaMajor, firstCudaForCapability, minimumDriverForCuda } from "./tables.ts";
 
 const BUILD = "bun kernels/build.ts";
 
@@ -141,10 +138,15 @@ export function libraryRules(f: DoctorFacts, prior: readonly Finding[] = []): Fi
       const what = t.error
         ? t.error
         : `relative error ${Number(t.rel_error).toExponential(2)} exceeds ${t.tolerance?.toExponential(1)}`;
-      s.error(
+      // No code for the GPU is said above with the fix that holds for that GPU (which may be "no build serves it").
+      const noCode = /NoKernelImage/.test(t.error ?? "") &&
+        s.list.find((x) => x.id.startsWith(`libraries.${lib.backend}_arch_gpu`) && x.severity !== "info");
+      (noCode && noCode.severity === "warning" ? s.warn : s.error)(
         `${lib.backend}_self_test`,
         `self-test on ${lib.backend} failed: ${what}`,
-        `rebuild (${BUILD}) and run the tests (bun test); if it persists, attach \`flashattn doctor --json\` to a bug report`,
+        noCode
+          ? noCode.fix!
+          : `rebuild (${BUILD}) and run the tests (bun test); if it persists, attach \`flashattn doctor --json\` to a bug report`,
         [t.problem, t.kernel ? `kernel: ${t.kernel}` : ""].filter(Boolean),
       );
     }
@@ -260,26 +262,32 @@ function cudaBuildRules(f: DoctorFacts, lib: LibraryFacts, s: ReturnType<typeof 
   const built = lib.info?.built_with?.cuda;
   const driver = driverVersion(f);
   const supported = driverCudaVersion(f);
+  // Driver libraries left on a machine without an NVIDIA GPU run nothing: what they could not run is information.
+  const gpu = nvidiaHardwarePresent(f);
   let runs: "full" | "minor-compat" | "no" | undefined;
   if (built && driver) {
     runs = driverRuns(built, driver);
     const major = majorOf(built);
     if (runs === "no") {
-      const minimum = minimumDriverForCuda[majorMinor(built)] ?? minorVersionCompatibleDriver[major];
-      s.error(
-        "cuda_driver_too_old",
-        `libflashattn_cuda was built with CUDA ${built}, which needs driver ≥ ${minimum} (any ${
-          driverBranchForCudaMajor[major] ?? ""
-        }+ under minor-version compatibility); this driver is ${driver}${supported ? ` (CUDA ${supported})` : ""}`,
-        `upgrade the NVIDIA driver to ${
-          driverBranchForCudaMajor[major] ?? minimum
-        } or newer, or rebuild the library with a toolkit no newer than CUDA ${
-          supported ?? "the driver supports"
-        } (CUDA_HOME=<that toolkit> ${BUILD}); data-center GPUs can also use the cuda-compat-${major}-${
-          built.split(".")[1] ?? 0
-        } package`,
-      );
-    } else if (runs === "minor-compat") {
+      const message = `libflashattn_cuda was built with CUDA ${built}, which needs driver ≥ ${
+        minimumDriverFor(built)
+      } (any ${driverBranchForCudaMajor[major] ?? ""}+ under minor-version compatibility); this driver is ${driver}${
+        supported ? ` (CUDA ${supported})` : ""
+      }`;
+      if (gpu) {
+        s.error(
+          "cuda_driver_too_old",
+          message,
+          `upgrade the NVIDIA driver to ${
+            driverBranchForCudaMajor[major] ?? minimumDriverFor(built)
+          } or newer, or rebuild the library with a toolkit no newer than CUDA ${
+            supported ?? "the driver supports"
+          } (CUDA_HOME=<that toolkit> ${BUILD} cuda); data-center GPUs can also use the cuda-compat-${major}-${
+            built.split(".")[1] ?? 0
+          } package`,
+        );
+      } else s.info("cuda_driver_too_old", `${message} (no NVIDIA GPU here, so nothing runs on it)`);
+    } else if (runs === "minor-compat" && gpu) {
       s.info(
         "cuda_minor_compat",
         `libflashattn_cuda (CUDA ${built}) runs on driver ${driver} under minor-version compatibility: it must carry native code (SASS) for each GPU, PTX from a newer toolkit cannot be JIT-compiled`,
@@ -295,27 +303,44 @@ function cudaBuildRules(f: DoctorFacts, lib: LibraryFacts, s: ReturnType<typeof 
     if (!gpu.cc) continue;
     const support = archSupport(archs, gpu.cc);
     const sm = smName(gpu.cc);
+    // A fix may only ask for what the build makes: it has one fixed list of targets (tables.ts cudaBuildTargets).
+    const rebuilt = buildSupport(gpu.cc);
     if (support === "none") {
       const nvccNeeded = firstCudaForCapability[gpu.cc];
-      s.error(
-        `cuda_arch_gpu${gpu.index}`,
-        `libflashattn_cuda has no code for GPU ${gpu.index} (${gpu.name}, ${sm}): built for ${
-          archs.join(", ")
-        } ("no kernel image is available for execution on the device")`,
-        `rebuild with ${sm} among the targets${nvccNeeded ? ` (needs nvcc ≥ ${nvccNeeded})` : ""}: ${BUILD}`,
-      );
+      const message = `libflashattn_cuda has no code for GPU ${gpu.index} (${gpu.name}, ${sm}): built for ${
+        archs.join(", ")
+      } ("no kernel image is available for execution on the device")`;
+      if (rebuilt === "none") {
+        s.warn(
+          `cuda_arch_gpu${gpu.index}`,
+          `${message}; flashattn's CUDA kernels start at sm_75 (Turing), so no build serves this GPU`,
+          "use the CPU backend here (auto picks it; FLASHATTN_BACKEND=cpu says so), or a GPU of compute capability 7.5 or newer",
+        );
+      } else {
+        s.error(
+          `cuda_arch_gpu${gpu.index}`,
+          message,
+          `rebuild it here: ${BUILD} cuda (its targets ${
+            rebuilt === "sass" ? `include ${sm}` : `end in compute_90 PTX, which runs on ${sm}`
+          }${nvccNeeded ? `; needs nvcc ≥ ${nvccNeeded}` : ""})`,
+        );
+      }
     } else if (support === "ptx") {
       if (runs === "minor-compat") {
         s.error(
           `cuda_arch_gpu${gpu.index}`,
           `GPU ${gpu.index} (${sm}) has only PTX in libflashattn_cuda and this driver is too old to JIT-compile PTX from CUDA ${built}`,
-          `rebuild with ${sm} SASS (${BUILD}) or upgrade the driver`,
+          rebuilt === "sass"
+            ? `rebuild it here (${BUILD} cuda, whose targets include ${sm}) or upgrade the driver`
+            : `upgrade the driver to ≥ ${
+              minimumDriverForCuda[majorMinor(built!)] ?? "the toolkit's minimum"
+            }, or rebuild with a toolkit no newer than the driver supports (CUDA_HOME=<that toolkit> ${BUILD} cuda)`,
         );
       } else {
         s.info(
           `cuda_arch_gpu${gpu.index}`,
           `GPU ${gpu.index} (${sm}) runs libflashattn_cuda by JIT-compiling its PTX (slow first launch; tuned kernels for ${sm} are not included)`,
-          `rebuild with ${sm} among the targets for native code: ${BUILD}`,
+          rebuilt === "sass" ? `rebuild it here for native code: ${BUILD} cuda (its targets include ${sm})` : undefined,
         );
       }
     }
@@ -326,10 +351,14 @@ function hipBuildRules(f: DoctorFacts, lib: LibraryFacts, s: ReturnType<typeof s
   const built = lib.info?.built_with?.hip;
   const runtime = f.amd.hip.runtime_version;
   if (built && runtime && majorOf(built) !== majorOf(runtime)) {
-    s.error(
+    // Without an AMD GPU the mismatch runs nothing: information, like the CUDA driver rules.
+    const gpu = amdHardwarePresent(f);
+    (gpu ? s.error : s.info)(
       "hip_version",
-      `libflashattn_hip was built with HIP ${built} but the runtime is HIP ${runtime}`,
-      `rebuild it with this ROCm's hipcc: ${BUILD}`,
+      `libflashattn_hip was built with HIP ${built} but the runtime is HIP ${runtime}${
+        gpu ? "" : " (no AMD GPU here, so nothing runs on it)"
+      }`,
+      `rebuild it with this ROCm's hipcc: ${BUILD} hip`,
     );
   }
   const archs = (lib.info?.archs ?? []).map(gfxBase);
@@ -342,7 +371,9 @@ function hipBuildRules(f: DoctorFacts, lib: LibraryFacts, s: ReturnType<typeof s
         `libflashattn_hip has no code for GPU ${d.index} (${d.name ?? "AMD GPU"}, ${gfx}): built for ${
           archs.join(", ")
         }`,
-        `rebuild with ${gfx} among the offload targets: ${BUILD}`,
+        `rebuild with ${gfx} among the offload targets: FLASHATTN_HIP_ARCHS=${
+          [...new Set([...archs, gfx])].join(",")
+        } ${BUILD} hip (the installed ROCm must ship device libraries for ${gfx})`,
       );
     }
   }

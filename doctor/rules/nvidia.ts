@@ -68,6 +68,41 @@ const nvmlAdvice: Record<string, { message: string; fix: string }> = {
   },
 };
 
+/**
+ * CUDA_VISIBLE_DEVICES as the cause of "the CUDA driver sees no GPU": NVML (which ignores the variable) lists GPUs,
+ * the driver API lists none, and the value is empty, -1, or starts with an entry that names no GPU here (CUDA
+ * stops reading at the first invalid entry).
+ */
+export function hiddenByVisibleDevices(f: DoctorFacts): { message: string; fix: string } | undefined {
+  const value = f.host.env.CUDA_VISIBLE_DEVICES;
+  const { nvml, cuda_driver: cuda } = f.nvidia;
+  const listed = nvml.devices ?? [];
+  const driverSeesNone = (cuda.status === "ok" && (cuda.devices?.length ?? 0) === 0) ||
+    cuda.code_name === "CUDA_ERROR_NO_DEVICE";
+  if (value === undefined || !listed.length || !driverSeesNone) return undefined;
+  const first = value.split(",")[0].trim();
+  const names = (e: string) =>
+    /^\d+$/.test(e)
+      ? Number(e) < listed.length
+      : e.startsWith("MIG-") || (e.startsWith("GPU-") && listed.some((d) => d.uuid?.startsWith(e)));
+  const why = value.trim() === ""
+    ? "is empty, which hides every GPU"
+    : names(first)
+    ? undefined
+    : `names no GPU here (its first entry ${JSON.stringify(first)} is not an index 0..${
+      listed.length - 1
+    } or a listed UUID; CUDA stops at the first invalid entry)`;
+  if (!why) return undefined;
+  return {
+    message: `CUDA_VISIBLE_DEVICES=${JSON.stringify(value)} ${why}: NVML sees ${listed.length} GPU${
+      listed.length === 1 ? "" : "s"
+    }, the CUDA driver none`,
+    fix: `unset CUDA_VISIBLE_DEVICES, or set it to ${
+      listed.length === 1 ? "0" : `GPU indices 0..${listed.length - 1}`
+    } or a GPU's UUID (nvidia-smi -L lists them)`,
+  };
+}
+
 export function nvidiaRules(f: DoctorFacts): Finding[] {
   const s = sectionFindings("nvidia");
   const { nvml, cuda_driver: cuda, smi, kernel_module: kmod } = f.nvidia;
@@ -78,13 +113,15 @@ export function nvidiaRules(f: DoctorFacts): Finding[] {
     s.info("none", "no NVIDIA GPU or driver on this machine (no libcuda.so.1, no NVIDIA kernel module)");
     return s.list;
   }
-  if (!nvidiaHardwarePresent(f) && nvml.status !== "error") {
+  // NVML failing ("driver not loaded") may be a GPU whose kernel module did not load; with the PCI bus read and no
+  // NVIDIA GPU on it, it is not.
+  if (!nvidiaHardwarePresent(f) && (nvml.status !== "error" || f.nvidia.pci_gpus === 0)) {
     // Driver libraries without a kernel module, device nodes or a listed GPU: a CPU machine or container that
     // happens to carry them. Nothing to fix unless a GPU was expected (--require says so).
     s.info(
       "no_gpu",
       `NVIDIA driver libraries are present but there is no NVIDIA GPU or kernel module${
-        cuda.error ? ` (${cuda.error})` : ""
+        cuda.error ? ` (${cuda.error})` : nvml.error ? ` (${nvml.error})` : ""
       }`,
       "in a container, start it with GPU access (--gpus all)",
     );
@@ -142,6 +179,7 @@ export function nvidiaRules(f: DoctorFacts): Finding[] {
     );
   }
 
+  const hidden = hiddenByVisibleDevices(f);
   if (cuda.status === "absent") {
     s.error(
       "libcuda_absent",
@@ -154,6 +192,8 @@ export function nvidiaRules(f: DoctorFacts): Finding[] {
       `libcuda did not answer: ${cuda.error}`,
       "check dmesg for Xid errors and processes stuck on the GPU (nvidia-smi); a reset or a reboot may be needed",
     );
+  } else if (hidden) {
+    s.error("visible_devices", hidden.message, hidden.fix);
   } else if (cuda.status === "error" && !stub) {
     const advice = cuda.code_name ? cuInitAdvice[cuda.code_name] : undefined;
     const duplicate = cuda.code_name === "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH" &&
@@ -178,7 +218,7 @@ export function nvidiaRules(f: DoctorFacts): Finding[] {
   }
 
   const visible = f.host.env.CUDA_VISIBLE_DEVICES;
-  if (cuda.status === "ok" && (cuda.devices?.length ?? 0) === 0 && (nvml.devices?.length ?? 0) > 0) {
+  if (!hidden && cuda.status === "ok" && (cuda.devices?.length ?? 0) === 0 && (nvml.devices?.length ?? 0) > 0) {
     s.error(
       "no_visible_gpu",
       `the CUDA driver lists no GPU although NVML sees ${nvml.devices!.length}`,

@@ -1,6 +1,7 @@
 // The Python stack: torch against the GPU and the driver, flash_attn (and why its import fails), flash_attn_3, the
 // rotary / layer_norm extensions, triton, and which attn_implementation transformers can use.
 import type { DoctorFacts, Finding, PyModuleFacts, TorchFacts } from "../facts.ts";
+import { hiddenByVisibleDevices } from "./nvidia.ts";
 import {
   amdHardwarePresent,
   archSupport,
@@ -17,6 +18,7 @@ import {
   smName,
 } from "./common.ts";
 import {
+  CUDA_13_MIN_CC,
   FLASH_ATTN_2_MIN_CC,
   FLASH_ATTN_3_CC,
   FLASH_ATTN_3_MIN_CUDA,
@@ -64,11 +66,19 @@ export function parseWheelTag(text: string | undefined): WheelTag | undefined {
   };
 }
 
-/** The newest PyTorch CUDA wheel index this driver runs (cu130 on R580+, cu128 on R570+, ...). */
-export function torchIndexForDriver(driver: string | undefined): string {
-  if (!driver) return torchCudaIndexes[0].index;
-  return (torchCudaIndexes.find((t) => driverRuns(t.cuda, driver) !== "no") ?? torchCudaIndexes.at(-1)!).index;
+/**
+ * The newest PyTorch CUDA wheel index this driver runs (cu130 on R580+, cu128 on R570+, ...) that still has code
+ * for every GPU of compute capability `ccs` (cu130 has none below sm_75).
+ */
+export function torchIndexForDriver(driver: string | undefined, ccs: readonly string[] = []): string {
+  const old = ccs.some((cc) => compareVersions(cc, CUDA_13_MIN_CC) < 0);
+  const candidates = torchCudaIndexes.filter((t) => !old || majorOf(t.cuda) < 13);
+  return (candidates.find((t) => !driver || driverRuns(t.cuda, driver) !== "no") ?? candidates.at(-1)!).index;
 }
+
+/** The torch wheel index for this machine: its driver and its GPUs. */
+const torchIndexHere = (f: DoctorFacts) =>
+  torchIndexForDriver(driverVersion(f), nvidiaGpus(f).map((g) => g.cc).filter((cc): cc is string => !!cc));
 
 /** "triton 3.5.1", or just "triton" when the version is unknown */
 const named = (module: string, version?: string) => (version ? `${module} ${version}` : module);
@@ -81,6 +91,16 @@ const FA_REINSTALL = reinstall("flash-attn");
 export function pythonRules(f: DoctorFacts): Finding[] {
   const s = sectionFindings("python");
   const py = f.python;
+  // The interpreter the user named must run: the checks below are about that environment, not some other python.
+  const chosenPython = f.host.env.FLASHATTN_PYTHON;
+  if (chosenPython && (py.status === "absent" || py.status === "error")) {
+    s.error(
+      "interpreter",
+      `FLASHATTN_PYTHON=${chosenPython} does not run: ${py.error ?? "no answer"}`,
+      "point FLASHATTN_PYTHON at your environment's python (in that environment: python -c 'import sys; print(sys.executable)'), or unset it to check python3 on PATH",
+    );
+    return s.list;
+  }
   if (py.status === "absent") {
     if (py.error?.startsWith("skipped")) s.info("absent", `PyTorch / flash-attn checks ${py.error}`);
     else {s.info(
@@ -121,7 +141,7 @@ function torchRules(f: DoctorFacts, torch: TorchFacts, s: Builder): boolean {
     s.error(
       "torch_import",
       `import torch fails: ${torch.import_error}`,
-      `reinstall PyTorch: ${pipTorch(torchIndexForDriver(driverVersion(f)))}`,
+      `reinstall PyTorch: ${pipTorch(torchIndexHere(f))}`,
     );
     return false;
   }
@@ -134,7 +154,7 @@ function torchRules(f: DoctorFacts, torch: TorchFacts, s: Builder): boolean {
       s.error(
         "torch_cpu_only",
         `torch ${torch.version} is a CPU-only build, but this machine has an NVIDIA GPU`,
-        pipTorch(torchIndexForDriver(driver)),
+        pipTorch(torchIndexHere(f)),
       );
     } else if (amd) {
       s.error(
@@ -159,7 +179,7 @@ function torchRules(f: DoctorFacts, torch: TorchFacts, s: Builder): boolean {
     s.error(
       "torch_wrong_vendor",
       `torch ${torch.version} is built for ROCm but this machine's GPU is NVIDIA`,
-      pipTorch(torchIndexForDriver(driver)),
+      pipTorch(torchIndexHere(f)),
     );
     return true;
   }
@@ -176,7 +196,7 @@ function torchRules(f: DoctorFacts, torch: TorchFacts, s: Builder): boolean {
         `torch ${torch.version} is built with CUDA ${torch.cuda}, which needs driver ≥ ${
           minimumDriverForCuda[majorMinor(torch.cuda!)] ?? "a newer one"
         }; this driver is ${driver} (CUDA ${driverCudaVersion(f) ?? "?"})`,
-        `upgrade the NVIDIA driver, or install a torch this driver runs: ${pipTorch(torchIndexForDriver(driver))}`,
+        `upgrade the NVIDIA driver, or install a torch this driver runs: ${pipTorch(torchIndexHere(f))}`,
       );
     } else {
       s.error(
@@ -184,7 +204,8 @@ function torchRules(f: DoctorFacts, torch: TorchFacts, s: Builder): boolean {
         `torch ${torch.version} (${build}) cannot use the GPU: torch.cuda.is_available() is False${
           torch.cuda_error ? ` (${torch.cuda_error})` : ""
         }`,
-        "see the NVIDIA/AMD sections above; check CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES",
+        hiddenByVisibleDevices(f)?.fix ??
+          "see the NVIDIA/AMD sections above; check CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES",
       );
     }
     return true;
@@ -219,7 +240,7 @@ function torchRules(f: DoctorFacts, torch: TorchFacts, s: Builder): boolean {
         `torch ${torch.version} does not support GPU ${i} (${d.name}, ${smName(d.capability)}): built for ${
           torch.arch_list.join(" ")
         } ("${smName(d.capability)} is not compatible with the current PyTorch installation")`,
-        `install a newer CUDA build of torch: ${pipTorch(torchIndexForDriver(driver))}`,
+        `install a CUDA build of torch that supports it: ${pipTorch(torchIndexHere(f))}`,
       );
     }
   }
@@ -411,24 +432,85 @@ function flashAttn3Rules(f: DoctorFacts, torch: TorchFacts, s: Builder): void {
     s.warn(
       "flash_attn_3_cuda",
       `flash_attn_3 needs CUDA ≥ ${FLASH_ATTN_3_MIN_CUDA}; torch is built with CUDA ${torch.cuda}`,
-      pipTorch(torchIndexForDriver(driverVersion(f))),
+      pipTorch(torchIndexHere(f)),
     );
   } else {
     s.ok("flash_attn_3", `${named("flash_attn_3", fa3.version)} imports (Hopper)`);
   }
 }
 
+/** flash_attn's optional CUDA extensions: what installs each (the fix when an import misses it). */
+const optionalExtensions: Record<string, string> = { rotary_emb: "csrc/rotary", dropout_layer_norm: "csrc/layer_norm" };
+const installExtension = (dir: string) =>
+  `pip install --no-build-isolation "git+https://github.com/Dao-AILab/flash-attention.git#subdirectory=${dir}"`;
+
+/**
+ * What people import from flash_attn beyond attention (flash_attn.layers.rotary, flash_attn.ops.rms_norm,
+ * flash_attn.ops.triton.layer_norm), each as the import went: the module it missed is named, with what installs it.
+ * Asked only of a flash_attn that imports: otherwise its own import failure is the one finding.
+ */
+function flashAttnModuleRules(f: DoctorFacts, s: Builder): boolean {
+  const modules = f.python.flash_attn_modules;
+  if (!modules) return false; // a report from before the doctor imported them: the extension facts below
+  for (const m of modules) {
+    const id = `import_${m.module.replace(/^flash_attn\./, "").replace(/\./g, "_")}`;
+    if (m.importable) {
+      s.ok(id, `import ${m.module} works`);
+      continue;
+    }
+    const missing = m.missing_module?.split(".")[0];
+    const extension = missing && optionalExtensions[missing];
+    if (missing === "flash_attn") {
+      s.warn(
+        id,
+        `this flash_attn${
+          f.python.flash_attn?.version ? ` ${f.python.flash_attn.version}` : ""
+        } has no ${m.module} (${m.import_error})`,
+        `upgrade it: pip install -U flash-attn --no-build-isolation`,
+      );
+    } else if (extension) {
+      s.info(
+        id,
+        `import ${m.module} fails: flash_attn's optional ${missing} extension (${extension}) is not installed (${m.import_error})`,
+        installExtension(extension),
+      );
+    } else if (missing) {
+      s.warn(
+        id,
+        `import ${m.module} fails: ${missing} is not installed (${m.import_error})`,
+        missing === "triton"
+          ? "pip install triton (then `pip check` says whether it is the release your torch requires)"
+          : `pip install ${missing}`,
+      );
+    } else {
+      s.warn(
+        id,
+        `import ${m.module} fails: ${m.import_error}`,
+        /triton/i.test(m.import_error ?? "")
+          ? "pip install --force-reinstall triton (the version your torch pins)"
+          : `reinstall flash-attn against this torch: ${FA_REINSTALL}`,
+      );
+    }
+  }
+  // What those modules run on, by version (a failed import above already named what is missing).
+  const needs = [["triton", f.python.triton], ["einops", f.python.einops]] as const;
+  const present = needs.filter(([, m]) => m?.importable).map(([name, m]) => named(name, m?.version));
+  if (present.length) s.ok("needs", `${present.join(", ")} import${present.length === 1 ? "s" : ""}`);
+  return true;
+}
+
 /** flash_attn's optional CUDA extensions (csrc/rotary, csrc/layer_norm) and triton, which its rotary code needs. */
 function extensionRules(f: DoctorFacts, s: Builder): void {
   const py = f.python;
-  if (!py.flash_attn?.installed) return;
+  // A flash_attn that does not import has one finding, its import failure: nothing optional matters before it.
+  if (!py.flash_attn?.installed || py.flash_attn.importable === false) return;
+  if (flashAttnModuleRules(f, s)) return;
   const extensions = [
     ["rotary", "rotary_emb", py.rotary, "csrc/rotary"],
     ["layer_norm", "dropout_layer_norm", py.layer_norm, "csrc/layer_norm"],
   ] as const;
   for (const [id, module, facts, dir] of extensions) {
-    const install =
-      `pip install --no-build-isolation "git+https://github.com/Dao-AILab/flash-attention.git#subdirectory=${dir}"`;
+    const install = installExtension(dir);
     if (!facts?.installed) {
       s.info(
         id,

@@ -102,5 +102,13 @@ export const torchCudaIndexes = [
   { cuda: "12.6", index: "cu126" },
   { cuda: "11.8", index: "cu118" },
 ];
+/** CUDA 13.0 dropped Maxwell, Pascal and Volta (sm_50 to sm_72): its torch wheels have no code for those GPUs. */
+export const CUDA_13_MIN_CC = "7.5";
 export const TORCH_ROCM_INDEX = "rocm6.4";
 export const torchIndexUrl = (index: string) => `https://download.pytorch.org/whl/${index}`;
+
+/**
+ * The code `bun kernels/build.ts cuda` puts in libflashattn_cuda (kernels/cuda/target.ts's -gencode targets; a test
+ * holds the two together). A fix may say "rebuild" only for a GPU this covers: the build takes no list of targets.
+ */
+export const cudaBuildTargets = ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", "compute_90"];

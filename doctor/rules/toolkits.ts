@@ -10,6 +10,8 @@ import {
   sectionFindings,
 } from "./common.ts";
 
+const BUILD_CUDA = "bun kernels/build.ts cuda";
+
 export function toolkitRules(f: DoctorFacts): Finding[] {
   const s = sectionFindings("toolkits");
   const { nvcc, hipcc } = f.toolkits;
@@ -22,10 +24,13 @@ export function toolkitRules(f: DoctorFacts): Finding[] {
     if (
       driver && supported && compareVersions(nvcc.version, supported) > 0 && driverRuns(nvcc.version, driver) === "no"
     ) {
-      s.warn(
+      // Without an NVIDIA GPU nothing built here runs on that driver anyway.
+      (nvidiaHardwarePresent(f) ? s.warn : s.info)(
         "nvcc_newer_than_driver",
         `nvcc ${nvcc.version} builds programs this driver (${driver}, CUDA ${supported}) cannot run`,
-        `build with a CUDA ${majorOf(supported)}.x toolkit (set CUDA_HOME) or upgrade the NVIDIA driver`,
+        `build with a CUDA ${
+          majorOf(supported)
+        }.x toolkit (CUDA_HOME=<that toolkit> bun kernels/build.ts cuda) or upgrade the NVIDIA driver`,
       );
     }
     if (torchCuda && majorOf(torchCuda) !== majorOf(nvcc.version)) {
@@ -51,7 +56,18 @@ export function toolkitRules(f: DoctorFacts): Finding[] {
     );
   }
 
-  for (const variable of ["CUDA_HOME", "CUDA_PATH"] as const) {
+  // The nvcc probe takes $CUDA_HOME/bin/nvcc first, as the builds do: another nvcc means CUDA_HOME has none.
+  const cudaHome = f.host.env.CUDA_HOME;
+  if (cudaHome && nvcc.path && !nvcc.path.startsWith(cudaHome.replace(/\/$/, "") + "/")) {
+    s.warn(
+      "cuda_home_differs",
+      `CUDA_HOME=${cudaHome} has no bin/nvcc (the nvcc on PATH is ${nvcc.path}): \`${BUILD_CUDA}\` refuses it and torch extension builds fail`,
+      `point CUDA_HOME at a toolkit (the directory that holds bin/nvcc, e.g. ${
+        nvcc.path.replace(/\/bin\/nvcc$/, "")
+      }) or unset it`,
+    );
+  }
+  for (const variable of ["CUDA_PATH"] as const) {
     const home = f.host.env[variable];
     if (home && nvcc.path && !nvcc.path.startsWith(home.replace(/\/$/, "") + "/")) {
       s.warn(
