@@ -198,6 +198,8 @@ export interface KvCacheResult {
   backend: string;
   kernel: string;
   numSplits: number;
+  /** Wall time of the native call, in ms. */
+  ms: number;
 }
 
 /** The backend a KV-cache call runs on: the one asked for, where "auto" is cpu (the GPU kernels are a later step). */
@@ -234,14 +236,16 @@ export async function attentionWithKvCache(q: Tensor, kCache: Tensor, vCache: Te
       cacheLeftpad: optional(opts.cacheLeftpad), rotaryCos: optional(opts.rotaryCos?.data),
       rotarySin: optional(opts.rotarySin?.data), alibiSlopes: optional(opts.alibiSlopes),
     }, opts.numSplits ?? 0);
+    const t0 = performance.now();
     const { kernelId, numSplits } = backend.forwardKvcache(params);
     backend.synchronize();
+    const ms = performance.now() - t0;
     const kOut = tensor(kCache.dtype, kCache.shape), vOut = tensor(vCache.dtype, vCache.shape);
     backend.download(o, out.data);
     backend.download(l, lse);
     backend.download(kc, kOut.data);
     backend.download(vc, vOut.data);
-    return { out, lse, kCache: kOut, vCache: vOut, backend: backend.name, kernel: backend.kernelName(kernelId), numSplits };
+    return { out, lse, kCache: kOut, vCache: vOut, backend: backend.name, kernel: backend.kernelName(kernelId), numSplits, ms };
   } finally {
     for (const b of buffers) backend.free(b);
   }
