@@ -5,12 +5,12 @@
 //
 // Device use (a decode loop): describe once, keep q / k_new / the caches / the int32 arrays in device buffers, and
 // per step call backend.forwardKvcache(kvCacheParamsFor(problem, buffers)): the cache is updated where it lives.
-import { emptyView, type KvCacheParams, type TensorView } from "../ffi/layout.ts";
+import { emptyView, type KvCacheParams } from "../ffi/layout.ts";
 import type { Backend, DeviceBuffer } from "./backend.ts";
 import { FlashAttnError } from "./errors.ts";
 import { describeAttempts, openBackend } from "./backend.ts";
 import { type AttentionSemantics, checkShape, describeProblem, type TensorShape } from "./problem.ts";
-import { type BackendChoice, requestedBackend } from "./select.ts";
+import { type BackendChoice, contiguous, requestedBackend } from "./select.ts";
 import { type Tensor, tensor } from "./tensor.ts";
 import type { DType } from "./vocabulary.ts";
 
@@ -149,10 +149,6 @@ export interface KvCacheDeviceTensors {
   rotaryCos?: bigint;
   rotarySin?: bigint;
   alibiSlopes?: bigint;
-}
-
-function contiguous(data: bigint, rows: number, heads: number, d: number): TensorView {
-  return { data, batchStride: rows * heads * d, rowStride: heads * d, headStride: d };
 }
 
 /** fa_kvcache_params for a problem over contiguous device tensors. */

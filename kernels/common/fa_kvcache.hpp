@@ -66,41 +66,9 @@ inline std::vector<Problem> check_kvcache_params(const fa_kvcache_params* pp, co
                                       p.abi_version, p.struct_size, FA_ABI_VERSION, sizeof(fa_kvcache_params))});
     return out;
   }
-  if (p.dtype != FA_DTYPE_F32 && p.dtype != FA_DTYPE_F16 && p.dtype != FA_DTYPE_BF16)
-    invalid(format("dtype %d is not one of fp32 (0), fp16 (1), bf16 (2)", p.dtype));
-  else if (p.dtype == FA_DTYPE_F32 && !lim.allow_f32)
-    unsupported("fp32 tensors are not supported by this backend: use fp16 or bf16");
-  if (p.batch < 1) invalid(format("batch must be at least 1, got %d", p.batch));
-  else if (p.batch > kMaxBatch) unsupported(format("batch %d exceeds the supported maximum %d", p.batch, kMaxBatch));
-  if (p.seqlen_q < 1) invalid(format("seqlen_q must be at least 1, got %d", p.seqlen_q));
-  else if (p.seqlen_q > kMaxSeqlen)
-    unsupported(format("seqlen_q %d exceeds the supported maximum %d (2^28)", p.seqlen_q, kMaxSeqlen));
+  check_dtype_batch_queries(p, lim, out);
   if (p.seqlen_new < 0) invalid(format("seqlen_new must not be negative, got %d", p.seqlen_new));
-  if (p.heads_q < 1 || p.heads_kv < 1)
-    invalid(format("head counts must be at least 1, got heads_q %d and heads_kv %d", p.heads_q, p.heads_kv));
-  else if (p.heads_q % p.heads_kv != 0)
-    invalid(format("heads_q (%d) must be a multiple of heads_kv (%d) for GQA/MQA", p.heads_q, p.heads_kv));
-  else if (p.heads_q > kMaxHeads)
-    unsupported(format("heads_q %d exceeds the supported maximum %d", p.heads_q, kMaxHeads));
-  if (p.head_dim < 1) invalid(format("head_dim must be positive, got %d", p.head_dim));
-  else if (p.head_dim < lim.min_head_dim || p.head_dim > lim.max_head_dim)
-    unsupported(format("head_dim %d is outside the supported range %d..%d", p.head_dim, lim.min_head_dim, lim.max_head_dim));
-  else if (p.head_dim % lim.head_dim_multiple != 0)
-    unsupported(format("head_dim %d is not a multiple of %d", p.head_dim, lim.head_dim_multiple));
-  if (p.is_causal != 0 && p.is_causal != 1) invalid(format("is_causal must be 0 or 1, got %d", p.is_causal));
-  if (p.window_left < -1 || p.window_right < -1)
-    invalid(format("window bounds must be -1 (unbounded) or non-negative, got (%d, %d)", p.window_left, p.window_right));
-  if (!std::isfinite(p.scale) || p.scale < 0.f || !zero_or_normal(p.scale))
-    invalid(format("scale must be 0 (= 1/sqrt(head_dim)) or a positive normal float, got %g", static_cast<double>(p.scale)));
-  else if (p.scale > kMaxScale)
-    invalid(format("scale %g is above 2^64: scaled scores would overflow float32", static_cast<double>(p.scale)));
-  if (!std::isfinite(p.softcap) || p.softcap < 0.f || !zero_or_normal(p.softcap))
-    invalid(format("softcap must be 0 (off) or a positive normal float, got %g", static_cast<double>(p.softcap)));
-  if (p.alibi_mode < FA_ALIBI_NONE || p.alibi_mode > FA_ALIBI_PER_BATCH_HEAD)
-    invalid(format("alibi_mode %d is not none (0), per head (1) or per batch and head (2)", p.alibi_mode));
-  else if (p.alibi_mode != FA_ALIBI_NONE && p.alibi_slopes == nullptr)
-    invalid("ALiBi is on but alibi_slopes is NULL");
-  if (p.num_splits < 0 || p.num_splits > 256) invalid(format("num_splits must be 0 (auto) to 256, got %d", p.num_splits));
+  check_heads_and_semantics(p, lim, out);
 
   const bool paged = kvcache_paged(p);
   if (p.cache_batch < 1 || p.cache_rows < 1)
