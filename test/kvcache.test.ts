@@ -298,3 +298,29 @@ describe("attentionWithKvCache refuses bad input with one sentence", () => {
     expect(message).toContain("sequence 1 holds 16 cached tokens plus 1 new ones, more than the cache's 16 per sequence");
   });
 });
+
+describe("GPU libraries built on this machine", () => {
+  // The GPU kernels are a later step: the libraries export fa_forward_kvcache, validate the struct with the same
+  // sentences, and answer UNSUPPORTED. The struct is checked before any device is touched, so no GPU is needed.
+  for (const name of ["cuda", "hip"] as const) {
+    const backend = openBackend(name, { env: {} }).backend;
+    test.skipIf(!backend)(`${name}: validation first, then "not implemented on this backend yet"`, () => {
+      const q = randomTensor("bf16", [1, 1, 2, 64], 1), kc = randomTensor("bf16", [1, 8, 1, 64], 2);
+      const problem = describeKvCache(q, kc, kc, { cacheSeqlens: Int32Array.from([3]) });
+      const params = kvCacheParamsFor(problem, { q: 0x1000n, kCache: 0x1000n, vCache: 0x1000n, o: 0x1000n, lse: 0n, cacheSeqlens: 0x1000n });
+      const attempt = (p: KvCacheParams) => {
+        try {
+          backend!.forwardKvcache(p);
+        } catch (e) {
+          return e as FlashAttnError;
+        }
+        throw new Error("accepted");
+      };
+      const refused = attempt({ ...params, rotaryDim: 3, rotaryCos: 0x1000n, rotarySin: 0x1000n, seqlenRotary: 8 });
+      expect([refused.code, refused.message]).toEqual(["INVALID_ARGUMENT", `${name}: rotary_dim must be even, got 3`]);
+      const unsupported = attempt(params);
+      expect(unsupported.code).toBe("UNSUPPORTED");
+      expect(unsupported.message).toContain("not implemented on this backend yet");
+    });
+  }
+});
