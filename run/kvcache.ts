@@ -21,6 +21,9 @@ export function readKvCacheInput(plan: RunPlan): KvCacheTensors | undefined {
   const file = openSafetensors(plan.input.path);
   try {
     if (!isKvCacheFile(file)) return undefined;
+    if (plan.input.names || plan.input.packed) {
+      throw new FlashAttnError("USAGE", `${plan.input.path} is a KV-cache step (it holds k_cache), whose tensors have fixed names: drop --q-name/--k-name/--v-name/--qkv-name`);
+    }
     const step = readKvCacheTensors(file);
     const convert = (t: Tensor | undefined) =>
       t && plan.dtype !== "auto" && t.dtype !== plan.dtype ? fromFloat32(plan.dtype, t.shape, toFloat32(t)) : t;

@@ -141,5 +141,8 @@ describe("flashattn run on KV-cache steps", () => {
       expect(r.stderr.split("\n")[0]).toContain(message);
       expect(r.stderr.trimEnd().split("\n").length).toBeLessThanOrEqual(2);
     }
+    const named = cli(["run", "--input", overfull, "--q-name", "query"]);
+    expect(named.code).toBe(2);
+    expect(named.stderr).toContain("is a KV-cache step (it holds k_cache), whose tensors have fixed names");
   });
 });
