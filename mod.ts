@@ -6,6 +6,10 @@
 //   const { out, lse, backend, kernel } = await attention(q, k, v, { causal: true });
 export { attention, attentionBackward, attentionFlops, planAttention } from "./lib/attention.ts";
 export type { AttentionOptions, AttentionPlan, AttentionResult, BackwardResult, CallOptions } from "./lib/attention.ts";
+export { attentionWithKvCache, describeKvCache, kvCacheParamsFor } from "./lib/kvcache.ts";
+export type { KvCacheDeviceTensors, KvCacheOptions, KvCacheProblem, KvCacheResult, KvCacheSemantics } from "./lib/kvcache.ts";
+export { referenceKvCache } from "./lib/kvcache_reference.ts";
+export type { KvCacheReference } from "./lib/kvcache_reference.ts";
 export { checkAgainstReference } from "./lib/check.ts";
 export type { CheckResult } from "./lib/check.ts";
 export { naiveSamePrecisionForward, referenceBackward, referenceForward, relativeError, withinTolerance } from "./lib/reference.ts";

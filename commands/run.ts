@@ -49,6 +49,12 @@ export interface RawRunOptions {
   out?: string;
   lse?: boolean | string;
   check?: boolean;
+  decode?: boolean;
+  cacheLen?: string;
+  pageSize?: string;
+  append?: string;
+  rotary?: boolean;
+  rotaryInterleaved?: boolean;
 }
 
 const usage = (message: string, fix?: string) => new FlashAttnError("USAGE", message, fix);
@@ -131,7 +137,30 @@ function inputPath(flag: string, value: string | undefined): string | undefined 
   return value;
 }
 
+/** --decode: a random KV-cache step; the size flags give q and the heads, --cache-len the tokens already cached. */
+function parseDecode(raw: RawRunOptions): InputPlan | undefined {
+  const decodeFlags = ([["cacheLen", "--cache-len"], ["pageSize", "--page-size"], ["append", "--append"], ["rotary", "--rotary"]] as const)
+    .filter(([f]) => raw[f] !== undefined && raw[f] !== false);
+  if (!raw.decode) {
+    if (decodeFlags.length) throw usage(`${decodeFlags[0][1]} describes a random KV-cache step and needs --decode`);
+    return undefined;
+  }
+  const other = [raw.q ?? raw.k ?? raw.v, raw.input, raw.shape, raw.seqlen, raw.seqlenK].some((x) => x !== undefined);
+  if (other) {
+    throw usage("--decode makes a random KV-cache step: it takes --batch, --seqlen-q, --heads*, --head-dim and --cache-len, not files, --shape, --seqlen or --seqlen-k",
+      "e.g. --decode --cache-len 4096 --page-size 16 --append 1 --rotary");
+  }
+  if (raw.cacheLen === undefined) throw usage("--decode needs --cache-len N (tokens already in each sequence's cache)");
+  const shape = { ...shapeFromFlags({ ...raw, seqlenQ: raw.seqlenQ ?? "1" }), seqlenK: parseInteger("--cache-len", raw.cacheLen, 0) };
+  return {
+    kind: "decode", shape, seed: 0, append: raw.append === undefined ? 0 : parseInteger("--append", raw.append, 0),
+    pageSize: raw.pageSize === undefined ? undefined : parseInteger("--page-size", raw.pageSize, 1), rotary: raw.rotary === true,
+  };
+}
+
 function parseInputs(raw: RawRunOptions): { input?: InputPlan; described: boolean } {
+  const decode = parseDecode(raw);
+  if (decode) return { input: decode, described: true };
   const npyFlags = { q: inputPath("--q", raw.q), k: inputPath("--k", raw.k), v: inputPath("--v", raw.v) };
   const anyNpy = Object.values(npyFlags).some((x) => x !== undefined);
   const sizeFlags = ["batch", "seqlen", "seqlenQ", "seqlenK", "heads", "headsQ", "headsKv", "headDim"] as const;
@@ -245,7 +274,7 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
   const { input, described } = parseInputs(raw);
   const dtype = raw.dtype === undefined ? "auto" : parseDtype(raw.dtype);
   const seed = raw.seed === undefined ? 0 : parseInteger("--seed", raw.seed, 0, 2 ** 32 - 1);
-  if (raw.seed !== undefined && input && input.kind !== "random") {
+  if (raw.seed !== undefined && input && input.kind !== "random" && input.kind !== "decode") {
     throw usage("--seed only applies to random problems (--shape), not to files");
   }
   const window = raw.window === undefined ? undefined : parseWindow(raw.window);
@@ -289,7 +318,20 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
     output: parseOutput(raw),
     check: raw.check === true || isDefault,
     isDefault,
+    rotaryInterleaved: raw.rotaryInterleaved === true,
   };
+  if (plan.rotaryInterleaved && !(plan.input.kind === "safetensors" || (plan.input.kind === "decode" && plan.input.rotary))) {
+    throw usage("--rotary-interleaved applies to rotary tables: a KV-cache --input that holds them, or --decode --rotary");
+  }
+  if (plan.input.kind === "decode") {
+    plan.input.seed = seed;
+    if (plan.output && plan.output.format !== "safetensors") {
+      throw usage("a KV-cache run writes o, lse and the updated caches to one .safetensors --out", "e.g. --out step_out.safetensors");
+    }
+    const { shape, append } = plan.input;
+    checkShape(shape, "USAGE");
+    checkRunLimits({ ...shape, seqlenK: shape.seqlenK + append }, { check: plan.check, random: true });
+  }
   if (plan.input.kind === "random") {
     plan.input.seed = seed;
     checkShape(plan.input.shape, "USAGE");
@@ -332,6 +374,13 @@ export function renderRun(r: RunResult, color: boolean): string {
       paint("dim", "(one call; `flashattn bench` for kernel timings)", color)
     }`,
   ];
+  if (r.kvcache) {
+    const kv = r.kvcache;
+    const cached = Math.min(...kv.cached) === Math.max(...kv.cached) ? `${kv.cached[0]}` : `${Math.min(...kv.cached)}..${Math.max(...kv.cached)}`;
+    lines.splice(2, 0, `${label("cache")}${cached} cached + ${kv.appended} appended, ${
+      kv.pageSize === null ? "contiguous" : `pages of ${kv.pageSize}`
+    }${kv.rotary === "none" ? "" : `, rotary ${kv.rotary}`}`);
+  }
   if (r.check) {
     const verdict = r.check.pass ? paint("green", "PASS", color) : paint("red", "FAIL", color);
     const naive = r.check.naiveError === undefined ? "" : `, naive ${r.dtype} ${formatError(r.check.naiveError)}`;
@@ -373,7 +422,11 @@ Examples:
 
 Inputs: .npy files are C-order little-endian float32/float16 (bf16 as uint16 bit patterns with --dtype bf16);
 .safetensors files hold q, k, v (or --q-name/--k-name/--v-name), or one packed qkv tensor (batch, seqlen, 3, heads, d).
-Layout BSHD: q (batch, seqlen_q, heads_q, head_dim), k/v (batch, seqlen_k, heads_kv, head_dim).`;
+Layout BSHD: q (batch, seqlen_q, heads_q, head_dim), k/v (batch, seqlen_k, heads_kv, head_dim).
+KV cache: a .safetensors --input holding k_cache runs flash_attn_with_kvcache on q, k_cache, v_cache and the optional
+k_new, v_new, rotary_cos, rotary_sin, cache_seqlens, block_table, cache_batch_idx, cache_leftpad (I32); --out (a
+.safetensors) then holds o, lse and, after an append, the updated k_cache / v_cache.
+  $ flashattn run --decode --cache-len 4096 --page-size 16 --append 1 --rotary --heads-q 32 --heads-kv 8 --head-dim 128 --check`;
 
 /** Adds `run` to the program. */
 export function register(program: Command) {
@@ -409,6 +462,12 @@ export function register(program: Command) {
     .option("--out <file>", "write O to .npy or .safetensors (atomically, never over an input)")
     .option("--lse [file.npy]", "also write the LSE (batch, heads_q, seqlen_q); safetensors: same file")
     .option("--check", "compare with the fp64 reference; exit 1 beyond the docs/DESIGN.md tolerance")
+    .option("--decode", "random KV-cache step (flash_attn_with_kvcache): q of --seqlen-q tokens (default 1) over a cache")
+    .option("--cache-len <n>", "--decode: tokens already in each sequence's cache")
+    .option("--page-size <p>", "--decode: a paged cache with pages of p tokens (any size) and a shuffled block table")
+    .option("--append <n>", "--decode: new keys/values written into the cache in place, then attended to")
+    .option("--rotary", "--decode: rotary embedding of q and the new keys (rotary_dim = head_dim)")
+    .option("--rotary-interleaved", "rotary in GPT-J pairs instead of GPT-NeoX halves")
     .addHelpText("after", examples)
     .action(action(async (globals, raw: RawRunOptions) => {
       const tell = (message: string) => {

@@ -88,11 +88,9 @@ export function expectedLayout(): number[] {
   return [PARAMS_SIZE, TENSOR_SIZE, ...layoutFields.map(([, off]) => off)];
 }
 
-/** Differences between the library's layout report and ours, as sentences (empty when they agree). */
-export function compareLayout(reported: ArrayLike<number | bigint>): string[] {
-  const expected = expectedLayout();
+/** Differences between a layout report and the expected numbers, as sentences naming each entry. */
+function compareEntries(reported: ArrayLike<number | bigint>, expected: number[], names: string[]): string[] {
   const problems: string[] = [];
-  const names = ["sizeof(fa_attn_params)", "sizeof(fa_tensor)", ...layoutFields.map(([n]) => n)];
   if (reported.length !== expected.length) {
     problems.push(`the library reports ${reported.length} layout entries, this flashattn expects ${expected.length}`);
   }
@@ -101,6 +99,12 @@ export function compareLayout(reported: ArrayLike<number | bigint>): string[] {
     if (got !== expected[i]) problems.push(`${names[i]} is at ${got} in the library but at ${expected[i]} here`);
   }
   return problems;
+}
+
+/** Differences between the library's layout report and ours, as sentences (empty when they agree). */
+export function compareLayout(reported: ArrayLike<number | bigint>): string[] {
+  const names = ["sizeof(fa_attn_params)", "sizeof(fa_tensor)", ...layoutFields.map(([n]) => n)];
+  return compareEntries(reported, expectedLayout(), names);
 }
 
 const alibiCodes = { "none": 0, "per-head": 1, "per-batch-head": 2 } as const;
@@ -118,39 +122,45 @@ export function defaultParams(): AttnParams {
   };
 }
 
-function writeView(dv: DataView, offset: number, t: TensorView) {
-  const name = layoutFields.find(([, o]) => o === offset)![0];
-  if (t.data < 0n || t.data >= 2n ** 64n) {
-    throw new FlashAttnError("INVALID_ARGUMENT", `fa_attn_params.${name}.data cannot hold ${t.data} (pointer)`);
-  }
-  dv.setBigUint64(offset, t.data, true);
-  for (const [at, stride] of [[8, t.batchStride], [16, t.rowStride], [24, t.headStride]]) {
-    if (!Number.isSafeInteger(stride)) {
-      throw new FlashAttnError("INVALID_ARGUMENT", `fa_attn_params.${name} has a stride that is not a whole number: ${stride}`);
-    }
-    dv.setBigInt64(offset + at, BigInt(stride), true);
-  }
+/** Writers of one struct's fields that refuse any value the field cannot hold exactly (named `struct.field`). */
+function fieldWriter(dv: DataView, struct: string, fields: ReadonlyArray<readonly [string, number]>) {
+  const field = (off: number) => fields.find(([, o]) => o === off)![0];
+  const refuse = (off: number, v: number | bigint, type: string) =>
+    new FlashAttnError("INVALID_ARGUMENT", `${struct}.${field(off)} cannot hold ${v} (${type})`);
+  const pointer = (off: number, v: bigint) => {
+    if (v < 0n || v >= 2n ** 64n) throw refuse(off, v, "pointer");
+    dv.setBigUint64(off, v, true);
+  };
+  return {
+    i32(off: number, v: number) {
+      if (!fitsInt32(v)) throw refuse(off, v, "int32");
+      dv.setInt32(off, v, true);
+    },
+    f32(off: number, v: number) {
+      if (!fitsFloat32(v)) throw refuse(off, v, "float32");
+      dv.setFloat32(off, v, true);
+    },
+    pointer,
+    view(off: number, t: TensorView) {
+      if (t.data < 0n || t.data >= 2n ** 64n) {
+        throw new FlashAttnError("INVALID_ARGUMENT", `${struct}.${field(off)}.data cannot hold ${t.data} (pointer)`);
+      }
+      dv.setBigUint64(off, t.data, true);
+      for (const [at, stride] of [[8, t.batchStride], [16, t.rowStride], [24, t.headStride]]) {
+        if (!Number.isSafeInteger(stride)) {
+          throw new FlashAttnError("INVALID_ARGUMENT", `${struct}.${field(off)} has a stride that is not a whole number: ${stride}`);
+        }
+        dv.setBigInt64(off + at, BigInt(stride), true);
+      }
+    },
+  };
 }
 
 /** The bytes of fa_attn_params for `p` (struct_size and abi_version set). */
 export function encodeParams(p: AttnParams): Uint8Array {
   const bytes = new Uint8Array(PARAMS_SIZE);
   const dv = new DataView(bytes.buffer);
-  const field = (off: number) => layoutFields.find(([, o]) => o === off)![0];
-  const refuse = (off: number, v: number | bigint, type: string) =>
-    new FlashAttnError("INVALID_ARGUMENT", `fa_attn_params.${field(off)} cannot hold ${v} (${type})`);
-  const i32 = (off: number, v: number) => {
-    if (!fitsInt32(v)) throw refuse(off, v, "int32");
-    dv.setInt32(off, v, true);
-  };
-  const f32 = (off: number, v: number) => {
-    if (!fitsFloat32(v)) throw refuse(off, v, "float32");
-    dv.setFloat32(off, v, true);
-  };
-  const pointer = (off: number, v: bigint) => {
-    if (v < 0n || v >= 2n ** 64n) throw refuse(off, v, "pointer");
-    dv.setBigUint64(off, v, true);
-  };
+  const { i32, f32, pointer, view } = fieldWriter(dv, "fa_attn_params", layoutFields);
   dv.setUint32(0, PARAMS_SIZE, true);
   dv.setUint32(4, ABI_VERSION, true);
   i32(8, dtypeCode[p.dtype]);
@@ -175,15 +185,15 @@ export function encodeParams(p: AttnParams): Uint8Array {
   pointer(88, p.cuSeqlensQ);
   pointer(96, p.cuSeqlensK);
   pointer(104, p.stream);
-  writeView(dv, 112, p.q);
-  writeView(dv, 144, p.k);
-  writeView(dv, 176, p.v);
-  writeView(dv, 208, p.o);
+  view(112, p.q);
+  view(144, p.k);
+  view(176, p.v);
+  view(208, p.o);
   pointer(240, p.lse);
-  writeView(dv, 248, p.dout);
-  writeView(dv, 280, p.dq);
-  writeView(dv, 312, p.dk);
-  writeView(dv, 344, p.dv);
+  view(248, p.dout);
+  view(280, p.dq);
+  view(312, p.dk);
+  view(344, p.dv);
   return bytes;
 }
 
@@ -191,4 +201,102 @@ export function encodeParams(p: AttnParams): Uint8Array {
 export function decodeOutputs(bytes: Uint8Array): { kernelId: number; numSplits: number } {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   return { kernelId: dv.getInt32(376, true), numSplits: dv.getInt32(380, true) };
+}
+
+// ---- fa_kvcache_params ------------------------------------------------------------------------------------------
+
+/** fa_kvcache_params field for field (camelCase); unused arrays and tensors are 0n / emptyView. */
+export interface KvCacheParams {
+  dtype: DType;
+  batch: number;
+  seqlenQ: number;
+  seqlenNew: number;
+  headsQ: number;
+  headsKv: number;
+  headDim: number;
+  causal: boolean;
+  windowLeft: number;
+  windowRight: number;
+  scale: number;
+  softcap: number;
+  alibiMode: "none" | "per-head" | "per-batch-head";
+  numSplits: number;
+  /** Contiguous: sequences the cache holds; paged: pages. */
+  cacheBatch: number;
+  /** Contiguous: tokens per sequence; paged: page size. */
+  cacheRows: number;
+  /** Paged: block_table columns; 0 = contiguous. */
+  maxBlocks: number;
+  rotaryDim: number;
+  seqlenRotary: number;
+  rotaryInterleaved: boolean;
+  alibiSlopes: bigint;
+  cacheSeqlens: bigint;
+  blockTable: bigint;
+  cacheBatchIdx: bigint;
+  cacheLeftpad: bigint;
+  rotaryCos: bigint;
+  rotarySin: bigint;
+  stream: bigint;
+  q: TensorView;
+  kCache: TensorView;
+  vCache: TensorView;
+  kNew: TensorView;
+  vNew: TensorView;
+  o: TensorView;
+  lse: bigint;
+}
+
+export const KVCACHE_PARAMS_SIZE = 360;
+
+/** Field order of FA_KVCACHE_LAYOUT_FIELDS in flashattn.h, with the offsets this file writes at. */
+export const kvcacheLayoutFields: ReadonlyArray<readonly [string, number]> = [
+  ["struct_size", 0], ["abi_version", 4], ["dtype", 8], ["batch", 12], ["seqlen_q", 16], ["seqlen_new", 20],
+  ["heads_q", 24], ["heads_kv", 28], ["head_dim", 32], ["is_causal", 36], ["window_left", 40], ["window_right", 44],
+  ["scale", 48], ["softcap", 52], ["alibi_mode", 56], ["num_splits", 60], ["cache_batch", 64], ["cache_rows", 68],
+  ["max_blocks", 72], ["rotary_dim", 76], ["seqlen_rotary", 80], ["rotary_interleaved", 84], ["alibi_slopes", 88],
+  ["cache_seqlens", 96], ["block_table", 104], ["cache_batch_idx", 112], ["cache_leftpad", 120], ["rotary_cos", 128],
+  ["rotary_sin", 136], ["stream", 144], ["q", 152], ["k_cache", 184], ["v_cache", 216], ["k_new", 248],
+  ["v_new", 280], ["o", 312], ["lse", 344], ["out_kernel", 352], ["out_num_splits", 356],
+];
+
+/** The numbers fa_kvcache_layout must report: [sizeof params, ...offsets]. */
+export function expectedKvcacheLayout(): number[] {
+  return [KVCACHE_PARAMS_SIZE, ...kvcacheLayoutFields.map(([, off]) => off)];
+}
+
+export function compareKvcacheLayout(reported: ArrayLike<number | bigint>): string[] {
+  return compareEntries(reported, expectedKvcacheLayout(), ["sizeof(fa_kvcache_params)", ...kvcacheLayoutFields.map(([n]) => n)]);
+}
+
+/** The bytes of fa_kvcache_params for `p` (struct_size and abi_version set). */
+export function encodeKvCacheParams(p: KvCacheParams): Uint8Array {
+  const bytes = new Uint8Array(KVCACHE_PARAMS_SIZE);
+  const dv = new DataView(bytes.buffer);
+  const { i32, f32, pointer, view } = fieldWriter(dv, "fa_kvcache_params", kvcacheLayoutFields);
+  dv.setUint32(0, KVCACHE_PARAMS_SIZE, true);
+  dv.setUint32(4, ABI_VERSION, true);
+  const ints: Array<[number, number]> = [
+    [8, dtypeCode[p.dtype]], [12, p.batch], [16, p.seqlenQ], [20, p.seqlenNew], [24, p.headsQ], [28, p.headsKv],
+    [32, p.headDim], [36, p.causal ? 1 : 0], [40, p.windowLeft], [44, p.windowRight], [56, alibiCodes[p.alibiMode]],
+    [60, p.numSplits], [64, p.cacheBatch], [68, p.cacheRows], [72, p.maxBlocks], [76, p.rotaryDim],
+    [80, p.seqlenRotary], [84, p.rotaryInterleaved ? 1 : 0],
+  ];
+  for (const [off, v] of ints) i32(off, v);
+  f32(48, p.scale);
+  f32(52, p.softcap);
+  const pointers: Array<[number, bigint]> = [
+    [88, p.alibiSlopes], [96, p.cacheSeqlens], [104, p.blockTable], [112, p.cacheBatchIdx], [120, p.cacheLeftpad],
+    [128, p.rotaryCos], [136, p.rotarySin], [144, p.stream], [344, p.lse],
+  ];
+  for (const [off, v] of pointers) pointer(off, v);
+  const views: Array<[number, TensorView]> = [[152, p.q], [184, p.kCache], [216, p.vCache], [248, p.kNew], [280, p.vNew], [312, p.o]];
+  for (const [off, t] of views) view(off, t);
+  return bytes;
+}
+
+/** The fields fa_forward_kvcache fills in. */
+export function decodeKvCacheOutputs(bytes: Uint8Array): { kernelId: number; numSplits: number } {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return { kernelId: dv.getInt32(352, true), numSplits: dv.getInt32(356, true) };
 }

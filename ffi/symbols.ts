@@ -24,6 +24,9 @@ export const faSymbols = {
   fa_backward: { args: ["buffer"], returns: "i32" },
   fa_plan: { args: ["buffer", "i32", "buffer", "i64"], returns: "i32" },
   fa_bench: { args: ["buffer", "i32", "i32", "i32", "buffer"], returns: "i32" },
+  // Optional: a library built before KV-cache attention still loads; Backend.forwardKvcache says what is missing.
+  fa_kvcache_layout: { args: ["buffer", "i32"], returns: "i32", optional: true },
+  fa_forward_kvcache: { args: ["buffer"], returns: "i32", optional: true },
 } as const satisfies SymbolTable;
 
 export type FaSymbols = typeof faSymbols;

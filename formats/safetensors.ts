@@ -49,6 +49,8 @@ export interface SafetensorsFile {
   entries: Map<string, SafetensorsEntry>;
   /** Reads one tensor (F32/F16/BF16) as a host tensor. */
   read(name: string): Tensor;
+  /** Reads one I32 tensor (indices, lengths: a KV cache's block table) as its values, C order. */
+  readInt32(name: string): { shape: number[]; data: Int32Array };
   close(): void;
 }
 
@@ -177,6 +179,7 @@ export function openSafetensors(file: string): SafetensorsFile {
       metadata,
       entries,
       read: (name) => readEntry(input, entries, dataStart, name),
+      readInt32: (name) => readInt32Entry(input, entries, dataStart, name),
       close: () => input.close(),
     };
   } catch (error) {
@@ -185,7 +188,7 @@ export function openSafetensors(file: string): SafetensorsFile {
   }
 }
 
-function readEntry(input: InputFile, entries: Map<string, SafetensorsEntry>, dataStart: number, name: string): Tensor {
+function entryNamed(input: InputFile, entries: Map<string, SafetensorsEntry>, name: string): SafetensorsEntry {
   const entry = entries.get(name);
   if (!entry) {
     const names = [...entries.keys()];
@@ -195,6 +198,22 @@ function readEntry(input: InputFile, entries: Map<string, SafetensorsEntry>, dat
       "choose the tensor with --q-name/--k-name/--v-name",
     );
   }
+  return entry;
+}
+
+function readInt32Entry(input: InputFile, entries: Map<string, SafetensorsEntry>, dataStart: number, name: string) {
+  const entry = entryNamed(input, entries, name);
+  if (entry.dtype !== "I32") {
+    throw badFile(input.path, `tensor '${name}' has dtype ${entry.dtype}, but it holds indices: I32 is read`,
+      "save it as torch.int32");
+  }
+  const bytes = new Uint8Array(entry.end - entry.begin);
+  readExact(input, dataStart + entry.begin, bytes);
+  return { shape: entry.shape, data: new Int32Array(bytes.buffer) };
+}
+
+function readEntry(input: InputFile, entries: Map<string, SafetensorsEntry>, dataStart: number, name: string): Tensor {
+  const entry = entryNamed(input, entries, name);
   const dtype = readableDtypes[entry.dtype];
   if (!dtype) {
     throw badFile(

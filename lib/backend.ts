@@ -3,7 +3,18 @@
 import fs from "node:fs";
 import { addressOf, decodeCString, type NativeLibrary, openLibrary } from "../ffi/loader.ts";
 import { ABI_VERSION, type FaSymbols, faSymbols, Status, statusNames } from "../ffi/symbols.ts";
-import { type AttnParams, compareLayout, decodeOutputs, encodeParams, expectedLayout } from "../ffi/layout.ts";
+import {
+  type AttnParams,
+  compareKvcacheLayout,
+  compareLayout,
+  decodeKvCacheOutputs,
+  decodeOutputs,
+  encodeKvCacheParams,
+  encodeParams,
+  expectedKvcacheLayout,
+  expectedLayout,
+  type KvCacheParams,
+} from "../ffi/layout.ts";
 import { type Candidate, type LoadAttempt, libraryCandidates, missingFileError } from "../ffi/discovery.ts";
 import { type ErrorCode, FlashAttnError } from "./errors.ts";
 import type { BackendName } from "./vocabulary.ts";
@@ -200,6 +211,20 @@ export class Backend {
     return { kernelId: decodeOutputs(bytes).kernelId };
   }
 
+  /**
+   * KV-cache attention on device buffers: appends p.kNew / p.vNew into the cache where it lives, then writes O and LSE
+   * (flashattn.h, fa_kvcache_params). A decode loop calls this once per step on the same cache buffers.
+   */
+  forwardKvcache(p: KvCacheParams): { kernelId: number; numSplits: number } {
+    if (!this.#lib.has("fa_forward_kvcache")) {
+      throw new FlashAttnError("UNSUPPORTED", `${this.name}: ${this.path} predates KV-cache attention (no fa_forward_kvcache)`,
+        "rebuild the library (bun kernels/build.ts) or install a newer flashattn");
+    }
+    const bytes = encodeKvCacheParams(p);
+    this.#check(this.#lib.call("fa_forward_kvcache", bytes), "fa_forward_kvcache");
+    return decodeKvCacheOutputs(bytes);
+  }
+
   /** Which kernel would serve `p`, or why none can. Never dereferences the pointers in `p`. */
   plan(p: AttnParams, direction: Direction): PlanResult {
     const bytes = encodeParams(p);
@@ -243,6 +268,15 @@ function loadCandidate(expected: BackendName | null, c: Candidate): Backend {
     if (problems.length) {
       throw new FlashAttnError("ABI_MISMATCH", `${c.path}: parameter layout differs: ${problems[0]}`,
         "rebuild the library (bun kernels/build.ts) so it matches this flashattn");
+    }
+    if (lib.has("fa_kvcache_layout")) {
+      const kv = new BigInt64Array(expectedKvcacheLayout().length + 8);
+      const kvCount = Number(lib.call("fa_kvcache_layout", kv, kv.length));
+      const kvProblems = compareKvcacheLayout(Array.from(kv.subarray(0, Math.min(kvCount, kv.length))));
+      if (kvProblems.length) {
+        throw new FlashAttnError("ABI_MISMATCH", `${c.path}: KV-cache parameter layout differs: ${kvProblems[0]}`,
+          "rebuild the library (bun kernels/build.ts) so it matches this flashattn");
+      }
     }
     const probe = new Backend(expected ?? "cpu", lib);
     const actual = probe.info().backend;

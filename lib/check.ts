@@ -1,5 +1,7 @@
 // A kernel's results against the fp64 reference (lib/reference.ts), with the tolerances of docs/DESIGN.md: what
 // `run --check` reports and what `bench` requires of each kernel path before it times it.
+import type { KvCacheOptions } from "./kvcache.ts";
+import { referenceKvCache } from "./kvcache_reference.ts";
 import type { AttentionSemantics } from "./problem.ts";
 import {
   naiveSamePrecisionForward,
@@ -57,4 +59,27 @@ export function checkGradientsAgainstReference(
   );
   const limit = q.dtype === "fp32" ? 1e-5 : 1e-2;
   return { relativeError: error, limit, pass: error <= limit };
+}
+
+/**
+ * A KV-cache call against its fp64 reference (lib/kvcache_reference.ts): the worst relative error of O and of the
+ * updated caches (the append, rotated, must land where the reference puts it); the LSE is informational.
+ */
+export function checkKvCacheAgainstReference(
+  q: Tensor,
+  kCache: Tensor,
+  vCache: Tensor,
+  options: KvCacheOptions,
+  result: { out: Tensor; lse: Float32Array; kCache: Tensor; vCache: Tensor },
+): CheckResult {
+  const reference = referenceKvCache(q, kCache, vCache, options);
+  const error = Math.max(
+    relativeError(toFloat32(result.out), reference.out),
+    relativeError(toFloat32(result.kCache), toFloat32(reference.kCache)),
+    relativeError(toFloat32(result.vCache), toFloat32(reference.vCache)),
+  );
+  const rows = [...reference.lse.keys()].filter((i) => Number.isFinite(reference.lse[i]));
+  const lseError = relativeError(rows.map((i) => result.lse[i]), rows.map((i) => reference.lse[i]));
+  const { ok, limit } = withinTolerance(q.dtype, error);
+  return { relativeError: error, lseError, limit, pass: ok };
 }

@@ -53,7 +53,7 @@ export interface DeviceTensors {
 }
 
 /** Contiguous BSHD (or packed THD) views, in elements. */
-function contiguous(data: bigint, rowsPerBatch: number, heads: number, d: number): TensorView {
+export function contiguous(data: bigint, rowsPerBatch: number, heads: number, d: number): TensorView {
   return { data, batchStride: rowsPerBatch * heads * d, rowStride: heads * d, headStride: d };
 }
 

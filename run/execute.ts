@@ -5,6 +5,7 @@ import { checkAgainstReference, type CheckResult } from "../lib/check.ts";
 import type { BackendDecision } from "../lib/select.ts";
 import type { BackendName, DType, ProblemShape } from "../lib/vocabulary.ts";
 import packageJson from "../package.json" with { type: "json" };
+import { executeKvCacheRun, randomKvCacheStep, readKvCacheInput } from "./kvcache.ts";
 import { loadFiles, randomInputs, randomShapes, semanticsFor } from "./inputs.ts";
 import { checkOutputs, writeOutputs } from "./outputs.ts";
 import { checkRunLimits, planInputs, type RunPlan } from "./plan.ts";
@@ -29,6 +30,8 @@ export interface RunResult {
   outputs: string[];
   defaultProblem: boolean;
   decisions: BackendDecision[];
+  /** KV-cache runs only: tokens cached per sequence before the step, tokens appended, the paging and the rotary. */
+  kvcache?: { cached: number[]; appended: number; pageSize: number | null; rotary: "none" | "gpt-neox" | "gpt-j" };
 }
 
 /** The same decision for another dtype of the same problem (random inputs: fp32 where the CPU was chosen). */
@@ -43,6 +46,11 @@ export async function executeRun(plan: RunPlan, tell: (message: string) => void 
   const inputs = planInputs(plan);
   // Refuse an output that cannot be written before spending any time on the run.
   if (plan.output) checkOutputs(plan.output, inputs);
+
+  const kvStep = plan.input.kind === "decode"
+    ? randomKvCacheStep(plan.input, plan.dtype === "auto" ? "fp32" : plan.dtype)
+    : readKvCacheInput(plan);
+  if (kvStep) return executeKvCacheRun(plan, kvStep, inputs, tell);
 
   const random = plan.input.kind === "random" ? plan.input : undefined;
   const files = random ? undefined : loadFiles(plan);

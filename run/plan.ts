@@ -8,7 +8,9 @@ export type InputPlan =
   | { kind: "npy"; q: string; k: string; v: string }
   /** names: explicit q/k/v names; packed: an explicit qkv name; neither: q/k/v if present, else qkv. */
   | { kind: "safetensors"; path: string; names?: { q: string; k: string; v: string }; packed?: string }
-  | { kind: "random"; shape: ProblemShape; seed: number };
+  | { kind: "random"; shape: ProblemShape; seed: number }
+  /** A random KV-cache step (run/kvcache.ts): shape.seqlenK is the tokens already cached per sequence. */
+  | { kind: "decode"; shape: ProblemShape; seed: number; pageSize?: number; append: number; rotary: boolean };
 
 export interface OutputPlan {
   path: string;
@@ -27,6 +29,8 @@ export interface RunPlan {
   softcap?: number;
   scale?: number;
   alibi: { kind: "none" } | { kind: "standard" } | { kind: "file"; path: string };
+  /** KV-cache runs with rotary tables: GPT-J pairs instead of GPT-NeoX halves. */
+  rotaryInterleaved: boolean;
   backend: BackendChoice;
   libPath?: string;
   output?: OutputPlan;

@@ -226,26 +226,12 @@ constexpr float kMaxScale = 18446744073709551616.0f;  // 2^64
 // 0 or a normal float (a subnormal scale or softcap would be flushed to zero on GPUs, which compute with ftz).
 inline bool zero_or_normal(float x) { return x == 0.f || std::fpclassify(x) == FP_NORMAL; }
 
-// Checks everything that does not need to read device memory. Returns the problems found, first one first.
-// `direction` is an fa_direction. The caller turns problems[0] into the status and message of the call.
-inline std::vector<Problem> check_params(const fa_attn_params* pp, const BackendLimits& lim, int32_t direction) {
-  std::vector<Problem> out;
+// The checks of the fields fa_attn_params and fa_kvcache_params share (fa_kvcache.hpp), written once: dtype, batch
+// and seqlen_q first; then (after the caller's key-length checks) heads, head_dim and the score semantics.
+template <typename Params>
+void check_dtype_batch_queries(const Params& p, const BackendLimits& lim, std::vector<Problem>& out) {
   auto invalid = [&](const std::string& m) { out.push_back({FA_ERR_INVALID_ARGUMENT, m}); };
   auto unsupported = [&](const std::string& m) { out.push_back({FA_ERR_UNSUPPORTED, m}); };
-  if (pp == nullptr) {
-    invalid("params pointer is NULL");
-    return out;
-  }
-  const fa_attn_params& p = *pp;
-  if (p.abi_version != FA_ABI_VERSION || p.struct_size != sizeof(fa_attn_params)) {
-    out.push_back({FA_ERR_ABI, format("params built for ABI %u with %u bytes, but this library has ABI %d with %zu bytes: "
-                                      "rebuild the library or update the caller",
-                                      p.abi_version, p.struct_size, FA_ABI_VERSION, sizeof(fa_attn_params))});
-    return out;
-  }
-  if (direction < FA_DIR_FORWARD || direction > FA_DIR_FORWARD_BACKWARD)
-    invalid(format("direction %d is not forward (0), backward (1) or forward+backward (2)", direction));
-
   if (p.dtype != FA_DTYPE_F32 && p.dtype != FA_DTYPE_F16 && p.dtype != FA_DTYPE_BF16)
     invalid(format("dtype %d is not one of fp32 (0), fp16 (1), bf16 (2)", p.dtype));
   else if (p.dtype == FA_DTYPE_F32 && !lim.allow_f32)
@@ -256,9 +242,12 @@ inline std::vector<Problem> check_params(const fa_attn_params* pp, const Backend
   if (p.seqlen_q < 1) invalid(format("seqlen_q must be at least 1, got %d", p.seqlen_q));
   else if (p.seqlen_q > kMaxSeqlen)
     unsupported(format("seqlen_q %d exceeds the supported maximum %d (2^28)", p.seqlen_q, kMaxSeqlen));
-  if (p.seqlen_k < 0) invalid(format("seqlen_k must not be negative, got %d", p.seqlen_k));
-  else if (p.seqlen_k > kMaxSeqlen)
-    unsupported(format("seqlen_k %d exceeds the supported maximum %d (2^28)", p.seqlen_k, kMaxSeqlen));
+}
+
+template <typename Params>
+void check_heads_and_semantics(const Params& p, const BackendLimits& lim, std::vector<Problem>& out) {
+  auto invalid = [&](const std::string& m) { out.push_back({FA_ERR_INVALID_ARGUMENT, m}); };
+  auto unsupported = [&](const std::string& m) { out.push_back({FA_ERR_UNSUPPORTED, m}); };
   if (p.heads_q < 1 || p.heads_kv < 1)
     invalid(format("head counts must be at least 1, got heads_q %d and heads_kv %d", p.heads_q, p.heads_kv));
   else if (p.heads_q % p.heads_kv != 0)
@@ -286,6 +275,33 @@ inline std::vector<Problem> check_params(const fa_attn_params* pp, const Backend
   else if (p.alibi_mode != FA_ALIBI_NONE && p.alibi_slopes == nullptr)
     invalid("ALiBi is on but alibi_slopes is NULL");
   if (p.num_splits < 0 || p.num_splits > 256) invalid(format("num_splits must be 0 (auto) to 256, got %d", p.num_splits));
+}
+
+// Checks everything that does not need to read device memory. Returns the problems found, first one first.
+// `direction` is an fa_direction. The caller turns problems[0] into the status and message of the call.
+inline std::vector<Problem> check_params(const fa_attn_params* pp, const BackendLimits& lim, int32_t direction) {
+  std::vector<Problem> out;
+  auto invalid = [&](const std::string& m) { out.push_back({FA_ERR_INVALID_ARGUMENT, m}); };
+  auto unsupported = [&](const std::string& m) { out.push_back({FA_ERR_UNSUPPORTED, m}); };
+  if (pp == nullptr) {
+    invalid("params pointer is NULL");
+    return out;
+  }
+  const fa_attn_params& p = *pp;
+  if (p.abi_version != FA_ABI_VERSION || p.struct_size != sizeof(fa_attn_params)) {
+    out.push_back({FA_ERR_ABI, format("params built for ABI %u with %u bytes, but this library has ABI %d with %zu bytes: "
+                                      "rebuild the library or update the caller",
+                                      p.abi_version, p.struct_size, FA_ABI_VERSION, sizeof(fa_attn_params))});
+    return out;
+  }
+  if (direction < FA_DIR_FORWARD || direction > FA_DIR_FORWARD_BACKWARD)
+    invalid(format("direction %d is not forward (0), backward (1) or forward+backward (2)", direction));
+
+  check_dtype_batch_queries(p, lim, out);
+  if (p.seqlen_k < 0) invalid(format("seqlen_k must not be negative, got %d", p.seqlen_k));
+  else if (p.seqlen_k > kMaxSeqlen)
+    unsupported(format("seqlen_k %d exceeds the supported maximum %d (2^28)", p.seqlen_k, kMaxSeqlen));
+  check_heads_and_semantics(p, lim, out);
   if (p.deterministic != 0 && p.deterministic != 1) invalid(format("deterministic must be 0 or 1, got %d", p.deterministic));
   if (p.algorithm != FA_ALGO_FLASH && p.algorithm != FA_ALGO_NAIVE)
     invalid(format("algorithm %d is not flash (0) or naive (1)", p.algorithm));

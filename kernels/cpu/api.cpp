@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../common/fa_common.hpp"
+#include "../common/fa_kvcache.hpp"
 #include "attention.hpp"
 #include "memory.hpp"
 #include "thread_pool.hpp"
@@ -90,6 +91,28 @@ int32_t run_direction(fa_attn_params& p, int32_t direction) {
   return FA_OK;
 }
 
+// fa_forward_kvcache's checks: the struct, then (host memory here) element alignment and the int32 arrays' values.
+int32_t validate_kvcache(const fa_kvcache_params* p) {
+  if (int32_t status = report_first(check_kvcache_params(p, kLimits))) return status;
+  const size_t element = dtype_size(p->dtype);
+  struct Named {
+    const char* name;
+    const void* data;
+    size_t alignment;
+  };
+  const Named arrays[] = {{"q", p->q.data, element},           {"k_cache", p->k_cache.data, element},
+                          {"v_cache", p->v_cache.data, element}, {"k_new", p->k_new.data, element},
+                          {"v_new", p->v_new.data, element},     {"o", p->o.data, element},
+                          {"rotary_cos", p->rotary_cos, element}, {"rotary_sin", p->rotary_sin, element},
+                          {"lse", p->lse, 4},                    {"alibi_slopes", p->alibi_slopes, 4},
+                          {"cache_seqlens", p->cache_seqlens, 4}, {"block_table", p->block_table, 4},
+                          {"cache_batch_idx", p->cache_batch_idx, 4}, {"cache_leftpad", p->cache_leftpad, 4}};
+  for (const Named& a : arrays)
+    if (reinterpret_cast<uintptr_t>(a.data) % a.alignment != 0)
+      return fail(FA_ERR_INVALID_ARGUMENT, format("%s is not aligned to its %zu-byte elements", a.name, a.alignment));
+  return report_first(check_kvcache_values(*p, p->cache_seqlens, p->block_table, p->cache_batch_idx, p->cache_leftpad));
+}
+
 std::string read_cpu_model() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
@@ -157,6 +180,8 @@ extern "C" {
 FA_API int32_t fa_abi_version(void) { return FA_ABI_VERSION; }
 
 FA_API int32_t fa_params_layout(int64_t* out, int32_t capacity) { return params_layout(out, capacity); }
+
+FA_API int32_t fa_kvcache_layout(int64_t* out, int32_t capacity) { return kvcache_layout(out, capacity); }
 
 FA_API int32_t fa_last_error(char* buf, int64_t len) {
   const std::string& message = last_error_slot();
@@ -302,6 +327,18 @@ FA_API int32_t fa_backward(fa_attn_params* p) {
   return guard([&] {
     if (int32_t status = validate(p, FA_DIR_BACKWARD)) return status;
     return run_direction(*p, FA_DIR_BACKWARD);
+  });
+}
+
+FA_API int32_t fa_forward_kvcache(fa_kvcache_params* p) {
+  return guard([&] {
+    if (int32_t status = validate_kvcache(p)) return status;
+    try {
+      p->out_kernel = kvcache_forward(*p, select_isa());
+    } catch (const WorkspaceError& e) {
+      return fail(FA_ERR_OUT_OF_MEMORY, e.what());
+    }
+    return static_cast<int32_t>(FA_OK);
   });
 }
 

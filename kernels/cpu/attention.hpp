@@ -135,6 +135,8 @@ inline BlockVisibility block_visibility(const Geometry& g, const Sequence& s, in
 int32_t flash_forward(const fa_attn_params& p, const IsaKernels& isa);
 int32_t flash_backward(const fa_attn_params& p, const IsaKernels& isa);
 int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa);
+// KV-cache attention (kvcache.cpp); the caller has validated p and its int32 arrays. Sets p.out_num_splits.
+int32_t kvcache_forward(fa_kvcache_params& p, const IsaKernels& isa);
 
 inline bool is_avx2(const IsaKernels& isa) { return std::strcmp(isa.name, "avx2") == 0; }
 
@@ -177,6 +179,29 @@ class PerWorker {
  private:
   Workspace block_;
   std::vector<Scratch> slices_;
+};
+
+// One forward task's fp32 tiles (forward.cpp, kvcache.cpp): Q^T, S^T, O, K, V and the per-column softmax state.
+struct ForwardScratch {
+  float *qt, *st, *o, *k, *v, *m, *l, *alpha, *q_pos, *slope, *inv_l;
+  int32_t *lo, *hi;
+
+  ForwardScratch(Carver& c, int32_t d_pad) {
+    const int32_t bq = kForwardBlockQ, bk = kForwardBlockK;
+    qt = c.take<float>(int64_t{d_pad} * bq);
+    st = c.take<float>(int64_t{bk} * bq);
+    o = c.take<float>(int64_t{bq} * d_pad);
+    k = c.take<float>(int64_t{bk} * d_pad);
+    v = c.take<float>(int64_t{bk} * d_pad);
+    m = c.take<float>(bq);
+    l = c.take<float>(bq);
+    alpha = c.take<float>(bq);
+    q_pos = c.take<float>(bq);
+    slope = c.take<float>(bq);
+    inv_l = c.take<float>(bq);
+    lo = c.take<int32_t>(bq);
+    hi = c.take<int32_t>(bq);
+  }
 };
 
 }  // namespace fa::cpu

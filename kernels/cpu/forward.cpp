@@ -25,28 +25,6 @@ namespace fa::cpu {
 
 namespace {
 
-struct ForwardScratch {
-  float *qt, *st, *o, *k, *v, *m, *l, *alpha, *q_pos, *slope, *inv_l;
-  int32_t *lo, *hi;
-
-  ForwardScratch(Carver& c, int32_t d_pad) {
-    const int32_t bq = kForwardBlockQ, bk = kForwardBlockK;
-    qt = c.take<float>(int64_t{d_pad} * bq);
-    st = c.take<float>(int64_t{bk} * bq);
-    o = c.take<float>(int64_t{bq} * d_pad);
-    k = c.take<float>(int64_t{bk} * d_pad);
-    v = c.take<float>(int64_t{bk} * d_pad);
-    m = c.take<float>(bq);
-    l = c.take<float>(bq);
-    alpha = c.take<float>(bq);
-    q_pos = c.take<float>(bq);
-    slope = c.take<float>(bq);
-    inv_l = c.take<float>(bq);
-    lo = c.take<int32_t>(bq);
-    hi = c.take<int32_t>(bq);
-  }
-};
-
 // The query blocks of all sequences, numbered consecutively: padded batches by arithmetic, varlen by a prefix sum
 // over sequences (its size is the caller's cu_seqlens length, not a size read from memory).
 class QueryBlocks {

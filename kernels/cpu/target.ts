@@ -17,6 +17,7 @@ const target: BuildTarget = {
     { source: "kernels/cpu/forward.cpp" },
     { source: "kernels/cpu/backward.cpp" },
     { source: "kernels/cpu/naive.cpp" },
+    { source: "kernels/cpu/kvcache.cpp" },
   ],
   linkArgs: ["-shared", "-pthread"],
   headerDirs: ["kernels/include", "kernels/common", "kernels/cpu"],

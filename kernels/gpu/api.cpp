@@ -8,6 +8,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "../common/fa_kvcache.hpp"
 #include "device.hpp"
 
 namespace fa {
@@ -312,6 +313,16 @@ extern "C" {
 FA_API int32_t fa_abi_version(void) { return FA_ABI_VERSION; }
 
 FA_API int32_t fa_params_layout(int64_t* out, int32_t capacity) { return params_layout(out, capacity); }
+
+FA_API int32_t fa_kvcache_layout(int64_t* out, int32_t capacity) { return kvcache_layout(out, capacity); }
+
+// The same validation sentences as the CPU backend for what the struct alone shows; the kernels are a later step.
+FA_API int32_t fa_forward_kvcache(fa_kvcache_params* p) {
+  return guard([&]() -> int32_t {
+    if (int32_t status = report_first(check_kvcache_params(p, kGpuLimits))) return status;
+    return fail(FA_ERR_UNSUPPORTED, "KV-cache attention is not implemented on this backend yet: use the cpu backend");
+  });
+}
 
 FA_API int32_t fa_last_error(char* buf, int64_t len) {
   const std::string& m = last_error_slot();

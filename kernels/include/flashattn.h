@@ -153,6 +153,77 @@ typedef struct fa_attn_params {
   "tensor.data,tensor.batch_stride,tensor.row_stride,tensor.head_stride"
 #define FA_PARAMS_LAYOUT_COUNT 41 /* 2 sizes + 39 offsets */
 
+/*
+ * KV-cache attention (flash-attn 2.x flash_attn_with_kvcache). Zero-initialise, then set struct_size =
+ * sizeof(fa_kvcache_params) and abi_version = FA_ABI_VERSION. 360 bytes, naturally aligned. One dtype for q, the
+ * caches, k_new / v_new, o and the rotary tables. Shapes, in elements:
+ *   q (batch, seqlen_q, heads_q, head_dim); o like q; lse (batch, heads_q, seqlen_q) fp32 contiguous (may be NULL)
+ *   contiguous cache (block_table NULL): k_cache / v_cache (cache_batch, cache_rows, heads_kv, head_dim);
+ *     sequence b lives in cache row cache_batch_idx[b] (b when cache_batch_idx is NULL)
+ *   paged cache (block_table != NULL): k_cache / v_cache (cache_batch = num_blocks, cache_rows = page_size, heads_kv,
+ *     head_dim); block_table (batch, max_blocks) int32: token t of sequence b is row t % page_size of page
+ *     block_table[b * max_blocks + t / page_size]; any page size from 1
+ *   k_new / v_new (batch, seqlen_new, heads_kv, head_dim), or data NULL with seqlen_new 0
+ *   cache_seqlens (batch,) int32, required: tokens already in the cache (counting the leftpad rows)
+ *   cache_leftpad (batch,) int32 or NULL: sequence b's keys start at cache token cache_leftpad[b]
+ *   rotary_cos / rotary_sin (seqlen_rotary, rotary_dim / 2) contiguous, of the tensors' dtype; rotary_dim 0 = none
+ * The call first writes k_new / v_new (k_new rotated) into the cache at tokens cache_seqlens[b] .. + seqlen_new - 1,
+ * IN PLACE, then attends q (rotated) to cache tokens [leftpad, cache_seqlens[b] + seqlen_new): L keys. Rotary position
+ * of k_new row j: cache_seqlens[b] + j; of q row i: cache_seqlens[b] + i when causal or windowed, cache_seqlens[b]
+ * otherwise. Masks, ALiBi and the causal diagonal are those of fa_attn_params with seqlen_k = L (bottom-right).
+ * The arrays (cache_seqlens, block_table, cache_batch_idx, cache_leftpad, alibi_slopes, rotary tables) live in device
+ * memory like the tensors.
+ */
+typedef struct fa_kvcache_params {
+  uint32_t struct_size;          /*   0 */
+  uint32_t abi_version;          /*   4 */
+  int32_t dtype;                 /*   8: fa_dtype of every tensor and the rotary tables */
+  int32_t batch;                 /*  12 */
+  int32_t seqlen_q;              /*  16 */
+  int32_t seqlen_new;            /*  20: rows of k_new / v_new; 0 = no append */
+  int32_t heads_q;               /*  24 */
+  int32_t heads_kv;              /*  28: heads_q % heads_kv == 0 */
+  int32_t head_dim;              /*  32 */
+  int32_t is_causal;             /*  36: 0 or 1 */
+  int32_t window_left;           /*  40: -1 = unbounded */
+  int32_t window_right;          /*  44: -1 = unbounded */
+  float scale;                   /*  48: 0 means 1/sqrt(head_dim) */
+  float softcap;                 /*  52: 0 = off */
+  int32_t alibi_mode;            /*  56: fa_alibi_mode */
+  int32_t num_splits;            /*  60: split-KV count; 0 = heuristic, 1 = no split */
+  int32_t cache_batch;           /*  64: contiguous: sequences the cache holds; paged: num_blocks */
+  int32_t cache_rows;            /*  68: contiguous: tokens per sequence (capacity); paged: page_size */
+  int32_t max_blocks;            /*  72: paged: columns of block_table; 0 when contiguous */
+  int32_t rotary_dim;            /*  76: 0 = no rotary; else even, <= head_dim */
+  int32_t seqlen_rotary;         /*  80: rows of rotary_cos / rotary_sin */
+  int32_t rotary_interleaved;    /*  84: 0 = GPT-NeoX halves, 1 = GPT-J pairs */
+  const float* alibi_slopes;     /*  88: fp32 [heads_q] or [batch, heads_q] */
+  const int32_t* cache_seqlens;  /*  96 */
+  const int32_t* block_table;    /* 104: NULL = contiguous cache */
+  const int32_t* cache_batch_idx;/* 112: NULL = identity; contiguous caches only */
+  const int32_t* cache_leftpad;  /* 120: NULL = no left padding */
+  const void* rotary_cos;        /* 128 */
+  const void* rotary_sin;        /* 136 */
+  void* stream;                  /* 144: ignored on CPU */
+  fa_tensor q;                   /* 152 */
+  fa_tensor k_cache;             /* 184: batch_stride = elements between cache sequences / pages */
+  fa_tensor v_cache;             /* 216 */
+  fa_tensor k_new;               /* 248 */
+  fa_tensor v_new;               /* 280 */
+  fa_tensor o;                   /* 312 */
+  float* lse;                    /* 344 */
+  int32_t out_kernel;            /* 352: filled by the library */
+  int32_t out_num_splits;        /* 356: filled by the library */
+} fa_kvcache_params;             /* 360 */
+
+/* Field order of fa_kvcache_layout(): out[0] = sizeof(fa_kvcache_params), then each field's byte offset. */
+#define FA_KVCACHE_LAYOUT_FIELDS                                                                                    \
+  "struct_size,abi_version,dtype,batch,seqlen_q,seqlen_new,heads_q,heads_kv,head_dim,is_causal,window_left,"        \
+  "window_right,scale,softcap,alibi_mode,num_splits,cache_batch,cache_rows,max_blocks,rotary_dim,seqlen_rotary,"    \
+  "rotary_interleaved,alibi_slopes,cache_seqlens,block_table,cache_batch_idx,cache_leftpad,rotary_cos,rotary_sin,"  \
+  "stream,q,k_cache,v_cache,k_new,v_new,o,lse,out_kernel,out_num_splits"
+#define FA_KVCACHE_LAYOUT_COUNT 40 /* 1 size + 39 offsets */
+
 /* ---- identity and errors ------------------------------------------------------------------------------------ */
 
 /* FA_ABI_VERSION the library was built with. */
@@ -172,6 +243,9 @@ FA_API int32_t fa_last_error(char* buf, int64_t len);
  *              min_arch?: "sm_80"}]
  * Returns FA_ERR_BUFFER_TOO_SMALL (after writing a truncated, still NUL-terminated prefix) if len is too small. */
 FA_API int32_t fa_info(char* buf, int64_t len);
+
+/* Writes min(capacity, FA_KVCACHE_LAYOUT_COUNT) entries of the layout above; returns the full count. */
+FA_API int32_t fa_kvcache_layout(int64_t* out, int32_t capacity);
 
 /* ---- devices and memory ------------------------------------------------------------------------------------- */
 
@@ -209,6 +283,11 @@ FA_API int32_t fa_forward(fa_attn_params* p);
 
 /* dQ, dK, dV from dO, O, LSE, Q, K, V (P recomputed from LSE). Fills p->out_kernel. */
 FA_API int32_t fa_backward(fa_attn_params* p);
+
+/* KV-cache attention (see fa_kvcache_params): appends k_new / v_new into the cache in place, then writes O (and LSE
+ * when p->lse != NULL). Validation reads the int32 arrays; an invalid call writes nothing. Fills p->out_kernel and
+ * p->out_num_splits. The GPU libraries answer FA_ERR_UNSUPPORTED for now. */
+FA_API int32_t fa_forward_kvcache(fa_kvcache_params* p);
 
 /* Which kernel would run for this request, without running it: a JSON object copied into buf,
  *   {"ok": true, "kernel": {"id": 3, "name": "..."}, "num_splits": 1}  or
