@@ -2,7 +2,7 @@
 # What the GPU machine lacks, packed into .gpu/ (git-ignored) to be carried with a device run: that machine has nvcc
 # and Python with PyTorch but no Node, Bun or Deno and no package registry.
 #   .gpu/bun.xz         the Bun binary npm installed (node_modules), xz-compressed (~39 MB)
-#   .gpu/node_modules/  the CLI's JavaScript dependencies, without the runtime binaries and the build-only packages
+#   .gpu/node_modules/  the JavaScript dependencies (zx included: the device builds there), without the runtime binaries
 # A run then starts with
 #   xz -dc .gpu/bun.xz > /tmp/bun && chmod +x /tmp/bun && export PATH=/tmp:$PATH && ln -sfn .gpu/node_modules node_modules
 # (scripts/device/gpu-session.sh does that). The device tool carries at most 64 MiB (tracked files + carried paths).
@@ -29,7 +29,7 @@ fi
 rm -rf .gpu/node_modules && mkdir -p .gpu/node_modules
 for d in node_modules/*; do
   case "$(basename "$d")" in
-    bun | deno | @oven | @deno | typescript | bun-types | @types | undici-types | zx | .bin | .cache) continue ;;
+    bun | deno | @oven | @deno | typescript | bun-types | @types | undici-types | .bin | .cache) continue ;;
   esac
   cp -a "$d" .gpu/node_modules/
 done
