@@ -105,8 +105,8 @@ int32_t vendor_fail(gpuError_t err, const char* what) {
     }
     case cudaErrorNoKernelImageForDevice:
     case cudaErrorUnsupportedPtxVersion:
-      return fail(FA_ERR_UNSUPPORTED, format("while %s: %s: this library has no code for this GPU's architecture; rebuild it "
-                                             "with this GPU's sm_XY in kernels/cuda/target.ts",
+      return fail(FA_ERR_UNSUPPORTED, format("while %s: %s: this library has no code for this GPU's architecture; build one "
+                                             "from source with this GPU's sm_XY (sm_75 or newer) added to kernels/cuda/target.ts",
                                              what, detail.c_str()));
     case cudaErrorIllegalAddress:
     case cudaErrorLaunchFailure:

@@ -136,8 +136,8 @@ int32_t vendor_fail(gpuError_t err, const char* what) {
     }
     case hipErrorNoBinaryForGpu:
     case hipErrorInvalidDeviceFunction:
-      return fail(FA_ERR_UNSUPPORTED, format("while %s: %s: this library has no code for this GPU's architecture; rebuild it "
-                                             "with this GPU's gfx target in kernels/hip/target.ts (--offload-arch)",
+      return fail(FA_ERR_UNSUPPORTED, format("while %s: %s: this library has no code for this GPU's architecture; build one "
+                                             "from source with FLASHATTN_HIP_ARCHS naming this GPU's gfx target (bun kernels/build.ts hip)",
                                              what, detail.c_str()));
     case hipErrorIllegalAddress:
     case hipErrorLaunchFailure:
