@@ -226,6 +226,24 @@ constexpr float kMaxScale = 18446744073709551616.0f;  // 2^64
 // 0 or a normal float (a subnormal scale or softcap would be flushed to zero on GPUs, which compute with ftz).
 inline bool zero_or_normal(float x) { return x == 0.f || std::fpclassify(x) == FP_NORMAL; }
 
+// The first checks of every params struct (fa_attn_params here, fa_kvcache_params in fa_kvcache.hpp): a pointer, to a
+// struct built for this ABI. False, with the one problem in `out`, when either fails: no field may be read then.
+// `what` names the struct in the ABI sentence ("params", "KV-cache params").
+template <typename Params>
+bool check_struct_header(const Params* pp, const char* what, std::vector<Problem>& out) {
+  if (pp == nullptr) {
+    out.push_back({FA_ERR_INVALID_ARGUMENT, "params pointer is NULL"});
+    return false;
+  }
+  if (pp->abi_version != FA_ABI_VERSION || pp->struct_size != sizeof(Params)) {
+    out.push_back({FA_ERR_ABI, format("%s built for ABI %u with %u bytes, but this library has ABI %d with %zu bytes: "
+                                      "rebuild the library or update the caller",
+                                      what, pp->abi_version, pp->struct_size, FA_ABI_VERSION, sizeof(Params))});
+    return false;
+  }
+  return true;
+}
+
 // The checks of the fields fa_attn_params and fa_kvcache_params share (fa_kvcache.hpp), written once: dtype, batch
 // and seqlen_q first; then (after the caller's key-length checks) heads, head_dim and the score semantics.
 template <typename Params>
@@ -283,17 +301,8 @@ inline std::vector<Problem> check_params(const fa_attn_params* pp, const Backend
   std::vector<Problem> out;
   auto invalid = [&](const std::string& m) { out.push_back({FA_ERR_INVALID_ARGUMENT, m}); };
   auto unsupported = [&](const std::string& m) { out.push_back({FA_ERR_UNSUPPORTED, m}); };
-  if (pp == nullptr) {
-    invalid("params pointer is NULL");
-    return out;
-  }
+  if (!check_struct_header(pp, "params", out)) return out;
   const fa_attn_params& p = *pp;
-  if (p.abi_version != FA_ABI_VERSION || p.struct_size != sizeof(fa_attn_params)) {
-    out.push_back({FA_ERR_ABI, format("params built for ABI %u with %u bytes, but this library has ABI %d with %zu bytes: "
-                                      "rebuild the library or update the caller",
-                                      p.abi_version, p.struct_size, FA_ABI_VERSION, sizeof(fa_attn_params))});
-    return out;
-  }
   if (direction < FA_DIR_FORWARD || direction > FA_DIR_FORWARD_BACKWARD)
     invalid(format("direction %d is not forward (0), backward (1) or forward+backward (2)", direction));
 

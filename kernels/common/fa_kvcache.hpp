@@ -55,17 +55,8 @@ inline std::vector<Problem> check_kvcache_params(const fa_kvcache_params* pp, co
   std::vector<Problem> out;
   auto invalid = [&](const std::string& m) { out.push_back({FA_ERR_INVALID_ARGUMENT, m}); };
   auto unsupported = [&](const std::string& m) { out.push_back({FA_ERR_UNSUPPORTED, m}); };
-  if (pp == nullptr) {
-    invalid("params pointer is NULL");
-    return out;
-  }
+  if (!check_struct_header(pp, "KV-cache params", out)) return out;
   const fa_kvcache_params& p = *pp;
-  if (p.abi_version != FA_ABI_VERSION || p.struct_size != sizeof(fa_kvcache_params)) {
-    out.push_back({FA_ERR_ABI, format("KV-cache params built for ABI %u with %u bytes, but this library has ABI %d with %zu "
-                                      "bytes: rebuild the library or update the caller",
-                                      p.abi_version, p.struct_size, FA_ABI_VERSION, sizeof(fa_kvcache_params))});
-    return out;
-  }
   check_dtype_batch_queries(p, lim, out);
   if (p.seqlen_new < 0) invalid(format("seqlen_new must not be negative, got %d", p.seqlen_new));
   check_heads_and_semantics(p, lim, out);

@@ -1,6 +1,6 @@
-// attention.hpp — what the three CPU attention drivers (forward.cpp, backward.cpp, naive.cpp) share: where a row of
-// a tensor lives, the per-sequence geometry of padded and varlen batches, the visible key range of a query, and the
-// kernel identities reported in fa_info / out_kernel.
+// attention.hpp — what the CPU attention drivers (forward.cpp, backward.cpp, naive.cpp, kvcache.cpp) share: where a row
+// of a tensor lives, the per-sequence geometry of padded and varlen batches, the visible key range of a query, the
+// kernel identities reported in fa_info / out_kernel, and the forward task of forward.cpp and kvcache.cpp.
 //
 // Layout (flash-attn BSHD): element (b, token t, head h, k) of a tensor sits at
 //   data + b*batch_stride + t*row_stride + h*head_stride + k       (varlen: b*batch_stride dropped, t = global token)
@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -203,5 +204,84 @@ struct ForwardScratch {
     hi = c.take<int32_t>(bq);
   }
 };
+
+// The columns of one forward task (forward.cpp, kvcache.cpp): `heads` query heads from h0 (all sharing kv head kvh) x
+// `queries` queries from q0 of sequence b; column c = j * queries + i is head h0 + j, query q0 + i.
+struct ForwardColumns {
+  int32_t b, kvh, h0, heads, q0, queries;
+  int32_t count() const { return heads * queries; }
+};
+
+// Keys [begin, end) a forward task visits: begin is a key-block start; empty when begin >= end.
+struct KeyRange {
+  int32_t begin, end;
+};
+
+// One forward task's online softmax (forward.cpp's file comment has the algorithm), written once for the plain and the
+// KV-cache forward: the columns' visibility, O = 0, m = -inf, l = 0; if the keys picked are not empty, Q^T and per key
+// block S^T = K.Q^T, the score mods, the softmax step and O = diag(alpha) O + P.V; finally inv_l = 1 / l (0 where no
+// key was seen). pick_keys(vis) -> KeyRange chooses the keys from the visibility (split-KV: one split's share);
+// load_kv(k0, keys) fills w.k and w.v with keys [k0, k0 + keys) in fp32. Force-inlined so that each driver's loop,
+// with its loader, is compiled as if written in place.
+template <typename PickKeys, typename LoadKv>
+inline __attribute__((always_inline)) void forward_task(const Geometry& g, const IsaKernels& isa, ForwardScratch& w,
+                                                        const ForwardColumns& t, const Sequence& s, PickKeys pick_keys,
+                                                        LoadKv load_kv) {
+  const fa_attn_params& p = g.p;
+  const int32_t bq = kForwardBlockQ, bk = kForwardBlockK, d = g.d, d_pad = g.d_pad;
+  const int32_t n = t.count(), cols = round_up(n, 8);
+  // Visibility depends on the query only: computed for the first head's columns, copied to the others.
+  const BlockVisibility vis = block_visibility(g, s, t.q0, t.queries, t.queries, w.lo, w.hi);
+  for (int32_t c = t.queries; c < cols; ++c) {
+    w.lo[c] = c < n ? w.lo[c % t.queries] : INT32_MAX;
+    w.hi[c] = c < n ? w.hi[c % t.queries] : -1;
+  }
+
+  std::fill(w.o, w.o + int64_t{n} * d_pad, 0.0f);
+  std::fill(w.m, w.m + cols, -INFINITY);
+  std::fill(w.l, w.l + cols, 0.0f);
+  const KeyRange keys_seen = pick_keys(vis);
+  if (keys_seen.begin < keys_seen.end) {
+    for (int32_t j = 0; j < t.heads; ++j)  // the last head's call also zeroes the padding columns
+      isa.load_rows_transposed(p.dtype, g.row(p.q, t.b, s.q_start, t.q0, t.h0 + j), p.q.row_stride, t.queries, d,
+                               g.r.scale, w.qt + j * t.queries, bq, j + 1 < t.heads ? t.queries : cols - j * t.queries);
+    const bool alibi = p.alibi_mode != FA_ALIBI_NONE;
+    for (int32_t c = 0; c < cols; ++c) {
+      w.q_pos[c] = static_cast<float>(t.q0 + c % t.queries + s.len_k - s.len_q);
+      if (alibi) w.slope[c] = c < n ? g.alibi_slope(t.b, t.h0 + c / t.queries) : 0.0f;
+    }
+    ScoreMods mods{p.softcap, alibi ? w.slope : nullptr, w.q_pos, nullptr, nullptr, nullptr};
+    for (int32_t k0 = keys_seen.begin; k0 < keys_seen.end; k0 += bk) {
+      const int32_t keys = std::min(bk, s.len_k - k0);
+      const bool full = vis.tile_fully_visible(k0, k0 + keys - 1);
+      mods.visible_lo = full ? nullptr : w.lo;
+      mods.visible_hi = full ? nullptr : w.hi;
+      load_kv(k0, keys);
+      isa.gemm({keys, cols, d, w.k, d_pad, 1, w.qt, bq, w.st, bq, GemmMode::kOverwrite, nullptr});
+      isa.transform_scores(w.st, bq, keys, cols, k0, mods);
+      isa.softmax_step(w.st, w.st, bq, keys, cols, w.m, w.l, w.alpha);
+      isa.gemm({n, d_pad, keys, w.st, 1, bq, w.v, d_pad, w.o, d_pad, GemmMode::kRowScale, w.alpha});
+    }
+  }
+  for (int32_t c = 0; c < n; ++c) w.inv_l[c] = w.l[c] > 0.0f ? 1.0f / w.l[c] : 0.0f;
+}
+
+// The log-sum-exp of column c after forward_task: m + log l, or `empty` where the column saw no key.
+inline float forward_column_lse(const ForwardScratch& w, int32_t c, float empty) {
+  return w.l[c] > 0.0f ? w.m[c] + std::log(w.l[c]) : empty;
+}
+
+// Writes a finished task's O rows (O / l) into p.o and, where p.lse is given, its LSE (+inf for a query without a
+// visible key, flash-attn 2.x).
+inline void store_forward_task(const Geometry& g, const IsaKernels& isa, const ForwardScratch& w, const ForwardColumns& t,
+                               const Sequence& s) {
+  const fa_attn_params& p = g.p;
+  for (int32_t j = 0; j < t.heads; ++j)
+    isa.store_rows(p.dtype, w.o + int64_t{j} * t.queries * g.d_pad, g.d_pad, t.queries, g.d, w.inv_l + j * t.queries,
+                   g.row(p.o, t.b, s.q_start, t.q0, t.h0 + j), p.o.row_stride);
+  if (p.lse != nullptr)
+    for (int32_t c = 0; c < t.count(); ++c)
+      p.lse[g.lse_index(t.b, t.h0 + c / t.queries, s, t.q0 + c % t.queries)] = forward_column_lse(w, c, INFINITY);
+}
 
 }  // namespace fa::cpu

@@ -59,60 +59,22 @@ class QueryBlocks {
   std::vector<int64_t> prefix_;
 };
 
-// The columns of one task: `heads` query heads from h0 (all sharing kv head kvh) x `queries` queries from q0.
-struct Columns {
-  int32_t b, kvh, h0, heads, q0, queries;
-  int32_t count() const { return heads * queries; }
-};
-
-void forward_block(const Geometry& g, const IsaKernels& isa, ForwardScratch& w, const Columns& t) {
+// One task: the shared forward_task (attention.hpp) with K/V rows read in place from the strided tensors.
+void forward_block(const Geometry& g, const IsaKernels& isa, ForwardScratch& w, const ForwardColumns& t) {
   const fa_attn_params& p = g.p;
-  const int32_t bq = kForwardBlockQ, bk = kForwardBlockK, d = g.d, d_pad = g.d_pad;
   const Sequence s = g.sequence(t.b);
-  const int32_t n = t.count(), cols = round_up(n, 8);
-  // Visibility depends on the query only: computed for the first head's columns, copied to the others.
-  const BlockVisibility vis = block_visibility(g, s, t.q0, t.queries, t.queries, w.lo, w.hi);
-  for (int32_t c = t.queries; c < cols; ++c) {
-    w.lo[c] = c < n ? w.lo[c % t.queries] : INT32_MAX;
-    w.hi[c] = c < n ? w.hi[c % t.queries] : -1;
-  }
-
-  std::fill(w.o, w.o + int64_t{n} * d_pad, 0.0f);
-  std::fill(w.m, w.m + cols, -INFINITY);
-  std::fill(w.l, w.l + cols, 0.0f);
-  if (vis.any()) {
-    for (int32_t j = 0; j < t.heads; ++j)  // the last head's call also zeroes the padding columns
-      isa.load_rows_transposed(p.dtype, g.row(p.q, t.b, s.q_start, t.q0, t.h0 + j), p.q.row_stride, t.queries, d,
-                               g.r.scale, w.qt + j * t.queries, bq, j + 1 < t.heads ? t.queries : cols - j * t.queries);
-    const bool alibi = p.alibi_mode != FA_ALIBI_NONE;
-    for (int32_t c = 0; c < cols; ++c) {
-      w.q_pos[c] = static_cast<float>(t.q0 + c % t.queries + s.len_k - s.len_q);
-      if (alibi) w.slope[c] = c < n ? g.alibi_slope(t.b, t.h0 + c / t.queries) : 0.0f;
-    }
-    ScoreMods mods{p.softcap, alibi ? w.slope : nullptr, w.q_pos, nullptr, nullptr, nullptr};
-    for (int32_t k0 = vis.key_lo / bk * bk; k0 <= vis.key_hi; k0 += bk) {
-      const int32_t keys = std::min(bk, s.len_k - k0);
-      const bool full = vis.tile_fully_visible(k0, k0 + keys - 1);
-      mods.visible_lo = full ? nullptr : w.lo;
-      mods.visible_hi = full ? nullptr : w.hi;
-      // K and V are copied to contiguous fp32 tiles even when they are fp32 already: rows of a BSHD tensor lie
-      // heads * d floats apart, and with power-of-two strides they all fall into the same few L1 sets.
-      isa.load_rows(p.dtype, g.row(p.k, t.b, s.k_start, k0, t.kvh), p.k.row_stride, keys, d, 1.0f, w.k, d_pad, d_pad);
-      isa.load_rows(p.dtype, g.row(p.v, t.b, s.k_start, k0, t.kvh), p.v.row_stride, keys, d, 1.0f, w.v, d_pad, d_pad);
-      isa.gemm({keys, cols, d, w.k, d_pad, 1, w.qt, bq, w.st, bq, GemmMode::kOverwrite, nullptr});
-      isa.transform_scores(w.st, bq, keys, cols, k0, mods);
-      isa.softmax_step(w.st, w.st, bq, keys, cols, w.m, w.l, w.alpha);
-      isa.gemm({n, d_pad, keys, w.st, 1, bq, w.v, d_pad, w.o, d_pad, GemmMode::kRowScale, w.alpha});
-    }
-  }
-  for (int32_t c = 0; c < n; ++c) w.inv_l[c] = w.l[c] > 0.0f ? 1.0f / w.l[c] : 0.0f;
-  for (int32_t j = 0; j < t.heads; ++j)
-    isa.store_rows(p.dtype, w.o + int64_t{j} * t.queries * d_pad, d_pad, t.queries, d, w.inv_l + j * t.queries,
-                   g.row(p.o, t.b, s.q_start, t.q0, t.h0 + j), p.o.row_stride);
-  if (p.lse != nullptr)
-    for (int32_t c = 0; c < n; ++c)
-      p.lse[g.lse_index(t.b, t.h0 + c / t.queries, s, t.q0 + c % t.queries)] =
-          w.l[c] > 0.0f ? w.m[c] + std::log(w.l[c]) : INFINITY;
+  // Every key block that some query of the task can see (causal: none above the diagonal).
+  auto all_visible = [](const BlockVisibility& vis) {
+    return vis.any() ? KeyRange{vis.key_lo / kForwardBlockK * kForwardBlockK, vis.key_hi + 1} : KeyRange{0, 0};
+  };
+  // K and V are copied to contiguous fp32 tiles even when they are fp32 already: rows of a BSHD tensor lie
+  // heads * d floats apart, and with power-of-two strides they all fall into the same few L1 sets.
+  auto load_kv = [&](int32_t k0, int32_t keys) {
+    isa.load_rows(p.dtype, g.row(p.k, t.b, s.k_start, k0, t.kvh), p.k.row_stride, keys, g.d, 1.0f, w.k, g.d_pad, g.d_pad);
+    isa.load_rows(p.dtype, g.row(p.v, t.b, s.k_start, k0, t.kvh), p.v.row_stride, keys, g.d, 1.0f, w.v, g.d_pad, g.d_pad);
+  };
+  forward_task(g, isa, w, t, s, all_visible, load_kv);
+  store_forward_task(g, isa, w, t, s);
 }
 
 }  // namespace
@@ -127,7 +89,7 @@ int32_t flash_forward(const fa_attn_params& p, const IsaKernels& isa) {
   PerWorker<ForwardScratch> slices("forward scratch", worker_count(), g.d_pad);
   // kv-head-major order: consecutive tasks share one head's K/V, which then stays in cache across query blocks.
   parallel_for(int64_t{p.heads_kv} * head_chunks * blocks.total(), [&](int64_t task, int worker) {
-    Columns t;
+    ForwardColumns t;
     blocks.locate(task % blocks.total(), t.b, t.q0);
     const int64_t head_task = task / blocks.total();
     const int32_t chunk = static_cast<int32_t>(head_task % head_chunks);

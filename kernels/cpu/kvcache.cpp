@@ -132,9 +132,9 @@ fa_attn_params attention_params(const fa_kvcache_params& p, const fa_tensor& q) 
   return a;
 }
 
-struct Task {
-  int32_t b, kvh, h0, heads, q0, queries, split;
-  int32_t count() const { return heads * queries; }
+// A forward task's columns, and which of the splits of its key blocks it attends to.
+struct Task : ForwardColumns {
+  int32_t split;
 };
 
 // The partial results of split-KV: per (split, b, head, query) a normalised O row and its LSE (-inf when empty).
@@ -149,61 +149,28 @@ struct Partials {
 void attend_block(const Geometry& g, const CacheMap& cache, const IsaKernels& isa, ForwardScratch& w, const Task& t,
                   int32_t splits, const Partials& partials) {
   const fa_kvcache_params& kp = cache.p;
-  const fa_attn_params& p = g.p;
-  const int32_t bq = kForwardBlockQ, bk = kForwardBlockK, d = g.d, d_pad = g.d_pad;
-  const Sequence s{0, 0, p.seqlen_q, cache.keys(t.b)};
-  const int32_t n = t.count(), cols = round_up(n, 8);
-  const BlockVisibility vis = block_visibility(g, s, t.q0, t.queries, t.queries, w.lo, w.hi);
-  for (int32_t c = t.queries; c < cols; ++c) {
-    w.lo[c] = c < n ? w.lo[c % t.queries] : INT32_MAX;
-    w.hi[c] = c < n ? w.hi[c % t.queries] : -1;
-  }
-  std::fill(w.o, w.o + int64_t{n} * d_pad, 0.0f);
-  std::fill(w.m, w.m + cols, -INFINITY);
-  std::fill(w.l, w.l + cols, 0.0f);
+  const int32_t bk = kForwardBlockK;
+  const Sequence s{0, 0, kp.seqlen_q, cache.keys(t.b)};
   // This split's share of the visible key blocks.
-  const int32_t first_block = vis.any() ? vis.key_lo / bk : 0, blocks = vis.any() ? vis.key_hi / bk - first_block + 1 : 0;
-  const int32_t per_split = (blocks + splits - 1) / splits;
-  const int32_t k_begin = (first_block + t.split * per_split) * bk;
-  const int32_t k_end = std::min(vis.key_hi + 1, (first_block + (t.split + 1) * per_split) * bk);
-  if (k_begin < k_end) {
-    for (int32_t j = 0; j < t.heads; ++j)
-      isa.load_rows_transposed(p.dtype, g.row(p.q, t.b, 0, t.q0, t.h0 + j), p.q.row_stride, t.queries, d, g.r.scale,
-                               w.qt + j * t.queries, bq, j + 1 < t.heads ? t.queries : cols - j * t.queries);
-    const bool alibi = p.alibi_mode != FA_ALIBI_NONE;
-    for (int32_t c = 0; c < cols; ++c) {
-      w.q_pos[c] = static_cast<float>(t.q0 + c % t.queries + s.len_k - s.len_q);
-      if (alibi) w.slope[c] = c < n ? g.alibi_slope(t.b, t.h0 + c / t.queries) : 0.0f;
-    }
-    ScoreMods mods{p.softcap, alibi ? w.slope : nullptr, w.q_pos, nullptr, nullptr, nullptr};
-    for (int32_t k0 = k_begin; k0 < k_end; k0 += bk) {
-      const int32_t keys = std::min(bk, s.len_k - k0);
-      const bool full = vis.tile_fully_visible(k0, k0 + keys - 1);
-      mods.visible_lo = full ? nullptr : w.lo;
-      mods.visible_hi = full ? nullptr : w.hi;
-      cache.load(isa, kp.k_cache, t.b, t.kvh, k0, keys, w.k, d_pad);
-      cache.load(isa, kp.v_cache, t.b, t.kvh, k0, keys, w.v, d_pad);
-      isa.gemm({keys, cols, d, w.k, d_pad, 1, w.qt, bq, w.st, bq, GemmMode::kOverwrite, nullptr});
-      isa.transform_scores(w.st, bq, keys, cols, k0, mods);
-      isa.softmax_step(w.st, w.st, bq, keys, cols, w.m, w.l, w.alpha);
-      isa.gemm({n, d_pad, keys, w.st, 1, bq, w.v, d_pad, w.o, d_pad, GemmMode::kRowScale, w.alpha});
-    }
-  }
-  for (int32_t c = 0; c < n; ++c) w.inv_l[c] = w.l[c] > 0.0f ? 1.0f / w.l[c] : 0.0f;
-  auto row_lse = [&](int32_t c, float empty) { return w.l[c] > 0.0f ? w.m[c] + std::log(w.l[c]) : empty; };
+  auto split_share = [&](const BlockVisibility& vis) {
+    const int32_t first_block = vis.any() ? vis.key_lo / bk : 0, blocks = vis.any() ? vis.key_hi / bk - first_block + 1 : 0;
+    const int32_t per_split = (blocks + splits - 1) / splits;
+    return KeyRange{(first_block + t.split * per_split) * bk, std::min(vis.key_hi + 1, (first_block + (t.split + 1) * per_split) * bk)};
+  };
+  auto load_kv = [&](int32_t k0, int32_t keys) {
+    cache.load(isa, kp.k_cache, t.b, t.kvh, k0, keys, w.k, g.d_pad);
+    cache.load(isa, kp.v_cache, t.b, t.kvh, k0, keys, w.v, g.d_pad);
+  };
+  forward_task(g, isa, w, t, s, split_share, load_kv);
   if (splits == 1) {
-    for (int32_t j = 0; j < t.heads; ++j)
-      isa.store_rows(p.dtype, w.o + int64_t{j} * t.queries * d_pad, d_pad, t.queries, d, w.inv_l + j * t.queries,
-                     g.row(p.o, t.b, 0, t.q0, t.h0 + j), p.o.row_stride);
-    if (p.lse != nullptr)
-      for (int32_t c = 0; c < n; ++c) p.lse[g.lse_index(t.b, t.h0 + c / t.queries, s, t.q0 + c % t.queries)] = row_lse(c, INFINITY);
+    store_forward_task(g, isa, w, t, s);
     return;
   }
   for (int32_t j = 0; j < t.heads; ++j)
-    isa.store_rows(FA_DTYPE_F32, w.o + int64_t{j} * t.queries * d_pad, d_pad, t.queries, d, w.inv_l + j * t.queries,
-                   partials.o + partials.index(kp, t.split, t.b, t.h0 + j, t.q0) * d, d);
-  for (int32_t c = 0; c < n; ++c)
-    partials.lse[partials.index(kp, t.split, t.b, t.h0 + c / t.queries, t.q0 + c % t.queries)] = row_lse(c, -INFINITY);
+    isa.store_rows(FA_DTYPE_F32, w.o + int64_t{j} * t.queries * g.d_pad, g.d_pad, t.queries, g.d, w.inv_l + j * t.queries,
+                   partials.o + partials.index(kp, t.split, t.b, t.h0 + j, t.q0) * g.d, g.d);
+  for (int32_t c = 0; c < t.count(); ++c)
+    partials.lse[partials.index(kp, t.split, t.b, t.h0 + c / t.queries, t.q0 + c % t.queries)] = forward_column_lse(w, c, -INFINITY);
 }
 
 // Merges the splits of every (b, head, query) row: LSE = log sum exp(LSE_s), O = sum exp(LSE_s - LSE) O_s.
