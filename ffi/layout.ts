@@ -5,7 +5,7 @@
 // The writer is the last check before C: every number must fit its field exactly (see fitsInt32 / fitsFloat32), so a
 // value that would wrap or flush to zero is refused here instead of silently becoming another problem.
 import { FlashAttnError } from "../lib/errors.ts";
-import type { DType, ProblemShape } from "../lib/vocabulary.ts";
+import type { DType, KvCacheShape, ProblemShape } from "../lib/vocabulary.ts";
 import { ABI_VERSION } from "./symbols.ts";
 
 export const dtypeCode: Record<DType, number> = { fp32: 0, fp16: 1, bf16: 2 };
@@ -234,16 +234,7 @@ export function decodeOutputs(bytes: Uint8Array): { kernelId: number; numSplits:
 // ---- fa_kvcache_params ------------------------------------------------------------------------------------------
 
 /** fa_kvcache_params field for field (camelCase); unused arrays and tensors are 0n / emptyView. */
-export interface KvCacheParams extends SharedParams {
-  seqlenNew: number;
-  /** Contiguous: sequences the cache holds; paged: pages. */
-  cacheBatch: number;
-  /** Contiguous: tokens per sequence; paged: page size. */
-  cacheRows: number;
-  /** Paged: block_table columns; 0 = contiguous. */
-  maxBlocks: number;
-  rotaryDim: number;
-  seqlenRotary: number;
+export interface KvCacheParams extends SharedParams, KvCacheShape {
   rotaryInterleaved: boolean;
   alibiSlopes: bigint;
   cacheSeqlens: bigint;
