@@ -1,5 +1,6 @@
 // The Python attention stack (torch, flash_attn, flash_attn_3, the rotary / layer_norm extensions, triton,
-// transformers), read by doctor/probes/python_stack.py in a subprocess with a deadline.
+// transformers), read by doctor/probes/python_stack.py in a subprocess with a deadline; runPythonScript runs it (and
+// doctor --model's transformers probe).
 import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
@@ -17,7 +18,8 @@ export async function probePython(env: Record<string, string | undefined> = proc
   if (!python) return { status: "absent", error: "python3 not found on PATH" };
   // The user's environment as is (their venv, their site-packages): what their python sees is the point.
   // Only the shape of a JSON object is checked here; collect.ts holds every probe's result to the report schema.
-  return await runPythonScript<PythonFacts>(python, [diskPath(script)], PYTHON_TIMEOUT_MS, { ...env, NO_COLOR: "1", PYTHONDONTWRITEBYTECODE: "1" });
+  return await runPythonScript<PythonFacts>(python, [diskPath(script)], PYTHON_TIMEOUT_MS,
+    { ...env, NO_COLOR: "1", PYTHONDONTWRITEBYTECODE: "1" });
 }
 
 /**
