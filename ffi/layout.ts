@@ -5,7 +5,7 @@
 // The writer is the last check before C: every number must fit its field exactly (see fitsInt32 / fitsFloat32), so a
 // value that would wrap or flush to zero is refused here instead of silently becoming another problem.
 import { FlashAttnError } from "../lib/errors.ts";
-import type { DType, ProblemShape } from "../lib/vocabulary.ts";
+import type { DType, KvCacheShape, ProblemShape } from "../lib/vocabulary.ts";
 import { ABI_VERSION } from "./symbols.ts";
 
 export const dtypeCode: Record<DType, number> = { fp32: 0, fp16: 1, bf16: 2 };
@@ -39,8 +39,11 @@ export interface TensorView {
   headStride: number;
 }
 
-/** fa_attn_params field for field (camelCase); the shape fields are the shared ProblemShape. */
-export interface AttnParams extends ProblemShape {
+/**
+ * The fields fa_attn_params and fa_kvcache_params share, at the same offsets (8..63) in both; the one field between
+ * them that differs (offset 20: seqlen_k / seqlen_new) is each struct's own.
+ */
+export interface SharedParams extends Omit<ProblemShape, "seqlenK"> {
   dtype: DType;
   causal: boolean;
   windowLeft: number;
@@ -50,6 +53,10 @@ export interface AttnParams extends ProblemShape {
   softcap: number;
   alibiMode: "none" | "per-head" | "per-batch-head";
   numSplits: number;
+}
+
+/** fa_attn_params field for field (camelCase); the shape fields are the shared ProblemShape. */
+export interface AttnParams extends ProblemShape, SharedParams {
   deterministic: boolean;
   totalQ: number;
   totalK: number;
@@ -72,40 +79,51 @@ export interface AttnParams extends ProblemShape {
 export const PARAMS_SIZE = 384;
 export const TENSOR_SIZE = 32;
 
+/** The fields both structs open with (struct_size .. num_splits); offset 20 is named by each struct. */
+function sharedLayoutFields(field20: string): Array<readonly [string, number]> {
+  return [
+    ["struct_size", 0], ["abi_version", 4], ["dtype", 8], ["batch", 12], ["seqlen_q", 16], [field20, 20],
+    ["heads_q", 24], ["heads_kv", 28], ["head_dim", 32], ["is_causal", 36], ["window_left", 40], ["window_right", 44],
+    ["scale", 48], ["softcap", 52], ["alibi_mode", 56], ["num_splits", 60],
+  ];
+}
+
 /** Field order of FA_PARAMS_LAYOUT_FIELDS in flashattn.h, with the offsets this file writes at. */
 export const layoutFields: ReadonlyArray<readonly [string, number]> = [
-  ["struct_size", 0], ["abi_version", 4], ["dtype", 8], ["batch", 12], ["seqlen_q", 16], ["seqlen_k", 20],
-  ["heads_q", 24], ["heads_kv", 28], ["head_dim", 32], ["is_causal", 36], ["window_left", 40], ["window_right", 44],
-  ["scale", 48], ["softcap", 52], ["alibi_mode", 56], ["num_splits", 60], ["deterministic", 64], ["total_q", 68],
+  ...sharedLayoutFields("seqlen_k"), ["deterministic", 64], ["total_q", 68],
   ["total_k", 72], ["algorithm", 76], ["alibi_slopes", 80], ["cu_seqlens_q", 88], ["cu_seqlens_k", 96],
   ["stream", 104], ["q", 112], ["k", 144], ["v", 176], ["o", 208], ["lse", 240], ["dout", 248], ["dq", 280],
   ["dk", 312], ["dv", 344], ["out_kernel", 376], ["out_num_splits", 380],
   ["tensor.data", 0], ["tensor.batch_stride", 8], ["tensor.row_stride", 16], ["tensor.head_stride", 24],
 ];
 
+/**
+ * What a layout query (fa_params_layout, fa_kvcache_layout) must report: the struct sizes, then every field's
+ * offset in `fields` order; `compare` turns a report into sentences naming each entry that differs (empty = agree).
+ */
+function structLayout(sizes: ReadonlyArray<readonly [string, number]>, fields: ReadonlyArray<readonly [string, number]>) {
+  const expected = () => [...sizes.map(([, size]) => size), ...fields.map(([, off]) => off)];
+  const names = [...sizes.map(([name]) => name), ...fields.map(([name]) => name)];
+  const compare = (reported: ArrayLike<number | bigint>): string[] => {
+    const want = expected();
+    const problems: string[] = [];
+    if (reported.length !== want.length) {
+      problems.push(`the library reports ${reported.length} layout entries, this flashattn expects ${want.length}`);
+    }
+    for (let i = 0; i < Math.min(reported.length, want.length); i++) {
+      const got = Number(reported[i]);
+      if (got !== want[i]) problems.push(`${names[i]} is at ${got} in the library but at ${want[i]} here`);
+    }
+    return problems;
+  };
+  return { expected, compare };
+}
+
+const attnLayout = structLayout([["sizeof(fa_attn_params)", PARAMS_SIZE], ["sizeof(fa_tensor)", TENSOR_SIZE]], layoutFields);
 /** The numbers fa_params_layout must report: [sizeof params, sizeof tensor, ...offsets]. */
-export function expectedLayout(): number[] {
-  return [PARAMS_SIZE, TENSOR_SIZE, ...layoutFields.map(([, off]) => off)];
-}
-
-/** Differences between a layout report and the expected numbers, as sentences naming each entry. */
-function compareEntries(reported: ArrayLike<number | bigint>, expected: number[], names: string[]): string[] {
-  const problems: string[] = [];
-  if (reported.length !== expected.length) {
-    problems.push(`the library reports ${reported.length} layout entries, this flashattn expects ${expected.length}`);
-  }
-  for (let i = 0; i < Math.min(reported.length, expected.length); i++) {
-    const got = Number(reported[i]);
-    if (got !== expected[i]) problems.push(`${names[i]} is at ${got} in the library but at ${expected[i]} here`);
-  }
-  return problems;
-}
-
+export const expectedLayout = attnLayout.expected;
 /** Differences between the library's layout report and ours, as sentences (empty when they agree). */
-export function compareLayout(reported: ArrayLike<number | bigint>): string[] {
-  const names = ["sizeof(fa_attn_params)", "sizeof(fa_tensor)", ...layoutFields.map(([n]) => n)];
-  return compareEntries(reported, expectedLayout(), names);
-}
+export const compareLayout = attnLayout.compare;
 
 const alibiCodes = { "none": 0, "per-head": 1, "per-batch-head": 2 } as const;
 
@@ -156,17 +174,20 @@ function fieldWriter(dv: DataView, struct: string, fields: ReadonlyArray<readonl
   };
 }
 
-/** The bytes of fa_attn_params for `p` (struct_size and abi_version set). */
-export function encodeParams(p: AttnParams): Uint8Array {
-  const bytes = new Uint8Array(PARAMS_SIZE);
+/**
+ * Writes struct_size, abi_version and the shared fields (offsets 0..63) of either struct, with `field20` (seqlen_k or
+ * seqlen_new) at 20; returns the field writers for the rest.
+ */
+function writeShared(bytes: Uint8Array, struct: string, fields: ReadonlyArray<readonly [string, number]>, p: SharedParams, field20: number) {
   const dv = new DataView(bytes.buffer);
-  const { i32, f32, pointer, view } = fieldWriter(dv, "fa_attn_params", layoutFields);
-  dv.setUint32(0, PARAMS_SIZE, true);
+  const writer = fieldWriter(dv, struct, fields);
+  const { i32, f32 } = writer;
+  dv.setUint32(0, bytes.byteLength, true);
   dv.setUint32(4, ABI_VERSION, true);
   i32(8, dtypeCode[p.dtype]);
   i32(12, p.batch);
   i32(16, p.seqlenQ);
-  i32(20, p.seqlenK);
+  i32(20, field20);
   i32(24, p.headsQ);
   i32(28, p.headsKv);
   i32(32, p.headDim);
@@ -177,6 +198,13 @@ export function encodeParams(p: AttnParams): Uint8Array {
   f32(52, p.softcap);
   i32(56, alibiCodes[p.alibiMode]);
   i32(60, p.numSplits);
+  return writer;
+}
+
+/** The bytes of fa_attn_params for `p` (struct_size and abi_version set). */
+export function encodeParams(p: AttnParams): Uint8Array {
+  const bytes = new Uint8Array(PARAMS_SIZE);
+  const { i32, pointer, view } = writeShared(bytes, "fa_attn_params", layoutFields, p, p.seqlenK);
   i32(64, p.deterministic ? 1 : 0);
   i32(68, p.totalQ);
   i32(72, p.totalK);
@@ -206,29 +234,7 @@ export function decodeOutputs(bytes: Uint8Array): { kernelId: number; numSplits:
 // ---- fa_kvcache_params ------------------------------------------------------------------------------------------
 
 /** fa_kvcache_params field for field (camelCase); unused arrays and tensors are 0n / emptyView. */
-export interface KvCacheParams {
-  dtype: DType;
-  batch: number;
-  seqlenQ: number;
-  seqlenNew: number;
-  headsQ: number;
-  headsKv: number;
-  headDim: number;
-  causal: boolean;
-  windowLeft: number;
-  windowRight: number;
-  scale: number;
-  softcap: number;
-  alibiMode: "none" | "per-head" | "per-batch-head";
-  numSplits: number;
-  /** Contiguous: sequences the cache holds; paged: pages. */
-  cacheBatch: number;
-  /** Contiguous: tokens per sequence; paged: page size. */
-  cacheRows: number;
-  /** Paged: block_table columns; 0 = contiguous. */
-  maxBlocks: number;
-  rotaryDim: number;
-  seqlenRotary: number;
+export interface KvCacheParams extends SharedParams, KvCacheShape {
   rotaryInterleaved: boolean;
   alibiSlopes: bigint;
   cacheSeqlens: bigint;
@@ -251,40 +257,28 @@ export const KVCACHE_PARAMS_SIZE = 360;
 
 /** Field order of FA_KVCACHE_LAYOUT_FIELDS in flashattn.h, with the offsets this file writes at. */
 export const kvcacheLayoutFields: ReadonlyArray<readonly [string, number]> = [
-  ["struct_size", 0], ["abi_version", 4], ["dtype", 8], ["batch", 12], ["seqlen_q", 16], ["seqlen_new", 20],
-  ["heads_q", 24], ["heads_kv", 28], ["head_dim", 32], ["is_causal", 36], ["window_left", 40], ["window_right", 44],
-  ["scale", 48], ["softcap", 52], ["alibi_mode", 56], ["num_splits", 60], ["cache_batch", 64], ["cache_rows", 68],
+  ...sharedLayoutFields("seqlen_new"), ["cache_batch", 64], ["cache_rows", 68],
   ["max_blocks", 72], ["rotary_dim", 76], ["seqlen_rotary", 80], ["rotary_interleaved", 84], ["alibi_slopes", 88],
   ["cache_seqlens", 96], ["block_table", 104], ["cache_batch_idx", 112], ["cache_leftpad", 120], ["rotary_cos", 128],
   ["rotary_sin", 136], ["stream", 144], ["q", 152], ["k_cache", 184], ["v_cache", 216], ["k_new", 248],
   ["v_new", 280], ["o", 312], ["lse", 344], ["out_kernel", 352], ["out_num_splits", 356],
 ];
 
+const kvcacheLayout = structLayout([["sizeof(fa_kvcache_params)", KVCACHE_PARAMS_SIZE]], kvcacheLayoutFields);
 /** The numbers fa_kvcache_layout must report: [sizeof params, ...offsets]. */
-export function expectedKvcacheLayout(): number[] {
-  return [KVCACHE_PARAMS_SIZE, ...kvcacheLayoutFields.map(([, off]) => off)];
-}
-
-export function compareKvcacheLayout(reported: ArrayLike<number | bigint>): string[] {
-  return compareEntries(reported, expectedKvcacheLayout(), ["sizeof(fa_kvcache_params)", ...kvcacheLayoutFields.map(([n]) => n)]);
-}
+export const expectedKvcacheLayout = kvcacheLayout.expected;
+/** Differences between the library's KV-cache layout report and ours, as sentences (empty when they agree). */
+export const compareKvcacheLayout = kvcacheLayout.compare;
 
 /** The bytes of fa_kvcache_params for `p` (struct_size and abi_version set). */
 export function encodeKvCacheParams(p: KvCacheParams): Uint8Array {
   const bytes = new Uint8Array(KVCACHE_PARAMS_SIZE);
-  const dv = new DataView(bytes.buffer);
-  const { i32, f32, pointer, view } = fieldWriter(dv, "fa_kvcache_params", kvcacheLayoutFields);
-  dv.setUint32(0, KVCACHE_PARAMS_SIZE, true);
-  dv.setUint32(4, ABI_VERSION, true);
+  const { i32, pointer, view } = writeShared(bytes, "fa_kvcache_params", kvcacheLayoutFields, p, p.seqlenNew);
   const ints: Array<[number, number]> = [
-    [8, dtypeCode[p.dtype]], [12, p.batch], [16, p.seqlenQ], [20, p.seqlenNew], [24, p.headsQ], [28, p.headsKv],
-    [32, p.headDim], [36, p.causal ? 1 : 0], [40, p.windowLeft], [44, p.windowRight], [56, alibiCodes[p.alibiMode]],
-    [60, p.numSplits], [64, p.cacheBatch], [68, p.cacheRows], [72, p.maxBlocks], [76, p.rotaryDim],
-    [80, p.seqlenRotary], [84, p.rotaryInterleaved ? 1 : 0],
+    [64, p.cacheBatch], [68, p.cacheRows], [72, p.maxBlocks], [76, p.rotaryDim], [80, p.seqlenRotary],
+    [84, p.rotaryInterleaved ? 1 : 0],
   ];
   for (const [off, v] of ints) i32(off, v);
-  f32(48, p.scale);
-  f32(52, p.softcap);
   const pointers: Array<[number, bigint]> = [
     [88, p.alibiSlopes], [96, p.cacheSeqlens], [104, p.blockTable], [112, p.cacheBatchIdx], [120, p.cacheLeftpad],
     [128, p.rotaryCos], [136, p.rotarySin], [144, p.stream], [344, p.lse],

@@ -248,6 +248,27 @@ export class Backend {
 }
 
 /**
+ * Asks the library where it puts each field of a struct (`query` reports sizes and offsets, as ffi/layout.ts
+ * expects them) and refuses a library that disagrees, naming the first field that differs.
+ */
+function checkLayout(
+  lib: NativeLibrary<FaSymbols>,
+  libPath: string,
+  query: "fa_params_layout" | "fa_kvcache_layout",
+  what: string,
+  expectedEntries: () => number[],
+  compare: (reported: ArrayLike<number | bigint>) => string[],
+): void {
+  const reported = new BigInt64Array(expectedEntries().length + 8);
+  const count = Number(lib.call(query, reported, reported.length));
+  const problems = compare(Array.from(reported.subarray(0, Math.min(count, reported.length))));
+  if (problems.length) {
+    throw new FlashAttnError("ABI_MISMATCH", `${libPath}: ${what} differs: ${problems[0]}`,
+      "rebuild the library (bun kernels/build.ts) so it matches this flashattn");
+  }
+}
+
+/**
  * Loads one candidate and checks ABI version, params layout and (when `expected` is given) the backend it says it
  * is. An explicitly named library may be any backend: it is what it says.
  */
@@ -262,21 +283,9 @@ function loadCandidate(expected: BackendName | null, c: Candidate): Backend {
         "rebuild the library (bun kernels/build.ts) or install the matching flashattn",
       );
     }
-    const reported = new BigInt64Array(expectedLayout().length + 8);
-    const count = Number(lib.call("fa_params_layout", reported, reported.length));
-    const problems = compareLayout(Array.from(reported.subarray(0, Math.min(count, reported.length))));
-    if (problems.length) {
-      throw new FlashAttnError("ABI_MISMATCH", `${c.path}: parameter layout differs: ${problems[0]}`,
-        "rebuild the library (bun kernels/build.ts) so it matches this flashattn");
-    }
+    checkLayout(lib, c.path, "fa_params_layout", "parameter layout", expectedLayout, compareLayout);
     if (lib.has("fa_kvcache_layout")) {
-      const kv = new BigInt64Array(expectedKvcacheLayout().length + 8);
-      const kvCount = Number(lib.call("fa_kvcache_layout", kv, kv.length));
-      const kvProblems = compareKvcacheLayout(Array.from(kv.subarray(0, Math.min(kvCount, kv.length))));
-      if (kvProblems.length) {
-        throw new FlashAttnError("ABI_MISMATCH", `${c.path}: KV-cache parameter layout differs: ${kvProblems[0]}`,
-          "rebuild the library (bun kernels/build.ts) so it matches this flashattn");
-      }
+      checkLayout(lib, c.path, "fa_kvcache_layout", "KV-cache parameter layout", expectedKvcacheLayout, compareKvcacheLayout);
     }
     const probe = new Backend(expected ?? "cpu", lib);
     const actual = probe.info().backend;

@@ -12,7 +12,7 @@ import { describeAttempts, openBackend } from "./backend.ts";
 import { type AttentionSemantics, checkShape, describeProblem, type TensorShape } from "./problem.ts";
 import { type BackendChoice, contiguous, requestedBackend } from "./select.ts";
 import { type Tensor, tensor } from "./tensor.ts";
-import type { DType } from "./vocabulary.ts";
+import type { DType, KvCacheShape } from "./vocabulary.ts";
 
 /** The options of flash_attn_with_kvcache beyond q and the caches (semantics in kernels/include/flashattn.h). */
 export interface KvCacheSemantics extends Omit<AttentionSemantics, "cuSeqlensQ" | "cuSeqlensK"> {
@@ -34,22 +34,10 @@ export interface KvCacheSemantics extends Omit<AttentionSemantics, "cuSeqlensQ" 
   rotaryInterleaved?: boolean;
 }
 
-export interface KvCacheProblem {
+/** A KV-cache call as describeKvCache reads it: its sizes, the cache's kind and the attention semantics. */
+export interface KvCacheProblem extends KvCacheShape {
   dtype: DType;
-  batch: number;
-  seqlenQ: number;
-  seqlenNew: number;
-  headsQ: number;
-  headsKv: number;
-  headDim: number;
   paged: boolean;
-  /** Contiguous: cache sequences; paged: pages. */
-  cacheBatch: number;
-  /** Contiguous: tokens per cache sequence; paged: page size. */
-  cacheRows: number;
-  maxBlocks: number;
-  rotaryDim: number;
-  seqlenRotary: number;
   rotaryInterleaved: boolean;
   causal: boolean;
   window: [number, number];

@@ -24,3 +24,20 @@ export interface ProblemShape {
   headsKv: number;
   headDim: number;
 }
+
+/**
+ * The sizes of one KV-cache call (flash_attn_with_kvcache): q is (batch, seqlenQ, headsQ, headDim), k_new and v_new
+ * (batch, seqlenNew, headsKv, headDim; seqlenNew 0 = nothing appended), the caches (cacheBatch, cacheRows, headsKv,
+ * headDim), rotary_cos / rotary_sin (seqlenRotary, rotaryDim / 2; rotaryDim 0 = no rotary).
+ */
+export interface KvCacheShape extends Omit<ProblemShape, "seqlenK"> {
+  seqlenNew: number;
+  /** Contiguous: sequences the cache holds; paged: pages. */
+  cacheBatch: number;
+  /** Contiguous: tokens per sequence; paged: page size. */
+  cacheRows: number;
+  /** Paged: block_table columns; 0 = contiguous. */
+  maxBlocks: number;
+  rotaryDim: number;
+  seqlenRotary: number;
+}

@@ -2,37 +2,15 @@
 // shape), describe the problem and choose the backend once, run, check against the fp64 reference, write.
 import { attention, attentionFlops, type AttentionPlan, planAttention } from "../lib/attention.ts";
 import { checkAgainstReference, type CheckResult } from "../lib/check.ts";
-import type { BackendDecision } from "../lib/select.ts";
-import type { BackendName, DType, ProblemShape } from "../lib/vocabulary.ts";
+import type { DType } from "../lib/vocabulary.ts";
 import packageJson from "../package.json" with { type: "json" };
 import { executeKvCacheRun, randomKvCacheStep, readKvCacheInput } from "./kvcache.ts";
 import { loadFiles, randomInputs, randomShapes, semanticsFor } from "./inputs.ts";
 import { checkOutputs, writeOutputs } from "./outputs.ts";
 import { checkRunLimits, planInputs, type RunPlan } from "./plan.ts";
+import { ranResult, type RunResult } from "./result.ts";
 
-export type { CheckResult };
-
-export interface RunResult {
-  backend: BackendName;
-  kernel: string;
-  numSplits: number;
-  dtype: DType;
-  shape: ProblemShape;
-  causal: boolean;
-  window: [number, number] | null;
-  softcap: number;
-  scale: number;
-  alibi: "none" | "standard" | "file";
-  ms: number;
-  gflops: number;
-  check: CheckResult | null;
-  /** The files written; none when the check failed (an existing output is never replaced by a wrong result). */
-  outputs: string[];
-  defaultProblem: boolean;
-  decisions: BackendDecision[];
-  /** KV-cache runs only: tokens cached per sequence before the step, tokens appended, the paging and the rotary. */
-  kvcache?: { cached: number[]; appended: number; pageSize: number | null; rotary: "none" | "gpt-neox" | "gpt-j" };
-}
+export type { CheckResult, RunResult };
 
 /** The same decision for another dtype of the same problem (random inputs: fp32 where the CPU was chosen). */
 function inDtype(plan: AttentionPlan, dtype: DType): AttentionPlan {
@@ -89,20 +67,11 @@ export async function executeRun(plan: RunPlan, tell: (message: string) => void 
     };
     outputs = await writeOutputs(plan.output, result.out, result.lse, problem, inputs, meta);
   }
-  const { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim } = problem;
+  const { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim, causal, softcap, scale } = problem;
   return {
-    backend: decided.backend.name,
-    kernel: result.kernel,
-    numSplits: result.numSplits,
-    dtype: q.dtype,
-    shape: { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim },
-    causal: problem.causal,
-    window: plan.window ?? null,
-    softcap: problem.softcap,
-    scale: problem.scale,
-    alibi: plan.alibi.kind,
-    ms: result.ms,
-    gflops: attentionFlops(problem) / (result.ms * 1e6),
+    ...ranResult(plan, { ...result, backend: decided.backend.name }, {
+      dtype: q.dtype, shape: { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim }, causal, softcap, scale,
+    }, attentionFlops(problem)),
     check,
     outputs,
     defaultProblem: plan.isDefault,

@@ -11,7 +11,7 @@ import { writeFilesAtomic } from "../formats/atomic.ts";
 import { isKvCacheFile, type KvCacheTensors, readKvCacheTensors } from "../formats/kvcache.ts";
 import { encodeSafetensors, openSafetensors } from "../formats/safetensors.ts";
 import packageJson from "../package.json" with { type: "json" };
-import type { RunResult } from "./execute.ts";
+import { ranResult, type RunResult } from "./result.ts";
 import { semanticsFor } from "./inputs.ts";
 import { checkRunLimits, type RunPlan } from "./plan.ts";
 
@@ -120,18 +120,9 @@ export async function executeKvCacheRun(
     outputs = [plan.output.path];
   }
   return {
-    backend: result.backend as RunResult["backend"],
-    kernel: result.kernel,
-    numSplits: result.numSplits,
-    dtype: q.dtype,
-    shape,
-    causal: problem.causal,
-    window: plan.window ?? null,
-    softcap: problem.softcap,
-    scale: problem.scale,
-    alibi: plan.alibi.kind,
-    ms: result.ms,
-    gflops: attentionFlops({ ...shape, causal: false }) / (result.ms * 1e6),
+    ...ranResult(plan, { ...result, backend: result.backend as RunResult["backend"] }, {
+      dtype: q.dtype, shape, causal: problem.causal, softcap: problem.softcap, scale: problem.scale,
+    }, attentionFlops({ ...shape, causal: false })),
     check,
     outputs,
     defaultProblem: false,

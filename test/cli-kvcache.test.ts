@@ -2,32 +2,19 @@
 // a .safetensors file with I32 index tensors (the CLI in a child process, on the real CPU library), its --out file
 // (o, lse, the updated caches) against the fp64 reference, and bad files answered with one line and exit 2.
 import { afterAll, describe, expect, test } from "bun:test";
-import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { parseRunOptions, type RawRunOptions } from "../commands/run.ts";
+import { parseRunOptions } from "../commands/run.ts";
 import { openSafetensors } from "../formats/safetensors.ts";
-import { FlashAttnError } from "../lib/errors.ts";
 import { referenceKvCache } from "../lib/kvcache_reference.ts";
 import { relativeError } from "../lib/reference.ts";
 import { fromFloat32, randomTensor, type Tensor, toFloat32 } from "../lib/tensor.ts";
+import { cli, runUsageError as usageError } from "./support/cli.ts";
 
-const root = path.resolve(import.meta.dir, "..");
-const bun = path.join(root, "node_modules", ".bin", "bun");
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-kv-"));
 const tmp = (name: string) => path.join(scratch, name);
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
-
-function cli(args: string[]) {
-  const r = spawnSync(bun, ["cli.ts", ...args], {
-    cwd: root,
-    env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: process.env.HOME ?? os.tmpdir() },
-    encoding: "utf8",
-    timeout: 120_000,
-  });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 /** A .safetensors file of float tensors and I32 arrays, written by hand (flashattn itself never writes I32). */
 function writeStep(file: string, floats: Record<string, Tensor>, ints: Record<string, { shape: number[]; data: Int32Array }>) {
@@ -48,17 +35,6 @@ function writeStep(file: string, floats: Record<string, Tensor>, ints: Record<st
   new DataView(head.buffer).setBigUint64(0, BigInt(json.length), true);
   head.set(json, 8);
   fs.writeFileSync(file, Buffer.concat([head, ...chunks]));
-}
-
-function usageError(raw: RawRunOptions): string {
-  try {
-    parseRunOptions(raw);
-  } catch (error) {
-    expect(error).toBeInstanceOf(FlashAttnError);
-    expect((error as FlashAttnError).code).toBe("USAGE");
-    return (error as FlashAttnError).message;
-  }
-  throw new Error(`expected a usage error for ${JSON.stringify(raw)}`);
 }
 
 describe("--decode flags", () => {

@@ -1,23 +1,12 @@
 // `flashattn run` flag parsing, without I/O: every accepted form becomes the right RunPlan and every bad flag one
 // USAGE sentence. Also the packed-qkv split and the rendering of results.
 import { describe, expect, test } from "bun:test";
-import { FlashAttnError } from "../lib/errors.ts";
 import { tensor } from "../lib/tensor.ts";
 import { parseRunOptions, type RawRunOptions, renderRun, runDocument } from "../commands/run.ts";
 import { unpackQkv } from "../formats/qkv.ts";
 import type { RunResult } from "../run/execute.ts";
 import { defaultShape } from "../run/plan.ts";
-
-function usageError(raw: RawRunOptions): string {
-  try {
-    parseRunOptions(raw);
-  } catch (error) {
-    expect(error).toBeInstanceOf(FlashAttnError);
-    expect((error as FlashAttnError).code).toBe("USAGE");
-    return (error as FlashAttnError).message;
-  }
-  throw new Error(`expected a usage error for ${JSON.stringify(raw)}`);
-}
+import { runUsageError as usageError } from "./support/cli.ts";
 
 describe("accepted forms", () => {
   test("no arguments: the embedded default problem, causal and checked, dtype by backend", () => {

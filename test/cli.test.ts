@@ -1,7 +1,6 @@
 // The CLI as a user meets it: `bun cli.ts ...` in a child process, on the real CPU library. Exit codes 0/1/2/3,
 // --json documents that parse (errors too), one error line on stderr, NO_COLOR, outputs that match the reference.
 import { afterAll, describe, expect, test } from "bun:test";
-import { spawnSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -10,29 +9,12 @@ import { readSafetensors } from "../formats/safetensors.ts";
 import { referenceForward, relativeError } from "../lib/reference.ts";
 import { fromFloat32, tensor, toFloat32 } from "../lib/tensor.ts";
 import { unpackQkv } from "../formats/qkv.ts";
+import { cli, root } from "./support/cli.ts";
 
-const root = path.resolve(import.meta.dir, "..");
-const bun = path.join(root, "node_modules", ".bin", "bun");
 const fixture = (name: string) => path.join(root, "test", "fixtures", "formats", name);
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-cli-"));
 const tmp = (name: string) => path.join(scratch, name);
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
-
-// The environment of a plain shell: no inherited colour or backend settings.
-const baseEnv: Record<string, string> = {
-  PATH: `${path.join(root, "node_modules", ".bin")}:${process.env.PATH ?? "/usr/bin:/bin"}`,
-  HOME: process.env.HOME ?? os.tmpdir(),
-};
-
-function cli(args: string[], env: Record<string, string> = {}, command = [bun, "cli.ts"]) {
-  const r = spawnSync(command[0], [...command.slice(1), ...args], {
-    cwd: root,
-    env: { ...baseEnv, ...env },
-    encoding: "utf8",
-    timeout: 120_000,
-  });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 /** Asserts a usage/input/environment failure: the exit code, one error line (plus an optional fix line), no stdout. */
 function expectOneLineError(r: ReturnType<typeof cli>, code: number, message: string) {
@@ -62,7 +44,7 @@ describe("help and version", () => {
   });
 
   test("bin/flashattn launches the same CLI", () => {
-    const r = cli(["--version"], {}, [path.join(root, "bin", "flashattn")]);
+    const r = cli(["--version"], {}, { command: [path.join(root, "bin", "flashattn")] });
     expect(r.code).toBe(0);
     expect(r.stdout.trim()).toBe(JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8")).version);
   });

@@ -15,9 +15,10 @@ import { loadFixture } from "./fixtures/doctor/load.ts";
 import { baselineScript, PythonWorker } from "../bench/baselines/worker.ts";
 import { tensor } from "../lib/tensor.ts";
 import { writeSafetensors } from "../formats/safetensors.ts";
+import { bun, cli as runCli, plainEnv, root } from "./support/cli.ts";
 
-const root = path.resolve(import.meta.dir, "..");
-const bun = path.join(root, "node_modules", ".bin", "bun");
+const systemPath = plainEnv.PATH;
+
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-hostile-"));
 /** Processes the fake tools start that must not outlive a test (killed here if a test fails). */
 const strays: number[] = [];
@@ -43,18 +44,11 @@ function fakeTools(name: string, scripts: Record<string, string>): string {
   return dir;
 }
 
-const systemPath = `${path.join(root, "node_modules", ".bin")}:${process.env.PATH ?? "/usr/bin:/bin"}`;
-
 function cli(args: string[], env: Record<string, string> = {}) {
-  const r = spawnSync(bun, ["cli.ts", ...args], {
-    cwd: root,
-    env: { PATH: systemPath, HOME: process.env.HOME ?? os.tmpdir(), ...env },
-    encoding: "utf8",
-    // Only a hang guard: the doctor's own deadlines are 15 s (tools) and 60 s (Python, our libraries).
-    timeout: 150_000,
-  });
+  // Only a hang guard: the doctor's own deadlines are 15 s (tools) and 60 s (Python, our libraries).
+  const r = runCli(args, env, { timeoutMs: 150_000 });
   if (r.error) throw r.error; // the guard fired: the doctor hung
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  return r;
 }
 
 function report(r: ReturnType<typeof cli>): DoctorReport {

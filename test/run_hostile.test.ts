@@ -12,30 +12,17 @@ import { FlashAttnError } from "../lib/errors.ts";
 import { describeProblem } from "../lib/problem.ts";
 import { paramsFor } from "../lib/select.ts";
 import { randomTensor } from "../lib/tensor.ts";
+import { bun, cli as runCli, root } from "./support/cli.ts";
 
-const root = path.resolve(import.meta.dir, "..");
-const bun = path.join(root, "node_modules", ".bin", "bun");
 const fixture = (name: string) => path.join(root, "test", "fixtures", "formats", name);
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-hostile-"));
 const tmp = (name: string) => path.join(scratch, name);
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
 const cpu = openBackend("cpu", { env: {} }).backend;
 
-const baseEnv: Record<string, string> = {
-  PATH: `${path.join(root, "node_modules", ".bin")}:${process.env.PATH ?? "/usr/bin:/bin"}`,
-  HOME: process.env.HOME ?? os.tmpdir(),
-  NO_COLOR: "1",
-};
-
-/** The CLI in a child process; a hang ends at the timeout with status null, which fails every exit-code check. */
+/** The CLI in a child process, run from the scratch folder; a hang ends at the timeout with status null, which fails every exit-code check. */
 function cli(args: string[], env: Record<string, string> = {}) {
-  const r = spawnSync(bun, [path.join(root, "cli.ts"), ...args], {
-    cwd: scratch,
-    env: { ...baseEnv, ...env },
-    encoding: "utf8",
-    timeout: 60_000,
-  });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  return runCli(args, { NO_COLOR: "1", ...env }, { cwd: scratch, timeoutMs: 60_000 });
 }
 
 function expectOneLineError(r: ReturnType<typeof cli>, code: number, message: string) {

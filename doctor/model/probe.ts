@@ -6,7 +6,8 @@ import path from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import type { ProbeResult } from "../facts.ts";
-import { execWithTimeout, findExecutable, lastLine, probeJson } from "../probes/exec.ts";
+import { findExecutable } from "../probes/exec.ts";
+import { runPythonScript } from "../probes/python.ts";
 import { runNativeProbe } from "../probes/native.ts";
 import { diskPath } from "../../lib/standalone.ts";
 import { jsonReplacer } from "../../lib/json.ts";
@@ -51,22 +52,9 @@ export async function probeTransformers(
   const python = env.FLASHATTN_PYTHON || findExecutable("python3", [], env);
   if (!python) return { status: "absent", error: "python3 not found on PATH, so transformers cannot be asked" };
   const request = JSON.stringify({ classes: source.needs.architectures, model_type: source.needs.model_type });
-  const r = await execWithTimeout(python, [diskPath(script), request], {
-    timeoutMs: TRANSFORMERS_TIMEOUT_MS,
-    env: { ...env, NO_COLOR: "1", PYTHONDONTWRITEBYTECODE: "1", TRANSFORMERS_OFFLINE: "1", HF_HUB_OFFLINE: "1" },
-  });
-  if (r.status === "timeout" || r.status === "absent") return { status: r.status, executable: python, error: r.error, ms: r.ms };
-  try {
-    return { ...(probeJson(r.stdout) as unknown as TransformersFacts), executable: python, ms: r.ms };
-  } catch (e) {
-    const said = lastLine(r.stderr);
-    return {
-      status: "error",
-      executable: python,
-      error: `${r.error ?? `${path.basename(python)} ${(e as Error).message}`}${said ? `: ${said.slice(0, 300)}` : ""}`,
-      ms: r.ms,
-    };
-  }
+  const facts = await runPythonScript<TransformersFacts>(python, [diskPath(script), request], TRANSFORMERS_TIMEOUT_MS,
+    { ...env, NO_COLOR: "1", PYTHONDONTWRITEBYTECODE: "1", TRANSFORMERS_OFFLINE: "1", HF_HUB_OFFLINE: "1" });
+  return { ...facts, executable: python };
 }
 
 export async function collectModelFacts(
