@@ -25,7 +25,8 @@ describe("subprocesses never hang the doctor", () => {
     const r = await execWithTimeout("sleep", ["30"], { timeoutMs: 300 });
     expect(r.status).toBe("timeout");
     expect(r.error).toContain("did not finish within 0.3 s");
-    expect(performance.now() - started).toBeLessThan(3000);
+    // Killed, not waited for: far below the 30 s the program would take, whatever the machine's load.
+    expect(performance.now() - started).toBeLessThan(20_000);
   });
   test("a missing program is absent, a failing one an error with its status", async () => {
     expect((await execWithTimeout("flashattn-no-such-tool", [], { timeoutMs: 5000 })).status).toBe("absent");

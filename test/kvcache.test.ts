@@ -81,6 +81,20 @@ function build(c: Case, seed: number) {
   return { q, kCache, vCache, opts };
 }
 
+/** Runs `body` with an upload function; every buffer it uploaded is freed afterwards, whatever happens. */
+function withBuffers<T>(backend: Backend, body: (up: (a: ArrayBufferView) => DeviceBuffer) => T): T {
+  const buffers: DeviceBuffer[] = [];
+  try {
+    return body((a) => {
+      const b = backend.upload(a);
+      buffers.push(b);
+      return b;
+    });
+  } finally {
+    for (const b of buffers) backend.free(b);
+  }
+}
+
 const bitsOf = (t: Tensor) => Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 
 async function check(c: Case) {
@@ -138,13 +152,7 @@ describe("CPU KV-cache on device buffers (a decode loop)", () => {
     const seed = 4242;
     const c: Case = { name: "loop", b: 2, sq: 1, hq: 4, hkv: 2, d: 16, seqlens: [5, 9], append: 1, capacity: 32, pageSize: 4, rotary: { dim: 16, interleaved: false }, opts: { causal: true } };
     const first = build(c, seed);
-    const buffers: DeviceBuffer[] = [];
-    const up = (a: ArrayBufferView) => {
-      const b = backend.upload(a);
-      buffers.push(b);
-      return b;
-    };
-    try {
+    withBuffers(backend, (up) => {
       const kc = up(first.kCache.data), vc = up(first.vCache.data);
       const seqlens = up(first.opts.cacheSeqlens), table = up(first.opts.blockTable!);
       const cos = up(first.opts.rotaryCos!.data), sin = up(first.opts.rotarySin!.data);
@@ -172,9 +180,7 @@ describe("CPU KV-cache on device buffers (a decode loop)", () => {
       const kDevice = new Float32Array(kHost.data.length);
       backend.download(kc, kDevice);
       expect(relativeError(kDevice, toFloat32(kHost))).toBeLessThan(1e-6);
-    } finally {
-      for (const b of buffers) backend.free(b);
-    }
+    });
   });
 });
 
@@ -198,13 +204,7 @@ describe("fa_forward_kvcache refuses bad input with one sentence and writes noth
     const { q, kCache, vCache, opts } = build(base, seed);
     const problem = describeKvCache(q, kCache, vCache, opts);
     const arrays = { seqlens: Int32Array.from(opts.cacheSeqlens), table: Int32Array.from(opts.blockTable!), leftpad: new Int32Array(2), batchIdx: new Int32Array(2) };
-    const buffers: DeviceBuffer[] = [];
-    const up = (a: ArrayBufferView) => {
-      const b = backend.upload(a);
-      buffers.push(b);
-      return b;
-    };
-    try {
+    return withBuffers(backend, (up) => {
       const kc = up(kCache.data);
       const params = kvCacheParamsFor(problem, {
         q: up(q.data).address, kCache: kc.address, vCache: up(vCache.data).address, o: up(new Float32Array(q.data.length)).address,
@@ -233,9 +233,7 @@ describe("fa_forward_kvcache refuses bad input with one sentence and writes noth
         return (e as Error).message;
       }
       return "accepted";
-    } finally {
-      for (const b of buffers) backend.free(b);
-    }
+    });
   }
 
   test("the valid base problem runs", () => expect(callWith(() => {})).toBe("accepted"));
