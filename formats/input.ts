@@ -4,18 +4,11 @@ import fs from "node:fs";
 import { FlashAttnError } from "../lib/errors.ts";
 
 /**
- * A BAD_INPUT error about `file`: "<file>: <what is wrong>" plus how to fix it. The path and the problem quote what
- * a file says (tensor names, dtypes, header keys), so control characters are escaped: the message stays one line and
- * never drives the terminal.
+ * A BAD_INPUT error about `file`: "<file>: <what is wrong>" plus how to fix it. The problem may quote what a file
+ * says (tensor names, dtypes, header keys); FlashAttnError shows their control characters as escapes.
  */
 export function badFile(file: string, problem: string, fix?: string): FlashAttnError {
-  return new FlashAttnError("BAD_INPUT", escapeControl(`${file}: ${problem}`), fix);
-}
-
-/** C0 and C1 control characters (newlines and ESC included) as \xNN escapes. */
-function escapeControl(text: string): string {
-  // deno-lint-ignore no-control-regex -- matching control characters is the point
-  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+  return new FlashAttnError("BAD_INPUT", `${file}: ${problem}`, fix);
 }
 
 /** An open input file and its size; close() when done. */
