@@ -119,23 +119,31 @@ const MAX_REPORT_DEPTH = 64;
 
 /** Reads a report saved with `doctor --json`, refusing (as a usage error) anything that is not one. */
 export function readSavedReport(path: string): DoctorReport {
-  let stat: fs.Stats;
+  let fd: number;
   try {
-    stat = fs.statSync(path);
+    // Opened without blocking and then checked, so the file judged is the file read (a FIFO would block the read).
+    fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch (e) {
     throw new FlashAttnError(
       "BAD_INPUT",
       `--facts ${path}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`,
     );
   }
-  // A FIFO or a device would block the read (or never end); a report is a file.
-  if (!stat.isFile()) throw new FlashAttnError("BAD_INPUT", `--facts ${path} is not a regular file`);
-  if (stat.size > MAX_REPORT_BYTES) {
-    throw new FlashAttnError("BAD_INPUT", `--facts ${path} is ${stat.size} bytes; a doctor report is far smaller`);
+  let text: string;
+  try {
+    const stat = fs.fstatSync(fd);
+    // A FIFO or a device would block the read (or never end); a report is a file.
+    if (!stat.isFile()) throw new FlashAttnError("BAD_INPUT", `--facts ${path} is not a regular file`);
+    if (stat.size > MAX_REPORT_BYTES) {
+      throw new FlashAttnError("BAD_INPUT", `--facts ${path} is ${stat.size} bytes; a doctor report is far smaller`);
+    }
+    text = fs.readFileSync(fd, "utf8");
+  } finally {
+    fs.closeSync(fd);
   }
   let doc: unknown;
   try {
-    doc = parseJsonBounded(fs.readFileSync(path, "utf8"), { maxChars: MAX_REPORT_BYTES, maxDepth: MAX_REPORT_DEPTH });
+    doc = parseJsonBounded(text, { maxChars: MAX_REPORT_BYTES, maxDepth: MAX_REPORT_DEPTH });
   } catch (e) {
     throw new FlashAttnError(
       "BAD_INPUT",
