@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "../common/fa_common.hpp"
+#include "../common/fa_kvcache.hpp"
 #include "gpu_compat.hpp"
 
 namespace fa {
@@ -51,7 +51,22 @@ struct KernelPath {
   // Optional (null = 1): the split-KV count forward would choose, for fa_plan's "num_splits". Never reads device
   // memory. Last member, so registries that list only the members above still compile.
   int32_t (*plan_num_splits)(const fa_attn_params& p, const DeviceCaps& caps);
+  // Optional (both null = no KV-cache attention): fa_forward_kvcache. The glue has validated the request (struct and
+  // the int32 arrays), written k_new / v_new into the cache and, with rotary, pointed p.q at the rotated queries
+  // (kvcache_prepare); the path only attends. forward_kvcache fills p.out_num_splits. FLASHATTN_KERNEL forces KV-cache
+  // requests by the same names.
+  bool (*supports_kvcache)(const fa_kvcache_params& p, const DeviceCaps& caps, std::vector<std::string>& reasons);
+  int32_t (*forward_kvcache)(fa_kvcache_params& p, const LaunchContext& ctx);
 };
+
+// Workspace slot of the rotated queries (kvcache_prepare); attention paths use slots 0..2.
+constexpr int kWorkspaceSlotRotatedQ = 3;
+
+// The KV-cache step every path shares (kernels/portable/portable_kvcache.cu, both builds): appends k_new (rotated when
+// rotary_dim > 0) and v_new into the cache at tokens cache_seqlens[b].., in place, and with rotary writes the rotated
+// queries, contiguous (batch, seqlen_q, heads_q, head_dim), into workspace slot kWorkspaceSlotRotatedQ and points
+// p.q at them. Queued on ctx.stream before the attention.
+int32_t kvcache_prepare(fa_kvcache_params& p, const LaunchContext& ctx);
 
 // Registries each kernel family defines (in its own translation unit). The dispatcher concatenates them in this
 // order: tensor-core paths first, then the portable fallback.
