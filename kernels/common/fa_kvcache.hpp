@@ -51,6 +51,38 @@ inline bool kvcache_rotary_consecutive(const fa_kvcache_params& p) {
   return p.is_causal != 0 || p.window_left >= 0 || p.window_right >= 0;
 }
 
+// The plain-forward parameters of the attention step (after the append and rotary): masks, scale, ALiBi, heads and
+// q / o / lse as given, k / v the cache tensors, seqlen_k the cache capacity (at least every sequence's key count, so
+// resolve()'s folding of far window bounds stays exact). Backends reuse their forward geometry with it; only the key
+// addressing (through the cache map) differs.
+inline fa_attn_params kvcache_attention_params(const fa_kvcache_params& p) {
+  fa_attn_params a{};
+  a.struct_size = sizeof a;
+  a.abi_version = FA_ABI_VERSION;
+  a.dtype = p.dtype;
+  a.batch = p.batch;
+  a.seqlen_q = p.seqlen_q;
+  a.seqlen_k = static_cast<int32_t>(kvcache_capacity(p));
+  a.heads_q = p.heads_q;
+  a.heads_kv = p.heads_kv;
+  a.head_dim = p.head_dim;
+  a.is_causal = p.is_causal;
+  a.window_left = p.window_left;
+  a.window_right = p.window_right;
+  a.scale = p.scale;
+  a.softcap = p.softcap;
+  a.alibi_mode = p.alibi_mode;
+  a.alibi_slopes = p.alibi_slopes;
+  a.num_splits = p.num_splits;
+  a.stream = p.stream;
+  a.q = p.q;
+  a.k = p.k_cache;
+  a.v = p.v_cache;
+  a.o = p.o;
+  a.lse = p.lse;
+  return a;
+}
+
 inline std::vector<Problem> check_kvcache_params(const fa_kvcache_params* pp, const BackendLimits& lim) {
   std::vector<Problem> out;
   auto invalid = [&](const std::string& m) { out.push_back({FA_ERR_INVALID_ARGUMENT, m}); };

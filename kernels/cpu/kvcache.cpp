@@ -106,32 +106,6 @@ void append(const fa_kvcache_params& p, const CacheMap& cache) {
   });
 }
 
-// The plain-forward parameters the tile geometry reads (masks, scale, ALiBi slopes): seqlen_k is the cache capacity,
-// at least every sequence's key count, so resolve()'s folding of far window bounds stays exact.
-fa_attn_params attention_params(const fa_kvcache_params& p, const fa_tensor& q) {
-  fa_attn_params a{};
-  a.struct_size = sizeof a;
-  a.abi_version = FA_ABI_VERSION;
-  a.dtype = p.dtype;
-  a.batch = p.batch;
-  a.seqlen_q = p.seqlen_q;
-  a.seqlen_k = static_cast<int32_t>(kvcache_capacity(p));
-  a.heads_q = p.heads_q;
-  a.heads_kv = p.heads_kv;
-  a.head_dim = p.head_dim;
-  a.is_causal = p.is_causal;
-  a.window_left = p.window_left;
-  a.window_right = p.window_right;
-  a.scale = p.scale;
-  a.softcap = p.softcap;
-  a.alibi_mode = p.alibi_mode;
-  a.alibi_slopes = p.alibi_slopes;
-  a.q = q;
-  a.o = p.o;
-  a.lse = p.lse;
-  return a;
-}
-
 // A forward task's columns, and which of the splits of its key blocks it attends to.
 struct Task : ForwardColumns {
   int32_t split;
@@ -222,7 +196,8 @@ int32_t kvcache_forward(fa_kvcache_params& kp, const IsaKernels& isa) {
   }
 
   // Phase 3: attention over the cache.
-  const fa_attn_params p = attention_params(kp, q);
+  fa_attn_params p = kvcache_attention_params(kp);
+  p.q = q;
   const Geometry g(p);
   const int32_t heads_per_task = std::min(g.r.group, kForwardBlockQ);
   const int32_t head_chunks = (g.r.group + heads_per_task - 1) / heads_per_task;

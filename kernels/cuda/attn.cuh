@@ -175,19 +175,28 @@ __device__ __forceinline__ KeyBlocks split_key_blocks(const AttnArgs& a, const S
   return KeyBlocks{first + min(all, split * per_split), first + min(all, (split + 1) * per_split)};
 }
 
+// The query and ALiBi slope (log2 units) of one accumulator row. A plain kernel's row is a query of one head; the
+// decode kernel packs a KV head's query heads into the rows, so each row has its own query and head.
+struct ScoreRow {
+  int query;
+  float slope;
+};
+
 // One 16-row fragment's share of key block n0 in the online softmax. `sc(j, e)` is C register e of n-tile j of S
-// (rows i0 and i0 + 8: query i0 + 8 (e / 2), key n0 + 8j + 2t + e % 2). Softcap / ALiBi rewrite S into log2 units,
+// (row `row_at(e / 2)`, key n0 + 8j + 2t + e % 2; row_at(0) is the lane's row g, row_at(1) row g + 8). Softcap / ALiBi rewrite S into log2 units,
 // masked pairs become -inf; then the running max and (per-lane) sum are updated, S is replaced by
 // P = exp2(S mult - max mult), and alpha[hf] = exp2((old max - new max) mult) is what O's rows must be scaled by.
-template <int NT, typename Scores>
-__device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const SeqInfo& s, Scores&& sc, int i0, int n0,
-                                                     bool transform, bool masked, float slope, float mult,
+template <int NT, typename Scores, typename RowAt>
+__device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const SeqInfo& s, Scores&& sc, RowAt&& row_at, int n0,
+                                                     bool transform, bool masked, float mult,
                                                      float (&row_max)[2], float (&row_sum)[2], float (&alpha)[2]) {
   const int t = threadIdx.x % 4;
   if (transform || masked) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      const int i = i0 + hf * 8;
+      const ScoreRow row = row_at(hf);
+      const int i = row.query;
+      const float slope = row.slope;
       int lo = INT_MIN, hi = INT_MAX;
       if (masked) visible_key_range(a, s, i, lo, hi);
 #pragma unroll
@@ -225,6 +234,12 @@ __device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const Se
   }
 }
 
+// A row's LSE (natural log) from its max in log2 units and its sum. A row with no visible key (l = 0) gets +inf in
+// the output (flash-attn 2.x) and -inf in a split's partial (weight 0 in the combine).
+__device__ __forceinline__ float row_lse(float max_log2, float l, bool direct) {
+  return l > 0.f ? (max_log2 + __log2f(l)) * kLn2 : direct ? INFINITY : -INFINITY;
+}
+
 // The forward epilogue of the 16 rows a warp owns (block rows row0 + g, row0 + g + 8; `acc(j, e)` is C register e
 // of n-tile j of O): O / l and LSE (a row with no visible key, l = 0, gets O = 0 and LSE = +inf), written to o / lse,
 // or as fp32 partials of split `split`. The direct path stages the rows in the warp's own rows of `stage` (row length
@@ -243,9 +258,7 @@ __device__ __forceinline__ void store_output_rows(const AttnArgs& a, const SeqIn
     const float l = quad_sum(row_sum[hf]);
     const float inv = l > 0.f ? 1.f / l : 0.f;
     const int r = row0 + g + hf * 8, i = m0 + r;
-    // No visible key: LSE +inf in the output (flash-attn 2.x), -inf in a split's partial (weight 0 in the combine).
-    if (lse_out != nullptr && t == 0 && i < s.sq)
-      lse_out[lrow0 + i] = l > 0.f ? (row_max[hf] * mult + __log2f(l)) * kLn2 : direct ? INFINITY : -INFINITY;
+    if (lse_out != nullptr && t == 0 && i < s.sq) lse_out[lrow0 + i] = row_lse(row_max[hf] * mult, l, direct);
 #pragma unroll
     for (int j = 0; j < D / 8; ++j) {
       const float x0 = acc(j, 2 * hf) * inv, x1 = acc(j, 2 * hf + 1) * inv;

@@ -110,8 +110,10 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf) {
       float alpha[2];
-      online_softmax_block<NT>(a, s, [&](int j, int e) -> float& { return sc[mf][j][e]; }, m0 + warp_row0 + mf * 16 + g,
-                               n0, transform, masked, slope, mult, row_max[mf], row_sum[mf], alpha);
+      const int i0 = m0 + warp_row0 + mf * 16 + g;
+      online_softmax_block<NT>(a, s, [&](int j, int e) -> float& { return sc[mf][j][e]; },
+                               [&](int hf) { return ScoreRow{i0 + hf * 8, slope}; }, n0, transform, masked, mult, row_max[mf],
+                               row_sum[mf], alpha);
 #pragma unroll
       for (int j = 0; j < D / 8; ++j)
 #pragma unroll

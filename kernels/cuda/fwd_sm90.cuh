@@ -319,8 +319,10 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
   auto softmax = [&](int it, float (&alpha)[2]) {
     const int n0 = (hi - 1 - it) * BN;
     const bool masked = tile_needs_mask(a, s, m0 + role.wg_row0, 64, n0, BN);
-    online_softmax_block<NT>(a, s, [&](int j, int e) -> float& { return r.sc[j * 4 + e]; }, m0 + role.warp_row0 + role.g, n0,
-                             kTransform, masked, slope, mult, r.row_max, r.row_sum, alpha);
+    const int i0 = m0 + role.warp_row0 + role.g;
+    online_softmax_block<NT>(a, s, [&](int j, int e) -> float& { return r.sc[j * 4 + e]; },
+                             [&](int hf) { return ScoreRow{i0 + hf * 8, slope}; }, n0, kTransform, masked, mult, r.row_max,
+                             r.row_sum, alpha);
   };
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) r.o[i] = 0.f;

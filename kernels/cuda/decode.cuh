@@ -1,0 +1,290 @@
+// decode.cuh — attention of a few query rows over a long key sequence (decode, speculative decoding, KV-cache
+// requests) on mma.sync tensor cores (sm_80+), one instantiation per (dtype, head dim).
+//
+// Decode is bound by reading K and V once: one query token per head does 4 FLOPs per key element, so the work per
+// byte is tiny and the kernel must keep the memory system busy rather than the tensor cores. Three choices follow.
+//   - GQA packing: the `group` query heads that share KV head hk become the rows of one tile (row r = query
+//     r / group of head hk * group + r % group), so each key block is read once per KV head instead of once per
+//     query head. 32 / 8 heads: 4 rows of the 16-row mma fragment carry work; the others are free compute.
+//   - Warps split the keys, not the rows: the NW warps of a CTA share the same MF x 16 rows and each takes its own
+//     16 keys of every key block; the partial (max, sum, O) of the warps merge through shared memory at the end
+//     (the same log-sum-exp merge as split-KV, done in the CTA).
+//   - A STAGES-deep cp.async ring of K and V blocks (BN = 16 NW keys each) keeps several blocks in flight per CTA;
+//     split-KV spreads a sequence over enough CTAs to fill the GPU (the combine kernel of tc_paths.cu merges them).
+// Keys are addressed through KvCacheView: a paged cache (block table, any page size), a contiguous cache (with
+// cache_batch_idx and leftpad) or a plain K / V tensor (cache_seqlens NULL, fixed_len = seqlen_k) all look alike.
+//
+// Per CTA (row block, KV head hk, batch b x split):
+//   S_w  = Q K_w^T          (MF*16 x 16, warp w's 16 keys of the block)
+//   online softmax of S_w    per warp, base 2, masks and the score transform as in the forward
+//   O_w += P_w V_w          (MF*16 x D)
+// then  M = max_w m_w,  L = sum_w l_w 2^(m_w - M),  O = sum_w 2^(m_w - M) O_w / L,  LSE = (M + log2 L) ln 2.
+#pragma once
+
+#include "../gpu/kvcache_view.cuh"
+#include "attn.cuh"
+
+namespace fa::tc {
+
+// The kernel arguments: the forward's (masks, scale, softcap, ALiBi, split partials; q / o / lse as in the plain
+// forward; k / v are the cache tensors whose rows KvCacheView maps) plus the cache map.
+struct DecodeArgs {
+  AttnArgs a;
+  KvCacheView kv;
+  int rows;  // packed rows per (sequence, KV head): seqlen_q x group
+};
+
+template <int D_, int MF_>
+struct DecodeTile {
+  static constexpr int D = D_, MF = MF_;
+  static constexpr int NW = 4;               // warps, each 16 keys of a block
+  static constexpr int BN = 16 * NW;         // keys per block
+  static constexpr int BM = 16 * MF;         // packed rows per CTA
+  static constexpr int STAGES = D <= 128 ? 3 : 2;
+  static constexpr int LD = D + kPad;
+  static constexpr int kThreads = NW * 32;
+  static constexpr size_t ring_bytes(size_t elem) { return static_cast<size_t>(STAGES) * 2 * BN * LD * elem; }
+  // The epilogue reuses the ring for the warps' fp32 partial O (NW x BM x D) and their row max / sum.
+  static constexpr size_t merge_bytes() { return static_cast<size_t>(NW) * BM * (D + 2) * sizeof(float); }
+  static constexpr size_t smem_bytes(size_t elem) {
+    return static_cast<size_t>(BM) * LD * elem + (ring_bytes(elem) > merge_bytes() ? ring_bytes(elem) : merge_bytes());
+  }
+};
+
+// Copies keys [n0, n0 + ROWS) of sequence b, KV head hk of cache tensor t into a padded smem tile, through the cache
+// map; keys at or past `keys` (and dims past head_dim) come in as zeros, so masked P = 0 never meets stale data.
+template <int ROWS, int D, int NTHREADS, typename T>
+__device__ __forceinline__ void load_cache_tile_async(T* smem, const DevTensor& t, const KvCacheView& kv, int b, int hk,
+                                                      int n0, int keys, int head_dim) {
+  constexpr int kChunksPerRow = D / 8;
+  constexpr int kChunks = ROWS * kChunksPerRow;
+  static_assert(kChunks % NTHREADS == 0, "tile chunks must spread evenly over the threads");
+  const T* base = static_cast<const T*>(t.data);
+#pragma unroll
+  for (int c = threadIdx.x; c < kChunks; c += NTHREADS) {
+    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+    const bool valid = n0 + r < keys && col < head_dim;
+    const T* g = valid ? base + kv.offset(t.batch_stride, t.row_stride, t.head_stride, b, n0 + r, hk) + col : base;
+    cp_async_16(smem + r * (D + kPad) + col, g, valid);
+  }
+}
+
+template <typename T, typename Tile>
+__global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs args) {
+  constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, MF = Tile::MF, NW = Tile::NW, LD = Tile::LD;
+  constexpr int STAGES = Tile::STAGES;
+  const AttnArgs& a = args.a;
+  const KvCacheView& kv = args.kv;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* ring = sQ + BM * LD;  // stage s: K at ring + 2s BN LD, V right after
+
+  const int hk = blockIdx.y, b = blockIdx.z / a.num_splits, split = blockIdx.z % a.num_splits;
+  const int r0 = blockIdx.x * BM;  // first packed row of this CTA
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+
+  // This sequence: seqlen_q queries over `keys` keys, bottom-right aligned.
+  SeqInfo s;
+  s.q_start = s.k_start = 0;
+  s.sq = a.seqlen_q;
+  s.sk = kv.keys(b);
+  s.diag = s.sk - s.sq;
+  const int rows = min(BM, args.rows - r0);
+  const int q_first = r0 / a.group, q_count = (r0 + rows - 1) / a.group - q_first + 1;
+
+  // Q rows -> smem: packed row r is query r / group of head hk * group + r % group (zeros past the last row).
+  {
+    const T* qbase = static_cast<const T*>(a.q.data) + static_cast<int64_t>(b) * a.q.batch_stride;
+    constexpr int kChunksPerRow = D / 8;
+#pragma unroll
+    for (int c = threadIdx.x; c < BM * kChunksPerRow; c += Tile::kThreads) {
+      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8, row = r0 + r;
+      const bool valid = r < rows && col < a.head_dim;
+      const T* src = valid ? qbase + static_cast<int64_t>(row / a.group) * a.q.row_stride +
+                                 static_cast<int64_t>(hk * a.group + row % a.group) * a.q.head_stride + col
+                           : qbase;
+      cp_async_16(sQ + r * LD + col, src, valid);
+    }
+  }
+
+  const KeyBlocks blocks = split_key_blocks(a, s, q_first, q_count, BN, split);
+  const int n_blocks = blocks.hi - blocks.lo;
+  auto stage_k = [&](int it) { return ring + (it % STAGES) * 2 * BN * LD; };
+  auto load_block = [&](int it) {
+    if (it < n_blocks) {
+      const int n0 = (blocks.lo + it) * BN;
+      load_cache_tile_async<BN, D, Tile::kThreads>(stage_k(it), a.k, kv, b, hk, n0, s.sk, a.head_dim);
+      load_cache_tile_async<BN, D, Tile::kThreads>(stage_k(it) + BN * LD, a.v, kv, b, hk, n0, s.sk, a.head_dim);
+    }
+    cp_async_commit();  // an empty group keeps the wait count uniform
+  };
+  load_block(0);  // joins Q's group
+  for (int it = 1; it < STAGES - 1; ++it) load_block(it);
+
+  const bool transform = a.softcap > 0.f || a.alibi != nullptr;
+  const float mult = transform ? 1.f : a.scale_log2;  // multiplier from S to log2 units inside exp2
+  // Row (fragment mf, half hf) of this lane: its query and its head's ALiBi slope.
+  ScoreRow row_info[MF][2];
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int row = r0 + mf * 16 + hf * 8 + g;
+      row_info[mf][hf] = ScoreRow{row / a.group, alibi_slope_log2(a, b, hk * a.group + row % a.group)};
+    }
+
+  float o_acc[MF][D / 8][4];
+  float row_max[MF][2], row_sum[MF][2];
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o_acc[mf][j][e] = 0.f;
+    row_max[mf][0] = row_max[mf][1] = -INFINITY;
+    row_sum[mf][0] = row_sum[mf][1] = 0.f;
+  }
+
+  for (int it = 0; it < n_blocks; ++it) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // block `it` landed for every thread; every warp is done with the stage the next load reuses
+    load_block(it + STAGES - 1);
+
+    const T* sK = stage_k(it) + warp * 16 * LD;  // this warp's 16 keys
+    const T* sV = stage_k(it) + BN * LD;
+    const int n0 = (blocks.lo + it) * BN + warp * 16;
+
+    // S = Q K_w^T (BM x 16) over D in k-steps of 16.
+    float sc[MF][2][4];
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[mf][j][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t qa[MF][4];
+#pragma unroll
+      for (int mf = 0; mf < MF; ++mf) load_a<LD>(qa[mf], sQ, mf * 16, kk * 16);
+      mm_ABt<T, LD, 16, MF>([&](int mf, int j) -> float(&)[4] { return sc[mf][j]; },
+                            [&](int mf) -> const uint32_t(&)[4] { return qa[mf]; }, sK, kk * 16);
+    }
+
+    const bool masked = tile_needs_mask(a, s, q_first, q_count, n0, 16);
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf) {
+      float alpha[2];
+      online_softmax_block<2>(a, s, [&](int j, int e) -> float& { return sc[mf][j][e]; },
+                              [&](int hf) { return row_info[mf][hf]; }, n0, transform, masked, mult, row_max[mf],
+                              row_sum[mf], alpha);
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o_acc[mf][j][e] *= alpha[e / 2];
+    }
+
+    // O_w += P_w V_w (BM x D += BM x 16 . 16 x D): P straight from the accumulators.
+    uint32_t pa[MF][4];
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf) acc_to_a<T>(pa[mf], sc[mf][0], sc[mf][1]);
+    mm_AB<T, LD, D, MF>([&](int mf, int j) -> float(&)[4] { return o_acc[mf][j]; },
+                        [&](int mf) -> const uint32_t(&)[4] { return pa[mf]; }, sV, 0, warp * 16);
+  }
+
+  // Merge the warps: each publishes its rows' max (log2 units), sum and unnormalised O in fp32 over the ring.
+  cp_async_wait<0>();
+  __syncthreads();
+  float* m_part = reinterpret_cast<float*>(ring);  // [NW][BM]
+  float* l_part = m_part + NW * BM;                 // [NW][BM]
+  float* o_part = l_part + NW * BM;                 // [NW][BM][D]
+  const int t4 = lane % 4;
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = mf * 16 + hf * 8 + g;
+      const float l = quad_sum(row_sum[mf][hf]);
+      if (t4 == 0) {
+        m_part[warp * BM + r] = row_max[mf][hf] == -INFINITY ? -INFINITY : row_max[mf][hf] * mult;
+        l_part[warp * BM + r] = l;
+      }
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        *reinterpret_cast<float2*>(o_part + (warp * BM + r) * D + j * 8 + 2 * t4) =
+            make_float2(o_acc[mf][j][2 * hf], o_acc[mf][j][2 * hf + 1]);
+    }
+  __syncthreads();
+
+  // Epilogue: thread x takes 8 adjacent columns of one row per pass.
+  const bool direct = a.num_splits == 1;
+  constexpr int kChunksPerRow = D / 8;
+  for (int c = threadIdx.x; c < BM * kChunksPerRow; c += Tile::kThreads) {
+    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+    if (r >= rows) continue;
+    const int row = r0 + r, i = row / a.group, h = hk * a.group + row % a.group;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) mx = fmaxf(mx, m_part[w * BM + r]);
+    float weight[NW], l = 0.f;
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+      weight[w] = mx == -INFINITY ? 0.f : fast_exp2(m_part[w * BM + r] - mx);
+      l += weight[w] * l_part[w * BM + r];
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    float out[8];
+#pragma unroll
+    for (int x = 0; x < 8; ++x) {
+      float acc = 0.f;
+#pragma unroll
+      for (int w = 0; w < NW; ++w) acc += weight[w] * o_part[(w * BM + r) * D + col + x];
+      out[x] = acc * inv;
+    }
+    const int64_t lrow = (static_cast<int64_t>(b) * a.heads_q + h) * a.seqlen_q + i;
+    if (col == 0) {
+      float* lse_out = direct ? a.lse : a.lse_part + static_cast<int64_t>(split) * a.lse_rows;
+      if (lse_out != nullptr) lse_out[lrow] = row_lse(mx, l, direct);
+    }
+    if (col >= a.head_dim) continue;
+    if (direct) {
+      uint4 packed;
+      packed.x = pack2<T>(out[0], out[1]), packed.y = pack2<T>(out[2], out[3]);
+      packed.z = pack2<T>(out[4], out[5]), packed.w = pack2<T>(out[6], out[7]);
+      T* o = static_cast<T*>(a.o.data) + static_cast<int64_t>(b) * a.o.batch_stride + static_cast<int64_t>(i) * a.o.row_stride +
+             static_cast<int64_t>(h) * a.o.head_stride + col;
+      *reinterpret_cast<uint4*>(o) = packed;
+    } else {
+      float4* dst = reinterpret_cast<float4*>(a.o_part + (static_cast<int64_t>(split) * a.lse_rows + lrow) * a.head_dim + col);
+      dst[0] = make_float4(out[0], out[1], out[2], out[3]);
+      dst[1] = make_float4(out[4], out[5], out[6], out[7]);
+    }
+  }
+}
+
+// Packed-row fragments per CTA: two when the rows need them and the O accumulators (MF x D / 2 registers per
+// thread) still fit, else one.
+template <int D>
+constexpr int decode_max_mf() { return D <= 128 ? 2 : 1; }
+
+template <typename T, int D, int MF>
+gpuError_t launch_decode_tile(const DecodeArgs& d, gpuStream_t stream) {
+  using Tile = DecodeTile<D, MF>;
+  const auto kernel = decode_kernel<T, Tile>;
+  const size_t smem = Tile::smem_bytes(sizeof(T));
+  gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != gpuSuccess) return err;
+  const dim3 grid(ceil_div(d.rows, Tile::BM), d.a.heads_kv, d.a.batch * d.a.num_splits);
+  kernel<<<grid, Tile::kThreads, smem, stream>>>(d);
+  return gpuGetLastError();
+}
+
+// Launches the decode kernel for head dim D (the caller picked D >= head_dim) with `mf` fragments per CTA.
+template <typename T, int D>
+gpuError_t launch_decode(const DecodeArgs& d, int mf, gpuStream_t stream) {
+  if constexpr (decode_max_mf<D>() >= 2)
+    if (mf == 2) return launch_decode_tile<T, D, 2>(d, stream);
+  return launch_decode_tile<T, D, 1>(d, stream);
+}
+
+}  // namespace fa::tc
