@@ -264,6 +264,19 @@ def grid(quick):
     add("persistent-causal-sq>sk", batch=2, sq=1000, sk=300, h=16, hk=4, causal=True)
     add("persistent-varlen-empty-keys", varlen=True, sq=300, sk=300, batch=8, h=16, hk=8, empty_keys=True)
     add("persistent-one-key-block", batch=2, sq=1024, sk=100, h=16, hk=8)
+    # decode-shaped requests (cuda-decode: a KV head's query heads packed into the rows, warps splitting the keys,
+    # split-KV): GQA / MQA / MHA, a few query rows, padded head dims, every score feature with packed rows
+    for (h, hk, sqs) in ((32, 8, (1, 4, 16)), (32, 1, (1, 2)), (8, 8, (1, 7))):
+        for sq in sqs:
+            add(f"decode-h{h}-kv{hk}-sq{sq}", batch=3, sq=sq, sk=5000, h=h, hk=hk, d=128, causal=sq > 1, bwd=False)
+    for d in (32, 64, 72, 96, 192, 256):
+        add(f"decode-hdim{d}", batch=2, sq=1, sk=3001, h=16, hk=4, d=d, bwd=False, dtype="fp16" if d == 72 else "bf16")
+    add("decode-window-sq8", batch=2, sq=8, sk=3000, h=16, hk=4, d=128, causal=True, window=(700, 0), bwd=False)
+    add("decode-alibi-packed", batch=2, sq=4, sk=2000, h=16, hk=2, d=128, alibi="batch", causal=True, bwd=False)
+    add("decode-softcap", batch=2, sq=2, sk=2500, h=8, hk=2, d=64, softcap=30.0, bwd=False)
+    add("decode-splits5", batch=1, sq=1, sk=9000, h=8, hk=2, d=128, splits=5, bwd=False)
+    add("decode-short-keys", batch=4, sq=3, sk=5, h=8, hk=2, d=64, causal=True, bwd=False)
+    add("decode-sq>sk-causal", batch=2, sq=9, sk=4, h=4, hk=2, d=64, causal=True, bwd=False)  # early rows see no key
     return cases
 
 

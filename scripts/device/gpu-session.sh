@@ -2,7 +2,7 @@
 # One batched session on the GPU machine (device tool): set up Bun from .gpu/, build the libraries there, then run
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
-#   steps: build | tests | gpu-tests | layouts | verify | verify-sm90 | verify-auto | sanitize | racecheck(128) | racecheck-persistent | doctor |
+#   steps: build | tests | gpu-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | sanitize | racecheck(128) | racecheck-persistent | doctor |
 #          profile | profile-fwd64 | tile-cost | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick | bench-subset
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
@@ -54,6 +54,7 @@ for s in "$@"; do
     layouts) step layouts 120 bash -c "nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/check/wgmma_layouts.cu -o /tmp/wgmma_layouts && /tmp/wgmma_layouts" ;;
     verify) step verify 420 python3 scripts/check/cuda_verify.py --json "$LOGS/verify-sm80.json" ;;
     verify-sm90) step verify-sm90 420 python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --json "$LOGS/verify-sm90.json" ;;
+    verify-decode) step verify-decode 300 python3 scripts/check/cuda_verify.py --kernel cuda-decode --json "$LOGS/verify-decode.json" ;;
     verify-auto) step verify-auto 420 python3 scripts/check/cuda_verify.py --kernel "" --json "$LOGS/verify-auto.json" ;;
     sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
     racecheck) step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim64 ;;
