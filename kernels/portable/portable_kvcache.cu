@@ -180,9 +180,14 @@ KvArgs make_kv_args(const fa_kvcache_params& p) {
   return a;
 }
 
+// Grid x stays within 2^24 blocks (row tiles x splits, and the merge's grid-stride rows): HIP counts a launch's threads
+// in 32 bits, and 2^24 blocks of 128 threads keep that count below 2^31. Hence at most 2^24 packed rows per KV head.
+constexpr int64_t kMaxGridX = int64_t{1} << 24;
+constexpr int64_t kMaxPackedRows = int64_t{1} << 24;
+
 // Split-KV: forced counts as given; auto (0) splits only when the unsplit blocks leave multiprocessors idle (aiming at
-// two blocks each), keeping at least kMinKeysPerSplit cache tokens per split. The grid's x (row tiles x splits) stays
-// within 2^31 - 1.
+// two blocks each), keeping at least kMinKeysPerSplit cache tokens per split. Either way row tiles x splits stays
+// within kMaxGridX.
 constexpr int64_t kMinKeysPerSplit = 256;
 constexpr int64_t kMaxAutoSplits = 128;
 
@@ -194,7 +199,7 @@ int32_t choose_splits(const fa_kvcache_params& p, const DeviceCaps& caps, int64_
     const int64_t by_keys = (kvcache_capacity(p) + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
     splits = std::clamp<int64_t>(std::min(wanted, by_keys), 1, kMaxAutoSplits);
   }
-  return static_cast<int32_t>(std::max<int64_t>(1, std::min<int64_t>(splits, INT32_MAX / row_tiles)));
+  return static_cast<int32_t>(std::max<int64_t>(1, std::min<int64_t>(splits, kMaxGridX / row_tiles)));
 }
 
 template <typename T, typename C>
@@ -264,32 +269,40 @@ constexpr int kMergeThreads = 64;
 template <typename T>
 __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const KvArgs a) {
   __shared__ float weight[256];  // num_splits <= 256 (validated)
-  const int64_t stat = blockIdx.x, rows = static_cast<int64_t>(a.batch) * a.heads_q * a.seqlen_q;
-  const int i = static_cast<int>(stat % a.seqlen_q), h = static_cast<int>(stat / a.seqlen_q % a.heads_q);
-  const int b = static_cast<int>(stat / a.seqlen_q / a.heads_q);
-  float m = -INFINITY;
-  for (int s = 0; s < a.splits; ++s) m = fmaxf(m, a.partial_lse[s * rows + stat]);
-  for (int s = threadIdx.x; s < a.splits; s += kMergeThreads)
-    weight[s] = m == -INFINITY ? 0.f : expf(a.partial_lse[s * rows + stat] - m);
-  __syncthreads();
-  float total = 0.f;
-  for (int s = 0; s < a.splits; ++s) total += weight[s];
-  const float inv = total > 0.f ? 1.f / total : 0.f;
-  T* out = static_cast<T*>(a.o.data) + static_cast<int64_t>(b) * a.o.batch_stride + static_cast<int64_t>(i) * a.o.row_stride +
-           static_cast<int64_t>(h) * a.o.head_stride;
-  for (int x = threadIdx.x; x < a.head_dim; x += kMergeThreads) {
-    float acc = 0.f;
-    for (int s = 0; s < a.splits; ++s)
-      if (weight[s] > 0.f) acc = fmaf(weight[s], a.partial_o[(s * rows + stat) * a.head_dim + x], acc);
-    out[x] = from_float<T>(acc * inv);
+  const int64_t rows = static_cast<int64_t>(a.batch) * a.heads_q * a.seqlen_q;
+  for (int64_t stat = blockIdx.x; stat < rows; stat += gridDim.x) {
+    const int i = static_cast<int>(stat % a.seqlen_q), h = static_cast<int>(stat / a.seqlen_q % a.heads_q);
+    const int b = static_cast<int>(stat / a.seqlen_q / a.heads_q);
+    float m = -INFINITY;
+    for (int s = 0; s < a.splits; ++s) m = fmaxf(m, a.partial_lse[s * rows + stat]);
+    __syncthreads();  // the previous row's readers are done with weight[]
+    for (int s = threadIdx.x; s < a.splits; s += kMergeThreads)
+      weight[s] = m == -INFINITY ? 0.f : expf(a.partial_lse[s * rows + stat] - m);
+    __syncthreads();
+    float total = 0.f;
+    for (int s = 0; s < a.splits; ++s) total += weight[s];
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    T* out = static_cast<T*>(a.o.data) + static_cast<int64_t>(b) * a.o.batch_stride +
+             static_cast<int64_t>(i) * a.o.row_stride + static_cast<int64_t>(h) * a.o.head_stride;
+    for (int x = threadIdx.x; x < a.head_dim; x += kMergeThreads) {
+      float acc = 0.f;
+      for (int s = 0; s < a.splits; ++s)
+        if (weight[s] > 0.f) acc = fmaf(weight[s], a.partial_o[(s * rows + stat) * a.head_dim + x], acc);
+      out[x] = from_float<T>(acc * inv);
+    }
+    if (a.lse != nullptr && threadIdx.x == 0) a.lse[stat] = total > 0.f ? m + logf(total) : INFINITY;
   }
-  if (a.lse != nullptr && threadIdx.x == 0) a.lse[stat] = total > 0.f ? m + logf(total) : INFINITY;
 }
 
 }  // namespace
 
 bool supports_kvcache(const fa_kvcache_params& p, const DeviceCaps&, std::vector<std::string>& reasons) {
-  return supports_common(attention_view(p), reasons);
+  const bool common = supports_common(attention_view(p), reasons);
+  const int64_t packed_rows = int64_t{p.seqlen_q} * (p.heads_q / p.heads_kv);
+  if (packed_rows > kMaxPackedRows)
+    reasons.push_back(format("packs seqlen_q x (heads_q / heads_kv) query rows per KV head, at most 2^24, got %lld",
+                             static_cast<long long>(packed_rows)));
+  return common && packed_rows <= kMaxPackedRows;
 }
 
 int32_t forward_kvcache(fa_kvcache_params& p, const LaunchContext& ctx) {
@@ -314,7 +327,7 @@ int32_t forward_kvcache(fa_kvcache_params& p, const LaunchContext& ctx) {
     kvcache_kernel<T, C><<<grid, C::THREADS, 0, ctx.stream>>>(a);
     if (int32_t st = check_launch("launching the portable KV-cache attention kernel"); st != FA_OK) return st;
     if (a.splits == 1) return FA_OK;
-    merge_kernel<T><<<static_cast<unsigned>(stat_rows), kMergeThreads, 0, ctx.stream>>>(a);
+    merge_kernel<T><<<static_cast<unsigned>(std::min(stat_rows, kMaxGridX)), kMergeThreads, 0, ctx.stream>>>(a);
     return check_launch("launching the portable split-KV merge kernel");
   });
 }
