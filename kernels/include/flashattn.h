@@ -273,8 +273,9 @@ FA_API int32_t fa_synchronize(void);
 
 /* Bytes the library holds now and the peak since the last reset: out[0] = current, out[1] = peak. Counts
  * fa_malloc and the library's own workspaces (split-KV partials, dQ accumulators, naive scores, the persistent
- * forward's tile counter). Those workspaces are one per device, shared by every stream: attention calls on different
- * streams of one device must not run at the same time (queue them on one stream, or synchronise in between). */
+ * forward's tile counter, the KV-cache call's rotated queries). Those workspaces are one per device, shared by every
+ * stream: attention calls on different streams of one device must not run at the same time (queue them on one stream,
+ * or synchronise in between). */
 FA_API int32_t fa_memory_stats(int64_t* out2);
 FA_API int32_t fa_reset_peak_memory(void);
 
