@@ -28,8 +28,10 @@ __global__ void __launch_bounds__(C::THREADS) forward_kernel(const Args a) {
   RowState<C> st;
   sweep_keys<T, C>(sm, mod, i, n_begin, n_end,
                    [&](int n0, int rows_k) {
-                     load_tile<T, C::D, C::BN, C::THREADS>(sm.k, k + n0 * a.k.row_stride, a.k.row_stride, rows_k, a.head_dim, vec);
-                     load_tile<T, C::D, C::BN, C::THREADS>(sm.v, v + n0 * a.v.row_stride, a.v.row_stride, rows_k, a.head_dim, vec);
+                     load_tile<T, C::D, C::BN, C::THREADS>(sm.k, k + n0 * a.k.row_stride, a.k.row_stride, rows_k,
+                                                           a.head_dim, vec);
+                     load_tile<T, C::D, C::BN, C::THREADS>(sm.v, v + n0 * a.v.row_stride, a.v.row_stride, rows_k,
+                                                           a.head_dim, vec);
                    },
                    st);
 

@@ -233,17 +233,17 @@ __global__ void __launch_bounds__(C::THREADS) kvcache_kernel(const KvArgs a) {
   const int s_begin = min(n_end, n_begin + split * per_split * C::BN);
   const int s_end = min(n_end, s_begin + per_split * C::BN);
 
-  const T* k = static_cast<const T*>(a.k.data);
-  const T* v = static_cast<const T*>(a.v.data);
+  // Key n0 + row of sequence b, KV head hk, in cache tensor t.
+  auto key_row = [&](const fa_tensor& t, int n0, int row) {
+    return static_cast<const T*>(t.data) + a.cache.offset(t.batch_stride, t.row_stride, t.head_stride, b, n0 + row, hk);
+  };
   RowState<C> st;
   sweep_keys<T, C>(sm, mod, i, s_begin, s_end,
                    [&](int n0, int rows_k) {
                      load_tile_rows<T, C::D, C::BN, C::THREADS>(
-                         sm.k, [&](int row) { return k + a.cache.offset(a.k.batch_stride, a.k.row_stride, a.k.head_stride, b, n0 + row, hk); },
-                         rows_k, a.head_dim, vec);
+                         sm.k, [&](int row) { return key_row(a.k, n0, row); }, rows_k, a.head_dim, vec);
                      load_tile_rows<T, C::D, C::BN, C::THREADS>(
-                         sm.v, [&](int row) { return v + a.cache.offset(a.v.batch_stride, a.v.row_stride, a.v.head_stride, b, n0 + row, hk); },
-                         rows_k, a.head_dim, vec);
+                         sm.v, [&](int row) { return key_row(a.v, n0, row); }, rows_k, a.head_dim, vec);
                    },
                    st);
 
