@@ -48,6 +48,10 @@ describe.skipIf(!built.includes("hip"))("the HIP library without an AMD GPU", ()
     expect(info.backend).toBe("hip");
     expect(info.archs).toContain("gfx90a");
     expect(info.kernels.map((k) => k.name)).toEqual(expect.arrayContaining(["hip-mfma-fwd", "portable"]));
+    // fa_forward_kvcache's paths say so in their directions: the portable path serves it, the MFMA forward does not.
+    const directions = (name: string) => info.kernels.find((k) => k.name === name)?.directions;
+    expect(directions("portable")).toEqual(["fwd", "bwd", "kvcache"]);
+    expect(directions("hip-mfma-fwd")).not.toContain("kvcache");
     if (fs.existsSync("/dev/kfd")) return; // a machine with an AMD GPU: the GPU suite covers it
     let error: unknown;
     try {
@@ -72,6 +76,7 @@ describe.skipIf(!built.includes("cuda"))("the CUDA library", () => {
     const info = openBackend("cuda", { env: {} }).backend!.info();
     expect(info.archs).toEqual(expect.arrayContaining(["sm_80", "sm_90", "sm_90a", "compute_90"]));
     expect(info.kernels.map((k) => k.name)).toContain("portable");
+    expect(info.kernels.find((k) => k.name === "portable")?.directions).toEqual(["fwd", "bwd", "kvcache"]);
   });
   test("lists its kernel paths in the dispatcher's order: Hopper wgmma first, then mma.sync, then portable", () => {
     const names = openBackend("cuda", { env: {} }).backend!.info().kernels.map((k) => k.name);

@@ -27,7 +27,8 @@ __attribute__((weak)) const std::vector<KernelPath>& hip_matrix_core_paths() {
 namespace {
 
 constexpr BackendLimits kGpuLimits{false, 8, 256, 8};
-constexpr int32_t kMaxVarlenBatch = 1 << 24;  // cu_seqlens are copied to the host: bound the copy
+// cu_seqlens and the KV cache's block_table are copied to the host: bound the copies (64 MiB of int32 at most).
+constexpr int32_t kMaxVarlenBatch = 1 << 24;
 
 // ---- device memory accounting -------------------------------------------------------------------------------------
 
@@ -185,18 +186,20 @@ bool has_direction(const KernelPath* k, int32_t direction, std::vector<std::stri
   return !((fwd && k->forward == nullptr) || (bwd && k->backward == nullptr));
 }
 
-bool path_accepts(const KernelPath* k, const fa_attn_params& p, const DeviceCaps& caps, int32_t direction,
-                  std::vector<std::string>& reasons) {
+// Runs one path's own test and prefixes its reasons with its name ("portable: needs head_dim ...").
+template <typename Accepts>
+bool path_accepts(const KernelPath* k, Accepts accepts, std::vector<std::string>& reasons) {
   std::vector<std::string> own;
-  bool ok = has_direction(k, direction, own) && k->supports(p, caps, direction, own);
+  const bool ok = accepts(k, own);
   for (const auto& r : own) reasons.push_back(std::string(k->name) + ": " + r);
   return ok;
 }
 
-// The path that serves the validated request, or nullptr with every rejected path's reasons in `reasons`.
-// FLASHATTN_KERNEL=<name> restricts the choice to that path; algorithm = naive restricts it to the naive paths.
-const KernelPath* select_path(const fa_attn_params& p, const DeviceCaps& caps, int32_t direction,
-                              std::vector<std::string>& reasons) {
+// The walk every request shares: the paths `in_walk` admits, in priority order, the first that `accepts` (a
+// (path, reasons) -> bool test) takes the request; FLASHATTN_KERNEL=<name> restricts the choice to that path. Returns
+// nullptr with every rejected path's reasons in `reasons`.
+template <typename InWalk, typename Accepts>
+const KernelPath* walk_paths(const DeviceCaps& caps, InWalk in_walk, Accepts accepts, std::vector<std::string>& reasons) {
 #if defined(FA_GPU_CUDA)
   // The oldest machine code in the library is sm_75 (portable and naive units; see kernels/cuda/target.ts), and its
   // PTX is compute_90: an older GPU has nothing it can run, so every path would fail at launch with "no kernel image".
@@ -206,6 +209,8 @@ const KernelPath* select_path(const fa_attn_params& p, const DeviceCaps& caps, i
                              caps.arch));
     return nullptr;
   }
+#else
+  (void)caps;
 #endif
   const char* forced = std::getenv("FLASHATTN_KERNEL");
   const std::vector<const KernelPath*> paths = all_paths();
@@ -213,7 +218,7 @@ const KernelPath* select_path(const fa_attn_params& p, const DeviceCaps& caps, i
     std::vector<std::string> names;
     for (const KernelPath* k : paths) {
       if (std::string(k->name) == forced) {
-        if (path_accepts(k, p, caps, direction, reasons)) return k;
+        if (path_accepts(k, accepts, reasons)) return k;
         reasons.push_back(format("FLASHATTN_KERNEL=%s forces this path, so no other is tried", forced));
         return nullptr;
       }
@@ -224,13 +229,38 @@ const KernelPath* select_path(const fa_attn_params& p, const DeviceCaps& caps, i
     reasons.push_back(format("FLASHATTN_KERNEL=%s names no kernel path of this library (it has: %s)", forced, known.c_str()));
     return nullptr;
   }
-  const bool want_naive = p.algorithm == FA_ALGO_NAIVE;
   for (const KernelPath* k : paths) {
-    if (is_naive_path(k) != want_naive) continue;
-    if (path_accepts(k, p, caps, direction, reasons)) return k;
+    if (!in_walk(k)) continue;
+    if (path_accepts(k, accepts, reasons)) return k;
   }
   if (reasons.empty()) reasons.push_back("this library has no kernel path for this request");
   return nullptr;
+}
+
+// The path that serves the validated attention request; algorithm = naive restricts the walk to the naive paths.
+const KernelPath* select_path(const fa_attn_params& p, const DeviceCaps& caps, int32_t direction,
+                              std::vector<std::string>& reasons) {
+  const bool want_naive = p.algorithm == FA_ALGO_NAIVE;
+  return walk_paths(
+      caps, [&](const KernelPath* k) { return is_naive_path(k) == want_naive; },
+      [&](const KernelPath* k, std::vector<std::string>& own) {
+        return has_direction(k, direction, own) && k->supports(p, caps, direction, own);
+      },
+      reasons);
+}
+
+// The path that serves the validated KV-cache request: every path is asked, in priority order.
+const KernelPath* select_kvcache_path(const fa_kvcache_params& p, const DeviceCaps& caps, std::vector<std::string>& reasons) {
+  return walk_paths(
+      caps, [](const KernelPath*) { return true; },
+      [&](const KernelPath* k, std::vector<std::string>& own) {
+        if (k->supports_kvcache == nullptr || k->forward_kvcache == nullptr) {
+          own.push_back("implements no KV-cache attention");
+          return false;
+        }
+        return k->supports_kvcache(p, caps, own);
+      },
+      reasons);
 }
 
 int32_t refuse(const std::vector<std::string>& reasons) {
@@ -239,27 +269,55 @@ int32_t refuse(const std::vector<std::string>& reasons) {
   return fail(FA_ERR_UNSUPPORTED, text);
 }
 
+// Copies `count` int32 values from device memory into `host` (resized); an unreadable pointer is the caller's error.
+int32_t read_device_int32(const int32_t* device, int64_t count, const char* name, std::vector<int32_t>& host) {
+  host.resize(static_cast<size_t>(count));
+  if (count == 0) return FA_OK;
+  gpuError_t err = gpuMemcpy(host.data(), device, host.size() * sizeof(int32_t), gpuMemcpyDeviceToHost);
+  if (err == gpuSuccess) return FA_OK;
+  gpuGetLastError();
+  return fail(FA_ERR_INVALID_ARGUMENT, format("%s could not be read as %lld int32 values in device memory (%s)", name,
+                                              static_cast<long long>(count), gpuGetErrorString(err)));
+}
+
 // Reads cu_seqlens from device memory and checks them (the kernels trust them afterwards).
 int32_t check_varlen(const fa_attn_params& p) {
   if (!is_varlen(p)) return FA_OK;
   if (p.batch > kMaxVarlenBatch)
     return fail(FA_ERR_INVALID_ARGUMENT, format("varlen batch %d exceeds the supported maximum %d", p.batch, kMaxVarlenBatch));
-  std::vector<int32_t> host(static_cast<size_t>(p.batch) + 1);
+  std::vector<int32_t> host;
   const struct { const int32_t* dev; int32_t total, max_len; const char* name; } lists[] = {
       {p.cu_seqlens_q, p.total_q, p.seqlen_q, "cu_seqlens_q"}, {p.cu_seqlens_k, p.total_k, p.seqlen_k, "cu_seqlens_k"}};
   for (const auto& l : lists) {
-    gpuError_t err = gpuMemcpy(host.data(), l.dev, host.size() * sizeof(int32_t), gpuMemcpyDeviceToHost);
-    if (err != gpuSuccess) {
-      gpuGetLastError();
-      return fail(FA_ERR_INVALID_ARGUMENT, format("%s could not be read as %d int32 values in device memory (%s)", l.name,
-                                                  p.batch + 1, gpuGetErrorString(err)));
-    }
+    if (int32_t st = read_device_int32(l.dev, int64_t{p.batch} + 1, l.name, host); st != FA_OK) return st;
     if (int32_t st = report_first(check_cu_seqlens(host.data(), p.batch, l.total, l.max_len, l.name)); st != FA_OK) return st;
   }
   return FA_OK;
 }
 
-LaunchContext make_context(const fa_attn_params& p, const DeviceCaps* caps) {
+// Reads the KV-cache request's int32 arrays from device memory and checks their values (check_kvcache_values): the
+// kernels trust every page, row and rotary position afterwards. The block table is copied whole, so its size is bounded
+// first (the struct's checks bound batch and max_blocks separately, not their product).
+int32_t check_kvcache_arrays(const fa_kvcache_params& p) {
+  const int64_t table_entries = kvcache_paged(p) ? int64_t{p.batch} * p.max_blocks : 0;
+  if (table_entries > kMaxVarlenBatch)
+    return fail(FA_ERR_UNSUPPORTED, format("block_table has %lld entries (batch %d x max_blocks %d), more than the supported "
+                                           "maximum %d",
+                                           static_cast<long long>(table_entries), p.batch, p.max_blocks, kMaxVarlenBatch));
+  std::vector<int32_t> seqlens, table, batch_idx, leftpad;
+  const struct { const int32_t* dev; int64_t count; const char* name; std::vector<int32_t>& host; } arrays[] = {
+      {p.cache_seqlens, p.batch, "cache_seqlens", seqlens}, {p.block_table, table_entries, "block_table", table},
+      {p.cache_batch_idx, p.batch, "cache_batch_idx", batch_idx}, {p.cache_leftpad, p.batch, "cache_leftpad", leftpad}};
+  for (const auto& a : arrays)
+    if (a.dev != nullptr)
+      if (int32_t st = read_device_int32(a.dev, a.count, a.name, a.host); st != FA_OK) return st;
+  auto host = [](const int32_t* dev, const std::vector<int32_t>& copy) { return dev != nullptr ? copy.data() : nullptr; };
+  return report_first(check_kvcache_values(p, host(p.cache_seqlens, seqlens), host(p.block_table, table),
+                                           host(p.cache_batch_idx, batch_idx), host(p.cache_leftpad, leftpad)));
+}
+
+template <typename Params>
+LaunchContext make_context(const Params& p, const DeviceCaps* caps) {
   return LaunchContext{static_cast<gpuStream_t>(p.stream), caps, Workspace{kernel_workspace}};
 }
 
@@ -297,6 +355,7 @@ std::string kernels_json() {
     std::vector<std::string> dirs;
     if (k->forward) dirs.push_back("fwd");
     if (k->backward) dirs.push_back("bwd");
+    if (k->forward_kvcache) dirs.push_back("kvcache");
     items.push_back(format("{\"id\":%d,\"name\":%s,\"directions\":%s,\"dtypes\":%s,\"head_dims\":[%d],\"features\":%s}", k->id,
                            json_quote(k->name).c_str(), json_strings(dirs).c_str(), k->dtypes, k->max_head_dim, k->features));
   }
@@ -316,11 +375,29 @@ FA_API int32_t fa_params_layout(int64_t* out, int32_t capacity) { return params_
 
 FA_API int32_t fa_kvcache_layout(int64_t* out, int32_t capacity) { return kvcache_layout(out, capacity); }
 
-// The same validation sentences as the CPU backend for what the struct alone shows; the kernels are a later step.
+// Validation (the struct, then the int32 arrays read back from the device), the path, then the shared preparation
+// (append, rotary) and the path's attention on p->stream. The path is chosen before anything is written, so a refused
+// request leaves the cache as it was. p->q points at the rotated queries while the kernels are queued and is restored
+// before returning: the caller's struct changes only in its out_* fields.
 FA_API int32_t fa_forward_kvcache(fa_kvcache_params* p) {
   return guard([&]() -> int32_t {
     if (int32_t status = report_first(check_kvcache_params(p, kGpuLimits))) return status;
-    return fail(FA_ERR_UNSUPPORTED, "KV-cache attention is not implemented on this backend yet: use the cpu backend");
+    DeviceCaps caps;
+    if (int32_t st = current_caps(&caps); st != FA_OK) return st;
+    if (int32_t st = check_kvcache_arrays(*p); st != FA_OK) return st;
+    std::vector<std::string> reasons;
+    const KernelPath* path = select_kvcache_path(*p, caps, reasons);
+    if (path == nullptr) return refuse(reasons);
+    const LaunchContext ctx = make_context(*p, &caps);
+    struct RestoreQ {
+      fa_kvcache_params* p;
+      fa_tensor q;
+      ~RestoreQ() { p->q = q; }
+    } restore{p, p->q};
+    p->out_kernel = path->id;
+    p->out_num_splits = 1;
+    if (int32_t st = kvcache_prepare(*p, ctx); st != FA_OK) return st;
+    return path->forward_kvcache(*p, ctx);
   });
 }
 

@@ -239,8 +239,10 @@ FA_API int32_t fa_last_error(char* buf, int64_t len);
 /* Self-description as one JSON object, copied into buf (NUL-terminated). Keys:
  *   backend ("cpu"|"cuda"|"hip"), version, abi, compiler, built_with ({"cuda": "13.0"} / {"hip": "5.2"} / {}),
  *   archs (list of compiled targets, e.g. ["sm_80","sm_90","compute_90"]; CPU: ["x86_64-avx2", "x86_64"]),
- *   kernels: [{id, name, directions: ["fwd","bwd"], dtypes, head_dims: [max or list], features: [...],
+ *   kernels: [{id, name, directions: ["fwd","bwd","kvcache"], dtypes, head_dims: [max or list], features: [...],
  *              min_arch?: "sm_80"}]
+ *   (directions lists what the path implements: "fwd" / "bwd" of fa_forward / fa_backward, "kvcache" when it also
+ *    serves fa_forward_kvcache; FLASHATTN_KERNEL=<name> forces that path for every one of them)
  * Returns FA_ERR_BUFFER_TOO_SMALL (after writing a truncated, still NUL-terminated prefix) if len is too small. */
 FA_API int32_t fa_info(char* buf, int64_t len);
 
@@ -271,8 +273,9 @@ FA_API int32_t fa_synchronize(void);
 
 /* Bytes the library holds now and the peak since the last reset: out[0] = current, out[1] = peak. Counts
  * fa_malloc and the library's own workspaces (split-KV partials, dQ accumulators, naive scores, the persistent
- * forward's tile counter). Those workspaces are one per device, shared by every stream: attention calls on different
- * streams of one device must not run at the same time (queue them on one stream, or synchronise in between). */
+ * forward's tile counter, the KV-cache call's rotated queries). Those workspaces are one per device, shared by every
+ * stream: attention calls on different streams of one device must not run at the same time (queue them on one stream,
+ * or synchronise in between). */
 FA_API int32_t fa_memory_stats(int64_t* out2);
 FA_API int32_t fa_reset_peak_memory(void);
 
@@ -286,7 +289,8 @@ FA_API int32_t fa_backward(fa_attn_params* p);
 
 /* KV-cache attention (see fa_kvcache_params): appends k_new / v_new into the cache in place, then writes O (and LSE
  * when p->lse != NULL). Validation reads the int32 arrays; an invalid call writes nothing. Fills p->out_kernel and
- * p->out_num_splits. The GPU libraries answer FA_ERR_UNSUPPORTED for now. */
+ * p->out_num_splits. The GPU libraries queue the work on p->stream (the int32 arrays are read back synchronously for
+ * validation first) and use the library workspaces (see fa_memory_stats). */
 FA_API int32_t fa_forward_kvcache(fa_kvcache_params* p);
 
 /* Which kernel would run for this request, without running it: a JSON object copied into buf,

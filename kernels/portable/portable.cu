@@ -7,17 +7,13 @@
 namespace fa {
 namespace portable {
 
-namespace {
-
 // 16-byte vector accesses need a 16-byte aligned base and strides that are multiples of 8 two-byte elements
-// (head_dim is a multiple of 8 on GPUs). Tensors that are not used (data == NULL) do not matter.
+// (head_dim is a multiple of 8 on GPUs).
 bool allows_vec16(const fa_tensor& t, bool varlen) {
   if (t.data == nullptr) return true;
   const bool strides_ok = t.row_stride % 8 == 0 && t.head_stride % 8 == 0 && (varlen || t.batch_stride % 8 == 0);
   return strides_ok && reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
 }
-
-}  // namespace
 
 Args make_args(const fa_attn_params& p) {
   const Resolved r = resolve(p);
@@ -78,9 +74,10 @@ bool path_supports(const fa_attn_params& p, const DeviceCaps&, int32_t, std::vec
 
 const std::vector<KernelPath>& portable_paths() {
   static const std::vector<KernelPath> paths = {
-      // One path for both directions: the dispatcher serves forward+backward requests (fa_bench, fa_plan "fwd+bwd")
-      // from a single path, and FLASHATTN_KERNEL=portable then forces both.
-      {100, "portable", portable::kFeatures, portable::kDtypes, 256, portable::path_supports, portable::forward, portable::backward},
+      // One path for both directions and the KV-cache attention: the dispatcher serves forward+backward requests
+      // (fa_bench, fa_plan "fwd+bwd") from a single path, and FLASHATTN_KERNEL=portable then forces all of them.
+      {100, "portable", portable::kFeatures, portable::kDtypes, 256, portable::path_supports, portable::forward, portable::backward,
+       nullptr, portable::supports_kvcache, portable::forward_kvcache},
   };
   return paths;
 }

@@ -93,7 +93,9 @@ struct ScoreMod {
   }
 };
 
-__device__ inline ScoreMod score_mod(const Args& a, const Seq& s, int b, int h) {
+// A: Args, or any argument block with the same score fields (the KV-cache kernel's KvArgs).
+template <typename A>
+__device__ inline ScoreMod score_mod(const A& a, const Seq& s, int b, int h) {
   ScoreMod m;
   m.scale = a.scale;
   m.softcap = a.softcap;
@@ -178,16 +180,22 @@ struct TileShape {
   static constexpr int chunks = D / 8;
 };
 
-template <typename T, int D, int ROWS, int THREADS>
-__device__ inline void load_tile(T* tile, const T* base, int64_t row_stride, int rows_valid, int head_dim, bool vec16) {
+// A tile whose rows lie anywhere: row_at(r) is the address of row r (a paged KV cache, GQA-packed queries).
+template <typename T, int D, int ROWS, int THREADS, typename RowAt>
+__device__ inline void load_tile_rows(T* tile, RowAt row_at, int rows_valid, int head_dim, bool vec16) {
   constexpr int chunks = TileShape<D>::chunks;
   const int live_chunks = head_dim / 8;
   for (int idx = threadIdx.x; idx < ROWS * chunks; idx += THREADS) {
     const int r = idx / chunks, c = idx % chunks;
     uint4 raw = make_uint4(0, 0, 0, 0);
-    if (r < rows_valid && c < live_chunks) raw = load8_global(base + r * row_stride + c * 8, vec16);
+    if (r < rows_valid && c < live_chunks) raw = load8_global(row_at(r) + c * 8, vec16);
     *reinterpret_cast<uint4*>(tile + r * TileShape<D>::stride + c * 8) = raw;
   }
+}
+
+template <typename T, int D, int ROWS, int THREADS>
+__device__ inline void load_tile(T* tile, const T* base, int64_t row_stride, int rows_valid, int head_dim, bool vec16) {
+  load_tile_rows<T, D, ROWS, THREADS>(tile, [&](int r) { return base + r * row_stride; }, rows_valid, head_dim, vec16);
 }
 
 template <typename T>
