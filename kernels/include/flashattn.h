@@ -164,7 +164,9 @@ typedef struct fa_attn_params {
  *     head_dim); block_table (batch, max_blocks) int32: token t of sequence b is row t % page_size of page
  *     block_table[b * max_blocks + t / page_size]; any page size from 1
  *   k_new / v_new (batch, seqlen_new, heads_kv, head_dim), or data NULL with seqlen_new 0
- *   cache_seqlens (batch,) int32, required: tokens already in the cache (counting the leftpad rows)
+ *   cache_seqlens (batch,) int32: tokens already in the cache (counting the leftpad rows). NULL = every sequence's
+ *     cache is full (flash-attn without cache_seqlens): capacity tokens, i.e. cache_rows (contiguous) or
+ *     max_blocks * page_size (paged); NULL is refused when seqlen_new > 0 (an append needs to know where to write)
  *   cache_leftpad (batch,) int32 or NULL: sequence b's keys start at cache token cache_leftpad[b]
  *   rotary_cos / rotary_sin (seqlen_rotary, rotary_dim / 2) contiguous, of the tensors' dtype; rotary_dim 0 = none
  * The call first writes k_new / v_new (k_new rotated) into the cache at tokens cache_seqlens[b] .. + seqlen_new - 1,
