@@ -11,31 +11,11 @@ import { referenceKvCache } from "../lib/kvcache_reference.ts";
 import { relativeError } from "../lib/reference.ts";
 import { fromFloat32, randomTensor, type Tensor, toFloat32 } from "../lib/tensor.ts";
 import { cli, runUsageError as usageError } from "./support/cli.ts";
+import { writeStep } from "./support/kvcache.ts";
 
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-kv-"));
 const tmp = (name: string) => path.join(scratch, name);
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
-
-/** A .safetensors file of float tensors and I32 arrays, written by hand (flashattn itself never writes I32). */
-function writeStep(file: string, floats: Record<string, Tensor>, ints: Record<string, { shape: number[]; data: Int32Array }>) {
-  const names = [...Object.keys(floats), ...Object.keys(ints)];
-  const header: Record<string, unknown> = {};
-  const chunks: Uint8Array[] = [];
-  let offset = 0;
-  for (const name of names) {
-    const f = floats[name], i = ints[name];
-    const data = f ? f.data : i.data;
-    const dtype = f ? { fp32: "F32", fp16: "F16", bf16: "BF16" }[f.dtype] : "I32";
-    header[name] = { dtype, shape: f ? f.shape : i.shape, data_offsets: [offset, offset + data.byteLength] };
-    chunks.push(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-    offset += data.byteLength;
-  }
-  const json = new TextEncoder().encode(JSON.stringify(header));
-  const head = new Uint8Array(8 + json.length);
-  new DataView(head.buffer).setBigUint64(0, BigInt(json.length), true);
-  head.set(json, 8);
-  fs.writeFileSync(file, Buffer.concat([head, ...chunks]));
-}
 
 describe("--decode flags", () => {
   test("a decode step: seqlen_q 1 by default, the cache length, pages, append, rotary", () => {

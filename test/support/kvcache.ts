@@ -1,8 +1,10 @@
 // The KV-cache cases as the CPU suite (test/kvcache.test.ts) and the GPU suite (test/gpu.test.ts) run them: a case
 // built into real tensors (a shuffled block table with spare pages, real rotary tables), checked against the fp64
 // reference (lib/kvcache_reference.ts) with O and LSE poisoned first; a decode loop on device buffers; and a call
-// through the C ABI with one field or array changed, which must be refused with one sentence and write nothing.
+// through the C ABI with one field or array changed, which must be refused with one sentence and write nothing; a step
+// file for the CLI.
 import { expect } from "bun:test";
+import fs from "node:fs";
 import type { KvCacheParams } from "../../ffi/layout.ts";
 import type { Backend, DeviceBuffer } from "../../lib/backend.ts";
 import { FlashAttnError } from "../../lib/errors.ts";
@@ -232,4 +234,25 @@ export function kvCallWith(backend: Backend, dtype: DType, mutate: (p: KvCachePa
     }
     return "accepted";
   });
+}
+
+/** A .safetensors file of float tensors and I32 arrays, written by hand (flashattn itself never writes I32). */
+export function writeStep(file: string, floats: Record<string, Tensor>, ints: Record<string, { shape: number[]; data: Int32Array }>) {
+  const names = [...Object.keys(floats), ...Object.keys(ints)];
+  const header: Record<string, unknown> = {};
+  const chunks: Uint8Array[] = [];
+  let offset = 0;
+  for (const name of names) {
+    const f = floats[name], i = ints[name];
+    const data = f ? f.data : i.data;
+    const dtype = f ? { fp32: "F32", fp16: "F16", bf16: "BF16" }[f.dtype] : "I32";
+    header[name] = { dtype, shape: f ? f.shape : i.shape, data_offsets: [offset, offset + data.byteLength] };
+    chunks.push(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    offset += data.byteLength;
+  }
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const head = new Uint8Array(8 + json.length);
+  new DataView(head.buffer).setBigUint64(0, BigInt(json.length), true);
+  head.set(json, 8);
+  fs.writeFileSync(file, Buffer.concat([head, ...chunks]));
 }
