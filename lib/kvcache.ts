@@ -3,6 +3,9 @@
 // cache_batch_idx and cache_leftpad are checked by the library, which reads them where they live), the
 // fa_kvcache_params of a problem over device buffers, and attentionWithKvCache() on host tensors.
 //
+// Which backend serves KV-cache calls is decided once by planKvCache (chooseBackend with a judge that reads fa_info's
+// "kvcache" kernels, fa_forward_kvcache having no fa_plan).
+//
 // Device use (a decode loop): describe once, keep q / k_new / the caches / the int32 arrays in device buffers, and
 // per step call backend.forwardKvcache(kvCacheParamsFor(problem, buffers)): the cache is updated where it lives.
 import { emptyView, type KvCacheParams } from "../ffi/layout.ts";

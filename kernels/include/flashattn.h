@@ -288,7 +288,8 @@ FA_API int32_t fa_backward(fa_attn_params* p);
 
 /* KV-cache attention (see fa_kvcache_params): appends k_new / v_new into the cache in place, then writes O (and LSE
  * when p->lse != NULL). Validation reads the int32 arrays; an invalid call writes nothing. Fills p->out_kernel and
- * p->out_num_splits. The GPU libraries answer FA_ERR_UNSUPPORTED for now. */
+ * p->out_num_splits. fa_info marks each kernel that serves this call with "kvcache" (in directions or features);
+ * FLASHATTN_KERNEL=<name> forces one of them on the GPU libraries. */
 FA_API int32_t fa_forward_kvcache(fa_kvcache_params* p);
 
 /* Which kernel would run for this request, without running it: a JSON object copied into buf,

@@ -52,7 +52,7 @@ for s in "$@"; do
     build) step build 420 bun kernels/build.ts cpu cuda --jobs 16 ;;
     tests) step tests 540 bash scripts/ci/test.sh test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;
     gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;  # carried libraries, no build
-    kvcache-tests) step kvcache-tests 420 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/kvcache.test.ts test/cli-kvcache.test.ts -t kvcache ;;
+    kvcache-tests) step kvcache-tests 420 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts -t kvcache ;;
     # memcheck on every kvcache path, racecheck on the cuda-* ones, the CLI as driver (logs in logs/kvcache-sanitize/)
     kvcache-sanitize) step kvcache-sanitize 580 bash scripts/device/kvcache-sanitize.sh ;;
     layouts) step layouts 120 bash -c "nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/check/wgmma_layouts.cu -o /tmp/wgmma_layouts && /tmp/wgmma_layouts" ;;
