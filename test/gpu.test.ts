@@ -186,12 +186,12 @@ for (const name of ["cuda", "hip"] as const) {
       ];
       for (const [what, mutate, sentence] of refusals) {
         test(what, () => {
-          const message = kvCallWith(backend, "bf16", mutate);
+          const message = kvCallWith(backend, "bf16", mutate, 128);
           expect(message).toContain(sentence);
           expect(message).not.toContain("\n");
         });
       }
-      test("a valid call after the refusals runs", () => expect(kvCallWith(backend, "bf16", () => {})).toBe("accepted"));
+      test("a valid call after the refusals runs", () => expect(kvCallWith(backend, "bf16", () => {}, 128)).toBe("accepted"));
     });
 
     test("CLI: run --decode plans cuda with auto, bf16, names the kernel that ran, and passes --check", () => {

@@ -194,6 +194,16 @@ describe("which backend serves KV-cache calls (pure rules over fa_info)", () => 
       "cuda-decode: no fp32 (it takes fp16, bf16)", "portable: no fp32 (it takes fp16, bf16)"]);
     expect(kvCacheRefusals({ kernels: [lib.kernels[0]] }, { dtype: "bf16", headDim: 96 })).toEqual(["cuda-decode: head_dim 96 is not among [64,128]"]);
   });
+  test("the judge's reasons reach the decision: a head_dim no kvcache kernel takes leaves no backend, saying why", () => {
+    let error: unknown;
+    try {
+      planKvCache({ dtype: "fp16", headDim: 512 }, { backend: "cpu", env: {} });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(FlashAttnError);
+    expect((error as FlashAttnError).message).toBe("no backend can run this: cpu: cpu_flash_fwd_avx2: head_dim 512 is not among [256]");
+  });
   test("the CPU library marks its forward kernels kvcache, so auto plans cpu here with a reason for each GPU", () => {
     const cpu = openBackend("cpu", { env: {} }).backend!;
     expect(kvCacheRefusals(cpu.info(), { dtype: "fp32", headDim: 256 })).toEqual([]);
