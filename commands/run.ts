@@ -424,8 +424,9 @@ Inputs: .npy files are C-order little-endian float32/float16 (bf16 as uint16 bit
 .safetensors files hold q, k, v (or --q-name/--k-name/--v-name), or one packed qkv tensor (batch, seqlen, 3, heads, d).
 Layout BSHD: q (batch, seqlen_q, heads_q, head_dim), k/v (batch, seqlen_k, heads_kv, head_dim).
 KV cache: a .safetensors --input holding k_cache runs flash_attn_with_kvcache on q, k_cache, v_cache and the optional
-k_new, v_new, rotary_cos, rotary_sin, cache_seqlens, block_table, cache_batch_idx, cache_leftpad (I32); --out (a
-.safetensors) then holds o, lse and, after an append, the updated k_cache / v_cache.
+k_new, v_new, rotary_cos, rotary_sin, cache_seqlens, block_table, cache_batch_idx, cache_leftpad (I32; without
+cache_seqlens every cache counts as full); --out (a .safetensors) then holds o, lse and, after an append, the updated
+k_cache / v_cache.
   $ flashattn run --decode --cache-len 4096 --page-size 16 --append 1 --rotary --heads-q 32 --heads-kv 8 --head-dim 128 --check`;
 
 /** Adds `run` to the program. */

@@ -13,7 +13,8 @@ export interface KvCacheTensors {
   vNew?: Tensor;
   rotaryCos?: Tensor;
   rotarySin?: Tensor;
-  cacheSeqlens: Int32Array;
+  /** Absent: every sequence's cache is full (flash-attn without cache_seqlens); an append then is refused. */
+  cacheSeqlens?: Int32Array;
   /** (batch, max_blocks) flattened. */
   blockTable?: Int32Array;
   cacheBatchIdx?: Int32Array;
@@ -38,10 +39,6 @@ export function readKvCacheTensors(file: SafetensorsFile): KvCacheTensors {
     return data;
   };
   const cacheSeqlens = ints("cache_seqlens", 1);
-  if (!cacheSeqlens) {
-    throw badFile(file.path, "holds k_cache but no cache_seqlens (I32, one length per sequence)",
-      "add cache_seqlens: the tokens already in each sequence's cache");
-  }
   return {
     q: file.read("q"), kCache: file.read("k_cache"), vCache: file.read("v_cache"), kNew: optional("k_new"),
     vNew: optional("v_new"), rotaryCos: optional("rotary_cos"), rotarySin: optional("rotary_sin"), cacheSeqlens,

@@ -3,14 +3,16 @@
 // cache_batch_idx and cache_leftpad are checked by the library, which reads them where they live), the
 // fa_kvcache_params of a problem over device buffers, and attentionWithKvCache() on host tensors.
 //
+// Which backend serves KV-cache calls is decided once by planKvCache (chooseBackend with a judge that reads fa_info's
+// "kvcache" kernels, fa_forward_kvcache having no fa_plan).
+//
 // Device use (a decode loop): describe once, keep q / k_new / the caches / the int32 arrays in device buffers, and
 // per step call backend.forwardKvcache(kvCacheParamsFor(problem, buffers)): the cache is updated where it lives.
 import { emptyView, type KvCacheParams } from "../ffi/layout.ts";
-import type { Backend, DeviceBuffer } from "./backend.ts";
+import type { Backend, DeviceBuffer, KernelInfo, LibraryInfo } from "./backend.ts";
 import { FlashAttnError } from "./errors.ts";
-import { describeAttempts, openBackend } from "./backend.ts";
 import { type AttentionSemantics, checkShape, describeProblem, type TensorShape } from "./problem.ts";
-import { type BackendChoice, contiguous, requestedBackend } from "./select.ts";
+import { type BackendChoice, type BackendDecision, chooseBackend, contiguous, noBackendError, type SelectOptions } from "./select.ts";
 import { type Tensor, tensor } from "./tensor.ts";
 import type { DType, KvCacheShape } from "./vocabulary.ts";
 
@@ -19,8 +21,10 @@ export interface KvCacheSemantics extends Omit<AttentionSemantics, "cuSeqlensQ" 
   /** (batch, seqlen_new, heads_kv, d): written into the cache at cacheSeqlens[b].. (rotated), then attended to. */
   kNew?: TensorShape;
   vNew?: TensorShape;
-  /** (batch,) tokens already in each sequence's cache, counting its leftpad rows. */
-  cacheSeqlens: Int32Array;
+  /** (batch,) tokens already in each sequence's cache, counting its leftpad rows. Absent: every cache is full (its
+   *  capacity: the contiguous rows, or max_blocks x page_size), as flash-attn reads a call without cache_seqlens;
+   *  an append (kNew) needs it. */
+  cacheSeqlens?: Int32Array;
   /** (batch, maxBlocks) row-major: a paged cache (kCache is (num_blocks, page_size, heads_kv, d)). */
   blockTable?: Int32Array;
   /** (batch,) which cache sequence serves each batch entry (contiguous caches only). */
@@ -85,7 +89,12 @@ export function describeKvCache(q: TensorShape, kCache: TensorShape, vCache: Ten
     ["cache_seqlens", opts.cacheSeqlens, batch], ["cache_batch_idx", opts.cacheBatchIdx, batch],
     ["cache_leftpad", opts.cacheLeftpad, batch],
   ];
-  if (!(opts.cacheSeqlens instanceof Int32Array)) throw bad("cache_seqlens must be given as an Int32Array of one length per sequence");
+  if (opts.cacheSeqlens !== undefined && !(opts.cacheSeqlens instanceof Int32Array)) {
+    throw bad("cache_seqlens must be given as an Int32Array of one length per sequence");
+  }
+  if (seqlenNew > 0 && !opts.cacheSeqlens) {
+    throw bad("appending needs cache_seqlens: without it every sequence's cache counts as full, leaving no room for k_new");
+  }
   for (const [name, a, length] of int32Arrays) {
     if (a && a.length !== length) throw bad(`${name} must hold ${length} int32 values (one per sequence), got ${a.length}`);
   }
@@ -121,6 +130,12 @@ export function describeKvCache(q: TensorShape, kCache: TensorShape, vCache: Ten
   };
 }
 
+/** Tokens each sequence's cache holds before the append: cacheSeqlens, or without it the capacity of a full cache. */
+export function cachedTokens(p: KvCacheProblem, cacheSeqlens: Int32Array | undefined): number[] {
+  const capacity = p.paged ? p.maxBlocks * p.cacheRows : p.cacheRows;
+  return cacheSeqlens ? Array.from(cacheSeqlens) : new Array<number>(p.batch).fill(capacity);
+}
+
 /** Device addresses of one call; the optional ones are 0n / absent when unused. */
 export interface KvCacheDeviceTensors {
   q: bigint;
@@ -128,7 +143,8 @@ export interface KvCacheDeviceTensors {
   vCache: bigint;
   o: bigint;
   lse: bigint;
-  cacheSeqlens: bigint;
+  /** Absent: every sequence's cache is full (no append). */
+  cacheSeqlens?: bigint;
   kNew?: bigint;
   vNew?: bigint;
   blockTable?: bigint;
@@ -146,7 +162,7 @@ export function kvCacheParamsFor(p: KvCacheProblem, t: KvCacheDeviceTensors, num
     headDim: p.headDim, causal: p.causal, windowLeft: p.window[0], windowRight: p.window[1], scale: p.scale,
     softcap: p.softcap, alibiMode: p.alibi, numSplits, cacheBatch: p.cacheBatch, cacheRows: p.cacheRows,
     maxBlocks: p.maxBlocks, rotaryDim: p.rotaryDim, seqlenRotary: p.seqlenRotary, rotaryInterleaved: p.rotaryInterleaved,
-    alibiSlopes: t.alibiSlopes ?? 0n, cacheSeqlens: t.cacheSeqlens, blockTable: t.blockTable ?? 0n,
+    alibiSlopes: t.alibiSlopes ?? 0n, cacheSeqlens: t.cacheSeqlens ?? 0n, blockTable: t.blockTable ?? 0n,
     cacheBatchIdx: t.cacheBatchIdx ?? 0n, cacheLeftpad: t.cacheLeftpad ?? 0n, rotaryCos: t.rotaryCos ?? 0n,
     rotarySin: t.rotarySin ?? 0n, stream: 0n,
     q: contiguous(t.q, p.seqlenQ, p.headsQ, p.headDim),
@@ -164,12 +180,61 @@ export interface KvCacheOptions extends KvCacheSemantics {
   vNew?: Tensor;
   rotaryCos?: Tensor;
   rotarySin?: Tensor;
-  /** Only the cpu backend implements KV-cache attention so far; "auto" means cpu. */
+  /** "auto": the first of cuda, hip, cpu whose library has a KV-cache kernel for the dtype and head_dim (planKvCache). */
   backend?: BackendChoice;
   libPath?: string;
+  /** The decision made before (run plans the dtype of a random step with it), used as it is. */
+  plan?: KvCachePlan;
   /** Split-KV count; 0 = the library's heuristic. */
   numSplits?: number;
+  /** Fill O and LSE with NaN before the call, so an element the kernel never wrote cannot pass a check. */
+  poison?: boolean;
   env?: Record<string, string | undefined>;
+}
+
+/** What a KV-cache decision depends on: the library's kernels must take this dtype and head_dim. */
+export type KvCacheNeed = Pick<KvCacheProblem, "dtype" | "headDim">;
+
+/** The decision for KV-cache calls of one dtype and head_dim: the backend, with every backend's verdict. */
+export interface KvCachePlan extends KvCacheNeed {
+  backend: Backend;
+  decisions: BackendDecision[];
+}
+
+/** The kernels fa_info marks as serving fa_forward_kvcache ("kvcache" among their directions or features). */
+export function kvCacheKernels(info: Pick<LibraryInfo, "kernels">): KernelInfo[] {
+  return info.kernels.filter((k) => k.directions?.includes("kvcache") || k.features?.includes("kvcache"));
+}
+
+/** Whether a kernel's fa_info head_dims ([max] or a list of sizes) take head_dim d. */
+function takesHeadDim(k: KernelInfo, d: number): boolean {
+  const dims = Array.isArray(k.head_dims) ? k.head_dims.filter((x): x is number => typeof x === "number") : [];
+  if (dims.length === 0) return true;
+  return dims.length === 1 ? d <= dims[0] : dims.includes(d);
+}
+
+/**
+ * Why a library cannot serve KV-cache calls of this dtype and head_dim, from its fa_info alone (fa_forward_kvcache
+ * has no fa_plan; the library still refuses at call time what its paths do not cover): empty when one of its
+ * KV-cache kernels takes both.
+ */
+export function kvCacheRefusals(info: Pick<LibraryInfo, "kernels">, need: KvCacheNeed): string[] {
+  const kernels = kvCacheKernels(info);
+  if (kernels.length === 0) return ["this library has no KV-cache kernel (fa_info marks none \"kvcache\")"];
+  const reasons: string[] = [];
+  for (const k of kernels) {
+    if (k.dtypes && !k.dtypes.includes(need.dtype)) reasons.push(`${k.name}: no ${need.dtype} (it takes ${k.dtypes.join(", ")})`);
+    else if (!takesHeadDim(k, need.headDim)) reasons.push(`${k.name}: head_dim ${need.headDim} is not among ${JSON.stringify(k.head_dims)}`);
+    else return [];
+  }
+  return reasons;
+}
+
+/** Decides once which backend serves KV-cache calls of this dtype and head_dim (lib/select.ts chooseBackend's rules). */
+export function planKvCache(need: KvCacheNeed, opts: SelectOptions = {}): KvCachePlan {
+  const decision = chooseBackend((backend) => ({ reasons: kvCacheRefusals(backend.info(), need) }), opts);
+  if (!decision.chosen) throw noBackendError(decision.decisions);
+  return { dtype: need.dtype, headDim: need.headDim, backend: decision.chosen, decisions: decision.decisions };
 }
 
 export interface KvCacheResult {
@@ -186,13 +251,13 @@ export interface KvCacheResult {
   ms: number;
 }
 
-/** The backend a KV-cache call runs on: the one asked for, where "auto" is cpu (the GPU kernels are a later step). */
-function kvCacheBackend(opts: KvCacheOptions): Backend {
-  const { choice } = requestedBackend({ backend: opts.backend, env: opts.env });
-  const name = choice === "auto" ? "cpu" : choice;
-  const { backend, attempts } = openBackend(name, { libPath: opts.libPath, env: opts.env });
-  if (!backend) throw new FlashAttnError("NO_BACKEND", `no ${name} library could be loaded: ${describeAttempts(attempts)}`);
-  return backend;
+/** The backend a KV-cache call runs on: the plan passed in (made for this dtype and head_dim), or a new decision. */
+function kvCacheBackend(problem: KvCacheProblem, opts: KvCacheOptions): Backend {
+  if (!opts.plan) return planKvCache(problem, opts).backend;
+  if (opts.plan.dtype !== problem.dtype || opts.plan.headDim !== problem.headDim) {
+    throw new FlashAttnError("INTERNAL", `a KV-cache plan for ${opts.plan.dtype} head_dim ${opts.plan.headDim} was passed to a ${problem.dtype} head_dim ${problem.headDim} call`);
+  }
+  return opts.plan.backend;
 }
 
 /**
@@ -201,7 +266,7 @@ function kvCacheBackend(opts: KvCacheOptions): Backend {
  */
 export async function attentionWithKvCache(q: Tensor, kCache: Tensor, vCache: Tensor, opts: KvCacheOptions): Promise<KvCacheResult> {
   const problem = describeKvCache(q, kCache, vCache, opts);
-  const backend = kvCacheBackend(opts);
+  const backend = kvCacheBackend(problem, opts);
   const buffers: DeviceBuffer[] = [];
   const upload = (host: ArrayBufferView) => {
     const b = backend.upload(host);
@@ -213,9 +278,10 @@ export async function attentionWithKvCache(q: Tensor, kCache: Tensor, vCache: Te
     const out = tensor(q.dtype, q.shape);
     const lse = new Float32Array(problem.batch * problem.headsQ * problem.seqlenQ);
     const o = upload(out.data), l = upload(lse), kc = upload(kCache.data), vc = upload(vCache.data);
+    if (opts.poison) for (const b of [o, l]) backend.fill(b, 0xff);
     const params = kvCacheParamsFor(problem, {
       q: upload(q.data).address, kCache: kc.address, vCache: vc.address, o: o.address, lse: l.address,
-      cacheSeqlens: upload(opts.cacheSeqlens).address, kNew: optional(opts.kNew?.data), vNew: optional(opts.vNew?.data),
+      cacheSeqlens: optional(opts.cacheSeqlens), kNew: optional(opts.kNew?.data), vNew: optional(opts.vNew?.data),
       blockTable: optional(opts.blockTable), cacheBatchIdx: optional(opts.cacheBatchIdx),
       cacheLeftpad: optional(opts.cacheLeftpad), rotaryCos: optional(opts.rotaryCos?.data),
       rotarySin: optional(opts.rotarySin?.data), alibiSlopes: optional(opts.alibiSlopes),

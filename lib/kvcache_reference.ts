@@ -33,6 +33,9 @@ export function referenceKvCache(q: Tensor, kCache: Tensor, vCache: Tensor, opts
   const cos = opts.rotaryCos ? toFloat32(opts.rotaryCos) : new Float32Array(0);
   const sin = opts.rotarySin ? toFloat32(opts.rotarySin) : new Float32Array(0);
   const round = (x: number) => roundTo(p.dtype, x);
+  // Tokens cached before the append; without cache_seqlens every sequence's cache is full.
+  const capacity = p.paged ? p.maxBlocks * p.cacheRows : p.cacheRows;
+  const cached = (b: number) => (opts.cacheSeqlens ? opts.cacheSeqlens[b] : capacity);
 
   // Element offset of (sequence b, cache token t, kv head h) in the caches.
   const cacheRow = (b: number, t: number, h: number) => {
@@ -45,7 +48,7 @@ export function referenceKvCache(q: Tensor, kCache: Tensor, vCache: Tensor, opts
   // 1. The append (k_new rotated to its absolute cache position).
   for (let b = 0; b < p.batch; b++) {
     for (let j = 0; j < p.seqlenNew; j++) {
-      const t = opts.cacheSeqlens[b] + j;
+      const t = cached(b) + j;
       for (let h = 0; h < p.headsKv; h++) {
         const src = ((b * p.seqlenNew + j) * p.headsKv + h) * d;
         let krow: Float64Array = Float64Array.from(kn.subarray(src, src + d));
@@ -66,7 +69,7 @@ export function referenceKvCache(q: Tensor, kCache: Tensor, vCache: Tensor, opts
   const lse = new Float64Array(p.batch * p.headsQ * p.seqlenQ);
   for (let b = 0; b < p.batch; b++) {
     const pad = opts.cacheLeftpad ? opts.cacheLeftpad[b] : 0;
-    const keys = opts.cacheSeqlens[b] + p.seqlenNew - pad;
+    const keys = cached(b) + p.seqlenNew - pad;
     const diag = keys - p.seqlenQ;
     for (let h = 0; h < p.headsQ; h++) {
       const kvh = Math.floor(h / group);
@@ -75,7 +78,7 @@ export function referenceKvCache(q: Tensor, kCache: Tensor, vCache: Tensor, opts
         const qBase = ((b * p.seqlenQ + i) * p.headsQ + h) * d;
         let qrow: Float64Array = Float64Array.from(qf.subarray(qBase, qBase + d));
         if (p.rotaryDim > 0) {
-          const position = opts.cacheSeqlens[b] + (consecutive ? i : 0);
+          const position = cached(b) + (consecutive ? i : 0);
           qrow = rotate(qrow, cos, sin, p.rotaryDim, position, p.rotaryInterleaved).map(round);
         }
         const lo = left >= 0 ? Math.max(0, i + diag - left) : 0;

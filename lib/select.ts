@@ -105,8 +105,22 @@ export function requestedBackend(opts: SelectOptions): { choice: BackendChoice; 
   return { choice: "auto" };
 }
 
-/** Checks one loaded backend against the request: a device, then a kernel that accepts it. */
-function evaluate(backend: Backend, request: AttnRequest): { reasons: string[]; kernel?: string } {
+/**
+ * Whether a loaded backend with a device can serve a call: the reasons it cannot (none when it can) and the kernel it
+ * would run. An attention request is judged by fa_plan; a KV-cache call (no fa_plan) brings its own (lib/kvcache.ts).
+ */
+export type KernelJudge = (backend: Backend) => { reasons: string[]; kernel?: string };
+
+function planJudge(request: AttnRequest): KernelJudge {
+  return (backend) => {
+    const plan = backend.plan(paramsFor(request, placeholders(request)), request.direction);
+    if (!plan.ok) return { reasons: plan.reasons.length ? plan.reasons : ["no kernel accepts this request"] };
+    return { reasons: [], kernel: plan.kernel.name };
+  };
+}
+
+/** Checks one loaded backend: a device, then the judge's verdict on its kernels. */
+function evaluate(backend: Backend, judge: KernelJudge): { reasons: string[]; kernel?: string } {
   let count: number;
   try {
     count = backend.deviceCount();
@@ -114,17 +128,16 @@ function evaluate(backend: Backend, request: AttnRequest): { reasons: string[]; 
     return { reasons: [(e as Error).message.replace(/^\w+: /, "")] };
   }
   if (count < 1) return { reasons: ["no device found"] };
-  const plan = backend.plan(paramsFor(request, placeholders(request)), request.direction);
-  if (!plan.ok) return { reasons: plan.reasons.length ? plan.reasons : ["no kernel accepts this request"] };
-  return { reasons: [], kernel: plan.kernel.name };
+  return judge(backend);
 }
 
 /**
  * Decides which backend serves `request`: preference cuda, hip, cpu; a backend the user named (--backend,
  * FLASHATTN_BACKEND) is the only candidate and the others are reported "disabled"; an explicit library
- * (--lib, FLASHATTN_LIB) is the only library considered. Every backend gets a verdict with its reasons.
+ * (--lib, FLASHATTN_LIB) is the only library considered. Every backend gets a verdict with its reasons. `request`: an
+ * attention request (fa_plan judges it), or the judge of another kind of call.
  */
-export function chooseBackend(request: AttnRequest, opts: SelectOptions = {}): {
+export function chooseBackend(request: AttnRequest | KernelJudge, opts: SelectOptions = {}): {
   chosen?: Backend;
   decisions: BackendDecision[];
   usable: Map<BackendName, Backend>;
@@ -134,6 +147,7 @@ export function chooseBackend(request: AttnRequest, opts: SelectOptions = {}): {
   const explicitLib = opts.libPath ?? env.FLASHATTN_LIB;
   const offers: (Omit<BackendDecision, "verdict"> & { disabled?: string })[] = [];
   const usable = new Map<BackendName, Backend>();
+  const judge = typeof request === "function" ? request : planJudge(request);
 
   if (explicitLib) {
     const { backend, attempts } = openBackend("cpu", { libPath: opts.libPath, env });
@@ -150,7 +164,7 @@ export function chooseBackend(request: AttnRequest, opts: SelectOptions = {}): {
         offers.push({ backend: name, disabled: `an explicit library was named (${explicitLib})`, reasons: [], attempts: [] });
         continue;
       }
-      const { reasons, kernel } = evaluate(backend, request);
+      const { reasons, kernel } = evaluate(backend, judge);
       if (reasons.length === 0) usable.set(name, backend);
       offers.push({ backend: name, reasons, kernel, library: backend.path, attempts });
     }
@@ -166,7 +180,7 @@ export function chooseBackend(request: AttnRequest, opts: SelectOptions = {}): {
         offers.push({ backend: name, reasons: [notLoadedReason(name, attempts)], attempts });
         continue;
       }
-      const { reasons, kernel } = evaluate(backend, request);
+      const { reasons, kernel } = evaluate(backend, judge);
       if (reasons.length === 0) usable.set(name, backend);
       offers.push({ backend: name, reasons, kernel, library: backend.path, attempts });
     }

@@ -4,7 +4,7 @@ import { attention, attentionFlops, type AttentionPlan, planAttention } from "..
 import { checkAgainstReference, type CheckResult } from "../lib/check.ts";
 import type { DType } from "../lib/vocabulary.ts";
 import packageJson from "../package.json" with { type: "json" };
-import { executeKvCacheRun, randomKvCacheStep, readKvCacheInput } from "./kvcache.ts";
+import { decodeStep, executeKvCacheRun, readKvCacheInput } from "./kvcache.ts";
 import { loadFiles, randomInputs, randomShapes, semanticsFor } from "./inputs.ts";
 import { checkOutputs, writeOutputs } from "./outputs.ts";
 import { checkRunLimits, planInputs, type RunPlan } from "./plan.ts";
@@ -25,9 +25,11 @@ export async function executeRun(plan: RunPlan, tell: (message: string) => void 
   // Refuse an output that cannot be written before spending any time on the run.
   if (plan.output) checkOutputs(plan.output, inputs);
 
-  const kvStep = plan.input.kind === "decode"
-    ? randomKvCacheStep(plan.input, plan.dtype === "auto" ? "fp32" : plan.dtype)
-    : readKvCacheInput(plan);
+  if (plan.input.kind === "decode") {
+    const { step, decided } = decodeStep(plan, plan.input);
+    return executeKvCacheRun(plan, step, inputs, tell, decided);
+  }
+  const kvStep = readKvCacheInput(plan);
   if (kvStep) return executeKvCacheRun(plan, kvStep, inputs, tell);
 
   const random = plan.input.kind === "random" ? plan.input : undefined;

@@ -4,7 +4,7 @@
 import { attentionFlops } from "../lib/attention.ts";
 import { checkKvCacheAgainstReference } from "../lib/check.ts";
 import { FlashAttnError } from "../lib/errors.ts";
-import { attentionWithKvCache, describeKvCache, type KvCacheOptions } from "../lib/kvcache.ts";
+import { attentionWithKvCache, cachedTokens, describeKvCache, type KvCacheOptions, type KvCachePlan, planKvCache } from "../lib/kvcache.ts";
 import { fromFloat32, randomTensor, rng, type Tensor, tensor, toFloat32 } from "../lib/tensor.ts";
 import type { DType } from "../lib/vocabulary.ts";
 import { writeFilesAtomic } from "../formats/atomic.ts";
@@ -82,28 +82,39 @@ export function randomKvCacheStep(input: Extract<RunPlan["input"], { kind: "deco
   return step;
 }
 
-/** Runs, checks and writes a KV-cache step as `plan` says. */
+/**
+ * The random step of --decode and the backend that runs it. With dtype "auto" the backend is decided for bf16 (which
+ * every backend reads), then the step is generated in fp32 where the CPU serves it, as for a plain random problem.
+ */
+export function decodeStep(plan: RunPlan, input: Extract<RunPlan["input"], { kind: "decode" }>): { step: KvCacheTensors; decided: KvCachePlan } {
+  const decided = planKvCache({ dtype: plan.dtype === "auto" ? "bf16" : plan.dtype, headDim: input.shape.headDim }, plan);
+  const dtype = plan.dtype !== "auto" ? plan.dtype : decided.backend.name === "cpu" ? "fp32" : "bf16";
+  return { step: randomKvCacheStep(input, dtype), decided: { ...decided, dtype } };
+}
+
+/** Runs, checks and writes a KV-cache step as `plan` says, on the backend decided before (--decode) or decided here. */
 export async function executeKvCacheRun(
   plan: RunPlan,
   step: KvCacheTensors,
   inputs: readonly string[],
   tell: (message: string) => void,
+  decidedBefore?: KvCachePlan,
 ): Promise<RunResult> {
   if (plan.output && (plan.output.format !== "safetensors" || plan.output.lse.kind === "npy")) {
     throw new FlashAttnError("USAGE", "a KV-cache run writes o, lse and the updated caches to one .safetensors --out",
       "e.g. --out step_out.safetensors");
   }
   const { q, kCache, vCache, ...arrays } = step;
-  const options: KvCacheOptions = {
-    ...semanticsFor(plan, q.shape[0], q.shape[2]), ...arrays, rotaryInterleaved: plan.rotaryInterleaved,
-    backend: plan.backend, libPath: plan.libPath,
-  };
-  const problem = describeKvCache(q, kCache, vCache, options);
-  const keys = Math.max(...Array.from(step.cacheSeqlens, (n, b) => n + problem.seqlenNew - (step.cacheLeftpad?.[b] ?? 0)), 0);
+  const semantics: KvCacheOptions = { ...semanticsFor(plan, q.shape[0], q.shape[2]), ...arrays, rotaryInterleaved: plan.rotaryInterleaved };
+  const problem = describeKvCache(q, kCache, vCache, semantics);
+  const cached = cachedTokens(problem, step.cacheSeqlens);
+  const keys = Math.max(...cached.map((n, b) => n + problem.seqlenNew - (step.cacheLeftpad?.[b] ?? 0)), 0);
   const shape = { batch: problem.batch, seqlenQ: problem.seqlenQ, seqlenK: keys, headsQ: problem.headsQ, headsKv: problem.headsKv, headDim: problem.headDim };
   checkRunLimits(shape, { check: plan.check, random: false });
 
-  tell(`running the KV-cache step on ${plan.backend === "auto" ? "cpu" : plan.backend}…`);
+  const decided = decidedBefore ?? planKvCache(problem, plan);
+  const options: KvCacheOptions = { ...semantics, plan: decided };
+  tell(`running the KV-cache step on ${decided.backend.name}…`);
   const result = await attentionWithKvCache(q, kCache, vCache, options);
   let check = null;
   if (plan.check) {
@@ -126,9 +137,9 @@ export async function executeKvCacheRun(
     check,
     outputs,
     defaultProblem: false,
-    decisions: [],
+    decisions: decided.decisions,
     kvcache: {
-      cached: Array.from(step.cacheSeqlens),
+      cached,
       appended: problem.seqlenNew,
       pageSize: problem.paged ? problem.cacheRows : null,
       rotary: problem.rotaryDim === 0 ? "none" : problem.rotaryInterleaved ? "gpt-j" : "gpt-neox",

@@ -11,31 +11,11 @@ import { referenceKvCache } from "../lib/kvcache_reference.ts";
 import { relativeError } from "../lib/reference.ts";
 import { fromFloat32, randomTensor, type Tensor, toFloat32 } from "../lib/tensor.ts";
 import { cli, runUsageError as usageError } from "./support/cli.ts";
+import { writeStep } from "./support/kvcache.ts";
 
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-kv-"));
 const tmp = (name: string) => path.join(scratch, name);
 afterAll(() => fs.rmSync(scratch, { recursive: true, force: true }));
-
-/** A .safetensors file of float tensors and I32 arrays, written by hand (flashattn itself never writes I32). */
-function writeStep(file: string, floats: Record<string, Tensor>, ints: Record<string, { shape: number[]; data: Int32Array }>) {
-  const names = [...Object.keys(floats), ...Object.keys(ints)];
-  const header: Record<string, unknown> = {};
-  const chunks: Uint8Array[] = [];
-  let offset = 0;
-  for (const name of names) {
-    const f = floats[name], i = ints[name];
-    const data = f ? f.data : i.data;
-    const dtype = f ? { fp32: "F32", fp16: "F16", bf16: "BF16" }[f.dtype] : "I32";
-    header[name] = { dtype, shape: f ? f.shape : i.shape, data_offsets: [offset, offset + data.byteLength] };
-    chunks.push(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-    offset += data.byteLength;
-  }
-  const json = new TextEncoder().encode(JSON.stringify(header));
-  const head = new Uint8Array(8 + json.length);
-  new DataView(head.buffer).setBigUint64(0, BigInt(json.length), true);
-  head.set(json, 8);
-  fs.writeFileSync(file, Buffer.concat([head, ...chunks]));
-}
 
 describe("--decode flags", () => {
   test("a decode step: seqlen_q 1 by default, the cache length, pages, append, rotary", () => {
@@ -62,12 +42,17 @@ describe("--decode flags", () => {
 describe("flashattn run on KV-cache steps", () => {
   test("--decode --page-size --append --rotary --check passes and reports the cache", () => {
     const r = cli(["run", "--decode", "--cache-len", "70", "--page-size", "16", "--append", "3", "--rotary", "--rotary-interleaved",
-      "--seqlen-q", "3", "--causal", "--heads-q", "4", "--heads-kv", "2", "--head-dim", "32", "--check", "--json"]);
+      "--seqlen-q", "3", "--causal", "--heads-q", "4", "--heads-kv", "2", "--head-dim", "32", "--check", "--json", "--backend", "cpu"]);
     expect(r.code).toBe(0);
     const doc = JSON.parse(r.stdout);
     expect(doc.ok).toBe(true);
     expect(doc.check.pass).toBe(true);
     expect(doc.kvcache).toEqual({ cached: [70], appended: 3, pageSize: 16, rotary: "gpt-j" });
+    // The kernel that ran, by its fa_info name; the decision that chose the backend, with every backend's verdict.
+    expect(doc.backend).toBe("cpu");
+    expect(doc.kernel).toMatch(/^cpu_flash_fwd_(avx2|portable)$/);
+    expect(doc.decisions.map((d: { backend: string; verdict: string }) => [d.backend, d.verdict]))
+      .toEqual([["cuda", "disabled"], ["hip", "disabled"], ["cpu", "chosen"]]);
     expect(doc.shape.seqlenK).toBe(73);
   });
 
@@ -98,16 +83,41 @@ describe("flashattn run on KV-cache steps", () => {
     }
   });
 
+  test("--input without cache_seqlens: every cache is full (flash-attn's reading), checked and reported", () => {
+    const q = randomTensor("fp32", [2, 3, 4, 16], 11), kCache = randomTensor("fp32", [7, 5, 2, 16], 12);
+    const vCache = randomTensor("fp32", [7, 5, 2, 16], 13);
+    const blockTable = Int32Array.from([6, 1, 4, 0, 2, 5]), cacheLeftpad = Int32Array.from([0, 4]);
+    const input = tmp("full.safetensors"), out = tmp("full_out.safetensors");
+    writeStep(input, { q, k_cache: kCache, v_cache: vCache },
+      { block_table: { shape: [2, 3], data: blockTable }, cache_leftpad: { shape: [2], data: cacheLeftpad } });
+    const r = cli(["run", "--input", input, "--causal", "--check", "--json", "--out", out]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.check.pass).toBe(true);
+    expect(doc.kvcache).toEqual({ cached: [15, 15], appended: 0, pageSize: 5, rotary: "none" });
+    expect(doc.shape.seqlenK).toBe(15); // the longest sequence: 15 keys (the other has 15 - 4 after its leftpad)
+    const ref = referenceKvCache(q, kCache, vCache, { blockTable, cacheLeftpad, causal: true });
+    const file = openSafetensors(out);
+    try {
+      expect([...file.entries.keys()].sort()).toEqual(["lse", "o"]);
+      expect(relativeError(toFloat32(file.read("o")), ref.out)).toBeLessThan(1e-5);
+    } finally {
+      file.close();
+    }
+  });
+
   test("bad steps: one line, exit 2", () => {
     const q = randomTensor("fp32", [1, 1, 2, 8], 1), kc = randomTensor("fp32", [1, 4, 2, 8], 2);
-    const noLengths = tmp("no_lengths.safetensors");
-    writeStep(noLengths, { q, k_cache: kc, v_cache: kc }, {});
+    const appendNoLengths = tmp("append_no_lengths.safetensors");
+    const kNew = randomTensor("fp32", [1, 1, 2, 8], 3);
+    writeStep(appendNoLengths, { q, k_cache: kc, v_cache: kc, k_new: kNew, v_new: kNew }, {});
     const overfull = tmp("overfull.safetensors");
     writeStep(overfull, { q, k_cache: kc, v_cache: kc }, { cache_seqlens: { shape: [1], data: Int32Array.from([5]) } });
     const floatLengths = tmp("float_lengths.safetensors");
     writeStep(floatLengths, { q, k_cache: kc, v_cache: kc, cache_seqlens: fromFloat32("fp32", [1], [3]) }, {});
     for (const [file, message] of [
-      [noLengths, "holds k_cache but no cache_seqlens"],
+      [appendNoLengths, "appending needs cache_seqlens: without it every sequence's cache counts as full"],
       [overfull, "sequence 0 holds 5 cached tokens plus 0 new ones, more than the cache's 4 per sequence"],
       [floatLengths, "tensor 'cache_seqlens' has dtype F32, but it holds indices: I32 is read"],
     ]) {

@@ -3,122 +3,13 @@
 // cross page boundaries, cache_batch_idx, leftpad, rotary both ways, causal / window with seqlen_q > 1, GQA / MQA,
 // softcap, ALiBi, forced split-KV; then every validation sentence through the C ABI and through the API.
 import { describe, expect, test } from "bun:test";
-import { type KvCacheParams, compareKvcacheLayout, expectedKvcacheLayout } from "../ffi/layout.ts";
-import { type Backend, type DeviceBuffer, openBackend } from "../lib/backend.ts";
+import { compareKvcacheLayout, expectedKvcacheLayout, type KvCacheParams } from "../ffi/layout.ts";
+import { type Backend, openBackend } from "../lib/backend.ts";
 import { FlashAttnError } from "../lib/errors.ts";
-import { attentionWithKvCache, describeKvCache, type KvCacheOptions, kvCacheParamsFor } from "../lib/kvcache.ts";
-import { referenceKvCache } from "../lib/kvcache_reference.ts";
+import { attentionWithKvCache, describeKvCache, type KvCacheOptions, kvCacheParamsFor, kvCacheRefusals, planKvCache } from "../lib/kvcache.ts";
 import { standardAlibiSlopes } from "../lib/problem.ts";
-import { relativeError } from "../lib/reference.ts";
-import { type DType, fromFloat32, randomTensor, rng, type Tensor, toFloat32 } from "../lib/tensor.ts";
-
-interface Case {
-  name: string;
-  dtype?: DType;
-  b: number;
-  sq: number;
-  hq: number;
-  hkv: number;
-  d: number;
-  /** Tokens already cached per sequence. */
-  seqlens: number[];
-  append?: number;
-  /** Contiguous capacity, or (paged) the tokens each sequence's block table row covers. */
-  capacity: number;
-  pageSize?: number;
-  leftpad?: number[];
-  batchIdx?: number[];
-  /** Extra cache sequences (contiguous) so cache_batch_idx has somewhere else to point. */
-  cacheBatch?: number;
-  rotary?: { dim: number; interleaved: boolean };
-  numSplits?: number;
-  opts?: Pick<KvCacheOptions, "causal" | "window" | "softcap" | "alibiSlopes">;
-}
-
-/** Real rotary tables (theta_i = 10000^(-2i / dim)) for positions 0 .. rows - 1. */
-function rotaryTables(dtype: DType, rows: number, dim: number): { cos: Tensor; sin: Tensor } {
-  const half = dim / 2, c = new Float32Array(rows * half), s = new Float32Array(rows * half);
-  for (let t = 0; t < rows; t++) {
-    for (let i = 0; i < half; i++) {
-      const angle = t * 10000 ** (-2 * i / dim);
-      c[t * half + i] = Math.cos(angle);
-      s[t * half + i] = Math.sin(angle);
-    }
-  }
-  return { cos: fromFloat32(dtype, [rows, half], c), sin: fromFloat32(dtype, [rows, half], s) };
-}
-
-function build(c: Case, seed: number) {
-  const dtype = c.dtype ?? "fp32";
-  const next = rng(seed ^ 0x5eed);
-  const q = randomTensor(dtype, [c.b, c.sq, c.hq, c.d], seed);
-  const opts: KvCacheOptions = { backend: "cpu", cacheSeqlens: Int32Array.from(c.seqlens), numSplits: c.numSplits, ...c.opts };
-  let cacheShape: number[];
-  if (c.pageSize) {
-    const maxBlocks = Math.ceil(c.capacity / c.pageSize);
-    const pages = c.b * maxBlocks + 3; // spare pages no sequence names
-    const order = Array.from({ length: pages }, (_, i) => i);
-    for (let i = pages - 1; i > 0; i--) {
-      const j = Math.floor(next() * (i + 1));
-      [order[i], order[j]] = [order[j], order[i]];
-    }
-    opts.blockTable = Int32Array.from(order.slice(0, c.b * maxBlocks));
-    cacheShape = [pages, c.pageSize, c.hkv, c.d];
-  } else {
-    cacheShape = [c.cacheBatch ?? c.b, c.capacity, c.hkv, c.d];
-  }
-  const kCache = randomTensor(dtype, cacheShape, seed + 1), vCache = randomTensor(dtype, cacheShape, seed + 2);
-  if (c.append) {
-    opts.kNew = randomTensor(dtype, [c.b, c.append, c.hkv, c.d], seed + 3);
-    opts.vNew = randomTensor(dtype, [c.b, c.append, c.hkv, c.d], seed + 4);
-  }
-  if (c.leftpad) opts.cacheLeftpad = Int32Array.from(c.leftpad);
-  if (c.batchIdx) opts.cacheBatchIdx = Int32Array.from(c.batchIdx);
-  if (c.rotary) {
-    const { cos, sin } = rotaryTables(dtype, c.capacity, c.rotary.dim); // a position for every cache token
-    Object.assign(opts, { rotaryCos: cos, rotarySin: sin, rotaryInterleaved: c.rotary.interleaved });
-  }
-  return { q, kCache, vCache, opts };
-}
-
-/** Runs `body` with an upload function; every buffer it uploaded is freed afterwards, whatever happens. */
-function withBuffers<T>(backend: Backend, body: (up: (a: ArrayBufferView) => DeviceBuffer) => T): T {
-  const buffers: DeviceBuffer[] = [];
-  try {
-    return body((a) => {
-      const b = backend.upload(a);
-      buffers.push(b);
-      return b;
-    });
-  } finally {
-    for (const b of buffers) backend.free(b);
-  }
-}
-
-const bitsOf = (t: Tensor) => Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-
-async function check(c: Case) {
-  const seed = (Date.now() ^ (Math.random() * 2 ** 31)) >>> 0;
-  const { q, kCache, vCache, opts } = build(c, seed);
-  const before = [Buffer.from(bitsOf(kCache)), Buffer.from(bitsOf(vCache))];
-  const got = await attentionWithKvCache(q, kCache, vCache, opts);
-  const ref = referenceKvCache(q, kCache, vCache, opts);
-  const where = `${c.name} (seed ${seed})`;
-  const limit = (c.dtype ?? "fp32") === "fp32" ? 1e-5 : 1e-2;
-  expect([where, relativeError(toFloat32(got.out), ref.out) <= limit]).toEqual([where, true]);
-  const lseGot = Array.from(got.lse), lseRef = Array.from(ref.lse);
-  expect([where, lseGot.map((x) => x === Infinity)]).toEqual([where, lseRef.map((x) => x === Infinity)]);
-  expect([where, relativeError(lseGot.map((x) => (x === Infinity ? 0 : x)), lseRef.map((x) => (x === Infinity ? 0 : x))) <= limit])
-    .toEqual([where, true]);
-  // Without rotary the append is a copy: the caches must match bit for bit (every row outside the append too).
-  if (!c.rotary) expect([where, bitsOf(got.kCache).equals(bitsOf(ref.kCache))]).toEqual([where, true]);
-  else expect([where, relativeError(toFloat32(got.kCache), toFloat32(ref.kCache)) <= limit / 10]).toEqual([where, true]);
-  expect([where, bitsOf(got.vCache).equals(bitsOf(ref.vCache))]).toEqual([where, true]);
-  // The host API returns updated copies; the caller's caches are untouched.
-  expect(bitsOf(kCache).equals(before[0]) && bitsOf(vCache).equals(before[1])).toBe(true);
-  if (c.numSplits) expect(got.numSplits).toBe(c.numSplits);
-  return got;
-}
+import { randomTensor } from "../lib/tensor.ts";
+import { checkDecodeLoop, checkKvCase, type KvArrays, type KvCase as Case, kvCallWith } from "./support/kvcache.ts";
 
 const cases: Case[] = [
   { name: "decode, contiguous, MHA", b: 2, sq: 1, hq: 4, hkv: 4, d: 32, seqlens: [37, 100], capacity: 128 },
@@ -139,48 +30,20 @@ const cases: Case[] = [
   { name: "split-KV forced, more splits than blocks, window", b: 2, sq: 1, hq: 2, hkv: 1, d: 16, seqlens: [150, 3], capacity: 160, numSplits: 13, opts: { window: [40, 0] } },
   { name: "empty cache, no append (O = 0, LSE = +inf)", b: 1, sq: 2, hq: 2, hkv: 1, d: 8, seqlens: [0], capacity: 8 },
   { name: "bf16, paged 16, rotary NeoX, append", dtype: "bf16", b: 2, sq: 2, hq: 4, hkv: 1, d: 64, seqlens: [30, 47], append: 2, capacity: 64, pageSize: 16, rotary: { dim: 64, interleaved: false }, opts: { causal: true } },
+  { name: "no cache_seqlens: every cache full, paged 16, leftpad, causal", b: 2, sq: 3, hq: 4, hkv: 2, d: 32, seqlens: [], full: true, capacity: 48, pageSize: 16, leftpad: [5, 0], opts: { causal: true } },
+  { name: "no cache_seqlens: contiguous, rotary GPT-J from the capacity, causal", b: 2, sq: 2, hq: 2, hkv: 1, d: 16, seqlens: [], full: true, capacity: 40, rotary: { dim: 16, interleaved: true }, opts: { causal: true } },
   { name: "fp16, GQA, split 3", dtype: "fp16", b: 1, sq: 1, hq: 8, hkv: 2, d: 128, seqlens: [500], append: 1, capacity: 512, numSplits: 3 },
 ];
 
 describe("CPU KV-cache attention vs the fp64 reference", () => {
-  for (const c of cases) test(c.name, () => check(c).then(() => {}));
+  for (const c of cases) test(c.name, () => checkKvCase(c).then(() => {}));
 });
 
 describe("CPU KV-cache on device buffers (a decode loop)", () => {
   test("three steps append into the same cache buffers and match three reference steps", () => {
     const backend = openBackend("cpu", { env: {} }).backend!;
-    const seed = 4242;
     const c: Case = { name: "loop", b: 2, sq: 1, hq: 4, hkv: 2, d: 16, seqlens: [5, 9], append: 1, capacity: 32, pageSize: 4, rotary: { dim: 16, interleaved: false }, opts: { causal: true } };
-    const first = build(c, seed);
-    withBuffers(backend, (up) => {
-      const kc = up(first.kCache.data), vc = up(first.vCache.data);
-      const seqlens = up(first.opts.cacheSeqlens), table = up(first.opts.blockTable!);
-      const cos = up(first.opts.rotaryCos!.data), sin = up(first.opts.rotarySin!.data);
-      let kHost = first.kCache, vHost = first.vCache;
-      const lens = Int32Array.from(c.seqlens);
-      for (let step = 0; step < 3; step++) {
-        const q = randomTensor("fp32", [2, 1, 4, 16], seed + 10 * step);
-        const kNew = randomTensor("fp32", [2, 1, 2, 16], seed + 10 * step + 1), vNew = randomTensor("fp32", [2, 1, 2, 16], seed + 10 * step + 2);
-        const opts: KvCacheOptions = { ...first.opts, cacheSeqlens: Int32Array.from(lens), kNew, vNew };
-        const problem = describeKvCache(q, kHost, vHost, opts);
-        const o = up(new Float32Array(q.data.length)), lse = up(new Float32Array(8));
-        backend.copy(seqlens, up(opts.cacheSeqlens), 8);
-        backend.forwardKvcache(kvCacheParamsFor(problem, {
-          q: up(q.data).address, kCache: kc.address, vCache: vc.address, o: o.address, lse: lse.address,
-          cacheSeqlens: seqlens.address, kNew: up(kNew.data).address, vNew: up(vNew.data).address,
-          blockTable: table.address, rotaryCos: cos.address, rotarySin: sin.address,
-        }));
-        const ref = referenceKvCache(q, kHost, vHost, opts);
-        const out = new Float32Array(q.data.length);
-        backend.download(o, out);
-        expect(relativeError(out, ref.out)).toBeLessThan(1e-5);
-        [kHost, vHost] = [ref.kCache, ref.vCache];
-        for (let b = 0; b < 2; b++) lens[b]++;
-      }
-      const kDevice = new Float32Array(kHost.data.length);
-      backend.download(kc, kDevice);
-      expect(relativeError(kDevice, toFloat32(kHost))).toBeLessThan(1e-6);
-    });
+    expect(checkDecodeLoop(backend, c, 3, 4242)).toHaveLength(3);
   });
 });
 
@@ -196,47 +59,23 @@ describe("fa_kvcache_params layout", () => {
 
 describe("fa_forward_kvcache refuses bad input with one sentence and writes nothing", () => {
   const backend: Backend = openBackend("cpu", { env: {} }).backend!;
-  // A valid paged problem with an append: 2 sequences, pages of 4, 3 blocks each, 8 pages.
-  const seed = 99;
-  const base: Case = { name: "bad", b: 2, sq: 2, hq: 4, hkv: 2, d: 8, seqlens: [5, 2], append: 2, capacity: 12, pageSize: 4, rotary: { dim: 4, interleaved: false }, opts: { causal: true } };
-
-  function callWith(mutate: (p: KvCacheParams, arrays: { seqlens: Int32Array; table: Int32Array; leftpad: Int32Array; batchIdx: Int32Array }) => void): string {
-    const { q, kCache, vCache, opts } = build(base, seed);
-    const problem = describeKvCache(q, kCache, vCache, opts);
-    const arrays = { seqlens: Int32Array.from(opts.cacheSeqlens), table: Int32Array.from(opts.blockTable!), leftpad: new Int32Array(2), batchIdx: new Int32Array(2) };
-    return withBuffers(backend, (up) => {
-      const kc = up(kCache.data);
-      const params = kvCacheParamsFor(problem, {
-        q: up(q.data).address, kCache: kc.address, vCache: up(vCache.data).address, o: up(new Float32Array(q.data.length)).address,
-        lse: up(new Float32Array(16)).address, cacheSeqlens: 0n, kNew: up(opts.kNew!.data).address, vNew: up(opts.vNew!.data).address,
-        blockTable: 0n, rotaryCos: up(opts.rotaryCos!.data).address, rotarySin: up(opts.rotarySin!.data).address,
-      });
-      mutate(params, arrays);
-      // The arrays are uploaded after the mutation; a test that clears a pointer sets it to 0n, which stays.
-      const fill = (field: "cacheSeqlens" | "blockTable" | "cacheLeftpad" | "cacheBatchIdx", a: Int32Array, always: boolean) => {
-        if (params[field] === 1n || (always && params[field] === 0n)) params[field] = up(a).address;
-      };
-      if (params.cacheSeqlens !== -1n) fill("cacheSeqlens", arrays.seqlens, true);
-      else params.cacheSeqlens = 0n;
-      if (params.blockTable !== -1n) fill("blockTable", arrays.table, true);
-      else params.blockTable = 0n;
-      fill("cacheLeftpad", arrays.leftpad, false);
-      fill("cacheBatchIdx", arrays.batchIdx, false);
-      try {
-        backend.forwardKvcache(params);
-      } catch (e) {
-        expect(e).toBeInstanceOf(FlashAttnError);
-        // Nothing was appended: the cache is as it was.
-        const after = new Float32Array(kCache.data.length);
-        backend.download(kc, after);
-        expect(Buffer.from(after.buffer).equals(Buffer.from(kCache.data.buffer))).toBe(true);
-        return (e as Error).message;
-      }
-      return "accepted";
-    });
-  }
+  // cache_seqlens NULL and no k_new / v_new: the calls flash-attn makes without cache_seqlens.
+  const noAppend = (p: KvCacheParams) => {
+    p.cacheSeqlens = -1n;
+    p.seqlenNew = 0;
+    p.kNew = { ...p.kNew, data: 0n };
+    p.vNew = { ...p.vNew, data: 0n };
+  };
+  const noRotary = (p: KvCacheParams) => Object.assign(p, { rotaryDim: 0, rotaryCos: 0n, rotarySin: 0n, seqlenRotary: 0 });
+  const callWith = (mutate: (p: KvCacheParams, arrays: KvArrays) => void) => kvCallWith(backend, "fp32", mutate);
 
   test("the valid base problem runs", () => expect(callWith(() => {})).toBe("accepted"));
+  test("cache_seqlens NULL without an append runs (every cache full)", () => {
+    expect(callWith((p) => {
+      noAppend(p);
+      noRotary(p);
+    })).toBe("accepted");
+  });
   const refusals: Array<[string, Parameters<typeof callWith>[0], string]> = [
     ["block_table entry out of range", (_, a) => void (a.table[3] = 9), "block_table[1][0] = 9 is outside the cache's 9 pages"],
     ["negative block_table entry", (_, a) => void (a.table[0] = -1), "block_table[0][0] = -1 is outside"],
@@ -255,7 +94,19 @@ describe("fa_forward_kvcache refuses bad input with one sentence and writes noth
       p.blockTable = -1n; p.maxBlocks = 0; p.cacheRows = 4; a.batchIdx[1] = 9; p.cacheBatchIdx = 1n; p.seqlenNew = 0;
       p.kNew = { ...p.kNew, data: 0n }; p.vNew = { ...p.vNew, data: 0n }; a.seqlens[0] = 1; a.seqlens[1] = 1;
     }, "cache_batch_idx[1] = 9 is outside the cache's 9 sequences"],
-    ["cache_seqlens NULL", (p) => void (p.cacheSeqlens = -1n), "cache_seqlens is NULL"],
+    ["cache_seqlens NULL with an append", (p) => void (p.cacheSeqlens = -1n), "appending needs cache_seqlens: without it every sequence's cache counts as full"],
+    ["cache_seqlens NULL, no append: every cache full, all 3 block_table columns read", (p, a) => {
+      noAppend(p);
+      noRotary(p);
+      a.table[5] = 9;
+    }, "block_table[1][2] = 9 is outside the cache's 9 pages"],
+    ["cache_seqlens NULL, no append: rotary positions run from the capacity", noAppend,
+      "the rotary tables have 12 rows, but sequence 0 needs positions up to 13"],
+    ["cache_seqlens NULL, no append: leftpad up to the capacity", (p, a) => {
+      noAppend(p);
+      a.leftpad[0] = 13;
+      p.cacheLeftpad = 1n;
+    }, "cache_leftpad[0] = 13 is outside 0..the cache's capacity = 12"],
     ["k_new without v_new", (p) => void (p.vNew = { ...p.vNew, data: 0n }), "k_new and v_new must be given together"],
     ["seqlen_new without k_new", (p) => { p.kNew = { ...p.kNew, data: 0n }; p.vNew = { ...p.vNew, data: 0n }; }, "seqlen_new is 2 but k_new / v_new are NULL"],
     ["max_blocks 0 with a block table", (p) => void (p.maxBlocks = 0), "a paged cache needs max_blocks of at least 1, got 0"],
@@ -291,6 +142,10 @@ describe("attentionWithKvCache refuses bad input with one sentence", () => {
   });
   test("heads_q not a multiple of heads_kv", async () =>
     expect(await refused({}, randomTensor("fp32", [2, 1, 3, 8], 1))).toContain("heads_q (3) must be a multiple of heads_kv (2)"));
+  test("an append without cache_seqlens", async () => {
+    const message = await refused({ cacheSeqlens: undefined, kNew: randomTensor("fp32", [2, 1, 2, 8], 5), vNew: randomTensor("fp32", [2, 1, 2, 8], 6) });
+    expect(message).toBe("appending needs cache_seqlens: without it every sequence's cache counts as full, leaving no room for k_new");
+  });
   test("the library's value checks reach the caller (over capacity)", async () => {
     const message = await refused({ cacheSeqlens: Int32Array.from([3, 16]), kNew: randomTensor("fp32", [2, 1, 2, 8], 5), vNew: randomTensor("fp32", [2, 1, 2, 8], 6) });
     expect(message).toContain("sequence 1 holds 16 cached tokens plus 1 new ones, more than the cache's 16 per sequence");
@@ -317,6 +172,9 @@ describe("GPU libraries built on this machine", () => {
       };
       const refused = attempt({ ...params, rotaryDim: 3, rotaryCos: 0x1000n, rotarySin: 0x1000n, seqlenRotary: 8 });
       expect([refused.code, refused.message]).toEqual(["INVALID_ARGUMENT", `${name}: rotary_dim must be even, got 3`]);
+      const append = attempt({ ...params, cacheSeqlens: 0n, seqlenNew: 1, kNew: params.q, vNew: params.q });
+      expect([append.code, append.message]).toEqual(["INVALID_ARGUMENT",
+        `${name}: appending needs cache_seqlens: without it every sequence's cache counts as full, leaving no room for k_new`]);
       try {
         backend!.deviceCount();
         return; // a machine with this GPU: gpu.test.ts covers the rest
@@ -326,4 +184,44 @@ describe("GPU libraries built on this machine", () => {
       expect(noDevice.message).toMatch(new RegExp(`^${name}: .*(no AMD GPU|NVIDIA driver|no CUDA device|libcuda)`));
     });
   }
+});
+
+describe("which backend serves KV-cache calls (pure rules over fa_info)", () => {
+  const kernel = (name: string, extra: object) => ({ id: 1, name, directions: ["fwd"], dtypes: ["fp16", "bf16"], head_dims: [256], features: ["causal"], ...extra });
+  test("a library with no kernel marked kvcache is refused, saying so", () => {
+    expect(kvCacheRefusals({ kernels: [kernel("cuda-mma-sm80-fwd", {})] }, { dtype: "bf16", headDim: 128 }))
+      .toEqual(["this library has no KV-cache kernel (fa_info marks none \"kvcache\")"]);
+  });
+  test("the marker counts in directions or in features", () => {
+    expect(kvCacheRefusals({ kernels: [kernel("portable", { directions: ["fwd", "kvcache"] })] }, { dtype: "bf16", headDim: 128 })).toEqual([]);
+    expect(kvCacheRefusals({ kernels: [kernel("cuda-decode", { features: ["kvcache"] })] }, { dtype: "fp16", headDim: 64 })).toEqual([]);
+  });
+  test("dtype and head_dim ([max] or a list) must fit one kvcache kernel; each refusal names its kernel", () => {
+    const lib = { kernels: [kernel("cuda-decode", { features: ["kvcache"], head_dims: [64, 128] }), kernel("portable", { features: ["kvcache"], head_dims: [256] })] };
+    expect(kvCacheRefusals(lib, { dtype: "bf16", headDim: 96 })).toEqual([]); // portable takes it
+    expect(kvCacheRefusals(lib, { dtype: "fp32", headDim: 128 })).toEqual([
+      "cuda-decode: no fp32 (it takes fp16, bf16)", "portable: no fp32 (it takes fp16, bf16)"]);
+    expect(kvCacheRefusals({ kernels: [lib.kernels[0]] }, { dtype: "bf16", headDim: 96 })).toEqual(["cuda-decode: head_dim 96 is not among [64,128]"]);
+  });
+  test("the judge's reasons reach the decision: a head_dim no kvcache kernel takes leaves no backend, saying why", () => {
+    let error: unknown;
+    try {
+      planKvCache({ dtype: "fp16", headDim: 512 }, { backend: "cpu", env: {} });
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(FlashAttnError);
+    expect((error as FlashAttnError).message).toBe("no backend can run this: cpu: cpu_flash_fwd_avx2: head_dim 512 is not among [256]");
+  });
+  test("the CPU library marks its forward kernels kvcache, so auto plans cpu here with a reason for each GPU", () => {
+    const cpu = openBackend("cpu", { env: {} }).backend!;
+    expect(kvCacheRefusals(cpu.info(), { dtype: "fp32", headDim: 256 })).toEqual([]);
+    // cpu always serves; every backend preferred to the chosen one is rejected with its reason (here without a GPU:
+    // not built, or no device; on a GPU machine whose library marks a kvcache kernel, cuda is chosen).
+    const plan = planKvCache({ dtype: "bf16", headDim: 128 }, { env: {} });
+    const chosen = plan.decisions.findIndex((d) => d.verdict === "chosen");
+    expect(plan.decisions[chosen].backend).toBe(plan.backend.name);
+    expect(["chosen", "usable"]).toContain(plan.decisions.find((d) => d.backend === "cpu")!.verdict);
+    for (const d of plan.decisions.slice(0, chosen)) expect([d.verdict, d.reasons.length > 0]).toEqual(["rejected", true]);
+  });
 });

@@ -46,6 +46,12 @@ inline int64_t kvcache_capacity(const fa_kvcache_params& p) {
   return kvcache_paged(p) ? int64_t{p.max_blocks} * p.cache_rows : p.cache_rows;
 }
 
+// Tokens in sequence b's cache before the append: cache_seqlens[b], or the whole capacity when cache_seqlens is NULL
+// (flash-attn: without cache_seqlens every sequence's cache is full; only allowed without an append).
+inline int64_t kvcache_cached(const fa_kvcache_params& p, const int32_t* cache_seqlens, int32_t b) {
+  return cache_seqlens != nullptr ? int64_t{cache_seqlens[b]} : kvcache_capacity(p);
+}
+
 // Whether q rows take consecutive rotary positions (flash-attn: causal or local attention).
 inline bool kvcache_rotary_consecutive(const fa_kvcache_params& p) {
   return p.is_causal != 0 || p.window_left >= 0 || p.window_right >= 0;
@@ -102,7 +108,6 @@ inline std::vector<Problem> check_kvcache_params(const fa_kvcache_params* pp, co
     invalid(format("max_blocks is %d but block_table is NULL: a contiguous cache has max_blocks 0", p.max_blocks));
   if (paged && p.cache_batch_idx != nullptr)
     invalid("cache_batch_idx applies to contiguous caches only: a paged cache maps sequences through block_table");
-  if (p.cache_seqlens == nullptr) invalid("cache_seqlens is NULL: give the number of tokens already in each sequence's cache");
   if (p.cache_batch >= 1 && p.cache_rows >= 1 && p.max_blocks >= 0 && kvcache_capacity(p) > kMaxSeqlen)
     unsupported(format("a cache of %lld tokens per sequence exceeds the supported maximum %d (2^28)",
                        static_cast<long long>(kvcache_capacity(p)), kMaxSeqlen));
@@ -111,6 +116,8 @@ inline std::vector<Problem> check_kvcache_params(const fa_kvcache_params* pp, co
   else if ((p.k_new.data != nullptr) != (p.seqlen_new > 0))
     invalid(format("seqlen_new is %d but k_new / v_new are %s: give both with seqlen_new > 0, or neither with 0",
                    p.seqlen_new, p.k_new.data ? "given" : "NULL"));
+  else if (p.seqlen_new > 0 && p.cache_seqlens == nullptr)
+    invalid("appending needs cache_seqlens: without it every sequence's cache counts as full, leaving no room for k_new");
 
   if (p.rotary_dim < 0) invalid(format("rotary_dim must not be negative, got %d", p.rotary_dim));
   else if (p.rotary_dim > 0) {
@@ -152,8 +159,8 @@ inline std::vector<Problem> check_kvcache_params(const fa_kvcache_params* pp, co
   return out;
 }
 
-// The checks that read the int32 arrays (host copies; block_table may be NULL, the others as in p). Every index the
-// kernels form from them is proven in range here: cache rows, pages, rotary rows.
+// The checks that read the int32 arrays (host copies, each NULL where p's is; a NULL cache_seqlens means every cache is
+// full). Every index the kernels form from them is proven in range here: cache rows, pages, rotary rows.
 inline std::vector<Problem> check_kvcache_values(const fa_kvcache_params& p, const int32_t* cache_seqlens,
                                                  const int32_t* block_table, const int32_t* cache_batch_idx,
                                                  const int32_t* cache_leftpad) {
@@ -162,15 +169,15 @@ inline std::vector<Problem> check_kvcache_values(const fa_kvcache_params& p, con
   const int64_t capacity = kvcache_capacity(p);
   const int64_t q_positions = p.rotary_dim > 0 && kvcache_rotary_consecutive(p) ? p.seqlen_q : 1;
   for (int32_t b = 0; b < p.batch && out.empty(); ++b) {
-    const int64_t seqlen = cache_seqlens[b];
+    const int64_t seqlen = kvcache_cached(p, cache_seqlens, b);
     const int64_t leftpad = cache_leftpad ? cache_leftpad[b] : 0;
     if (seqlen < 0) invalid(format("cache_seqlens[%d] is negative (%lld)", b, static_cast<long long>(seqlen)));
     else if (seqlen + p.seqlen_new > capacity)
       invalid(format("sequence %d holds %lld cached tokens plus %d new ones, more than the cache's %lld per sequence", b,
                      static_cast<long long>(seqlen), p.seqlen_new, static_cast<long long>(capacity)));
     else if (leftpad < 0 || leftpad > seqlen)
-      invalid(format("cache_leftpad[%d] = %lld is outside 0..cache_seqlens[%d] = %lld", b, static_cast<long long>(leftpad), b,
-                     static_cast<long long>(seqlen)));
+      invalid(format("cache_leftpad[%d] = %lld is outside 0..%s = %lld", b, static_cast<long long>(leftpad),
+                     cache_seqlens ? format("cache_seqlens[%d]", b).c_str() : "the cache's capacity", static_cast<long long>(seqlen)));
     else if (cache_batch_idx && (cache_batch_idx[b] < 0 || cache_batch_idx[b] >= p.cache_batch))
       invalid(format("cache_batch_idx[%d] = %d is outside the cache's %d sequences", b, cache_batch_idx[b], p.cache_batch));
     else if (p.rotary_dim > 0 && seqlen + std::max<int64_t>(p.seqlen_new, q_positions) > p.seqlen_rotary)

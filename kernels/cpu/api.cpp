@@ -160,6 +160,7 @@ std::string kernel_json(int32_t id) {
   const bool avx2 = id == kFlashForwardAvx2 || id == kFlashBackwardAvx2 || id == kNaiveForwardAvx2;
   std::vector<std::string> features = {"causal", "window", "softcap", "alibi", "gqa", "varlen", "strides", "lse"};
   if (naive) features.push_back("materialised_scores");
+  if (!bwd && !naive) features.push_back("kvcache");  // fa_forward_kvcache runs the flash forward's tiles (kvcache.cpp)
   if (bwd) features.push_back("deterministic");
   std::string out = format("{\"id\":%d,\"name\":%s,\"directions\":%s,\"dtypes\":[\"fp32\",\"fp16\",\"bf16\"],"
                            "\"head_dims\":[%d],\"features\":%s",

@@ -53,7 +53,7 @@ struct CacheMap {
   int64_t rows_in_page(int64_t token) const { return p.cache_rows - (p.block_table ? token % p.cache_rows : token); }
   int32_t leftpad(int32_t b) const { return p.cache_leftpad ? p.cache_leftpad[b] : 0; }
   // Keys sequence b attends to after the append.
-  int32_t keys(int32_t b) const { return p.cache_seqlens[b] + p.seqlen_new - leftpad(b); }
+  int32_t keys(int32_t b) const { return static_cast<int32_t>(kvcache_cached(p, p.cache_seqlens, b) + p.seqlen_new - leftpad(b)); }
 
   // Loads keys [k0, k0 + rows) of sequence b (counted from its leftpad) into a (rows x d_pad) fp32 tile, a page
   // segment at a time.
@@ -90,7 +90,7 @@ char* tensor_row(const fa_kvcache_params& p, const fa_tensor& t, int32_t b, int6
   return static_cast<char*>(t.data) + offset * static_cast<int64_t>(dtype_size(p.dtype));
 }
 
-// Phase 1: the new keys and values go into the cache, rows cache_seqlens[b] + j.
+// Phase 1: the new keys and values go into the cache, rows cache_seqlens[b] + j (never NULL with an append).
 void append(const fa_kvcache_params& p, const CacheMap& cache) {
   const size_t row_bytes = static_cast<size_t>(p.head_dim) * dtype_size(p.dtype);
   parallel_for(int64_t{p.batch} * p.seqlen_new, [&](int64_t task, int) {
@@ -190,7 +190,7 @@ int32_t kvcache_forward(fa_kvcache_params& kp, const IsaKernels& isa) {
     const bool consecutive = kvcache_rotary_consecutive(kp);
     parallel_for(int64_t{kp.batch} * kp.seqlen_q, [&](int64_t task, int) {
       const int32_t b = static_cast<int32_t>(task / kp.seqlen_q), i = static_cast<int32_t>(task % kp.seqlen_q);
-      const int64_t position = int64_t{kp.cache_seqlens[b]} + (consecutive ? i : 0);
+      const int64_t position = kvcache_cached(kp, kp.cache_seqlens, b) + (consecutive ? i : 0);
       for (int32_t h = 0; h < kp.heads_q; ++h) rotate_row(kp, tensor_row(kp, kp.q, b, i, h), tensor_row(kp, q, b, i, h), position);
     });
   }

@@ -551,7 +551,6 @@ int32_t forward_kvcache(fa_kvcache_params& p, const LaunchContext& ctx) {
   DecodeArgs args{};
   args.a = make_args(plain);
   args.kv = kvcache_view(p);
-  args.kv.fixed_len = plain.seqlen_k;  // NULL cache_seqlens: every sequence fills its cache
   args.rows = p.seqlen_q * (p.heads_q / p.heads_kv);
   if (int32_t st = run(p.dtype, tile_d(p.head_dim), args, p.num_splits, plain.seqlen_k, ctx); st != FA_OK) return st;
   p.out_num_splits = args.a.num_splits;
@@ -569,8 +568,7 @@ const std::vector<KernelPath>& cuda_tensor_core_paths() {
   static const char* kFeatures =
       "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"varlen\",\"lse\",\"split_kv\",\"deterministic\",\"strided\"]";
   // Priority order: the dispatcher takes the first path that accepts a request.
-  static const char* kDecodeFeatures =
-      "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"lse\",\"split_kv\",\"strided\",\"kvcache\",\"paged\",\"rotary\"]";
+  static const char* kDecodeFeatures = "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"lse\",\"split_kv\",\"strided\"]";
   static const std::vector<KernelPath> paths = {
       {tc::decode::kPathId, "cuda-decode", kDecodeFeatures, "[\"fp16\",\"bf16\"]", 256, tc::decode::supports, tc::decode::forward,
        nullptr, tc::decode::plan_splits, tc::decode::supports_kvcache, tc::decode::forward_kvcache},

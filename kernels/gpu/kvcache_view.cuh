@@ -43,8 +43,9 @@ struct KvCacheView {
 };
 
 inline KvCacheView kvcache_view(const fa_kvcache_params& p) {
-  return KvCacheView{p.cache_seqlens, p.block_table, p.cache_batch_idx, p.cache_leftpad, 0, p.seqlen_new, p.cache_rows,
-                     p.max_blocks};
+  // NULL cache_seqlens: every sequence's cache is full (kvcache_cached).
+  return KvCacheView{p.cache_seqlens, p.block_table, p.cache_batch_idx, p.cache_leftpad, static_cast<int>(kvcache_capacity(p)),
+                     p.seqlen_new, p.cache_rows, p.max_blocks};
 }
 
 }  // namespace fa

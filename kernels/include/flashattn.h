@@ -164,7 +164,9 @@ typedef struct fa_attn_params {
  *     head_dim); block_table (batch, max_blocks) int32: token t of sequence b is row t % page_size of page
  *     block_table[b * max_blocks + t / page_size]; any page size from 1
  *   k_new / v_new (batch, seqlen_new, heads_kv, head_dim), or data NULL with seqlen_new 0
- *   cache_seqlens (batch,) int32, required: tokens already in the cache (counting the leftpad rows)
+ *   cache_seqlens (batch,) int32: tokens already in the cache (counting the leftpad rows). NULL = every sequence's
+ *     cache is full (flash-attn without cache_seqlens): capacity tokens, i.e. cache_rows (contiguous) or
+ *     max_blocks * page_size (paged); NULL is refused when seqlen_new > 0 (an append needs to know where to write)
  *   cache_leftpad (batch,) int32 or NULL: sequence b's keys start at cache token cache_leftpad[b]
  *   rotary_cos / rotary_sin (seqlen_rotary, rotary_dim / 2) contiguous, of the tensors' dtype; rotary_dim 0 = none
  * The call first writes k_new / v_new (k_new rotated) into the cache at tokens cache_seqlens[b] .. + seqlen_new - 1,
@@ -290,7 +292,8 @@ FA_API int32_t fa_backward(fa_attn_params* p);
 /* KV-cache attention (see fa_kvcache_params): appends k_new / v_new into the cache in place, then writes O (and LSE
  * when p->lse != NULL). Validation reads the int32 arrays; an invalid call writes nothing. Fills p->out_kernel and
  * p->out_num_splits. The GPU libraries queue the work on p->stream (the int32 arrays are read back synchronously for
- * validation first) and use the library workspaces (see fa_memory_stats). */
+ * validation first) and use the library workspaces (see fa_memory_stats). fa_info marks each kernel that serves this
+ * call with "kvcache" in its directions; FLASHATTN_KERNEL=<name> forces one of them on the GPU libraries. */
 FA_API int32_t fa_forward_kvcache(fa_kvcache_params* p);
 
 /* Which kernel would run for this request, without running it: a JSON object copied into buf,

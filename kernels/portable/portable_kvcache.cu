@@ -141,27 +141,8 @@ struct KvArgs {
   int vec16;
 };
 
-// The plain-forward fields of a KV-cache request, for the shared host rules (supports_common, resolve). seqlen_k is
-// the cache capacity, at least every sequence's key count, so resolve()'s folding of far window bounds stays exact.
-fa_attn_params attention_view(const fa_kvcache_params& kp) {
-  fa_attn_params a{};
-  a.dtype = kp.dtype;
-  a.batch = kp.batch;
-  a.seqlen_q = kp.seqlen_q;
-  a.seqlen_k = static_cast<int32_t>(kvcache_capacity(kp));
-  a.heads_q = kp.heads_q;
-  a.heads_kv = kp.heads_kv;
-  a.head_dim = kp.head_dim;
-  a.is_causal = kp.is_causal;
-  a.window_left = kp.window_left;
-  a.window_right = kp.window_right;
-  a.scale = kp.scale;
-  a.algorithm = FA_ALGO_FLASH;
-  return a;
-}
-
 KvArgs make_kv_args(const fa_kvcache_params& p) {
-  const Resolved r = resolve(attention_view(p));
+  const Resolved r = resolve(kvcache_attention_params(p));
   KvArgs a{};
   a.q = p.q, a.k = p.k_cache, a.v = p.v_cache, a.o = p.o;
   a.lse = p.lse;
@@ -297,7 +278,7 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const KvArgs a) {
 }  // namespace
 
 bool supports_kvcache(const fa_kvcache_params& p, const DeviceCaps&, std::vector<std::string>& reasons) {
-  const bool common = supports_common(attention_view(p), reasons);
+  const bool common = supports_common(kvcache_attention_params(p), reasons);
   const int64_t packed_rows = int64_t{p.seqlen_q} * (p.heads_q / p.heads_kv);
   if (packed_rows > kMaxPackedRows)
     reasons.push_back(format("packs seqlen_q x (heads_q / heads_kv) query rows per KV head, at most 2^24, got %lld",
