@@ -34,13 +34,14 @@ struct DecodeArgs {
   int rows;  // packed rows per (sequence, KV head): seqlen_q x group
 };
 
-template <int D_, int MF_>
+template <int D_, int MF_, int KW_ = 16, int STAGES_ = (D_ <= 128 ? 3 : 2), int NW_ = 4>
 struct DecodeTile {
   static constexpr int D = D_, MF = MF_;
-  static constexpr int NW = 4;               // warps, each 16 keys of a block
-  static constexpr int BN = 16 * NW;         // keys per block
+  static constexpr int NW = NW_;             // warps
+  static constexpr int KW = KW_;             // keys of a block per warp
+  static constexpr int BN = KW * NW;         // keys per block
   static constexpr int BM = 16 * MF;         // packed rows per CTA
-  static constexpr int STAGES = D <= 128 ? 3 : 2;
+  static constexpr int STAGES = STAGES_;
   static constexpr int LD = D + kPad;
   static constexpr int kThreads = NW * 32;
   static constexpr size_t ring_bytes(size_t elem) { return static_cast<size_t>(STAGES) * 2 * BN * LD * elem; }
@@ -51,27 +52,57 @@ struct DecodeTile {
   }
 };
 
-// Copies keys [n0, n0 + ROWS) of sequence b, KV head hk of cache tensor t into a padded smem tile, through the cache
-// map; keys at or past `keys` (and dims past head_dim) come in as zeros, so masked P = 0 never meets stale data.
+// Copies keys [n0, n0 + ROWS) of sequence b, KV head hk of both cache tensors into padded smem tiles, through the
+// cache map; keys at or past `keys` (and dims past head_dim) come in as zeros, so masked P = 0 never meets stale data.
+// A key's place in the cache (page lookup, 64-bit offsets) costs more than its copy, so it is worked out once per
+// key for K and V together, and once per tile when the tile lies in one page (every contiguous cache, and paged
+// caches whose pages hold whole tiles); each thread then keeps one 16-byte column of rows a pass apart.
 template <int ROWS, int D, int NTHREADS, typename T>
-__device__ __forceinline__ void load_cache_tile_async(T* smem, const DevTensor& t, const KvCacheView& kv, int b, int hk,
-                                                      int n0, int keys, int head_dim) {
+__device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTensor& k, const DevTensor& v, const KvCacheView& kv,
+                                                    int b, int hk, int n0, int keys, int head_dim) {
   constexpr int kChunksPerRow = D / 8;
-  constexpr int kChunks = ROWS * kChunksPerRow;
-  static_assert(kChunks % NTHREADS == 0, "tile chunks must spread evenly over the threads");
-  const T* base = static_cast<const T*>(t.data);
+  const T* kbase = static_cast<const T*>(k.data);
+  const T* vbase = static_cast<const T*>(v.data);
+  if constexpr (NTHREADS % kChunksPerRow == 0 && ROWS % (NTHREADS / kChunksPerRow) == 0) {
+    constexpr int kRowsPerPass = NTHREADS / kChunksPerRow;
+    const int col = (threadIdx.x % kChunksPerRow) * 8, r0 = threadIdx.x / kChunksPerRow;
+    const bool col_ok = col < head_dim;
+    const int64_t first = static_cast<int64_t>(kv.leftpad(b)) + n0;
+    if (kv.block_table == nullptr || first / kv.page_size == (first + ROWS - 1) / kv.page_size) {
+      const T* krow = kbase + kv.offset(k.batch_stride, k.row_stride, k.head_stride, b, n0, hk) + col;
+      const T* vrow = vbase + kv.offset(v.batch_stride, v.row_stride, v.head_stride, b, n0, hk) + col;
 #pragma unroll
-  for (int c = threadIdx.x; c < kChunks; c += NTHREADS) {
-    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
-    const bool valid = n0 + r < keys && col < head_dim;
-    const T* g = valid ? base + kv.offset(t.batch_stride, t.row_stride, t.head_stride, b, n0 + r, hk) + col : base;
-    cp_async_16(smem + r * (D + kPad) + col, g, valid);
+      for (int r = r0; r < ROWS; r += kRowsPerPass) {
+        const bool valid = col_ok && n0 + r < keys;
+        cp_async_16(sk + r * (D + kPad) + col, valid ? krow + r * k.row_stride : kbase, valid);
+        cp_async_16(sv + r * (D + kPad) + col, valid ? vrow + r * v.row_stride : vbase, valid);
+      }
+    } else {
+#pragma unroll
+      for (int r = r0; r < ROWS; r += kRowsPerPass) {
+        const bool valid = col_ok && n0 + r < keys;  // only rows holding keys may read the block table
+        const T* ksrc = valid ? kbase + kv.offset(k.batch_stride, k.row_stride, k.head_stride, b, n0 + r, hk) + col : kbase;
+        const T* vsrc = valid ? vbase + kv.offset(v.batch_stride, v.row_stride, v.head_stride, b, n0 + r, hk) + col : vbase;
+        cp_async_16(sk + r * (D + kPad) + col, ksrc, valid);
+        cp_async_16(sv + r * (D + kPad) + col, vsrc, valid);
+      }
+    }
+  } else {  // head dims whose 16-byte chunks do not divide the threads (96, 192): chunk by chunk
+#pragma unroll
+    for (int c = threadIdx.x; c < ROWS * kChunksPerRow; c += NTHREADS) {
+      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+      const bool valid = n0 + r < keys && col < head_dim;
+      const T* ksrc = valid ? kbase + kv.offset(k.batch_stride, k.row_stride, k.head_stride, b, n0 + r, hk) + col : kbase;
+      const T* vsrc = valid ? vbase + kv.offset(v.batch_stride, v.row_stride, v.head_stride, b, n0 + r, hk) + col : vbase;
+      cp_async_16(sk + r * (D + kPad) + col, ksrc, valid);
+      cp_async_16(sv + r * (D + kPad) + col, vsrc, valid);
+    }
   }
 }
 
 template <typename T, typename Tile>
 __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs args) {
-  constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, MF = Tile::MF, NW = Tile::NW, LD = Tile::LD;
+  constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, MF = Tile::MF, NW = Tile::NW, LD = Tile::LD, KW = Tile::KW;
   constexpr int STAGES = Tile::STAGES;
   const AttnArgs& a = args.a;
   const KvCacheView& kv = args.kv;
@@ -113,8 +144,7 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
   auto load_block = [&](int it) {
     if (it < n_blocks) {
       const int n0 = (blocks.lo + it) * BN;
-      load_cache_tile_async<BN, D, Tile::kThreads>(stage_k(it), a.k, kv, b, hk, n0, s.sk, a.head_dim);
-      load_cache_tile_async<BN, D, Tile::kThreads>(stage_k(it) + BN * LD, a.v, kv, b, hk, n0, s.sk, a.head_dim);
+      load_kv_block_async<BN, D, Tile::kThreads>(stage_k(it), stage_k(it) + BN * LD, a.k, a.v, kv, b, hk, n0, s.sk, a.head_dim);
     }
     cp_async_commit();  // an empty group keeps the wait count uniform
   };
@@ -150,16 +180,16 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
     __syncthreads();  // block `it` landed for every thread; every warp is done with the stage the next load reuses
     load_block(it + STAGES - 1);
 
-    const T* sK = stage_k(it) + warp * 16 * LD;  // this warp's 16 keys
+    const T* sK = stage_k(it) + warp * KW * LD;  // this warp's KW keys
     const T* sV = stage_k(it) + BN * LD;
-    const int n0 = (blocks.lo + it) * BN + warp * 16;
+    const int n0 = (blocks.lo + it) * BN + warp * KW;
 
-    // S = Q K_w^T (BM x 16) over D in k-steps of 16.
-    float sc[MF][2][4];
+    // S = Q K_w^T (BM x KW) over D in k-steps of 16.
+    float sc[MF][KW / 8][4];
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf)
 #pragma unroll
-      for (int j = 0; j < 2; ++j)
+      for (int j = 0; j < KW / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) sc[mf][j][e] = 0.f;
 #pragma unroll
@@ -167,29 +197,35 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
       uint32_t qa[MF][4];
 #pragma unroll
       for (int mf = 0; mf < MF; ++mf) load_a<LD>(qa[mf], sQ, mf * 16, kk * 16);
-      mm_ABt<T, LD, 16, MF>([&](int mf, int j) -> float(&)[4] { return sc[mf][j]; },
+      mm_ABt<T, LD, KW, MF>([&](int mf, int j) -> float(&)[4] { return sc[mf][j]; },
                             [&](int mf) -> const uint32_t(&)[4] { return qa[mf]; }, sK, kk * 16);
     }
 
-    const bool masked = tile_needs_mask(a, s, q_first, q_count, n0, 16);
+    const bool masked = tile_needs_mask(a, s, q_first, q_count, n0, KW);
 #pragma unroll
     for (int mf = 0; mf < MF; ++mf) {
       float alpha[2];
-      online_softmax_block<2>(a, s, [&](int j, int e) -> float& { return sc[mf][j][e]; },
+      online_softmax_block<KW / 8>(a, s, [&](int j, int e) -> float& { return sc[mf][j][e]; },
                               [&](int hf) { return row_info[mf][hf]; }, n0, transform, masked, mult, row_max[mf],
                               row_sum[mf], alpha);
+      // Past the first blocks a row's max rarely moves: skip the D / 2 multiplies when no row of the warp's changed.
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-      for (int j = 0; j < D / 8; ++j)
+        for (int j = 0; j < D / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) o_acc[mf][j][e] *= alpha[e / 2];
+          for (int e = 0; e < 4; ++e) o_acc[mf][j][e] *= alpha[e / 2];
+      }
     }
 
-    // O_w += P_w V_w (BM x D += BM x 16 . 16 x D): P straight from the accumulators.
-    uint32_t pa[MF][4];
+    // O_w += P_w V_w (BM x D += BM x KW . KW x D): P straight from the accumulators.
 #pragma unroll
-    for (int mf = 0; mf < MF; ++mf) acc_to_a<T>(pa[mf], sc[mf][0], sc[mf][1]);
-    mm_AB<T, LD, D, MF>([&](int mf, int j) -> float(&)[4] { return o_acc[mf][j]; },
-                        [&](int mf) -> const uint32_t(&)[4] { return pa[mf]; }, sV, 0, warp * 16);
+    for (int kk = 0; kk < KW / 16; ++kk) {
+      uint32_t pa[MF][4];
+#pragma unroll
+      for (int mf = 0; mf < MF; ++mf) acc_to_a<T>(pa[mf], sc[mf][2 * kk], sc[mf][2 * kk + 1]);
+      mm_AB<T, LD, D, MF>([&](int mf, int j) -> float(&)[4] { return o_acc[mf][j]; },
+                          [&](int mf) -> const uint32_t(&)[4] { return pa[mf]; }, sV, 0, warp * KW + kk * 16);
+    }
   }
 
   // Merge the warps: each publishes its rows' max (log2 units), sum and unnormalised O in fp32 over the ring.
@@ -267,9 +303,8 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
 template <int D>
 constexpr int decode_max_mf() { return D <= 128 ? 2 : 1; }
 
-template <typename T, int D, int MF>
+template <typename T, typename Tile>
 gpuError_t launch_decode_tile(const DecodeArgs& d, gpuStream_t stream) {
-  using Tile = DecodeTile<D, MF>;
   const auto kernel = decode_kernel<T, Tile>;
   const size_t smem = Tile::smem_bytes(sizeof(T));
   gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
@@ -283,8 +318,8 @@ gpuError_t launch_decode_tile(const DecodeArgs& d, gpuStream_t stream) {
 template <typename T, int D>
 gpuError_t launch_decode(const DecodeArgs& d, int mf, gpuStream_t stream) {
   if constexpr (decode_max_mf<D>() >= 2)
-    if (mf == 2) return launch_decode_tile<T, D, 2>(d, stream);
-  return launch_decode_tile<T, D, 1>(d, stream);
+    if (mf == 2) return launch_decode_tile<T, DecodeTile<D, 2>>(d, stream);
+  return launch_decode_tile<T, DecodeTile<D, 1>>(d, stream);
 }
 
 }  // namespace fa::tc
