@@ -3,7 +3,10 @@
 // reference of the dequantised inputs under docs/DESIGN.md's fp8 rule (no worse than twice a naive fp8 attention), the
 // descale factors per tensor and per (sequence, kv head), and the refusals. Inputs are fresh random numbers on every
 // run (the seed is in the failure message).
-import { describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { attention, type AttentionOptions, attentionBackward, planAttention } from "../lib/attention.ts";
 import { openBackend } from "../lib/backend.ts";
 import { checkAgainstReference } from "../lib/check.ts";
@@ -20,6 +23,9 @@ import {
   toFloat32,
 } from "../lib/tensor.ts";
 import type { Fp8DType } from "../lib/vocabulary.ts";
+import { encodeNpy, readNpy } from "../formats/npy.ts";
+import { encodeSafetensors, readSafetensors } from "../formats/safetensors.ts";
+import { cli, runUsageError } from "./support/cli.ts";
 import { freshSeed } from "./support/grid.ts";
 
 const cpu: AttentionOptions = { backend: "cpu", poison: true };
@@ -289,5 +295,126 @@ describe("fp8 refusals", () => {
     } finally {
       for (const b of [...buffers, o, factor]) backend!.free(b);
     }
+  });
+});
+
+describe("fp8 files", () => {
+  let dir = "";
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-fp8-"));
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = (name: string, chunks: Uint8Array[]) => {
+    const at = path.join(dir, name);
+    fs.writeFileSync(at, Buffer.concat(chunks));
+    return at;
+  };
+  const every = (format: Fp8DType) => tensor(format, [4, 64], Uint8Array.from({ length: 256 }, (_, i) => i));
+
+  for (const format of formats) {
+    test(`${format}: .safetensors and .npy ('|u1') round trips keep every bit pattern`, () => {
+      const t = every(format);
+      const st = file(`${format}.safetensors`, encodeSafetensors({ x: t }));
+      const back = readSafetensors(st).tensors.get("x")!;
+      expect(back.dtype).toBe(format);
+      expect(Array.from(back.data)).toEqual(Array.from(t.data));
+      const bytes = fs.readFileSync(st);
+      const header = JSON.parse(bytes.subarray(8, 8 + Number(bytes.readBigUInt64LE(0))).toString("utf8")).x;
+      expect(header.dtype).toBe(format === "fp8_e4m3" ? "F8_E4M3" : "F8_E5M2");
+
+      const npy = file(`${format}.npy`, encodeNpy(t));
+      expect(fs.readFileSync(npy).subarray(0, 80).toString("latin1")).toContain("'descr': '|u1'");
+      const read = readNpy(npy, { fp8: format });
+      expect(read.dtype).toBe(format);
+      expect(Array.from(read.data)).toEqual(Array.from(t.data));
+    });
+  }
+
+  test("a '|u1' .npy is fp8 only when the format is named", () => {
+    const npy = file("bits.npy", encodeNpy(every("fp8_e4m3")));
+    expect(() => readNpy(npy)).toThrow(/holds uint8 data \('\|u1'\), which is fp8 only if you say which format/);
+  });
+
+  // An fp8 problem as a serving stack stores it: fp8 q, k, v with (batch, heads_kv) descale factors.
+  function fp8Input(name: string, extra: Record<string, ReturnType<typeof tensor>> = {}) {
+    const seed = freshSeed();
+    const p = quantised("fp8_e4m3", [2, 40, 4, 32], [2, 60, 2, 32], seed);
+    const perHead = (s: Float32Array) => tensor("fp32", [2, 2], Float32Array.from([1, 2, 0.5, 1], (x) => x * s[0]));
+    return file(name, encodeSafetensors({
+      q: p.q, k: p.k, v: p.v, q_descale: perHead(p.descale.q), k_descale: perHead(p.descale.k),
+      v_descale: tensor("fp32", [], Float32Array.of(p.descale.v[0])), ...extra,
+    }));
+  }
+
+  test("run --input with F8_E4M3 tensors and descale tensors: checked on the CPU, o written in bf16", () => {
+    const input = fp8Input("problem.safetensors");
+    const out = path.join(dir, "o.safetensors");
+    const r = cli(["run", "--input", input, "--causal", "--check", "--backend", "cpu", "--out", out, "--lse", "--json"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const doc = JSON.parse(r.stdout);
+    expect(doc.dtype).toBe("fp8_e4m3");
+    expect(doc.check.pass).toBe(true);
+    expect(doc.check.relativeError).toBeLessThanOrEqual(2 * doc.check.naiveError);
+    expect(doc.check.bf16Error).toBeUndefined(); // the real values are not known
+    const written = readSafetensors(out).tensors;
+    expect(written.get("out")!.dtype).toBe("bf16");
+    expect(written.get("out")!.shape).toEqual([2, 40, 4, 32]);
+  });
+
+  test("run --q/--k/--v of '|u1' .npy with --dtype fp8_e4m3 and a JSON --descale", () => {
+    const p = quantised("fp8_e4m3", [1, 30, 2, 16], [1, 50, 2, 16], freshSeed());
+    const [q, k, v] = (["q", "k", "v"] as const).map((n) => file(`${n}.npy`, encodeNpy(p[n])));
+    const descale = path.join(dir, "descale.json");
+    fs.writeFileSync(descale, JSON.stringify({ q_descale: p.descale.q[0], k_descale: [[p.descale.k[0], p.descale.k[0]]], v_descale: [p.descale.v[0]] }));
+    const r = cli(["run", "--q", q, "--k", k, "--v", v, "--dtype", "fp8_e4m3", "--descale", descale, "--check", "--backend", "cpu", "--json"]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout).check.pass).toBe(true);
+    // without the factors the values are the raw fp8 numbers: a different problem, still checked against itself
+    const bare = cli(["run", "--q", q, "--k", k, "--v", v, "--dtype", "fp8_e4m3", "--check", "--backend", "cpu", "--json"]);
+    expect(bare.code).toBe(0);
+  });
+
+  test("float inputs with --dtype fp8_e4m3 are quantised per tensor, and compared with bf16", () => {
+    const real = ["q", "k", "v"].map((_, i) => fromFloat32("fp32", [1, 64, 2, 32], randomValues([1, 64, 2, 32], freshSeed() + i)));
+    const input = file("real.safetensors", encodeSafetensors({ q: real[0], k: real[1], v: real[2] }));
+    const r = cli(["run", "--input", input, "--dtype", "fp8_e4m3", "--check", "--backend", "cpu", "--json"]);
+    expect(r.code).toBe(0);
+    const check = JSON.parse(r.stdout).check;
+    expect(check.pass).toBe(true);
+    expect(check.bf16Error).toBeGreaterThan(0);
+    expect(check.bf16Error).toBeLessThan(0.15);
+  });
+
+  test("bad fp8 input: one line, exit 2", () => {
+    const fails = (args: string[], message: RegExp) => {
+      const r = cli(["run", "--backend", "cpu", ...args]);
+      expect(r.stdout).toBe("");
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr.trim().split("\n").filter((l) => !l.startsWith("  fix:") && !l.startsWith("fix:")).length).toBe(1);
+      expect(r.code).toBe(2);
+    };
+    fails(["--input", fp8Input("wrong-shape.safetensors", { k_descale: tensor("fp32", [2, 3], new Float32Array(6).fill(1)) })],
+      /k_descale has shape \(2, 3\); it takes a scalar or \(batch, heads_kv\) = \(2, 2\)/);
+    fails(["--input", fp8Input("nan.safetensors", { v_descale: tensor("fp32", [1], Float32Array.of(NaN)) })],
+      /v_descale holds NaN: descale factors must be finite and positive/);
+    const mixed = file("mixed.safetensors", encodeSafetensors({
+      q: tensor("fp8_e4m3", [1, 4, 2, 16]), k: tensor("bf16", [1, 4, 2, 16]), v: tensor("fp8_e4m3", [1, 4, 2, 16]),
+    }));
+    fails(["--input", mixed], /q, k and v must share one dtype, got fp8_e4m3, bf16, fp8_e4m3/);
+    fails(["--input", fp8Input("convert.safetensors"), "--dtype", "fp16"], /holds fp8_e4m3 tensors, which run as they are/);
+    const badShape = path.join(dir, "bad.json"), good = path.join(dir, "good.json");
+    fs.writeFileSync(badShape, JSON.stringify({ q_descale: [[1, 2, 3]] }));
+    fs.writeFileSync(good, JSON.stringify({ q_descale: 1 }));
+    const plain = file("plain.safetensors", encodeSafetensors({ q: tensor("fp8_e4m3", [2, 4, 2, 16]), k: tensor("fp8_e4m3", [2, 4, 2, 16]), v: tensor("fp8_e4m3", [2, 4, 2, 16]) }));
+    fails(["--input", plain, "--descale", badShape], /bad.json: q_descale has shape \(1, 3\); it takes a scalar or \(batch, heads_kv\) = \(2, 2\)/);
+    fails(["--input", fp8Input("twice.safetensors"), "--descale", good], /descale factors are given twice/);
+  });
+
+  test("flag refusals", () => {
+    expect(runUsageError({ shape: "1,8,8,2,2,16", dtype: "fp8_e4m3", descale: "d.json" })).toMatch(/a random fp8 problem is quantised/);
+    expect(runUsageError({ shape: "1,8,8,2,2,16", dtype: "bf16", descale: "d.json" })).toMatch(/--descale gives the descale factors of fp8/);
+    expect(runUsageError({ decode: true, cacheLen: "16", dtype: "fp8_e4m3" })).toMatch(/KV-cache attention takes fp32, fp16 or bf16, not fp8_e4m3/);
+    expect(runUsageError({ dtype: "fp8" })).toMatch(/choose fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2/);
   });
 });
