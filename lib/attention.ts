@@ -67,7 +67,7 @@ export function planAttention(
 ): AttentionPlan {
   const problem = describeProblem(q, k, v, options);
   if (isFp8(problem.dtype) && direction !== "fwd") {
-    throw new FlashAttnError("USAGE", `${problem.dtype} attention is forward only: there is no fp8 backward pass`,
+    throw new FlashAttnError("UNSUPPORTED", `${problem.dtype} attention is forward only: there is no fp8 backward pass`,
       "train (or take gradients) in fp16 or bf16");
   }
   const request = requestFor(problem, options, direction);

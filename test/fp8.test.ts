@@ -23,6 +23,7 @@ import {
   toFloat32,
 } from "../lib/tensor.ts";
 import type { Fp8DType } from "../lib/vocabulary.ts";
+import { applyOverrides, presets } from "../bench/sweep.ts";
 import { encodeNpy, readNpy } from "../formats/npy.ts";
 import { encodeSafetensors, readSafetensors } from "../formats/safetensors.ts";
 import { cli, runUsageError } from "./support/cli.ts";
@@ -257,7 +258,7 @@ describe("fp8 refusals", () => {
 
   test("mixed dtypes and a backward pass are refused", () => {
     refused(() => planAttention(q, tensor("fp8_e5m2", [1, 4, 1, 16]), k, { backend: "cpu" }), "BAD_INPUT", /must share a dtype/);
-    refused(() => planAttention(q, k, k, { backend: "cpu" }, "bwd"), "USAGE", /fp8_e4m3 attention is forward only/);
+    refused(() => planAttention(q, k, k, { backend: "cpu" }, "bwd"), "UNSUPPORTED", /fp8_e4m3 attention is forward only/);
     const o = tensor("fp8_e4m3", q.shape);
     expect(attentionBackward(o, q, k, k, o, new Float32Array(8), { backend: "cpu" })).rejects.toThrow(/forward only/);
   });
@@ -417,4 +418,17 @@ describe("fp8 files", () => {
     expect(runUsageError({ decode: true, cacheLen: "16", dtype: "fp8_e4m3" })).toMatch(/KV-cache attention takes fp32, fp16 or bf16, not fp8_e4m3/);
     expect(runUsageError({ dtype: "fp8" })).toMatch(/choose fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2/);
   });
+});
+
+describe("bench --dtype fp8", () => {
+  test("the sweep takes the fp8 dtypes; our fp8 forward is timed on the CPU and its backward reported unsupported", () => {
+    expect(applyOverrides(presets.quick, { dtype: "fp8_e4m3" }).dtype).toBe("fp8_e4m3");
+    expect(() => applyOverrides(presets.quick, { dtype: "fp8" })).toThrow(/takes fp16, bf16, fp32, fp8_e4m3 or fp8_e5m2/);
+    const r = cli(["bench", "--backend", "cpu", "--dtype", "fp8_e4m3", "--seqlen", "128", "--hdim", "32", "--causal", "off", "--json"]);
+    expect(r.code).toBe(0);
+    const rows = JSON.parse(r.stdout).measurements.filter((m: { impl: string }) => m.impl === "flashattn-cpu");
+    expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("fwd"))).toMatchObject({ status: "ok", kernel: "cpu_flash_fwd_avx2" });
+    expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("bwd"))).toMatchObject({ status: "unsupported" });
+    expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("bwd")).reason).toContain("fp8_e4m3 is forward only");
+  }, 120_000); // a hang guard: the bench's own budget ends it sooner
 });
