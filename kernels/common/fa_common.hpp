@@ -3,6 +3,7 @@
 // Header-only C++17 so that g++, nvcc and hipcc host passes all compile it into their library.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdarg>
 #include <cstddef>
@@ -317,6 +318,21 @@ void check_heads_and_semantics(const Params& p, const BackendLimits& lim, std::v
   if (p.num_splits < 0 || p.num_splits > 256) invalid(format("num_splits must be 0 (auto) to 256, got %d", p.num_splits));
 }
 
+// The three descale views of a params struct with their names, in q, k, v order.
+struct NamedDescale {
+  const char* name;
+  const fa_descale& view;
+};
+inline std::array<NamedDescale, 3> named_descales(const fa_attn_params& p) {
+  return {{{"q_descale", p.q_descale}, {"k_descale", p.k_descale}, {"v_descale", p.v_descale}}};
+}
+
+// The factor of sequence b, kv head h in a descale view (flashattn.h, fa_descale): 1 when none is given. The view's
+// data must be host memory (the CPU backend, or a host copy made with the same strides).
+inline float descale_at(const fa_descale& f, int32_t b, int32_t h) {
+  return f.data ? f.data[int64_t{b} * f.batch_stride + int64_t{h} * f.head_stride] : 1.0f;
+}
+
 // The fields fp8 adds: the output dtype, the descale views (their values need device memory: check_descale_values
 // reads them where it is host memory) and the forward-only rule.
 inline void check_fp8_fields(const fa_attn_params& p, int32_t direction, std::vector<Problem>& out) {
@@ -329,33 +345,28 @@ inline void check_fp8_fields(const fa_attn_params& p, int32_t direction, std::ve
   if (!fp8 && p.out_dtype != 0 && p.out_dtype != p.dtype)
     invalid(format("out_dtype %d differs from dtype %d: only fp8 inputs take another output dtype (0 = same as dtype)",
                    p.out_dtype, p.dtype));
-  const struct {
-    const char* name;
-    const fa_descale& d;
-  } descales[] = {{"q_descale", p.q_descale}, {"k_descale", p.k_descale}, {"v_descale", p.v_descale}};
-  for (const auto& x : descales) {
-    if (x.d.data == nullptr) {
-      if (x.d.batch_stride != 0 || x.d.head_stride != 0)
+  for (const NamedDescale& x : named_descales(p)) {
+    if (x.view.data == nullptr) {
+      if (x.view.batch_stride != 0 || x.view.head_stride != 0)
         invalid(format("%s.data is NULL but its strides are (%d, %d): an absent descale has zero strides", x.name,
-                       x.d.batch_stride, x.d.head_stride));
+                       x.view.batch_stride, x.view.head_stride));
       continue;
     }
     if (!fp8)
       invalid(format("%s is given but dtype is %s: descale factors apply to fp8 inputs only", x.name, dtype_name(p.dtype)));
-    if (x.d.batch_stride < 0 || x.d.head_stride < 0)
-      invalid(format("%s has a negative stride (%d, %d)", x.name, x.d.batch_stride, x.d.head_stride));
+    if (x.view.batch_stride < 0 || x.view.head_stride < 0)
+      invalid(format("%s has a negative stride (%d, %d)", x.name, x.view.batch_stride, x.view.head_stride));
   }
   if (fp8 && direction != FA_DIR_FORWARD)
     unsupported(format("%s is forward only: fp8 attention has no backward pass (train in fp16 or bf16)", dtype_name(p.dtype)));
 }
 
-// Reads the descale factors (host memory: the CPU backend, or a host copy) and refuses a non-finite or non-positive one.
-// `read(b, h)` returns the factor of sequence b, kv head h.
-template <typename Read>
-std::vector<Problem> check_descale_values(const fa_attn_params& p, const char* name, Read read) {
+// Reads the factors of a descale view whose data is host memory (the CPU backend, or a host copy with the same strides)
+// and refuses a non-finite or non-positive one.
+inline std::vector<Problem> check_descale_values(const fa_attn_params& p, const char* name, const fa_descale& host) {
   for (int32_t b = 0; b < p.batch; ++b)
     for (int32_t h = 0; h < p.heads_kv; ++h) {
-      const float x = read(b, h);
+      const float x = descale_at(host, b, h);
       if (!std::isfinite(x) || x <= 0.f)
         return {{FA_ERR_INVALID_ARGUMENT, format("%s[%d, %d] is %g: descale factors must be finite and positive", name, b, h,
                                                  static_cast<double>(x))}};

@@ -66,17 +66,12 @@ std::vector<Problem> check_host_data(const fa_attn_params& p, int32_t direction)
   }
   if (p.lse != nullptr && reinterpret_cast<uintptr_t>(p.lse) % 4 != 0)
     out.push_back({FA_ERR_INVALID_ARGUMENT, "lse is not aligned to 4-byte floats"});
-  const struct {
-    const char* name;
-    const fa_descale& f;
-  } descales[] = {{"q_descale", p.q_descale}, {"k_descale", p.k_descale}, {"v_descale", p.v_descale}};
-  for (const auto& x : descales) {
-    if (x.f.data == nullptr) continue;
-    if (reinterpret_cast<uintptr_t>(x.f.data) % 4 != 0)
+  for (const NamedDescale& x : named_descales(p)) {
+    if (x.view.data == nullptr) continue;
+    if (reinterpret_cast<uintptr_t>(x.view.data) % 4 != 0)
       out.push_back({FA_ERR_INVALID_ARGUMENT, format("%s is not aligned to 4-byte floats", x.name)});
     else
-      for (const Problem& pr : check_descale_values(p, x.name, [&](int32_t b, int32_t h) { return Geometry::descale(x.f, b, h); }))
-        out.push_back(pr);
+      for (const Problem& pr : check_descale_values(p, x.name, x.view)) out.push_back(pr);
   }
   if (!out.empty() || !is_varlen(p)) return out;
   for (auto problems : {check_cu_seqlens(p.cu_seqlens_q, p.batch, p.total_q, p.seqlen_q, "cu_seqlens_q"),

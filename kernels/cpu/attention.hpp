@@ -72,11 +72,6 @@ struct Geometry {
     return static_cast<char*>(t.data) + offset * static_cast<int64_t>(dtype_size(dtype_of(t)));
   }
 
-  // The fp8 descale factor of sequence b, kv head kvh (flashattn.h, fa_descale); 1 when none is given.
-  static float descale(const fa_descale& f, int32_t b, int32_t kvh) {
-    return f.data ? f.data[int64_t{b} * f.batch_stride + int64_t{kvh} * f.head_stride] : 1.0f;
-  }
-
   // Index of (b, h, query i) in the fp32 LSE array: (batch, heads_q, seqlen_q), varlen (heads_q, total_q).
   int64_t lse_index(int32_t b, int32_t h, const Sequence& s, int32_t i) const {
     return varlen ? static_cast<int64_t>(h) * p.total_q + s.q_start + i
@@ -248,9 +243,11 @@ inline __attribute__((always_inline)) void forward_task(const Geometry& g, const
   std::fill(w.l, w.l + cols, 0.0f);
   const KeyRange keys_seen = pick_keys(vis);
   if (keys_seen.begin < keys_seen.end) {
+    // fp8: q is dequantised with its factor, folded into the softmax scale
+    const float q_scale = g.r.scale * descale_at(p.q_descale, t.b, t.kvh);
     for (int32_t j = 0; j < t.heads; ++j)  // the last head's call also zeroes the padding columns
       isa.load_rows_transposed(p.dtype, g.row(p.q, t.b, s.q_start, t.q0, t.h0 + j), p.q.row_stride, t.queries, d,
-                               g.r.scale * g.descale(p.q_descale, t.b, t.kvh), w.qt + j * t.queries, bq, j + 1 < t.heads ? t.queries : cols - j * t.queries);
+                               q_scale, w.qt + j * t.queries, bq, j + 1 < t.heads ? t.queries : cols - j * t.queries);
     const bool alibi = p.alibi_mode != FA_ALIBI_NONE;
     for (int32_t c = 0; c < cols; ++c) {
       w.q_pos[c] = static_cast<float>(t.q0 + c % t.queries + s.len_k - s.len_q);

@@ -70,10 +70,12 @@ void forward_block(const Geometry& g, const IsaKernels& isa, ForwardScratch& w, 
   // K and V are copied to contiguous fp32 tiles even when they are fp32 already: rows of a BSHD tensor lie
   // heads * d floats apart, and with power-of-two strides they all fall into the same few L1 sets.
   // fp8: K and V are dequantised on their way into the tiles (their factors; 1 for other dtypes).
-  const float k_descale = g.descale(p.k_descale, t.b, t.kvh), v_descale = g.descale(p.v_descale, t.b, t.kvh);
+  const float k_descale = descale_at(p.k_descale, t.b, t.kvh), v_descale = descale_at(p.v_descale, t.b, t.kvh);
   auto load_kv = [&](int32_t k0, int32_t keys) {
-    isa.load_rows(p.dtype, g.row(p.k, t.b, s.k_start, k0, t.kvh), p.k.row_stride, keys, g.d, k_descale, w.k, g.d_pad, g.d_pad);
-    isa.load_rows(p.dtype, g.row(p.v, t.b, s.k_start, k0, t.kvh), p.v.row_stride, keys, g.d, v_descale, w.v, g.d_pad, g.d_pad);
+    isa.load_rows(p.dtype, g.row(p.k, t.b, s.k_start, k0, t.kvh), p.k.row_stride, keys, g.d, k_descale, w.k, g.d_pad,
+                  g.d_pad);
+    isa.load_rows(p.dtype, g.row(p.v, t.b, s.k_start, k0, t.kvh), p.v.row_stride, keys, g.d, v_descale, w.v, g.d_pad,
+                  g.d_pad);
   };
   forward_task(g, isa, w, t, s, all_visible, load_kv);
   store_forward_task(g, isa, w, t, s);

@@ -68,10 +68,10 @@ int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa) {
     std::fill(w.l, w.l + used_cols, 0.0f);
     if (s.len_k > 0) {
       isa.load_rows_transposed(p.dtype, g.row(p.q, b, s.q_start, 0, h), p.q.row_stride, s.len_q, d,
-                               g.r.scale * g.descale(p.q_descale, b, kvh), w.qt, cols, used_cols);
-      isa.load_rows(p.dtype, g.row(p.k, b, s.k_start, 0, kvh), p.k.row_stride, s.len_k, d, g.descale(p.k_descale, b, kvh),
+                               g.r.scale * descale_at(p.q_descale, b, kvh), w.qt, cols, used_cols);
+      isa.load_rows(p.dtype, g.row(p.k, b, s.k_start, 0, kvh), p.k.row_stride, s.len_k, d, descale_at(p.k_descale, b, kvh),
                     w.k, d_pad, d_pad);
-      isa.load_rows(p.dtype, g.row(p.v, b, s.k_start, 0, kvh), p.v.row_stride, s.len_k, d, g.descale(p.v_descale, b, kvh),
+      isa.load_rows(p.dtype, g.row(p.v, b, s.k_start, 0, kvh), p.v.row_stride, s.len_k, d, descale_at(p.v_descale, b, kvh),
                     w.v, d_pad, d_pad);
       for (int32_t c = 0; c < used_cols; ++c) {
         w.q_pos[c] = static_cast<float>(c + s.len_k - s.len_q);
