@@ -432,3 +432,31 @@ describe("bench --dtype fp8", () => {
     expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("bwd")).reason).toContain("fp8_e4m3 is forward only");
   }, 120_000); // a hang guard: the bench's own budget ends it sooner
 });
+
+// On a GPU: an fp8 forward either runs and meets the same rule as the CPU, or every kernel path refuses it with a
+// reason naming the dtype (fa_plan's answer, which doctor shows) — never garbage. Skipped, saying why, without a GPU.
+for (const name of ["cuda", "hip"] as const) {
+  const { backend, attempts } = openBackend(name, { env: {} });
+  let why = backend ? "" : `libflashattn_${name}.so is not built or not loadable (${attempts.at(-1)?.error ?? "not found"})`;
+  if (backend) {
+    try {
+      if (backend.deviceCount() < 1) why = `${name}: no device`;
+    } catch (e) {
+      why = (e as Error).message;
+    }
+  }
+  test.skipIf(why !== "")(`${name}: fp8 forward meets the rule or is refused with the reason${why ? ` — skipped: ${why}` : ""}`, async () => {
+    const seed = freshSeed();
+    const p = quantised("fp8_e4m3", [1, 256, 4, 128], [1, 256, 2, 128], seed);
+    const placeholder = 0x100000n;
+    const plan = planAttention(p.q, p.k, p.v, { descale: p.descale }, "fwd", backend);
+    const answer = backend!.plan(paramsFor(plan.request, { q: placeholder, k: placeholder, v: placeholder, o: placeholder, lse: placeholder }), "fwd");
+    if (!answer.ok) {
+      expect(answer.reasons.join("; ")).toMatch(/fp8|fp16 and bf16 only/);
+      return;
+    }
+    const r = await attention(p.q, p.k, p.v, { plan, poison: true });
+    const check = checkAgainstReference(p.q, p.k, p.v, { descale: p.descale }, r.out, r.lse);
+    expect(check.pass, `seed ${seed}: ${r.kernel} error ${check.relativeError}, naive ${check.naiveError}`).toBe(true);
+  });
+}
