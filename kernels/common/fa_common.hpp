@@ -367,9 +367,10 @@ inline std::vector<Problem> check_descale_values(const fa_attn_params& p, const 
   for (int32_t b = 0; b < p.batch; ++b)
     for (int32_t h = 0; h < p.heads_kv; ++h) {
       const float x = descale_at(host, b, h);
-      if (!std::isfinite(x) || x <= 0.f)
-        return {{FA_ERR_INVALID_ARGUMENT, format("%s[%d, %d] is %g: descale factors must be finite and positive", name, b, h,
-                                                 static_cast<double>(x))}};
+      // A subnormal factor would be flushed to zero by GPUs (ftz), so it is refused like 0.
+      if (!std::isfinite(x) || x <= 0.f || !zero_or_normal(x))
+        return {{FA_ERR_INVALID_ARGUMENT, format("%s[%d, %d] is %g: descale factors must be finite positive normal floats",
+                                                 name, b, h, static_cast<double>(x))}};
     }
   return {};
 }
