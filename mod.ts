@@ -12,11 +12,18 @@ export { referenceKvCache } from "./lib/kvcache_reference.ts";
 export type { KvCacheReference } from "./lib/kvcache_reference.ts";
 export { checkAgainstReference } from "./lib/check.ts";
 export type { CheckResult } from "./lib/check.ts";
-export { naiveSamePrecisionForward, referenceBackward, referenceForward, relativeError, withinTolerance } from "./lib/reference.ts";
+export {
+  naiveFp8Forward,
+  naiveSamePrecisionForward,
+  referenceBackward,
+  referenceForward,
+  relativeError,
+  withinTolerance,
+} from "./lib/reference.ts";
 export type { ReferenceGradients, ReferenceOutput } from "./lib/reference.ts";
 export { describeProblem, standardAlibiSlopes } from "./lib/problem.ts";
-export type { AttentionSemantics, Problem } from "./lib/problem.ts";
-export { fromFloat32, randomTensor, tensor, toFloat32 } from "./lib/tensor.ts";
+export type { AttentionSemantics, Descale, Problem } from "./lib/problem.ts";
+export { floatToFp8, fp8ToFloat, fromFloat32, quantizeFp8, randomTensor, tensor, toFloat32 } from "./lib/tensor.ts";
 export type { DType, Tensor } from "./lib/tensor.ts";
 export { Backend, describeAttempts, openBackend } from "./lib/backend.ts";
 export type { DeviceBuffer, DeviceInfo, Direction, LibraryInfo, LoadAttempt, PlanResult } from "./lib/backend.ts";
@@ -24,6 +31,6 @@ export { chooseBackend, paramsFor, requestedBackend } from "./lib/select.ts";
 export type { AttnRequest, BackendChoice, BackendDecision } from "./lib/select.ts";
 export { exitCodeFor, FlashAttnError } from "./lib/errors.ts";
 export type { ErrorCode } from "./lib/errors.ts";
-export type { BackendName, ProblemShape } from "./lib/vocabulary.ts";
+export type { BackendName, Fp8DType, ProblemShape } from "./lib/vocabulary.ts";
 export { readNpy, writeNpy } from "./formats/npy.ts";
 export { openSafetensors, readSafetensors, writeSafetensors } from "./formats/safetensors.ts";

@@ -204,7 +204,9 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
     const qBytes = c.batch * c.seqlenQ * c.headsQ * c.headDim * e;
     const kBytes = c.batch * c.seqlenK * c.headsKv * c.headDim * e;
     const backwardToo = c.direction !== "fwd";
-    const [q, k, v, o] = [alloc(qBytes), alloc(kBytes), alloc(kBytes), alloc(qBytes)];
+    // o is in the output dtype: bf16 for fp8 inputs
+    const oBytes = (qBytes / e) * dtypeBytes[request.problem.outDtype];
+    const [q, k, v, o] = [alloc(qBytes), alloc(kBytes), alloc(kBytes), alloc(oBytes)];
     const lse = alloc(c.batch * c.headsQ * c.seqlenQ * 4);
     const grads = backwardToo
       ? { dout: alloc(qBytes), dq: alloc(qBytes), dk: alloc(kBytes), dv: alloc(kBytes) }

@@ -7,7 +7,7 @@
 //   quick   a few small shapes that finish in seconds on a 2-core CPU (the default without a GPU)
 import { FlashAttnError } from "../lib/errors.ts";
 import { MAX_HEAD_DIM } from "../lib/problem.ts";
-import type { DType } from "../lib/vocabulary.ts";
+import { type DType, dtypeNames } from "../lib/vocabulary.ts";
 import type { ModelProblem } from "../doctor/model/kernels.ts";
 import { attentionFlops, type Direction, directions, type ProblemSize } from "./flops.ts";
 
@@ -165,8 +165,8 @@ function parseDirections(text: string): Direction[] {
 }
 
 function parseDtype(text: string): DType {
-  if (text === "fp32" || text === "fp16" || text === "bf16") return text;
-  usage(`--dtype takes fp16, bf16 or fp32, not "${text}"`);
+  if ((dtypeNames as readonly string[]).includes(text)) return text as DType;
+  usage(`--dtype takes fp16, bf16, fp32, fp8_e4m3 or fp8_e5m2, not "${text}"`);
 }
 
 /** The preset with the user's flags applied. */

@@ -9,7 +9,7 @@ import { FlashAttnError } from "../lib/errors.ts";
 import { printable } from "../lib/terminal.ts";
 import { abiFault, checkShape } from "../lib/problem.ts";
 import type { BackendChoice, BackendDecision } from "../lib/select.ts";
-import { backendNames, type DType, type ProblemShape } from "../lib/vocabulary.ts";
+import { backendNames, type DType, isFp8, type ProblemShape } from "../lib/vocabulary.ts";
 import { executeRun, type CheckResult, type RunResult } from "../run/execute.ts";
 import { checkRunLimits, defaultShape, type InputPlan, type OutputPlan, type RunPlan } from "../run/plan.ts";
 import packageJson from "../package.json" with { type: "json" };
@@ -44,6 +44,7 @@ export interface RawRunOptions {
   scale?: string;
   alibi?: boolean;
   alibiSlopes?: string;
+  descale?: string;
   backend?: string;
   lib?: string;
   out?: string;
@@ -70,11 +71,17 @@ const dtypeAliases: Record<string, DType> = {
   half: "fp16",
   bf16: "bf16",
   bfloat16: "bf16",
+  fp8_e4m3: "fp8_e4m3",
+  e4m3: "fp8_e4m3",
+  float8_e4m3fn: "fp8_e4m3",
+  fp8_e5m2: "fp8_e5m2",
+  e5m2: "fp8_e5m2",
+  float8_e5m2: "fp8_e5m2",
 };
 
 export function parseDtype(text: string): DType {
   const dtype = dtypeAliases[text.trim().toLowerCase()];
-  if (!dtype) throw usage(`unknown dtype '${text}' (choose fp32, fp16 or bf16)`, "e.g. --dtype bf16");
+  if (!dtype) throw usage(`unknown dtype '${text}' (choose fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2)`, "e.g. --dtype bf16");
   return dtype;
 }
 
@@ -292,6 +299,16 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
     : raw.alibi
     ? { kind: "standard" }
     : { kind: "none" };
+  const descale = raw.descale === undefined ? undefined : inputPath("--descale", raw.descale)!;
+  if (descale !== undefined && (input?.kind === "decode" || (dtype !== "auto" && !isFp8(dtype)))) {
+    throw usage("--descale gives the descale factors of fp8 inputs", "use it with fp8 files (or --dtype fp8_e4m3)");
+  }
+  if (descale !== undefined && (!input || input.kind === "random")) {
+    throw usage("--descale applies to fp8 input files: a random fp8 problem is quantised with its own per-tensor scales");
+  }
+  if (input?.kind === "decode" && dtype !== "auto" && isFp8(dtype)) {
+    throw usage(`KV-cache attention takes fp32, fp16 or bf16, not ${dtype} (fp8 caches are not implemented yet)`);
+  }
   const backend = raw.backend === undefined ? "auto" : raw.backend.trim().toLowerCase();
   if (backend !== "auto" && !(backendNames as readonly string[]).includes(backend)) {
     throw usage(`unknown backend '${raw.backend}' (choose auto, cpu, cuda or hip)`);
@@ -313,6 +330,7 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
     softcap,
     scale,
     alibi,
+    descale,
     backend: backend as BackendChoice,
     libPath: raw.lib,
     output: parseOutput(raw),
@@ -384,10 +402,11 @@ export function renderRun(r: RunResult, color: boolean): string {
   if (r.check) {
     const verdict = r.check.pass ? paint("green", "PASS", color) : paint("red", "FAIL", color);
     const naive = r.check.naiveError === undefined ? "" : `, naive ${r.dtype} ${formatError(r.check.naiveError)}`;
+    const bf16 = r.check.bf16Error === undefined ? "" : `; vs bf16 ${formatError(r.check.bf16Error)}`;
     lines.push(
       `${label("check")}relative error ${formatError(r.check.relativeError)} (limit ${
         formatError(r.check.limit)
-      }${naive}; lse ${formatError(r.check.lseError)})  ${verdict}`,
+      }${naive}; lse ${formatError(r.check.lseError)}${bf16})  ${verdict}`,
     );
   }
   if (r.outputs.length) lines.push(`${label("wrote")}${r.outputs.map(printable).join(", ")}`);
@@ -422,6 +441,10 @@ Examples:
 
 Inputs: .npy files are C-order little-endian float32/float16 (bf16 as uint16 bit patterns with --dtype bf16);
 .safetensors files hold q, k, v (or --q-name/--k-name/--v-name), or one packed qkv tensor (batch, seqlen, 3, heads, d).
+FP8 (forward, output in bf16): .npy uint8 bit patterns with --dtype fp8_e4m3, or F8_E4M3 / F8_E5M2 .safetensors
+tensors, with descale factors q_descale, k_descale, v_descale (scalar or (batch, heads_kv)) in the --input or a
+--descale file; float inputs and random problems with --dtype fp8_e4m3 are quantised with per-tensor scales.
+  $ flashattn run --shape 1,512,512,8,8,128 --dtype fp8_e4m3 --causal --check
 Layout BSHD: q (batch, seqlen_q, heads_q, head_dim), k/v (batch, seqlen_k, heads_kv, head_dim).
 KV cache: a .safetensors --input holding k_cache runs flash_attn_with_kvcache on q, k_cache, v_cache and the optional
 k_new, v_new, rotary_cos, rotary_sin, cache_seqlens, block_table, cache_batch_idx, cache_leftpad (I32; without
@@ -450,7 +473,7 @@ export function register(program: Command) {
     .option("--heads-q <n>", "random problem: query heads")
     .option("--heads-kv <n>", "random problem: key/value heads (GQA/MQA when fewer)")
     .option("--head-dim <n>", "random problem: head dimension (default 64)")
-    .option("--dtype <fp32|fp16|bf16>", "data type (random default: fp32 on CPU, bf16 on GPU; files: convert)")
+    .option("--dtype <fp32|fp16|bf16|fp8_e4m3|fp8_e5m2>", "data type (random default: fp32 on CPU, bf16 on GPU; files: convert; fp8: quantise per tensor)")
     .option("--seed <n>", "random problem seed (default 0)")
     .option("--causal", "causal mask, bottom-right aligned")
     .option("--window <left,right>", "sliding window; -1 = unbounded side")
@@ -458,6 +481,7 @@ export function register(program: Command) {
     .option("--scale <s>", "softmax scale (default 1/sqrt(head_dim))")
     .option("--alibi", "ALiBi with the standard slopes for the head count")
     .option("--alibi-slopes <file.npy>", "ALiBi slopes, (heads_q,) or (batch, heads_q)")
+    .option("--descale <file>", "fp8 descale factors q_descale, k_descale, v_descale (.safetensors or .json)")
     .option("--backend <auto|cpu|cuda|hip>", "backend (default auto: cuda, hip, cpu)")
     .option("--lib <path>", "explicit libflashattn_<backend>.so")
     .option("--out <file>", "write O to .npy or .safetensors (atomically, never over an input)")

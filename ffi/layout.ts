@@ -8,7 +8,7 @@ import { FlashAttnError } from "../lib/errors.ts";
 import type { DType, KvCacheShape, ProblemShape } from "../lib/vocabulary.ts";
 import { ABI_VERSION } from "./symbols.ts";
 
-export const dtypeCode: Record<DType, number> = { fp32: 0, fp16: 1, bf16: 2 };
+export const dtypeCode: Record<DType, number> = { fp32: 0, fp16: 1, bf16: 2, fp8_e4m3: 3, fp8_e5m2: 4 };
 
 export const INT32_MIN = -(2 ** 31);
 export const INT32_MAX = 2 ** 31 - 1;
@@ -36,6 +36,16 @@ export interface TensorView {
   data: bigint;
   batchStride: number;
   rowStride: number;
+  headStride: number;
+}
+
+/**
+ * fa_descale: fp8 descale factors in device memory, logically (batch, heads_kv); factor of (b, kv head h) at
+ * data[b * batchStride + h * headStride]; a stride of 0 broadcasts (both 0: one scalar); data 0n = none (factor 1).
+ */
+export interface DescaleView {
+  data: bigint;
+  batchStride: number;
   headStride: number;
 }
 
@@ -74,10 +84,16 @@ export interface AttnParams extends ProblemShape, SharedParams {
   dq: TensorView;
   dk: TensorView;
   dv: TensorView;
+  /** The dtype o is written in; undefined = the library's default (dtype itself, bf16 for fp8 inputs). */
+  outDtype?: DType;
+  qDescale: DescaleView;
+  kDescale: DescaleView;
+  vDescale: DescaleView;
 }
 
-export const PARAMS_SIZE = 384;
+export const PARAMS_SIZE = 440;
 export const TENSOR_SIZE = 32;
+export const DESCALE_SIZE = 16;
 
 /** The fields both structs open with (struct_size .. num_splits); offset 20 is named by each struct. */
 function sharedLayoutFields(field20: string): Array<readonly [string, number]> {
@@ -93,8 +109,10 @@ export const layoutFields: ReadonlyArray<readonly [string, number]> = [
   ...sharedLayoutFields("seqlen_k"), ["deterministic", 64], ["total_q", 68],
   ["total_k", 72], ["algorithm", 76], ["alibi_slopes", 80], ["cu_seqlens_q", 88], ["cu_seqlens_k", 96],
   ["stream", 104], ["q", 112], ["k", 144], ["v", 176], ["o", 208], ["lse", 240], ["dout", 248], ["dq", 280],
-  ["dk", 312], ["dv", 344], ["out_kernel", 376], ["out_num_splits", 380],
+  ["dk", 312], ["dv", 344], ["out_kernel", 376], ["out_num_splits", 380], ["out_dtype", 384], ["reserved", 388],
+  ["q_descale", 392], ["k_descale", 408], ["v_descale", 424],
   ["tensor.data", 0], ["tensor.batch_stride", 8], ["tensor.row_stride", 16], ["tensor.head_stride", 24],
+  ["descale.data", 0], ["descale.batch_stride", 8], ["descale.head_stride", 12],
 ];
 
 /**
@@ -119,7 +137,10 @@ function structLayout(sizes: ReadonlyArray<readonly [string, number]>, fields: R
   return { expected, compare };
 }
 
-const attnLayout = structLayout([["sizeof(fa_attn_params)", PARAMS_SIZE], ["sizeof(fa_tensor)", TENSOR_SIZE]], layoutFields);
+const attnLayout = structLayout(
+  [["sizeof(fa_attn_params)", PARAMS_SIZE], ["sizeof(fa_tensor)", TENSOR_SIZE], ["sizeof(fa_descale)", DESCALE_SIZE]],
+  layoutFields,
+);
 /** The numbers fa_params_layout must report: [sizeof params, sizeof tensor, ...offsets]. */
 export const expectedLayout = attnLayout.expected;
 /** Differences between the library's layout report and ours, as sentences (empty when they agree). */
@@ -128,6 +149,7 @@ export const compareLayout = attnLayout.compare;
 const alibiCodes = { "none": 0, "per-head": 1, "per-batch-head": 2 } as const;
 
 export const emptyView: TensorView = { data: 0n, batchStride: 0, rowStride: 0, headStride: 0 };
+export const noDescale: DescaleView = { data: 0n, batchStride: 0, headStride: 0 };
 
 /** Parameters with every field at its neutral value; callers fill in shapes and tensors. */
 export function defaultParams(): AttnParams {
@@ -136,13 +158,20 @@ export function defaultParams(): AttnParams {
     windowLeft: -1, windowRight: -1, scale: 0, softcap: 0, alibiMode: "none", numSplits: 0, deterministic: false,
     totalQ: 0, totalK: 0, algorithm: "flash", alibiSlopes: 0n, cuSeqlensQ: 0n, cuSeqlensK: 0n, stream: 0n,
     q: emptyView, k: emptyView, v: emptyView, o: emptyView, lse: 0n, dout: emptyView, dq: emptyView,
-    dk: emptyView, dv: emptyView,
+    dk: emptyView, dv: emptyView, qDescale: noDescale, kDescale: noDescale, vDescale: noDescale,
   };
 }
 
 /** Writers of one struct's fields that refuse any value the field cannot hold exactly (named `struct.field`). */
 function fieldWriter(dv: DataView, struct: string, fields: ReadonlyArray<readonly [string, number]>) {
-  const field = (off: number) => fields.find(([, o]) => o === off)![0];
+  // A struct field by offset, or a member of the nested struct at that offset ("q_descale.head_stride").
+  const own = fields.filter(([name]) => !name.includes("."));
+  const field = (off: number) => {
+    const base = own.filter(([, o]) => o <= off).reduce((a, b) => (b[1] > a[1] ? b : a));
+    if (base[1] === off) return base[0];
+    const member = fields.find(([name, o]) => name.includes(".") && o === off - base[1]);
+    return `${base[0]}.${member ? member[0].split(".")[1] : `+${off - base[1]}`}`;
+  };
   const refuse = (off: number, v: number | bigint, type: string) =>
     new FlashAttnError("INVALID_ARGUMENT", `${struct}.${field(off)} cannot hold ${v} (${type})`);
   const pointer = (off: number, v: bigint) => {
@@ -222,6 +251,13 @@ export function encodeParams(p: AttnParams): Uint8Array {
   view(280, p.dq);
   view(312, p.dk);
   view(344, p.dv);
+  i32(384, p.outDtype === undefined ? 0 : dtypeCode[p.outDtype]);
+  const descales: Array<[number, DescaleView]> = [[392, p.qDescale], [408, p.kDescale], [424, p.vDescale]];
+  for (const [off, f] of descales) {
+    pointer(off, f.data);
+    i32(off + 8, f.batchStride);
+    i32(off + 12, f.headStride);
+  }
   return bytes;
 }
 

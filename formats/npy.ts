@@ -8,8 +8,10 @@
 // (arr.view(np.uint16)) or 'V2' (ml_dtypes.bfloat16 saved by np.save); those are read as bf16 only when the caller
 // says the data is bf16, since a uint16 file may just as well hold integers. bf16 is written as '<u2', which plain
 // NumPy loads; `arr.view(ml_dtypes.bfloat16)` or `torch.from_numpy(arr).view(torch.bfloat16)` restores it.
-import { type Tensor, tensor } from "../lib/tensor.ts";
-import { type DType, dtypeBytes } from "../lib/vocabulary.ts";
+// fp8 the same way, one byte: '|u1' (arr.view(np.uint8)) or '|V1' (ml_dtypes.float8_*) read as fp8 bit patterns when
+// the caller names the format, written as '|u1' (torch.from_numpy(arr).view(torch.float8_e4m3fn) restores it).
+import { elementsOf, type Tensor, tensor } from "../lib/tensor.ts";
+import { type DType, dtypeBytes, type Fp8DType } from "../lib/vocabulary.ts";
 import { type AtomicWriteOptions, writeFileAtomic } from "./atomic.ts";
 import { badFile, describeShape, openInput, readExact, tensorByteCount } from "./input.ts";
 
@@ -26,6 +28,8 @@ export interface NpyHeader {
 export interface ReadNpyOptions {
   /** Treat '<u2' / 'V2' data as bf16 bit patterns (the caller knows the file holds bf16). */
   bf16?: boolean;
+  /** Treat '|u1' / 'V1' data as bit patterns of this fp8 format (the caller knows the file holds it). */
+  fp8?: Fp8DType;
 }
 
 const fixConvert = "save it as float32 or float16, e.g. np.save(path, arr.astype(np.float32))";
@@ -46,6 +50,14 @@ function dtypeOf(file: string, descr: string, options: ReadNpyOptions): DType {
         `holds ${descr === "<u2" ? "uint16" : "2-byte raw"} data ('${descr}'), which is bfloat16 only if you say so`,
         "pass --dtype bf16 if these are bfloat16 bit patterns, else save as float32",
       );
+    case "|u1":
+    case "|V1":
+      if (options.fp8) return options.fp8;
+      throw badFile(
+        file,
+        `holds ${descr === "|u1" ? "uint8" : "1-byte raw"} data ('${descr}'), which is fp8 only if you say which format`,
+        "pass --dtype fp8_e4m3 (or fp8_e5m2) if these are fp8 bit patterns, else save as float32",
+      );
   }
   if (descr.startsWith(">")) {
     throw badFile(
@@ -56,7 +68,7 @@ function dtypeOf(file: string, descr: string, options: ReadNpyOptions): DType {
   }
   throw badFile(
     file,
-    `has dtype '${descr}', which flashattn does not read (float32, float16 and bf16 as uint16 only)`,
+    `has dtype '${descr}', which flashattn does not read (float32, float16, bf16 as uint16 and fp8 as uint8 only)`,
     fixConvert,
   );
 }
@@ -233,7 +245,7 @@ export function readNpy(file: string, options: ReadNpyOptions = {}): Tensor {
       );
     }
     const count = bytes / dtypeBytes[dtype];
-    const data = dtype === "fp32" ? new Float32Array(count) : new Uint16Array(count);
+    const data = elementsOf(dtype, new ArrayBuffer(count * dtypeBytes[dtype]));
     readExact(input, dataStart, new Uint8Array(data.buffer));
     return tensor(dtype, header.shape, data);
   } finally {
@@ -254,7 +266,7 @@ function decodeHeader(file: string, bytes: Uint8Array, major: number): string {
   return text;
 }
 
-const descrFor: Record<DType, string> = { fp32: "<f4", fp16: "<f2", bf16: "<u2" };
+const descrFor: Record<DType, string> = { fp32: "<f4", fp16: "<f2", bf16: "<u2", fp8_e4m3: "|u1", fp8_e5m2: "|u1" };
 
 /** The bytes of a .npy file for `t` (header chunk, then the data viewed in place): v1, or v2 for huge headers. */
 export function encodeNpy(t: Tensor): Uint8Array[] {

@@ -1,9 +1,9 @@
 // .safetensors files: header_len (u64 LE) | JSON header of header_len bytes | data buffer.
 // The header maps tensor names to {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the data
 // buffer), plus an optional "__metadata__" map of strings. The format requires the tensors to cover the data buffer
-// exactly: no overlaps, no holes. flashattn reads and writes F32, F16 and BF16; the other dtypes are recognised (so
-// a file that also holds, say, an I64 tensor can still be opened) but not read.
-import { type DType, type Tensor, tensor } from "../lib/tensor.ts";
+// exactly: no overlaps, no holes. flashattn reads and writes F32, F16, BF16, F8_E4M3 and F8_E5M2 (fp8 as bit patterns);
+// the other dtypes are recognised (so a file that also holds, say, an I64 tensor can still be opened) but not read.
+import { type DType, elementsOf, type Tensor, tensor } from "../lib/tensor.ts";
 import { type AtomicWriteOptions, writeFileAtomic } from "./atomic.ts";
 import { badFile, describeShape, type InputFile, openInput, readExact, tensorByteCount } from "./input.ts";
 
@@ -29,8 +29,10 @@ const elementBytes: Record<string, number> = {
   F64: 8,
   C64: 8,
 };
-const readableDtypes: Record<string, DType> = { F32: "fp32", F16: "fp16", BF16: "bf16" };
-const fileDtype: Record<DType, string> = { fp32: "F32", fp16: "F16", bf16: "BF16" };
+const fileDtype: Record<DType, string> = { fp32: "F32", fp16: "F16", bf16: "BF16", fp8_e4m3: "F8_E4M3", fp8_e5m2: "F8_E5M2" };
+const readableDtypes: Record<string, DType> = Object.fromEntries(
+  Object.entries(fileDtype).map(([dtype, name]) => [name, dtype as DType]),
+);
 
 export interface SafetensorsEntry {
   name: string;
@@ -47,7 +49,7 @@ export interface SafetensorsFile {
   path: string;
   metadata: Record<string, string>;
   entries: Map<string, SafetensorsEntry>;
-  /** Reads one tensor (F32/F16/BF16) as a host tensor. */
+  /** Reads one tensor (F32/F16/BF16/F8_E4M3/F8_E5M2) as a host tensor. */
   read(name: string): Tensor;
   /** Reads one I32 tensor (indices, lengths: a KV cache's block table) as its values, C order. */
   readInt32(name: string): { shape: number[]; data: Int32Array };
@@ -218,14 +220,13 @@ function readEntry(input: InputFile, entries: Map<string, SafetensorsEntry>, dat
   if (!dtype) {
     throw badFile(
       input.path,
-      `tensor '${name}' has dtype ${entry.dtype}, which flashattn does not read (F32, F16, BF16 only)`,
+      `tensor '${name}' has dtype ${entry.dtype}, which flashattn does not read (F32, F16, BF16, F8_E4M3, F8_E5M2 only)`,
       "convert it, e.g. tensor.to(torch.float32), and save again",
     );
   }
   const bytes = new Uint8Array(entry.end - entry.begin);
   readExact(input, dataStart + entry.begin, bytes);
-  const data = dtype === "fp32" ? new Float32Array(bytes.buffer) : new Uint16Array(bytes.buffer);
-  return tensor(dtype, entry.shape, data);
+  return tensor(dtype, entry.shape, elementsOf(dtype, bytes.buffer));
 }
 
 /** Reads named tensors (all readable ones when `names` is omitted) and the metadata, closing the file. */

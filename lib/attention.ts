@@ -17,6 +17,7 @@ import {
   paramsFor,
 } from "./select.ts";
 import { type Tensor, tensor } from "./tensor.ts";
+import { isFp8 } from "./vocabulary.ts";
 
 export interface AttentionOptions extends AttentionSemantics {
   backend?: BackendChoice;
@@ -65,6 +66,10 @@ export function planAttention(
   chosen?: Backend,
 ): AttentionPlan {
   const problem = describeProblem(q, k, v, options);
+  if (isFp8(problem.dtype) && direction !== "fwd") {
+    throw new FlashAttnError("UNSUPPORTED", `${problem.dtype} attention is forward only: there is no fp8 backward pass`,
+      "train (or take gradients) in fp16 or bf16");
+  }
   const request = requestFor(problem, options, direction);
   if (chosen) return { problem, options, request, backend: chosen, decisions: [] };
   const decision = chooseBackend(request, { backend: options.backend, libPath: options.libPath, env: options.env });
@@ -148,10 +153,20 @@ class Scratch {
 }
 
 function uploadShared(scratch: Scratch, opts: AttentionSemantics, p: Problem): Partial<DeviceTensors> {
+  // One factor broadcasts (strides 0); batch × heads_kv factors are a contiguous (batch, heads_kv) array.
+  const descale = (factors: Float32Array | undefined) =>
+    factors && {
+      data: scratch.upload(factors),
+      batchStride: factors.length === 1 ? 0 : p.headsKv,
+      headStride: factors.length === 1 ? 0 : 1,
+    };
   return {
     alibiSlopes: opts.alibiSlopes ? scratch.upload(opts.alibiSlopes) : undefined,
     cuSeqlensQ: p.varlen ? scratch.upload(opts.cuSeqlensQ!) : undefined,
     cuSeqlensK: p.varlen ? scratch.upload(opts.cuSeqlensK!) : undefined,
+    qDescale: descale(opts.descale?.q),
+    kDescale: descale(opts.descale?.k),
+    vDescale: descale(opts.descale?.v),
   };
 }
 
@@ -164,7 +179,7 @@ export async function attention(q: Tensor, k: Tensor, v: Tensor, opts: CallOptio
   const { problem, options, request, backend } = planOf(q, k, v, opts, "fwd");
   const scratch = new Scratch(backend);
   try {
-    const out = newLike(q);
+    const out = tensor(problem.outDtype, q.shape);
     const lse = new Float32Array(lseLength(problem));
     const o = scratch.alloc(out.data.byteLength);
     const l = scratch.alloc(lse.byteLength);

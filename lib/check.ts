@@ -4,6 +4,7 @@ import type { KvCacheOptions } from "./kvcache.ts";
 import { referenceKvCache } from "./kvcache_reference.ts";
 import type { AttentionSemantics } from "./problem.ts";
 import {
+  naiveFp8Forward,
   naiveSamePrecisionForward,
   referenceBackward,
   referenceForward,
@@ -11,11 +12,17 @@ import {
   withinTolerance,
 } from "./reference.ts";
 import { type Tensor, toFloat32 } from "./tensor.ts";
+import { isFp8 } from "./vocabulary.ts";
 
 export interface CheckResult {
   relativeError: number;
-  /** fp16/bf16: the error of softmax(QKᵀ)V computed naively in the same precision. */
+  /** fp16/bf16: the error of softmax(QKᵀ)V computed naively in the same precision; fp8: of a naive fp8 attention. */
   naiveError?: number;
+  /**
+   * fp8 inputs quantised from known real values: how far the fp8 result is from our bf16 forward on those real
+   * values (what fp8 costs against running in bf16; informational).
+   */
+  bf16Error?: number;
   /** LSE against the reference over rows that have at least one key (informational). */
   lseError: number;
   limit: number;
@@ -30,16 +37,22 @@ export function checkAgainstReference(
   semantics: AttentionSemantics,
   out: Tensor,
   lse: Float32Array,
+  bf16Out?: Tensor,
 ): CheckResult {
   const reference = referenceForward(q, k, v, semantics);
-  const error = relativeError(toFloat32(out), reference.out);
-  const naiveError = q.dtype === "fp32"
+  const ours = toFloat32(out);
+  const error = relativeError(ours, reference.out);
+  const naive = q.dtype === "fp32"
     ? undefined
-    : relativeError(naiveSamePrecisionForward(q, k, v, semantics), reference.out);
+    : isFp8(q.dtype)
+    ? naiveFp8Forward(q, k, v, semantics)
+    : naiveSamePrecisionForward(q, k, v, semantics);
+  const naiveError = naive && relativeError(naive, reference.out);
   const rows = [...reference.lse.keys()].filter((i) => Number.isFinite(reference.lse[i]));
   const lseError = relativeError(rows.map((i) => lse[i]), rows.map((i) => reference.lse[i]));
   const { ok, limit } = withinTolerance(q.dtype, error, naiveError);
-  return { relativeError: error, naiveError, lseError, limit, pass: ok };
+  const bf16Error = bf16Out && relativeError(ours, toFloat32(bf16Out));
+  return { relativeError: error, naiveError, ...(bf16Error === undefined ? {} : { bf16Error }), lseError, limit, pass: ok };
 }
 
 /** dQ, dK, dV against the reference: the worst of the three, fp32 ≤ 1e-5, fp16/bf16 ≤ 1e-2. */

@@ -9,7 +9,18 @@
 import { fitsFloat32, fitsInt32, INT32_MAX } from "../ffi/layout.ts";
 import { type ErrorCode, FlashAttnError } from "./errors.ts";
 import type { Tensor } from "./tensor.ts";
-import type { DType, ProblemShape } from "./vocabulary.ts";
+import { type DType, isFp8, type ProblemShape } from "./vocabulary.ts";
+
+/**
+ * fp8 descale factors (flashattn.h, fa_descale): per tensor, one value (a per-tensor scale) or batch × heads_kv values
+ * in row-major (batch, heads_kv) order, as FlashAttention-3 takes them. A tensor's real values are its fp8 numbers
+ * times its factors; query head h uses the factor of its kv head. Absent = 1.
+ */
+export interface Descale {
+  q?: Float32Array;
+  k?: Float32Array;
+  v?: Float32Array;
+}
 
 /** The semantics of docs/DESIGN.md (flash-attn 2.x). */
 export interface AttentionSemantics {
@@ -25,6 +36,10 @@ export interface AttentionSemantics {
   /** Varlen: q (total_q, heads_q, d), k/v (total_k, heads_kv, d) and int32 cumulative lengths of length batch+1. */
   cuSeqlensQ?: Int32Array;
   cuSeqlensK?: Int32Array;
+  /** fp8 inputs only. */
+  descale?: Descale;
+  /** The dtype of o: fp16 or bf16 (the default) for fp8 inputs; for the others the input dtype, the default. */
+  outDtype?: DType;
 }
 
 /** The head_dim range of flash-attn 2.x, which every backend implements (the limits in kernels/{cpu,gpu}/api.cpp). */
@@ -81,6 +96,8 @@ export interface Sequence {
 /** A checked problem: the shape (padded: the sequence lengths; varlen: the longest) and the semantics resolved. */
 export interface Problem extends ProblemShape {
   dtype: DType;
+  /** The dtype o is written in (opts.outDtype resolved). */
+  outDtype: DType;
   varlen: boolean;
   totalQ: number;
   totalK: number;
@@ -184,10 +201,34 @@ export function describeProblem(q: TensorShape, k: TensorShape, v: TensorShape, 
     }
     if (!opts.alibiSlopes.every(Number.isFinite)) throw bad("ALiBi slopes must be finite numbers");
   }
+  const outDtype = checkFp8(q.dtype, batch, headsKv, opts);
   return {
-    dtype: q.dtype, batch, seqlenQ, seqlenK, headsQ, headsKv, headDim: d, varlen, totalQ, totalK, sequences, scale,
+    dtype: q.dtype, outDtype, batch, seqlenQ, seqlenK, headsQ, headsKv, headDim: d, varlen, totalQ, totalK, sequences, scale,
     window: [left, right], softcap, causal,
   };
+}
+
+/** The fp8 rules: the output dtype, and descale factors only for fp8, of a valid count, finite and positive. */
+function checkFp8(dtype: DType, batch: number, headsKv: number, opts: AttentionSemantics): DType {
+  const fp8 = isFp8(dtype);
+  const outDtype = opts.outDtype ?? (fp8 ? "bf16" : dtype);
+  if (fp8 && outDtype !== "fp16" && outDtype !== "bf16") {
+    throw bad(`an ${dtype} forward writes its output in fp16 or bf16, not ${outDtype}`);
+  }
+  if (!fp8 && outDtype !== dtype) throw bad(`the output of ${dtype} inputs is ${dtype}; only fp8 inputs take another output dtype (${outDtype} asked)`);
+  for (const which of ["q", "k", "v"] as const) {
+    const factors = opts.descale?.[which];
+    if (!factors) continue;
+    const name = `${which}_descale`;
+    if (!fp8) throw bad(`${name} is given but the inputs are ${dtype}: descale factors apply to fp8 inputs only`);
+    if (factors.length !== 1 && factors.length !== batch * headsKv) {
+      throw bad(`${name} has ${factors.length} values; it takes 1 (per tensor) or batch × heads_kv = ${batch * headsKv} (per sequence and kv head)`,
+        "shape it (batch, heads_kv) as FlashAttention-3 does, or give one scalar");
+    }
+    const at = factors.findIndex((x) => !Number.isFinite(x) || x <= 0 || abiFault("float32", x) !== undefined);
+    if (at >= 0) throw bad(`${name}[${at}] is ${factors[at]}: descale factors must be finite positive normal floats`);
+  }
+  return outDtype;
 }
 
 /** The standard ALiBi slopes for `heads` heads (geometric, as in the ALiBi paper and flash-attn's tests). */

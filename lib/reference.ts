@@ -1,9 +1,11 @@
 // The plain fp64 reference of docs/DESIGN.md's semantics: no tiling, no online softmax, every score computed directly.
 // Used by the tests, `run --check` and doctor's self-test. Also the "naive same-precision" variant the tolerance rule
 // compares against (scores, probabilities and output rounded to the input dtype, as a framework would compute
-// softmax(QKᵀ)V in fp16/bf16).
+// softmax(QKᵀ)V in fp16/bf16), and its fp8 counterpart (naiveFp8Forward). fp8 inputs enter every variant dequantised:
+// their fp8 numbers times their descale factors, exactly (in fp64).
 import { type AttentionSemantics, describeProblem, type Problem } from "./problem.ts";
 import { type DType, roundTo, type Tensor, toFloat32 } from "./tensor.ts";
+import { isFp8 } from "./vocabulary.ts";
 
 export interface ReferenceOutput {
   /** Same layout as q: (batch, seqlen_q, heads_q, d) or (total_q, heads_q, d). */
@@ -35,8 +37,8 @@ interface RowContext {
 
 function forEachRow(
   p: Problem,
-  qf: Float32Array,
-  kf: Float32Array,
+  qf: ArrayLike<number>,
+  kf: ArrayLike<number>,
   opts: AttentionSemantics,
   visit: (row: RowContext) => void,
   round?: DType,
@@ -98,16 +100,51 @@ function softmaxRow(scores: number[]): { probs: number[]; lse: number } {
   return { probs: e.map((v) => v / sum), lse: m + Math.log(sum) };
 }
 
-function forward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionSemantics, round?: DType): ReferenceOutput {
+/**
+ * The real values of q, k or v: fp8 numbers times the descale factor of their (sequence, kv head), in fp64; other
+ * dtypes as stored. `which` says whose rows (q: query tokens and heads; k, v: key tokens and kv heads).
+ */
+export function inputValues(t: Tensor, p: Problem, which: "q" | "k" | "v", opts: AttentionSemantics): ArrayLike<number> {
+  const stored = toFloat32(t);
+  const factors = opts.descale?.[which];
+  if (!isFp8(t.dtype) || !factors) return stored;
+  const heads = which === "q" ? p.headsQ : p.headsKv, group = which === "q" ? p.headsQ / p.headsKv : 1;
+  const out = new Float64Array(stored.length);
+  p.sequences.forEach((s, b) => {
+    const [first, count] = which === "q" ? [s.q0, s.sq] : [s.k0, s.sk];
+    for (let token = first; token < first + count; token++) {
+      for (let h = 0; h < heads; h++) {
+        const factor = factors.length === 1 ? factors[0] : factors[b * p.headsKv + Math.floor(h / group)];
+        const base = (token * heads + h) * p.headDim;
+        for (let x = 0; x < p.headDim; x++) out[base + x] = stored[base + x] * factor;
+      }
+    }
+  });
+  return out;
+}
+
+/**
+ * How a variant rounds: "exact" not at all; "same-precision" scores, probabilities and output to the input dtype;
+ * "fp8" as a straightforward fp8 kernel must: P = exp(s - row max) rounded to E4M3 for the P·V product (both of its
+ * operands fp8), the products and sums in fp32, O = (P·V) / Σ exp(s - row max) rounded to the output dtype.
+ */
+type Rounding = "exact" | "same-precision" | "fp8";
+
+function forward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionSemantics, rounding: Rounding = "exact"): ReferenceOutput {
   const p = describeProblem(q, k, v, opts);
-  const qf = toFloat32(q), kf = toFloat32(k), vf = toFloat32(v);
+  const qf = inputValues(q, p, "q", opts), kf = inputValues(k, p, "k", opts), vf = inputValues(v, p, "v", opts);
   const d = p.headDim;
+  const round = rounding === "same-precision" ? p.dtype : undefined;
   const out = new Float64Array(qf.length);
   const lse = new Float64Array(p.headsQ * (p.varlen ? p.totalQ : p.batch * p.seqlenQ));
   forEachRow(p, qf, kf, opts, (row) => {
     const { probs, lse: l } = softmaxRow(row.scores);
     lse[lseIndex(p, row)] = l;
     const oBase = (row.qt * p.headsQ + row.h) * d;
+    if (rounding === "fp8") {
+      fp8Row(p, row, vf, out, oBase);
+      return;
+    }
     for (let n = 0; n < row.keys.length; n++) {
       const pr = round ? roundTo(round, probs[n]) : probs[n];
       const vBase = ((p.sequences[row.b].k0 + row.keys[n]) * p.headsKv + row.kvh) * d;
@@ -118,7 +155,24 @@ function forward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionSemantics, roun
   return { out, lse };
 }
 
-/** O and LSE in fp64 from the exact values of the (possibly fp16/bf16) inputs. */
+/** One output row of the naive fp8 variant (see Rounding), written at out[oBase..]. */
+function fp8Row(p: Problem, row: RowContext, vf: ArrayLike<number>, out: Float64Array, oBase: number): void {
+  const d = p.headDim;
+  let m = -Infinity;
+  for (const s of row.scores) m = Math.max(m, s);
+  const acc = new Float32Array(d);
+  let sum = 0;
+  for (let n = 0; n < row.keys.length; n++) {
+    const e = Math.exp(row.scores[n] - m);
+    sum = Math.fround(sum + e);
+    const pr = roundTo("fp8_e4m3", e);
+    const vBase = ((p.sequences[row.b].k0 + row.keys[n]) * p.headsKv + row.kvh) * d;
+    for (let x = 0; x < d; x++) acc[x] += Math.fround(pr * vf[vBase + x]);
+  }
+  for (let x = 0; x < d; x++) out[oBase + x] = sum > 0 ? roundTo(p.outDtype, acc[x] / sum) : 0;
+}
+
+/** O and LSE in fp64 from the exact values of the inputs (fp16/bf16 as stored, fp8 dequantised). */
 export function referenceForward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionSemantics = {}): ReferenceOutput {
   return forward(q, k, v, opts);
 }
@@ -128,7 +182,16 @@ export function referenceForward(q: Tensor, k: Tensor, v: Tensor, opts: Attentio
  * rounded to that dtype. docs/DESIGN.md's fp16/bf16 tolerance allows at most twice its error.
  */
 export function naiveSamePrecisionForward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionSemantics = {}): Float64Array {
-  return forward(q, k, v, opts, q.dtype).out;
+  return forward(q, k, v, opts, "same-precision").out;
+}
+
+/**
+ * What a straightforward fp8 attention gets from the same fp8 inputs: P rounded to E4M3 before P·V, fp32
+ * accumulation, O rounded to the output dtype (see Rounding). docs/DESIGN.md's fp8 tolerance allows at most twice its
+ * error.
+ */
+export function naiveFp8Forward(q: Tensor, k: Tensor, v: Tensor, opts: AttentionSemantics = {}): Float64Array {
+  return forward(q, k, v, opts, "fp8").out;
 }
 
 /** dQ, dK, dV in fp64 (P recomputed exactly); dK/dV summed over each GQA group. */
@@ -183,9 +246,16 @@ export function relativeError(actual: ArrayLike<number>, expected: ArrayLike<num
   return den > 0 ? Math.sqrt(num / den) : Math.sqrt(num);
 }
 
-/** docs/DESIGN.md tolerances: fp32 ≤ 1e-5; fp16/bf16 ≤ 1e-2 and no worse than twice the naive same-precision error. */
+/**
+ * docs/DESIGN.md tolerances: fp32 ≤ 1e-5; fp16/bf16 ≤ 1e-2 and no worse than twice the naive same-precision error;
+ * fp8 no worse than twice the naive fp8 error (which it needs).
+ */
 export function withinTolerance(dtype: DType, error: number, naiveError?: number): { ok: boolean; limit: number } {
   if (dtype === "fp32") return { ok: error <= 1e-5, limit: 1e-5 };
+  if (isFp8(dtype)) {
+    if (naiveError === undefined) throw new Error("the fp8 tolerance is relative to the naive fp8 error, which is missing");
+    return { ok: error <= 2 * naiveError, limit: 2 * naiveError };
+  }
   const limit = naiveError === undefined ? 1e-2 : Math.min(1e-2, 2 * naiveError);
   return { ok: error <= limit, limit };
 }

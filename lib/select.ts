@@ -1,7 +1,7 @@
 // The backend decision: which of our libraries serves a request, and why every other one does not. `run`, `bench`
 // and `doctor` all call chooseBackend, so what doctor explains is what the other commands do.
 import process from "node:process";
-import { type AttnParams, defaultParams, type TensorView } from "../ffi/layout.ts";
+import { type AttnParams, defaultParams, type DescaleView, noDescale, type TensorView } from "../ffi/layout.ts";
 import { type Backend, type Direction, type LoadAttempt, openBackend } from "./backend.ts";
 import { FlashAttnError } from "./errors.ts";
 import type { Problem } from "./problem.ts";
@@ -50,6 +50,9 @@ export interface DeviceTensors {
   alibiSlopes?: bigint;
   cuSeqlensQ?: bigint;
   cuSeqlensK?: bigint;
+  qDescale?: DescaleView;
+  kDescale?: DescaleView;
+  vDescale?: DescaleView;
 }
 
 /** Contiguous BSHD (or packed THD) views, in elements. */
@@ -73,6 +76,8 @@ export function paramsFor(request: AttnRequest, t: DeviceTensors): AttnParams {
     cuSeqlensK: t.cuSeqlensK ?? 0n,
     q: qView(t.q), k: kView(t.k), v: kView(t.v), o: qView(t.o), lse: t.lse,
     dout: qView(t.dout), dq: qView(t.dq), dk: kView(t.dk), dv: kView(t.dv),
+    outDtype: p.outDtype, qDescale: t.qDescale ?? noDescale, kDescale: t.kDescale ?? noDescale,
+    vDescale: t.vDescale ?? noDescale,
   };
 }
 

@@ -3,9 +3,18 @@
 // (doctor/) and the FFI struct writer (ffi/layout.ts) to the build (kernels/target.ts) uses these names. No imports:
 // any layer may depend on this file.
 
-/** Element types of q, k, v, o (and dO, dQ, dK, dV); the LSE is always fp32. */
-export type DType = "fp32" | "fp16" | "bf16";
-export const dtypeBytes: Record<DType, number> = { fp32: 4, fp16: 2, bf16: 2 };
+/**
+ * Element types of q, k, v, o (and dO, dQ, dK, dV); the LSE is always fp32. The fp8 types (OCP E4M3 and E5M2) are
+ * inputs of a forward pass only: q, k, v with descale factors, o written in fp16 or bf16.
+ */
+export type DType = "fp32" | "fp16" | "bf16" | "fp8_e4m3" | "fp8_e5m2";
+export const dtypeBytes: Record<DType, number> = { fp32: 4, fp16: 2, bf16: 2, fp8_e4m3: 1, fp8_e5m2: 1 };
+export const dtypeNames: readonly DType[] = ["fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2"];
+
+export type Fp8DType = "fp8_e4m3" | "fp8_e5m2";
+export function isFp8(dtype: DType): dtype is Fp8DType {
+  return dtype === "fp8_e4m3" || dtype === "fp8_e5m2";
+}
 
 /** Our native libraries, one per backend: libflashattn_<name>.so. */
 export type BackendName = "cpu" | "cuda" | "hip";

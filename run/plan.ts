@@ -29,6 +29,8 @@ export interface RunPlan {
   softcap?: number;
   scale?: number;
   alibi: { kind: "none" } | { kind: "standard" } | { kind: "file"; path: string };
+  /** fp8 descale factors: a .safetensors or .json file of q_descale, k_descale, v_descale (run/inputs.ts). */
+  descale?: string;
   /** KV-cache runs with rotary tables: GPT-J pairs instead of GPT-NeoX halves. */
   rotaryInterleaved: boolean;
   backend: BackendChoice;
@@ -80,5 +82,6 @@ export function planInputs(plan: RunPlan): string[] {
   if (plan.input.kind === "npy") paths.push(plan.input.q, plan.input.k, plan.input.v);
   if (plan.input.kind === "safetensors") paths.push(plan.input.path);
   if (plan.alibi.kind === "file") paths.push(plan.alibi.path);
+  if (plan.descale !== undefined) paths.push(plan.descale);
   return paths;
 }

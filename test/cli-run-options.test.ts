@@ -121,7 +121,7 @@ describe("accepted forms", () => {
 
 describe("each bad flag is one usage sentence", () => {
   const cases: Array<[RawRunOptions, string]> = [
-    [{ dtype: "fp8" }, "unknown dtype 'fp8' (choose fp32, fp16 or bf16)"],
+    [{ dtype: "fp8" }, "unknown dtype 'fp8' (choose fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2)"],
     [{ shape: "1,2,3" }, "--shape takes batch,seqlen_q,seqlen_k,heads_q,heads_kv,head_dim"],
     [{ shape: "1,16,16,0,1,64" }, "--shape entries must be a whole number ≥ 1, got '0'"],
     [{ shape: "1,16,16,x,1,64" }, "got 'x'"],

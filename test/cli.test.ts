@@ -251,7 +251,7 @@ describe("usage and input errors exit 2 with one line", () => {
 
   const q = fixture("q.npy"), k = fixture("k.npy"), v = fixture("v.npy");
   const cases: Array<[string, string[], string]> = [
-    ["unknown dtype", ["run", "--dtype", "fp8"], "unknown dtype 'fp8' (choose fp32, fp16 or bf16)"],
+    ["unknown dtype", ["run", "--dtype", "fp8"], "unknown dtype 'fp8' (choose fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2)"],
     ["unknown flag", ["run", "--bogus"], "unknown option '--bogus'"],
     ["unknown command", ["frobnicate"], "unknown command 'frobnicate'"],
     ["shapes that disagree", ["run", "--backend", "cpu", "--q", q, "--k", k, "--v", q], "k and v shapes differ"],
@@ -281,7 +281,7 @@ describe("usage and input errors exit 2 with one line", () => {
     expect(r.code).toBe(2);
     expect(JSON.parse(r.stdout)).toEqual({
       ok: false,
-      error: { code: "USAGE", message: "unknown dtype 'fp8' (choose fp32, fp16 or bf16)", fix: "e.g. --dtype bf16" },
+      error: { code: "USAGE", message: "unknown dtype 'fp8' (choose fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2)", fix: "e.g. --dtype bf16" },
     });
     const unknown = cli(["run", "--json", "--bogus"]);
     expect(unknown.code).toBe(2);

@@ -21,6 +21,8 @@ describe("CPU portable kernels (FLASHATTN_CPU_ISA=portable)", () => {
     ["fp32, causal, GQA, sq ≠ sk", ["--shape", "2,113,203,4,2,40", "--causal", "--seed", String(Date.now() % 100000)]],
     ["fp16, window + softcap", ["--shape", "1,203,113,2,1,64", "--dtype", "fp16", "--window", "16,4", "--softcap", "20"]],
     ["bf16, ALiBi", ["--shape", "1,64,64,4,4,24", "--dtype", "bf16", "--alibi"]],
+    // fp8: the table loads and the E4M3 rounding of P in plain vector arithmetic (no AVX blend / min)
+    ["fp8_e4m3, causal, GQA", ["--shape", "1,150,150,4,2,64", "--dtype", "fp8_e4m3", "--causal"]],
   ] as const) {
     test(name, () => {
       const { status, doc } = runPortable([...args]);

@@ -62,8 +62,8 @@ describe("Deno", () => {
     expect(r.code).toBe(2);
     expect(JSON.parse(r.stdout).error).toMatchObject({
       code: "USAGE",
-      message: "unknown dtype 'fp8' (choose fp32, fp16 or bf16)",
+      message: "unknown dtype 'fp8' (choose fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2)",
     });
-    expect(r.stderr.split("\n")[0]).toBe("flashattn: unknown dtype 'fp8' (choose fp32, fp16 or bf16)");
+    expect(r.stderr.split("\n")[0]).toBe("flashattn: unknown dtype 'fp8' (choose fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2)");
   }, 180_000);
 });

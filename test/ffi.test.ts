@@ -34,25 +34,26 @@ const request = () => {
 
 describe("refusing libraries built for another ABI", () => {
   test("a different ABI version is refused with both numbers", () => {
-    const lib = buildStale("abi2", ["-DSTALE_ABI=2"]);
+    // A library built before fp8 (ABI 1) is refused before its smaller params struct is ever written.
+    const lib = buildStale("abi1", ["-DSTALE_ABI=1"]);
     const { backend, attempts } = openBackend("cpu", { libPath: lib });
     expect(backend).toBeUndefined();
     expect(attempts).toHaveLength(1);
     expect(attempts[0]).toMatchObject({ path: lib, source: "flag", ok: false });
-    expect(attempts[0].error).toContain("has ABI version 2 but this flashattn needs 1");
+    expect(attempts[0].error).toContain("has ABI version 1 but this flashattn needs 2");
   });
 
   test("a params layout that drifted is refused, naming the first field that moved", () => {
     const lib = buildStale("shifted", ["-DSHIFT_FIELDS=8"]);
     const { backend, attempts } = openBackend("cpu", { libPath: lib });
     expect(backend).toBeUndefined();
-    expect(attempts[0].error).toContain("parameter layout differs: sizeof(fa_attn_params) is at 392 in the library but at 384 here");
+    expect(attempts[0].error).toContain("parameter layout differs: sizeof(fa_attn_params) is at 448 in the library but at 440 here");
   });
 
   test("the layout comparison catches a single moved field", () => {
     const reported = expectedLayout();
     expect(compareLayout(reported)).toEqual([]);
-    reported[2 + 24] += 8; // the offset of `q`
+    reported[3 + 24] += 8; // the offset of `q`
     expect(compareLayout(reported)).toEqual(["q is at 120 in the library but at 112 here"]);
   });
 
@@ -94,7 +95,7 @@ describe("the CPU library through the adapter (always built: a missing one is a 
     expect(attempts.at(-1)).toMatchObject({ path: cpuLib, source: "build", ok: true });
     const info = backend!.info();
     expect(info.backend).toBe("cpu");
-    expect(info.abi).toBe(1);
+    expect(info.abi).toBe(2);
     expect(info.kernels.length).toBeGreaterThan(0);
     expect(backend!.deviceCount()).toBe(1);
   });

@@ -208,7 +208,10 @@ function flashattnVerdict(m: ModelFacts): ImplementationVerdict {
   return v;
 }
 
-const torchDtype = { bf16: "torch.bfloat16", fp16: "torch.float16", fp32: "torch.float32" } as const;
+const torchDtype = {
+  bf16: "torch.bfloat16", fp16: "torch.float16", fp32: "torch.float32", fp8_e4m3: "torch.float8_e4m3fn",
+  fp8_e5m2: "torch.float8_e5m2",
+} as const;
 
 /** How the model is loaded: AutoModelForCausalLM for causal LMs, else its own class. */
 function loader(needs: ModelNeeds): string {

@@ -3,6 +3,7 @@
 // Header-only C++17 so that g++, nvcc and hipcc host passes all compile it into their library.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdarg>
 #include <cstddef>
@@ -80,6 +81,7 @@ inline int32_t params_layout(int64_t* out, int32_t capacity) {
   const int64_t entries[FA_PARAMS_LAYOUT_COUNT] = {
       sizeof(fa_attn_params),
       sizeof(fa_tensor),
+      sizeof(fa_descale),
       offsetof(fa_attn_params, struct_size),
       offsetof(fa_attn_params, abi_version),
       offsetof(fa_attn_params, dtype),
@@ -115,10 +117,18 @@ inline int32_t params_layout(int64_t* out, int32_t capacity) {
       offsetof(fa_attn_params, dv),
       offsetof(fa_attn_params, out_kernel),
       offsetof(fa_attn_params, out_num_splits),
+      offsetof(fa_attn_params, out_dtype),
+      offsetof(fa_attn_params, reserved),
+      offsetof(fa_attn_params, q_descale),
+      offsetof(fa_attn_params, k_descale),
+      offsetof(fa_attn_params, v_descale),
       offsetof(fa_tensor, data),
       offsetof(fa_tensor, batch_stride),
       offsetof(fa_tensor, row_stride),
       offsetof(fa_tensor, head_stride),
+      offsetof(fa_descale, data),
+      offsetof(fa_descale, batch_stride),
+      offsetof(fa_descale, head_stride),
   };
   if (out != nullptr)
     for (int32_t i = 0; i < capacity && i < FA_PARAMS_LAYOUT_COUNT; ++i) out[i] = entries[i];
@@ -126,8 +136,11 @@ inline int32_t params_layout(int64_t* out, int32_t capacity) {
 }
 
 static_assert(sizeof(fa_tensor) == 32, "fa_tensor layout changed: bump FA_ABI_VERSION and ffi/layout.ts");
-static_assert(sizeof(fa_attn_params) == 384, "fa_attn_params layout changed: bump FA_ABI_VERSION and ffi/layout.ts");
-static_assert(offsetof(fa_attn_params, q) == 112 && offsetof(fa_attn_params, out_kernel) == 376, "layout");
+static_assert(sizeof(fa_descale) == 16, "fa_descale layout changed: bump FA_ABI_VERSION and ffi/layout.ts");
+static_assert(sizeof(fa_attn_params) == 440, "fa_attn_params layout changed: bump FA_ABI_VERSION and ffi/layout.ts");
+static_assert(offsetof(fa_attn_params, q) == 112 && offsetof(fa_attn_params, out_kernel) == 376 &&
+                  offsetof(fa_attn_params, out_dtype) == 384 && offsetof(fa_attn_params, q_descale) == 392,
+              "layout");
 
 // ---- JSON writer --------------------------------------------------------------------------------------------------
 
@@ -180,11 +193,21 @@ inline const char* dtype_name(int32_t dtype) {
     case FA_DTYPE_F32: return "fp32";
     case FA_DTYPE_F16: return "fp16";
     case FA_DTYPE_BF16: return "bf16";
+    case FA_DTYPE_FP8_E4M3: return "fp8_e4m3";
+    case FA_DTYPE_FP8_E5M2: return "fp8_e5m2";
     default: return "unknown";
   }
 }
 
-inline size_t dtype_size(int32_t dtype) { return dtype == FA_DTYPE_F32 ? 4 : 2; }
+inline bool is_fp8(int32_t dtype) { return dtype == FA_DTYPE_FP8_E4M3 || dtype == FA_DTYPE_FP8_E5M2; }
+
+inline size_t dtype_size(int32_t dtype) { return dtype == FA_DTYPE_F32 ? 4 : is_fp8(dtype) ? 1 : 2; }
+
+// The dtype o is written in (fa_attn_params.out_dtype): 0 is the default, the input dtype itself or bf16 for fp8.
+inline int32_t output_dtype(const fa_attn_params& p) {
+  if (p.out_dtype != 0) return p.out_dtype;
+  return is_fp8(p.dtype) ? FA_DTYPE_BF16 : p.dtype;
+}
 
 // Effective right window bound after folding in causal (causal is window (-1, 0)); -1 = unbounded.
 inline int32_t effective_window_right(const fa_attn_params& p) {
@@ -250,8 +273,8 @@ template <typename Params>
 void check_dtype_batch_queries(const Params& p, const BackendLimits& lim, std::vector<Problem>& out) {
   auto invalid = [&](const std::string& m) { out.push_back({FA_ERR_INVALID_ARGUMENT, m}); };
   auto unsupported = [&](const std::string& m) { out.push_back({FA_ERR_UNSUPPORTED, m}); };
-  if (p.dtype != FA_DTYPE_F32 && p.dtype != FA_DTYPE_F16 && p.dtype != FA_DTYPE_BF16)
-    invalid(format("dtype %d is not one of fp32 (0), fp16 (1), bf16 (2)", p.dtype));
+  if (p.dtype < FA_DTYPE_F32 || p.dtype > FA_DTYPE_FP8_E5M2)
+    invalid(format("dtype %d is not one of fp32 (0), fp16 (1), bf16 (2), fp8_e4m3 (3), fp8_e5m2 (4)", p.dtype));
   else if (p.dtype == FA_DTYPE_F32 && !lim.allow_f32)
     unsupported("fp32 tensors are not supported by this backend: use fp16 or bf16");
 
@@ -295,6 +318,63 @@ void check_heads_and_semantics(const Params& p, const BackendLimits& lim, std::v
   if (p.num_splits < 0 || p.num_splits > 256) invalid(format("num_splits must be 0 (auto) to 256, got %d", p.num_splits));
 }
 
+// The three descale views of a params struct with their names, in q, k, v order.
+struct NamedDescale {
+  const char* name;
+  const fa_descale& view;
+};
+inline std::array<NamedDescale, 3> named_descales(const fa_attn_params& p) {
+  return {{{"q_descale", p.q_descale}, {"k_descale", p.k_descale}, {"v_descale", p.v_descale}}};
+}
+
+// The factor of sequence b, kv head h in a descale view (flashattn.h, fa_descale): 1 when none is given. The view's
+// data must be host memory (the CPU backend, or a host copy made with the same strides).
+inline float descale_at(const fa_descale& f, int32_t b, int32_t h) {
+  return f.data ? f.data[int64_t{b} * f.batch_stride + int64_t{h} * f.head_stride] : 1.0f;
+}
+
+// The fields fp8 adds: the output dtype, the descale views (their values need device memory: check_descale_values
+// reads them where it is host memory) and the forward-only rule.
+inline void check_fp8_fields(const fa_attn_params& p, int32_t direction, std::vector<Problem>& out) {
+  auto invalid = [&](const std::string& m) { out.push_back({FA_ERR_INVALID_ARGUMENT, m}); };
+  auto unsupported = [&](const std::string& m) { out.push_back({FA_ERR_UNSUPPORTED, m}); };
+  const bool fp8 = is_fp8(p.dtype);
+  if (p.reserved != 0) invalid(format("the reserved field must be 0, got %d", p.reserved));
+  if (fp8 && p.out_dtype != 0 && p.out_dtype != FA_DTYPE_F16 && p.out_dtype != FA_DTYPE_BF16)
+    invalid(format("out_dtype %d is not one an fp8 forward writes: 0 (bf16), fp16 (1) or bf16 (2)", p.out_dtype));
+  if (!fp8 && p.out_dtype != 0 && p.out_dtype != p.dtype)
+    invalid(format("out_dtype %d differs from dtype %d: only fp8 inputs take another output dtype (0 = same as dtype)",
+                   p.out_dtype, p.dtype));
+  for (const NamedDescale& x : named_descales(p)) {
+    if (x.view.data == nullptr) {
+      if (x.view.batch_stride != 0 || x.view.head_stride != 0)
+        invalid(format("%s.data is NULL but its strides are (%d, %d): an absent descale has zero strides", x.name,
+                       x.view.batch_stride, x.view.head_stride));
+      continue;
+    }
+    if (!fp8)
+      invalid(format("%s is given but dtype is %s: descale factors apply to fp8 inputs only", x.name, dtype_name(p.dtype)));
+    if (x.view.batch_stride < 0 || x.view.head_stride < 0)
+      invalid(format("%s has a negative stride (%d, %d)", x.name, x.view.batch_stride, x.view.head_stride));
+  }
+  if (fp8 && direction != FA_DIR_FORWARD)
+    unsupported(format("%s is forward only: fp8 attention has no backward pass (train in fp16 or bf16)", dtype_name(p.dtype)));
+}
+
+// Reads the factors of a descale view whose data is host memory (the CPU backend, or a host copy with the same strides)
+// and refuses a non-finite or non-positive one.
+inline std::vector<Problem> check_descale_values(const fa_attn_params& p, const char* name, const fa_descale& host) {
+  for (int32_t b = 0; b < p.batch; ++b)
+    for (int32_t h = 0; h < p.heads_kv; ++h) {
+      const float x = descale_at(host, b, h);
+      // A subnormal factor would be flushed to zero by GPUs (ftz), so it is refused like 0.
+      if (!std::isfinite(x) || x <= 0.f || !zero_or_normal(x))
+        return {{FA_ERR_INVALID_ARGUMENT, format("%s[%d, %d] is %g: descale factors must be finite positive normal floats",
+                                                 name, b, h, static_cast<double>(x))}};
+    }
+  return {};
+}
+
 // Checks everything that does not need to read device memory. Returns the problems found, first one first.
 // `direction` is an fa_direction. The caller turns problems[0] into the status and message of the call.
 inline std::vector<Problem> check_params(const fa_attn_params* pp, const BackendLimits& lim, int32_t direction) {
@@ -312,6 +392,7 @@ inline std::vector<Problem> check_params(const fa_attn_params* pp, const Backend
     unsupported(format("seqlen_k %d exceeds the supported maximum %d (2^28)", p.seqlen_k, kMaxSeqlen));
   check_heads_and_semantics(p, lim, out);
   if (p.deterministic != 0 && p.deterministic != 1) invalid(format("deterministic must be 0 or 1, got %d", p.deterministic));
+  check_fp8_fields(p, direction, out);
   if (p.algorithm != FA_ALGO_FLASH && p.algorithm != FA_ALGO_NAIVE)
     invalid(format("algorithm %d is not flash (0) or naive (1)", p.algorithm));
   else if (p.algorithm == FA_ALGO_NAIVE && direction != FA_DIR_FORWARD)

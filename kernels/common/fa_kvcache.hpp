@@ -96,6 +96,9 @@ inline std::vector<Problem> check_kvcache_params(const fa_kvcache_params* pp, co
   if (!check_struct_header(pp, "KV-cache params", out)) return out;
   const fa_kvcache_params& p = *pp;
   check_dtype_batch_queries(p, lim, out);
+  if (is_fp8(p.dtype))
+    unsupported(format("KV-cache attention takes fp32, fp16 or bf16 tensors, not %s (fp8 caches are not implemented yet)",
+                       dtype_name(p.dtype)));
   if (p.seqlen_new < 0) invalid(format("seqlen_new must not be negative, got %d", p.seqlen_new));
   check_heads_and_semantics(p, lim, out);
 

@@ -49,7 +49,6 @@ int32_t planned_kernel(const fa_attn_params& p, int32_t direction, const IsaKern
 // Checks that need the data (host memory on this backend): element alignment and the varlen offsets.
 std::vector<Problem> check_host_data(const fa_attn_params& p, int32_t direction) {
   std::vector<Problem> out;
-  const size_t element = dtype_size(p.dtype);
   const bool bwd = direction != FA_DIR_FORWARD;
   struct Named {
     const char* name;
@@ -58,12 +57,22 @@ std::vector<Problem> check_host_data(const fa_attn_params& p, int32_t direction)
   };
   const Named tensors[] = {{"q", p.q, true},       {"k", p.k, true},     {"v", p.v, true},     {"o", p.o, true},
                            {"dout", p.dout, bwd}, {"dq", p.dq, bwd}, {"dk", p.dk, bwd}, {"dv", p.dv, bwd}};
-  for (const Named& n : tensors)
+  for (const Named& n : tensors) {
+    const int32_t dtype = &n.t == &p.o ? output_dtype(p) : p.dtype;
+    const size_t element = dtype_size(dtype);
     if (n.needed && reinterpret_cast<uintptr_t>(n.t.data) % element != 0)
       out.push_back({FA_ERR_INVALID_ARGUMENT, format("tensor %s is not aligned to its %zu-byte %s elements", n.name, element,
-                                                     dtype_name(p.dtype))});
+                                                     dtype_name(dtype))});
+  }
   if (p.lse != nullptr && reinterpret_cast<uintptr_t>(p.lse) % 4 != 0)
     out.push_back({FA_ERR_INVALID_ARGUMENT, "lse is not aligned to 4-byte floats"});
+  for (const NamedDescale& x : named_descales(p)) {
+    if (x.view.data == nullptr) continue;
+    if (reinterpret_cast<uintptr_t>(x.view.data) % 4 != 0)
+      out.push_back({FA_ERR_INVALID_ARGUMENT, format("%s is not aligned to 4-byte floats", x.name)});
+    else
+      for (const Problem& pr : check_descale_values(p, x.name, x.view)) out.push_back(pr);
+  }
   if (!out.empty() || !is_varlen(p)) return out;
   for (auto problems : {check_cu_seqlens(p.cu_seqlens_q, p.batch, p.total_q, p.seqlen_q, "cu_seqlens_q"),
                         check_cu_seqlens(p.cu_seqlens_k, p.batch, p.total_k, p.seqlen_k, "cu_seqlens_k")})
@@ -162,9 +171,11 @@ std::string kernel_json(int32_t id) {
   if (naive) features.push_back("materialised_scores");
   if (!bwd && !naive) features.push_back("kvcache");  // fa_forward_kvcache runs the flash forward's tiles (kvcache.cpp)
   if (bwd) features.push_back("deterministic");
-  std::string out = format("{\"id\":%d,\"name\":%s,\"directions\":%s,\"dtypes\":[\"fp32\",\"fp16\",\"bf16\"],"
+  // fp8 inputs are forward only (flashattn.h, "FP8").
+  const char* dtypes = bwd ? "[\"fp32\",\"fp16\",\"bf16\"]" : "[\"fp32\",\"fp16\",\"bf16\",\"fp8_e4m3\",\"fp8_e5m2\"]";
+  std::string out = format("{\"id\":%d,\"name\":%s,\"directions\":%s,\"dtypes\":%s,"
                            "\"head_dims\":[%d],\"features\":%s",
-                           id, json_quote(kernel_name(id)).c_str(), bwd ? "[\"bwd\"]" : "[\"fwd\"]", kLimits.max_head_dim,
+                           id, json_quote(kernel_name(id)).c_str(), bwd ? "[\"bwd\"]" : "[\"fwd\"]", dtypes, kLimits.max_head_dim,
                            json_strings(features).c_str());
   if (avx2) out += ",\"min_arch\":\"x86_64-avx2\"";
   return out + "}";

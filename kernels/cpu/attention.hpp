@@ -63,12 +63,13 @@ struct Geometry {
             p.cu_seqlens_k[b + 1] - p.cu_seqlens_k[b]};
   }
 
-  size_t element_size() const { return dtype_size(p.dtype); }
+  // The dtype of one of p's tensors: o is in the output dtype (fp8 inputs write fp16 / bf16), every other in p.dtype.
+  int32_t dtype_of(const fa_tensor& t) const { return &t == &p.o ? output_dtype(p) : p.dtype; }
 
-  // Address of row `token` (relative to the sequence start) of head h in tensor t.
+  // Address of row `token` (relative to the sequence start) of head h in tensor t, one of p's tensors.
   void* row(const fa_tensor& t, int32_t b, int64_t seq_start, int64_t token, int32_t h) const {
     const int64_t offset = (varlen ? 0 : b * t.batch_stride) + (seq_start + token) * t.row_stride + h * t.head_stride;
-    return static_cast<char*>(t.data) + offset * static_cast<int64_t>(element_size());
+    return static_cast<char*>(t.data) + offset * static_cast<int64_t>(dtype_size(dtype_of(t)));
   }
 
   // Index of (b, h, query i) in the fp32 LSE array: (batch, heads_q, seqlen_q), varlen (heads_q, total_q).
@@ -242,9 +243,11 @@ inline __attribute__((always_inline)) void forward_task(const Geometry& g, const
   std::fill(w.l, w.l + cols, 0.0f);
   const KeyRange keys_seen = pick_keys(vis);
   if (keys_seen.begin < keys_seen.end) {
+    // fp8: q is dequantised with its factor, folded into the softmax scale
+    const float q_scale = g.r.scale * descale_at(p.q_descale, t.b, t.kvh);
     for (int32_t j = 0; j < t.heads; ++j)  // the last head's call also zeroes the padding columns
       isa.load_rows_transposed(p.dtype, g.row(p.q, t.b, s.q_start, t.q0, t.h0 + j), p.q.row_stride, t.queries, d,
-                               g.r.scale, w.qt + j * t.queries, bq, j + 1 < t.heads ? t.queries : cols - j * t.queries);
+                               q_scale, w.qt + j * t.queries, bq, j + 1 < t.heads ? t.queries : cols - j * t.queries);
     const bool alibi = p.alibi_mode != FA_ALIBI_NONE;
     for (int32_t c = 0; c < cols; ++c) {
       w.q_pos[c] = static_cast<float>(t.q0 + c % t.queries + s.len_k - s.len_q);
@@ -260,6 +263,7 @@ inline __attribute__((always_inline)) void forward_task(const Geometry& g, const
       isa.gemm({keys, cols, d, w.k, d_pad, 1, w.qt, bq, w.st, bq, GemmMode::kOverwrite, nullptr});
       isa.transform_scores(w.st, bq, keys, cols, k0, mods);
       isa.softmax_step(w.st, w.st, bq, keys, cols, w.m, w.l, w.alpha);
+      if (is_fp8(p.dtype)) isa.round_probs_e4m3(w.st, bq, keys, cols);
       isa.gemm({n, d_pad, keys, w.st, 1, bq, w.v, d_pad, w.o, d_pad, GemmMode::kRowScale, w.alpha});
     }
   }
@@ -277,7 +281,7 @@ inline void store_forward_task(const Geometry& g, const IsaKernels& isa, const F
                                const Sequence& s) {
   const fa_attn_params& p = g.p;
   for (int32_t j = 0; j < t.heads; ++j)
-    isa.store_rows(p.dtype, w.o + int64_t{j} * t.queries * g.d_pad, g.d_pad, t.queries, g.d, w.inv_l + j * t.queries,
+    isa.store_rows(g.dtype_of(p.o), w.o + int64_t{j} * t.queries * g.d_pad, g.d_pad, t.queries, g.d, w.inv_l + j * t.queries,
                    g.row(p.o, t.b, s.q_start, t.q0, t.h0 + j), p.o.row_stride);
   if (p.lse != nullptr)
     for (int32_t c = 0; c < t.count(); ++c)

@@ -10,7 +10,7 @@
 //     S^T (Bk x Bq) = K_j . Q^T                         (keys in rows: the softmax vectorises across queries)
 //     S^T          <- softcap / ALiBi / mask            (mask only where the block is not fully visible)
 //     m' = max(m, colmax S^T);  P^T = exp(S^T - m');  alpha = exp(m - m');  l = alpha l + colsum P^T
-//     O  = diag(alpha) O + P . V_j                      (P read through P^T, no transpose copy)
+//     O  = diag(alpha) O + P . V_j                      (P read through P^T, no transpose copy; fp8: P rounded to E4M3)
 //   O /= l, LSE = m + log l; a query with no visible key gets O = 0, LSE = +inf (flash-attn 2.x).
 // Memory per task is O(Bq*d + Bk*Bq): seqlen_q x seqlen_k is never materialised. Key blocks outside every query's
 // window are skipped (causal: the blocks above the diagonal). FLOPs: 4 * Bq * Bk * d per visited block pair.
@@ -69,9 +69,13 @@ void forward_block(const Geometry& g, const IsaKernels& isa, ForwardScratch& w, 
   };
   // K and V are copied to contiguous fp32 tiles even when they are fp32 already: rows of a BSHD tensor lie
   // heads * d floats apart, and with power-of-two strides they all fall into the same few L1 sets.
+  // fp8: K and V are dequantised on their way into the tiles (their factors; 1 for other dtypes).
+  const float k_descale = descale_at(p.k_descale, t.b, t.kvh), v_descale = descale_at(p.v_descale, t.b, t.kvh);
   auto load_kv = [&](int32_t k0, int32_t keys) {
-    isa.load_rows(p.dtype, g.row(p.k, t.b, s.k_start, k0, t.kvh), p.k.row_stride, keys, g.d, 1.0f, w.k, g.d_pad, g.d_pad);
-    isa.load_rows(p.dtype, g.row(p.v, t.b, s.k_start, k0, t.kvh), p.v.row_stride, keys, g.d, 1.0f, w.v, g.d_pad, g.d_pad);
+    isa.load_rows(p.dtype, g.row(p.k, t.b, s.k_start, k0, t.kvh), p.k.row_stride, keys, g.d, k_descale, w.k, g.d_pad,
+                  g.d_pad);
+    isa.load_rows(p.dtype, g.row(p.v, t.b, s.k_start, k0, t.kvh), p.v.row_stride, keys, g.d, v_descale, w.v, g.d_pad,
+                  g.d_pad);
   };
   forward_task(g, isa, w, t, s, all_visible, load_kv);
   store_forward_task(g, isa, w, t, s);

@@ -1,9 +1,10 @@
 // half.hpp — scalar fp16 / bf16 <-> fp32 conversions (round to nearest even), used for row tails and by the
-// portable kernels. Plain inline functions: safe to inline into any target.
+// portable kernels, and the fp8 decoding tables. Plain inline functions: safe to inline into any target.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace fa::cpu {
 
@@ -54,5 +55,36 @@ inline uint16_t float_to_half(float f) {
   const float rounded = (scaled + 8388608.0f) - 8388608.0f;
   return sign | static_cast<uint16_t>(rounded);
 }
+
+// OCP fp8 (the formats of NVIDIA's and AMD's fp8 tensor cores), decoded exactly:
+//   E4M3: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities, S.1111.111 is NaN; largest 448, smallest 2^-9
+//   E5M2: 1 sign, 5 exponent (bias 15), 2 mantissa bits; IEEE-like with inf (S.11111.00) and NaN; largest 57344
+// Every fp8 value is exact in fp32 (at most 4 significant bits, exponents -16..15).
+constexpr float fp8_to_float(uint8_t bits, bool e4m3) {
+  const int mantissa_bits = e4m3 ? 3 : 2, exponent_mask = e4m3 ? 0xf : 0x1f, bias = e4m3 ? 7 : 15;
+  const int exponent = (bits >> mantissa_bits) & exponent_mask, mantissa = bits & ((1 << mantissa_bits) - 1);
+  float magnitude = 0.0f;
+  if (e4m3 && exponent == 0xf && mantissa == 7) {
+    magnitude = std::numeric_limits<float>::quiet_NaN();
+  } else if (!e4m3 && exponent == 0x1f) {
+    magnitude = mantissa ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  } else {
+    // normal: (2^m + mantissa) * 2^(exponent - bias - m); subnormal (exponent 0): mantissa * 2^(1 - bias - m)
+    magnitude = static_cast<float>(exponent ? (1 << mantissa_bits) + mantissa : mantissa);
+    for (int shift = (exponent ? exponent : 1) - bias - mantissa_bits; shift != 0; shift += shift < 0 ? 1 : -1)
+      magnitude = shift < 0 ? magnitude * 0.5f : magnitude * 2.0f;
+  }
+  return (bits & 0x80) ? -magnitude : magnitude;
+}
+
+// All 256 values of one format, built at compile time: decoding is one table lookup.
+struct Fp8Table {
+  float value[256];
+  constexpr explicit Fp8Table(bool e4m3) : value() {
+    for (int i = 0; i < 256; ++i) value[i] = fp8_to_float(static_cast<uint8_t>(i), e4m3);
+  }
+};
+inline constexpr Fp8Table kFp8E4m3{true};
+inline constexpr Fp8Table kFp8E5m2{false};
 
 }  // namespace fa::cpu

@@ -67,6 +67,9 @@ struct IsaKernels {
   // with exp(-inf) = 0 and m' = -inf treated as 0 (a column with no visible key so far keeps P = 0, alpha = 0).
   // p may equal st (in place).
   void (*softmax_step)(const float* st, float* p, int64_t ld, int32_t rows, int32_t cols, float* m, float* l, float* alpha);
+  // fp8 forward: P[r][c] rounded to the nearest fp8 E4M3 value, in place, before P.V: what an fp8 tensor core
+  // multiplies (flashattn.h, "FP8"). cols is a multiple of 8.
+  void (*round_probs_e4m3)(float* p, int64_t ld, int32_t rows, int32_t cols);
   // Backward: P[r][c] = exp(S[r][c] - lse[c]) (lse = +inf for a column without visible keys gives 0).
   void (*probs_from_lse)(const float* st, float* p, int64_t ld, int32_t rows, int32_t cols, const float* lse);
   // Backward: dS[r][c] = P[r][c] * (dP[r][c] - D[c]) * (softcap_grad ? G[r][c] : 1), written over dP.

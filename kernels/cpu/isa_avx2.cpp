@@ -25,7 +25,7 @@ namespace avx2 {
 const IsaKernels& isa_avx2() {
   static const IsaKernels kernels{"avx2",           avx2::gemm,           avx2::load_rows,
                                   avx2::load_rows_transposed, avx2::store_rows, avx2::transform_scores,
-                                  avx2::softmax_step, avx2::probs_from_lse, avx2::score_grads};
+                                  avx2::softmax_step, avx2::round_probs_e4m3, avx2::probs_from_lse, avx2::score_grads};
   return kernels;
 }
 

@@ -26,7 +26,7 @@ namespace portable {
 const IsaKernels& isa_portable() {
   static const IsaKernels kernels{"portable",           portable::gemm,       portable::load_rows,
                                   portable::load_rows_transposed, portable::store_rows, portable::transform_scores,
-                                  portable::softmax_step, portable::probs_from_lse, portable::score_grads};
+                                  portable::softmax_step, portable::round_probs_e4m3, portable::probs_from_lse, portable::score_grads};
   return kernels;
 }
 

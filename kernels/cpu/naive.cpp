@@ -3,7 +3,8 @@
 // S and probability matrix P (batch * heads_q * seqlen_k * seqlen_q floats each, counted in fa_memory_stats and
 // refused with FA_ERR_OUT_OF_MEMORY when the machine cannot hold them):
 //   S^T = K . (scale * Q)^T,  S^T <- softcap / ALiBi / mask,  P^T = exp(S^T - colmax) / colsum,  O = P . V
-// It uses the same GEMM and softmax primitives as the flash kernels, so the two differ only in memory traffic.
+// It uses the same GEMM and softmax primitives as the flash kernels, so the two differ only in memory traffic (fp8: q, k,
+// v dequantised on loading, the unnormalised P rounded to E4M3 before P . V, as in forward.cpp).
 #include <cmath>
 #include <vector>
 
@@ -66,10 +67,12 @@ int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa) {
     std::fill(w.m, w.m + used_cols, -INFINITY);
     std::fill(w.l, w.l + used_cols, 0.0f);
     if (s.len_k > 0) {
-      isa.load_rows_transposed(p.dtype, g.row(p.q, b, s.q_start, 0, h), p.q.row_stride, s.len_q, d, g.r.scale, w.qt, cols,
-                               used_cols);
-      isa.load_rows(p.dtype, g.row(p.k, b, s.k_start, 0, kvh), p.k.row_stride, s.len_k, d, 1.0f, w.k, d_pad, d_pad);
-      isa.load_rows(p.dtype, g.row(p.v, b, s.k_start, 0, kvh), p.v.row_stride, s.len_k, d, 1.0f, w.v, d_pad, d_pad);
+      isa.load_rows_transposed(p.dtype, g.row(p.q, b, s.q_start, 0, h), p.q.row_stride, s.len_q, d,
+                               g.r.scale * descale_at(p.q_descale, b, kvh), w.qt, cols, used_cols);
+      isa.load_rows(p.dtype, g.row(p.k, b, s.k_start, 0, kvh), p.k.row_stride, s.len_k, d, descale_at(p.k_descale, b, kvh),
+                    w.k, d_pad, d_pad);
+      isa.load_rows(p.dtype, g.row(p.v, b, s.k_start, 0, kvh), p.v.row_stride, s.len_k, d, descale_at(p.v_descale, b, kvh),
+                    w.v, d_pad, d_pad);
       for (int32_t c = 0; c < used_cols; ++c) {
         w.q_pos[c] = static_cast<float>(c + s.len_k - s.len_q);
         w.slope[c] = g.alibi_slope(b, h);
@@ -78,6 +81,7 @@ int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa) {
       isa.gemm({s.len_k, used_cols, d, w.k, d_pad, 1, w.qt, cols, st, cols, GemmMode::kOverwrite, nullptr});
       isa.transform_scores(st, cols, s.len_k, used_cols, 0, mods);
       isa.softmax_step(st, pt, cols, s.len_k, used_cols, w.m, w.l, w.alpha);
+      if (is_fp8(p.dtype)) isa.round_probs_e4m3(pt, cols, s.len_k, used_cols);
     }
     // O = P.V with P read through P^T (consecutive keys are `cols` floats apart): in bands of keys, so that the
     // rows one micro-tile walks stay within the TLB's reach.
@@ -88,7 +92,7 @@ int32_t naive_forward(const fa_attn_params& p, const IsaKernels& isa) {
                 GemmMode::kAccumulate, nullptr});
     }
     for (int32_t c = 0; c < s.len_q; ++c) w.inv_l[c] = w.l[c] > 0.0f ? 1.0f / w.l[c] : 0.0f;
-    isa.store_rows(p.dtype, w.o, d_pad, s.len_q, d, w.inv_l, g.row(p.o, b, s.q_start, 0, h), p.o.row_stride);
+    isa.store_rows(g.dtype_of(p.o), w.o, d_pad, s.len_q, d, w.inv_l, g.row(p.o, b, s.q_start, 0, h), p.o.row_stride);
     if (p.lse != nullptr)
       for (int32_t c = 0; c < s.len_q; ++c)
         p.lse[g.lse_index(b, h, s, c)] = w.l[c] > 0.0f ? w.m[c] + std::log(w.l[c]) : INFINITY;

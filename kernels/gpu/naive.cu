@@ -117,12 +117,11 @@ __global__ void naive_pv(const NaiveArgs a) {
 }
 
 bool naive_supports(const fa_attn_params& p, const DeviceCaps&, int32_t direction, std::vector<std::string>& reasons) {
-  (void)p;
-  if (direction != FA_DIR_FORWARD) {
-    reasons.push_back("the naive baseline implements the forward pass only");
-    return false;
-  }
-  return true;
+  const size_t before = reasons.size();
+  if (direction != FA_DIR_FORWARD) reasons.push_back("the naive baseline implements the forward pass only");
+  if (p.dtype != FA_DTYPE_F16 && p.dtype != FA_DTYPE_BF16)
+    reasons.push_back(format("computes fp16 and bf16 only, not %s", dtype_name(p.dtype)));
+  return reasons.size() == before;
 }
 
 template <typename T>

@@ -49,7 +49,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or the fa_attn_params layout changes. */
-#define FA_ABI_VERSION 1
+#define FA_ABI_VERSION 2
 
 typedef enum fa_status {
   FA_OK = 0,
@@ -64,9 +64,11 @@ typedef enum fa_status {
 } fa_status;
 
 typedef enum fa_dtype {
-  FA_DTYPE_F32 = 0,  /* CPU backend only */
+  FA_DTYPE_F32 = 0,      /* CPU backend only */
   FA_DTYPE_F16 = 1,
-  FA_DTYPE_BF16 = 2
+  FA_DTYPE_BF16 = 2,
+  FA_DTYPE_FP8_E4M3 = 3, /* q, k, v of a forward call only (see "FP8" below); OCP E4M3: bias 7, no inf, max 448 */
+  FA_DTYPE_FP8_E5M2 = 4  /* the same; OCP E5M2: bias 15, IEEE-like with inf and NaN, max 57344 */
 } fa_dtype;
 
 typedef enum fa_alibi_mode {
@@ -95,13 +97,33 @@ typedef struct fa_tensor {
 } fa_tensor;
 
 /*
+ * FP8 descale factors of one tensor (q_descale, k_descale, v_descale in fa_attn_params), fp32 in device memory, the
+ * FlashAttention-3 convention: logically (batch, heads_kv), and the value of every element of sequence b, kv head h is
+ * its fp8 number times data[b * batch_stride + h * head_stride] (query head h uses the factor of its kv head
+ * h / (heads_q / heads_kv)). A stride of 0 broadcasts: both 0 = one per-tensor scalar, (heads_kv, 1) = contiguous
+ * (batch, heads_kv). data NULL = factor 1. Factors must be finite and positive. 16 bytes.
+ */
+typedef struct fa_descale {
+  const float* data;    /*  0 */
+  int32_t batch_stride; /*  8: elements between sequences, >= 0 */
+  int32_t head_stride;  /* 12: elements between kv heads, >= 0 */
+} fa_descale;
+
+/*
  * Everything one forward or backward call needs. Zero-initialise, then set struct_size = sizeof(fa_attn_params)
- * and abi_version = FA_ABI_VERSION. Unused tensors stay zero (data = NULL). 384 bytes, naturally aligned.
+ * and abi_version = FA_ABI_VERSION. Unused tensors stay zero (data = NULL). 440 bytes, naturally aligned.
  *
  * Masking (key j visible from query i, with d = seqlen_k - seqlen_q of that sequence):
  *   causal:  j <= i + d                      (bottom-right aligned; equivalent to window (-1, 0))
  *   window:  i + d - window_left <= j <= i + d + window_right, a negative bound is unbounded
  * Score:     s = scale * q.k; if softcap > 0: s = softcap * tanh(s / softcap); if ALiBi: s -= slope * |i + d - j|
+ *
+ * FP8 (dtype FA_DTYPE_FP8_E4M3 / FA_DTYPE_FP8_E5M2): q, k and v are fp8 numbers times their descale factors (see
+ * fa_descale; NULL = 1); o is written in out_dtype (fp16 or bf16; 0 = bf16); forward only (a backward request is
+ * refused). The softmax and every accumulation run in fp32; the probabilities P = exp(s - running max), values in
+ * [0, 1], are rounded to fp8 E4M3 (nearest even) before the P.V product, as fp8 tensor cores take both operands in
+ * fp8 - the CPU backend rounds them the same way so that its results are what a GPU fp8 kernel computes. The row sum
+ * l (hence O = P.V / l and the LSE) uses the unrounded P.
  */
 typedef struct fa_attn_params {
   uint32_t struct_size;  /*   0 */
@@ -139,24 +161,31 @@ typedef struct fa_attn_params {
   fa_tensor dv;                  /* 344 */
   int32_t out_kernel;            /* 376: filled by the library: id of the kernel path that ran (see fa_info) */
   int32_t out_num_splits;        /* 380: filled by the library: split-KV count used */
-} fa_attn_params;                /* 384 */
+  int32_t out_dtype;             /* 384: fa_dtype of o. 0 = the default: dtype itself for fp32 / fp16 / bf16 inputs
+                                           (naming dtype is the same), bf16 for fp8 inputs (or FA_DTYPE_F16) */
+  int32_t reserved;              /* 388: must be 0 */
+  fa_descale q_descale;          /* 392: fp8 inputs only; all NULL otherwise */
+  fa_descale k_descale;          /* 408 */
+  fa_descale v_descale;          /* 424 */
+} fa_attn_params;                /* 440 */
 
 /*
- * Field order of fa_params_layout(): out[0] = sizeof(fa_attn_params), out[1] = sizeof(fa_tensor), then the byte
- * offset of each field below, in this order. The TS loader keeps the same list and refuses a library whose
+ * Field order of fa_params_layout(): out[0] = sizeof(fa_attn_params), out[1] = sizeof(fa_tensor), out[2] =
+ * sizeof(fa_descale), then the byte offset of each field below, in this order. The TS loader keeps the same list and refuses a library whose
  * layout differs.
  */
 #define FA_PARAMS_LAYOUT_FIELDS                                                                                     \
   "struct_size,abi_version,dtype,batch,seqlen_q,seqlen_k,heads_q,heads_kv,head_dim,is_causal,window_left,"          \
   "window_right,scale,softcap,alibi_mode,num_splits,deterministic,total_q,total_k,algorithm,alibi_slopes,"          \
-  "cu_seqlens_q,cu_seqlens_k,stream,q,k,v,o,lse,dout,dq,dk,dv,out_kernel,out_num_splits,"                          \
-  "tensor.data,tensor.batch_stride,tensor.row_stride,tensor.head_stride"
-#define FA_PARAMS_LAYOUT_COUNT 41 /* 2 sizes + 39 offsets */
+  "cu_seqlens_q,cu_seqlens_k,stream,q,k,v,o,lse,dout,dq,dk,dv,out_kernel,out_num_splits,out_dtype,reserved,"      \
+  "q_descale,k_descale,v_descale,tensor.data,tensor.batch_stride,tensor.row_stride,tensor.head_stride,"            \
+  "descale.data,descale.batch_stride,descale.head_stride"
+#define FA_PARAMS_LAYOUT_COUNT 50 /* 3 sizes + 47 offsets */
 
 /*
  * KV-cache attention (flash-attn 2.x flash_attn_with_kvcache). Zero-initialise, then set struct_size =
  * sizeof(fa_kvcache_params) and abi_version = FA_ABI_VERSION. 360 bytes, naturally aligned. One dtype for q, the
- * caches, k_new / v_new, o and the rotary tables. Shapes, in elements:
+ * caches, k_new / v_new, o and the rotary tables: fp32, fp16 or bf16 (fp8 caches are not implemented yet). Shapes, in elements:
  *   q (batch, seqlen_q, heads_q, head_dim); o like q; lse (batch, heads_q, seqlen_q) fp32 contiguous (may be NULL)
  *   contiguous cache (block_table NULL): k_cache / v_cache (cache_batch, cache_rows, heads_kv, head_dim);
  *     sequence b lives in cache row cache_batch_idx[b] (b when cache_batch_idx is NULL)

@@ -9,7 +9,7 @@ import ctypes as C
 import json
 import os
 
-ABI_VERSION = 1  # FA_ABI_VERSION
+ABI_VERSION = 2  # FA_ABI_VERSION
 
 # fa_status
 OK = 0
@@ -22,7 +22,7 @@ ERR_ABI = 6
 ERR_INTERNAL = 7
 ERR_BUFFER_TOO_SMALL = 8
 
-F32, F16, BF16 = 0, 1, 2             # fa_dtype
+F32, F16, BF16, FP8_E4M3, FP8_E5M2 = 0, 1, 2, 3, 4  # fa_dtype
 DIR_FWD, DIR_BWD, DIR_FWD_BWD = 0, 1, 2  # fa_direction
 
 
@@ -32,8 +32,13 @@ class FaTensor(C.Structure):
                 ("head_stride", C.c_int64)]
 
 
+class FaDescale(C.Structure):
+    """fa_descale: fp8 descale factors, element (b, kv head h) at data[b * batch_stride + h * head_stride]. 16 bytes."""
+    _fields_ = [("data", C.c_void_p), ("batch_stride", C.c_int32), ("head_stride", C.c_int32)]
+
+
 class FaParams(C.Structure):
-    """fa_attn_params, field for field (384 bytes). Start from new_params()."""
+    """fa_attn_params, field for field (440 bytes). Start from new_params()."""
     _fields_ = [
         ("struct_size", C.c_uint32), ("abi_version", C.c_uint32), ("dtype", C.c_int32), ("batch", C.c_int32),
         ("seqlen_q", C.c_int32), ("seqlen_k", C.c_int32), ("heads_q", C.c_int32), ("heads_kv", C.c_int32),
@@ -44,11 +49,12 @@ class FaParams(C.Structure):
         ("stream", C.c_void_p),
         ("q", FaTensor), ("k", FaTensor), ("v", FaTensor), ("o", FaTensor), ("lse", C.c_void_p),
         ("dout", FaTensor), ("dq", FaTensor), ("dk", FaTensor), ("dv", FaTensor),
-        ("out_kernel", C.c_int32), ("out_num_splits", C.c_int32),
+        ("out_kernel", C.c_int32), ("out_num_splits", C.c_int32), ("out_dtype", C.c_int32), ("reserved", C.c_int32),
+        ("q_descale", FaDescale), ("k_descale", FaDescale), ("v_descale", FaDescale),
     ]
 
 
-assert C.sizeof(FaTensor) == 32 and C.sizeof(FaParams) == 384
+assert C.sizeof(FaTensor) == 32 and C.sizeof(FaDescale) == 16 and C.sizeof(FaParams) == 440
 assert (FaParams.scale.offset, FaParams.alibi_slopes.offset, FaParams.stream.offset, FaParams.q.offset,
         FaParams.lse.offset, FaParams.dout.offset, FaParams.dv.offset, FaParams.out_kernel.offset,
         FaParams.out_num_splits.offset) == (48, 80, 104, 112, 240, 248, 344, 376, 380)
@@ -57,14 +63,15 @@ assert (FaParams.scale.offset, FaParams.alibi_slopes.offset, FaParams.stream.off
 LAYOUT_FIELDS = ("struct_size,abi_version,dtype,batch,seqlen_q,seqlen_k,heads_q,heads_kv,head_dim,is_causal,"
                  "window_left,window_right,scale,softcap,alibi_mode,num_splits,deterministic,total_q,total_k,"
                  "algorithm,alibi_slopes,cu_seqlens_q,cu_seqlens_k,stream,q,k,v,o,lse,dout,dq,dk,dv,out_kernel,"
-                 "out_num_splits,tensor.data,tensor.batch_stride,tensor.row_stride,tensor.head_stride").split(",")
+                 "out_num_splits,out_dtype,reserved,q_descale,k_descale,v_descale,tensor.data,tensor.batch_stride,"
+                 "tensor.row_stride,tensor.head_stride,descale.data,descale.batch_stride,descale.head_stride").split(",")
 
 
 def layout():
-    """What fa_params_layout() must report for these structures: the two sizes, then every offset."""
-    offsets = [getattr(FaTensor if f.startswith("tensor.") else FaParams, f.split(".")[-1]).offset
-               for f in LAYOUT_FIELDS]
-    return [C.sizeof(FaParams), C.sizeof(FaTensor)] + offsets
+    """What fa_params_layout() must report for these structures: the three sizes, then every offset."""
+    nested = {"tensor": FaTensor, "descale": FaDescale}
+    offsets = [getattr(nested.get(f.split(".")[0], FaParams), f.split(".")[-1]).offset for f in LAYOUT_FIELDS]
+    return [C.sizeof(FaParams), C.sizeof(FaTensor), C.sizeof(FaDescale)] + offsets
 
 
 def new_params():

@@ -245,7 +245,7 @@ export function writeStep(file: string, floats: Record<string, Tensor>, ints: Re
   for (const name of names) {
     const f = floats[name], i = ints[name];
     const data = f ? f.data : i.data;
-    const dtype = f ? { fp32: "F32", fp16: "F16", bf16: "BF16" }[f.dtype] : "I32";
+    const dtype = f ? { fp32: "F32", fp16: "F16", bf16: "BF16", fp8_e4m3: "F8_E4M3", fp8_e5m2: "F8_E5M2" }[f.dtype] : "I32";
     header[name] = { dtype, shape: f ? f.shape : i.shape, data_offsets: [offset, offset + data.byteLength] };
     chunks.push(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     offset += data.byteLength;
