@@ -303,7 +303,8 @@ void alignment_reasons(const char* name, const fa_tensor& t, bool varlen, std::v
 template <typename F>
 bool supports(const fa_attn_params& p, const DeviceCaps& caps, int32_t direction, std::vector<std::string>& reasons) {
   const size_t before = reasons.size();
-  if (p.dtype != FA_DTYPE_F16 && p.dtype != FA_DTYPE_BF16) reasons.push_back("computes fp16 and bf16 only");
+  if (p.dtype != FA_DTYPE_F16 && p.dtype != FA_DTYPE_BF16)
+    reasons.push_back(format("computes fp16 and bf16 only, not %s", dtype_name(p.dtype)));
   const TileInfo tile = F::tile_for(p.head_dim);
   if (tile.d == 0) {
     reasons.push_back(format("head_dim %d exceeds the largest instantiated head dim", p.head_dim));
@@ -445,7 +446,8 @@ gpuError_t launch(int dtype, int d, const DecodeArgs& args, int mf, gpuStream_t 
 bool supports_common(int32_t dtype, int head_dim, int rows, const DeviceCaps& caps,
                      std::initializer_list<std::pair<const char*, const fa_tensor*>> tensors, std::vector<std::string>& reasons) {
   const size_t before = reasons.size();
-  if (dtype != FA_DTYPE_F16 && dtype != FA_DTYPE_BF16) reasons.push_back("computes fp16 and bf16 only");
+  if (dtype != FA_DTYPE_F16 && dtype != FA_DTYPE_BF16)
+    reasons.push_back(format("computes fp16 and bf16 only, not %s", dtype_name(dtype)));
   if (caps.arch < 80) reasons.push_back(format("needs sm_80 or newer for mma.sync bf16 tensor cores, this GPU is sm_%d", caps.arch));
   const int d = tile_d(head_dim);
   if (d == 0) {
