@@ -87,7 +87,7 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
   );
   out.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
   // A report may mix prefill and decode cases: each bar's unit follows its case, the heading names both.
-  const unitOf = (c: BenchCase) => (c.kind === "decode" ? "GB/s (K+V, q, o moved)" : "TFLOP/s");
+  const unitOf = (c: BenchCase) => (c.kind === "decode" ? "GB/s moved" : "TFLOP/s");
   const units = [...new Set(report.cases.map(unitOf))];
   const what = report.config.model ? `--model ${report.config.model}` : `--preset ${report.config.preset}`;
   const heading = opts.title ?? `flashattn bench ${what}: ${units.join("; ") || "TFLOP/s"}`;
