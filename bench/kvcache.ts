@@ -12,6 +12,8 @@ import { rng, type Tensor } from "../lib/tensor.ts";
 import { dtypeBytes } from "../lib/vocabulary.ts";
 import type { BenchCase, KvCacheLayout } from "./sweep.ts";
 import type { KvCacheParams } from "../ffi/layout.ts";
+import type { TimingFloor } from "./results.ts";
+import { summarize } from "./stats.ts";
 
 /** A case of the KV-cache entry. */
 export type KvCacheCase = BenchCase & { kvcache: KvCacheLayout };
@@ -170,4 +172,38 @@ export function timeKvcache(backend: Backend, params: KvCacheParams, flush: Devi
 export function flushBytes(info: Record<string, unknown>): number {
   const cache = Math.max(Number(info.l3_bytes ?? 0) || 0, Number(info.l2_bytes ?? 0) || 0, 8 << 20);
   return 2 * cache;
+}
+
+/**
+ * Times a one-token, one-head, 16-key call of the KV-cache entry the way timeKvcache times every case (flush, call,
+ * synchronise): the part of each KV-cache row's time that is launch, synchronisation and host work rather than
+ * memory traffic. Undefined where the backend has no KV-cache entry.
+ */
+export function measureTimingFloor(backend: Backend, dtype: BenchCase["dtype"], iters = 20): TimingFloor | undefined {
+  const shape = { batch: 1, seqlenQ: 1, seqlenK: 16, headsQ: 1, headsKv: 1, headDim: 64, causal: false, dtype,
+    direction: "fwd" as const, kind: "decode" as const, kvcache: { append: 0, rotary: false } };
+  const c: KvCacheCase = { id: "timing floor", ...shape };
+  const buffers: DeviceBuffer[] = [];
+  const own = (b: DeviceBuffer) => {
+    buffers.push(b);
+    return b;
+  };
+  try {
+    const call = prepareKvcache(backend, c, own, (_, dims) => {
+      const b = own(backend.alloc(elements(dims) * dtypeBytes[dtype]));
+      backend.fill(b, 0);
+      return b;
+    });
+    const flush = own(backend.alloc(flushBytes(backend.deviceInfo(0))));
+    const { medianMs } = summarize(timeKvcache(backend, call.params, flush, 2, iters));
+    return {
+      place: backend.name,
+      medianMs,
+      method: `median of ${iters} timed runs of a b1 q1 kv16 h1/1 d64 call, timed as the KV-cache rows are`,
+    };
+  } catch {
+    return undefined; // no KV-cache entry here: its rows say why
+  } finally {
+    for (const b of buffers) backend.free(b);
+  }
 }

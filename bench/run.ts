@@ -28,7 +28,9 @@ import {
   entryComparisons,
   type ImplStatus,
   type Measurement,
+  type TimingFloor,
 } from "./results.ts";
+import { measureTimingFloor } from "./kvcache.ts";
 import { summarize } from "./stats.ts";
 import { type BenchCase, expandSweep, type PresetName, type SweepSpec } from "./sweep.ts";
 import { baselineScript, PythonWorker } from "./baselines/worker.ts";
@@ -236,6 +238,11 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     }
   }
 
+  // KV-cache rows are timed from TypeScript: what that timing costs by itself, once per place, for the reader.
+  const timingFloors = cases.some((c) => c.kvcache)
+    ? usable.map((b) => measureTimingFloor(b, cases[0].dtype)).filter((f): f is TimingFloor => f !== undefined)
+    : [];
+
   const pythons: PythonBaseline[] = [];
   const gpuPlace = usable.find((b) => b.name !== "cpu")?.name ?? "cuda";
   const sdpaWanted = sdpaImpls.filter((i) => wants.has(i));
@@ -428,6 +435,7 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     copyBandwidth: copies,
     cases,
     measurements,
+    timingFloors,
     comparisons: entryComparisons(cases, measurements),
     elapsedSeconds: (performance.now() - t0) / 1000,
     timeLimited,
