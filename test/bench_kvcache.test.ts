@@ -8,8 +8,9 @@ import os from "node:os";
 import path from "node:path";
 import { spawnSync } from "node:child_process";
 import { Backend, openBackend } from "../lib/backend.ts";
-import { type NativeLibrary, openLibrary } from "../ffi/loader.ts";
-import { type FaSymbols, faSymbols } from "../ffi/symbols.ts";
+import { openLibrary } from "../ffi/loader.ts";
+import { faSymbols } from "../ffi/symbols.ts";
+import { zeroingOutput } from "./support/broken_library.ts";
 import { attentionFlops, decodeBytes, kvBytes } from "../bench/flops.ts";
 import {
   isKvCacheCase,
@@ -304,25 +305,6 @@ describe("the report of KV-cache cases", () => {
 
 const cpu = openBackend("cpu", { env: {} }).backend;
 
-/** The real library, except that fa_forward_kvcache's O is overwritten with zeros after the real call. */
-function zeroingKvcache(lib: NativeLibrary<FaSymbols>): NativeLibrary<FaSymbols> {
-  return {
-    path: lib.path,
-    has: (name) => lib.has(name),
-    close: () => lib.close(),
-    call(name, ...args) {
-      const status = lib.call(name, ...args);
-      if (name === "fa_forward_kvcache" && status === 0) {
-        const p = new DataView((args[0] as Uint8Array).buffer);
-        const elementBytes = p.getInt32(8, true) === 0 ? 4 : 2;
-        const elements = [12, 16, 24, 32].reduce((n, offset) => n * p.getInt32(offset, true), 1); // b, sq, hq, d
-        lib.call("fa_memset", p.getBigUint64(312, true), 0, BigInt(elements * elementBytes)); // o.data
-      }
-      return status;
-    },
-  };
-}
-
 // Small shapes (300 keys cross pages of 16, 64 and 256), one variant of each other kind: every path, few cases.
 const tinySpec = {
   ...applyOverrides(presets.decode, { seqlen: "300", batch: "1", heads: "4", headsKv: "2", hdim: "32" }),
@@ -331,7 +313,7 @@ const tinySpec = {
 const timing = { warmup: 1, iters: 3, minIters: 1, caseBudgetMs: 50 };
 
 describe.skipIf(!cpu)("KV-cache cases on the CPU library (skipped when build/libflashattn_cpu.so is not built)", () => {
-  const broken = () => new Backend("cpu", zeroingKvcache(openLibrary(cpu!.path, faSymbols)));
+  const broken = () => new Backend("cpu", zeroingOutput(openLibrary(cpu!.path, faSymbols), "fa_forward_kvcache"));
   const kvCases = expandSweep(tinySpec, { gpu: true }).filter(isKvCacheCase);
 
   test("each KV-cache path passes the fp64 reference check on its small case", async () => {

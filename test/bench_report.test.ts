@@ -6,7 +6,7 @@ import { attentionFlops, decodeBytes } from "../bench/flops.ts";
 import { BENCH_SCHEMA, type BenchReport, type Measurement, speedupOfOurs } from "../bench/results.ts";
 import { summarize } from "../bench/stats.ts";
 import { applyOverrides, expandSweep, presets } from "../bench/sweep.ts";
-import { formatRate, renderTable } from "../bench/report/table.ts";
+import { formatRate, mergeNumbers, renderTable } from "../bench/report/table.ts";
 import { renderCsv } from "../bench/report/csv.ts";
 import { niceCeiling, panelsOf, renderSvg } from "../bench/report/svg.ts";
 
@@ -174,6 +174,19 @@ describe("table", () => {
     expect(row).toContain("  275  ");
     expect(row).toContain("68.7 ×4.00");
     expect(row).toContain("137 ×2.00");
+  });
+
+  test("notes equal but for their numbers share one line with each differing number's range", () => {
+    expect(mergeNumbers(["x one run only: it takes 105 ms of 0.2 s", "x one run only: it takes 520 ms of 0.2 s"]))
+      .toBe("x one run only: it takes 105–520 ms of 0.2 s");
+    expect(mergeNumbers(["needs 128.0 GiB"])).toBe("needs 128.0 GiB");
+    const r = report();
+    const slow = (id: string, ms: number): Measurement => ({ ...timed(id, "sdpa-flash", "torch", ms, 1),
+      reason: `one run only: it takes ${ms} ms, over half the per-case budget` });
+    r.measurements = [slow(faCases[0].id, 150), slow(faCases[1].id, 400)];
+    expect(renderTable(r, { color: false })).toContain(
+      "  sdpa-flash note: one run only: it takes 150–400 ms, over half the per-case budget (2 cases)",
+    );
   });
 
   test("OOM and unsupported cells say so, and the notes say why", () => {

@@ -112,13 +112,15 @@ function machineLines(report: BenchReport): string[] {
 
 /** Why each cell that holds no number holds none, grouped so 30 identical reasons take one line. */
 function notes(report: BenchReport): string[] {
-  const groups = new Map<string, number>();
+  // Reasons that differ only in their numbers ("it takes 105 ms", "it takes 520 ms") share a line with the range.
+  const groups = new Map<string, string[]>();
   for (const m of report.measurements) {
     if (m.status === "ok" && !m.reason) continue;
-    const key = `${m.impl} ${m.status === "ok" ? "note" : statusWord[m.status]}: ${m.reason ?? "no reason given"}`;
-    groups.set(key, (groups.get(key) ?? 0) + 1);
+    const text = `${m.impl} ${m.status === "ok" ? "note" : statusWord[m.status]}: ${m.reason ?? "no reason given"}`;
+    const key = text.replace(NUMBER, "#");
+    groups.set(key, [...(groups.get(key) ?? []), text]);
   }
-  const lines = [...groups].map(([key, n]) => `  ${printable(key)}${n > 1 ? ` (${n} cases)` : ""}`);
+  const lines = [...groups.values()].map((texts) => `  ${printable(mergeNumbers(texts))}${texts.length > 1 ? ` (${texts.length} cases)` : ""}`);
   // Runs whose middle half spreads over 10 % of the median: a busy machine or a clock that moved; read with care.
   const noisy = new Map<string, Measurement[]>();
   for (const m of report.measurements) {
@@ -182,6 +184,20 @@ function entryColumns(report: BenchReport, impls: string[], color: boolean) {
     }
   }
   return { header: ["entry", "vs ref", "baselines time"], cells, notes };
+}
+
+const NUMBER = /\d+(?:\.\d+)?/g;
+
+/** Texts equal but for their numbers, as one: each number that differs between them becomes its range "lo–hi". */
+export function mergeNumbers(texts: string[]): string {
+  const numbers = texts.map((t) => (t.match(NUMBER) ?? []).map(Number));
+  let i = 0;
+  return texts[0].replace(NUMBER, (first) => {
+    const values = numbers.map((n) => n[i]);
+    i++;
+    const [lo, hi] = [Math.min(...values), Math.max(...values)];
+    return lo === hi ? first : `${lo}–${hi}`;
+  });
 }
 
 /** Interquartile range over median above which a row is called noisy. */
