@@ -54,7 +54,7 @@ export function kvcacheTensors(c: KvCacheCase): KvCacheTensors {
     cache: pageSize ? [batch * pagesPerSequence, pageSize, headsKv, headDim] : [batch, seqlenK, headsKv, headDim],
     ...(append > 0 ? { kNew: [batch, append, headsKv, headDim] } : {}),
     // q row i rotates to position cached + i (causal) and k_new row j to cached + j: one table row for each.
-    ...(rotary ? { rotary: [cached + Math.max(seqlenQ, append), headDim / 2] } : {}),
+    ...(rotary ? { rotary: [cached + Math.max(seqlenQ, append), Math.floor(headDim / 2)] } : {}),
     cacheSeqlens: new Int32Array(batch).fill(cached),
     ...(pageSize ? { blockTable: shuffledBlockTable(batch * pagesPerSequence, 0xb10c + batch) } : {}),
   };

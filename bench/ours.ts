@@ -12,7 +12,7 @@ import { attentionFlops, naiveScoreBytes, tensorBytes } from "./flops.ts";
 import type { Measurement, RowStatus } from "./results.ts";
 import { summarize } from "./stats.ts";
 import { hostFact } from "./machine.ts";
-import type { BenchCase } from "./sweep.ts";
+import { baselineEquivalent, baselineProblem, type BenchCase } from "./sweep.ts";
 import {
   flushBytes,
   isKvCacheCase,
@@ -276,24 +276,6 @@ function kvcacheRunner(backend: Backend, c: KvCacheCase): Runner | { unsupported
       };
     },
   };
-}
-
-/**
- * The problem a baseline times for `c`: the case itself, or for a KV-cache case the contiguous equivalent (the same
- * q against the attended keys in one contiguous K and V; an append's rows are among them), under the case's id.
- */
-export function baselineProblem(c: BenchCase): BenchCase {
-  if (!c.kvcache) return c;
-  const { kvcache: _, ...plain } = c;
-  return plain;
-}
-
-/** What a baseline's row of a KV-cache case timed, in words (the table and JSON say it); undefined for plain cases. */
-export function baselineEquivalent(c: BenchCase): string | undefined {
-  if (!c.kvcache) return undefined;
-  return c.kvcache.append > 0 || c.kvcache.rotary
-    ? "plain contiguous decode (no baseline appends in place or applies rotary)"
-    : "contiguous equivalent";
 }
 
 /**

@@ -1,7 +1,8 @@
 // The bench report: what was measured, by which implementation, on which machine. Reporters (bench/report/*) only
 // read this; `--json` prints it as is, so its keys carry their units (ms, bytes, tflops, gbps).
 import type { BackendName } from "../lib/vocabulary.ts";
-import { type BenchCase, caseId, type KvCacheLayout, type PresetName } from "./sweep.ts";
+import { baselineProblem, type BenchCase, caseId, type KvCacheLayout, type PresetName } from "./sweep.ts";
+import { decodeBytes } from "./flops.ts";
 import type { TimingSummary } from "./stats.ts";
 
 export const BENCH_SCHEMA = "flashattn.bench/1";
@@ -196,3 +197,7 @@ export function entryComparisons(cases: BenchCase[], measurements: Measurement[]
   }
   return out;
 }
+
+/** The bytes a decode row's GB/s counts: of the case for ours, of the problem a baseline timed instead for the rest. */
+export const bytesMoved = (c: BenchCase, m: Pick<Measurement, "family">) =>
+  decodeBytes(m.family === "ours" ? c : baselineProblem(c));

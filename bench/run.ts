@@ -8,11 +8,9 @@ import type { Backend } from "../lib/backend.ts";
 import { type BackendChoice, chooseBackend, noBackendError } from "../lib/select.ts";
 import { type BackendName, backendNames } from "../lib/vocabulary.ts";
 import { measureCopyBandwidth } from "./copy.ts";
-import { attentionFlops, decodeBytes, gigabytesPerSecond, tflopsPerSecond } from "./flops.ts";
+import { attentionFlops, gigabytesPerSecond, tflopsPerSecond } from "./flops.ts";
 import {
   type Algorithm,
-  baselineEquivalent,
-  baselineProblem,
   implName,
   measureOurs,
   memoryLimit,
@@ -25,6 +23,7 @@ import {
   type BenchConfig,
   type BenchReport,
   type CopyBandwidth,
+  bytesMoved,
   entryComparisons,
   type ImplStatus,
   type Measurement,
@@ -32,7 +31,14 @@ import {
 } from "./results.ts";
 import { measureTimingFloor } from "./kvcache.ts";
 import { summarize } from "./stats.ts";
-import { type BenchCase, expandSweep, type PresetName, type SweepSpec } from "./sweep.ts";
+import {
+  baselineEquivalent,
+  baselineProblem,
+  type BenchCase,
+  expandSweep,
+  type PresetName,
+  type SweepSpec,
+} from "./sweep.ts";
 import { baselineScript, PythonWorker } from "./baselines/worker.ts";
 import { type ProgressSink, silentProgress } from "./report/progress.ts";
 import { formatRate } from "./report/table.ts";
@@ -137,7 +143,7 @@ function withRates(m: Measurement, c: BenchCase, copies: CopyBandwidth[]): Measu
   const ms = m.timing.medianMs;
   const out: Measurement = { ...m, tflops: tflopsPerSecond(attentionFlops(c, c.direction), ms) };
   if (c.kind === "decode") {
-    out.gbps = gigabytesPerSecond(decodeBytes(c), ms);
+    out.gbps = gigabytesPerSecond(bytesMoved(c, m), ms);
     const copy = copies.find((x) => x.place === m.place);
     if (copy) out.copyFraction = out.gbps / copy.gbps;
   }

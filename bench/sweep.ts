@@ -241,6 +241,24 @@ export function caseId(c: Omit<BenchCase, "id">): string {
   }`;
 }
 
+/**
+ * The problem a baseline times for `c`: the case itself, or for a KV-cache case the contiguous equivalent (the same
+ * q against the attended keys in one contiguous K and V; an append's rows are among them), under the case's id.
+ */
+export function baselineProblem(c: BenchCase): BenchCase {
+  if (!c.kvcache) return c;
+  const { kvcache: _, ...plain } = c;
+  return plain;
+}
+
+/** What a baseline's row of a KV-cache case timed, in words (the table and JSON say it); undefined for plain cases. */
+export function baselineEquivalent(c: BenchCase): string | undefined {
+  if (!c.kvcache) return undefined;
+  return c.kvcache.append > 0 || c.kvcache.rotary
+    ? "plain contiguous decode (no baseline appends in place or applies rotary)"
+    : "contiguous equivalent";
+}
+
 /** "kvcache", "kvcache paged16", "kvcache append1+rotary": the entry and its cache, as ids and titles show it. */
 export function layoutText(l: KvCacheLayout): string {
   const parts = [l.pageSize ? `paged${l.pageSize}` : "", l.append ? `append${l.append}` : "", l.rotary ? "rotary" : ""];

@@ -9,10 +9,10 @@ import { checkAgainstReference, checkGradientsAgainstReference, checkKvCacheAgai
 import { FlashAttnError } from "../lib/errors.ts";
 import type { DeviceBuffer } from "../lib/backend.ts";
 import { randomTensor, tensor } from "../lib/tensor.ts";
-import { type Algorithm, baselineProblem, caseSemantics } from "./ours.ts";
+import { type Algorithm, caseSemantics } from "./ours.ts";
 import { isKvCacheCase, type KvCacheCase, kvcacheHostInputs, prepareKvcache } from "./kvcache.ts";
 import type { KernelCheck } from "./results.ts";
-import { type BenchCase, layoutText } from "./sweep.ts";
+import { baselineProblem, type BenchCase, layoutText } from "./sweep.ts";
 
 /**
  * The small case a path is checked on: batch 1, at most 2 KV heads, lengths cut to a few odd-sized tiles (a

@@ -20,11 +20,18 @@ import {
   kvcacheTensors,
   shuffledBlockTable,
 } from "../bench/kvcache.ts";
-import { baselineEquivalent, baselineProblem } from "../bench/ours.ts";
 import { BENCH_SCHEMA, type BenchReport, entryComparisons, type Measurement } from "../bench/results.ts";
 import { findBackends, runBench } from "../bench/run.ts";
 import { summarize } from "../bench/stats.ts";
-import { applyOverrides, type BenchCase, caseId, expandSweep, presets } from "../bench/sweep.ts";
+import {
+  applyOverrides,
+  baselineEquivalent,
+  baselineProblem,
+  type BenchCase,
+  caseId,
+  expandSweep,
+  presets,
+} from "../bench/sweep.ts";
 import { KernelChecks } from "../bench/verify.ts";
 import { renderCsv } from "../bench/report/csv.ts";
 import { panelsOf, renderSvg } from "../bench/report/svg.ts";
@@ -287,6 +294,8 @@ describe("the report of KV-cache cases", () => {
     expect(cell(appendCase.id, "flashattn-cuda", "rotary")).toBe("true");
     expect(Number(cell(appendCase.id, "flashattn-cuda", "bytes_moved"))).toBe(decodeBytes(appendCase));
     expect(cell(paged16.id, "sdpa-flash", "baseline_equivalent")).toBe("contiguous equivalent");
+    // A baseline timed the plain decode of the append case: its bytes are that problem's, without the written rows.
+    expect(Number(cell(appendCase.id, "sdpa-flash", "bytes_moved"))).toBe(decodeBytes(appendCase) - 2 * 8 * 8 * 128 * 2);
     expect(cell(plainCase.id, "sdpa-flash", "entry")).toBe("forward");
     expect(cell(plainCase.id, "sdpa-flash", "baseline_equivalent")).toBe("");
   });
@@ -353,6 +362,9 @@ describe.skipIf(!cpu)("KV-cache cases on the CPU library (skipped when build/lib
       expect(ours.copyFraction!).toBeCloseTo(ours.gbps! / copy.gbps, 9);
       const naive = report.measurements.find((m) => m.caseId === c.id && m.impl === "naive-cpu")!;
       expect(naive.equivalent).toBe(baselineEquivalent(c));
+      if (naive.status === "ok") {
+        expect(naive.gbps!).toBeCloseTo(decodeBytes(baselineProblem(c)) / (naive.timing!.medianMs * 1e-3) / 1e9, 6);
+      }
     }
     // Every KV-cache case has its reference case in this sweep, so each gets its ratio.
     expect(report.comparisons!.map((x) => x.caseId).sort()).toEqual(report.cases.filter((c) => c.kvcache).map((c) => c.id).sort());

@@ -1,7 +1,6 @@
 // One CSV row per measurement (RFC 4180 quoting), the case's shape spelled out in columns so a spreadsheet or
 // pandas can pivot it without parsing ids. Units are in the column names.
-import { type BenchReport, speedupOfOurs } from "../results.ts";
-import { decodeBytes } from "../flops.ts";
+import { type BenchReport, bytesMoved, speedupOfOurs } from "../results.ts";
 import { entryOf } from "../sweep.ts";
 
 const columns = [
@@ -120,7 +119,7 @@ export function renderCsv(report: BenchReport): string {
       c.kvcache?.pageSize,
       c.kvcache?.append,
       c.kvcache?.rotary,
-      c.kind === "decode" ? decodeBytes(c) : undefined,
+      c.kind === "decode" ? bytesMoved(c, m) : undefined,
       m.equivalent,
       comparison?.referenceId,
       comparison?.ratio,
