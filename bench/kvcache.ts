@@ -33,7 +33,7 @@ export function shuffledBlockTable(pages: number, seed: number): Int32Array {
 }
 
 /** The shapes and int32 arrays of a case's call. The block table is row-major (batch, maxBlocks). */
-export interface KvCacheTensors {
+export interface KvCacheShapes {
   q: number[];
   cache: number[];
   /** k_new / v_new, when the case appends */
@@ -44,7 +44,7 @@ export interface KvCacheTensors {
   blockTable?: Int32Array;
 }
 
-export function kvcacheTensors(c: KvCacheCase): KvCacheTensors {
+export function kvcacheShapes(c: KvCacheCase): KvCacheShapes {
   const { batch, seqlenQ, seqlenK, headsQ, headsKv, headDim } = c;
   const { pageSize, append, rotary } = c.kvcache;
   const cached = seqlenK - append;
@@ -65,7 +65,7 @@ const shaped = (dtype: BenchCase["dtype"], shape: number[]) => ({ dtype, shape }
 /** The options of a case's call, over tensors `make` gives for each shape (host tensors, or shapes alone). */
 export function kvcacheOptions<T extends { dtype: BenchCase["dtype"]; shape: number[] }>(
   c: KvCacheCase,
-  t: KvCacheTensors,
+  t: KvCacheShapes,
   make: (name: "kNew" | "vNew" | "rotaryCos" | "rotarySin", shape: number[]) => T,
 ) {
   return {
@@ -78,7 +78,7 @@ export function kvcacheOptions<T extends { dtype: BenchCase["dtype"]; shape: num
 }
 
 /** The library's reading of a case (its rules, once: lib/kvcache.ts describeKvCache). */
-export function kvcacheProblem(c: KvCacheCase, t = kvcacheTensors(c)): KvCacheProblem {
+export function kvcacheProblem(c: KvCacheCase, t = kvcacheShapes(c)): KvCacheProblem {
   const cache = shaped(c.dtype, t.cache);
   return describeKvCache(shaped(c.dtype, t.q), cache, cache, kvcacheOptions(c, t, (_, shape) => shaped(c.dtype, shape)));
 }
@@ -87,7 +87,7 @@ const elements = (shape: number[] | undefined) => (shape ? shape.reduce((a, b) =
 
 /** Bytes of every buffer of a case's call: q, o, both caches, k_new / v_new, the rotary tables, LSE, int32 arrays. */
 export function kvcacheBufferBytes(c: KvCacheCase): number {
-  const t = kvcacheTensors(c);
+  const t = kvcacheShapes(c);
   const e = dtypeBytes[c.dtype];
   const floats = 2 * elements(t.q) + 2 * elements(t.cache) + 2 * elements(t.kNew) + 2 * elements(t.rotary);
   const ints = 4 * (t.cacheSeqlens.length + (t.blockTable?.length ?? 0));
@@ -115,7 +115,7 @@ export function prepareKvcache(
   track: (b: DeviceBuffer) => DeviceBuffer,
   input: (name: "q" | "kCache" | "vCache" | "kNew" | "vNew" | "rotaryCos" | "rotarySin", shape: number[]) => DeviceBuffer,
 ): KvCacheCall {
-  const t = kvcacheTensors(c);
+  const t = kvcacheShapes(c);
   const problem = kvcacheProblem(c, t);
   const e = dtypeBytes[c.dtype];
   const q = input("q", t.q), kCache = input("kCache", t.cache), vCache = input("vCache", t.cache);
@@ -142,7 +142,7 @@ export function prepareKvcache(
 
 /** The host tensors of a check: q and the caches, and the options (k_new, v_new, rotary tables, arrays) over tensors. */
 export function kvcacheHostInputs(c: KvCacheCase, random: (shape: number[], seed: number) => Tensor) {
-  const t = kvcacheTensors(c);
+  const t = kvcacheShapes(c);
   const seeds = { kNew: 24, vNew: 25, rotaryCos: 26, rotarySin: 27 };
   const options: KvCacheOptions = kvcacheOptions(c, t, (name, shape) => random(shape, seeds[name]));
   return { q: random(t.q, 21), kCache: random(t.cache, 22), vCache: random(t.cache, 23), options };

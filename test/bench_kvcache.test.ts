@@ -17,7 +17,7 @@ import {
   type KvCacheCase,
   kvcacheBufferBytes,
   kvcacheProblem,
-  kvcacheTensors,
+  kvcacheShapes,
   shuffledBlockTable,
 } from "../bench/kvcache.ts";
 import { BENCH_SCHEMA, type BenchReport, entryComparisons, type Measurement } from "../bench/results.ts";
@@ -117,7 +117,7 @@ describe("the cache a KV-cache case lays out", () => {
   });
 
   test("paged: ceil(keys / page) pages per sequence, the table over all of them; cache_seqlens = keys", () => {
-    const t = kvcacheTensors(kvCase({ pageSize: 16, append: 0, rotary: false }));
+    const t = kvcacheShapes(kvCase({ pageSize: 16, append: 0, rotary: false }));
     expect(t.cache).toEqual([3 * 7, 16, 2, 16]);
     expect(t.blockTable!.length).toBe(21);
     expect([...t.cacheSeqlens]).toEqual([100, 100, 100]);
@@ -129,7 +129,7 @@ describe("the cache a KV-cache case lays out", () => {
 
   test("append + rotary: the cache holds exactly the keys attended, the append lands in the last slot every call", () => {
     const c = kvCase({ append: 1, rotary: true }, { seqlenQ: 4, causal: true });
-    const t = kvcacheTensors(c);
+    const t = kvcacheShapes(c);
     expect(t.cache).toEqual([3, 100, 2, 16]);
     expect([...t.cacheSeqlens]).toEqual([99, 99, 99]);
     expect(t.kNew).toEqual([3, 1, 2, 16]);
