@@ -12,8 +12,6 @@ import { rng, type Tensor } from "../lib/tensor.ts";
 import { dtypeBytes } from "../lib/vocabulary.ts";
 import type { BenchCase, KvCacheLayout } from "./sweep.ts";
 import type { KvCacheParams } from "../ffi/layout.ts";
-import type { TimingFloor } from "./results.ts";
-import { summarize } from "./stats.ts";
 
 /** A case of the KV-cache entry. */
 export type KvCacheCase = BenchCase & { kvcache: KvCacheLayout };
@@ -148,62 +146,3 @@ export function kvcacheHostInputs(c: KvCacheCase, random: (shape: number[], seed
   return { q: random(t.q, 21), kCache: random(t.cache, 22), vCache: random(t.cache, 23), options };
 }
 
-/**
- * Per-run milliseconds of fa_forward_kvcache, timed from TypeScript: the library's fa_bench times fa_forward only.
- * As fa_bench does, the last-level cache is flushed before every run (a write over `flush`, outside the timing);
- * each timed run is one call and one fa_synchronize, so it includes a launch and a synchronisation (microseconds on a
- * GPU) that the plain forward's in-library timing leaves out: compare KV-cache rows with KV-cache rows.
- */
-export function timeKvcache(backend: Backend, params: KvCacheParams, flush: DeviceBuffer, warmup: number, iters: number): number[] {
-  for (let i = 0; i < warmup; i++) backend.forwardKvcache(params);
-  const times: number[] = [];
-  for (let i = 0; i < iters; i++) {
-    backend.fill(flush, i & 0xff);
-    backend.synchronize();
-    const t0 = performance.now();
-    backend.forwardKvcache(params);
-    backend.synchronize();
-    times.push(performance.now() - t0);
-  }
-  return times;
-}
-
-/** Bytes of the flush buffer: twice the largest cache the device reports (at least 8 MiB), as fa_bench uses. */
-export function flushBytes(info: Record<string, unknown>): number {
-  const cache = Math.max(Number(info.l3_bytes ?? 0) || 0, Number(info.l2_bytes ?? 0) || 0, 8 << 20);
-  return 2 * cache;
-}
-
-/**
- * Times a one-token, one-head, 16-key call of the KV-cache entry the way timeKvcache times every case (flush, call,
- * synchronise): the part of each KV-cache row's time that is launch, synchronisation and host work rather than
- * memory traffic. Undefined where the backend has no KV-cache entry.
- */
-export function measureTimingFloor(backend: Backend, dtype: BenchCase["dtype"], iters = 20): TimingFloor | undefined {
-  const shape = { batch: 1, seqlenQ: 1, seqlenK: 16, headsQ: 1, headsKv: 1, headDim: 64, causal: false, dtype,
-    direction: "fwd" as const, kind: "decode" as const, kvcache: { append: 0, rotary: false } };
-  const c: KvCacheCase = { id: "timing floor", ...shape };
-  const buffers: DeviceBuffer[] = [];
-  const own = (b: DeviceBuffer) => {
-    buffers.push(b);
-    return b;
-  };
-  try {
-    const call = prepareKvcache(backend, c, own, (_, dims) => {
-      const b = own(backend.alloc(elements(dims) * dtypeBytes[dtype]));
-      backend.fill(b, 0);
-      return b;
-    });
-    const flush = own(backend.alloc(flushBytes(backend.deviceInfo(0))));
-    const { medianMs } = summarize(timeKvcache(backend, call.params, flush, 2, iters));
-    return {
-      place: backend.name,
-      medianMs,
-      method: `median of ${iters} timed runs of a b1 q1 kv16 h1/1 d64 call, timed as the KV-cache rows are`,
-    };
-  } catch {
-    return undefined; // no KV-cache entry here: its rows say why
-  } finally {
-    for (const b of buffers) backend.free(b);
-  }
-}

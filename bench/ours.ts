@@ -14,13 +14,11 @@ import { summarize } from "./stats.ts";
 import { hostFact } from "./machine.ts";
 import { baselineEquivalent, baselineProblem, type BenchCase } from "./sweep.ts";
 import {
-  flushBytes,
   isKvCacheCase,
   type KvCacheCase,
   kvcacheBufferBytes,
   kvcacheProblem,
   prepareKvcache,
-  timeKvcache,
 } from "./kvcache.ts";
 
 export type Algorithm = "flash" | "naive";
@@ -251,30 +249,24 @@ function forwardRunner(backend: Backend, c: BenchCase, algorithm: Algorithm): Ru
   };
 }
 
-/** A KV-cache case through fa_forward_kvcache on device buffers (bench/kvcache.ts), timed from TypeScript. */
+/** A KV-cache case through fa_forward_kvcache on device buffers (bench/kvcache.ts), timed by fa_bench_kvcache. */
 function kvcacheRunner(backend: Backend, c: KvCacheCase): Runner | { unsupported: string } {
   try {
     kvcacheProblem(c);
   } catch (error) {
     return { unsupported: (error as Error).message };
   }
-  const flush = flushBytes(backend.deviceInfo(0));
   return {
-    needBytes: kvcacheBufferBytes(c) + flush,
+    needBytes: kvcacheBufferBytes(c),
     prepare(own, filler) {
       const call = prepareKvcache(backend, c, own, (_, shape) => {
         const b = own(backend.alloc(shape.reduce((x, y) => x * y, 1) * dtypeBytes[c.dtype]));
         filler.fill(b);
         return b;
       });
-      let flushBuffer: DeviceBuffer | undefined;
       return {
         once: () => backend.kernelName(backend.forwardKvcache(call.params).kernelId),
-        time(warmup, iters) {
-          // Allocated after the memory figure was taken: the flush buffer is the bench's, not the call's.
-          flushBuffer ??= own(backend.alloc(flush));
-          return timeKvcache(backend, call.params, flushBuffer, warmup, iters);
-        },
+        time: (warmup, iters) => Array.from(backend.benchKvcache(call.params, warmup, iters)),
       };
     },
   };

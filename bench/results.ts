@@ -100,16 +100,6 @@ export interface CopyBandwidth {
   method: string;
 }
 
-/**
- * The smallest call of the KV-cache entry (16 keys, one head), timed as the KV-cache rows are: the part of each such
- * row's time that is launch, synchronisation and host work rather than memory traffic.
- */
-export interface TimingFloor {
-  place: BackendName;
-  medianMs: number;
-  method: string;
-}
-
 export interface BenchConfig {
   preset: PresetName;
   /** bench --model: the model whose attention the cases are ("mistral (MistralForCausalLM), config.json path") */
@@ -131,8 +121,6 @@ export interface BenchReport {
   copyBandwidth: CopyBandwidth[];
   cases: BenchCase[];
   measurements: Measurement[];
-  /** Per place, the host timing's own cost in a KV-cache row (bench/kvcache.ts measureTimingFloor). */
-  timingFloors?: TimingFloor[];
   /** KV-cache cases against their reference case (entryComparisons); absent from reports made before them. */
   comparisons?: EntryComparison[];
   /** Wall time of the whole run, and whether the time limit cut it short. */

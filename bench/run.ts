@@ -27,9 +27,7 @@ import {
   entryComparisons,
   type ImplStatus,
   type Measurement,
-  type TimingFloor,
 } from "./results.ts";
-import { measureTimingFloor } from "./kvcache.ts";
 import { summarize } from "./stats.ts";
 import {
   baselineEquivalent,
@@ -244,11 +242,6 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     }
   }
 
-  // KV-cache rows are timed from TypeScript: what that timing costs by itself, once per place, for the reader.
-  const timingFloors = cases.some((c) => c.kvcache)
-    ? usable.map((b) => measureTimingFloor(b, cases[0].dtype)).filter((f): f is TimingFloor => f !== undefined)
-    : [];
-
   const pythons: PythonBaseline[] = [];
   const gpuPlace = usable.find((b) => b.name !== "cpu")?.name ?? "cuda";
   const sdpaWanted = sdpaImpls.filter((i) => wants.has(i));
@@ -441,7 +434,6 @@ export async function runBench(opts: BenchOptions): Promise<BenchReport> {
     copyBandwidth: copies,
     cases,
     measurements,
-    timingFloors,
     comparisons: entryComparisons(cases, measurements),
     elapsedSeconds: (performance.now() - t0) / 1000,
     timeLimited,

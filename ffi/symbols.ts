@@ -27,6 +27,7 @@ export const faSymbols = {
   // Optional: a library built before KV-cache attention still loads; Backend.forwardKvcache says what is missing.
   fa_kvcache_layout: { args: ["buffer", "i32"], returns: "i32", optional: true },
   fa_forward_kvcache: { args: ["buffer"], returns: "i32", optional: true },
+  fa_bench_kvcache: { args: ["buffer", "i32", "i32", "buffer"], returns: "i32", optional: true },
 } as const satisfies SymbolTable;
 
 export type FaSymbols = typeof faSymbols;

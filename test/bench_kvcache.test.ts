@@ -269,9 +269,7 @@ describe("the report of KV-cache cases", () => {
     expect(text).toContain("paged within 10% of contiguous: 1 of 2 rows (worst 1.20×)");
     expect(text).toContain("append+rotary within 5% of no append: 1 of 1 rows (worst 1.04×)");
     expect(text).toContain("they time the contiguous equivalent");
-    expect(text).toContain("fa_forward_kvcache rows are timed from TypeScript");
-    const floored = renderTable({ ...r, timingFloors: [{ place: "cuda", medianMs: 0.0123, method: "test" }] }, { color: false });
-    expect(floored).toContain("; a 16-key call takes 12.3 µs so on cuda");
+    expect(text).toContain("fa_forward_kvcache rows are timed inside the library by fa_bench_kvcache");
   });
 
   test("a report without KV-cache cases keeps its columns", () => {
@@ -352,8 +350,6 @@ describe.skipIf(!cpu)("KV-cache cases on the CPU library (skipped when build/lib
     const report = await run(cpu!);
     const copy = report.copyBandwidth.find((x) => x.place === "cpu")!;
     expect(copy.gbps).toBeGreaterThan(0);
-    expect(report.timingFloors!.map((f) => f.place)).toEqual(["cpu"]);
-    expect(report.timingFloors![0].medianMs).toBeGreaterThan(0);
     for (const c of report.cases) {
       const ours = report.measurements.find((m) => m.caseId === c.id && m.impl === "flashattn-cpu")!;
       expect(ours.status).toBe("ok");

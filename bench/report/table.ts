@@ -37,7 +37,6 @@ export function formatBytes(bytes: number | undefined): string {
 }
 
 /** A short duration as a person reads it: µs below a millisecond. */
-const formatMs = (ms: number) => (ms < 1 ? `${formatRate(ms * 1000)} µs` : `${formatRate(ms)} ms`);
 
 /** Three significant figures at most, whole numbers from 100 up (TFLOP/s of a CPU are 0.0x, of a GPU 100s). */
 export function formatRate(v: number): string {
@@ -169,9 +168,7 @@ function entryColumns(report: BenchReport, impls: string[], color: boolean) {
     !c.kvcache ? "" : c.kvcache.append > 0 || c.kvcache.rotary ? "plain decode" : "contiguous equiv.",
   ];
   const notes = [
-    `  fa_forward_kvcache rows are timed from TypeScript around each call (the cache flushed before each, one launch and one fa_synchronize per run; fa_bench times fa_forward only): compare them with each other first${
-      (report.timingFloors ?? []).map((f) => `; a 16-key call takes ${formatMs(f.medianMs)} so on ${f.place}`).join("")
-    }`,
+    "  fa_forward_kvcache rows are timed inside the library by fa_bench_kvcache, as fa_bench times fa_forward rows (the cache flushed before each run, device events): the append, rotary and attention kernels; the call's host-side check of its int32 arrays (on a GPU a blocking read of them) is not in the time",
     `  vs ref${impl ? ` (${impl})` : ""}: median time over the reference row's: paged → the contiguous KV-cache row (target ≤ 1.10), append+rotary → the KV-cache row without append (target ≤ 1.05), KV-cache → the fa_forward row`,
     "  baselines time: on KV-cache rows no baseline has a paged cache, an in-place append or rotary; they time the contiguous equivalent (the same q against the attended keys in one contiguous K and V), for append+rotary the plain contiguous decode",
   ];
