@@ -19,6 +19,7 @@ import type {
   NvmlDevice,
   NvmlPair,
   NvmlPcieLink,
+  TopologyLevel,
 } from "../facts.ts";
 import { sectionFindings } from "./common.ts";
 
@@ -242,7 +243,7 @@ export function gpuHealth(f: DoctorFacts, options: DoctorOptions = {}): GpuHealt
   return out;
 }
 
-const levelText: Record<string, string> = {
+const levelText: Record<TopologyLevel, string> = {
   internal: "on one board",
   single: "behind one PCIe switch",
   multiple: "behind several PCIe switches",
