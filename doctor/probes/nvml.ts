@@ -224,7 +224,8 @@ export function probeNvml(): NvmlFacts {
           if (!lib.has("nvmlDeviceGetTotalEccErrors")) return undefined;
           const out = new BigUint64Array(1);
           const ok = call("nvmlDeviceGetTotalEccErrors", handle, NVML_MEMORY_ERROR_TYPE_UNCORRECTED, counter, out);
-          return ok === NVML_SUCCESS ? Number(out[0]) : undefined;
+          // A count past 2^53 is no count (the report holds exact integers only): left out, not rounded.
+          return ok === NVML_SUCCESS && out[0] <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(out[0]) : undefined;
         };
         const volatile = uncorrected(NVML_VOLATILE_ECC), aggregate = uncorrected(NVML_AGGREGATE_ECC);
         if (volatile !== undefined) device.ecc.volatile_uncorrected = volatile;
