@@ -198,3 +198,23 @@ describe("the CLI", () => {
     expect(r.stderr.split("\n")[0]).toContain("--devices measures GPUs, and no GPU backend can run here");
   });
 });
+
+const hasNvidia = fs.existsSync("/dev/nvidiactl") && fs.existsSync(path.join(root, "build", "libflashattn_cuda.so"));
+if (!hasNvidia) console.warn("bench --devices: no NVIDIA GPU with build/libflashattn_cuda.so here; the live node test is skipped");
+
+describe.skipIf(!hasNvidia)("live on an NVIDIA node", () => {
+  test("bench --devices all --json: a row per GPU with TFLOP/s, its link from NVML, the node-of-one note on one", () => {
+    const r = cli(["--json", "bench", "--devices", "all", "--quiet"], {}, { timeoutMs: 600_000 });
+    const report = JSON.parse(r.stdout);
+    expect(report.schema).toBe("flashattn.bench-devices/1");
+    expect(report.devices.length).toBeGreaterThan(0);
+    for (const d of report.devices) {
+      expect(`${d.device}: ${d.status} ${d.error ?? ""}`).toBe(`${d.device}: ok `);
+      expect(d.tflops).toBeGreaterThan(0);
+      // the link as NVML read it during the run (absent only where NVML cannot read links, e.g. some VMs)
+      if (d.link !== undefined) expect(d.link).toMatch(/^PCIe Gen\d+ x\d+/);
+    }
+    if (report.devices.length === 1) expect(report.notes).toContain("one GPU: no peers to compare it with, so no outlier check");
+    expect(r.code).toBe(report.failing ? 1 : 0);
+  }, 600_000);
+});

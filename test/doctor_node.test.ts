@@ -313,3 +313,34 @@ describe("on this machine, for real", () => {
     expect(r.stderr.split("\n")[0]).toContain('--devices takes "all" or a comma list');
   });
 });
+
+// On an NVIDIA machine with the CUDA library built (the lent GPU machine): the node as it is.
+const hasNvidia = fs.existsSync("/dev/nvidiactl") && fs.existsSync(path.join(root, "build", "libflashattn_cuda.so"));
+if (!hasNvidia) console.warn("doctor node tests: no NVIDIA GPU with build/libflashattn_cuda.so here; the live node test is skipped");
+
+describe.skipIf(!hasNvidia)("live on an NVIDIA node", () => {
+  test("doctor --devices all --require gpu --json: NVML's facts per GPU, a self-test and one line per GPU", () => {
+    const r = doctor(["--devices", "all", "--require", "gpu", "--json", "--no-python"]);
+    const report = jsonReport(r);
+    const nvml = report.facts.nvidia.nvml;
+    expect(nvml.status).toBe("ok");
+    const gpus = nvml.devices!;
+    expect(gpus.length).toBeGreaterThan(0);
+    for (const g of gpus) {
+      expect(pciKey(g.pci_bus_id)).toBeDefined();
+      // a VM may hide the link (NVML then leaves pcie out); where it is read it is a real link
+      if (g.pcie?.current_width !== undefined) expect(g.pcie.current_width).toBeGreaterThanOrEqual(1);
+      expect(g.ecc === null || typeof g.ecc?.enabled === "boolean").toBe(true);
+      expect(report.findings.some((f) => f.id === `nvidia.gpu_health${g.index}`)).toBe(true);
+    }
+    expect(nvml.pairs?.length ?? 0).toBe((gpus.length * (gpus.length - 1)) / 2);
+    const cuda = report.facts.flashattn.libraries.find((l) => l.backend === "cuda")!;
+    expect(cuda.device_self_tests!.map((t) => t.device)).toEqual(
+      Array.from({ length: Math.min(cuda.device_count!, 16) }, (_, i) => i),
+    );
+    // A healthy node passes; if it does not, the failing lines say why.
+    const failing = report.findings.filter((f) => f.severity === "error").map((f) => `${f.id}: ${f.message}`);
+    expect(failing).toEqual([]);
+    expect(r.code).toBe(0);
+  }, 300_000);
+});
