@@ -40,6 +40,7 @@ import { runNativeProbe } from "../doctor/probes/native.ts";
 import type { NvmlFacts } from "../doctor/facts.ts";
 import { silentProgress, StderrProgress } from "../bench/report/progress.ts";
 import { action, EXIT_FAILURE, printJson, progress, useColor } from "./_output.ts";
+import { benchDevicesCommand } from "./bench_devices.ts";
 
 /** The raw option values commander hands over. */
 export interface RawBenchOptions extends SweepOverrides {
@@ -58,6 +59,7 @@ export interface RawBenchOptions extends SweepOverrides {
   save?: string;
   python?: string;
   quiet?: boolean;
+  devices?: string;
 }
 
 export interface BenchPlan {
@@ -289,8 +291,10 @@ export function register(program: Command) {
     .option("--save <file.json>", "also write the JSON report to a file")
     .option("--python <path>", "interpreter for the torch and NumPy baselines (default FLASHATTN_PYTHON or python3)")
     .option("--quiet", "no progress on stderr")
+    .option("--devices <all|0,2>", "one bf16 case on each of these GPUs at once: TFLOP/s per GPU, outliers flagged")
     .addHelpText("after", examples)
     .action(action(async (globals, raw: RawBenchOptions) => {
+      if (raw.devices !== undefined) return await benchDevicesCommand({ ...raw }, globals);
       const plan = parseBenchOptions(raw);
       checkOutputs(plan);
       const report = await executeBench(plan);

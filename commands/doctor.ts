@@ -6,6 +6,7 @@ import type { Command } from "@commander-js/extra-typings";
 import packageJson from "../package.json" with { type: "json" };
 import { action, printJson, useColor } from "./_output.ts";
 import { FlashAttnError } from "../lib/errors.ts";
+import { parseDeviceSelection } from "../lib/devices.ts";
 import { collectFacts } from "../doctor/collect.ts";
 import type { BackendName, DoctorFacts, DoctorOptions } from "../doctor/facts.ts";
 import { buildReport, renderHuman } from "../doctor/report.ts";
@@ -22,6 +23,7 @@ interface RawDoctorOptions {
   model?: string;
   python: boolean;
   selfTest: boolean;
+  devices?: string;
 }
 
 const requireChoices = ["cuda", "hip", "gpu", "cpu"] as const;
@@ -31,6 +33,9 @@ const help = `
 Examples:
   flashattn doctor                      check this machine
   flashattn doctor --require gpu        exit 1 unless a GPU backend is usable (for CI)
+  flashattn doctor --require gpu --devices all
+                                        gate a CI job on the whole node: the self-test on every GPU, ECC, retired
+                                        pages/remapped rows, PCIe link, NVLink; one line per failing GPU
   flashattn doctor --json > doctor.json attach to a bug report
   flashattn doctor --facts doctor.json  replay a saved report: the same diagnosis on another machine
   flashattn doctor --model ./Llama-3.1-8B which attention this model can use here, and the line to load it with
@@ -56,6 +61,10 @@ export function parseDoctorOptions(raw: RawDoctorOptions): { options: DoctorOpti
       `--backend must be one of ${backendChoices.join(", ")}, got ${JSON.stringify(raw.backend)}`,
     );
   }
+  if (raw.devices !== undefined) {
+    if (!raw.selfTest) throw new FlashAttnError("USAGE", "--devices runs the self-test on each device; drop --no-self-test");
+    options.devices = parseDeviceSelection(raw.devices);
+  }
   if (raw.facts !== undefined && (raw.backend !== undefined || raw.lib !== undefined)) {
     throw new FlashAttnError("USAGE", "--facts replays a saved report; --backend and --lib apply only to a live check");
   }
@@ -77,6 +86,7 @@ export function register(program: Command) {
     .option("--model <path>", "advise on this local model (a directory with config.json, or the file): attention needs, implementations, the line to use")
     .option("--no-python", "skip the Python stack (torch, flash_attn, ...)")
     .option("--no-self-test", "skip the small attention run on each usable backend")
+    .option("--devices <all|0,2>", "run the self-test on each of these GPUs and give each GPU of the node one line")
     .addHelpText("after", help)
     .action(action(async (globals, raw: RawDoctorOptions) => {
       const { options, backend } = parseDoctorOptions(raw);
@@ -101,6 +111,7 @@ export function register(program: Command) {
         };
         // A saved --require is a property of that run; the one given now applies, else the saved one.
         options.require ??= saved.options?.require;
+        options.devices ??= saved.options?.devices;
       } else {
         const missing = missingDenoPermissions();
         if (missing.length) {
@@ -116,6 +127,7 @@ export function register(program: Command) {
           libPath: raw.lib,
           noPython: !raw.python,
           noSelfTest: !raw.selfTest,
+          devices: options.devices,
           // Every probe has its own deadline; this only says what the wait is for.
           onSlow: globals.json
             ? undefined

@@ -32,10 +32,19 @@ export const SLOW_NOTICE_MS = 10_000;
 const DRIVER_PROBE_TIMEOUT_MS = 20_000;
 /** Loading every library, deciding, and one small attention per usable backend (a GPU context costs seconds). */
 const FLASHATTN_PROBE_TIMEOUT_MS = 60_000;
+/** `--devices`: each further device's self-test creates its own context. */
+const PER_DEVICE_SELF_TEST_MS = 15_000;
+/** The devices a self-test may run on (doctor/probes/flashattn.ts lists at most this many). */
+const MAX_SELF_TEST_DEVICES = 16;
+
+function flashattnProbeTimeoutMs(devices: CollectOptions["devices"]): number {
+  const count = devices === undefined ? 1 : devices === "all" ? MAX_SELF_TEST_DEVICES : devices.length;
+  return FLASHATTN_PROBE_TIMEOUT_MS + PER_DEVICE_SELF_TEST_MS * Math.max(0, Math.min(count, MAX_SELF_TEST_DEVICES) - 1);
+}
 
 export async function collectFacts(opts: CollectOptions = {}): Promise<DoctorFacts> {
   const env = opts.env ?? process.env;
-  const { backend, libPath, noSelfTest } = opts;
+  const { backend, libPath, noSelfTest, devices } = opts;
   const pending = new Set<string>();
   const track = <T>(name: string, p: Promise<T>): Promise<T> => {
     pending.add(name);
@@ -49,9 +58,9 @@ export async function collectFacts(opts: CollectOptions = {}): Promise<DoctorFac
     track(
       "flashattn libraries and self-test",
       runNativeProbe<FlashattnFacts>("flashattn", {
-        timeoutMs: FLASHATTN_PROBE_TIMEOUT_MS,
+        timeoutMs: flashattnProbeTimeoutMs(devices),
         env,
-        options: { backend, libPath, noSelfTest } satisfies FlashattnProbeOptions,
+        options: { backend, libPath, noSelfTest, devices } satisfies FlashattnProbeOptions,
       }),
     ),
     track("nvidia-smi", probeNvidiaSmi(env)),

@@ -4,6 +4,7 @@
 // REPORT_SCHEMA_VERSION on any incompatible change.
 
 import type { PrebuiltManifest } from "../ffi/prebuilt.ts";
+import type { DeviceSelection } from "../lib/devices.ts";
 import type { ModelAdvice } from "./model/advice.ts";
 import type { ModelFacts } from "./model/probe.ts";
 
@@ -46,6 +47,88 @@ export interface NvmlDevice {
   architecture?: number;
   /** null when the GPU has no MIG support */
   mig?: { current: boolean; pending: boolean } | null;
+  /** "00000000:3B:00.0" as NVML writes it (eight-digit domain, upper-case hex) */
+  pci_bus_id?: string;
+  /** the board serial number; absent where the board has none to give (most GeForce cards) */
+  serial?: string;
+  /** percent of the last sample period a kernel ran (tells a link at idle from one under load) */
+  utilization_percent?: number;
+  /** null: the board has no ECC (NVML_ERROR_NOT_SUPPORTED) */
+  ecc?: NvmlEcc | null;
+  /** pages retired after ECC errors (boards before Ampere); null: the board retires none (NOT_SUPPORTED) */
+  retired_pages?: NvmlRetiredPages | null;
+  /** rows remapped after ECC errors (Ampere and later); null: the board remaps none (NOT_SUPPORTED) */
+  remapped_rows?: NvmlRemappedRows | null;
+  pcie?: NvmlPcieLink;
+  /** each NVLink NVML answered for; null: the board has no NVLink (NOT_SUPPORTED on link 0) */
+  nvlinks?: NvmlNvLink[] | null;
+}
+
+export interface NvmlEcc {
+  enabled: boolean;
+  /** the mode after the next reset */
+  pending: boolean;
+  /** uncorrected errors since the driver loaded */
+  volatile_uncorrected?: number;
+  /** uncorrected errors over the board's life */
+  aggregate_uncorrected?: number;
+}
+
+export interface NvmlRetiredPages {
+  /** retired for multiple single-bit errors */
+  single_bit: number;
+  /** retired for a double-bit error */
+  double_bit: number;
+  /** a retirement waits for the next driver load or reset; until then the bad page may still be handed out */
+  pending: boolean;
+}
+
+export interface NvmlRemappedRows {
+  correctable: number;
+  uncorrectable: number;
+  /** a remap waits for the next reset */
+  pending: boolean;
+  /** a remap failed: the bank has no spare row left */
+  failed: boolean;
+}
+
+/** The PCIe link now and the best this GPU and its slot allow (nvmlDeviceGetMaxPcieLink*: device and system). */
+export interface NvmlPcieLink {
+  current_generation?: number;
+  current_width?: number;
+  max_generation?: number;
+  max_width?: number;
+}
+
+export interface NvmlNvLink {
+  link: number;
+  active: boolean;
+  /** the PCI bus id at the other end of an active link (a GPU or an NVSwitch) */
+  remote_pci_bus_id?: string;
+}
+
+/** nvmlGpuTopologyLevel_t by name: the closest place the paths of two GPUs meet. */
+export type TopologyLevel = "internal" | "single" | "multiple" | "hostbridge" | "node" | "system";
+
+/** nvmlGpuP2PStatus_t by name. */
+export type P2PStatus =
+  | "ok"
+  | "chipset_not_supported"
+  | "gpu_not_supported"
+  | "topology_not_supported"
+  | "disabled_by_regkey"
+  | "not_supported"
+  | "unknown";
+
+/** Two GPUs (NVML indices, a < b): where their paths meet, and whether one can read the other's memory. */
+export interface NvmlPair {
+  a: number;
+  b: number;
+  common_ancestor?: TopologyLevel;
+  /** peer-to-peer reads over any path */
+  p2p_read?: P2PStatus;
+  /** peer-to-peer over NVLink */
+  p2p_nvlink?: P2PStatus;
 }
 
 export interface NvmlFacts extends ProbeResult {
@@ -57,6 +140,8 @@ export interface NvmlFacts extends ProbeResult {
   /** highest CUDA the driver supports, "13.0" */
   cuda_driver_version?: string;
   devices?: NvmlDevice[];
+  /** every pair of the first MAX_TOPOLOGY_DEVICES devices */
+  pairs?: NvmlPair[];
 }
 
 export interface CudaDevice {
@@ -163,7 +248,7 @@ export interface ToolkitFacts {
 // ---- our native libraries and the backend decision -------------------------------------------------------------
 
 import type { BackendName } from "../lib/vocabulary.ts";
-export type { BackendName };
+export type { BackendName, DeviceSelection };
 
 export interface LoadAttemptFacts {
   path: string;
@@ -203,6 +288,15 @@ export interface LibraryFacts {
   /** fa_device_info of each device */
   devices?: Record<string, unknown>[];
   self_test?: SelfTestFacts;
+  /** `doctor --devices`: the self-test on each device asked for (fa_set_device), by device ordinal */
+  device_self_tests?: DeviceSelfTestFacts[];
+}
+
+export interface DeviceSelfTestFacts extends SelfTestFacts {
+  /** the ordinal fa_set_device takes (CUDA's numbering, after CUDA_VISIBLE_DEVICES) */
+  device: number;
+  /** the device's PCI bus id as the library reports it, to match NVML's GPU */
+  pci_bus_id?: string;
 }
 
 export interface BackendDecisionFacts {
@@ -313,7 +407,10 @@ export interface Finding {
 export interface DoctorOptions {
   /** --require: this backend (or any GPU backend) must be usable */
   require?: "cuda" | "hip" | "gpu" | "cpu";
+  /** --devices: the self-test on each of these device ordinals, and a line for each GPU (doctor/rules/node.ts) */
+  devices?: DeviceSelection;
 }
+
 
 export interface DoctorReport {
   schema: string;

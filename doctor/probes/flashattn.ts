@@ -14,7 +14,15 @@ import { describeProblem } from "../../lib/problem.ts";
 import { naiveSamePrecisionForward, referenceForward, relativeError, withinTolerance } from "../../lib/reference.ts";
 import { type AttnRequest, chooseBackend, requestedBackend } from "../../lib/select.ts";
 import { type DType, randomTensor, tensor, toFloat32 } from "../../lib/tensor.ts";
-import type { BackendName, FlashattnFacts, LibraryFacts, PrebuiltFacts, SelfTestFacts } from "../facts.ts";
+import type {
+  BackendName,
+  DeviceSelection,
+  DeviceSelfTestFacts,
+  FlashattnFacts,
+  LibraryFacts,
+  PrebuiltFacts,
+  SelfTestFacts,
+} from "../facts.ts";
 import { loaderError } from "./native_util.ts";
 
 export interface FlashattnProbeOptions {
@@ -22,6 +30,8 @@ export interface FlashattnProbeOptions {
   libPath?: string;
   /** skip the self-test (faster; the decision and library facts are still collected) */
   noSelfTest?: boolean;
+  /** `doctor --devices`: run the self-test on each of these devices of every GPU library (fa_set_device) */
+  devices?: DeviceSelection;
 }
 
 /** Devices described per library; more are counted but not listed. */
@@ -172,10 +182,46 @@ export async function probeFlashattn(opts: FlashattnProbeOptions = {}): Promise<
 
   if (!opts.noSelfTest) {
     for (const lib of libraries) {
-      if (lib.loaded && (lib.device_count ?? 0) > 0) lib.self_test = await selfTest(lib.backend, opts, env);
+      if (!lib.loaded || (lib.device_count ?? 0) <= 0) continue;
+      if (opts.devices && lib.backend !== "cpu") lib.device_self_tests = await selfTestEach(lib, opts, env);
+      else lib.self_test = await selfTest(lib.backend, opts, env);
     }
   }
   return { ...facts, ms: Math.round(performance.now() - started) };
+}
+
+/**
+ * The self-test on each device asked for, one after the other on this thread: fa_set_device selects the device the
+ * library's later calls use, and the library stays loaded (lib/backend.ts), so attention() runs on that device. A
+ * device the library does not have is a failed entry that says so, not a call.
+ */
+async function selfTestEach(
+  lib: LibraryFacts,
+  opts: FlashattnProbeOptions,
+  env: Record<string, string | undefined>,
+): Promise<DeviceSelfTestFacts[]> {
+  const count = Math.min(lib.device_count ?? 0, MAX_DEVICES_LISTED);
+  const wanted = opts.devices === "all" ? Array.from({ length: count }, (_, i) => i) : opts.devices ?? [];
+  const { backend } = openBackend(lib.backend, { libPath: opts.libPath, env });
+  const results: DeviceSelfTestFacts[] = [];
+  for (const device of wanted.slice(0, MAX_DEVICES_LISTED)) {
+    const pci = lib.devices?.[device]?.pci_bus_id;
+    const entry = { device, ...(typeof pci === "string" ? { pci_bus_id: pci } : {}) };
+    if (!backend || device >= (lib.device_count ?? 0)) {
+      const why = backend ? `no device ${device}: the library sees ${lib.device_count}` : "the library did not load";
+      results.push({ ...entry, ok: false, problem: selfTestText(selfTestDtype(lib.backend)), error: why });
+      continue;
+    }
+    try {
+      backend.setDevice(device);
+    } catch (e) {
+      const error = (e as Error).message.split("\n")[0];
+      results.push({ ...entry, ok: false, problem: selfTestText(selfTestDtype(lib.backend)), error });
+      continue;
+    }
+    results.push({ ...entry, ...await selfTest(lib.backend, opts, env) });
+  }
+  return results;
 }
 
 /** An explicit library is whatever backend it says it is; until loaded, call it by the requested backend. */

@@ -1,6 +1,7 @@
 // Entry point of the probe worker: `<runtime> doctor/probes/worker.ts <probe> [options-json]` runs one probe that
 // calls into native libraries and prints its facts as one JSON document on stdout. The doctor runs it as a child
-// process with a deadline (doctor/probes/native.ts), so a driver call that hangs or crashes becomes a finding.
+// process with a deadline (doctor/probes/native.ts), so a driver call that hangs or crashes becomes a finding. `bench
+// --devices` runs each device's share of its node-wide run through it too ("device-bench", bench/device_run.ts).
 import process from "node:process";
 import { jsonReplacer } from "../../lib/json.ts";
 import { probeNvml } from "./nvml.ts";
@@ -8,13 +9,17 @@ import { probeCudaDriver } from "./cuda_driver.ts";
 import { probeHip } from "./hip.ts";
 import { type FlashattnProbeOptions, probeFlashattn } from "./flashattn.ts";
 import { type ModelKernelOptions, probeModelKernels } from "../model/kernels.ts";
+import { type DeviceRunOptions, runOnDevice } from "../../bench/device_run.ts";
 
-const probes: Record<string, (options: FlashattnProbeOptions & ModelKernelOptions) => unknown | Promise<unknown>> = {
+type WorkerOptions = FlashattnProbeOptions & ModelKernelOptions & DeviceRunOptions;
+const probes: Record<string, (options: WorkerOptions) => unknown | Promise<unknown>> = {
   nvml: probeNvml,
   cuda: probeCudaDriver,
   hip: probeHip,
   flashattn: probeFlashattn,
   model: probeModelKernels,
+  // bench --devices: one device's share of the node-wide run (bench/devices.ts)
+  "device-bench": runOnDevice,
 };
 
 const [name, optionsJson] = process.argv.slice(2);

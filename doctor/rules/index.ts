@@ -4,6 +4,7 @@ import type { DoctorFacts, DoctorOptions, Finding, Severity } from "../facts.ts"
 import { amdRules } from "./amd.ts";
 import { backendRules } from "./backend.ts";
 import { libraryRules } from "./libraries.ts";
+import { nodeRules } from "./node.ts";
 import { nvidiaRules } from "./nvidia.ts";
 import { pythonRules } from "./python.ts";
 import { systemRules } from "./system.ts";
@@ -17,6 +18,7 @@ export function evaluate(facts: DoctorFacts, options: DoctorOptions = {}): Findi
   const findings: Finding[] = [];
   findings.push(...systemRules(facts));
   findings.push(...nvidiaRules(facts));
+  findings.push(...nodeRules(facts, options));
   findings.push(...amdRules(facts));
   findings.push(...toolkitRules(facts));
   findings.push(...libraryRules(facts, findings));
