@@ -6,6 +6,7 @@ import { jsonReplacer } from "../../lib/json.ts";
 import { probeNvml } from "./nvml.ts";
 import { probeCudaDriver } from "./cuda_driver.ts";
 import { probeHip } from "./hip.ts";
+import { probeNccl } from "./nccl.ts";
 import { type FlashattnProbeOptions, probeFlashattn } from "./flashattn.ts";
 import { type ModelKernelOptions, probeModelKernels } from "../model/kernels.ts";
 
@@ -13,6 +14,7 @@ const probes: Record<string, (options: FlashattnProbeOptions & ModelKernelOption
   nvml: probeNvml,
   cuda: probeCudaDriver,
   hip: probeHip,
+  nccl: probeNccl,
   flashattn: probeFlashattn,
   model: probeModelKernels,
 };
