@@ -16,6 +16,7 @@
 // The transport moves device buffers between ranks; the algorithm posts the next block's transfer before computing
 // on the current one (overlap) and waits at the end of each step. Transports: NCCL (lib/nccl.ts, one process driving
 // every GPU) and LocalRing below (every rank on one device of one backend: device-to-device copies).
+import { Scratch } from "./attention.ts";
 import type { Backend, DeviceBuffer } from "./backend.ts";
 import { FlashAttnError } from "./errors.ts";
 import type { AttnParams, TensorView } from "../ffi/layout.ts";
@@ -153,23 +154,6 @@ export interface RingTimes {
 
 // ---- the passes -------------------------------------------------------------------------------------------------
 
-/** Buffers allocated on one rank's device for one pass, freed together. */
-class RankScratch {
-  readonly #backend: Backend;
-  readonly #buffers: DeviceBuffer[] = [];
-  constructor(backend: Backend) {
-    this.#backend = backend;
-  }
-  alloc(bytes: number): DeviceBuffer {
-    const b = this.#backend.alloc(bytes);
-    this.#buffers.push(b);
-    return b;
-  }
-  release(): void {
-    for (const b of this.#buffers.splice(0)) this.#backend.free(b);
-  }
-}
-
 const at = (b: DeviceBuffer, byteOffset: number): bigint => b.address + BigInt(byteOffset);
 
 /** The geometry of one ring problem: shards, element sizes, and the tensor views of a call. */
@@ -200,14 +184,21 @@ class RingGeometry {
     return { data: data + BigInt(offset * rowElements * this.elt), batchStride: shardRows * rowElements, rowStride: rowElements, headStride: this.problem.headDim };
   }
 
-  /** fa_attn_params of one block call: q rows of chunk `q` against the first `kvRows` rows of the held K/V. */
-  params(direction: "fwd" | "bwd", q: ShardChunk, kvRows: number, causal: boolean): AttnParams {
+  /**
+   * fa_attn_params of one block call: the rows of chunk `c` of rank `rank`'s shard (q at `q`) against the first
+   * `seen.rows` rows of the held block (K then V in `block`, of `held`'s size). The caller adds the outputs.
+   */
+  params(direction: "fwd" | "bwd", rank: number, c: ShardChunk, q: bigint, block: DeviceBuffer, held: Shard, seen: { rows: number; causal: boolean }): AttnParams {
     const p = this.problem;
     const request: AttnRequest = {
-      problem: { ...p, seqlenQ: q.rows, seqlenK: kvRows, totalQ: p.batch * q.rows, totalK: p.batch * kvRows, causal, sequences: [] },
+      problem: { ...p, seqlenQ: c.rows, seqlenK: seen.rows, totalQ: p.batch * c.rows, totalK: p.batch * seen.rows, causal: seen.causal, sequences: [] },
       direction,
     };
-    return paramsFor(request, { q: 0n, k: 0n, v: 0n, o: 0n, lse: 0n });
+    const params = paramsFor(request, { q: 0n, k: 0n, v: 0n, o: 0n, lse: 0n });
+    params.q = this.view(q, this.shards[rank].rows, c.offset, this.qRow);
+    params.k = this.view(block.address, held.rows, 0, this.kvRow);
+    params.v = this.view(at(block, this.kvBytes(held.rows)), held.rows, 0, this.kvRow);
+    return params;
   }
 }
 
@@ -254,7 +245,7 @@ const sourceOf = (r: number, s: number, n: number) => (r - s + n) % n;
  * The two buffers a rank's travelling K/V block alternates between (one computed on, one receiving), each K then V of
  * the largest shard; the first holds the rank's own block.
  */
-function ownBlock(b: Backend, g: RingGeometry, scratch: RankScratch, shard: RingForwardShard, me: Shard): DeviceBuffer[] {
+function ownBlock(b: Backend, g: RingGeometry, scratch: Scratch, shard: RingForwardShard, me: Shard): DeviceBuffer[] {
   const kv = [0, 1].map(() => scratch.alloc(2 * g.kvBytes(g.maxRows)));
   const bytes = g.kvBytes(me.rows);
   b.copy(kv[0], shard.k, bytes);
@@ -287,7 +278,7 @@ export function ringAttention(t: RingTransport, problem: Problem, shards: readon
   const g = new RingGeometry(problem, t.ranks);
   checkShards(g, shards as never, ["q", "k", "v", "o", "lse"]);
   const b = t.backend, p = problem, n = t.ranks;
-  const scratch = shards.map((_, r) => (t.use(r), new RankScratch(b)));
+  const scratch = shards.map((_, r) => (t.use(r), new Scratch(b)));
   try {
     const ranks = shards.map((shard, r) => {
       t.use(r);
@@ -300,14 +291,10 @@ export function ringAttention(t: RingTransport, problem: Problem, shards: readon
       ranks.forEach((rank, r) => {
         t.use(r);
         const held = g.shards[sourceOf(r, s, n)];
-        const [k, v] = [0, 1].map((i) => at(rank.kv[s % 2], i * g.kvBytes(held.rows)));
         rank.me.chunks.forEach((c, ci) => {
           const seen = visibleRows(c, held, p.causal, s === 0);
           if (c.rows === 0 || seen.rows === 0) return;
-          const params = g.params("fwd", c, seen.rows, seen.causal);
-          params.q = g.view(shards[r].q.address, rank.me.rows, c.offset, g.qRow);
-          params.k = g.view(k, held.rows, 0, g.kvRow);
-          params.v = g.view(v, held.rows, 0, g.kvRow);
+          const params = g.params("fwd", r, c, shards[r].q.address, rank.kv[s % 2], held, seen);
           params.o = g.view(rank.partO.address, c.rows, 0, g.qRow);
           params.lse = rank.partLse.address;
           b.forward(params);
@@ -349,7 +336,7 @@ export function ringAttentionBackward(t: RingTransport, problem: Problem, shards
   const g = new RingGeometry(problem, t.ranks);
   checkShards(g, shards as never, ["q", "k", "v", "o", "lse", "dout", "dq", "dk", "dv"]);
   const b = t.backend, p = problem, n = t.ranks;
-  const scratch = shards.map((_, r) => (t.use(r), new RankScratch(b)));
+  const scratch = shards.map((_, r) => (t.use(r), new Scratch(b)));
   try {
     const ranks = shards.map((shard, r) => {
       t.use(r);
@@ -374,19 +361,15 @@ export function ringAttentionBackward(t: RingTransport, problem: Problem, shards
       ranks.forEach((rank, r) => {
         t.use(r);
         const held = g.shards[sourceOf(r, s, n)];
-        const [k, v] = [0, 1].map((i) => at(rank.kv[s % 2], i * g.kvBytes(held.rows)));
         rank.me.chunks.forEach((c, ci) => {
           const part = rank.chunks[ci];
           part.seen = c.rows === 0 ? { rows: 0, causal: false } : visibleRows(c, held, p.causal, s === 0);
           if (part.seen.rows === 0) return;
-          const params = g.params("bwd", c, part.seen.rows, part.seen.causal);
           const shard = shards[r];
-          params.q = g.view(shard.q.address, rank.me.rows, c.offset, g.qRow);
+          const params = g.params("bwd", r, c, shard.q.address, rank.kv[s % 2], held, part.seen);
           params.o = g.view(shard.o.address, rank.me.rows, c.offset, g.qRow);
           params.dout = g.view(shard.dout.address, rank.me.rows, c.offset, g.qRow);
           params.lse = part.lse.address;
-          params.k = g.view(k, held.rows, 0, g.kvRow);
-          params.v = g.view(v, held.rows, 0, g.kvRow);
           params.dq = g.view(part.dq.address, c.rows, 0, g.qRow);
           params.dk = g.view(part.dk.address, part.seen.rows, 0, g.kvRow);
           params.dv = g.view(part.dv.address, part.seen.rows, 0, g.kvRow);
