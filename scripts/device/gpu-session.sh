@@ -54,7 +54,7 @@ for s in "$@"; do
     gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;  # carried libraries, no build
     # context parallelism: the ring over NCCL (a ring of 1 on one GPU, of every GPU on several) and in-process ranks
     ring-tests) step ring-tests 420 env NO_COLOR=1 bun test --timeout 300000 test/ring_gpu.test.ts test/ring.test.ts test/nccl.test.ts ;;
-    bench-context-parallel) step bench-context-parallel 580 bun cli.ts bench --preset context-parallel --seqlen 128k,512k --save "$LOGS/bench-context-parallel.json" ;;
+    bench-context-parallel) step bench-context-parallel 580 bun cli.ts bench --preset context-parallel --seqlen 128k --iters 2 --save "$LOGS/bench-context-parallel.json" ;;
     kvcache-tests) step kvcache-tests 420 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts -t kvcache ;;
     # memcheck on every kvcache path, racecheck on the cuda-* ones, the CLI as driver (logs in logs/kvcache-sanitize/)
     kvcache-sanitize) step kvcache-sanitize 580 bash scripts/device/kvcache-sanitize.sh ;;
