@@ -113,7 +113,14 @@ export function visibleRows(q: ShardChunk, held: Shard, causal: boolean, ownBloc
  * split by rows keeps exact. Position-dependent masks other than causal (window, ALiBi) and varlen are refused.
  */
 export function describeRingProblem(q: TensorShape, k: TensorShape, v: TensorShape, opts: { causal?: boolean; scale?: number; softcap?: number } = {}): Problem {
-  const problem = describeProblem(q, k, v, opts);
+  return checkRingProblem(describeProblem(q, k, v, opts));
+}
+
+/** A problem the ring computes exactly, as it is; else the sentence why not (ringAttention takes any Problem). */
+function checkRingProblem(problem: Problem): Problem {
+  if (problem.varlen || problem.window[0] !== -1 || problem.window[1] !== -1) {
+    throw new FlashAttnError("UNSUPPORTED", "context parallelism splits one sequence by rows: varlen batches and sliding windows are not supported");
+  }
   if (problem.seqlenQ !== problem.seqlenK) {
     throw new FlashAttnError("UNSUPPORTED", `context parallelism splits one sequence: seqlen_q (${problem.seqlenQ}) must equal seqlen_k (${problem.seqlenK})`);
   }
@@ -202,7 +209,9 @@ class RingGeometry {
   }
 }
 
-function checkShards(g: RingGeometry, shards: ReadonlyArray<Partial<Record<string, DeviceBuffer>>>, names: string[]): void {
+/** Every rank's buffers named in `names` are there and hold at least its shard. */
+function checkShards(g: RingGeometry, shards: ReadonlyArray<Partial<RingBackwardShard>>, names: Array<keyof RingBackwardShard>): void {
+  checkRingProblem(g.problem);
   if (shards.length !== g.ranks) throw new FlashAttnError("BAD_INPUT", `the ring has ${g.ranks} ranks but ${shards.length} shards were given`);
   shards.forEach((shard, r) => {
     const rows = g.shards[r].rows;
@@ -276,7 +285,7 @@ function copyLseRows(backend: Backend, g: RingGeometry, shardLse: DeviceBuffer, 
  */
 export function ringAttention(t: RingTransport, problem: Problem, shards: readonly RingForwardShard[], opts: RingOptions = {}): RingTimes {
   const g = new RingGeometry(problem, t.ranks);
-  checkShards(g, shards as never, ["q", "k", "v", "o", "lse"]);
+  checkShards(g, shards, ["q", "k", "v", "o", "lse"]);
   const b = t.backend, p = problem, n = t.ranks;
   const scratch = shards.map((_, r) => (t.use(r), new Scratch(b)));
   try {
@@ -334,7 +343,7 @@ export function ringAttention(t: RingTransport, problem: Problem, shards: readon
  */
 export function ringAttentionBackward(t: RingTransport, problem: Problem, shards: readonly RingBackwardShard[], opts: RingOptions = {}): RingTimes {
   const g = new RingGeometry(problem, t.ranks);
-  checkShards(g, shards as never, ["q", "k", "v", "o", "lse", "dout", "dq", "dk", "dv"]);
+  checkShards(g, shards, ["q", "k", "v", "o", "lse", "dout", "dq", "dk", "dv"]);
   const b = t.backend, p = problem, n = t.ranks;
   const scratch = shards.map((_, r) => (t.use(r), new Scratch(b)));
   try {

@@ -8,7 +8,8 @@ import { attention, attentionBackward } from "../lib/attention.ts";
 import { openBackend } from "../lib/backend.ts";
 import { FlashAttnError } from "../lib/errors.ts";
 import { referenceBackward, referenceForward, relativeError, withinTolerance } from "../lib/reference.ts";
-import { describeRingProblem, LocalRing, shardOf, visibleRows } from "../lib/ring.ts";
+import { describeProblem } from "../lib/problem.ts";
+import { describeRingProblem, LocalRing, ringAttention, shardOf, visibleRows } from "../lib/ring.ts";
 import { gatherShard, ringAttentionBackwardTensors, ringAttentionTensors, scatterShard } from "../lib/ring_tensors.ts";
 import { type DType, fromFloat32, randomTensor, toFloat32 } from "../lib/tensor.ts";
 
@@ -141,6 +142,12 @@ describe("the ring's refusals", () => {
     expect(() => describeRingProblem(t("fp8_e4m3", [1, 8, 2, 16]), t("fp8_e4m3", [1, 8, 2, 16]), t("fp8_e4m3", [1, 8, 2, 16])))
       .toThrow(FlashAttnError);
     expect(() => new LocalRing(cpu, 0)).toThrow(/at least one rank/);
+  });
+  test("a problem with a window, passed to the device API directly, is refused before any buffer is read", () => {
+    const windowed = describeProblem(t("bf16", [1, 8, 2, 16]), t("bf16", [1, 8, 2, 16]), t("bf16", [1, 8, 2, 16]), { window: [2, 0] });
+    expect(() => ringAttention(new LocalRing(cpu, 2), windowed, [])).toThrow(/sliding windows are not supported/);
+    const plain = describeRingProblem(t("bf16", [1, 8, 2, 16]), t("bf16", [1, 8, 2, 16]), t("bf16", [1, 8, 2, 16]));
+    expect(() => ringAttention(new LocalRing(cpu, 2), plain, [])).toThrow(/2 ranks but 0 shards/);
   });
 });
 
