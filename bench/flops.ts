@@ -3,7 +3,7 @@
 //   forward  = 4 · batch · heads_q · seqlen_q · seqlen_k · head_dim   (two matmuls, QKᵀ and PV, 2 flops per MAC)
 //   causal   = half of that (the field's convention, also for seqlen_q ≠ seqlen_k)
 //   backward = 2.5 × forward (five matmuls instead of two), fwd+bwd = 3.5 × forward
-// Decode is memory bound, so it is judged by the bytes of K and V read, against the device's copy bandwidth.
+// Decode is memory bound, so it is judged by the bytes it must move (decodeBytes), against the device's copy bandwidth.
 import { attentionFlops } from "../lib/attention.ts";
 import type { Direction } from "../lib/backend.ts";
 import { type DType, dtypeBytes, type ProblemShape } from "../lib/vocabulary.ts";
@@ -23,6 +23,19 @@ export { attentionFlops };
 /** Bytes of K and V one forward call must read at least once: 2 · batch · seqlen_k · heads_kv · head_dim · sizeof. */
 export function kvBytes(p: ProblemSize): number {
   return 2 * p.batch * p.seqlenK * p.headsKv * p.headDim * dtypeBytes[p.dtype];
+}
+
+/**
+ * Bytes a decode call must move at least once, whichever entry runs it: K and V of the attended keys once per KV
+ * head (GQA packing reads a KV head once for its whole query group; a paged cache reads the same bytes from
+ * scattered pages), q read and O written, and for an append the K and V rows written into the cache (their reads are
+ * among the attended keys). The LSE and the rotary rows (a few KiB) are left out.
+ */
+export function decodeBytes(p: ProblemSize & { kvcache?: { append: number } }): number {
+  const e = dtypeBytes[p.dtype];
+  const qAndO = 2 * p.batch * p.seqlenQ * p.headsQ * p.headDim * e;
+  const appended = 2 * p.batch * (p.kvcache?.append ?? 0) * p.headsKv * p.headDim * e;
+  return kvBytes(p) + qAndO + appended;
 }
 
 /** Bytes of the tensors a call in `direction` holds: q, k, v, o, fp32 LSE, and dO, dQ, dK, dV for backward. */

@@ -12,7 +12,14 @@ import { attentionFlops, naiveScoreBytes, tensorBytes } from "./flops.ts";
 import type { Measurement, RowStatus } from "./results.ts";
 import { summarize } from "./stats.ts";
 import { hostFact } from "./machine.ts";
-import type { BenchCase } from "./sweep.ts";
+import { baselineEquivalent, baselineProblem, type BenchCase } from "./sweep.ts";
+import {
+  isKvCacheCase,
+  type KvCacheCase,
+  kvcacheBufferBytes,
+  kvcacheProblem,
+  prepareKvcache,
+} from "./kvcache.ts";
 
 export type Algorithm = "flash" | "naive";
 
@@ -147,22 +154,35 @@ export interface OursContext {
   speeds: SpeedMemory;
 }
 
-/** One row: the case on `backend` with `algorithm`. Never throws for a problem of the case itself. */
-export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm, ctx: OursContext): Measurement {
-  const impl = implName(algorithm, backend.name);
-  const row = (status: RowStatus, extra: Partial<Measurement> = {}): Measurement => ({
-    caseId: c.id,
-    impl,
-    family: algorithm === "flash" ? "ours" : "naive",
-    place: backend.name,
-    status,
-    ...extra,
-  });
+/**
+ * What measuring one case needs from the entry it times: the bytes it will allocate, and, given an allocator, the
+ * call ready to run once (returning the kernel's name) and to be timed.
+ */
+interface Runner {
+  needBytes: number;
+  /** `own` takes each buffer the call allocates (measureOurs frees them all, whatever happens). */
+  prepare(own: (b: DeviceBuffer) => DeviceBuffer, filler: RandomFiller): PreparedCall;
+}
+
+interface PreparedCall {
+  /** One call (forward, then backward for those directions); the kernel(s) that ran. */
+  once(): string;
+  /** Per-run milliseconds after `warmup` untimed runs. */
+  time(warmup: number, iters: number): number[];
+}
+
+/** Fills device buffers with the tiled random block, uploaded once per case. */
+interface RandomFiller {
+  fill(dst: DeviceBuffer): void;
+}
+
+/** The plain forward (or backward) through fa_forward / fa_backward, timed inside the library by fa_bench. */
+function forwardRunner(backend: Backend, c: BenchCase, algorithm: Algorithm): Runner | { unsupported: string } {
   let request: AttnRequest;
   try {
     request = { problem: problemFor(c), direction: c.direction, algorithm, alibi: c.alibi ? "per-head" : "none" };
   } catch (error) {
-    return row("unsupported", { reason: (error as Error).message });
+    return { unsupported: (error as Error).message };
   }
   const placeholder = 0x100000n;
   const plan = backend.plan(
@@ -180,12 +200,102 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
     }),
     c.direction,
   );
-  if (!plan.ok) return row("unsupported", { reason: plan.reasons.join("; ") || "no kernel accepts this case" });
+  if (!plan.ok) return { unsupported: plan.reasons.join("; ") || "no kernel accepts this case" };
+  return {
+    needBytes: tensorBytes(c, c.direction) + (algorithm === "naive" ? naiveScoreBytes(c) : 0),
+    prepare(own, filler) {
+      const alloc = (bytes: number) => own(backend.alloc(bytes));
+      const e = dtypeBytes[c.dtype];
+      const qBytes = c.batch * c.seqlenQ * c.headsQ * c.headDim * e;
+      const kBytes = c.batch * c.seqlenK * c.headsKv * c.headDim * e;
+      const backwardToo = c.direction !== "fwd";
+      // o is in the output dtype: bf16 for fp8 inputs
+      const oBytes = (qBytes / e) * dtypeBytes[request.problem.outDtype];
+      const [q, k, v, o] = [alloc(qBytes), alloc(kBytes), alloc(kBytes), alloc(oBytes)];
+      const lse = alloc(c.batch * c.headsQ * c.seqlenQ * 4);
+      const grads = backwardToo
+        ? { dout: alloc(qBytes), dq: alloc(qBytes), dk: alloc(kBytes), dv: alloc(kBytes) }
+        : undefined;
+      const slopes = c.alibi ? own(backend.upload(standardAlibiSlopes(c.headsQ))) : undefined;
+      for (const b of [q, k, v, ...(grads ? [grads.dout] : [])]) filler.fill(b);
+      const params = paramsFor(request, {
+        q: q.address,
+        k: k.address,
+        v: v.address,
+        o: o.address,
+        lse: lse.address,
+        dout: grads?.dout.address,
+        dq: grads?.dq.address,
+        dk: grads?.dk.address,
+        dv: grads?.dv.address,
+        alibiSlopes: slopes?.address,
+      });
+      return {
+        // The first forward checks the case runs at all and gives O and LSE to backward; for bwd alone the memory
+        // figure is that of the backward call.
+        once() {
+          let kernel = backend.kernelName(backend.forward(params).kernelId);
+          backend.synchronize();
+          if (backwardToo) {
+            if (c.direction === "bwd") backend.resetPeakMemory();
+            kernel = `${kernel} + ${backend.kernelName(backend.backward(params).kernelId)}`;
+            backend.synchronize();
+          }
+          return kernel;
+        },
+        time: (warmup, iters) => Array.from(backend.bench(params, c.direction, warmup, iters)),
+      };
+    },
+  };
+}
 
-  const need = tensorBytes(c, c.direction) + (algorithm === "naive" ? naiveScoreBytes(c) : 0);
-  if (need > ctx.memoryLimitBytes) {
+/** A KV-cache case through fa_forward_kvcache on device buffers (bench/kvcache.ts), timed by fa_bench_kvcache. */
+function kvcacheRunner(backend: Backend, c: KvCacheCase): Runner | { unsupported: string } {
+  try {
+    kvcacheProblem(c);
+  } catch (error) {
+    return { unsupported: (error as Error).message };
+  }
+  return {
+    needBytes: kvcacheBufferBytes(c),
+    prepare(own, filler) {
+      const call = prepareKvcache(backend, c, own, (_, shape) => {
+        const b = own(backend.alloc(shape.reduce((x, y) => x * y, 1) * dtypeBytes[c.dtype]));
+        filler.fill(b);
+        return b;
+      });
+      return {
+        once: () => backend.kernelName(backend.forwardKvcache(call.params).kernelId),
+        time: (warmup, iters) => Array.from(backend.benchKvcache(call.params, warmup, iters)),
+      };
+    },
+  };
+}
+
+/**
+ * One row: the case on `backend` with `algorithm` (the naive algorithm, a baseline, times the plain equivalent of a
+ * KV-cache case). Never throws for a problem of the case itself.
+ */
+export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm, ctx: OursContext): Measurement {
+  const impl = implName(algorithm, backend.name);
+  const equivalent = algorithm === "naive" ? baselineEquivalent(c) : undefined;
+  const row = (status: RowStatus, extra: Partial<Measurement> = {}): Measurement => ({
+    caseId: c.id,
+    impl,
+    family: algorithm === "flash" ? "ours" : "naive",
+    place: backend.name,
+    status,
+    ...(equivalent ? { equivalent } : {}),
+    ...extra,
+  });
+  const runner = isKvCacheCase(c) && algorithm === "flash"
+    ? kvcacheRunner(backend, c)
+    : forwardRunner(backend, baselineProblem(c), algorithm);
+  if ("unsupported" in runner) return row("unsupported", { reason: runner.unsupported });
+
+  if (runner.needBytes > ctx.memoryLimitBytes) {
     return row("oom", {
-      reason: `needs ${gib(need)}, over the ${gib(ctx.memoryLimitBytes)} this device can give (not attempted)`,
+      reason: `needs ${gib(runner.needBytes)}, over the ${gib(ctx.memoryLimitBytes)} this device can give (not attempted)`,
     });
   }
   const flops = attentionFlops(c, c.direction);
@@ -194,62 +304,30 @@ export function measureOurs(backend: Backend, c: BenchCase, algorithm: Algorithm
   if (tooSlow) return row("skipped", { reason: tooSlow });
 
   const buffers: DeviceBuffer[] = [];
-  const alloc = (bytes: number) => {
-    const b = backend.alloc(bytes);
+  const own = (b: DeviceBuffer) => {
     buffers.push(b);
     return b;
   };
   try {
-    const e = dtypeBytes[c.dtype];
-    const qBytes = c.batch * c.seqlenQ * c.headsQ * c.headDim * e;
-    const kBytes = c.batch * c.seqlenK * c.headsKv * c.headDim * e;
-    const backwardToo = c.direction !== "fwd";
-    // o is in the output dtype: bf16 for fp8 inputs
-    const oBytes = (qBytes / e) * dtypeBytes[request.problem.outDtype];
-    const [q, k, v, o] = [alloc(qBytes), alloc(kBytes), alloc(kBytes), alloc(oBytes)];
-    const lse = alloc(c.batch * c.headsQ * c.seqlenQ * 4);
-    const grads = backwardToo
-      ? { dout: alloc(qBytes), dq: alloc(qBytes), dk: alloc(kBytes), dv: alloc(kBytes) }
-      : undefined;
-    const slopes = c.alibi ? backend.upload(standardAlibiSlopes(c.headsQ)) : undefined;
-    if (slopes) buffers.push(slopes);
     const source = backend.upload(randomBlock(c.dtype));
+    let call: PreparedCall;
     try {
-      for (const b of [q, k, v, ...(grads ? [grads.dout] : [])]) fillRandom(backend, b, source);
+      call = runner.prepare(own, { fill: (dst) => fillRandom(backend, dst, source) });
     } finally {
       backend.free(source);
     }
-    const params = paramsFor(request, {
-      q: q.address,
-      k: k.address,
-      v: v.address,
-      o: o.address,
-      lse: lse.address,
-      dout: grads?.dout.address,
-      dq: grads?.dq.address,
-      dk: grads?.dk.address,
-      dv: grads?.dv.address,
-      alibiSlopes: slopes?.address,
-    });
-    // The first forward checks the case runs at all and gives O and LSE to backward. The memory figure is the
-    // peak of one call of this direction, counted from what the library held before this case's tensors.
+    // The memory figure is the peak of one call, counted from what the library held before this case's tensors.
     // Resetting first also releases the library's idle workspaces, so each case counts the ones it needs itself.
     backend.resetPeakMemory();
     const held = backend.memoryStats().current - buffers.reduce((s, b) => s + b.bytes, 0);
-    let kernel = backend.kernelName(backend.forward(params).kernelId);
+    const kernel = call.once();
     backend.synchronize();
-    let peakBytes = backend.memoryStats().peak - held;
-    if (backwardToo) {
-      if (c.direction === "bwd") backend.resetPeakMemory();
-      kernel = `${kernel} + ${backend.kernelName(backend.backward(params).kernelId)}`;
-      backend.synchronize();
-      peakBytes = backend.memoryStats().peak - held;
-    }
+    const peakBytes = backend.memoryStats().peak - held;
 
     // One timed run (already warm) estimates the cost; then as many runs as the budget allows.
-    const estimate = backend.bench(params, c.direction, 0, 1)[0];
+    const estimate = call.time(0, 1)[0];
     const runs = runsFor(estimate, ctx.plan);
-    const times = runs ? Array.from(backend.bench(params, c.direction, runs.warmup, runs.iters)) : [estimate];
+    const times = runs ? call.time(runs.warmup, runs.iters) : [estimate];
     const timing = summarize(times);
     ctx.speeds.learn(speedKey, flops, timing.medianMs);
     return row("ok", {

@@ -1,7 +1,8 @@
 // The bench report: what was measured, by which implementation, on which machine. Reporters (bench/report/*) only
 // read this; `--json` prints it as is, so its keys carry their units (ms, bytes, tflops, gbps).
 import type { BackendName } from "../lib/vocabulary.ts";
-import type { BenchCase, PresetName } from "./sweep.ts";
+import { baselineProblem, type BenchCase, caseId, type KvCacheLayout, type PresetName } from "./sweep.ts";
+import { decodeBytes } from "./flops.ts";
 import type { TimingSummary } from "./stats.ts";
 
 export const BENCH_SCHEMA = "flashattn.bench/1";
@@ -40,7 +41,10 @@ export interface Measurement {
   reason?: string;
   timing?: TimingSummary;
   tflops?: number;
-  /** Decode: bytes of K and V read per second (1e9), and that as a fraction of the device's copy bandwidth. */
+  /**
+   * Decode: the bytes the call must move (bench/flops.ts decodeBytes: K+V of the attended keys, q, o, appended rows)
+   * per second (1e9), and that as a fraction of the device's copy bandwidth.
+   */
   gbps?: number;
   copyFraction?: number;
   /** Peak memory of one call, inputs and outputs included. */
@@ -50,6 +54,30 @@ export interface Measurement {
   dtype?: string;
   /** Ours and naive: the reference check of this kernel path, made before it was timed. */
   check?: KernelCheck;
+  /**
+   * A baseline's row of a KV-cache case: the problem it timed instead ("contiguous equivalent", or for an append the
+   * plain contiguous decode), since no baseline has a paged cache, an in-place append or rotary.
+   */
+  equivalent?: string;
+}
+
+/**
+ * Our time on a KV-cache case against ours on the reference case of the same shape, same implementation and place:
+ * a paged cache against the contiguous cache (the issue's bound: within 10 %), an append with rotary against the
+ * same cache without (within 5 %), a contiguous KV-cache call against the plain forward (no bound: the two entries
+ * side by side).
+ */
+export interface EntryComparison {
+  caseId: string;
+  /** the case it is compared with */
+  referenceId: string;
+  impl: string;
+  place: BackendName;
+  against: "contiguous" | "no append" | "forward";
+  /** median time of the case / median time of the reference: 1.04 is 4 % slower */
+  ratio: number;
+  /** the largest ratio the issue accepts, where it sets one */
+  target?: number;
 }
 
 /** One implementation the run considered, measured or not, with the reason when it was not. */
@@ -93,6 +121,8 @@ export interface BenchReport {
   copyBandwidth: CopyBandwidth[];
   cases: BenchCase[];
   measurements: Measurement[];
+  /** KV-cache cases against their reference case (entryComparisons); absent from reports made before them. */
+  comparisons?: EntryComparison[];
   /** Wall time of the whole run, and whether the time limit cut it short. */
   elapsedSeconds: number;
   timeLimited: boolean;
@@ -115,3 +145,47 @@ export function speedupOfOurs(report: BenchReport, m: Measurement): number | und
   if (!ref?.timing) return undefined;
   return m.timing.medianMs / ref.timing.medianMs;
 }
+
+/** The reference a KV-cache case is compared with: its layout without paging, else without append, else plain. */
+function referenceOf(c: BenchCase): { id: string; against: EntryComparison["against"]; target?: number } | undefined {
+  const l = c.kvcache;
+  if (!l) return undefined;
+  const { id: _, ...shape } = c;
+  const as = (kvcache: KvCacheLayout | undefined) => caseId({ ...shape, kvcache });
+  if (l.pageSize) return { id: as({ ...l, pageSize: undefined }), against: "contiguous", target: 1.1 };
+  if (l.append > 0 || l.rotary) return { id: as({ append: 0, rotary: false }), against: "no append", target: 1.05 };
+  return { id: as(undefined), against: "forward" };
+}
+
+/**
+ * Every KV-cache case whose reference case was also timed, by each of our implementations that timed both: the
+ * ratio of the median times (the figures "paged within 10 % of contiguous" and "append + rotary at most 5 % over
+ * decode" are read from).
+ */
+export function entryComparisons(cases: BenchCase[], measurements: Measurement[]): EntryComparison[] {
+  const ids = new Set(cases.map((c) => c.id));
+  const timed = (m: Measurement) => m.family === "ours" && m.status === "ok" && m.timing !== undefined;
+  const out: EntryComparison[] = [];
+  for (const c of cases) {
+    const ref = referenceOf(c);
+    if (!ref || !ids.has(ref.id)) continue;
+    for (const mine of measurements.filter((m) => m.caseId === c.id && timed(m))) {
+      const theirs = measurements.find((m) => m.caseId === ref.id && m.impl === mine.impl && timed(m));
+      if (!theirs) continue;
+      out.push({
+        caseId: c.id,
+        referenceId: ref.id,
+        impl: mine.impl,
+        place: mine.place,
+        against: ref.against,
+        ratio: mine.timing!.medianMs / theirs.timing!.medianMs,
+        ...(ref.target !== undefined ? { target: ref.target } : {}),
+      });
+    }
+  }
+  return out;
+}
+
+/** The bytes a decode row's GB/s counts: of the case for ours, of the problem a baseline timed instead for the rest. */
+export const bytesMoved = (c: BenchCase, m: Pick<Measurement, "family">) =>
+  decodeBytes(m.family === "ours" ? c : baselineProblem(c));

@@ -3,7 +3,9 @@
 //
 //   fa      the sweep of flash-attention's own figures: batch · seqlen = 16k tokens, hidden 2048
 //           (heads = 2048 / head_dim), seqlen 512..16k, head_dim 64/128/256, causal off and on, bf16, fwd and bwd
-//   decode  one query token against a long KV cache (4k..128k), GQA 32 query heads over 8 KV heads, head_dim 128
+//   decode  one query token against a long KV cache (4k..128k), GQA 32 query heads over 8 KV heads, head_dim 128,
+//           through the plain forward and through the KV-cache entry; at 32k keys also paged caches, an append with
+//           rotary, speculative decoding (2..16 query tokens, causal), MQA and head_dim 64 / 256
 //   quick   a few small shapes that finish in seconds on a 2-core CPU (the default without a GPU)
 import { FlashAttnError } from "../lib/errors.ts";
 import { MAX_HEAD_DIM } from "../lib/problem.ts";
@@ -20,12 +22,31 @@ export interface CaseFeatures {
   alibi?: boolean;
 }
 
+/**
+ * A case timed through the KV-cache entry (fa_forward_kvcache on device buffers) instead of the plain forward: the
+ * cache it reads and what the call writes into it. seqlenK is the number of keys attended (cache_seqlens + append).
+ */
+export interface KvCacheLayout {
+  /** Tokens per page of a paged cache whose block table is shuffled; absent: one contiguous cache per sequence. */
+  pageSize?: number;
+  /** Rows of k_new / v_new written into the cache at cache_seqlens = seqlenK - append (the same slot every call). */
+  append: number;
+  /** Rotary (GPT-NeoX halves, rotary_dim = head_dim) on q and the appended keys. */
+  rotary: boolean;
+}
+
+/** The entry point a case times: the plain forward (fa_forward) or the KV-cache entry (fa_forward_kvcache). */
+export type Entry = "forward" | "kvcache";
+export const entryOf = (c: { kvcache?: KvCacheLayout }): Entry => (c.kvcache ? "kvcache" : "forward");
+
 export interface BenchCase extends ProblemSize, CaseFeatures {
   /** Stable key of the case (shape + direction), used to join our rows with baseline rows. */
   id: string;
   direction: Direction;
-  /** decode cases are judged by K+V bytes/s against the copy bandwidth, prefill cases by TFLOP/s. */
+  /** decode cases are judged by bytes/s against the copy bandwidth, prefill cases by TFLOP/s. */
   kind: "prefill" | "decode";
+  /** Present: timed through the KV-cache entry with this cache; the baselines time the contiguous equivalent. */
+  kvcache?: KvCacheLayout;
 }
 
 export type PresetName = "fa" | "decode" | "quick";
@@ -52,12 +73,34 @@ export interface SweepSpec {
   dtype: DType | "auto";
   directions: Direction[];
   kind: "prefill" | "decode";
+  /** Decode: the cases timed through the KV-cache entry as well (expandSweep says which). */
+  kvcache?: KvCacheSweep;
   /**
    * Shapes sized for a GPU (GiBs of scores, TFLOPs per call): where a GPU backend is usable and the user did not
    * pick a backend, the CPU rows (our CPU library, NumPy) are not timed, and the report says so. Without a GPU the
    * CPU runs them, under the time limit.
    */
   gpuSized: boolean;
+}
+
+/**
+ * The KV-cache cases of a decode sweep: every plain case again through the KV-cache entry on a contiguous cache (so
+ * both entries show at the same shape), and at one KV length the variants a serving stack runs, each at every batch
+ * of the sweep, built on the sweep's first heads / head_dim / query length.
+ */
+export interface KvCacheSweep {
+  /** the KV length of the variants: the sweep's length nearest to it (so --seqlen 4k moves them to 4k) */
+  at: number;
+  /** paged caches, shuffled block table (ratio to the contiguous KV-cache row at the same shape) */
+  pageSizes: number[];
+  /** rows appended with rotary (ratio to the KV-cache row without append) */
+  append: number;
+  /** speculative decoding: these query lengths, causal (bottom-right), through both entries */
+  seqlensQ: number[];
+  /** MQA and other KV head counts, through both entries */
+  headsKv: number[];
+  /** other head dims, through both entries */
+  hdims: number[];
 }
 
 const k = 1024;
@@ -87,6 +130,7 @@ export const presets: Record<PresetName, SweepSpec> = {
     dtype: "bf16",
     directions: ["fwd"],
     kind: "decode",
+    kvcache: { at: 32 * k, pageSizes: [16, 64, 256], append: 1, seqlensQ: [2, 4, 8, 16], headsKv: [1], hdims: [64, 256] },
     gpuSized: true,
   },
   quick: {
@@ -192,7 +236,34 @@ export function caseId(c: Omit<BenchCase, "id">): string {
     c.softcap ? ` softcap${c.softcap}` : "",
     c.alibi ? " alibi" : "",
   ].join("");
-  return `b${c.batch} ${seq} ${gqa} d${c.headDim}${c.causal ? " causal" : ""}${features} ${c.dtype} ${c.direction}`;
+  return `b${c.batch} ${seq} ${gqa} d${c.headDim}${c.causal ? " causal" : ""}${features} ${c.dtype} ${c.direction}${
+    c.kvcache ? ` ${layoutText(c.kvcache)}` : ""
+  }`;
+}
+
+/**
+ * The problem a baseline times for `c`: the case itself, or for a KV-cache case the contiguous equivalent (the same
+ * q against the attended keys in one contiguous K and V; an append's rows are among them), under the case's id.
+ */
+export function baselineProblem(c: BenchCase): BenchCase {
+  if (!c.kvcache) return c;
+  const { kvcache: _, ...plain } = c;
+  return plain;
+}
+
+/** What a baseline's row of a KV-cache case timed, in words (the table and JSON say it); undefined for plain cases. */
+export function baselineEquivalent(c: BenchCase): string | undefined {
+  if (!c.kvcache) return undefined;
+  return c.kvcache.append > 0 || c.kvcache.rotary
+    ? "plain contiguous decode (no baseline appends in place or applies rotary)"
+    : "contiguous equivalent";
+}
+
+/** "kvcache", "kvcache paged16", "kvcache append1+rotary": the entry and its cache, as ids and titles show it. */
+export function layoutText(l: KvCacheLayout): string {
+  const parts = [l.pageSize ? `paged${l.pageSize}` : "", l.append ? `append${l.append}` : "", l.rotary ? "rotary" : ""];
+  const detail = parts.filter(Boolean).join("+");
+  return detail ? `kvcache ${detail}` : "kvcache";
 }
 
 /** The default lengths of bench --model: 4k and 16k, within what the model takes. */
@@ -229,12 +300,25 @@ export function modelSweep(p: ModelProblem, seqlens: number[], maxPositions?: nu
 /**
  * Every case of a sweep, grouped as the chart draws them: direction, then head_dim, then causal, then seqlen
  * ascending (so a run that stops early has finished whole panels, and per-implementation speed learnt on small
- * shapes predicts the large ones).
+ * shapes predicts the large ones). A decode sweep with KV-cache cases puts each forward case's KV-cache twin right
+ * after it, then the variants (kvcacheVariants).
  */
 export function expandSweep(spec: SweepSpec, ctx: { gpu: boolean }): BenchCase[] {
   const dtype: DType = spec.dtype === "auto" ? (ctx.gpu ? "bf16" : "fp32") : spec.dtype;
   const cases: BenchCase[] = [];
   const seen = new Set<string>();
+  const add = (c: Omit<BenchCase, "id">) => {
+    if (c.headsQ % c.headsKv !== 0) usage(`--heads ${c.headsQ} is not a multiple of --heads-kv ${c.headsKv}`);
+    const id = caseId(c);
+    if (seen.has(id)) return;
+    seen.add(id);
+    cases.push({ id, ...c });
+    if (cases.length > limits.cases) usage(`the sweep has more than ${limits.cases} cases; narrow the flags`);
+  };
+  // The KV-cache entry is forward only; a contiguous cache without append is the plain problem through it.
+  const twin = (c: Omit<BenchCase, "id">) => {
+    if (spec.kvcache && c.direction === "fwd") add({ ...c, kvcache: { append: 0, rotary: false } });
+  };
   for (const direction of spec.directions) {
     for (const headDim of spec.hdims) {
       for (const causal of spec.causal) {
@@ -245,28 +329,11 @@ export function expandSweep(spec: SweepSpec, ctx: { gpu: boolean }): BenchCase[]
             for (const headsQ of headsList) {
               if (headsQ < 1) usage(`hidden ${spec.hidden} / head_dim ${headDim} leaves no heads; pass --heads`);
               for (const headsKv of spec.headsKv ?? [headsQ]) {
-                if (headsQ % headsKv !== 0) usage(`--heads ${headsQ} is not a multiple of --heads-kv ${headsKv}`);
                 for (const seqlenQ of spec.seqlensQ ?? [seqlenK]) {
-                  const c = {
-                    ...spec.features,
-                    batch,
-                    seqlenQ,
-                    seqlenK,
-                    headsQ,
-                    headsKv,
-                    headDim,
-                    causal,
-                    dtype,
-                    direction,
-                    kind: spec.kind,
-                  };
-                  const id = caseId(c);
-                  if (seen.has(id)) continue;
-                  seen.add(id);
-                  cases.push({ id, ...c });
-                  if (cases.length > limits.cases) {
-                    usage(`the sweep has more than ${limits.cases} cases; narrow the flags`);
-                  }
+                  const c = { ...spec.features, batch, seqlenQ, seqlenK, headsQ, headsKv, headDim, causal, dtype, direction,
+                    kind: spec.kind };
+                  add(c);
+                  twin(c);
                 }
               }
             }
@@ -275,7 +342,37 @@ export function expandSweep(spec: SweepSpec, ctx: { gpu: boolean }): BenchCase[]
       }
     }
   }
+  if (spec.kvcache && spec.directions.includes("fwd")) {
+    for (const variant of kvcacheVariants(spec, spec.kvcache, dtype)) {
+      add(variant);
+      if (!variant.kvcache) twin(variant);
+    }
+  }
   return cases;
+}
+
+/**
+ * The KV-cache variants at one KV length (the sweep's nearest to kv.at), for each batch, on the sweep's first shape:
+ * paged caches and the append with rotary (KV-cache entry only: they compare with the contiguous KV-cache twin), then
+ * speculative decoding, other KV head counts and head dims (forward cases; expandSweep adds their KV-cache twins).
+ */
+function kvcacheVariants(spec: SweepSpec, kv: KvCacheSweep, dtype: DType): Omit<BenchCase, "id">[] {
+  const seqlenK = spec.seqlens.reduce((best, s) => (Math.abs(s - kv.at) < Math.abs(best - kv.at) ? s : best));
+  const headDim = spec.hdims[0];
+  const headsQ = spec.heads?.[0] ?? Math.floor(spec.hidden / headDim);
+  const base = {
+    seqlenQ: spec.seqlensQ?.[0] ?? 1, seqlenK, headsQ, headsKv: spec.headsKv?.[0] ?? headsQ, headDim,
+    causal: spec.causal[0], dtype, direction: "fwd" as const, kind: spec.kind,
+  };
+  const batches = spec.batches ?? [1];
+  const each = (make: (batch: number) => Omit<BenchCase, "id">) => batches.map(make);
+  return [
+    ...kv.pageSizes.flatMap((pageSize) => each((batch) => ({ ...base, batch, kvcache: { pageSize, append: 0, rotary: false } }))),
+    ...(kv.append > 0 ? each((batch) => ({ ...base, batch, kvcache: { append: kv.append, rotary: true } })) : []),
+    ...kv.seqlensQ.flatMap((seqlenQ) => each((batch) => ({ ...base, batch, seqlenQ, causal: true }))),
+    ...kv.headsKv.filter((h) => headsQ % h === 0).flatMap((headsKv) => each((batch) => ({ ...base, batch, headsKv }))),
+    ...kv.hdims.flatMap((d) => each((batch) => ({ ...base, batch, headDim: d }))),
+  ];
 }
 
 /** Total forward-equivalent work of a sweep, for progress and ETA weighting. */

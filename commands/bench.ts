@@ -255,7 +255,7 @@ const examples = `
 Examples:
   $ flashattn bench                                          # quick without a GPU, fa with one
   $ flashattn bench --preset fa --json --chart fa.svg > fa.json
-  $ flashattn bench --preset decode --save decode.json       # one query token against 4k..128k KV, GQA
+  $ flashattn bench --preset decode --save decode.json       # decode over 4k..128k KV, GQA; KV-cache: paged, append, spec.
   $ flashattn bench --model ./Mistral-7B-v0.1 --seqlen 4k,16k  # the model's own attention, vs the fa baselines
   $ flashattn bench --seqlen 1k,4k --hdim 128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn
   $ flashattn bench --preset context-parallel --seqlen 512k  # ring attention over every GPU (NCCL) vs one GPU

@@ -266,6 +266,19 @@ export class Backend {
     return times;
   }
 
+  /** Per-run times in ms of fa_forward_kvcache's device work, timed inside the library as bench() times fa_forward. */
+  benchKvcache(p: KvCacheParams, warmup: number, iters: number): Float32Array {
+    if (!Number.isInteger(iters) || iters < 1) throw new FlashAttnError("USAGE", `iterations must be a positive whole number, got ${iters}`);
+    if (!this.#lib.has("fa_bench_kvcache")) {
+      throw new FlashAttnError("UNSUPPORTED", `${this.name}: ${this.path} predates fa_bench_kvcache`,
+        "rebuild the library (bun kernels/build.ts) or install a newer flashattn");
+    }
+    const times = new Float32Array(iters);
+    const bytes = encodeKvCacheParams(p);
+    this.#check(this.#lib.call("fa_bench_kvcache", bytes, warmup, iters, times), "fa_bench_kvcache");
+    return times;
+  }
+
   /** Unloads the library. Only for tests and short-lived tools: openBackend keeps libraries loaded. */
   close(): void {
     for (const [path, b] of loaded) if (b === this) loaded.delete(path);

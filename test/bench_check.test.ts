@@ -3,8 +3,9 @@
 // The wrong kernel is the real CPU library with a fault put in after it: its forward's O is zeroed.
 import { describe, expect, test } from "bun:test";
 import { Backend, openBackend } from "../lib/backend.ts";
-import { type NativeLibrary, openLibrary } from "../ffi/loader.ts";
-import { type FaSymbols, faSymbols } from "../ffi/symbols.ts";
+import { openLibrary } from "../ffi/loader.ts";
+import { faSymbols } from "../ffi/symbols.ts";
+import { zeroingOutput } from "./support/broken_library.ts";
 import { implName } from "../bench/ours.ts";
 import { presets } from "../bench/sweep.ts";
 import { findBackends, runBench } from "../bench/run.ts";
@@ -14,27 +15,8 @@ import { expandSweep } from "../bench/sweep.ts";
 const cpu = openBackend("cpu", { env: {} }).backend;
 const timing = { warmup: 1, iters: 3, minIters: 1, caseBudgetMs: 50 };
 
-/** The real library, except that fa_forward's output O is overwritten with zeros after the real call. */
-function zeroingForward(lib: NativeLibrary<FaSymbols>): NativeLibrary<FaSymbols> {
-  return {
-    path: lib.path,
-    has: (name) => lib.has(name),
-    close: () => lib.close(),
-    call(name, ...args) {
-      const status = lib.call(name, ...args);
-      if (name === "fa_forward" && status === 0) {
-        const params = new DataView((args[0] as Uint8Array).buffer);
-        const elementBytes = params.getInt32(8, true) === 0 ? 4 : 2;
-        const elements = [12, 16, 24, 32].reduce((n, offset) => n * params.getInt32(offset, true), 1);
-        lib.call("fa_memset", params.getBigUint64(208, true), 0, BigInt(elements * elementBytes));
-      }
-      return status;
-    },
-  };
-}
-
 describe.skipIf(!cpu)("bench's reference check of each kernel path (skipped without the CPU library)", () => {
-  const broken = () => new Backend("cpu", zeroingForward(openLibrary(cpu!.path, faSymbols)));
+  const broken = () => new Backend("cpu", zeroingOutput(openLibrary(cpu!.path, faSymbols), "fa_forward"));
 
   test("a correct path passes on a small case of the same kind", async () => {
     const [c] = expandSweep(presets.quick, { gpu: false });

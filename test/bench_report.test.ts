@@ -2,11 +2,11 @@
 // hand (shapes of the fa and decode presets, times in round milliseconds). The SVG must be well-formed XML and
 // hold exactly one bar per timed value; statuses (OOM, n/a) must show where the bar would be.
 import { describe, expect, test } from "bun:test";
-import { attentionFlops, kvBytes } from "../bench/flops.ts";
+import { attentionFlops, decodeBytes } from "../bench/flops.ts";
 import { BENCH_SCHEMA, type BenchReport, type Measurement, speedupOfOurs } from "../bench/results.ts";
 import { summarize } from "../bench/stats.ts";
 import { applyOverrides, expandSweep, presets } from "../bench/sweep.ts";
-import { formatRate, renderTable } from "../bench/report/table.ts";
+import { formatRate, mergeNumbers, renderTable } from "../bench/report/table.ts";
 import { renderCsv } from "../bench/report/csv.ts";
 import { niceCeiling, panelsOf, renderSvg } from "../bench/report/svg.ts";
 
@@ -82,7 +82,7 @@ function report(): BenchReport {
   const [short, long] = faCases;
   const [dec] = decodeCases;
   const f = (c: typeof short) => attentionFlops(c, c.direction);
-  const decodeGbps = kvBytes(dec) / (0.05e-3) / 1e9;
+  const decodeGbps = decodeBytes(dec) / (0.05e-3) / 1e9;
   return {
     ok: true,
     schema: BENCH_SCHEMA,
@@ -176,6 +176,19 @@ describe("table", () => {
     expect(row).toContain("137 ×2.00");
   });
 
+  test("notes equal but for their numbers share one line with each differing number's range", () => {
+    expect(mergeNumbers(["x one run only: it takes 105 ms of 0.2 s", "x one run only: it takes 520 ms of 0.2 s"]))
+      .toBe("x one run only: it takes 105–520 ms of 0.2 s");
+    expect(mergeNumbers(["needs 128.0 GiB"])).toBe("needs 128.0 GiB");
+    const r = report();
+    const slow = (id: string, ms: number): Measurement => ({ ...timed(id, "sdpa-flash", "torch", ms, 1),
+      reason: `one run only: it takes ${ms} ms, over half the per-case budget` });
+    r.measurements = [slow(faCases[0].id, 150), slow(faCases[1].id, 400)];
+    expect(renderTable(r, { color: false })).toContain(
+      "  sdpa-flash note: one run only: it takes 150–400 ms, over half the per-case budget (2 cases)",
+    );
+  });
+
   test("OOM and unsupported cells say so, and the notes say why", () => {
     const [, long] = faCases;
     expect(text.split("\n").find((l) => l.startsWith(long.id))).toContain("OOM");
@@ -186,10 +199,12 @@ describe("table", () => {
   test("decode cells give GB/s and the share of the copy bandwidth", () => {
     const [dec] = decodeCases;
     const row = text.split("\n").find((l) => l.startsWith(dec.id))!;
-    const gbps = kvBytes(dec) / 0.05e-3 / 1e9;
+    const gbps = decodeBytes(dec) / 0.05e-3 / 1e9;
     expect(row).toContain(`${gbps.toFixed(0)} (${Math.round(gbps / 30)}%)`);
     expect(text).toContain("copy bandwidth (cuda, NVIDIA H100 80GB HBM3): 3000 GB/s");
-    expect(text).toContain("TFLOP/s (prefill) or GB/s of K+V (share of copy bandwidth) (decode)");
+    expect(text).toContain(
+      "TFLOP/s (prefill) or GB/s moved: K+V, q, o, appended rows (share of copy bandwidth) (decode)",
+    );
   });
 
   test("machine facts, missing baselines with reasons, peak memory and the geometric-mean summary", () => {
@@ -301,15 +316,15 @@ describe("SVG chart", () => {
     expect(tips[0]).not.toContain(" 0.0 ");
     // In a report that mixes prefill and decode cases each tooltip and panel axis carries its own case's unit.
     expect((svg.match(/rotate\(-90\)" font-size="10" text-anchor="middle">TFLOP\/s</g) ?? []).length).toBe(1);
-    expect((svg.match(/rotate\(-90\)" font-size="10" text-anchor="middle">GB\/s \(K\+V read\)</g) ?? []).length)
+    expect((svg.match(/rotate\(-90\)" font-size="10" text-anchor="middle">GB\/s moved</g) ?? []).length)
       .toBe(1);
     expect((svg.match(/>KV length</g) ?? []).length).toBe(1);
     expect((svg.match(/>sequence length</g) ?? []).length).toBe(1);
-    const units = [...svg.matchAll(/<title>[^<]*?: [\d.e+-]+ (TFLOP\/s|GB\/s \(K\+V read\)), /g)];
+    const units = [...svg.matchAll(/<title>[^<]*?: [\d.e+-]+ (TFLOP\/s|GB\/s moved), /g)];
     expect(units.length).toBe(r.measurements.filter((m) => m.status === "ok").length);
     for (const [tip, unit] of units) {
       const decodeCase = decodeCases.some((c) => tip.includes(`, ${c.id}:`));
-      expect(unit).toBe(decodeCase ? "GB/s (K+V read)" : "TFLOP/s");
+      expect(unit).toBe(decodeCase ? "GB/s moved" : "TFLOP/s");
     }
   });
 

@@ -70,6 +70,15 @@ describe("fa_forward_kvcache refuses bad input with one sentence and writes noth
   const callWith = (mutate: (p: KvCacheParams, arrays: KvArrays) => void) => kvCallWith(backend, "fp32", mutate);
 
   test("the valid base problem runs", () => expect(callWith(() => {})).toBe("accepted"));
+  test("fa_bench_kvcache checks the request as the call does, then times every run", () => {
+    let times: Float32Array = new Float32Array();
+    const bench = (b: Backend, p: KvCacheParams) => void (times = b.benchKvcache(p, 1, 3));
+    expect(kvCallWith(backend, "fp32", (_, a) => void (a.table[3] = 9), 8, bench)).toBe(
+      "cpu: block_table[1][0] = 9 is outside the cache's 9 pages");
+    expect(kvCallWith(backend, "fp32", () => {}, 8, bench)).toBe("accepted");
+    expect(times.length).toBe(3);
+    for (const t of times) expect(t).toBeGreaterThan(0);
+  });
   test("cache_seqlens NULL without an append runs (every cache full)", () => {
     expect(callWith((p) => {
       noAppend(p);

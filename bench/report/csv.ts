@@ -1,6 +1,7 @@
 // One CSV row per measurement (RFC 4180 quoting), the case's shape spelled out in columns so a spreadsheet or
 // pandas can pivot it without parsing ids. Units are in the column names.
-import { type BenchReport, speedupOfOurs } from "../results.ts";
+import { type BenchReport, bytesMoved, speedupOfOurs } from "../results.ts";
+import { entryOf } from "../sweep.ts";
 
 const columns = [
   "case",
@@ -36,6 +37,14 @@ const columns = [
   "device",
   "driver",
   "library",
+  "entry",
+  "page_size",
+  "append",
+  "rotary",
+  "bytes_moved",
+  "baseline_equivalent",
+  "reference_case",
+  "ratio_to_reference",
 ] as const;
 
 interface LibraryFacts {
@@ -73,6 +82,7 @@ export function renderCsv(report: BenchReport): string {
   for (const m of report.measurements) {
     const c = cases.get(m.caseId)!;
     const t = m.timing;
+    const comparison = report.comparisons?.find((x) => x.caseId === m.caseId && x.impl === m.impl);
     const row = [
       c.id,
       c.batch,
@@ -104,7 +114,15 @@ export function renderCsv(report: BenchReport): string {
       speedupOfOurs(report, m),
       m.kernel,
       m.dtype,
-      ...(facts.get(m.place) ?? []),
+      ...[0, 1, 2].map((i) => facts.get(m.place)?.[i]),
+      entryOf(c),
+      c.kvcache?.pageSize,
+      c.kvcache?.append,
+      c.kvcache?.rotary,
+      c.kind === "decode" ? bytesMoved(c, m) : undefined,
+      m.equivalent,
+      comparison?.referenceId,
+      comparison?.ratio,
     ];
     lines.push(row.map(quote).join(","));
   }

@@ -1,10 +1,10 @@
 // The chart of `--chart FILE.svg`, drawn like flash-attention's README figures: one panel per (direction, head dim,
-// causal), sequence length along x, TFLOP/s up y (GB/s of K+V for decode), a bar per implementation with its value
+// causal), sequence length along x, TFLOP/s up y (GB/s moved for decode), a bar per implementation with its value
 // on top. A case an implementation could not run gets its status word (OOM, n/a, skipped) where the bar would be,
 // so the naive algorithm's memory wall is visible. Plain SVG 1.1 with a <title> per bar (hover for the exact
 // figure), readable in any browser; no scripts, no external fonts.
 import type { BenchReport, Measurement } from "../results.ts";
-import type { BenchCase } from "../sweep.ts";
+import { type BenchCase, layoutText } from "../sweep.ts";
 import { formatRate, measuredImpls } from "./table.ts";
 
 // Colour-blind-safe palette (Okabe–Ito), ours first.
@@ -32,14 +32,18 @@ interface Panel {
   cases: BenchCase[];
 }
 
-/** Cases grouped into panels: everything but the sequence length (and the batch that follows it) is fixed. */
+/**
+ * Cases grouped into panels: everything but the sequence length (and the batch that follows it) is fixed; a
+ * KV-cache case's panel names its entry and cache ("kvcache paged16"), so the two entries never share a panel.
+ */
 export function panelsOf(cases: BenchCase[]): Panel[] {
   const panels = new Map<string, Panel>();
   for (const c of cases) {
     const heads = c.headsQ === c.headsKv ? `${c.headsQ} heads` : `${c.headsQ}/${c.headsKv} heads`;
     const title =
       `${c.direction} · head dim ${c.headDim} · ${c.causal ? "causal" : "non-causal"} · ${heads} · ${c.dtype}` +
-      (c.kind === "decode" ? ` · ${c.seqlenQ} query token${c.seqlenQ > 1 ? "s" : ""}` : "");
+      (c.kind === "decode" ? ` · ${c.seqlenQ} query token${c.seqlenQ > 1 ? "s" : ""}` : "") +
+      (c.kvcache ? ` · ${layoutText(c.kvcache)}` : "");
     if (!panels.has(title)) panels.set(title, { title, cases: [] });
     panels.get(title)!.cases.push(c);
   }
@@ -83,7 +87,7 @@ export function renderSvg(report: BenchReport, opts: { title?: string } = {}): s
   );
   out.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
   // A report may mix prefill and decode cases: each bar's unit follows its case, the heading names both.
-  const unitOf = (c: BenchCase) => (c.kind === "decode" ? "GB/s (K+V read)" : "TFLOP/s");
+  const unitOf = (c: BenchCase) => (c.kind === "decode" ? "GB/s moved" : "TFLOP/s");
   const units = [...new Set(report.cases.map(unitOf))];
   const what = report.config.model ? `--model ${report.config.model}` : `--preset ${report.config.preset}`;
   const heading = opts.title ?? `flashattn bench ${what}: ${units.join("; ") || "TFLOP/s"}`;

@@ -1,11 +1,13 @@
 // The human report on stdout: a header with the machine facts and what was not measured (with why), then one row
-// per case and one column per implementation. Prefill cells read "TFLOP/s", decode cells "GB/s of K+V (share of
+// per case and one column per implementation. Prefill cells read "TFLOP/s", decode cells "GB/s moved (share of
 // the copy bandwidth)"; a baseline's cell ends with ×N, how many times faster ours is on the same place (above 1:
-// ours wins). A second table gives the peak memory of one call, where the naive algorithm's O(seqlen²) scores
-// show; the notes say why any cell is not a number.
-import { type BenchReport, type Measurement, speedupOfOurs } from "../results.ts";
+// ours wins). A report with KV-cache cases adds three columns: the entry each row times, our time against the
+// reference row of the same shape (paged against contiguous, append against none, KV-cache against fa_forward)
+// and what the baselines timed instead. A second table gives the peak memory of one call, where the naive
+// algorithm's O(seqlen²) scores show; the notes say why any cell is not a number.
+import { type BenchReport, type EntryComparison, type Measurement, speedupOfOurs } from "../results.ts";
 import { geometricMean } from "../stats.ts";
-import type { BenchCase } from "../sweep.ts";
+import { type BenchCase, entryOf } from "../sweep.ts";
 import { paint, printable, type Style } from "../../lib/terminal.ts";
 
 export interface TableOptions {
@@ -33,6 +35,8 @@ export function formatBytes(bytes: number | undefined): string {
   if (bytes >= 2 ** 20) return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
   return `${(bytes / 2 ** 10).toFixed(0)} KiB`;
 }
+
+/** A short duration as a person reads it: µs below a millisecond. */
 
 /** Three significant figures at most, whole numbers from 100 up (TFLOP/s of a CPU are 0.0x, of a GPU 100s). */
 export function formatRate(v: number): string {
@@ -107,13 +111,15 @@ function machineLines(report: BenchReport): string[] {
 
 /** Why each cell that holds no number holds none, grouped so 30 identical reasons take one line. */
 function notes(report: BenchReport): string[] {
-  const groups = new Map<string, number>();
+  // Reasons that differ only in their numbers ("it takes 105 ms", "it takes 520 ms") share a line with the range.
+  const groups = new Map<string, string[]>();
   for (const m of report.measurements) {
     if (m.status === "ok" && !m.reason) continue;
-    const key = `${m.impl} ${m.status === "ok" ? "note" : statusWord[m.status]}: ${m.reason ?? "no reason given"}`;
-    groups.set(key, (groups.get(key) ?? 0) + 1);
+    const text = `${m.impl} ${m.status === "ok" ? "note" : statusWord[m.status]}: ${m.reason ?? "no reason given"}`;
+    const key = text.replace(NUMBER, "#");
+    groups.set(key, [...(groups.get(key) ?? []), text]);
   }
-  const lines = [...groups].map(([key, n]) => `  ${printable(key)}${n > 1 ? ` (${n} cases)` : ""}`);
+  const lines = [...groups.values()].map((texts) => `  ${printable(mergeNumbers(texts))}${texts.length > 1 ? ` (${texts.length} cases)` : ""}`);
   // Runs whose middle half spreads over 10 % of the median: a busy machine or a clock that moved; read with care.
   const noisy = new Map<string, Measurement[]>();
   for (const m of report.measurements) {
@@ -130,6 +136,65 @@ function notes(report: BenchReport): string[] {
     );
   }
   return lines;
+}
+
+const entryName = { forward: "fa_forward", kvcache: "fa_forward_kvcache" } as const;
+const againstWords: Record<EntryComparison["against"], string> = {
+  contiguous: "contiguous",
+  "no append": "no append",
+  forward: "fa_forward",
+};
+
+/** "1.04× contiguous ✓": our time over the reference row's, and whether it meets the issue's bound. */
+export function comparisonCell(x: EntryComparison | undefined, color: boolean): string {
+  if (!x) return "";
+  const text = `${x.ratio.toFixed(2)}× ${againstWords[x.against]}`;
+  if (x.target === undefined) return text;
+  const met = x.ratio <= x.target;
+  return `${text} ${colour(color, met ? "green" : "red", met ? "✓" : "✗")}`;
+}
+
+/**
+ * The columns of a report with KV-cache cases (none otherwise): the entry timed, our time against the reference
+ * row (for our first implementation with comparisons), what the baselines timed; and the notes that define them.
+ */
+function entryColumns(report: BenchReport, impls: string[], color: boolean) {
+  const comparisons = report.comparisons ?? [];
+  if (!report.cases.some((c) => c.kvcache)) return { header: [], cells: (_: BenchCase) => [], notes: [] };
+  const impl = impls.find((i) => comparisons.some((x) => x.impl === i));
+  const cells = (c: BenchCase) => [
+    entryName[entryOf(c)],
+    comparisonCell(comparisons.find((x) => x.caseId === c.id && x.impl === impl), color),
+    !c.kvcache ? "" : c.kvcache.append > 0 || c.kvcache.rotary ? "plain decode" : "contiguous equiv.",
+  ];
+  const notes = [
+    "  fa_forward_kvcache rows are timed inside the library by fa_bench_kvcache, as fa_bench times fa_forward rows (the cache flushed before each run, device events): the append, rotary and attention kernels; the call's host-side check of its int32 arrays (on a GPU a blocking read of them) is not in the time",
+    `  vs ref${impl ? ` (${impl})` : ""}: median time over the reference row's: paged → the contiguous KV-cache row (target ≤ 1.10), append+rotary → the KV-cache row without append (target ≤ 1.05), KV-cache → the fa_forward row`,
+    "  baselines time: on KV-cache rows no baseline has a paged cache, an in-place append or rotary; they time the contiguous equivalent (the same q against the attended keys in one contiguous K and V), for append+rotary the plain contiguous decode",
+  ];
+  for (const [against, what] of [["contiguous", "paged within 10% of contiguous"], ["no append", "append+rotary within 5% of no append"]] as const) {
+    const rows = comparisons.filter((x) => x.impl === impl && x.against === against);
+    if (rows.length) {
+      notes.push(`  ${what}: ${rows.filter((x) => x.ratio <= x.target!).length} of ${rows.length} rows (worst ${
+        Math.max(...rows.map((x) => x.ratio)).toFixed(2)
+      }×)`);
+    }
+  }
+  return { header: ["entry", "vs ref", "baselines time"], cells, notes };
+}
+
+const NUMBER = /\d+(?:\.\d+)?/g;
+
+/** Texts equal but for their numbers, as one: each number that differs between them becomes its range "lo–hi". */
+export function mergeNumbers(texts: string[]): string {
+  const numbers = texts.map((t) => (t.match(NUMBER) ?? []).map(Number));
+  let i = 0;
+  return texts[0].replace(NUMBER, (first) => {
+    const values = numbers.map((n) => n[i]);
+    i++;
+    const [lo, hi] = [Math.min(...values), Math.max(...values)];
+    return lo === hi ? first : `${lo}–${hi}`;
+  });
 }
 
 /** Interquartile range over median above which a row is called noisy. */
@@ -155,17 +220,22 @@ export function renderTable(report: BenchReport, opts: TableOptions): string {
     byCase.get(m.caseId)!.set(m.impl, m);
   }
   const kinds = new Set(report.cases.map((c) => c.kind));
-  const decodeUnit = "GB/s of K+V (share of copy bandwidth)";
+  const decodeUnit = "GB/s moved: K+V, q, o, appended rows (share of copy bandwidth)";
   const unit = kinds.size > 1
     ? `TFLOP/s (prefill) or ${decodeUnit} (decode)`
     : kinds.has("decode")
     ? decodeUnit
     : "TFLOP/s";
   out.push(`${unit}; ×N = ours is N times faster than that baseline (median of timed runs)`);
+  const entries = entryColumns(report, impls, color);
   out.push(
     grid(
-      ["case", ...impls],
-      report.cases.map((c) => [c.id, ...impls.map((impl) => rateCell(report, c, byCase.get(c.id)?.get(impl), color))]),
+      ["case", ...entries.header, ...impls],
+      report.cases.map((c) => [
+        c.id,
+        ...entries.cells(c),
+        ...impls.map((impl) => rateCell(report, c, byCase.get(c.id)?.get(impl), color)),
+      ]),
     ),
   );
   out.push("");
@@ -189,7 +259,7 @@ export function renderTable(report: BenchReport, opts: TableOptions): string {
     if (ratios.length) summary.push(`  vs ${impl}: ×${geometricMean(ratios).toFixed(2)} over ${ratios.length} cases`);
   }
   if (summary.length) out.push("", "ours against each baseline (geometric mean of the speed-ups):", ...summary);
-  const why = notes(report);
+  const why = [...entries.notes, ...notes(report)];
   if (why.length) out.push("", "notes:", ...why);
   if (report.timeLimited) {
     out.push("", `the time limit of ${report.config.maxSeconds} s cut the run short; the remaining rows say "skipped"`);

@@ -181,6 +181,41 @@ std::string kernel_json(int32_t id) {
   return out + "}";
 }
 
+// The validated KV-cache request's work (kvcache.cpp).
+int32_t run_kvcache(fa_kvcache_params& p) {
+  try {
+    p.out_kernel = kvcache_forward(p, select_isa());
+  } catch (const WorkspaceError& e) {
+    return fail(FA_ERR_OUT_OF_MEMORY, e.what());
+  }
+  return static_cast<int32_t>(FA_OK);
+}
+
+// fa_bench's loop: writing over twice the last-level cache before each run evicts the inputs, so every run starts
+// cold; `run` is timed with a monotonic clock.
+template <typename Run>
+int32_t timed_runs(int32_t warmup, int32_t iters, float* times_ms, Run&& run) {
+  if (warmup < 0 || warmup > 100000 || iters < 1 || iters > 100000)
+    return fail(FA_ERR_INVALID_ARGUMENT, format("bench needs warmup 0..100000 and 1..100000 iterations, got %d and %d", warmup, iters));
+  if (times_ms == nullptr) return fail(FA_ERR_INVALID_ARGUMENT, "times_ms is NULL");
+  const int64_t llc = std::max<int64_t>({cache_bytes(3), cache_bytes(2), int64_t{8} << 20});
+  std::unique_ptr<Workspace> flush;
+  try {
+    flush = std::make_unique<Workspace>(static_cast<uint64_t>(2 * llc), "the cache-flush buffer of fa_bench");
+  } catch (const WorkspaceError& e) {
+    return fail(FA_ERR_OUT_OF_MEMORY, e.what());
+  }
+  volatile char* lines = flush->as<char>();
+  for (int32_t i = 0; i < warmup + iters; ++i) {
+    for (int64_t at = 0; at < 2 * llc; at += 64) lines[at] = static_cast<char>(i);
+    const auto start = std::chrono::steady_clock::now();
+    if (int32_t status = run()) return status;
+    const auto stop = std::chrono::steady_clock::now();
+    if (i >= warmup) times_ms[i - warmup] = std::chrono::duration<float, std::milli>(stop - start).count();
+  }
+  return static_cast<int32_t>(FA_OK);
+}
+
 }  // namespace
 }  // namespace fa::cpu
 
@@ -345,12 +380,7 @@ FA_API int32_t fa_backward(fa_attn_params* p) {
 FA_API int32_t fa_forward_kvcache(fa_kvcache_params* p) {
   return guard([&] {
     if (int32_t status = validate_kvcache(p)) return status;
-    try {
-      p->out_kernel = kvcache_forward(*p, select_isa());
-    } catch (const WorkspaceError& e) {
-      return fail(FA_ERR_OUT_OF_MEMORY, e.what());
-    }
-    return static_cast<int32_t>(FA_OK);
+    return run_kvcache(*p);
   });
 }
 
@@ -370,26 +400,14 @@ FA_API int32_t fa_plan(const fa_attn_params* p, int32_t direction, char* buf, in
 FA_API int32_t fa_bench(fa_attn_params* p, int32_t direction, int32_t warmup, int32_t iters, float* times_ms) {
   return guard([&] {
     if (int32_t status = validate(p, direction)) return status;
-    if (warmup < 0 || warmup > 100000 || iters < 1 || iters > 100000)
-      return fail(FA_ERR_INVALID_ARGUMENT, format("fa_bench: warmup must be 0..100000 and iters 1..100000, got %d and %d", warmup, iters));
-    if (times_ms == nullptr) return fail(FA_ERR_INVALID_ARGUMENT, "fa_bench: times_ms is NULL");
-    // Writing over twice the last-level cache before each run evicts the inputs, so every run starts cold.
-    const int64_t llc = std::max<int64_t>({cache_bytes(3), cache_bytes(2), int64_t{8} << 20});
-    std::unique_ptr<Workspace> flush;
-    try {
-      flush = std::make_unique<Workspace>(static_cast<uint64_t>(2 * llc), "the cache-flush buffer of fa_bench");
-    } catch (const WorkspaceError& e) {
-      return fail(FA_ERR_OUT_OF_MEMORY, e.what());
-    }
-    volatile char* lines = flush->as<char>();
-    for (int32_t i = 0; i < warmup + iters; ++i) {
-      for (int64_t at = 0; at < 2 * llc; at += 64) lines[at] = static_cast<char>(i);
-      const auto start = std::chrono::steady_clock::now();
-      if (int32_t status = run_direction(*p, direction)) return status;
-      const auto stop = std::chrono::steady_clock::now();
-      if (i >= warmup) times_ms[i - warmup] = std::chrono::duration<float, std::milli>(stop - start).count();
-    }
-    return static_cast<int32_t>(FA_OK);
+    return timed_runs(warmup, iters, times_ms, [&] { return run_direction(*p, direction); });
+  });
+}
+
+FA_API int32_t fa_bench_kvcache(fa_kvcache_params* p, int32_t warmup, int32_t iters, float* times_ms) {
+  return guard([&] {
+    if (int32_t status = validate_kvcache(p)) return status;
+    return timed_runs(warmup, iters, times_ms, [&] { return run_kvcache(*p); });
   });
 }
 

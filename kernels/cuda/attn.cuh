@@ -234,6 +234,20 @@ __device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const Se
   }
 }
 
+// The online softmax's starting state for MF 16-row fragments: O = 0, running max -inf, running sum 0.
+template <int MF, int NJ>
+__device__ __forceinline__ void clear_accumulators(float (&o_acc)[MF][NJ][4], float (&row_max)[MF][2], float (&row_sum)[MF][2]) {
+#pragma unroll
+  for (int mf = 0; mf < MF; ++mf) {
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o_acc[mf][j][e] = 0.f;
+    row_max[mf][0] = row_max[mf][1] = -INFINITY;
+    row_sum[mf][0] = row_sum[mf][1] = 0.f;
+  }
+}
+
 // A row's LSE (natural log) from its max in log2 units and its sum. A row with no visible key (l = 0) gets +inf in
 // the output (flash-attn 2.x) and -inf in a split's partial (weight 0 in the combine).
 __device__ __forceinline__ float row_lse(float max_log2, float l, bool direct) {

@@ -165,15 +165,7 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
 
   float o_acc[MF][D / 8][4];
   float row_max[MF][2], row_sum[MF][2];
-#pragma unroll
-  for (int mf = 0; mf < MF; ++mf) {
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o_acc[mf][j][e] = 0.f;
-    row_max[mf][0] = row_max[mf][1] = -INFINITY;
-    row_sum[mf][0] = row_sum[mf][1] = 0.f;
-  }
+  clear_accumulators(o_acc, row_max, row_sum);
 
   for (int it = 0; it < n_blocks; ++it) {
     cp_async_wait<STAGES - 2>();

@@ -71,15 +71,7 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
 
   float o_acc[MF][D / 8][4];
   float row_max[MF][2], row_sum[MF][2];
-#pragma unroll
-  for (int mf = 0; mf < MF; ++mf) {
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o_acc[mf][j][e] = 0.f;
-    row_max[mf][0] = row_max[mf][1] = -INFINITY;
-    row_sum[mf][0] = row_sum[mf][1] = 0.f;
-  }
+  clear_accumulators(o_acc, row_max, row_sum);
 
   for (int nb = nb_hi - 1; nb >= nb_lo; --nb) {
     const int n0 = nb * BN;

@@ -149,28 +149,45 @@ __device__ __forceinline__ int64_t tensor_offset(const DevTensor& t, const AttnA
   return (bh / a.heads_q) * t.batch_stride + i * t.row_stride + (bh % a.heads_q) * t.head_stride;
 }
 
-// Split-KV combine, one warp per lse row: LSE = log sum_s exp(LSE_s), O = sum_s exp(LSE_s - LSE) O_s.
+// Split-KV combine, one warp per lse row: LSE = log sum_s exp(LSE_s), O = sum_s exp(LSE_s - LSE) O_s. Lanes stride
+// the splits for the max and the sum; for O each lane takes 4 adjacent columns (16-byte loads) and the splits'
+// weights come from the lane holding them, so a row costs a few dependent L2 round trips rather than one per split
+// and column (a b1 decode with 30 splits spent about as long here as in its attention kernel with the first form).
 template <typename T>
 __global__ void combine_kernel(const AttnArgs a) {
   const int64_t lrow = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
-  if (lrow >= a.lse_rows) return;
+  if (lrow >= a.lse_rows) return;  // whole warps leave together
+  const float* lse_part = a.lse_part + lrow;  // split s at lse_part[s * lse_rows]
   float mx = -INFINITY;
-  for (int s = 0; s < a.num_splits; ++s) mx = fmaxf(mx, a.lse_part[s * a.lse_rows + lrow]);
+  for (int s = lane; s < a.num_splits; s += 32) mx = fmaxf(mx, lse_part[s * a.lse_rows]);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
   float sum = 0.f;
   if (mx != -INFINITY)
-    for (int s = 0; s < a.num_splits; ++s) sum += __expf(a.lse_part[s * a.lse_rows + lrow] - mx);
+    for (int s = lane; s < a.num_splits; s += 32) sum += __expf(lse_part[s * a.lse_rows] - mx);
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
   const float lse = mx == -INFINITY ? -INFINITY : mx + __logf(sum);
   if (a.lse != nullptr && lane == 0) a.lse[lrow] = lse == -INFINITY ? INFINITY : lse;  // no key in any split: +inf
   T* o = static_cast<T*>(a.o.data) + tensor_offset(a.o, a, lrow);
-  for (int col = lane; col < a.head_dim; col += 32) {
-    float acc = 0.f;
+  // head_dim is a multiple of 8 on GPUs: a lane's 4 columns are all in or all out, and 16-byte aligned in o_part.
+  for (int col = lane * 4; col < a.head_dim; col += 128) {
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     if (lse != -INFINITY)
-      for (int s = 0; s < a.num_splits; ++s) {
-        const float w = __expf(a.lse_part[s * a.lse_rows + lrow] - lse);
-        if (w > 0.f) acc += w * a.o_part[(s * a.lse_rows + lrow) * a.head_dim + col];
+      for (int s0 = 0; s0 < a.num_splits; s0 += 32) {
+        const int mine = s0 + lane, n = min(32, a.num_splits - s0);
+        const float w_lane = mine < a.num_splits ? __expf(lse_part[mine * a.lse_rows] - lse) : 0.f;
+#pragma unroll 4
+        for (int j = 0; j < n; ++j) {
+          const float w = __shfl_sync(0xffffffffu, w_lane, j);
+          if (w > 0.f) {
+            const float4 x = *reinterpret_cast<const float4*>(a.o_part + ((s0 + j) * a.lse_rows + lrow) * a.head_dim + col);
+            acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
+          }
+        }
       }
-    o[col] = from_float<T>(acc);
+    *reinterpret_cast<uint2*>(o + col) = make_uint2(pack2<T>(acc.x, acc.y), pack2<T>(acc.z, acc.w));
   }
 }
 

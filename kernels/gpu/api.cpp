@@ -355,6 +355,74 @@ int32_t attention(fa_attn_params* p, int32_t direction) {
   return run_path(path, *p, make_context(*p, &caps), direction);
 }
 
+// fa_forward_kvcache's front: the struct, the device, the int32 arrays read back from the device, then the path —
+// chosen before anything is written, so a refused request leaves the cache as it was.
+int32_t prepare_kvcache(fa_kvcache_params* p, DeviceCaps* caps, const KernelPath** path) {
+  if (int32_t st = report_first(check_kvcache_params(p, kGpuLimits)); st != FA_OK) return st;
+  if (int32_t st = current_caps(caps); st != FA_OK) return st;
+  if (int32_t st = check_kvcache_arrays(*p); st != FA_OK) return st;
+  std::vector<std::string> reasons;
+  *path = select_kvcache_path(*p, *caps, reasons);
+  return *path != nullptr ? FA_OK : refuse(reasons);
+}
+
+// The validated request's work on p->stream: the shared preparation (append, rotary), then the path's attention.
+// p->q points at the rotated queries while the kernels are queued and is restored before returning: the caller's
+// struct changes only in its out_* fields.
+int32_t run_kvcache(const KernelPath* path, fa_kvcache_params* p, const LaunchContext& ctx) {
+  struct RestoreQ {
+    fa_kvcache_params* p;
+    fa_tensor q;
+    ~RestoreQ() { p->q = q; }
+  } restore{p, p->q};
+  p->out_kernel = path->id;
+  p->out_num_splits = 1;
+  if (int32_t st = kvcache_prepare(*p, ctx); st != FA_OK) return st;
+  return path->forward_kvcache(*p, ctx);
+}
+
+int32_t check_bench_counts(int32_t warmup, int32_t iters, const float* times_ms) {
+  if (warmup < 0 || warmup > 100000 || iters < 1 || iters > 100000)
+    return fail(FA_ERR_INVALID_ARGUMENT, format("bench needs warmup 0..100000 and 1..100000 iterations, got %d and %d", warmup, iters));
+  if (times_ms == nullptr) return fail(FA_ERR_INVALID_ARGUMENT, "times_ms is NULL");
+  return FA_OK;
+}
+
+// fa_bench's loop: before every run the last-level cache is flushed (a write over twice its size, outside the timed
+// region), then `run` is timed between two events on the request's stream.
+template <typename Run>
+int32_t timed_runs(const LaunchContext& ctx, const DeviceCaps& caps, int32_t warmup, int32_t iters, float* times_ms, Run&& run) {
+  const size_t flush_bytes = std::max<size_t>(2 * caps.l2_bytes, 1 << 20);
+  void* flush = workspace_slot(4, flush_bytes);
+  if (flush == nullptr) return FA_ERR_OUT_OF_MEMORY;
+  gpuEvent_t start, stop;
+  if (gpuError_t err = gpuEventCreate(&start); err != gpuSuccess) return vendor_fail(err, "creating a timing event");
+  if (gpuError_t err = gpuEventCreate(&stop); err != gpuSuccess) {
+    gpuEventDestroy(start);
+    return vendor_fail(err, "creating a timing event");
+  }
+  int32_t status = FA_OK;
+  for (int32_t i = 0; i < warmup + iters && status == FA_OK; ++i) {
+    gpuError_t err = gpuMemsetAsync(flush, i & 0xff, flush_bytes, ctx.stream);
+    if (err == gpuSuccess) err = gpuEventRecord(start, ctx.stream);
+    if (err != gpuSuccess) {
+      status = vendor_fail(err, "flushing the cache before a timed run");
+      break;
+    }
+    status = run();
+    if (status != FA_OK) break;
+    err = gpuEventRecord(stop, ctx.stream);
+    if (err == gpuSuccess) err = gpuEventSynchronize(stop);
+    float ms = 0.f;
+    if (err == gpuSuccess) err = gpuEventElapsedTime(&ms, start, stop);
+    if (err != gpuSuccess) status = vendor_fail(err, "timing a run");
+    else if (i >= warmup) times_ms[i - warmup] = ms;
+  }
+  gpuEventDestroy(start);
+  gpuEventDestroy(stop);
+  return status;
+}
+
 std::string kernels_json() {
   std::vector<std::string> items;
   for (const KernelPath* k : all_paths()) {
@@ -381,29 +449,12 @@ FA_API int32_t fa_params_layout(int64_t* out, int32_t capacity) { return params_
 
 FA_API int32_t fa_kvcache_layout(int64_t* out, int32_t capacity) { return kvcache_layout(out, capacity); }
 
-// Validation (the struct, then the int32 arrays read back from the device), the path, then the shared preparation
-// (append, rotary) and the path's attention on p->stream. The path is chosen before anything is written, so a refused
-// request leaves the cache as it was. p->q points at the rotated queries while the kernels are queued and is restored
-// before returning: the caller's struct changes only in its out_* fields.
 FA_API int32_t fa_forward_kvcache(fa_kvcache_params* p) {
   return guard([&]() -> int32_t {
-    if (int32_t status = report_first(check_kvcache_params(p, kGpuLimits))) return status;
     DeviceCaps caps;
-    if (int32_t st = current_caps(&caps); st != FA_OK) return st;
-    if (int32_t st = check_kvcache_arrays(*p); st != FA_OK) return st;
-    std::vector<std::string> reasons;
-    const KernelPath* path = select_kvcache_path(*p, caps, reasons);
-    if (path == nullptr) return refuse(reasons);
-    const LaunchContext ctx = make_context(*p, &caps);
-    struct RestoreQ {
-      fa_kvcache_params* p;
-      fa_tensor q;
-      ~RestoreQ() { p->q = q; }
-    } restore{p, p->q};
-    p->out_kernel = path->id;
-    p->out_num_splits = 1;
-    if (int32_t st = kvcache_prepare(*p, ctx); st != FA_OK) return st;
-    return path->forward_kvcache(*p, ctx);
+    const KernelPath* path = nullptr;
+    if (int32_t st = prepare_kvcache(p, &caps, &path); st != FA_OK) return st;
+    return run_kvcache(path, p, make_context(*p, &caps));
   });
 }
 
@@ -554,43 +605,23 @@ FA_API int32_t fa_plan(const fa_attn_params* p, int32_t direction, char* buf, in
 
 FA_API int32_t fa_bench(fa_attn_params* p, int32_t direction, int32_t warmup, int32_t iters, float* times_ms) {
   return guard([&]() -> int32_t {
-    if (warmup < 0 || iters < 1 || iters > 100000)
-      return fail(FA_ERR_INVALID_ARGUMENT, format("bench needs warmup >= 0 and 1..100000 iterations, got %d and %d", warmup, iters));
-    if (times_ms == nullptr) return fail(FA_ERR_INVALID_ARGUMENT, "times_ms is NULL");
+    if (int32_t st = check_bench_counts(warmup, iters, times_ms); st != FA_OK) return st;
     DeviceCaps caps;
     const KernelPath* path = nullptr;
     if (int32_t st = prepare(p, direction, &caps, &path); st != FA_OK) return st;
     const LaunchContext ctx = make_context(*p, &caps);
-    // Flush the last-level cache before every run: write a buffer of twice its size (outside the timed region).
-    const size_t flush_bytes = std::max<size_t>(2 * caps.l2_bytes, 1 << 20);
-    void* flush = workspace_slot(4, flush_bytes);
-    if (flush == nullptr) return FA_ERR_OUT_OF_MEMORY;
-    gpuEvent_t start, stop;
-    if (gpuError_t err = gpuEventCreate(&start); err != gpuSuccess) return vendor_fail(err, "creating a timing event");
-    if (gpuError_t err = gpuEventCreate(&stop); err != gpuSuccess) {
-      gpuEventDestroy(start);
-      return vendor_fail(err, "creating a timing event");
-    }
-    int32_t status = FA_OK;
-    for (int32_t i = 0; i < warmup + iters && status == FA_OK; ++i) {
-      gpuError_t err = gpuMemsetAsync(flush, i & 0xff, flush_bytes, ctx.stream);
-      if (err == gpuSuccess) err = gpuEventRecord(start, ctx.stream);
-      if (err != gpuSuccess) {
-        status = vendor_fail(err, "flushing the cache before a timed run");
-        break;
-      }
-      status = run_path(path, *p, ctx, direction);
-      if (status != FA_OK) break;
-      err = gpuEventRecord(stop, ctx.stream);
-      if (err == gpuSuccess) err = gpuEventSynchronize(stop);
-      float ms = 0.f;
-      if (err == gpuSuccess) err = gpuEventElapsedTime(&ms, start, stop);
-      if (err != gpuSuccess) status = vendor_fail(err, "timing a run");
-      else if (i >= warmup) times_ms[i - warmup] = ms;
-    }
-    gpuEventDestroy(start);
-    gpuEventDestroy(stop);
-    return status;
+    return timed_runs(ctx, caps, warmup, iters, times_ms, [&] { return run_path(path, *p, ctx, direction); });
+  });
+}
+
+FA_API int32_t fa_bench_kvcache(fa_kvcache_params* p, int32_t warmup, int32_t iters, float* times_ms) {
+  return guard([&]() -> int32_t {
+    if (int32_t st = check_bench_counts(warmup, iters, times_ms); st != FA_OK) return st;
+    DeviceCaps caps;
+    const KernelPath* path = nullptr;
+    if (int32_t st = prepare_kvcache(p, &caps, &path); st != FA_OK) return st;
+    const LaunchContext ctx = make_context(*p, &caps);
+    return timed_runs(ctx, caps, warmup, iters, times_ms, [&] { return run_kvcache(path, p, ctx); });
   });
 }
 

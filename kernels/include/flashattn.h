@@ -341,6 +341,15 @@ FA_API int32_t fa_plan(const fa_attn_params* p, int32_t direction, char* buf, in
  */
 FA_API int32_t fa_bench(fa_attn_params* p, int32_t direction, int32_t warmup, int32_t iters, float* times_ms);
 
+/*
+ * fa_bench for fa_forward_kvcache: validates p once (the struct and the int32 arrays, as the call does), then times
+ * `iters` runs of the append, rotary and attention work after `warmup` untimed runs, with the same cache flush and
+ * clock as fa_bench. The host-side validation is outside the timed region: in a serving loop it is part of every
+ * call (on the GPU libraries a blocking read of the int32 arrays). Each run appends k_new / v_new at the same
+ * cache_seqlens, so every run writes the same cache rows.
+ */
+FA_API int32_t fa_bench_kvcache(fa_kvcache_params* p, int32_t warmup, int32_t iters, float* times_ms);
+
 /* ---- context parallelism (lib/ring.ts) -------------------------------------------------------------------- */
 
 /* Merges a partial attention result into a running one through their log-sum-exp (the split-KV combine's maths):

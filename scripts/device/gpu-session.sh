@@ -4,7 +4,7 @@
 #
 #   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | sanitize |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
-#          profile | profile-fwd64 | tile-cost | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-quick | bench-subset
+#          profile | profile-fwd64 | tile-cost | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/device/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -45,7 +45,7 @@ step() { # name, limit (s), command...
   return $rc
 }
 
-case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-quick "* | *" bench-subset "*) with_bun ;; esac
+case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" bench-quick "* | *" bench-subset "*) with_bun ;; esac
 
 for s in "$@"; do
   case "$s" in
@@ -97,6 +97,8 @@ for s in "$@"; do
       step doctor 120 bun cli.ts doctor --verbose ;;
     bench-fa) step bench-fa 560 bun cli.ts bench --preset fa --max-seconds 480 --save "$LOGS/bench-fa.json" --chart "$LOGS/bench-fa.svg" ;;
     bench-decode) step bench-decode 400 bun cli.ts bench --preset decode --max-seconds 330 --save "$LOGS/bench-decode.json" --chart "$LOGS/bench-decode.svg" ;;
+    # the same cases against the two fast baselines only (naive and SDPA-math take most of the full preset's time)
+    bench-decode-fast) step bench-decode-fast 300 bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn --max-seconds 240 --save "$LOGS/bench-decode.json" --csv "$LOGS/bench-decode.csv" --chart "$LOGS/bench-decode.svg" ;;
     bench-quick) step bench-quick 200 bun cli.ts bench --preset quick ;;
     bench-subset) step bench-subset 100 bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn --max-seconds 70 --save "$LOGS/bench-subset.json" --chart "$LOGS/bench-subset.svg" ;;
     *) echo "unknown step $s" >&2; summary+=("$s: unknown step") ;;

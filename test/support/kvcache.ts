@@ -199,9 +199,11 @@ export interface KvArrays {
  * Calls fa_forward_kvcache on `backend` with a valid paged problem with an append and rotary (2 sequences, pages of 4,
  * 3 blocks each, 9 pages, head_dim `d`) after `mutate` changed the params or the arrays. A mutation sets a pointer to 1n to have its
  * array uploaded, to -1n to have it NULL; cache_seqlens and block_table are uploaded unless set to -1n. Returns
- * "accepted", or the refusal's message after checking the cache was left as it was (nothing appended).
+ * "accepted", or the refusal's message after checking the cache was left as it was (nothing appended). `call` is the
+ * entry under test (fa_forward_kvcache; fa_bench_kvcache validates the same way).
  */
-export function kvCallWith(backend: Backend, dtype: DType, mutate: (p: KvCacheParams, arrays: KvArrays) => void, d = 8): string {
+export function kvCallWith(backend: Backend, dtype: DType, mutate: (p: KvCacheParams, arrays: KvArrays) => void, d = 8,
+  call: (backend: Backend, p: KvCacheParams) => void = (b, p) => void b.forwardKvcache(p)): string {
   const base: KvCase = { name: "bad", dtype, b: 2, sq: 2, hq: 4, hkv: 2, d, seqlens: [5, 2], append: 2, capacity: 12, pageSize: 4, rotary: { dim: 4, interleaved: false }, opts: { causal: true } };
   const { q, kCache, vCache, opts } = buildKvCase(base, 99, { backend: backend.name });
   const problem = describeKvCache(q, kCache, vCache, opts);
@@ -223,7 +225,7 @@ export function kvCallWith(backend: Backend, dtype: DType, mutate: (p: KvCachePa
     fill("cacheLeftpad", arrays.leftpad, false);
     fill("cacheBatchIdx", arrays.batchIdx, false);
     try {
-      backend.forwardKvcache(params);
+      call(backend, params);
       backend.synchronize();
     } catch (e) {
       expect(e).toBeInstanceOf(FlashAttnError);
