@@ -10,6 +10,11 @@ export { attentionWithKvCache, describeKvCache, kvCacheParamsFor } from "./lib/k
 export type { KvCacheDeviceTensors, KvCacheOptions, KvCacheProblem, KvCacheResult, KvCacheSemantics } from "./lib/kvcache.ts";
 export { referenceKvCache } from "./lib/kvcache_reference.ts";
 export type { KvCacheReference } from "./lib/kvcache_reference.ts";
+export { describeRingProblem, LocalRing, ringAttention, ringAttentionBackward, shardOf } from "./lib/ring.ts";
+export type { RingBackwardShard, RingForwardShard, RingOptions, RingTimes, RingTransport, Shard, ShardChunk } from "./lib/ring.ts";
+export { ringAttentionBackwardTensors, ringAttentionTensors } from "./lib/ring_tensors.ts";
+export type { RingGradients, RingResult, RingSemantics } from "./lib/ring_tensors.ts";
+export { Nccl, NcclRing, openNccl } from "./lib/nccl.ts";
 export { checkAgainstReference } from "./lib/check.ts";
 export type { CheckResult } from "./lib/check.ts";
 export {

@@ -183,7 +183,7 @@ export function parseSizeList(flag: string, text: string, max: number): number[]
   });
 }
 
-function parseCausal(text: string): boolean[] {
+export function parseCausal(text: string): boolean[] {
   const choices: Record<string, boolean[]> = {
     on: [true],
     true: [true],

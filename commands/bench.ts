@@ -39,6 +39,12 @@ import { renderSvg } from "../bench/report/svg.ts";
 import { runNativeProbe } from "../doctor/probes/native.ts";
 import type { NvmlFacts } from "../doctor/facts.ts";
 import { silentProgress, StderrProgress } from "../bench/report/progress.ts";
+import {
+  CONTEXT_PARALLEL_PRESET,
+  parseContextParallelFlags,
+  renderContextParallel,
+  runContextParallelBench,
+} from "../bench/context_parallel.ts";
 import { action, EXIT_FAILURE, printJson, progress, useColor } from "./_output.ts";
 import { benchDevicesCommand } from "./bench_devices.ts";
 
@@ -112,7 +118,7 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchPlan {
   let preset: PresetName | undefined;
   if (raw.preset !== undefined) {
     if (!(presetNames as readonly string[]).includes(raw.preset)) {
-      usage(`--preset takes ${presetNames.join(", ")}, not "${raw.preset}"`);
+      usage(`--preset takes ${[...presetNames, CONTEXT_PARALLEL_PRESET].join(", ")}, not "${raw.preset}"`);
     }
     preset = raw.preset as PresetName;
   }
@@ -254,6 +260,7 @@ Examples:
   $ flashattn bench --preset decode --save decode.json       # decode over 4k..128k KV, GQA; KV-cache: paged, append, spec.
   $ flashattn bench --model ./Mistral-7B-v0.1 --seqlen 4k,16k  # the model's own attention, vs the fa baselines
   $ flashattn bench --seqlen 1k,4k --hdim 128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn
+  $ flashattn bench --preset context-parallel --seqlen 512k  # ring attention over every GPU (NCCL) vs one GPU
 
 Implementations: ours (every usable libflashattn backend), naive-<backend> (materialised scores, forward only),
 sdpa-flash/-cudnn/-efficient/-math (PyTorch through python3, when torch sees a GPU), numpy (CPU rows). A baseline
@@ -261,10 +268,25 @@ that cannot run is listed with the reason; a case that does not fit or is unsupp
 Timing: inside the library (CUDA/HIP events, a monotonic clock on the CPU), cache flushed before each run, median
 of the timed runs. See docs/bench.md.`;
 
+/**
+ * --preset context-parallel: ring attention over every GPU (bench/context_parallel.ts), its own table and report.
+ * Of bench's flags it reads --seqlen, --causal, --direction, --heads, --heads-kv, --warmup and --iters.
+ */
+function contextParallelCommand(raw: RawBenchOptions, json: boolean, quiet: boolean): void {
+  const ignored = (["model", "hdim", "batch", "dtype", "seqlenQ", "baselines", "csv", "chart", "lib", "backend"] as const).find((f) => raw[f] !== undefined);
+  if (ignored) usage(`--${ignored.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())} does not apply to --preset ${CONTEXT_PARALLEL_PRESET} (head dim 128, bf16, batch 1, every GPU)`);
+  const spec = parseContextParallelFlags({ ...raw, causal: raw.causal === undefined ? undefined : String(raw.causal) });
+  if (raw.save) checkOutputTargets([raw.save]);
+  const report = runContextParallelBench(spec, quiet ? () => {} : (line) => progress(line));
+  if (raw.save) writeFileAtomic(raw.save, encode(JSON.stringify(report, null, 2) + "\n"));
+  if (json) printJson(report);
+  else process.stdout.write(renderContextParallel(report));
+}
+
 export function register(program: Command) {
   program.command("bench")
     .description("benchmark the attention kernels against naive, PyTorch SDPA and NumPy baselines")
-    .option("--preset <name>", `sweep: ${presetNames.join(", ")} (default: fa with a GPU, else quick)`)
+    .option("--preset <name>", `sweep: ${[...presetNames, CONTEXT_PARALLEL_PRESET].join(", ")} (default: fa with a GPU, else quick)`)
     .option("--model <path>", "time this local model's own attention (heads, KV heads, head dim, window, softcap) at --seqlen (default 4k,16k)")
     .option("--seqlen <list>", "sequence lengths (KV length for decode), e.g. 512,1k,16k")
     .option("--seqlen-q <list>", "query lengths when they differ from --seqlen (decode: 1)")
@@ -295,6 +317,7 @@ export function register(program: Command) {
     .addHelpText("after", examples)
     .action(action(async (globals, raw: RawBenchOptions) => {
       if (raw.devices !== undefined) return await benchDevicesCommand({ ...raw }, globals);
+      if (raw.preset === CONTEXT_PARALLEL_PRESET) return contextParallelCommand(raw, globals.json === true, raw.quiet === true);
       const plan = parseBenchOptions(raw);
       checkOutputs(plan);
       const report = await executeBench(plan);

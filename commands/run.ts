@@ -56,6 +56,7 @@ export interface RawRunOptions {
   append?: string;
   rotary?: boolean;
   rotaryInterleaved?: boolean;
+  devices?: string;
 }
 
 const usage = (message: string, fix?: string) => new FlashAttnError("USAGE", message, fix);
@@ -341,6 +342,7 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
   if (plan.rotaryInterleaved && !(plan.input.kind === "safetensors" || (plan.input.kind === "decode" && plan.input.rotary))) {
     throw usage("--rotary-interleaved applies to rotary tables: a KV-cache --input that holds them, or --decode --rotary");
   }
+  if (raw.devices !== undefined) plan.devices = parseDevices(raw.devices, plan);
   if (plan.input.kind === "decode") {
     plan.input.seed = seed;
     if (plan.output && plan.output.format !== "safetensors") {
@@ -356,6 +358,21 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
     checkRunLimits(plan.input.shape, { check: plan.check, random: true });
   }
   return plan;
+}
+
+/**
+ * --devices 0,1,…: the ranks of a context-parallel run. A split by rows keeps only the semantics that do not depend on
+ * where a row sits (causal is handled per block): a window, ALiBi and KV-cache steps are refused here.
+ */
+function parseDevices(text: string, plan: RunPlan): number[] {
+  const devices = text.split(",").map((d) => parseInteger("--devices entries", d, 0, 1023));
+  const refused = [plan.window && "--window", plan.alibi.kind !== "none" && "--alibi", plan.input.kind === "decode" && "--decode"]
+    .find(Boolean);
+  if (refused) throw usage(`--devices splits one sequence over the devices (context parallelism), which ${refused} does not allow`);
+  if (plan.input.kind === "random" && plan.input.shape.seqlenQ !== plan.input.shape.seqlenK) {
+    throw usage("--devices splits one sequence: seqlen_q and seqlen_k must be equal", "use --seqlen N");
+  }
+  return devices;
 }
 
 // ---- presenting ----------------------------------------------------------------------------------------------------
@@ -409,6 +426,7 @@ export function renderRun(r: RunResult, color: boolean): string {
       }${naive}; lse ${formatError(r.check.lseError)}${bf16})  ${verdict}`,
     );
   }
+  if (r.ring) lines.splice(1, 0, `${label("ring")}${r.ring.ranks} rank${r.ring.ranks === 1 ? " (one device: no context parallelism)" : "s"} over ${printable(r.ring.transport)}`);
   if (r.outputs.length) lines.push(`${label("wrote")}${r.outputs.map(printable).join(", ")}`);
   if (r.defaultProblem) {
     lines.push(paint("dim", "default problem; see `flashattn run --help` for files, shapes and options", color));
@@ -450,7 +468,10 @@ KV cache: a .safetensors --input holding k_cache runs flash_attn_with_kvcache on
 k_new, v_new, rotary_cos, rotary_sin, cache_seqlens, block_table, cache_batch_idx, cache_leftpad (I32; without
 cache_seqlens every cache counts as full); --out (a .safetensors) then holds o, lse and, after an append, the updated
 k_cache / v_cache.
-  $ flashattn run --decode --cache-len 4096 --page-size 16 --append 1 --rotary --heads-q 32 --heads-kv 8 --head-dim 128 --check`;
+  $ flashattn run --decode --cache-len 4096 --page-size 16 --append 1 --rotary --heads-q 32 --heads-kv 8 --head-dim 128 --check
+Context parallelism: --devices 0,1,… splits one sequence over the GPUs (2N chunks, rank r holding chunks r and 2N-1-r)
+and passes K/V around a ring over NCCL (libnccl.so.2: FLASHATTN_NCCL, the loader path, or PyTorch's nvidia-nccl wheel).
+  $ flashattn run --seqlen 131072 --heads 32 --head-dim 128 --causal --devices 0,1,2,3`;
 
 /** Adds `run` to the program. */
 export function register(program: Command) {
@@ -493,6 +514,7 @@ export function register(program: Command) {
     .option("--append <n>", "--decode: new keys/values written into the cache in place, then attended to")
     .option("--rotary", "--decode: rotary embedding of q and the new keys (rotary_dim = head_dim)")
     .option("--rotary-interleaved", "rotary in GPT-J pairs instead of GPT-NeoX halves")
+    .option("--devices <list>", "context-parallel (ring) attention over these GPUs through NCCL, e.g. 0,1,2,3 (CPU backend: 0,0 = two ranks)")
     .addHelpText("after", examples)
     .action(action(async (globals, raw: RawRunOptions) => {
       const tell = (message: string) => {

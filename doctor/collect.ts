@@ -2,7 +2,7 @@
 // machine's sake: a probe that fails, times out, crashes or answers nonsense is recorded as such and the rules turn
 // it into a finding.
 import process from "node:process";
-import type { CudaDriverFacts, DoctorFacts, FlashattnFacts, HipFacts, NvmlFacts, ProbeResult } from "./facts.ts";
+import type { CudaDriverFacts, DoctorFacts, FlashattnFacts, HipFacts, NcclFacts, NvmlFacts, ProbeResult } from "./facts.ts";
 import { type FactsPart, validateFactsPart } from "./schema.ts";
 import { jsonReplacer } from "../lib/json.ts";
 import { type FlashattnProbeOptions } from "./probes/flashattn.ts";
@@ -51,7 +51,7 @@ export async function collectFacts(opts: CollectOptions = {}): Promise<DoctorFac
     return p.finally(() => pending.delete(name));
   };
   const notice = opts.onSlow && setInterval(() => pending.size && opts.onSlow!([...pending]), SLOW_NOTICE_MS);
-  const [nvml, cudaDriver, hip, flashattn, smi, rocminfo, amdSmi, nvcc, hipcc, python] = await Promise.all([
+  const [nvml, cudaDriver, hip, flashattn, smi, rocminfo, amdSmi, nvcc, hipcc, python, nccl] = await Promise.all([
     track("NVML", runNativeProbe<NvmlFacts>("nvml", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env })),
     track("libcuda", runNativeProbe<CudaDriverFacts>("cuda", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env })),
     track("HIP", runNativeProbe<HipFacts>("hip", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env })),
@@ -71,6 +71,7 @@ export async function collectFacts(opts: CollectOptions = {}): Promise<DoctorFac
     opts.noPython
       ? Promise.resolve({ status: "absent" as const, error: "skipped (--no-python)" })
       : track("Python stack", probePython(env)),
+    track("NCCL", runNativeProbe<NcclFacts>("nccl", { timeoutMs: DRIVER_PROBE_TIMEOUT_MS, env })),
   ]).finally(() => notice && clearInterval(notice));
   return {
     host: probeHost(env),
@@ -92,6 +93,7 @@ export async function collectFacts(opts: CollectOptions = {}): Promise<DoctorFac
     toolkits: { nvcc: admitted("toolkits.nvcc", "nvcc", nvcc), hipcc: admitted("toolkits.hipcc", "hipcc", hipcc) },
     flashattn: withDefaults(admitted("flashattn", "flashattn libraries", withDefaults(flashattn))),
     python: admitted("python", "Python stack", python),
+    nccl: admitted("nccl", "NCCL", nccl),
   };
 }
 

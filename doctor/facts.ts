@@ -377,6 +377,24 @@ export interface PythonFacts extends ProbeResult {
 
 // ---- the whole ---------------------------------------------------------------------------------------------------
 
+// ---- context parallelism -------------------------------------------------------------------------------------
+
+/** NCCL (lib/nccl.ts's search) and which GPUs can reach each other's memory (cuDeviceCanAccessPeer). */
+export interface NcclFacts extends ProbeResult {
+  /** The libnccl.so.2 that loaded, where it came from, and its version ("2.21.5"). */
+  library?: string;
+  source?: "env" | "system" | "python";
+  version?: string;
+  /** Every place looked at, in order, with the loader's words for those that failed. */
+  attempts?: Array<{ path: string; source: "env" | "system" | "python"; ok: boolean; error?: string }>;
+  /** CUDA devices the driver sees (absent when the driver could not be asked: see peer_error). */
+  gpus?: number;
+  /** Ordered pairs of GPUs that can NOT access each other's memory directly (empty: every pair can). */
+  no_peer_access?: Array<[number, number]>;
+  /** Why the driver could not be asked about the GPUs. */
+  peer_error?: string;
+}
+
 export interface DoctorFacts {
   host: HostFacts;
   nvidia: NvidiaFacts;
@@ -386,11 +404,13 @@ export interface DoctorFacts {
   python: PythonFacts;
   /** `doctor --model PATH`: what the model's files and the installed transformers say (doctor/model/) */
   model?: ModelFacts;
+  /** NCCL and GPU peer access, for context parallelism (absent in reports from before it was probed) */
+  nccl?: NcclFacts;
 }
 
 export type Severity = "ok" | "info" | "warning" | "error";
 
-export type Section = "system" | "nvidia" | "amd" | "toolkits" | "libraries" | "python" | "backend" | "model";
+export type Section = "system" | "nvidia" | "amd" | "toolkits" | "libraries" | "python" | "backend" | "model" | "parallel";
 
 export interface Finding {
   /** stable identifier, dotted: "nvidia.driver_too_old" */

@@ -56,6 +56,7 @@ const sectionTitles: Record<Section, string> = {
   python: "Python stack",
   backend: "Backend decision",
   model: "Model",
+  parallel: "Context parallelism",
 };
 
 const marks: Record<Severity, { mark: string; style: Style }> = {

@@ -103,7 +103,8 @@ export type FactsPart =
   | "toolkits.hipcc"
   | "flashattn"
   | "python"
-  | "model";
+  | "model"
+  | "nccl";
 
 /** Every violation of the report schema by `value` taken as the facts at `part` (a probe's result). */
 export function validateFactsPart(value: unknown, part: FactsPart): string[] {

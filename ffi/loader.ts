@@ -160,6 +160,13 @@ function openLibraryUnchecked<T extends SymbolTable>(path: string, symbols: T): 
   };
 }
 
+/** The NUL-terminated string at a native address (a `const char*` a library returned); "" for NULL. */
+export function readCString(address: bigint): string {
+  if (address === 0n) return "";
+  if (isBun) return String(new bunFfi.CString(Number(address)));
+  return Deno.UnsafePointerView.getCString(Deno.UnsafePointer.create(address));
+}
+
 /** Decodes a NUL-terminated string from a caller buffer the native side filled. */
 export function decodeCString(buf: Uint8Array): string {
   const end = buf.indexOf(0);

@@ -28,6 +28,9 @@ export const faSymbols = {
   fa_kvcache_layout: { args: ["buffer", "i32"], returns: "i32", optional: true },
   fa_forward_kvcache: { args: ["buffer"], returns: "i32", optional: true },
   fa_bench_kvcache: { args: ["buffer", "i32", "i32", "buffer"], returns: "i32", optional: true },
+  // Optional: context parallelism (lib/ring.ts) needs them; Backend.mergePartial / convert say what is missing.
+  fa_merge_partial: { args: ["i32", "i32", "i32", "i32", "i32", "pointer", "pointer", "pointer", "pointer"], returns: "i32", optional: true },
+  fa_convert: { args: ["i32", "pointer", "i32", "pointer", "u64", "i32"], returns: "i32", optional: true },
 } as const satisfies SymbolTable;
 
 export type FaSymbols = typeof faSymbols;

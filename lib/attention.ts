@@ -130,8 +130,8 @@ function lseLength(p: Problem): number {
   return p.headsQ * (p.varlen ? p.totalQ : p.batch * p.seqlenQ);
 }
 
-/** Uploads and later frees device buffers for one call. */
-class Scratch {
+/** Uploads and later frees device buffers for one call (on the device that was current when each was made). */
+export class Scratch {
   readonly #backend: Backend;
   readonly #buffers: DeviceBuffer[] = [];
   constructor(backend: Backend) {

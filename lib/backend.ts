@@ -9,6 +9,7 @@ import {
   compareLayout,
   decodeKvCacheOutputs,
   decodeOutputs,
+  dtypeCode,
   encodeKvCacheParams,
   encodeParams,
   expectedKvcacheLayout,
@@ -17,7 +18,7 @@ import {
 } from "../ffi/layout.ts";
 import { type Candidate, type LoadAttempt, libraryCandidates, missingFileError } from "../ffi/discovery.ts";
 import { type ErrorCode, FlashAttnError } from "./errors.ts";
-import type { BackendName } from "./vocabulary.ts";
+import type { BackendName, DType } from "./vocabulary.ts";
 
 export type { BackendName, LoadAttempt };
 export type Direction = "fwd" | "bwd" | "fwd+bwd";
@@ -223,6 +224,31 @@ export class Backend {
     const bytes = encodeKvCacheParams(p);
     this.#check(this.#lib.call("fa_forward_kvcache", bytes), "fa_forward_kvcache");
     return decodeKvCacheOutputs(bytes);
+  }
+
+  #requireCombine(symbol: "fa_merge_partial" | "fa_convert"): void {
+    if (!this.#lib.has(symbol)) {
+      throw new FlashAttnError("UNSUPPORTED", `${this.name}: ${this.path} predates context parallelism (no ${symbol})`,
+        "rebuild the library (bun kernels/build.ts) or install a newer flashattn");
+    }
+  }
+
+  /**
+   * Merges a partial attention result into a running one through their LSEs (flashattn.h, fa_merge_partial): acc is
+   * fp32 (batch, rows, heads, headDim), accLse fp32 (batch, heads, rows), part `dtype` in acc's layout.
+   */
+  mergePartial(dtype: DType, shape: { batch: number; rows: number; heads: number; headDim: number },
+    acc: bigint, accLse: bigint, part: bigint, partLse: bigint): void {
+    this.#requireCombine("fa_merge_partial");
+    this.#check(this.#lib.call("fa_merge_partial", dtypeCode[dtype], shape.batch, shape.rows, shape.heads, shape.headDim,
+      acc, accLse, part, partLse), "fa_merge_partial");
+  }
+
+  /** dst = (accumulate ? dst : 0) + src over `count` elements, converting between fp32, fp16 and bf16 (fa_convert). */
+  convert(dstDtype: DType, dst: bigint, srcDtype: DType, src: bigint, count: number, accumulate: boolean): void {
+    this.#requireCombine("fa_convert");
+    this.#check(this.#lib.call("fa_convert", dtypeCode[dstDtype], dst, dtypeCode[srcDtype], src, BigInt(count), accumulate ? 1 : 0),
+      "fa_convert");
   }
 
   /** Which kernel would serve `p`, or why none can. Never dereferences the pointers in `p`. */

@@ -2,6 +2,7 @@
 // shape), describe the problem and choose the backend once, run, check against the fp64 reference, write.
 import { attention, attentionFlops, type AttentionPlan, planAttention } from "../lib/attention.ts";
 import { checkAgainstReference, type CheckResult } from "../lib/check.ts";
+import { FlashAttnError } from "../lib/errors.ts";
 import type { DType } from "../lib/vocabulary.ts";
 import type { AttentionSemantics } from "../lib/problem.ts";
 import { fromFloat32, toFloat32 } from "../lib/tensor.ts";
@@ -12,6 +13,7 @@ import { loadFiles, randomInputs, randomShapes, semanticsFor } from "./inputs.ts
 import { checkOutputs, writeOutputs } from "./outputs.ts";
 import { checkRunLimits, planInputs, type RunPlan } from "./plan.ts";
 import { ranResult, type RunResult } from "./result.ts";
+import { type RingRun, runRing } from "./ring.ts";
 
 export type { CheckResult, RunResult };
 
@@ -42,6 +44,7 @@ export async function executeRun(plan: RunPlan, tell: (message: string) => void 
     return executeKvCacheRun(plan, step, inputs, tell, decided);
   }
   const kvStep = readKvCacheInput(plan);
+  if (kvStep && plan.devices) throw new FlashAttnError("USAGE", "--devices splits one sequence (context parallelism); a KV-cache step cannot be split");
   if (kvStep) return executeKvCacheRun(plan, kvStep, inputs, tell);
 
   const random = plan.input.kind === "random" ? plan.input : undefined;
@@ -64,8 +67,9 @@ export async function executeRun(plan: RunPlan, tell: (message: string) => void 
   }
   const { q, k, v, real } = tensors!;
 
-  tell(`running on ${decided.backend.name}…`);
-  const result = await attention(q, k, v, { plan: decided });
+  const result = plan.devices
+    ? runRing(decided, plan.devices, q, k, v, semantics, tell)
+    : (tell(`running on ${decided.backend.name}…`), await attention(q, k, v, { plan: decided }));
   let check: CheckResult | null = null;
   if (plan.check) {
     // fp8 inputs quantised from known real values: also run those values in bf16 on the same backend, to say what fp8
@@ -94,5 +98,6 @@ export async function executeRun(plan: RunPlan, tell: (message: string) => void 
     outputs,
     defaultProblem: plan.isDefault,
     decisions: decided.decisions,
+    ...(plan.devices ? { ring: (result as RingRun).ring } : {}),
   };
 }

@@ -39,6 +39,8 @@ export interface RunPlan {
   check: boolean;
   /** True when no problem was described: the embedded default problem runs, checked. */
   isDefault: boolean;
+  /** --devices: context-parallel (ring) attention, one rank per listed device (run/ring.ts). */
+  devices?: number[];
 }
 
 /** The embedded default problem: one causal sequence of 1024 tokens, 8 heads of dimension 64. */

@@ -3,6 +3,7 @@ import type { CheckResult } from "../lib/check.ts";
 import type { BackendDecision } from "../lib/select.ts";
 import type { BackendName, DType, ProblemShape } from "../lib/vocabulary.ts";
 import type { RunPlan } from "./plan.ts";
+import type { RingReport } from "./ring.ts";
 
 export interface RunResult {
   backend: BackendName;
@@ -24,6 +25,8 @@ export interface RunResult {
   decisions: BackendDecision[];
   /** KV-cache runs only: tokens cached per sequence before the step, tokens appended, the paging and the rotary. */
   kvcache?: { cached: number[]; appended: number; pageSize: number | null; rotary: "none" | "gpt-neox" | "gpt-j" };
+  /** --devices runs only: the ring's ranks, devices and transport. */
+  ring?: RingReport;
 }
 
 /**
@@ -35,7 +38,7 @@ export function ranResult(
   ran: { backend: BackendName; kernel: string; numSplits: number; ms: number },
   problem: { dtype: DType; shape: ProblemShape; causal: boolean; softcap: number; scale: number },
   flops: number,
-): Omit<RunResult, "check" | "outputs" | "defaultProblem" | "decisions" | "kvcache"> {
+): Omit<RunResult, "check" | "outputs" | "defaultProblem" | "decisions" | "kvcache" | "ring"> {
   return {
     backend: ran.backend,
     kernel: ran.kernel,

@@ -218,7 +218,7 @@ describe("bench CLI errors", () => {
     });
     expect(plain.status).toBe(2);
     expect(plain.stdout).toBe("");
-    expect(plain.stderr.trim().split("\n")[0]).toBe('flashattn: --preset takes fa, decode, quick, not "nope"');
+    expect(plain.stderr.trim().split("\n")[0]).toBe('flashattn: --preset takes fa, decode, quick, context-parallel, not "nope"');
   });
 
   test("no usable backend is an environment error (exit 3)", () => {

@@ -26,7 +26,7 @@ function runtimeCommand(script: string): [string, string[]] {
   return isStandalone ? [process.execPath, []] : [process.execPath, [script]];
 }
 
-export type NativeProbeName = "nvml" | "cuda" | "hip" | "flashattn" | "model" | "device-bench";
+export type NativeProbeName = "nvml" | "cuda" | "hip" | "flashattn" | "model" | "device-bench" | "nccl";
 
 export async function runNativeProbe<T extends ProbeResult>(
   probe: NativeProbeName,

@@ -7,6 +7,7 @@ import { jsonReplacer } from "../../lib/json.ts";
 import { probeNvml } from "./nvml.ts";
 import { probeCudaDriver } from "./cuda_driver.ts";
 import { probeHip } from "./hip.ts";
+import { probeNccl } from "./nccl.ts";
 import { type FlashattnProbeOptions, probeFlashattn } from "./flashattn.ts";
 import { type ModelKernelOptions, probeModelKernels } from "../model/kernels.ts";
 import { type DeviceRunOptions, runOnDevice } from "../../bench/device_run.ts";
@@ -16,6 +17,7 @@ const probes: Record<string, (options: WorkerOptions) => unknown | Promise<unkno
   nvml: probeNvml,
   cuda: probeCudaDriver,
   hip: probeHip,
+  nccl: probeNccl,
   flashattn: probeFlashattn,
   model: probeModelKernels,
   // bench --devices: one device's share of the node-wide run (bench/devices.ts)

@@ -9,6 +9,7 @@ import { nvidiaRules } from "./nvidia.ts";
 import { pythonRules } from "./python.ts";
 import { systemRules } from "./system.ts";
 import { toolkitRules } from "./toolkits.ts";
+import { contextParallelRules } from "./context_parallel.ts";
 
 /**
  * Sections run in order; later ones see the findings before them, so a consequence (a library without a device)
@@ -24,6 +25,7 @@ export function evaluate(facts: DoctorFacts, options: DoctorOptions = {}): Findi
   findings.push(...libraryRules(facts, findings));
   findings.push(...pythonRules(facts));
   findings.push(...backendRules(facts, options));
+  findings.push(...contextParallelRules(facts));
   return findings;
 }
 

@@ -18,6 +18,7 @@ const target: BuildTarget = {
     { source: "kernels/cpu/backward.cpp" },
     { source: "kernels/cpu/naive.cpp" },
     { source: "kernels/cpu/kvcache.cpp" },
+    { source: "kernels/cpu/combine.cpp" },
   ],
   linkArgs: ["-shared", "-pthread"],
   headerDirs: ["kernels/include", "kernels/common", "kernels/cpu"],

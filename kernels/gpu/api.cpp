@@ -3,6 +3,7 @@
 // and workspaces, the kernel-path dispatcher (with FLASHATTN_KERNEL to force a path), fa_plan and fa_bench.
 // Only gpu* names of gpu_compat.hpp and the hooks of device.hpp may appear here.
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -76,48 +77,53 @@ void tracked_free(void* p) {
   if (p != nullptr && book().remove(p)) gpuFree(p);
 }
 
-// Library workspaces: one growing buffer per slot (per device), counted in the memory statistics.
+// Library workspaces: one growing buffer per slot and device, counted in the memory statistics. A process that drives
+// several GPUs (context parallelism, lib/ring.ts) keeps each device's buffers: switching devices frees nothing.
 struct WorkspaceSlot {
   void* ptr = nullptr;
   size_t bytes = 0;
-  int device = -1;
 };
-WorkspaceSlot g_slots[5];  // 0..3 for kernels (paths.hpp), 4 = the bench's L2 flush buffer
+constexpr int kWorkspaceSlots = 5;  // 0..3 for kernels (paths.hpp), 4 = the bench's L2 flush buffer
+std::map<int, std::array<WorkspaceSlot, kWorkspaceSlots>> g_slots;  // by device
 std::mutex g_slots_mutex;
 
 void* workspace_slot(int slot, size_t bytes) {
-  if (slot < 0 || slot > 4) {
+  if (slot < 0 || slot >= kWorkspaceSlots) {
     fail(FA_ERR_INTERNAL, format("workspace slot %d does not exist (0..3)", slot));
     return nullptr;
   }
   std::lock_guard<std::mutex> lock(g_slots_mutex);
   int device = 0;
   gpuGetDevice(&device);
-  WorkspaceSlot& s = g_slots[slot];
-  if (s.ptr != nullptr && s.bytes >= bytes && s.device == device) return s.ptr;
+  WorkspaceSlot& s = g_slots[device][slot];
+  if (s.ptr != nullptr && s.bytes >= bytes) return s.ptr;
   if (s.ptr != nullptr) {
-    gpuDeviceSynchronize();  // a queued kernel may still use the old buffer
+    gpuDeviceSynchronize();  // a queued kernel may still use the old buffer (it is on this device)
     tracked_free(s.ptr);
     s = WorkspaceSlot{};
   }
   void* p = nullptr;
   if (tracked_malloc(&p, bytes, "allocating a kernel workspace") != FA_OK) return nullptr;
-  s = WorkspaceSlot{p, bytes, device};
+  s = WorkspaceSlot{p, bytes};
   return p;
 }
 
-// Frees every cached workspace (after the device is idle, so no queued kernel still uses one). fa_reset_peak_memory
-// calls it so that the next measurement counts the workspaces its own calls need.
+// Frees every cached workspace of every device (after that device is idle, so no queued kernel still uses one), then
+// makes the caller's device current again. fa_reset_peak_memory calls it so that the next measurement counts the
+// workspaces its own calls need.
 void release_workspaces() {
   std::lock_guard<std::mutex> lock(g_slots_mutex);
-  bool any = false;
-  for (const WorkspaceSlot& s : g_slots) any = any || s.ptr != nullptr;
-  if (!any) return;
-  gpuDeviceSynchronize();
-  for (WorkspaceSlot& s : g_slots) {
-    if (s.ptr != nullptr) tracked_free(s.ptr);
-    s = WorkspaceSlot{};
+  if (g_slots.empty()) return;
+  int current = 0;
+  gpuGetDevice(&current);
+  for (auto& [device, slots] : g_slots) {
+    gpuSetDevice(device);
+    gpuDeviceSynchronize();
+    for (WorkspaceSlot& s : slots)
+      if (s.ptr != nullptr) tracked_free(s.ptr);
   }
+  g_slots.clear();
+  gpuSetDevice(current);
 }
 
 void* kernel_workspace(int slot, size_t bytes) {

@@ -350,6 +350,22 @@ FA_API int32_t fa_bench(fa_attn_params* p, int32_t direction, int32_t warmup, in
  */
 FA_API int32_t fa_bench_kvcache(fa_kvcache_params* p, int32_t warmup, int32_t iters, float* times_ms);
 
+/* ---- context parallelism (lib/ring.ts) -------------------------------------------------------------------- */
+
+/* Merges a partial attention result into a running one through their log-sum-exp (the split-KV combine's maths):
+ * per (batch, head, row), lse = log(e^acc_lse + e^part_lse), acc = acc * e^(acc_lse - lse) + part * e^(part_lse - lse).
+ * acc: fp32, contiguous (batch, rows, heads, head_dim); acc_lse: fp32 (batch, heads, rows); part: `dtype` (fp32, fp16
+ * or bf16) in acc's layout; part_lse in acc_lse's. A row whose two LSEs are both -inf is left unchanged. The GPU
+ * libraries queue the work on the default stream of the current device. */
+FA_API int32_t fa_merge_partial(int32_t dtype, int32_t batch, int32_t rows, int32_t heads, int32_t head_dim, float* acc,
+                                float* acc_lse, const void* part, const float* part_lse);
+
+/* dst[i] = (accumulate ? dst[i] : 0) + src[i] for i < count: src read as src_dtype, the sum rounded to dst_dtype
+ * (nearest even); dtypes fp32, fp16, bf16. accumulate = 1 sums partial gradients into an fp32 accumulator, 0 casts
+ * an accumulator to the output dtype. The GPU libraries queue the work on the default stream of the current device. */
+FA_API int32_t fa_convert(int32_t dst_dtype, void* dst, int32_t src_dtype, const void* src, uint64_t count,
+                          int32_t accumulate);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -2,7 +2,7 @@
 # One batched session on the GPU machine (device tool): set up Bun from .gpu/, build the libraries there, then run
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
-#   steps: build | tests | gpu-tests | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | sanitize |
+#   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | sanitize |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
 #          profile | profile-fwd64 | tile-cost | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
@@ -45,13 +45,16 @@ step() { # name, limit (s), command...
   return $rc
 }
 
-case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" bench-quick "* | *" bench-subset "*) with_bun ;; esac
+case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" bench-quick "* | *" bench-subset "*) with_bun ;; esac
 
 for s in "$@"; do
   case "$s" in
     build) step build 420 bun kernels/build.ts cpu cuda --jobs 16 ;;
     tests) step tests 540 bash scripts/ci/test.sh test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;
     gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;  # carried libraries, no build
+    # context parallelism: the ring over NCCL (a ring of 1 on one GPU, of every GPU on several) and in-process ranks
+    ring-tests) step ring-tests 420 env NO_COLOR=1 bun test --timeout 300000 test/ring_gpu.test.ts test/ring.test.ts test/nccl.test.ts ;;
+    bench-context-parallel) step bench-context-parallel 580 bun cli.ts bench --preset context-parallel --seqlen 128k --iters 2 --save "$LOGS/bench-context-parallel.json" ;;
     kvcache-tests) step kvcache-tests 420 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts -t kvcache ;;
     # memcheck on every kvcache path, racecheck on the cuda-* ones, the CLI as driver (logs in logs/kvcache-sanitize/)
     kvcache-sanitize) step kvcache-sanitize 580 bash scripts/device/kvcache-sanitize.sh ;;
