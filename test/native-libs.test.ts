@@ -78,9 +78,11 @@ describe.skipIf(!built.includes("cuda"))("the CUDA library", () => {
     expect(info.kernels.map((k) => k.name)).toContain("portable");
     expect(info.kernels.find((k) => k.name === "portable")?.directions).toEqual(["fwd", "bwd", "kvcache"]);
   });
-  test("lists its kernel paths in the dispatcher's order: Hopper wgmma first, then mma.sync, then portable", () => {
-    const names = openBackend("cuda", { env: {} }).backend!.info().kernels.map((k) => k.name);
-    expect(names.slice(0, 3)).toEqual(["cuda-wgmma-sm90", "cuda-mma-sm80", "portable"]);
+  test("lists its kernel paths in the dispatcher's order: decode, Hopper wgmma, mma.sync, then portable", () => {
+    const kernels = openBackend("cuda", { env: {} }).backend!.info().kernels;
+    expect(kernels.slice(0, 4).map((k) => k.name)).toEqual(["cuda-decode", "cuda-wgmma-sm90", "cuda-mma-sm80", "portable"]);
+    // the decode path serves KV-cache calls and the forward, never the backward
+    expect(kernels[0].directions).toEqual(["fwd", "kvcache"]);
   });
   test.skipIf(fs.existsSync("/dev/nvidiactl"))("without an NVIDIA driver, device calls say so instead of crashing", () => {
     const backend = openBackend("cuda", { env: {} }).backend!;
