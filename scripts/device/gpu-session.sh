@@ -98,7 +98,7 @@ for s in "$@"; do
     bench-fa) step bench-fa 560 bun cli.ts bench --preset fa --max-seconds 480 --save "$LOGS/bench-fa.json" --chart "$LOGS/bench-fa.svg" ;;
     bench-decode) step bench-decode 400 bun cli.ts bench --preset decode --max-seconds 330 --save "$LOGS/bench-decode.json" --chart "$LOGS/bench-decode.svg" ;;
     # the same cases against the two fast baselines only (naive and SDPA-math take most of the full preset's time)
-    bench-decode-fast) step bench-decode-fast 300 bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn --max-seconds 240 --save "$LOGS/bench-decode.json" --csv "$LOGS/bench-decode.csv" --chart "$LOGS/bench-decode.svg" ;;
+    bench-decode-fast) step bench-decode-fast 300 bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn --max-seconds 200 --save "$LOGS/bench-decode.json" --csv "$LOGS/bench-decode.csv" --chart "$LOGS/bench-decode.svg" ;;
     bench-quick) step bench-quick 200 bun cli.ts bench --preset quick ;;
     bench-subset) step bench-subset 100 bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn --max-seconds 70 --save "$LOGS/bench-subset.json" --chart "$LOGS/bench-subset.svg" ;;
     *) echo "unknown step $s" >&2; summary+=("$s: unknown step") ;;
