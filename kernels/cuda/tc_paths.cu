@@ -172,7 +172,10 @@ __global__ void combine_kernel(const AttnArgs a) {
   if (a.lse != nullptr && lane == 0) a.lse[lrow] = lse == -INFINITY ? INFINITY : lse;  // no key in any split: +inf
   T* o = static_cast<T*>(a.o.data) + tensor_offset(a.o, a, lrow);
   // head_dim is a multiple of 8 on GPUs: a lane's 4 columns are all in or all out, and 16-byte aligned in o_part.
-  for (int col = lane * 4; col < a.head_dim; col += 128) {
+  // Every lane runs every pass (the shuffles need the whole warp); lanes past head_dim only load and store nothing.
+  for (int col0 = 0; col0 < a.head_dim; col0 += 128) {
+    const int col = col0 + lane * 4;
+    const bool active = col < a.head_dim;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     if (lse != -INFINITY)
       for (int s0 = 0; s0 < a.num_splits; s0 += 32) {
@@ -181,13 +184,13 @@ __global__ void combine_kernel(const AttnArgs a) {
 #pragma unroll 4
         for (int j = 0; j < n; ++j) {
           const float w = __shfl_sync(0xffffffffu, w_lane, j);
-          if (w > 0.f) {
+          if (active && w > 0.f) {
             const float4 x = *reinterpret_cast<const float4*>(a.o_part + ((s0 + j) * a.lse_rows + lrow) * a.head_dim + col);
             acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
           }
         }
       }
-    *reinterpret_cast<uint2*>(o + col) = make_uint2(pack2<T>(acc.x, acc.y), pack2<T>(acc.z, acc.w));
+    if (active) *reinterpret_cast<uint2*>(o + col) = make_uint2(pack2<T>(acc.x, acc.y), pack2<T>(acc.z, acc.w));
   }
 }
 
