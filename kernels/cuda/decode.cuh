@@ -178,20 +178,7 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
 
     // S = Q K_w^T (BM x KW) over D in k-steps of 16.
     float sc[MF][KW / 8][4];
-#pragma unroll
-    for (int mf = 0; mf < MF; ++mf)
-#pragma unroll
-      for (int j = 0; j < KW / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sc[mf][j][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t qa[MF][4];
-#pragma unroll
-      for (int mf = 0; mf < MF; ++mf) load_a<LD>(qa[mf], sQ, mf * 16, kk * 16);
-      mm_ABt<T, LD, KW, MF>([&](int mf, int j) -> float(&)[4] { return sc[mf][j]; },
-                            [&](int mf) -> const uint32_t(&)[4] { return qa[mf]; }, sK, kk * 16);
-    }
+    scores_QKt<T, LD, D, KW, MF>(sc, sQ, 0, sK);
 
     const bool masked = tile_needs_mask(a, s, q_first, q_count, n0, KW);
 #pragma unroll

@@ -82,20 +82,7 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
 
     // S = Q K^T (BM x BN = BM x D . (BN x D)^T, this warp's MF x 16 rows) over D in k-steps of 16.
     float sc[MF][NT][4];
-    auto S_frag = [&](int mf, int j) -> float(&)[4] { return sc[mf][j]; };
-#pragma unroll
-    for (int mf = 0; mf < MF; ++mf)
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sc[mf][j][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t qa[MF][4];
-#pragma unroll
-      for (int mf = 0; mf < MF; ++mf) load_a<LD>(qa[mf], sQ, warp_row0 + mf * 16, kk * 16);
-      mm_ABt<T, LD, BN, MF>(S_frag, [&](int mf) -> const uint32_t(&)[4] { return qa[mf]; }, sK, kk * 16);
-    }
+    scores_QKt<T, LD, D, BN, MF>(sc, sQ, warp_row0, sK);
 
     // Online softmax, one 16-row fragment at a time; O's rows are rescaled by the change of their max.
     const bool masked = tile_needs_mask(a, s, m0, BM, n0, BN);
