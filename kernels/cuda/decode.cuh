@@ -67,7 +67,7 @@ __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTenso
     constexpr int kRowsPerPass = NTHREADS / kChunksPerRow;
     const int col = (threadIdx.x % kChunksPerRow) * 8, r0 = threadIdx.x / kChunksPerRow;
     const bool col_ok = col < head_dim;
-    const int64_t first = static_cast<int64_t>(kv.leftpad(b)) + n0;
+    const int first = kv.leftpad(b) + n0;  // cache token of the tile's first key (< 2^29: validated sizes)
     if (kv.block_table == nullptr || first / kv.page_size == (first + ROWS - 1) / kv.page_size) {
       const T* krow = kbase + kv.offset(k.batch_stride, k.row_stride, k.head_stride, b, n0, hk) + col;
       const T* vrow = vbase + kv.offset(v.batch_stride, v.row_stride, v.head_stride, b, n0, hk) + col;
@@ -77,14 +77,17 @@ __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTenso
         cp_async_16(sk + r * (D + kPad) + col, valid ? krow + r * k.row_stride : kbase, valid);
         cp_async_16(sv + r * (D + kPad) + col, valid ? vrow + r * v.row_stride : vbase, valid);
       }
-    } else {
+    } else {  // small pages: each key's page once for K and V, in 32-bit arithmetic
+      const int32_t* pages = kv.block_table + static_cast<int64_t>(b) * kv.max_blocks;
 #pragma unroll
       for (int r = r0; r < ROWS; r += kRowsPerPass) {
         const bool valid = col_ok && n0 + r < keys;  // only rows holding keys may read the block table
-        const T* ksrc = valid ? kbase + kv.offset(k.batch_stride, k.row_stride, k.head_stride, b, n0 + r, hk) + col : kbase;
-        const T* vsrc = valid ? vbase + kv.offset(v.batch_stride, v.row_stride, v.head_stride, b, n0 + r, hk) + col : vbase;
-        cp_async_16(sk + r * (D + kPad) + col, ksrc, valid);
-        cp_async_16(sv + r * (D + kPad) + col, vsrc, valid);
+        const int token = first + r;
+        const int64_t page = valid ? pages[token / kv.page_size] : 0, row = token % kv.page_size;
+        const T* ksrc = kbase + page * k.batch_stride + row * k.row_stride + static_cast<int64_t>(hk) * k.head_stride + col;
+        const T* vsrc = vbase + page * v.batch_stride + row * v.row_stride + static_cast<int64_t>(hk) * v.head_stride + col;
+        cp_async_16(sk + r * (D + kPad) + col, valid ? ksrc : kbase, valid);
+        cp_async_16(sv + r * (D + kPad) + col, valid ? vsrc : vbase, valid);
       }
     }
   } else {  // head dims whose 16-byte chunks do not divide the threads (96, 192): chunk by chunk

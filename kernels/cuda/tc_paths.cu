@@ -422,6 +422,9 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
 namespace decode {
 
 constexpr int kPathId = 12;
+// An MQA decode of one sequence is a single row block: only splits fill the GPU (264 slots on an H100), so the decode
+// path allows more than the prefill paths' kMaxSplits. The combine walks any number of splits.
+constexpr int kMaxDecodeSplits = 256;
 // The plain forward sends requests of at most this many packed rows (seqlen_q x group) per KV head here: two row
 // blocks of the largest tile. Past it the prefill kernels, whose row tiles reuse each key block across 128 rows, win.
 constexpr int kMaxPlainRows = 64;
@@ -488,10 +491,10 @@ bool supports_common(int32_t dtype, int head_dim, int rows, const DeviceCaps& ca
 int32_t choose_splits(int requested, int64_t ctas, int batch, int key_capacity, size_t smem, const DeviceCaps& caps) {
   const int key_blocks = ceil_div(std::max(key_capacity, 1), DecodeTile<64, 1>::BN);
   const int grid_limit = 65535 / batch;
-  if (requested > 0) return std::max(1, std::min({requested, key_blocks, kMaxSplits, grid_limit}));
+  if (requested > 0) return std::max(1, std::min({requested, key_blocks, kMaxDecodeSplits, grid_limit}));
   const int per_sm = static_cast<int>(std::clamp<size_t>(caps.smem_per_block_optin / std::max<size_t>(smem, 1), 1, 8));
   const int64_t slots = static_cast<int64_t>(caps.multiprocessors) * per_sm;
-  const int max_splits = std::max(1, std::min({key_blocks / 2, kMaxSplits, grid_limit}));
+  const int max_splits = std::max(1, std::min({key_blocks / 2, kMaxDecodeSplits, grid_limit}));
   int best = 1;
   double best_score = 0;
   for (int s = 1; s <= max_splits; ++s) {
