@@ -45,6 +45,7 @@ export interface RawRunOptions {
   alibi?: boolean;
   alibiSlopes?: string;
   descale?: string;
+  outDtype?: string;
   backend?: string;
   lib?: string;
   out?: string;
@@ -307,6 +308,16 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
   if (descale !== undefined && (!input || input.kind === "random")) {
     throw usage("--descale applies to fp8 input files: a random fp8 problem is quantised with its own per-tensor scales");
   }
+  let outDtype: RunPlan["outDtype"];
+  if (raw.outDtype !== undefined) {
+    const named = raw.outDtype.trim().toLowerCase();
+    if (named !== "fp16" && named !== "bf16") throw usage(`--out-dtype takes fp16 or bf16, got '${raw.outDtype}'`);
+    if (input?.kind === "decode" || (dtype !== "auto" && !isFp8(dtype))) {
+      throw usage("--out-dtype sets the output dtype of fp8 inputs (other inputs write their own dtype)",
+        "use it with --dtype fp8_e4m3 / fp8_e5m2 or fp8 files");
+    }
+    outDtype = named;
+  }
   if (input?.kind === "decode" && dtype !== "auto" && isFp8(dtype)) {
     throw usage(`KV-cache attention takes fp32, fp16 or bf16, not ${dtype} (fp8 caches are not implemented yet)`);
   }
@@ -332,6 +343,7 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
     scale,
     alibi,
     descale,
+    outDtype,
     backend: backend as BackendChoice,
     libPath: raw.lib,
     output: parseOutput(raw),
@@ -459,7 +471,7 @@ Examples:
 
 Inputs: .npy files are C-order little-endian float32/float16 (bf16 as uint16 bit patterns with --dtype bf16);
 .safetensors files hold q, k, v (or --q-name/--k-name/--v-name), or one packed qkv tensor (batch, seqlen, 3, heads, d).
-FP8 (forward, output in bf16): .npy uint8 bit patterns with --dtype fp8_e4m3, or F8_E4M3 / F8_E5M2 .safetensors
+FP8 (forward, output in bf16 or --out-dtype fp16): .npy uint8 bit patterns with --dtype fp8_e4m3, or F8_E4M3 / F8_E5M2 .safetensors
 tensors, with descale factors q_descale, k_descale, v_descale (scalar or (batch, heads_kv)) in the --input or a
 --descale file; float inputs and random problems with --dtype fp8_e4m3 are quantised with per-tensor scales.
   $ flashattn run --shape 1,512,512,8,8,128 --dtype fp8_e4m3 --causal --check
@@ -503,6 +515,7 @@ export function register(program: Command) {
     .option("--alibi", "ALiBi with the standard slopes for the head count")
     .option("--alibi-slopes <file.npy>", "ALiBi slopes, (heads_q,) or (batch, heads_q)")
     .option("--descale <file>", "fp8 descale factors q_descale, k_descale, v_descale (.safetensors or .json)")
+    .option("--out-dtype <fp16|bf16>", "output dtype of an fp8 run (default bf16)")
     .option("--backend <auto|cpu|cuda|hip>", "backend (default auto: cuda, hip, cpu)")
     .option("--lib <path>", "explicit libflashattn_<backend>.so")
     .option("--out <file>", "write O to .npy or .safetensors (atomically, never over an input)")

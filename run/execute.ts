@@ -28,7 +28,7 @@ function inDtype(plan: AttentionPlan, dtype: DType): AttentionPlan {
 async function bf16Twin(real: QkvTensors, semantics: AttentionSemantics, fp8: AttentionPlan, tell: (m: string) => void) {
   tell(`running the same real values in bf16 on ${fp8.backend.name}…`);
   const [q, k, v] = [real.q, real.k, real.v].map((t) => fromFloat32("bf16", t.shape, toFloat32(t)));
-  const { descale: _, ...plain } = semantics;
+  const { descale: _descale, outDtype: _outDtype, ...plain } = semantics;
   const plan = planAttention(q, k, v, plain, "fwd", fp8.backend);
   return (await attention(q, k, v, { plan })).out;
 }

@@ -194,6 +194,7 @@ export function semanticsFor(plan: RunPlan, batch: number, headsQ: number): Atte
     softcap: plan.softcap,
     scale: plan.scale,
   };
+  if (plan.outDtype !== undefined) semantics.outDtype = plan.outDtype;
   if (plan.alibi.kind === "standard") semantics.alibiSlopes = standardAlibiSlopes(headsQ);
   if (plan.alibi.kind === "file") Object.assign(semantics, slopesFromFile(plan.alibi.path, batch, headsQ));
   return semantics;

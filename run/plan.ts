@@ -31,6 +31,8 @@ export interface RunPlan {
   alibi: { kind: "none" } | { kind: "standard" } | { kind: "file"; path: string };
   /** fp8 descale factors: a .safetensors or .json file of q_descale, k_descale, v_descale (run/inputs.ts). */
   descale?: string;
+  /** The output dtype of an fp8 run (fp16 or bf16; bf16 when absent). */
+  outDtype?: "fp16" | "bf16";
   /** KV-cache runs with rotary tables: GPT-J pairs instead of GPT-NeoX halves. */
   rotaryInterleaved: boolean;
   backend: BackendChoice;

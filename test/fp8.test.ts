@@ -417,6 +417,18 @@ describe("fp8 files", () => {
     expect(runUsageError({ shape: "1,8,8,2,2,16", dtype: "bf16", descale: "d.json" })).toMatch(/--descale gives the descale factors of fp8/);
     expect(runUsageError({ decode: true, cacheLen: "16", dtype: "fp8_e4m3" })).toMatch(/KV-cache attention takes fp32, fp16 or bf16, not fp8_e4m3/);
     expect(runUsageError({ dtype: "fp8" })).toMatch(/choose fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2/);
+    expect(runUsageError({ shape: "1,8,8,2,2,16", dtype: "bf16", outDtype: "fp16" })).toMatch(/--out-dtype sets the output dtype of fp8 inputs/);
+    expect(runUsageError({ shape: "1,8,8,2,2,16", dtype: "fp8_e4m3", outDtype: "fp32" })).toMatch(/--out-dtype takes fp16 or bf16, got 'fp32'/);
+  });
+
+  test("--out-dtype fp16: o written in fp16, checked under the same rule", () => {
+    const out = path.join(dir, "o16.npy");
+    const r = cli(["run", "--shape", "1,64,64,2,2,32", "--dtype", "fp8_e4m3", "--out-dtype", "fp16", "--causal", "--check",
+      "--backend", "cpu", "--out", out, "--json"]);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    expect(JSON.parse(r.stdout).check.pass).toBe(true);
+    const o = readNpy(out);
+    expect([o.dtype, o.shape]).toEqual(["fp16", [1, 64, 2, 32]]);
   });
 });
 
