@@ -6,7 +6,7 @@
 // Decode is memory bound, so it is judged by the bytes it must move (decodeBytes), against the device's copy bandwidth.
 import { attentionFlops } from "../lib/attention.ts";
 import type { Direction } from "../lib/backend.ts";
-import { type DType, dtypeBytes, type ProblemShape } from "../lib/vocabulary.ts";
+import { defaultOutDtype, type DType, dtypeBytes, type ProblemShape } from "../lib/vocabulary.ts";
 
 export type { Direction };
 export const directions: readonly Direction[] = ["fwd", "bwd", "fwd+bwd"];
@@ -33,7 +33,7 @@ export function kvBytes(p: ProblemSize): number {
  */
 export function decodeBytes(p: ProblemSize & { kvcache?: { append: number } }): number {
   const e = dtypeBytes[p.dtype];
-  const qAndO = 2 * p.batch * p.seqlenQ * p.headsQ * p.headDim * e;
+  const qAndO = p.batch * p.seqlenQ * p.headsQ * p.headDim * (e + dtypeBytes[defaultOutDtype(p.dtype)]);
   const appended = 2 * p.batch * (p.kvcache?.append ?? 0) * p.headsKv * p.headDim * e;
   return kvBytes(p) + qAndO + appended;
 }
@@ -44,7 +44,8 @@ export function tensorBytes(p: ProblemSize, direction: Direction): number {
   const qLike = p.batch * p.seqlenQ * p.headsQ * p.headDim * e;
   const kvLike = p.batch * p.seqlenK * p.headsKv * p.headDim * e;
   const lse = p.batch * p.headsQ * p.seqlenQ * 4;
-  const forward = 2 * qLike + 2 * kvLike + lse; // q, o, k, v, lse
+  const o = (qLike / e) * dtypeBytes[defaultOutDtype(p.dtype)];
+  const forward = qLike + o + 2 * kvLike + lse; // q, o, k, v, lse
   return direction === "fwd" ? forward : forward + 2 * qLike + 2 * kvLike; // + dO, dQ, dK, dV
 }
 

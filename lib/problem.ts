@@ -9,7 +9,7 @@
 import { fitsFloat32, fitsInt32, INT32_MAX } from "../ffi/layout.ts";
 import { type ErrorCode, FlashAttnError } from "./errors.ts";
 import type { Tensor } from "./tensor.ts";
-import { type DType, isFp8, type ProblemShape } from "./vocabulary.ts";
+import { defaultOutDtype, type DType, isFp8, type ProblemShape } from "./vocabulary.ts";
 
 /**
  * fp8 descale factors (flashattn.h, fa_descale): per tensor, one value (a per-tensor scale) or batch × heads_kv values
@@ -211,7 +211,7 @@ export function describeProblem(q: TensorShape, k: TensorShape, v: TensorShape, 
 /** The fp8 rules: the output dtype, and descale factors only for fp8, of a valid count, finite and positive. */
 function checkFp8(dtype: DType, batch: number, headsKv: number, opts: AttentionSemantics): DType {
   const fp8 = isFp8(dtype);
-  const outDtype = opts.outDtype ?? (fp8 ? "bf16" : dtype);
+  const outDtype = opts.outDtype ?? defaultOutDtype(dtype);
   if (fp8 && outDtype !== "fp16" && outDtype !== "bf16") {
     throw bad(`an ${dtype} forward writes its output in fp16 or bf16, not ${outDtype}`);
   }

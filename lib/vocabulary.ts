@@ -16,6 +16,11 @@ export function isFp8(dtype: DType): dtype is Fp8DType {
   return dtype === "fp8_e4m3" || dtype === "fp8_e5m2";
 }
 
+/** The dtype o is written in when none is asked: bf16 for fp8 inputs (FlashAttention-3's convention), else the input's. */
+export function defaultOutDtype(dtype: DType): DType {
+  return isFp8(dtype) ? "bf16" : dtype;
+}
+
 /** Our native libraries, one per backend: libflashattn_<name>.so. */
 export type BackendName = "cpu" | "cuda" | "hip";
 /** The preference order of `--backend auto`: a GPU when one is usable, else the CPU. */
