@@ -25,10 +25,14 @@ export function smallCaseOf(c: BenchCase): BenchCase {
   return { ...c, batch: 1, headsKv, headsQ: headsKv * (c.headsQ / c.headsKv), seqlenQ, seqlenK, id: `${c.id} (check)` };
 }
 
-/** The key of a kernel path: what selects a kernel, without the sizes. */
+/**
+ * The key of a kernel path: what selects a kernel, without the sizes — except a decode case's query count, which
+ * picks the decode kernel's row tiling (and past 64 packed rows another path), so each seqlen_q gets its own check.
+ */
 const pathKey = (backend: Backend, c: BenchCase, algorithm: Algorithm) =>
   [backend.name, algorithm, c.dtype, c.headDim, c.headsQ / c.headsKv, c.causal, c.window ?? "", c.softcap ?? 0, !!c.alibi,
-    c.direction, c.kind, c.kvcache?.pageSize ?? "", c.kvcache?.append ?? "", c.kvcache?.rotary ?? ""].join(" ");
+    c.direction, c.kind, c.kind === "decode" ? c.seqlenQ : "", c.kvcache?.pageSize ?? "", c.kvcache?.append ?? "",
+    c.kvcache?.rotary ?? ""].join(" ");
 
 /** Checks each kernel path once per run (the first case of each kind), remembering the verdict. */
 export class KernelChecks {

@@ -333,6 +333,16 @@ describe.skipIf(!cpu)("KV-cache cases on the CPU library (skipped when build/lib
     }
   }, 120_000);
 
+  test("each query count of a decode case is checked on its own small case (seqlen_q picks the decode tiling)", async () => {
+    const checks = new KernelChecks();
+    const plain = (q: number) => ({ ...expandSweep(tinySpec, { gpu: true })[0], seqlenQ: q, causal: true });
+    const two = await checks.verify(cpu!, plain(2), "flash");
+    const four = await checks.verify(cpu!, plain(4), "flash");
+    expect([two.pass, four.pass]).toEqual([true, true]);
+    expect(two.shape).toContain("q2 ");
+    expect(four.shape).toContain("q4 ");
+  }, 120_000);
+
   test("a KV-cache kernel whose output is wrong fails the check; the plain forward of the same library passes", async () => {
     const paged = kvCases.find((c) => c.kvcache.pageSize === 16)!;
     const check = await new KernelChecks().verify(broken(), paged, "flash");
