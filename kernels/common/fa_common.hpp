@@ -462,6 +462,14 @@ inline std::vector<Problem> check_cu_seqlens(const int32_t* cu, int32_t batch, i
 }
 
 // The status + message of the first problem, or FA_OK.
+// fa_bench's and fa_bench_kvcache's counts, on every backend.
+inline int32_t check_bench_counts(int32_t warmup, int32_t iters, const float* times_ms) {
+  if (warmup < 0 || warmup > 100000 || iters < 1 || iters > 100000)
+    return fail(FA_ERR_INVALID_ARGUMENT, format("bench needs warmup 0..100000 and 1..100000 iterations, got %d and %d", warmup, iters));
+  if (times_ms == nullptr) return fail(FA_ERR_INVALID_ARGUMENT, "times_ms is NULL");
+  return static_cast<int32_t>(FA_OK);
+}
+
 inline int32_t report_first(const std::vector<Problem>& problems) {
   if (problems.empty()) return FA_OK;
   return fail(problems.front().code, problems.front().message);

@@ -195,9 +195,7 @@ int32_t run_kvcache(fa_kvcache_params& p) {
 // cold; `run` is timed with a monotonic clock.
 template <typename Run>
 int32_t timed_runs(int32_t warmup, int32_t iters, float* times_ms, Run&& run) {
-  if (warmup < 0 || warmup > 100000 || iters < 1 || iters > 100000)
-    return fail(FA_ERR_INVALID_ARGUMENT, format("bench needs warmup 0..100000 and 1..100000 iterations, got %d and %d", warmup, iters));
-  if (times_ms == nullptr) return fail(FA_ERR_INVALID_ARGUMENT, "times_ms is NULL");
+  if (int32_t status = check_bench_counts(warmup, iters, times_ms)) return status;
   const int64_t llc = std::max<int64_t>({cache_bytes(3), cache_bytes(2), int64_t{8} << 20});
   std::unique_ptr<Workspace> flush;
   try {

@@ -530,16 +530,18 @@ int32_t run(int32_t dtype, int d, DecodeArgs& args, int requested_splits, int ke
 
 // ---- the plain forward: K / V as a cache every sequence fills (cache_seqlens NULL, fixed_len = seqlen_k) --------
 
-int packed_rows(const fa_attn_params& p) { return p.seqlen_q * (p.heads_q / p.heads_kv); }
+// Packed rows per KV head: seqlen_q x group (validation keeps batch x heads_q x seqlen_q below 2^31).
+template <typename Params>
+int packed_rows(const Params& p) { return p.seqlen_q * (p.heads_q / p.heads_kv); }
 
 bool supports(const fa_attn_params& p, const DeviceCaps& caps, int32_t direction, std::vector<std::string>& reasons) {
   const size_t before = reasons.size();
   if (direction != FA_DIR_FORWARD) reasons.push_back("implements the forward pass only");
   if (is_varlen(p)) reasons.push_back("serves padded batches, not varlen");
-  if (static_cast<int64_t>(p.seqlen_q) * (p.heads_q / p.heads_kv) > kMaxPlainRows)
-    reasons.push_back(format("serves at most %d query rows per KV head (seqlen_q x heads_q / heads_kv), this request has %lld: the "
+  if (packed_rows(p) > kMaxPlainRows)
+    reasons.push_back(format("serves at most %d query rows per KV head (seqlen_q x heads_q / heads_kv), this request has %d: the "
                              "prefill kernels are faster there",
-                             kMaxPlainRows, static_cast<long long>(p.seqlen_q) * (p.heads_q / p.heads_kv)));
+                             kMaxPlainRows, packed_rows(p)));
   if (reasons.size() != before) return false;
   return supports_common(p.dtype, p.head_dim, packed_rows(p), caps, {{"q", &p.q}, {"k", &p.k}, {"v", &p.v}, {"o", &p.o}}, reasons);
 }
@@ -568,7 +570,7 @@ int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
 // ---- KV-cache requests (the glue has appended and rotated) -----------------------------------------------------
 
 bool supports_kvcache(const fa_kvcache_params& p, const DeviceCaps& caps, std::vector<std::string>& reasons) {
-  return supports_common(p.dtype, p.head_dim, p.seqlen_q * (p.heads_q / p.heads_kv), caps,
+  return supports_common(p.dtype, p.head_dim, packed_rows(p), caps,
                          {{"q", &p.q}, {"k_cache", &p.k_cache}, {"v_cache", &p.v_cache}, {"o", &p.o}}, reasons);
 }
 
@@ -577,7 +579,7 @@ int32_t forward_kvcache(fa_kvcache_params& p, const LaunchContext& ctx) {
   DecodeArgs args{};
   args.a = make_args(plain);
   args.kv = kvcache_view(p);
-  args.rows = p.seqlen_q * (p.heads_q / p.heads_kv);
+  args.rows = packed_rows(p);
   if (int32_t st = run(p.dtype, tile_d(p.head_dim), args, p.num_splits, plain.seqlen_k, ctx); st != FA_OK) return st;
   p.out_num_splits = args.a.num_splits;
   return FA_OK;

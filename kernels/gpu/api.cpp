@@ -381,13 +381,6 @@ int32_t run_kvcache(const KernelPath* path, fa_kvcache_params* p, const LaunchCo
   return path->forward_kvcache(*p, ctx);
 }
 
-int32_t check_bench_counts(int32_t warmup, int32_t iters, const float* times_ms) {
-  if (warmup < 0 || warmup > 100000 || iters < 1 || iters > 100000)
-    return fail(FA_ERR_INVALID_ARGUMENT, format("bench needs warmup 0..100000 and 1..100000 iterations, got %d and %d", warmup, iters));
-  if (times_ms == nullptr) return fail(FA_ERR_INVALID_ARGUMENT, "times_ms is NULL");
-  return FA_OK;
-}
-
 // fa_bench's loop: before every run the last-level cache is flushed (a write over twice its size, outside the timed
 // region), then `run` is timed between two events on the request's stream.
 template <typename Run>
