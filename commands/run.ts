@@ -6,6 +6,7 @@
 import process from "node:process";
 import type { Command } from "@commander-js/extra-typings";
 import { FlashAttnError } from "../lib/errors.ts";
+import { MAX_DEVICE_ORDINAL } from "../lib/devices.ts";
 import { printable } from "../lib/terminal.ts";
 import { abiFault, checkShape } from "../lib/problem.ts";
 import type { BackendChoice, BackendDecision } from "../lib/select.ts";
@@ -377,7 +378,8 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
  * where a row sits (causal is handled per block): a window, ALiBi and KV-cache steps are refused here.
  */
 function parseDevices(text: string, plan: RunPlan): number[] {
-  const devices = text.split(",").map((d) => parseInteger("--devices entries", d, 0, 1023));
+  // Ranks, not a set of GPUs: a device may repeat (the CPU backend's in-process ranks are all device 0).
+  const devices = text.split(",").map((d) => parseInteger("--devices entries", d, 0, MAX_DEVICE_ORDINAL));
   const refused = [plan.window && "--window", plan.alibi.kind !== "none" && "--alibi", plan.input.kind === "decode" && "--decode"]
     .find(Boolean);
   if (refused) throw usage(`--devices splits one sequence over the devices (context parallelism), which ${refused} does not allow`);
