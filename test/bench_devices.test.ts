@@ -143,7 +143,8 @@ describe.skipIf(!hasCpuLibrary)("for real on this machine's CPU library", () => 
             device,
             case: tinyCase,
             timing: tinyTiming,
-            barrier: { dir, count: 2, timeoutMs: 60_000 },
+            // a hang guard only, just inside the child's own: both children start together, whatever the load
+            barrier: { dir, count: 2, timeoutMs: 110_000 },
           } satisfies DeviceRunOptions,
         });
       const [ok, missing] = await Promise.all([run(0), run(1)]);
