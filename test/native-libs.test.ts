@@ -78,11 +78,14 @@ describe.skipIf(!built.includes("cuda"))("the CUDA library", () => {
     expect(info.kernels.map((k) => k.name)).toContain("portable");
     expect(info.kernels.find((k) => k.name === "portable")?.directions).toEqual(["fwd", "bwd", "kvcache"]);
   });
-  test("lists its kernel paths in the dispatcher's order: decode, Hopper wgmma, mma.sync, then portable", () => {
+  test("lists its kernel paths in the dispatcher's order: decode, Hopper fp8, Hopper wgmma, mma.sync, then portable", () => {
     const kernels = openBackend("cuda", { env: {} }).backend!.info().kernels;
-    expect(kernels.slice(0, 4).map((k) => k.name)).toEqual(["cuda-decode", "cuda-wgmma-sm90", "cuda-mma-sm80", "portable"]);
+    expect(kernels.slice(0, 5).map((k) => k.name)).toEqual(["cuda-decode", "cuda-wgmma-fp8-sm90", "cuda-wgmma-sm90", "cuda-mma-sm80", "portable"]);
     // the decode path serves KV-cache calls and the forward, never the backward
     expect(kernels[0].directions).toEqual(["fwd", "kvcache"]);
+    // the fp8 path is a forward of the fp8 dtypes only
+    expect(kernels[1].directions).toEqual(["fwd"]);
+    expect(kernels[1].dtypes).toEqual(["fp8_e4m3", "fp8_e5m2"]);
   });
   test.skipIf(fs.existsSync("/dev/nvidiactl"))("without an NVIDIA driver, device calls say so instead of crashing", () => {
     const backend = openBackend("cuda", { env: {} }).backend!;

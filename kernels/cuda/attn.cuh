@@ -15,6 +15,17 @@ struct DevTensor {
   int64_t batch_stride, row_stride, head_stride;
 };
 
+// fp8 descale factors (flashattn.h, fa_descale): the factor of sequence b, kv head h is data[b * batch_stride + h *
+// head_stride]; data null = 1.
+struct DevDescale {
+  const float* data;
+  int batch_stride, head_stride;
+};
+
+__device__ __forceinline__ float descale_factor(const DevDescale& f, int b, int h) {
+  return f.data != nullptr ? f.data[static_cast<int64_t>(b) * f.batch_stride + static_cast<int64_t>(h) * f.head_stride] : 1.f;
+}
+
 // Everything a kernel launch needs, passed by value (__grid_constant__-sized, well under 4 KiB).
 struct AttnArgs {
   DevTensor q, k, v, o;          // forward inputs / output
@@ -48,6 +59,9 @@ struct AttnArgs {
   float* dq_accum;
   int deterministic;             // 1: each CTA owns dq_accum slice blockIdx.x and adds without atomics
   int64_t lse_rows;              // batch * heads_q * seqlen_q (padded) or heads_q * total_q (varlen)
+  // fp8 forward: q, k, v are fp8 numbers times these factors, and o is written in fp16 (out_fp16) or bf16
+  DevDescale q_descale, k_descale, v_descale;
+  int out_fp16;
 };
 
 // The geometry of one sequence b.

@@ -21,6 +21,14 @@
 //   and finally O += P_last V_last, O / l, LSE. The consumers take turns to issue their products (ping-pong over
 //   named barriers): while one warpgroup's exp2s run on the MUFU, the tensor cores work for the other.
 // Work per block and consumer: 4 x 64 BN D flops in two products; exp2 for 64 BN scores.
+//
+// FP8 (T = fp8_e4m3_t / fp8_e5m2_t; flashattn.h's semantics): the same kernel with k32 products, whose operands must
+// both be K-major. Q and K are; V is not, so the producer copies each V block into a staging tile and transposes it
+// into the V ring (V^T: D rows of BN keys), permuting the keys of every 32-key step so that a consumer can feed P to
+// the product from the registers it holds the scores in (the fp8 A fragment takes columns 4t..4t+3 where the
+// accumulator has 2t, 2t + 1, 2t + 8, 2t + 9: sm90_pack_p / fp8_transposed_key). P is rounded to E4M3 there; the
+// row sums use the fp32 P. The descale factors of the tile's (sequence, kv head) fold into the softmax multiplier
+// (q x k) and the epilogue (v); o is written in a.out_dtype. One CTA per tile (no persistent grid).
 #pragma once
 
 #include "attn.cuh"
@@ -28,8 +36,10 @@
 
 namespace fa::tc {
 
-template <int D_, int BN_, bool kPersistent_>
+template <typename T, int D_, int BN_, bool kPersistent_>
 struct Sm90FwdTile {
+  using Element = Sm90Element<T>;
+  static constexpr bool kFp8 = Element::kFp8;
   static constexpr int D = D_, BN = BN_, kConsumers = 2, BM = 64 * kConsumers;
   static constexpr int kStages = 2;         // slots of the K / V ring (3 at hdim 64: -2%, docs/perf-cuda.md v6)
   static constexpr int kHeadGroup = 16;     // a persistent grid's tile order (fwd_sm90_kernel's work_of)
@@ -41,7 +51,14 @@ struct Sm90FwdTile {
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
   static constexpr int kProducerRegs = 56, kConsumerRegs = 224;
   static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= kThreads * kLaunchRegs, "register budget");
-  static constexpr int kTileQ = BM * D * 2, kTileKV = BN * D * 2;  // bytes (16-bit elements)
+  static constexpr int kTileQ = BM * D * sizeof(T), kTileKV = BN * D * sizeof(T);  // bytes
+  // fp8: V blocks land in two raw staging tiles, which the producer transposes into the V ring.
+  static constexpr int kVStaging = kFp8 ? 2 : 0;
+  static constexpr int kPSteps = BN / Element::kStepK;  // k-steps of the P V product: P's A fragments
+  // P_{n-1} V_{n-1} runs while the softmax of S_n is computed, which keeps O, P_{n-1} and S_n live together: at fp8
+  // head dim 256 that is 128 + 16 + 64 registers, and ptxas spilled and serialised the wgmmas (C7512). There the two
+  // products of a block run one after the other, and the other consumer's turn fills the gap.
+  static constexpr bool kOverlapPV = !(kFp8 && D == 256);
   // A persistent CTA keeps two Q slots (the next tile's Q lands during this one) and stages its output in rows of its
   // own (the next tile's copies may be landing in Q and K); a one-tile CTA stages over Q and the K slots at the end.
   static constexpr int kQSlots = kPersistent ? 2 : 1;
@@ -50,12 +67,14 @@ struct Sm90FwdTile {
   // indices.
   static constexpr int kBarriers = 8 + 4 * kStages;
   static constexpr size_t smem_bytes() {
-    return kSwizzleAlign + kQSlots * kTileQ + 2 * kStages * static_cast<size_t>(kTileKV) + kStage +
+    return kSwizzleAlign + kQSlots * kTileQ + (2 * kStages + kVStaging) * static_cast<size_t>(kTileKV) + kStage +
            kBarriers * sizeof(uint64_t) + 2 * sizeof(int);
   }
   static_assert(smem_bytes() <= 227 * 1024, "fits an H100's shared memory per block");
-  static_assert(D % 64 == 0 && BN % 16 == 0 && BN <= 256 && D <= 256, "wgmma shapes: N <= 256, whole swizzle rows");
-  static_assert(BM * (D + kPad) * 2 <= kTileQ + 2 * kTileKV, "the output staging fits over Q and the K slots");
+  static_assert(D % Element::kSwizzleCols == 0 && BN % 16 == 0 && BN <= 256 && D <= 256,
+                "wgmma shapes: N <= 256, whole swizzle rows");
+  static_assert(!kFp8 || (BN == 128 && !kPersistent), "fp8: V^T rows of BN keys are one 128-byte swizzle row; one tile per CTA");
+  static_assert(BM * (D + kPad) * 2 <= kTileQ + 2 * kTileKV, "the output staging (16-bit o) fits over Q and the K slots");
 };
 
 // Tile table (H100/H200: 227 KB of smem per block). hdim 64/128: 128-key blocks (160 KB at 128); 192/256: 64-key
@@ -63,16 +82,19 @@ struct Sm90FwdTile {
 // where a second Q slot and the staging rows fit (115 KB) and a tile is short enough for its start and drain to weigh;
 // at 128 they would need 227 KB + 200 bytes. (Tried at hdim 64: three consumers of 192 rows with 96-key blocks: +6% at
 // 8k, -7% at 2k; one consumer and two CTAs per SM: -7 to -30%; see docs/perf-cuda.md.)
-template <int D> struct Sm90FwdTileFor;
-template <> struct Sm90FwdTileFor<64> { using type = Sm90FwdTile<64, 128, true>; };
-template <> struct Sm90FwdTileFor<128> { using type = Sm90FwdTile<128, 128, false>; };
-template <> struct Sm90FwdTileFor<192> { using type = Sm90FwdTile<192, 64, false>; };
-template <> struct Sm90FwdTileFor<256> { using type = Sm90FwdTile<256, 64, false>; };
+// fp8 (half the bytes per element): 128-key blocks at both head dims, Q + 2 K + 2 V^T + 2 staging tiles (224 KB at 256).
+template <typename T, int D, bool kFp8 = Sm90Element<T>::kFp8> struct Sm90FwdTileFor;
+template <typename T> struct Sm90FwdTileFor<T, 64, false> { using type = Sm90FwdTile<T, 64, 128, true>; };
+template <typename T> struct Sm90FwdTileFor<T, 128, false> { using type = Sm90FwdTile<T, 128, 128, false>; };
+template <typename T> struct Sm90FwdTileFor<T, 192, false> { using type = Sm90FwdTile<T, 192, 64, false>; };
+template <typename T> struct Sm90FwdTileFor<T, 256, false> { using type = Sm90FwdTile<T, 256, 64, false>; };
+template <typename T> struct Sm90FwdTileFor<T, 128, true> { using type = Sm90FwdTile<T, 128, 128, false>; };
+template <typename T> struct Sm90FwdTileFor<T, 256, true> { using type = Sm90FwdTile<T, 256, 128, false>; };
 
 // ---- shared memory ------------------------------------------------------------------------------------------------
 
 // The CTA's shared memory, in allocation order: the Q slots, the K and V rings, the persistent CTA's output staging
-// rows, the mbarriers (Q and tile-index full / empty, two of each; K and V full / empty, kStages of each) and the two
+// rows, fp8's raw V staging tiles, the mbarriers (Q and tile-index full / empty, two of each; K and V full / empty, kStages of each) and the two
 // published tile indices.
 template <typename T, typename Tile>
 struct Sm90FwdShared {
@@ -81,6 +103,7 @@ struct Sm90FwdShared {
   T* sK;      // [S][BN x D], swizzled
   T* sV;      // [S][BN x D], swizzled
   T* sStage;  // [BM x (D + kPad)] when persistent
+  T* sVraw;   // fp8: [2][BN x D], swizzled, V blocks as they arrive
   uint64_t *q_full, *q_empty, *tile_full, *tile_empty, *k_full, *v_full, *k_empty, *v_empty;
   int* tile_slot;  // [2] published tile indices
 
@@ -89,7 +112,8 @@ struct Sm90FwdShared {
     sK = reinterpret_cast<T*>(smem + QS * Tile::kTileQ);
     sV = sK + S * BN * D;
     sStage = sV + S * BN * D;
-    q_full = reinterpret_cast<uint64_t*>(smem + QS * Tile::kTileQ + 2 * S * Tile::kTileKV + Tile::kStage);
+    sVraw = reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(sStage) + Tile::kStage);
+    q_full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(sVraw) + Tile::kVStaging * Tile::kTileKV);
     q_empty = q_full + 2;
     tile_full = q_full + 4;
     tile_empty = q_full + 6;
@@ -119,6 +143,7 @@ struct Sm90FwdShared {
   __device__ __forceinline__ T* q_buf(int qi) const { return sQ + (qi % QS) * BM * D; }
   __device__ __forceinline__ T* k_buf(int gi) const { return sK + slot_of(gi) * BN * D; }
   __device__ __forceinline__ T* v_buf(int gi) const { return sV + slot_of(gi) * BN * D; }
+  __device__ __forceinline__ T* v_raw(int gi) const { return sVraw + (gi & 1) * BN * D; }
 };
 
 // ---- tile scheduler -----------------------------------------------------------------------------------------------
@@ -190,6 +215,73 @@ struct Sm90FwdScheduler {
   }
 };
 
+// ---- fp8: V transposed on its way into the ring --------------------------------------------------------------------
+
+// The producer warpgroup's own named barrier (1..kConsumers: the consumers' turns, kConsumers + 1: their epilogue).
+template <typename Tile>
+constexpr int kProducerBarrier = Tile::kConsumers + 2;
+
+// The key at k-slot s of the fp8 P V product's V^T tile. A consumer packs P from its accumulators as it holds them
+// (sm90_pack_p): A-fragment byte i of thread t's register for slots 16 hf + 4t.. of a 32-key step is the score of key
+// 16 hf + 8 (i / 2) + 2t + i % 2, so V^T's slots hold those keys (the product sums over slots, so any permutation
+// applied to both operands gives the same O).
+__device__ __forceinline__ constexpr int fp8_transposed_key(int s) {
+  const int step = s / 32, hf = s % 32 / 16, t = s % 16 / 4, i = s % 4;
+  return 32 * step + 16 * hf + 8 * (i / 2) + 2 * t + i % 2;
+}
+
+// Transposes a staged V block (`raw`: BN keys x D, swizzled as load_tile_sw128_async stores it) into a V^T ring tile
+// (`vt`: D rows of BN key slots, swizzled; slot s holds key fp8_transposed_key(s)). The 128 producer threads take
+// jobs (4-slot word w, 16-column chunk c), lanes along w: a job reads four 16-byte row pieces (keys k, k + 1, k + 8,
+// k + 9 of columns 16c..16c + 15), transposes the 4 x 16 bytes with byte permutes and writes sixteen 4-byte words,
+// one per column; a warp's stores cover one whole 128-byte V^T row (no bank conflicts).
+template <typename Tile, typename T>
+__device__ __forceinline__ void transpose_v_fp8(T* vt, const T* raw) {
+  constexpr int D = Tile::D, BN = Tile::BN, kWords = BN / 4, kJobs = kWords * (D / 16);
+  static_assert(kJobs % 128 == 0 && kWords == 32, "whole warps per V^T row");
+  const unsigned char* src = reinterpret_cast<const unsigned char*>(raw);
+  unsigned char* dst = reinterpret_cast<unsigned char*>(vt);
+#pragma unroll
+  for (int job = threadIdx.x; job < kJobs; job += 128) {
+    const int w = job % kWords, c = job / kWords, k = fp8_transposed_key(4 * w);
+    const uint4 row[4] = {*reinterpret_cast<const uint4*>(src + sw128_offset<BN>(k, c)),
+                          *reinterpret_cast<const uint4*>(src + sw128_offset<BN>(k + 1, c)),
+                          *reinterpret_cast<const uint4*>(src + sw128_offset<BN>(k + 8, c)),
+                          *reinterpret_cast<const uint4*>(src + sw128_offset<BN>(k + 9, c))};
+    const uint32_t* x[4] = {&row[0].x, &row[1].x, &row[2].x, &row[3].x};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {  // columns 16c + 4q .. + 3
+      // pairs of rows interleaved (bytes 0-1 / 2-3 of the four rows), then the pairs merged: word m = column 4q + m
+      const uint32_t lo01 = __byte_perm(x[0][q], x[1][q], 0x5140), hi01 = __byte_perm(x[0][q], x[1][q], 0x7362);
+      const uint32_t lo23 = __byte_perm(x[2][q], x[3][q], 0x5140), hi23 = __byte_perm(x[2][q], x[3][q], 0x7362);
+      const uint32_t col[4] = {__byte_perm(lo01, lo23, 0x5410), __byte_perm(lo01, lo23, 0x7632),
+                               __byte_perm(hi01, hi23, 0x5410), __byte_perm(hi01, hi23, 0x7632)};
+#pragma unroll
+      for (int m = 0; m < 4; ++m)
+        *reinterpret_cast<uint32_t*>(dst + sw128_offset<D>(16 * c + 4 * q + m, w / 4) + (w % 4) * 4) = col[m];
+    }
+  }
+}
+
+// Ring iteration g's V block, staged by this producer earlier, into the V ring: waits until the consumers have released
+// the slot, transposes, and publishes the slot to wgmma (the generic-proxy stores fenced before the arrival).
+template <typename T, typename Tile>
+__device__ __forceinline__ void fp8_publish_v(const Sm90FwdShared<T, Tile>& sh, int g) {
+  using Shared = Sm90FwdShared<T, Tile>;
+  if (g >= Tile::kStages) mbarrier_wait(sh.v_empty + Shared::slot_of(g), Shared::parity_of(g) ^ 1);
+  transpose_v_fp8<Tile>(sh.v_buf(g), sh.v_raw(g));
+  fence_async_smem();
+  mbarrier_arrive(sh.v_full + Shared::slot_of(g));
+}
+
+// Before staging ring iteration gi's V: this thread's copies so far have landed, and (barrier) every producer thread's
+// have, and every thread is done transposing iteration gi - 2 out of the staging tile gi reuses.
+template <typename Tile>
+__device__ __forceinline__ void fp8_staging_sync() {
+  cp_async_wait<0>();
+  named_barrier_sync(kProducerBarrier<Tile>, 128);
+}
+
 // ---- producer -----------------------------------------------------------------------------------------------------
 
 // Warpgroup 0: fetches the next tile index (persistent grids) while it copies the current tile's Q into the Q ring
@@ -223,12 +315,26 @@ __device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90F
       for (int n = w.blocks.hi - 1; n >= w.blocks.lo; --n, ++gi) {  // last key block first
         const int slot = Shared::slot_of(gi);
         const uint32_t reuse_parity = Shared::parity_of(gi) ^ 1;  // completion gi / S - 1 of the empty barrier
+        if constexpr (Tile::kFp8) fp8_staging_sync<Tile>();
         if (gi >= S) mbarrier_wait(sh.k_empty + slot, reuse_parity);
         load_tile_sw128_async<BN, D, 128>(sh.k_buf(gi), k_rows, n * BN);
         cp_async_arrive(sh.k_full + slot);
-        if (gi >= S) mbarrier_wait(sh.v_empty + slot, reuse_parity);
-        load_tile_sw128_async<BN, D, 128>(sh.v_buf(gi), v_rows, n * BN);
-        cp_async_arrive(sh.v_full + slot);
+        if constexpr (Tile::kFp8) {
+          // fp8: this block's V lands in a staging tile while the previous block's is transposed into the ring.
+          load_tile_sw128_async<BN, D, 128>(sh.v_raw(gi), v_rows, n * BN);
+          cp_async_commit();
+          if (n < w.blocks.hi - 1) fp8_publish_v(sh, gi - 1);
+        } else {
+          if (gi >= S) mbarrier_wait(sh.v_empty + slot, reuse_parity);
+          load_tile_sw128_async<BN, D, 128>(sh.v_buf(gi), v_rows, n * BN);
+          cp_async_arrive(sh.v_full + slot);
+        }
+      }
+      if constexpr (Tile::kFp8) {
+        if (w.blocks.hi > w.blocks.lo) {
+          fp8_staging_sync<Tile>();
+          fp8_publish_v(sh, gi - 1);
+        }
       }
     }
     tile = next;
@@ -243,7 +349,7 @@ template <typename Tile>
 struct Sm90FwdRegisters {
   float (&o)[Tile::D / 2];          // O, 64 x D
   float (&sc)[Tile::BN / 2];        // S_n, then P_n in fp32 (64 x BN)
-  uint32_t (&p)[Tile::BN / 16][4];  // P_{n-1} as the A operand of the P V product
+  uint32_t (&p)[Tile::kPSteps][4];  // P_{n-1} as the A operand of the P V product
   float (&row_max)[2];              // the online softmax's running max and (per-lane) sum of this thread's two rows
   float (&row_sum)[2];
 };
@@ -252,29 +358,44 @@ struct Sm90FwdRegisters {
 template <typename T, typename Tile>
 __device__ __forceinline__ void sm90_issue_qk(float (&sc)[Tile::BN / 2], uint64_t q_desc, uint64_t k_desc, int wg_row0) {
 #pragma unroll
-  for (int kk = 0; kk < Tile::D / 16; ++kk)
-    Wgmma<Tile::BN, T>::template ss<0, 0>(sc, desc_k_major<Tile::BM>(q_desc, wg_row0, kk), desc_k_major<Tile::BN>(k_desc, 0, kk),
-                                          kk > 0);
+  for (int kk = 0; kk < Tile::D / Tile::Element::kStepK; ++kk) {
+    const uint64_t a = desc_k_major<Tile::BM>(q_desc, wg_row0, kk), b = desc_k_major<Tile::BN>(k_desc, 0, kk);
+    if constexpr (Tile::kFp8) WgmmaFp8<Tile::BN, T, T>::ss(sc, a, b, kk > 0);
+    else Wgmma<Tile::BN, T>::template ss<0, 0>(sc, a, b, kk > 0);
+  }
   wgmma_commit();
 }
 
-// O += P V (64 x D += 64 x BN . BN x D): RS, P from registers, V N-major.
+// O += P V (64 x D += 64 x BN . BN x D): RS, P from registers; V N-major, or for fp8 V^T K-major (keys permuted).
 template <typename T, typename Tile>
-__device__ __forceinline__ void sm90_issue_pv(float (&o)[Tile::D / 2], const uint32_t (&p)[Tile::BN / 16][4], uint64_t v_desc) {
+__device__ __forceinline__ void sm90_issue_pv(float (&o)[Tile::D / 2], const uint32_t (&p)[Tile::kPSteps][4], uint64_t v_desc) {
 #pragma unroll
-  for (int kk = 0; kk < Tile::BN / 16; ++kk) Wgmma<Tile::D, T>::template rs<1>(o, p[kk], desc_mn_major<Tile::BN>(v_desc, kk), 1);
+  for (int kk = 0; kk < Tile::kPSteps; ++kk) {
+    if constexpr (Tile::kFp8) WgmmaFp8<Tile::D, fp8_e4m3_t, T>::rs(o, p[kk], desc_k_major<Tile::D>(v_desc, 0, kk), 1);
+    else Wgmma<Tile::D, T>::template rs<1>(o, p[kk], desc_mn_major<Tile::BN>(v_desc, kk), 1);
+  }
   wgmma_commit();
 }
 
-// P_n (fp32, C layout) to the A fragments of the P V product.
-template <typename T, int BN>
-__device__ __forceinline__ void sm90_pack_p(uint32_t (&p)[BN / 16][4], const float (&sc)[BN / 2]) {
+// P_n (fp32, C layout) to the A fragments of the P V product. 16-bit: k-step kk is n-tiles 2kk, 2kk + 1 (acc_to_a's
+// layout). fp8 (E4M3, k32): k-step kk is n-tiles 4kk..4kk + 3 (registers 16kk..), each A register two adjacent
+// n-tiles' pairs of one row, in the key order fp8_transposed_key gives V^T.
+template <typename T, typename Tile>
+__device__ __forceinline__ void sm90_pack_p(uint32_t (&p)[Tile::kPSteps][4], const float (&sc)[Tile::BN / 2]) {
 #pragma unroll
-  for (int kk = 0; kk < BN / 16; ++kk) {
-    p[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
-    p[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
-    p[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
-    p[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+  for (int kk = 0; kk < Tile::kPSteps; ++kk) {
+    if constexpr (Tile::kFp8) {
+      const float* c = sc + 16 * kk;
+      p[kk][0] = pack4_e4m3(c[0], c[1], c[4], c[5]);
+      p[kk][1] = pack4_e4m3(c[2], c[3], c[6], c[7]);
+      p[kk][2] = pack4_e4m3(c[8], c[9], c[12], c[13]);
+      p[kk][3] = pack4_e4m3(c[10], c[11], c[14], c[15]);
+    } else {
+      p[kk][0] = pack2<T>(sc[8 * kk + 0], sc[8 * kk + 1]);
+      p[kk][1] = pack2<T>(sc[8 * kk + 2], sc[8 * kk + 3]);
+      p[kk][2] = pack2<T>(sc[8 * kk + 4], sc[8 * kk + 5]);
+      p[kk][3] = pack2<T>(sc[8 * kk + 6], sc[8 * kk + 7]);
+    }
   }
 }
 
@@ -307,10 +428,13 @@ struct Sm90FwdRole {
 
 // The key-block loop of one tile: O, row_max and row_sum of this warpgroup's rows, unnormalised. Iteration it issues
 // S_it = Q K_it^T and P_{it-1} V_{it-1} together, so the tensor cores work on the product while the warpgroup computes
-// the softmax of S_it; O is rescaled once the product has landed. qi / gi: the Q and K / V ring counters.
+// the softmax of S_it; O is rescaled once the product has landed. qi / gi: the Q and K / V ring counters. mult: S to
+// log2 units inside exp2 (1 when kTransform rewrites the scores); qk_descale: fp8's q x k factor, which kTransform
+// applies to the scores here (otherwise it is part of mult).
 template <typename T, typename Tile, bool kTransform>
 __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh, const Sm90FwdRole<T, Tile>& role,
-                                                  const Sm90FwdWork& w, float mult, int& qi, int& gi, Sm90FwdRegisters<Tile> r) {
+                                                  const Sm90FwdWork& w, float mult, float qk_descale, int& qi, int& gi,
+                                                  Sm90FwdRegisters<Tile> r) {
   constexpr int D = Tile::D, BN = Tile::BN, NT = BN / 8, QS = Tile::kQSlots;
   const SeqInfo& s = w.s;
   const int m0 = w.m0, hi = w.blocks.hi, n = w.blocks.hi - w.blocks.lo, base = gi, qs = qi % QS;
@@ -320,6 +444,10 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     const int n0 = (hi - 1 - it) * BN;
     const bool masked = tile_needs_mask(a, s, m0 + role.wg_row0, 64, n0, BN);
     const int i0 = m0 + role.warp_row0 + role.g;
+    if constexpr (Tile::kFp8 && kTransform) {
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) r.sc[i] *= qk_descale;
+    }
     online_softmax_block<NT>(a, s, [&](int j, int e) -> float& { return r.sc[j * 4 + e]; },
                              [&](int hf) { return ScoreRow{i0 + hf * 8, slope}; }, n0, kTransform, masked, mult, r.row_max,
                              r.row_sum, alpha);
@@ -332,6 +460,35 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
   fence_async_smem();
   ++qi;
   if (n == 0) mbarrier_arrive(sh.q_empty + qs);
+  if constexpr (!Tile::kOverlapPV) {
+    for (int it = 0; it < n; ++it) {
+      gi = base + it;
+      float alpha[2];
+      role.wait_full(sh.k_full, gi);
+      role.begin_turn();
+      wgmma_fence();
+      sm90_issue_qk<T, Tile>(r.sc, q_desc, role.k_desc(gi), role.wg_row0);
+      role.end_turn();
+      wgmma_wait<0>();
+      reg_fence(r.sc);
+      role.release(sh.k_empty, gi);
+      if (it == n - 1) mbarrier_arrive(sh.q_empty + qs);
+      softmax(it, alpha);
+#pragma unroll
+      for (int i = 0; i < D / 2; ++i) r.o[i] *= alpha[(i / 2) % 2];
+      sm90_pack_p<T, Tile>(r.p, r.sc);
+      role.wait_full(sh.v_full, gi);
+      role.begin_turn();
+      wgmma_fence();
+      sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi));
+      role.end_turn();
+      wgmma_wait<0>();
+      reg_fence(r.o);
+      role.release(sh.v_empty, gi);
+    }
+    gi = base + n;
+    return;
+  }
   if (n > 0) {
     float alpha[2];
     role.wait_full(sh.k_full, base);
@@ -344,7 +501,7 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     role.release(sh.k_empty, base);
     if (n == 1) mbarrier_arrive(sh.q_empty + qs);  // the tile's last product from Q has landed
     softmax(0, alpha);  // O is still zero: nothing to rescale
-    sm90_pack_p<T, BN>(r.p, r.sc);
+    sm90_pack_p<T, Tile>(r.p, r.sc);
   }
   for (int it = 1; it < n; ++it) {
     gi = base + it;
@@ -367,7 +524,7 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     role.release(sh.v_empty, gi - 1);
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) r.o[i] *= alpha[(i / 2) % 2];
-    sm90_pack_p<T, BN>(r.p, r.sc);
+    sm90_pack_p<T, Tile>(r.p, r.sc);
   }
   gi = base + n;
   if (n > 0) {
@@ -386,9 +543,10 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
 // (each warp its rows; its reads of the previous tile's rows must be done). A one-tile CTA stages over Q and the K
 // slots, which no product reads any more once every consumer is past this barrier (the producer's copies have all
 // landed: every slot was waited for).
+// fp8: O times the tile's v descale factor, written in a.out_dtype (fp16 or bf16).
 template <typename T, typename Tile>
 __device__ __forceinline__ void fwd_sm90_epilogue(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh, const Sm90FwdRole<T, Tile>& role,
-                                                  const Sm90FwdWork& w, float mult, const Sm90FwdRegisters<Tile> r) {
+                                                  const Sm90FwdWork& w, float mult, float v_descale, const Sm90FwdRegisters<Tile> r) {
   T* stage = sh.sStage;
   if constexpr (Tile::kPersistent) {
     __syncwarp();
@@ -396,8 +554,19 @@ __device__ __forceinline__ void fwd_sm90_epilogue(const AttnArgs& a, const Sm90F
     named_barrier_sync(Tile::kConsumers + 1, Tile::kConsumerThreads);
     stage = sh.sQ;
   }
-  store_output_rows<T, Tile::D>(a, w.s, w.b, w.h, w.split, w.m0, role.warp_row0, [&](int j, int e) { return r.o[j * 4 + e]; },
-                                r.row_max, r.row_sum, mult, stage);
+  if constexpr (Tile::kFp8) {
+    auto store = [&](auto* out_stage) {
+      using TOut = std::remove_pointer_t<decltype(out_stage)>;
+      store_output_rows<TOut, Tile::D>(a, w.s, w.b, w.h, w.split, w.m0, role.warp_row0,
+                                       [&](int j, int e) { return r.o[j * 4 + e] * v_descale; }, r.row_max, r.row_sum, mult,
+                                       out_stage);
+    };
+    if (a.out_fp16) store(reinterpret_cast<half_t*>(stage));
+    else store(reinterpret_cast<bf16_t*>(stage));
+  } else {
+    store_output_rows<T, Tile::D>(a, w.s, w.b, w.h, w.split, w.m0, role.warp_row0, [&](int j, int e) { return r.o[j * 4 + e]; },
+                                  r.row_max, r.row_sum, mult, stage);
+  }
 }
 
 // Warpgroups 1..: 64 query rows of every tile the scheduler gives this CTA, in the producer's order.
@@ -408,10 +577,11 @@ __device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90F
   int qi = 0, gi = 0;  // ring counters, as the producer's
   warpgroup_claim_registers<Tile::kConsumerRegs>();
   const int cw = wg - 1;
-  const Sm90FwdRole<T, Tile> role{cw, cw * 64, cw * 64 + warp * 16, g, tile_desc_k_major(sh.sK), tile_desc_mn_major<Tile::BN>(sh.sV)};
-  const float mult = kTransform ? 1.f : a.scale_log2;  // multiplier from S to log2 units inside exp2
+  // V: N-major, or for fp8 the transposed tile, K-major
+  const uint64_t v_desc0 = Tile::kFp8 ? tile_desc_k_major(sh.sV) : tile_desc_mn_major<Tile::BN>(sh.sV);
+  const Sm90FwdRole<T, Tile> role{cw, cw * 64, cw * 64 + warp * 16, g, tile_desc_k_major(sh.sK), v_desc0};
   float o[Tile::D / 2], sc[Tile::BN / 2], row_max[2], row_sum[2];
-  uint32_t p[Tile::BN / 16][4];
+  uint32_t p[Tile::kPSteps][4];
   const Sm90FwdRegisters<Tile> r{o, sc, p, row_max, row_sum};
   if (role.cw == NC - 1) named_barrier_arrive(1, 256);
 
@@ -422,8 +592,13 @@ __device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90F
     const Sm90FwdWork w = sched.work_of(a, tile);
     tile = sched.total;  // one tile per CTA unless the ring brings more
     if (!w.run) continue;
-    fwd_sm90_mainloop<T, Tile, kTransform>(a, sh, role, w, mult, qi, gi, r);
-    fwd_sm90_epilogue<T, Tile>(a, sh, role, w, mult, r);
+    // fp8: the descale factors of this tile's (sequence, kv head); 1 otherwise
+    const int hk = w.h / a.group;
+    const float qk_descale = Tile::kFp8 ? descale_factor(a.q_descale, w.b, hk) * descale_factor(a.k_descale, w.b, hk) : 1.f;
+    const float v_descale = Tile::kFp8 ? descale_factor(a.v_descale, w.b, hk) : 1.f;
+    const float mult = kTransform ? 1.f : a.scale_log2 * qk_descale;  // multiplier from S to log2 units inside exp2
+    fwd_sm90_mainloop<T, Tile, kTransform>(a, sh, role, w, mult, qk_descale, qi, gi, r);
+    fwd_sm90_epilogue<T, Tile>(a, sh, role, w, mult, v_descale, r);
   }
   if (role.cw == 0) named_barrier_sync(1, 256);  // the turn consumer NC - 1 passed on after the last round
 }
@@ -452,7 +627,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
 // of them when a.tile_counter (zeroed) is set. Returns the CUDA error of the launch.
 template <typename T, int D>
 gpuError_t launch_fwd_sm90(const AttnArgs& a, int m_blocks, gpuStream_t stream) {
-  using Tile = typename Sm90FwdTileFor<D>::type;
+  using Tile = typename Sm90FwdTileFor<T, D>::type;
   const int64_t tiles = static_cast<int64_t>(m_blocks) * a.heads_q * a.batch * a.num_splits;
   if (tiles > INT_MAX / 2) return cudaErrorInvalidConfiguration;  // the kernel counts tiles in int
   const bool persistent = Tile::kPersistent && a.tile_counter != nullptr;

@@ -1,14 +1,15 @@
 // wgmma.cuh — the Hopper (sm_90a) tile helpers the warpgroup kernels are written with: 128-byte-swizzled shared-memory
 // tiles filled by cp.async, wgmma matrix descriptors over them, and the fence / commit / wait protocol.
 //
-// Swizzled tile (R rows x C columns of a 16-bit type, C a multiple of 64): C/64 column blocks, each R rows of 128
-// bytes, one after the other. Inside a block, the 16-byte chunk c (columns 8c..8c+7) of row r is stored at chunk
-// position c ^ (r % 8): the 8 rows of a core-matrix group then cover all 32 banks, and this is exactly the layout
+// Swizzled tile (R rows x C columns, C x element size a multiple of 128 bytes): column blocks of 128 bytes (64 16-bit
+// or 128 fp8 elements), each R rows of 128 bytes, one after the other. Inside a block, the 16-byte chunk c of row r
+// is stored at chunk position c ^ (r % 8): the 8 rows of a core-matrix group then cover all 32 banks, and this is exactly the layout
 // wgmma's 128B swizzle mode reads (it XORs byte-address bits [4:6] with bits [7:9], so tiles start 1024-aligned).
 //
 // One tile serves two roles:
 //   K-major operand (rows = M or N, k = columns): Q and K in S = Q K^T, K and V in the backward's S^T and dP^T.
-//     Descriptor per 16-column k-step kk: start = block kk/4, row0, + (kk % 4) * 32 bytes; SBO = 1024 (next 8 rows).
+//     Descriptor per k-step kk (32 bytes of k: 16 columns of 16 bits, 32 of fp8): start = block kk/4, row0, + (kk % 4)
+//     * 32 bytes; SBO = 1024 (next 8 rows). fp8 operands are always K-major: the fp8 forward stores V transposed.
 //   MN-major operand (rows = k, columns = N or M, imm-trans = 1): V in O = P V, dO / Q in dV / dK, K in dQ = dS K,
 //     and the stored dS^T as the (M-major) A of dQ. Per 16-row k-step: start + 16 * 128 bytes; SBO = 1024 (next 8
 //     k rows), LBO = R * 128 (next 64-column block).
@@ -16,6 +17,9 @@
 // Register layouts (per warp w of the warpgroup, g = lane / 4, t = lane % 4): the m64nN accumulator holds rows
 // 16w + g (+8) exactly as mma.sync's C fragments, register 4j + e = column 8j + 2t + e % 2 of row g + 8 (e / 2);
 // the register A operand is mma.sync's A fragment of rows 16w.., so tile.cuh's acc_to_a turns S into P unchanged.
+// The fp8 A operand (k32) is four registers of four bytes: rows g / g + 8 (registers 0 / 1, then 2 / 3), k 4t..4t+3
+// (registers 0, 1) and 16 + 4t.. (2, 3). A thread's accumulator columns of a 32-key block are 2t, 2t + 1 (+8, +16,
+// +24) instead, so the fp8 forward packs P as it holds it and permutes V's keys to match (fwd_sm90.cuh).
 #pragma once
 
 #include <cstdint>
@@ -24,9 +28,37 @@
 
 namespace fa::tc {
 
-// m64nNk16 wrappers, generated per (N, element type) into build/gen/cuda/wgmma_ops.inc by kernels/cuda/target.ts.
+// FP8 elements (OCP E4M3 / E5M2) as the Hopper fp8 kernels see them: bytes in memory that only the tensor cores and
+// cvt instructions read as numbers.
+struct fp8_e4m3_t { uint8_t bits; };
+struct fp8_e5m2_t { uint8_t bits; };
+
+// Wrappers generated into build/gen/cuda/wgmma_ops.inc by kernels/cuda/target.ts: m64nNk16 per (N, 16-bit element
+// type), and m64nNk32 per (N, A and B fp8 formats). The fp8 forms take no transpose flags: both operands K-major.
 template <int N, typename T> struct Wgmma;
+template <int N, typename TA, typename TB> struct WgmmaFp8;
 #include "wgmma_ops.inc"
+
+// What the element type changes in a Hopper kernel: one k-step of wgmma covers 32 bytes of k (16 elements of 16 bits,
+// k16, or 32 fp8 elements, k32), and swizzle rows hold 128 bytes.
+template <typename T>
+struct Sm90Element {
+  static constexpr bool kFp8 = sizeof(T) == 1;
+  static constexpr int kStepK = 32 / sizeof(T);            // elements of k per wgmma instruction
+  static constexpr int kChunk = 16 / sizeof(T);            // elements per 16-byte chunk
+  static constexpr int kSwizzleCols = 128 / sizeof(T);     // elements per 128-byte swizzle row
+};
+
+// Four floats -> one register of four E4M3 bytes (byte 0 = x0), rounded to nearest even, saturated to +-448.
+__device__ __forceinline__ uint32_t pack4_e4m3(float x0, float x1, float x2, float x3) {
+  uint32_t r;
+  // cvt puts its first source in the upper byte of the pair.
+  asm("{\n .reg .b16 lo, hi;\n cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n"
+      " mov.b32 %0, {lo, hi};\n}\n"
+      : "=r"(r)
+      : "f"(x0), "f"(x1), "f"(x2), "f"(x3));
+  return r;
+}
 
 constexpr int kSwizzleRowBytes = 128;  // one swizzle row: 64 elements of 16 bits
 constexpr int kSwizzleAlign = 1024;    // the swizzle pattern repeats every 8 rows
@@ -43,22 +75,24 @@ __device__ __forceinline__ uint32_t sw128_offset(int r, int chunk) {
 // position and both addresses are computed once, and each further chunk is a constant offset away.
 template <int ROWS, int C, int NTHREADS, typename T>
 __device__ __forceinline__ void load_tile_sw128_async(T* tile, const RowView<T>& src, int row0) {
+  using E = Sm90Element<T>;
   constexpr int kRowsPerPass = NTHREADS / 8;
-  static_assert(C % 64 == 0, "swizzled tiles are whole 128-byte rows");
+  static_assert(C % E::kSwizzleCols == 0, "swizzled tiles are whole 128-byte rows");
   static_assert(kRowsPerPass % 8 == 0 && ROWS % kRowsPerPass == 0, "every pass keeps the thread's swizzle phase");
   const int chunk = threadIdx.x % 8, r = threadIdx.x / 8;
   unsigned char* dst = reinterpret_cast<unsigned char*>(tile) + r * kSwizzleRowBytes + ((chunk ^ (r % 8)) * 16);
-  const T* g = src.base + static_cast<int64_t>(row0 + r) * src.row_stride + chunk * 8;
+  const T* g = src.base + static_cast<int64_t>(row0 + r) * src.row_stride + chunk * E::kChunk;
   const int64_t pass_stride = static_cast<int64_t>(kRowsPerPass) * src.row_stride;
   const int rows_left = src.rows - row0 - r;  // passes p with p * kRowsPerPass < rows_left are inside the sequence
 #pragma unroll
-  for (int b = 0; b < C / 64; ++b) {
-    const bool col_ok = b * 64 + chunk * 8 < src.head_dim;
+  for (int b = 0; b < C / E::kSwizzleCols; ++b) {
+    const bool col_ok = b * E::kSwizzleCols + chunk * E::kChunk < src.head_dim;
 #pragma unroll
     for (int p = 0; p < ROWS / kRowsPerPass; ++p) {
       const bool valid = col_ok && p * kRowsPerPass < rows_left;
       // An invalid chunk still needs a mapped address for the instruction; it reads 0 bytes from the base.
-      cp_async_16(dst + (b * ROWS + p * kRowsPerPass) * kSwizzleRowBytes, valid ? g + b * 64 + p * pass_stride : src.base, valid);
+      cp_async_16(dst + (b * ROWS + p * kRowsPerPass) * kSwizzleRowBytes, valid ? g + b * E::kSwizzleCols + p * pass_stride : src.base,
+                  valid);
     }
   }
 }
@@ -87,7 +121,7 @@ __device__ __forceinline__ uint64_t tile_desc_k_major(const void* tile) { return
 template <int R>
 __device__ __forceinline__ uint64_t tile_desc_mn_major(const void* tile) { return sw128_desc(tile, R * kSwizzleRowBytes); }
 
-// K-major operand: rows [row0, row0 + 64 or N) of a swizzled tile of R rows, k-step kk (columns 16 kk ..).
+// K-major operand: rows [row0, row0 + 64 or N) of a swizzled tile of R rows, k-step kk (bytes 32 kk .. of each row).
 template <int R>
 __device__ __forceinline__ uint64_t desc_k_major(uint64_t tile_desc, int row0, int kk) {
   return tile_desc + (static_cast<uint32_t>((kk / 4) * (R * kSwizzleRowBytes) + row0 * kSwizzleRowBytes + (kk % 4) * 32) >> 4);

@@ -3,6 +3,10 @@
 //   qk  C(64x128) = A(64x128) B(128x128)^T   SS, both K-major (S = Q K^T; S^T = K Q^T in the backward)
 //   pv  C(64x128) = P(64x64) V(64x128)       RS, P as register fragments, V N-major over two 64-column blocks
 //   dq  C(64x64)  = dS(64x128) K(128x128)    SS, dS stored transposed (M-major A), K N-major from column block 1
+// and the fp8 forward's two (E4M3 values, fp32 accumulation), built with fwd_sm90.cuh's own helpers:
+//   qk8 C(64x128) = A(64x128) B(128x128)^T   SS k32, both K-major
+//   pv8 C(64x128) = P(64x128) V(128x128)     RS k32: P packed from accumulator-layout floats (sm90_pack_p), V staged
+//                                            and transposed with permuted keys (transpose_v_fp8), K-major
 // A wrong descriptor, swizzle or fragment map shows up as a large error in its own line. Exit status 1 on failure.
 //
 // Build and run (from the repository root; the kernels' generated headers come from `bun kernels/build.ts cuda`):
@@ -13,12 +17,13 @@
 #include <cstdlib>
 #include <vector>
 
-#include "../kernels/cuda/wgmma.cuh"
+#include "../../kernels/cuda/fwd_sm90.cuh"
 
 using fa::bf16_t;
 using namespace fa::tc;
 
 constexpr int M = 64, N = 128, K = 128, KP = 64;
+using Fp8Tile = Sm90FwdTile<fp8_e4m3_t, 128, 128, false>;  // D = 128, BN = 128: the fp8 forward at head dim 128
 
 __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf16_t* b, const bf16_t* p, const bf16_t* v,
                                                       float* c_qk, float* c_pv, float* c_dq) {
@@ -87,6 +92,72 @@ __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf1
 #endif
 }
 
+// One warpgroup: qk8 = A B^T and pv8 = P V in E4M3 (N = K = 128 bytes per row), as the fp8 forward issues them.
+__global__ void __launch_bounds__(128) fp8_layouts_kernel(const fp8_e4m3_t* a, const fp8_e4m3_t* b, const float* p,
+                                                          const fp8_e4m3_t* v, float* c_qk, float* c_pv) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ unsigned char raw[];
+  unsigned char* smem = swizzle_aligned_smem(raw);
+  fp8_e4m3_t* sA = reinterpret_cast<fp8_e4m3_t*>(smem);  // [M x K] swizzled
+  fp8_e4m3_t* sB = sA + M * K;                           // [N x K]
+  fp8_e4m3_t* sVraw = sB + N * K;                        // [K keys x N] as V arrives
+  fp8_e4m3_t* sVt = sVraw + K * N;                       // [N x K keys], keys permuted
+  const RowView<fp8_e4m3_t> av{a, K, M, K}, bv{b, K, N, K}, vv{v, N, K, N};
+  load_tile_sw128_async<M, K, 128>(sA, av, 0);
+  load_tile_sw128_async<N, K, 128>(sB, bv, 0);
+  load_tile_sw128_async<K, N, 128>(sVraw, vv, 0);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  transpose_v_fp8<Fp8Tile>(sVt, sVraw);
+  fence_async_smem();
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  auto row_of = [&](int i) { return warp * 16 + g + 8 * ((i / 2) % 2); };
+  auto col_of = [&](int i) { return 8 * (i / 4) + 2 * t + i % 2; };
+
+  float acc[N / 2];
+  wgmma_fence();
+  for (int kk = 0; kk < K / 32; ++kk)
+    WgmmaFp8<N, fp8_e4m3_t, fp8_e4m3_t>::ss(acc, desc_k_major<M>(tile_desc_k_major(sA), 0, kk),
+                                            desc_k_major<N>(tile_desc_k_major(sB), 0, kk), kk > 0);
+  wgmma_commit();
+  wgmma_wait<0>();
+  reg_fence(acc);
+  for (int i = 0; i < N / 2; ++i) c_qk[row_of(i) * N + col_of(i)] = acc[i];
+
+  // P as the forward holds it: fp32 scores in the accumulator layout (keys = columns), packed to E4M3 fragments.
+  float sc[K / 2];
+  for (int i = 0; i < K / 2; ++i) sc[i] = p[row_of(i) * K + col_of(i)];
+  uint32_t pa[Fp8Tile::kPSteps][4];
+  sm90_pack_p<fp8_e4m3_t, Fp8Tile>(pa, sc);
+  wgmma_fence();
+  for (int kk = 0; kk < Fp8Tile::kPSteps; ++kk)
+    WgmmaFp8<N, fp8_e4m3_t, fp8_e4m3_t>::rs(acc, pa[kk], desc_k_major<N>(tile_desc_k_major(sVt), 0, kk), kk > 0);
+  wgmma_commit();
+  wgmma_wait<0>();
+  reg_fence(acc);
+  for (int i = 0; i < N / 2; ++i) c_pv[row_of(i) * N + col_of(i)] = acc[i];
+#endif
+}
+
+// An E4M3 byte's value (OCP: bias 7, subnormals at exponent 0, 0x7f / 0xff NaN; the tests avoid NaN).
+static double e4m3(uint8_t x) {
+  const int e = (x >> 3) & 15, m = x & 7;
+  const double mag = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1.0 + m / 8.0, e - 7);
+  return x & 0x80 ? -mag : mag;
+}
+
+// Random E4M3 bytes with exponent fields in [lo, hi] (no NaN), signed or not.
+static std::vector<fp8_e4m3_t> random_e4m3(size_t n, int lo, int hi, bool sign) {
+  std::vector<fp8_e4m3_t> x(n);
+  for (auto& e : x) {
+    const int exp = lo + rand() % (hi - lo + 1), man = rand() % 8, neg = sign ? rand() % 2 : 0;
+    e.bits = static_cast<uint8_t>(neg << 7 | exp << 3 | man);
+  }
+  return x;
+}
+
 static float bf(bf16_t x) { return __bfloat162float(x); }
 
 static double rel_err(const std::vector<float>& got, const std::vector<double>& ref) {
@@ -150,10 +221,48 @@ int main() {
   for (int m = 0; m < M; ++m)
     for (int n = 0; n < 64; ++n)
       for (int k = 0; k < K; ++k) rdq[m * 64 + n] += static_cast<double>(bf(a[m * K + k])) * bf(b[k * K + 64 + n]);
+  // fp8: A, B, V signed E4M3 in [2^-3, 1.875 x 2^3]; P unsigned in [2^-6, 0.94] (a probability), exactly E4M3 values.
+  const std::vector<fp8_e4m3_t> a8 = random_e4m3(M * K, 4, 10, true), b8 = random_e4m3(N * K, 4, 10, true),
+                                v8 = random_e4m3(K * N, 4, 10, true), p8 = random_e4m3(M * K, 1, 6, false);
+  std::vector<float> pf(M * K);
+  for (size_t i = 0; i < pf.size(); ++i) pf[i] = static_cast<float>(e4m3(p8[i].bits));
+  fp8_e4m3_t *da8, *db8, *dv8;
+  float *dp8, *dqk8, *dpv8;
+  CHECK(cudaMalloc(&da8, a8.size()));
+  CHECK(cudaMalloc(&db8, b8.size()));
+  CHECK(cudaMalloc(&dv8, v8.size()));
+  CHECK(cudaMalloc(&dp8, pf.size() * 4));
+  CHECK(cudaMalloc(&dqk8, M * N * 4));
+  CHECK(cudaMalloc(&dpv8, M * N * 4));
+  CHECK(cudaMemcpy(da8, a8.data(), a8.size(), cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(db8, b8.data(), b8.size(), cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(dv8, v8.data(), v8.size(), cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(dp8, pf.data(), pf.size() * 4, cudaMemcpyHostToDevice));
+  CHECK(cudaMemset(dqk8, 0xff, M * N * 4));
+  CHECK(cudaMemset(dpv8, 0xff, M * N * 4));
+  const int smem8 = kSwizzleAlign + M * K + N * K + 2 * K * N;
+  CHECK(cudaFuncSetAttribute(fp8_layouts_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem8));
+  fp8_layouts_kernel<<<1, 128, smem8>>>(da8, db8, dp8, dv8, dqk8, dpv8);
+  CHECK(cudaGetLastError());
+  CHECK(cudaDeviceSynchronize());
+  std::vector<float> qk8(M * N), pv8(M * N);
+  CHECK(cudaMemcpy(qk8.data(), dqk8, qk8.size() * 4, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(pv8.data(), dpv8, pv8.size() * 4, cudaMemcpyDeviceToHost));
+  std::vector<double> rqk8(M * N, 0), rpv8(M * N, 0);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n)
+      for (int k = 0; k < K; ++k) {
+        rqk8[m * N + n] += e4m3(a8[m * K + k].bits) * e4m3(b8[n * K + k].bits);
+        rpv8[m * N + n] += static_cast<double>(pf[m * K + k]) * e4m3(v8[k * N + n].bits);
+      }
+
   const double e_qk = rel_err(qk, rqk), e_pv = rel_err(pv, rpv), e_dq = rel_err(dq, rdq);
-  std::printf("wgmma layouts (relative error vs fp64, fp32 accumulation of bf16 inputs should be < 1e-5):\n");
+  const double e_qk8 = rel_err(qk8, rqk8), e_pv8 = rel_err(pv8, rpv8);
+  std::printf("wgmma layouts (relative error vs fp64, fp32 accumulation of bf16 / E4M3 inputs should be < 1e-5):\n");
   std::printf("  qk  SS K-major / K-major            %.2e %s\n", e_qk, e_qk < 1e-5 ? "ok" : "FAIL");
   std::printf("  pv  RS, B N-major (2 blocks)        %.2e %s\n", e_pv, e_pv < 1e-5 ? "ok" : "FAIL");
   std::printf("  dq  SS, A M-major, B N-major blk 1  %.2e %s\n", e_dq, e_dq < 1e-5 ? "ok" : "FAIL");
-  return e_qk < 1e-5 && e_pv < 1e-5 && e_dq < 1e-5 ? 0 : 1;
+  std::printf("  qk8 SS k32, K-major / K-major       %.2e %s\n", e_qk8, e_qk8 < 1e-5 ? "ok" : "FAIL");
+  std::printf("  pv8 RS k32, packed P, V transposed  %.2e %s\n", e_pv8, e_pv8 < 1e-5 ? "ok" : "FAIL");
+  return e_qk < 1e-5 && e_pv < 1e-5 && e_dq < 1e-5 && e_qk8 < 1e-5 && e_pv8 < 1e-5 ? 0 : 1;
 }
