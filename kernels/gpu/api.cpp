@@ -286,6 +286,31 @@ int32_t read_device_int32(const int32_t* device, int64_t count, const char* name
                                               static_cast<long long>(count), gpuGetErrorString(err)));
 }
 
+// Reads every fp8 descale factor the request uses from device memory and checks it (check_descale_values): finite,
+// positive, normal. The view's reach, (batch - 1) batch_stride + (heads_kv - 1) head_stride + 1 floats, is read whole,
+// so it is bounded first (strides are the caller's; a real descale tensor holds batch x heads_kv factors).
+constexpr int64_t kMaxDescaleReach = int64_t{1} << 22;  // 16 MB of host copy
+int32_t check_descales(const fa_attn_params& p) {
+  for (const NamedDescale& x : named_descales(p)) {
+    if (x.view.data == nullptr) continue;
+    const int64_t reach = int64_t{p.batch - 1} * x.view.batch_stride + int64_t{p.heads_kv - 1} * x.view.head_stride + 1;
+    if (reach > kMaxDescaleReach)
+      return fail(FA_ERR_UNSUPPORTED, format("%s spans %lld floats with strides (%d, %d), more than the supported maximum %lld",
+                                             x.name, static_cast<long long>(reach), x.view.batch_stride,
+                                             x.view.head_stride, static_cast<long long>(kMaxDescaleReach)));
+    std::vector<float> host(static_cast<size_t>(reach));
+    if (gpuError_t err = gpuMemcpy(host.data(), x.view.data, host.size() * sizeof(float), gpuMemcpyDeviceToHost);
+        err != gpuSuccess) {
+      gpuGetLastError();
+      return fail(FA_ERR_INVALID_ARGUMENT, format("%s could not be read as %lld floats in device memory (%s)", x.name,
+                                                  static_cast<long long>(reach), gpuGetErrorString(err)));
+    }
+    const fa_descale copy{host.data(), x.view.batch_stride, x.view.head_stride};
+    if (int32_t st = report_first(check_descale_values(p, x.name, copy)); st != FA_OK) return st;
+  }
+  return FA_OK;
+}
+
 // Reads cu_seqlens from device memory and checks them (the kernels trust them afterwards).
 int32_t check_varlen(const fa_attn_params& p) {
   if (!is_varlen(p)) return FA_OK;
@@ -343,6 +368,7 @@ int32_t prepare(fa_attn_params* p, int32_t direction, DeviceCaps* caps, const Ke
   if (int32_t st = report_first(check_params(p, kGpuLimits, direction)); st != FA_OK) return st;
   if (int32_t st = current_caps(caps); st != FA_OK) return st;
   if (int32_t st = check_varlen(*p); st != FA_OK) return st;
+  if (int32_t st = check_descales(*p); st != FA_OK) return st;
   std::vector<std::string> reasons;
   *path = select_path(*p, *caps, direction, reasons);
   return *path != nullptr ? FA_OK : refuse(reasons);
