@@ -24,8 +24,8 @@ documented status, not a crash.
 (the forced path) and ours bf16 (the dispatcher's choice) timed by fa_bench (L2 flushed, median), TFLOP/s
 (4 b h s^2 d, halved when causal). Each fp8 shape is first checked with the rule above on two blocks of 64 query rows
 (the middle and the last: the fp64 reference of every row of a 16k problem is too slow); a shape that fails is not
-timed. Also probes whether this PyTorch has any fp8 attention (SDPA under each backend, aten fp8 SDPA ops) and times
-one that works as a baseline.
+timed. Also probes whether this PyTorch has any fp8 attention (SDPA unforced and under each backend; every aten
+_scaled_dot_product_* forward op called directly) and, when SDPA takes fp8, checks and times it as a baseline.
 
 --device cpu (with --kernel '' and FLASHATTN_LIB=build/libflashattn_cpu.so): the same grid against the CPU backend,
 whose fp8 forward has the same semantics — checks this script without a GPU.
@@ -36,6 +36,7 @@ Exit status 1 when any case fails, 2 on a usage error, 3 when the library or the
 are a table.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -419,40 +420,65 @@ def grid(quick, dev):
 
 # ---- timing ------------------------------------------------------------------------------------------------------
 
-def probe_torch_fp8():
-    """What this PyTorch does with fp8 attention: (lines, a working call or None). Tries SDPA with float8_e4m3fn
-    inputs under each backend and every aten fp8 scaled-dot-product op; records each outcome's first line."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    q = torch.randn(1, 2, 256, 128, device="cuda").to(torch.float8_e4m3fn)
+def first_line(e):
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:240] if text else ''}"
+
+
+def call_with_required(op, q):
+    """op(q, q, q, ...) with its other required arguments at neutral values (None, False, 0) from its schema."""
+    args = [q, q, q]
+    for a in op.default._schema.arguments[3:]:
+        if a.has_default_value() or a.kwarg_only:
+            break
+        t = str(a.type)
+        args.append(None if t.startswith("Optional") else False if t == "bool" else 0.0 if t == "float" else 0)
+    return op(*args)
+
+
+def sdpa_backend(backend):
+    """The context that forces an SDPBackend, or none for backend None (PyTorch's own choice)."""
+    from torch.nn.attention import sdpa_kernel
+    return contextlib.nullcontext() if backend is None else sdpa_kernel(backend)
+
+
+def probe_sdpa(dev="cuda"):
+    """What this PyTorch's SDPA does with fp8 (float8_e4m3fn) inputs, unforced and under each SDPBackend: (one line
+    per attempt with its outcome's first line, the first (name, backend) that works or None)."""
+    from torch.nn.attention import SDPBackend
+    q = torch.randn(1, 2, 256, 128, device=dev).to(torch.float8_e4m3fn)
     lines, working = [], None
     attempts = [("F.scaled_dot_product_attention (no backend forced)", None)]
-    attempts += [(f"F.scaled_dot_product_attention under SDPBackend.{b.name}", b) for b in SDPBackend
-                 if b.name != "ERROR"]
+    attempts += [(f"F.scaled_dot_product_attention under SDPBackend.{name}", b)
+                 for name, b in SDPBackend.__members__.items() if name != "ERROR"]
     for name, backend in attempts:
         try:
-            if backend is None:
+            with sdpa_backend(backend):
                 F.scaled_dot_product_attention(q, q, q)
-            else:
-                with sdpa_kernel(backend):
-                    F.scaled_dot_product_attention(q, q, q)
-            torch.cuda.synchronize()
+            synchronize(dev)
             lines.append(f"{name}: works")
-            if working is None:
-                working = (name, backend)
+            working = working or (name, backend)
         except Exception as e:  # the probe reports whatever PyTorch says
-            lines.append(f"{name}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-    ops = sorted(n for n in dir(torch.ops.aten) if "scaled_dot_product" in n)
-    fp8_ops = [n for n in ops if "fp8" in n.lower() or "float8" in n.lower()]
-    lines.append(f"aten scaled_dot_product ops: {', '.join(ops) or 'none'}; with fp8 in the name: "
-                 f"{', '.join(fp8_ops) or 'none'}")
-    for n in fp8_ops:
-        try:
-            getattr(torch.ops.aten, n)(q, q, q)
-            torch.cuda.synchronize()
-            lines.append(f"torch.ops.aten.{n}(q, k, v): works (not timed: its semantics are unknown here)")
-        except Exception as e:
-            lines.append(f"torch.ops.aten.{n}(q, k, v): {type(e).__name__}: {str(e).strip().splitlines()[0]}")
+            lines.append(f"{name}: {first_line(e)}")
     return lines, working
+
+
+def probe_aten_ops(dev="cuda"):
+    """Every forward torch.ops.aten._scaled_dot_product_* op (but the CPU and MPS variants) called directly with fp8
+    inputs: one line each. One that works is reported, not timed (SDPA under its backend reaches the same kernel with
+    known semantics). Run after the timings: a direct call skips SDPA's own input checks."""
+    q = torch.randn(1, 2, 256, 128, device=dev).to(torch.float8_e4m3fn)
+    lines = []
+    ops = sorted(n for n in dir(torch.ops.aten) if n.startswith("_scaled_dot_product_") and not n.endswith("_backward")
+                 and "_for_cpu" not in n and "_for_mps" not in n)
+    for n in ops:
+        try:
+            call_with_required(getattr(torch.ops.aten, n), q)
+            synchronize(dev)
+            lines.append(f"torch.ops.aten.{n}: works (reported, not timed)")
+        except Exception as e:
+            lines.append(f"torch.ops.aten.{n}: {first_line(e)}")
+    return lines
 
 
 def row_block(q8, k8, v8, qs, ks, vs, causal, rows):
@@ -511,21 +537,15 @@ def torch_fp8(row, working, q8, k8, v8, qs, ks, vs, causal, blocks, flush, args,
     """The PyTorch fp8 attention the probe found, on BHSD views of the same fp8 tensors (the descales folded into its
     scale and output): checked on the same row blocks (err <= 5e-2 against fp64, no naive rule: its rounding is its
     own), then timed; the row says which."""
-    from torch.nn.attention import sdpa_kernel
     name, backend = working
     qt, kt, vt = (t.transpose(1, 2) for t in (q8, k8, v8))
     scale = float(qs) * float(ks) / math.sqrt(q8.shape[-1])
 
     def call():
         return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale)
-
-    def run(fn):
-        if backend is None:
-            return fn()
-        with sdpa_kernel(backend):
-            return fn()
     try:
-        out = (run(call).transpose(1, 2).double() * float(vs))
+        with sdpa_backend(backend):
+            out = call().transpose(1, 2).double() * float(vs)
         errs = []
         for a, n in blocks:
             qd, kd, vd, case = row_block(q8, k8, v8, qs, ks, vs, causal, (a, n))
@@ -534,13 +554,14 @@ def torch_fp8(row, working, q8, k8, v8, qs, ks, vs, causal, blocks, flush, args,
         if max(errs) > 5e-2:
             row["torch_fp8"]["skipped"] = "error above 5e-2 against fp64: not timed"
             return
-        row["torch_fp8_ms"] = run(lambda: time_torch(call, flush, args.warmup, args.iters))
+        with sdpa_backend(backend):
+            row["torch_fp8_ms"] = time_torch(call, flush, args.warmup, args.iters)
     except Exception as e:  # the baseline is a reference, not a gate
         row["torch_fp8"] = {"call": name, "error": f"{type(e).__name__}: {e}"}
 
 
 def bench(lib, args, names):
-    probe, working = probe_torch_fp8()
+    probe, working = probe_sdpa()
     for line in probe:
         print(f"torch fp8: {line}", flush=True)
     flush = torch.empty(2 * torch.cuda.get_device_properties(0).L2_cache_size, dtype=torch.uint8, device="cuda")
@@ -557,6 +578,9 @@ def bench(lib, args, names):
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 torch.cuda.empty_cache()
+    for line in probe_aten_ops():
+        print(f"torch fp8: {line}", flush=True)
+        probe.append(line)
     return rows, probe, failed
 
 
