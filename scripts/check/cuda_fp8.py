@@ -59,7 +59,8 @@ OUT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_KERNEL = "cuda-wgmma-fp8-sm90"
 LSE_TOLERANCE = 1e-3  # |lse - ref| <= LSE_TOLERANCE * (1 + |ref|): see the docstring
 # FlashAttention-3 (Shah et al., 2024), fp8 forward on an H100 SXM5 at seqlen 16k, as published (approximate).
-FA3_FP8_PUBLISHED = "FlashAttention-3 fp8 forward, H100 SXM5, published: ~1.0 PFLOP/s at hdim 128, ~1.2 PFLOP/s at hdim 256 (16k)"
+FA3_FP8_PUBLISHED = ("FlashAttention-3 fp8 forward, H100 SXM5, published: ~1.0 PFLOP/s at hdim 128, ~1.2 PFLOP/s at "
+                     "hdim 256 (16k)")
 
 
 # ---- quantisation ------------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def naive_fp8(p, v, out_dtype):
     total = e.sum(-1, keepdim=True)
     v32 = v.float().repeat_interleave(p.shape[-2] // v.shape[-2], dim=-2)
     o = torch.einsum("...ihj,...jhd->...ihd", e8, v32)
-    return torch.where(total > 0, o / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(o)).to(out_dtype)
+    return torch.where(total > 0, o / total, torch.zeros_like(o)).to(out_dtype)  # (0 / 0 where not taken)
 
 
 def lse_deviation(lse, ref):
