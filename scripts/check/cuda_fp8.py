@@ -2,7 +2,8 @@
 """cuda_fp8.py — the fp8 forward (default path cuda-wgmma-fp8-sm90) on a real GPU: correctness against an fp64
 reference and, with --bench, its speed beside our bf16 forward.
 
-Each case draws fresh real-valued q, k, v (randn, or a wide dynamic range), quantises them to fp8 per tensor or per
+Each case draws fresh real-valued q, k, v (randn, or a wide dynamic range: rows spread over e^+-4.5, outlier
+channels, q scaled so that the largest score is 100 — see real_inputs), quantises them to fp8 per tensor or per
 (batch, kv head) — scale = amax / 448 (E4M3) or amax / 57344 (E5M2), descale = scale — poisons o and the LSE with
 NaN, forces the path with FLASHATTN_KERNEL (a silent fallback cannot hide a rejection) and runs it. Then
     ref    = fp64 attention of the dequantised inputs (fp8 value x descale, exactly), cuda_verify.py's reference
