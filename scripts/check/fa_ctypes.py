@@ -2,8 +2,8 @@
 
 No torch, no NumPy: callers fill FaParams with raw pointers (NumPy's a.ctypes.data, torch's t.data_ptr()).
 Used by cpu_check.py / cpu_vs_numpy.py (libflashattn_cpu) and, through cuda_ffi.py, by cuda_verify.py /
-cuda_bench.py (libflashattn_cuda). Library(path) refuses a library whose ABI version or fa_attn_params layout
-(fa_params_layout) differs from the structures below.
+cuda_fp8.py / cuda_bench.py (libflashattn_cuda; fp8 inputs carry FaDescale views). Library(path) refuses a library
+whose ABI version or fa_attn_params layout (fa_params_layout) differs from the structures below.
 """
 import ctypes as C
 import json

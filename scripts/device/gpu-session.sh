@@ -2,13 +2,13 @@
 # One batched session on the GPU machine (device tool): set up Bun from .gpu/, build the libraries there, then run
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
-#   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | sanitize |
+#   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | sanitize |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
-#          profile | profile-fwd64 | tile-cost | bench-kernels | bench-hdim256 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
+#          profile | profile-fwd64 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/device/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
-# Python steps (layouts, verify*, sanitize, racecheck, bench-kernels, bench-hdim256) need only a built library and
+# Python steps (layouts, verify*, sanitize, racecheck, bench-kernels, bench-hdim256, bench-fp8) need only a built library and
 # build/gen. Each step has its own time limit so one slow step cannot eat the call; a failing step is reported in the
 # summary and the next one still runs.
 set -uo pipefail
@@ -63,6 +63,9 @@ for s in "$@"; do
     verify-sm90) step verify-sm90 420 python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --json "$LOGS/verify-sm90.json" ;;
     verify-decode) step verify-decode 300 python3 scripts/check/cuda_verify.py --kernel cuda-decode --json "$LOGS/verify-decode.json" ;;
     verify-auto) step verify-auto 420 python3 scripts/check/cuda_verify.py --kernel "" --json "$LOGS/verify-auto.json" ;;
+    # the fp8 forward (cuda-wgmma-fp8-sm90) against fp64, and timed beside our bf16 forward (each timed shape checked first)
+    verify-fp8) step verify-fp8 300 python3 scripts/check/cuda_fp8.py --json "$LOGS/verify-fp8.json" ;;
+    bench-fp8) step bench-fp8 300 python3 scripts/check/cuda_fp8.py --bench --json "$LOGS/bench-fp8.json" --md "$LOGS/bench-fp8.md" ;;
     sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
     racecheck) step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim64 ;;
     racecheck128) step racecheck128 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim128 ;;
