@@ -36,12 +36,12 @@
 
 namespace fa::tc {
 
-template <typename T, int D_, int BN_, bool kPersistent_>
+template <typename T, int D_, int BN_, bool kPersistent_, int kStages_ = 2, int kVStaging_ = 0>
 struct Sm90FwdTile {
   using Element = Sm90Element<T>;
   static constexpr bool kFp8 = Element::kFp8;
   static constexpr int D = D_, BN = BN_, kConsumers = 2, BM = 64 * kConsumers;
-  static constexpr int kStages = 2;         // slots of the K / V ring (3 at hdim 64: -2%, docs/perf-cuda.md v6)
+  static constexpr int kStages = kStages_;  // slots of the K / V ring (16-bit: 2; 3 at hdim 64: -2%, docs/perf-cuda.md v6)
   static constexpr int kHeadGroup = 16;     // a persistent grid's tile order (fwd_sm90_kernel's work_of)
   static constexpr bool kPersistent = kPersistent_;
   static constexpr int kThreads = 128 * (kConsumers + 1);  // the producer warpgroup + the consumers
@@ -52,8 +52,8 @@ struct Sm90FwdTile {
   static constexpr int kProducerRegs = 56, kConsumerRegs = 224;
   static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= kThreads * kLaunchRegs, "register budget");
   static constexpr int kTileQ = BM * D * sizeof(T), kTileKV = BN * D * sizeof(T);  // bytes
-  // fp8: V blocks land in two raw staging tiles, which the producer transposes into the V ring.
-  static constexpr int kVStaging = kFp8 ? 2 : 0;
+  // fp8: V blocks land in raw staging tiles, which the producer transposes into the V ring (fwd_sm90_producer).
+  static constexpr int kVStaging = kVStaging_;
   static constexpr int kPSteps = BN / Element::kStepK;  // k-steps of the P V product: P's A fragments
   // P_{n-1} V_{n-1} runs while the softmax of S_n is computed, which keeps O, P_{n-1} and S_n live together: at fp8
   // head dim 256 that is 128 + 16 + 64 registers, and ptxas spilled and serialised the wgmmas (C7512). There the two
@@ -74,6 +74,7 @@ struct Sm90FwdTile {
   static_assert(D % Element::kSwizzleCols == 0 && BN % 16 == 0 && BN <= 256 && D <= 256,
                 "wgmma shapes: N <= 256, whole swizzle rows");
   static_assert(!kFp8 || (BN == 128 && !kPersistent), "fp8: V^T rows of BN keys are one 128-byte swizzle row; one tile per CTA");
+  static_assert(kFp8 ? (kVStaging == 2 || kVStaging == 3) : kVStaging == 0, "fp8 stages V in two or three tiles");
   static_assert(BM * (D + kPad) * 2 <= kTileQ + 2 * kTileKV, "the output staging (16-bit o) fits over Q and the K slots");
 };
 
@@ -82,14 +83,15 @@ struct Sm90FwdTile {
 // where a second Q slot and the staging rows fit (115 KB) and a tile is short enough for its start and drain to weigh;
 // at 128 they would need 227 KB + 200 bytes. (Tried at hdim 64: three consumers of 192 rows with 96-key blocks: +6% at
 // 8k, -7% at 2k; one consumer and two CTAs per SM: -7 to -30%; see docs/perf-cuda.md.)
-// fp8 (half the bytes per element): 128-key blocks at both head dims, Q + 2 K + 2 V^T + 2 staging tiles (224 KB at 256).
+// fp8 (half the bytes per element): 128-key blocks at both head dims. Hdim 128: a ring of 4 and 3 staging tiles (192
+// KB), so that the copies run 3 blocks ahead; hdim 256: Q + 2 K + 2 V^T + 2 staging tiles fill the 224 KB.
 template <typename T, int D, bool kFp8 = Sm90Element<T>::kFp8> struct Sm90FwdTileFor;
 template <typename T> struct Sm90FwdTileFor<T, 64, false> { using type = Sm90FwdTile<T, 64, 128, true>; };
 template <typename T> struct Sm90FwdTileFor<T, 128, false> { using type = Sm90FwdTile<T, 128, 128, false>; };
 template <typename T> struct Sm90FwdTileFor<T, 192, false> { using type = Sm90FwdTile<T, 192, 64, false>; };
 template <typename T> struct Sm90FwdTileFor<T, 256, false> { using type = Sm90FwdTile<T, 256, 64, false>; };
-template <typename T> struct Sm90FwdTileFor<T, 128, true> { using type = Sm90FwdTile<T, 128, 128, false>; };
-template <typename T> struct Sm90FwdTileFor<T, 256, true> { using type = Sm90FwdTile<T, 256, 128, false>; };
+template <typename T> struct Sm90FwdTileFor<T, 128, true> { using type = Sm90FwdTile<T, 128, 128, false, 4, 3>; };
+template <typename T> struct Sm90FwdTileFor<T, 256, true> { using type = Sm90FwdTile<T, 256, 128, false, 2, 2>; };
 
 // ---- shared memory ------------------------------------------------------------------------------------------------
 
@@ -143,7 +145,7 @@ struct Sm90FwdShared {
   __device__ __forceinline__ T* q_buf(int qi) const { return sQ + (qi % QS) * BM * D; }
   __device__ __forceinline__ T* k_buf(int gi) const { return sK + slot_of(gi) * BN * D; }
   __device__ __forceinline__ T* v_buf(int gi) const { return sV + slot_of(gi) * BN * D; }
-  __device__ __forceinline__ T* v_raw(int gi) const { return sVraw + (gi & 1) * BN * D; }
+  __device__ __forceinline__ T* v_raw(int gi) const { return sVraw + (gi % Tile::kVStaging) * BN * D; }
 };
 
 // ---- tile scheduler -----------------------------------------------------------------------------------------------
@@ -274,11 +276,11 @@ __device__ __forceinline__ void fp8_publish_v(const Sm90FwdShared<T, Tile>& sh, 
   mbarrier_arrive(sh.v_full + Shared::slot_of(g));
 }
 
-// Before staging ring iteration gi's V: this thread's copies so far have landed, and (barrier) every producer thread's
-// have, and every thread is done transposing iteration gi - 2 out of the staging tile gi reuses.
-template <typename Tile>
+// Every producer thread's copies but the last N groups have landed (this thread's, then the barrier), and every
+// producer thread is done with what it transposed before.
+template <typename Tile, int N>
 __device__ __forceinline__ void fp8_staging_sync() {
-  cp_async_wait<0>();
+  cp_async_wait<N>();
   named_barrier_sync(kProducerBarrier<Tile>, 128);
 }
 
@@ -315,15 +317,22 @@ __device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90F
       for (int n = w.blocks.hi - 1; n >= w.blocks.lo; --n, ++gi) {  // last key block first
         const int slot = Shared::slot_of(gi);
         const uint32_t reuse_parity = Shared::parity_of(gi) ^ 1;  // completion gi / S - 1 of the empty barrier
-        if constexpr (Tile::kFp8) fp8_staging_sync<Tile>();
+        // fp8 with two staging tiles: this block's reuses the one block gi - 2 was transposed from, so every copy so
+        // far (block gi - 1's too) must land and every thread be done with gi - 2 before it is issued.
+        if constexpr (Tile::kVStaging == 2) fp8_staging_sync<Tile, 0>();
         if (gi >= S) mbarrier_wait(sh.k_empty + slot, reuse_parity);
         load_tile_sw128_async<BN, D, 128>(sh.k_buf(gi), k_rows, n * BN);
         cp_async_arrive(sh.k_full + slot);
         if constexpr (Tile::kFp8) {
-          // fp8: this block's V lands in a staging tile while the previous block's is transposed into the ring.
+          // fp8: this block's V lands in a staging tile while the previous block's is transposed into the ring. With
+          // three tiles, the one this block takes was last read (block gi - 3) before the previous iteration's
+          // barrier, so only block gi - 1's copies are waited for.
           load_tile_sw128_async<BN, D, 128>(sh.v_raw(gi), v_rows, n * BN);
           cp_async_commit();
-          if (n < w.blocks.hi - 1) fp8_publish_v(sh, gi - 1);
+          if (n < w.blocks.hi - 1) {
+            if constexpr (Tile::kVStaging == 3) fp8_staging_sync<Tile, 1>();
+            fp8_publish_v(sh, gi - 1);
+          }
         } else {
           if (gi >= S) mbarrier_wait(sh.v_empty + slot, reuse_parity);
           load_tile_sw128_async<BN, D, 128>(sh.v_buf(gi), v_rows, n * BN);
@@ -332,7 +341,7 @@ __device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90F
       }
       if constexpr (Tile::kFp8) {
         if (w.blocks.hi > w.blocks.lo) {
-          fp8_staging_sync<Tile>();
+          fp8_staging_sync<Tile, 0>();
           fp8_publish_v(sh, gi - 1);
         }
       }

@@ -7,7 +7,7 @@
 //   qk8 C(64x128) = A(64x128) B(128x128)^T   SS k32, both K-major
 //   pv8 C(64x128) = P(64x128) V(128x128)     RS k32: P packed from accumulator-layout floats (sm90_pack_p), V staged
 //                                            and transposed with permuted keys (transpose_v_fp8), K-major
-// A wrong descriptor, swizzle or fragment map shows up as a large error in its own line. Exit status 1 on failure.
+// A wrong descriptor, swizzle or fragment map shows up as a large error (near 1) in its own line. Exit status 1 on failure.
 //
 // Build and run (from the repository root; the kernels' generated headers come from `bun kernels/build.ts cuda`):
 //   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/check/wgmma_layouts.cu -o build/wgmma_layouts
@@ -23,7 +23,7 @@ using fa::bf16_t;
 using namespace fa::tc;
 
 constexpr int M = 64, N = 128, K = 128, KP = 64;
-using Fp8Tile = Sm90FwdTile<fp8_e4m3_t, 128, 128, false>;  // D = 128, BN = 128: the fp8 forward at head dim 128
+using Fp8Tile = Sm90FwdTileFor<fp8_e4m3_t, 128>::type;  // the fp8 forward's tile at head dim 128 (BN = 128)
 
 __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf16_t* b, const bf16_t* p, const bf16_t* v,
                                                       float* c_qk, float* c_pv, float* c_dq) {
@@ -258,11 +258,14 @@ int main() {
 
   const double e_qk = rel_err(qk, rqk), e_pv = rel_err(pv, rpv), e_dq = rel_err(dq, rdq);
   const double e_qk8 = rel_err(qk8, rqk8), e_pv8 = rel_err(pv8, rpv8);
-  std::printf("wgmma layouts (relative error vs fp64, fp32 accumulation of bf16 / E4M3 inputs should be < 1e-5):\n");
+  // fp8 wgmma accumulates with about 14 mantissa bits, not fp32's 23 (measured here on the H100: 2e-4; DeepSeek-V3's
+  // report finds the same): a wrong fragment map or descriptor gives errors near 1, so 1e-3 still separates them.
+  constexpr double kFp8Limit = 1e-3;
+  std::printf("wgmma layouts (relative error vs fp64: bf16 inputs with fp32 accumulation < 1e-5, E4M3 < 1e-3):\n");
   std::printf("  qk  SS K-major / K-major            %.2e %s\n", e_qk, e_qk < 1e-5 ? "ok" : "FAIL");
   std::printf("  pv  RS, B N-major (2 blocks)        %.2e %s\n", e_pv, e_pv < 1e-5 ? "ok" : "FAIL");
   std::printf("  dq  SS, A M-major, B N-major blk 1  %.2e %s\n", e_dq, e_dq < 1e-5 ? "ok" : "FAIL");
-  std::printf("  qk8 SS k32, K-major / K-major       %.2e %s\n", e_qk8, e_qk8 < 1e-5 ? "ok" : "FAIL");
-  std::printf("  pv8 RS k32, packed P, V transposed  %.2e %s\n", e_pv8, e_pv8 < 1e-5 ? "ok" : "FAIL");
-  return e_qk < 1e-5 && e_pv < 1e-5 && e_dq < 1e-5 && e_qk8 < 1e-5 && e_pv8 < 1e-5 ? 0 : 1;
+  std::printf("  qk8 SS k32, K-major / K-major       %.2e %s\n", e_qk8, e_qk8 < kFp8Limit ? "ok" : "FAIL");
+  std::printf("  pv8 RS k32, packed P, V transposed  %.2e %s\n", e_pv8, e_pv8 < kFp8Limit ? "ok" : "FAIL");
+  return e_qk < 1e-5 && e_pv < 1e-5 && e_dq < 1e-5 && e_qk8 < kFp8Limit && e_pv8 < kFp8Limit ? 0 : 1;
 }

@@ -4,7 +4,7 @@
 #
 #   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | sanitize |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
-#          profile | profile-fwd64 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
+#          profile | profile-fwd64 | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/device/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -65,6 +65,14 @@ for s in "$@"; do
     verify-auto) step verify-auto 420 python3 scripts/check/cuda_verify.py --kernel "" --json "$LOGS/verify-auto.json" ;;
     # the fp8 forward (cuda-wgmma-fp8-sm90) against fp64, and timed beside our bf16 forward (each timed shape checked first)
     verify-fp8) step verify-fp8 300 python3 scripts/check/cuda_fp8.py --json "$LOGS/verify-fp8.json" ;;
+    profile-fp8)  # hardware counters and per-SASS stall samples of the fp8 forward at hdim 128, seqlen 8k (its first timed run)
+      step ncu-fp8 200 ncu --clock-control none --kernel-name regex:fp8_e4m3 --launch-skip 1 --launch-count 1 \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
+        --section SchedulerStats --section WarpStateStats --section InstructionStats --section LaunchStats \
+        python3 scripts/check/cuda_fp8.py --bench --seqlens 8192 --warmup 1 --iters 1
+      step ncu-fp8-source 200 ncu --clock-control none --kernel-name regex:fp8_e4m3 --launch-skip 1 --launch-count 1 \
+        --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
+        python3 scripts/check/cuda_fp8.py --bench --seqlens 8192 --warmup 1 --iters 1 ;;
     bench-fp8) step bench-fp8 300 python3 scripts/check/cuda_fp8.py --bench --json "$LOGS/bench-fp8.json" --md "$LOGS/bench-fp8.md" ;;
     sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
     racecheck) step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim64 ;;
