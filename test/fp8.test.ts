@@ -2,7 +2,7 @@
 // in TS and in the native loads), P rounded to E4M3 before P·V as fp8 tensor cores need, the forward against the fp64
 // reference of the dequantised inputs under docs/DESIGN.md's fp8 rule (no worse than twice a naive fp8 attention), the
 // descale factors per tensor and per (sequence, kv head), and the refusals. Inputs are fresh random numbers on every
-// run (the seed is in the failure message).
+// run (the seed is in the failure message). The GPU fp8 tests are in test/gpu_fp8.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
@@ -11,7 +11,6 @@ import { attention, type AttentionOptions, attentionBackward, planAttention } fr
 import { openBackend } from "../lib/backend.ts";
 import { checkAgainstReference } from "../lib/check.ts";
 import { FlashAttnError } from "../lib/errors.ts";
-import type { AttentionSemantics } from "../lib/problem.ts";
 import { paramsFor } from "../lib/select.ts";
 import {
   floatToFp8,
@@ -27,6 +26,7 @@ import { applyOverrides, presets } from "../bench/sweep.ts";
 import { encodeNpy, readNpy } from "../formats/npy.ts";
 import { encodeSafetensors, readSafetensors } from "../formats/safetensors.ts";
 import { cli, runUsageError } from "./support/cli.ts";
+import { checkFp8Case, type Fp8Case, quantised } from "./support/fp8.ts";
 import { freshSeed } from "./support/grid.ts";
 
 const cpu: AttentionOptions = { backend: "cpu", poison: true };
@@ -101,17 +101,6 @@ describe("fp8 formats in TypeScript", () => {
   });
 });
 
-/** A problem of real random values quantised per tensor (descale = the scale), and its bf16 twin. */
-function quantised(format: Fp8DType, qShape: number[], kShape: number[], seed: number) {
-  const real = [randomValues(qShape, seed), randomValues(kShape, seed + 1), randomValues(kShape, seed + 2)];
-  const [q, k, v] = real.map((values, i) => quantizeFp8(format, i === 0 ? qShape : kShape, values));
-  return {
-    q: q.tensor, k: k.tensor, v: v.tensor,
-    descale: { q: Float32Array.of(q.scale), k: Float32Array.of(k.scale), v: Float32Array.of(v.scale) },
-    bf16: real.map((values, i) => fromFloat32("bf16", i === 0 ? qShape : kShape, values)),
-  };
-}
-
 describe("the CPU backend's fp8 loads", () => {
   for (const format of formats) {
     test(`${format}: every bit pattern of V comes out of O exactly, times its descale`, async () => {
@@ -145,21 +134,6 @@ describe("the CPU backend's fp8 loads", () => {
   });
 });
 
-interface Fp8Case {
-  name: string;
-  format?: Fp8DType;
-  b: number;
-  sq: number;
-  sk: number;
-  hq: number;
-  hkv: number;
-  d: number;
-  opts?: AttentionSemantics & { numSplits?: number; algorithm?: "naive" };
-  /** Descale per (sequence, kv head) instead of per tensor. */
-  perHead?: boolean;
-  varlen?: { q: number[]; k: number[] };
-}
-
 const cases: Fp8Case[] = [
   { name: "e4m3, plain, sq ≠ sk", b: 2, sq: 77, sk: 203, hq: 2, hkv: 2, d: 64 },
   { name: "e4m3, causal, GQA 4:1, fp16 out", b: 1, sq: 150, sk: 150, hq: 4, hkv: 1, d: 128, opts: { causal: true, outDtype: "fp16" } },
@@ -174,32 +148,8 @@ const cases: Fp8Case[] = [
 describe("CPU fp8 forward vs the fp64 reference of the dequantised inputs (no worse than 2× a naive fp8 attention)", () => {
   for (const c of cases) {
     test(c.name, async () => {
-      const seed = freshSeed();
-      const format = c.format ?? "fp8_e4m3";
-      const totalQ = c.varlen ? c.varlen.q.reduce((a, x) => a + x) : 0, totalK = c.varlen ? c.varlen.k.reduce((a, x) => a + x) : 0;
-      const qShape = c.varlen ? [totalQ, c.hq, c.d] : [c.b, c.sq, c.hq, c.d];
-      const kShape = c.varlen ? [totalK, c.hkv, c.d] : [c.b, c.sk, c.hkv, c.d];
-      const p = quantised(format, qShape, kShape, seed);
-      const semantics: AttentionSemantics = { ...c.opts, descale: p.descale };
-      if (c.perHead) {
-        // distinct factors per (sequence, kv head): the tensor's scale times 1, 2, 0.5, ... (the values change with them)
-        const spread = (s: Float32Array) => Float32Array.from({ length: c.b * c.hkv }, (_, i) => s[0] * 2 ** ((i % 3) - 1));
-        semantics.descale = { q: spread(p.descale.q), k: spread(p.descale.k), v: spread(p.descale.v) };
-      }
-      if (c.varlen) {
-        const cu = (lengths: number[]) => Int32Array.from([0, ...lengths.map((_, i) => lengths.slice(0, i + 1).reduce((a, x) => a + x))]);
-        semantics.cuSeqlensQ = cu(c.varlen.q);
-        semantics.cuSeqlensK = cu(c.varlen.k);
-      }
-      const r = await attention(p.q, p.k, p.v, { ...cpu, ...semantics });
-      expect(r.out.dtype).toBe(c.opts?.outDtype ?? "bf16");
-      expect(r.kernel).toContain(c.opts?.algorithm === "naive" ? "naive" : "flash");
-      const check = checkAgainstReference(p.q, p.k, p.v, semantics, r.out, r.lse);
-      const where = `seed ${seed}: error ${check.relativeError}, naive ${check.naiveError}`;
-      expect(check.naiveError, where).toBeGreaterThan(0);
-      expect(check.relativeError, where).toBeLessThanOrEqual(2 * check.naiveError!);
-      expect(check.pass, where).toBe(true);
-      expect(check.lseError, where).toBeLessThan(1e-5); // the LSE comes from the unrounded P, in fp32
+      const { result } = await checkFp8Case(c, cpu);
+      expect(result.kernel).toContain(c.opts?.algorithm === "naive" ? "naive" : "flash");
     });
   }
 
@@ -444,31 +394,3 @@ describe("bench --dtype fp8", () => {
     expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("bwd")).reason).toContain("fp8_e4m3 is forward only");
   }, 120_000); // a hang guard: the bench's own budget ends it sooner
 });
-
-// On a GPU: an fp8 forward either runs and meets the same rule as the CPU, or every kernel path refuses it with a
-// reason naming the dtype (fa_plan's answer, which doctor shows) — never garbage. Skipped, saying why, without a GPU.
-for (const name of ["cuda", "hip"] as const) {
-  const { backend, attempts } = openBackend(name, { env: {} });
-  let why = backend ? "" : `libflashattn_${name}.so is not built or not loadable (${attempts.at(-1)?.error ?? "not found"})`;
-  if (backend) {
-    try {
-      if (backend.deviceCount() < 1) why = `${name}: no device`;
-    } catch (e) {
-      why = (e as Error).message;
-    }
-  }
-  test.skipIf(why !== "")(`${name}: fp8 forward meets the rule or is refused with the reason${why ? ` — skipped: ${why}` : ""}`, async () => {
-    const seed = freshSeed();
-    const p = quantised("fp8_e4m3", [1, 256, 4, 128], [1, 256, 2, 128], seed);
-    const placeholder = 0x100000n;
-    const plan = planAttention(p.q, p.k, p.v, { descale: p.descale }, "fwd", backend);
-    const answer = backend!.plan(paramsFor(plan.request, { q: placeholder, k: placeholder, v: placeholder, o: placeholder, lse: placeholder }), "fwd");
-    if (!answer.ok) {
-      expect(answer.reasons.join("; ")).toMatch(/fp8|fp16 and bf16 only/);
-      return;
-    }
-    const r = await attention(p.q, p.k, p.v, { plan, poison: true });
-    const check = checkAgainstReference(p.q, p.k, p.v, { descale: p.descale }, r.out, r.lse);
-    expect(check.pass, `seed ${seed}: ${r.kernel} error ${check.relativeError}, naive ${check.naiveError}`).toBe(true);
-  });
-}
