@@ -22,7 +22,9 @@ import {
   toFloat32,
 } from "../lib/tensor.ts";
 import type { Fp8DType } from "../lib/vocabulary.ts";
-import { applyOverrides, presets } from "../bench/sweep.ts";
+import { BENCH_SCHEMA, type BenchReport, entryComparisons, type Measurement } from "../bench/results.ts";
+import { comparisonCell, renderTable } from "../bench/report/table.ts";
+import { applyOverrides, type BenchCase, expandSweep, presets } from "../bench/sweep.ts";
 import { encodeNpy, readNpy } from "../formats/npy.ts";
 import { encodeSafetensors, readSafetensors } from "../formats/safetensors.ts";
 import { cli, runUsageError } from "./support/cli.ts";
@@ -383,14 +385,90 @@ describe("fp8 files", () => {
 });
 
 describe("bench --dtype fp8", () => {
-  test("the sweep takes the fp8 dtypes; our fp8 forward is timed on the CPU and its backward reported unsupported", () => {
+  test("every fp8 forward case is followed by its bf16 twin (our bf16 forward on the same shape); backward has none", () => {
+    const cases = expandSweep(applyOverrides(presets.quick, { dtype: "fp8_e4m3" }), { gpu: true });
+    const shape = ({ id: _, dtype: __, ...rest }: BenchCase) => rest;
+    const fwd = cases.filter((c) => c.dtype === "fp8_e4m3" && c.direction === "fwd");
+    expect(fwd.length).toBe(4);
+    for (const c of fwd) {
+      const twin = cases[cases.indexOf(c) + 1];
+      expect(twin.dtype).toBe("bf16");
+      expect(shape(twin)).toEqual(shape(c));
+    }
+    expect(cases.filter((c) => c.dtype === "bf16").length).toBe(4);
+    expect(cases.filter((c) => c.direction === "bwd").every((c) => c.dtype === "fp8_e4m3")).toBe(true);
+    // other dtypes get no twins
+    expect(expandSweep(applyOverrides(presets.quick, { dtype: "bf16" }), { gpu: true }).length).toBe(8);
+  });
+
+  test("fp8 against bf16 from given times: the ratio, the issue's GPU target where it applies, the cell and the count", () => {
+    const spec = applyOverrides(presets.fa, { dtype: "fp8_e4m3", seqlen: "1k,4k", hdim: "64,128", causal: "off", direction: "fwd" });
+    const cases = expandSweep(spec, { gpu: true });
+    const at = (d: number, s: number, dtype: string) => cases.find((c) => c.headDim === d && c.seqlenK === s && c.dtype === dtype)!;
+    const timed = (c: BenchCase, place: "cuda" | "cpu", ms: number): Measurement => ({
+      caseId: c.id, impl: `flashattn-${place}`, family: "ours", place, status: "ok",
+      timing: { medianMs: ms, minMs: ms, p25Ms: ms, p75Ms: ms, maxMs: ms, spread: 0, iters: 5 },
+    });
+    const measurements = [
+      timed(at(128, 4096, "fp8_e4m3"), "cuda", 0.5), timed(at(128, 4096, "bf16"), "cuda", 0.9),
+      timed(at(128, 1024, "fp8_e4m3"), "cuda", 0.7), timed(at(128, 1024, "bf16"), "cuda", 0.8),
+      timed(at(64, 4096, "fp8_e4m3"), "cuda", 0.6), timed(at(64, 4096, "bf16"), "cuda", 0.6),
+      timed(at(128, 4096, "fp8_e4m3"), "cpu", 50), timed(at(128, 4096, "bf16"), "cpu", 40),
+    ];
+    const comparisons = entryComparisons(cases, measurements);
+    const find = (d: number, s: number, place: string) =>
+      comparisons.find((x) => x.caseId === at(d, s, "fp8_e4m3").id && x.place === place)!;
+    expect(comparisons.length).toBe(4);
+    expect(find(128, 4096, "cuda")).toMatchObject({ referenceId: at(128, 4096, "bf16").id, against: "bf16", target: 1 / 1.6 });
+    expect(find(128, 4096, "cuda").ratio).toBeCloseTo(0.5 / 0.9, 12);
+    expect(find(128, 1024, "cuda").target).toBeUndefined(); // the issue's bound is from seqlen 4k
+    expect(find(64, 4096, "cuda").target).toBeUndefined(); // and at head_dim 128 and 256
+    expect(find(128, 4096, "cpu").target).toBeUndefined(); // and on a GPU
+    expect(find(128, 4096, "cpu").ratio).toBeCloseTo(1.25, 12);
+    expect(comparisonCell(find(128, 4096, "cuda"), false)).toBe("0.56× bf16 ✓");
+    expect(comparisonCell({ ...find(128, 4096, "cuda"), ratio: 0.7 }, false)).toBe("0.70× bf16 ✗");
+
+    const report: BenchReport = {
+      ok: true, schema: BENCH_SCHEMA, createdAt: "2026-12-06T09:00:00.000Z",
+      config: { preset: "fa", warmup: 3, iters: 30, minIters: 5, caseBudgetMs: 300, maxSeconds: 420 }, machine: {},
+      implementations: [{ impl: "flashattn-cuda", family: "ours", place: "cuda", available: true }],
+      copyBandwidth: [], cases, measurements: measurements.filter((m) => m.place === "cuda"),
+      comparisons: comparisons.filter((x) => x.place === "cuda"), elapsedSeconds: 1, timeLimited: false,
+    };
+    const text = renderTable(report, { color: false });
+    expect(text).toMatch(/^case +vs ref +flashattn-cuda$/m);
+    expect(text.split("\n").find((l) => l.startsWith(`${at(128, 4096, "fp8_e4m3").id} `))).toContain("0.56× bf16 ✓");
+    expect(text).toContain("fp8 → our bf16 forward on the same shape");
+    expect(text).toContain("fp8 at least 1.6× our bf16 forward: 1 of 1 rows (worst 0.56×)");
+    expect(text).not.toContain("fa_forward_kvcache");
+  });
+
+  test("on the CPU: fp8 forward and its bf16 twin timed, the ratio in the JSON and the table, the backward unsupported", () => {
     expect(applyOverrides(presets.quick, { dtype: "fp8_e4m3" }).dtype).toBe("fp8_e4m3");
     expect(() => applyOverrides(presets.quick, { dtype: "fp8" })).toThrow(/takes fp16, bf16, fp32, fp8_e4m3 or fp8_e5m2/);
-    const r = cli(["bench", "--backend", "cpu", "--dtype", "fp8_e4m3", "--seqlen", "128", "--hdim", "32", "--causal", "off", "--json"]);
-    expect(r.code).toBe(0);
-    const rows = JSON.parse(r.stdout).measurements.filter((m: { impl: string }) => m.impl === "flashattn-cpu");
-    expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("fwd"))).toMatchObject({ status: "ok", kernel: "cpu_flash_fwd_avx2" });
-    expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("bwd"))).toMatchObject({ status: "unsupported" });
-    expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("bwd")).reason).toContain("fp8_e4m3 is forward only");
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-fp8-bench-"));
+    const saved = path.join(dir, "bench.json");
+    const r = cli(["bench", "--backend", "cpu", "--dtype", "fp8_e4m3", "--seqlen", "128", "--hdim", "32", "--causal", "off",
+      "--baselines", "none", "--quiet", "--save", saved], { NO_COLOR: "1" });
+    const doc = fs.existsSync(saved) ? JSON.parse(fs.readFileSync(saved, "utf8")) as BenchReport : undefined;
+    fs.rmSync(dir, { recursive: true, force: true });
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    if (!doc) throw new Error("bench --save wrote no report");
+    const fp8Id = "b2 s128 h4/2 d32 fp8_e4m3 fwd", bf16Id = "b2 s128 h4/2 d32 bf16 fwd";
+    expect(doc.cases.map((c) => c.id)).toEqual([fp8Id, bf16Id, "b2 s128 h4/2 d32 fp8_e4m3 bwd"]);
+    const row = (id: string) => doc.measurements.find((m) => m.caseId === id && m.impl === "flashattn-cpu")!;
+    expect(row(fp8Id)).toMatchObject({ status: "ok", check: { pass: true } });
+    expect(row(fp8Id).kernel).toMatch(/^cpu_flash_fwd_/);
+    expect(row(bf16Id)).toMatchObject({ status: "ok", check: { pass: true } });
+    expect(row("b2 s128 h4/2 d32 fp8_e4m3 bwd")).toMatchObject({ status: "unsupported" });
+    expect(row("b2 s128 h4/2 d32 fp8_e4m3 bwd").reason).toContain("fp8_e4m3 is forward only");
+    const [comparison] = doc.comparisons!;
+    expect(doc.comparisons!.length).toBe(1);
+    expect(comparison).toMatchObject({ caseId: fp8Id, referenceId: bf16Id, impl: "flashattn-cpu", against: "bf16" });
+    expect(comparison.target).toBeUndefined();
+    expect(comparison.ratio).toBeCloseTo(row(fp8Id).timing!.medianMs / row(bf16Id).timing!.medianMs, 12);
+    const line = r.stdout.split("\n").find((l) => l.startsWith(`${fp8Id} `))!;
+    expect(line).toContain(`${comparison.ratio.toFixed(2)}× bf16`);
+    expect(r.stdout).toContain("vs ref (flashattn-cpu): median time over the reference row's: fp8 → our bf16 forward");
   }, 120_000); // a hang guard: the bench's own budget ends it sooner
 });
