@@ -9,7 +9,7 @@ import type { AttentionSemantics } from "../../lib/problem.ts";
 import { referenceForward } from "../../lib/reference.ts";
 import { fromFloat32, quantizeFp8, randomValues } from "../../lib/tensor.ts";
 import type { DType, Fp8DType } from "../../lib/vocabulary.ts";
-import { checkLse, freshSeed } from "./grid.ts";
+import { type Case, checkLse, freshSeed } from "./grid.ts";
 
 /** A problem of real random values quantised per tensor (descale = the scale), and its bf16 twin. */
 export function quantised(format: Fp8DType, qShape: number[], kShape: number[], seed: number) {
@@ -22,16 +22,10 @@ export function quantised(format: Fp8DType, qShape: number[], kShape: number[], 
   };
 }
 
-export interface Fp8Case {
-  name: string;
+/** A grid case's shape (b, sq, sk are ignored for varlen) in an fp8 format. */
+export interface Fp8Case extends Pick<Case, "name" | "b" | "sq" | "sk" | "hq" | "hkv" | "d"> {
   /** fp8_e4m3 when absent */
   format?: Fp8DType;
-  b: number;
-  sq: number;
-  sk: number;
-  hq: number;
-  hkv: number;
-  d: number;
   opts?: AttentionSemantics & { numSplits?: number; algorithm?: "naive" };
   /** Descale per (sequence, kv head) instead of per tensor. */
   perHead?: boolean;
