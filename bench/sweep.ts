@@ -7,9 +7,12 @@
 //           through the plain forward and through the KV-cache entry; at 32k keys also paged caches, an append with
 //           rotary, speculative decoding (2..16 query tokens, causal), MQA and head_dim 64 / 256
 //   quick   a few small shapes that finish in seconds on a 2-core CPU (the default without a GPU)
+//
+// With --dtype fp8_e4m3 / fp8_e5m2 every forward case is followed by its bf16 twin (our bf16 forward on the same
+// shape, the issue's baseline for fp8); fp8 backward cases stay in the sweep and report that there is none.
 import { FlashAttnError } from "../lib/errors.ts";
 import { MAX_HEAD_DIM } from "../lib/problem.ts";
-import { type DType, dtypeNames } from "../lib/vocabulary.ts";
+import { type DType, dtypeNames, isFp8 } from "../lib/vocabulary.ts";
 import type { ModelProblem } from "../doctor/model/kernels.ts";
 import { attentionFlops, type Direction, directions, type ProblemSize } from "./flops.ts";
 
@@ -315,9 +318,12 @@ export function expandSweep(spec: SweepSpec, ctx: { gpu: boolean }): BenchCase[]
     cases.push({ id, ...c });
     if (cases.length > limits.cases) usage(`the sweep has more than ${limits.cases} cases; narrow the flags`);
   };
-  // The KV-cache entry is forward only; a contiguous cache without append is the plain problem through it.
+  // The KV-cache entry is forward only; a contiguous cache without append is the plain problem through it. An fp8
+  // forward (there is no fp8 backward) is followed by its bf16 twin: our bf16 forward on the same shape, the
+  // baseline the fp8 figures are read against (results.ts entryComparisons).
   const twin = (c: Omit<BenchCase, "id">) => {
     if (spec.kvcache && c.direction === "fwd") add({ ...c, kvcache: { append: 0, rotary: false } });
+    if (isFp8(c.dtype) && c.direction === "fwd" && !c.kvcache) add({ ...c, dtype: "bf16" });
   };
   for (const direction of spec.directions) {
     for (const headDim of spec.hdims) {

@@ -295,7 +295,7 @@ export function register(program: Command) {
     .option("--heads <list>", "query heads (default: 2048 / head dim for fa)")
     .option("--heads-kv <list>", "key/value heads (GQA/MQA when fewer than --heads)")
     .option("--causal <on|off|both>", "causal mask, bottom-right aligned")
-    .option("--dtype <fp16|bf16|fp32>", "data type (default: bf16; quick on a CPU: fp32)")
+    .option("--dtype <fp16|bf16|fp32|fp8_e4m3|fp8_e5m2>", "data type (default: bf16; quick on a CPU: fp32); fp8 adds each forward case's bf16 twin")
     .option("--direction <list>", "fwd, bwd, fwd+bwd (comma list)")
     .option("--backend <auto|cpu|cuda|hip>", "our backend(s) to measure (default auto: every usable one)")
     .option("--lib <path>", "explicit libflashattn_<backend>.so")

@@ -2,7 +2,7 @@
 // in TS and in the native loads), P rounded to E4M3 before P·V as fp8 tensor cores need, the forward against the fp64
 // reference of the dequantised inputs under docs/DESIGN.md's fp8 rule (no worse than twice a naive fp8 attention), the
 // descale factors per tensor and per (sequence, kv head), and the refusals. Inputs are fresh random numbers on every
-// run (the seed is in the failure message).
+// run (the seed is in the failure message). The GPU fp8 tests are in test/gpu_fp8.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
@@ -11,7 +11,6 @@ import { attention, type AttentionOptions, attentionBackward, planAttention } fr
 import { openBackend } from "../lib/backend.ts";
 import { checkAgainstReference } from "../lib/check.ts";
 import { FlashAttnError } from "../lib/errors.ts";
-import type { AttentionSemantics } from "../lib/problem.ts";
 import { paramsFor } from "../lib/select.ts";
 import {
   floatToFp8,
@@ -23,10 +22,13 @@ import {
   toFloat32,
 } from "../lib/tensor.ts";
 import type { Fp8DType } from "../lib/vocabulary.ts";
-import { applyOverrides, presets } from "../bench/sweep.ts";
+import { BENCH_SCHEMA, type BenchReport, entryComparisons, type Measurement } from "../bench/results.ts";
+import { comparisonCell, renderTable } from "../bench/report/table.ts";
+import { applyOverrides, type BenchCase, expandSweep, presets } from "../bench/sweep.ts";
 import { encodeNpy, readNpy } from "../formats/npy.ts";
 import { encodeSafetensors, readSafetensors } from "../formats/safetensors.ts";
 import { cli, runUsageError } from "./support/cli.ts";
+import { checkFp8Case, type Fp8Case, quantised } from "./support/fp8.ts";
 import { freshSeed } from "./support/grid.ts";
 
 const cpu: AttentionOptions = { backend: "cpu", poison: true };
@@ -101,17 +103,6 @@ describe("fp8 formats in TypeScript", () => {
   });
 });
 
-/** A problem of real random values quantised per tensor (descale = the scale), and its bf16 twin. */
-function quantised(format: Fp8DType, qShape: number[], kShape: number[], seed: number) {
-  const real = [randomValues(qShape, seed), randomValues(kShape, seed + 1), randomValues(kShape, seed + 2)];
-  const [q, k, v] = real.map((values, i) => quantizeFp8(format, i === 0 ? qShape : kShape, values));
-  return {
-    q: q.tensor, k: k.tensor, v: v.tensor,
-    descale: { q: Float32Array.of(q.scale), k: Float32Array.of(k.scale), v: Float32Array.of(v.scale) },
-    bf16: real.map((values, i) => fromFloat32("bf16", i === 0 ? qShape : kShape, values)),
-  };
-}
-
 describe("the CPU backend's fp8 loads", () => {
   for (const format of formats) {
     test(`${format}: every bit pattern of V comes out of O exactly, times its descale`, async () => {
@@ -145,21 +136,6 @@ describe("the CPU backend's fp8 loads", () => {
   });
 });
 
-interface Fp8Case {
-  name: string;
-  format?: Fp8DType;
-  b: number;
-  sq: number;
-  sk: number;
-  hq: number;
-  hkv: number;
-  d: number;
-  opts?: AttentionSemantics & { numSplits?: number; algorithm?: "naive" };
-  /** Descale per (sequence, kv head) instead of per tensor. */
-  perHead?: boolean;
-  varlen?: { q: number[]; k: number[] };
-}
-
 const cases: Fp8Case[] = [
   { name: "e4m3, plain, sq ≠ sk", b: 2, sq: 77, sk: 203, hq: 2, hkv: 2, d: 64 },
   { name: "e4m3, causal, GQA 4:1, fp16 out", b: 1, sq: 150, sk: 150, hq: 4, hkv: 1, d: 128, opts: { causal: true, outDtype: "fp16" } },
@@ -174,32 +150,8 @@ const cases: Fp8Case[] = [
 describe("CPU fp8 forward vs the fp64 reference of the dequantised inputs (no worse than 2× a naive fp8 attention)", () => {
   for (const c of cases) {
     test(c.name, async () => {
-      const seed = freshSeed();
-      const format = c.format ?? "fp8_e4m3";
-      const totalQ = c.varlen ? c.varlen.q.reduce((a, x) => a + x) : 0, totalK = c.varlen ? c.varlen.k.reduce((a, x) => a + x) : 0;
-      const qShape = c.varlen ? [totalQ, c.hq, c.d] : [c.b, c.sq, c.hq, c.d];
-      const kShape = c.varlen ? [totalK, c.hkv, c.d] : [c.b, c.sk, c.hkv, c.d];
-      const p = quantised(format, qShape, kShape, seed);
-      const semantics: AttentionSemantics = { ...c.opts, descale: p.descale };
-      if (c.perHead) {
-        // distinct factors per (sequence, kv head): the tensor's scale times 1, 2, 0.5, ... (the values change with them)
-        const spread = (s: Float32Array) => Float32Array.from({ length: c.b * c.hkv }, (_, i) => s[0] * 2 ** ((i % 3) - 1));
-        semantics.descale = { q: spread(p.descale.q), k: spread(p.descale.k), v: spread(p.descale.v) };
-      }
-      if (c.varlen) {
-        const cu = (lengths: number[]) => Int32Array.from([0, ...lengths.map((_, i) => lengths.slice(0, i + 1).reduce((a, x) => a + x))]);
-        semantics.cuSeqlensQ = cu(c.varlen.q);
-        semantics.cuSeqlensK = cu(c.varlen.k);
-      }
-      const r = await attention(p.q, p.k, p.v, { ...cpu, ...semantics });
-      expect(r.out.dtype).toBe(c.opts?.outDtype ?? "bf16");
-      expect(r.kernel).toContain(c.opts?.algorithm === "naive" ? "naive" : "flash");
-      const check = checkAgainstReference(p.q, p.k, p.v, semantics, r.out, r.lse);
-      const where = `seed ${seed}: error ${check.relativeError}, naive ${check.naiveError}`;
-      expect(check.naiveError, where).toBeGreaterThan(0);
-      expect(check.relativeError, where).toBeLessThanOrEqual(2 * check.naiveError!);
-      expect(check.pass, where).toBe(true);
-      expect(check.lseError, where).toBeLessThan(1e-5); // the LSE comes from the unrounded P, in fp32
+      const { result } = await checkFp8Case(c, cpu);
+      expect(result.kernel).toContain(c.opts?.algorithm === "naive" ? "naive" : "flash");
     });
   }
 
@@ -433,42 +385,90 @@ describe("fp8 files", () => {
 });
 
 describe("bench --dtype fp8", () => {
-  test("the sweep takes the fp8 dtypes; our fp8 forward is timed on the CPU and its backward reported unsupported", () => {
+  test("every fp8 forward case is followed by its bf16 twin (our bf16 forward on the same shape); backward has none", () => {
+    const cases = expandSweep(applyOverrides(presets.quick, { dtype: "fp8_e4m3" }), { gpu: true });
+    const shape = ({ id: _, dtype: __, ...rest }: BenchCase) => rest;
+    const fwd = cases.filter((c) => c.dtype === "fp8_e4m3" && c.direction === "fwd");
+    expect(fwd.length).toBe(4);
+    for (const c of fwd) {
+      const twin = cases[cases.indexOf(c) + 1];
+      expect(twin.dtype).toBe("bf16");
+      expect(shape(twin)).toEqual(shape(c));
+    }
+    expect(cases.filter((c) => c.dtype === "bf16").length).toBe(4);
+    expect(cases.filter((c) => c.direction === "bwd").every((c) => c.dtype === "fp8_e4m3")).toBe(true);
+    // other dtypes get no twins
+    expect(expandSweep(applyOverrides(presets.quick, { dtype: "bf16" }), { gpu: true }).length).toBe(8);
+  });
+
+  test("fp8 against bf16 from given times: the ratio, the issue's GPU target where it applies, the cell and the count", () => {
+    const spec = applyOverrides(presets.fa, { dtype: "fp8_e4m3", seqlen: "1k,4k", hdim: "64,128", causal: "off", direction: "fwd" });
+    const cases = expandSweep(spec, { gpu: true });
+    const at = (d: number, s: number, dtype: string) => cases.find((c) => c.headDim === d && c.seqlenK === s && c.dtype === dtype)!;
+    const timed = (c: BenchCase, place: "cuda" | "cpu", ms: number): Measurement => ({
+      caseId: c.id, impl: `flashattn-${place}`, family: "ours", place, status: "ok",
+      timing: { medianMs: ms, minMs: ms, p25Ms: ms, p75Ms: ms, maxMs: ms, spread: 0, iters: 5 },
+    });
+    const measurements = [
+      timed(at(128, 4096, "fp8_e4m3"), "cuda", 0.5), timed(at(128, 4096, "bf16"), "cuda", 0.9),
+      timed(at(128, 1024, "fp8_e4m3"), "cuda", 0.7), timed(at(128, 1024, "bf16"), "cuda", 0.8),
+      timed(at(64, 4096, "fp8_e4m3"), "cuda", 0.6), timed(at(64, 4096, "bf16"), "cuda", 0.6),
+      timed(at(128, 4096, "fp8_e4m3"), "cpu", 50), timed(at(128, 4096, "bf16"), "cpu", 40),
+    ];
+    const comparisons = entryComparisons(cases, measurements);
+    const find = (d: number, s: number, place: string) =>
+      comparisons.find((x) => x.caseId === at(d, s, "fp8_e4m3").id && x.place === place)!;
+    expect(comparisons.length).toBe(4);
+    expect(find(128, 4096, "cuda")).toMatchObject({ referenceId: at(128, 4096, "bf16").id, against: "bf16", target: 1 / 1.6 });
+    expect(find(128, 4096, "cuda").ratio).toBeCloseTo(0.5 / 0.9, 12);
+    expect(find(128, 1024, "cuda").target).toBeUndefined(); // the issue's bound is from seqlen 4k
+    expect(find(64, 4096, "cuda").target).toBeUndefined(); // and at head_dim 128 and 256
+    expect(find(128, 4096, "cpu").target).toBeUndefined(); // and on a GPU
+    expect(find(128, 4096, "cpu").ratio).toBeCloseTo(1.25, 12);
+    expect(comparisonCell(find(128, 4096, "cuda"), false)).toBe("0.56× bf16 ✓");
+    expect(comparisonCell({ ...find(128, 4096, "cuda"), ratio: 0.7 }, false)).toBe("0.70× bf16 ✗");
+
+    const report: BenchReport = {
+      ok: true, schema: BENCH_SCHEMA, createdAt: "2026-12-06T09:00:00.000Z",
+      config: { preset: "fa", warmup: 3, iters: 30, minIters: 5, caseBudgetMs: 300, maxSeconds: 420 }, machine: {},
+      implementations: [{ impl: "flashattn-cuda", family: "ours", place: "cuda", available: true }],
+      copyBandwidth: [], cases, measurements: measurements.filter((m) => m.place === "cuda"),
+      comparisons: comparisons.filter((x) => x.place === "cuda"), elapsedSeconds: 1, timeLimited: false,
+    };
+    const text = renderTable(report, { color: false });
+    expect(text).toMatch(/^case +vs ref +flashattn-cuda$/m);
+    expect(text.split("\n").find((l) => l.startsWith(`${at(128, 4096, "fp8_e4m3").id} `))).toContain("0.56× bf16 ✓");
+    expect(text).toContain("fp8 → our bf16 forward on the same shape");
+    expect(text).toContain("fp8 at least 1.6× our bf16 forward: 1 of 1 rows (worst 0.56×)");
+    expect(text).not.toContain("fa_forward_kvcache");
+  });
+
+  test("on the CPU: fp8 forward and its bf16 twin timed, the ratio in the JSON and the table, the backward unsupported", () => {
     expect(applyOverrides(presets.quick, { dtype: "fp8_e4m3" }).dtype).toBe("fp8_e4m3");
     expect(() => applyOverrides(presets.quick, { dtype: "fp8" })).toThrow(/takes fp16, bf16, fp32, fp8_e4m3 or fp8_e5m2/);
-    const r = cli(["bench", "--backend", "cpu", "--dtype", "fp8_e4m3", "--seqlen", "128", "--hdim", "32", "--causal", "off", "--json"]);
-    expect(r.code).toBe(0);
-    const rows = JSON.parse(r.stdout).measurements.filter((m: { impl: string }) => m.impl === "flashattn-cpu");
-    expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("fwd"))).toMatchObject({ status: "ok", kernel: "cpu_flash_fwd_avx2" });
-    expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("bwd"))).toMatchObject({ status: "unsupported" });
-    expect(rows.find((m: { caseId: string }) => m.caseId.endsWith("bwd")).reason).toContain("fp8_e4m3 is forward only");
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "flashattn-fp8-bench-"));
+    const saved = path.join(dir, "bench.json");
+    const r = cli(["bench", "--backend", "cpu", "--dtype", "fp8_e4m3", "--seqlen", "128", "--hdim", "32", "--causal", "off",
+      "--baselines", "none", "--quiet", "--save", saved], { NO_COLOR: "1" });
+    const doc = fs.existsSync(saved) ? JSON.parse(fs.readFileSync(saved, "utf8")) as BenchReport : undefined;
+    fs.rmSync(dir, { recursive: true, force: true });
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    if (!doc) throw new Error("bench --save wrote no report");
+    const fp8Id = "b2 s128 h4/2 d32 fp8_e4m3 fwd", bf16Id = "b2 s128 h4/2 d32 bf16 fwd";
+    expect(doc.cases.map((c) => c.id)).toEqual([fp8Id, bf16Id, "b2 s128 h4/2 d32 fp8_e4m3 bwd"]);
+    const row = (id: string) => doc.measurements.find((m) => m.caseId === id && m.impl === "flashattn-cpu")!;
+    expect(row(fp8Id)).toMatchObject({ status: "ok", check: { pass: true } });
+    expect(row(fp8Id).kernel).toMatch(/^cpu_flash_fwd_/);
+    expect(row(bf16Id)).toMatchObject({ status: "ok", check: { pass: true } });
+    expect(row("b2 s128 h4/2 d32 fp8_e4m3 bwd")).toMatchObject({ status: "unsupported" });
+    expect(row("b2 s128 h4/2 d32 fp8_e4m3 bwd").reason).toContain("fp8_e4m3 is forward only");
+    const [comparison] = doc.comparisons!;
+    expect(doc.comparisons!.length).toBe(1);
+    expect(comparison).toMatchObject({ caseId: fp8Id, referenceId: bf16Id, impl: "flashattn-cpu", against: "bf16" });
+    expect(comparison.target).toBeUndefined();
+    expect(comparison.ratio).toBeCloseTo(row(fp8Id).timing!.medianMs / row(bf16Id).timing!.medianMs, 12);
+    const line = r.stdout.split("\n").find((l) => l.startsWith(`${fp8Id} `))!;
+    expect(line).toContain(`${comparison.ratio.toFixed(2)}× bf16`);
+    expect(r.stdout).toContain("vs ref (flashattn-cpu): median time over the reference row's: fp8 → our bf16 forward");
   }, 120_000); // a hang guard: the bench's own budget ends it sooner
 });
-
-// On a GPU: an fp8 forward either runs and meets the same rule as the CPU, or every kernel path refuses it with a
-// reason naming the dtype (fa_plan's answer, which doctor shows) — never garbage. Skipped, saying why, without a GPU.
-for (const name of ["cuda", "hip"] as const) {
-  const { backend, attempts } = openBackend(name, { env: {} });
-  let why = backend ? "" : `libflashattn_${name}.so is not built or not loadable (${attempts.at(-1)?.error ?? "not found"})`;
-  if (backend) {
-    try {
-      if (backend.deviceCount() < 1) why = `${name}: no device`;
-    } catch (e) {
-      why = (e as Error).message;
-    }
-  }
-  test.skipIf(why !== "")(`${name}: fp8 forward meets the rule or is refused with the reason${why ? ` — skipped: ${why}` : ""}`, async () => {
-    const seed = freshSeed();
-    const p = quantised("fp8_e4m3", [1, 256, 4, 128], [1, 256, 2, 128], seed);
-    const placeholder = 0x100000n;
-    const plan = planAttention(p.q, p.k, p.v, { descale: p.descale }, "fwd", backend);
-    const answer = backend!.plan(paramsFor(plan.request, { q: placeholder, k: placeholder, v: placeholder, o: placeholder, lse: placeholder }), "fwd");
-    if (!answer.ok) {
-      expect(answer.reasons.join("; ")).toMatch(/fp8|fp16 and bf16 only/);
-      return;
-    }
-    const r = await attention(p.q, p.k, p.v, { plan, poison: true });
-    const check = checkAgainstReference(p.q, p.k, p.v, { descale: p.descale }, r.out, r.lse);
-    expect(check.pass, `seed ${seed}: ${r.kernel} error ${check.relativeError}, naive ${check.naiveError}`).toBe(true);
-  });
-}

@@ -11,29 +11,16 @@ import { describe, expect, test } from "bun:test";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { type Backend, openBackend } from "../lib/backend.ts";
 import type { AttentionOptions } from "../lib/attention.ts";
 import { FlashAttnError } from "../lib/errors.ts";
 import { kvCacheKernels } from "../lib/kvcache.ts";
 import { standardAlibiSlopes } from "../lib/problem.ts";
 import { randomTensor } from "../lib/tensor.ts";
-import type { BackendName } from "../lib/vocabulary.ts";
 import { cli } from "./support/cli.ts";
+import { gpuBackend } from "./support/gpu.ts";
 import { backwardCases, type Case, checkBackward, checkForward, forwardCases, freshSeed, inGpuDtype } from "./support/grid.ts";
 import { checkDecodeLoop, checkKvCase, type KvCase, kvCallWith, writeStep } from "./support/kvcache.ts";
 import { setNativeEnv } from "./support/native-env.ts";
-
-/** A usable GPU backend, or the sentence that explains why there is none. */
-function gpuBackend(name: BackendName): { backend?: Backend; why?: string } {
-  const { backend, attempts } = openBackend(name);
-  if (!backend) return { why: `libflashattn_${name}.so is not built or not loadable (${attempts.find((a) => a.source === "build")?.error ?? "not found"})` };
-  try {
-    const n = backend.deviceCount();
-    return n > 0 ? { backend } : { why: `${name}: no device` };
-  } catch (e) {
-    return { why: (e as Error).message };
-  }
-}
 
 for (const name of ["cuda", "hip"] as const) {
   const { backend, why } = gpuBackend(name);

@@ -3,9 +3,9 @@
 // the copy bandwidth)"; a baseline's cell ends with ×N, how many times faster ours is on the same place (above 1:
 // ours wins). A report with KV-cache cases adds three columns: the entry each row times, our time against the
 // reference row of the same shape (paged against contiguous, append against none, KV-cache against fa_forward)
-// and what the baselines timed instead. A second table gives the peak memory of one call, where the naive
+// and what the baselines timed instead; a report of fp8 cases adds the "vs ref" column (fp8 against our bf16). A second table gives the peak memory of one call, where the naive
 // algorithm's O(seqlen²) scores show; the notes say why any cell is not a number.
-import { type BenchReport, type EntryComparison, type Measurement, speedupOfOurs } from "../results.ts";
+import { type BenchReport, type EntryComparison, FP8_TIME_RATIO_TARGET, type Measurement, speedupOfOurs } from "../results.ts";
 import { geometricMean } from "../stats.ts";
 import { type BenchCase, entryOf } from "../sweep.ts";
 import { paint, printable, type Style } from "../../lib/terminal.ts";
@@ -143,6 +143,7 @@ const againstWords: Record<EntryComparison["against"], string> = {
   contiguous: "contiguous",
   "no append": "no append",
   forward: "fa_forward",
+  bf16: "bf16",
 };
 
 /** "1.04× contiguous ✓": our time over the reference row's, and whether it meets the issue's bound. */
@@ -155,32 +156,51 @@ export function comparisonCell(x: EntryComparison | undefined, color: boolean): 
 }
 
 /**
- * The columns of a report with KV-cache cases (none otherwise): the entry timed, our time against the reference
- * row (for our first implementation with comparisons), what the baselines timed; and the notes that define them.
+ * The columns of a report with KV-cache cases or fp8 comparisons (none otherwise): for KV-cache cases the entry timed
+ * and what the baselines timed; for both our time against the reference row (for our first implementation with
+ * comparisons); and the notes that define them.
  */
 function entryColumns(report: BenchReport, impls: string[], color: boolean) {
   const comparisons = report.comparisons ?? [];
-  if (!report.cases.some((c) => c.kvcache)) return { header: [], cells: (_: BenchCase) => [], notes: [] };
+  const kvcache = report.cases.some((c) => c.kvcache);
+  const fp8 = comparisons.some((x) => x.against === "bf16");
+  if (!kvcache && !fp8) return { header: [], cells: (_: BenchCase) => [], notes: [] };
   const impl = impls.find((i) => comparisons.some((x) => x.impl === i));
-  const cells = (c: BenchCase) => [
-    entryName[entryOf(c)],
-    comparisonCell(comparisons.find((x) => x.caseId === c.id && x.impl === impl), color),
-    !c.kvcache ? "" : c.kvcache.append > 0 || c.kvcache.rotary ? "plain decode" : "contiguous equiv.",
+  const vsRef = (c: BenchCase) => comparisonCell(comparisons.find((x) => x.caseId === c.id && x.impl === impl), color);
+  const references = [
+    ...(kvcache
+      ? ["paged → the contiguous KV-cache row (target ≤ 1.10), append+rotary → the KV-cache row without append (target ≤ 1.05), KV-cache → the fa_forward row"]
+      : []),
+    ...(fp8
+      ? [`fp8 → our bf16 forward on the same shape, the bf16 row below it (on a GPU at head_dim 128 and 256 from seqlen 4k target ≤ ${FP8_TIME_RATIO_TARGET}: fp8 at least 1.6× faster)`]
+      : []),
   ];
   const notes = [
-    "  fa_forward_kvcache rows are timed inside the library by fa_bench_kvcache, as fa_bench times fa_forward rows (the cache flushed before each run, device events): the append, rotary and attention kernels; the call's host-side check of its int32 arrays (on a GPU a blocking read of them) is not in the time",
-    `  vs ref${impl ? ` (${impl})` : ""}: median time over the reference row's: paged → the contiguous KV-cache row (target ≤ 1.10), append+rotary → the KV-cache row without append (target ≤ 1.05), KV-cache → the fa_forward row`,
-    "  baselines time: on KV-cache rows no baseline has a paged cache, an in-place append or rotary; they time the contiguous equivalent (the same q against the attended keys in one contiguous K and V), for append+rotary the plain contiguous decode",
+    ...(kvcache
+      ? ["  fa_forward_kvcache rows are timed inside the library by fa_bench_kvcache, as fa_bench times fa_forward rows (the cache flushed before each run, device events): the append, rotary and attention kernels; the call's host-side check of its int32 arrays (on a GPU a blocking read of them) is not in the time"]
+      : []),
+    `  vs ref${impl ? ` (${impl})` : ""}: median time over the reference row's: ${references.join(", ")}`,
+    ...(kvcache
+      ? ["  baselines time: on KV-cache rows no baseline has a paged cache, an in-place append or rotary; they time the contiguous equivalent (the same q against the attended keys in one contiguous K and V), for append+rotary the plain contiguous decode"]
+      : []),
   ];
-  for (const [against, what] of [["contiguous", "paged within 10% of contiguous"], ["no append", "append+rotary within 5% of no append"]] as const) {
-    const rows = comparisons.filter((x) => x.impl === impl && x.against === against);
+  const bounds = [
+    ["contiguous", "paged within 10% of contiguous"],
+    ["no append", "append+rotary within 5% of no append"],
+    ["bf16", "fp8 at least 1.6× our bf16 forward"],
+  ] as const;
+  for (const [against, what] of bounds) {
+    const rows = comparisons.filter((x) => x.impl === impl && x.against === against && x.target !== undefined);
     if (rows.length) {
       notes.push(`  ${what}: ${rows.filter((x) => x.ratio <= x.target!).length} of ${rows.length} rows (worst ${
         Math.max(...rows.map((x) => x.ratio)).toFixed(2)
       }×)`);
     }
   }
-  return { header: ["entry", "vs ref", "baselines time"], cells, notes };
+  if (!kvcache) return { header: ["vs ref"], cells: (c: BenchCase) => [vsRef(c)], notes };
+  const baselinesTime = (c: BenchCase) =>
+    !c.kvcache ? "" : c.kvcache.append > 0 || c.kvcache.rotary ? "plain decode" : "contiguous equiv.";
+  return { header: ["entry", "vs ref", "baselines time"], cells: (c: BenchCase) => [entryName[entryOf(c)], vsRef(c), baselinesTime(c)], notes };
 }
 
 const NUMBER = /\d+(?:\.\d+)?/g;

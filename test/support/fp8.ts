@@ -1,0 +1,74 @@
+// FP8 problems as the fp8 tests build them, and the check every fp8 forward must pass on every backend: O against
+// the fp64 reference of the dequantised inputs, no worse than twice a naive fp8 attention (docs/DESIGN.md), and the
+// LSE as for every forward (+inf exactly on rows without keys). Inputs are fresh random numbers on every run; the
+// seed is in each failure message.
+import { expect } from "bun:test";
+import { attention, type AttentionOptions, type AttentionResult } from "../../lib/attention.ts";
+import { checkAgainstReference, type CheckResult } from "../../lib/check.ts";
+import type { AttentionSemantics } from "../../lib/problem.ts";
+import { referenceForward } from "../../lib/reference.ts";
+import { fromFloat32, quantizeFp8, randomValues } from "../../lib/tensor.ts";
+import type { DType, Fp8DType } from "../../lib/vocabulary.ts";
+import { type Case, checkLse, freshSeed } from "./grid.ts";
+
+/** A problem of real random values quantised per tensor (descale = the scale), and its bf16 twin. */
+export function quantised(format: Fp8DType, qShape: number[], kShape: number[], seed: number) {
+  const real = [randomValues(qShape, seed), randomValues(kShape, seed + 1), randomValues(kShape, seed + 2)];
+  const [q, k, v] = real.map((values, i) => quantizeFp8(format, i === 0 ? qShape : kShape, values));
+  return {
+    q: q.tensor, k: k.tensor, v: v.tensor,
+    descale: { q: Float32Array.of(q.scale), k: Float32Array.of(k.scale), v: Float32Array.of(v.scale) },
+    bf16: real.map((values, i) => fromFloat32("bf16", i === 0 ? qShape : kShape, values)),
+  };
+}
+
+/** A grid case's shape (b, sq, sk are ignored for varlen) in an fp8 format. */
+export interface Fp8Case extends Pick<Case, "name" | "b" | "sq" | "sk" | "hq" | "hkv" | "d"> {
+  /** fp8_e4m3 when absent */
+  format?: Fp8DType;
+  opts?: AttentionSemantics & { numSplits?: number; algorithm?: "naive" };
+  /** Descale per (sequence, kv head) instead of per tensor. */
+  perHead?: boolean;
+  varlen?: { q: number[]; k: number[] };
+}
+
+/** The inputs of a case: fp8 q, k, v of fresh random values and the semantics with their descale factors. */
+export function fp8Inputs(c: Fp8Case, seed: number) {
+  const format = c.format ?? "fp8_e4m3";
+  const total = (lengths: number[] | undefined) => lengths?.reduce((a, x) => a + x) ?? 0;
+  const qShape = c.varlen ? [total(c.varlen.q), c.hq, c.d] : [c.b, c.sq, c.hq, c.d];
+  const kShape = c.varlen ? [total(c.varlen.k), c.hkv, c.d] : [c.b, c.sk, c.hkv, c.d];
+  const p = quantised(format, qShape, kShape, seed);
+  const semantics: AttentionSemantics = { ...c.opts, descale: p.descale };
+  if (c.perHead) {
+    // distinct factors per (sequence, kv head): the tensor's scale times 1, 2, 0.5, ... (the values change with them)
+    const spread = (s: Float32Array) => Float32Array.from({ length: c.b * c.hkv }, (_, i) => s[0] * 2 ** ((i % 3) - 1));
+    semantics.descale = { q: spread(p.descale.q), k: spread(p.descale.k), v: spread(p.descale.v) };
+  }
+  if (c.varlen) {
+    const cu = (lengths: number[]) => Int32Array.from([0, ...lengths.map((_, i) => lengths.slice(0, i + 1).reduce((a, x) => a + x))]);
+    semantics.cuSeqlensQ = cu(c.varlen.q);
+    semantics.cuSeqlensK = cu(c.varlen.k);
+  }
+  return { ...p, semantics };
+}
+
+/**
+ * Runs one case with `run` (backend, plan options; outputs poisoned with NaN first) and checks it: o in the case's
+ * output dtype, O within twice the naive fp8 error, the LSE. Returns the result and the check for further asserts.
+ */
+export async function checkFp8Case(c: Fp8Case, run: AttentionOptions): Promise<{ result: AttentionResult; check: CheckResult }> {
+  const seed = freshSeed();
+  const { q, k, v, semantics } = fp8Inputs(c, seed);
+  const result = await attention(q, k, v, { poison: true, ...run, ...semantics });
+  const outDtype: DType = c.opts?.outDtype ?? "bf16";
+  expect(result.out.dtype).toBe(outDtype);
+  const check = checkAgainstReference(q, k, v, semantics, result.out, result.lse);
+  const where = `${c.name} (seed ${seed}, ${result.kernel}): error ${check.relativeError}, naive ${check.naiveError}`;
+  expect(check.naiveError, where).toBeGreaterThan(0);
+  expect(check.relativeError, where).toBeLessThanOrEqual(2 * check.naiveError!);
+  expect(check.pass, where).toBe(true);
+  // the LSE comes from the unrounded P, in fp32: +inf exactly on rows without keys, ≤ 1e-5 elsewhere
+  checkLse(result.lse, referenceForward(q, k, v, semantics).lse, where);
+  return { result, check };
+}
