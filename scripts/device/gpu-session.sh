@@ -51,7 +51,7 @@ for s in "$@"; do
   case "$s" in
     build) step build 420 bun kernels/build.ts cpu cuda --jobs 16 ;;
     tests) step tests 540 bash scripts/ci/test.sh test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;
-    gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;  # carried libraries, no build
+    gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/gpu_fp8.test.ts test/native-limits.test.ts test/ffi.test.ts ;;  # carried libraries, no build
     # context parallelism: the ring over NCCL (a ring of 1 on one GPU, of every GPU on several) and in-process ranks
     ring-tests) step ring-tests 420 env NO_COLOR=1 bun test --timeout 300000 test/ring_gpu.test.ts test/ring.test.ts test/nccl.test.ts ;;
     bench-context-parallel) step bench-context-parallel 580 bun cli.ts bench --preset context-parallel --seqlen 128k --iters 2 --save "$LOGS/bench-context-parallel.json" ;;
@@ -66,11 +66,11 @@ for s in "$@"; do
     # the fp8 forward (cuda-wgmma-fp8-sm90) against fp64, and timed beside our bf16 forward (each timed shape checked first)
     verify-fp8) step verify-fp8 300 python3 scripts/check/cuda_fp8.py --json "$LOGS/verify-fp8.json" ;;
     profile-fp8)  # hardware counters and per-SASS stall samples of the fp8 forward at hdim 128, seqlen 8k (its first timed run)
-      step ncu-fp8 200 ncu --clock-control none --kernel-name regex:fp8_e4m3 --launch-skip 1 --launch-count 1 \
+      step ncu-fp8 200 ncu --clock-control none --kernel-name-base demangled --kernel-name regex:fp8_e4m3 --launch-skip 1 --launch-count 1 \
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
         --section SchedulerStats --section WarpStateStats --section InstructionStats --section LaunchStats \
         python3 scripts/check/cuda_fp8.py --bench --seqlens 8192 --warmup 1 --iters 1
-      step ncu-fp8-source 200 ncu --clock-control none --kernel-name regex:fp8_e4m3 --launch-skip 1 --launch-count 1 \
+      step ncu-fp8-source 200 ncu --clock-control none --kernel-name-base demangled --kernel-name regex:fp8_e4m3 --launch-skip 1 --launch-count 1 \
         --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
         python3 scripts/check/cuda_fp8.py --bench --seqlens 8192 --warmup 1 --iters 1 ;;
     bench-fp8) step bench-fp8 300 python3 scripts/check/cuda_fp8.py --bench --json "$LOGS/bench-fp8.json" --md "$LOGS/bench-fp8.md" ;;
