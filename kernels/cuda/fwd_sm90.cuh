@@ -234,23 +234,31 @@ __device__ __forceinline__ constexpr int fp8_transposed_key(int s) {
 
 // Transposes a staged V block (`raw`: BN keys x D, swizzled as load_tile_sw128_async stores it) into a V^T ring tile
 // (`vt`: D rows of BN key slots, swizzled; slot s holds key fp8_transposed_key(s)). The 128 producer threads take
-// jobs (4-slot word w, 16-column chunk c), lanes along w: a job reads four 16-byte row pieces (keys k, k + 1, k + 8,
-// k + 9 of columns 16c..16c + 15), transposes the 4 x 16 bytes with byte permutes and writes sixteen 4-byte words,
-// one per column; a warp's stores cover one whole 128-byte V^T row (no bank conflicts).
+// jobs (4-slot word w, 16-column chunk c): lane = w, warp and pass give c. A job reads four 16-byte row pieces (keys k,
+// k + 1, k + 8, k + 9 of columns 16c..16c + 15), transposes the 4 x 16 bytes with byte permutes and writes sixteen
+// 4-byte words, one per column; a warp's stores cover one whole 128-byte V^T row (no bank conflicts).
+// Addressing is most of the cost of such a loop (ncu: 260 instructions per job in its first form, 200 of them integer),
+// so it is done on 32-bit shared addresses with every swizzle term that can be a constant made one: V^T row 16c + j
+// has swizzle phase j % 8 whatever c is, so a lane's chunk there is (w / 4) ^ (j % 8), one xor with a constant; the
+// staged rows k and k + 8 share a phase, as do k + 1 and k + 9.
 template <typename Tile, typename T>
 __device__ __forceinline__ void transpose_v_fp8(T* vt, const T* raw) {
-  constexpr int D = Tile::D, BN = Tile::BN, kWords = BN / 4, kJobs = kWords * (D / 16);
-  static_assert(kJobs % 128 == 0 && kWords == 32, "whole warps per V^T row");
-  const unsigned char* src = reinterpret_cast<const unsigned char*>(raw);
-  unsigned char* dst = reinterpret_cast<unsigned char*>(vt);
+  constexpr int D = Tile::D, BN = Tile::BN, kWords = BN / 4, kPasses = kWords * (D / 16) / 128;
+  static_assert(kWords == 32 && BN * 1 == kSwizzleRowBytes, "one lane per 4-key word of a 128-byte V^T row");
+  const int w = threadIdx.x % 32, warp = threadIdx.x / 32, k = fp8_transposed_key(4 * w);
+  const uint32_t src = smem_addr(raw) + k * kSwizzleRowBytes, dst = smem_addr(vt) + (w % 4) * 4;
+  const uint32_t word = (w / 4) * 16;  // this lane's 16-byte chunk of a V^T row of swizzle phase 0
 #pragma unroll
-  for (int job = threadIdx.x; job < kJobs; job += 128) {
-    const int w = job % kWords, c = job / kWords, k = fp8_transposed_key(4 * w);
-    const uint4 row[4] = {*reinterpret_cast<const uint4*>(src + sw128_offset<BN>(k, c)),
-                          *reinterpret_cast<const uint4*>(src + sw128_offset<BN>(k + 1, c)),
-                          *reinterpret_cast<const uint4*>(src + sw128_offset<BN>(k + 8, c)),
-                          *reinterpret_cast<const uint4*>(src + sw128_offset<BN>(k + 9, c))};
-    const uint32_t* x[4] = {&row[0].x, &row[1].x, &row[2].x, &row[3].x};
+  for (int pass = 0; pass < kPasses; ++pass) {
+    const int c = warp + 4 * pass;  // 16-column chunk: staged column block c / 8, chunk c % 8 of its rows
+    const uint32_t block = (c / 8) * (BN * kSwizzleRowBytes), chunk = c % 8;
+    const uint32_t at0 = src + block + ((chunk ^ (k % 8)) * 16), at1 = src + block + ((chunk ^ ((k + 1) % 8)) * 16);
+    uint32_t x[4][4];  // rows k, k + 1, k + 8, k + 9
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(x[0][0]), "=r"(x[0][1]), "=r"(x[0][2]), "=r"(x[0][3]) : "r"(at0));
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(x[1][0]), "=r"(x[1][1]), "=r"(x[1][2]), "=r"(x[1][3]) : "r"(at1 + kSwizzleRowBytes));
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(x[2][0]), "=r"(x[2][1]), "=r"(x[2][2]), "=r"(x[2][3]) : "r"(at0 + 8 * kSwizzleRowBytes));
+    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(x[3][0]), "=r"(x[3][1]), "=r"(x[3][2]), "=r"(x[3][3]) : "r"(at1 + 9 * kSwizzleRowBytes));
+    const uint32_t row0 = dst + 16 * c * kSwizzleRowBytes;  // V^T row 16c
 #pragma unroll
     for (int q = 0; q < 4; ++q) {  // columns 16c + 4q .. + 3
       // pairs of rows interleaved (bytes 0-1 / 2-3 of the four rows), then the pairs merged: word m = column 4q + m
@@ -259,8 +267,10 @@ __device__ __forceinline__ void transpose_v_fp8(T* vt, const T* raw) {
       const uint32_t col[4] = {__byte_perm(lo01, lo23, 0x5410), __byte_perm(lo01, lo23, 0x7632),
                                __byte_perm(hi01, hi23, 0x5410), __byte_perm(hi01, hi23, 0x7632)};
 #pragma unroll
-      for (int m = 0; m < 4; ++m)
-        *reinterpret_cast<uint32_t*>(dst + sw128_offset<D>(16 * c + 4 * q + m, w / 4) + (w % 4) * 4) = col[m];
+      for (int m = 0; m < 4; ++m) {
+        const int j = 4 * q + m;  // V^T row 16c + j, swizzle phase j % 8
+        asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(row0 + j * kSwizzleRowBytes + (word ^ ((j % 8) * 16))), "r"(col[m]) : "memory");
+      }
     }
   }
 }
