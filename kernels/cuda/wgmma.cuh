@@ -189,18 +189,15 @@ __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
 __device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
-// Waits until the phase of parity `parity` of `bar` has completed. try_wait may suspend the thread until the phase
-// completes or kBarrierSuspendNs pass; without the hint it returns after a short system-defined time, and the retry
-// loop of a waiting warp took issue slots from the warps doing maths on its SM sub-partition (ncu, fp8 forward: 11%
-// of all issued instructions were a producer's try_wait / branch loop).
-constexpr uint32_t kBarrierSuspendNs = 1000000;
+// Waits until the phase of parity `parity` of `bar` has completed. (A suspend-time hint for try_wait, so that waiting
+// warps leave their issue slots to the math warps, measured level or 1-4% slower: docs/perf-cuda.md, FP8 forward.)
 __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, int parity) {
   uint32_t done;
   do {
     asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\n selp.u32 %0, 1, 0, p;\n}\n"
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
-        : "r"(smem_addr(bar)), "r"(parity), "n"(kBarrierSuspendNs)
+        : "r"(smem_addr(bar)), "r"(parity)
         : "memory");
   } while (!done);
 }
