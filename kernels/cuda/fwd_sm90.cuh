@@ -418,6 +418,15 @@ __device__ __forceinline__ void sm90_pack_p(uint32_t (&p)[Tile::kPSteps][4], con
   }
 }
 
+// O *= alpha (per row pair) once the running max has moved. When no row of the warp moved (alpha == 1 exactly: the
+// same max gives exp2(0)), the D / 2 multiplies are skipped, warp-uniformly; past the first blocks most are.
+template <typename Tile>
+__device__ __forceinline__ void rescale_o(float (&o)[Tile::D / 2], const float (&alpha)[2]) {
+  if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
+#pragma unroll
+  for (int i = 0; i < Tile::D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
+}
+
 // A consumer's view of its role: its rows, the K / V ring's slot descriptors, the ring barriers and the ping-pong
 // turns (consumer cw issues when the previous one, cyclically, has issued the same round; consumer NC - 1 hands the
 // first turn to consumer 0 and every consumer passes the turn on after each round, across tiles, so one's epilogue
@@ -493,8 +502,7 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
       role.release(sh.k_empty, gi);
       if (it == n - 1) mbarrier_arrive(sh.q_empty + qs);
       softmax(it, alpha);
-#pragma unroll
-      for (int i = 0; i < D / 2; ++i) r.o[i] *= alpha[(i / 2) % 2];
+      rescale_o<Tile>(r.o, alpha);
       sm90_pack_p<T, Tile>(r.p, r.sc);
       role.wait_full(sh.v_full, gi);
       role.begin_turn();
@@ -541,8 +549,7 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     reg_fence(r.o);
     reg_fence(r.p);
     role.release(sh.v_empty, gi - 1);
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) r.o[i] *= alpha[(i / 2) % 2];
+    rescale_o<Tile>(r.o, alpha);
     sm90_pack_p<T, Tile>(r.p, r.sc);
   }
   gi = base + n;

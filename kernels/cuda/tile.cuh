@@ -37,6 +37,10 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
   // src-size 0 reads nothing and writes 16 zero bytes: masked rows/columns of ragged tiles come in as zeros.
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(valid ? 16 : 0));
 }
+// ... always 16 bytes (a chunk known to be inside the tensor).
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem));
+}
 // 4-byte variant (e.g. per-row statistics), so the copy joins the same commit groups instead of stalling the thread.
 __device__ __forceinline__ void cp_async_4(void* smem, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(smem)), "l"(gmem));

@@ -84,6 +84,16 @@ __device__ __forceinline__ void load_tile_sw128_async(T* tile, const RowView<T>&
   const T* g = src.base + static_cast<int64_t>(row0 + r) * src.row_stride + chunk * E::kChunk;
   const int64_t pass_stride = static_cast<int64_t>(kRowsPerPass) * src.row_stride;
   const int rows_left = src.rows - row0 - r;  // passes p with p * kRowsPerPass < rows_left are inside the sequence
+  if (row0 + ROWS <= src.rows && C <= src.head_dim) {
+    // A whole tile (warp-uniform): no per-chunk bounds (ncu: the checks were 3 in 4 of the fp8 producer's load
+    // instructions).
+#pragma unroll
+    for (int b = 0; b < C / E::kSwizzleCols; ++b)
+#pragma unroll
+      for (int p = 0; p < ROWS / kRowsPerPass; ++p)
+        cp_async_16(dst + (b * ROWS + p * kRowsPerPass) * kSwizzleRowBytes, g + b * E::kSwizzleCols + p * pass_stride);
+    return;
+  }
 #pragma unroll
   for (int b = 0; b < C / E::kSwizzleCols; ++b) {
     const bool col_ok = b * E::kSwizzleCols + chunk * E::kChunk < src.head_dim;
