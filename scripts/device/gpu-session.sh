@@ -2,7 +2,7 @@
 # One batched session on the GPU machine (device tool): set up Bun from .gpu/, build the libraries there, then run
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
-#   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | sanitize |
+#   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | sanitize | sanitize-fp8 | racecheck-fp8 |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
 #          profile | profile-fwd64 | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
@@ -73,6 +73,9 @@ for s in "$@"; do
       step ncu-fp8-source 200 ncu --clock-control none --kernel-name-base demangled --kernel-name regex:fp8_e4m3 --launch-skip 1 --launch-count 1 \
         --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
         python3 scripts/check/cuda_fp8.py --bench --seqlens 8192 --warmup 1 --iters 1 ;;
+    # memcheck over the fp8 grid (short sequences), racecheck on the head-dim-128 fp8 cases (the producer's V transposition)
+    sanitize-fp8) step sanitize-fp8 300 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_fp8.py --quick ;;
+    racecheck-fp8) step racecheck-fp8 300 compute-sanitizer --tool racecheck --kernel-regex kns=fwd_sm90_kernel --error-exitcode 1 python3 scripts/check/cuda_fp8.py --quick --filter d128 ;;
     bench-fp8) step bench-fp8 300 python3 scripts/check/cuda_fp8.py --bench --json "$LOGS/bench-fp8.json" --md "$LOGS/bench-fp8.md" ;;
     sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
     racecheck) step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim64 ;;
