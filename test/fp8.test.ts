@@ -28,7 +28,7 @@ import { applyOverrides, type BenchCase, expandSweep, presets } from "../bench/s
 import { encodeNpy, readNpy } from "../formats/npy.ts";
 import { encodeSafetensors, readSafetensors } from "../formats/safetensors.ts";
 import { cli, runUsageError } from "./support/cli.ts";
-import { checkFp8Case, type Fp8Case, quantised } from "./support/fp8.ts";
+import { checkFp8Case, type Fp8Case, fp8LseExcess, quantised } from "./support/fp8.ts";
 import { freshSeed } from "./support/grid.ts";
 
 const cpu: AttentionOptions = { backend: "cpu", poison: true };
@@ -174,6 +174,21 @@ describe("CPU fp8 forward vs the fp64 reference of the dequantised inputs (no wo
     const wrong = await attention(p.q, p.k, p.v, { ...cpu, descale: { q: p.descale.q, k: p.descale.k } });
     expect(checkAgainstReference(p.q, p.k, p.v, semantics, wrong.out, wrong.lse).pass).toBe(false);
     expect(checkAgainstReference(p.q, p.k, p.v, semantics, r.out, r.lse).pass).toBe(true);
+  });
+
+  test("the LSE bound of fp8 tensor cores fails a k_descale off by 2 and a row without keys that is not +inf", async () => {
+    const seed = freshSeed();
+    // causal with 64 queries against 40 keys: the first 24 rows see no key
+    const p = quantised("fp8_e4m3", [1, 64, 2, 64], [1, 40, 2, 64], seed);
+    const semantics = { causal: true, descale: p.descale };
+    const r = await attention(p.q, p.k, p.v, { ...cpu, ...semantics });
+    expect(fp8LseExcess(p.q, p.k, p.v, semantics, r.lse), `seed ${seed}`).toBeLessThanOrEqual(1);
+    const doubledK = { ...p.descale, k: Float32Array.of(2 * p.descale.k[0]) };
+    const wrong = await attention(p.q, p.k, p.v, { ...cpu, causal: true, descale: doubledK });
+    expect(fp8LseExcess(p.q, p.k, p.v, semantics, wrong.lse), `seed ${seed}`).toBeGreaterThan(1);
+    const finiteWhereNoKey = Float32Array.from(r.lse);
+    finiteWhereNoKey[0] = 0; // (batch 0, head 0, query 0): before the causal diagonal
+    expect(fp8LseExcess(p.q, p.k, p.v, semantics, finiteWhereNoKey)).toBe(Infinity);
   });
 });
 
