@@ -73,8 +73,8 @@ for s in "$@"; do
       step ncu-fp8-source 200 ncu --clock-control none --kernel-name-base demangled --kernel-name regex:fp8_e4m3 --launch-skip 1 --launch-count 1 \
         --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
         python3 scripts/check/cuda_fp8.py --bench --seqlens 8192 --warmup 1 --iters 1 ;;
-    # memcheck over the fp8 grid (short sequences), racecheck on the head-dim-128 fp8 cases (the producer's V transposition)
-    sanitize-fp8) step sanitize-fp8 300 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_fp8.py --quick ;;
+    # memcheck over the fp8 grid's d128 / d192 cases (short sequences), racecheck on the head-dim-128 fp8 cases (the producer's V transposition)
+    sanitize-fp8) step sanitize-fp8 300 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_fp8.py --quick --filter d1 ;;
     racecheck-fp8) step racecheck-fp8 300 compute-sanitizer --tool racecheck --kernel-regex kns=fwd_sm90_kernel --error-exitcode 1 python3 scripts/check/cuda_fp8.py --quick --filter d128 ;;
     bench-fp8) step bench-fp8 300 python3 scripts/check/cuda_fp8.py --bench --json "$LOGS/bench-fp8.json" --md "$LOGS/bench-fp8.md" ;;
     sanitize) step sanitize 420 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
