@@ -1,7 +1,8 @@
 // fp8 KV caches (fa_forward_kvcache with fp8 q / caches / k_new / v_new) on libflashattn_cpu against the fp64 reference of
 // the dequantised inputs (lib/kvcache_reference.ts), with the plain fp8 rule: O no worse than twice a naive fp8 attention
 // of the same inputs, the LSE within 1e-5 (+inf exactly on rows without keys), o in fp16 / bf16; the appended rows equal
-// k_new / v_new byte for byte. Then the fp8 refusals through the C ABI (one sentence, the cache untouched) and the API.
+// k_new / v_new byte for byte. Then the fp8 refusals through the C ABI (one sentence, the cache untouched) and the API,
+// and (on a GPU machine) the GPU libraries' refusal of fp8 caches.
 import { afterAll, describe, expect, test } from "bun:test";
 import { encodeKvCacheParams, type KvCacheParams } from "../ffi/layout.ts";
 import { decodeCString, openLibrary } from "../ffi/loader.ts";
@@ -11,6 +12,7 @@ import { FlashAttnError } from "../lib/errors.ts";
 import { attentionWithKvCache, type KvCacheOptions } from "../lib/kvcache.ts";
 import { standardAlibiSlopes } from "../lib/problem.ts";
 import { randomTensor } from "../lib/tensor.ts";
+import { gpuBackend } from "./support/gpu.ts";
 import { bitsOf, buildKvCase, checkKvCase, type KvCase, kvCallWith } from "./support/kvcache.ts";
 
 const e4m3 = "fp8_e4m3" as const;
@@ -138,3 +140,19 @@ describe("attentionWithKvCache refuses bad fp8 input with one sentence", () => {
       "BAD_INPUT: q_descale is given but the inputs are bf16: descale factors apply to fp8 inputs only");
   });
 });
+
+// The GPU libraries take no fp8 caches yet: each path refuses with its reason, chosen from the struct before the glue
+// reads any device memory (here a cache_seqlens pointer that could not be read would answer INVALID_ARGUMENT instead).
+for (const name of ["cuda", "hip"] as const) {
+  const { backend, why } = gpuBackend(name);
+  if (!backend) {
+    test.skip(`${name}: fp8 KV caches refused per path — skipped: ${why}`, () => {});
+    continue;
+  }
+  test(`${name}: fp8 KV caches are refused per path, before any device memory is read`, () => {
+    const said = kvCallWith(backend, e4m3, (p) => void (p.cacheSeqlens = 0x10n), 64);
+    expect(said).toStartWith(`${name}: no kernel can run this request: `);
+    expect(said).toContain("not fp8_e4m3");
+    expect(said).not.toContain("could not be read");
+  });
+}
