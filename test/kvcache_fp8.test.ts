@@ -12,6 +12,9 @@ import { FlashAttnError } from "../lib/errors.ts";
 import { attentionWithKvCache, type KvCacheOptions } from "../lib/kvcache.ts";
 import { standardAlibiSlopes } from "../lib/problem.ts";
 import { randomTensor } from "../lib/tensor.ts";
+import { isKvCacheCase, kvcacheProblem } from "../bench/kvcache.ts";
+import { applyOverrides, expandSweep, presets } from "../bench/sweep.ts";
+import { KernelChecks } from "../bench/verify.ts";
 import { gpuBackend } from "./support/gpu.ts";
 import { bitsOf, buildKvCase, checkKvCase, type KvCase, kvCallWith } from "./support/kvcache.ts";
 
@@ -139,6 +142,27 @@ describe("attentionWithKvCache refuses bad fp8 input with one sentence", () => {
     expect(await refused({ descale: { q: Float32Array.of(1) } }, bq, bk, bk)).toBe(
       "BAD_INPUT: q_descale is given but the inputs are bf16: descale factors apply to fp8 inputs only");
   });
+});
+
+describe("bench: fp8 KV-cache cases", () => {
+  test("each paged / append case passes the fp8 check, o read back in bf16; rotary is unsupported with the reason", async () => {
+    const cpu = openBackend("cpu", { env: {} }).backend!;
+    const spec = {
+      ...applyOverrides(presets.decode, { seqlen: "300", batch: "1", heads: "4", headsKv: "2", hdim: "32" }),
+      dtype: "fp8_e4m3" as const,
+      kvcache: { ...presets.decode.kvcache!, seqlensQ: [4], hdims: [] },
+    };
+    const cases = expandSweep(spec, { gpu: true }).filter(isKvCacheCase);
+    expect(cases.length).toBeGreaterThan(2);
+    const checks = new KernelChecks();
+    for (const c of cases.filter((x) => !x.kvcache.rotary)) {
+      const check = await checks.verify(cpu, c, "flash");
+      // the fp8 rule's limit is twice a naive error, so never the 1e-2 of bf16
+      expect([c.id, check.pass, check.limit !== 1e-2]).toEqual([c.id, true, true]);
+    }
+    // the sweep's append + rotary case: refused by the problem's description, which the runner reports as unsupported
+    expect(() => kvcacheProblem(cases.find((x) => x.kvcache.rotary)!)).toThrow("rotary embedding is not applied to fp8_e4m3");
+  }, 120_000);
 });
 
 // The GPU libraries take no fp8 caches yet: each path refuses with its reason, chosen from the struct before the glue

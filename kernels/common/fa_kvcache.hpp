@@ -62,9 +62,9 @@ inline bool kvcache_rotary_consecutive(const fa_kvcache_params& p) {
 }
 
 // The plain-forward parameters of the attention step (after the append and rotary): masks, scale, ALiBi, heads, the
-// fp8 fields (out_dtype, descales) and q / o / lse as given, k / v the cache tensors, seqlen_k the cache capacity (at least every sequence's key count, so
-// resolve()'s folding of far window bounds stays exact). Backends reuse their forward geometry with it; only the key
-// addressing (through the cache map) differs.
+// fp8 fields (out_dtype, descales) and q / o / lse as given, k / v the cache tensors, seqlen_k the cache capacity (at
+// least every sequence's key count, so resolve()'s folding of far window bounds stays exact). Backends reuse their
+// forward geometry with it; only the key addressing (through the cache map) differs.
 inline fa_attn_params kvcache_attention_params(const fa_kvcache_params& p) {
   fa_attn_params a{};
   a.struct_size = sizeof a;
