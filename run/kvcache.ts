@@ -1,6 +1,7 @@
 // A KV-cache run (flash_attn_with_kvcache): the step from a .safetensors file that holds k_cache, or a random decode
 // step (--decode --cache-len N [--page-size P] [--append N] [--rotary]); run, checked against the fp64 reference,
-// and written as one .safetensors file of o, lse and (after an append) the updated k_cache / v_cache.
+// and written as one .safetensors file of o, lse and (after an append) the updated k_cache / v_cache (fp8: with the
+// q_descale / k_descale / v_descale factors they are read with).
 //
 // fp8 (--dtype fp8_*): a file's F8_E4M3 / F8_E5M2 tensors run as they are, with the step's q_descale / k_descale /
 // v_descale tensors; float values (a float file, a random step) are quantised here per tensor, k_cache with k_new and
@@ -190,6 +191,12 @@ export async function executeKvCacheRun(
     const lse = tensor("fp32", [problem.batch, problem.headsQ, problem.seqlenQ], result.lse);
     const written: Record<string, Tensor> = { o: result.out, lse };
     if (problem.seqlenNew > 0) Object.assign(written, { k_cache: result.kCache, v_cache: result.vCache });
+    // fp8 caches mean nothing without their scales (a random step's are made here): the factors go with them.
+    if (problem.seqlenNew > 0 && step.descale) {
+      for (const [n, factors] of Object.entries(step.descale)) {
+        if (factors) written[`${n}_descale`] = tensor("fp32", factors.length === 1 ? [1] : [problem.batch, problem.headsKv], factors);
+      }
+    }
     const meta = { producer: `flashattn ${packageJson.version}`, backend: result.backend, kernel: result.kernel, dtype: q.dtype };
     await writeFilesAtomic([{ target: plan.output.path, bytes: encodeSafetensors(written, meta) }], { inputs });
     outputs = [plan.output.path];

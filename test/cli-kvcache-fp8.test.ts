@@ -9,7 +9,7 @@ import { parseRunOptions } from "../commands/run.ts";
 import { openSafetensors } from "../formats/safetensors.ts";
 import { checkKvCacheAgainstReference } from "../lib/check.ts";
 import { referenceKvCache } from "../lib/kvcache_reference.ts";
-import { fromFloat32, randomTensor, type Tensor } from "../lib/tensor.ts";
+import { fromFloat32, randomTensor, type Tensor, toFloat32 } from "../lib/tensor.ts";
 import { cli, runUsageError as usageError } from "./support/cli.ts";
 import { bitsOf, writeStep } from "./support/kvcache.ts";
 
@@ -54,6 +54,22 @@ describe("--decode --dtype fp8", () => {
     expect(doc.check.limit).toBe(2 * doc.check.naiveError);
   });
 
+  test("--out holds the updated fp8 caches with the per-tensor scales the random step was quantised with", () => {
+    const out = tmp("decode_out.safetensors");
+    const r = cli(["run", "--decode", "--cache-len", "20", "--append", "2", "--heads-q", "2", "--heads-kv", "1", "--head-dim", "16",
+      "--dtype", "fp8_e5m2", "--out-dtype", "fp16", "--out", out, "--backend", "cpu"]);
+    expect([r.code, r.stderr]).toEqual([0, ""]);
+    const file = openSafetensors(out);
+    try {
+      expect(["o", "k_cache", "k_descale"].map((n) => file.read(n).dtype)).toEqual(["fp16", "fp8_e5m2", "fp32"]);
+      // per-tensor scale = max |x| / 57344 of standard normal values: far below 1, never 0
+      const k = toFloat32(file.read("k_descale"));
+      expect([k.length, k[0] > 0 && k[0] < 1e-3]).toEqual([1, true]);
+    } finally {
+      file.close();
+    }
+  });
+
   test("--rotary with fp8: one line, exit 2", () => {
     const r = cli(["run", "--decode", "--cache-len", "8", "--rotary", "--dtype", "fp8_e4m3"]);
     expect(r.code).toBe(2);
@@ -77,7 +93,10 @@ describe("--input step.safetensors with fp8 tensors", () => {
       const ref = referenceKvCache(s.q, s.kCache, s.vCache, opts);
       const file = openSafetensors(out);
       try {
-        expect([...file.entries.keys()].sort()).toEqual(["k_cache", "lse", "o", "v_cache"]);
+        expect([...file.entries.keys()].sort()).toEqual(["k_cache", "k_descale", "lse", "o", "q_descale", "v_cache", "v_descale"]);
+        // the scales travel with the caches: one factor as (1,), else (batch, heads_kv)
+        expect([file.read("k_descale").shape, Array.from(toFloat32(file.read("k_descale")))]).toEqual([[2, 2], Array.from(s.descale.k)]);
+        expect([file.read("v_descale").shape, Array.from(toFloat32(file.read("v_descale")))]).toEqual([[1], Array.from(s.descale.v)]);
         const o = file.read("o"), k = file.read("k_cache"), v = file.read("v_cache");
         expect([o.dtype, k.dtype, v.dtype]).toEqual([outDtype ?? "bf16", format, format]);
         // the append is a byte copy: the caches equal the reference's (the input with k_new / v_new in place)
