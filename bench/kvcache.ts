@@ -9,7 +9,7 @@
 import type { Backend, DeviceBuffer } from "../lib/backend.ts";
 import { describeKvCache, type KvCacheOptions, type KvCacheProblem, kvCacheParamsFor } from "../lib/kvcache.ts";
 import { rng, type Tensor } from "../lib/tensor.ts";
-import { dtypeBytes } from "../lib/vocabulary.ts";
+import { defaultOutDtype, dtypeBytes } from "../lib/vocabulary.ts";
 import type { BenchCase, KvCacheLayout } from "./sweep.ts";
 import type { KvCacheParams } from "../ffi/layout.ts";
 
@@ -83,13 +83,16 @@ export function kvcacheProblem(c: KvCacheCase, t = kvcacheShapes(c)): KvCachePro
 
 const elements = (shape: number[] | undefined) => (shape ? shape.reduce((a, b) => a * b, 1) : 0);
 
-/** Bytes of every buffer of a case's call: q, o, both caches, k_new / v_new, the rotary tables, LSE, int32 arrays. */
+/**
+ * Bytes of every buffer of a case's call: q, o (in the output dtype: bf16 for fp8 caches), both caches, k_new / v_new,
+ * the rotary tables, LSE, int32 arrays.
+ */
 export function kvcacheBufferBytes(c: KvCacheCase): number {
   const t = kvcacheShapes(c);
   const e = dtypeBytes[c.dtype];
-  const floats = 2 * elements(t.q) + 2 * elements(t.cache) + 2 * elements(t.kNew) + 2 * elements(t.rotary);
+  const inputs = elements(t.q) + 2 * elements(t.cache) + 2 * elements(t.kNew) + 2 * elements(t.rotary);
   const ints = 4 * (t.cacheSeqlens.length + (t.blockTable?.length ?? 0));
-  return floats * e + 4 * c.batch * c.headsQ * c.seqlenQ + ints;
+  return inputs * e + elements(t.q) * dtypeBytes[defaultOutDtype(c.dtype)] + 4 * c.batch * c.headsQ * c.seqlenQ + ints;
 }
 
 /** The device buffers of one call and its parameters. */
@@ -115,9 +118,8 @@ export function prepareKvcache(
 ): KvCacheCall {
   const t = kvcacheShapes(c);
   const problem = kvcacheProblem(c, t);
-  const e = dtypeBytes[c.dtype];
   const q = input("q", t.q), kCache = input("kCache", t.cache), vCache = input("vCache", t.cache);
-  const o = track(backend.alloc(elements(t.q) * e));
+  const o = track(backend.alloc(elements(t.q) * dtypeBytes[problem.outDtype]));
   const lse = track(backend.alloc(4 * c.batch * c.headsQ * c.seqlenQ));
   const upload = (a: Int32Array | undefined) => (a ? track(backend.upload(a)).address : undefined);
   const optional = (name: "kNew" | "vNew" | "rotaryCos" | "rotarySin", shape: number[] | undefined) =>

@@ -80,7 +80,7 @@ async function checkKvcachePath(backend: Backend, s: KvCacheCase): Promise<Kerne
     const { kernelId } = backend.forwardKvcache(call.params);
     backend.synchronize();
     const result = {
-      out: tensor(s.dtype, q.shape),
+      out: tensor(call.params.outDtype ?? s.dtype, q.shape), // bf16 for fp8 caches
       lse: new Float32Array(s.batch * s.headsQ * s.seqlenQ),
       kCache: tensor(s.dtype, kCache.shape),
       vCache: tensor(s.dtype, vCache.shape),

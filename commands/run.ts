@@ -313,14 +313,17 @@ export function parseRunOptions(raw: RawRunOptions): RunPlan {
   if (raw.outDtype !== undefined) {
     const named = raw.outDtype.trim().toLowerCase();
     if (named !== "fp16" && named !== "bf16") throw usage(`--out-dtype takes fp16 or bf16, got '${raw.outDtype}'`);
-    if (input?.kind === "decode" || (dtype !== "auto" && !isFp8(dtype))) {
+    // A random decode step is fp8 only when --dtype says so.
+    const fp8Decode = dtype !== "auto" && isFp8(dtype);
+    if ((input?.kind === "decode" && !fp8Decode) || (dtype !== "auto" && !isFp8(dtype))) {
       throw usage("--out-dtype sets the output dtype of fp8 inputs (other inputs write their own dtype)",
         "use it with --dtype fp8_e4m3 / fp8_e5m2 or fp8 files");
     }
     outDtype = named;
   }
-  if (input?.kind === "decode" && dtype !== "auto" && isFp8(dtype)) {
-    throw usage(`KV-cache attention takes fp32, fp16 or bf16, not ${dtype} (fp8 caches are not implemented yet)`);
+  if (input?.kind === "decode" && input.rotary && dtype !== "auto" && isFp8(dtype)) {
+    throw usage(`--rotary does not apply to ${dtype} caches: rotary embedding is applied before quantising, so fp8 q and k_new come rotated`,
+      "drop --rotary (or run the step in bf16)");
   }
   const backend = raw.backend === undefined ? "auto" : raw.backend.trim().toLowerCase();
   if (backend !== "auto" && !(backendNames as readonly string[]).includes(backend)) {
@@ -481,8 +484,10 @@ Layout BSHD: q (batch, seqlen_q, heads_q, head_dim), k/v (batch, seqlen_k, heads
 KV cache: a .safetensors --input holding k_cache runs flash_attn_with_kvcache on q, k_cache, v_cache and the optional
 k_new, v_new, rotary_cos, rotary_sin, cache_seqlens, block_table, cache_batch_idx, cache_leftpad (I32; without
 cache_seqlens every cache counts as full); --out (a .safetensors) then holds o, lse and, after an append, the updated
-k_cache / v_cache.
+k_cache / v_cache. fp8 caches: F8_E4M3 / F8_E5M2 tensors with q_descale, k_descale, v_descale (k_new / v_new in the
+caches' scale), or floats with --dtype fp8_* (quantised per tensor); no rotary.
   $ flashattn run --decode --cache-len 4096 --page-size 16 --append 1 --rotary --heads-q 32 --heads-kv 8 --head-dim 128 --check
+  $ flashattn run --decode --cache-len 4096 --page-size 16 --append 1 --dtype fp8_e4m3 --check   (fp8 caches: CPU)
 Context parallelism: --devices 0,1,… splits one sequence over the GPUs (2N chunks, rank r holding chunks r and 2N-1-r)
 and passes K/V around a ring over NCCL (libnccl.so.2: FLASHATTN_NCCL, the loader path, or PyTorch's nvidia-nccl wheel).
   $ flashattn run --seqlen 131072 --heads 32 --head-dim 128 --causal --devices 0,1,2,3`;

@@ -65,8 +65,17 @@ export interface SharedParams extends Omit<ProblemShape, "seqlenK"> {
   numSplits: number;
 }
 
+/** The fp8 fields both structs end with (out_dtype, reserved = 0, the three descale views), each at its own offset. */
+export interface Fp8Fields {
+  /** The dtype o is written in; undefined = the library's default (dtype itself, bf16 for fp8 inputs). */
+  outDtype?: DType;
+  qDescale: DescaleView;
+  kDescale: DescaleView;
+  vDescale: DescaleView;
+}
+
 /** fa_attn_params field for field (camelCase); the shape fields are the shared ProblemShape. */
-export interface AttnParams extends ProblemShape, SharedParams {
+export interface AttnParams extends ProblemShape, SharedParams, Fp8Fields {
   deterministic: boolean;
   totalQ: number;
   totalK: number;
@@ -84,11 +93,6 @@ export interface AttnParams extends ProblemShape, SharedParams {
   dq: TensorView;
   dk: TensorView;
   dv: TensorView;
-  /** The dtype o is written in; undefined = the library's default (dtype itself, bf16 for fp8 inputs). */
-  outDtype?: DType;
-  qDescale: DescaleView;
-  kDescale: DescaleView;
-  vDescale: DescaleView;
 }
 
 export const PARAMS_SIZE = 440;
@@ -104,15 +108,23 @@ function sharedLayoutFields(field20: string): Array<readonly [string, number]> {
   ];
 }
 
+/** The fp8 fields both structs end with, from `at` (out_dtype) on: out_dtype, reserved, q/k/v_descale. */
+function fp8LayoutFields(at: number): Array<readonly [string, number]> {
+  return [["out_dtype", at], ["reserved", at + 4], ["q_descale", at + 8], ["k_descale", at + 24], ["v_descale", at + 40]];
+}
+
+/** The members of the nested structs, as fa_params_layout reports them (and the writers name them in errors). */
+const memberFields: ReadonlyArray<readonly [string, number]> = [
+  ["tensor.data", 0], ["tensor.batch_stride", 8], ["tensor.row_stride", 16], ["tensor.head_stride", 24],
+  ["descale.data", 0], ["descale.batch_stride", 8], ["descale.head_stride", 12],
+];
+
 /** Field order of FA_PARAMS_LAYOUT_FIELDS in flashattn.h, with the offsets this file writes at. */
 export const layoutFields: ReadonlyArray<readonly [string, number]> = [
   ...sharedLayoutFields("seqlen_k"), ["deterministic", 64], ["total_q", 68],
   ["total_k", 72], ["algorithm", 76], ["alibi_slopes", 80], ["cu_seqlens_q", 88], ["cu_seqlens_k", 96],
   ["stream", 104], ["q", 112], ["k", 144], ["v", 176], ["o", 208], ["lse", 240], ["dout", 248], ["dq", 280],
-  ["dk", 312], ["dv", 344], ["out_kernel", 376], ["out_num_splits", 380], ["out_dtype", 384], ["reserved", 388],
-  ["q_descale", 392], ["k_descale", 408], ["v_descale", 424],
-  ["tensor.data", 0], ["tensor.batch_stride", 8], ["tensor.row_stride", 16], ["tensor.head_stride", 24],
-  ["descale.data", 0], ["descale.batch_stride", 8], ["descale.head_stride", 12],
+  ["dk", 312], ["dv", 344], ["out_kernel", 376], ["out_num_splits", 380], ...fp8LayoutFields(384), ...memberFields,
 ];
 
 /**
@@ -230,10 +242,22 @@ function writeShared(bytes: Uint8Array, struct: string, fields: ReadonlyArray<re
   return writer;
 }
 
+/** Writes the fp8 fields (Fp8Fields) from offset `at` (out_dtype; reserved stays 0). */
+function writeFp8Fields(writer: ReturnType<typeof fieldWriter>, at: number, p: Fp8Fields): void {
+  writer.i32(at, p.outDtype === undefined ? 0 : dtypeCode[p.outDtype]);
+  const descales: Array<[number, DescaleView]> = [[at + 8, p.qDescale], [at + 24, p.kDescale], [at + 40, p.vDescale]];
+  for (const [off, f] of descales) {
+    writer.pointer(off, f.data);
+    writer.i32(off + 8, f.batchStride);
+    writer.i32(off + 12, f.headStride);
+  }
+}
+
 /** The bytes of fa_attn_params for `p` (struct_size and abi_version set). */
 export function encodeParams(p: AttnParams): Uint8Array {
   const bytes = new Uint8Array(PARAMS_SIZE);
-  const { i32, pointer, view } = writeShared(bytes, "fa_attn_params", layoutFields, p, p.seqlenK);
+  const writer = writeShared(bytes, "fa_attn_params", layoutFields, p, p.seqlenK);
+  const { i32, pointer, view } = writer;
   i32(64, p.deterministic ? 1 : 0);
   i32(68, p.totalQ);
   i32(72, p.totalK);
@@ -251,13 +275,7 @@ export function encodeParams(p: AttnParams): Uint8Array {
   view(280, p.dq);
   view(312, p.dk);
   view(344, p.dv);
-  i32(384, p.outDtype === undefined ? 0 : dtypeCode[p.outDtype]);
-  const descales: Array<[number, DescaleView]> = [[392, p.qDescale], [408, p.kDescale], [424, p.vDescale]];
-  for (const [off, f] of descales) {
-    pointer(off, f.data);
-    i32(off + 8, f.batchStride);
-    i32(off + 12, f.headStride);
-  }
+  writeFp8Fields(writer, 384, p);
   return bytes;
 }
 
@@ -269,8 +287,8 @@ export function decodeOutputs(bytes: Uint8Array): { kernelId: number; numSplits:
 
 // ---- fa_kvcache_params ------------------------------------------------------------------------------------------
 
-/** fa_kvcache_params field for field (camelCase); unused arrays and tensors are 0n / emptyView. */
-export interface KvCacheParams extends SharedParams, KvCacheShape {
+/** fa_kvcache_params field for field (camelCase); unused arrays and tensors are 0n / emptyView, descales noDescale. */
+export interface KvCacheParams extends SharedParams, KvCacheShape, Fp8Fields {
   rotaryInterleaved: boolean;
   alibiSlopes: bigint;
   cacheSeqlens: bigint;
@@ -289,7 +307,7 @@ export interface KvCacheParams extends SharedParams, KvCacheShape {
   lse: bigint;
 }
 
-export const KVCACHE_PARAMS_SIZE = 360;
+export const KVCACHE_PARAMS_SIZE = 416;
 
 /** Field order of FA_KVCACHE_LAYOUT_FIELDS in flashattn.h, with the offsets this file writes at. */
 export const kvcacheLayoutFields: ReadonlyArray<readonly [string, number]> = [
@@ -297,7 +315,7 @@ export const kvcacheLayoutFields: ReadonlyArray<readonly [string, number]> = [
   ["max_blocks", 72], ["rotary_dim", 76], ["seqlen_rotary", 80], ["rotary_interleaved", 84], ["alibi_slopes", 88],
   ["cache_seqlens", 96], ["block_table", 104], ["cache_batch_idx", 112], ["cache_leftpad", 120], ["rotary_cos", 128],
   ["rotary_sin", 136], ["stream", 144], ["q", 152], ["k_cache", 184], ["v_cache", 216], ["k_new", 248],
-  ["v_new", 280], ["o", 312], ["lse", 344], ["out_kernel", 352], ["out_num_splits", 356],
+  ["v_new", 280], ["o", 312], ["lse", 344], ["out_kernel", 352], ["out_num_splits", 356], ...fp8LayoutFields(360),
 ];
 
 const kvcacheLayout = structLayout([["sizeof(fa_kvcache_params)", KVCACHE_PARAMS_SIZE]], kvcacheLayoutFields);
@@ -309,7 +327,8 @@ export const compareKvcacheLayout = kvcacheLayout.compare;
 /** The bytes of fa_kvcache_params for `p` (struct_size and abi_version set). */
 export function encodeKvCacheParams(p: KvCacheParams): Uint8Array {
   const bytes = new Uint8Array(KVCACHE_PARAMS_SIZE);
-  const { i32, pointer, view } = writeShared(bytes, "fa_kvcache_params", kvcacheLayoutFields, p, p.seqlenNew);
+  const writer = writeShared(bytes, "fa_kvcache_params", [...kvcacheLayoutFields, ...memberFields], p, p.seqlenNew);
+  const { i32, pointer, view } = writer;
   const ints: Array<[number, number]> = [
     [64, p.cacheBatch], [68, p.cacheRows], [72, p.maxBlocks], [76, p.rotaryDim], [80, p.seqlenRotary],
     [84, p.rotaryInterleaved ? 1 : 0],
@@ -322,6 +341,7 @@ export function encodeKvCacheParams(p: KvCacheParams): Uint8Array {
   for (const [off, v] of pointers) pointer(off, v);
   const views: Array<[number, TensorView]> = [[152, p.q], [184, p.kCache], [216, p.vCache], [248, p.kNew], [280, p.vNew], [312, p.o]];
   for (const [off, t] of views) view(off, t);
+  writeFp8Fields(writer, 360, p);
   return bytes;
 }
 

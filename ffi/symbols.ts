@@ -1,7 +1,7 @@
 // The C ABI of kernels/include/flashattn.h as one neutral symbol table, used by the Bun and the Deno loader alike.
 import type { SymbolTable } from "./loader.ts";
 
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 export const faSymbols = {
   fa_abi_version: { args: [], returns: "i32" },

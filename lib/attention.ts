@@ -12,6 +12,7 @@ import {
   type BackendChoice,
   type BackendDecision,
   chooseBackend,
+  descaleView,
   type DeviceTensors,
   noBackendError,
   paramsFor,
@@ -153,13 +154,7 @@ export class Scratch {
 }
 
 function uploadShared(scratch: Scratch, opts: AttentionSemantics, p: Problem): Partial<DeviceTensors> {
-  // One factor broadcasts (strides 0); batch × heads_kv factors are a contiguous (batch, heads_kv) array.
-  const descale = (factors: Float32Array | undefined) =>
-    factors && {
-      data: scratch.upload(factors),
-      batchStride: factors.length === 1 ? 0 : p.headsKv,
-      headStride: factors.length === 1 ? 0 : 1,
-    };
+  const descale = (factors: Float32Array | undefined) => factors && descaleView(scratch.upload(factors), factors, p.headsKv);
   return {
     alibiSlopes: opts.alibiSlopes ? scratch.upload(opts.alibiSlopes) : undefined,
     cuSeqlensQ: p.varlen ? scratch.upload(opts.cuSeqlensQ!) : undefined,

@@ -8,15 +8,20 @@
 //
 // Device use (a decode loop): describe once, keep q / k_new / the caches / the int32 arrays in device buffers, and
 // per step call backend.forwardKvcache(kvCacheParamsFor(problem, buffers)): the cache is updated where it lives.
-import { emptyView, type KvCacheParams } from "../ffi/layout.ts";
+import { type DescaleView, emptyView, type KvCacheParams, noDescale } from "../ffi/layout.ts";
 import type { Backend, DeviceBuffer, KernelInfo, LibraryInfo } from "./backend.ts";
 import { FlashAttnError } from "./errors.ts";
 import { type AttentionSemantics, checkShape, describeProblem, type TensorShape } from "./problem.ts";
-import { type BackendChoice, type BackendDecision, chooseBackend, contiguous, noBackendError, type SelectOptions } from "./select.ts";
+import { type BackendChoice, type BackendDecision, chooseBackend, contiguous, descaleView, noBackendError, type SelectOptions } from "./select.ts";
 import { type Tensor, tensor } from "./tensor.ts";
-import type { DType, KvCacheShape } from "./vocabulary.ts";
+import { type DType, isFp8, type KvCacheShape } from "./vocabulary.ts";
 
-/** The options of flash_attn_with_kvcache beyond q and the caches (semantics in kernels/include/flashattn.h). */
+/**
+ * The options of flash_attn_with_kvcache beyond q and the caches (semantics in kernels/include/flashattn.h). fp8 caches
+ * take the plain forward's descale and outDtype: q, the caches and k_new / v_new share one fp8 dtype, and k_descale /
+ * v_descale of sequence b apply to its cache rows and its new rows alike (k_new / v_new are fp8 numbers in the cache's
+ * scale, appended bit for bit).
+ */
 export interface KvCacheSemantics extends Omit<AttentionSemantics, "cuSeqlensQ" | "cuSeqlensK"> {
   /** (batch, seqlen_new, heads_kv, d): written into the cache at cacheSeqlens[b].. (rotated), then attended to. */
   kNew?: TensorShape;
@@ -41,6 +46,8 @@ export interface KvCacheSemantics extends Omit<AttentionSemantics, "cuSeqlensQ" 
 /** A KV-cache call as describeKvCache reads it: its sizes, the cache's kind and the attention semantics. */
 export interface KvCacheProblem extends KvCacheShape {
   dtype: DType;
+  /** The dtype o is written in (fp16 or bf16 for fp8 caches; else dtype). */
+  outDtype: DType;
   paged: boolean;
   rotaryInterleaved: boolean;
   causal: boolean;
@@ -117,13 +124,18 @@ export function describeKvCache(q: TensorShape, kCache: TensorShape, vCache: Ten
     [seqlenRotary, rotaryDim] = [opts.rotaryCos.shape[0], 2 * opts.rotaryCos.shape[1]];
     if (seqlenRotary < 1 || rotaryDim < 2) throw bad(`the rotary tables must not be empty, got shape ${shapeText(opts.rotaryCos)}`);
     if (rotaryDim > headDim) throw bad(`rotary_dim ${rotaryDim} (twice the tables' ${rotaryDim / 2} columns) exceeds head_dim ${headDim}`);
+    if (isFp8(q.dtype)) {
+      throw new FlashAttnError("UNSUPPORTED", `rotary embedding is not applied to ${q.dtype} tensors: rotate q and k_new before quantising them`,
+        "pass the rotated fp8 tensors without rotary tables");
+    }
   }
 
-  // The scalar semantics (scale, softcap, window, ALiBi slopes) follow the plain forward's rules, read once there.
+  // The scalar semantics (scale, softcap, window, ALiBi slopes) and the fp8 rules (output dtype, descale factors per
+  // (sequence, kv head)) follow the plain forward's, read once there.
   const plain = describeProblem(q, { dtype: q.dtype, shape: [batch, 1, headsKv, headDim] },
     { dtype: q.dtype, shape: [batch, 1, headsKv, headDim] }, opts);
   return {
-    dtype: q.dtype, batch, seqlenQ, seqlenNew, headsQ, headsKv, headDim, paged, cacheBatch, cacheRows, maxBlocks,
+    dtype: q.dtype, outDtype: plain.outDtype, batch, seqlenQ, seqlenNew, headsQ, headsKv, headDim, paged, cacheBatch, cacheRows, maxBlocks,
     rotaryDim, seqlenRotary, rotaryInterleaved: !!opts.rotaryInterleaved, causal: plain.causal, window: plain.window,
     scale: plain.scale, softcap: plain.softcap,
     alibi: opts.alibiSlopes ? (opts.alibiPerBatch ? "per-batch-head" : "per-head") : "none",
@@ -153,6 +165,10 @@ export interface KvCacheDeviceTensors {
   rotaryCos?: bigint;
   rotarySin?: bigint;
   alibiSlopes?: bigint;
+  /** fp8 only (absent: factor 1). */
+  qDescale?: DescaleView;
+  kDescale?: DescaleView;
+  vDescale?: DescaleView;
 }
 
 /** fa_kvcache_params for a problem over contiguous device tensors. */
@@ -172,6 +188,8 @@ export function kvCacheParamsFor(p: KvCacheProblem, t: KvCacheDeviceTensors, num
     vNew: t.vNew ? contiguous(t.vNew, p.seqlenNew, p.headsKv, p.headDim) : emptyView,
     o: contiguous(t.o, p.seqlenQ, p.headsQ, p.headDim),
     lse: t.lse,
+    outDtype: p.outDtype, qDescale: t.qDescale ?? noDescale, kDescale: t.kDescale ?? noDescale,
+    vDescale: t.vDescale ?? noDescale,
   };
 }
 
@@ -274,8 +292,10 @@ export async function attentionWithKvCache(q: Tensor, kCache: Tensor, vCache: Te
     return b;
   };
   const optional = (host: ArrayBufferView | undefined) => (host ? upload(host).address : undefined);
+  const descale = (factors: Float32Array | undefined) =>
+    factors && descaleView(upload(factors).address, factors, problem.headsKv);
   try {
-    const out = tensor(q.dtype, q.shape);
+    const out = tensor(problem.outDtype, q.shape);
     const lse = new Float32Array(problem.batch * problem.headsQ * problem.seqlenQ);
     const o = upload(out.data), l = upload(lse), kc = upload(kCache.data), vc = upload(vCache.data);
     if (opts.poison) for (const b of [o, l]) backend.fill(b, 0xff);
@@ -285,6 +305,7 @@ export async function attentionWithKvCache(q: Tensor, kCache: Tensor, vCache: Te
       blockTable: optional(opts.blockTable), cacheBatchIdx: optional(opts.cacheBatchIdx),
       cacheLeftpad: optional(opts.cacheLeftpad), rotaryCos: optional(opts.rotaryCos?.data),
       rotarySin: optional(opts.rotarySin?.data), alibiSlopes: optional(opts.alibiSlopes),
+      qDescale: descale(opts.descale?.q), kDescale: descale(opts.descale?.k), vDescale: descale(opts.descale?.v),
     }, opts.numSplits ?? 0);
     const t0 = performance.now();
     const { kernelId, numSplits } = backend.forwardKvcache(params);

@@ -1,9 +1,17 @@
 // The plain fp64 reference of KV-cache attention (flash-attn 2.x flash_attn_with_kvcache; kernels/include/flashattn.h
 // states the semantics): every step written out directly, sharing nothing with the library. The appended rows and
 // the rotated queries are rounded to the tensors' dtype, as flash-attn stores them; scores, softmax and output are fp64.
+// fp8 caches: the caches keep their fp8 numbers (the append copies them); q and the keys and values enter the scores and
+// the output dequantised, times the descale factor of their (sequence, kv head).
+//
+// plainKvCacheProblem restates a call after its append as the plain varlen forward it amounts to (each sequence's
+// visible cache tokens gathered into k / v), so that the fp8 check can measure a naive fp8 attention of the same inputs
+// with lib/reference.ts's naiveFp8Forward instead of a second copy of it.
 import { type KvCacheOptions, describeKvCache } from "./kvcache.ts";
+import type { AttentionSemantics } from "./problem.ts";
 import type { ReferenceOutput } from "./reference.ts";
-import { fromFloat32, type Tensor, roundTo, toFloat32 } from "./tensor.ts";
+import { fromFloat32, type Tensor, roundTo, tensor, toFloat32 } from "./tensor.ts";
+import { dtypeBytes } from "./vocabulary.ts";
 
 export interface KvCacheReference extends ReferenceOutput {
   /** The caches after the append. */
@@ -33,16 +41,11 @@ export function referenceKvCache(q: Tensor, kCache: Tensor, vCache: Tensor, opts
   const cos = opts.rotaryCos ? toFloat32(opts.rotaryCos) : new Float32Array(0);
   const sin = opts.rotarySin ? toFloat32(opts.rotarySin) : new Float32Array(0);
   const round = (x: number) => roundTo(p.dtype, x);
-  // Tokens cached before the append; without cache_seqlens every sequence's cache is full.
-  const capacity = p.paged ? p.maxBlocks * p.cacheRows : p.cacheRows;
-  const cached = (b: number) => (opts.cacheSeqlens ? opts.cacheSeqlens[b] : capacity);
-
-  // Element offset of (sequence b, cache token t, kv head h) in the caches.
-  const cacheRow = (b: number, t: number, h: number) => {
-    const [page, row] = p.paged
-      ? [opts.blockTable![b * p.maxBlocks + Math.floor(t / p.cacheRows)], t % p.cacheRows]
-      : [opts.cacheBatchIdx ? opts.cacheBatchIdx[b] : b, t];
-    return ((page * p.cacheRows + row) * p.headsKv + h) * d;
+  const { cached, cacheRow } = cacheGeometry(q, kCache, vCache, opts);
+  // fp8: the factor of (sequence b, kv head h) of q, k or v; 1 when none is given (and for other dtypes).
+  const factor = (which: "q" | "k" | "v", b: number, h: number) => {
+    const f = opts.descale?.[which];
+    return !f ? 1 : f.length === 1 ? f[0] : f[b * p.headsKv + h];
   };
 
   // 1. The append (k_new rotated to its absolute cache position).
@@ -73,6 +76,7 @@ export function referenceKvCache(q: Tensor, kCache: Tensor, vCache: Tensor, opts
     const diag = keys - p.seqlenQ;
     for (let h = 0; h < p.headsQ; h++) {
       const kvh = Math.floor(h / group);
+      const qScale = factor("q", b, kvh), kScale = factor("k", b, kvh), vScale = factor("v", b, kvh);
       const slope = opts.alibiSlopes ? opts.alibiSlopes[opts.alibiPerBatch ? b * p.headsQ + h : h] : 0;
       for (let i = 0; i < p.seqlenQ; i++) {
         const qBase = ((b * p.seqlenQ + i) * p.headsQ + h) * d;
@@ -88,7 +92,7 @@ export function referenceKvCache(q: Tensor, kCache: Tensor, vCache: Tensor, opts
           const kBase = cacheRow(b, pad + j, kvh);
           let dot = 0;
           for (let x = 0; x < d; x++) dot += qrow[x] * kc[kBase + x];
-          let s = p.scale * dot;
+          let s = p.scale * qScale * kScale * dot;
           if (p.softcap > 0) s = p.softcap * Math.tanh(s / p.softcap);
           if (opts.alibiSlopes) s -= slope * Math.abs(i + diag - j);
           scores.push(s);
@@ -104,7 +108,7 @@ export function referenceKvCache(q: Tensor, kCache: Tensor, vCache: Tensor, opts
         const sum = e.reduce((a, x) => a + x, 0);
         lse[lseIndex] = m + Math.log(sum);
         for (let n = 0; n < e.length; n++) {
-          const w = e[n] / sum;
+          const w = (e[n] / sum) * vScale;
           for (let x = 0; x < d; x++) out[qBase + x] += w * vc[rows[n] + x];
         }
       }
@@ -115,4 +119,53 @@ export function referenceKvCache(q: Tensor, kCache: Tensor, vCache: Tensor, opts
     kCache: fromFloat32(kCache.dtype, kCache.shape, kc),
     vCache: fromFloat32(vCache.dtype, vCache.shape, vc),
   };
+}
+
+/**
+ * Where the caches hold a sequence's tokens: cached(b), the tokens before the append (without cache_seqlens every
+ * cache is full), and cacheRow(b, t, h), the element offset of (sequence b, cache token t, kv head h).
+ */
+function cacheGeometry(q: Tensor, kCache: Tensor, vCache: Tensor, opts: KvCacheOptions) {
+  const p = describeKvCache(q, kCache, vCache, opts);
+  const capacity = p.paged ? p.maxBlocks * p.cacheRows : p.cacheRows;
+  const cached = (b: number) => (opts.cacheSeqlens ? opts.cacheSeqlens[b] : capacity);
+  const cacheRow = (b: number, t: number, h: number) => {
+    const [page, row] = p.paged
+      ? [opts.blockTable![b * p.maxBlocks + Math.floor(t / p.cacheRows)], t % p.cacheRows]
+      : [opts.cacheBatchIdx ? opts.cacheBatchIdx[b] : b, t];
+    return ((page * p.cacheRows + row) * p.headsKv + h) * p.headDim;
+  };
+  return { p, cached, cacheRow };
+}
+
+/**
+ * A call without rotary, restated after its append (kCache / vCache: the caches the append produced) as the plain
+ * varlen forward it amounts to: q as (batch x seqlen_q, heads_q, d), k and v the keys each sequence sees, tokens
+ * [leftpad, cache_seqlens + seqlen_new), packed in sequence order; the masks, scale, softcap, ALiBi and fp8 fields as
+ * given. Its output has the KV-cache call's layout.
+ */
+export function plainKvCacheProblem(q: Tensor, kCache: Tensor, vCache: Tensor, opts: KvCacheOptions) {
+  const { p, cached, cacheRow } = cacheGeometry(q, kCache, vCache, opts);
+  const rowElements = p.headsKv * p.headDim, bytes = dtypeBytes[p.dtype];
+  const lengths = Array.from({ length: p.batch }, (_, b) => cached(b) + p.seqlenNew - (opts.cacheLeftpad?.[b] ?? 0));
+  const totalK = lengths.reduce((a, n) => a + n, 0);
+  const k = tensor(p.dtype, [totalK, p.headsKv, p.headDim]), v = tensor(p.dtype, [totalK, p.headsKv, p.headDim]);
+  const cuK = new Int32Array(p.batch + 1);
+  for (let b = 0; b < p.batch; b++) {
+    cuK[b + 1] = cuK[b] + lengths[b];
+    for (let j = 0; j < lengths[b]; j++) {
+      const token = (opts.cacheLeftpad?.[b] ?? 0) + j;
+      // A token's kv heads are consecutive in a cache row (the caches are contiguous (pages, rows, heads_kv, d)).
+      const from = cacheRow(b, token, 0) * bytes, to = (cuK[b] + j) * rowElements * bytes;
+      for (const [src, dst] of [[kCache, k], [vCache, v]]) {
+        new Uint8Array(dst.data.buffer).set(new Uint8Array(src.data.buffer, src.data.byteOffset + from, rowElements * bytes), to);
+      }
+    }
+  }
+  const semantics: AttentionSemantics = {
+    causal: opts.causal, window: opts.window, softcap: opts.softcap, scale: opts.scale, alibiSlopes: opts.alibiSlopes,
+    alibiPerBatch: opts.alibiPerBatch, descale: opts.descale, outDtype: opts.outDtype,
+    cuSeqlensQ: Int32Array.from({ length: p.batch + 1 }, (_, b) => b * p.seqlenQ), cuSeqlensK: cuK,
+  };
+  return { q: tensor(p.dtype, [p.batch * p.seqlenQ, p.headsQ, p.headDim], q.data), k, v, semantics };
 }

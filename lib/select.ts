@@ -60,6 +60,15 @@ export function contiguous(data: bigint, rowsPerBatch: number, heads: number, d:
   return { data, batchStride: rowsPerBatch * heads * d, rowStride: heads * d, headStride: d };
 }
 
+/**
+ * The fa_descale view of factors uploaded to `data`: one factor broadcasts (strides 0); batch × heads_kv factors are a
+ * contiguous (batch, heads_kv) array (lib/problem.ts Descale).
+ */
+export function descaleView(data: bigint, factors: Float32Array, headsKv: number): DescaleView {
+  const scalar = factors.length === 1;
+  return { data, batchStride: scalar ? 0 : headsKv, headStride: scalar ? 0 : 1 };
+}
+
 /** fa_attn_params for a request over contiguous device tensors (causal and the window passed as given). */
 export function paramsFor(request: AttnRequest, t: DeviceTensors): AttnParams {
   const p = request.problem;

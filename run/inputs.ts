@@ -82,10 +82,11 @@ export function loadFiles(plan: RunPlan): RunInputs {
 
 /**
  * Descale factors from tensors of a .safetensors file (q_descale, k_descale, v_descale: each a scalar, (1,) or
- * (batch, heads_kv), any float dtype); undefined when it holds none. `k` gives batch and heads_kv. `optional`: a file
- * without them is fine (the --input); else (a --descale file) it must hold at least one.
+ * (batch, heads_kv), any float dtype); undefined when it holds none. `k`'s shape, (batch, seqlen, heads_kv, d) or
+ * (tokens, heads_kv, d), gives batch and heads_kv (a KV-cache step passes one built from q's batch and the cache's
+ * heads). `optional`: a file without them is fine (the --input); else (a --descale file) it must hold at least one.
  */
-function readDescaleTensors(path: string, k: Tensor, optional: boolean): Descale | undefined {
+export function readDescaleTensors(path: string, k: Pick<Tensor, "shape">, optional: boolean): Descale | undefined {
   const file = openSafetensors(path);
   try {
     const found = descaleNames.filter((n) => file.entries.has(`${n}_descale`));
@@ -103,7 +104,7 @@ function readDescaleTensors(path: string, k: Tensor, optional: boolean): Descale
 }
 
 /** Descale factors from a --descale file: .safetensors tensors, or JSON {"q_descale": 0.5 or [[...]], ...}. */
-function readDescaleFile(path: string, k: Tensor): Descale {
+function readDescaleFile(path: string, k: Pick<Tensor, "shape">): Descale {
   if (path.toLowerCase().endsWith(".safetensors")) return readDescaleTensors(path, k, false)!;
   const input = openInput(path, "descale");
   let doc: unknown;
@@ -137,7 +138,7 @@ function readDescaleFile(path: string, k: Tensor): Descale {
 }
 
 /** The factors of one descale tensor, whose shape must be a scalar, (1,) or (batch, heads_kv) of `k`'s problem. */
-function descaleValues(path: string, name: string, shape: number[], values: Float32Array, k: Tensor): Float32Array {
+function descaleValues(path: string, name: string, shape: number[], values: Float32Array, k: Pick<Tensor, "shape">): Float32Array {
   const [batch, headsKv] = k.shape.length === 4 ? [k.shape[0], k.shape[2]] : [undefined, k.shape[1]];
   const scalar = values.length === 1 && shape.length <= 1;
   const perHead = shape.length === 2 && shape[0] === batch && shape[1] === headsKv;

@@ -88,7 +88,7 @@ describe("our libraries and the backend decision (in the worker)", () => {
     expect(facts.status).toBe("ok");
     const cpu = facts.libraries.find((l) => l.backend === "cpu")!;
     expect(cpu.loaded).toBe(true);
-    expect(cpu.info?.abi).toBe(2);
+    expect(cpu.info?.abi).toBe(3);
     expect(cpu.self_test?.ok).toBe(true);
     expect(cpu.self_test!.rel_error!).toBeLessThan(1e-5);
     expect(facts.chosen).toBe("cpu");

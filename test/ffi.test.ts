@@ -34,13 +34,13 @@ const request = () => {
 
 describe("refusing libraries built for another ABI", () => {
   test("a different ABI version is refused with both numbers", () => {
-    // A library built before fp8 (ABI 1) is refused before its smaller params struct is ever written.
-    const lib = buildStale("abi1", ["-DSTALE_ABI=1"]);
+    // A library built before fp8 KV caches (ABI 2) is refused before its smaller KV-cache struct is ever written.
+    const lib = buildStale("abi2", ["-DSTALE_ABI=2"]);
     const { backend, attempts } = openBackend("cpu", { libPath: lib });
     expect(backend).toBeUndefined();
     expect(attempts).toHaveLength(1);
     expect(attempts[0]).toMatchObject({ path: lib, source: "flag", ok: false });
-    expect(attempts[0].error).toContain("has ABI version 1 but this flashattn needs 2");
+    expect(attempts[0].error).toContain("has ABI version 2 but this flashattn needs 3");
   });
 
   test("a params layout that drifted is refused, naming the first field that moved", () => {
@@ -95,7 +95,7 @@ describe("the CPU library through the adapter (always built: a missing one is a 
     expect(attempts.at(-1)).toMatchObject({ path: cpuLib, source: "build", ok: true });
     const info = backend!.info();
     expect(info.backend).toBe("cpu");
-    expect(info.abi).toBe(2);
+    expect(info.abi).toBe(3);
     expect(info.kernels.length).toBeGreaterThan(0);
     expect(backend!.deviceCount()).toBe(1);
   });

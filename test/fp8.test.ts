@@ -382,7 +382,7 @@ describe("fp8 files", () => {
   test("flag refusals", () => {
     expect(runUsageError({ shape: "1,8,8,2,2,16", dtype: "fp8_e4m3", descale: "d.json" })).toMatch(/a random fp8 problem is quantised/);
     expect(runUsageError({ shape: "1,8,8,2,2,16", dtype: "bf16", descale: "d.json" })).toMatch(/--descale gives the descale factors of fp8/);
-    expect(runUsageError({ decode: true, cacheLen: "16", dtype: "fp8_e4m3" })).toMatch(/KV-cache attention takes fp32, fp16 or bf16, not fp8_e4m3/);
+    expect(runUsageError({ decode: true, cacheLen: "16", dtype: "fp8_e4m3", rotary: true })).toMatch(/--rotary does not apply to fp8_e4m3 caches/);
     expect(runUsageError({ dtype: "fp8" })).toMatch(/choose fp32, fp16, bf16, fp8_e4m3 or fp8_e5m2/);
     expect(runUsageError({ shape: "1,8,8,2,2,16", dtype: "bf16", outDtype: "fp16" })).toMatch(/--out-dtype sets the output dtype of fp8 inputs/);
     expect(runUsageError({ shape: "1,8,8,2,2,16", dtype: "fp8_e4m3", outDtype: "fp32" })).toMatch(/--out-dtype takes fp16 or bf16, got 'fp32'/);

@@ -203,8 +203,10 @@ inline bool is_fp8(int32_t dtype) { return dtype == FA_DTYPE_FP8_E4M3 || dtype =
 
 inline size_t dtype_size(int32_t dtype) { return dtype == FA_DTYPE_F32 ? 4 : is_fp8(dtype) ? 1 : 2; }
 
-// The dtype o is written in (fa_attn_params.out_dtype): 0 is the default, the input dtype itself or bf16 for fp8.
-inline int32_t output_dtype(const fa_attn_params& p) {
+// The dtype o is written in (out_dtype of fa_attn_params or fa_kvcache_params): 0 is the default, the input dtype itself
+// or bf16 for fp8.
+template <typename Params>
+int32_t output_dtype(const Params& p) {
   if (p.out_dtype != 0) return p.out_dtype;
   return is_fp8(p.dtype) ? FA_DTYPE_BF16 : p.dtype;
 }
@@ -318,12 +320,13 @@ void check_heads_and_semantics(const Params& p, const BackendLimits& lim, std::v
   if (p.num_splits < 0 || p.num_splits > 256) invalid(format("num_splits must be 0 (auto) to 256, got %d", p.num_splits));
 }
 
-// The three descale views of a params struct with their names, in q, k, v order.
+// The three descale views of a params struct (fa_attn_params or fa_kvcache_params) with their names, in q, k, v order.
 struct NamedDescale {
   const char* name;
   const fa_descale& view;
 };
-inline std::array<NamedDescale, 3> named_descales(const fa_attn_params& p) {
+template <typename Params>
+std::array<NamedDescale, 3> named_descales(const Params& p) {
   return {{{"q_descale", p.q_descale}, {"k_descale", p.k_descale}, {"v_descale", p.v_descale}}};
 }
 
@@ -333,9 +336,11 @@ inline float descale_at(const fa_descale& f, int32_t b, int32_t h) {
   return f.data ? f.data[int64_t{b} * f.batch_stride + int64_t{h} * f.head_stride] : 1.0f;
 }
 
-// The fields fp8 adds: the output dtype, the descale views (their values need device memory: check_descale_values
-// reads them where it is host memory) and the forward-only rule.
-inline void check_fp8_fields(const fa_attn_params& p, int32_t direction, std::vector<Problem>& out) {
+// The fields fp8 adds, at the end of both params structs: the output dtype, the descale views (their values need
+// device memory: check_descale_values reads them where it is host memory) and the forward-only rule (a KV-cache call
+// is a forward).
+template <typename Params>
+void check_fp8_fields(const Params& p, int32_t direction, std::vector<Problem>& out) {
   auto invalid = [&](const std::string& m) { out.push_back({FA_ERR_INVALID_ARGUMENT, m}); };
   auto unsupported = [&](const std::string& m) { out.push_back({FA_ERR_UNSUPPORTED, m}); };
   const bool fp8 = is_fp8(p.dtype);
@@ -363,7 +368,8 @@ inline void check_fp8_fields(const fa_attn_params& p, int32_t direction, std::ve
 
 // Reads the factors of a descale view whose data is host memory (the CPU backend, or a host copy with the same strides)
 // and refuses a non-finite or non-positive one.
-inline std::vector<Problem> check_descale_values(const fa_attn_params& p, const char* name, const fa_descale& host) {
+template <typename Params>
+std::vector<Problem> check_descale_values(const Params& p, const char* name, const fa_descale& host) {
   for (int32_t b = 0; b < p.batch; ++b)
     for (int32_t h = 0; h < p.heads_kv; ++h) {
       const float x = descale_at(host, b, h);

@@ -29,15 +29,19 @@ inline int32_t kvcache_layout(int64_t* out, int32_t capacity) {
       offsetof(fa_kvcache_params, v_cache),         offsetof(fa_kvcache_params, k_new),
       offsetof(fa_kvcache_params, v_new),           offsetof(fa_kvcache_params, o),
       offsetof(fa_kvcache_params, lse),             offsetof(fa_kvcache_params, out_kernel),
-      offsetof(fa_kvcache_params, out_num_splits),
+      offsetof(fa_kvcache_params, out_num_splits),  offsetof(fa_kvcache_params, out_dtype),
+      offsetof(fa_kvcache_params, reserved),        offsetof(fa_kvcache_params, q_descale),
+      offsetof(fa_kvcache_params, k_descale),       offsetof(fa_kvcache_params, v_descale),
   };
   if (out != nullptr)
     for (int32_t i = 0; i < capacity && i < FA_KVCACHE_LAYOUT_COUNT; ++i) out[i] = entries[i];
   return FA_KVCACHE_LAYOUT_COUNT;
 }
 
-static_assert(sizeof(fa_kvcache_params) == 360, "fa_kvcache_params layout changed: bump FA_ABI_VERSION and ffi/layout.ts");
-static_assert(offsetof(fa_kvcache_params, q) == 152 && offsetof(fa_kvcache_params, out_kernel) == 352, "layout");
+static_assert(sizeof(fa_kvcache_params) == 416, "fa_kvcache_params layout changed: bump FA_ABI_VERSION and ffi/layout.ts");
+static_assert(offsetof(fa_kvcache_params, q) == 152 && offsetof(fa_kvcache_params, out_kernel) == 352 &&
+                  offsetof(fa_kvcache_params, out_dtype) == 360 && offsetof(fa_kvcache_params, q_descale) == 368,
+              "layout");
 
 inline bool kvcache_paged(const fa_kvcache_params& p) { return p.block_table != nullptr; }
 
@@ -57,10 +61,10 @@ inline bool kvcache_rotary_consecutive(const fa_kvcache_params& p) {
   return p.is_causal != 0 || p.window_left >= 0 || p.window_right >= 0;
 }
 
-// The plain-forward parameters of the attention step (after the append and rotary): masks, scale, ALiBi, heads and
-// q / o / lse as given, k / v the cache tensors, seqlen_k the cache capacity (at least every sequence's key count, so
-// resolve()'s folding of far window bounds stays exact). Backends reuse their forward geometry with it; only the key
-// addressing (through the cache map) differs.
+// The plain-forward parameters of the attention step (after the append and rotary): masks, scale, ALiBi, heads, the
+// fp8 fields (out_dtype, descales) and q / o / lse as given, k / v the cache tensors, seqlen_k the cache capacity (at
+// least every sequence's key count, so resolve()'s folding of far window bounds stays exact). Backends reuse their
+// forward geometry with it; only the key addressing (through the cache map) differs.
 inline fa_attn_params kvcache_attention_params(const fa_kvcache_params& p) {
   fa_attn_params a{};
   a.struct_size = sizeof a;
@@ -86,6 +90,10 @@ inline fa_attn_params kvcache_attention_params(const fa_kvcache_params& p) {
   a.v = p.v_cache;
   a.o = p.o;
   a.lse = p.lse;
+  a.out_dtype = p.out_dtype;
+  a.q_descale = p.q_descale;
+  a.k_descale = p.k_descale;
+  a.v_descale = p.v_descale;
   return a;
 }
 
@@ -96,9 +104,7 @@ inline std::vector<Problem> check_kvcache_params(const fa_kvcache_params* pp, co
   if (!check_struct_header(pp, "KV-cache params", out)) return out;
   const fa_kvcache_params& p = *pp;
   check_dtype_batch_queries(p, lim, out);
-  if (is_fp8(p.dtype))
-    unsupported(format("KV-cache attention takes fp32, fp16 or bf16 tensors, not %s (fp8 caches are not implemented yet)",
-                       dtype_name(p.dtype)));
+  check_fp8_fields(p, FA_DIR_FORWARD, out);
   if (p.seqlen_new < 0) invalid(format("seqlen_new must not be negative, got %d", p.seqlen_new));
   check_heads_and_semantics(p, lim, out);
 
@@ -131,6 +137,10 @@ inline std::vector<Problem> check_kvcache_params(const fa_kvcache_params* pp, co
     if (p.seqlen_rotary < 1) invalid(format("the rotary tables need at least one row, got seqlen_rotary %d", p.seqlen_rotary));
     if (p.rotary_interleaved != 0 && p.rotary_interleaved != 1)
       invalid(format("rotary_interleaved must be 0 or 1, got %d", p.rotary_interleaved));
+    // Rotating fp8 numbers would round the rotated keys to fp8 a second time, in a scale chosen before the rotation.
+    if (is_fp8(p.dtype))
+      unsupported(format("rotary embedding is not applied to %s tensors: rotate q and k_new before quantising them, and "
+                         "pass rotary_dim 0", dtype_name(p.dtype)));
   } else if (p.rotary_cos != nullptr || p.rotary_sin != nullptr) {
     invalid("rotary tables are given but rotary_dim is 0");
   }

@@ -46,6 +46,19 @@ int32_t planned_kernel(const fa_attn_params& p, int32_t direction, const IsaKern
   return avx2 ? kFlashForwardAvx2 : kFlashForwardPortable;
 }
 
+// The descale factors of either params struct, read where they live (host memory here): 4-byte aligned, and every
+// factor the request uses finite, positive and normal.
+template <typename Params>
+void check_host_descales(const Params& p, std::vector<Problem>& out) {
+  for (const NamedDescale& x : named_descales(p)) {
+    if (x.view.data == nullptr) continue;
+    if (reinterpret_cast<uintptr_t>(x.view.data) % 4 != 0)
+      out.push_back({FA_ERR_INVALID_ARGUMENT, format("%s is not aligned to 4-byte floats", x.name)});
+    else
+      for (const Problem& pr : check_descale_values(p, x.name, x.view)) out.push_back(pr);
+  }
+}
+
 // Checks that need the data (host memory on this backend): element alignment and the varlen offsets.
 std::vector<Problem> check_host_data(const fa_attn_params& p, int32_t direction) {
   std::vector<Problem> out;
@@ -66,13 +79,7 @@ std::vector<Problem> check_host_data(const fa_attn_params& p, int32_t direction)
   }
   if (p.lse != nullptr && reinterpret_cast<uintptr_t>(p.lse) % 4 != 0)
     out.push_back({FA_ERR_INVALID_ARGUMENT, "lse is not aligned to 4-byte floats"});
-  for (const NamedDescale& x : named_descales(p)) {
-    if (x.view.data == nullptr) continue;
-    if (reinterpret_cast<uintptr_t>(x.view.data) % 4 != 0)
-      out.push_back({FA_ERR_INVALID_ARGUMENT, format("%s is not aligned to 4-byte floats", x.name)});
-    else
-      for (const Problem& pr : check_descale_values(p, x.name, x.view)) out.push_back(pr);
-  }
+  check_host_descales(p, out);
   if (!out.empty() || !is_varlen(p)) return out;
   for (auto problems : {check_cu_seqlens(p.cu_seqlens_q, p.batch, p.total_q, p.seqlen_q, "cu_seqlens_q"),
                         check_cu_seqlens(p.cu_seqlens_k, p.batch, p.total_k, p.seqlen_k, "cu_seqlens_k")})
@@ -100,10 +107,11 @@ int32_t run_direction(fa_attn_params& p, int32_t direction) {
   return FA_OK;
 }
 
-// fa_forward_kvcache's checks: the struct, then (host memory here) element alignment and the int32 arrays' values.
+// fa_forward_kvcache's checks: the struct, then (host memory here) element alignment, the descale factors and the int32
+// arrays' values.
 int32_t validate_kvcache(const fa_kvcache_params* p) {
   if (int32_t status = report_first(check_kvcache_params(p, kLimits))) return status;
-  const size_t element = dtype_size(p->dtype);
+  const size_t element = dtype_size(p->dtype), out_element = dtype_size(output_dtype(*p));
   struct Named {
     const char* name;
     const void* data;
@@ -111,7 +119,7 @@ int32_t validate_kvcache(const fa_kvcache_params* p) {
   };
   const Named arrays[] = {{"q", p->q.data, element},           {"k_cache", p->k_cache.data, element},
                           {"v_cache", p->v_cache.data, element}, {"k_new", p->k_new.data, element},
-                          {"v_new", p->v_new.data, element},     {"o", p->o.data, element},
+                          {"v_new", p->v_new.data, element},     {"o", p->o.data, out_element},
                           {"rotary_cos", p->rotary_cos, element}, {"rotary_sin", p->rotary_sin, element},
                           {"lse", p->lse, 4},                    {"alibi_slopes", p->alibi_slopes, 4},
                           {"cache_seqlens", p->cache_seqlens, 4}, {"block_table", p->block_table, 4},
@@ -119,6 +127,9 @@ int32_t validate_kvcache(const fa_kvcache_params* p) {
   for (const Named& a : arrays)
     if (reinterpret_cast<uintptr_t>(a.data) % a.alignment != 0)
       return fail(FA_ERR_INVALID_ARGUMENT, format("%s is not aligned to its %zu-byte elements", a.name, a.alignment));
+  std::vector<Problem> descales;
+  check_host_descales(*p, descales);
+  if (int32_t status = report_first(descales)) return status;
   return report_first(check_kvcache_values(*p, p->cache_seqlens, p->block_table, p->cache_batch_idx, p->cache_leftpad));
 }
 

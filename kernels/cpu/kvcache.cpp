@@ -56,13 +56,13 @@ struct CacheMap {
   int32_t keys(int32_t b) const { return static_cast<int32_t>(kvcache_cached(p, p.cache_seqlens, b) + p.seqlen_new - leftpad(b)); }
 
   // Loads keys [k0, k0 + rows) of sequence b (counted from its leftpad) into a (rows x d_pad) fp32 tile, a page
-  // segment at a time.
-  void load(const IsaKernels& isa, const fa_tensor& t, int32_t b, int32_t h, int32_t k0, int32_t rows, float* dst,
-            int32_t d_pad) const {
+  // segment at a time, times `descale` (fp8: the factor of (b, h); 1 otherwise).
+  void load(const IsaKernels& isa, const fa_tensor& t, int32_t b, int32_t h, int32_t k0, int32_t rows, float descale,
+            float* dst, int32_t d_pad) const {
     for (int32_t r = 0; r < rows;) {
       const int64_t token = int64_t{leftpad(b)} + k0 + r;
       const int32_t segment = static_cast<int32_t>(std::min<int64_t>(rows - r, rows_in_page(token)));
-      isa.load_rows(p.dtype, row(t, b, token, h), t.row_stride, segment, p.head_dim, 1.0f, dst + int64_t{r} * d_pad,
+      isa.load_rows(p.dtype, row(t, b, token, h), t.row_stride, segment, p.head_dim, descale, dst + int64_t{r} * d_pad,
                     d_pad, d_pad);
       r += segment;
     }
@@ -90,7 +90,8 @@ char* tensor_row(const fa_kvcache_params& p, const fa_tensor& t, int32_t b, int6
   return static_cast<char*>(t.data) + offset * static_cast<int64_t>(dtype_size(p.dtype));
 }
 
-// Phase 1: the new keys and values go into the cache, rows cache_seqlens[b] + j (never NULL with an append).
+// Phase 1: the new keys and values go into the cache, rows cache_seqlens[b] + j (never NULL with an append); copied
+// byte for byte (fp8 rows are already in the cache's scale), k_new rotated when rotary is on (never with fp8).
 void append(const fa_kvcache_params& p, const CacheMap& cache) {
   const size_t row_bytes = static_cast<size_t>(p.head_dim) * dtype_size(p.dtype);
   parallel_for(int64_t{p.batch} * p.seqlen_new, [&](int64_t task, int) {
@@ -131,9 +132,11 @@ void attend_block(const Geometry& g, const CacheMap& cache, const IsaKernels& is
     const int32_t per_split = (blocks + splits - 1) / splits;
     return KeyRange{(first_block + t.split * per_split) * bk, std::min(vis.key_hi + 1, (first_block + (t.split + 1) * per_split) * bk)};
   };
+  // fp8: the cache rows are dequantised with the factors of sequence b (the appended rows share them).
+  const float k_descale = descale_at(kp.k_descale, t.b, t.kvh), v_descale = descale_at(kp.v_descale, t.b, t.kvh);
   auto load_kv = [&](int32_t k0, int32_t keys) {
-    cache.load(isa, kp.k_cache, t.b, t.kvh, k0, keys, w.k, g.d_pad);
-    cache.load(isa, kp.v_cache, t.b, t.kvh, k0, keys, w.v, g.d_pad);
+    cache.load(isa, kp.k_cache, t.b, t.kvh, k0, keys, k_descale, w.k, g.d_pad);
+    cache.load(isa, kp.v_cache, t.b, t.kvh, k0, keys, v_descale, w.v, g.d_pad);
   };
   forward_task(g, isa, w, t, s, split_share, load_kv);
   if (splits == 1) {
@@ -168,7 +171,7 @@ void merge_splits(const Geometry& g, const IsaKernels& isa, int32_t splits, cons
       }
     const float inv = total > 0.0f ? 1.0f / total : 0.0f;
     const Sequence s{0, 0, p.seqlen_q, 0};
-    isa.store_rows(p.dtype, sum.data(), d, 1, d, &inv, g.row(p.o, b, 0, i, h), p.o.row_stride);
+    isa.store_rows(g.dtype_of(p.o), sum.data(), d, 1, d, &inv, g.row(p.o, b, 0, i, h), p.o.row_stride);
     if (p.lse != nullptr) p.lse[g.lse_index(b, h, s, i)] = total > 0.0f ? m + std::log(total) : INFINITY;
   });
 }

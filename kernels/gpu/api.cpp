@@ -381,15 +381,18 @@ int32_t attention(fa_attn_params* p, int32_t direction) {
   return run_path(path, *p, make_context(*p, &caps), direction);
 }
 
-// fa_forward_kvcache's front: the struct, the device, the int32 arrays read back from the device, then the path —
-// chosen before anything is written, so a refused request leaves the cache as it was.
+// fa_forward_kvcache's front: the struct, the device, the path (from the struct alone: a request no path serves, such
+// as fp8 caches, is refused with each path's reason before any device memory is read), then the int32 arrays read back
+// from the device and the descale factors (read only where a path takes fp8 caches) — all before anything is written,
+// so a refused request leaves the cache as it was.
 int32_t prepare_kvcache(fa_kvcache_params* p, DeviceCaps* caps, const KernelPath** path) {
   if (int32_t st = report_first(check_kvcache_params(p, kGpuLimits)); st != FA_OK) return st;
   if (int32_t st = current_caps(caps); st != FA_OK) return st;
-  if (int32_t st = check_kvcache_arrays(*p); st != FA_OK) return st;
   std::vector<std::string> reasons;
   *path = select_kvcache_path(*p, *caps, reasons);
-  return *path != nullptr ? FA_OK : refuse(reasons);
+  if (*path == nullptr) return refuse(reasons);
+  if (int32_t st = check_kvcache_arrays(*p); st != FA_OK) return st;
+  return check_descales(kvcache_attention_params(*p));
 }
 
 // The validated request's work on p->stream: the shared preparation (append, rotary), then the path's attention.

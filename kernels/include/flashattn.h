@@ -48,8 +48,8 @@ extern "C" {
 #define FA_API __attribute__((visibility("default")))
 #endif
 
-/* Bumped whenever a signature or the fa_attn_params layout changes. */
-#define FA_ABI_VERSION 2
+/* Bumped whenever a signature or the fa_attn_params / fa_kvcache_params layout changes (both structs carry it). */
+#define FA_ABI_VERSION 3
 
 typedef enum fa_status {
   FA_OK = 0,
@@ -67,7 +67,8 @@ typedef enum fa_dtype {
   FA_DTYPE_F32 = 0,      /* CPU backend only */
   FA_DTYPE_F16 = 1,
   FA_DTYPE_BF16 = 2,
-  FA_DTYPE_FP8_E4M3 = 3, /* q, k, v of a forward call only (see "FP8" below); OCP E4M3: bias 7, no inf, max 448 */
+  FA_DTYPE_FP8_E4M3 = 3, /* q, k, v (and KV caches) of a forward call only (see "FP8" below); OCP E4M3: bias 7, no inf,
+                            max 448 */
   FA_DTYPE_FP8_E5M2 = 4  /* the same; OCP E5M2: bias 15, IEEE-like with inf and NaN, max 57344 */
 } fa_dtype;
 
@@ -184,8 +185,12 @@ typedef struct fa_attn_params {
 
 /*
  * KV-cache attention (flash-attn 2.x flash_attn_with_kvcache). Zero-initialise, then set struct_size =
- * sizeof(fa_kvcache_params) and abi_version = FA_ABI_VERSION. 360 bytes, naturally aligned. One dtype for q, the
- * caches, k_new / v_new, o and the rotary tables: fp32, fp16 or bf16 (fp8 caches are not implemented yet). Shapes, in elements:
+ * sizeof(fa_kvcache_params) and abi_version = FA_ABI_VERSION. 416 bytes, naturally aligned. One dtype for q, the
+ * caches, k_new / v_new and the rotary tables: fp32, fp16, bf16 or fp8; o is in out_dtype (as in fa_attn_params).
+ * FP8 caches: q, k_cache, v_cache, k_new and v_new are all of the one fp8 dtype, with fa_attn_params' "FP8" semantics
+ * (descale factors per (sequence, kv head), P rounded to E4M3, o in fp16 or bf16); k_new / v_new are fp8 numbers in the
+ * cache's scale (the same k_descale / v_descale of sequence b apply to its cache and its new rows) and are appended bit
+ * for bit. Rotary with fp8 is refused (FA_ERR_UNSUPPORTED): rotate before quantising. Shapes, in elements:
  *   q (batch, seqlen_q, heads_q, head_dim); o like q; lse (batch, heads_q, seqlen_q) fp32 contiguous (may be NULL)
  *   contiguous cache (block_table NULL): k_cache / v_cache (cache_batch, cache_rows, heads_kv, head_dim);
  *     sequence b lives in cache row cache_batch_idx[b] (b when cache_batch_idx is NULL)
@@ -245,15 +250,22 @@ typedef struct fa_kvcache_params {
   float* lse;                    /* 344 */
   int32_t out_kernel;            /* 352: filled by the library */
   int32_t out_num_splits;        /* 356: filled by the library */
-} fa_kvcache_params;             /* 360 */
+  int32_t out_dtype;             /* 360: fa_dtype of o, as fa_attn_params.out_dtype (0 = dtype; bf16 for fp8) */
+  int32_t reserved;              /* 364: must be 0 */
+  fa_descale q_descale;          /* 368: fp8 only, as in fa_attn_params; all NULL otherwise */
+  fa_descale k_descale;          /* 384: of k_cache and k_new */
+  fa_descale v_descale;          /* 400: of v_cache and v_new */
+} fa_kvcache_params;             /* 416 */
 
-/* Field order of fa_kvcache_layout(): out[0] = sizeof(fa_kvcache_params), then each field's byte offset. */
+/* Field order of fa_kvcache_layout(): out[0] = sizeof(fa_kvcache_params), then each field's byte offset (fa_tensor and
+ * fa_descale members are those fa_params_layout reports). */
 #define FA_KVCACHE_LAYOUT_FIELDS                                                                                    \
   "struct_size,abi_version,dtype,batch,seqlen_q,seqlen_new,heads_q,heads_kv,head_dim,is_causal,window_left,"        \
   "window_right,scale,softcap,alibi_mode,num_splits,cache_batch,cache_rows,max_blocks,rotary_dim,seqlen_rotary,"    \
   "rotary_interleaved,alibi_slopes,cache_seqlens,block_table,cache_batch_idx,cache_leftpad,rotary_cos,rotary_sin,"  \
-  "stream,q,k_cache,v_cache,k_new,v_new,o,lse,out_kernel,out_num_splits"
-#define FA_KVCACHE_LAYOUT_COUNT 40 /* 1 size + 39 offsets */
+  "stream,q,k_cache,v_cache,k_new,v_new,o,lse,out_kernel,out_num_splits,out_dtype,reserved,q_descale,k_descale,"   \
+  "v_descale"
+#define FA_KVCACHE_LAYOUT_COUNT 45 /* 1 size + 44 offsets */
 
 /* ---- identity and errors ------------------------------------------------------------------------------------ */
 

@@ -9,7 +9,7 @@ import ctypes as C
 import json
 import os
 
-ABI_VERSION = 2  # FA_ABI_VERSION
+ABI_VERSION = 3  # FA_ABI_VERSION
 
 # fa_status
 OK = 0

@@ -10,7 +10,9 @@ import type { Backend, DeviceBuffer } from "../../lib/backend.ts";
 import { FlashAttnError } from "../../lib/errors.ts";
 import { attentionWithKvCache, describeKvCache, type KvCacheOptions, type KvCacheResult, kvCacheParamsFor } from "../../lib/kvcache.ts";
 import { referenceKvCache } from "../../lib/kvcache_reference.ts";
-import { relativeError, withinTolerance } from "../../lib/reference.ts";
+import { naiveFp8Forward, relativeError, withinTolerance } from "../../lib/reference.ts";
+import { plainKvCacheProblem } from "../../lib/kvcache_reference.ts";
+import { isFp8 } from "../../lib/vocabulary.ts";
 import { type DType, fromFloat32, randomTensor, rng, type Tensor, tensor, toFloat32 } from "../../lib/tensor.ts";
 import { freshSeed } from "./grid.ts";
 
@@ -36,7 +38,9 @@ export interface KvCase {
   cacheBatch?: number;
   rotary?: { dim: number; interleaved: boolean };
   numSplits?: number;
-  opts?: Pick<KvCacheOptions, "causal" | "window" | "softcap" | "alibiSlopes" | "alibiPerBatch">;
+  opts?: Pick<KvCacheOptions, "causal" | "window" | "softcap" | "alibiSlopes" | "alibiPerBatch" | "outDtype">;
+  /** fp8: descale factors per tensor (one each) or per (sequence, kv head) (distinct values); absent = none (1). */
+  descale?: "tensor" | "head";
 }
 
 /** Real rotary tables (theta_i = 10000^(-2i / dim)) for positions 0 .. rows - 1. */
@@ -78,6 +82,12 @@ export function buildKvCase(c: KvCase, seed: number, run: Pick<KvCacheOptions, "
     opts.kNew = randomTensor(dtype, [c.b, c.append, c.hkv, c.d], seed + 3);
     opts.vNew = randomTensor(dtype, [c.b, c.append, c.hkv, c.d], seed + 4);
   }
+  if (c.descale) {
+    // Scales of a few powers of two around 1/16 and 3/8: each (sequence, kv head) its own with "head".
+    const count = c.descale === "head" ? c.b * c.hkv : 1;
+    const factors = (base: number) => Float32Array.from({ length: count }, (_, i) => base * 2 ** ((i % 3) - 1));
+    opts.descale = { q: factors(0.375), k: factors(0.0625), v: factors(1.5) };
+  }
   if (c.leftpad) opts.cacheLeftpad = Int32Array.from(c.leftpad);
   if (c.batchIdx) opts.cacheBatchIdx = Int32Array.from(c.batchIdx);
   if (c.rotary) {
@@ -112,7 +122,8 @@ const limitOf = (dtype: DType) => withinTolerance(dtype, 0).limit;
 
 /**
  * Runs a case on the backend `run` names, outputs poisoned, and checks it against the fp64 reference: O and LSE
- * within the dtype's tolerance (+inf exactly where a row has no key), v_cache bit for bit (the append is a copy),
+ * within the dtype's tolerance (+inf exactly where a row has no key; fp8: O no worse than twice a naive fp8 attention
+ * of the same inputs, o in the output dtype, the LSE within 1e-5 as the CPU's fp32 scores give), v_cache bit for bit (the append is a copy),
  * k_cache bit for bit without rotary and within a tenth of the tolerance with it, the caller's caches untouched, a
  * forced split count honoured. Returns the result (its kernel says which path ran).
  */
@@ -123,12 +134,22 @@ export async function checkKvCase(c: KvCase, run: Pick<KvCacheOptions, "backend"
   const got = await attentionWithKvCache(q, kCache, vCache, { ...opts, poison: true });
   const ref = referenceKvCache(q, kCache, vCache, opts);
   const where = `${c.name} (seed ${seed}, ${got.backend} ${got.kernel})`;
-  const limit = limitOf(q.dtype);
+  const fp8 = isFp8(q.dtype);
+  let limit: number, lseLimit: number;
+  if (fp8) {
+    expect([where, got.out.dtype]).toEqual([where, c.opts?.outDtype ?? "bf16"]);
+    const plain = plainKvCacheProblem(q, ref.kCache, ref.vCache, opts);
+    const naiveError = relativeError(naiveFp8Forward(plain.q, plain.k, plain.v, plain.semantics), ref.out);
+    expect([where, naiveError > 0]).toEqual([where, true]);
+    [limit, lseLimit] = [2 * naiveError, 1e-5];
+  } else {
+    limit = lseLimit = limitOf(q.dtype);
+  }
   const outError = relativeError(toFloat32(got.out), ref.out);
   expect([where, `O error ${outError}`, outError <= limit]).toEqual([where, `O error ${outError}`, true]);
   const lseGot = Array.from(got.lse), lseRef = Array.from(ref.lse);
   expect([where, lseGot.map((x) => x === Infinity)]).toEqual([where, lseRef.map((x) => x === Infinity)]);
-  expect([where, relativeError(lseGot.map((x) => (x === Infinity ? 0 : x)), lseRef.map((x) => (x === Infinity ? 0 : x))) <= limit])
+  expect([where, relativeError(lseGot.map((x) => (x === Infinity ? 0 : x)), lseRef.map((x) => (x === Infinity ? 0 : x))) <= lseLimit])
     .toEqual([where, true]);
   if (!c.rotary) expect([where, bitsOf(got.kCache).equals(bitsOf(ref.kCache))]).toEqual([where, true]);
   else expect([where, relativeError(toFloat32(got.kCache), toFloat32(ref.kCache)) <= limit / 10]).toEqual([where, true]);
@@ -197,25 +218,29 @@ export interface KvArrays {
 
 /**
  * Calls fa_forward_kvcache on `backend` with a valid paged problem with an append and rotary (2 sequences, pages of 4,
- * 3 blocks each, 9 pages, head_dim `d`) after `mutate` changed the params or the arrays. A mutation sets a pointer to 1n to have its
- * array uploaded, to -1n to have it NULL; cache_seqlens and block_table are uploaded unless set to -1n. Returns
+ * 3 blocks each, 9 pages, head_dim `d`; fp8: without rotary, which fp8 refuses) after `mutate` changed the params or
+ * the arrays. A mutation sets a pointer to 1n to have its array uploaded, to -1n to have it NULL; cache_seqlens and
+ * block_table are uploaded unless set to -1n; `up` uploads anything else it needs (descale factors). Returns
  * "accepted", or the refusal's message after checking the cache was left as it was (nothing appended). `call` is the
  * entry under test (fa_forward_kvcache; fa_bench_kvcache validates the same way).
  */
-export function kvCallWith(backend: Backend, dtype: DType, mutate: (p: KvCacheParams, arrays: KvArrays) => void, d = 8,
+export function kvCallWith(backend: Backend, dtype: DType,
+  mutate: (p: KvCacheParams, arrays: KvArrays, up: (a: ArrayBufferView) => DeviceBuffer) => void, d = 8,
   call: (backend: Backend, p: KvCacheParams) => void = (b, p) => void b.forwardKvcache(p)): string {
-  const base: KvCase = { name: "bad", dtype, b: 2, sq: 2, hq: 4, hkv: 2, d, seqlens: [5, 2], append: 2, capacity: 12, pageSize: 4, rotary: { dim: 4, interleaved: false }, opts: { causal: true } };
+  const rotary = isFp8(dtype) ? undefined : { dim: 4, interleaved: false };
+  const base: KvCase = { name: "bad", dtype, b: 2, sq: 2, hq: 4, hkv: 2, d, seqlens: [5, 2], append: 2, capacity: 12, pageSize: 4, rotary, opts: { causal: true } };
   const { q, kCache, vCache, opts } = buildKvCase(base, 99, { backend: backend.name });
   const problem = describeKvCache(q, kCache, vCache, opts);
   const arrays = { seqlens: Int32Array.from(opts.cacheSeqlens!), table: Int32Array.from(opts.blockTable!), leftpad: new Int32Array(2), batchIdx: new Int32Array(2) };
   return withBuffers(backend, (up) => {
     const kc = up(kCache.data);
     const params = kvCacheParamsFor(problem, {
-      q: up(q.data).address, kCache: kc.address, vCache: up(vCache.data).address, o: up(new Uint8Array(q.data.byteLength)).address,
+      // o: room for 4-byte elements whatever out_dtype a mutation asks
+      q: up(q.data).address, kCache: kc.address, vCache: up(vCache.data).address, o: up(new Float32Array(q.data.length)).address,
       lse: up(new Float32Array(16)).address, kNew: up(opts.kNew!.data).address, vNew: up(opts.vNew!.data).address,
-      rotaryCos: up(opts.rotaryCos!.data).address, rotarySin: up(opts.rotarySin!.data).address,
+      rotaryCos: opts.rotaryCos && up(opts.rotaryCos.data).address, rotarySin: opts.rotarySin && up(opts.rotarySin.data).address,
     });
-    mutate(params, arrays);
+    mutate(params, arrays, up);
     const fill = (field: "cacheSeqlens" | "blockTable" | "cacheLeftpad" | "cacheBatchIdx", a: Int32Array, always: boolean) => {
       if (params[field] === -1n) params[field] = 0n;
       else if (params[field] === 1n || (always && params[field] === 0n)) params[field] = up(a).address;
