@@ -244,7 +244,7 @@ __device__ __forceinline__ constexpr int fp8_transposed_key(int s) {
 template <typename Tile, typename T>
 __device__ __forceinline__ void transpose_v_fp8(T* vt, const T* raw) {
   constexpr int D = Tile::D, BN = Tile::BN, kWords = BN / 4, kPasses = kWords * (D / 16) / 128;
-  static_assert(kWords == 32 && BN * 1 == kSwizzleRowBytes, "one lane per 4-key word of a 128-byte V^T row");
+  static_assert(kWords == 32 && BN == kSwizzleRowBytes, "one lane per 4-key word of a V^T row of BN one-byte keys");
   const int w = threadIdx.x % 32, warp = threadIdx.x / 32, k = fp8_transposed_key(4 * w);
   const uint32_t src = smem_addr(raw) + k * kSwizzleRowBytes, dst = smem_addr(vt) + (w % 4) * 4;
   const uint32_t word = (w / 4) * 16;  // this lane's 16-byte chunk of a V^T row of swizzle phase 0
