@@ -4,7 +4,7 @@
 #
 #   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | sanitize | sanitize-fp8 | racecheck-fp8 |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
-#          profile | profile-fwd64 | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
+#          profile | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/device/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -51,7 +51,7 @@ for s in "$@"; do
   case "$s" in
     build) step build 420 bun kernels/build.ts cpu cuda --jobs 16 ;;
     tests) step tests 540 bash scripts/ci/test.sh test/gpu.test.ts test/native-limits.test.ts test/ffi.test.ts ;;
-    gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/gpu_fp8.test.ts test/native-limits.test.ts test/ffi.test.ts ;;  # carried libraries, no build
+    gpu-tests) step gpu-tests 300 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts test/gpu_fp8.test.ts test/kvcache_fp8.test.ts test/native-limits.test.ts test/ffi.test.ts ;;  # carried libraries, no build
     # context parallelism: the ring over NCCL (a ring of 1 on one GPU, of every GPU on several) and in-process ranks
     ring-tests) step ring-tests 420 env NO_COLOR=1 bun test --timeout 300000 test/ring_gpu.test.ts test/ring.test.ts test/nccl.test.ts ;;
     bench-context-parallel) step bench-context-parallel 580 bun cli.ts bench --preset context-parallel --seqlen 128k --iters 2 --save "$LOGS/bench-context-parallel.json" ;;
@@ -93,6 +93,11 @@ for s in "$@"; do
           --section SourceCounters python3 scripts/perf/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --warmup 1 --iters 1 --no-cudnn
       done
       for obj in build/obj/cuda/*sm90_hdim128_bf16*.o; do cuobjdump -sass "$obj" > "$LOGS/$(basename "$obj" .cu.o).sass" 2>&1; done ;;
+    profile-decode)  # launch shape, occupancy, stalls of ours and both baselines' decode kernels at b1 32k (32 / 8 heads, hdim 128)
+      step ncu-decode 300 ncu --clock-control none --kernel-name-base demangled --kernel-name "regex:decode|combine|flash|sdpa|cudnn|fmha" \
+        --launch-count 12 --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
+        --section WarpStateStats --section MemoryWorkloadAnalysis --section SourceCounters \
+        python3 scripts/perf/cuda_decode_bench.py --shapes b1:32768 --warmup 1 --iters 1 ;;
     profile-fwd64)  # hardware counters of the hdim-64 forward at seqlen 2k, causal and not (the causal gap)
       for causal in 0 1; do
         step "ncu-fwd64-causal$causal" 200 ncu --clock-control none --kernel-name "regex:fwd_sm90" --launch-skip 1 --launch-count 1 \
