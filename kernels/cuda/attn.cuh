@@ -268,9 +268,9 @@ __device__ __forceinline__ void clear_accumulators(float (&o_acc)[MF][NJ][4], fl
   }
 }
 
-// S = Q K^T for MF 16-row fragments of Q (smem rows row0.., row length LD) against the N keys of a K tile stored
+// S = Q K^T for MF 16-row fragments of Q (smem rows row0.., layout L) against the N keys of a K tile stored
 // [key][dim] (rows 0..N), over D in k-steps of 16: sc[mf][j] is n-tile j of fragment mf, fp32, overwritten.
-template <typename T, int LD, int D, int N, int MF>
+template <typename T, typename L, int D, int N, int MF>
 __device__ __forceinline__ void scores_QKt(float (&sc)[MF][N / 8][4], const T* sQ, int row0, const T* sK) {
 #pragma unroll
   for (int mf = 0; mf < MF; ++mf)
@@ -282,8 +282,8 @@ __device__ __forceinline__ void scores_QKt(float (&sc)[MF][N / 8][4], const T* s
   for (int kk = 0; kk < D / 16; ++kk) {
     uint32_t qa[MF][4];
 #pragma unroll
-    for (int mf = 0; mf < MF; ++mf) load_a<LD>(qa[mf], sQ, row0 + mf * 16, kk * 16);
-    mm_ABt<T, LD, N, MF>([&](int mf, int j) -> float(&)[4] { return sc[mf][j]; },
+    for (int mf = 0; mf < MF; ++mf) load_a<L>(qa[mf], sQ, row0 + mf * 16, kk * 16);
+    mm_ABt<T, L, N, MF>([&](int mf, int j) -> float(&)[4] { return sc[mf][j]; },
                          [&](int mf) -> const uint32_t(&)[4] { return qa[mf]; }, sK, kk * 16);
   }
 }

@@ -9,6 +9,7 @@
 #include "../gpu/device.hpp"
 #include "bwd.cuh"
 #include "bwd_sm90.cuh"
+#include "combine.cuh"
 #include "decode.cuh"
 #include "fwd.cuh"
 #include "fwd_sm90.cuh"
@@ -32,8 +33,6 @@ namespace fa::tc {
 #undef FA_SM90_FP8_FWD
 
 namespace {
-
-constexpr int kMaxSplits = 128;
 
 template <typename T> constexpr int dtype_code();
 template <> constexpr int dtype_code<half_t>() { return FA_DTYPE_F16; }
@@ -199,61 +198,6 @@ struct Sm90Fp8 {
 
 // ---- small kernels -----------------------------------------------------------------------------------------------
 
-// Element offset of lse row `lrow` (see lse_row0) inside a BSHD tensor.
-__device__ __forceinline__ int64_t tensor_offset(const DevTensor& t, const AttnArgs& a, int64_t lrow) {
-  if (a.cu_q != nullptr) {  // lrow = h * total_q + token
-    const int64_t h = lrow / a.total_q, token = lrow % a.total_q;
-    return token * t.row_stride + h * t.head_stride;
-  }
-  const int64_t i = lrow % a.seqlen_q, bh = lrow / a.seqlen_q;
-  return (bh / a.heads_q) * t.batch_stride + i * t.row_stride + (bh % a.heads_q) * t.head_stride;
-}
-
-// Split-KV combine, one warp per lse row: LSE = log sum_s exp(LSE_s), O = sum_s exp(LSE_s - LSE) O_s. Lanes stride
-// the splits for the max and the sum; for O each lane takes 4 adjacent columns (16-byte loads) and the splits'
-// weights come from the lane holding them, so a row costs a few dependent L2 round trips rather than one per split
-// and column (a b1 decode with 30 splits spent about as long here as in its attention kernel with the first form).
-template <typename T>
-__global__ void combine_kernel(const AttnArgs a) {
-  const int64_t lrow = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (lrow >= a.lse_rows) return;  // whole warps leave together
-  const float* lse_part = a.lse_part + lrow;  // split s at lse_part[s * lse_rows]
-  float mx = -INFINITY;
-  for (int s = lane; s < a.num_splits; s += 32) mx = fmaxf(mx, lse_part[s * a.lse_rows]);
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  float sum = 0.f;
-  if (mx != -INFINITY)
-    for (int s = lane; s < a.num_splits; s += 32) sum += __expf(lse_part[s * a.lse_rows] - mx);
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  const float lse = mx == -INFINITY ? -INFINITY : mx + __logf(sum);
-  if (a.lse != nullptr && lane == 0) a.lse[lrow] = lse == -INFINITY ? INFINITY : lse;  // no key in any split: +inf
-  T* o = static_cast<T*>(a.o.data) + tensor_offset(a.o, a, lrow);
-  // head_dim is a multiple of 8 on GPUs: a lane's 4 columns are all in or all out, and 16-byte aligned in o_part.
-  // Every lane runs every pass (the shuffles need the whole warp); lanes past head_dim only load and store nothing.
-  for (int col0 = 0; col0 < a.head_dim; col0 += 128) {
-    const int col = col0 + lane * 4;
-    const bool active = col < a.head_dim;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (lse != -INFINITY)
-      for (int s0 = 0; s0 < a.num_splits; s0 += 32) {
-        const int mine = s0 + lane, n = min(32, a.num_splits - s0);
-        const float w_lane = mine < a.num_splits ? __expf(lse_part[mine * a.lse_rows] - lse) : 0.f;
-#pragma unroll 4
-        for (int j = 0; j < n; ++j) {
-          const float w = __shfl_sync(0xffffffffu, w_lane, j);
-          if (active && w > 0.f) {
-            const float4 x = *reinterpret_cast<const float4*>(a.o_part + ((s0 + j) * a.lse_rows + lrow) * a.head_dim + col);
-            acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
-          }
-        }
-      }
-    if (active) *reinterpret_cast<uint2*>(o + col) = make_uint2(pack2<T>(acc.x, acc.y), pack2<T>(acc.z, acc.w));
-  }
-}
-
 // Backward preprocess: dsum = rowsum(dO * O); lse2 = LSE log2(e), +inf for empty rows (LSE +inf, or -inf as written before). Eight lanes per lse row (four
 // rows per warp), each taking 8 adjacent columns per pass with 16-byte loads (rows are 16-byte aligned, as every
 // tensor-core path requires): with a warp per row, most of the time went into the row's 64-bit offset arithmetic.
@@ -407,11 +351,21 @@ bool supports(const fa_attn_params& p, const DeviceCaps& caps, int32_t direction
   return reasons.size() == before;
 }
 
+// The combine after the split kernel on `stream`. On sm_90 it is a programmatic dependent launch: its CTAs may be
+// scheduled while the split kernel's last CTAs run (the decode kernel lets them from its start) and wait in
+// griddepcontrol.wait until that grid has finished and its writes are visible, which hides the launch gap.
 template <typename T>
-gpuError_t launch_combine(const AttnArgs& a, gpuStream_t stream) {
-  const int64_t warps = a.lse_rows;
-  combine_kernel<T><<<static_cast<unsigned>((warps * 32 + 255) / 256), 256, 0, stream>>>(a);
-  return gpuGetLastError();
+gpuError_t launch_combine(const AttnArgs& a, const DeviceCaps& caps, gpuStream_t stream) {
+  const int rows_per_cta = kCombineThreads / 32 / merge_warps_per_row(a.num_splits, kCombineThreads / 32);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>((a.lse_rows + rows_per_cta - 1) / rows_per_cta));
+  config.blockDim = dim3(kCombineThreads);
+  config.stream = stream;
+  cudaLaunchAttribute overlap[1];
+  overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap[0].val.programmaticStreamSerializationAllowed = 1;
+  if (caps.arch >= 90 && getenv("FA_EXP_NOPDL") == nullptr) config.attrs = overlap, config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, combine_kernel<T>, a);
 }
 
 template <typename F>
@@ -436,7 +390,7 @@ int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
   gpuError_t err = F::fwd(p.dtype, tile.d, a, m_blocks, ctx.stream);
   if (err != gpuSuccess) return vendor_fail(err, "launching the tensor-core forward kernel");
   if (a.num_splits > 1) {  // o in the output dtype (fp16 or bf16 for fp8 inputs)
-    err = output_dtype(p) == FA_DTYPE_F16 ? launch_combine<half_t>(a, ctx.stream) : launch_combine<bf16_t>(a, ctx.stream);
+    err = output_dtype(p) == FA_DTYPE_F16 ? launch_combine<half_t>(a, *ctx.caps, ctx.stream) : launch_combine<bf16_t>(a, *ctx.caps, ctx.stream);
     if (err != gpuSuccess) return vendor_fail(err, "launching the split-KV combine kernel");
   }
   p.out_num_splits = a.num_splits;
@@ -485,10 +439,9 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
 namespace decode {
 
 constexpr int kPathId = 12;
-// At most 128 splits, as the prefill paths. Measured on the H100: an MQA decode of one sequence (32 packed rows, one
-// row block) is 1.35x slower with 238 splits than with 128 — each split's fp32 partial of 32 rows grows to half the
-// bytes of the keys it read — although 128 CTAs fill only half of the 264 slots.
-constexpr int kMaxDecodeSplits = 128;
+// At most kMaxSplits (128), as the prefill paths. Measured on the H100: an MQA decode of one sequence (32 packed rows,
+// one row block) was 1.35x slower with 238 splits than with 128 — each split's fp32 partial of 32 rows grows to half
+// the bytes of the keys it read — although 128 CTAs fill only half of the 264 slots.
 // The plain forward sends requests of at most this many packed rows (seqlen_q x group) per KV head here: two row
 // blocks of the largest tile. Past it the prefill kernels, whose row tiles reuse each key block across 128 rows, win.
 constexpr int kMaxPlainRows = 64;
@@ -555,10 +508,10 @@ bool supports_common(int32_t dtype, int head_dim, int rows, const DeviceCaps& ca
 int32_t choose_splits(int requested, int64_t ctas, int batch, int key_capacity, size_t smem, const DeviceCaps& caps) {
   const int key_blocks = ceil_div(std::max(key_capacity, 1), DecodeTile<64, 1>::BN);
   const int grid_limit = 65535 / batch;
-  if (requested > 0) return std::max(1, std::min({requested, key_blocks, kMaxDecodeSplits, grid_limit}));
+  if (requested > 0) return std::max(1, std::min({requested, key_blocks, kMaxSplits, grid_limit}));
   const int per_sm = static_cast<int>(std::clamp<size_t>(caps.smem_per_block_optin / std::max<size_t>(smem, 1), 1, 8));
   const int64_t slots = static_cast<int64_t>(caps.multiprocessors) * per_sm;
-  const int max_splits = std::max(1, std::min({key_blocks / 2, kMaxDecodeSplits, grid_limit}));
+  const int max_splits = std::max(1, std::min({key_blocks / 2, kMaxSplits, grid_limit}));
   int best = 1;
   double best_score = 0;
   for (int s = 1; s <= max_splits; ++s) {
@@ -585,7 +538,7 @@ int32_t run(int32_t dtype, int d, DecodeArgs& args, int requested_splits, int ke
   gpuError_t err = launch(dtype, d, args, mf, ctx.stream);
   if (err != gpuSuccess) return vendor_fail(err, "launching the decode kernel");
   if (a.num_splits > 1) {
-    err = dtype == FA_DTYPE_F16 ? launch_combine<half_t>(a, ctx.stream) : launch_combine<bf16_t>(a, ctx.stream);
+    err = dtype == FA_DTYPE_F16 ? launch_combine<half_t>(a, *ctx.caps, ctx.stream) : launch_combine<bf16_t>(a, *ctx.caps, ctx.stream);
     if (err != gpuSuccess) return vendor_fail(err, "launching the split-KV combine kernel");
   }
   return FA_OK;

@@ -8,8 +8,13 @@
 // ldmatrix.x4 hands lane L the (row L/4, cols 2(L%4)..+1) pair of each of four 8x8 matrices whose row addresses
 // come from lanes 0-7, 8-15, 16-23, 24-31; .trans hands the transposed pair instead.
 //
-// Shared-memory tiles are row-major with rows padded by 8 elements (16 bytes): consecutive rows then start 4 banks
-// apart, so the 8 row reads of one ldmatrix phase hit 8 distinct 16-byte bank groups (no conflicts), at any head dim.
+// Shared-memory tiles are row-major, in one of two layouts (L::at(row, col) is the element offset):
+//   PaddedRows<LD>   rows padded by 8 elements (16 bytes): consecutive rows start 4 banks apart, so the 8 row reads
+//                    of one ldmatrix phase hit 8 distinct 16-byte bank groups (no conflicts), at any head dim;
+//   SwizzledRows<W>  unpadded rows of W elements (a multiple of 64: whole 128-byte lines) whose 16-byte chunks are
+//                    XOR-swizzled by row % 8: also conflict-free, and each 128-byte line of a global row lands in one
+//                    128-byte line of shared memory, which cp.async needs to move it in whole sectors (a padded row
+//                    straddles lines: 1.5x the L2 sector requests, measured by ncu on the decode kernel).
 #pragma once
 
 #include <cstdint>
@@ -91,33 +96,44 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
 }
 
-// A fragment (16 rows x 16 k) of a row-major smem tile with row length LD, at (row0, k0).
-template <int LD, typename T>
+template <int LD>
+struct PaddedRows {
+  __device__ static constexpr int at(int row, int col) { return row * LD + col; }
+};
+template <int W>
+struct SwizzledRows {
+  static_assert(W % 64 == 0, "swizzled rows are whole 128-byte lines of 16-bit elements");
+  // col is a multiple of 8 wherever a 16-byte chunk is addressed (ldmatrix rows, cp.async chunks)
+  __device__ static constexpr int at(int row, int col) { return row * W + ((col >> 3) ^ (row & 7)) * 8 + (col & 7); }
+};
+
+// A fragment (16 rows x 16 k) of a row-major smem tile (layout L), at (row0, k0).
+template <typename L, typename T>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int row0, int k0) {
   const int lane = threadIdx.x % 32;
-  ldmatrix_x4(a, tile + (row0 + lane % 16) * LD + k0 + (lane / 16) * 8);
+  ldmatrix_x4(a, tile + L::at(row0 + lane % 16, k0 + (lane / 16) * 8));
 }
 
-// A fragment (16 rows x 16 k) whose smem tile is stored transposed: tile[k][row], row length LD.
-template <int LD, typename T>
+// A fragment (16 rows x 16 k) whose smem tile is stored transposed: tile[k][row].
+template <typename L, typename T>
 __device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* tile, int row0, int k0) {
   const int lane = threadIdx.x % 32;
-  ldmatrix_x4_trans(a, tile + (k0 + (lane / 16) * 8 + lane % 8) * LD + row0 + ((lane / 8) % 2) * 8);
+  ldmatrix_x4_trans(a, tile + L::at(k0 + (lane / 16) * 8 + lane % 8, row0 + ((lane / 8) % 2) * 8));
 }
 
 // B fragments for two adjacent n-tiles (n0..n0+7, n0+8..n0+15) over k0..k0+15, when the smem tile is stored [n][k]
 // (e.g. K for S = Q K^T): b[0..1] serve n-tile 0, b[2..3] n-tile 1.
-template <int LD, typename T>
+template <typename L, typename T>
 __device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* tile, int n0, int k0) {
   const int lane = threadIdx.x % 32;
-  ldmatrix_x4(b, tile + (n0 + (lane / 16) * 8 + lane % 8) * LD + k0 + ((lane / 8) % 2) * 8);
+  ldmatrix_x4(b, tile + L::at(n0 + (lane / 16) * 8 + lane % 8, k0 + ((lane / 8) % 2) * 8));
 }
 
 // The same two B fragments when the smem tile is stored [k][n] (e.g. V for O = P V).
-template <int LD, typename T>
+template <typename L, typename T>
 __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const T* tile, int n0, int k0) {
   const int lane = threadIdx.x % 32;
-  ldmatrix_x4_trans(b, tile + (k0 + ((lane / 8) % 2) * 8 + lane % 8) * LD + n0 + (lane / 16) * 8);
+  ldmatrix_x4_trans(b, tile + L::at(k0 + ((lane / 8) % 2) * 8 + lane % 8, n0 + (lane / 16) * 8));
 }
 
 // ---- tensor-core product ---------------------------------------------------------------------------------------------
@@ -137,14 +153,14 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
 }
 
 // One 16-deep k-step of a warp's product, named for the maths. MF 16-row A fragments `a(f)` (registers) times a B
-// tile in shared memory (row length LD) into C `c(f, j)`: fragment f, n-tile j (8 columns), fp32.
+// tile in shared memory (layout L) into C `c(f, j)`: fragment f, n-tile j (8 columns), fp32.
 // C (MF*16 x N) += A (MF*16 x 16) . B^T, B stored [n][k]: rows 0..N of the tile, columns k0..k0+15 (S = Q K^T).
-template <typename T, int LD, int N, int MF, typename AccC, typename FragA>
+template <typename T, typename L, int N, int MF, typename AccC, typename FragA>
 __device__ __forceinline__ void mm_ABt(AccC&& c, FragA&& a, const T* b_tile, int k0) {
 #pragma unroll
   for (int np = 0; np < N / 16; ++np) {
     uint32_t b[4];
-    load_b_nk<LD>(b, b_tile, np * 16, k0);
+    load_b_nk<L>(b, b_tile, np * 16, k0);
 #pragma unroll
     for (int f = 0; f < MF; ++f) {
       mma<T>(c(f, 2 * np), a(f), b[0], b[1]);
@@ -153,12 +169,12 @@ __device__ __forceinline__ void mm_ABt(AccC&& c, FragA&& a, const T* b_tile, int
   }
 }
 // C (MF*16 x N) += A (MF*16 x 16) . B, B stored [k][n]: rows k0..k0+15, columns n0..n0+N of the tile (O += P V).
-template <typename T, int LD, int N, int MF, typename AccC, typename FragA>
+template <typename T, typename L, int N, int MF, typename AccC, typename FragA>
 __device__ __forceinline__ void mm_AB(AccC&& c, FragA&& a, const T* b_tile, int n0, int k0) {
 #pragma unroll
   for (int np = 0; np < N / 16; ++np) {
     uint32_t b[4];
-    load_b_kn<LD>(b, b_tile, n0 + np * 16, k0);
+    load_b_kn<L>(b, b_tile, n0 + np * 16, k0);
 #pragma unroll
     for (int f = 0; f < MF; ++f) {
       mma<T>(c(f, 2 * np), a(f), b[0], b[1]);
