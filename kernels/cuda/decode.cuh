@@ -44,8 +44,8 @@ struct DecodeArgs {
 };
 
 // ELEM: bytes per input element (2, or 1 for fp8). An fp8 stage is half the bytes of a 16-bit one, so fp8 keeps one
-// more block in flight at head dims up to 128 (still two CTAs per SM on H100 at 128: 109 KB each) and as many at 256
-// (141 KB, within an A100's 163 KB).
+// more block in flight at head dims up to 128 (still two CTAs per H100 SM at 128: 109,056 bytes each) and as many at
+// 256 (141,568 bytes: within an A100's 166,912 per block).
 template <int D_, int MF_, int ELEM_ = 2, int KW_ = 16, int STAGES_ = (D_ <= 128 ? 3 : 2) + (ELEM_ == 1 && D_ <= 128), int NW_ = 4>
 struct DecodeTile {
   static constexpr int D = D_, MF = MF_;
