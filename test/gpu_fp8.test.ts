@@ -4,8 +4,10 @@
 // padded), odd lengths, causal, window, softcap, ALiBi, GQA/MQA, varlen, split-KV, decode, descale per tensor and per
 // (sequence, kv head). Each case runs on the dispatcher's choice, then with the path forced through FLASHATTN_KERNEL.
 // On an sm_90 device with the path listed in fa_info every case must run there; elsewhere (another GPU, HIP) a
-// refusal must say why, never compute garbage. Then bad input through the library itself: non-finite, zero or
-// subnormal descale factors (INVALID_ARGUMENT, one sentence, o not written) and an fp8 backward (refused).
+// refusal must say why, never compute garbage. Decode-shaped requests (at most 64 query rows per KV head) go to
+// cuda-decode instead, on any sm_80+ GPU (fp8 converted to fp16 in shared memory): its own cases run on the
+// dispatcher's choice, which must be that path, and forced. Then bad input through the library itself: non-finite,
+// zero or subnormal descale factors (INVALID_ARGUMENT, one sentence, o not written) and an fp8 backward (refused).
 //
 // The same case list and the library's refusals also run on the CPU backend, whose fp8 forward the GPU path must
 // match, so the cases are known to be sound here; test/fp8.test.ts holds the CPU's own fp8 tests. Without a GPU the
@@ -20,6 +22,7 @@ import { paramsFor } from "../lib/select.ts";
 import { checkFp8Case, type Fp8Case, fp8Inputs, quantised } from "./support/fp8.ts";
 import { freshSeed } from "./support/grid.ts";
 import { gpuBackend } from "./support/gpu.ts";
+import { parseArch } from "../doctor/rules/common.ts";
 import { setNativeEnv } from "./support/native-env.ts";
 
 /** The Hopper fp8 forward path (kernels/cuda): wgmma with fp8 operands, sm_90 only. */
@@ -47,6 +50,22 @@ const cases: Fp8Case[] = [
   { name: "e4m3, split-KV forced (3), causal, per-(batch, kv head) descale", b: 2, sq: 40, sk: 700, hq: 4, hkv: 2, d: 64, perHead: true, opts: { numSplits: 3, causal: true } },
   { name: "e4m3, per-(batch, kv head) descale, d 256", b: 3, sq: 33, sk: 120, hq: 4, hkv: 2, d: 256, perHead: true },
   { name: "e5m2, per-(batch, kv head) descale, MQA, bf16 out", format: "fp8_e5m2", b: 2, sq: 50, sk: 90, hq: 4, hkv: 1, d: 64, perHead: true },
+];
+
+/** The decode path (kernels/cuda/decode.cuh): fp8 K / V converted to fp16 in shared memory, on any sm_80+ GPU. */
+const DECODE_PATH = "cuda-decode";
+/**
+ * Decode-shaped requests (at most 64 query rows per KV head, seqlen_q x heads_q / heads_kv, padded batches), which the
+ * dispatcher gives cuda-decode ahead of any prefill path: its fp8 head dims 64 / 128 / 256 and the padded ones, the
+ * 32- and 64-row tiles, split-KV (auto and forced), masks and the score transform, both output dtypes.
+ */
+const decodeCases: Fp8Case[] = [
+  { name: "decode: e4m3, sq 1 against 2000, GQA 4:1, d 128, split auto", b: 2, sq: 1, sk: 2000, hq: 8, hkv: 2, d: 128, perHead: true },
+  { name: "decode: e5m2, sq 1 against 777, MQA 8:1, d 64, fp16 out", format: "fp8_e5m2", b: 1, sq: 1, sk: 777, hq: 8, hkv: 1, d: 64, opts: { outDtype: "fp16" } },
+  { name: "decode: e4m3, sq 4 against 1000, GQA 8:1 (32 rows), causal, d 256", b: 1, sq: 4, sk: 1000, hq: 8, hkv: 1, d: 256, opts: { causal: true } },
+  { name: "decode: e4m3, sq 8 against 300, GQA 8:1 (64 rows), window (20, 0), d 128, forced 3 splits", b: 2, sq: 8, sk: 300, hq: 16, hkv: 2, d: 128, opts: { window: [20, 0], numSplits: 3 } },
+  { name: "decode: e5m2, sq 2 against 513, d 96 (runs padded to 128), softcap + ALiBi, per-head descale", format: "fp8_e5m2", b: 2, sq: 2, sk: 513, hq: 4, hkv: 2, d: 96, perHead: true, opts: { softcap: 15, alibiSlopes: standardAlibiSlopes(4) } },
+  { name: "decode: e4m3, sq 1 against 5, d 32 (runs padded to 64), bf16 out", b: 3, sq: 1, sk: 5, hq: 2, hkv: 2, d: 32 },
 ];
 
 /** The fa_info entry of the kernel that ran (each must list the dtype it just computed). */
@@ -182,7 +201,7 @@ if (!cpu) {
   test.skip("cpu fp8 cases — skipped: libflashattn_cpu.so is not built (bun kernels/build.ts cpu)", () => {});
 } else {
   describe("cpu: the GPU fp8 case list on the CPU backend's fp8 forward (the semantics the GPU path matches)", () => {
-    for (const c of cases) test(c.name, () => dispatcherCase(cpu, c, true));
+    for (const c of [...cases, ...decodeCases]) test(c.name, () => dispatcherCase(cpu, c, true));
   });
   libraryRefusals(cpu);
 }
@@ -229,6 +248,40 @@ for (const name of ["cuda", "hip"] as const) {
               }
             }));
         }
+      });
+    }
+
+    if (name === "cuda") {
+      // Any sm_80+ GPU: the decode path converts fp8 to fp16, no fp8 tensor cores needed.
+      const decodeRuns = (parseArch(device.arch)?.major ?? 0) >= 8 && (kernelInfo(backend, DECODE_PATH)?.dtypes ?? []).includes("fp8_e4m3");
+      const skipped = decodeRuns ? "" : ` — skipped: ${DECODE_PATH} serves fp8 on sm_80+ GPUs, this is ${device.arch}`;
+      describe(`${DECODE_PATH}: decode-shaped fp8 forwards`, () => {
+        test(`fa_info: ${DECODE_PATH} takes both fp8 formats and descale factors`, () => {
+          expect(kernelInfo(backend, DECODE_PATH)?.dtypes ?? []).toEqual(expect.arrayContaining(["fp8_e4m3", "fp8_e5m2"]));
+          expect(kernelInfo(backend, DECODE_PATH)?.features ?? []).toContain("descale");
+        });
+        for (const c of decodeCases) {
+          test.skipIf(!decodeRuns)(`dispatcher's choice is ${DECODE_PATH}: ${c.name}${skipped}`, async () => {
+            expect((await checkFp8Case(c, run)).result.kernel).toBe(DECODE_PATH);
+          });
+          test.skipIf(!decodeRuns)(`forced: ${c.name}${skipped}`, () =>
+            withKernel(DECODE_PATH, async () => expect((await checkFp8Case(c, run)).result.kernel).toBe(DECODE_PATH)));
+        }
+        test.skipIf(!decodeRuns)(`a ${DECODE_PATH} result computed without v_descale fails the rule${skipped}`, async () => {
+          const seed = freshSeed();
+          const { q, k, v, semantics } = fp8Inputs(decodeCases[0], seed);
+          const right = await attention(q, k, v, { ...run, poison: true, ...semantics });
+          const wrong = await attention(q, k, v, { ...run, poison: true, descale: { q: semantics.descale!.q, k: semantics.descale!.k } });
+          expect([right.kernel, wrong.kernel]).toEqual([DECODE_PATH, DECODE_PATH]);
+          expect(checkAgainstReference(q, k, v, semantics, right.out, right.lse).pass, `seed ${seed}`).toBe(true);
+          expect(checkAgainstReference(q, k, v, semantics, wrong.out, wrong.lse).pass, `seed ${seed}`).toBe(false);
+        });
+        test.skipIf(!decodeRuns)(`forced on a prefill shape, ${DECODE_PATH} says why${skipped}`, async () => {
+          const c: Fp8Case = { name: "prefill", b: 1, sq: 65, sk: 100, hq: 2, hkv: 2, d: 64 };
+          const { q, k, v, semantics } = fp8Inputs(c, freshSeed());
+          const said = await withKernel(DECODE_PATH, () => attention(q, k, v, { ...run, ...semantics }).then(() => "accepted", (e: Error) => e.message));
+          expect(said).toContain(`${DECODE_PATH}: serves at most 64 query rows per KV head`);
+        });
       });
     }
 

@@ -2,7 +2,7 @@
 // the dequantised inputs (lib/kvcache_reference.ts), with the plain fp8 rule: O no worse than twice a naive fp8 attention
 // of the same inputs, the LSE within 1e-5 (+inf exactly on rows without keys), o in fp16 / bf16; the appended rows equal
 // k_new / v_new byte for byte. Then the fp8 refusals through the C ABI (one sentence, the cache untouched) and the API,
-// and (on a GPU machine) the GPU libraries' refusal of fp8 caches.
+// and (on a GPU machine) the same cases on cuda-decode, and the other paths' refusals.
 import { afterAll, describe, expect, test } from "bun:test";
 import { encodeKvCacheParams, type KvCacheParams } from "../ffi/layout.ts";
 import { decodeCString, openLibrary } from "../ffi/loader.ts";
@@ -15,6 +15,7 @@ import { randomTensor } from "../lib/tensor.ts";
 import { isKvCacheCase, kvcacheProblem } from "../bench/kvcache.ts";
 import { applyOverrides, expandSweep, presets } from "../bench/sweep.ts";
 import { KernelChecks } from "../bench/verify.ts";
+import { parseArch } from "../doctor/rules/common.ts";
 import { gpuBackend } from "./support/gpu.ts";
 import { bitsOf, buildKvCase, checkKvCase, type KvCase, kvCallWith } from "./support/kvcache.ts";
 
@@ -165,18 +166,56 @@ describe("bench: fp8 KV-cache cases", () => {
   }, 120_000);
 });
 
-// The GPU libraries take no fp8 caches yet: each path refuses with its reason, chosen from the struct before the glue
-// reads any device memory (here a cache_seqlens pointer that could not be read would answer INVALID_ARGUMENT instead).
+// On the GPUs: cuda-decode (kernels/cuda/decode.cuh, fp8 K / V converted to fp16 in shared memory) serves fp8 caches on
+// any sm_80+ GPU at head dims that are multiples of 16, every case above that qualifies and a few at GPU scale (its head
+// dims 64 / 128 / 256, long caches, split-KV, the 64-row tile), checked by checkKvCase as on the CPU. Every other path
+// refuses fp8 caches with its reason, chosen from the struct before the glue reads any device memory (here a
+// cache_seqlens pointer that could not be read would answer INVALID_ARGUMENT instead). HIP has no fp8 KV-cache path.
+const DECODE_PATH = "cuda-decode";
+const gpuCases: KvCase[] = [
+  ...cases.filter((c) => c.d % 16 === 0),
+  { name: "decode sq 1 at 2k, GQA 32/8, d 128, paged 16, split auto", dtype: e4m3, descale: "head", b: 2, sq: 1, hq: 32, hkv: 8, d: 128, seqlens: [2047, 1500], append: 1, capacity: 2048, pageSize: 16 },
+  { name: "speculative: causal sq 8, GQA 16/2 (64 rows), append 8, paged 64, d 128", dtype: e4m3, descale: "tensor", b: 2, sq: 8, hq: 16, hkv: 2, d: 128, seqlens: [1000, 40], append: 8, capacity: 1088, pageSize: 64, opts: { causal: true } },
+  { name: "e5m2, d 256, GQA 8/2, contiguous, fp16 out", dtype: "fp8_e5m2", descale: "head", b: 2, sq: 1, hq: 8, hkv: 2, d: 256, seqlens: [2000, 31], append: 1, capacity: 2048, opts: { outDtype: "fp16" } },
+  { name: "e4m3, d 96 (runs padded to 128), softcap + ALiBi, split forced (4)", dtype: e4m3, descale: "head", b: 2, sq: 2, hq: 4, hkv: 2, d: 96, seqlens: [900, 1200], append: 2, capacity: 1280, pageSize: 16, numSplits: 4, opts: { softcap: 20, alibiSlopes: standardAlibiSlopes(4) } },
+  { name: "e5m2, MQA 16/1, d 64, decode at 2k, no descale", dtype: "fp8_e5m2", b: 2, sq: 1, hq: 16, hkv: 1, d: 64, seqlens: [2047, 700], append: 1, capacity: 2048, pageSize: 16 },
+];
+describe("the GPU-scale fp8 cases on the CPU backend (the same rule cuda-decode must meet)", () => {
+  for (const c of gpuCases.filter((x) => !cases.includes(x))) test(c.name, () => checkKvCase(c).then(() => {}), 120_000);
+});
 for (const name of ["cuda", "hip"] as const) {
   const { backend, why } = gpuBackend(name);
   if (!backend) {
-    test.skip(`${name}: fp8 KV caches refused per path — skipped: ${why}`, () => {});
+    test.skip(`${name}: fp8 KV caches on the GPU — skipped: ${why}`, () => {});
     continue;
   }
-  test(`${name}: fp8 KV caches are refused per path, before any device memory is read`, () => {
-    const said = kvCallWith(backend, e4m3, (p) => void (p.cacheSeqlens = 0x10n), 64);
-    expect(said).toStartWith(`${name}: no kernel can run this request: `);
-    expect(said).toContain("not fp8_e4m3");
-    expect(said).not.toContain("could not be read");
+  const device = backend.deviceInfo(0);
+  const major = parseArch(device.arch)?.major ?? 0;
+  const decode = backend.info().kernels.find((k) => k.name === DECODE_PATH);
+  const serves = name === "cuda" && major >= 8 && (decode?.dtypes ?? []).includes(e4m3);
+  describe(`${name}: fp8 KV caches on ${device.name} (${device.arch})`, () => {
+    if (name === "cuda") {
+      test(`fa_info: ${DECODE_PATH} takes both fp8 formats and descale factors`, () => {
+        expect(decode?.dtypes ?? []).toEqual(expect.arrayContaining([e4m3, "fp8_e5m2"]));
+        expect(decode?.features ?? []).toContain("descale");
+      });
+    }
+    for (const c of gpuCases) {
+      test.skipIf(!serves)(`${DECODE_PATH}: ${c.name}${serves ? "" : ` — skipped: ${DECODE_PATH} needs sm_80+ (this is ${name} on ${device.arch})`}`,
+        async () => expect((await checkKvCase(c, { backend: name })).kernel).toBe(DECODE_PATH), 120_000);
+    }
+    test("the paths that take no fp8 cache say why, before any device memory is read", () => {
+      // head_dim 8: not a multiple of 16, so cuda-decode refuses too; cache_seqlens an address nothing can read
+      const said = kvCallWith(backend, e4m3, (p) => void (p.cacheSeqlens = 0x10n), 8);
+      expect(said).toStartWith(`${name}: no kernel can run this request: `);
+      expect(said).toContain("portable: computes fp16 and bf16 only, not fp8_e4m3");
+      if (serves) expect(said).toContain(`${DECODE_PATH}: head_dim 8 is not a multiple of 16 (fp8 rows are copied in 16-byte chunks)`);
+      expect(said).not.toContain("could not be read");
+    });
+    test.skipIf(!serves)(`through the C ABI: a valid fp8 call runs; a bad descale factor in device memory is refused, nothing appended${serves ? "" : " — skipped: no fp8 KV-cache path here"}`, () => {
+      expect(kvCallWith(backend, e4m3, () => {}, 64)).toBe("accepted");
+      const said = kvCallWith(backend, e4m3, (p, _, up) => void (p.vDescale = { data: up(Float32Array.of(1, 1, 0, 1)).address, batchStride: 2, headStride: 1 }), 64);
+      expect(said).toBe(`${name}: v_descale[1, 0] is 0: descale factors must be finite positive normal floats`);
+    });
   });
 }

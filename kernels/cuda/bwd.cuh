@@ -128,8 +128,8 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t ka[4];
-        load_a<PaddedRows<LD>>(ka, sK, key_row0, kk * 16);
-        mm_ABt<T, PaddedRows<LD>, BM, 1>([&](int, int j) -> float(&)[4] { return st[j]; }, [&](int) -> const uint32_t(&)[4] { return ka; },
+        load_a<StridedRows<LD>>(ka, sK, key_row0, kk * 16);
+        mm_ABt<T, StridedRows<LD>, BM, 1>([&](int, int j) -> float(&)[4] { return st[j]; }, [&](int) -> const uint32_t(&)[4] { return ka; },
                              q_s, kk * 16);
       }
 
@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
       // dV += P^T dO (16 keys x DP += 16 x BM . BM x DP: this warp's DP columns).
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
-        mm_AB<T, PaddedRows<LD>, DP, 1>([&](int, int j) -> float(&)[4] { return dv_acc[j]; }, [&](int) -> const uint32_t(&)[4] { return pa[kk]; },
+        mm_AB<T, StridedRows<LD>, DP, 1>([&](int, int j) -> float(&)[4] { return dv_acc[j]; }, [&](int) -> const uint32_t(&)[4] { return pa[kk]; },
                             do_s, dcol0, kk * 16);
 
       // dP^T = V dO^T (16 keys x BM = 16 x D . (BM x D)^T).
@@ -172,8 +172,8 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         uint32_t va[4];
-        load_a<PaddedRows<LD>>(va, sV, key_row0, kk * 16);
-        mm_ABt<T, PaddedRows<LD>, BM, 1>([&](int, int j) -> float(&)[4] { return dpt[j]; }, [&](int) -> const uint32_t(&)[4] { return va; },
+        load_a<StridedRows<LD>>(va, sV, key_row0, kk * 16);
+        mm_ABt<T, StridedRows<LD>, BM, 1>([&](int, int j) -> float(&)[4] { return dpt[j]; }, [&](int) -> const uint32_t(&)[4] { return va; },
                              do_s, kk * 16);
       }
 
@@ -194,7 +194,7 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
       // dK += dS^T Q (16 keys x DP += 16 x BM . BM x DP).
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
-        mm_AB<T, PaddedRows<LD>, DP, 1>([&](int, int j) -> float(&)[4] { return dk_acc[j]; }, [&](int) -> const uint32_t(&)[4] { return dsa[kk]; },
+        mm_AB<T, StridedRows<LD>, DP, 1>([&](int, int j) -> float(&)[4] { return dk_acc[j]; }, [&](int) -> const uint32_t(&)[4] { return dsa[kk]; },
                             q_s, dcol0, kk * 16);
       __syncthreads();  // dS^T complete in smem
 
@@ -208,8 +208,8 @@ __global__ void __launch_bounds__(Tile::kThreads) bwd_kernel(const AttnArgs a) {
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk) {
         uint32_t da[4];
-        load_a_trans<PaddedRows<LDS>>(da, sdS, dq_row0, kk * 16);
-        mm_AB<T, PaddedRows<LD>, DQC, 1>([&](int, int j) -> float(&)[4] { return dq[j]; }, [&](int) -> const uint32_t(&)[4] { return da; },
+        load_a_trans<StridedRows<LDS>>(da, sdS, dq_row0, kk * 16);
+        mm_AB<T, StridedRows<LD>, DQC, 1>([&](int, int j) -> float(&)[4] { return dq[j]; }, [&](int) -> const uint32_t(&)[4] { return da; },
                              sK, dq_col0, kk * 16);
       }
       accumulate_dq_rows<DQC / 8>(a, dq_accum, lse_row0(a, s, b, h), m0 + dq_row0, s.sq, dq_col0,

@@ -14,6 +14,14 @@
 // Keys are addressed through KvCacheView: a paged cache (block table, any page size), a contiguous cache (with
 // cache_batch_idx and leftpad) or a plain K / V tensor (cache_seqlens NULL, fixed_len = seqlen_k) all look alike.
 //
+// FP8 (T = fp8_e4m3_t / fp8_e5m2_t, flashattn.h's semantics, no fp8 tensor cores needed): reading half the bytes is
+// the whole gain, the products stay fp16. K and V blocks land as bytes in a deeper staging ring (the same 16-byte
+// cp.async chunks, 16 values each), and each warp converts its own 16 keys of K and V into one fp16 stage of the
+// padded tiles the ldmatrix code reads (only that warp reads those rows, so __syncwarp orders it); Q is converted once.
+// The q x k descale factors of (b, hk) fold into the softmax multiplier, P is rounded to E4M3 on its way into the A
+// fragments (the row sums keep the fp32 P) and O is multiplied by the v factor before the warps merge; o is written in
+// the output type O (fp16 or bf16).
+//
 // Per CTA (row block, KV head hk, batch b x split):
 //   S_w  = Q K_w^T          (MF*16 x 16, warp w's 16 keys of the block)
 //   online softmax of S_w    per warp, base 2, masks and the score transform as in the forward
@@ -24,6 +32,7 @@
 #include "../gpu/kvcache_view.cuh"
 #include "attn.cuh"
 #include "combine.cuh"
+#include "fp8.cuh"
 
 namespace fa::tc {
 
@@ -35,7 +44,10 @@ struct DecodeArgs {
   int rows;  // packed rows per (sequence, KV head): seqlen_q x group
 };
 
-template <int D_, int MF_, int KW_ = 16, int STAGES_ = (D_ <= 128 ? 3 : 2), int NW_ = 4>
+// ELEM: bytes per input element (2, or 1 for fp8). An fp8 stage is half the bytes of a 16-bit one, so fp8 keeps one
+// more block in flight at head dims up to 128 (still two CTAs per H100 SM at 128: 109,056 bytes each) and as many at
+// 256 (141,568 bytes: within an A100's 166,912 per block).
+template <int D_, int MF_, int ELEM_ = 2, int KW_ = 16, int STAGES_ = (D_ <= 128 ? 3 : 2) + (ELEM_ == 1 && D_ <= 128), int NW_ = 4>
 struct DecodeTile {
   static constexpr int D = D_, MF = MF_;
   static constexpr int NW = NW_;             // warps
@@ -43,36 +55,42 @@ struct DecodeTile {
   static constexpr int BN = KW * NW;         // keys per block
   static constexpr int BM = 16 * MF;         // packed rows per CTA
   static constexpr int STAGES = STAGES_;
-  // Q, K and V tiles: swizzled whole lines where D allows (head dims 64, 128, 192, 256), else padded rows (tile.cuh).
-  // Measured on the H100 (hdim 128, b8 32k / 128k): +3.3% / +4.0% over padded rows, whose cp.async copies asked L2
-  // for 1.5x the sectors.
+  // The tiles the tensor cores read (Q, K, V; fp8: their fp16 conversions): swizzled whole lines where D allows (head
+  // dims 64, 128, 192, 256), else padded rows (tile.cuh). Measured on the H100 (bf16, hdim 128, b8 32k / 128k keys):
+  // +3.3% / +4.0% over padded rows, whose cp.async copies asked L2 for 1.5x the sectors.
   static constexpr bool kSwizzled = D % 64 == 0;
   static constexpr int LD = kSwizzled ? D : D + kPad;
-  using Layout = std::conditional_t<kSwizzled, SwizzledRows<D>, PaddedRows<D + kPad>>;
-  static_assert(KW % 8 == 0, "a warp's keys start on a swizzle period");
+  using Layout = std::conditional_t<kSwizzled, SwizzledRows<D>, StridedRows<D + kPad>>;
+  static_assert(KW % 8 == 0 && BN % 8 == 0, "warps' keys and V tiles start on a swizzle period");
   static constexpr int kThreads = NW * 32;
-  static constexpr size_t ring_bytes(size_t elem) { return static_cast<size_t>(STAGES) * 2 * BN * LD * elem; }
+  static constexpr bool kFp8 = ELEM_ == 1;
+  static constexpr size_t kTileElem = 2;     // bytes per element of the tiles the tensor cores read (fp8: fp16)
+  // 16-bit: STAGES stages of K and V tiles. fp8: one stage of fp16 K and V tiles, then STAGES stages of unpadded bytes.
+  static constexpr size_t staging_bytes() { return kFp8 ? static_cast<size_t>(STAGES) * 2 * BN * D : 0; }
+  static constexpr size_t ring_bytes() { return static_cast<size_t>(kFp8 ? 1 : STAGES) * 2 * BN * LD * kTileElem + staging_bytes(); }
   // The epilogue reuses the ring for the warps' fp32 partial O (NW x BM x D) and their row max / sum.
   static constexpr size_t merge_bytes() { return static_cast<size_t>(NW) * BM * (D + 2) * sizeof(float); }
-  static constexpr size_t smem_bytes(size_t elem) {
-    return static_cast<size_t>(BM) * LD * elem + (ring_bytes(elem) > merge_bytes() ? ring_bytes(elem) : merge_bytes());
+  static constexpr size_t smem_bytes() {
+    return static_cast<size_t>(BM) * LD * kTileElem + (ring_bytes() > merge_bytes() ? ring_bytes() : merge_bytes());
   }
 };
 
-// Copies keys [n0, n0 + ROWS) of sequence b, KV head hk of both cache tensors into padded smem tiles, through the
-// cache map; keys at or past `keys` (and dims past head_dim) come in as zeros, so masked P = 0 never meets stale data.
+// Copies keys [n0, n0 + ROWS) of sequence b, KV head hk of both cache tensors into smem tiles of layout L (the 16-bit
+// tiles, or fp8 staging rows of D bytes), through the cache map; keys at or past `keys` (and dims past
+// head_dim) come in as zeros, so masked P = 0 never meets stale data.
 // A key's place in the cache (page lookup, 64-bit offsets) costs more than its copy, so it is worked out once per
 // key for K and V together, and once per tile when the tile lies in one page (every contiguous cache, and paged
 // caches whose pages hold whole tiles); each thread then keeps one 16-byte column of rows a pass apart.
-template <int ROWS, int D, int NTHREADS, typename L, typename T>
+template <int ROWS, int D, typename L, int NTHREADS, typename T>
 __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTensor& k, const DevTensor& v, const KvCacheView& kv,
                                                     int b, int hk, int n0, int keys, int head_dim) {
-  constexpr int kChunksPerRow = D / 8;
+  constexpr int kChunk = 16 / sizeof(T);  // elements per 16-byte chunk
+  constexpr int kChunksPerRow = D / kChunk;
   const T* kbase = static_cast<const T*>(k.data);
   const T* vbase = static_cast<const T*>(v.data);
   if constexpr (NTHREADS % kChunksPerRow == 0 && ROWS % (NTHREADS / kChunksPerRow) == 0) {
     constexpr int kRowsPerPass = NTHREADS / kChunksPerRow;
-    const int col = (threadIdx.x % kChunksPerRow) * 8, r0 = threadIdx.x / kChunksPerRow;
+    const int col = (threadIdx.x % kChunksPerRow) * kChunk, r0 = threadIdx.x / kChunksPerRow;
     const bool col_ok = col < head_dim;
     const int first = kv.leftpad(b) + n0;  // cache token of the tile's first key (< 2^29: validated sizes)
     if (kv.block_table == nullptr || first / kv.page_size == (first + ROWS - 1) / kv.page_size) {
@@ -100,7 +118,7 @@ __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTenso
   } else {  // head dims whose 16-byte chunks do not divide the threads (96, 192): chunk by chunk
 #pragma unroll
     for (int c = threadIdx.x; c < ROWS * kChunksPerRow; c += NTHREADS) {
-      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
+      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kChunk;
       const bool valid = n0 + r < keys && col < head_dim;
       const T* ksrc = valid ? kbase + kv.offset(k.batch_stride, k.row_stride, k.head_stride, b, n0 + r, hk) + col : kbase;
       const T* vsrc = valid ? vbase + kv.offset(v.batch_stride, v.row_stride, v.head_stride, b, n0 + r, hk) + col : vbase;
@@ -110,15 +128,22 @@ __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTenso
   }
 }
 
-template <typename T, typename Tile>
+// T: the input element type; O: the output's (T, or fp16 / bf16 for fp8 inputs).
+template <typename T, typename O, typename Tile>
 __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs args) {
   constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, MF = Tile::MF, NW = Tile::NW, LD = Tile::LD, KW = Tile::KW;
   constexpr int STAGES = Tile::STAGES;
+  constexpr bool kFp8 = sizeof(T) == 1;
+  static_assert(kFp8 == Tile::kFp8, "the tile's element size is the input's");
+  using C = std::conditional_t<kFp8, half_t, T>;  // the element type of the tiles the tensor cores read
   const AttnArgs& a = args.a;
   const KvCacheView& kv = args.kv;
   extern __shared__ __align__(128) unsigned char decode_smem[];  // swizzled tiles start on 128-byte lines
-  T* sQ = reinterpret_cast<T*>(decode_smem);
-  T* ring = sQ + BM * LD;  // stage s: K at ring + 2s BN LD, V right after
+  C* sQ = reinterpret_cast<C*>(decode_smem);
+  // 16-bit: stage s: K at ring + 2s BN LD, V right after. fp8: the fp16 K and V tiles (BN LD each), then the staging
+  // ring, stage s: K at staging + 2s BN D bytes, V right after.
+  C* ring = sQ + BM * LD;
+  uint8_t* staging = reinterpret_cast<uint8_t*>(ring + (kFp8 ? 2 * BN * LD : 0));
 
   // The combine (split-KV) may be scheduled once every CTA of this grid has started: it waits for our partials in
   // griddepcontrol.wait, and starting it now hides its launch (a b1 decode is a few tens of microseconds).
@@ -136,36 +161,54 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
   const int rows = min(BM, args.rows - r0);
   const int q_first = r0 / a.group, q_count = (r0 + rows - 1) / a.group - q_first + 1;
 
-  // Q rows -> smem: packed row r is query r / group of head hk * group + r % group (zeros past the last row).
+  // Q rows -> smem: packed row r is query r / group of head hk * group + r % group (zeros past the last row). fp8: the
+  // bytes land (rows of D) in the fp16 K / V tiles, unused until the main loop, in a group of their own.
+  constexpr int kQChunk = 16 / sizeof(T);
+  using QLayout = std::conditional_t<kFp8, StridedRows<D>, typename Tile::Layout>;  // fp8: rows of D bytes
+  T* q_dst = reinterpret_cast<T*>(kFp8 ? static_cast<void*>(ring) : static_cast<void*>(sQ));
   {
     const T* qbase = static_cast<const T*>(a.q.data) + static_cast<int64_t>(b) * a.q.batch_stride;
-    constexpr int kChunksPerRow = D / 8;
+    constexpr int kChunksPerRow = D / kQChunk;
 #pragma unroll
     for (int c = threadIdx.x; c < BM * kChunksPerRow; c += Tile::kThreads) {
-      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8, row = r0 + r;
+      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kQChunk, row = r0 + r;
       const bool valid = r < rows && col < a.head_dim;
       const T* src = valid ? qbase + static_cast<int64_t>(row / a.group) * a.q.row_stride +
                                  static_cast<int64_t>(hk * a.group + row % a.group) * a.q.head_stride + col
                            : qbase;
-      cp_async_16(sQ + Tile::Layout::at(r, col), src, valid);
+      cp_async_16(q_dst + QLayout::at(r, col), src, valid);
     }
   }
+  if constexpr (kFp8) cp_async_commit();
 
   const KeyBlocks blocks = split_key_blocks(a, s, q_first, q_count, BN, split);
   const int n_blocks = blocks.hi - blocks.lo;
-  auto stage_k = [&](int it) { return ring + (it % STAGES) * 2 * BN * LD; };
+  auto stage_k = [&](int it) { return ring + (it % STAGES) * 2 * BN * LD; };                       // 16-bit
+  auto stage_bytes = [&](int it) { return staging + static_cast<size_t>(it % STAGES) * 2 * BN * D; };  // fp8
   auto load_block = [&](int it) {
     if (it < n_blocks) {
       const int n0 = (blocks.lo + it) * BN;
-      load_kv_block_async<BN, D, Tile::kThreads, typename Tile::Layout>(stage_k(it), stage_k(it) + BN * LD, a.k, a.v, kv, b, hk, n0, s.sk, a.head_dim);
+      if constexpr (kFp8) {
+        T* sk = reinterpret_cast<T*>(stage_bytes(it));
+        load_kv_block_async<BN, D, StridedRows<D>, Tile::kThreads>(sk, sk + BN * D, a.k, a.v, kv, b, hk, n0, s.sk, a.head_dim);
+      } else {
+        load_kv_block_async<BN, D, typename Tile::Layout, Tile::kThreads>(stage_k(it), stage_k(it) + BN * LD, a.k, a.v, kv, b, hk, n0, s.sk, a.head_dim);
+      }
     }
     cp_async_commit();  // an empty group keeps the wait count uniform
   };
-  load_block(0);  // joins Q's group
+  load_block(0);  // 16-bit: joins Q's group
   for (int it = 1; it < STAGES - 1; ++it) load_block(it);
+  if constexpr (kFp8) {  // Q's group (the oldest) landed: convert it once; the loop's first barrier orders the reads
+    cp_async_wait<STAGES - 1>();
+    __syncthreads();
+    fp8_rows_to_f16<T, BM, D, typename Tile::Layout, Tile::kThreads>(sQ, reinterpret_cast<const uint8_t*>(q_dst), threadIdx.x);
+  }
 
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
-  const float mult = transform ? 1.f : a.scale_log2;  // multiplier from S to log2 units inside exp2
+  // fp8: the q and k factors of (b, hk) scale every score of this CTA; 1 otherwise.
+  const float qk_descale = kFp8 ? descale_factor(a.q_descale, b, hk) * descale_factor(a.k_descale, b, hk) : 1.f;
+  const float mult = transform ? 1.f : a.scale_log2 * qk_descale;  // multiplier from S to log2 units inside exp2
   // Row (fragment mf, half hf) of this lane: its query and its head's ALiBi slope.
   ScoreRow row_info[MF][2];
 #pragma unroll
@@ -185,13 +228,29 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
     __syncthreads();  // block `it` landed for every thread; every warp is done with the stage the next load reuses
     load_block(it + STAGES - 1);
 
-    const T* sK = stage_k(it) + warp * KW * LD;  // this warp's KW keys
-    const T* sV = stage_k(it) + BN * LD;
+    const C* sK = (kFp8 ? ring : stage_k(it)) + warp * KW * LD;  // this warp's KW keys
+    const C* sV = kFp8 ? ring + BN * LD : stage_k(it) + BN * LD;
     const int n0 = (blocks.lo + it) * BN + warp * KW;
+    if constexpr (kFp8) {
+      // This warp's keys, K and V, from bytes into its own rows of the fp16 tiles: no other warp reads them, and this
+      // warp's reads of the previous block are behind the barrier above.
+      const uint8_t* bytes = stage_bytes(it) + warp * KW * D;
+      fp8_rows_to_f16<T, KW, D, typename Tile::Layout, 32>(ring + warp * KW * LD, bytes, lane);
+      fp8_rows_to_f16<T, KW, D, typename Tile::Layout, 32>(ring + (BN + warp * KW) * LD, bytes + BN * D, lane);
+      __syncwarp();
+    }
 
     // S = Q K_w^T (BM x KW) over D in k-steps of 16.
     float sc[MF][KW / 8][4];
-    scores_QKt<T, typename Tile::Layout, D, KW, MF>(sc, sQ, 0, sK);
+    scores_QKt<C, typename Tile::Layout, D, KW, MF>(sc, sQ, 0, sK);
+    if (kFp8 && transform) {  // the factors are in mult, except where softcap / ALiBi read the scores themselves
+#pragma unroll
+      for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+        for (int j = 0; j < KW / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) sc[mf][j][e] *= qk_descale;
+    }
 
     const bool masked = tile_needs_mask(a, s, q_first, q_count, n0, KW);
 #pragma unroll
@@ -209,15 +268,27 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
       }
     }
 
-    // O_w += P_w V_w (BM x D += BM x KW . KW x D): P straight from the accumulators.
+    // O_w += P_w V_w (BM x D += BM x KW . KW x D): P straight from the accumulators (fp8: rounded to E4M3).
 #pragma unroll
     for (int kk = 0; kk < KW / 16; ++kk) {
       uint32_t pa[MF][4];
 #pragma unroll
-      for (int mf = 0; mf < MF; ++mf) acc_to_a<T>(pa[mf], sc[mf][2 * kk], sc[mf][2 * kk + 1]);
-      mm_AB<T, typename Tile::Layout, D, MF>([&](int mf, int j) -> float(&)[4] { return o_acc[mf][j]; },
+      for (int mf = 0; mf < MF; ++mf) {
+        if constexpr (kFp8) probs_to_a_e4m3(pa[mf], sc[mf][2 * kk], sc[mf][2 * kk + 1]);
+        else acc_to_a<C>(pa[mf], sc[mf][2 * kk], sc[mf][2 * kk + 1]);
+      }
+      mm_AB<C, typename Tile::Layout, D, MF>([&](int mf, int j) -> float(&)[4] { return o_acc[mf][j]; },
                           [&](int mf) -> const uint32_t(&)[4] { return pa[mf]; }, sV, 0, warp * KW + kk * 16);
     }
+  }
+  if constexpr (kFp8) {  // the v factor of (b, hk), the same for every warp of the CTA: applied before they merge
+    const float v_descale = descale_factor(a.v_descale, b, hk);
+#pragma unroll
+    for (int mf = 0; mf < MF; ++mf)
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o_acc[mf][j][e] *= v_descale;
   }
 
   // Merge the warps: each publishes its rows' max (log2 units), sum and unnormalised O in fp32 over the ring.
@@ -277,9 +348,9 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
     if (col >= a.head_dim) continue;
     if (direct) {
       uint4 packed;
-      packed.x = pack2<T>(out[0], out[1]), packed.y = pack2<T>(out[2], out[3]);
-      packed.z = pack2<T>(out[4], out[5]), packed.w = pack2<T>(out[6], out[7]);
-      T* o = static_cast<T*>(a.o.data) + static_cast<int64_t>(b) * a.o.batch_stride + static_cast<int64_t>(i) * a.o.row_stride +
+      packed.x = pack2<O>(out[0], out[1]), packed.y = pack2<O>(out[2], out[3]);
+      packed.z = pack2<O>(out[4], out[5]), packed.w = pack2<O>(out[6], out[7]);
+      O* o = static_cast<O*>(a.o.data) + static_cast<int64_t>(b) * a.o.batch_stride + static_cast<int64_t>(i) * a.o.row_stride +
              static_cast<int64_t>(h) * a.o.head_stride + col;
       *reinterpret_cast<uint4*>(o) = packed;
     } else {
@@ -295,10 +366,10 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
 template <int D>
 constexpr int decode_max_mf() { return D <= 128 ? 2 : 1; }
 
-template <typename T, typename Tile>
-gpuError_t launch_decode_tile(const DecodeArgs& d, gpuStream_t stream) {
-  const auto kernel = decode_kernel<T, Tile>;
-  const size_t smem = Tile::smem_bytes(sizeof(T));
+template <typename T, typename O, typename Tile>
+gpuError_t launch_decode_kernel(const DecodeArgs& d, gpuStream_t stream) {
+  const auto kernel = decode_kernel<T, O, Tile>;
+  const size_t smem = Tile::smem_bytes();
   gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != gpuSuccess) return err;
   const dim3 grid(ceil_div(d.rows, Tile::BM), d.a.heads_kv, d.a.batch * d.a.num_splits);
@@ -306,12 +377,21 @@ gpuError_t launch_decode_tile(const DecodeArgs& d, gpuStream_t stream) {
   return gpuGetLastError();
 }
 
+// The output type: the input's, or for fp8 inputs the one out_fp16 names.
+template <typename T, typename Tile>
+gpuError_t launch_decode_tile(const DecodeArgs& d, gpuStream_t stream) {
+  if constexpr (sizeof(T) == 1)
+    return d.a.out_fp16 ? launch_decode_kernel<T, half_t, Tile>(d, stream) : launch_decode_kernel<T, bf16_t, Tile>(d, stream);
+  else
+    return launch_decode_kernel<T, T, Tile>(d, stream);
+}
+
 // Launches the decode kernel for head dim D (the caller picked D >= head_dim) with `mf` fragments per CTA.
 template <typename T, int D>
 gpuError_t launch_decode(const DecodeArgs& d, int mf, gpuStream_t stream) {
   if constexpr (decode_max_mf<D>() >= 2)
-    if (mf == 2) return launch_decode_tile<T, DecodeTile<D, 2>>(d, stream);
-  return launch_decode_tile<T, DecodeTile<D, 1>>(d, stream);
+    if (mf == 2) return launch_decode_tile<T, DecodeTile<D, 2, sizeof(T)>>(d, stream);
+  return launch_decode_tile<T, DecodeTile<D, 1, sizeof(T)>>(d, stream);
 }
 
 }  // namespace fa::tc

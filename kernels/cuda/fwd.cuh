@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
 
     // S = Q K^T (BM x BN = BM x D . (BN x D)^T, this warp's MF x 16 rows) over D in k-steps of 16.
     float sc[MF][NT][4];
-    scores_QKt<T, PaddedRows<LD>, D, BN, MF>(sc, sQ, warp_row0, sK);
+    scores_QKt<T, StridedRows<LD>, D, BN, MF>(sc, sQ, warp_row0, sK);
 
     // Online softmax, one 16-row fragment at a time; O's rows are rescaled by the change of their max.
     const bool masked = tile_needs_mask(a, s, m0, BM, n0, BN);
@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(Tile::kThreads) fwd_kernel(const AttnArgs a) {
       uint32_t pa[MF][4];
 #pragma unroll
       for (int mf = 0; mf < MF; ++mf) acc_to_a<T>(pa[mf], sc[mf][2 * kk], sc[mf][2 * kk + 1]);
-      mm_AB<T, PaddedRows<LD>, D, MF>([&](int mf, int j) -> float(&)[4] { return o_acc[mf][j]; },
+      mm_AB<T, StridedRows<LD>, D, MF>([&](int mf, int j) -> float(&)[4] { return o_acc[mf][j]; },
                           [&](int mf) -> const uint32_t(&)[4] { return pa[mf]; }, sV, 0, kk * 16);
     }
   }

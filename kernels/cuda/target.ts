@@ -41,6 +41,9 @@ const fp8Dtypes = [
   { name: "fp8_e5m2", cxx: "fa::tc::fp8_e5m2_t", ptx: "e5m2" },
 ];
 const sm90Fp8HeadDims = [128, 256];
+/** The decode kernel with fp8 K / V (converted to fp16 in shared memory, any sm_80+): head dims 64, 128 and 256, the
+ *  others run padded to the next (each unit holds the fp16- and bf16-output kernels, so it costs twice a 16-bit one). */
+const decodeFp8HeadDims = [64, 128, 256];
 
 function writeIfChanged(file: string, text: string): void {
   if (fs.existsSync(file) && fs.readFileSync(file, "utf8") === text) return;
@@ -77,6 +80,13 @@ function generateInstances(): CompileUnit[] {
     for (const t of dtypes) {
       decodeList.push(`FA_DECODE_INSTANCE(${t.cxx}, ${d})`);
       const what = `the decode / KV-cache kernel for ${t.name}, head dim ${d}`;
+      units.push(instanceUnit(`decode_hdim${d}_${t.name}.cu`, what, "decode.cuh", `fa::tc::launch_decode<${t.cxx}, ${d}>`, gencode, "DecodeArgs"));
+    }
+  }
+  for (const d of decodeFp8HeadDims) {
+    for (const t of fp8Dtypes) {
+      decodeList.push(`FA_DECODE_INSTANCE(${t.cxx}, ${d})`);
+      const what = `the decode / KV-cache kernel for ${t.name} (fp16 or bf16 output), head dim ${d}`;
       units.push(instanceUnit(`decode_hdim${d}_${t.name}.cu`, what, "decode.cuh", `fa::tc::launch_decode<${t.cxx}, ${d}>`, gencode, "DecodeArgs"));
     }
   }

@@ -446,11 +446,12 @@ constexpr int kPathId = 12;
 // blocks of the largest tile. Past it the prefill kernels, whose row tiles reuse each key block across 128 rows, win.
 constexpr int kMaxPlainRows = 64;
 
-// The smallest instantiated head dim >= head_dim (0: none).
-int tile_d(int head_dim) {
+// The smallest head dim >= head_dim instantiated for the dtype's element size (0: none); E5M2 has E4M3's head dims.
+int tile_d(int32_t dtype, int head_dim) {
+  const int32_t family = is_fp8(dtype) ? FA_DTYPE_FP8_E4M3 : FA_DTYPE_F16;
   int best = 0;
 #define FA_DECODE_INSTANCE(T, D) \
-  if (dtype_code<T>() == FA_DTYPE_F16 && D >= head_dim && (best == 0 || D < best)) best = D;
+  if (dtype_code<T>() == family && D >= head_dim && (best == 0 || D < best)) best = D;
 #include "decode_instances.inc"
 #undef FA_DECODE_INSTANCE
   return best;
@@ -465,10 +466,11 @@ int fragments(int d, int rows) {
 #undef FA_DECODE_INSTANCE
   return rows > 16 && max_mf >= 2 ? 2 : 1;
 }
-size_t smem_bytes(int d, int mf) {
+size_t smem_bytes(int32_t dtype, int d, int mf) {
   size_t bytes = 0;
-#define FA_DECODE_INSTANCE(T, D) \
-  if (D == d) bytes = mf == 2 ? DecodeTile<D, decode_max_mf<D>()>::smem_bytes(2) : DecodeTile<D, 1>::smem_bytes(2);
+#define FA_DECODE_INSTANCE(T, D)                                                                                   \
+  if (D == d && sizeof(T) == dtype_size(dtype))                                                                    \
+    bytes = mf == 2 ? DecodeTile<D, decode_max_mf<D>(), sizeof(T)>::smem_bytes() : DecodeTile<D, 1, sizeof(T)>::smem_bytes();
 #include "decode_instances.inc"
 #undef FA_DECODE_INSTANCE
   return bytes;
@@ -482,23 +484,28 @@ gpuError_t launch(int dtype, int d, const DecodeArgs& args, int mf, gpuStream_t 
   return cudaErrorInvalidValue;
 }
 
-// What both entries check: dtype, arch, head dim, shared memory, and the 16-byte alignment of every tensor.
+// What both entries check: dtype, arch, head dim, shared memory, and the 16-byte alignment of every tensor (the inputs
+// in dtype, o in out_dtype). fp8 runs on the fp16 tensor cores (decode.cuh), so on any sm_80+.
 bool supports_common(int32_t dtype, int head_dim, int rows, const DeviceCaps& caps,
-                     std::initializer_list<std::pair<const char*, const fa_tensor*>> tensors, std::vector<std::string>& reasons) {
+                     std::initializer_list<std::pair<const char*, const fa_tensor*>> inputs, const fa_tensor& o, int32_t out_dtype,
+                     std::vector<std::string>& reasons) {
   const size_t before = reasons.size();
-  if (dtype != FA_DTYPE_F16 && dtype != FA_DTYPE_BF16)
-    reasons.push_back(format("computes fp16 and bf16 only, not %s", dtype_name(dtype)));
+  if (dtype != FA_DTYPE_F16 && dtype != FA_DTYPE_BF16 && !is_fp8(dtype))
+    reasons.push_back(format("computes fp16, bf16, fp8_e4m3 and fp8_e5m2 only, not %s", dtype_name(dtype)));
+  if (is_fp8(dtype) && head_dim % 16 != 0)
+    reasons.push_back(format("head_dim %d is not a multiple of 16 (fp8 rows are copied in 16-byte chunks)", head_dim));
   if (caps.arch < 80) reasons.push_back(format("needs sm_80 or newer for mma.sync bf16 tensor cores, this GPU is sm_%d", caps.arch));
-  const int d = tile_d(head_dim);
+  const int d = tile_d(dtype, head_dim);
   if (d == 0) {
     reasons.push_back(format("head_dim %d exceeds the largest instantiated head dim", head_dim));
     return false;
   }
-  const size_t smem = smem_bytes(d, fragments(d, rows));
+  const size_t smem = smem_bytes(dtype, d, fragments(d, rows));
   if (smem > caps.smem_per_block_optin)
     reasons.push_back(format("head_dim %d needs %zu bytes of shared memory per block, this GPU allows %zu", head_dim, smem,
                              caps.smem_per_block_optin));
-  for (const auto& [name, t] : tensors) alignment_reasons(name, *t, false, dtype_size(dtype), reasons);
+  for (const auto& [name, t] : inputs) alignment_reasons(name, *t, false, dtype_size(dtype), reasons);
+  alignment_reasons("o", o, false, dtype_size(out_dtype), reasons);
   return reasons.size() == before;
 }
 
@@ -529,7 +536,7 @@ int32_t run(int32_t dtype, int d, DecodeArgs& args, int requested_splits, int ke
   const int mf = fragments(d, args.rows);
   const int m_blocks = ceil_div(args.rows, 16 * mf);
   a.num_splits = choose_splits(requested_splits, static_cast<int64_t>(m_blocks) * a.heads_kv * a.batch, a.batch, key_capacity,
-                               smem_bytes(d, mf), *ctx.caps);
+                               smem_bytes(dtype, d, mf), *ctx.caps);
   if (a.num_splits > 1) {
     a.o_part = static_cast<float*>(ctx.workspace.get(0, sizeof(float) * a.num_splits * a.lse_rows * a.head_dim));
     a.lse_part = static_cast<float*>(ctx.workspace.get(1, sizeof(float) * a.num_splits * a.lse_rows));
@@ -538,7 +545,7 @@ int32_t run(int32_t dtype, int d, DecodeArgs& args, int requested_splits, int ke
   gpuError_t err = launch(dtype, d, args, mf, ctx.stream);
   if (err != gpuSuccess) return vendor_fail(err, "launching the decode kernel");
   if (a.num_splits > 1) {
-    err = dtype == FA_DTYPE_F16 ? launch_combine<half_t>(a, *ctx.caps, ctx.stream) : launch_combine<bf16_t>(a, *ctx.caps, ctx.stream);
+    err = a.out_fp16 ? launch_combine<half_t>(a, *ctx.caps, ctx.stream) : launch_combine<bf16_t>(a, *ctx.caps, ctx.stream);  // o's dtype
     if (err != gpuSuccess) return vendor_fail(err, "launching the split-KV combine kernel");
   }
   return FA_OK;
@@ -559,7 +566,8 @@ bool supports(const fa_attn_params& p, const DeviceCaps& caps, int32_t direction
                              "prefill kernels are faster there",
                              kMaxPlainRows, packed_rows(p)));
   if (reasons.size() != before) return false;
-  return supports_common(p.dtype, p.head_dim, packed_rows(p), caps, {{"q", &p.q}, {"k", &p.k}, {"v", &p.v}, {"o", &p.o}}, reasons);
+  return supports_common(p.dtype, p.head_dim, packed_rows(p), caps, {{"q", &p.q}, {"k", &p.k}, {"v", &p.v}}, p.o,
+                         output_dtype(p), reasons);
 }
 
 DecodeArgs plain_args(const fa_attn_params& p) {
@@ -571,14 +579,14 @@ DecodeArgs plain_args(const fa_attn_params& p) {
 }
 
 int32_t plan_splits(const fa_attn_params& p, const DeviceCaps& caps) {
-  const int d = tile_d(p.head_dim), mf = fragments(d, packed_rows(p));
+  const int d = tile_d(p.dtype, p.head_dim), mf = fragments(d, packed_rows(p));
   const int64_t ctas = static_cast<int64_t>(ceil_div(packed_rows(p), 16 * mf)) * p.heads_kv * p.batch;
-  return choose_splits(p.num_splits, ctas, p.batch, p.seqlen_k, smem_bytes(d, mf), caps);
+  return choose_splits(p.num_splits, ctas, p.batch, p.seqlen_k, smem_bytes(p.dtype, d, mf), caps);
 }
 
 int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
   DecodeArgs args = plain_args(p);
-  if (int32_t st = run(p.dtype, tile_d(p.head_dim), args, p.num_splits, p.seqlen_k, ctx); st != FA_OK) return st;
+  if (int32_t st = run(p.dtype, tile_d(p.dtype, p.head_dim), args, p.num_splits, p.seqlen_k, ctx); st != FA_OK) return st;
   p.out_num_splits = args.a.num_splits;
   return FA_OK;
 }
@@ -586,8 +594,8 @@ int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
 // ---- KV-cache requests (the glue has appended and rotated) -----------------------------------------------------
 
 bool supports_kvcache(const fa_kvcache_params& p, const DeviceCaps& caps, std::vector<std::string>& reasons) {
-  return supports_common(p.dtype, p.head_dim, packed_rows(p), caps,
-                         {{"q", &p.q}, {"k_cache", &p.k_cache}, {"v_cache", &p.v_cache}, {"o", &p.o}}, reasons);
+  return supports_common(p.dtype, p.head_dim, packed_rows(p), caps, {{"q", &p.q}, {"k_cache", &p.k_cache}, {"v_cache", &p.v_cache}},
+                         p.o, output_dtype(p), reasons);
 }
 
 int32_t forward_kvcache(fa_kvcache_params& p, const LaunchContext& ctx) {
@@ -596,7 +604,7 @@ int32_t forward_kvcache(fa_kvcache_params& p, const LaunchContext& ctx) {
   args.a = make_args(plain);
   args.kv = kvcache_view(p);
   args.rows = packed_rows(p);
-  if (int32_t st = run(p.dtype, tile_d(p.head_dim), args, p.num_splits, plain.seqlen_k, ctx); st != FA_OK) return st;
+  if (int32_t st = run(p.dtype, tile_d(p.dtype, p.head_dim), args, p.num_splits, plain.seqlen_k, ctx); st != FA_OK) return st;
   p.out_num_splits = args.a.num_splits;
   return FA_OK;
 }
@@ -614,9 +622,11 @@ const std::vector<KernelPath>& cuda_tensor_core_paths() {
   // Priority order: the dispatcher takes the first path that accepts a request.
   static const char* kFp8Features =
       "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"varlen\",\"lse\",\"split_kv\",\"strided\",\"descale\"]";
-  static const char* kDecodeFeatures = "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"lse\",\"split_kv\",\"strided\"]";
+  static const char* kDecodeFeatures =
+      "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"lse\",\"split_kv\",\"strided\",\"descale\"]";
   static const std::vector<KernelPath> paths = {
-      {tc::decode::kPathId, "cuda-decode", kDecodeFeatures, "[\"fp16\",\"bf16\"]", 256, tc::decode::supports, tc::decode::forward,
+      {tc::decode::kPathId, "cuda-decode", kDecodeFeatures, "[\"fp16\",\"bf16\",\"fp8_e4m3\",\"fp8_e5m2\"]", 256,
+       tc::decode::supports, tc::decode::forward,
        nullptr, tc::decode::plan_splits, tc::decode::supports_kvcache, tc::decode::forward_kvcache},
       {tc::Sm90Fp8::kPathId, "cuda-wgmma-fp8-sm90", kFp8Features, "[\"fp8_e4m3\",\"fp8_e5m2\"]", 256,
        tc::supports<tc::Sm90Fp8>, tc::forward<tc::Sm90Fp8>, nullptr, tc::choose_splits<tc::Sm90Fp8>},

@@ -9,8 +9,9 @@
 // come from lanes 0-7, 8-15, 16-23, 24-31; .trans hands the transposed pair instead.
 //
 // Shared-memory tiles are row-major, in one of two layouts (L::at(row, col) is the element offset):
-//   PaddedRows<LD>   rows padded by 8 elements (16 bytes): consecutive rows start 4 banks apart, so the 8 row reads
-//                    of one ldmatrix phase hit 8 distinct 16-byte bank groups (no conflicts), at any head dim;
+//   StridedRows<LD>  rows LD elements apart; with LD = width + kPad (rows padded by 16 bytes) consecutive rows start
+//                    4 banks apart, so the 8 row reads of one ldmatrix phase hit 8 distinct 16-byte bank groups (no
+//                    conflicts), at any head dim;
 //   SwizzledRows<W>  unpadded rows of W elements (a multiple of 64: whole 128-byte lines) whose 16-byte chunks are
 //                    XOR-swizzled by row % 8: also conflict-free, and each 128-byte line of a global row lands in one
 //                    128-byte line of shared memory, which cp.async needs to move it in whole sectors (a padded row
@@ -97,7 +98,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 }
 
 template <int LD>
-struct PaddedRows {
+struct StridedRows {
   __device__ static constexpr int at(int row, int col) { return row * LD + col; }
 };
 template <int W>

@@ -24,14 +24,10 @@
 
 #include <cstdint>
 
+#include "fp8.cuh"
 #include "tile.cuh"
 
 namespace fa::tc {
-
-// FP8 elements (OCP E4M3 / E5M2) as the Hopper fp8 kernels see them: bytes in memory that only the tensor cores and
-// cvt instructions read as numbers.
-struct fp8_e4m3_t { uint8_t bits; };
-struct fp8_e5m2_t { uint8_t bits; };
 
 // Wrappers generated into build/gen/cuda/wgmma_ops.inc by kernels/cuda/target.ts: m64nNk16 per (N, 16-bit element
 // type), and m64nNk32 per (N, A and B fp8 formats). The fp8 forms take no transpose flags: both operands K-major.

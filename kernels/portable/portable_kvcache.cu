@@ -57,7 +57,7 @@ __device__ inline int64_t row_offset(const fa_tensor& t, int64_t b, int64_t row,
 
 // One thread per element, over [k_new | v_new | q]: the append copies (k rotated to its cache position when rotary is
 // on) and the rotated queries. Elements of one row are independent: a rotated element reads its pair partner from the
-// source, never from the destination.
+// source, never from the destination. T = uint8_t: fp8 elements, copied byte for byte (rotary is refused with fp8).
 template <typename T>
 __global__ void prepare_kernel(const PrepareArgs a) {
   const int64_t total = 2 * a.append_elements + a.q_elements;
@@ -77,8 +77,9 @@ __global__ void prepare_kernel(const PrepareArgs a) {
       T* dst = static_cast<T*>(dst_t.data) +
                a.cache.offset(dst_t.batch_stride, dst_t.row_stride, dst_t.head_stride, b,
                               static_cast<int>(token - a.cache.leftpad(b)), h);
-      dst[x] = !is_v && a.rotary_dim > 0 ? from_float<T>(rotated_element(a, src, token, x)) : src[x];
-    } else {
+      if constexpr (sizeof(T) == 1) dst[x] = src[x];
+      else dst[x] = !is_v && a.rotary_dim > 0 ? from_float<T>(rotated_element(a, src, token, x)) : src[x];
+    } else if constexpr (sizeof(T) == 2) {
       const int64_t rest = e - 2 * a.append_elements;  // also the element's index in the contiguous rotated q
       const int x = static_cast<int>(rest % a.head_dim);
       const int64_t row = rest / a.head_dim;
@@ -113,7 +114,8 @@ int32_t kvcache_prepare(fa_kvcache_params& p, const LaunchContext& ctx) {
   constexpr int kThreads = 256;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20));
   if (p.dtype == FA_DTYPE_F16) prepare_kernel<half_t><<<blocks, kThreads, 0, ctx.stream>>>(a);
-  else prepare_kernel<bf16_t><<<blocks, kThreads, 0, ctx.stream>>>(a);
+  else if (p.dtype == FA_DTYPE_BF16) prepare_kernel<bf16_t><<<blocks, kThreads, 0, ctx.stream>>>(a);
+  else prepare_kernel<uint8_t><<<blocks, kThreads, 0, ctx.stream>>>(a);  // fp8: bytes
   if (int32_t st = portable::check_launch("launching the KV-cache append and rotary kernel"); st != FA_OK) return st;
   if (p.rotary_dim > 0)
     p.q = fa_tensor{a.q_rotated, int64_t{p.seqlen_q} * p.heads_q * p.head_dim, int64_t{p.heads_q} * p.head_dim, p.head_dim};

@@ -36,6 +36,9 @@ documented status, not a crash.
 timed. Also probes whether this PyTorch has any fp8 attention (SDPA unforced and under each backend; every aten
 _scaled_dot_product_* forward op called directly) and, when SDPA takes fp8, checks and times it as a baseline.
 
+--kernel cuda-decode --filter decode: the decode-shaped cases on the decode path (fp8 K / V converted to fp16 in shared
+memory; any sm_80+ GPU), with the same rule.
+
 --device cpu (with --kernel '' and FLASHATTN_LIB=build/libflashattn_cpu.so): the same grid against the CPU backend,
 whose fp8 forward has the same semantics — checks this script without a GPU.
 
@@ -438,6 +441,15 @@ def grid(quick, dev):
     add("wide-range-e4m3", dist="wide")
     add("wide-range-e5m2-per-head", dist="wide", fmt="e5m2", descale="head", causal=True)
     add("long-e5m2-fp16-d256", sq=1000, sk=1000, d=256, fmt="e5m2", out="fp16", causal=True, h=4, hk=1)
+    # decode-shaped (at most 64 query rows per kv head: sq x h / hk), the dispatcher's choice being cuda-decode (fp8
+    # converted to fp16 in shared memory, any sm_80+): python3 scripts/check/cuda_fp8.py --kernel cuda-decode --filter decode
+    add("decode-d64-e5m2-fp16-gqa-32-8", sq=1, sk=4097, h=32, hk=8, d=64, fmt="e5m2", out="fp16")
+    add("decode-d128-sq4-causal-per-head", sq=4, sk=2000, h=32, hk=8, causal=True, descale="head")
+    add("decode-d128-64-rows-window", sq=8, sk=1500, h=16, hk=2, window=(100, 0))
+    add("decode-d256-mqa-8-1", sq=1, sk=3000, h=8, hk=1, d=256, descale="head")
+    add("decode-d96-padded-softcap-alibi", sq=2, sk=1000, h=8, hk=2, d=96, softcap=30.0, alibi="head")
+    add("decode-wide-range-e4m3", sq=1, sk=2048, h=8, hk=2, dist="wide")
+    add("decode-splits-5-e5m2", batch=1, sq=1, sk=5000, h=8, hk=2, splits=5, fmt="e5m2")
     add("d72-not-a-multiple-of-16", d=72)  # refused by the fp8 path (head_dim a multiple of 16)
     add("misaligned-q", misaligned=True)   # refused by the fp8 path (rows 16-byte aligned)
     return cases

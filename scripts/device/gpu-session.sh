@@ -2,7 +2,7 @@
 # One batched session on the GPU machine (device tool): set up Bun from .gpu/, build the libraries there, then run
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
-#   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | sanitize | sanitize-fp8 | racecheck-fp8 |
+#   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | verify-fp8-decode | sanitize | sanitize-fp8 | racecheck-fp8 |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
 #          profile | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
@@ -65,6 +65,12 @@ for s in "$@"; do
     verify-auto) step verify-auto 420 python3 scripts/check/cuda_verify.py --kernel "" --json "$LOGS/verify-auto.json" ;;
     # the fp8 forward (cuda-wgmma-fp8-sm90) against fp64, and timed beside our bf16 forward (each timed shape checked first)
     verify-fp8) step verify-fp8 300 python3 scripts/check/cuda_fp8.py --json "$LOGS/verify-fp8.json" ;;
+    # fp8 on cuda-decode (fp8 converted to fp16 in shared memory by each warp): the decode-shaped cases, then memcheck and
+    # racecheck of the decode kernel on the head-dim-128 ones
+    verify-fp8-decode)
+      step verify-fp8-decode 300 python3 scripts/check/cuda_fp8.py --kernel cuda-decode --filter decode --json "$LOGS/verify-fp8-decode.json"
+      step sanitize-fp8-decode 300 compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_fp8.py --kernel cuda-decode --filter decode-d128
+      step racecheck-fp8-decode 300 compute-sanitizer --tool racecheck --kernel-regex kns=decode_kernel --error-exitcode 1 python3 scripts/check/cuda_fp8.py --kernel cuda-decode --filter decode-d128 ;;
     profile-fp8)  # hardware counters and per-SASS stall samples of the fp8 forward at hdim 128, seqlen 8k (its first timed run)
       step ncu-fp8 200 ncu --clock-control none --kernel-name-base demangled --kernel-name regex:fp8_e4m3 --launch-skip 1 --launch-count 1 \
         --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \

@@ -123,9 +123,10 @@ const limitOf = (dtype: DType) => withinTolerance(dtype, 0).limit;
 /**
  * Runs a case on the backend `run` names, outputs poisoned, and checks it against the fp64 reference: O and LSE
  * within the dtype's tolerance (+inf exactly where a row has no key; fp8: O no worse than twice a naive fp8 attention
- * of the same inputs, o in the output dtype, the LSE within 1e-5 as the CPU's fp32 scores give), v_cache bit for bit (the append is a copy),
- * k_cache bit for bit without rotary and within a tenth of the tolerance with it, the caller's caches untouched, a
- * forced split count honoured. Returns the result (its kernel says which path ran).
+ * of the same inputs, o in the output dtype, the LSE within 1e-5 as fp32 sums of exact fp8 products give: the CPU's,
+ * and cuda-decode's fp16 tensor cores'), v_cache bit for bit (the append is a copy), k_cache bit for bit without rotary
+ * and within a tenth of the tolerance with it, the caller's caches untouched, a forced split count honoured. Returns
+ * the result (its kernel says which path ran).
  */
 export async function checkKvCase(c: KvCase, run: Pick<KvCacheOptions, "backend"> = { backend: "cpu" }): Promise<KvCacheResult> {
   const seed = freshSeed();
