@@ -364,7 +364,7 @@ gpuError_t launch_combine(const AttnArgs& a, const DeviceCaps& caps, gpuStream_t
   cudaLaunchAttribute overlap[1];
   overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   overlap[0].val.programmaticStreamSerializationAllowed = 1;
-  if (caps.arch >= 90 && getenv("FA_EXP_NOPDL") == nullptr) config.attrs = overlap, config.numAttrs = 1;
+  if (caps.arch >= 90) config.attrs = overlap, config.numAttrs = 1;
   return cudaLaunchKernelEx(&config, combine_kernel<T>, a);
 }
 
