@@ -243,14 +243,7 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
     // S = Q K_w^T (BM x KW) over D in k-steps of 16.
     float sc[MF][KW / 8][4];
     scores_QKt<C, typename Tile::Layout, D, KW, MF>(sc, sQ, 0, sK);
-    if (kFp8 && transform) {  // the factors are in mult, except where softcap / ALiBi read the scores themselves
-#pragma unroll
-      for (int mf = 0; mf < MF; ++mf)
-#pragma unroll
-        for (int j = 0; j < KW / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) sc[mf][j][e] *= qk_descale;
-    }
+    if (kFp8 && transform) scale_acc(sc, qk_descale);  // the factors are in mult, except where softcap / ALiBi read the scores
 
     const bool masked = tile_needs_mask(a, s, q_first, q_count, n0, KW);
 #pragma unroll
@@ -281,15 +274,8 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
                           [&](int mf) -> const uint32_t(&)[4] { return pa[mf]; }, sV, 0, warp * KW + kk * 16);
     }
   }
-  if constexpr (kFp8) {  // the v factor of (b, hk), the same for every warp of the CTA: applied before they merge
-    const float v_descale = descale_factor(a.v_descale, b, hk);
-#pragma unroll
-    for (int mf = 0; mf < MF; ++mf)
-#pragma unroll
-      for (int j = 0; j < D / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o_acc[mf][j][e] *= v_descale;
-  }
+  // fp8: the v factor of (b, hk), the same for every warp of the CTA, applied before they merge.
+  if constexpr (kFp8) scale_acc(o_acc, descale_factor(a.v_descale, b, hk));
 
   // Merge the warps: each publishes its rows' max (log2 units), sum and unnormalised O in fp32 over the ring.
   cp_async_wait<0>();

@@ -184,6 +184,17 @@ __device__ __forceinline__ void mm_AB(AccC&& c, FragA&& a, const T* b_tile, int 
   }
 }
 
+// Every fp32 accumulator of M x N fragments times f (a descale factor).
+template <int M, int N>
+__device__ __forceinline__ void scale_acc(float (&x)[M][N][4], float f) {
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) x[m][n][e] *= f;
+}
+
 // Two floats -> one register of two 16-bit values (low half = first).
 template <typename T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
