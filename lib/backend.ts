@@ -32,6 +32,8 @@ export interface KernelInfo {
   head_dims?: unknown;
   features?: string[];
   min_arch?: string;
+  /** head_dim x element size must be a multiple of this (the path copies rows in chunks of it); absent: any */
+  row_bytes_multiple?: number;
 }
 
 /** fa_info's self-description. */

@@ -14,7 +14,7 @@ import { FlashAttnError } from "./errors.ts";
 import { type AttentionSemantics, checkShape, describeProblem, type TensorShape } from "./problem.ts";
 import { type BackendChoice, type BackendDecision, chooseBackend, contiguous, descaleView, noBackendError, type SelectOptions } from "./select.ts";
 import { type Tensor, tensor } from "./tensor.ts";
-import { type DType, isFp8, type KvCacheShape } from "./vocabulary.ts";
+import { type DType, dtypeBytes, isFp8, type KvCacheShape } from "./vocabulary.ts";
 
 /**
  * The options of flash_attn_with_kvcache beyond q and the caches (semantics in kernels/include/flashattn.h). fp8 caches
@@ -231,6 +231,12 @@ function takesHeadDim(k: KernelInfo, d: number): boolean {
   return dims.length === 1 ? d <= dims[0] : dims.includes(d);
 }
 
+/** Whether a kernel's rows (fa_info row_bytes_multiple, absent = any) take head_dim elements of this dtype. */
+function takesRowBytes(k: KernelInfo, need: KvCacheNeed): boolean {
+  const multiple = k.row_bytes_multiple;
+  return typeof multiple !== "number" || multiple <= 0 || (need.headDim * dtypeBytes[need.dtype]) % multiple === 0;
+}
+
 /**
  * Why a library cannot serve KV-cache calls of this dtype and head_dim, from its fa_info alone (fa_forward_kvcache
  * has no fa_plan; the library still refuses at call time what its paths do not cover): empty when one of its
@@ -243,7 +249,9 @@ export function kvCacheRefusals(info: Pick<LibraryInfo, "kernels">, need: KvCach
   for (const k of kernels) {
     if (k.dtypes && !k.dtypes.includes(need.dtype)) reasons.push(`${k.name}: no ${need.dtype} (it takes ${k.dtypes.join(", ")})`);
     else if (!takesHeadDim(k, need.headDim)) reasons.push(`${k.name}: head_dim ${need.headDim} is not among ${JSON.stringify(k.head_dims)}`);
-    else return [];
+    else if (!takesRowBytes(k, need)) {
+      reasons.push(`${k.name}: rows of head_dim ${need.headDim} ${need.dtype} are ${need.headDim * dtypeBytes[need.dtype]} bytes, not a multiple of ${k.row_bytes_multiple}`);
+    } else return [];
   }
   return reasons;
 }

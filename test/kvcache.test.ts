@@ -212,6 +212,16 @@ describe("which backend serves KV-cache calls (pure rules over fa_info)", () => 
       "cuda-decode: no fp32 (it takes fp16, bf16)", "portable: no fp32 (it takes fp16, bf16)"]);
     expect(kvCacheRefusals({ kernels: [lib.kernels[0]] }, { dtype: "bf16", headDim: 96 })).toEqual(["cuda-decode: head_dim 96 is not among [64,128]"]);
   });
+  test("a kernel's row_bytes_multiple rules out head dims whose rows it cannot copy (fp8 head_dim 40: 40 bytes), not others", () => {
+    const decode = kernel("cuda-decode", { features: ["kvcache"], dtypes: ["bf16", "fp8_e4m3"], row_bytes_multiple: 16 });
+    expect(kvCacheRefusals({ kernels: [decode] }, { dtype: "fp8_e4m3", headDim: 40 }))
+      .toEqual(["cuda-decode: rows of head_dim 40 fp8_e4m3 are 40 bytes, not a multiple of 16"]);
+    expect(kvCacheRefusals({ kernels: [decode] }, { dtype: "fp8_e4m3", headDim: 48 })).toEqual([]);
+    expect(kvCacheRefusals({ kernels: [decode] }, { dtype: "bf16", headDim: 40 })).toEqual([]); // 80 bytes
+    // the portable kernel after it (no row rule) takes what cuda-decode refuses
+    const portable = kernel("portable", { features: ["kvcache"], dtypes: ["bf16", "fp8_e4m3"] });
+    expect(kvCacheRefusals({ kernels: [decode, portable] }, { dtype: "fp8_e4m3", headDim: 40 })).toEqual([]);
+  });
   test("the judge's reasons reach the decision: a head_dim no kvcache kernel takes leaves no backend, saying why", () => {
     let error: unknown;
     try {

@@ -9,7 +9,7 @@ import { decodeCString, openLibrary } from "../ffi/loader.ts";
 import { faSymbols, Status } from "../ffi/symbols.ts";
 import { type Backend, openBackend } from "../lib/backend.ts";
 import { FlashAttnError } from "../lib/errors.ts";
-import { attentionWithKvCache, type KvCacheOptions } from "../lib/kvcache.ts";
+import { attentionWithKvCache, type KvCacheOptions, kvCacheRefusals } from "../lib/kvcache.ts";
 import { standardAlibiSlopes } from "../lib/problem.ts";
 import { randomTensor } from "../lib/tensor.ts";
 import { isKvCacheCase, kvcacheProblem } from "../bench/kvcache.ts";
@@ -198,6 +198,12 @@ for (const name of ["cuda", "hip"] as const) {
       test(`fa_info: ${DECODE_PATH} takes both fp8 formats and descale factors`, () => {
         expect(decode?.dtypes ?? []).toEqual(expect.arrayContaining([e4m3, "fp8_e5m2"]));
         expect(decode?.features ?? []).toContain("descale");
+      });
+      test(`fa_info: ${DECODE_PATH}'s 16-byte rows rule out fp8 head_dim 40 from fa_info alone (an automatic choice then goes elsewhere)`, () => {
+        expect(decode?.row_bytes_multiple).toBe(16);
+        expect(kvCacheRefusals({ kernels: [decode!] }, { dtype: e4m3, headDim: 40 }))
+          .toEqual([`${DECODE_PATH}: rows of head_dim 40 fp8_e4m3 are 40 bytes, not a multiple of 16`]);
+        expect(kvCacheRefusals({ kernels: [decode!] }, { dtype: e4m3, headDim: 48 })).toEqual([]);
       });
     }
     for (const c of gpuCases) {

@@ -624,16 +624,17 @@ const std::vector<KernelPath>& cuda_tensor_core_paths() {
       "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"varlen\",\"lse\",\"split_kv\",\"strided\",\"descale\"]";
   static const char* kDecodeFeatures =
       "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"lse\",\"split_kv\",\"strided\",\"descale\"]";
+  constexpr int kRowBytes = 16;  // every tensor-core path copies rows in 16-byte chunks (alignment_reasons)
   static const std::vector<KernelPath> paths = {
       {tc::decode::kPathId, "cuda-decode", kDecodeFeatures, "[\"fp16\",\"bf16\",\"fp8_e4m3\",\"fp8_e5m2\"]", 256,
        tc::decode::supports, tc::decode::forward,
-       nullptr, tc::decode::plan_splits, tc::decode::supports_kvcache, tc::decode::forward_kvcache},
+       nullptr, tc::decode::plan_splits, tc::decode::supports_kvcache, tc::decode::forward_kvcache, kRowBytes},
       {tc::Sm90Fp8::kPathId, "cuda-wgmma-fp8-sm90", kFp8Features, "[\"fp8_e4m3\",\"fp8_e5m2\"]", 256,
-       tc::supports<tc::Sm90Fp8>, tc::forward<tc::Sm90Fp8>, nullptr, tc::choose_splits<tc::Sm90Fp8>},
+       tc::supports<tc::Sm90Fp8>, tc::forward<tc::Sm90Fp8>, nullptr, tc::choose_splits<tc::Sm90Fp8>, nullptr, nullptr, kRowBytes},
       {tc::Sm90::kPathId, "cuda-wgmma-sm90", kFeatures, "[\"fp16\",\"bf16\"]", 256, tc::supports<tc::Sm90>,
-       tc::forward<tc::Sm90>, tc::backward<tc::Sm90>, tc::choose_splits<tc::Sm90>},
+       tc::forward<tc::Sm90>, tc::backward<tc::Sm90>, tc::choose_splits<tc::Sm90>, nullptr, nullptr, kRowBytes},
       {tc::Sm80::kPathId, "cuda-mma-sm80", kFeatures, "[\"fp16\",\"bf16\"]", 256, tc::supports<tc::Sm80>,
-       tc::forward<tc::Sm80>, tc::backward<tc::Sm80>, tc::choose_splits<tc::Sm80>},
+       tc::forward<tc::Sm80>, tc::backward<tc::Sm80>, tc::choose_splits<tc::Sm80>, nullptr, nullptr, kRowBytes},
   };
   return paths;
 }

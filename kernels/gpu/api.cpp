@@ -452,8 +452,10 @@ std::string kernels_json() {
     if (k->forward) dirs.push_back("fwd");
     if (k->backward) dirs.push_back("bwd");
     if (k->forward_kvcache) dirs.push_back("kvcache");
-    items.push_back(format("{\"id\":%d,\"name\":%s,\"directions\":%s,\"dtypes\":%s,\"head_dims\":[%d],\"features\":%s}", k->id,
-                           json_quote(k->name).c_str(), json_strings(dirs).c_str(), k->dtypes, k->max_head_dim, k->features));
+    const std::string row_bytes = k->row_bytes_multiple > 0 ? format(",\"row_bytes_multiple\":%d", k->row_bytes_multiple) : "";
+    items.push_back(format("{\"id\":%d,\"name\":%s,\"directions\":%s,\"dtypes\":%s,\"head_dims\":[%d],\"features\":%s%s}", k->id,
+                           json_quote(k->name).c_str(), json_strings(dirs).c_str(), k->dtypes, k->max_head_dim, k->features,
+                           row_bytes.c_str()));
   }
   return json_list(items);
 }

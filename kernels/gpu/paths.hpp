@@ -57,6 +57,10 @@ struct KernelPath {
   // requests by the same names.
   bool (*supports_kvcache)(const fa_kvcache_params& p, const DeviceCaps& caps, std::vector<std::string>& reasons);
   int32_t (*forward_kvcache)(fa_kvcache_params& p, const LaunchContext& ctx);
+  // Optional (0 = any): the path copies q / k / v rows in chunks of this many bytes, so head_dim x element size must
+  // be a multiple of it (fp8 rows on the tensor-core paths: head_dim % 16). fa_info reports it, so a caller deciding
+  // from fa_info alone (KV-cache requests have no fa_plan) does not pick a path that refuses the request.
+  int row_bytes_multiple = 0;
 };
 
 // Workspace slot of the rotated queries (kvcache_prepare); attention paths use slots 0..2.

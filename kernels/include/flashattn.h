@@ -283,7 +283,8 @@ FA_API int32_t fa_last_error(char* buf, int64_t len);
  *   backend ("cpu"|"cuda"|"hip"), version, abi, compiler, built_with ({"cuda": "13.0"} / {"hip": "5.2"} / {}),
  *   archs (list of compiled targets, e.g. ["sm_80","sm_90","compute_90"]; CPU: ["x86_64-avx2", "x86_64"]),
  *   kernels: [{id, name, directions: ["fwd","bwd","kvcache"], dtypes, head_dims: [max or list], features: [...],
- *              min_arch?: "sm_80"}]
+ *              min_arch?: "sm_80", row_bytes_multiple?: 16}]
+ *   (row_bytes_multiple: the path takes only head_dim x element size a multiple of it, e.g. fp8 head_dim % 16)
  *   (directions lists what the path implements: "fwd" / "bwd" of fa_forward / fa_backward, "kvcache" when it also
  *    serves fa_forward_kvcache; FLASHATTN_KERNEL=<name> forces that path for every one of them)
  * Returns FA_ERR_BUFFER_TOO_SMALL (after writing a truncated, still NUL-terminated prefix) if len is too small. */
