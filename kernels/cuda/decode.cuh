@@ -10,14 +10,17 @@
 //     16 keys of every key block; the partial (max, sum, O) of the warps merge through shared memory at the end
 //     (the same log-sum-exp merge as split-KV, done in the CTA).
 //   - A STAGES-deep cp.async ring of K and V blocks (BN = 16 NW keys each) keeps several blocks in flight per CTA;
-//     split-KV spreads a sequence over enough CTAs to fill the GPU (the combine kernel of tc_paths.cu merges them).
+//     split-KV spreads a sequence over enough CTAs to fill the GPU (combine_kernel of combine.cuh merges them,
+//     launched so that it waits for this grid on the GPU rather than behind it in the stream).
+// The tiles are swizzled whole 128-byte lines where the head dim allows (tile.cuh SwizzledRows), so each cp.async
+// line of a key row lands in one shared-memory line.
 // Keys are addressed through KvCacheView: a paged cache (block table, any page size), a contiguous cache (with
 // cache_batch_idx and leftpad) or a plain K / V tensor (cache_seqlens NULL, fixed_len = seqlen_k) all look alike.
 //
 // FP8 (T = fp8_e4m3_t / fp8_e5m2_t, flashattn.h's semantics, no fp8 tensor cores needed): reading half the bytes is
 // the whole gain, the products stay fp16. K and V blocks land as bytes in a deeper staging ring (the same 16-byte
 // cp.async chunks, 16 values each), and each warp converts its own 16 keys of K and V into one fp16 stage of the
-// padded tiles the ldmatrix code reads (only that warp reads those rows, so __syncwarp orders it); Q is converted once.
+// tiles the ldmatrix code reads (only that warp reads those rows, so __syncwarp orders it); Q is converted once.
 // The q x k descale factors of (b, hk) fold into the softmax multiplier, P is rounded to E4M3 on its way into the A
 // fragments (the row sums keep the fp32 P) and O is multiplied by the v factor before the warps merge; o is written in
 // the output type O (fp16 or bf16).
