@@ -40,6 +40,18 @@ template <> constexpr int dtype_code<bf16_t>() { return FA_DTYPE_BF16; }
 template <> constexpr int dtype_code<fp8_e4m3_t>() { return FA_DTYPE_FP8_E4M3; }
 template <> constexpr int dtype_code<fp8_e5m2_t>() { return FA_DTYPE_FP8_E5M2; }
 
+// Every tensor-core path copies rows in 16-byte chunks (cp.async, vector loads): the tensors' base pointers and
+// strides are multiples of it (alignment_reasons), and so are fp8 rows of head_dim bytes. fa_info reports it to callers
+// that choose a path from fa_info alone (row_bytes_multiple).
+constexpr int kRowChunkBytes = 16;
+
+// The fp8 row rule: head_dim one-byte values make whole chunks.
+void fp8_row_reasons(int head_dim, std::vector<std::string>& reasons) {
+  if (head_dim % kRowChunkBytes != 0)
+    reasons.push_back(format("head_dim %d is not a multiple of %d (fp8 rows are copied in %d-byte chunks)", head_dim,
+                             kRowChunkBytes, kRowChunkBytes));
+}
+
 // The 16-bit families' dtype rule.
 void sixteen_bit_reasons(const fa_attn_params& p, std::vector<std::string>& reasons) {
   if (p.dtype != FA_DTYPE_F16 && p.dtype != FA_DTYPE_BF16)
@@ -174,8 +186,7 @@ struct Sm90Fp8 {
   }
   static void dtype_reasons(const fa_attn_params& p, std::vector<std::string>& reasons) {
     if (!is_fp8(p.dtype)) reasons.push_back(format("computes fp8_e4m3 and fp8_e5m2 only, not %s", dtype_name(p.dtype)));
-    if (p.head_dim % 16 != 0)
-      reasons.push_back(format("head_dim %d is not a multiple of 16 (fp8 rows are copied in 16-byte chunks)", p.head_dim));
+    fp8_row_reasons(p.head_dim, reasons);
   }
   static void arch_reasons(const fa_attn_params&, const DeviceCaps& caps, int32_t, std::vector<std::string>& reasons) {
     if (caps.arch != 90)
@@ -317,11 +328,11 @@ int32_t choose_splits(const fa_attn_params& p, const DeviceCaps& caps) {
   return 1;
 }
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) % kRowChunkBytes) == 0; }
 
 // 16-byte vector copies: every row of the tensor (elements of elem_bytes) must start on a 16-byte boundary.
 void alignment_reasons(const char* name, const fa_tensor& t, bool varlen, size_t elem_bytes, std::vector<std::string>& reasons) {
-  const int64_t n = static_cast<int64_t>(16 / elem_bytes);
+  const int64_t n = static_cast<int64_t>(kRowChunkBytes / elem_bytes);
   const bool strides_ok = t.row_stride % n == 0 && t.head_stride % n == 0 && (varlen || t.batch_stride % n == 0);
   if (!aligned16(t.data) || !strides_ok)
     reasons.push_back(format("tensor %s is not 16-byte aligned (base pointer and row/head/batch strides must be multiples "
@@ -355,7 +366,7 @@ bool supports(const fa_attn_params& p, const DeviceCaps& caps, int32_t direction
 // scheduled while the split kernel's last CTAs run (the decode kernel lets them from its start) and wait in
 // griddepcontrol.wait until that grid has finished and its writes are visible, which hides the launch gap.
 template <typename T>
-gpuError_t launch_combine(const AttnArgs& a, const DeviceCaps& caps, gpuStream_t stream) {
+gpuError_t launch_combine_as(const AttnArgs& a, const DeviceCaps& caps, gpuStream_t stream) {
   const int rows_per_cta = kCombineThreads / 32 / merge_warps_per_row(a.num_splits, kCombineThreads / 32);
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(static_cast<unsigned>((a.lse_rows + rows_per_cta - 1) / rows_per_cta));
@@ -366,6 +377,11 @@ gpuError_t launch_combine(const AttnArgs& a, const DeviceCaps& caps, gpuStream_t
   overlap[0].val.programmaticStreamSerializationAllowed = 1;
   if (caps.arch >= 90) config.attrs = overlap, config.numAttrs = 1;
   return cudaLaunchKernelEx(&config, combine_kernel<T>, a);
+}
+
+// o is written in the output dtype (fp16 or bf16; fp8 inputs have one of them).
+gpuError_t launch_combine(const AttnArgs& a, const DeviceCaps& caps, gpuStream_t stream) {
+  return a.out_fp16 ? launch_combine_as<half_t>(a, caps, stream) : launch_combine_as<bf16_t>(a, caps, stream);
 }
 
 template <typename F>
@@ -389,8 +405,8 @@ int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
   }
   gpuError_t err = F::fwd(p.dtype, tile.d, a, m_blocks, ctx.stream);
   if (err != gpuSuccess) return vendor_fail(err, "launching the tensor-core forward kernel");
-  if (a.num_splits > 1) {  // o in the output dtype (fp16 or bf16 for fp8 inputs)
-    err = output_dtype(p) == FA_DTYPE_F16 ? launch_combine<half_t>(a, *ctx.caps, ctx.stream) : launch_combine<bf16_t>(a, *ctx.caps, ctx.stream);
+  if (a.num_splits > 1) {
+    err = launch_combine(a, *ctx.caps, ctx.stream);
     if (err != gpuSuccess) return vendor_fail(err, "launching the split-KV combine kernel");
   }
   p.out_num_splits = a.num_splits;
@@ -492,8 +508,7 @@ bool supports_common(int32_t dtype, int head_dim, int rows, const DeviceCaps& ca
   const size_t before = reasons.size();
   if (dtype != FA_DTYPE_F16 && dtype != FA_DTYPE_BF16 && !is_fp8(dtype))
     reasons.push_back(format("computes fp16, bf16, fp8_e4m3 and fp8_e5m2 only, not %s", dtype_name(dtype)));
-  if (is_fp8(dtype) && head_dim % 16 != 0)
-    reasons.push_back(format("head_dim %d is not a multiple of 16 (fp8 rows are copied in 16-byte chunks)", head_dim));
+  if (is_fp8(dtype)) fp8_row_reasons(head_dim, reasons);
   if (caps.arch < 80) reasons.push_back(format("needs sm_80 or newer for mma.sync bf16 tensor cores, this GPU is sm_%d", caps.arch));
   const int d = tile_d(dtype, head_dim);
   if (d == 0) {
@@ -545,7 +560,7 @@ int32_t run(int32_t dtype, int d, DecodeArgs& args, int requested_splits, int ke
   gpuError_t err = launch(dtype, d, args, mf, ctx.stream);
   if (err != gpuSuccess) return vendor_fail(err, "launching the decode kernel");
   if (a.num_splits > 1) {
-    err = a.out_fp16 ? launch_combine<half_t>(a, *ctx.caps, ctx.stream) : launch_combine<bf16_t>(a, *ctx.caps, ctx.stream);  // o's dtype
+    err = launch_combine(a, *ctx.caps, ctx.stream);
     if (err != gpuSuccess) return vendor_fail(err, "launching the split-KV combine kernel");
   }
   return FA_OK;
@@ -624,17 +639,16 @@ const std::vector<KernelPath>& cuda_tensor_core_paths() {
       "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"varlen\",\"lse\",\"split_kv\",\"strided\",\"descale\"]";
   static const char* kDecodeFeatures =
       "[\"causal\",\"window\",\"softcap\",\"alibi\",\"gqa\",\"lse\",\"split_kv\",\"strided\",\"descale\"]";
-  constexpr int kRowBytes = 16;  // every tensor-core path copies rows in 16-byte chunks (alignment_reasons)
   static const std::vector<KernelPath> paths = {
       {tc::decode::kPathId, "cuda-decode", kDecodeFeatures, "[\"fp16\",\"bf16\",\"fp8_e4m3\",\"fp8_e5m2\"]", 256,
        tc::decode::supports, tc::decode::forward,
-       nullptr, tc::decode::plan_splits, tc::decode::supports_kvcache, tc::decode::forward_kvcache, kRowBytes},
+       nullptr, tc::decode::plan_splits, tc::decode::supports_kvcache, tc::decode::forward_kvcache, tc::kRowChunkBytes},
       {tc::Sm90Fp8::kPathId, "cuda-wgmma-fp8-sm90", kFp8Features, "[\"fp8_e4m3\",\"fp8_e5m2\"]", 256,
-       tc::supports<tc::Sm90Fp8>, tc::forward<tc::Sm90Fp8>, nullptr, tc::choose_splits<tc::Sm90Fp8>, nullptr, nullptr, kRowBytes},
+       tc::supports<tc::Sm90Fp8>, tc::forward<tc::Sm90Fp8>, nullptr, tc::choose_splits<tc::Sm90Fp8>, nullptr, nullptr, tc::kRowChunkBytes},
       {tc::Sm90::kPathId, "cuda-wgmma-sm90", kFeatures, "[\"fp16\",\"bf16\"]", 256, tc::supports<tc::Sm90>,
-       tc::forward<tc::Sm90>, tc::backward<tc::Sm90>, tc::choose_splits<tc::Sm90>, nullptr, nullptr, kRowBytes},
+       tc::forward<tc::Sm90>, tc::backward<tc::Sm90>, tc::choose_splits<tc::Sm90>, nullptr, nullptr, tc::kRowChunkBytes},
       {tc::Sm80::kPathId, "cuda-mma-sm80", kFeatures, "[\"fp16\",\"bf16\"]", 256, tc::supports<tc::Sm80>,
-       tc::forward<tc::Sm80>, tc::backward<tc::Sm80>, tc::choose_splits<tc::Sm80>, nullptr, nullptr, kRowBytes},
+       tc::forward<tc::Sm80>, tc::backward<tc::Sm80>, tc::choose_splits<tc::Sm80>, nullptr, nullptr, tc::kRowChunkBytes},
   };
   return paths;
 }
