@@ -10,6 +10,8 @@
 // the W partial sums meet in shared memory.
 #pragma once
 
+#include <utility>
+
 #include "attn.cuh"
 
 namespace fa::tc {
@@ -36,22 +38,26 @@ __device__ __forceinline__ int64_t tensor_offset(const DevTensor& t, const AttnA
   return (bh / a.heads_q) * t.batch_stride + i * t.row_stride + (bh % a.heads_q) * t.head_stride;
 }
 
+// Launches kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when `programmatic`
+// (sm_90: the kernel's CTAs may be scheduled before the previous grid on the stream has finished; the kernel must
+// call wait_for_previous_grid before it touches memory that grid may write or read).
+template <typename... Params, typename... Args>
+gpuError_t launch_maybe_programmatic(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, gpuStream_t stream,
+                                     bool programmatic, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute overlap[1];
+  overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap[0].val.programmaticStreamSerializationAllowed = 1;
+  if (programmatic) config.attrs = overlap, config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
 // The stand-alone merge: W warps per row, 8 warps per CTA (256 threads), 8 / W consecutive lse rows per CTA.
 constexpr int kCombineThreads = 256;
-
-// griddepcontrol (sm_90): a programmatic dependent launch may start before the grid it follows has finished; wait
-// marks where this grid needs that grid's writes, launch_dependents lets the next grid start early. Both are no-ops
-// when the launch is an ordinary one.
-__device__ __forceinline__ void wait_for_previous_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void allow_next_grid() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const AttnArgs a) {

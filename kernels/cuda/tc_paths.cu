@@ -21,7 +21,7 @@ namespace fa::tc {
   extern template gpuError_t launch_bwd<T, D>(const AttnArgs&, int, gpuStream_t);
 #include "tc_instances.inc"
 #undef FA_TC_INSTANCE
-#define FA_DECODE_INSTANCE(T, D) extern template gpuError_t launch_decode<T, D>(const DecodeArgs&, int, gpuStream_t);
+#define FA_DECODE_INSTANCE(T, D) extern template gpuError_t launch_decode<T, D>(const DecodeArgs&, const DecodeLaunch&, gpuStream_t);
 #include "decode_instances.inc"
 #undef FA_DECODE_INSTANCE
 #define FA_SM90_FWD(T, D) extern template gpuError_t launch_fwd_sm90<T, D>(const AttnArgs&, int, gpuStream_t);
@@ -368,15 +368,8 @@ bool supports(const fa_attn_params& p, const DeviceCaps& caps, int32_t direction
 template <typename T>
 gpuError_t launch_combine_as(const AttnArgs& a, const DeviceCaps& caps, gpuStream_t stream) {
   const int rows_per_cta = kCombineThreads / 32 / merge_warps_per_row(a.num_splits, kCombineThreads / 32);
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>((a.lse_rows + rows_per_cta - 1) / rows_per_cta));
-  config.blockDim = dim3(kCombineThreads);
-  config.stream = stream;
-  cudaLaunchAttribute overlap[1];
-  overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  overlap[0].val.programmaticStreamSerializationAllowed = 1;
-  if (caps.arch >= 90) config.attrs = overlap, config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, combine_kernel<T>, a);
+  const dim3 grid(static_cast<unsigned>((a.lse_rows + rows_per_cta - 1) / rows_per_cta));
+  return launch_maybe_programmatic(combine_kernel<T>, grid, dim3(kCombineThreads), 0, stream, caps.arch >= 90, a);
 }
 
 // o is written in the output dtype (fp16 or bf16; fp8 inputs have one of them).
@@ -473,28 +466,28 @@ int tile_d(int32_t dtype, int head_dim) {
   return best;
 }
 
-// Fragments per CTA (decode_max_mf) and the shared memory of that tile.
-int fragments(int d, int rows) {
+// How the decode is launched (decided here once): two row fragments per CTA when the rows need them and the head dim
+// allows (decode_max_mf), else one; on sm_90 as a programmatic dependent launch of the previous grid.
+DecodeLaunch plan_launch(int d, int rows, const DeviceCaps& caps) {
   int max_mf = 1;
 #define FA_DECODE_INSTANCE(T, D) \
   if (D == d) max_mf = decode_max_mf<D>();
 #include "decode_instances.inc"
 #undef FA_DECODE_INSTANCE
-  return rows > 16 && max_mf >= 2 ? 2 : 1;
+  return DecodeLaunch{rows > 16 && max_mf >= 2 ? 2 : 1, caps.arch >= 90};
 }
-size_t smem_bytes(int32_t dtype, int d, int mf) {
+size_t smem_bytes(int32_t dtype, int d, const DecodeLaunch& l) {
   size_t bytes = 0;
-#define FA_DECODE_INSTANCE(T, D)                                                                                   \
-  if (D == d && sizeof(T) == dtype_size(dtype))                                                                    \
-    bytes = mf == 2 ? DecodeTile<D, decode_max_mf<D>(), sizeof(T)>::smem_bytes() : DecodeTile<D, 1, sizeof(T)>::smem_bytes();
+#define FA_DECODE_INSTANCE(T, D) \
+  if (D == d && sizeof(T) == dtype_size(dtype)) bytes = decode_smem_bytes<T, D>(l);
 #include "decode_instances.inc"
 #undef FA_DECODE_INSTANCE
   return bytes;
 }
 
-gpuError_t launch(int dtype, int d, const DecodeArgs& args, int mf, gpuStream_t stream) {
+gpuError_t launch(int dtype, int d, const DecodeArgs& args, const DecodeLaunch& l, gpuStream_t stream) {
 #define FA_DECODE_INSTANCE(T, D) \
-  if (dtype == dtype_code<T>() && d == D) return launch_decode<T, D>(args, mf, stream);
+  if (dtype == dtype_code<T>() && d == D) return launch_decode<T, D>(args, l, stream);
 #include "decode_instances.inc"
 #undef FA_DECODE_INSTANCE
   return cudaErrorInvalidValue;
@@ -515,7 +508,7 @@ bool supports_common(int32_t dtype, int head_dim, int rows, const DeviceCaps& ca
     reasons.push_back(format("head_dim %d exceeds the largest instantiated head dim", head_dim));
     return false;
   }
-  const size_t smem = smem_bytes(dtype, d, fragments(d, rows));
+  const size_t smem = smem_bytes(dtype, d, plan_launch(d, rows, caps));
   if (smem > caps.smem_per_block_optin)
     reasons.push_back(format("head_dim %d needs %zu bytes of shared memory per block, this GPU allows %zu", head_dim, smem,
                              caps.smem_per_block_optin));
@@ -524,9 +517,13 @@ bool supports_common(int32_t dtype, int head_dim, int rows, const DeviceCaps& ca
   return reasons.size() == before;
 }
 
-// Split-KV count. Decode reads every key once, so the GPU is full only when every SM holds CTAs: split each
-// sequence's keys until the CTAs fill the slots, preferring whole waves (a wave 10% short of the slots beats 1.2
-// waves), with at least two key blocks per split so the partials stay small next to the keys read.
+// Split-KV count. Decode reads every key once, so the GPU is full only when every SM holds CTAs.
+//  - Fewer CTAs than slots: split each sequence's keys within one wave, scoring each count by the share of the slots
+//    kept busy times the share of the longest split's time that the average split works (split_key_blocks shares the
+//    blocks out evenly): 512 blocks over 8 x 32 CTAs score 0.97, over 8 x 30 (0.91 of the slots, splits of 17 and 18
+//    blocks) 0.86. Among counts within 1% of the best, the fewest.
+//  - A wave or more already: whole waves (a wave 10% short of the slots beats 1.2 waves).
+// At least two key blocks per split keep the partials small next to the keys read.
 int32_t choose_splits(int requested, int64_t ctas, int batch, int key_capacity, size_t smem, const DeviceCaps& caps) {
   const int key_blocks = ceil_div(std::max(key_capacity, 1), DecodeTile<64, 1>::BN);
   const int grid_limit = 65535 / batch;
@@ -534,30 +531,40 @@ int32_t choose_splits(int requested, int64_t ctas, int batch, int key_capacity, 
   const int per_sm = static_cast<int>(std::clamp<size_t>(caps.smem_per_block_optin / std::max<size_t>(smem, 1), 1, 8));
   const int64_t slots = static_cast<int64_t>(caps.multiprocessors) * per_sm;
   const int max_splits = std::max(1, std::min({key_blocks / 2, kMaxSplits, grid_limit}));
-  int best = 1;
-  double best_score = 0;
-  for (int s = 1; s <= max_splits; ++s) {
+  auto busy = [&](int s) {  // the share of the slots kept busy
     const double waves = static_cast<double>(ctas * s) / slots;
-    const double score = waves < 0.85 ? waves : waves / std::ceil(waves);  // the share of the slots kept busy
-    if (score >= 0.9) return s;
-    if (score > best_score) best = s, best_score = score;
+    return waves < 0.85 ? waves : waves / std::ceil(waves);
+  };
+  if (ctas >= slots) {
+    int best = 1;
+    for (int s = 1; s <= max_splits; ++s) {
+      if (busy(s) >= 0.9) return s;
+      if (busy(s) > busy(best)) best = s;
+    }
+    return best;
   }
-  return best;
+  const int one_wave = static_cast<int>(std::min<int64_t>(max_splits, std::max<int64_t>(1, slots / ctas)));
+  auto score = [&](int s) { return busy(s) * key_blocks / (static_cast<double>(s) * ceil_div(key_blocks, s)); };
+  double best = 0;
+  for (int s = 1; s <= one_wave; ++s) best = std::max(best, score(s));
+  for (int s = 1; s <= one_wave; ++s)
+    if (score(s) >= 0.99 * best) return s;
+  return 1;
 }
 
 // Launches the decode kernel (and the combine when split) for resolved arguments.
 int32_t run(int32_t dtype, int d, DecodeArgs& args, int requested_splits, int key_capacity, const LaunchContext& ctx) {
   AttnArgs& a = args.a;
-  const int mf = fragments(d, args.rows);
-  const int m_blocks = ceil_div(args.rows, 16 * mf);
+  const DecodeLaunch l = plan_launch(d, args.rows, *ctx.caps);
+  const int m_blocks = ceil_div(args.rows, 16 * l.mf);
   a.num_splits = choose_splits(requested_splits, static_cast<int64_t>(m_blocks) * a.heads_kv * a.batch, a.batch, key_capacity,
-                               smem_bytes(dtype, d, mf), *ctx.caps);
+                               smem_bytes(dtype, d, l), *ctx.caps);
   if (a.num_splits > 1) {
     a.o_part = static_cast<float*>(ctx.workspace.get(0, sizeof(float) * a.num_splits * a.lse_rows * a.head_dim));
     a.lse_part = static_cast<float*>(ctx.workspace.get(1, sizeof(float) * a.num_splits * a.lse_rows));
     if (a.o_part == nullptr || a.lse_part == nullptr) return FA_ERR_OUT_OF_MEMORY;
   }
-  gpuError_t err = launch(dtype, d, args, mf, ctx.stream);
+  gpuError_t err = launch(dtype, d, args, l, ctx.stream);
   if (err != gpuSuccess) return vendor_fail(err, "launching the decode kernel");
   if (a.num_splits > 1) {
     err = launch_combine(a, *ctx.caps, ctx.stream);
@@ -594,9 +601,10 @@ DecodeArgs plain_args(const fa_attn_params& p) {
 }
 
 int32_t plan_splits(const fa_attn_params& p, const DeviceCaps& caps) {
-  const int d = tile_d(p.dtype, p.head_dim), mf = fragments(d, packed_rows(p));
-  const int64_t ctas = static_cast<int64_t>(ceil_div(packed_rows(p), 16 * mf)) * p.heads_kv * p.batch;
-  return choose_splits(p.num_splits, ctas, p.batch, p.seqlen_k, smem_bytes(p.dtype, d, mf), caps);
+  const int d = tile_d(p.dtype, p.head_dim);
+  const DecodeLaunch l = plan_launch(d, packed_rows(p), caps);
+  const int64_t ctas = static_cast<int64_t>(ceil_div(packed_rows(p), 16 * l.mf)) * p.heads_kv * p.batch;
+  return choose_splits(p.num_splits, ctas, p.batch, p.seqlen_k, smem_bytes(p.dtype, d, l), caps);
 }
 
 int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {

@@ -105,3 +105,19 @@ template <> __host__ __device__ inline bf16_t from_float<bf16_t>(float x) { retu
 template <> __host__ __device__ inline float from_float<float>(float x) { return x; }
 }  // namespace fa
 #endif
+
+namespace fa {
+// griddepcontrol (sm_90): a programmatic dependent launch may start before the grid it follows has finished;
+// wait_for_previous_grid marks where a grid needs that grid's writes, allow_next_grid lets the next grid start early.
+// Both are no-ops on an ordinary launch, on older GPUs and under HIP.
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_next_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+}  // namespace fa

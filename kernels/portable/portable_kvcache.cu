@@ -60,6 +60,7 @@ __device__ inline int64_t row_offset(const fa_tensor& t, int64_t b, int64_t row,
 // source, never from the destination. T = uint8_t: fp8 elements, copied byte for byte (rotary is refused with fp8).
 template <typename T>
 __global__ void prepare_kernel(const PrepareArgs a) {
+  allow_next_grid();  // the attention kernel may be scheduled now (sm_90); it waits for these writes
   const int64_t total = 2 * a.append_elements + a.q_elements;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
