@@ -404,8 +404,7 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
 
 // Packed-row fragments per CTA: two when the rows need them and the O accumulators (MF x D / 2 registers per
 // thread) still fit, else one.
-template <int D>
-constexpr int decode_max_mf() { return D <= 128 ? 2 : 1; }
+constexpr int decode_max_mf(int d) { return d <= 128 ? 2 : 1; }
 
 // How a decode launch is made (tc_paths.cu decides once): row fragments per CTA, and whether it is a programmatic
 // dependent launch of the previous grid on the stream (sm_90).
@@ -414,14 +413,11 @@ struct DecodeLaunch {
   bool programmatic;
 };
 
-// The tile of a launch.
-template <typename T, int D, int MF>
-using DecodeTileOf = DecodeTile<D, MF, sizeof(T)>;
 template <typename T, int D>
 size_t decode_smem_bytes(const DecodeLaunch& l) {
-  if constexpr (decode_max_mf<D>() >= 2)
-    if (l.mf == 2) return DecodeTileOf<T, D, 2>::smem_bytes();
-  return DecodeTileOf<T, D, 1>::smem_bytes();
+  if constexpr (decode_max_mf(D) >= 2)
+    if (l.mf == 2) return DecodeTile<D, 2, sizeof(T)>::smem_bytes();
+  return DecodeTile<D, 1, sizeof(T)>::smem_bytes();
 }
 
 // The output type: the input's, or for fp8 inputs the one out_fp16 names.
@@ -441,9 +437,9 @@ gpuError_t launch_decode_tile(const DecodeArgs& d, bool programmatic, gpuStream_
 // Launches the decode for head dim D (the caller picked D >= head_dim).
 template <typename T, int D>
 gpuError_t launch_decode(const DecodeArgs& d, const DecodeLaunch& l, gpuStream_t stream) {
-  if constexpr (decode_max_mf<D>() >= 2)
-    if (l.mf == 2) return launch_decode_tile<T, DecodeTileOf<T, D, 2>>(d, l.programmatic, stream);
-  return launch_decode_tile<T, DecodeTileOf<T, D, 1>>(d, l.programmatic, stream);
+  if constexpr (decode_max_mf(D) >= 2)
+    if (l.mf == 2) return launch_decode_tile<T, DecodeTile<D, 2, sizeof(T)>>(d, l.programmatic, stream);
+  return launch_decode_tile<T, DecodeTile<D, 1, sizeof(T)>>(d, l.programmatic, stream);
 }
 
 }  // namespace fa::tc

@@ -469,12 +469,7 @@ int tile_d(int32_t dtype, int head_dim) {
 // How the decode is launched (decided here once): two row fragments per CTA when the rows need them and the head dim
 // allows (decode_max_mf), else one; on sm_90 as a programmatic dependent launch of the previous grid.
 DecodeLaunch plan_launch(int d, int rows, const DeviceCaps& caps) {
-  int max_mf = 1;
-#define FA_DECODE_INSTANCE(T, D) \
-  if (D == d) max_mf = decode_max_mf<D>();
-#include "decode_instances.inc"
-#undef FA_DECODE_INSTANCE
-  return DecodeLaunch{rows > 16 && max_mf >= 2 ? 2 : 1, caps.arch >= 90};
+  return DecodeLaunch{rows > 16 && decode_max_mf(d) >= 2 ? 2 : 1, caps.arch >= 90};
 }
 size_t smem_bytes(int32_t dtype, int d, const DecodeLaunch& l) {
   size_t bytes = 0;
