@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "wgmma.cuh"
 
@@ -51,6 +52,14 @@ struct TmaTensor {
   int64_t batch, rows, heads, head_dim;
   int64_t batch_stride, row_stride, head_stride;  // elements
 };
+
+// The map's element type for T (fp8 moves as bytes).
+template <typename T>
+constexpr CUtensorMapDataType tma_data_type() {
+  if constexpr (sizeof(T) == 1) return CU_TENSOR_MAP_DATA_TYPE_UINT8;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  else return CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+}
 
 // Encodes `map` for boxes of one swizzle row (128 bytes of columns) x 1 head x box_rows rows x 1 sequence, 128-byte
 // swizzle. Returns false with `why` set when the driver refuses (a base not 16-byte aligned, a stride not a multiple
