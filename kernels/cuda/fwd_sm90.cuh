@@ -709,11 +709,8 @@ gpuError_t launch_fwd_sm90(const AttnArgs& a, int m_blocks, gpuStream_t stream) 
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
   Sm90FwdMaps maps{};
   maps.enabled = encode_fwd_maps<T, Tile>(&maps, a);
-  const auto kernel = transform ? fwd_sm90_kernel<T, Tile, true> : fwd_sm90_kernel<T, Tile, false>;
-  const gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Tile::smem_bytes()));
-  if (err != gpuSuccess) return err;
-  kernel<<<dim3(static_cast<unsigned>(ctas)), Tile::kThreads, Tile::smem_bytes(), stream>>>(a, maps);
-  return gpuGetLastError();
+  return launch_attention_kernel(transform ? fwd_sm90_kernel<T, Tile, true> : fwd_sm90_kernel<T, Tile, false>,
+                                 dim3(static_cast<unsigned>(ctas)), Tile::kThreads, Tile::smem_bytes(), stream, a, maps);
 }
 
 }  // namespace fa::tc
