@@ -165,12 +165,13 @@ __device__ __forceinline__ float transformed_logit(const AttnArgs& a, float qk, 
 
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-// Raises `kernel`'s dynamic shared-memory limit to `smem` bytes and launches it on `grid` x `threads`.
-template <typename Kernel>
-gpuError_t launch_attention_kernel(Kernel kernel, dim3 grid, int threads, size_t smem, gpuStream_t stream, const AttnArgs& a) {
+// Raises `kernel`'s dynamic shared-memory limit to `smem` bytes and launches it on `grid` x `threads` with `params`
+// (the AttnArgs, and whatever else a kernel takes by value).
+template <typename Kernel, typename... Params>
+gpuError_t launch_attention_kernel(Kernel kernel, dim3 grid, int threads, size_t smem, gpuStream_t stream, const Params&... params) {
   gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != gpuSuccess) return err;
-  kernel<<<grid, threads, smem, stream>>>(a);
+  kernel<<<grid, threads, smem, stream>>>(params...);
   return gpuGetLastError();
 }
 

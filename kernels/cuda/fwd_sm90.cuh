@@ -8,10 +8,12 @@
 // counter: each SM then starts its next tile while the current one drains (its Q and first K / V are already in
 // flight); with a causal or window mask the tiles come nearly longest first over the whole grid (row blocks
 // heaviest first within groups of kHeadGroup heads), so that the work ends level on every SM.
-// It is warp-specialised (FA3's schedule, with cp.async where FA3 has TMA):
+// It is warp-specialised (FA3's schedule):
 //   warpgroup 0, the producer: fetches the next tile index and publishes it in a two-slot ring, copies each tile's Q
 //     (a Q ring of kQSlots) and K / V into a ring of kStages 128B-swizzled tiles (wgmma.cuh) that runs on across
-//     tiles; every slot is guarded by full / empty mbarriers, so no math warp issues a copy or waits at a CTA barrier;
+//     tiles; every slot is guarded by full / empty mbarriers, so no math warp issues a copy or waits at a CTA barrier.
+//     The copies are the TMA engine's (tma.cuh: one thread issues a tile as a few boxes) where the tensors can be
+//     mapped, else cp.async by the producer's 128 threads (varlen batches, see Sm90FwdMaps);
 //   warpgroups 1.., the consumers, 64 query rows each. Per key block n:
 //     S_n  = Q K_n^T                    SS wgmma, m64 x BN, fp32 accumulators
 //     O   += P_{n-1} V_{n-1}            RS wgmma, P from registers, V read N-major; issued right after S_n, so the
@@ -32,6 +34,7 @@
 #pragma once
 
 #include "attn.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace fa::tc {
@@ -126,14 +129,17 @@ struct Sm90FwdShared {
     tile_slot = reinterpret_cast<int*>(q_full + Tile::kBarriers);
   }
 
-  // Thread 0 only; the CTA synchronises before anyone waits on them.
-  __device__ __forceinline__ void init_barriers() const {
+  // Thread 0 only; the CTA synchronises before anyone waits on them. A full barrier waits for one arrival per
+  // copying thread: the TMA issuer's (which also brings the byte count), or each of the producer's 128 threads'
+  // (cp.async; fp8's V, which every producer thread transposes).
+  __device__ __forceinline__ void init_barriers(bool tma) const {
+    const int copiers = tma ? 1 : 128, v_copiers = tma && !Tile::kFp8 ? 1 : 128;
     for (int slot = 0; slot < 2; ++slot) {
-      mbarrier_init(q_full + slot, 128), mbarrier_init(q_empty + slot, Tile::kConsumerThreads);
+      mbarrier_init(q_full + slot, copiers), mbarrier_init(q_empty + slot, Tile::kConsumerThreads);
       mbarrier_init(tile_full + slot, 1), mbarrier_init(tile_empty + slot, Tile::kThreads);
     }
     for (int slot = 0; slot < S; ++slot) {
-      mbarrier_init(k_full + slot, 128), mbarrier_init(v_full + slot, 128);
+      mbarrier_init(k_full + slot, copiers), mbarrier_init(v_full + slot, v_copiers);
       mbarrier_init(k_empty + slot, Tile::kConsumerThreads), mbarrier_init(v_empty + slot, Tile::kConsumerThreads);
     }
     mbarrier_init_fence();
@@ -296,15 +302,40 @@ __device__ __forceinline__ void fp8_staging_sync() {
 
 // ---- producer -----------------------------------------------------------------------------------------------------
 
+// The tensor maps of q, k and v (tma.cuh; boxes of a Q tile's and of a key block's rows) when the producer copies with
+// the TMA engine. enabled = 0: cp.async by the producer's threads — varlen batches (a sequence's last tile would run
+// into the next sequence's rows, where cp.async and a per-sequence map give zeros) and tensors the driver will not map.
+struct Sm90FwdMaps {
+  CUtensorMap q, k, v;
+  int enabled;
+};
+
+// A tile of R rows x D columns from row row0 of `rows` (head `head` of sequence `seq` in `map`) into `dst`, completing
+// on `full`: by the TMA engine (map set: the one issuing thread) or by the producer's 128 threads with cp.async.
+template <int R, int D, typename T>
+__device__ __forceinline__ void producer_copy(T* dst, uint64_t* full, const CUtensorMap* map, const RowView<T>& rows, int head,
+                                              int row0, int seq) {
+  if (map != nullptr) {
+    mbarrier_arrive_expect_bytes(full, R * D * sizeof(T));  // zero-filled bytes count too: a box lands whole
+    tma_load_tile_sw128<R, D, sizeof(T)>(dst, map, head, row0, seq, full);
+  } else {
+    load_tile_sw128_async<R, D, 128>(dst, rows, row0);
+    cp_async_arrive(full);
+  }
+}
+
 // Warpgroup 0: fetches the next tile index (persistent grids) while it copies the current tile's Q into the Q ring
 // and its key blocks, last first, into the K / V ring. Ring counters qi (Q slot fillings) and gi (K / V iterations)
 // count only tiles that run, exactly as the consumers count them.
 template <typename T, typename Tile>
-__device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh,
+__device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90FwdMaps& maps, const Sm90FwdShared<T, Tile>& sh,
                                                   const Sm90FwdScheduler<Tile>& sched) {
   constexpr int D = Tile::D, BM = Tile::BM, BN = Tile::BN, QS = Tile::kQSlots, S = Tile::kStages;
   using Shared = Sm90FwdShared<T, Tile>;
   warpgroup_release_registers<Tile::kProducerRegs>();
+  // With TMA one thread waits for the slots and issues every copy (fp8's V staging aside); the others only follow
+  // the tiles.
+  const bool tma = maps.enabled, issuer = !tma || threadIdx.x == 0;
   int qi = 0, gi = 0;
   int tile = sched.first_tile;
   for (int k = 0;; ++k) {
@@ -317,9 +348,11 @@ __device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90F
     if (sched.dynamic && threadIdx.x == 0) next = gridDim.x + atomicAdd(a.tile_counter, 1);  // lands while we copy
     const Sm90FwdWork w = sched.work_of(a, tile);
     if (w.run) {
-      if (qi >= QS) mbarrier_wait(sh.q_empty + qi % QS, ((qi / QS) & 1) ^ 1);
-      load_tile_sw128_async<BM, D, 128>(sh.q_buf(qi), row_view<T>(a.q, a, w.b, w.h, w.s.q_start, w.s.sq), w.m0);
-      cp_async_arrive(sh.q_full + qi % QS);
+      if (issuer) {
+        if (qi >= QS) mbarrier_wait(sh.q_empty + qi % QS, ((qi / QS) & 1) ^ 1);
+        producer_copy<BM, D>(sh.q_buf(qi), sh.q_full + qi % QS, tma ? &maps.q : nullptr,
+                             row_view<T>(a.q, a, w.b, w.h, w.s.q_start, w.s.sq), w.h, w.m0, w.b);
+      }
       ++qi;
       const int hk = w.h / a.group;
       const RowView<T> k_rows = row_view<T>(a.k, a, w.b, hk, w.s.k_start, w.s.sk);
@@ -330,9 +363,10 @@ __device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90F
         // fp8 with two staging tiles: this block's reuses the one block gi - 2 was transposed from, so every copy so
         // far (block gi - 1's too) must land and every thread be done with gi - 2 before it is issued.
         if constexpr (Tile::kVStaging == 2) fp8_staging_sync<Tile, 0>();
-        if (gi >= S) mbarrier_wait(sh.k_empty + slot, reuse_parity);
-        load_tile_sw128_async<BN, D, 128>(sh.k_buf(gi), k_rows, n * BN);
-        cp_async_arrive(sh.k_full + slot);
+        if (issuer) {
+          if (gi >= S) mbarrier_wait(sh.k_empty + slot, reuse_parity);
+          producer_copy<BN, D>(sh.k_buf(gi), sh.k_full + slot, tma ? &maps.k : nullptr, k_rows, hk, n * BN, w.b);
+        }
         if constexpr (Tile::kFp8) {
           // fp8: this block's V lands in a staging tile while the previous block's is transposed into the ring. With
           // three tiles, the one this block takes was last read (block gi - 3) before the previous iteration's
@@ -343,10 +377,9 @@ __device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90F
             if constexpr (Tile::kVStaging == 3) fp8_staging_sync<Tile, 1>();
             fp8_publish_v(sh, gi - 1);
           }
-        } else {
+        } else if (issuer) {
           if (gi >= S) mbarrier_wait(sh.v_empty + slot, reuse_parity);
-          load_tile_sw128_async<BN, D, 128>(sh.v_buf(gi), v_rows, n * BN);
-          cp_async_arrive(sh.v_full + slot);
+          producer_copy<BN, D>(sh.v_buf(gi), sh.v_full + slot, tma ? &maps.v : nullptr, v_rows, hk, n * BN, w.b);
         }
       }
       if constexpr (Tile::kFp8) {
@@ -633,20 +666,35 @@ __device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90F
 // their unrolled code is two thirds of the kernel's, and a causal tile's instruction working set with it in
 // overflowed the instruction cache (ncu: "no instruction" stalls 12% of samples, 2.5% without the mask).
 template <typename T, typename Tile, bool kTransform>
-__global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ AttnArgs a) {
+__global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __grid_constant__ AttnArgs a,
+                                                                             const __grid_constant__ Sm90FwdMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   const Sm90FwdShared<T, Tile> sh(swizzle_aligned_smem(smem_raw));
   const Sm90FwdScheduler<Tile> sched(a);
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, g = (threadIdx.x % 32) / 4;
-  if (threadIdx.x == 0) sh.init_barriers();
+  if (threadIdx.x == 0) sh.init_barriers(maps.enabled);
   __syncthreads();
   if (wg == 0) {
-    fwd_sm90_producer<T, Tile>(a, sh, sched);
+    fwd_sm90_producer<T, Tile>(a, maps, sh, sched);
     return;
   }
   fwd_sm90_consumer<T, Tile, kTransform>(a, sh, sched, wg, warp, g);
 #endif
+}
+
+// q, k and v as tensor maps for the producer's TMA copies, or false (a varlen batch, or a tensor the driver refuses:
+// strides or a base not 16-byte aligned, an old driver); the producer then copies with cp.async.
+template <typename T, typename Tile>
+bool encode_fwd_maps(Sm90FwdMaps* maps, const AttnArgs& a) {
+  if (a.cu_q != nullptr) return false;
+  auto encode = [&](CUtensorMap* map, const DevTensor& t, int rows, int heads, int box_rows) {
+    const TmaTensor tensor{tma_data_type<T>(), static_cast<int>(sizeof(T)), t.data, a.batch, rows, heads, a.head_dim,
+                           t.batch_stride, t.row_stride, t.head_stride};
+    return encode_tile_map(map, tensor, box_rows, nullptr);
+  };
+  return encode(&maps->q, a.q, a.seqlen_q, a.heads_q, Tile::BM) && encode(&maps->k, a.k, a.seqlen_k, a.heads_kv, Tile::BN) &&
+         encode(&maps->v, a.v, a.seqlen_k, a.heads_kv, Tile::BN);
 }
 
 // Launches the Hopper forward for head dim D (the caller picked D >= head_dim): one CTA per tile, or a.persistent_ctas
@@ -659,8 +707,10 @@ gpuError_t launch_fwd_sm90(const AttnArgs& a, int m_blocks, gpuStream_t stream) 
   const bool persistent = Tile::kPersistent && a.tile_counter != nullptr;
   const int64_t ctas = persistent ? std::min<int64_t>(tiles, a.persistent_ctas) : tiles;
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
+  Sm90FwdMaps maps{};
+  maps.enabled = encode_fwd_maps<T, Tile>(&maps, a);
   return launch_attention_kernel(transform ? fwd_sm90_kernel<T, Tile, true> : fwd_sm90_kernel<T, Tile, false>,
-                                 dim3(static_cast<unsigned>(ctas)), Tile::kThreads, Tile::smem_bytes(), stream, a);
+                                 dim3(static_cast<unsigned>(ctas)), Tile::kThreads, Tile::smem_bytes(), stream, a, maps);
 }
 
 }  // namespace fa::tc

@@ -2,7 +2,7 @@
 # One batched session on the GPU machine (device tool): set up Bun from .gpu/, build the libraries there, then run
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
-#   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | verify-fp8-decode | sanitize | sanitize-fp8 | racecheck-fp8 |
+#   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | tma-layout | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | verify-fp8-decode | sanitize | sanitize-fp8 | racecheck-fp8 |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
 #          profile | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
@@ -59,6 +59,8 @@ for s in "$@"; do
     # memcheck on every kvcache path, racecheck on the cuda-* ones, the CLI as driver (logs in logs/kvcache-sanitize/)
     kvcache-sanitize) step kvcache-sanitize 580 bash scripts/device/kvcache-sanitize.sh ;;
     layouts) step layouts 120 bash -c "nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/check/wgmma_layouts.cu -o /tmp/wgmma_layouts && /tmp/wgmma_layouts" ;;
+    # TMA tiles (tma.cuh) against the cp.async tiles of the Hopper kernels, byte for byte
+    tma-layout) step tma-layout 120 bash -c "nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a -Ibuild/gen/cuda scripts/check/tma_layout.cu -o /tmp/tma_layout && /tmp/tma_layout" ;;
     verify) step verify 420 python3 scripts/check/cuda_verify.py --json "$LOGS/verify-sm80.json" ;;
     verify-sm90) step verify-sm90 420 python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --json "$LOGS/verify-sm90.json" ;;
     verify-decode) step verify-decode 300 python3 scripts/check/cuda_verify.py --kernel cuda-decode --json "$LOGS/verify-decode.json" ;;
