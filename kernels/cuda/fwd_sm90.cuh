@@ -12,8 +12,8 @@
 //   warpgroup 0, the producer: fetches the next tile index and publishes it in a two-slot ring, copies each tile's Q
 //     (a Q ring of kQSlots) and K / V into a ring of kStages 128B-swizzled tiles (wgmma.cuh) that runs on across
 //     tiles; every slot is guarded by full / empty mbarriers, so no math warp issues a copy or waits at a CTA barrier.
-//     The copies are the TMA engine's (tma.cuh: one thread issues a tile as a few boxes) where the tensors can be
-//     mapped, else cp.async by the producer's 128 threads (varlen batches, see Sm90FwdMaps);
+//     The copies are the TMA engine's (tma.cuh: one thread issues a tile as a few boxes) for the tiles with kTma
+//     whose tensors can be mapped, else cp.async by the producer's 128 threads (varlen batches, see Sm90FwdMaps);
 //   warpgroups 1.., the consumers, 64 query rows each. Per key block n:
 //     S_n  = Q K_n^T                    SS wgmma, m64 x BN, fp32 accumulators
 //     O   += P_{n-1} V_{n-1}            RS wgmma, P from registers, V read N-major; issued right after S_n, so the
@@ -39,7 +39,7 @@
 
 namespace fa::tc {
 
-template <typename T, int D_, int BN_, bool kPersistent_, int kStages_ = 2, int kVStaging_ = 0>
+template <typename T, int D_, int BN_, bool kPersistent_, int kStages_ = 2, int kVStaging_ = 0, bool kTma_ = false>
 struct Sm90FwdTile {
   using Element = Sm90Element<T>;
   static constexpr bool kFp8 = Element::kFp8;
@@ -47,6 +47,8 @@ struct Sm90FwdTile {
   static constexpr int kStages = kStages_;  // slots of the K / V ring (16-bit: 2; 3 at hdim 64: -2%, docs/perf-cuda.md v6)
   static constexpr int kHeadGroup = 16;     // a persistent grid's tile order (fwd_sm90_kernel's work_of)
   static constexpr bool kPersistent = kPersistent_;
+  // The producer copies with the TMA engine when the tensors can be mapped (Sm90FwdMaps), else with cp.async.
+  static constexpr bool kTma = kTma_;
   static constexpr int kThreads = 128 * (kConsumers + 1);  // the producer warpgroup + the consumers
   static constexpr int kConsumerThreads = 128 * kConsumers;
   // setmaxnreg budgets, multiples of 8: the consumers can only take what the producer gives back from the launch
@@ -88,9 +90,11 @@ struct Sm90FwdTile {
 // 8k, -7% at 2k; one consumer and two CTAs per SM: -7 to -30%; see docs/perf-cuda.md.)
 // fp8 (half the bytes per element): 128-key blocks at both head dims. Hdim 128: a ring of 4 and 3 staging tiles (192
 // KB), so that the copies run 3 blocks ahead; hdim 256: Q + 2 K + 2 V^T + 2 staging tiles fill the 224 KB.
+// TMA copies at 16-bit hdim 128, where they measured +4-6% at 8k and level at 2k; the persistent hdim-64 kernel lost
+// 4-5% with them and the fp8 hdim-128 one 1-2% (docs/perf-cuda.md); 192 / 256 are not measured yet.
 template <typename T, int D, bool kFp8 = Sm90Element<T>::kFp8> struct Sm90FwdTileFor;
 template <typename T> struct Sm90FwdTileFor<T, 64, false> { using type = Sm90FwdTile<T, 64, 128, true>; };
-template <typename T> struct Sm90FwdTileFor<T, 128, false> { using type = Sm90FwdTile<T, 128, 128, false>; };
+template <typename T> struct Sm90FwdTileFor<T, 128, false> { using type = Sm90FwdTile<T, 128, 128, false, 2, 0, true>; };
 template <typename T> struct Sm90FwdTileFor<T, 192, false> { using type = Sm90FwdTile<T, 192, 64, false>; };
 template <typename T> struct Sm90FwdTileFor<T, 256, false> { using type = Sm90FwdTile<T, 256, 64, false>; };
 template <typename T> struct Sm90FwdTileFor<T, 128, true> { using type = Sm90FwdTile<T, 128, 128, false, 4, 3>; };
@@ -335,7 +339,7 @@ __device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90F
   warpgroup_release_registers<Tile::kProducerRegs>();
   // With TMA one thread waits for the slots and issues every copy (fp8's V staging aside); the others only follow
   // the tiles.
-  const bool tma = maps.enabled, issuer = !tma || threadIdx.x == 0;
+  const bool tma = Tile::kTma && maps.enabled, issuer = !tma || threadIdx.x == 0;
   int qi = 0, gi = 0;
   int tile = sched.first_tile;
   for (int k = 0;; ++k) {
@@ -673,7 +677,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
   const Sm90FwdShared<T, Tile> sh(swizzle_aligned_smem(smem_raw));
   const Sm90FwdScheduler<Tile> sched(a);
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, g = (threadIdx.x % 32) / 4;
-  if (threadIdx.x == 0) sh.init_barriers(maps.enabled);
+  if (threadIdx.x == 0) sh.init_barriers(Tile::kTma && maps.enabled);
   __syncthreads();
   if (wg == 0) {
     fwd_sm90_producer<T, Tile>(a, maps, sh, sched);
@@ -708,7 +712,7 @@ gpuError_t launch_fwd_sm90(const AttnArgs& a, int m_blocks, gpuStream_t stream) 
   const int64_t ctas = persistent ? std::min<int64_t>(tiles, a.persistent_ctas) : tiles;
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
   Sm90FwdMaps maps{};
-  maps.enabled = encode_fwd_maps<T, Tile>(&maps, a);
+  maps.enabled = Tile::kTma && encode_fwd_maps<T, Tile>(&maps, a);
   return launch_attention_kernel(transform ? fwd_sm90_kernel<T, Tile, true> : fwd_sm90_kernel<T, Tile, false>,
                                  dim3(static_cast<unsigned>(ctas)), Tile::kThreads, Tile::smem_bytes(), stream, a, maps);
 }
