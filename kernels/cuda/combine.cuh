@@ -75,6 +75,18 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const AttnArgs
     const int s = lane + 32 * k;
     part[k] = row_ok && s < n ? __ldcg(a.lse_part + s * a.lse_rows + lrow) : -INFINITY;
   }
+  // The first kMergeLoadsInFlight partials of this warp's splits (the first 128 columns), loaded before their
+  // weights are known, so that their round trip overlaps the LSEs' instead of following it (a b1 decode's merge is
+  // on its critical path: 16 splits over 2 warps per row are all loaded here). A split that saw no key may have left
+  // its partial unwritten: it is loaded but never used (weight 0).
+  float4 first[kMergeLoadsInFlight];
+#pragma unroll
+  for (int i = 0; i < kMergeLoadsInFlight; ++i) {
+    const int s = g + i * w;
+    first[i] = row_ok && s < n && lane * 4 < a.head_dim
+                   ? __ldcg(reinterpret_cast<const float4*>(a.o_part + (s * a.lse_rows + lrow) * a.head_dim + lane * 4))
+                   : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
   float mx = fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]));
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
@@ -95,8 +107,20 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const AttnArgs
     const int col = col0 + lane * 4;
     const bool active = row_ok && col < a.head_dim;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    // The warp's first splits g + i w: on the first pass their partials were loaded beside the LSEs (first[i]).
+#pragma unroll
+    for (int i = 0; i < kMergeLoadsInFlight; ++i) {
+      const int s = g + i * w;
+      if (s >= n) break;  // warp-uniform
+      const float held = s < 32 ? part[0] : s < 64 ? part[1] : s < 96 ? part[2] : part[3];
+      const float weight = __shfl_sync(0xffffffffu, held, s % 32) * inv;
+      if (active && weight > 0.f) {
+        const float4 x = col0 == 0 ? first[i] : __ldcg(reinterpret_cast<const float4*>(a.o_part + (s * a.lse_rows + lrow) * a.head_dim + col));
+        acc.x += weight * x.x, acc.y += weight * x.y, acc.z += weight * x.z, acc.w += weight * x.w;
+      }
+    }
 #pragma unroll 8  // kMergeLoadsInFlight
-    for (int s = g; s < n; s += w) {
+    for (int s = g + kMergeLoadsInFlight * w; s < n; s += w) {
       const float held = s < 32 ? part[0] : s < 64 ? part[1] : s < 96 ? part[2] : part[3];
       const float weight = __shfl_sync(0xffffffffu, held, s % 32) * inv;
       if (active && weight > 0.f) {
