@@ -83,82 +83,40 @@ struct DecodeTile {
   }
 };
 
-// Where one thread's copies of a key tile (ROWS keys, 16-byte chunks of D elements of T, NTHREADS threads) read.
-// Each thread keeps one 16-byte column of rows a pass apart (kPasses rows), where the chunks divide the threads;
-// else (head dims 96, 192) the chunks go round the threads one by one and each works out its own key's place.
-template <int ROWS, int D, int NTHREADS, typename T>
-struct TileCopy {
-  static constexpr int kChunk = 16 / static_cast<int>(sizeof(T)), kChunksPerRow = D / kChunk;
-  static constexpr bool kByColumn = NTHREADS % kChunksPerRow == 0 && ROWS % (NTHREADS / kChunksPerRow) == 0;
-  static constexpr int kRowsPerPass = kByColumn ? NTHREADS / kChunksPerRow : 1;
-  static constexpr int kPasses = kByColumn ? ROWS / kRowsPerPass : 1;
-};
-
-// The cache-map entries a thread's copies of one tile need (by-column copies): the cache sequence holding the tile's
-// rows (page[0]: its page when paged and the tile lies in one page, else cache_batch_idx[b] or b), or with smaller
-// pages the page of each of the thread's rows. Each is a global load the copies depend on, so the kernel fetches a
-// tile's entries an iteration before it issues the copies: the warps that issue them never wait on the table.
-template <int ROWS, int D, int NTHREADS, typename T>
-struct TilePages {
-  using Copy = TileCopy<ROWS, D, NTHREADS, T>;
-  int32_t page[Copy::kPasses];
-  // first: the cache token of key n0 (leftpad + n0); keys: the sequence's keys (rows past them read no entry).
-  __device__ __forceinline__ void fetch(const KvCacheView& kv, int b, int first, int n0, int keys) {
-    if constexpr (Copy::kByColumn) {
-      if (n0 >= keys) return;
-      if (kv.block_table == nullptr) {
-        page[0] = kv.cache_batch_idx != nullptr ? kv.cache_batch_idx[b] : b;
-        return;
-      }
-      const int32_t* pages = kv.block_table + static_cast<int64_t>(b) * kv.max_blocks;
-      if (first / kv.page_size == (first + ROWS - 1) / kv.page_size) {
-        page[0] = pages[first / kv.page_size];
-      } else {
-        const int r0 = threadIdx.x / Copy::kChunksPerRow;
-#pragma unroll
-        for (int p = 0; p < Copy::kPasses; ++p) {
-          const int r = r0 + p * Copy::kRowsPerPass;
-          page[p] = n0 + r < keys ? pages[(first + r) / kv.page_size] : 0;  // only rows holding keys may read the table
-        }
-      }
-    }
-  }
-};
-
 // Copies keys [n0, n0 + ROWS) of sequence b, KV head hk of both cache tensors into smem tiles of layout L (the 16-bit
 // tiles, or fp8 staging rows of D bytes), through the cache map; keys at or past `keys` (and dims past
-// head_dim) come in as zeros, so masked P = 0 never meets stale data. first: the cache token of key n0; pages: the
-// tile's block-table entries (TilePages, fetched ahead).
-// A key's place in the cache (page, 64-bit offsets) costs more than its copy, so it is worked out once per key for K
-// and V together, and once per tile when the tile lies in one page (every contiguous cache, and paged caches whose
-// pages hold whole tiles).
+// head_dim) come in as zeros, so masked P = 0 never meets stale data.
+// A key's place in the cache (page lookup, 64-bit offsets) costs more than its copy, so it is worked out once per
+// key for K and V together, and once per tile when the tile lies in one page (every contiguous cache, and paged
+// caches whose pages hold whole tiles); each thread then keeps one 16-byte column of rows a pass apart.
 template <int ROWS, int D, typename L, int NTHREADS, typename T>
 __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTensor& k, const DevTensor& v, const KvCacheView& kv,
-                                                    const TilePages<ROWS, D, NTHREADS, T>& pages, int b, int hk, int first,
-                                                    int n0, int keys, int head_dim) {
-  using Copy = TileCopy<ROWS, D, NTHREADS, T>;
+                                                    int b, int hk, int n0, int keys, int head_dim) {
+  constexpr int kChunk = 16 / sizeof(T);  // elements per 16-byte chunk
+  constexpr int kChunksPerRow = D / kChunk;
   const T* kbase = static_cast<const T*>(k.data);
   const T* vbase = static_cast<const T*>(v.data);
-  if constexpr (Copy::kByColumn) {
-    const int col = (threadIdx.x % Copy::kChunksPerRow) * Copy::kChunk, r0 = threadIdx.x / Copy::kChunksPerRow;
+  if constexpr (NTHREADS % kChunksPerRow == 0 && ROWS % (NTHREADS / kChunksPerRow) == 0) {
+    constexpr int kRowsPerPass = NTHREADS / kChunksPerRow;
+    const int col = (threadIdx.x % kChunksPerRow) * kChunk, r0 = threadIdx.x / kChunksPerRow;
     const bool col_ok = col < head_dim;
-    if (kv.block_table == nullptr || first / kv.page_size == (first + ROWS - 1) / kv.page_size) {  // one cache sequence
-      const int64_t seq = pages.page[0], row = kv.block_table != nullptr ? first % kv.page_size : first;
-      const T* krow = kbase + seq * k.batch_stride + row * k.row_stride + static_cast<int64_t>(hk) * k.head_stride + col;
-      const T* vrow = vbase + seq * v.batch_stride + row * v.row_stride + static_cast<int64_t>(hk) * v.head_stride + col;
+    const int first = kv.leftpad(b) + n0;  // cache token of the tile's first key (< 2^29: validated sizes)
+    if (kv.block_table == nullptr || first / kv.page_size == (first + ROWS - 1) / kv.page_size) {
+      const T* krow = kbase + kv.offset(k.batch_stride, k.row_stride, k.head_stride, b, n0, hk) + col;
+      const T* vrow = vbase + kv.offset(v.batch_stride, v.row_stride, v.head_stride, b, n0, hk) + col;
 #pragma unroll
-      for (int p = 0; p < Copy::kPasses; ++p) {
-        const int r = r0 + p * Copy::kRowsPerPass;
+      for (int r = r0; r < ROWS; r += kRowsPerPass) {
         const bool valid = col_ok && n0 + r < keys;
         cp_async_16(sk + L::at(r, col), valid ? krow + r * k.row_stride : kbase, valid);
         cp_async_16(sv + L::at(r, col), valid ? vrow + r * v.row_stride : vbase, valid);
       }
-    } else {  // small pages: each key's page (fetched ahead) once for K and V, the row in 32-bit arithmetic
+    } else {  // small pages: each key's page once for K and V, in 32-bit arithmetic
+      const int32_t* pages = kv.block_table + static_cast<int64_t>(b) * kv.max_blocks;
 #pragma unroll
-      for (int p = 0; p < Copy::kPasses; ++p) {
-        const int r = r0 + p * Copy::kRowsPerPass;
-        const bool valid = col_ok && n0 + r < keys;
-        const int64_t page = pages.page[p], row = (first + r) % kv.page_size;
+      for (int r = r0; r < ROWS; r += kRowsPerPass) {
+        const bool valid = col_ok && n0 + r < keys;  // only rows holding keys may read the block table
+        const int token = first + r;
+        const int64_t page = valid ? pages[token / kv.page_size] : 0, row = token % kv.page_size;
         const T* ksrc = kbase + page * k.batch_stride + row * k.row_stride + static_cast<int64_t>(hk) * k.head_stride + col;
         const T* vsrc = vbase + page * v.batch_stride + row * v.row_stride + static_cast<int64_t>(hk) * v.head_stride + col;
         cp_async_16(sk + L::at(r, col), valid ? ksrc : kbase, valid);
@@ -167,8 +125,8 @@ __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTenso
     }
   } else {  // head dims whose 16-byte chunks do not divide the threads (96, 192): chunk by chunk
 #pragma unroll
-    for (int c = threadIdx.x; c < ROWS * Copy::kChunksPerRow; c += NTHREADS) {
-      const int r = c / Copy::kChunksPerRow, col = (c % Copy::kChunksPerRow) * Copy::kChunk;
+    for (int c = threadIdx.x; c < ROWS * kChunksPerRow; c += NTHREADS) {
+      const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * kChunk;
       const bool valid = n0 + r < keys && col < head_dim;
       const T* ksrc = valid ? kbase + kv.offset(k.batch_stride, k.row_stride, k.head_stride, b, n0 + r, hk) + col : kbase;
       const T* vsrc = valid ? vbase + kv.offset(v.batch_stride, v.row_stride, v.head_stride, b, n0 + r, hk) + col : vbase;
@@ -202,7 +160,6 @@ __device__ __forceinline__ void load_packed_q_async(T* dst, const AttnArgs& a, i
 template <typename Tile>
 struct DecodeCta {
   int hk, b, split, r0, rows, q_first, q_count;
-  int first_token;  // the cache token of the sequence's first attended key (its leftpad)
   SeqInfo s;
   KeyBlocks blocks;
   bool transform;
@@ -215,7 +172,6 @@ struct DecodeCta {
     s.q_start = s.k_start = 0;
     s.sq = a.seqlen_q;
     s.sk = args.kv.keys(b);
-    first_token = args.kv.leftpad(b);
     s.diag = s.sk - s.sq;
     rows = min(Tile::BM, args.rows - r0);
     q_first = r0 / a.group, q_count = (r0 + rows - 1) / a.group - q_first + 1;
@@ -399,34 +355,21 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
   const int n_blocks = cta.blocks.hi - cta.blocks.lo;
   auto stage_k = [&](int it) { return ring + (it % STAGES) * 2 * BN * LD; };                       // 16-bit
   auto stage_bytes = [&](int it) { return staging + static_cast<size_t>(it % STAGES) * 2 * BN * D; };  // fp8
-  using Pages = TilePages<BN, D, Tile::kThreads, T>;
-  auto fetch_pages = [&](int it, Pages& pages) {  // block `it`'s cache-map entries, loaded ahead of its copies
+  auto load_block = [&](int it) {
     if (it < n_blocks) {
       const int n0 = (cta.blocks.lo + it) * BN;
-      pages.fetch(kv, cta.b, cta.first_token + n0, n0, cta.s.sk);
-    }
-  };
-  auto load_block = [&](int it, const Pages& pages) {
-    if (it < n_blocks) {
-      const int n0 = (cta.blocks.lo + it) * BN, first = cta.first_token + n0;
       if constexpr (kFp8) {
         T* sk = reinterpret_cast<T*>(stage_bytes(it));
-        load_kv_block_async<BN, D, StridedRows<D>, Tile::kThreads>(sk, sk + BN * D, a.k, a.v, kv, pages, cta.b, cta.hk, first, n0, cta.s.sk,
-                                                                   a.head_dim);
+        load_kv_block_async<BN, D, StridedRows<D>, Tile::kThreads>(sk, sk + BN * D, a.k, a.v, kv, cta.b, cta.hk, n0, cta.s.sk, a.head_dim);
       } else {
-        load_kv_block_async<BN, D, typename Tile::Layout, Tile::kThreads>(stage_k(it), stage_k(it) + BN * LD, a.k, a.v, kv, pages, cta.b,
-                                                                          cta.hk, first, n0, cta.s.sk, a.head_dim);
+        load_kv_block_async<BN, D, typename Tile::Layout, Tile::kThreads>(stage_k(it), stage_k(it) + BN * LD, a.k, a.v, kv, cta.b, cta.hk, n0,
+                                                                          cta.s.sk, a.head_dim);
       }
     }
     cp_async_commit();  // an empty group keeps the wait count uniform
   };
-  for (int it = 0; it < STAGES - 1; ++it) {  // 16-bit: block 0 joins Q's group
-    Pages pages;
-    fetch_pages(it, pages);
-    load_block(it, pages);
-  }
-  Pages next;  // the entries of the block the loop copies next (block it + STAGES - 1 at iteration it)
-  fetch_pages(STAGES - 1, next);
+  load_block(0);  // 16-bit: joins Q's group
+  for (int it = 1; it < STAGES - 1; ++it) load_block(it);
   if constexpr (kFp8) {  // Q's group (the oldest) landed: convert it once; the loop's first barrier orders the reads
     cp_async_wait<STAGES - 1>();
     __syncthreads();
@@ -437,8 +380,7 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
   for (int it = 0; it < n_blocks; ++it) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();  // block `it` landed for every thread; every warp is done with the stage the next load reuses
-    load_block(it + STAGES - 1, next);
-    fetch_pages(it + STAGES, next);  // used at the next iteration: its loads fly while this block is computed
+    load_block(it + STAGES - 1);
 
     const C* sK = (kFp8 ? ring : stage_k(it)) + warp * KW * LD;  // this warp's KW keys
     const C* sV = kFp8 ? ring + BN * LD : stage_k(it) + BN * LD;
