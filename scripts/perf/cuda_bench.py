@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 # The ctypes binding and the checks live beside the correctness scripts.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "check"))
 from cuda_ffi import cuda_library, make_params  # noqa: E402
-from fa_ctypes import DIR_BWD, DIR_FWD  # noqa: E402
+from fa_ctypes import DIR_BWD, DIR_FWD, FlashAttnError  # noqa: E402
 
 
 def flops(b, h, s, d, causal, direction):
@@ -95,12 +95,15 @@ def main():
                             continue
                         if kernel:
                             os.environ["FLASHATTN_KERNEL"] = kernel
-                        row[f"{prefix}_fwd_ms"] = statistics.median(lib.bench(p, DIR_FWD, args.warmup, args.iters))
-                        lib.forward(p)
-                        row[f"{prefix}_fwd_kernel"] = names.get(p.out_kernel)
-                        row[f"{prefix}_bwd_ms"] = statistics.median(lib.bench(p, DIR_BWD, args.warmup, args.iters))
-                        lib.backward(p)
-                        row[f"{prefix}_bwd_kernel"] = names.get(p.out_kernel)
+                        for direction, name, run in (("fwd", DIR_FWD, lib.forward), ("bwd", DIR_BWD, lib.backward)):
+                            # A forced path may refuse one direction (the wgmma backward at head dim 256): that cell
+                            # says so and the row keeps the other direction.
+                            try:
+                                row[f"{prefix}_{direction}_ms"] = statistics.median(lib.bench(p, name, args.warmup, args.iters))
+                                run(p)
+                                row[f"{prefix}_{direction}_kernel"] = names.get(p.out_kernel)
+                            except FlashAttnError as e:
+                                row[f"{prefix}_{direction}_refused"] = str(e)
                         os.environ.pop("FLASHATTN_KERNEL", None)
                     row["flash_fwd_ms"], row["flash_bwd_ms"] = sdpa_times(q, k, v, causal, SDPBackend.FLASH_ATTENTION,
                                                                           flush, args.warmup, args.iters)
@@ -129,11 +132,12 @@ def main():
         if "error" in r:
             lines.append(f"| {r['hdim']} | {r['seqlen']} | {int(r['causal'])} | error: {r['error'][:80]} |")
             continue
-        g = lambda k_: f"{r[k_]:.0f}" if k_ in r else "-"  # noqa: E731
+        g = lambda k_: f"{r[k_]:.0f}" if k_ in r else ("refused" if k_.replace("_tflops", "_refused") in r else "-")  # noqa: E731
+        ratio = lambda d: f"{r[f'ours_{d}_tflops'] / r[f'flash_{d}_tflops']:.2f}" if f"ours_{d}_tflops" in r else "-"  # noqa: E731
         lines.append(f"| {r['hdim']} | {r['seqlen']} | {int(r['causal'])} | {g('ours_fwd_tflops')} | {g('alt_fwd_tflops')} | "
-                     f"{g('flash_fwd_tflops')} | {g('cudnn_fwd_tflops')} | {r['ours_fwd_tflops'] / r['flash_fwd_tflops']:.2f} | "
+                     f"{g('flash_fwd_tflops')} | {g('cudnn_fwd_tflops')} | {ratio('fwd')} | "
                      f"{g('ours_bwd_tflops')} | {g('alt_bwd_tflops')} | {g('flash_bwd_tflops')} | {g('cudnn_bwd_tflops')} | "
-                     f"{r['ours_bwd_tflops'] / r['flash_bwd_tflops']:.2f} |")
+                     f"{ratio('bwd')} |")
     table = "\n".join(lines)
     print(table)
     if args.json:
