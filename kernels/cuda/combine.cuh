@@ -79,14 +79,13 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const AttnArgs
   // weights are known, so that their round trip overlaps the LSEs' instead of following it (a b1 decode's merge is
   // on its critical path: 16 splits over 2 warps per row are all loaded here). A split that saw no key may have left
   // its partial unwritten: it is loaded but never used (weight 0).
-  auto partial = [&](int s, int col) {  // o_part of split s, this row, columns col..col + 3
-    return __ldcg(reinterpret_cast<const float4*>(a.o_part + (s * a.lse_rows + lrow) * a.head_dim + col));
-  };
   float4 first[kMergeLoadsInFlight];
 #pragma unroll
   for (int i = 0; i < kMergeLoadsInFlight; ++i) {
     const int s = g + i * w;
-    first[i] = row_ok && s < n && lane * 4 < a.head_dim ? partial(s, lane * 4) : make_float4(0.f, 0.f, 0.f, 0.f);
+    first[i] = row_ok && s < n && lane * 4 < a.head_dim
+                   ? __ldcg(reinterpret_cast<const float4*>(a.o_part + (s * a.lse_rows + lrow) * a.head_dim + lane * 4))
+                   : make_float4(0.f, 0.f, 0.f, 0.f);
   }
   float mx = fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]));
 #pragma unroll
@@ -102,13 +101,6 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const AttnArgs
   const float inv = sum > 0.f ? 1.f / sum : 0.f;
   if (row_ok && g == 0 && lane == 0 && a.lse != nullptr)
     a.lse[lrow] = mx == -INFINITY ? INFINITY : mx + __logf(sum);  // no key in any split: +inf
-  auto weight_of = [&](int s) {  // split s's weight, shuffled from the lane that holds its numerator (every lane calls)
-    const float held = s < 32 ? part[0] : s < 64 ? part[1] : s < 96 ? part[2] : part[3];
-    return __shfl_sync(0xffffffffu, held, s % 32) * inv;
-  };
-  auto add = [](float4& acc, float weight, const float4& x) {
-    acc.x += weight * x.x, acc.y += weight * x.y, acc.z += weight * x.z, acc.w += weight * x.w;
-  };
   T* o = static_cast<T*>(a.o.data) + (row_ok ? tensor_offset(a.o, a, lrow) : 0);
   // head_dim is a multiple of 8 on GPUs: a lane's 4 columns are all in or all out, and 16-byte aligned in o_part.
   for (int col0 = 0; col0 < a.head_dim; col0 += 128) {
@@ -120,13 +112,21 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const AttnArgs
     for (int i = 0; i < kMergeLoadsInFlight; ++i) {
       const int s = g + i * w;
       if (s >= n) break;  // warp-uniform
-      const float weight = weight_of(s);
-      if (active && weight > 0.f) add(acc, weight, col0 == 0 ? first[i] : partial(s, col));
+      const float held = s < 32 ? part[0] : s < 64 ? part[1] : s < 96 ? part[2] : part[3];
+      const float weight = __shfl_sync(0xffffffffu, held, s % 32) * inv;
+      if (active && weight > 0.f) {
+        const float4 x = col0 == 0 ? first[i] : __ldcg(reinterpret_cast<const float4*>(a.o_part + (s * a.lse_rows + lrow) * a.head_dim + col));
+        acc.x += weight * x.x, acc.y += weight * x.y, acc.z += weight * x.z, acc.w += weight * x.w;
+      }
     }
 #pragma unroll 8  // kMergeLoadsInFlight
     for (int s = g + kMergeLoadsInFlight * w; s < n; s += w) {
-      const float weight = weight_of(s);
-      if (active && weight > 0.f) add(acc, weight, partial(s, col));
+      const float held = s < 32 ? part[0] : s < 64 ? part[1] : s < 96 ? part[2] : part[3];
+      const float weight = __shfl_sync(0xffffffffu, held, s % 32) * inv;
+      if (active && weight > 0.f) {
+        const float4 x = __ldcg(reinterpret_cast<const float4*>(a.o_part + (s * a.lse_rows + lrow) * a.head_dim + col));
+        acc.x += weight * x.x, acc.y += weight * x.y, acc.z += weight * x.z, acc.w += weight * x.w;
+      }
     }
     if (w > 1) {
       red[threadIdx.x] = acc;
