@@ -90,13 +90,13 @@ struct Sm90FwdTile {
 // 8k, -7% at 2k; one consumer and two CTAs per SM: -7 to -30%; see docs/perf-cuda.md.)
 // fp8 (half the bytes per element): 128-key blocks at both head dims. Hdim 128: a ring of 4 and 3 staging tiles (192
 // KB), so that the copies run 3 blocks ahead; hdim 256: Q + 2 K + 2 V^T + 2 staging tiles fill the 224 KB.
-// TMA copies at 16-bit hdim 128, where they measured +4-6% at 8k and level at 2k; the persistent hdim-64 kernel lost
-// 4-5% with them and the fp8 hdim-128 one 1-2% (docs/perf-cuda.md); 192 / 256 are not measured yet.
+// TMA copies at 16-bit hdim 128, 192 and 256, where they measured +4-6% at 8k and level at 2k (128), +0-4% (192 /
+// 256); the persistent hdim-64 kernel lost 4-5% with them and the fp8 hdim-128 one 1-2% (docs/perf-cuda.md).
 template <typename T, int D, bool kFp8 = Sm90Element<T>::kFp8> struct Sm90FwdTileFor;
 template <typename T> struct Sm90FwdTileFor<T, 64, false> { using type = Sm90FwdTile<T, 64, 128, true>; };
 template <typename T> struct Sm90FwdTileFor<T, 128, false> { using type = Sm90FwdTile<T, 128, 128, false, 2, 0, true>; };
-template <typename T> struct Sm90FwdTileFor<T, 192, false> { using type = Sm90FwdTile<T, 192, 64, false>; };
-template <typename T> struct Sm90FwdTileFor<T, 256, false> { using type = Sm90FwdTile<T, 256, 64, false>; };
+template <typename T> struct Sm90FwdTileFor<T, 192, false> { using type = Sm90FwdTile<T, 192, 64, false, 2, 0, true>; };
+template <typename T> struct Sm90FwdTileFor<T, 256, false> { using type = Sm90FwdTile<T, 256, 64, false, 2, 0, true>; };
 template <typename T> struct Sm90FwdTileFor<T, 128, true> { using type = Sm90FwdTile<T, 128, 128, false, 4, 3>; };
 template <typename T> struct Sm90FwdTileFor<T, 256, true> { using type = Sm90FwdTile<T, 256, 128, false, 2, 2>; };
 
