@@ -7,6 +7,7 @@ same way from Python (same flush, events around the call only). Median of the ti
 FLOPs: forward 4 * b * h * s * s * d (halved when causal), backward 2.5 x forward.
 
 Usage: python3 scripts/perf/cuda_bench.py [--hdims 64,128] [--seqlens 512,...] [--iters 20] [--json f] [--md f]
+                                         [--directions fwd] [--no-sdpa]  (an A/B of builds: one run each, FLASHATTN_LIB)
 Exit status 1 when a run fails.
 """
 import argparse
@@ -67,6 +68,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--no-cudnn", action="store_true")
+    ap.add_argument("--no-sdpa", action="store_true", help="time ours only (an A/B of two builds of ours)")
+    ap.add_argument("--directions", default="fwd,bwd", help="fwd, bwd or both")
     ap.add_argument("--kernel", default="", help="FLASHATTN_KERNEL for ours ('' = the dispatcher's choice)")
     ap.add_argument("--also", default="", help="a second kernel path of ours to time in the same run (columns 'alt')")
     ap.add_argument("--json")
@@ -96,6 +99,8 @@ def main():
                         if kernel:
                             os.environ["FLASHATTN_KERNEL"] = kernel
                         for direction, name, run in (("fwd", DIR_FWD, lib.forward), ("bwd", DIR_BWD, lib.backward)):
+                            if direction not in args.directions.split(","):
+                                continue
                             # A forced path may refuse one direction (the wgmma backward at head dim 256): that cell
                             # says so and the row keeps the other direction.
                             try:
@@ -105,9 +110,10 @@ def main():
                             except FlashAttnError as e:
                                 row[f"{prefix}_{direction}_refused"] = str(e)
                         os.environ.pop("FLASHATTN_KERNEL", None)
-                    row["flash_fwd_ms"], row["flash_bwd_ms"] = sdpa_times(q, k, v, causal, SDPBackend.FLASH_ATTENTION,
-                                                                          flush, args.warmup, args.iters)
-                    if not args.no_cudnn:
+                    if not args.no_sdpa:
+                        row["flash_fwd_ms"], row["flash_bwd_ms"] = sdpa_times(q, k, v, causal, SDPBackend.FLASH_ATTENTION,
+                                                                              flush, args.warmup, args.iters)
+                    if not args.no_cudnn and not args.no_sdpa:
                         row["cudnn_fwd_ms"], row["cudnn_bwd_ms"] = sdpa_times(q, k, v, causal, SDPBackend.CUDNN_ATTENTION,
                                                                               flush, args.warmup, args.iters)
                     for key in [k_ for k_ in row if k_.endswith("_ms")]:
@@ -133,7 +139,7 @@ def main():
             lines.append(f"| {r['hdim']} | {r['seqlen']} | {int(r['causal'])} | error: {r['error'][:80]} |")
             continue
         g = lambda k_: f"{r[k_]:.0f}" if k_ in r else ("refused" if k_.replace("_tflops", "_refused") in r else "-")  # noqa: E731
-        ratio = lambda d: f"{r[f'ours_{d}_tflops'] / r[f'flash_{d}_tflops']:.2f}" if f"ours_{d}_tflops" in r else "-"  # noqa: E731
+        ratio = lambda d: f"{r[f'ours_{d}_tflops'] / r[f'flash_{d}_tflops']:.2f}" if f"ours_{d}_tflops" in r and f"flash_{d}_tflops" in r else "-"  # noqa: E731
         lines.append(f"| {r['hdim']} | {r['seqlen']} | {int(r['causal'])} | {g('ours_fwd_tflops')} | {g('alt_fwd_tflops')} | "
                      f"{g('flash_fwd_tflops')} | {g('cudnn_fwd_tflops')} | {ratio('fwd')} | "
                      f"{g('ours_bwd_tflops')} | {g('alt_bwd_tflops')} | {g('flash_bwd_tflops')} | {g('cudnn_bwd_tflops')} | "
