@@ -16,10 +16,11 @@
 //     whose tensors can be mapped, else cp.async by the producer's 128 threads (varlen batches, see Sm90FwdMaps);
 //   warpgroups 1.., the consumers, 64 query rows each. Per key block n:
 //     S_n  = Q K_n^T                    SS wgmma, m64 x BN, fp32 accumulators
-//     O   += P_{n-1} V_{n-1}            RS wgmma, P from registers, V read N-major; issued right after S_n, so the
-//                                       tensor cores work on it while this warpgroup computes the softmax of S_n
+//     O   += P_{n-1} V_{n-1}            RS wgmma, P from registers, V read N-major; issued right after S_n, meant to
+//                                       run while this warpgroup computes the softmax of S_n (ptxas still waits for
+//                                       it first: fwd_sm90_mainloop says why)
 //     m', l, P_n = exp2(S_n c - m' c)   the online softmax of fwd.cuh (shared helper), base 2, scale folded in
-//     O   *= exp2((m - m') c)           once the P V product has landed
+//     O   *= exp2((m - m') c)           before the next P V product is issued
 //   and finally O += P_last V_last, O / l, LSE. The consumers take turns to issue their products (ping-pong over
 //   named barriers): while one warpgroup's exp2s run on the MUFU, the tensor cores work for the other.
 // Work per block and consumer: 4 x 64 BN D flops in two products; exp2 for 64 BN scores.
@@ -553,8 +554,13 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     gi = base + n;
     return;
   }
+  // alpha: O's factor from the last softmax, applied just before the next P V product is issued (O is not in flight
+  // then; FA3's order) rather than right after the previous one lands: +2-12% on the H100 at every head dim. The
+  // wait for that product still sits at the top of the softmax in the SASS, though: ptxas takes P_{n-1}'s registers
+  // (dead to it once the product is issued) for the softmax's temporaries and the next P, so it must wait first, and
+  // the product overlaps only the other consumer's work (docs/perf-cuda.md).
+  float alpha[2] = {1.f, 1.f};
   if (n > 0) {
-    float alpha[2];
     role.wait_full(sh.k_full, base);
     role.begin_turn();
     wgmma_fence();
@@ -564,19 +570,20 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     reg_fence(r.sc);
     role.release(sh.k_empty, base);
     if (n == 1) mbarrier_arrive(sh.q_empty + qs);  // the tile's last product from Q has landed
-    softmax(0, alpha);  // O is still zero: nothing to rescale
+    softmax(0, alpha);
+    alpha[0] = alpha[1] = 1.f;  // O is still zero: nothing to rescale
     sm90_pack_p<T, Tile>(r.p, r.sc);
   }
   for (int it = 1; it < n; ++it) {
     gi = base + it;
     role.wait_full(sh.k_full, gi);
     role.wait_full(sh.v_full, gi - 1);
+    rescale_o<Tile>(r.o, alpha);  // into the units of P(it - 1)'s max
     role.begin_turn();
     wgmma_fence();
     sm90_issue_qk<T, Tile>(r.sc, q_desc, role.k_desc(base + it), role.wg_row0);
     sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1));
     role.end_turn();
-    float alpha[2];
     wgmma_wait<1>();  // S(it) landed; P(it - 1) V(it - 1) still runs
     reg_fence(r.sc);
     role.release(sh.k_empty, gi);
@@ -586,12 +593,12 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     reg_fence(r.o);
     reg_fence(r.p);
     role.release(sh.v_empty, gi - 1);
-    rescale_o<Tile>(r.o, alpha);
     sm90_pack_p<T, Tile>(r.p, r.sc);
   }
   gi = base + n;
   if (n > 0) {
     role.wait_full(sh.v_full, gi - 1);
+    rescale_o<Tile>(r.o, alpha);
     role.begin_turn();
     wgmma_fence();
     sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1));

@@ -518,12 +518,14 @@ bool supports_common(int32_t dtype, int head_dim, int rows, const DeviceCaps& ca
 //    blocks out evenly): 512 blocks over 8 x 32 CTAs score 0.97, over 8 x 30 (0.91 of the slots, splits of 17 and 18
 //    blocks) 0.86. Among counts within 1% of the best, the fewest.
 //  - A wave or more already: whole waves (a wave 10% short of the slots beats 1.2 waves).
-// At least two key blocks per split keep the partials small next to the keys read.
-int32_t choose_splits(int requested, int64_t ctas, int batch, int key_capacity, size_t smem, const DeviceCaps& caps) {
+// At least two key blocks per split keep the partials small next to the keys read. per_sm_cap: at most this many CTAs
+// of the grid counted per SM (0: as many as shared memory holds).
+int32_t choose_splits(int requested, int64_t ctas, int batch, int key_capacity, size_t smem, int per_sm_cap, const DeviceCaps& caps) {
   const int key_blocks = ceil_div(std::max(key_capacity, 1), DecodeTile<64, 1>::BN);
   const int grid_limit = 65535 / batch;
   if (requested > 0) return std::max(1, std::min({requested, key_blocks, kMaxSplits, grid_limit}));
-  const int per_sm = static_cast<int>(std::clamp<size_t>(caps.smem_per_block_optin / std::max<size_t>(smem, 1), 1, 8));
+  int per_sm = static_cast<int>(std::clamp<size_t>(caps.smem_per_block_optin / std::max<size_t>(smem, 1), 1, 8));
+  if (per_sm_cap > 0) per_sm = std::min(per_sm, per_sm_cap);
   const int64_t slots = static_cast<int64_t>(caps.multiprocessors) * per_sm;
   const int max_splits = std::max(1, std::min({key_blocks / 2, kMaxSplits, grid_limit}));
   auto busy = [&](int s) {  // the share of the slots kept busy
@@ -547,13 +549,24 @@ int32_t choose_splits(int requested, int64_t ctas, int batch, int key_capacity, 
   return 1;
 }
 
+// CTAs per SM the split count plans for. A contiguous cache with nothing appended, whose packed query rows fit one
+// 16-row fragment (one token at GQA up to 16), streams fastest as one CTA per SM (fewer, fuller splits; H100, 16-bit
+// hdim 128, product bench: b8 16k-128k +1-3%, b1 64k / 128k +1-2%, b1 4k +2%, b1 16k / 32k level). Everything else
+// keeps as many as shared memory holds: paged caches (scattered pages want more CTAs in flight: pages of 16 fell to
+// 1.27-1.61x contiguous with one), the grid that follows an append kernel (1.10x), and more rows per CTA (seqlen_q
+// 8 / 16 at GQA 4 lost 6% / 40% with one). Other head dims and fp8 are not measured with one.
+int per_sm_cap(int32_t dtype, int d, int rows, bool paged, bool appended) {
+  return !is_fp8(dtype) && d == 128 && rows <= 16 && !paged && !appended ? 1 : 0;
+}
+
 // Launches the decode kernel (and the combine when split) for resolved arguments.
-int32_t run(int32_t dtype, int d, DecodeArgs& args, int requested_splits, int key_capacity, const LaunchContext& ctx) {
+int32_t run(int32_t dtype, int d, DecodeArgs& args, int requested_splits, int key_capacity, bool appended, const LaunchContext& ctx) {
   AttnArgs& a = args.a;
   const DecodeLaunch l = plan_launch(d, args.rows, *ctx.caps);
   const int m_blocks = ceil_div(args.rows, 16 * l.mf);
   a.num_splits = choose_splits(requested_splits, static_cast<int64_t>(m_blocks) * a.heads_kv * a.batch, a.batch, key_capacity,
-                               smem_bytes(dtype, d, l), *ctx.caps);
+                               smem_bytes(dtype, d, l),
+                               per_sm_cap(dtype, d, args.rows, args.kv.block_table != nullptr, appended), *ctx.caps);
   if (a.num_splits > 1) {
     a.o_part = static_cast<float*>(ctx.workspace.get(0, sizeof(float) * a.num_splits * a.lse_rows * a.head_dim));
     a.lse_part = static_cast<float*>(ctx.workspace.get(1, sizeof(float) * a.num_splits * a.lse_rows));
@@ -599,12 +612,13 @@ int32_t plan_splits(const fa_attn_params& p, const DeviceCaps& caps) {
   const int d = tile_d(p.dtype, p.head_dim);
   const DecodeLaunch l = plan_launch(d, packed_rows(p), caps);
   const int64_t ctas = static_cast<int64_t>(ceil_div(packed_rows(p), 16 * l.mf)) * p.heads_kv * p.batch;
-  return choose_splits(p.num_splits, ctas, p.batch, p.seqlen_k, smem_bytes(p.dtype, d, l), caps);
+  return choose_splits(p.num_splits, ctas, p.batch, p.seqlen_k, smem_bytes(p.dtype, d, l), per_sm_cap(p.dtype, d, packed_rows(p), false, false),
+                       caps);
 }
 
 int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
   DecodeArgs args = plain_args(p);
-  if (int32_t st = run(p.dtype, tile_d(p.dtype, p.head_dim), args, p.num_splits, p.seqlen_k, ctx); st != FA_OK) return st;
+  if (int32_t st = run(p.dtype, tile_d(p.dtype, p.head_dim), args, p.num_splits, p.seqlen_k, false, ctx); st != FA_OK) return st;
   p.out_num_splits = args.a.num_splits;
   return FA_OK;
 }
@@ -622,7 +636,8 @@ int32_t forward_kvcache(fa_kvcache_params& p, const LaunchContext& ctx) {
   args.a = make_args(plain);
   args.kv = kvcache_view(p);
   args.rows = packed_rows(p);
-  if (int32_t st = run(p.dtype, tile_d(p.dtype, p.head_dim), args, p.num_splits, plain.seqlen_k, ctx); st != FA_OK) return st;
+  if (int32_t st = run(p.dtype, tile_d(p.dtype, p.head_dim), args, p.num_splits, plain.seqlen_k, p.seqlen_new > 0, ctx); st != FA_OK)
+    return st;
   p.out_num_splits = args.a.num_splits;
   return FA_OK;
 }
