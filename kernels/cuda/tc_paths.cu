@@ -551,7 +551,7 @@ int32_t choose_splits(int requested, int64_t ctas, int batch, int key_capacity, 
 
 // CTAs per SM the split count plans for. A contiguous cache with nothing appended, whose packed query rows fit one
 // 16-row fragment (one token at GQA up to 16), streams fastest as one CTA per SM (fewer, fuller splits; H100, 16-bit
-// hdim 128, product bench: b8 16k-128k +1-3%, b1 64k / 128k +1-2%, b1 4k +2%, b1 16k / 32k level). Everything else
+// hdim 128, kernel bench in one call: b8 16k-128k +3%, b1 32k-128k +2%, b1 4k +6%, b1 16k -2%). Everything else
 // keeps as many as shared memory holds: paged caches (scattered pages want more CTAs in flight: pages of 16 fell to
 // 1.27-1.61x contiguous with one), the grid that follows an append kernel (1.10x), and more rows per CTA (seqlen_q
 // 8 / 16 at GQA 4 lost 6% / 40% with one). Other head dims and fp8 are not measured with one.
