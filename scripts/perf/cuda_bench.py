@@ -75,6 +75,8 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--md")
     args = ap.parse_args()
+    if not set(args.directions.split(",")) <= {"fwd", "bwd"}:
+        ap.error(f"--directions: fwd, bwd or fwd,bwd, not {args.directions!r}")
     lib = cuda_library()
     names = lib.kernel_names()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
