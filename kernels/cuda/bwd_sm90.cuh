@@ -3,19 +3,22 @@
 //
 // Grid (key blocks, heads_kv, batch), as the mma.sync backward: a CTA owns BN = 128 keys of one kv head and walks
 // every (query head of the GQA group, query block of BM = 64 rows) that can see them, so dK / dV of the group are
-// summed in registers and written once. Warp-specialised like the forward: warpgroup 0 (the producer) copies K and V
-// of the key block and each step's Q, dO and row statistics into a two-slot ring of 128B-swizzled tiles (wgmma.cuh)
-// guarded by full / empty mbarriers; warpgroups 1 and 2 (the consumers) own 64 keys each. Per step and consumer:
+// summed in registers and written once. Warp-specialised like the forward: warps 0-1 of warpgroup 0 (the loader) copy
+// K and V of the key block and each step's Q, dO and row statistics into a two-slot ring of 128B-swizzled tiles
+// (wgmma.cuh) guarded by full / empty mbarriers; warps 2-3 (the dQ writer) add each step's dQ tile from shared memory
+// to dq_accum with bulk reductions, one row per thread, so the math warps issue no atomics; warpgroups 1 and 2 (the
+// consumers) own 64 keys each. Per step and consumer:
 //   S^T  = K_w Q^T                 SS, m64 x BM                 P^T = exp2(S^T c - lse2[q])  (0 where masked)
 //   dP^T = V_w dO^T                SS, issued with S^T          dS^T = P^T (dP^T - dsum[q])  (x (1 - tanh^2) softcap)
 //   dV  += P^T dO                  RS, P^T from registers, dO N-major; runs while dS^T is computed
 //   dK  += dS^T Q                  RS (times scale at the end)
 //   dQ  += dS K                    SS from the dS^T tile in smem (M-major, imm-trans-a) and K (N-major), fp32 into
-//                                  dq_accum: head dim 128 splits dQ's columns between the consumers (64 each, over
-//                                  all 128 keys, after a consumer barrier); at head dim 64 each consumer multiplies
-//                                  its own 64 keys and the two partials are summed through smem, each consumer adding
-//                                  32 columns. dS^T and that exchange are double-buffered by ring slot, so one
-//                                  consumer barrier per step orders them.
+//                                  the dQ tile in smem: head dim 128 splits dQ's columns between the consumers (64
+//                                  each, over all 128 keys, after a consumer barrier); at head dim 64 each consumer
+//                                  multiplies its own 64 keys and the two partials are summed through smem, each
+//                                  consumer storing 32 columns. dS^T and that exchange are double-buffered by ring
+//                                  slot, so one consumer barrier per step orders them. The dQ tile has one slot: the
+//                                  writer has read it (dq_empty) long before the next step's dQ product ends.
 // Work per step: 5 products of 2 BN BM D flops; exp2 for BN BM scores; BM D fp32 dQ additions per warpgroup.
 #pragma once
 
@@ -28,28 +31,38 @@ template <int D_>
 struct Sm90BwdTile {
   static constexpr int D = D_, BN = 128, BM = 64;
   static constexpr int kThreads = 384, kConsumerThreads = 256;  // the producer warpgroup + two consumers
-  // setmaxnreg budgets (128 x producer + 256 x consumer <= 65536): head dim 128's consumers hold dK, dV (128 fp32)
-  // beside S^T, dP^T and the operands in flight, so its producer gets the minimum (both still spill a little: ptxas
-  // reports 136 bytes, the consumers' share about 20).
+  static constexpr int kLoaderThreads = 64, kDqWriterThreads = 64;  // the producer warpgroup's two roles
+  // setmaxnreg budgets: the consumers can only take what the producer gives back of the launch's registers, so
+  // 128 x producer + 256 x consumer <= 384 x 168 (one more register blocks the consumers' setmaxnreg for ever). Head
+  // dim 128's consumers hold dK, dV (128 fp32) beside S^T, dP^T and the operands in flight, so its producer gets the
+  // minimum (ptxas: 188 bytes spilled, about 20 of them the consumers'; head dim 64 48 bytes, none the consumers').
   static constexpr int kProducerRegs = D == 128 ? 24 : 40, kConsumerRegs = D == 128 ? 240 : 232;
+  static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // per thread, as __launch_bounds__(kThreads, 1) gets
+  static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= kThreads * kLaunchRegs,
+                "the consumers' registers come from the producer's");
   static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: consumer w computes dQ columns [64w, 64w + 64)
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2, kTileDs = BN * BM * 2;  // bytes
   // Head dim 64: the fp32 dQ halves the consumers hand each other, [2 slots][2][BM rows][kRedLd] (rows padded by 8
   // floats, so the float2 accesses of a half-warp hit 32 distinct banks).
   static constexpr int kRedLd = 32 + 8;
   static constexpr size_t kRedBytes = kDqPerWarpgroupKeys ? 4 * BM * kRedLd * sizeof(float) : 0;
-  static constexpr int kBarriers = 6;  // K/V full, empty; Q/dO full, empty per slot
+  // The fp32 dQ tile [BM rows][kDqLd]: rows padded by 8 floats for the consumers' float2 stores (as kRedLd); each row
+  // is one bulk reduction of head_dim floats (16-byte aligned: kDqLd is a multiple of 4).
+  static constexpr int kDqLd = D + 8;
+  static constexpr size_t kDqBytes = static_cast<size_t>(BM) * kDqLd * sizeof(float);
+  static constexpr int kBarriers = 8;  // K/V full, empty; Q/dO full, empty per slot; dQ full, empty
   static constexpr size_t smem_bytes() {
     return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + 2 * kTileDs + 4 * BM * sizeof(float) +
-           kRedBytes + kBarriers * sizeof(uint64_t);
+           kRedBytes + kDqBytes + kBarriers * sizeof(uint64_t);
   }
+  static_assert(BM == kDqWriterThreads, "the dQ writer adds one row per thread");
   static_assert(D == 64 || D == 128, "dK and dV of 64 keys stay in registers up to head dim 128");
 };
 
 // ---- shared memory ------------------------------------------------------------------------------------------------
 
 // The CTA's shared memory, in allocation order: K and V of the key block, the two-slot ring of Q, dO, lse2 and dsum,
-// the double-buffered dS^T tile, head dim 64's dQ exchange, and the mbarriers.
+// the double-buffered dS^T tile, head dim 64's dQ exchange, the dQ tile, and the mbarriers.
 template <typename T, typename Tile>
 struct Sm90BwdShared {
   static constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM;
@@ -61,8 +74,10 @@ struct Sm90BwdShared {
   float* sLse2;  // [2][BM]
   float* sDsum;  // [2][BM]
   float* sRed;   // head dim 64: [2][2][BM][kRedLd]
+  float* sdQ;    // [BM][kDqLd]
   uint64_t *kv_full, *kv_empty;
   uint64_t *qdo_full, *qdo_empty;  // [2] each
+  uint64_t *dq_full, *dq_empty;
 
   __device__ __forceinline__ explicit Sm90BwdShared(unsigned char* smem) {
     sK = reinterpret_cast<T*>(smem);
@@ -73,17 +88,21 @@ struct Sm90BwdShared {
     sLse2 = reinterpret_cast<float*>(sdS + 2 * BN * BM);
     sDsum = sLse2 + 2 * BM;
     sRed = sDsum + 2 * BM;
-    kv_full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(sRed) + Tile::kRedBytes);
+    sdQ = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sRed) + Tile::kRedBytes);
+    kv_full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(sdQ) + Tile::kDqBytes);
     kv_empty = kv_full + 1;
     qdo_full = kv_full + 2;
     qdo_empty = kv_full + 4;
+    dq_full = kv_full + 6;
+    dq_empty = kv_full + 7;
   }
 
   // Thread 0 only; the CTA synchronises before anyone waits on them.
   __device__ __forceinline__ void init_barriers() const {
-    mbarrier_init(kv_full, 128), mbarrier_init(kv_empty, Tile::kConsumerThreads);
+    mbarrier_init(kv_full, Tile::kLoaderThreads), mbarrier_init(kv_empty, Tile::kConsumerThreads);
     for (int slot = 0; slot < 2; ++slot)
-      mbarrier_init(qdo_full + slot, 128), mbarrier_init(qdo_empty + slot, Tile::kConsumerThreads);
+      mbarrier_init(qdo_full + slot, Tile::kLoaderThreads), mbarrier_init(qdo_empty + slot, Tile::kConsumerThreads);
+    mbarrier_init(dq_full, Tile::kConsumerThreads), mbarrier_init(dq_empty, Tile::kDqWriterThreads);
     mbarrier_init_fence();
   }
 };
@@ -105,29 +124,30 @@ struct Sm90BwdSteps {
 
 // ---- producer -----------------------------------------------------------------------------------------------------
 
-// Warpgroup 0: K and V of each key block, then each step's Q, dO and row statistics into the two-slot ring.
+// Warps 0-1 of warpgroup 0: K and V of each key block, then each step's Q, dO and row statistics into the two-slot
+// ring.
 template <typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_producer(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s, int hk,
-                                                  int b) {
-  constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM;
-  warpgroup_release_registers<Tile::kProducerRegs>();
+__device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s, int hk,
+                                                int b) {
+  constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, NT = Tile::kLoaderThreads;
   const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
   const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
   int ring = 0, kb = 0;
   for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
     const int n0 = nb * BN;
     if (kb > 0) mbarrier_wait(sh.kv_empty, (kb - 1) & 1);
-    load_tile_sw128_async<BN, D, 128>(sh.sK, k, n0);
-    load_tile_sw128_async<BN, D, 128>(sh.sV, v, n0);
+    load_tile_sw128_async<BN, D, NT>(sh.sK, k, n0);
+    load_tile_sw128_async<BN, D, NT>(sh.sV, v, n0);
     cp_async_arrive(sh.kv_full);
     const Sm90BwdSteps steps(a, s, n0, BN, BM);
     for (int step = 0; step < steps.count; ++step, ++ring) {
       const int slot = ring & 1, h = steps.head(a, hk, step), m0 = steps.row0(step, BM);
       if (ring >= 2) mbarrier_wait(sh.qdo_empty + slot, ((ring >> 1) & 1) ^ 1);
-      load_tile_sw128_async<BM, D, 128>(sh.sQ + slot * BM * D, row_view<T>(a.q, a, b, h, s.q_start, s.sq), m0);
-      load_tile_sw128_async<BM, D, 128>(sh.sdO + slot * BM * D, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
+      load_tile_sw128_async<BM, D, NT>(sh.sQ + slot * BM * D, row_view<T>(a.q, a, b, h, s.q_start, s.sq), m0);
+      load_tile_sw128_async<BM, D, NT>(sh.sdO + slot * BM * D, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
       // Rows past the end come in as zeros: their Q and dO rows are zero too, so they add nothing to dK / dV.
       const int64_t lrow0 = lse_row0(a, s, b, h);
+      static_assert(BM <= NT, "one row statistic per loader thread");
       if (threadIdx.x < BM) {
         const int r = threadIdx.x;
         const bool inside = m0 + r < s.sq;
@@ -139,19 +159,59 @@ __device__ __forceinline__ void bwd_sm90_producer(const AttnArgs& a, const Sm90B
   }
 }
 
+// Warps 2-3 of warpgroup 0: per step, once the consumers have stored the dQ tile, thread r adds its row to dq_accum
+// with one bulk reduction, then releases the tile when the reduction has read it. Deterministic mode waits for the
+// reduction to complete instead: the CTA's slice then sees its rows' additions in step order (the same thread adds
+// the same tile row of every step).
+template <typename T, typename Tile>
+__device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s, int hk,
+                                                   int b) {
+  constexpr int BN = Tile::BN, BM = Tile::BM;
+  const int r = threadIdx.x - Tile::kLoaderThreads;
+  const uint32_t row_bytes = static_cast<uint32_t>(a.head_dim) * sizeof(float);
+  float* dq_accum = a.dq_accum + (a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows * a.head_dim : 0);
+  const float* src = sh.sdQ + r * Tile::kDqLd;
+  int ring = 0;
+  for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x) {
+    const Sm90BwdSteps steps(a, s, nb * BN, BN, BM);
+    for (int step = 0; step < steps.count; ++step, ++ring) {
+      const int i = steps.row0(step, BM) + r;
+      mbarrier_wait(sh.dq_full, ring & 1);
+      if (i < s.sq) {
+        bulk_reduce_add_f32(dq_accum + (lse_row0(a, s, b, steps.head(a, hk, step)) + i) * a.head_dim, src, row_bytes);
+        bulk_commit_group();
+        if (a.deterministic) bulk_wait_group<0>();
+        else bulk_wait_group_read<0>();
+      }
+      mbarrier_arrive(sh.dq_empty);
+    }
+  }
+  bulk_wait_group<0>();  // every reduction has landed before the thread exits
+}
+
 // ---- consumers ----------------------------------------------------------------------------------------------------
 
-// Adds a consumer's dQ of one step (64 queries x 64 columns, C layout in dq) to dq_accum.
+// Stores a consumer's dQ of one step (64 queries x 64 columns, C layout in dq) into the dQ tile and hands the tile to
+// the writer once it has released the previous step's (ring > 0).
 template <typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_accumulate_dq(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s, int b,
-                                                       int h, int m0, int buf, int cw, float* dq_accum, const float (&dq)[32]) {
+__device__ __forceinline__ void bwd_sm90_store_dq(const Sm90BwdShared<T, Tile>& sh, int ring, int buf, int cw, const float (&dq)[32]) {
   constexpr int BM = Tile::BM;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t lrow0 = lse_row0(a, s, b, h);
+  // Thread (warp, g, t) holds rows 16 warp + g (+ 8) and columns 8j + 2t, +1 of its n-tiles j.
+  auto store_row_pairs = [&](int col0, int nj, auto&& pair) {
+    if (ring > 0) mbarrier_wait(sh.dq_empty, (ring - 1) & 1);
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+      for (int j = 0; j < nj; ++j)
+        *reinterpret_cast<float2*>(sh.sdQ + (warp * 16 + g + 8 * hf) * Tile::kDqLd + col0 + 8 * j + 2 * t) = pair(j, hf);
+    fence_async_smem();
+    mbarrier_arrive(sh.dq_full);
+  };
   if constexpr (Tile::kDqPerWarpgroupKeys) {
     // Each partial covers all 64 columns over one consumer's keys. Consumer w owns columns [32w, 32w + 32): it
     // hands the other's 32 columns over through smem (the partner thread, same warp and lane, holds the same
-    // rows and columns) and adds the sum of its own, so every dQ element gets one addition per step.
+    // rows and columns) and stores the sum of its own, so the tile holds the step's whole dQ.
     float* red = sh.sRed + buf * 2 * BM * Tile::kRedLd;
     float* handed = red + cw * BM * Tile::kRedLd;
     const float* received = red + (1 - cw) * BM * Tile::kRedLd;
@@ -165,12 +225,14 @@ __device__ __forceinline__ void bwd_sm90_accumulate_dq(const AttnArgs& a, const 
         *reinterpret_cast<float2*>(handed + (warp * 16 + g + 8 * hf) * Tile::kRedLd + 8 * j + 2 * t) = pair;
       }
     named_barrier_sync(1, Tile::kConsumerThreads);
-    accumulate_dq_rows<4>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, 32 * cw, [&](int j, int e) {
-      const float own = cw == 0 ? dq[j * 4 + e] : dq[(j + 4) * 4 + e];
-      return own + received[(warp * 16 + g + 8 * (e / 2)) * Tile::kRedLd + 8 * j + 2 * t + e % 2];
+    store_row_pairs(32 * cw, 4, [&](int j, int hf) {
+      const int e0 = j * 4 + 2 * hf, e1 = (j + 4) * 4 + 2 * hf;  // compile-time register indices, as above
+      const float2 own = cw == 0 ? make_float2(dq[e0], dq[e0 + 1]) : make_float2(dq[e1], dq[e1 + 1]);
+      const float2 other = *reinterpret_cast<const float2*>(received + (warp * 16 + g + 8 * hf) * Tile::kRedLd + 8 * j + 2 * t);
+      return make_float2(own.x + other.x, own.y + other.y);
     });
   } else {
-    accumulate_dq_rows<8>(a, dq_accum, lrow0, m0 + warp * 16, s.sq, cw * 64, [&](int j, int e) { return dq[j * 4 + e]; });
+    store_row_pairs(64 * cw, 8, [&](int j, int hf) { return make_float2(dq[j * 4 + 2 * hf], dq[j * 4 + 2 * hf + 1]); });
   }
 }
 
@@ -193,7 +255,6 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
   const int cw = wg - 1;        // consumer index
   const int wg_key0 = cw * 64;  // this consumer's keys within the block
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
-  float* dq_accum = a.dq_accum + (a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows * a.head_dim : 0);
 
   // Tile descriptors, built once (K, Q and dO serve as K-major and as N-major operands). The slot-1 tiles lie a
   // constant distance after slot 0, so a step's descriptors are these plus an offset (not ten more 64-bit registers).
@@ -327,7 +388,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
       reg_fence(dk);
       reg_fence(dsa);
       mbarrier_arrive(sh.qdo_empty + buf);  // every product of this step has read its Q / dO slot
-      bwd_sm90_accumulate_dq<T, Tile>(a, sh, s, b, h, m0, buf, cw, dq_accum, dq);
+      bwd_sm90_store_dq<T, Tile>(sh, ring, buf, cw, dq);
     }
     mbarrier_arrive(sh.kv_empty);  // the last dQ product has read K
 
@@ -346,7 +407,9 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
   if (threadIdx.x == 0) Sm90BwdShared<T, Tile>(smem).init_barriers();
   __syncthreads();
   if (wg == 0) {
-    bwd_sm90_producer<T, Tile>(a, Sm90BwdShared<T, Tile>(smem), s, hk, b);
+    warpgroup_release_registers<Tile::kProducerRegs>();
+    if (warp < 2) bwd_sm90_loader<T, Tile>(a, Sm90BwdShared<T, Tile>(smem), s, hk, b);
+    else bwd_sm90_dq_writer<T, Tile>(a, Sm90BwdShared<T, Tile>(smem), s, hk, b);
     return;
   }
   bwd_sm90_consumer<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);

@@ -80,25 +80,47 @@ __device__ __forceinline__ void load_tile_sw128_async(T* tile, const RowView<T>&
   const T* g = src.base + static_cast<int64_t>(row0 + r) * src.row_stride + chunk * E::kChunk;
   const int64_t pass_stride = static_cast<int64_t>(kRowsPerPass) * src.row_stride;
   const int rows_left = src.rows - row0 - r;  // passes p with p * kRowsPerPass < rows_left are inside the sequence
-  if (row0 + ROWS <= src.rows && C <= src.head_dim) {
-    // A whole tile (warp-uniform): no per-chunk bounds (ncu: the checks were 3 in 4 of the fp8 producer's load
-    // instructions).
+  const bool whole = row0 + ROWS <= src.rows && C <= src.head_dim;  // warp-uniform
+  if constexpr (NTHREADS < 128) {
+    // Fewer threads, more passes (the backward's 64-thread loader: 16 per key tile): one pointer walks the rows, as
+    // a per-pass address each spilled in its 24 registers (ptxas: 564 -> 168 bytes at head dim 128). The 128-thread
+    // producers keep the per-pass addresses: walking measured 1-5% slower on the forward (H100).
+    if (whole) {
 #pragma unroll
-    for (int b = 0; b < C / E::kSwizzleCols; ++b)
+      for (int p = 0; p < ROWS / kRowsPerPass; ++p, g += pass_stride)
 #pragma unroll
-      for (int p = 0; p < ROWS / kRowsPerPass; ++p)
-        cp_async_16(dst + (b * ROWS + p * kRowsPerPass) * kSwizzleRowBytes, g + b * E::kSwizzleCols + p * pass_stride);
-    return;
-  }
+        for (int b = 0; b < C / E::kSwizzleCols; ++b)
+          cp_async_16(dst + (b * ROWS + p * kRowsPerPass) * kSwizzleRowBytes, g + b * E::kSwizzleCols);
+      return;
+    }
 #pragma unroll
-  for (int b = 0; b < C / E::kSwizzleCols; ++b) {
-    const bool col_ok = b * E::kSwizzleCols + chunk * E::kChunk < src.head_dim;
+    for (int p = 0; p < ROWS / kRowsPerPass; ++p, g += pass_stride) {
 #pragma unroll
-    for (int p = 0; p < ROWS / kRowsPerPass; ++p) {
-      const bool valid = col_ok && p * kRowsPerPass < rows_left;
-      // An invalid chunk still needs a mapped address for the instruction; it reads 0 bytes from the base.
-      cp_async_16(dst + (b * ROWS + p * kRowsPerPass) * kSwizzleRowBytes, valid ? g + b * E::kSwizzleCols + p * pass_stride : src.base,
-                  valid);
+      for (int b = 0; b < C / E::kSwizzleCols; ++b) {
+        const bool valid = b * E::kSwizzleCols + chunk * E::kChunk < src.head_dim && p * kRowsPerPass < rows_left;
+        // An invalid chunk still needs a mapped address for the instruction; it reads 0 bytes from the base.
+        cp_async_16(dst + (b * ROWS + p * kRowsPerPass) * kSwizzleRowBytes, valid ? g + b * E::kSwizzleCols : src.base, valid);
+      }
+    }
+  } else {
+    if (whole) {
+      // No per-chunk bounds (ncu: the checks were 3 in 4 of the fp8 producer's load instructions).
+#pragma unroll
+      for (int b = 0; b < C / E::kSwizzleCols; ++b)
+#pragma unroll
+        for (int p = 0; p < ROWS / kRowsPerPass; ++p)
+          cp_async_16(dst + (b * ROWS + p * kRowsPerPass) * kSwizzleRowBytes, g + b * E::kSwizzleCols + p * pass_stride);
+      return;
+    }
+#pragma unroll
+    for (int b = 0; b < C / E::kSwizzleCols; ++b) {
+      const bool col_ok = b * E::kSwizzleCols + chunk * E::kChunk < src.head_dim;
+#pragma unroll
+      for (int p = 0; p < ROWS / kRowsPerPass; ++p) {
+        const bool valid = col_ok && p * kRowsPerPass < rows_left;
+        cp_async_16(dst + (b * ROWS + p * kRowsPerPass) * kSwizzleRowBytes,
+                    valid ? g + b * E::kSwizzleCols + p * pass_stride : src.base, valid);
+      }
     }
   }
 }
@@ -176,6 +198,20 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 }
 // Barrier among the 128 threads of warpgroup wg (named barrier wg + 1).
 __device__ __forceinline__ void warpgroup_sync(int wg) { named_barrier_sync(wg + 1, 128); }
+
+// Bulk reductions (sm_90): one instruction, issued by one thread, adds `bytes` / 4 floats of shared memory into global
+// memory element by element (each element's add is atomic, as red.global.add.f32), read by the async proxy (so the
+// writers fence with fence_async_smem first). Addresses 16-byte aligned, `bytes` a multiple of 16.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* dst, const float* src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(smem_addr(src)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// Waits until this thread's bulk groups but the newest N have read their shared memory (`.read`) or are complete.
+template <int N>
+__device__ __forceinline__ void bulk_wait_group_read() { asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory"); }
+template <int N>
+__device__ __forceinline__ void bulk_wait_group() { asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 // ---- warp specialisation ------------------------------------------------------------------------------------------
 // A producer warpgroup copies tiles with cp.async while consumer warpgroups multiply. Each ring slot has a "full"
