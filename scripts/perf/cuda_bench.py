@@ -8,6 +8,7 @@ FLOPs: forward 4 * b * h * s * s * d (halved when causal), backward 2.5 x forwar
 
 Usage: python3 scripts/perf/cuda_bench.py [--hdims 64,128] [--seqlens 512,...] [--iters 20] [--json f] [--md f]
                                          [--directions fwd] [--no-sdpa]  (an A/B of builds: one run each, FLASHATTN_LIB)
+                                         [--deterministic]  (ours with the deterministic backward)
 Exit status 1 when a run fails.
 """
 import argparse
@@ -72,6 +73,7 @@ def main():
     ap.add_argument("--directions", default="fwd,bwd", help="fwd, bwd or both")
     ap.add_argument("--kernel", default="", help="FLASHATTN_KERNEL for ours ('' = the dispatcher's choice)")
     ap.add_argument("--also", default="", help="a second kernel path of ours to time in the same run (columns 'alt')")
+    ap.add_argument("--deterministic", action="store_true", help="ours with the deterministic backward (dQ in per-CTA slices)")
     ap.add_argument("--json")
     ap.add_argument("--md")
     args = ap.parse_args()
@@ -95,7 +97,7 @@ def main():
                 dq, dk, dv = (torch.empty_like(q) for _ in range(3))
                 row = {"hdim": d, "seqlen": s, "batch": b, "heads": h, "causal": causal}
                 try:
-                    p = make_params(q, k, v, o, lse, causal=causal, dout=dout, dq=dq, dk=dk, dv=dv)
+                    p = make_params(q, k, v, o, lse, causal=causal, dout=dout, dq=dq, dk=dk, dv=dv, deterministic=args.deterministic)
                     for prefix, kernel in (("ours", args.kernel), ("alt", args.also)):
                         if prefix == "alt" and not kernel:
                             continue
@@ -133,7 +135,7 @@ def main():
     lines = [f"Device: {torch.cuda.get_device_name()}; bf16; TFLOP/s (median of {args.iters}, L2 flushed); "
              "ratio = ours / SDPA-flash", "",
              f"ours = {rows[0].get('ours_fwd_kernel') if rows else '-'} / {rows[0].get('ours_bwd_kernel') if rows else '-'}"
-             + (f"; alt = {args.also}" if args.also else ""), "",
+             + (f"; alt = {args.also}" if args.also else "") + ("; deterministic backward" if args.deterministic else ""), "",
              "| hdim | seqlen | causal | ours fwd | alt fwd | flash fwd | cuDNN fwd | fwd ratio | ours bwd | alt bwd | flash bwd | "
              "cuDNN bwd | bwd ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
