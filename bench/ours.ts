@@ -176,11 +176,22 @@ interface RandomFiller {
   fill(dst: DeviceBuffer): void;
 }
 
+/** What a plain case asks of fa_forward / fa_backward (problemFor throws on a shape the library cannot take). */
+export function requestFor(c: BenchCase, algorithm: Algorithm): AttnRequest {
+  return {
+    problem: problemFor(c),
+    direction: c.direction,
+    algorithm,
+    alibi: c.alibi ? "per-head" : "none",
+    deterministic: c.deterministic,
+  };
+}
+
 /** The plain forward (or backward) through fa_forward / fa_backward, timed inside the library by fa_bench. */
 function forwardRunner(backend: Backend, c: BenchCase, algorithm: Algorithm): Runner | { unsupported: string } {
   let request: AttnRequest;
   try {
-    request = { problem: problemFor(c), direction: c.direction, algorithm, alibi: c.alibi ? "per-head" : "none" };
+    request = requestFor(c, algorithm);
   } catch (error) {
     return { unsupported: (error as Error).message };
   }

@@ -50,6 +50,9 @@ export interface BenchCase extends ProblemSize, CaseFeatures {
   kind: "prefill" | "decode";
   /** Present: timed through the KV-cache entry with this cache; the baselines time the contiguous equivalent. */
   kvcache?: KvCacheLayout;
+  /** Our backward in deterministic mode (dQ summed in a fixed order; bwd and fwd+bwd cases only). The baselines
+   *  time their default backward. */
+  deterministic?: boolean;
 }
 
 export type PresetName = "fa" | "decode" | "quick";
@@ -84,6 +87,8 @@ export interface SweepSpec {
    * CPU runs them, under the time limit.
    */
   gpuSized: boolean;
+  /** bench --deterministic: the backward cases run ours in deterministic mode */
+  deterministic?: boolean;
 }
 
 /**
@@ -163,6 +168,7 @@ export interface SweepOverrides {
   causal?: string;
   dtype?: string;
   direction?: string;
+  deterministic?: boolean;
 }
 
 // Limits that keep a typo from asking for an absurd sweep (head_dim: the semantics' range); the native library
@@ -228,6 +234,7 @@ export function applyOverrides(base: SweepSpec, o: SweepOverrides): SweepSpec {
   if (o.causal !== undefined) spec.causal = parseCausal(o.causal);
   if (o.dtype !== undefined) spec.dtype = parseDtype(o.dtype);
   if (o.direction !== undefined) spec.directions = parseDirections(o.direction);
+  if (o.deterministic) spec.deterministic = true;
   return spec;
 }
 
@@ -238,6 +245,7 @@ export function caseId(c: Omit<BenchCase, "id">): string {
     c.window ? ` window(${c.window[0]},${c.window[1]})` : "",
     c.softcap ? ` softcap${c.softcap}` : "",
     c.alibi ? " alibi" : "",
+    c.deterministic ? " deterministic" : "",
   ].join("");
   return `b${c.batch} ${seq} ${gqa} d${c.headDim}${c.causal ? " causal" : ""}${features} ${c.dtype} ${c.direction}${
     c.kvcache ? ` ${layoutText(c.kvcache)}` : ""
@@ -337,7 +345,7 @@ export function expandSweep(spec: SweepSpec, ctx: { gpu: boolean }): BenchCase[]
               for (const headsKv of spec.headsKv ?? [headsQ]) {
                 for (const seqlenQ of spec.seqlensQ ?? [seqlenK]) {
                   const c = { ...spec.features, batch, seqlenQ, seqlenK, headsQ, headsKv, headDim, causal, dtype, direction,
-                    kind: spec.kind };
+                    kind: spec.kind, ...(spec.deterministic && direction !== "fwd" ? { deterministic: true } : {}) };
                   add(c);
                   twin(c);
                 }

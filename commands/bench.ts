@@ -136,6 +136,7 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchPlan {
     causal: raw.causal,
     dtype: raw.dtype,
     direction: raw.direction,
+    deterministic: raw.deterministic === true ? true : undefined,
   };
   // Check the sweep flags now, against any preset: a typo fails before a library is even loaded.
   applyOverrides(presets.quick, overrides);
@@ -180,8 +181,9 @@ export function modelBench(plan: BenchPlan): { spec: SweepSpec; model: string; p
   const source = readModel(plan.model!);
   const text = modelProblems(source.needs)[0];
   const seqlens = plan.overrides.seqlen !== undefined ? parseSizeList("seqlen", plan.overrides.seqlen, 1 << 20) : MODEL_SEQLENS;
-  const { batch, dtype, direction } = plan.overrides;
-  const spec = applyOverrides(modelSweep(text, seqlens, source.needs.text.max_positions), { batch, dtype, direction });
+  const { batch, dtype, direction, deterministic } = plan.overrides;
+  const sweep = modelSweep(text, seqlens, source.needs.text.max_positions);
+  const spec = applyOverrides(sweep, { batch, dtype, direction, deterministic });
   const arch = source.needs.architectures[0];
   const lengths = spec.seqlens.join("/");
   const problem = problemText(text).replace(`seqlen ${text.seqlen}`, `seqlen ${lengths}`);
@@ -260,6 +262,7 @@ Examples:
   $ flashattn bench --preset decode --save decode.json       # decode over 4k..128k KV, GQA; KV-cache: paged, append, spec.
   $ flashattn bench --model ./Mistral-7B-v0.1 --seqlen 4k,16k  # the model's own attention, vs the fa baselines
   $ flashattn bench --seqlen 1k,4k --hdim 128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn
+  $ flashattn bench --seqlen 8k --hdim 128 --direction bwd --deterministic   # the reproducible backward's cost
   $ flashattn bench --preset context-parallel --seqlen 512k  # ring attention over every GPU (NCCL) vs one GPU
 
 Implementations: ours (every usable libflashattn backend), naive-<backend> (materialised scores, forward only),
@@ -273,7 +276,8 @@ of the timed runs. See docs/bench.md.`;
  * Of bench's flags it reads --seqlen, --causal, --direction, --heads, --heads-kv, --warmup and --iters.
  */
 function contextParallelCommand(raw: RawBenchOptions, json: boolean, quiet: boolean): void {
-  const ignored = (["model", "hdim", "batch", "dtype", "seqlenQ", "baselines", "csv", "chart", "lib", "backend"] as const).find((f) => raw[f] !== undefined);
+  const notForRing = ["model", "hdim", "batch", "dtype", "seqlenQ", "baselines", "csv", "chart", "lib", "backend", "deterministic"] as const;
+  const ignored = notForRing.find((f) => raw[f] !== undefined);
   if (ignored) usage(`--${ignored.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())} does not apply to --preset ${CONTEXT_PARALLEL_PRESET} (head dim 128, bf16, batch 1, every GPU)`);
   const spec = parseContextParallelFlags({ ...raw, causal: raw.causal === undefined ? undefined : String(raw.causal) });
   if (raw.save) checkOutputTargets([raw.save]);
@@ -297,6 +301,7 @@ export function register(program: Command) {
     .option("--causal <on|off|both>", "causal mask, bottom-right aligned")
     .option("--dtype <fp16|bf16|fp32|fp8_e4m3|fp8_e5m2>", "data type (default: bf16; quick on a CPU: fp32); fp8 adds each forward case's bf16 twin")
     .option("--direction <list>", "fwd, bwd, fwd+bwd (comma list)")
+    .option("--deterministic", "our backward in deterministic mode (dQ summed in a fixed order); baselines run their default")
     .option("--backend <auto|cpu|cuda|hip>", "our backend(s) to measure (default auto: every usable one)")
     .option("--lib <path>", "explicit libflashattn_<backend>.so")
     .option(

@@ -16,7 +16,8 @@ import { geometricMean, quantile, summarize } from "../bench/stats.ts";
 import { formatDuration, StderrProgress } from "../bench/report/progress.ts";
 import { parseBaselines, parseBenchOptions } from "../commands/bench.ts";
 import { presetTiming, timesCpu } from "../bench/run.ts";
-import { runsFor, SpeedMemory } from "../bench/ours.ts";
+import { requestFor, runsFor, SpeedMemory } from "../bench/ours.ts";
+import { paramsFor } from "../lib/select.ts";
 
 function usageError(fn: () => unknown): string {
   try {
@@ -159,6 +160,24 @@ describe("presets", () => {
     expect(presets.fa.hdims).toEqual([64, 128, 256]);
   });
 
+  test("--deterministic marks the backward cases only, in their ids, and reaches the library's params", () => {
+    const spec = applyOverrides(presets.quick, { seqlen: "128", causal: "off", direction: "fwd,bwd,fwd+bwd", deterministic: true });
+    const cases = expandSweep(spec, { gpu: false });
+    expect(cases.map((c) => [c.direction, c.deterministic ?? false])).toEqual([
+      ["fwd", false],
+      ["bwd", true],
+      ["fwd+bwd", true],
+    ]);
+    expect(cases[1].id).toBe("b2 s128 h4/2 d64 deterministic fp32 bwd");
+    expect(cases[0].id).not.toContain("deterministic");
+    const params = (c: (typeof cases)[number]) => paramsFor(requestFor(c, "flash"), { q: 1n, k: 1n, v: 1n, o: 1n, lse: 1n });
+    expect(params(cases[1]).deterministic).toBe(true);
+    expect(params(cases[0]).deterministic).toBe(false);
+    // Without the flag nothing is marked.
+    const plain = expandSweep(applyOverrides(presets.quick, { seqlen: "128", direction: "bwd" }), { gpu: false });
+    expect(plain.every((c) => c.deterministic === undefined && !c.id.includes("deterministic"))).toBe(true);
+  });
+
   test("sizes accept k suffixes and refuse anything else with one sentence", () => {
     expect(parseSizeList("seqlen", "512, 1k,16K", 1 << 20)).toEqual([512, 1024, 16384]);
     expect(usageError(() => parseSizeList("seqlen", "1.5k", 1 << 20))).toContain('"1.5k" is not a whole number');
@@ -214,6 +233,8 @@ describe("bench flags", () => {
     expect(usageError(() => parseBenchOptions({ warmup: "-1" }))).toContain("--warmup");
     expect(usageError(() => parseBenchOptions({ chart: "out.png" }))).toContain("name a .svg file");
     expect(usageError(() => parseBenchOptions({ seqlen: "abc" }))).toContain("--seqlen");
+    expect(parseBenchOptions({ deterministic: true }).overrides.deterministic).toBe(true);
+    expect(parseBenchOptions({}).overrides.deterministic).toBeUndefined();
   });
 
   test("the fa preset's worst case fits the 8-minute window", () => {
