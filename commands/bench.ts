@@ -136,7 +136,7 @@ export function parseBenchOptions(raw: RawBenchOptions): BenchPlan {
     causal: raw.causal,
     dtype: raw.dtype,
     direction: raw.direction,
-    deterministic: raw.deterministic === true ? true : undefined,
+    deterministic: raw.deterministic,
   };
   // Check the sweep flags now, against any preset: a typo fails before a library is even loaded.
   applyOverrides(presets.quick, overrides);

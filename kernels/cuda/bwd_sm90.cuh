@@ -245,7 +245,7 @@ __device__ __forceinline__ void bwd_sm90_epilogue(const AttnArgs& a, const SeqIn
 }
 
 // Warpgroups 1 and 2: keys [64 cw, 64 cw + 64) of every key block of this CTA. dK and dV (64 x D each) stay in
-// registers over the block's steps; each step runs the five products and adds its share of dQ to dq_accum.
+// registers over the block's steps; each step runs the five products and stores its share of dQ into the dQ tile.
 template <typename T, typename Tile>
 __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned char* smem, const SeqInfo& s, int hk,
                                                   int b, int wg, int warp, int g, int t) {
