@@ -40,26 +40,19 @@ __device__ __forceinline__ int64_t tensor_offset(const DevTensor& t, const AttnA
 
 // Launches kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent launch when `programmatic`
 // (sm_90: the kernel's CTAs may be scheduled before the previous grid on the stream has finished; the kernel must
-// call wait_for_previous_grid before it touches memory that grid may write or read), in clusters of `cluster_z`
-// consecutive CTAs along z when that is above 1 (sm_90).
+// call wait_for_previous_grid before it touches memory that grid may write or read).
 template <typename... Params, typename... Args>
 gpuError_t launch_maybe_programmatic(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, gpuStream_t stream,
-                                     bool programmatic, int cluster_z, Args&&... args) {
+                                     bool programmatic, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute attrs[2];
-  config.attrs = attrs;
-  if (programmatic) {
-    attrs[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[config.numAttrs++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (cluster_z > 1) {
-    attrs[config.numAttrs].id = cudaLaunchAttributeClusterDimension;
-    attrs[config.numAttrs++].val.clusterDim = {1, 1, static_cast<unsigned>(cluster_z)};
-  }
+  cudaLaunchAttribute overlap[1];
+  overlap[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap[0].val.programmaticStreamSerializationAllowed = 1;
+  if (programmatic) config.attrs = overlap, config.numAttrs = 1;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 

@@ -12,9 +12,7 @@
 //   - A STAGES-deep cp.async ring of K and V blocks (BN = 16 NW keys each) keeps several blocks in flight per CTA;
 //     split-KV spreads a sequence over enough CTAs to fill the GPU, each split an even share of the key blocks
 //     (combine_kernel of combine.cuh merges them, launched so that it waits for this grid on the GPU rather than
-//     behind it in the stream; on sm_90 this grid is launched the same way after the previous one). On sm_90, where
-//     a sequence has at most kMaxClusterSplits splits, its splits form one thread-block cluster instead and merge
-//     through distributed shared memory (decode_cluster_merge): no fp32 partials in global memory, no second kernel.
+//     behind it in the stream; on sm_90 this grid is launched the same way after the previous one).
 //     (One bulk copy per key row, issued by a producer warp on the TMA engine, was measured at 0.6x of this ring:
 //     docs/perf-cuda.md.)
 // The tiles are swizzled whole 128-byte lines where the head dim allows (tile.cuh SwizzledRows), so each cp.async
@@ -39,8 +37,6 @@
 // then  M = max_w m_w,  L = sum_w l_w 2^(m_w - M),  O = sum_w 2^(m_w - M) O_w / L,  LSE = (M + log2 L) ln 2.
 #pragma once
 
-#include <atomic>
-
 #include "../gpu/kvcache_view.cuh"
 #include "attn.cuh"
 #include "combine.cuh"
@@ -53,12 +49,8 @@ namespace fa::tc {
 struct DecodeArgs {
   AttnArgs a;
   KvCacheView kv;
-  int rows;           // packed rows per (sequence, KV head): seqlen_q x group
-  bool cluster_merge;  // sm_90: the a.num_splits CTAs of a (row block, KV head, sequence) are one cluster and merge there
+  int rows;  // packed rows per (sequence, KV head): seqlen_q x group
 };
-
-// The largest cluster the merge uses: 16 CTAs (non-portable; sm_90 schedules them, 8 is the portable limit).
-constexpr int kMaxClusterSplits = 16;
 
 // ELEM: bytes per input element (2, or 1 for fp8). An fp8 stage is half the bytes of a 16-bit one, so fp8 keeps one
 // more block in flight at head dims up to 128 (still two CTAs per H100 SM at 128: 109,056 bytes each) and as many at
@@ -86,9 +78,6 @@ struct DecodeTile {
   static constexpr size_t ring_bytes() { return static_cast<size_t>(kFp8 ? 1 : STAGES) * 2 * BN * LD * kTileElem + staging_bytes(); }
   // The epilogue reuses the ring for the warps' fp32 partial O (NW x BM x D) and their row max / sum.
   static constexpr size_t merge_bytes() { return static_cast<size_t>(NW) * BM * (D + 2) * sizeof(float); }
-  // A cluster merge keeps the CTA's merged rows after that: BM LSEs, then BM x D normalised O (decode_cluster_merge).
-  static constexpr size_t cluster_part_bytes() { return static_cast<size_t>(BM) * (D + 1) * sizeof(float); }
-  static_assert(merge_bytes() + cluster_part_bytes() <= ring_bytes(), "the merges fit in the ring they reuse");
   static constexpr size_t smem_bytes() {
     return static_cast<size_t>(BM) * LD * kTileElem + (ring_bytes() > merge_bytes() ? ring_bytes() : merge_bytes());
   }
@@ -256,11 +245,10 @@ __device__ __forceinline__ void decode_block(DecodeWarpState<Tile>& st, const At
 // The warps' merge and the store, by NTHREADS threads (t: this thread's index) after the ring's last read: each warp
 // publishes its rows' max (log2 units), sum and unnormalised O in fp32 over `scratch` (the ring), then
 //   M = max_w m_w,  L = sum_w l_w 2^(m_w - M),  O = sum_w 2^(m_w - M) O_w / L,  LSE = (M + log2 L) ln 2,
-// written to o / lse, or to the split's fp32 partials: in global memory, or (cluster_part non-null) in this CTA's
-// shared memory for decode_cluster_merge. sync(): a barrier over the NTHREADS threads.
+// written to o / lse, or to the split's fp32 partials. sync(): a barrier over the NTHREADS threads.
 template <typename O, typename Tile, int NTHREADS, typename Sync>
 __device__ __forceinline__ void decode_merge_store(const DecodeWarpState<Tile>& st, const AttnArgs& a, const DecodeCta<Tile>& cta,
-                                                   void* scratch, float* cluster_part, int warp, int lane, int t, Sync&& sync) {
+                                                   void* scratch, int warp, int lane, int t, Sync&& sync) {
   constexpr int D = Tile::D, BM = Tile::BM, MF = Tile::MF, NW = Tile::NW;
   float* m_part = static_cast<float*>(scratch);  // [NW][BM]
   float* l_part = m_part + NW * BM;              // [NW][BM]
@@ -308,14 +296,6 @@ __device__ __forceinline__ void decode_merge_store(const DecodeWarpState<Tile>& 
       for (int w = 0; w < NW; ++w) acc += weight[w] * o_part[(w * BM + r) * D + col + x];
       out[x] = acc * inv;
     }
-    if (cluster_part != nullptr) {  // every split's LSE (the merge weighs by it) and O, in this CTA's shared memory
-      if (col == 0) cluster_part[r] = row_lse(mx, l, false);
-      if (col >= a.head_dim) continue;
-      float4* dst = reinterpret_cast<float4*>(cluster_part + BM + r * D + col);
-      dst[0] = make_float4(out[0], out[1], out[2], out[3]);
-      dst[1] = make_float4(out[4], out[5], out[6], out[7]);
-      continue;
-    }
     const int64_t lrow = (static_cast<int64_t>(cta.b) * a.heads_q + h) * a.seqlen_q + i;
     if (col == 0) {
       float* lse_out = direct ? a.lse : a.lse_part + static_cast<int64_t>(cta.split) * a.lse_rows;
@@ -334,85 +314,6 @@ __device__ __forceinline__ void decode_merge_store(const DecodeWarpState<Tile>& 
       dst[0] = make_float4(out[0], out[1], out[2], out[3]);
       dst[1] = make_float4(out[4], out[5], out[6], out[7]);
     }
-  }
-}
-
-// ---- the cluster merge (sm_90) --------------------------------------------------------------------------------------
-
-// Thread-block cluster primitives: a barrier over the cluster's CTAs (release / acquire: shared-memory writes before
-// it are seen by every CTA after it), and loads from CTA `rank`'s copy of a shared-memory variable.
-__device__ __forceinline__ void cluster_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ uint32_t cluster_peer(const void* p, int rank) {
-  uint32_t addr = smem_addr(p);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("mapa.shared::cluster.u32 %0, %0, %1;\n" : "+r"(addr) : "r"(rank));
-#endif
-  return addr;
-}
-__device__ __forceinline__ float ld_cluster(uint32_t addr) {
-  float v = 0.f;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(addr) : "memory");
-#endif
-  return v;
-}
-__device__ __forceinline__ float4 ld_cluster4(uint32_t addr) {
-  float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr) : "memory");
-#endif
-  return v;
-}
-
-// The splits' merge inside their cluster (rank = split: the cluster spans the a.num_splits consecutive z of one
-// sequence), after every CTA left its rows in `part` (decode_merge_store) and a cluster barrier. As the combine kernel:
-//   LSE = log sum_s exp(LSE_s),   O = sum_s exp(LSE_s - LSE) O_s
-// (a split that saw no key has LSE_s = -inf, O_s = 0; a row that no split saw gets O = 0 and LSE = +inf). The CTAs
-// share the rows' 8-column chunks (chunk c to rank c % n), and each thread loads its chunk's LSEs and partials from
-// all n peers at once: one round trip over distributed shared memory.
-template <typename O, typename Tile, int NTHREADS>
-__device__ __forceinline__ void decode_cluster_merge(const AttnArgs& a, const DecodeCta<Tile>& cta, const float* part, int t) {
-  constexpr int D = Tile::D, BM = Tile::BM, kChunksPerRow = D / 8;
-  const int n = a.num_splits;
-  for (int c = t * n + cta.split; c < cta.rows * kChunksPerRow; c += NTHREADS * n) {
-    const int r = c / kChunksPerRow, col = (c % kChunksPerRow) * 8;
-    if (col >= a.head_dim) continue;
-    float lse[kMaxClusterSplits];
-    float4 x[kMaxClusterSplits][2];
-#pragma unroll
-    for (int s = 0; s < kMaxClusterSplits; ++s) {
-      if (s >= n) break;
-      lse[s] = ld_cluster(cluster_peer(part + r, s));
-      const uint32_t o_s = cluster_peer(part + BM + r * D + col, s);
-      x[s][0] = ld_cluster4(o_s), x[s][1] = ld_cluster4(o_s + 16);
-    }
-    float mx = -INFINITY;
-#pragma unroll
-    for (int s = 0; s < kMaxClusterSplits; ++s)
-      if (s < n) mx = fmaxf(mx, lse[s]);
-    float sum = 0.f, acc[8] = {};
-#pragma unroll
-    for (int s = 0; s < kMaxClusterSplits; ++s) {
-      if (s >= n) break;
-      const float w = mx == -INFINITY ? 0.f : fast_exp2((lse[s] - mx) * kLog2e);
-      sum += w;
-      acc[0] += w * x[s][0].x, acc[1] += w * x[s][0].y, acc[2] += w * x[s][0].z, acc[3] += w * x[s][0].w;
-      acc[4] += w * x[s][1].x, acc[5] += w * x[s][1].y, acc[6] += w * x[s][1].z, acc[7] += w * x[s][1].w;
-    }
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    const int row = cta.r0 + r, i = row / a.group, h = cta.hk * a.group + row % a.group;
-    if (col == 0 && a.lse != nullptr)
-      a.lse[(static_cast<int64_t>(cta.b) * a.heads_q + h) * a.seqlen_q + i] = mx == -INFINITY ? INFINITY : mx + __logf(sum);
-    uint4 packed;
-    packed.x = pack2<O>(acc[0] * inv, acc[1] * inv), packed.y = pack2<O>(acc[2] * inv, acc[3] * inv);
-    packed.z = pack2<O>(acc[4] * inv, acc[5] * inv), packed.w = pack2<O>(acc[6] * inv, acc[7] * inv);
-    O* o = static_cast<O*>(a.o.data) + static_cast<int64_t>(cta.b) * a.o.batch_stride + static_cast<int64_t>(i) * a.o.row_stride +
-           static_cast<int64_t>(h) * a.o.head_stride + col;
-    *reinterpret_cast<uint4*>(o) = packed;
   }
 }
 
@@ -498,28 +399,18 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
 
   cp_async_wait<0>();
   __syncthreads();  // every warp is done with the ring the merge writes over
-  // A cluster merge keeps this CTA's rows behind the warps' merge scratch in the ring.
-  float* cluster_part = args.cluster_merge ? reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(ring) + Tile::merge_bytes()) : nullptr;
-  decode_merge_store<O, Tile, Tile::kThreads>(st, a, cta, ring, cluster_part, warp, lane, threadIdx.x, [] { __syncthreads(); });
-  if (args.cluster_merge) {
-    cluster_sync();  // every split's rows are in its shared memory
-    decode_cluster_merge<O, Tile, Tile::kThreads>(a, cta, cluster_part, threadIdx.x);
-    cluster_sync();  // no CTA leaves while its peers still read its rows
-  }
+  decode_merge_store<O, Tile, Tile::kThreads>(st, a, cta, ring, warp, lane, threadIdx.x, [] { __syncthreads(); });
 }
 
 // Packed-row fragments per CTA: two when the rows need them and the O accumulators (MF x D / 2 registers per
 // thread) still fit, else one.
 constexpr int decode_max_mf(int d) { return d <= 128 ? 2 : 1; }
 
-// How a decode launch is made (tc_paths.cu decides once): row fragments per CTA, whether it is a programmatic
-// dependent launch of the previous grid on the stream (sm_90), and whether the splits may merge in a cluster (sm_90,
-// 2 to kMaxClusterSplits splits; the launcher takes it where the GPU holds the whole grid as clusters at once, and says
-// so in DecodeArgs::cluster_merge).
+// How a decode launch is made (tc_paths.cu decides once): row fragments per CTA, and whether it is a programmatic
+// dependent launch of the previous grid on the stream (sm_90).
 struct DecodeLaunch {
   int mf;
   bool programmatic;
-  bool cluster_merge;
 };
 
 template <typename T, int D>
@@ -529,48 +420,15 @@ size_t decode_smem_bytes(const DecodeLaunch& l) {
   return DecodeTile<D, 1, sizeof(T)>::smem_bytes();
 }
 
-// Clusters of `size` CTAs of `kernel` (smem bytes of dynamic shared memory each) the GPU holds at once: asked once per
-// device and size (cudaOccupancyMaxActiveClusters) and kept in `known` (the kernel's own table: count + 1, 0 not asked
-// yet), 0 where it cannot say.
-constexpr int kClusterDevices = 64;
-using ResidentClusters = std::atomic<int>[kClusterDevices][kMaxClusterSplits + 1];
-template <typename Kernel>
-int resident_clusters(ResidentClusters& known, Kernel kernel, int threads, size_t smem, int size) {
-  int device = 0;
-  if (size > kMaxClusterSplits || cudaGetDevice(&device) != cudaSuccess || device >= kClusterDevices) return 0;
-  if (const int k = known[device][size].load(std::memory_order_relaxed); k > 0) return k - 1;
-  int count = 0;
-  if (size <= 8 || cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(1, 1, size);
-    config.blockDim = dim3(threads);
-    config.dynamicSmemBytes = smem;
-    cudaLaunchAttribute cluster;
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim = {1, 1, static_cast<unsigned>(size)};
-    config.attrs = &cluster, config.numAttrs = 1;
-    if (cudaOccupancyMaxActiveClusters(&count, kernel, &config) != cudaSuccess) count = 0;
-  }
-  cudaGetLastError();  // a refusal here only means no cluster merge
-  known[device][size].store(count + 1, std::memory_order_relaxed);
-  return count;
-}
-
-// Launches the decode grid. d.cluster_merge: set to whether the splits merge in clusters (l.cluster_merge allowed it
-// and the GPU holds every cluster of the grid at once: a second wave of clusters would cost more than the combine).
 // The output type: the input's, or for fp8 inputs the one out_fp16 names.
 template <typename T, typename Tile>
-gpuError_t launch_decode_tile(DecodeArgs& d, const DecodeLaunch& l, gpuStream_t stream) {
-  static ResidentClusters known;  // the same for either output type: one tile, one shared-memory size
+gpuError_t launch_decode_tile(const DecodeArgs& d, bool programmatic, gpuStream_t stream) {
   auto run = [&](auto kernel) {
     const size_t smem = Tile::smem_bytes();
     gpuError_t err = gpuFuncSetAttribute(kernel, gpuFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != gpuSuccess) return err;
     const dim3 grid(ceil_div(d.rows, Tile::BM), d.a.heads_kv, d.a.batch * d.a.num_splits);
-    const int n = d.a.num_splits;
-    d.cluster_merge = l.cluster_merge && n >= 2 && n <= kMaxClusterSplits &&
-                      static_cast<int64_t>(resident_clusters(known, kernel, Tile::kThreads, smem, n)) * n >= static_cast<int64_t>(grid.x) * grid.y * grid.z;
-    return launch_maybe_programmatic(kernel, grid, dim3(Tile::kThreads), smem, stream, l.programmatic, d.cluster_merge ? n : 1, d);
+    return launch_maybe_programmatic(kernel, grid, dim3(Tile::kThreads), smem, stream, programmatic, d);
   };
   if constexpr (sizeof(T) == 1) return d.a.out_fp16 ? run(decode_kernel<T, half_t, Tile>) : run(decode_kernel<T, bf16_t, Tile>);
   else return run(decode_kernel<T, T, Tile>);
@@ -578,10 +436,10 @@ gpuError_t launch_decode_tile(DecodeArgs& d, const DecodeLaunch& l, gpuStream_t 
 
 // Launches the decode for head dim D (the caller picked D >= head_dim).
 template <typename T, int D>
-gpuError_t launch_decode(DecodeArgs& d, const DecodeLaunch& l, gpuStream_t stream) {
+gpuError_t launch_decode(const DecodeArgs& d, const DecodeLaunch& l, gpuStream_t stream) {
   if constexpr (decode_max_mf(D) >= 2)
-    if (l.mf == 2) return launch_decode_tile<T, DecodeTile<D, 2, sizeof(T)>>(d, l, stream);
-  return launch_decode_tile<T, DecodeTile<D, 1, sizeof(T)>>(d, l, stream);
+    if (l.mf == 2) return launch_decode_tile<T, DecodeTile<D, 2, sizeof(T)>>(d, l.programmatic, stream);
+  return launch_decode_tile<T, DecodeTile<D, 1, sizeof(T)>>(d, l.programmatic, stream);
 }
 
 }  // namespace fa::tc

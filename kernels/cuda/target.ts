@@ -51,9 +51,9 @@ function writeIfChanged(file: string, text: string): void {
   fs.writeFileSync(file, text);
 }
 
-/** The launchers' parameters (tc_paths.cu declares the same): the kernel arguments (decode: the launcher records its cluster choice there), how to launch (row fragments; decode: DecodeLaunch), the stream. */
+/** The launchers' parameters (tc_paths.cu declares the same): the kernel arguments, how to launch (row fragments; decode: DecodeLaunch), the stream. */
 const prefillParams = "const fa::tc::AttnArgs&, int, gpuStream_t";
-const decodeParams = "fa::tc::DecodeArgs&, const fa::tc::DecodeLaunch&, gpuStream_t";
+const decodeParams = "const fa::tc::DecodeArgs&, const fa::tc::DecodeLaunch&, gpuStream_t";
 
 /** One generated unit: a single explicit instantiation of a kernel launcher, compiled with its own -gencode list. */
 function instanceUnit(file: string, what: string, header: string, launcher: string, args: string[], params = prefillParams): CompileUnit {

@@ -21,7 +21,7 @@ namespace fa::tc {
   extern template gpuError_t launch_bwd<T, D>(const AttnArgs&, int, gpuStream_t);
 #include "tc_instances.inc"
 #undef FA_TC_INSTANCE
-#define FA_DECODE_INSTANCE(T, D) extern template gpuError_t launch_decode<T, D>(DecodeArgs&, const DecodeLaunch&, gpuStream_t);
+#define FA_DECODE_INSTANCE(T, D) extern template gpuError_t launch_decode<T, D>(const DecodeArgs&, const DecodeLaunch&, gpuStream_t);
 #include "decode_instances.inc"
 #undef FA_DECODE_INSTANCE
 #define FA_SM90_FWD(T, D) extern template gpuError_t launch_fwd_sm90<T, D>(const AttnArgs&, int, gpuStream_t);
@@ -369,7 +369,7 @@ template <typename T>
 gpuError_t launch_combine_as(const AttnArgs& a, const DeviceCaps& caps, gpuStream_t stream) {
   const int rows_per_cta = kCombineThreads / 32 / merge_warps_per_row(a.num_splits, kCombineThreads / 32);
   const dim3 grid(static_cast<unsigned>((a.lse_rows + rows_per_cta - 1) / rows_per_cta));
-  return launch_maybe_programmatic(combine_kernel<T>, grid, dim3(kCombineThreads), 0, stream, caps.arch >= 90, 1, a);
+  return launch_maybe_programmatic(combine_kernel<T>, grid, dim3(kCombineThreads), 0, stream, caps.arch >= 90, a);
 }
 
 // o is written in the output dtype (fp16 or bf16; fp8 inputs have one of them).
@@ -467,10 +467,9 @@ int tile_d(int32_t dtype, int head_dim) {
 }
 
 // How the decode is launched (decided here once): two row fragments per CTA when the rows need them and the head dim
-// allows (decode_max_mf), else one; on sm_90 as a programmatic dependent launch of the previous grid, with the splits
-// merged in clusters where the launcher can hold them.
+// allows (decode_max_mf), else one; on sm_90 as a programmatic dependent launch of the previous grid.
 DecodeLaunch plan_launch(int d, int rows, const DeviceCaps& caps) {
-  return DecodeLaunch{rows > 16 && decode_max_mf(d) >= 2 ? 2 : 1, caps.arch >= 90, caps.arch >= 90};
+  return DecodeLaunch{rows > 16 && decode_max_mf(d) >= 2 ? 2 : 1, caps.arch >= 90};
 }
 size_t smem_bytes(int32_t dtype, int d, const DecodeLaunch& l) {
   size_t bytes = 0;
@@ -481,7 +480,7 @@ size_t smem_bytes(int32_t dtype, int d, const DecodeLaunch& l) {
   return bytes;
 }
 
-gpuError_t launch(int dtype, int d, DecodeArgs& args, const DecodeLaunch& l, gpuStream_t stream) {
+gpuError_t launch(int dtype, int d, const DecodeArgs& args, const DecodeLaunch& l, gpuStream_t stream) {
 #define FA_DECODE_INSTANCE(T, D) \
   if (dtype == dtype_code<T>() && d == D) return launch_decode<T, D>(args, l, stream);
 #include "decode_instances.inc"
@@ -575,7 +574,7 @@ int32_t run(int32_t dtype, int d, DecodeArgs& args, int requested_splits, int ke
   }
   gpuError_t err = launch(dtype, d, args, l, ctx.stream);
   if (err != gpuSuccess) return vendor_fail(err, "launching the decode kernel");
-  if (a.num_splits > 1 && !args.cluster_merge) {
+  if (a.num_splits > 1) {
     err = launch_combine(a, *ctx.caps, ctx.stream);
     if (err != gpuSuccess) return vendor_fail(err, "launching the split-KV combine kernel");
   }
