@@ -406,25 +406,15 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
 // thread) still fit, else one.
 constexpr int decode_max_mf(int d) { return d <= 128 ? 2 : 1; }
 
-// How a decode launch is made (tc_paths.cu decides once): row fragments per CTA, whether it is a programmatic
-// dependent launch of the previous grid on the stream (sm_90), and whether it is the wide tile (DecodeWideTile).
+// How a decode launch is made (tc_paths.cu decides once): row fragments per CTA, and whether it is a programmatic
+// dependent launch of the previous grid on the stream (sm_90).
 struct DecodeLaunch {
   int mf;
   bool programmatic;
-  bool wide;
 };
-
-// The wide tile: one 16-row fragment, 16-bit head dim 128, 8 warps over 128-key blocks in a 3-stage ring (200 KB of
-// shared memory: one CTA per SM). Where the split count plans one CTA per SM anyway (one token over a contiguous cache),
-// it keeps twice the bytes in flight per SM of the 4-warp tile and halves the barriers per key.
-template <int D, int ELEM>
-constexpr bool kHasWideTile = D == 128 && ELEM == 2;
-using DecodeWideTile = DecodeTile<128, 1, 2, 16, 3, 8>;
 
 template <typename T, int D>
 size_t decode_smem_bytes(const DecodeLaunch& l) {
-  if constexpr (kHasWideTile<D, sizeof(T)>)
-    if (l.wide) return DecodeWideTile::smem_bytes();
   if constexpr (decode_max_mf(D) >= 2)
     if (l.mf == 2) return DecodeTile<D, 2, sizeof(T)>::smem_bytes();
   return DecodeTile<D, 1, sizeof(T)>::smem_bytes();
@@ -447,8 +437,6 @@ gpuError_t launch_decode_tile(const DecodeArgs& d, bool programmatic, gpuStream_
 // Launches the decode for head dim D (the caller picked D >= head_dim).
 template <typename T, int D>
 gpuError_t launch_decode(const DecodeArgs& d, const DecodeLaunch& l, gpuStream_t stream) {
-  if constexpr (kHasWideTile<D, sizeof(T)>)
-    if (l.wide) return launch_decode_tile<T, DecodeWideTile>(d, l.programmatic, stream);
   if constexpr (decode_max_mf(D) >= 2)
     if (l.mf == 2) return launch_decode_tile<T, DecodeTile<D, 2, sizeof(T)>>(d, l.programmatic, stream);
   return launch_decode_tile<T, DecodeTile<D, 1, sizeof(T)>>(d, l.programmatic, stream);

@@ -466,6 +466,11 @@ int tile_d(int32_t dtype, int head_dim) {
   return best;
 }
 
+// How the decode is launched (decided here once): two row fragments per CTA when the rows need them and the head dim
+// allows (decode_max_mf), else one; on sm_90 as a programmatic dependent launch of the previous grid.
+DecodeLaunch plan_launch(int d, int rows, const DeviceCaps& caps) {
+  return DecodeLaunch{rows > 16 && decode_max_mf(d) >= 2 ? 2 : 1, caps.arch >= 90};
+}
 size_t smem_bytes(int32_t dtype, int d, const DecodeLaunch& l) {
   size_t bytes = 0;
 #define FA_DECODE_INSTANCE(T, D) \
@@ -473,25 +478,6 @@ size_t smem_bytes(int32_t dtype, int d, const DecodeLaunch& l) {
 #include "decode_instances.inc"
 #undef FA_DECODE_INSTANCE
   return bytes;
-}
-
-// CTAs per SM the split count plans for. A contiguous cache with nothing appended, whose packed query rows fit one
-// 16-row fragment (one token at GQA up to 16), streams fastest as one CTA per SM (fewer, fuller splits; H100, 16-bit
-// hdim 128, kernel bench in one call: b8 16k-128k +3%, b1 32k-128k +2%, b1 4k +6%, b1 16k -2%). Everything else
-// keeps as many as shared memory holds: paged caches (scattered pages want more CTAs in flight: pages of 16 fell to
-// 1.27-1.61x contiguous with one), the grid that follows an append kernel (1.10x), and more rows per CTA (seqlen_q
-// 8 / 16 at GQA 4 lost 6% / 40% with one). Other head dims and fp8 are not measured with one.
-int per_sm_cap(int32_t dtype, int d, int rows, bool paged, bool appended) {
-  return !is_fp8(dtype) && d == 128 && rows <= 16 && !paged && !appended ? 1 : 0;
-}
-
-// How the decode is launched (decided here once): two row fragments per CTA when the rows need them and the head dim
-// allows (decode_max_mf), else one; on sm_90 as a programmatic dependent launch of the previous grid; the wide tile
-// (DecodeWideTile, 8 warps) where the split count plans one CTA per SM and the GPU gives a block its shared memory.
-DecodeLaunch plan_launch(int32_t dtype, int d, int rows, bool paged, bool appended, const DeviceCaps& caps) {
-  DecodeLaunch l{rows > 16 && decode_max_mf(d) >= 2 ? 2 : 1, caps.arch >= 90, per_sm_cap(dtype, d, rows, paged, appended) == 1};
-  if (l.wide && smem_bytes(dtype, d, l) > caps.smem_per_block_optin) l.wide = false;
-  return l;
 }
 
 gpuError_t launch(int dtype, int d, const DecodeArgs& args, const DecodeLaunch& l, gpuStream_t stream) {
@@ -517,7 +503,7 @@ bool supports_common(int32_t dtype, int head_dim, int rows, const DeviceCaps& ca
     reasons.push_back(format("head_dim %d exceeds the largest instantiated head dim", head_dim));
     return false;
   }
-  const size_t smem = smem_bytes(dtype, d, plan_launch(dtype, d, rows, false, false, caps));
+  const size_t smem = smem_bytes(dtype, d, plan_launch(d, rows, caps));
   if (smem > caps.smem_per_block_optin)
     reasons.push_back(format("head_dim %d needs %zu bytes of shared memory per block, this GPU allows %zu", head_dim, smem,
                              caps.smem_per_block_optin));
@@ -563,15 +549,24 @@ int32_t choose_splits(int requested, int64_t ctas, int batch, int key_capacity, 
   return 1;
 }
 
+// CTAs per SM the split count plans for. A contiguous cache with nothing appended, whose packed query rows fit one
+// 16-row fragment (one token at GQA up to 16), streams fastest as one CTA per SM (fewer, fuller splits; H100, 16-bit
+// hdim 128, kernel bench in one call: b8 16k-128k +3%, b1 32k-128k +2%, b1 4k +6%, b1 16k -2%). Everything else
+// keeps as many as shared memory holds: paged caches (scattered pages want more CTAs in flight: pages of 16 fell to
+// 1.27-1.61x contiguous with one), the grid that follows an append kernel (1.10x), and more rows per CTA (seqlen_q
+// 8 / 16 at GQA 4 lost 6% / 40% with one). Other head dims and fp8 are not measured with one.
+int per_sm_cap(int32_t dtype, int d, int rows, bool paged, bool appended) {
+  return !is_fp8(dtype) && d == 128 && rows <= 16 && !paged && !appended ? 1 : 0;
+}
+
 // Launches the decode kernel (and the combine when split) for resolved arguments.
 int32_t run(int32_t dtype, int d, DecodeArgs& args, int requested_splits, int key_capacity, bool appended, const LaunchContext& ctx) {
   AttnArgs& a = args.a;
-  const bool paged = args.kv.block_table != nullptr;
-  const DecodeLaunch l = plan_launch(dtype, d, args.rows, paged, appended, *ctx.caps);
+  const DecodeLaunch l = plan_launch(d, args.rows, *ctx.caps);
   const int m_blocks = ceil_div(args.rows, 16 * l.mf);
   a.num_splits = choose_splits(requested_splits, static_cast<int64_t>(m_blocks) * a.heads_kv * a.batch, a.batch, key_capacity,
                                smem_bytes(dtype, d, l),
-                               per_sm_cap(dtype, d, args.rows, paged, appended), *ctx.caps);
+                               per_sm_cap(dtype, d, args.rows, args.kv.block_table != nullptr, appended), *ctx.caps);
   if (a.num_splits > 1) {
     a.o_part = static_cast<float*>(ctx.workspace.get(0, sizeof(float) * a.num_splits * a.lse_rows * a.head_dim));
     a.lse_part = static_cast<float*>(ctx.workspace.get(1, sizeof(float) * a.num_splits * a.lse_rows));
@@ -615,7 +610,7 @@ DecodeArgs plain_args(const fa_attn_params& p) {
 
 int32_t plan_splits(const fa_attn_params& p, const DeviceCaps& caps) {
   const int d = tile_d(p.dtype, p.head_dim);
-  const DecodeLaunch l = plan_launch(p.dtype, d, packed_rows(p), false, false, caps);
+  const DecodeLaunch l = plan_launch(d, packed_rows(p), caps);
   const int64_t ctas = static_cast<int64_t>(ceil_div(packed_rows(p), 16 * l.mf)) * p.heads_kv * p.batch;
   return choose_splits(p.num_splits, ctas, p.batch, p.seqlen_k, smem_bytes(p.dtype, d, l), per_sm_cap(p.dtype, d, packed_rows(p), false, false),
                        caps);
