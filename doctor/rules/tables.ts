@@ -111,4 +111,4 @@ export const torchIndexUrl = (index: string) => `https://download.pytorch.org/wh
  * The code `bun kernels/build.ts cuda` puts in libflashattn_cuda (kernels/cuda/target.ts's -gencode targets; a test
  * holds the two together). A fix may say "rebuild" only for a GPU this covers: the build takes no list of targets.
  */
-export const cudaBuildTargets = ["sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_90a", "compute_90"];
+export const cudaBuildTargets = ["sm_75", "sm_80", "sm_89", "sm_90", "sm_90a", "compute_90"];

@@ -4,7 +4,7 @@
 // The tensor-core kernels are instantiated once per (dtype, head dim): this file writes one small .cu per
 // instantiation into build/gen/cuda/ (so they compile in parallel) plus tc_instances.inc, decode_instances.inc and
 // sm90_instances.inc, the X-macro lists that tc_paths.cu expands into extern declarations and the dispatch tables, and wgmma_ops.inc
-// (the Hopper matrix instructions, one wrapper per shape). The mma.sync kernels are built for sm_80..sm_90 (+PTX),
+// (the Hopper matrix instructions, one wrapper per shape). The mma.sync kernels are built for sm_80 and sm_90 (+PTX; the fp8 decode also sm_89),
 // the wgmma kernels for sm_90a alone. Files are rewritten only when their text
 // changes, so the incremental build keeps its objects.
 import fs from "node:fs";
@@ -21,14 +21,19 @@ const dtypes = [
   { name: "fp16", cxx: "fa::half_t" },
   { name: "bf16", cxx: "fa::bf16_t" },
 ];
-/** SASS for Ampere, Ampere consumer, Ada and Hopper, plus compute_90 PTX that newer GPUs JIT-compile. */
-const sass = ["80", "86", "89", "90"];
+/** SASS for Ampere and Hopper, plus compute_90 PTX that newer GPUs JIT-compile. sm_80 SASS runs on every 8.x GPU
+ *  (A10 / RTX 30 at 8.6, L4 / RTX 40 at 8.9), as flash-attn 2 ships it: nothing here is tuned for 8.6 or 8.9 at
+ *  compile time (shared memory limits are checked at run time), and each extra target costs every unit one more
+ *  front-end and ptxas pass (with sm_86 and sm_89 SASS the clean build took 6–7 minutes on 2 cores, without 4). */
+const sass = ["80", "90"];
 const gencode = [...sass.map((sm) => `-gencode=arch=compute_${sm},code=sm_${sm}`), "-gencode=arch=compute_90,code=compute_90"];
+/** Ada (sm_89) converts fp8 with cvt instructions (fp8.cuh): the fp8 decode units carry sm_89 SASS for L4 / RTX 40. */
+const ada = ["-gencode=arch=compute_89,code=sm_89"];
 /** Turing (T4, RTX 20xx) machine code for the units that can run there: the portable and naive kernels. */
 const turing = ["-gencode=arch=compute_75,code=sm_75"];
 /** Hopper's arch-specific target (wgmma, setmaxnreg): the sm_90a kernels run on sm_90 GPUs only, so they get no PTX. */
 const hopper = ["-gencode=arch=compute_90a,code=sm_90a"];
-const archList = [`"sm_75"`, ...sass.map((sm) => `"sm_${sm}"`), `"sm_90a"`, `"compute_90"`].join(",");
+const archList = [`"sm_75"`, `"sm_80"`, `"sm_89"`, `"sm_90"`, `"sm_90a"`, `"compute_90"`].join(",");
 /** Head dims of the Hopper kernels: multiples of 64 (whole 128-byte swizzle rows). The backward keeps dK and dV of
  *  64 keys per warpgroup in registers, which fits up to head dim 128. */
 const sm90FwdHeadDims = [64, 128, 192, 256];
@@ -91,7 +96,7 @@ function generateInstances(): CompileUnit[] {
     for (const t of fp8Dtypes) {
       decodeList.push(`FA_DECODE_INSTANCE(${t.cxx}, ${d})`);
       const what = `the decode / KV-cache kernel for ${t.name} (fp16 or bf16 output), head dim ${d}`;
-      units.push(instanceUnit(`decode_hdim${d}_${t.name}.cu`, what, "decode.cuh", `fa::tc::launch_decode<${t.cxx}, ${d}>`, gencode, decodeParams));
+      units.push(instanceUnit(`decode_hdim${d}_${t.name}.cu`, what, "decode.cuh", `fa::tc::launch_decode<${t.cxx}, ${d}>`, [...gencode, ...ada], decodeParams));
     }
   }
   const hopperList: string[] = [];
