@@ -49,7 +49,24 @@ namespace fa::tc {
 struct DecodeArgs {
   AttnArgs a;
   KvCacheView kv;
-  int rows;  // packed rows per (sequence, KV head): seqlen_q x group
+  int rows;            // packed rows per (sequence, KV head): seqlen_q x group
+  bool kv_evict_first;  // K / V lines enter the L2 as the first to evict (tc_paths.cu decides; KvCopy, 16-bit only)
+};
+
+// How a 16-byte chunk of K or V is copied: plainly, or with the L2 evict-first policy. The K / V of a decode step are
+// read once, so a stream about the L2's size need not displace (and force the write-back of) what the L2 holds.
+// kMayEvict: whether the kernel has the second form at all (the 16-bit kernels; fp8 streams are not measured with it,
+// and each form costs every decode unit compile time).
+template <bool kMayEvict>
+struct KvCopy {
+  bool evict_first;
+  uint64_t policy;
+  __device__ __forceinline__ explicit KvCopy(bool evict)
+      : evict_first(kMayEvict && evict), policy(kMayEvict && evict ? l2_evict_first_policy() : 0) {}
+  __device__ __forceinline__ void operator()(void* smem, const void* gmem, bool valid) const {
+    if (kMayEvict && evict_first) cp_async_16(smem, gmem, valid, policy);
+    else cp_async_16(smem, gmem, valid);
+  }
 };
 
 // ELEM: bytes per input element (2, or 1 for fp8). An fp8 stage is half the bytes of a 16-bit one, so fp8 keeps one
@@ -89,9 +106,9 @@ struct DecodeTile {
 // A key's place in the cache (page lookup, 64-bit offsets) costs more than its copy, so it is worked out once per
 // key for K and V together, and once per tile when the tile lies in one page (every contiguous cache, and paged
 // caches whose pages hold whole tiles); each thread then keeps one 16-byte column of rows a pass apart.
-template <int ROWS, int D, typename L, int NTHREADS, typename T>
+template <int ROWS, int D, typename L, int NTHREADS, typename T, typename Copy>
 __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTensor& k, const DevTensor& v, const KvCacheView& kv,
-                                                    int b, int hk, int n0, int keys, int head_dim) {
+                                                    int b, int hk, int n0, int keys, int head_dim, const Copy& copy) {
   constexpr int kChunk = 16 / sizeof(T);  // elements per 16-byte chunk
   constexpr int kChunksPerRow = D / kChunk;
   const T* kbase = static_cast<const T*>(k.data);
@@ -107,8 +124,8 @@ __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTenso
 #pragma unroll
       for (int r = r0; r < ROWS; r += kRowsPerPass) {
         const bool valid = col_ok && n0 + r < keys;
-        cp_async_16(sk + L::at(r, col), valid ? krow + r * k.row_stride : kbase, valid);
-        cp_async_16(sv + L::at(r, col), valid ? vrow + r * v.row_stride : vbase, valid);
+        copy(sk + L::at(r, col), valid ? krow + r * k.row_stride : kbase, valid);
+        copy(sv + L::at(r, col), valid ? vrow + r * v.row_stride : vbase, valid);
       }
     } else {  // small pages: each key's page once for K and V, in 32-bit arithmetic
       const int32_t* pages = kv.block_table + static_cast<int64_t>(b) * kv.max_blocks;
@@ -119,8 +136,8 @@ __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTenso
         const int64_t page = valid ? pages[token / kv.page_size] : 0, row = token % kv.page_size;
         const T* ksrc = kbase + page * k.batch_stride + row * k.row_stride + static_cast<int64_t>(hk) * k.head_stride + col;
         const T* vsrc = vbase + page * v.batch_stride + row * v.row_stride + static_cast<int64_t>(hk) * v.head_stride + col;
-        cp_async_16(sk + L::at(r, col), valid ? ksrc : kbase, valid);
-        cp_async_16(sv + L::at(r, col), valid ? vsrc : vbase, valid);
+        copy(sk + L::at(r, col), valid ? ksrc : kbase, valid);
+        copy(sv + L::at(r, col), valid ? vsrc : vbase, valid);
       }
     }
   } else {  // head dims whose 16-byte chunks do not divide the threads (96, 192): chunk by chunk
@@ -130,8 +147,8 @@ __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTenso
       const bool valid = n0 + r < keys && col < head_dim;
       const T* ksrc = valid ? kbase + kv.offset(k.batch_stride, k.row_stride, k.head_stride, b, n0 + r, hk) + col : kbase;
       const T* vsrc = valid ? vbase + kv.offset(v.batch_stride, v.row_stride, v.head_stride, b, n0 + r, hk) + col : vbase;
-      cp_async_16(sk + L::at(r, col), ksrc, valid);
-      cp_async_16(sv + L::at(r, col), vsrc, valid);
+      copy(sk + L::at(r, col), ksrc, valid);
+      copy(sv + L::at(r, col), vsrc, valid);
     }
   }
 }
@@ -353,6 +370,7 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
   if constexpr (kFp8) cp_async_commit();
 
   const int n_blocks = cta.blocks.hi - cta.blocks.lo;
+  const KvCopy<!kFp8> copy(args.kv_evict_first);
   auto stage_k = [&](int it) { return ring + (it % STAGES) * 2 * BN * LD; };                       // 16-bit
   auto stage_bytes = [&](int it) { return staging + static_cast<size_t>(it % STAGES) * 2 * BN * D; };  // fp8
   auto load_block = [&](int it) {
@@ -360,10 +378,10 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
       const int n0 = (cta.blocks.lo + it) * BN;
       if constexpr (kFp8) {
         T* sk = reinterpret_cast<T*>(stage_bytes(it));
-        load_kv_block_async<BN, D, StridedRows<D>, Tile::kThreads>(sk, sk + BN * D, a.k, a.v, kv, cta.b, cta.hk, n0, cta.s.sk, a.head_dim);
+        load_kv_block_async<BN, D, StridedRows<D>, Tile::kThreads>(sk, sk + BN * D, a.k, a.v, kv, cta.b, cta.hk, n0, cta.s.sk, a.head_dim, copy);
       } else {
         load_kv_block_async<BN, D, typename Tile::Layout, Tile::kThreads>(stage_k(it), stage_k(it) + BN * LD, a.k, a.v, kv, cta.b, cta.hk, n0,
-                                                                          cta.s.sk, a.head_dim);
+                                                                          cta.s.sk, a.head_dim, copy);
       }
     }
     cp_async_commit();  // an empty group keeps the wait count uniform
