@@ -4,7 +4,7 @@
 #
 #   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | tma-layout | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | verify-fp8-decode | sanitize | sanitize-fp8 | racecheck-fp8 |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
-#          profile | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
+#          profile | profile-det | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/device/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -101,6 +101,13 @@ for s in "$@"; do
           --section SourceCounters python3 scripts/perf/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --warmup 1 --iters 1 --no-cudnn
       done
       for obj in build/obj/cuda/*sm90_hdim128_bf16*.o; do cuobjdump -sass "$obj" > "$LOGS/$(basename "$obj" .cu.o).sass" 2>&1; done ;;
+    profile-det)  # the hdim-128 backward at 8k, deterministic and not: time, L2 hit rate, DRAM bytes (the deterministic cost, docs/perf-cuda.md)
+      for mode in "" "--deterministic"; do
+        step "ncu-bwd128${mode:+-det}" 200 ncu --clock-control none --kernel-name "regex:bwd_sm90" --launch-skip 1 --launch-count 1 \
+          --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+          --metrics lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
+          python3 scripts/perf/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --directions bwd --warmup 1 --iters 1 --no-sdpa $mode
+      done ;;
     profile-decode)  # launch shape, occupancy, stalls of ours and both baselines' decode kernels at b1 32k (32 / 8 heads, hdim 128)
       step ncu-decode 300 ncu --clock-control none --kernel-name-base demangled --kernel-name "regex:decode|combine|flash|sdpa|cudnn|fmha" \
         --launch-count 12 --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
