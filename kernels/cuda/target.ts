@@ -33,7 +33,16 @@ const ada = ["-gencode=arch=compute_89,code=sm_89"];
 const turing = ["-gencode=arch=compute_75,code=sm_75"];
 /** Hopper's arch-specific target (wgmma, setmaxnreg): the sm_90a kernels run on sm_90 GPUs only, so they get no PTX. */
 const hopper = ["-gencode=arch=compute_90a,code=sm_90a"];
-const archList = [`"sm_75"`, `"sm_80"`, `"sm_89"`, `"sm_90"`, `"sm_90a"`, `"compute_90"`].join(",");
+/** Every target the -gencode lists above make (what the library reports it was built for), ordered by architecture:
+ *  sm_75, sm_80, sm_89, sm_90, sm_90a, compute_90. */
+const archList = [...new Set([...turing, ...gencode, ...ada, ...hopper].map((flag) => /,code=(\w+)/.exec(flag)![1]))]
+  .sort((x, y) => {
+    const key = (t: string) => [parseInt(t.replace(/\D/g, ""), 10), t.startsWith("compute") ? 1 : 0, t.endsWith("a") ? 1 : 0];
+    const [a, b] = [key(x), key(y)];
+    return a[0] - b[0] || a[1] - b[1] || a[2] - b[2];
+  })
+  .map((t) => `"${t}"`)
+  .join(",");
 /** Head dims of the Hopper kernels: multiples of 64 (whole 128-byte swizzle rows). The backward keeps dK and dV of
  *  64 keys per warpgroup in registers, which fits up to head dim 128. */
 const sm90FwdHeadDims = [64, 128, 192, 256];
