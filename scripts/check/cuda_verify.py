@@ -260,6 +260,11 @@ def grid(quick):
     for d in (64, 128):
         add(f"deterministic-blocks-per-cta-hdim{d}", deterministic=True, batch=4, sq=700, sk=2200, h=16, hk=16, d=d,
             causal=d == 64)
+    # the deterministic backward where the key blocks that see a query block start late (window), with per-sequence
+    # lengths (varlen) and with query blocks that no key block sees (causal, sq > sk)
+    add("deterministic-window", deterministic=True, batch=2, sq=700, sk=2200, h=8, hk=4, d=128, window=(300, 40))
+    add("deterministic-varlen", deterministic=True, varlen=True, batch=4, sq=600, sk=900, h=8, hk=8, d=64, causal=True)
+    add("deterministic-causal-sq>sk", deterministic=True, batch=2, sq=1000, sk=300, h=8, hk=8, d=128, causal=True)
     add("fp16-hdim256-long", dtype="fp16", d=256, sq=700, sk=900, causal=True)
     # more tiles than SMs: the persistent hdim-64 forward (tile counter, Q ring, tiles that skip) on an H100 / H200
     add("persistent-small", batch=1, sq=128, sk=256, h=136, hk=8, causal=True)  # 136 tiles: racecheck-sized
