@@ -57,10 +57,7 @@ struct AttnArgs {
   float* lse2;
   float* dsum;
   float* dq_accum;
-  // Deterministic mode, mma.sync backward: each CTA owns dq_accum slice blockIdx.x and adds without atomics. Hopper
-  // backward: one dq_accum, and dq_turns (one int per lse row, zeroed) orders the additions to each row by key block.
-  int deterministic;
-  int* dq_turns;
+  int deterministic;             // 1: each CTA owns dq_accum slice blockIdx.x and adds without atomics
   int64_t lse_rows;              // batch * heads_q * seqlen_q (padded) or heads_q * total_q (varlen)
   // fp8 forward: q, k, v are fp8 numbers times these factors, and o is written in fp16 (out_fp16) or bf16
   DevDescale q_descale, k_descale, v_descale;

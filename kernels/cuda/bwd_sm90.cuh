@@ -109,8 +109,8 @@ struct Sm90BwdShared {
 
 // ---- schedule -----------------------------------------------------------------------------------------------------
 
-// Deterministic mode runs fewer CTAs than key blocks, each looping over its own (nb = blockIdx.x, + gridDim.x, ...)
-// and adding dQ rows in turn (bwd_sm90_dq_writer); otherwise one iteration. Per key block, the steps are the (query head of the GQA group, query block) pairs that
+// Deterministic mode runs fewer CTAs than key blocks, each looping over its own (nb = blockIdx.x, + gridDim.x, ...);
+// otherwise one iteration. Per key block, the steps are the (query head of the GQA group, query block) pairs that
 // can see it, heads slowest. Both roles walk the same (key block, step) sequence; `ring` counts the steps over all key
 // blocks (slot ring & 1).
 struct Sm90BwdSteps {
@@ -159,56 +159,29 @@ __device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90Bwd
   }
 }
 
-// The first key block (of BN keys) whose steps include query block `qblock` (of BM rows), given that key block nb's
-// do: the key blocks that see a query block are contiguous (the masks are bands), so a binary search over [0, nb].
-__device__ __forceinline__ int first_key_block_seeing(const AttnArgs& a, const SeqInfo& s, int qblock, int nb, int bn, int bm) {
-  int lo = 0, hi = nb;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    const QueryBlocks qb = visible_query_blocks(a, s, mid * bn, bn, bm);
-    if (qblock >= qb.first && qblock < qb.first + qb.count) hi = mid;
-    else lo = mid + 1;
-  }
-  return lo;
-}
-
 // Warps 2-3 of warpgroup 0: per step, once the consumers have stored the dQ tile, thread r adds its row to dq_accum
-// with one bulk reduction, then releases the tile when the reduction has read it. Deterministic mode adds each row in
-// key-block order: the row's turn counter (a.dq_turns) counts the key blocks that have added to it, so key block nb
-// waits for turn nb - (the first key block that sees the row's query block), adds, waits for its reduction to
-// complete and passes the turn on. No deadlock: a CTA waits only for smaller key blocks of its own (batch, KV head),
-// whose CTAs are consecutive in the grid and no more than the GPU's SMs (tc_paths.cu), so CTAs start in order
-// leave the earliest unfinished (batch, KV head) all resident, and its CTA furthest behind in key-block order can
-// always go on.
+// with one bulk reduction, then releases the tile when the reduction has read it. Deterministic mode waits for the
+// reduction to complete instead: the CTA's slice then sees its rows' additions in step order (the same thread adds
+// the same tile row of every step).
 template <typename T, typename Tile>
 __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s, int hk,
                                                    int b) {
   constexpr int BN = Tile::BN, BM = Tile::BM;
   const int r = threadIdx.x - Tile::kLoaderThreads;
   const uint32_t row_bytes = static_cast<uint32_t>(a.head_dim) * sizeof(float);
+  float* dq_accum = a.dq_accum + (a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows * a.head_dim : 0);
   const float* src = sh.sdQ + r * Tile::kDqLd;
   int ring = 0;
   for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x) {
     const Sm90BwdSteps steps(a, s, nb * BN, BN, BM);
     for (int step = 0; step < steps.count; ++step, ++ring) {
-      const int row0 = steps.row0(step, BM), i = row0 + r;
-      const int64_t lrow = lse_row0(a, s, b, steps.head(a, hk, step)) + i;
-      const int turn = a.deterministic ? nb - first_key_block_seeing(a, s, row0 / BM, nb, BN, BM) : 0;
+      const int i = steps.row0(step, BM) + r;
       mbarrier_wait(sh.dq_full, ring & 1);
       if (i < s.sq) {
-        if (a.deterministic) {
-          wait_for_turn(a.dq_turns + lrow, turn);
-          fence_proxy_async_global();  // the reduction below comes after the previous turn's
-        }
-        bulk_reduce_add_f32(a.dq_accum + lrow * a.head_dim, src, row_bytes);
+        bulk_reduce_add_f32(dq_accum + (lse_row0(a, s, b, steps.head(a, hk, step)) + i) * a.head_dim, src, row_bytes);
         bulk_commit_group();
-        if (a.deterministic) {
-          bulk_wait_group<0>();
-          fence_proxy_async_global();
-          pass_turn(a.dq_turns + lrow);
-        } else {
-          bulk_wait_group_read<0>();
-        }
+        if (a.deterministic) bulk_wait_group<0>();
+        else bulk_wait_group_read<0>();
       }
       mbarrier_arrive(sh.dq_empty);
     }

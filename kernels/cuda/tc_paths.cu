@@ -72,7 +72,6 @@ struct TileInfo {
 // mma.sync m16n8k16 kernels, sm_80 and newer (fwd.cuh / bwd.cuh).
 struct Sm80 {
   static constexpr int kPathId = 10;
-  static constexpr bool kDqTurns = false;  // deterministic backward: one dq_accum slice per CTA (bwd.cuh)
   static TileInfo tile_for(int head_dim) {
     TileInfo best;
 #define FA_TC_INSTANCE(T, D)                                                                                    \
@@ -109,7 +108,6 @@ struct Sm80 {
 // wgmma kernels for sm_90 (H100 / H200), built as sm_90a code (fwd_sm90.cuh / bwd_sm90.cuh).
 struct Sm90 {
   static constexpr int kPathId = 11;
-  static constexpr bool kDqTurns = true;  // deterministic backward: additions ordered by per-row turns (bwd_sm90.cuh)
   static TileInfo tile_for(int head_dim) {
     TileInfo best;
 #define FA_SM90_FWD(T, D) if (dtype_code<T>() == FA_DTYPE_F16) consider_fwd<T, D>(best, head_dim);
@@ -425,15 +423,11 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
   AttnArgs a = make_args(p);
   const TileInfo tile = F::tile_for(p.head_dim);
   const int key_blocks = ceil_div(std::max(p.seqlen_k, 1), tile.bwd_bn);
-  // Deterministic: a bounded number of CTAs per (batch, kv head), each looping over key blocks; the mma.sync kernels
-  // give each its own dq_accum slice, the Hopper kernel orders the additions to one dq_accum (F::kDqTurns).
+  // Deterministic: a bounded number of CTAs per (batch, kv head), each owning one dq_accum slice.
   int grid_keys = key_blocks, slices = 1;
   if (p.deterministic) {
     const int64_t per_head = std::max<int64_t>(1, 2LL * ctx.caps->multiprocessors / (static_cast<int64_t>(p.batch) * p.heads_kv));
-    grid_keys = static_cast<int>(std::min<int64_t>(key_blocks, std::min<int64_t>(per_head, 16)));
-    // Turns: a CTA waits for earlier key blocks of its own (batch, KV head), so all of them must fit on the GPU at once.
-    if (F::kDqTurns) grid_keys = std::min(grid_keys, ctx.caps->multiprocessors);
-    else slices = grid_keys;
+    grid_keys = slices = static_cast<int>(std::min<int64_t>(key_blocks, std::min<int64_t>(per_head, 16)));
   }
   const size_t rows = static_cast<size_t>(a.lse_rows);
   a.dq_accum = static_cast<float*>(ctx.workspace.get(0, sizeof(float) * rows * p.head_dim * slices));
@@ -441,13 +435,7 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
   if (a.dq_accum == nullptr || stats == nullptr) return FA_ERR_OUT_OF_MEMORY;
   a.lse2 = stats;
   a.dsum = stats + rows;
-  gpuError_t err = gpuSuccess;
-  if (p.deterministic && F::kDqTurns) {
-    a.dq_turns = static_cast<int*>(ctx.workspace.get(2, sizeof(int) * rows));
-    if (a.dq_turns == nullptr) return FA_ERR_OUT_OF_MEMORY;
-    err = gpuMemsetAsync(a.dq_turns, 0, sizeof(int) * rows, ctx.stream);
-  }
-  if (err == gpuSuccess) err = gpuMemsetAsync(a.dq_accum, 0, sizeof(float) * rows * p.head_dim * slices, ctx.stream);
+  gpuError_t err = gpuMemsetAsync(a.dq_accum, 0, sizeof(float) * rows * p.head_dim * slices, ctx.stream);
   if (err == gpuSuccess)
     err = p.dtype == FA_DTYPE_F16 ? launch_bwd_aux<F, half_t>(a, grid_keys, tile.bwd_d, slices, ctx.stream)
                                   : launch_bwd_aux<F, bf16_t>(a, grid_keys, tile.bwd_d, slices, ctx.stream);
