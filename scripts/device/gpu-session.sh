@@ -4,7 +4,8 @@
 #
 #   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | tma-layout | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | verify-fp8-decode | sanitize | sanitize-fp8 | racecheck-fp8 |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
-#          profile | profile-det | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset
+#          profile | profile-det | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset |
+#          ab-decode | ab-det  (this build against .gpu/ab.so.xz, another commit's library: scripts/device/ab-lib.sh)
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/device/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -32,6 +33,10 @@ if [ build/libflashattn_cuda.so.xz -nt build/libflashattn_cuda.so ]; then
   xz -dc build/libflashattn_cuda.so.xz > build/libflashattn_cuda.so
 fi
 export PYTHONUNBUFFERED=1
+# The B side of the ab-* steps: another commit's CUDA library (scripts/device/ab-lib.sh), timed against build/'s in the
+# same call, each side twice, alternating.
+AB_LIB=/tmp/flashattn-ab.so
+[ -f .gpu/ab.so.xz ] && xz -dc .gpu/ab.so.xz > "$AB_LIB"
 
 step() { # name, limit (s), command...
   local name=$1 limit=$2
@@ -45,7 +50,8 @@ step() { # name, limit (s), command...
   return $rc
 }
 
-case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" bench-quick "* | *" bench-subset "*) with_bun ;; esac
+case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" bench-quick "* | *" bench-subset "* | *" ab-"*) with_bun ;; esac
+case " $* " in *" ab-"*) [ -f "$AB_LIB" ] || { echo "ab-* steps: no .gpu/ab.so.xz (scripts/device/ab-lib.sh <commit>)" >&2; exit 2; } ;; esac
 
 for s in "$@"; do
   case "$s" in
@@ -135,6 +141,37 @@ for s in "$@"; do
     bench-decode-fast) step bench-decode-fast 300 bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn --max-seconds 200 --save "$LOGS/bench-decode.json" --csv "$LOGS/bench-decode.csv" --chart "$LOGS/bench-decode.svg" ;;
     bench-quick) step bench-quick 200 bun cli.ts bench --preset quick ;;
     bench-subset) step bench-subset 100 bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn --max-seconds 70 --save "$LOGS/bench-subset.json" --chart "$LOGS/bench-subset.svg" ;;
+    # the decode preset (SDPA flash / cuDNN in each run), then the B build's decode checks: cuda_verify, the Bun KV-cache
+    # tests, memcheck of a paged append + rotary whose new keys cross a tile
+    ab-decode)
+      for i in 1 2; do
+        step "ab-decode-a$i" 150 bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn --save "$LOGS/ab-decode-a$i.json"
+        step "ab-decode-b$i" 150 env FLASHATTN_LIB="$AB_LIB" bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn --save "$LOGS/ab-decode-b$i.json"
+      done
+      step ab-verify-decode 120 env FLASHATTN_LIB="$AB_LIB" python3 scripts/check/cuda_verify.py --kernel cuda-decode
+      # the Bun tests load build/'s library: the B one in its place for them, then build/'s back
+      cp build/libflashattn_cuda.so /tmp/flashattn-a.so && cp "$AB_LIB" build/libflashattn_cuda.so
+      step ab-kvcache-tests 200 env NO_COLOR=1 bun test --timeout 120000 test/gpu.test.ts -t kvcache
+      cp /tmp/flashattn-a.so build/libflashattn_cuda.so
+      step ab-memcheck-append 120 env FLASHATTN_LIB="$AB_LIB" compute-sanitizer --tool memcheck --error-exitcode 1 bun cli.ts run --decode \
+        --cache-len 3000 --append 70 --rotary --page-size 16 --batch 3 --heads-q 16 --heads-kv 4 --head-dim 128 --backend cuda --check ;;
+    # the deterministic backward (hdim 64 / 128, 2k / 8k, causal and not) of both builds and the B build's normal one,
+    # then the B build's deterministic cases (bitwise over five runs), its L2 / DRAM counters at hdim 128 8k, memcheck
+    ab-det)
+      for i in 1 2; do
+        for side in a b; do
+          lib=build/libflashattn_cuda.so; [ $side = b ] && lib=$AB_LIB
+          step "ab-det-$side$i" 100 env FLASHATTN_LIB="$lib" bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction bwd \
+            --baselines none --deterministic --save "$LOGS/ab-det-$side$i.json"
+        done
+      done
+      step ab-nondet-b 100 env FLASHATTN_LIB="$AB_LIB" bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction bwd --baselines none --save "$LOGS/ab-nondet-b.json"
+      step ab-verify-det 120 env FLASHATTN_LIB="$AB_LIB" python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --filter determin
+      step ab-ncu-det 120 env FLASHATTN_LIB="$AB_LIB" ncu --clock-control none --kernel-name "regex:bwd_sm90" --launch-skip 1 --launch-count 1 \
+        --metrics lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
+        python3 scripts/perf/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --directions bwd --warmup 1 --iters 1 --no-sdpa --deterministic
+      step ab-memcheck-det 200 env FLASHATTN_LIB="$AB_LIB" compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py \
+        --quick --kernel cuda-wgmma-sm90 --filter determin ;;
     *) echo "unknown step $s" >&2; summary+=("$s: unknown step") ;;
   esac
 done
