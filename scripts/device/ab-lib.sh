@@ -3,6 +3,8 @@
 # into .gpu/ab.so.xz, so one device call can time it against this checkout's build (gpu-session.sh ab-decode, ab-det).
 # The commit must share this checkout's generated headers (build/gen/cuda): same kernels/cuda/target.ts lists.
 # Usage, from the checkout after `npm install`:  bash scripts/device/ab-lib.sh <commit>   (JOBS=n: compile jobs, 2)
+# then (after pack-gpu.sh and `xz -k build/libflashattn_cuda.so`) a device run with carry [".gpu",
+# "build/libflashattn_cuda.so.xz", "build/gen"]:  bash scripts/device/gpu-session.sh ab-det   (or ab-decode)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 commit=$(git rev-parse --verify "${1:?usage: ab-lib.sh <commit>}^{commit}")
