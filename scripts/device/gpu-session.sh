@@ -38,6 +38,15 @@ export PYTHONUNBUFFERED=1
 AB_LIB=/tmp/flashattn-ab.so
 [ -f .gpu/ab.so.xz ] && xz -dc .gpu/ab.so.xz > "$AB_LIB"
 
+# Commands more than one step runs: the decode preset against the fast baselines; the backward sweep of the fa
+# subset without baselines; ncu of the hdim-128 backward at 8k (time, L2 hit rate, DRAM bytes).
+DECODE_BENCH=(bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn)
+BWD_BENCH=(bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction bwd --baselines none)
+NCU_BWD128=(ncu --clock-control none --kernel-name "regex:bwd_sm90" --launch-skip 1 --launch-count 1
+  --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats
+  --metrics lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum
+  python3 scripts/perf/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --directions bwd --warmup 1 --iters 1 --no-sdpa)
+
 step() { # name, limit (s), command...
   local name=$1 limit=$2
   shift 2
@@ -108,12 +117,8 @@ for s in "$@"; do
       done
       for obj in build/obj/cuda/*sm90_hdim128_bf16*.o; do cuobjdump -sass "$obj" > "$LOGS/$(basename "$obj" .cu.o).sass" 2>&1; done ;;
     profile-det)  # the hdim-128 backward at 8k, deterministic and not: time, L2 hit rate, DRAM bytes (the deterministic cost, docs/perf-cuda.md)
-      for mode in "" "--deterministic"; do
-        step "ncu-bwd128${mode:+-det}" 200 ncu --clock-control none --kernel-name "regex:bwd_sm90" --launch-skip 1 --launch-count 1 \
-          --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-          --metrics lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
-          python3 scripts/perf/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --directions bwd --warmup 1 --iters 1 --no-sdpa $mode
-      done ;;
+      step ncu-bwd128 200 "${NCU_BWD128[@]}"
+      step ncu-bwd128-det 200 "${NCU_BWD128[@]}" --deterministic ;;
     profile-decode)  # launch shape, occupancy, stalls of ours and both baselines' decode kernels at b1 32k (32 / 8 heads, hdim 128)
       step ncu-decode 300 ncu --clock-control none --kernel-name-base demangled --kernel-name "regex:decode|combine|flash|sdpa|cudnn|fmha" \
         --launch-count 12 --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
@@ -138,15 +143,15 @@ for s in "$@"; do
     bench-fa) step bench-fa 560 bun cli.ts bench --preset fa --max-seconds 480 --save "$LOGS/bench-fa.json" --chart "$LOGS/bench-fa.svg" ;;
     bench-decode) step bench-decode 400 bun cli.ts bench --preset decode --max-seconds 330 --save "$LOGS/bench-decode.json" --chart "$LOGS/bench-decode.svg" ;;
     # the same cases against the two fast baselines only (naive and SDPA-math take most of the full preset's time)
-    bench-decode-fast) step bench-decode-fast 300 bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn --max-seconds 200 --save "$LOGS/bench-decode.json" --csv "$LOGS/bench-decode.csv" --chart "$LOGS/bench-decode.svg" ;;
+    bench-decode-fast) step bench-decode-fast 300 "${DECODE_BENCH[@]}" --max-seconds 200 --save "$LOGS/bench-decode.json" --csv "$LOGS/bench-decode.csv" --chart "$LOGS/bench-decode.svg" ;;
     bench-quick) step bench-quick 200 bun cli.ts bench --preset quick ;;
     bench-subset) step bench-subset 100 bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn --max-seconds 70 --save "$LOGS/bench-subset.json" --chart "$LOGS/bench-subset.svg" ;;
     # the decode preset (SDPA flash / cuDNN in each run), then the B build's decode checks: cuda_verify, the Bun KV-cache
     # tests, memcheck of a paged append + rotary whose new keys cross a tile
     ab-decode)
       for i in 1 2; do
-        step "ab-decode-a$i" 150 bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn --save "$LOGS/ab-decode-a$i.json"
-        step "ab-decode-b$i" 150 env FLASHATTN_LIB="$AB_LIB" bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn --save "$LOGS/ab-decode-b$i.json"
+        step "ab-decode-a$i" 150 "${DECODE_BENCH[@]}" --save "$LOGS/ab-decode-a$i.json"
+        step "ab-decode-b$i" 150 env FLASHATTN_LIB="$AB_LIB" "${DECODE_BENCH[@]}" --save "$LOGS/ab-decode-b$i.json"
       done
       step ab-verify-decode 120 env FLASHATTN_LIB="$AB_LIB" python3 scripts/check/cuda_verify.py --kernel cuda-decode
       # the Bun tests load build/'s library: the B one in its place for them, then build/'s back
@@ -161,15 +166,12 @@ for s in "$@"; do
       for i in 1 2; do
         for side in a b; do
           lib=build/libflashattn_cuda.so; [ $side = b ] && lib=$AB_LIB
-          step "ab-det-$side$i" 100 env FLASHATTN_LIB="$lib" bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction bwd \
-            --baselines none --deterministic --save "$LOGS/ab-det-$side$i.json"
+          step "ab-det-$side$i" 100 env FLASHATTN_LIB="$lib" "${BWD_BENCH[@]}" --deterministic --save "$LOGS/ab-det-$side$i.json"
         done
       done
-      step ab-nondet-b 100 env FLASHATTN_LIB="$AB_LIB" bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction bwd --baselines none --save "$LOGS/ab-nondet-b.json"
+      step ab-nondet-b 100 env FLASHATTN_LIB="$AB_LIB" "${BWD_BENCH[@]}" --save "$LOGS/ab-nondet-b.json"
       step ab-verify-det 120 env FLASHATTN_LIB="$AB_LIB" python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --filter determin
-      step ab-ncu-det 120 env FLASHATTN_LIB="$AB_LIB" ncu --clock-control none --kernel-name "regex:bwd_sm90" --launch-skip 1 --launch-count 1 \
-        --metrics lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
-        python3 scripts/perf/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --directions bwd --warmup 1 --iters 1 --no-sdpa --deterministic
+      step ab-ncu-det 120 env FLASHATTN_LIB="$AB_LIB" "${NCU_BWD128[@]}" --deterministic
       step ab-memcheck-det 200 env FLASHATTN_LIB="$AB_LIB" compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py \
         --quick --kernel cuda-wgmma-sm90 --filter determin ;;
     *) echo "unknown step $s" >&2; summary+=("$s: unknown step") ;;
