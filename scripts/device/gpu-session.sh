@@ -35,8 +35,10 @@ fi
 export PYTHONUNBUFFERED=1
 # The B side of the ab-* steps: another commit's CUDA library (scripts/device/ab-lib.sh), timed against build/'s in the
 # same call, each side twice, alternating.
+# AB_XZ names it when .gpu/ holds more than one.
 AB_LIB=/tmp/flashattn-ab.so
-[ -f .gpu/ab.so.xz ] && xz -dc .gpu/ab.so.xz > "$AB_LIB"
+AB_XZ=${AB_XZ:-.gpu/ab.so.xz}
+[ -f "$AB_XZ" ] && xz -dc "$AB_XZ" > "$AB_LIB"
 
 # Commands more than one step runs: the decode preset against the fast baselines; the backward sweep of the fa
 # subset without baselines; ncu of the hdim-128 backward at 8k (time, L2 hit rate, DRAM bytes).
@@ -60,7 +62,7 @@ step() { # name, limit (s), command...
 }
 
 case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" bench-quick "* | *" bench-subset "* | *" ab-"*) with_bun ;; esac
-case " $* " in *" ab-"*) [ -f "$AB_LIB" ] || { echo "ab-* steps: no .gpu/ab.so.xz (scripts/device/ab-lib.sh <commit>)" >&2; exit 2; } ;; esac
+case " $* " in *" ab-"*) [ -f "$AB_LIB" ] || { echo "ab-* steps: no $AB_XZ (scripts/device/ab-lib.sh <commit>)" >&2; exit 2; } ;; esac
 
 for s in "$@"; do
   case "$s" in
