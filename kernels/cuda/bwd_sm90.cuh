@@ -1,13 +1,15 @@
 // bwd_sm90.cuh — FlashAttention backward on Hopper's warpgroup tensor cores (wgmma, sm_90a), one instantiation per
-// (dtype, head dim 64 or 128).
+// (dtype, head dim 64, 128 or 256; 192 runs padded to 256).
 //
-// Grid (key blocks, heads_kv, batch), as the mma.sync backward: a CTA owns BN = 128 keys of one kv head and walks
+// Grid (key blocks, heads_kv, batch), as the mma.sync backward: a CTA owns a block of keys of one kv head and walks
 // every (query head of the GQA group, query block of BM = 64 rows) that can see them, so dK / dV of the group are
 // summed in registers and written once. Warp-specialised like the forward: warps 0-1 of warpgroup 0 (the loader) copy
 // K and V of the key block and each step's Q, dO and row statistics into a two-slot ring of 128B-swizzled tiles
 // (wgmma.cuh) guarded by full / empty mbarriers; warps 2-3 (the dQ writer) add each step's dQ tile from shared memory
-// to dq_accum with bulk reductions, one row per thread, so the math warps issue no atomics; warpgroups 1 and 2 (the
-// consumers) own 64 keys each. Per step and consumer:
+// to dq_accum with bulk reductions, one row per thread, so the math warps issue no atomics; warpgroups 1 and 2 are the
+// consumers.
+//
+// Head dim 64 / 128 (row tiles): BN = 128 keys, each consumer owns 64 of them. Per step and consumer:
 //   S^T  = K_w Q^T                 SS, m64 x BM                 P^T = exp2(S^T c - lse2[q])  (0 where masked)
 //   dP^T = V_w dO^T                SS, issued with S^T          dS^T = P^T (dP^T - dsum[q])  (x (1 - tanh^2) softcap)
 //   dV  += P^T dO                  RS, P^T from registers, dO N-major; runs while dS^T is computed
@@ -19,7 +21,17 @@
 //                                  consumer storing 32 columns. dS^T and that exchange are double-buffered by ring
 //                                  slot, so one consumer barrier per step orders them. The dQ tile has one slot: the
 //                                  writer has read it (dq_empty) long before the next step's dQ product ends.
-// Work per step: 5 products of 2 BN BM D flops; exp2 for BN BM scores; BM D fp32 dQ additions per warpgroup.
+// Head dim 256 (split D): dK and dV of 64 keys x 256 columns (2 x 128 fp32 per thread of one warpgroup) do not fit
+// in registers, so BN = 64 keys shared by both consumers, consumer w owning columns [128 w, 128 w + 128) of dK, dV
+// and dQ. Per step, consumer w:
+//   S^T, dP^T for queries [32 w, 32 w + 32)      SS, m64n32, k over all 256 columns
+//   P^T, dS^T of those queries into smem tiles    (double-buffered; one consumer barrier: both halves are in)
+//   dV_w += P^T dO_w,  dK_w += dS^T Q_w          SS, m64n128: A the K-major P^T / dS^T tile, B its own column half
+//   dQ_w  = dS K_w                                SS, m64n128 over the 64 keys
+// and stages dQ_w (fp32) in the step's Q and dO slot, over the column blocks only its own dV / dK products read, so no
+// second barrier; the writer releases the slot to the loader once its reductions have read it. The same 5 products
+// of 2 BN BM D flops per step as the row tiles, none repeated.
+// Work per step: 5 products of 2 BN BM D flops; exp2 for BN BM scores; BM D fp32 dQ additions.
 #pragma once
 
 #include "attn.cuh"
@@ -29,34 +41,42 @@ namespace fa::tc {
 
 template <int D_>
 struct Sm90BwdTile {
-  static constexpr int D = D_, BN = 128, BM = 64;
+  // Split D (head dim 256): both consumers share the block's 64 keys and split the columns (header comment).
+  static constexpr bool kSplitD = D_ > 128;
+  static constexpr int D = D_, BN = kSplitD ? 64 : 128, BM = 64;
+  static constexpr int DH = kSplitD ? D / 2 : D;  // columns of dK / dV per consumer
   static constexpr int kThreads = 384, kConsumerThreads = 256;  // the producer warpgroup + two consumers
   static constexpr int kLoaderThreads = 64, kDqWriterThreads = 64;  // the producer warpgroup's two roles
   // setmaxnreg budgets: the consumers can only take what the producer gives back of the launch's registers, so
   // 128 x producer + 256 x consumer <= 384 x 168 (one more register blocks the consumers' setmaxnreg for ever). Head
   // dim 128's consumers hold dK, dV (128 fp32) beside S^T, dP^T and the operands in flight, so its producer gets the
   // minimum (ptxas: 188 bytes spilled, about 20 of them the consumers'; head dim 64 48 bytes, none the consumers').
+  // Split D's consumers (dK, dV and dQ of a column half, 64 fp32 each) compile without spills at 232 (ptxas), and its
+  // producer, with 256-column tiles and four rotated dQ parts per row, spills 112 bytes at 40 (276 at 24).
   static constexpr int kProducerRegs = D == 128 ? 24 : 40, kConsumerRegs = D == 128 ? 240 : 232;
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // per thread, as __launch_bounds__(kThreads, 1) gets
   static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= kThreads * kLaunchRegs,
                 "the consumers' registers come from the producer's");
   static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: consumer w computes dQ columns [64w, 64w + 64)
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2, kTileDs = BN * BM * 2;  // bytes
+  static constexpr int kTilePt = kSplitD ? kTileDs : 0;  // split D: the P^T tile beside dS^T
   // Head dim 64: the fp32 dQ halves the consumers hand each other, [2 slots][2][BM rows][kRedLd] (rows padded by 8
   // floats, so the float2 accesses of a half-warp hit 32 distinct banks).
   static constexpr int kRedLd = 32 + 8;
   static constexpr size_t kRedBytes = kDqPerWarpgroupKeys ? 4 * BM * kRedLd * sizeof(float) : 0;
   // The fp32 dQ tile [BM rows][kDqLd]: rows padded by 8 floats for the consumers' float2 stores (as kRedLd); each row
   // is one bulk reduction of head_dim floats (16-byte aligned: kDqLd is a multiple of 4).
+  // Split D stages dQ in the Q / dO slot instead (bwd_sm90_split_dq_part).
   static constexpr int kDqLd = D + 8;
-  static constexpr size_t kDqBytes = static_cast<size_t>(BM) * kDqLd * sizeof(float);
-  static constexpr int kBarriers = 8;  // K/V full, empty; Q/dO full, empty per slot; dQ full, empty
+  static constexpr size_t kDqBytes = kSplitD ? 0 : static_cast<size_t>(BM) * kDqLd * sizeof(float);
+  static constexpr int kBarriers = 9;  // K/V full, empty; Q/dO full, empty per slot; dQ full per slot, dQ empty
   static constexpr size_t smem_bytes() {
-    return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + 2 * kTileDs + 4 * BM * sizeof(float) +
+    return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + 2 * (kTileDs + kTilePt) + 4 * BM * sizeof(float) +
            kRedBytes + kDqBytes + kBarriers * sizeof(uint64_t);
   }
   static_assert(BM == kDqWriterThreads, "the dQ writer adds one row per thread");
-  static_assert(D == 64 || D == 128, "dK and dV of 64 keys stay in registers up to head dim 128");
+  static_assert(D == 64 || D == 128 || D == 256, "row tiles up to head dim 128, split D at 256");
+  static_assert(!kSplitD || (DH == 128 && BN == 64), "split D: the staged dQ half is 64 rows x 128 fp32 (2 x 16 KB)");
 };
 
 // ---- shared memory ------------------------------------------------------------------------------------------------
@@ -70,14 +90,16 @@ struct Sm90BwdShared {
   T* sV;         // [BN x D]
   T* sQ;         // [2][BM x D]
   T* sdO;        // [2][BM x D]
-  T* sdS;        // [2][BN keys x BM queries]: dS^T, read as the M-major A of dQ = dS K
+  T* sdS;        // [2][BN keys x BM queries]: dS^T, read as the M-major A of dQ = dS K (split D: also the K-major A of dK)
+  T* sPt;        // split D: [2][BN keys x BM queries]: P^T, the K-major A of dV
   float* sLse2;  // [2][BM]
   float* sDsum;  // [2][BM]
   float* sRed;   // head dim 64: [2][2][BM][kRedLd]
   float* sdQ;    // [BM][kDqLd]
   uint64_t *kv_full, *kv_empty;
   uint64_t *qdo_full, *qdo_empty;  // [2] each
-  uint64_t *dq_full, *dq_empty;
+  uint64_t *dq_full;  // [2]: the dQ tile of ring slot ring & 1 is stored (row tiles use [0] only)
+  uint64_t *dq_empty;
 
   __device__ __forceinline__ explicit Sm90BwdShared(unsigned char* smem) {
     sK = reinterpret_cast<T*>(smem);
@@ -85,7 +107,8 @@ struct Sm90BwdShared {
     sQ = sV + BN * D;
     sdO = sQ + 2 * BM * D;
     sdS = sdO + 2 * BM * D;
-    sLse2 = reinterpret_cast<float*>(sdS + 2 * BN * BM);
+    sPt = sdS + 2 * BN * BM;
+    sLse2 = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sPt) + 2 * Tile::kTilePt);
     sDsum = sLse2 + 2 * BM;
     sRed = sDsum + 2 * BM;
     sdQ = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sRed) + Tile::kRedBytes);
@@ -94,15 +117,19 @@ struct Sm90BwdShared {
     qdo_full = kv_full + 2;
     qdo_empty = kv_full + 4;
     dq_full = kv_full + 6;
-    dq_empty = kv_full + 7;
+    dq_empty = kv_full + 8;
   }
 
   // Thread 0 only; the CTA synchronises before anyone waits on them.
   __device__ __forceinline__ void init_barriers() const {
     mbarrier_init(kv_full, Tile::kLoaderThreads), mbarrier_init(kv_empty, Tile::kConsumerThreads);
-    for (int slot = 0; slot < 2; ++slot)
-      mbarrier_init(qdo_full + slot, Tile::kLoaderThreads), mbarrier_init(qdo_empty + slot, Tile::kConsumerThreads);
-    mbarrier_init(dq_full, Tile::kConsumerThreads), mbarrier_init(dq_empty, Tile::kDqWriterThreads);
+    // Split D: the slot holds the staged dQ, so the writer releases it, not the consumers.
+    const int qdo_readers = Tile::kSplitD ? Tile::kDqWriterThreads : Tile::kConsumerThreads;
+    for (int slot = 0; slot < 2; ++slot) {
+      mbarrier_init(qdo_full + slot, Tile::kLoaderThreads), mbarrier_init(qdo_empty + slot, qdo_readers);
+      mbarrier_init(dq_full + slot, Tile::kConsumerThreads);
+    }
+    mbarrier_init(dq_empty, Tile::kDqWriterThreads);
     mbarrier_init_fence();
   }
 };
@@ -159,31 +186,62 @@ __device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90Bwd
   }
 }
 
+// Split D: where consumer cw stages part `part` (columns [128 cw + 64 part, + 64)) of its step's dQ: 64 rows of 64
+// floats over column blocks 2 cw, 2 cw + 1 of the step's Q (part 0) or dO (part 1) tile, the blocks only its own dV / dK
+// products read. Row r is rotated by 8 (r % 4) floats (column c at (c + 8 (r % 4)) % 64), so the accumulator's float2
+// stores (eight rows, four column pairs per instruction) take two wavefronts, the minimum for 256 bytes.
+template <typename T, typename Tile>
+__device__ __forceinline__ float* bwd_sm90_split_dq_part(const Sm90BwdShared<T, Tile>& sh, int slot, int cw, int part) {
+  constexpr int BM = Tile::BM, D = Tile::D;
+  return reinterpret_cast<float*>((part == 0 ? sh.sQ : sh.sdO) + slot * BM * D + 2 * cw * BM * 64);
+}
+__device__ __forceinline__ int split_dq_rotation(int r) { return 8 * (r % 4); }
+
 // Warps 2-3 of warpgroup 0: per step, once the consumers have stored the dQ tile, thread r adds its row to dq_accum
-// with one bulk reduction, then releases the tile when the reduction has read it. Deterministic mode waits for the
-// reduction to complete instead: the CTA's slice then sees its rows' additions in step order (the same thread adds
-// the same tile row of every step).
+// with bulk reductions (row tiles: one; split D: the two pieces of each rotated part), then releases the tile (row
+// tiles: dq_empty; split D: the Q / dO slot) when the reductions have read it. Deterministic mode waits for them to
+// complete instead: the CTA's slice then sees its rows' additions in step order (the same thread adds the same tile
+// row of every step).
 template <typename T, typename Tile>
 __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s, int hk,
                                                    int b) {
   constexpr int BN = Tile::BN, BM = Tile::BM;
   const int r = threadIdx.x - Tile::kLoaderThreads;
-  const uint32_t row_bytes = static_cast<uint32_t>(a.head_dim) * sizeof(float);
   float* dq_accum = a.dq_accum + (a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows * a.head_dim : 0);
-  const float* src = sh.sdQ + r * Tile::kDqLd;
+  // Columns [col, col + n) of the row at dst from src, clipped to the head dim (split D pads 192 to 256).
+  auto reduce_cols = [&](float* dst, int col, const float* src, int n) {
+    n = min(n, a.head_dim - col);
+    if (n > 0) bulk_reduce_add_f32(dst + col, src, static_cast<uint32_t>(n) * sizeof(float));
+  };
   int ring = 0;
   for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x) {
     const Sm90BwdSteps steps(a, s, nb * BN, BN, BM);
     for (int step = 0; step < steps.count; ++step, ++ring) {
-      const int i = steps.row0(step, BM) + r;
-      mbarrier_wait(sh.dq_full, ring & 1);
+      const int slot = ring & 1, i = steps.row0(step, BM) + r;
+      if constexpr (Tile::kSplitD) mbarrier_wait(sh.dq_full + slot, (ring >> 1) & 1);
+      else mbarrier_wait(sh.dq_full, ring & 1);
       if (i < s.sq) {
-        bulk_reduce_add_f32(dq_accum + (lse_row0(a, s, b, steps.head(a, hk, step)) + i) * a.head_dim, src, row_bytes);
+        float* dst = dq_accum + (lse_row0(a, s, b, steps.head(a, hk, step)) + i) * a.head_dim;
+        if constexpr (Tile::kSplitD) {
+          const int rot = split_dq_rotation(r);
+#pragma unroll
+          for (int cw = 0; cw < 2; ++cw)
+#pragma unroll
+            for (int part = 0; part < 2; ++part) {
+              // floats [rot, 64) of the stored row are columns col0 .. col0 + 63 - rot, [0, rot) the rest
+              const int col0 = 128 * cw + 64 * part;
+              const float* row = bwd_sm90_split_dq_part(sh, slot, cw, part) + r * 64;
+              reduce_cols(dst, col0, row + rot, 64 - rot);
+              if (rot > 0) reduce_cols(dst, col0 + 64 - rot, row, rot);
+            }
+        } else {
+          reduce_cols(dst, 0, sh.sdQ + r * Tile::kDqLd, a.head_dim);
+        }
         bulk_commit_group();
         if (a.deterministic) bulk_wait_group<0>();
         else bulk_wait_group_read<0>();
       }
-      mbarrier_arrive(sh.dq_empty);
+      mbarrier_arrive(Tile::kSplitD ? sh.qdo_empty + slot : sh.dq_empty);
     }
   }
   bulk_wait_group<0>();  // every reduction has landed before the thread exits
@@ -396,6 +454,161 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
   }
 }
 
+// Split D (head dim 256): warpgroups 1 and 2 share the block's 64 keys; consumer cw computes S^T and dP^T for queries
+// [32 cw, 32 cw + 32) of each step, and dK, dV, dQ for columns [128 cw, 128 cw + 128) (header comment).
+template <typename T, typename Tile>
+__device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, unsigned char* smem, const SeqInfo& s, int hk,
+                                                          int b, int wg, int warp, int g, int t) {
+  constexpr int D = Tile::D, DH = Tile::DH, BN = Tile::BN, BM = Tile::BM;
+  constexpr int QW = BM / 2;  // queries of S^T / dP^T per consumer
+  const Sm90BwdShared<T, Tile> sh(smem);
+  warpgroup_claim_registers<Tile::kConsumerRegs>();
+  const int cw = wg - 1;
+  const int q0 = cw * QW, col_block0 = cw * (DH / 64);  // this consumer's first query of S^T, first 64-column block
+  const int key_row = warp * 16 + g;                     // this thread's key rows of S^T: key_row, key_row + 8
+  const bool transform = a.softcap > 0.f || a.alibi != nullptr;
+
+  const uint64_t k_kmaj = tile_desc_k_major(sh.sK), v_kmaj = tile_desc_k_major(sh.sV), k_nmaj = tile_desc_mn_major<BN>(sh.sK);
+  const uint64_t q_kmaj0 = tile_desc_k_major(sh.sQ), q_nmaj0 = tile_desc_mn_major<BM>(sh.sQ);
+  const uint64_t do_kmaj0 = tile_desc_k_major(sh.sdO), do_nmaj0 = tile_desc_mn_major<BM>(sh.sdO);
+  const uint64_t ds_kmaj0 = tile_desc_k_major(sh.sdS), ds_mmaj0 = tile_desc_mn_major<BN>(sh.sdS);
+  const uint64_t pt_kmaj0 = tile_desc_k_major(sh.sPt);
+
+  int ring = 0, kb = 0;
+  for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
+    const int n0 = nb * BN;
+    const Sm90BwdSteps steps(a, s, n0, BN, BM);
+    mbarrier_wait(sh.kv_full, kb & 1);
+    fence_async_smem();
+
+    float dk[DH / 2], dv[DH / 2];
+#pragma unroll
+    for (int i = 0; i < DH / 2; ++i) dk[i] = dv[i] = 0.f;
+
+    for (int step = 0; step < steps.count; ++step, ++ring) {
+      const int buf = ring & 1, h = steps.head(a, hk, step), m0 = steps.row0(step, BM);
+      mbarrier_wait(sh.qdo_full + buf, (ring >> 1) & 1);
+      fence_async_smem();
+      const float* lse2_s = sh.sLse2 + buf * BM;
+      const float* dsum_s = sh.sDsum + buf * BM;
+      T* ds_tile = sh.sdS + buf * BN * BM;
+      T* pt_tile = sh.sPt + buf * BN * BM;
+      const uint32_t q_slot = buf * (Tile::kTileQ >> 4), ds_slot = buf * (Tile::kTileDs >> 4);  // descriptor units
+      const uint64_t q_kmaj = q_kmaj0 + q_slot, q_nmaj = q_nmaj0 + q_slot;
+      const uint64_t do_kmaj = do_kmaj0 + q_slot, do_nmaj = do_nmaj0 + q_slot;
+      const uint64_t ds_kmaj = ds_kmaj0 + ds_slot, ds_mmaj = ds_mmaj0 + ds_slot, pt_kmaj = pt_kmaj0 + ds_slot;
+
+      // S^T = K Q_w^T and dP^T = V dO_w^T: 64 keys x 32 queries, k over every column.
+      float st[QW / 2], dpt[QW / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        Wgmma<QW, T>::template ss<0, 0>(st, desc_k_major<BN>(k_kmaj, 0, kk), desc_k_major<BM>(q_kmaj, q0, kk), kk > 0);
+      wgmma_commit();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        Wgmma<QW, T>::template ss<0, 0>(dpt, desc_k_major<BN>(v_kmaj, 0, kk), desc_k_major<BM>(do_kmaj, q0, kk), kk > 0);
+      wgmma_commit();
+      wgmma_wait<1>();  // S^T landed; dP^T still runs
+      reg_fence(st);
+
+      // P^T into its tile; st keeps P^T (1 - tanh^2) for dS. Thread columns (queries q0 + 8j + 2t, +1) come as pairs.
+      const bool masked = tile_needs_mask(a, s, m0 + q0, QW, n0, BN);
+      const float2* lse2_pairs = reinterpret_cast<const float2*>(lse2_s + q0) + t;  // [4 j] = queries q0 + 8j + 2t, +1
+      if (!transform && !masked) {
+#pragma unroll
+        for (int j = 0; j < QW / 8; ++j) {
+          const float2 l2 = lse2_pairs[4 * j];
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const int e = j * 4 + 2 * hf;
+            st[e] = fast_exp2(fmaf(st[e], a.scale_log2, -l2.x));
+            st[e + 1] = fast_exp2(fmaf(st[e + 1], a.scale_log2, -l2.y));
+            sw128_store_pair<BN>(pt_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t, pack2<T>(st[e], st[e + 1]));
+          }
+        }
+      } else {
+        const float slope = alibi_slope_log2(a, b, h);
+#pragma unroll
+        for (int j = 0; j < QW / 8; ++j)
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const int key = n0 + key_row + hf * 8;
+            int lo = INT_MIN, hi = INT_MAX;
+            if (masked) visible_query_range(a, s, key, lo, hi);
+            float p[2];
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const int e = j * 4 + 2 * hf + c;
+              const int qr = q0 + j * 8 + 2 * t + c, i = m0 + qr;
+              float th = 0.f;
+              const float x = transform ? transformed_logit(a, st[e], slope, i + s.diag - key, th) : st[e] * a.scale_log2;
+              p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - lse2_s[qr]);
+              st[e] = p[c] * (1.f - th * th);
+            }
+            sw128_store_pair<BN>(pt_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t, pack2<T>(p[0], p[1]));
+          }
+      }
+      wgmma_wait<0>();  // dP^T landed
+      reg_fence(dpt);
+
+      // dS^T = P^T (dP^T - dsum) into its tile.
+      const float2* dsum_pairs = reinterpret_cast<const float2*>(dsum_s + q0) + t;
+#pragma unroll
+      for (int j = 0; j < QW / 8; ++j)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int e = j * 4 + 2 * hf;
+          const float2 ds = dsum_pairs[4 * j];
+          sw128_store_pair<BN>(ds_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t,
+                               pack2<T>(st[e] * (dpt[e] - ds.x), st[e + 1] * (dpt[e + 1] - ds.y)));
+        }
+      fence_async_smem();
+      named_barrier_sync(1, Tile::kConsumerThreads);  // both consumers' queries of P^T and dS^T are in smem
+
+      // dV_w += P^T dO_w, dK_w += dS^T Q_w (k over the 64 queries), dQ_w = dS K_w (k over the 64 keys).
+      float dq[DH / 2];
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk)
+        Wgmma<DH, T>::template ss<0, 1>(dv, desc_k_major<BN>(pt_kmaj, 0, kk), desc_mn_major<BM>(do_nmaj, kk, col_block0), 1);
+#pragma unroll
+      for (int kk = 0; kk < BM / 16; ++kk)
+        Wgmma<DH, T>::template ss<0, 1>(dk, desc_k_major<BN>(ds_kmaj, 0, kk), desc_mn_major<BM>(q_nmaj, kk, col_block0), 1);
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk)
+        Wgmma<DH, T>::template ss<1, 1>(dq, desc_mn_major<BN>(ds_mmaj, kk), desc_mn_major<BN>(k_nmaj, kk, col_block0), kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      reg_fence(dq);
+      reg_fence(dk);
+      reg_fence(dv);
+
+      // Stage dQ_w over this consumer's column blocks of the slot (its own dV / dK products, the last readers, are done).
+      // Thread (warp, g, t) holds rows 16 warp + g (+8) and columns 8j + 2t, +1 of its n-tiles j.
+#pragma unroll
+      for (int part = 0; part < 2; ++part) {
+        float* tile = bwd_sm90_split_dq_part(sh, buf, cw, part);
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int r = warp * 16 + g + 8 * hf, rot = split_dq_rotation(r);
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            const int e = (part * 8 + j) * 4 + 2 * hf;
+            *reinterpret_cast<float2*>(tile + r * 64 + ((8 * j + 2 * t + rot) & 63)) = make_float2(dq[e], dq[e + 1]);
+          }
+        }
+      }
+      fence_async_smem();
+      mbarrier_arrive(sh.dq_full + buf);
+    }
+    mbarrier_arrive(sh.kv_empty);  // the last dQ product has read K
+
+    store_key_rows<T, DH / 8>(a.dk, a, s, b, hk, n0 + warp * 16, DH * cw, [&](int j, int e) { return dk[j * 4 + e]; }, a.scale);
+    store_key_rows<T, DH / 8>(a.dv, a, s, b, hk, n0 + warp * 16, DH * cw, [&](int j, int e) { return dv[j * 4 + e]; }, 1.f);
+  }
+}
+
 template <typename T, typename Tile>
 __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __grid_constant__ AttnArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -412,7 +625,8 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
     else bwd_sm90_dq_writer<T, Tile>(a, Sm90BwdShared<T, Tile>(smem), s, hk, b);
     return;
   }
-  bwd_sm90_consumer<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
+  if constexpr (Tile::kSplitD) bwd_sm90_consumer_split_d<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
+  else bwd_sm90_consumer<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
 #endif
 }
 

@@ -117,8 +117,9 @@ struct Sm90 {
 #undef FA_SM90_FWD
 #undef FA_SM90_BWD
 #define FA_SM90_FWD(T, D)
+// The backward: the smallest instantiation covering the forward's tile (192 runs padded to 256).
 #define FA_SM90_BWD(T, D)                                                                                       \
-  if (dtype_code<T>() == FA_DTYPE_F16 && D == best.d) {                                                         \
+  if (dtype_code<T>() == FA_DTYPE_F16 && best.d != 0 && D >= best.d && (best.bwd_d == 0 || D < best.bwd_d)) {   \
     best.bwd_d = D, best.bwd_bn = Sm90BwdTile<D>::BN, best.bwd_smem = Sm90BwdTile<D>::smem_bytes();               \
   }
 #include "sm90_instances.inc"
@@ -143,7 +144,7 @@ struct Sm90 {
       reasons.push_back(format("head_dim %d would run padded to %d here; the mma.sync kernels have a head-dim-%d instantiation",
                                p.head_dim, tile.d, sm80.d));
     if (direction == FA_DIR_FORWARD || tile.d == 0) return;
-    if (tile.bwd_d == 0) reasons.push_back(format("the wgmma backward covers head dims up to 128, not %d (its dK and dV accumulators would not fit in registers)", p.head_dim));
+    if (tile.bwd_d == 0) reasons.push_back(format("no wgmma backward instantiation covers head dim %d", p.head_dim));
   }
   static gpuError_t fwd(int dtype, int d, const AttnArgs& a, int m_blocks, gpuStream_t stream) {
 #define FA_SM90_FWD(T, D) \

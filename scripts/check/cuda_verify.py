@@ -266,6 +266,14 @@ def grid(quick):
     add("deterministic-varlen", deterministic=True, varlen=True, batch=4, sq=600, sk=900, h=8, hk=8, d=64, causal=True)
     add("deterministic-causal-sq>sk", deterministic=True, batch=2, sq=1000, sk=300, h=8, hk=8, d=128, causal=True)
     add("fp16-hdim256-long", dtype="fp16", d=256, sq=700, sk=900, causal=True)
+    # the Hopper backward at head dim 256 (192 and 248 pad to it): both warpgroups share a key block and split the
+    # columns, so every feature that changes which scores count, several steps and key blocks, and the deterministic mode
+    for name, kw in (("window", dict(window=(100, 30))), ("softcap", dict(softcap=30.0, causal=True)),
+                     ("alibi", dict(alibi="head", causal=True)), ("gqa4", dict(h=8, hk=2, causal=True)),
+                     ("varlen", dict(varlen=True, sq=300, sk=350, batch=3)), ("causal-sq>sk", dict(sq=400, sk=150, causal=True)),
+                     ("deterministic", dict(deterministic=True, batch=2, sq=500, sk=1300, h=8, hk=8)),
+                     ("long", dict(sq=1500, sk=1500, causal=True, h=2, hk=1)), ("hdim192-gqa", dict(d=192, h=8, hk=4, sq=600, sk=700))):
+        add(f"splitd-{name}", **{"d": 256, **kw})
     # more tiles than SMs: the persistent hdim-64 forward (tile counter, Q ring, tiles that skip) on an H100 / H200
     add("persistent-small", batch=1, sq=128, sk=256, h=136, hk=8, causal=True)  # 136 tiles: racecheck-sized
     add("persistent-causal", batch=4, sq=1000, sk=1000, h=16, hk=4, causal=True)

@@ -106,7 +106,7 @@ def main():
                         for direction, name, run in (("fwd", DIR_FWD, lib.forward), ("bwd", DIR_BWD, lib.backward)):
                             if direction not in directions:
                                 continue
-                            # A forced path may refuse one direction (the wgmma backward at head dim 256): that cell
+                            # A forced path may refuse one direction (the fp8 path has no backward): that cell
                             # says so and the row keeps the other direction.
                             try:
                                 row[f"{prefix}_{direction}_ms"] = statistics.median(lib.bench(p, name, args.warmup, args.iters))
