@@ -29,12 +29,14 @@
 //   dV_w += P^T dO_w,  dK_w += dS^T Q_w          SS, m64n128: A the K-major P^T / dS^T tile, B its own column half
 //   dQ_w  = dS K_w                                SS, m64n128 over the 64 keys
 // and stages dQ_w (fp32) in the step's Q and dO slot, over the column blocks only its own dV / dK products read, so no
-// second barrier; the writer releases the slot to the loader once its reductions have read it. The same 5 products
-// of 2 BN BM D flops per step as the row tiles, none repeated.
+// second barrier, as four 128B-swizzled boxes of 64 rows x 32 floats that the writer adds to dq_accum with one TMA
+// tensor reduction each before it releases the slot to the loader. The same 5 products of 2 BN BM D flops per step
+// as the row tiles, none repeated.
 // Work per step: 5 products of 2 BN BM D flops; exp2 for BN BM scores; BM D fp32 dQ additions.
 #pragma once
 
 #include "attn.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace fa::tc {
@@ -51,8 +53,8 @@ struct Sm90BwdTile {
   // 128 x producer + 256 x consumer <= 384 x 168 (one more register blocks the consumers' setmaxnreg for ever). Head
   // dim 128's consumers hold dK, dV (128 fp32) beside S^T, dP^T and the operands in flight, so its producer gets the
   // minimum (ptxas: 188 bytes spilled, about 20 of them the consumers'; head dim 64 48 bytes, none the consumers').
-  // Split D's consumers (dK, dV and dQ of a column half, 64 fp32 each) compile without spills at 232 (ptxas), and its
-  // producer, with 256-column tiles and four rotated dQ parts per row, spills 112 bytes at 40 (276 at 24).
+  // Split D's consumers (dK, dV and dQ of a column half, 64 fp32 each) compile without spills at 232 (ptxas); its
+  // producer copies 256-column tiles with 40.
   static constexpr int kProducerRegs = D == 128 ? 24 : 40, kConsumerRegs = D == 128 ? 240 : 232;
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // per thread, as __launch_bounds__(kThreads, 1) gets
   static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= kThreads * kLaunchRegs,
@@ -66,7 +68,7 @@ struct Sm90BwdTile {
   static constexpr size_t kRedBytes = kDqPerWarpgroupKeys ? 4 * BM * kRedLd * sizeof(float) : 0;
   // The fp32 dQ tile [BM rows][kDqLd]: rows padded by 8 floats for the consumers' float2 stores (as kRedLd); each row
   // is one bulk reduction of head_dim floats (16-byte aligned: kDqLd is a multiple of 4).
-  // Split D stages dQ in the Q / dO slot instead (bwd_sm90_split_dq_part).
+  // Split D stages dQ in the Q / dO slot instead (bwd_sm90_split_dq_box).
   static constexpr int kDqLd = D + 8;
   static constexpr size_t kDqBytes = kSplitD ? 0 : static_cast<size_t>(BM) * kDqLd * sizeof(float);
   static constexpr int kBarriers = 9;  // K/V full, empty; Q/dO full, empty per slot; dQ full per slot, dQ empty
@@ -186,57 +188,58 @@ __device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90Bwd
   }
 }
 
-// Split D: where consumer cw stages part `part` (columns [128 cw + 64 part, + 64)) of its step's dQ: 64 rows of 64
-// floats over column blocks 2 cw, 2 cw + 1 of the step's Q (part 0) or dO (part 1) tile, the blocks only its own dV / dK
-// products read. Row r is rotated by 8 (r % 4) floats (column c at (c + 8 (r % 4)) % 64), so the accumulator's float2
-// stores (eight rows, four column pairs per instruction) take two wavefronts, the minimum for 256 bytes.
-template <typename T, typename Tile>
-__device__ __forceinline__ float* bwd_sm90_split_dq_part(const Sm90BwdShared<T, Tile>& sh, int slot, int cw, int part) {
-  constexpr int BM = Tile::BM, D = Tile::D;
-  return reinterpret_cast<float*>((part == 0 ? sh.sQ : sh.sdO) + slot * BM * D + 2 * cw * BM * 64);
-}
-__device__ __forceinline__ int split_dq_rotation(int r) { return 8 * (r % 4); }
+// The tensor map of dq_accum (split D; tma.cuh): rows of head_dim floats, boxes of 32 floats x BM rows.
+struct Sm90BwdMaps {
+  CUtensorMap dq;
+};
 
-// Warps 2-3 of warpgroup 0: per step, once the consumers have stored the dQ tile, thread r adds its row to dq_accum
-// with bulk reductions (row tiles: one; split D: the two pieces of each rotated part), then releases the tile (row
-// tiles: dq_empty; split D: the Q / dO slot) when the reductions have read it. Deterministic mode waits for them to
-// complete instead: the CTA's slice then sees its rows' additions in step order (the same thread adds the same tile
-// row of every step).
+// Split D: consumer cw's dQ of a step, columns [128 cw + 32 box, + 32), staged as a TMA box (64 rows x 32 floats,
+// 128-byte swizzle: 16-byte chunk c of row r at c ^ r % 8) over one 64-column block of the step's Q (boxes 0, 1) or
+// dO (2, 3) tile: blocks 2 cw, 2 cw + 1, which only consumer cw's own dV / dK products read.
 template <typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s, int hk,
-                                                   int b) {
+__device__ __forceinline__ float* bwd_sm90_split_dq_box(const Sm90BwdShared<T, Tile>& sh, int slot, int cw, int box) {
+  constexpr int BM = Tile::BM, D = Tile::D;
+  static_assert(BM * 64 * sizeof(T) == BM * 32 * sizeof(float), "a 64-column block of Q holds one box of dQ");
+  return reinterpret_cast<float*>((box < 2 ? sh.sQ : sh.sdO) + slot * BM * D + (2 * cw + box % 2) * BM * 64);
+}
+
+// Warps 2-3 of warpgroup 0: per step, once the consumers have stored the step's dQ, add it to dq_accum and release
+// what held it when the reductions have read it (deterministic mode: when they have completed, so the CTA's slice
+// sees its rows' additions in step order). Row tiles: thread r adds tile row r with one bulk reduction and releases
+// the dQ tile. Split D: thread 0 adds the eight boxes with TMA tensor reductions (rows past the sequence hold exact
+// zeros: their Q, dO and so dS are zero) and all release the Q / dO slot.
+template <typename T, typename Tile>
+__device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdMaps& maps, const Sm90BwdShared<T, Tile>& sh,
+                                                   const SeqInfo& s, int hk, int b) {
   constexpr int BN = Tile::BN, BM = Tile::BM;
   const int r = threadIdx.x - Tile::kLoaderThreads;
-  float* dq_accum = a.dq_accum + (a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows * a.head_dim : 0);
-  // Columns [col, col + n) of the row at dst from src, clipped to the head dim (split D pads 192 to 256).
-  auto reduce_cols = [&](float* dst, int col, const float* src, int n) {
-    n = min(n, a.head_dim - col);
-    if (n > 0) bulk_reduce_add_f32(dst + col, src, static_cast<uint32_t>(n) * sizeof(float));
-  };
+  const int64_t slice_row0 = a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows : 0;  // deterministic: the CTA's slice
   int ring = 0;
   for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x) {
     const Sm90BwdSteps steps(a, s, nb * BN, BN, BM);
     for (int step = 0; step < steps.count; ++step, ++ring) {
-      const int slot = ring & 1, i = steps.row0(step, BM) + r;
-      if constexpr (Tile::kSplitD) mbarrier_wait(sh.dq_full + slot, (ring >> 1) & 1);
-      else mbarrier_wait(sh.dq_full, ring & 1);
-      if (i < s.sq) {
-        float* dst = dq_accum + (lse_row0(a, s, b, steps.head(a, hk, step)) + i) * a.head_dim;
-        if constexpr (Tile::kSplitD) {
-          const int rot = split_dq_rotation(r);
+      const int slot = ring & 1, m0 = steps.row0(step, BM);
+      const int64_t row0 = slice_row0 + lse_row0(a, s, b, steps.head(a, hk, step)) + m0;  // of dq_accum
+      bool issued = false;
+      if constexpr (Tile::kSplitD) {
+        mbarrier_wait(sh.dq_full + slot, (ring >> 1) & 1);
+        if (r == 0) {
 #pragma unroll
           for (int cw = 0; cw < 2; ++cw)
 #pragma unroll
-            for (int part = 0; part < 2; ++part) {
-              // floats [rot, 64) of the stored row are columns col0 .. col0 + 63 - rot, [0, rot) the rest
-              const int col0 = 128 * cw + 64 * part;
-              const float* row = bwd_sm90_split_dq_part(sh, slot, cw, part) + r * 64;
-              reduce_cols(dst, col0, row + rot, 64 - rot);
-              if (rot > 0) reduce_cols(dst, col0 + 64 - rot, row, rot);
-            }
-        } else {
-          reduce_cols(dst, 0, sh.sdQ + r * Tile::kDqLd, a.head_dim);
+            for (int box = 0; box < 4; ++box)
+              if (128 * cw + 32 * box < a.head_dim)  // head dim 192 runs padded: its last two boxes are outside
+                tma_reduce_add_box(&maps.dq, 128 * cw + 32 * box, static_cast<int>(row0), bwd_sm90_split_dq_box(sh, slot, cw, box));
+          issued = true;
         }
+      } else {
+        mbarrier_wait(sh.dq_full, ring & 1);
+        if (m0 + r < s.sq) {
+          bulk_reduce_add_f32(a.dq_accum + (row0 + r) * a.head_dim, sh.sdQ + r * Tile::kDqLd, static_cast<uint32_t>(a.head_dim) * sizeof(float));
+          issued = true;
+        }
+      }
+      if (issued) {
         bulk_commit_group();
         if (a.deterministic) bulk_wait_group<0>();
         else bulk_wait_group_read<0>();
@@ -584,18 +587,20 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
       reg_fence(dk);
       reg_fence(dv);
 
-      // Stage dQ_w over this consumer's column blocks of the slot (its own dV / dK products, the last readers, are done).
-      // Thread (warp, g, t) holds rows 16 warp + g (+8) and columns 8j + 2t, +1 of its n-tiles j.
+      // Stage dQ_w over this consumer's column blocks of the slot (its own dV / dK products, the last readers, are done),
+      // as four swizzled boxes. Thread (warp, g, t) holds rows 16 warp + g (+8) and columns 8j + 2t, +1 of n-tiles j:
+      // the eight rows of a store instruction land in eight different chunks, two wavefronts for 256 bytes.
 #pragma unroll
-      for (int part = 0; part < 2; ++part) {
-        float* tile = bwd_sm90_split_dq_part(sh, buf, cw, part);
+      for (int box = 0; box < DH / 32; ++box) {
+        unsigned char* tile = reinterpret_cast<unsigned char*>(bwd_sm90_split_dq_box(sh, buf, cw, box));
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
-          const int r = warp * 16 + g + 8 * hf, rot = split_dq_rotation(r);
+          const int r = warp * 16 + g + 8 * hf;
 #pragma unroll
-          for (int j = 0; j < 8; ++j) {
-            const int e = (part * 8 + j) * 4 + 2 * hf;
-            *reinterpret_cast<float2*>(tile + r * 64 + ((8 * j + 2 * t + rot) & 63)) = make_float2(dq[e], dq[e + 1]);
+          for (int jj = 0; jj < 4; ++jj) {
+            const int col = 8 * jj + 2 * t, e = (box * 4 + jj) * 4 + 2 * hf;
+            *reinterpret_cast<float2*>(tile + r * kSwizzleRowBytes + (((col / 4) ^ (r % 8)) * 16) + (col % 4) * 4) =
+                make_float2(dq[e], dq[e + 1]);
           }
         }
       }
@@ -610,7 +615,8 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
 }
 
 template <typename T, typename Tile>
-__global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __grid_constant__ AttnArgs a) {
+__global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __grid_constant__ AttnArgs a,
+                                                                    const __grid_constant__ Sm90BwdMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = swizzle_aligned_smem(smem_raw);  // each role takes its own Sm90BwdShared view of it
@@ -622,7 +628,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
   if (wg == 0) {
     warpgroup_release_registers<Tile::kProducerRegs>();
     if (warp < 2) bwd_sm90_loader<T, Tile>(a, Sm90BwdShared<T, Tile>(smem), s, hk, b);
-    else bwd_sm90_dq_writer<T, Tile>(a, Sm90BwdShared<T, Tile>(smem), s, hk, b);
+    else bwd_sm90_dq_writer<T, Tile>(a, maps, Sm90BwdShared<T, Tile>(smem), s, hk, b);
     return;
   }
   if constexpr (Tile::kSplitD) bwd_sm90_consumer_split_d<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
@@ -633,8 +639,16 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
 template <typename T, int D>
 gpuError_t launch_bwd_sm90(const AttnArgs& a, int grid_keys, gpuStream_t stream) {
   using Tile = Sm90BwdTile<D>;
+  Sm90BwdMaps maps{};
+  if constexpr (Tile::kSplitD) {
+    // dq_accum (the library's own allocation: aligned, rows of head_dim floats, one slice per CTA when deterministic)
+    // as a TMA target; its rows are addressed in int by the instruction.
+    const int64_t rows = a.lse_rows * (a.deterministic ? grid_keys : 1);
+    if (rows + Tile::BM > INT_MAX || !encode_rows_map_f32(&maps.dq, a.dq_accum, a.head_dim, rows, Tile::BM, nullptr))
+      return cudaErrorNotSupported;
+  }
   return launch_attention_kernel(bwd_sm90_kernel<T, Tile>, dim3(grid_keys, a.heads_kv, a.batch), Tile::kThreads,
-                                 Tile::smem_bytes(), stream, a);
+                                 Tile::smem_bytes(), stream, a, maps);
 }
 
 }  // namespace fa::tc

@@ -79,7 +79,31 @@ inline bool encode_tile_map(CUtensorMap* map, const TmaTensor& t, int box_rows, 
   return r == CUDA_SUCCESS;
 }
 
+// Encodes `map` over a row-major fp32 matrix (rows x cols, rows `cols` floats apart) for boxes of 32 floats (one
+// 128-byte swizzle row) x box_rows rows, 128-byte swizzle: the backward's dq_accum as a TMA reduction target.
+inline bool encode_rows_map_f32(CUtensorMap* map, float* base, int64_t cols, int64_t rows, int box_rows, std::string* why) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder(why);
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * sizeof(float))};
+  const cuuint32_t box[2] = {kSwizzleRowBytes / sizeof(float), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t unit[2] = {1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, base, dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS && why != nullptr) *why = "cuTensorMapEncodeTiled refused the map (CUresult " + std::to_string(static_cast<int>(r)) + ")";
+  return r == CUDA_SUCCESS;
+}
+
 // ---- device ------------------------------------------------------------------------------------------------------
+
+// Adds the swizzled box at `src` (1024-byte aligned smem, written by the generic proxy and fenced) to the box at
+// (col, row) of `map` element by element (atomically, as red.global.add.f32), skipping what lies outside the tensor;
+// tracked by this thread's bulk groups (bulk_commit_group / bulk_wait_group*).
+__device__ __forceinline__ void tma_reduce_add_box(const CUtensorMap* map, int col, int row, const void* src) {
+  asm volatile("cp.reduce.async.bulk.tensor.2d.global.shared::cta.add.tile.bulk_group [%0, {%1, %2}], [%3];\n" ::"l"(map), "r"(col),
+               "r"(row), "r"(smem_addr(src))
+               : "memory");
+}
 
 // One arrival on `bar` that also expects `bytes` more bytes of TMA copies in the current phase.
 __device__ __forceinline__ void mbarrier_arrive_expect_bytes(uint64_t* bar, uint32_t bytes) {
