@@ -56,6 +56,10 @@ inline int64_t kvcache_cached(const fa_kvcache_params& p, const int32_t* cache_s
   return cache_seqlens != nullptr ? int64_t{cache_seqlens[b]} : kvcache_capacity(p);
 }
 
+// Whether the request has a preparation step (kvcache_prepare's kernel: the append, rotary on k_new and q) ahead of
+// its attention.
+inline bool kvcache_has_prepare_step(const fa_kvcache_params& p) { return p.seqlen_new > 0 || p.rotary_dim > 0; }
+
 // Whether q rows take consecutive rotary positions (flash-attn: causal or local attention).
 inline bool kvcache_rotary_consecutive(const fa_kvcache_params& p) {
   return p.is_causal != 0 || p.window_left >= 0 || p.window_right >= 0;

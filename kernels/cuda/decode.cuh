@@ -28,7 +28,7 @@
 // fragments (the row sums keep the fp32 P) and O is multiplied by the v factor before the warps merge; o is written in
 // the output type O (fp16 or bf16).
 //
-// The kernel's parts: DecodeCta (what a CTA works out once), load_packed_q_async, DecodeWarpState and decode_block (a
+// The kernel's parts: DecodeCta (what a CTA works out once), load_packed_q, DecodeWarpState and decode_block (a
 // warp's share of one key block), decode_merge_store (the warps' merge and the store).
 // Per CTA (row block, KV head hk, batch b x split):
 //   S_w  = Q K_w^T          (MF*16 x 16, warp w's 16 keys of the block)
@@ -51,6 +51,10 @@ struct DecodeArgs {
   KvCacheView kv;
   int rows;            // packed rows per (sequence, KV head): seqlen_q x group
   bool kv_evict_first;  // K / V lines enter the L2 as the first to evict (tc_paths.cu decides; KvCopy, 16-bit only)
+  // The previous grid on the stream is the KV-cache append / rotary kernel (kvcache_prepare), an ordinary launch that
+  // writes only the appended cache rows and the rotated q: every earlier write on the stream is complete, so key
+  // blocks that hold no appended row may be read before griddepcontrol.wait (16-bit; tc_paths.cu sets it).
+  bool old_keys_before_wait;
 };
 
 // How a 16-byte chunk of K or V is copied: plainly, or with the L2 evict-first policy. The K / V of a decode step are
@@ -156,9 +160,10 @@ __device__ __forceinline__ void load_kv_block_async(T* sk, T* sv, const DevTenso
 // ---- the kernels' parts --------------------------------------------------------------------------------------------
 
 // Q rows -> smem tile `dst` of layout L by NTHREADS threads (t: this thread's index among them): packed row r is query
-// r / group of head hk * group + r % group; zeros past the last row and past head_dim. One cp.async group, uncommitted.
-template <typename T, int BM, int D, typename L, int NTHREADS>
-__device__ __forceinline__ void load_packed_q_async(T* dst, const AttnArgs& a, int b, int hk, int r0, int rows, int t) {
+// r / group of head hk * group + r % group; zeros past the last row and past head_dim. kAsync: cp.async copies (one
+// group, uncommitted); else plain loads and stores, visible to the CTA after its next barrier.
+template <typename T, int BM, int D, typename L, int NTHREADS, bool kAsync = true>
+__device__ __forceinline__ void load_packed_q(T* dst, const AttnArgs& a, int b, int hk, int r0, int rows, int t) {
   constexpr int kChunk = 16 / sizeof(T), kChunksPerRow = D / kChunk;
   const T* qbase = static_cast<const T*>(a.q.data) + static_cast<int64_t>(b) * a.q.batch_stride;
 #pragma unroll
@@ -168,7 +173,8 @@ __device__ __forceinline__ void load_packed_q_async(T* dst, const AttnArgs& a, i
     const T* src = valid ? qbase + static_cast<int64_t>(row / a.group) * a.q.row_stride +
                                static_cast<int64_t>(hk * a.group + row % a.group) * a.q.head_stride + col
                          : qbase;
-    cp_async_16(dst + L::at(r, col), src, valid);
+    if constexpr (kAsync) cp_async_16(dst + L::at(r, col), src, valid);
+    else *reinterpret_cast<uint4*>(dst + L::at(r, col)) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -358,16 +364,12 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
   allow_next_grid();
   // On sm_90 this grid is itself a programmatic dependent of the previous one (the KV-cache append and rotary, or
   // whatever the caller ran before): its CTAs are resident before that grid ends, and every global access, the cache
-  // lengths included, comes after it.
-  wait_for_previous_grid();
+  // lengths included, comes after griddepcontrol.wait — except, after the append / rotary kernel, the cache lengths
+  // and the first key blocks that hold no appended row (old_keys_before_wait), whose copies then overlap that kernel.
+  const bool old_keys_first = !kFp8 && args.old_keys_before_wait;
+  if (!old_keys_first) wait_for_previous_grid();
   const DecodeCta<Tile> cta(args);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-
-  // Q -> smem. fp8: the bytes land (rows of D) in the fp16 K / V tiles, unused until the main loop, in a group of their own.
-  using QLayout = std::conditional_t<kFp8, StridedRows<D>, typename Tile::Layout>;  // fp8: rows of D bytes
-  T* q_dst = reinterpret_cast<T*>(kFp8 ? static_cast<void*>(ring) : static_cast<void*>(sQ));
-  load_packed_q_async<T, BM, D, QLayout, Tile::kThreads>(q_dst, a, cta.b, cta.hk, cta.r0, cta.rows, threadIdx.x);
-  if constexpr (kFp8) cp_async_commit();
 
   const int n_blocks = cta.blocks.hi - cta.blocks.lo;
   const KvCopy<!kFp8> copy(args.kv_evict_first);
@@ -386,8 +388,22 @@ __global__ void __launch_bounds__(Tile::kThreads) decode_kernel(const DecodeArgs
     }
     cp_async_commit();  // an empty group keeps the wait count uniform
   };
-  load_block(0);  // 16-bit: joins Q's group
-  for (int it = 1; it < STAGES - 1; ++it) load_block(it);
+  // Q -> smem. fp8: the bytes land (rows of D) in the fp16 K / V tiles, unused until the main loop, in a group of their own.
+  using QLayout = std::conditional_t<kFp8, StridedRows<D>, typename Tile::Layout>;  // fp8: rows of D bytes
+  T* q_dst = reinterpret_cast<T*>(kFp8 ? static_cast<void*>(ring) : static_cast<void*>(sQ));
+  int prologue = 0;  // ring stages loaded so far
+  if (old_keys_first) {
+    // Blocks before the first appended key (key sk - seqlen_new), up to the ring's prologue, then the wait; q (rotated
+    // by that kernel) by plain loads, which the main loop's first barrier publishes.
+    const int clean = (cta.s.sk - kv.seqlen_new) / BN - cta.blocks.lo;
+    for (; prologue < min(clean, STAGES - 1); ++prologue) load_block(prologue);
+    wait_for_previous_grid();
+    load_packed_q<T, BM, D, QLayout, Tile::kThreads, false>(q_dst, a, cta.b, cta.hk, cta.r0, cta.rows, threadIdx.x);
+  } else {
+    load_packed_q<T, BM, D, QLayout, Tile::kThreads>(q_dst, a, cta.b, cta.hk, cta.r0, cta.rows, threadIdx.x);
+    if constexpr (kFp8) cp_async_commit();
+  }
+  for (; prologue < STAGES - 1; ++prologue) load_block(prologue);  // 16-bit: Q's copies join the first stage's group
   if constexpr (kFp8) {  // Q's group (the oldest) landed: convert it once; the loop's first barrier orders the reads
     cp_async_wait<STAGES - 1>();
     __syncthreads();

@@ -650,6 +650,7 @@ int32_t forward_kvcache(fa_kvcache_params& p, const LaunchContext& ctx) {
   args.a = make_args(plain);
   args.kv = kvcache_view(p);
   args.rows = packed_rows(p);
+  args.old_keys_before_wait = kvcache_has_prepare_step(p);  // the glue launched kvcache_prepare's kernel just before
   if (int32_t st = run(p.dtype, tile_d(p.dtype, p.head_dim), args, p.num_splits, plain.seqlen_k, p.seqlen_new > 0, ctx); st != FA_OK)
     return st;
   p.out_num_splits = args.a.num_splits;

@@ -96,6 +96,7 @@ __global__ void prepare_kernel(const PrepareArgs a) {
 }  // namespace
 
 int32_t kvcache_prepare(fa_kvcache_params& p, const LaunchContext& ctx) {
+  if (!kvcache_has_prepare_step(p)) return FA_OK;
   PrepareArgs a{};
   a.cache = kvcache_view(p);
   a.k_new = p.k_new, a.v_new = p.v_new, a.k_cache = p.k_cache, a.v_cache = p.v_cache, a.q = p.q;
@@ -111,7 +112,6 @@ int32_t kvcache_prepare(fa_kvcache_params& p, const LaunchContext& ctx) {
     if (a.q_rotated == nullptr) return FA_ERR_OUT_OF_MEMORY;  // the workspace has set the message
   }
   const int64_t total = 2 * a.append_elements + a.q_elements;
-  if (total == 0) return FA_OK;
   constexpr int kThreads = 256;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t{1} << 20));
   if (p.dtype == FA_DTYPE_F16) prepare_kernel<half_t><<<blocks, kThreads, 0, ctx.stream>>>(a);
