@@ -71,9 +71,14 @@ struct Sm90BwdTile {
   // floats, so the float2 accesses of a half-warp hit 32 distinct banks).
   static constexpr int kRedLd = 32 + 8;
   static constexpr size_t kRedBytes = kDqPerWarpgroupKeys ? 4 * BM * kRedLd * sizeof(float) : 0;
-  // The fp32 dQ tile (row tiles): D / 32 TMA boxes of BM rows x 32 floats, 128-byte swizzled (sw128_f32_offset), one
-  // tensor reduction each. Split D stages dQ in the Q / dO slot instead (bwd_sm90_split_dq_box).
-  static constexpr size_t kDqBytes = kSplitD ? 0 : static_cast<size_t>(BM) * D * sizeof(float);
+  // The fp32 dQ tile (row tiles), laid out for how the writer adds it (kernel parameter kDqBoxes): [BM rows][kDqLd],
+  // rows padded by 8 floats for the consumers' float2 stores (as kRedLd), one bulk reduction per row; or, with turns,
+  // D / 32 TMA boxes of BM rows x 32 floats, 128-byte swizzled (sw128_f32_offset), one tensor reduction each. Measured
+  // on the H100 (thirteenth session): boxes for every backward made the normal hdim-128 one 4-5% slower (its consumers
+  // spilled 48 bytes instead of 20), rows for the turns cost a wait per row. Split D stages dQ in the Q / dO slot
+  // (bwd_sm90_split_dq_box).
+  static constexpr int kDqLd = D + 8;
+  static constexpr size_t kDqBytes = kSplitD ? 0 : static_cast<size_t>(BM) * kDqLd * sizeof(float);
   // The dQ tile follows K, V, the Q / dO ring, dS^T (P^T), the row statistics and head dim 64's exchange: the boxes
   // must start on the swizzle period.
   static_assert((2 * kTileKV + 4 * kTileQ + 2 * (kTileDs + kTilePt) + 4 * BM * sizeof(float) + kRedBytes) % kSwizzleAlign == 0,
@@ -104,7 +109,7 @@ struct Sm90BwdShared {
   float* sLse2;  // [2][BM]
   float* sDsum;  // [2][BM]
   float* sRed;   // head dim 64: [2][2][BM][kRedLd]
-  float* sdQ;    // row tiles: [D / 32 boxes][BM][32], swizzled
+  float* sdQ;    // row tiles: [BM][kDqLd], or [D / 32 boxes][BM][32] swizzled (kDqBoxes)
   uint64_t *kv_full, *kv_empty;
   uint64_t *qdo_full, *qdo_empty;  // [2] each
   uint64_t *dq_full;  // [2]: the dQ tile of ring slot ring & 1 is stored (row tiles use [0] only)
@@ -210,16 +215,30 @@ __device__ __forceinline__ float* bwd_sm90_split_dq_box(const Sm90BwdShared<T, T
   return reinterpret_cast<float*>((box < 2 ? sh.sQ : sh.sdO) + slot * BM * D + (2 * cw + box % 2) * BM * 64);
 }
 
-// Warps 2-3 of warpgroup 0: per step, once the consumers have stored the step's dQ, thread 0 adds its boxes to
-// dq_accum with TMA tensor reductions (rows past the sequence hold exact zeros: their Q, dO and so dS are zero), and
-// all release what held it (row tiles: the dQ tile; split D: the Q / dO slot) when the reductions have read it
-// (deterministic mode: when they have completed, so the CTA's slice sees its rows' additions in step order). With turns
+// The first key block (of BN keys) whose steps include query block `qblock` (of BM rows), given that key block nb's
+// do: the key blocks that see a query block are contiguous (the masks are bands), so a binary search over [0, nb].
+__device__ __forceinline__ int first_key_block_seeing(const AttnArgs& a, const SeqInfo& s, int qblock, int nb, int bn, int bm) {
+  int lo = 0, hi = nb;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    const QueryBlocks qb = visible_query_blocks(a, s, mid * bn, bn, bm);
+    if (qblock >= qb.first && qblock < qb.first + qb.count) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+// Warps 2-3 of warpgroup 0: per step, once the consumers have stored the step's dQ, add it to dq_accum — row tiles
+// without kDqBoxes: thread r adds tile row r with a bulk reduction; split D and kDqBoxes: thread 0 adds the boxes with
+// TMA tensor reductions (rows past the sequence hold exact zeros: their Q, dO and so dS are zero) — and all release
+// what held it (row tiles: the dQ tile; split D: the Q / dO slot) when the reductions have read it (deterministic
+// mode: when they have completed, so the CTA's slice sees its rows' additions in step order). With turns
 // (a.dq_turns), a deterministic step's boxes wait until their row block's counter equals nb - (the first key block that
 // sees the block), and pass the turn on once they have completed. No deadlock: a CTA waits only for smaller key blocks
 // of its own (batch, KV head), whose CTAs are consecutive in the grid and no more than the GPU's SMs (tc_paths.cu), so
 // with CTAs starting in grid order the earliest unfinished (batch, KV head) is all resident, and its CTA furthest
 // behind in key-block order can always go on.
-template <typename T, typename Tile>
+template <typename T, typename Tile, bool kDqBoxes>
 __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdMaps& maps, const Sm90BwdShared<T, Tile>& sh,
                                                    const SeqInfo& s, int hk, int b) {
   constexpr int BN = Tile::BN, BM = Tile::BM;
@@ -233,7 +252,7 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
       const int slot = ring & 1, m0 = steps.row0(step, BM);
       const int64_t row0 = slice_row0 + lse_row0(a, s, b, steps.head(a, hk, step)) + m0;  // of dq_accum
       // Turns: thread 0 waits for this key block's turn on the row block before it adds.
-      int* turn = a.dq_turns != nullptr && r == 0 ? a.dq_turns + row0 : nullptr;
+      int* turn = kDqBoxes && a.dq_turns != nullptr && r == 0 ? a.dq_turns + row0 : nullptr;
       if (turn != nullptr) {
         wait_for_turn(turn, nb - first_key_block_seeing(a, s, m0 / BM, nb, BN, BM));
         fence_proxy_async_global();  // the reductions below come after the previous turn's
@@ -250,13 +269,19 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
                 tma_reduce_add_box(&maps.dq, 128 * cw + 32 * box, static_cast<int>(row0), bwd_sm90_split_dq_box(sh, slot, cw, box));
           issued = true;
         }
-      } else {
+      } else if constexpr (kDqBoxes) {
         mbarrier_wait(sh.dq_full, ring & 1);
         if (r == 0) {
 #pragma unroll
           for (int box = 0; box < Tile::D / 32; ++box)
             if (32 * box < a.head_dim)
               tma_reduce_add_box(&maps.dq, 32 * box, static_cast<int>(row0), sh.sdQ + box * BM * 32);
+          issued = true;
+        }
+      } else {
+        mbarrier_wait(sh.dq_full, ring & 1);
+        if (m0 + r < s.sq) {
+          bulk_reduce_add_f32(a.dq_accum + (row0 + r) * a.head_dim, sh.sdQ + r * Tile::kDqLd, static_cast<uint32_t>(a.head_dim) * sizeof(float));
           issued = true;
         }
       }
@@ -275,24 +300,11 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
   bulk_wait_group<0>();  // every reduction has landed before the thread exits
 }
 
-// The first key block (of BN keys) whose steps include query block `qblock` (of BM rows), given that key block nb's
-// do: the key blocks that see a query block are contiguous (the masks are bands), so a binary search over [0, nb].
-__device__ __forceinline__ int first_key_block_seeing(const AttnArgs& a, const SeqInfo& s, int qblock, int nb, int bn, int bm) {
-  int lo = 0, hi = nb;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    const QueryBlocks qb = visible_query_blocks(a, s, mid * bn, bn, bm);
-    if (qblock >= qb.first && qblock < qb.first + qb.count) hi = mid;
-    else lo = mid + 1;
-  }
-  return lo;
-}
-
 // ---- consumers ----------------------------------------------------------------------------------------------------
 
 // Stores a consumer's dQ of one step (64 queries x 64 columns, C layout in dq) into the dQ tile and hands the tile to
 // the writer once it has released the previous step's (ring > 0).
-template <typename T, typename Tile>
+template <typename T, typename Tile, bool kDqBoxes>
 __device__ __forceinline__ void bwd_sm90_store_dq(const Sm90BwdShared<T, Tile>& sh, int ring, int buf, int cw, const float (&dq)[32]) {
   constexpr int BM = Tile::BM;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -302,8 +314,10 @@ __device__ __forceinline__ void bwd_sm90_store_dq(const Sm90BwdShared<T, Tile>& 
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
-      for (int j = 0; j < nj; ++j)
-        *reinterpret_cast<float2*>(sh.sdQ + sw128_f32_offset<BM>(warp * 16 + g + 8 * hf, col0 + 8 * j + 2 * t)) = pair(j, hf);
+      for (int j = 0; j < nj; ++j) {
+        const int row = warp * 16 + g + 8 * hf, col = col0 + 8 * j + 2 * t;
+        *reinterpret_cast<float2*>(sh.sdQ + (kDqBoxes ? sw128_f32_offset<BM>(row, col) : row * Tile::kDqLd + col)) = pair(j, hf);
+      }
     fence_async_smem();
     mbarrier_arrive(sh.dq_full);
   };
@@ -345,7 +359,7 @@ __device__ __forceinline__ void bwd_sm90_epilogue(const AttnArgs& a, const SeqIn
 
 // Warpgroups 1 and 2: keys [64 cw, 64 cw + 64) of every key block of this CTA. dK and dV (64 x D each) stay in
 // registers over the block's steps; each step runs the five products and stores its share of dQ into the dQ tile.
-template <typename T, typename Tile>
+template <typename T, typename Tile, bool kDqBoxes>
 __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned char* smem, const SeqInfo& s, int hk,
                                                   int b, int wg, int warp, int g, int t) {
   constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, MT = BM / 8;
@@ -487,7 +501,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
       reg_fence(dk);
       reg_fence(dsa);
       mbarrier_arrive(sh.qdo_empty + buf);  // every product of this step has read its Q / dO slot
-      bwd_sm90_store_dq<T, Tile>(sh, ring, buf, cw, dq);
+      bwd_sm90_store_dq<T, Tile, kDqBoxes>(sh, ring, buf, cw, dq);
     }
     mbarrier_arrive(sh.kv_empty);  // the last dQ product has read K
 
@@ -651,7 +665,8 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
   }
 }
 
-template <typename T, typename Tile>
+// kDqBoxes: dQ goes out as TMA boxes (split D always; row tiles in deterministic mode with turns).
+template <typename T, typename Tile, bool kDqBoxes>
 __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __grid_constant__ AttnArgs a,
                                                                     const __grid_constant__ Sm90BwdMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -665,11 +680,11 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
   if (wg == 0) {
     warpgroup_release_registers<Tile::kProducerRegs>();
     if (warp < 2) bwd_sm90_loader<T, Tile>(a, Sm90BwdShared<T, Tile>(smem), s, hk, b);
-    else bwd_sm90_dq_writer<T, Tile>(a, maps, Sm90BwdShared<T, Tile>(smem), s, hk, b);
+    else bwd_sm90_dq_writer<T, Tile, kDqBoxes>(a, maps, Sm90BwdShared<T, Tile>(smem), s, hk, b);
     return;
   }
   if constexpr (Tile::kSplitD) bwd_sm90_consumer_split_d<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
-  else bwd_sm90_consumer<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
+  else bwd_sm90_consumer<T, Tile, kDqBoxes>(a, smem, s, hk, b, wg, warp, g, t);
 #endif
 }
 
@@ -682,8 +697,15 @@ gpuError_t launch_bwd_sm90(const AttnArgs& a, int grid_keys, gpuStream_t stream)
   const int64_t rows = a.lse_rows * (a.deterministic && a.dq_turns == nullptr ? grid_keys : 1);
   if (rows + Tile::BM > INT_MAX || !encode_rows_map_f32(&maps.dq, a.dq_accum, a.head_dim, rows, Tile::BM, nullptr))
     return cudaErrorNotSupported;
-  return launch_attention_kernel(bwd_sm90_kernel<T, Tile>, dim3(grid_keys, a.heads_kv, a.batch), Tile::kThreads,
-                                 Tile::smem_bytes(), stream, a, maps);
+  const dim3 grid(grid_keys, a.heads_kv, a.batch);
+  auto launch = [&](auto kernel) { return launch_attention_kernel(kernel, grid, Tile::kThreads, Tile::smem_bytes(), stream, a, maps); };
+  if constexpr (Tile::kSplitD) {
+    return launch(bwd_sm90_kernel<T, Tile, true>);
+  } else {
+    if constexpr (Tile::kDqTurns)
+      if (a.dq_turns != nullptr) return launch(bwd_sm90_kernel<T, Tile, true>);
+    return launch(bwd_sm90_kernel<T, Tile, false>);
+  }
 }
 
 }  // namespace fa::tc
