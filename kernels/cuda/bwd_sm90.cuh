@@ -59,30 +59,18 @@ struct Sm90BwdTile {
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // per thread, as __launch_bounds__(kThreads, 1) gets
   static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= kThreads * kLaunchRegs,
                 "the consumers' registers come from the producer's");
-  static constexpr bool kDqPerWarpgroupKeys = D == 64;
-  // Deterministic mode adds dQ in turn to one dq_accum (a.dq_turns) from head dim 128 on; head dim 64 keeps one slice
-  // per CTA. Measured on the H100 (thirteenth session, deterministic / normal TFLOP/s): with turns hdim 128 rose from
-  // 0.55-0.66 to 0.72-0.87, hdim 64 fell from 0.88-0.95 to 0.66-0.77 (its steps are half as long, so each wait weighs
-  // twice as much).
-  static constexpr bool kDqTurns = D >= 128;  // else: consumer w computes dQ columns [64w, 64w + 64)
+  static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: consumer w computes dQ columns [64w, 64w + 64)
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2, kTileDs = BN * BM * 2;  // bytes
   static constexpr int kTilePt = kSplitD ? kTileDs : 0;  // split D: the P^T tile beside dS^T
   // Head dim 64: the fp32 dQ halves the consumers hand each other, [2 slots][2][BM rows][kRedLd] (rows padded by 8
   // floats, so the float2 accesses of a half-warp hit 32 distinct banks).
   static constexpr int kRedLd = 32 + 8;
   static constexpr size_t kRedBytes = kDqPerWarpgroupKeys ? 4 * BM * kRedLd * sizeof(float) : 0;
-  // The fp32 dQ tile (row tiles), laid out for how the writer adds it (kernel parameter kDqBoxes): [BM rows][kDqLd],
-  // rows padded by 8 floats for the consumers' float2 stores (as kRedLd), one bulk reduction per row; or, with turns,
-  // D / 32 TMA boxes of BM rows x 32 floats, 128-byte swizzled (sw128_f32_offset), one tensor reduction each. Measured
-  // on the H100 (thirteenth session): boxes for every backward made the normal hdim-128 one 4-5% slower (its consumers
-  // spilled 48 bytes instead of 20), rows for the turns cost a wait per row. Split D stages dQ in the Q / dO slot
-  // (bwd_sm90_split_dq_box).
+  // The fp32 dQ tile [BM rows][kDqLd]: rows padded by 8 floats for the consumers' float2 stores (as kRedLd); each row
+  // is one bulk reduction of head_dim floats (16-byte aligned: kDqLd is a multiple of 4).
+  // Split D stages dQ in the Q / dO slot instead (bwd_sm90_split_dq_box).
   static constexpr int kDqLd = D + 8;
   static constexpr size_t kDqBytes = kSplitD ? 0 : static_cast<size_t>(BM) * kDqLd * sizeof(float);
-  // The dQ tile follows K, V, the Q / dO ring, dS^T (P^T), the row statistics and head dim 64's exchange: the boxes
-  // must start on the swizzle period.
-  static_assert((2 * kTileKV + 4 * kTileQ + 2 * (kTileDs + kTilePt) + 4 * BM * sizeof(float) + kRedBytes) % kSwizzleAlign == 0,
-                "the dQ boxes start 1024-byte aligned");
   static constexpr int kBarriers = 9;  // K/V full, empty; Q/dO full, empty per slot; dQ full per slot, dQ empty
   static constexpr size_t smem_bytes() {
     return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + 2 * (kTileDs + kTilePt) + 4 * BM * sizeof(float) +
@@ -109,7 +97,7 @@ struct Sm90BwdShared {
   float* sLse2;  // [2][BM]
   float* sDsum;  // [2][BM]
   float* sRed;   // head dim 64: [2][2][BM][kRedLd]
-  float* sdQ;    // row tiles: [BM][kDqLd], or [D / 32 boxes][BM][32] swizzled (kDqBoxes)
+  float* sdQ;    // [BM][kDqLd]
   uint64_t *kv_full, *kv_empty;
   uint64_t *qdo_full, *qdo_empty;  // [2] each
   uint64_t *dq_full;  // [2]: the dQ tile of ring slot ring & 1 is stored (row tiles use [0] only)
@@ -200,7 +188,7 @@ __device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90Bwd
   }
 }
 
-// The tensor map of dq_accum (tma.cuh): rows of head_dim floats, boxes of 32 floats x BM rows.
+// The tensor map of dq_accum (split D; tma.cuh): rows of head_dim floats, boxes of 32 floats x BM rows.
 struct Sm90BwdMaps {
   CUtensorMap dq;
 };
@@ -215,48 +203,23 @@ __device__ __forceinline__ float* bwd_sm90_split_dq_box(const Sm90BwdShared<T, T
   return reinterpret_cast<float*>((box < 2 ? sh.sQ : sh.sdO) + slot * BM * D + (2 * cw + box % 2) * BM * 64);
 }
 
-// The first key block (of BN keys) whose steps include query block `qblock` (of BM rows), given that key block nb's
-// do: the key blocks that see a query block are contiguous (the masks are bands), so a binary search over [0, nb].
-__device__ __forceinline__ int first_key_block_seeing(const AttnArgs& a, const SeqInfo& s, int qblock, int nb, int bn, int bm) {
-  int lo = 0, hi = nb;
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    const QueryBlocks qb = visible_query_blocks(a, s, mid * bn, bn, bm);
-    if (qblock >= qb.first && qblock < qb.first + qb.count) hi = mid;
-    else lo = mid + 1;
-  }
-  return lo;
-}
-
-// Warps 2-3 of warpgroup 0: per step, once the consumers have stored the step's dQ, add it to dq_accum — row tiles
-// without kDqBoxes: thread r adds tile row r with a bulk reduction; split D and kDqBoxes: thread 0 adds the boxes with
-// TMA tensor reductions (rows past the sequence hold exact zeros: their Q, dO and so dS are zero) — and all release
-// what held it (row tiles: the dQ tile; split D: the Q / dO slot) when the reductions have read it (deterministic
-// mode: when they have completed, so the CTA's slice sees its rows' additions in step order). With turns
-// (a.dq_turns), a deterministic step's boxes wait until their row block's counter equals nb - (the first key block that
-// sees the block), and pass the turn on once they have completed. No deadlock: a CTA waits only for smaller key blocks
-// of its own (batch, KV head), whose CTAs are consecutive in the grid and no more than the GPU's SMs (tc_paths.cu), so
-// with CTAs starting in grid order the earliest unfinished (batch, KV head) is all resident, and its CTA furthest
-// behind in key-block order can always go on.
-template <typename T, typename Tile, bool kDqBoxes>
+// Warps 2-3 of warpgroup 0: per step, once the consumers have stored the step's dQ, add it to dq_accum and release
+// what held it when the reductions have read it (deterministic mode: when they have completed, so the CTA's slice
+// sees its rows' additions in step order). Row tiles: thread r adds tile row r with one bulk reduction and releases
+// the dQ tile. Split D: thread 0 adds the eight boxes with TMA tensor reductions (rows past the sequence hold exact
+// zeros: their Q, dO and so dS are zero) and all release the Q / dO slot.
+template <typename T, typename Tile>
 __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdMaps& maps, const Sm90BwdShared<T, Tile>& sh,
                                                    const SeqInfo& s, int hk, int b) {
   constexpr int BN = Tile::BN, BM = Tile::BM;
   const int r = threadIdx.x - Tile::kLoaderThreads;
-  const bool sliced = a.deterministic && a.dq_turns == nullptr;
-  const int64_t slice_row0 = sliced ? static_cast<int64_t>(blockIdx.x) * a.lse_rows : 0;  // the CTA's slice
+  const int64_t slice_row0 = a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows : 0;  // deterministic: the CTA's slice
   int ring = 0;
   for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x) {
     const Sm90BwdSteps steps(a, s, nb * BN, BN, BM);
     for (int step = 0; step < steps.count; ++step, ++ring) {
       const int slot = ring & 1, m0 = steps.row0(step, BM);
       const int64_t row0 = slice_row0 + lse_row0(a, s, b, steps.head(a, hk, step)) + m0;  // of dq_accum
-      // Turns: thread 0 waits for this key block's turn on the row block before it adds.
-      int* turn = kDqBoxes && a.dq_turns != nullptr && r == 0 ? a.dq_turns + row0 : nullptr;
-      if (turn != nullptr) {
-        wait_for_turn(turn, nb - first_key_block_seeing(a, s, m0 / BM, nb, BN, BM));
-        fence_proxy_async_global();  // the reductions below come after the previous turn's
-      }
       bool issued = false;
       if constexpr (Tile::kSplitD) {
         mbarrier_wait(sh.dq_full + slot, (ring >> 1) & 1);
@@ -267,15 +230,6 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
             for (int box = 0; box < 4; ++box)
               if (128 * cw + 32 * box < a.head_dim)  // head dim 192 runs padded: its last two boxes are outside
                 tma_reduce_add_box(&maps.dq, 128 * cw + 32 * box, static_cast<int>(row0), bwd_sm90_split_dq_box(sh, slot, cw, box));
-          issued = true;
-        }
-      } else if constexpr (kDqBoxes) {
-        mbarrier_wait(sh.dq_full, ring & 1);
-        if (r == 0) {
-#pragma unroll
-          for (int box = 0; box < Tile::D / 32; ++box)
-            if (32 * box < a.head_dim)
-              tma_reduce_add_box(&maps.dq, 32 * box, static_cast<int>(row0), sh.sdQ + box * BM * 32);
           issued = true;
         }
       } else {
@@ -290,10 +244,6 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
         if (a.deterministic) bulk_wait_group<0>();
         else bulk_wait_group_read<0>();
       }
-      if (turn != nullptr) {
-        fence_proxy_async_global();
-        pass_turn(turn);
-      }
       mbarrier_arrive(Tile::kSplitD ? sh.qdo_empty + slot : sh.dq_empty);
     }
   }
@@ -304,7 +254,7 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
 
 // Stores a consumer's dQ of one step (64 queries x 64 columns, C layout in dq) into the dQ tile and hands the tile to
 // the writer once it has released the previous step's (ring > 0).
-template <typename T, typename Tile, bool kDqBoxes>
+template <typename T, typename Tile>
 __device__ __forceinline__ void bwd_sm90_store_dq(const Sm90BwdShared<T, Tile>& sh, int ring, int buf, int cw, const float (&dq)[32]) {
   constexpr int BM = Tile::BM;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -314,10 +264,8 @@ __device__ __forceinline__ void bwd_sm90_store_dq(const Sm90BwdShared<T, Tile>& 
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
-      for (int j = 0; j < nj; ++j) {
-        const int row = warp * 16 + g + 8 * hf, col = col0 + 8 * j + 2 * t;
-        *reinterpret_cast<float2*>(sh.sdQ + (kDqBoxes ? sw128_f32_offset<BM>(row, col) : row * Tile::kDqLd + col)) = pair(j, hf);
-      }
+      for (int j = 0; j < nj; ++j)
+        *reinterpret_cast<float2*>(sh.sdQ + (warp * 16 + g + 8 * hf) * Tile::kDqLd + col0 + 8 * j + 2 * t) = pair(j, hf);
     fence_async_smem();
     mbarrier_arrive(sh.dq_full);
   };
@@ -359,7 +307,7 @@ __device__ __forceinline__ void bwd_sm90_epilogue(const AttnArgs& a, const SeqIn
 
 // Warpgroups 1 and 2: keys [64 cw, 64 cw + 64) of every key block of this CTA. dK and dV (64 x D each) stay in
 // registers over the block's steps; each step runs the five products and stores its share of dQ into the dQ tile.
-template <typename T, typename Tile, bool kDqBoxes>
+template <typename T, typename Tile>
 __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned char* smem, const SeqInfo& s, int hk,
                                                   int b, int wg, int warp, int g, int t) {
   constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, MT = BM / 8;
@@ -501,7 +449,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
       reg_fence(dk);
       reg_fence(dsa);
       mbarrier_arrive(sh.qdo_empty + buf);  // every product of this step has read its Q / dO slot
-      bwd_sm90_store_dq<T, Tile, kDqBoxes>(sh, ring, buf, cw, dq);
+      bwd_sm90_store_dq<T, Tile>(sh, ring, buf, cw, dq);
     }
     mbarrier_arrive(sh.kv_empty);  // the last dQ product has read K
 
@@ -644,14 +592,15 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
       // the eight rows of a store instruction land in eight different chunks, two wavefronts for 256 bytes.
 #pragma unroll
       for (int box = 0; box < DH / 32; ++box) {
-        float* tile = bwd_sm90_split_dq_box(sh, buf, cw, box);
+        unsigned char* tile = reinterpret_cast<unsigned char*>(bwd_sm90_split_dq_box(sh, buf, cw, box));
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int r = warp * 16 + g + 8 * hf;
 #pragma unroll
           for (int jj = 0; jj < 4; ++jj) {
-            const int e = (box * 4 + jj) * 4 + 2 * hf;
-            *reinterpret_cast<float2*>(tile + sw128_f32_offset<BM>(r, 8 * jj + 2 * t)) = make_float2(dq[e], dq[e + 1]);
+            const int col = 8 * jj + 2 * t, e = (box * 4 + jj) * 4 + 2 * hf;
+            *reinterpret_cast<float2*>(tile + r * kSwizzleRowBytes + (((col / 4) ^ (r % 8)) * 16) + (col % 4) * 4) =
+                make_float2(dq[e], dq[e + 1]);
           }
         }
       }
@@ -665,8 +614,7 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
   }
 }
 
-// kDqBoxes: dQ goes out as TMA boxes (split D always; row tiles in deterministic mode with turns).
-template <typename T, typename Tile, bool kDqBoxes>
+template <typename T, typename Tile>
 __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __grid_constant__ AttnArgs a,
                                                                     const __grid_constant__ Sm90BwdMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -680,32 +628,27 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
   if (wg == 0) {
     warpgroup_release_registers<Tile::kProducerRegs>();
     if (warp < 2) bwd_sm90_loader<T, Tile>(a, Sm90BwdShared<T, Tile>(smem), s, hk, b);
-    else bwd_sm90_dq_writer<T, Tile, kDqBoxes>(a, maps, Sm90BwdShared<T, Tile>(smem), s, hk, b);
+    else bwd_sm90_dq_writer<T, Tile>(a, maps, Sm90BwdShared<T, Tile>(smem), s, hk, b);
     return;
   }
   if constexpr (Tile::kSplitD) bwd_sm90_consumer_split_d<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
-  else bwd_sm90_consumer<T, Tile, kDqBoxes>(a, smem, s, hk, b, wg, warp, g, t);
+  else bwd_sm90_consumer<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
 #endif
 }
 
 template <typename T, int D>
 gpuError_t launch_bwd_sm90(const AttnArgs& a, int grid_keys, gpuStream_t stream) {
   using Tile = Sm90BwdTile<D>;
-  // dq_accum (the library's own allocation: aligned, rows of head_dim floats, one slice per CTA when deterministic)
-  // as a TMA target; its rows are addressed in int by the instruction.
   Sm90BwdMaps maps{};
-  const int64_t rows = a.lse_rows * (a.deterministic && a.dq_turns == nullptr ? grid_keys : 1);
-  if (rows + Tile::BM > INT_MAX || !encode_rows_map_f32(&maps.dq, a.dq_accum, a.head_dim, rows, Tile::BM, nullptr))
-    return cudaErrorNotSupported;
-  const dim3 grid(grid_keys, a.heads_kv, a.batch);
-  auto launch = [&](auto kernel) { return launch_attention_kernel(kernel, grid, Tile::kThreads, Tile::smem_bytes(), stream, a, maps); };
   if constexpr (Tile::kSplitD) {
-    return launch(bwd_sm90_kernel<T, Tile, true>);
-  } else {
-    if constexpr (Tile::kDqTurns)
-      if (a.dq_turns != nullptr) return launch(bwd_sm90_kernel<T, Tile, true>);
-    return launch(bwd_sm90_kernel<T, Tile, false>);
+    // dq_accum (the library's own allocation: aligned, rows of head_dim floats, one slice per CTA when deterministic)
+    // as a TMA target; its rows are addressed in int by the instruction.
+    const int64_t rows = a.lse_rows * (a.deterministic ? grid_keys : 1);
+    if (rows + Tile::BM > INT_MAX || !encode_rows_map_f32(&maps.dq, a.dq_accum, a.head_dim, rows, Tile::BM, nullptr))
+      return cudaErrorNotSupported;
   }
+  return launch_attention_kernel(bwd_sm90_kernel<T, Tile>, dim3(grid_keys, a.heads_kv, a.batch), Tile::kThreads,
+                                 Tile::smem_bytes(), stream, a, maps);
 }
 
 }  // namespace fa::tc

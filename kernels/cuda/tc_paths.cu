@@ -65,7 +65,6 @@ struct TileInfo {
   int fwd_bm = 0, fwd_bn = 0, fwd_bn_windowed = 0, bwd_bn = 0;
   size_t fwd_smem = 0, bwd_smem = 0;
   bool fwd_persistent = false;  // the forward kernel can run one CTA per SM over a tile counter
-  bool bwd_dq_turns = false;    // deterministic backward: additions in turn to one dq_accum, not one slice per CTA
 };
 
 // ---- the two kernel families ---------------------------------------------------------------------------------------
@@ -122,7 +121,6 @@ struct Sm90 {
 #define FA_SM90_BWD(T, D)                                                                                       \
   if (dtype_code<T>() == FA_DTYPE_F16 && best.d != 0 && D >= best.d && (best.bwd_d == 0 || D < best.bwd_d)) {   \
     best.bwd_d = D, best.bwd_bn = Sm90BwdTile<D>::BN, best.bwd_smem = Sm90BwdTile<D>::smem_bytes();               \
-    best.bwd_dq_turns = Sm90BwdTile<D>::kDqTurns;                                                               \
   }
 #include "sm90_instances.inc"
 #undef FA_SM90_FWD
@@ -426,15 +424,11 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
   AttnArgs a = make_args(p);
   const TileInfo tile = F::tile_for(p.head_dim);
   const int key_blocks = ceil_div(std::max(p.seqlen_k, 1), tile.bwd_bn);
-  // Deterministic: a bounded number of CTAs per (batch, kv head), each looping over key blocks and owning one dq_accum
-  // slice, or adding in turn to one dq_accum (tile.bwd_dq_turns).
+  // Deterministic: a bounded number of CTAs per (batch, kv head), each owning one dq_accum slice.
   int grid_keys = key_blocks, slices = 1;
   if (p.deterministic) {
     const int64_t per_head = std::max<int64_t>(1, 2LL * ctx.caps->multiprocessors / (static_cast<int64_t>(p.batch) * p.heads_kv));
-    grid_keys = static_cast<int>(std::min<int64_t>(key_blocks, std::min<int64_t>(per_head, 16)));
-    // Turns: a CTA waits for earlier key blocks of its own (batch, KV head), so all of them must fit on the GPU at once.
-    if (tile.bwd_dq_turns) grid_keys = std::min(grid_keys, ctx.caps->multiprocessors);
-    else slices = grid_keys;
+    grid_keys = slices = static_cast<int>(std::min<int64_t>(key_blocks, std::min<int64_t>(per_head, 16)));
   }
   const size_t rows = static_cast<size_t>(a.lse_rows);
   a.dq_accum = static_cast<float*>(ctx.workspace.get(0, sizeof(float) * rows * p.head_dim * slices));
@@ -442,13 +436,7 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
   if (a.dq_accum == nullptr || stats == nullptr) return FA_ERR_OUT_OF_MEMORY;
   a.lse2 = stats;
   a.dsum = stats + rows;
-  gpuError_t err = gpuSuccess;
-  if (p.deterministic && tile.bwd_dq_turns) {
-    a.dq_turns = static_cast<int*>(ctx.workspace.get(2, sizeof(int) * rows));
-    if (a.dq_turns == nullptr) return FA_ERR_OUT_OF_MEMORY;
-    err = gpuMemsetAsync(a.dq_turns, 0, sizeof(int) * rows, ctx.stream);
-  }
-  if (err == gpuSuccess) err = gpuMemsetAsync(a.dq_accum, 0, sizeof(float) * rows * p.head_dim * slices, ctx.stream);
+  gpuError_t err = gpuMemsetAsync(a.dq_accum, 0, sizeof(float) * rows * p.head_dim * slices, ctx.stream);
   if (err == gpuSuccess)
     err = p.dtype == FA_DTYPE_F16 ? launch_bwd_aux<F, half_t>(a, grid_keys, tile.bwd_d, slices, ctx.stream)
                                   : launch_bwd_aux<F, bf16_t>(a, grid_keys, tile.bwd_d, slices, ctx.stream);
