@@ -252,6 +252,40 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
 
 // ---- consumers ----------------------------------------------------------------------------------------------------
 
+// The consumers' wgmma descriptors of the CTA's tiles (K, V, Q, dO and dS^T serve as K-major and as MN-major operands;
+// split D also reads P^T), built once: a ring slot's tiles lie a constant distance after slot 0's, so a step's
+// descriptors are these plus an offset (at(buf)), not ten more 64-bit registers. What a consumer does not read, the
+// compiler drops.
+template <typename T, typename Tile>
+struct Sm90BwdDescs {
+  uint64_t k_kmaj, v_kmaj, k_nmaj, q_kmaj, q_nmaj, do_kmaj, do_nmaj, ds_kmaj, ds_mmaj, pt_kmaj;
+  __device__ __forceinline__ explicit Sm90BwdDescs(const Sm90BwdShared<T, Tile>& sh)
+      : k_kmaj(tile_desc_k_major(sh.sK)), v_kmaj(tile_desc_k_major(sh.sV)), k_nmaj(tile_desc_mn_major<Tile::BN>(sh.sK)),
+        q_kmaj(tile_desc_k_major(sh.sQ)), q_nmaj(tile_desc_mn_major<Tile::BM>(sh.sQ)), do_kmaj(tile_desc_k_major(sh.sdO)),
+        do_nmaj(tile_desc_mn_major<Tile::BM>(sh.sdO)), ds_kmaj(tile_desc_k_major(sh.sdS)),
+        ds_mmaj(tile_desc_mn_major<Tile::BN>(sh.sdS)), pt_kmaj(tile_desc_k_major(sh.sPt)) {}
+  // The descriptors of ring slot buf's Q, dO, dS^T and P^T tiles (descriptor units: 16 bytes).
+  __device__ __forceinline__ Sm90BwdDescs at(int buf) const {
+    Sm90BwdDescs d = *this;
+    const uint32_t q_slot = buf * (Tile::kTileQ >> 4), ds_slot = buf * (Tile::kTileDs >> 4);
+    d.q_kmaj += q_slot, d.q_nmaj += q_slot, d.do_kmaj += q_slot, d.do_nmaj += q_slot;
+    d.ds_kmaj += ds_slot, d.ds_mmaj += ds_slot, d.pt_kmaj += ds_slot;
+    return d;
+  }
+};
+
+// What a consumer step reads of its ring slot besides the tiles: the row statistics, and where dS^T (and P^T) go.
+template <typename T, typename Tile>
+struct Sm90BwdSlot {
+  const float* lse2;  // [BM]
+  const float* dsum;  // [BM]
+  T* ds_tile;         // [BN keys x BM queries]
+  T* pt_tile;         // split D
+  __device__ __forceinline__ Sm90BwdSlot(const Sm90BwdShared<T, Tile>& sh, int buf)
+      : lse2(sh.sLse2 + buf * Tile::BM), dsum(sh.sDsum + buf * Tile::BM), ds_tile(sh.sdS + buf * Tile::BN * Tile::BM),
+        pt_tile(sh.sPt + buf * Tile::BN * Tile::BM) {}
+};
+
 // Stores a consumer's dQ of one step (64 queries x 64 columns, C layout in dq) into the dQ tile and hands the tile to
 // the writer once it has released the previous step's (ring > 0).
 template <typename T, typename Tile>
@@ -317,12 +351,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
   const int wg_key0 = cw * 64;  // this consumer's keys within the block
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
 
-  // Tile descriptors, built once (K, Q and dO serve as K-major and as N-major operands). The slot-1 tiles lie a
-  // constant distance after slot 0, so a step's descriptors are these plus an offset (not ten more 64-bit registers).
-  const uint64_t k_kmaj = tile_desc_k_major(sh.sK), v_kmaj = tile_desc_k_major(sh.sV), k_nmaj = tile_desc_mn_major<BN>(sh.sK);
-  const uint64_t q_kmaj0 = tile_desc_k_major(sh.sQ), q_nmaj0 = tile_desc_mn_major<BM>(sh.sQ);
-  const uint64_t do_kmaj0 = tile_desc_k_major(sh.sdO), do_nmaj0 = tile_desc_mn_major<BM>(sh.sdO);
-  const uint64_t ds_mmaj0 = tile_desc_mn_major<BN>(sh.sdS);
+  const Sm90BwdDescs<T, Tile> descs(sh);
 
   int ring = 0, kb = 0;
   for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
@@ -339,22 +368,18 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
       const int buf = ring & 1, h = steps.head(a, hk, step), m0 = steps.row0(step, BM);
       mbarrier_wait(sh.qdo_full + buf, (ring >> 1) & 1);  // this step's Q, dO, lse2, dsum
       fence_async_smem();
-      const float* lse2_s = sh.sLse2 + buf * BM;
-      const float* dsum_s = sh.sDsum + buf * BM;
-      T* ds_tile = sh.sdS + buf * BN * BM;
-      const uint32_t q_slot = buf * (Tile::kTileQ >> 4), ds_slot = buf * (Tile::kTileDs >> 4);  // descriptor units
-      const uint64_t q_kmaj = q_kmaj0 + q_slot, q_nmaj = q_nmaj0 + q_slot;
-      const uint64_t do_kmaj = do_kmaj0 + q_slot, do_nmaj = do_nmaj0 + q_slot;
+      const Sm90BwdDescs<T, Tile> d = descs.at(buf);
+      const Sm90BwdSlot<T, Tile> slot(sh, buf);
 
       float st[BM / 2], dpt[BM / 2];
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<BM, T>::template ss<0, 0>(st, desc_k_major<BN>(k_kmaj, wg_key0, kk), desc_k_major<BM>(q_kmaj, 0, kk), kk > 0);
+        Wgmma<BM, T>::template ss<0, 0>(st, desc_k_major<BN>(d.k_kmaj, wg_key0, kk), desc_k_major<BM>(d.q_kmaj, 0, kk), kk > 0);
       wgmma_commit();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<BM, T>::template ss<0, 0>(dpt, desc_k_major<BN>(v_kmaj, wg_key0, kk), desc_k_major<BM>(do_kmaj, 0, kk), kk > 0);
+        Wgmma<BM, T>::template ss<0, 0>(dpt, desc_k_major<BN>(d.v_kmaj, wg_key0, kk), desc_k_major<BM>(d.do_kmaj, 0, kk), kk > 0);
       wgmma_commit();
       wgmma_wait<1>();  // S^T landed; dP^T still runs
       reg_fence(st);
@@ -362,7 +387,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
       // P^T (packed for the dV product) and P^T (1 - tanh^2) kept in st for dS. Thread columns (queries) are the
       // pairs 8j + 2t, +1, so their statistics come as float2.
       const bool masked = tile_needs_mask(a, s, m0, BM, n0 + wg_key0, 64);
-      const float2* lse2_pairs = reinterpret_cast<const float2*>(lse2_s) + t;  // [4 j] = queries 8j + 2t, +1
+      const float2* lse2_pairs = reinterpret_cast<const float2*>(slot.lse2) + t;  // [4 j] = queries 8j + 2t, +1
       uint32_t pa[BM / 16][4];
       if (!transform && !masked) {  // the common interior tile: one FFMA and one exp2 per score
 #pragma unroll
@@ -392,7 +417,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
               const int qr = j * 8 + 2 * t + c, i = m0 + qr;
               float th = 0.f;
               const float x = transform ? transformed_logit(a, st[e], slope, i + s.diag - key, th) : st[e] * a.scale_log2;
-              p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - lse2_s[qr]);
+              p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - slot.lse2[qr]);
               st[e] = p[c] * (1.f - th * th);
             }
             pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(p[0], p[1]);
@@ -400,14 +425,14 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
       }
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dv, pa[kk], desc_mn_major<BM>(do_nmaj, kk), 1);
+      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dv, pa[kk], desc_mn_major<BM>(d.do_nmaj, kk), 1);
       wgmma_commit();
       wgmma_wait<1>();  // dP^T landed; dV still runs
       reg_fence(dpt);
 
       // dS^T = P^T (dP^T - dsum): A fragments for dK, and the smem tile dQ reads.
       uint32_t dsa[BM / 16][4];
-      const float2* dsum_pairs = reinterpret_cast<const float2*>(dsum_s) + t;
+      const float2* dsum_pairs = reinterpret_cast<const float2*>(slot.dsum) + t;
 #pragma unroll
       for (int j = 0; j < MT; ++j)
 #pragma unroll
@@ -416,11 +441,11 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
           const float2 ds = dsum_pairs[4 * j];
           const uint32_t packed = pack2<T>(st[e] * (dpt[e] - ds.x), st[e + 1] * (dpt[e + 1] - ds.y));
           dsa[j / 2][(j % 2) * 2 + hf] = packed;
-          sw128_store_pair<BN>(ds_tile, wg_key0 + warp * 16 + g + hf * 8, qr, packed);
+          sw128_store_pair<BN>(slot.ds_tile, wg_key0 + warp * 16 + g + hf * 8, qr, packed);
         }
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dk, dsa[kk], desc_mn_major<BM>(q_nmaj, kk), 1);
+      for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dk, dsa[kk], desc_mn_major<BM>(d.q_nmaj, kk), 1);
       wgmma_commit();
       wgmma_wait<1>();  // dV is done: its P^T registers are free for dQ's accumulators
       reg_fence(dv);
@@ -429,19 +454,18 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
       // dQ (64 queries x 64 columns per consumer) = dS K over this consumer's keys or over all of them.
       fence_async_smem();
       float dq[32];
-      const uint64_t dsd = ds_mmaj0 + ds_slot;
       if constexpr (Tile::kDqPerWarpgroupKeys) {
         warpgroup_sync(wg);  // this consumer's dS^T rows are in smem
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk)
-          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(dsd, cw * 4 + kk), desc_mn_major<BN>(k_nmaj, cw * 4 + kk), kk > 0);
+          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(d.ds_mmaj, cw * 4 + kk), desc_mn_major<BN>(d.k_nmaj, cw * 4 + kk), kk > 0);
       } else {
         named_barrier_sync(1, Tile::kConsumerThreads);  // both consumers' dS^T rows are in smem
         wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < BN / 16; ++kk)
-          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(dsd, kk), desc_mn_major<BN>(k_nmaj, kk, cw), kk > 0);
+          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(d.ds_mmaj, kk), desc_mn_major<BN>(d.k_nmaj, kk, cw), kk > 0);
       }
       wgmma_commit();
       wgmma_wait<0>();
@@ -471,11 +495,7 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
   const int key_row = warp * 16 + g;                     // this thread's key rows of S^T: key_row, key_row + 8
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
 
-  const uint64_t k_kmaj = tile_desc_k_major(sh.sK), v_kmaj = tile_desc_k_major(sh.sV), k_nmaj = tile_desc_mn_major<BN>(sh.sK);
-  const uint64_t q_kmaj0 = tile_desc_k_major(sh.sQ), q_nmaj0 = tile_desc_mn_major<BM>(sh.sQ);
-  const uint64_t do_kmaj0 = tile_desc_k_major(sh.sdO), do_nmaj0 = tile_desc_mn_major<BM>(sh.sdO);
-  const uint64_t ds_kmaj0 = tile_desc_k_major(sh.sdS), ds_mmaj0 = tile_desc_mn_major<BN>(sh.sdS);
-  const uint64_t pt_kmaj0 = tile_desc_k_major(sh.sPt);
+  const Sm90BwdDescs<T, Tile> descs(sh);
 
   int ring = 0, kb = 0;
   for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
@@ -490,34 +510,28 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
 
     for (int step = 0; step < steps.count; ++step, ++ring) {
       const int buf = ring & 1, h = steps.head(a, hk, step), m0 = steps.row0(step, BM);
-      mbarrier_wait(sh.qdo_full + buf, (ring >> 1) & 1);
+      mbarrier_wait(sh.qdo_full + buf, (ring >> 1) & 1);  // this step's Q, dO, lse2, dsum
       fence_async_smem();
-      const float* lse2_s = sh.sLse2 + buf * BM;
-      const float* dsum_s = sh.sDsum + buf * BM;
-      T* ds_tile = sh.sdS + buf * BN * BM;
-      T* pt_tile = sh.sPt + buf * BN * BM;
-      const uint32_t q_slot = buf * (Tile::kTileQ >> 4), ds_slot = buf * (Tile::kTileDs >> 4);  // descriptor units
-      const uint64_t q_kmaj = q_kmaj0 + q_slot, q_nmaj = q_nmaj0 + q_slot;
-      const uint64_t do_kmaj = do_kmaj0 + q_slot, do_nmaj = do_nmaj0 + q_slot;
-      const uint64_t ds_kmaj = ds_kmaj0 + ds_slot, ds_mmaj = ds_mmaj0 + ds_slot, pt_kmaj = pt_kmaj0 + ds_slot;
+      const Sm90BwdDescs<T, Tile> d = descs.at(buf);
+      const Sm90BwdSlot<T, Tile> slot(sh, buf);
 
       // S^T = K Q_w^T and dP^T = V dO_w^T: 64 keys x 32 queries, k over every column.
       float st[QW / 2], dpt[QW / 2];
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<QW, T>::template ss<0, 0>(st, desc_k_major<BN>(k_kmaj, 0, kk), desc_k_major<BM>(q_kmaj, q0, kk), kk > 0);
+        Wgmma<QW, T>::template ss<0, 0>(st, desc_k_major<BN>(d.k_kmaj, 0, kk), desc_k_major<BM>(d.q_kmaj, q0, kk), kk > 0);
       wgmma_commit();
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<QW, T>::template ss<0, 0>(dpt, desc_k_major<BN>(v_kmaj, 0, kk), desc_k_major<BM>(do_kmaj, q0, kk), kk > 0);
+        Wgmma<QW, T>::template ss<0, 0>(dpt, desc_k_major<BN>(d.v_kmaj, 0, kk), desc_k_major<BM>(d.do_kmaj, q0, kk), kk > 0);
       wgmma_commit();
       wgmma_wait<1>();  // S^T landed; dP^T still runs
       reg_fence(st);
 
       // P^T into its tile; st keeps P^T (1 - tanh^2) for dS. Thread columns (queries q0 + 8j + 2t, +1) come as pairs.
       const bool masked = tile_needs_mask(a, s, m0 + q0, QW, n0, BN);
-      const float2* lse2_pairs = reinterpret_cast<const float2*>(lse2_s + q0) + t;  // [4 j] = queries q0 + 8j + 2t, +1
+      const float2* lse2_pairs = reinterpret_cast<const float2*>(slot.lse2 + q0) + t;  // [4 j] = queries q0 + 8j + 2t, +1
       if (!transform && !masked) {
 #pragma unroll
         for (int j = 0; j < QW / 8; ++j) {
@@ -527,7 +541,7 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
             const int e = j * 4 + 2 * hf;
             st[e] = fast_exp2(fmaf(st[e], a.scale_log2, -l2.x));
             st[e + 1] = fast_exp2(fmaf(st[e + 1], a.scale_log2, -l2.y));
-            sw128_store_pair<BN>(pt_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t, pack2<T>(st[e], st[e + 1]));
+            sw128_store_pair<BN>(slot.pt_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t, pack2<T>(st[e], st[e + 1]));
           }
         }
       } else {
@@ -546,24 +560,24 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
               const int qr = q0 + j * 8 + 2 * t + c, i = m0 + qr;
               float th = 0.f;
               const float x = transform ? transformed_logit(a, st[e], slope, i + s.diag - key, th) : st[e] * a.scale_log2;
-              p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - lse2_s[qr]);
+              p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - slot.lse2[qr]);
               st[e] = p[c] * (1.f - th * th);
             }
-            sw128_store_pair<BN>(pt_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t, pack2<T>(p[0], p[1]));
+            sw128_store_pair<BN>(slot.pt_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t, pack2<T>(p[0], p[1]));
           }
       }
       wgmma_wait<0>();  // dP^T landed
       reg_fence(dpt);
 
       // dS^T = P^T (dP^T - dsum) into its tile.
-      const float2* dsum_pairs = reinterpret_cast<const float2*>(dsum_s + q0) + t;
+      const float2* dsum_pairs = reinterpret_cast<const float2*>(slot.dsum + q0) + t;
 #pragma unroll
       for (int j = 0; j < QW / 8; ++j)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int e = j * 4 + 2 * hf;
           const float2 ds = dsum_pairs[4 * j];
-          sw128_store_pair<BN>(ds_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t,
+          sw128_store_pair<BN>(slot.ds_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t,
                                pack2<T>(st[e] * (dpt[e] - ds.x), st[e + 1] * (dpt[e + 1] - ds.y)));
         }
       fence_async_smem();
@@ -574,13 +588,13 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
-        Wgmma<DH, T>::template ss<0, 1>(dv, desc_k_major<BN>(pt_kmaj, 0, kk), desc_mn_major<BM>(do_nmaj, kk, col_block0), 1);
+        Wgmma<DH, T>::template ss<0, 1>(dv, desc_k_major<BN>(d.pt_kmaj, 0, kk), desc_mn_major<BM>(d.do_nmaj, kk, col_block0), 1);
 #pragma unroll
       for (int kk = 0; kk < BM / 16; ++kk)
-        Wgmma<DH, T>::template ss<0, 1>(dk, desc_k_major<BN>(ds_kmaj, 0, kk), desc_mn_major<BM>(q_nmaj, kk, col_block0), 1);
+        Wgmma<DH, T>::template ss<0, 1>(dk, desc_k_major<BN>(d.ds_kmaj, 0, kk), desc_mn_major<BM>(d.q_nmaj, kk, col_block0), 1);
 #pragma unroll
       for (int kk = 0; kk < BN / 16; ++kk)
-        Wgmma<DH, T>::template ss<1, 1>(dq, desc_mn_major<BN>(ds_mmaj, kk), desc_mn_major<BN>(k_nmaj, kk, col_block0), kk > 0);
+        Wgmma<DH, T>::template ss<1, 1>(dq, desc_mn_major<BN>(d.ds_mmaj, kk), desc_mn_major<BN>(d.k_nmaj, kk, col_block0), kk > 0);
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(dq);
