@@ -339,6 +339,24 @@ __device__ __forceinline__ void bwd_sm90_epilogue(const AttnArgs& a, const SeqIn
   store_key_rows<T, Tile::D / 8>(a.dv, a, s, b, hk, key0, 0, [&](int j, int e) { return dv[j * 4 + e]; }, 1.f);
 }
 
+// A step's first two products, for this warpgroup's 64 keys from key0 of the block and N queries from q0 of the step:
+//   S^T = K Q^T, then dP^T = V dO^T (both SS, k over the head dim), committed as two groups; returns once S^T has
+// landed, dP^T still running (the caller waits for it with wgmma_wait<0>).
+template <int N, typename T, typename Tile>
+__device__ __forceinline__ void bwd_sm90_scores(float (&st)[N / 2], float (&dpt)[N / 2], const Sm90BwdDescs<T, Tile>& d, int key0, int q0) {
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < Tile::D / 16; ++kk)
+    Wgmma<N, T>::template ss<0, 0>(st, desc_k_major<Tile::BN>(d.k_kmaj, key0, kk), desc_k_major<Tile::BM>(d.q_kmaj, q0, kk), kk > 0);
+  wgmma_commit();
+#pragma unroll
+  for (int kk = 0; kk < Tile::D / 16; ++kk)
+    Wgmma<N, T>::template ss<0, 0>(dpt, desc_k_major<Tile::BN>(d.v_kmaj, key0, kk), desc_k_major<Tile::BM>(d.do_kmaj, q0, kk), kk > 0);
+  wgmma_commit();
+  wgmma_wait<1>();  // S^T landed; dP^T still runs
+  reg_fence(st);
+}
+
 // Warpgroups 1 and 2: keys [64 cw, 64 cw + 64) of every key block of this CTA. dK and dV (64 x D each) stay in
 // registers over the block's steps; each step runs the five products and stores its share of dQ into the dQ tile.
 template <typename T, typename Tile>
@@ -372,17 +390,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
       const Sm90BwdSlot<T, Tile> slot(sh, buf);
 
       float st[BM / 2], dpt[BM / 2];
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<BM, T>::template ss<0, 0>(st, desc_k_major<BN>(d.k_kmaj, wg_key0, kk), desc_k_major<BM>(d.q_kmaj, 0, kk), kk > 0);
-      wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<BM, T>::template ss<0, 0>(dpt, desc_k_major<BN>(d.v_kmaj, wg_key0, kk), desc_k_major<BM>(d.do_kmaj, 0, kk), kk > 0);
-      wgmma_commit();
-      wgmma_wait<1>();  // S^T landed; dP^T still runs
-      reg_fence(st);
+      bwd_sm90_scores<BM>(st, dpt, d, wg_key0, 0);
 
       // P^T (packed for the dV product) and P^T (1 - tanh^2) kept in st for dS. Thread columns (queries) are the
       // pairs 8j + 2t, +1, so their statistics come as float2.
@@ -486,7 +494,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
 template <typename T, typename Tile>
 __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, unsigned char* smem, const SeqInfo& s, int hk,
                                                           int b, int wg, int warp, int g, int t) {
-  constexpr int D = Tile::D, DH = Tile::DH, BN = Tile::BN, BM = Tile::BM;
+  constexpr int DH = Tile::DH, BN = Tile::BN, BM = Tile::BM;
   constexpr int QW = BM / 2;  // queries of S^T / dP^T per consumer
   const Sm90BwdShared<T, Tile> sh(smem);
   warpgroup_claim_registers<Tile::kConsumerRegs>();
@@ -517,17 +525,7 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
 
       // S^T = K Q_w^T and dP^T = V dO_w^T: 64 keys x 32 queries, k over every column.
       float st[QW / 2], dpt[QW / 2];
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<QW, T>::template ss<0, 0>(st, desc_k_major<BN>(d.k_kmaj, 0, kk), desc_k_major<BM>(d.q_kmaj, q0, kk), kk > 0);
-      wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        Wgmma<QW, T>::template ss<0, 0>(dpt, desc_k_major<BN>(d.v_kmaj, 0, kk), desc_k_major<BM>(d.do_kmaj, q0, kk), kk > 0);
-      wgmma_commit();
-      wgmma_wait<1>();  // S^T landed; dP^T still runs
-      reg_fence(st);
+      bwd_sm90_scores<QW>(st, dpt, d, 0, q0);
 
       // P^T into its tile; st keeps P^T (1 - tanh^2) for dS. Thread columns (queries q0 + 8j + 2t, +1) come as pairs.
       const bool masked = tile_needs_mask(a, s, m0 + q0, QW, n0, BN);
