@@ -4,7 +4,7 @@
 #
 #   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | tma-layout | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | verify-fp8-decode | sanitize | sanitize-fp8 | racecheck-fp8 |
 #          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
-#          profile | profile-det | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset |
+#          profile | profile-det | profile-bwd64 | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset |
 #          ab-decode | ab-det  (this build against .gpu/ab.so.xz, another commit's library: scripts/device/ab-lib.sh)
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
@@ -121,6 +121,14 @@ for s in "$@"; do
     profile-det)  # the hdim-128 backward at 8k, deterministic and not: time, L2 hit rate, DRAM bytes (the deterministic cost, docs/perf-cuda.md)
       step ncu-bwd128 200 "${NCU_BWD128[@]}"
       step ncu-bwd128-det 200 "${NCU_BWD128[@]}" --deterministic ;;
+    profile-bwd64)  # the hdim-64 backward at 2k (the furthest #17 point): warp states, and stall samples per SASS instruction
+      step ncu-bwd64 200 ncu --clock-control none --kernel-name "regex:bwd_sm90" --launch-skip 1 --launch-count 1 \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section SchedulerStats --section WarpStateStats \
+        --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+        python3 scripts/perf/cuda_bench.py --hdims 64 --seqlens 2048 --causal 0 --directions bwd --warmup 1 --iters 1 --no-sdpa
+      step ncu-bwd64-source 200 ncu --clock-control none --kernel-name "regex:bwd_sm90" --launch-skip 1 --launch-count 1 \
+        --section SourceCounters --section WarpStateStats --page source --print-source sass --csv \
+        python3 scripts/perf/cuda_bench.py --hdims 64 --seqlens 2048 --causal 0 --directions bwd --warmup 1 --iters 1 --no-sdpa ;;
     profile-decode)  # launch shape, occupancy, stalls of ours and both baselines' decode kernels at b1 32k (32 / 8 heads, hdim 128)
       step ncu-decode 300 ncu --clock-control none --kernel-name-base demangled --kernel-name "regex:decode|combine|flash|sdpa|cudnn|fmha" \
         --launch-count 12 --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
