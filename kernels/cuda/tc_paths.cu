@@ -424,12 +424,10 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
   AttnArgs a = make_args(p);
   const TileInfo tile = F::tile_for(p.head_dim);
   const int key_blocks = ceil_div(std::max(p.seqlen_k, 1), tile.bwd_bn);
-  // Deterministic: a bounded number of CTAs per (batch, kv head), each owning one dq_accum slice: as many as fill the
-  // GPU once (one CTA per SM), since every slice is another lse_rows x head_dim floats to zero, add into and sum
-  // (with one CTA per (batch, kv head) there is a single accumulator).
+  // Deterministic: a bounded number of CTAs per (batch, kv head), each owning one dq_accum slice.
   int grid_keys = key_blocks, slices = 1;
   if (p.deterministic) {
-    const int64_t per_head = std::max<int64_t>(1, ctx.caps->multiprocessors / (static_cast<int64_t>(p.batch) * p.heads_kv));
+    const int64_t per_head = std::max<int64_t>(1, 2LL * ctx.caps->multiprocessors / (static_cast<int64_t>(p.batch) * p.heads_kv));
     grid_keys = slices = static_cast<int>(std::min<int64_t>(key_blocks, std::min<int64_t>(per_head, 16)));
   }
   const size_t rows = static_cast<size_t>(a.lse_rows);

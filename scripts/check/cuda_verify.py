@@ -256,7 +256,7 @@ def grid(quick):
     add("deterministic", deterministic=True, sq=300, sk=600, d=128)
     add("deterministic-gqa-causal", deterministic=True, sq=512, sk=512, h=8, hk=2, causal=True)
     # more key blocks than the deterministic grid has CTAs per (batch, KV head): each CTA adds several blocks' dQ
-    # into its slice, in order (on a 132-SM GPU: 2 CTAs per KV head, 8 or 9 key blocks each)
+    # into its slice, in order (on a 132-SM GPU: 4 CTAs per KV head, 4 or 5 key blocks each)
     for d in (64, 128):
         add(f"deterministic-blocks-per-cta-hdim{d}", deterministic=True, batch=4, sq=700, sk=2200, h=16, hk=16, d=d,
             causal=d == 64)
