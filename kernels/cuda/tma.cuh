@@ -61,37 +61,37 @@ constexpr CUtensorMapDataType tma_data_type() {
   else return CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
 }
 
-// Encodes `map` for boxes of one swizzle row (128 bytes of columns) x 1 head x box_rows rows x 1 sequence, 128-byte
-// swizzle. Returns false with `why` set when the driver refuses (a base not 16-byte aligned, a stride not a multiple
-// of 16 bytes, a box over 256 rows) or has no encoder.
-inline bool encode_tile_map(CUtensorMap* map, const TmaTensor& t, int box_rows, std::string* why) {
+// Encodes `map` (rank dims, innermost first; strides in bytes of every dim but the innermost; a box of `box` elements
+// per dim) with the 128-byte swizzle every map here uses. Returns false with `why` set when the driver refuses (a base
+// not 16-byte aligned, a stride not a multiple of 16 bytes, a box over 256 rows) or has no encoder.
+inline bool encode_swizzled_map(CUtensorMap* map, CUtensorMapDataType type, cuuint32_t rank, const void* base, const cuuint64_t* dims,
+                                const cuuint64_t* strides, const cuuint32_t* box, std::string* why) {
   const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder(why);
   if (encode == nullptr) return false;
-  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(t.head_dim), static_cast<cuuint64_t>(t.heads), static_cast<cuuint64_t>(t.rows),
-                              static_cast<cuuint64_t>(t.batch)};
-  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(t.head_stride * t.element_bytes), static_cast<cuuint64_t>(t.row_stride * t.element_bytes),
-                                 static_cast<cuuint64_t>(t.batch_stride * t.element_bytes)};
-  const cuuint32_t box[4] = {static_cast<cuuint32_t>(kSwizzleRowBytes / t.element_bytes), 1, static_cast<cuuint32_t>(box_rows), 1};
   const cuuint32_t unit[4] = {1, 1, 1, 1};
-  const CUresult r = encode(map, t.type, 4, const_cast<void*>(t.base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+  const CUresult r = encode(map, type, rank, const_cast<void*>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
                             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS && why != nullptr) *why = "cuTensorMapEncodeTiled refused the map (CUresult " + std::to_string(static_cast<int>(r)) + ")";
   return r == CUDA_SUCCESS;
 }
 
-// Encodes `map` over a row-major fp32 matrix (rows x cols, rows `cols` floats apart) for boxes of 32 floats (one
-// 128-byte swizzle row) x box_rows rows, 128-byte swizzle: the backward's dq_accum as a TMA reduction target.
+// A BSHD tensor for boxes of one swizzle row (128 bytes of columns) x 1 head x box_rows rows x 1 sequence.
+inline bool encode_tile_map(CUtensorMap* map, const TmaTensor& t, int box_rows, std::string* why) {
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(t.head_dim), static_cast<cuuint64_t>(t.heads), static_cast<cuuint64_t>(t.rows),
+                              static_cast<cuuint64_t>(t.batch)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(t.head_stride * t.element_bytes), static_cast<cuuint64_t>(t.row_stride * t.element_bytes),
+                                 static_cast<cuuint64_t>(t.batch_stride * t.element_bytes)};
+  const cuuint32_t box[4] = {static_cast<cuuint32_t>(kSwizzleRowBytes / t.element_bytes), 1, static_cast<cuuint32_t>(box_rows), 1};
+  return encode_swizzled_map(map, t.type, 4, t.base, dims, strides, box, why);
+}
+
+// A row-major fp32 matrix (rows x cols, rows `cols` floats apart) for boxes of 32 floats (one swizzle row) x box_rows
+// rows: the backward's dq_accum as a TMA reduction target.
 inline bool encode_rows_map_f32(CUtensorMap* map, float* base, int64_t cols, int64_t rows, int box_rows, std::string* why) {
-  const PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder(why);
-  if (encode == nullptr) return false;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(cols * sizeof(float))};
   const cuuint32_t box[2] = {kSwizzleRowBytes / sizeof(float), static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t unit[2] = {1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, base, dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS && why != nullptr) *why = "cuTensorMapEncodeTiled refused the map (CUresult " + std::to_string(static_cast<int>(r)) + ")";
-  return r == CUDA_SUCCESS;
+  return encode_swizzled_map(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, base, dims, strides, box, why);
 }
 
 // ---- device ------------------------------------------------------------------------------------------------------
