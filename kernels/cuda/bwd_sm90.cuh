@@ -1,5 +1,5 @@
 // bwd_sm90.cuh — FlashAttention backward on Hopper's warpgroup tensor cores (wgmma, sm_90a), one instantiation per
-// (dtype, head dim 64, 128 or 256; 192 runs padded to 256).
+// (dtype, head dim 64, 128, 192 or 256).
 //
 // Grid (key blocks, heads_kv, batch), as the mma.sync backward: a CTA owns a block of keys of one kv head and walks
 // every (query head of the GQA group, query block of BM = 64 rows) that can see them, so dK / dV of the group are
@@ -31,7 +31,8 @@
 // and stages dQ_w (fp32) in the step's Q and dO slot, over the column blocks only its own dV / dK products read, so no
 // second barrier, as four 128B-swizzled boxes of 64 rows x 32 floats that the writer adds to dq_accum with one TMA
 // tensor reduction each before it releases the slot to the loader. The same 5 products of 2 BN BM D flops per step
-// as the row tiles, none repeated.
+// as the row tiles, none repeated. Head dim 192 splits the same way, 96 columns per consumer as an n64 and an n32
+// product (Sm90BwdTile::kWideN), and stages dQ in a tile of its own (its tiles leave the room).
 // Work per step: 5 products of 2 BN BM D flops; exp2 for BN BM scores; BM D fp32 dQ additions.
 #pragma once
 
@@ -47,6 +48,12 @@ struct Sm90BwdTile {
   static constexpr bool kSplitD = D_ > 128;
   static constexpr int D = D_, BN = kSplitD ? 64 : 128, BM = 64;
   static constexpr int DH = kSplitD ? D / 2 : D;  // columns of dK / dV per consumer
+  // Split D's columns per consumer as one wide product (n128 at 256, n64 at 192) and, at 192, a narrow n32 one: consumer
+  // 0 owns [0, 64) + [64, 96), consumer 1 [96, 128) + [128, 192), so the narrow one of consumer 1 starts 64 bytes into
+  // a swizzle row of column block 1 (the two consumers share that block).
+  static constexpr int kWideN = DH >= 128 ? 128 : 64, kNarrowN = kSplitD ? DH - kWideN : 0;
+  // Where split D stages dQ: in the step's Q / dO slot at 256 (shared memory is full), in a tile of its own at 192.
+  static constexpr bool kDqInSlot = kSplitD && D == 256;
   static constexpr int kThreads = 384, kConsumerThreads = 256;  // the producer warpgroup + two consumers
   static constexpr int kLoaderThreads = 64, kDqWriterThreads = 64;  // the producer warpgroup's two roles
   // setmaxnreg budgets: the consumers can only take what the producer gives back of the launch's registers, so
@@ -70,15 +77,18 @@ struct Sm90BwdTile {
   // is one bulk reduction of head_dim floats (16-byte aligned: kDqLd is a multiple of 4).
   // Split D stages dQ in the Q / dO slot instead (bwd_sm90_split_dq_box).
   static constexpr int kDqLd = D + 8;
-  static constexpr size_t kDqBytes = kSplitD ? 0 : static_cast<size_t>(BM) * kDqLd * sizeof(float);
+  static constexpr size_t kDqBytes = kDqInSlot ? 0
+                                     : kSplitD  ? static_cast<size_t>(BM) * D * sizeof(float)  // D / 32 TMA boxes
+                                                : static_cast<size_t>(BM) * kDqLd * sizeof(float);
   static constexpr int kBarriers = 9;  // K/V full, empty; Q/dO full, empty per slot; dQ full per slot, dQ empty
   static constexpr size_t smem_bytes() {
     return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + 2 * (kTileDs + kTilePt) + 4 * BM * sizeof(float) +
            kRedBytes + kDqBytes + kBarriers * sizeof(uint64_t);
   }
   static_assert(BM == kDqWriterThreads, "the dQ writer adds one row per thread");
-  static_assert(D == 64 || D == 128 || D == 256, "row tiles up to head dim 128, split D at 256");
-  static_assert(!kSplitD || (DH == 128 && BN == 64), "split D: the staged dQ half is 64 rows x 128 fp32 (2 x 16 KB)");
+  static_assert(D == 64 || D == 128 || D == 192 || D == 256, "row tiles up to head dim 128, split D at 192 and 256");
+  static_assert(!kDqInSlot || (DH == 128 && BN == 64), "dQ in the slot: its half is 64 rows x 128 fp32 (2 x 16 KB)");
+  static_assert(!kSplitD || kNarrowN == 0 || kNarrowN == 32, "split D: one wide and at most one n32 product per consumer");
 };
 
 // ---- shared memory ------------------------------------------------------------------------------------------------
@@ -126,7 +136,7 @@ struct Sm90BwdShared {
   __device__ __forceinline__ void init_barriers() const {
     mbarrier_init(kv_full, Tile::kLoaderThreads), mbarrier_init(kv_empty, Tile::kConsumerThreads);
     // Split D: the slot holds the staged dQ, so the writer releases it, not the consumers.
-    const int qdo_readers = Tile::kSplitD ? Tile::kDqWriterThreads : Tile::kConsumerThreads;
+    const int qdo_readers = Tile::kDqInSlot ? Tile::kDqWriterThreads : Tile::kConsumerThreads;
     for (int slot = 0; slot < 2; ++slot) {
       mbarrier_init(qdo_full + slot, Tile::kLoaderThreads), mbarrier_init(qdo_empty + slot, qdo_readers);
       mbarrier_init(dq_full + slot, Tile::kConsumerThreads);
@@ -221,15 +231,24 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
       const int slot = ring & 1, m0 = steps.row0(step, BM);
       const int64_t row0 = slice_row0 + lse_row0(a, s, b, steps.head(a, hk, step)) + m0;  // of dq_accum
       bool issued = false;
-      if constexpr (Tile::kSplitD) {
+      if constexpr (Tile::kDqInSlot) {
         mbarrier_wait(sh.dq_full + slot, (ring >> 1) & 1);
         if (r == 0) {
 #pragma unroll
           for (int cw = 0; cw < 2; ++cw)
 #pragma unroll
             for (int box = 0; box < 4; ++box)
-              if (128 * cw + 32 * box < a.head_dim)  // head dim 192 runs padded: its last two boxes are outside
+              if (128 * cw + 32 * box < a.head_dim)  // a head dim padded to 256: its last boxes are outside
                 tma_reduce_add_box(&maps.dq, 128 * cw + 32 * box, static_cast<int>(row0), bwd_sm90_split_dq_box(sh, slot, cw, box));
+          issued = true;
+        }
+      } else if constexpr (Tile::kSplitD) {
+        mbarrier_wait(sh.dq_full, ring & 1);
+        if (r == 0) {
+#pragma unroll
+          for (int box = 0; box < Tile::D / 32; ++box)
+            if (32 * box < a.head_dim)
+              tma_reduce_add_box(&maps.dq, 32 * box, static_cast<int>(row0), sh.sdQ + box * BM * 32);
           issued = true;
         }
       } else {
@@ -244,7 +263,7 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
         if (a.deterministic) bulk_wait_group<0>();
         else bulk_wait_group_read<0>();
       }
-      mbarrier_arrive(Tile::kSplitD ? sh.qdo_empty + slot : sh.dq_empty);
+      mbarrier_arrive(Tile::kDqInSlot ? sh.qdo_empty + slot : sh.dq_empty);
     }
   }
   bulk_wait_group<0>();  // every reduction has landed before the thread exits
@@ -494,12 +513,15 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
 template <typename T, typename Tile>
 __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, unsigned char* smem, const SeqInfo& s, int hk,
                                                           int b, int wg, int warp, int g, int t) {
-  constexpr int DH = Tile::DH, BN = Tile::BN, BM = Tile::BM;
+  constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM;
   constexpr int QW = BM / 2;  // queries of S^T / dP^T per consumer
   const Sm90BwdShared<T, Tile> sh(smem);
   warpgroup_claim_registers<Tile::kConsumerRegs>();
   const int cw = wg - 1;
-  const int q0 = cw * QW, col_block0 = cw * (DH / 64);  // this consumer's first query of S^T, first 64-column block
+  constexpr int WN = Tile::kWideN, NN = Tile::kNarrowN;
+  const int q0 = cw * QW;                                    // this consumer's first query of S^T
+  // Its columns (Sm90BwdTile::kWideN): the wide part starts a 64-column block, the narrow one (192) may not.
+  const int wide_block = cw * ((D - WN) / 64), wide_col = 64 * wide_block, narrow_col = cw == 0 ? WN : D / 2;
   const int key_row = warp * 16 + g;                     // this thread's key rows of S^T: key_row, key_row + 8
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
 
@@ -512,9 +534,12 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
     mbarrier_wait(sh.kv_full, kb & 1);
     fence_async_smem();
 
-    float dk[DH / 2], dv[DH / 2];
+    // dK and dV of the wide and (head dim 192) narrow column parts
+    float dk[WN / 2], dv[WN / 2], dk_n[NN > 0 ? NN / 2 : 1], dv_n[NN > 0 ? NN / 2 : 1];
 #pragma unroll
-    for (int i = 0; i < DH / 2; ++i) dk[i] = dv[i] = 0.f;
+    for (int i = 0; i < WN / 2; ++i) dk[i] = dv[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < (NN > 0 ? NN / 2 : 1); ++i) dk_n[i] = dv_n[i] = 0.f;
 
     for (int step = 0; step < steps.count; ++step, ++ring) {
       const int buf = ring & 1, h = steps.head(a, hk, step), m0 = steps.row0(step, BM);
@@ -581,48 +606,88 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
       fence_async_smem();
       named_barrier_sync(1, Tile::kConsumerThreads);  // both consumers' queries of P^T and dS^T are in smem
 
-      // dV_w += P^T dO_w, dK_w += dS^T Q_w (k over the 64 queries), dQ_w = dS K_w (k over the 64 keys).
-      float dq[DH / 2];
+      // dV_w += P^T dO_w, dK_w += dS^T Q_w (k over the 64 queries), dQ_w = dS K_w (k over the 64 keys), per column part.
+      float dq[WN / 2], dq_n[NN > 0 ? NN / 2 : 1];
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk)
-        Wgmma<DH, T>::template ss<0, 1>(dv, desc_k_major<BN>(d.pt_kmaj, 0, kk), desc_mn_major<BM>(d.do_nmaj, kk, col_block0), 1);
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        Wgmma<WN, T>::template ss<0, 1>(dv, desc_k_major<BN>(d.pt_kmaj, 0, kk), desc_mn_major<BM>(d.do_nmaj, kk, wide_block), 1);
+        if constexpr (NN > 0)
+          Wgmma<NN, T>::template ss<0, 1>(dv_n, desc_k_major<BN>(d.pt_kmaj, 0, kk), desc_mn_major_at<BM>(d.do_nmaj, kk, narrow_col), 1);
+      }
 #pragma unroll
-      for (int kk = 0; kk < BM / 16; ++kk)
-        Wgmma<DH, T>::template ss<0, 1>(dk, desc_k_major<BN>(d.ds_kmaj, 0, kk), desc_mn_major<BM>(d.q_nmaj, kk, col_block0), 1);
+      for (int kk = 0; kk < BM / 16; ++kk) {
+        Wgmma<WN, T>::template ss<0, 1>(dk, desc_k_major<BN>(d.ds_kmaj, 0, kk), desc_mn_major<BM>(d.q_nmaj, kk, wide_block), 1);
+        if constexpr (NN > 0)
+          Wgmma<NN, T>::template ss<0, 1>(dk_n, desc_k_major<BN>(d.ds_kmaj, 0, kk), desc_mn_major_at<BM>(d.q_nmaj, kk, narrow_col), 1);
+      }
 #pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk)
-        Wgmma<DH, T>::template ss<1, 1>(dq, desc_mn_major<BN>(d.ds_mmaj, kk), desc_mn_major<BN>(d.k_nmaj, kk, col_block0), kk > 0);
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        Wgmma<WN, T>::template ss<1, 1>(dq, desc_mn_major<BN>(d.ds_mmaj, kk), desc_mn_major<BN>(d.k_nmaj, kk, wide_block), kk > 0);
+        if constexpr (NN > 0)
+          Wgmma<NN, T>::template ss<1, 1>(dq_n, desc_mn_major<BN>(d.ds_mmaj, kk), desc_mn_major_at<BN>(d.k_nmaj, kk, narrow_col), kk > 0);
+      }
       wgmma_commit();
       wgmma_wait<0>();
       reg_fence(dq);
       reg_fence(dk);
       reg_fence(dv);
+      if constexpr (NN > 0) {
+        reg_fence(dq_n);
+        reg_fence(dk_n);
+        reg_fence(dv_n);
+      }
 
-      // Stage dQ_w over this consumer's column blocks of the slot (its own dV / dK products, the last readers, are done),
-      // as four swizzled boxes. Thread (warp, g, t) holds rows 16 warp + g (+8) and columns 8j + 2t, +1 of n-tiles j:
-      // the eight rows of a store instruction land in eight different chunks, two wavefronts for 256 bytes.
+      // Stage dQ_w as swizzled boxes: at 256 over this consumer's column blocks of the slot (its own dV / dK products,
+      // the last readers, are done), at 192 in the dQ tile once the writer has released the previous step's (the slot
+      // goes back to the loader first). Thread (warp, g, t) holds rows 16 warp + g (+8) and columns 8j + 2t, +1 of
+      // n-tiles j: the eight rows of a store instruction land in eight different chunks, two wavefronts for 256 bytes.
+      if constexpr (Tile::kDqInSlot) {
 #pragma unroll
-      for (int box = 0; box < DH / 32; ++box) {
-        unsigned char* tile = reinterpret_cast<unsigned char*>(bwd_sm90_split_dq_box(sh, buf, cw, box));
+        for (int box = 0; box < WN / 32; ++box) {
+          unsigned char* tile = reinterpret_cast<unsigned char*>(bwd_sm90_split_dq_box(sh, buf, cw, box));
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int r = warp * 16 + g + 8 * hf;
+          for (int hf = 0; hf < 2; ++hf) {
+            const int r = warp * 16 + g + 8 * hf;
 #pragma unroll
-          for (int jj = 0; jj < 4; ++jj) {
-            const int col = 8 * jj + 2 * t, e = (box * 4 + jj) * 4 + 2 * hf;
-            *reinterpret_cast<float2*>(tile + r * kSwizzleRowBytes + (((col / 4) ^ (r % 8)) * 16) + (col % 4) * 4) =
-                make_float2(dq[e], dq[e + 1]);
+            for (int jj = 0; jj < 4; ++jj) {
+              const int col = 8 * jj + 2 * t, e = (box * 4 + jj) * 4 + 2 * hf;
+              *reinterpret_cast<float2*>(tile + r * kSwizzleRowBytes + (((col / 4) ^ (r % 8)) * 16) + (col % 4) * 4) =
+                  make_float2(dq[e], dq[e + 1]);
+            }
           }
         }
+      } else {
+        mbarrier_arrive(sh.qdo_empty + buf);
+        if (ring > 0) mbarrier_wait(sh.dq_empty, (ring - 1) & 1);
+        auto stage = [&](int col0, int n_tiles, const float* acc) {
+#pragma unroll
+          for (int j = 0; j < n_tiles; ++j) {
+            const int col = col0 + 8 * j;  // a multiple of 8: the n-tile stays in one box
+            float* box = sh.sdQ + (col / 32) * BM * 32;
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              const int r = warp * 16 + g + 8 * hf;
+              *reinterpret_cast<float2*>(box + sw128_f32_offset<BM>(r, col % 32 + 2 * t)) =
+                  make_float2(acc[j * 4 + 2 * hf], acc[j * 4 + 2 * hf + 1]);
+            }
+          }
+        };
+        stage(wide_col, WN / 8, dq);
+        stage(narrow_col, NN / 8, dq_n);
       }
       fence_async_smem();
-      mbarrier_arrive(sh.dq_full + buf);
+      mbarrier_arrive(Tile::kDqInSlot ? sh.dq_full + buf : sh.dq_full);
     }
     mbarrier_arrive(sh.kv_empty);  // the last dQ product has read K
 
-    store_key_rows<T, DH / 8>(a.dk, a, s, b, hk, n0 + warp * 16, DH * cw, [&](int j, int e) { return dk[j * 4 + e]; }, a.scale);
-    store_key_rows<T, DH / 8>(a.dv, a, s, b, hk, n0 + warp * 16, DH * cw, [&](int j, int e) { return dv[j * 4 + e]; }, 1.f);
+    const int key0 = n0 + warp * 16;
+    store_key_rows<T, WN / 8>(a.dk, a, s, b, hk, key0, wide_col, [&](int j, int e) { return dk[j * 4 + e]; }, a.scale);
+    store_key_rows<T, WN / 8>(a.dv, a, s, b, hk, key0, wide_col, [&](int j, int e) { return dv[j * 4 + e]; }, 1.f);
+    if constexpr (NN > 0) {
+      store_key_rows<T, NN / 8>(a.dk, a, s, b, hk, key0, narrow_col, [&](int j, int e) { return dk_n[j * 4 + e]; }, a.scale);
+      store_key_rows<T, NN / 8>(a.dv, a, s, b, hk, key0, narrow_col, [&](int j, int e) { return dv_n[j * 4 + e]; }, 1.f);
+    }
   }
 }
 

@@ -44,10 +44,10 @@ const archList = [...new Set([...turing, ...gencode, ...ada, ...hopper].map((fla
   .map((t) => `"${t}"`)
   .join(",");
 /** Head dims of the Hopper kernels: multiples of 64 (whole 128-byte swizzle rows). The backward keeps dK and dV of
- *  64 keys per warpgroup in registers up to head dim 128; at 256 its two warpgroups split the columns of 64 keys
- *  (bwd_sm90.cuh), and 192 runs padded to 256. */
+ *  64 keys per warpgroup in registers up to head dim 128; at 192 and 256 its two warpgroups split the columns of 64
+ *  keys (bwd_sm90.cuh). */
 const sm90FwdHeadDims = [64, 128, 192, 256];
-const sm90BwdHeadDims = [64, 128, 256];
+const sm90BwdHeadDims = [64, 128, 192, 256];
 /** The fp8 forward (fwd_sm90.cuh with fp8 operands): forward only, at 128 and 256 (a 64- or 192-byte row is not a whole
  *  128-byte swizzle row, so head dims <= 128 run padded to 128 and the rest to 256). The P V product's A operand is
  *  always E4M3 (P in [0, 1]); V and the Q K^T operands are the input format. */

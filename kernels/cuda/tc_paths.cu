@@ -117,7 +117,7 @@ struct Sm90 {
 #undef FA_SM90_FWD
 #undef FA_SM90_BWD
 #define FA_SM90_FWD(T, D)
-// The backward: the smallest instantiation covering the forward's tile (192 runs padded to 256).
+// The backward: the smallest instantiation covering the forward's tile.
 #define FA_SM90_BWD(T, D)                                                                                       \
   if (dtype_code<T>() == FA_DTYPE_F16 && best.d != 0 && D >= best.d && (best.bwd_d == 0 || D < best.bwd_d)) {   \
     best.bwd_d = D, best.bwd_bn = Sm90BwdTile<D>::BN, best.bwd_smem = Sm90BwdTile<D>::smem_bytes();               \

@@ -161,6 +161,14 @@ __device__ __forceinline__ uint64_t desc_mn_major(uint64_t tile_desc, int kk, in
   return tile_desc + (static_cast<uint32_t>(block0 * (R * kSwizzleRowBytes) + kk * 16 * kSwizzleRowBytes) >> 4);
 }
 
+// MN-major operand from column `col` (a multiple of 8; from the middle of a 64-column block, the operand must end in
+// that block: n32 from 64 bytes into its swizzle rows): the swizzle is a function of the absolute address, as for the
+// 32-byte k-steps of a K-major operand.
+template <int R>
+__device__ __forceinline__ uint64_t desc_mn_major_at(uint64_t tile_desc, int kk, int col) {
+  return desc_mn_major<R>(tile_desc, kk, col / 64) + static_cast<uint32_t>((col % 64) * 2 >> 4);
+}
+
 // ---- ordering -----------------------------------------------------------------------------------------------------
 
 // Before the first wgmma of a batch, and whenever its accumulator or A registers were touched by other instructions.

@@ -272,7 +272,9 @@ def grid(quick):
                      ("alibi", dict(alibi="head", causal=True)), ("gqa4", dict(h=8, hk=2, causal=True)),
                      ("varlen", dict(varlen=True, sq=300, sk=350, batch=3)), ("causal-sq>sk", dict(sq=400, sk=150, causal=True)),
                      ("deterministic", dict(deterministic=True, batch=2, sq=500, sk=1300, h=8, hk=8)),
-                     ("long", dict(sq=1500, sk=1500, causal=True, h=2, hk=1)), ("hdim192-gqa", dict(d=192, h=8, hk=4, sq=600, sk=700))):
+                     ("long", dict(sq=1500, sk=1500, causal=True, h=2, hk=1)), ("hdim192-gqa", dict(d=192, h=8, hk=4, sq=600, sk=700)),
+                     ("hdim192-deterministic", dict(d=192, deterministic=True, batch=2, sq=500, sk=900, h=4, hk=2)),
+                     ("hdim192-window-softcap", dict(d=192, window=(80, 20), softcap=20.0)), ("hdim160", dict(d=160, causal=True))):
         add(f"splitd-{name}", **{"d": 256, **kw})
     # more tiles than SMs: the persistent hdim-64 forward (tile counter, Q ring, tiles that skip) on an H100 / H200
     add("persistent-small", batch=1, sq=128, sk=256, h=136, hk=8, causal=True)  # 136 tiles: racecheck-sized
