@@ -16,12 +16,11 @@
 //   dK  += dS^T Q                  RS (times scale at the end)
 //   dQ  += dS K                    SS from the dS^T tile in smem (M-major, imm-trans-a) and K (N-major), fp32 into
 //                                  the dQ tile in smem: head dim 128 splits dQ's columns between the consumers (64
-//                                  each, over all 128 keys, after a consumer barrier; dS^T double-buffered by ring
-//                                  slot, so that one barrier per step orders it); at head dim 64 each consumer
-//                                  multiplies its own 64 keys into a dQ tile of its own, which the writer adds
-//                                  separately, so the two consumers never wait for each other within a block. A dQ
-//                                  tile has one slot: the writer has read it (dq_empty) long before the next step's
-//                                  dQ product ends.
+//                                  each, over all 128 keys, after a consumer barrier); at head dim 64 each consumer
+//                                  multiplies its own 64 keys and the two partials are summed through smem, each
+//                                  consumer storing 32 columns. dS^T and that exchange are double-buffered by ring
+//                                  slot, so one consumer barrier per step orders them. The dQ tile has one slot: the
+//                                  writer has read it (dq_empty) long before the next step's dQ product ends.
 // Head dim 256 (split D): dK and dV of 64 keys x 256 columns (2 x 128 fp32 per thread of one warpgroup) do not fit
 // in registers, so BN = 64 keys shared by both consumers, consumer w owning columns [128 w, 128 w + 128) of dK, dV
 // and dQ. Per step, consumer w:
@@ -67,24 +66,24 @@ struct Sm90BwdTile {
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // per thread, as __launch_bounds__(kThreads, 1) gets
   static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= kThreads * kLaunchRegs,
                 "the consumers' registers come from the producer's");
-  // Head dim 64: each consumer's dQ over its own keys, in a tile of its own; else consumer w computes dQ columns
-  // [64w, 64w + 64) over all keys, into one tile.
-  static constexpr bool kDqPerWarpgroupKeys = D == 64;
-  static constexpr int kDqTiles = kDqPerWarpgroupKeys ? 2 : 1;
+  static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: consumer w computes dQ columns [64w, 64w + 64)
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2, kTileDs = BN * BM * 2;  // bytes
   static constexpr int kTilePt = kSplitD ? kTileDs : 0;  // split D: the P^T tile beside dS^T
-  // The fp32 dQ tiles [kDqTiles][BM rows][kDqLd]: rows padded by 8 floats, so the float2 stores of a half-warp hit 32
-  // distinct banks; each row is one bulk reduction of head_dim floats (16-byte aligned: kDqLd is a multiple of 4).
+  // Head dim 64: the fp32 dQ halves the consumers hand each other, [2 slots][2][BM rows][kRedLd] (rows padded by 8
+  // floats, so the float2 accesses of a half-warp hit 32 distinct banks).
+  static constexpr int kRedLd = 32 + 8;
+  static constexpr size_t kRedBytes = kDqPerWarpgroupKeys ? 4 * BM * kRedLd * sizeof(float) : 0;
+  // The fp32 dQ tile [BM rows][kDqLd]: rows padded by 8 floats for the consumers' float2 stores (as kRedLd); each row
+  // is one bulk reduction of head_dim floats (16-byte aligned: kDqLd is a multiple of 4).
   // Split D stages dQ in the Q / dO slot instead (bwd_sm90_split_dq_box).
   static constexpr int kDqLd = D + 8;
   static constexpr size_t kDqBytes = kDqInSlot ? 0
                                      : kSplitD  ? static_cast<size_t>(BM) * D * sizeof(float)  // D / 32 TMA boxes
-                                                : static_cast<size_t>(kDqTiles) * BM * kDqLd * sizeof(float);
-  // K/V full, empty; Q/dO full, empty per slot; dQ full per slot (head dim 64: per consumer); dQ empty per dQ tile
-  static constexpr int kBarriers = 8 + kDqTiles;
+                                                : static_cast<size_t>(BM) * kDqLd * sizeof(float);
+  static constexpr int kBarriers = 9;  // K/V full, empty; Q/dO full, empty per slot; dQ full per slot, dQ empty
   static constexpr size_t smem_bytes() {
     return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + 2 * (kTileDs + kTilePt) + 4 * BM * sizeof(float) +
-           kDqBytes + kBarriers * sizeof(uint64_t);
+           kRedBytes + kDqBytes + kBarriers * sizeof(uint64_t);
   }
   static_assert(BM == kDqWriterThreads, "the dQ writer adds one row per thread");
   static_assert(D == 64 || D == 128 || D == 192 || D == 256, "row tiles up to head dim 128, split D at 192 and 256");
@@ -95,7 +94,7 @@ struct Sm90BwdTile {
 // ---- shared memory ------------------------------------------------------------------------------------------------
 
 // The CTA's shared memory, in allocation order: K and V of the key block, the two-slot ring of Q, dO, lse2 and dsum,
-// the double-buffered dS^T tile, the dQ tiles, and the mbarriers.
+// the double-buffered dS^T tile, head dim 64's dQ exchange, the dQ tile, and the mbarriers.
 template <typename T, typename Tile>
 struct Sm90BwdShared {
   static constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM;
@@ -107,11 +106,12 @@ struct Sm90BwdShared {
   T* sPt;        // split D: [2][BN keys x BM queries]: P^T, the K-major A of dV
   float* sLse2;  // [2][BM]
   float* sDsum;  // [2][BM]
-  float* sdQ;    // [kDqTiles][BM][kDqLd]
+  float* sRed;   // head dim 64: [2][2][BM][kRedLd]
+  float* sdQ;    // [BM][kDqLd]
   uint64_t *kv_full, *kv_empty;
   uint64_t *qdo_full, *qdo_empty;  // [2] each
-  uint64_t *dq_full;   // [2]: split D, the dQ of ring slot ring & 1 is stored; head dim 64, consumer w's tile; else [0]
-  uint64_t *dq_empty;  // [2]: head dim 64, consumer w's tile has been read; else [0]
+  uint64_t *dq_full;  // [2]: the dQ tile of ring slot ring & 1 is stored (row tiles use [0] only)
+  uint64_t *dq_empty;
 
   __device__ __forceinline__ explicit Sm90BwdShared(unsigned char* smem) {
     sK = reinterpret_cast<T*>(smem);
@@ -122,7 +122,8 @@ struct Sm90BwdShared {
     sPt = sdS + 2 * BN * BM;
     sLse2 = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sPt) + 2 * Tile::kTilePt);
     sDsum = sLse2 + 2 * BM;
-    sdQ = sDsum + 2 * BM;
+    sRed = sDsum + 2 * BM;
+    sdQ = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sRed) + Tile::kRedBytes);
     kv_full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(sdQ) + Tile::kDqBytes);
     kv_empty = kv_full + 1;
     qdo_full = kv_full + 2;
@@ -138,9 +139,9 @@ struct Sm90BwdShared {
     const int qdo_readers = Tile::kDqInSlot ? Tile::kDqWriterThreads : Tile::kConsumerThreads;
     for (int slot = 0; slot < 2; ++slot) {
       mbarrier_init(qdo_full + slot, Tile::kLoaderThreads), mbarrier_init(qdo_empty + slot, qdo_readers);
-      mbarrier_init(dq_full + slot, Tile::kDqPerWarpgroupKeys ? 128 : Tile::kConsumerThreads);
+      mbarrier_init(dq_full + slot, Tile::kConsumerThreads);
     }
-    for (int tile = 0; tile < Tile::kDqTiles; ++tile) mbarrier_init(dq_empty + tile, Tile::kDqWriterThreads);
+    mbarrier_init(dq_empty, Tile::kDqWriterThreads);
     mbarrier_init_fence();
   }
 };
@@ -229,16 +230,7 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
     for (int step = 0; step < steps.count; ++step, ++ring) {
       const int slot = ring & 1, m0 = steps.row0(step, BM);
       const int64_t row0 = slice_row0 + lse_row0(a, s, b, steps.head(a, hk, step)) + m0;  // of dq_accum
-      // Once this thread's reductions of a tile are issued: wait until they have read it (deterministic mode: until
-      // they have completed, so that a row's sum is taken in step order), then release what held it.
-      auto release = [&](bool issued, uint64_t* bar) {
-        if (issued) {
-          bulk_commit_group();
-          if (a.deterministic) bulk_wait_group<0>();
-          else bulk_wait_group_read<0>();
-        }
-        mbarrier_arrive(bar);
-      };
+      bool issued = false;
       if constexpr (Tile::kDqInSlot) {
         mbarrier_wait(sh.dq_full + slot, (ring >> 1) & 1);
         if (r == 0) {
@@ -248,8 +240,8 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
             for (int box = 0; box < 4; ++box)
               if (128 * cw + 32 * box < a.head_dim)  // a head dim padded to 256: its last boxes are outside
                 tma_reduce_add_box(&maps.dq, 128 * cw + 32 * box, static_cast<int>(row0), bwd_sm90_split_dq_box(sh, slot, cw, box));
+          issued = true;
         }
-        release(r == 0, sh.qdo_empty + slot);
       } else if constexpr (Tile::kSplitD) {
         mbarrier_wait(sh.dq_full, ring & 1);
         if (r == 0) {
@@ -257,20 +249,21 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
           for (int box = 0; box < Tile::D / 32; ++box)
             if (32 * box < a.head_dim)
               tma_reduce_add_box(&maps.dq, 32 * box, static_cast<int>(row0), sh.sdQ + box * BM * 32);
+          issued = true;
         }
-        release(r == 0, sh.dq_empty);
       } else {
-        // Row r of each dQ tile in turn (head dim 64: consumer 0's, then consumer 1's).
-#pragma unroll
-        for (int tile = 0; tile < Tile::kDqTiles; ++tile) {
-          mbarrier_wait(sh.dq_full + tile, ring & 1);
-          const bool inside = m0 + r < s.sq;
-          if (inside)
-            bulk_reduce_add_f32(a.dq_accum + (row0 + r) * a.head_dim, sh.sdQ + (tile * BM + r) * Tile::kDqLd,
-                                static_cast<uint32_t>(a.head_dim) * sizeof(float));
-          release(inside, sh.dq_empty + tile);
+        mbarrier_wait(sh.dq_full, ring & 1);
+        if (m0 + r < s.sq) {
+          bulk_reduce_add_f32(a.dq_accum + (row0 + r) * a.head_dim, sh.sdQ + r * Tile::kDqLd, static_cast<uint32_t>(a.head_dim) * sizeof(float));
+          issued = true;
         }
       }
+      if (issued) {
+        bulk_commit_group();
+        if (a.deterministic) bulk_wait_group<0>();
+        else bulk_wait_group_read<0>();
+      }
+      mbarrier_arrive(Tile::kDqInSlot ? sh.qdo_empty + slot : sh.dq_empty);
     }
   }
   bulk_wait_group<0>();  // every reduction has landed before the thread exits
@@ -312,24 +305,49 @@ struct Sm90BwdSlot {
         pt_tile(sh.sPt + buf * Tile::BN * Tile::BM) {}
 };
 
-// Stores a consumer's dQ of one step (64 queries x 64 columns, C layout in dq) into its dQ tile (head dim 64: the
-// consumer's own tile, its partial over its own keys; else columns [64 cw, 64 cw + 64) of the one tile) and hands the
-// tile to the writer once it has released the previous step's (ring > 0).
+// Stores a consumer's dQ of one step (64 queries x 64 columns, C layout in dq) into the dQ tile and hands the tile to
+// the writer once it has released the previous step's (ring > 0).
 template <typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_store_dq(const Sm90BwdShared<T, Tile>& sh, int ring, int cw, const float (&dq)[32]) {
+__device__ __forceinline__ void bwd_sm90_store_dq(const Sm90BwdShared<T, Tile>& sh, int ring, int buf, int cw, const float (&dq)[32]) {
+  constexpr int BM = Tile::BM;
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int tile = Tile::kDqPerWarpgroupKeys ? cw : 0, col0 = Tile::kDqPerWarpgroupKeys ? 0 : 64 * cw;
-  float* rows = sh.sdQ + tile * Tile::BM * Tile::kDqLd;
-  if (ring > 0) mbarrier_wait(sh.dq_empty + tile, (ring - 1) & 1);
   // Thread (warp, g, t) holds rows 16 warp + g (+ 8) and columns 8j + 2t, +1 of its n-tiles j.
+  auto store_row_pairs = [&](int col0, int nj, auto&& pair) {
+    if (ring > 0) mbarrier_wait(sh.dq_empty, (ring - 1) & 1);
 #pragma unroll
-  for (int hf = 0; hf < 2; ++hf)
+    for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-      *reinterpret_cast<float2*>(rows + (warp * 16 + g + 8 * hf) * Tile::kDqLd + col0 + 8 * j + 2 * t) =
-          make_float2(dq[j * 4 + 2 * hf], dq[j * 4 + 2 * hf + 1]);
-  fence_async_smem();
-  mbarrier_arrive(sh.dq_full + tile);
+      for (int j = 0; j < nj; ++j)
+        *reinterpret_cast<float2*>(sh.sdQ + (warp * 16 + g + 8 * hf) * Tile::kDqLd + col0 + 8 * j + 2 * t) = pair(j, hf);
+    fence_async_smem();
+    mbarrier_arrive(sh.dq_full);
+  };
+  if constexpr (Tile::kDqPerWarpgroupKeys) {
+    // Each partial covers all 64 columns over one consumer's keys. Consumer w owns columns [32w, 32w + 32): it
+    // hands the other's 32 columns over through smem (the partner thread, same warp and lane, holds the same
+    // rows and columns) and stores the sum of its own, so the tile holds the step's whole dQ.
+    float* red = sh.sRed + buf * 2 * BM * Tile::kRedLd;
+    float* handed = red + cw * BM * Tile::kRedLd;
+    const float* received = red + (1 - cw) * BM * Tile::kRedLd;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        // n-tile j + 4 other, with compile-time register indices (a run-time one would spill dq to local memory)
+        const int e0 = j * 4 + 2 * hf, e1 = (j + 4) * 4 + 2 * hf;
+        const float2 pair = cw == 0 ? make_float2(dq[e1], dq[e1 + 1]) : make_float2(dq[e0], dq[e0 + 1]);
+        *reinterpret_cast<float2*>(handed + (warp * 16 + g + 8 * hf) * Tile::kRedLd + 8 * j + 2 * t) = pair;
+      }
+    named_barrier_sync(1, Tile::kConsumerThreads);
+    store_row_pairs(32 * cw, 4, [&](int j, int hf) {
+      const int e0 = j * 4 + 2 * hf, e1 = (j + 4) * 4 + 2 * hf;  // compile-time register indices, as above
+      const float2 own = cw == 0 ? make_float2(dq[e0], dq[e0 + 1]) : make_float2(dq[e1], dq[e1 + 1]);
+      const float2 other = *reinterpret_cast<const float2*>(received + (warp * 16 + g + 8 * hf) * Tile::kRedLd + 8 * j + 2 * t);
+      return make_float2(own.x + other.x, own.y + other.y);
+    });
+  } else {
+    store_row_pairs(64 * cw, 8, [&](int j, int hf) { return make_float2(dq[j * 4 + 2 * hf], dq[j * 4 + 2 * hf + 1]); });
+  }
 }
 
 // The epilogue of a key block: dK (times scale) and dV of this warp's 16 keys from key0.
@@ -482,7 +500,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
       reg_fence(dk);
       reg_fence(dsa);
       mbarrier_arrive(sh.qdo_empty + buf);  // every product of this step has read its Q / dO slot
-      bwd_sm90_store_dq<T, Tile>(sh, ring, cw, dq);
+      bwd_sm90_store_dq<T, Tile>(sh, ring, buf, cw, dq);
     }
     mbarrier_arrive(sh.kv_empty);  // the last dQ product has read K
 
