@@ -67,9 +67,6 @@ struct Sm90BwdTile {
   static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= kThreads * kLaunchRegs,
                 "the consumers' registers come from the producer's");
   static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: consumer w computes dQ columns [64w, 64w + 64)
-  // Head dim 64: a step's S^T and dP^T are issued at the end of the step before, so that they run while its dQ is
-  // exchanged and stored (the registers allow it: dK, dV 32 each; at 128 they take 128).
-  static constexpr bool kScoresAhead = D == 64;
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2, kTileDs = BN * BM * 2;  // bytes
   static constexpr int kTilePt = kSplitD ? kTileDs : 0;  // split D: the P^T tile beside dS^T
   // Head dim 64: the fp32 dQ halves the consumers hand each other, [2 slots][2][BM rows][kRedLd] (rows padded by 8
@@ -362,9 +359,10 @@ __device__ __forceinline__ void bwd_sm90_epilogue(const AttnArgs& a, const SeqIn
 }
 
 // A step's first two products, for this warpgroup's 64 keys from key0 of the block and N queries from q0 of the step:
-//   S^T = K Q^T, then dP^T = V dO^T (both SS, k over the head dim), committed as two groups (S^T lands first).
+//   S^T = K Q^T, then dP^T = V dO^T (both SS, k over the head dim), committed as two groups; returns once S^T has
+// landed, dP^T still running (the caller waits for it with wgmma_wait<0>).
 template <int N, typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_issue_scores(float (&st)[N / 2], float (&dpt)[N / 2], const Sm90BwdDescs<T, Tile>& d, int key0, int q0) {
+__device__ __forceinline__ void bwd_sm90_scores(float (&st)[N / 2], float (&dpt)[N / 2], const Sm90BwdDescs<T, Tile>& d, int key0, int q0) {
   wgmma_fence();
 #pragma unroll
   for (int kk = 0; kk < Tile::D / 16; ++kk)
@@ -374,12 +372,6 @@ __device__ __forceinline__ void bwd_sm90_issue_scores(float (&st)[N / 2], float 
   for (int kk = 0; kk < Tile::D / 16; ++kk)
     Wgmma<N, T>::template ss<0, 0>(dpt, desc_k_major<Tile::BN>(d.v_kmaj, key0, kk), desc_k_major<Tile::BM>(d.do_kmaj, q0, kk), kk > 0);
   wgmma_commit();
-}
-
-// The same, returning once S^T has landed, dP^T still running (the caller waits for it with wgmma_wait<0>).
-template <int N, typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_scores(float (&st)[N / 2], float (&dpt)[N / 2], const Sm90BwdDescs<T, Tile>& d, int key0, int q0) {
-  bwd_sm90_issue_scores<N>(st, dpt, d, key0, q0);
   wgmma_wait<1>();  // S^T landed; dP^T still runs
   reg_fence(st);
 }
@@ -409,23 +401,15 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.f;
 
-    float st[BM / 2], dpt[BM / 2];
     for (int step = 0; step < steps.count; ++step, ++ring) {
       const int buf = ring & 1, h = steps.head(a, hk, step), m0 = steps.row0(step, BM);
-      // Scores ahead (head dim 64): S^T and dP^T of every step but the block's first were issued, and have landed, at
-      // the end of the step before.
-      const bool issue_scores = !Tile::kScoresAhead || step == 0;
-      if (issue_scores) {
-        mbarrier_wait(sh.qdo_full + buf, (ring >> 1) & 1);  // this step's Q, dO, lse2, dsum
-        fence_async_smem();
-      }
+      mbarrier_wait(sh.qdo_full + buf, (ring >> 1) & 1);  // this step's Q, dO, lse2, dsum
+      fence_async_smem();
       const Sm90BwdDescs<T, Tile> d = descs.at(buf);
       const Sm90BwdSlot<T, Tile> slot(sh, buf);
-      if (issue_scores) {
-        bwd_sm90_issue_scores<BM>(st, dpt, d, wg_key0, 0);
-        wgmma_wait<1>();  // S^T landed; dP^T still runs
-        reg_fence(st);
-      }
+
+      float st[BM / 2], dpt[BM / 2];
+      bwd_sm90_scores<BM>(st, dpt, d, wg_key0, 0);
 
       // P^T (packed for the dV product) and P^T (1 - tanh^2) kept in st for dS. Thread columns (queries) are the
       // pairs 8j + 2t, +1, so their statistics come as float2.
@@ -511,32 +495,12 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
           Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(d.ds_mmaj, kk), desc_mn_major<BN>(d.k_nmaj, kk, cw), kk > 0);
       }
       wgmma_commit();
-      // Once dK and dQ have landed (each branch below waits for them in its own way: ptxas must see the wait count
-      // on every path to keep the products pipelined).
-      auto finish_step = [&] {
-        reg_fence(dq);
-        reg_fence(dk);
-        reg_fence(dsa);
-        mbarrier_arrive(sh.qdo_empty + buf);  // every product of this step has read its Q / dO slot
-        bwd_sm90_store_dq<T, Tile>(sh, ring, buf, cw, dq);
-      };
-      if (Tile::kScoresAhead && step + 1 < steps.count) {
-        // The next step's S^T and dP^T (S^T and dP^T of this one are dead) run while this step's dQ is handed over
-        // and stored. Its slot is the one the step before released.
-        const int next = (ring + 1) & 1;
-        mbarrier_wait(sh.qdo_full + next, ((ring + 1) >> 1) & 1);
-        fence_async_smem();
-        bwd_sm90_issue_scores<BM>(st, dpt, descs.at(next), wg_key0, 0);
-        wgmma_wait<2>();  // dK and dQ landed
-        finish_step();
-        // No product stays in flight across the loop's back edge (ptxas would serialise them all).
-        wgmma_wait<0>();
-        reg_fence(st);
-        reg_fence(dpt);
-      } else {
-        wgmma_wait<0>();
-        finish_step();
-      }
+      wgmma_wait<0>();
+      reg_fence(dq);
+      reg_fence(dk);
+      reg_fence(dsa);
+      mbarrier_arrive(sh.qdo_empty + buf);  // every product of this step has read its Q / dO slot
+      bwd_sm90_store_dq<T, Tile>(sh, ring, buf, cw, dq);
     }
     mbarrier_arrive(sh.kv_empty);  // the last dQ product has read K
 

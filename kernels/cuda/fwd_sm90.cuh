@@ -95,7 +95,7 @@ struct Sm90FwdTile {
 // 256); the persistent hdim-64 kernel lost 4-5% with them and the fp8 hdim-128 one 1-2% (docs/perf-cuda.md).
 template <typename T, int D, bool kFp8 = Sm90Element<T>::kFp8> struct Sm90FwdTileFor;
 template <typename T> struct Sm90FwdTileFor<T, 64, false> { using type = Sm90FwdTile<T, 64, 128, true>; };
-template <typename T> struct Sm90FwdTileFor<T, 128, false> { using type = Sm90FwdTile<T, 128, 128, false, 3, 0, true>; };
+template <typename T> struct Sm90FwdTileFor<T, 128, false> { using type = Sm90FwdTile<T, 128, 128, false, 2, 0, true>; };
 template <typename T> struct Sm90FwdTileFor<T, 192, false> { using type = Sm90FwdTile<T, 192, 64, false, 2, 0, true>; };
 template <typename T> struct Sm90FwdTileFor<T, 256, false> { using type = Sm90FwdTile<T, 256, 64, false, 2, 0, true>; };
 template <typename T> struct Sm90FwdTileFor<T, 128, true> { using type = Sm90FwdTile<T, 128, 128, false, 4, 3>; };
