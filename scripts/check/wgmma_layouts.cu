@@ -25,6 +25,16 @@ using namespace fa::tc;
 constexpr int M = 64, N = 128, K = 128, KP = 64;
 using Fp8Tile = Sm90FwdTileFor<fp8_e4m3_t, 128>::type;  // the fp8 forward's tile at head dim 128 (BN = 128)
 
+// Where element i of a thread's m64nN accumulator fragment sits in C: thread (warp, g, t) holds rows 16 warp + g and
+// + 8, columns 8j + 2t and + 1 of n-tile j.
+__device__ int acc_row(int i) { return threadIdx.x / 32 * 16 + threadIdx.x % 32 / 4 + 8 * ((i / 2) % 2); }
+__device__ int acc_col(int i) { return 8 * (i / 4) + 2 * (threadIdx.x % 4) + i % 2; }
+// The fragment into row-major C of NC columns.
+template <int NC>
+__device__ void store_acc(const float (&acc)[NC / 2], float* c) {
+  for (int i = 0; i < NC / 2; ++i) c[acc_row(i) * NC + acc_col(i)] = acc[i];
+}
+
 __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf16_t* b, const bf16_t* p, const bf16_t* v,
                                                       float* c_qk, float* c_pv, float* c_dq, float* c_dq32) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -56,10 +66,7 @@ __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf1
   wgmma_commit();
   wgmma_wait<0>();
   reg_fence(acc);
-  for (int i = 0; i < N / 2; ++i) {
-    const int row = warp * 16 + g + 8 * ((i / 2) % 2), col = 8 * (i / 4) + 2 * t + i % 2;
-    c_qk[row * N + col] = acc[i];
-  }
+  store_acc<N>(acc, c_qk);
 
   // P fragments straight from global memory in the A-operand map: a[r] = (row g + 8 (r % 2), k 2t + 8 (r / 2) ..).
   uint32_t pa[KP / 16][4];
@@ -74,10 +81,7 @@ __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf1
   wgmma_commit();
   wgmma_wait<0>();
   reg_fence(acc);
-  for (int i = 0; i < N / 2; ++i) {
-    const int row = warp * 16 + g + 8 * ((i / 2) % 2), col = 8 * (i / 4) + 2 * t + i % 2;
-    c_pv[row * N + col] = acc[i];
-  }
+  store_acc<N>(acc, c_pv);
 
   float dq[32];
   wgmma_fence();
@@ -85,10 +89,7 @@ __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf1
   wgmma_commit();
   wgmma_wait<0>();
   reg_fence(dq);
-  for (int i = 0; i < 32; ++i) {
-    const int row = warp * 16 + g + 8 * ((i / 2) % 2), col = 8 * (i / 4) + 2 * t + i % 2;
-    c_dq[row * 64 + col] = dq[i];
-  }
+  store_acc<64>(dq, c_dq);
 
   // The head-dim-192 backward's narrow product: n32 with B N-major from column 96, 64 bytes into column block 1's rows.
   float dq32[16];
@@ -97,10 +98,7 @@ __global__ void __launch_bounds__(128) layouts_kernel(const bf16_t* a, const bf1
   wgmma_commit();
   wgmma_wait<0>();
   reg_fence(dq32);
-  for (int i = 0; i < 16; ++i) {
-    const int row = warp * 16 + g + 8 * ((i / 2) % 2), col = 8 * (i / 4) + 2 * t + i % 2;
-    c_dq32[row * 32 + col] = dq32[i];
-  }
+  store_acc<32>(dq32, c_dq32);
 #endif
 }
 
@@ -124,9 +122,6 @@ __global__ void __launch_bounds__(128) fp8_layouts_kernel(const fp8_e4m3_t* a, c
   transpose_v_fp8<Fp8Tile>(sVt, sVraw);
   fence_async_smem();
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  auto row_of = [&](int i) { return warp * 16 + g + 8 * ((i / 2) % 2); };
-  auto col_of = [&](int i) { return 8 * (i / 4) + 2 * t + i % 2; };
 
   float acc[N / 2];
   wgmma_fence();
@@ -136,11 +131,11 @@ __global__ void __launch_bounds__(128) fp8_layouts_kernel(const fp8_e4m3_t* a, c
   wgmma_commit();
   wgmma_wait<0>();
   reg_fence(acc);
-  for (int i = 0; i < N / 2; ++i) c_qk[row_of(i) * N + col_of(i)] = acc[i];
+  store_acc<N>(acc, c_qk);
 
   // P as the forward holds it: fp32 scores in the accumulator layout (keys = columns), packed to E4M3 fragments.
   float sc[K / 2];
-  for (int i = 0; i < K / 2; ++i) sc[i] = p[row_of(i) * K + col_of(i)];
+  for (int i = 0; i < K / 2; ++i) sc[i] = p[acc_row(i) * K + acc_col(i)];
   uint32_t pa[Fp8Tile::kPSteps][4];
   sm90_pack_p<fp8_e4m3_t, Fp8Tile>(pa, sc);
   wgmma_fence();
@@ -149,7 +144,7 @@ __global__ void __launch_bounds__(128) fp8_layouts_kernel(const fp8_e4m3_t* a, c
   wgmma_commit();
   wgmma_wait<0>();
   reg_fence(acc);
-  for (int i = 0; i < N / 2; ++i) c_pv[row_of(i) * N + col_of(i)] = acc[i];
+  store_acc<N>(acc, c_pv);
 #endif
 }
 
