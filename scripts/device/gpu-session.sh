@@ -3,7 +3,7 @@
 # the steps named on the command line, logging each under $OUT and printing a short summary last.
 #
 #   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | tma-layout | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | verify-fp8-decode | sanitize | sanitize-fp8 | racecheck-fp8 |
-#          racecheck(128) | racecheck-persistent | kvcache-sanitize | doctor |
+#          racecheck(128) | racecheck-persistent | racecheck-det | kvcache-sanitize | doctor |
 #          profile | profile-det | profile-bwd64 | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset |
 #          ab-decode | ab-det  (this build against .gpu/ab.so.xz, another commit's library: scripts/device/ab-lib.sh)
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
@@ -106,6 +106,19 @@ for s in "$@"; do
     racecheck) step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim64 ;;
     racecheck128) step racecheck128 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim128 ;;
     # (this case's fp64 reference runs cuBLAS kernels that racecheck flags on its own account: read the report for fa:: names)
+    # the deterministic backward, one case per run (a sanitizer failure ends the process): several key blocks per CTA
+    # stop racecheck with an internal "hardware exception" (docs/perf-cuda.md); which cases, and whether without the
+    # async-copy tracking or under synccheck too
+    racecheck-det)
+      for c in deterministic-blocks-per-cta-hdim64 deterministic-blocks-per-cta-hdim128 deterministic-gqa-causal \
+               deterministic-window splitd-deterministic; do
+        step "racecheck-$c" 60 compute-sanitizer --tool racecheck --kernel-name kns=bwd_sm90 --error-exitcode 1 \
+          python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --filter "$c"
+      done
+      step racecheck-det-noasync 60 compute-sanitizer --tool racecheck --racecheck-memcpy-async no --kernel-name kns=bwd_sm90 \
+        --error-exitcode 1 python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --filter deterministic-blocks-per-cta-hdim64
+      step synccheck-det 60 compute-sanitizer --tool synccheck --kernel-name kns=bwd_sm90 --error-exitcode 1 \
+        python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --filter deterministic-blocks-per-cta-hdim64 ;;
     racecheck-persistent) step racecheck-persistent 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --filter persistent-small ;;
     tile-cost) step tile-cost 120 python3 scripts/perf/cuda_tile_cost.py ;;  # the hdim-64 forward's fixed and per-key-block cost per tile
     bench-kernels) step bench-kernels 420 python3 scripts/perf/cuda_bench.py --seqlens 1024,2048,4096,8192,16384 --also cuda-mma-sm80 --json "$LOGS/bench-kernels.json" --md "$LOGS/bench-kernels.md" ;;
