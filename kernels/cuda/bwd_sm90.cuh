@@ -645,15 +645,14 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
       if constexpr (Tile::kDqInSlot) {
 #pragma unroll
         for (int box = 0; box < WN / 32; ++box) {
-          unsigned char* tile = reinterpret_cast<unsigned char*>(bwd_sm90_split_dq_box(sh, buf, cw, box));
+          float* tile = bwd_sm90_split_dq_box(sh, buf, cw, box);
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf) {
             const int r = warp * 16 + g + 8 * hf;
 #pragma unroll
             for (int jj = 0; jj < 4; ++jj) {
               const int col = 8 * jj + 2 * t, e = (box * 4 + jj) * 4 + 2 * hf;
-              *reinterpret_cast<float2*>(tile + r * kSwizzleRowBytes + (((col / 4) ^ (r % 8)) * 16) + (col % 4) * 4) =
-                  make_float2(dq[e], dq[e + 1]);
+              *reinterpret_cast<float2*>(tile + sw128_f32_offset(r, col)) = make_float2(dq[e], dq[e + 1]);
             }
           }
         }
@@ -668,7 +667,7 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
               const int r = warp * 16 + g + 8 * hf;
-              *reinterpret_cast<float2*>(box + sw128_f32_offset<BM>(r, col % 32 + 2 * t)) =
+              *reinterpret_cast<float2*>(box + sw128_f32_offset(r, col % 32 + 2 * t)) =
                   make_float2(acc[j * 4 + 2 * hf], acc[j * 4 + 2 * hf + 1]);
             }
           }

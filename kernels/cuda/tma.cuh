@@ -96,10 +96,9 @@ inline bool encode_rows_map_f32(CUtensorMap* map, float* base, int64_t cols, int
 
 // ---- device ------------------------------------------------------------------------------------------------------
 
-// Float index of (row, col) in an fp32 TMA box of R rows x 32 floats, 128-byte swizzled as the box lands (16-byte
+// Float index of (row, col) in an fp32 TMA box of rows of 32 floats, 128-byte swizzled as the box lands (16-byte
 // chunk c of row r at c ^ r % 8; the box 1024-byte aligned). A float2 at an even col stays in its chunk; the eight rows
 // of an accumulator fragment's store hit eight different chunks.
-template <int R>
 __device__ __forceinline__ int sw128_f32_offset(int row, int col) {
   return row * 32 + (((col / 4) ^ (row % 8)) * 4) + col % 4;
 }
