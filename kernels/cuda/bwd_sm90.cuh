@@ -66,7 +66,12 @@ struct Sm90BwdTile {
   static constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;  // per thread, as __launch_bounds__(kThreads, 1) gets
   static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= kThreads * kLaunchRegs,
                 "the consumers' registers come from the producer's");
+  static_assert(2 * kThreads * kLaunchRegs > 65536, "one CTA per SM (the deterministic turns' persistent grid counts on it)");
   static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: consumer w computes dQ columns [64w, 64w + 64)
+  // Deterministic mode adds dQ in turns (Sm90BwdWork) from head dim 128 on; head dim 64 keeps one slice per CTA (its
+  // steps are half as long, so a wait weighs twice as much: with turns 0.66-0.77 of the normal backward against the
+  // slices' 0.88-0.95, H100, thirteenth session).
+  static constexpr bool kDqTurns = D >= 128;
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2, kTileDs = BN * BM * 2;  // bytes
   static constexpr int kTilePt = kSplitD ? kTileDs : 0;  // split D: the P^T tile beside dS^T
   // Head dim 64: the fp32 dQ halves the consumers hand each other, [2 slots][2][BM rows][kRedLd] (rows padded by 8
@@ -148,10 +153,60 @@ struct Sm90BwdShared {
 
 // ---- schedule -----------------------------------------------------------------------------------------------------
 
-// Deterministic mode runs fewer CTAs than key blocks, each looping over its own (nb = blockIdx.x, + gridDim.x, ...);
-// otherwise one iteration. Per key block, the steps are the (query head of the GQA group, query block) pairs that
-// can see it, heads slowest. Both roles walk the same (key block, step) sequence; `ring` counts the steps over all key
-// blocks (slot ring & 1).
+// The work items of a CTA, (batch, KV head, key block nb), in the order every role walks them (`ring` counts the steps
+// over all of them: slot ring & 1). Three grids:
+// - normal: (key blocks, heads_kv, batch), one item per CTA;
+// - deterministic slices: (P, heads_kv, batch), CTA x taking key blocks x, x + P, ... of its (batch, KV head) and
+//   adding to dq_accum slice x;
+// - deterministic turns (a.dq_turns): a persistent grid of S slots x P lanes, launched cooperatively so that every CTA
+//   is resident. Slot c / P takes the (batch, KV head) pairs c / P, + S, ... (numbered batch-major); within a pair,
+//   lane c % P takes the key blocks congruent to (lane + pair) mod P (the offset turns with the pair so that, under a
+//   causal mask, heavy and light key blocks even out over a lane's pairs), highest first. A row block of dq_accum
+//   takes its additions from the key blocks that see it in descending order (bwd_sm90_dq_writer). Under a causal or
+//   windowed mask a higher key block reaches any row in fewer steps than a lower one, so in lock step no lane waits;
+//   and no deadlock: an item waits only for items of its pair with higher key blocks, which every lane walks first,
+//   so the first unfinished item in (pair ascending, key block descending) order never waits.
+template <int BN>
+struct Sm90BwdWork {
+  // As few registers as the walk allows (the producer warps run on 24 or 40): the lane and the strides are read
+  // from the grid and the arguments again when the walk moves on.
+  int pair, nb;
+  SeqInfo s;
+  // Before the first item: advance() moves to it.
+  __device__ __forceinline__ explicit Sm90BwdWork(const AttnArgs& a)
+      : pair((a.dq_turns != nullptr ? static_cast<int>(blockIdx.x) / a.dq_lanes : blockIdx.z * a.heads_kv + blockIdx.y) - pair_step(a)),
+        nb(-1) {
+    s.sk = 0;
+  }
+  __device__ __forceinline__ int b(const AttnArgs& a) const { return pair / a.heads_kv; }
+  __device__ __forceinline__ int hk(const AttnArgs& a) const { return pair % a.heads_kv; }
+  // Moves to the next item; false when the CTA has none left.
+  __device__ __forceinline__ bool advance(const AttnArgs& a) {
+    const bool turns = a.dq_turns != nullptr;
+    nb += turns ? -a.dq_lanes : static_cast<int>(gridDim.x);
+    if (turns ? nb >= 0 : nb * BN < s.sk) return true;
+    for (pair += pair_step(a); pair < a.batch * a.heads_kv; pair += pair_step(a)) {
+      s = seq_info(a, b(a));
+      const int blocks = (s.sk + BN - 1) / BN;
+      if (!turns) {
+        nb = blockIdx.x;
+      } else {  // this pair's residue, and the highest key block congruent to it
+        const int lanes = a.dq_lanes, first = (static_cast<int>(blockIdx.x) % lanes + pair) % lanes;
+        nb = blocks > first ? first + (blocks - 1 - first) / lanes * lanes : -1;
+      }
+      if (nb >= 0 && nb < blocks) return true;
+    }
+    return false;
+  }
+
+ private:
+  // The normal and sliced grids walk one pair.
+  __device__ __forceinline__ static int pair_step(const AttnArgs& a) {
+    return a.dq_turns != nullptr ? a.dq_slots : a.batch * a.heads_kv;
+  }
+};
+
+// Per key block, the steps are the (query head of the GQA group, query block) pairs that can see it, heads slowest.
 struct Sm90BwdSteps {
   QueryBlocks qb;
   int count;  // qb.count x group
@@ -166,14 +221,14 @@ struct Sm90BwdSteps {
 // Warps 0-1 of warpgroup 0: K and V of each key block, then each step's Q, dO and row statistics into the two-slot
 // ring.
 template <typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s, int hk,
-                                                int b) {
+__device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh) {
   constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, NT = Tile::kLoaderThreads;
-  const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
-  const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
   int ring = 0, kb = 0;
-  for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
-    const int n0 = nb * BN;
+  for (Sm90BwdWork<BN> w(a); w.advance(a); ++kb) {
+    const SeqInfo& s = w.s;
+    const int b = w.b(a), hk = w.hk(a), n0 = w.nb * BN;
+    const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
+    const RowView<T> v = row_view<T>(a.v, a, b, hk, s.k_start, s.sk);
     if (kb > 0) mbarrier_wait(sh.kv_empty, (kb - 1) & 1);
     load_tile_sw128_async<BN, D, NT>(sh.sK, k, n0);
     load_tile_sw128_async<BN, D, NT>(sh.sV, v, n0);
@@ -213,23 +268,44 @@ __device__ __forceinline__ float* bwd_sm90_split_dq_box(const Sm90BwdShared<T, T
   return reinterpret_cast<float*>((box < 2 ? sh.sQ : sh.sdO) + slot * BM * D + (2 * cw + box % 2) * BM * 64);
 }
 
+// The last key block (of bn keys) whose steps include query block m (of bm rows), given that key block nb's do. Key
+// block n sees the block (visible_query_blocks) iff max(0, n bn - diag - win_right) / bm <= m and its query range
+// reaches row m bm, which holds from nb on; so the last is the largest n < R / bn, R = (m + 1) bm + diag + win_right
+// (R > nb bn, as nb sees the block), or the last key block without a right window bound.
+__device__ __forceinline__ int last_key_block_seeing(const AttnArgs& a, const SeqInfo& s, int m, int nb, int bn, int bm) {
+  const int last = (s.sk + bn - 1) / bn - 1;
+  if (a.win_right < 0) return last;
+  return max(nb, min(last, ((m + 1) * bm + s.diag + a.win_right - 1) / bn));
+}
+
 // Warps 2-3 of warpgroup 0: per step, once the consumers have stored the step's dQ, add it to dq_accum and release
 // what held it when the reductions have read it (deterministic mode: when they have completed, so the CTA's slice
 // sees its rows' additions in step order). Row tiles: thread r adds tile row r with one bulk reduction and releases
 // the dQ tile. Split D: thread 0 adds the eight boxes with TMA tensor reductions (rows past the sequence hold exact
 // zeros: their Q, dO and so dS are zero) and all release the Q / dO slot.
+// Turns (a.dq_turns, one counter per dq_accum row block, zeroed): a step's row block takes its additions from the key
+// blocks that see it in descending order: the counter counts the key blocks that have added, so key block nb waits
+// for (last key block seeing the row block) - nb, adds, and passes the turn on once its reductions have landed.
 template <typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdMaps& maps, const Sm90BwdShared<T, Tile>& sh,
-                                                   const SeqInfo& s, int hk, int b) {
+__device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdMaps& maps, const Sm90BwdShared<T, Tile>& sh) {
   constexpr int BN = Tile::BN, BM = Tile::BM;
+  constexpr int kWriterBarrier = 4;  // named barrier of the writer's two warps (1-3: the consumers')
   const int r = threadIdx.x - Tile::kLoaderThreads;
-  const int64_t slice_row0 = a.deterministic ? static_cast<int64_t>(blockIdx.x) * a.lse_rows : 0;  // deterministic: the CTA's slice
+  const bool sliced = a.deterministic && a.dq_turns == nullptr;
+  const int64_t slice_row0 = sliced ? static_cast<int64_t>(blockIdx.x) * a.lse_rows : 0;  // the CTA's slice
   int ring = 0;
-  for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x) {
-    const Sm90BwdSteps steps(a, s, nb * BN, BN, BM);
+  for (Sm90BwdWork<BN> w(a); w.advance(a);) {
+    const SeqInfo& s = w.s;
+    const Sm90BwdSteps steps(a, s, w.nb * BN, BN, BM);
     for (int step = 0; step < steps.count; ++step, ++ring) {
       const int slot = ring & 1, m0 = steps.row0(step, BM);
-      const int64_t row0 = slice_row0 + lse_row0(a, s, b, steps.head(a, hk, step)) + m0;  // of dq_accum
+      const int64_t row0 = slice_row0 + lse_row0(a, s, w.b(a), steps.head(a, w.hk(a), step)) + m0;  // of dq_accum
+      int* turn = a.dq_turns != nullptr ? a.dq_turns + row0 : nullptr;
+      if (turn != nullptr) {
+        if (r == 0) wait_for_turn(turn, last_key_block_seeing(a, s, m0 / BM, w.nb, BN, BM) - w.nb);
+        named_barrier_sync(kWriterBarrier, Tile::kDqWriterThreads);
+        fence_proxy_async_global();  // this thread's reductions come after the turn's acquire
+      }
       bool issued = false;
       if constexpr (Tile::kDqInSlot) {
         mbarrier_wait(sh.dq_full + slot, (ring >> 1) & 1);
@@ -262,6 +338,11 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
         bulk_commit_group();
         if (a.deterministic) bulk_wait_group<0>();
         else bulk_wait_group_read<0>();
+      }
+      if (turn != nullptr) {
+        fence_proxy_async_global();  // the landed reductions before the release
+        named_barrier_sync(kWriterBarrier, Tile::kDqWriterThreads);
+        if (r == 0) pass_turn(turn);
       }
       mbarrier_arrive(Tile::kDqInSlot ? sh.qdo_empty + slot : sh.dq_empty);
     }
@@ -379,8 +460,7 @@ __device__ __forceinline__ void bwd_sm90_scores(float (&st)[N / 2], float (&dpt)
 // Warpgroups 1 and 2: keys [64 cw, 64 cw + 64) of every key block of this CTA. dK and dV (64 x D each) stay in
 // registers over the block's steps; each step runs the five products and stores its share of dQ into the dQ tile.
 template <typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned char* smem, const SeqInfo& s, int hk,
-                                                  int b, int wg, int warp, int g, int t) {
+__device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned char* smem, int wg, int warp, int g, int t) {
   constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, MT = BM / 8;
   const Sm90BwdShared<T, Tile> sh(smem);
   warpgroup_claim_registers<Tile::kConsumerRegs>();
@@ -391,8 +471,9 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
   const Sm90BwdDescs<T, Tile> descs(sh);
 
   int ring = 0, kb = 0;
-  for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
-    const int n0 = nb * BN;
+  for (Sm90BwdWork<BN> w(a); w.advance(a); ++kb) {
+    const SeqInfo& s = w.s;
+    const int b = w.b(a), hk = w.hk(a), n0 = w.nb * BN;
     const Sm90BwdSteps steps(a, s, n0, BN, BM);
     mbarrier_wait(sh.kv_full, kb & 1);
     fence_async_smem();
@@ -511,8 +592,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
 // Split D (head dim 256): warpgroups 1 and 2 share the block's 64 keys; consumer cw computes S^T and dP^T for queries
 // [32 cw, 32 cw + 32) of each step, and dK, dV, dQ for columns [128 cw, 128 cw + 128) (header comment).
 template <typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, unsigned char* smem, const SeqInfo& s, int hk,
-                                                          int b, int wg, int warp, int g, int t) {
+__device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, unsigned char* smem, int wg, int warp, int g, int t) {
   constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM;
   constexpr int QW = BM / 2;  // queries of S^T / dP^T per consumer
   const Sm90BwdShared<T, Tile> sh(smem);
@@ -528,8 +608,9 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
   const Sm90BwdDescs<T, Tile> descs(sh);
 
   int ring = 0, kb = 0;
-  for (int nb = blockIdx.x; nb * BN < s.sk; nb += gridDim.x, ++kb) {
-    const int n0 = nb * BN;
+  for (Sm90BwdWork<BN> w(a); w.advance(a); ++kb) {
+    const SeqInfo& s = w.s;
+    const int b = w.b(a), hk = w.hk(a), n0 = w.nb * BN;
     const Sm90BwdSteps steps(a, s, n0, BN, BM);
     mbarrier_wait(sh.kv_full, kb & 1);
     fence_async_smem();
@@ -696,35 +777,48 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = swizzle_aligned_smem(smem_raw);  // each role takes its own Sm90BwdShared view of it
-  const int hk = blockIdx.y, b = blockIdx.z;
-  const SeqInfo s = seq_info(a, b);
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   if (threadIdx.x == 0) Sm90BwdShared<T, Tile>(smem).init_barriers();
   __syncthreads();
   if (wg == 0) {
     warpgroup_release_registers<Tile::kProducerRegs>();
-    if (warp < 2) bwd_sm90_loader<T, Tile>(a, Sm90BwdShared<T, Tile>(smem), s, hk, b);
-    else bwd_sm90_dq_writer<T, Tile>(a, maps, Sm90BwdShared<T, Tile>(smem), s, hk, b);
+    if (warp < 2) bwd_sm90_loader<T, Tile>(a, Sm90BwdShared<T, Tile>(smem));
+    else bwd_sm90_dq_writer<T, Tile>(a, maps, Sm90BwdShared<T, Tile>(smem));
     return;
   }
-  if constexpr (Tile::kSplitD) bwd_sm90_consumer_split_d<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
-  else bwd_sm90_consumer<T, Tile>(a, smem, s, hk, b, wg, warp, g, t);
+  if constexpr (Tile::kSplitD) bwd_sm90_consumer_split_d<T, Tile>(a, smem, wg, warp, g, t);
+  else bwd_sm90_consumer<T, Tile>(a, smem, wg, warp, g, t);
 #endif
 }
 
+// grid_ctas: the normal and sliced grids' CTAs per (batch, KV head); with turns (a.dq_turns), the persistent grid's
+// CTAs (slots x a.dq_lanes, at most one per SM), launched cooperatively: the launch fails rather than leave one of
+// them waiting for a place.
 template <typename T, int D>
-gpuError_t launch_bwd_sm90(const AttnArgs& a, int grid_keys, gpuStream_t stream) {
+gpuError_t launch_bwd_sm90(const AttnArgs& a, int grid_ctas, gpuStream_t stream) {
   using Tile = Sm90BwdTile<D>;
+  const bool turns = a.dq_turns != nullptr;
   Sm90BwdMaps maps{};
   if constexpr (Tile::kSplitD) {
-    // dq_accum (the library's own allocation: aligned, rows of head_dim floats, one slice per CTA when deterministic)
-    // as a TMA target; its rows are addressed in int by the instruction.
-    const int64_t rows = a.lse_rows * (a.deterministic ? grid_keys : 1);
+    // dq_accum (the library's own allocation: aligned, rows of head_dim floats, one slice per CTA when sliced) as a
+    // TMA target; its rows are addressed in int by the instruction.
+    const int64_t rows = a.lse_rows * (a.deterministic && !turns ? grid_ctas : 1);
     if (rows + Tile::BM > INT_MAX || !encode_rows_map_f32(&maps.dq, a.dq_accum, a.head_dim, rows, Tile::BM, nullptr))
       return cudaErrorNotSupported;
   }
-  return launch_attention_kernel(bwd_sm90_kernel<T, Tile>, dim3(grid_keys, a.heads_kv, a.batch), Tile::kThreads,
-                                 Tile::smem_bytes(), stream, a, maps);
+  if (!turns)
+    return launch_attention_kernel(bwd_sm90_kernel<T, Tile>, dim3(grid_ctas, a.heads_kv, a.batch), Tile::kThreads,
+                                   Tile::smem_bytes(), stream, a, maps);
+  auto kernel = bwd_sm90_kernel<T, Tile>;
+  gpuError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Tile::smem_bytes()));
+  if (err != cudaSuccess) return err;
+  cudaLaunchAttribute cooperative{};
+  cooperative.id = cudaLaunchAttributeCooperative;
+  cooperative.val.cooperative = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid_ctas), config.blockDim = dim3(Tile::kThreads), config.dynamicSmemBytes = Tile::smem_bytes();
+  config.stream = stream, config.attrs = &cooperative, config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, a, maps);
 }
 
 }  // namespace fa::tc
