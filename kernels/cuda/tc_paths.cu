@@ -438,7 +438,7 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
       // Lanes per pair: up to 16 key blocks side by side (their starts are staggered by a step each, once per call);
       // slots: as many pairs at once as fit, evened out over the rounds; then every place left goes to lanes.
       const int capacity = ctx.caps->multiprocessors;
-      const int64_t first_slots = std::min<int64_t>(pairs, capacity / std::min(key_blocks, 16));
+      const int64_t first_slots = std::max<int64_t>(1, std::min<int64_t>(pairs, capacity / std::min(key_blocks, 16)));
       const int64_t rounds = (pairs + first_slots - 1) / first_slots;
       a.dq_slots = static_cast<int>((pairs + rounds - 1) / rounds);
       a.dq_lanes = std::min(key_blocks, capacity / a.dq_slots);
