@@ -166,7 +166,7 @@ struct Sm90BwdShared {
 //   windowed mask a higher key block reaches any row in fewer steps than a lower one, so in lock step no lane waits;
 //   and no deadlock: an item waits only for items of its pair with higher key blocks, which every lane walks first,
 //   so the first unfinished item in (pair ascending, key block descending) order never waits.
-template <int BN>
+template <int BN, bool kTurns>
 struct Sm90BwdWork {
   // As few registers as the walk allows (the producer warps run on 24 or 40): the lane and the strides are read
   // from the grid and the arguments again when the walk moves on.
@@ -174,7 +174,7 @@ struct Sm90BwdWork {
   SeqInfo s;
   // Before the first item: advance() moves to it.
   __device__ __forceinline__ explicit Sm90BwdWork(const AttnArgs& a)
-      : pair((a.dq_turns != nullptr ? static_cast<int>(blockIdx.x) / a.dq_lanes : blockIdx.z * a.heads_kv + blockIdx.y) - pair_step(a)),
+      : pair((turns(a) ? static_cast<int>(blockIdx.x) / a.dq_lanes : blockIdx.z * a.heads_kv + blockIdx.y) - pair_step(a)),
         nb(-1) {
     s.sk = 0;
   }
@@ -182,13 +182,12 @@ struct Sm90BwdWork {
   __device__ __forceinline__ int hk(const AttnArgs& a) const { return pair % a.heads_kv; }
   // Moves to the next item; false when the CTA has none left.
   __device__ __forceinline__ bool advance(const AttnArgs& a) {
-    const bool turns = a.dq_turns != nullptr;
-    nb += turns ? -a.dq_lanes : static_cast<int>(gridDim.x);
-    if (turns ? nb >= 0 : nb * BN < s.sk) return true;
+    nb += turns(a) ? -a.dq_lanes : static_cast<int>(gridDim.x);
+    if (turns(a) ? nb >= 0 : nb * BN < s.sk) return true;
     for (pair += pair_step(a); pair < a.batch * a.heads_kv; pair += pair_step(a)) {
       s = seq_info(a, b(a));
       const int blocks = (s.sk + BN - 1) / BN;
-      if (!turns) {
+      if (!turns(a)) {
         nb = blockIdx.x;
       } else {  // this pair's residue, and the highest key block congruent to it
         const int lanes = a.dq_lanes, first = (static_cast<int>(blockIdx.x) % lanes + pair) % lanes;
@@ -200,10 +199,10 @@ struct Sm90BwdWork {
   }
 
  private:
+  // Kernels without turns compile the normal and sliced walks only (Sm90BwdTile::kDqTurns).
+  __device__ __forceinline__ static bool turns(const AttnArgs& a) { return kTurns && a.dq_turns != nullptr; }
   // The normal and sliced grids walk one pair.
-  __device__ __forceinline__ static int pair_step(const AttnArgs& a) {
-    return a.dq_turns != nullptr ? a.dq_slots : a.batch * a.heads_kv;
-  }
+  __device__ __forceinline__ static int pair_step(const AttnArgs& a) { return turns(a) ? a.dq_slots : a.batch * a.heads_kv; }
 };
 
 // Per key block, the steps are the (query head of the GQA group, query block) pairs that can see it, heads slowest.
@@ -224,7 +223,7 @@ template <typename T, typename Tile>
 __device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh) {
   constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, NT = Tile::kLoaderThreads;
   int ring = 0, kb = 0;
-  for (Sm90BwdWork<BN> w(a); w.advance(a); ++kb) {
+  for (Sm90BwdWork<BN, Tile::kDqTurns> w(a); w.advance(a); ++kb) {
     const SeqInfo& s = w.s;
     const int b = w.b(a), hk = w.hk(a), n0 = w.nb * BN;
     const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
@@ -291,16 +290,16 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
   constexpr int BN = Tile::BN, BM = Tile::BM;
   constexpr int kWriterBarrier = 4;  // named barrier of the writer's two warps (1-3: the consumers')
   const int r = threadIdx.x - Tile::kLoaderThreads;
-  const bool sliced = a.deterministic && a.dq_turns == nullptr;
+  const bool sliced = a.deterministic && !(Tile::kDqTurns && a.dq_turns != nullptr);
   const int64_t slice_row0 = sliced ? static_cast<int64_t>(blockIdx.x) * a.lse_rows : 0;  // the CTA's slice
   int ring = 0;
-  for (Sm90BwdWork<BN> w(a); w.advance(a);) {
+  for (Sm90BwdWork<BN, Tile::kDqTurns> w(a); w.advance(a);) {
     const SeqInfo& s = w.s;
     const Sm90BwdSteps steps(a, s, w.nb * BN, BN, BM);
     for (int step = 0; step < steps.count; ++step, ++ring) {
       const int slot = ring & 1, m0 = steps.row0(step, BM);
       const int64_t row0 = slice_row0 + lse_row0(a, s, w.b(a), steps.head(a, w.hk(a), step)) + m0;  // of dq_accum
-      int* turn = a.dq_turns != nullptr ? a.dq_turns + row0 : nullptr;
+      int* turn = Tile::kDqTurns && a.dq_turns != nullptr ? a.dq_turns + row0 : nullptr;
       if (turn != nullptr) {
         if (r == 0) wait_for_turn(turn, last_key_block_seeing(a, s, m0 / BM, w.nb, BN, BM) - w.nb);
         named_barrier_sync(kWriterBarrier, Tile::kDqWriterThreads);
@@ -471,7 +470,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
   const Sm90BwdDescs<T, Tile> descs(sh);
 
   int ring = 0, kb = 0;
-  for (Sm90BwdWork<BN> w(a); w.advance(a); ++kb) {
+  for (Sm90BwdWork<BN, Tile::kDqTurns> w(a); w.advance(a); ++kb) {
     const SeqInfo& s = w.s;
     const int b = w.b(a), hk = w.hk(a), n0 = w.nb * BN;
     const Sm90BwdSteps steps(a, s, n0, BN, BM);
@@ -608,7 +607,7 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
   const Sm90BwdDescs<T, Tile> descs(sh);
 
   int ring = 0, kb = 0;
-  for (Sm90BwdWork<BN> w(a); w.advance(a); ++kb) {
+  for (Sm90BwdWork<BN, Tile::kDqTurns> w(a); w.advance(a); ++kb) {
     const SeqInfo& s = w.s;
     const int b = w.b(a), hk = w.hk(a), n0 = w.nb * BN;
     const Sm90BwdSteps steps(a, s, n0, BN, BM);
@@ -797,7 +796,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
 template <typename T, int D>
 gpuError_t launch_bwd_sm90(const AttnArgs& a, int grid_ctas, gpuStream_t stream) {
   using Tile = Sm90BwdTile<D>;
-  const bool turns = a.dq_turns != nullptr;
+  const bool turns = Tile::kDqTurns && a.dq_turns != nullptr;
   Sm90BwdMaps maps{};
   if constexpr (Tile::kSplitD) {
     // dq_accum (the library's own allocation: aligned, rows of head_dim floats, one slice per CTA when sliced) as a
