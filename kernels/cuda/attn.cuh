@@ -60,7 +60,7 @@ struct AttnArgs {
   // Deterministic mode: each CTA owns dq_accum slice blockIdx.x and adds to it in step order, or, where dq_turns is set
   // (Hopper, head dim >= 128), one dq_accum whose row blocks take their additions in a fixed key-block order:
   // dq_turns (one int per lse row, zeroed) counts the key blocks that have added to the row block starting at that
-  // row; the persistent grid (bwd_sm90.cuh, Sm90BwdWork) has dq_slots x dq_lanes CTAs.
+  // row; the persistent grid (bwd_sm90.cuh, Sm90BwdWalk) has dq_slots x dq_lanes CTAs.
   int deterministic;
   int* dq_turns;
   int dq_slots, dq_lanes;

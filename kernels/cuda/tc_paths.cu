@@ -427,7 +427,7 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
   const int key_blocks = ceil_div(std::max(p.seqlen_k, 1), tile.bwd_bn);
   const size_t rows = static_cast<size_t>(make_args(p).lse_rows);
   // Deterministic: one dq_accum whose row blocks take their additions in turns (Hopper, head dim >= 128: a persistent
-  // grid of one CTA per SM, bwd_sm90.cuh's Sm90BwdWork, launched cooperatively), or, where the turns cannot run (other
+  // grid of one CTA per SM, bwd_sm90.cuh's Sm90BwdWalk, launched cooperatively), or, where the turns cannot run (other
   // kernels, or a cooperative launch the GPU refuses, as under an MPS share), a bounded number of CTAs per (batch, kv
   // head), each owning one dq_accum slice.
   auto attempt = [&](bool turns) -> gpuError_t {
