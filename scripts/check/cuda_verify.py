@@ -265,10 +265,10 @@ def grid(quick):
     add("deterministic-window", deterministic=True, batch=2, sq=700, sk=2200, h=8, hk=4, d=128, window=(300, 40))
     add("deterministic-varlen", deterministic=True, varlen=True, batch=4, sq=600, sk=900, h=8, hk=8, d=64, causal=True)
     add("deterministic-causal-sq>sk", deterministic=True, batch=2, sq=1000, sk=300, h=8, hk=8, d=128, causal=True)
-    # the turns (Hopper, head dim >= 128): sequences with fewer key blocks than the grid has lanes per (batch, KV head),
-    # so lanes skip pairs, and more pairs than the persistent grid has slots (GQA, several rounds)
-    add("deterministic-turns-varlen", deterministic=True, varlen=True, batch=5, sq=600, sk=1900, h=8, hk=2, d=128, causal=True)
-    add("deterministic-turns-rounds", deterministic=True, batch=3, sq=300, sk=1100, h=64, hk=32, d=128, window=(200, 100))
+    # sequences of very different lengths (varlen, GQA: some with fewer key blocks than a (batch, KV head) has CTAs), and
+    # more (batch, KV head) pairs than SMs with a window (several rounds of a persistent deterministic grid)
+    add("deterministic-varlen-gqa", deterministic=True, varlen=True, batch=5, sq=600, sk=1900, h=8, hk=2, d=128, causal=True)
+    add("deterministic-many-heads-window", deterministic=True, batch=3, sq=300, sk=1100, h=64, hk=32, d=128, window=(200, 100))
     add("fp16-hdim256-long", dtype="fp16", d=256, sq=700, sk=900, causal=True)
     # the Hopper backward at head dim 256 (192 and 248 pad to it): both warpgroups share a key block and split the
     # columns, so every feature that changes which scores count, several steps and key blocks, and the deterministic mode

@@ -43,7 +43,7 @@ AB_XZ=${AB_XZ:-.gpu/ab.so.xz}
 # Commands more than one step runs: the decode preset against the fast baselines; the backward sweep of the fa
 # subset without baselines; ncu of the hdim-128 backward at 8k (time, L2 hit rate, DRAM bytes).
 DECODE_BENCH=(bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn)
-BWD_BENCH=(bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction bwd --baselines none)
+BWD_BENCH=(bun cli.ts bench --seqlen 2k,8k --hdim 64,128,256 --causal both --direction bwd --baselines none)
 NCU_BWD128=(ncu --clock-control none --kernel-name "regex:bwd_sm90" --launch-skip 1 --launch-count 1
   --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats
   --metrics lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum
@@ -183,17 +183,20 @@ for s in "$@"; do
       cp /tmp/flashattn-a.so build/libflashattn_cuda.so
       step ab-memcheck-append 120 env FLASHATTN_LIB="$AB_LIB" compute-sanitizer --tool memcheck --error-exitcode 1 bun cli.ts run --decode \
         --cache-len 3000 --append 70 --rotary --page-size 16 --batch 3 --heads-q 16 --heads-kv 4 --head-dim 128 --backend cuda --check ;;
-    # the deterministic backward (hdim 64 / 128, 2k / 8k, causal and not) of both builds and the B build's normal one,
-    # then the B build's deterministic cases (bitwise over five runs), its L2 / DRAM counters at hdim 128 8k, memcheck
+    # the deterministic and the normal backward (hdim 64 / 128 / 256, 2k / 8k, causal and not) of both builds, twice,
+    # alternating; then the B build's deterministic cases (bitwise over five runs), racecheck of one with more pairs
+    # than SMs, its L2 / DRAM counters at hdim 128 8k, memcheck
     ab-det)
       for i in 1 2; do
         for side in a b; do
           lib=build/libflashattn_cuda.so; [ $side = b ] && lib=$AB_LIB
           step "ab-det-$side$i" 100 env FLASHATTN_LIB="$lib" "${BWD_BENCH[@]}" --deterministic --save "$LOGS/ab-det-$side$i.json"
+          step "ab-nondet-$side$i" 100 env FLASHATTN_LIB="$lib" "${BWD_BENCH[@]}" --save "$LOGS/ab-nondet-$side$i.json"
         done
       done
-      step ab-nondet-b 100 env FLASHATTN_LIB="$AB_LIB" "${BWD_BENCH[@]}" --save "$LOGS/ab-nondet-b.json"
       step ab-verify-det 120 env FLASHATTN_LIB="$AB_LIB" python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --filter determin
+      step ab-racecheck-det 90 env FLASHATTN_LIB="$AB_LIB" compute-sanitizer --tool racecheck --kernel-name kns=bwd_sm90 --error-exitcode 1 \
+        python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 --filter deterministic-many-heads-window
       step ab-ncu-det 120 env FLASHATTN_LIB="$AB_LIB" "${NCU_BWD128[@]}" --deterministic
       step ab-memcheck-det 200 env FLASHATTN_LIB="$AB_LIB" compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py \
         --quick --kernel cuda-wgmma-sm90 --filter determin ;;
