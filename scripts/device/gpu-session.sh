@@ -130,7 +130,7 @@ for s in "$@"; do
           --section SchedulerStats --section WarpStateStats --section InstructionStats --section LaunchStats \
           --section SourceCounters python3 scripts/perf/cuda_bench.py --hdims 128 --seqlens 8192 --causal 0 --warmup 1 --iters 1 --no-cudnn
       done
-      for obj in build/obj/cuda/*sm90_hdim128_bf16*.o; do cuobjdump -sass "$obj" > "$LOGS/$(basename "$obj" .cu.o).sass" 2>&1; done ;;
+      for obj in build/obj/cuda/*sm90_hdim128.cu.o; do cuobjdump -sass "$obj" > "$LOGS/$(basename "$obj" .cu.o).sass" 2>&1; done ;;
     profile-det)  # the hdim-128 backward at 8k, deterministic and not: time, L2 hit rate, DRAM bytes (the deterministic cost, docs/perf-cuda.md)
       step ncu-bwd128 200 "${NCU_BWD128[@]}"
       step ncu-bwd128-det 200 "${NCU_BWD128[@]}" --deterministic ;;
