@@ -2,11 +2,11 @@
 // (kernels/cuda), and the portable fallback kernels (kernels/portable), built with nvcc.
 //
 // The tensor-core kernels are instantiated once per (dtype, head dim): this file writes one small .cu per kernel
-// family and head dim, holding both dtypes' instantiations, into build/gen/cuda/ (so they compile in parallel) plus tc_instances.inc, decode_instances.inc and
-// sm90_instances.inc, the X-macro lists that tc_paths.cu expands into extern declarations and the dispatch tables, and wgmma_ops.inc
-// (the Hopper matrix instructions, one wrapper per shape). The mma.sync kernels are built for sm_80 and sm_90 (+PTX; the fp8 decode also sm_89),
-// the wgmma kernels for sm_90a alone. Files are rewritten only when their text
-// changes, so the incremental build keeps its objects.
+// family and head dim, holding both dtypes' instantiations, into build/gen/cuda/ (so they compile in parallel), plus
+// tc_instances.inc, decode_instances.inc and sm90_instances.inc, the X-macro lists that tc_paths.cu expands into
+// extern declarations and the dispatch tables, and wgmma_ops.inc (the Hopper matrix instructions, one wrapper per
+// shape). The mma.sync kernels are built for sm_80 and sm_90 (+PTX; the fp8 decode also sm_89), the wgmma kernels for
+// sm_90a alone. Files are rewritten only when their text changes, so the incremental build keeps its objects.
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -70,8 +70,8 @@ function writeIfChanged(file: string, text: string): void {
 const prefillParams = "const fa::tc::AttnArgs&, int, gpuStream_t";
 const decodeParams = "const fa::tc::DecodeArgs&, const fa::tc::DecodeLaunch&, gpuStream_t";
 
-/** One generated unit: the explicit instantiations of one kernel launcher for each dtype it lists (fp16 and bf16 of
- *  one head dim share a unit: the host-side passes of nvcc, about a third of a unit's time, then run once for both),
+/** One generated unit: the explicit instantiations of one kernel launcher for each dtype it lists (both dtypes of a
+ *  family and head dim share a unit, so nvcc's host-side passes, about a third of a unit's time, run once for both),
  *  compiled with its own -gencode list. */
 function instanceUnit(file: string, what: string, header: string, launchers: string[], args: string[], params = prefillParams): CompileUnit {
   const abs = path.join(genDir, file);

@@ -107,8 +107,8 @@ for s in "$@"; do
     racecheck128) step racecheck128 200 compute-sanitizer --tool racecheck --error-exitcode 1 python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter hdim128 ;;
     # (this case's fp64 reference runs cuBLAS kernels that racecheck flags on its own account: read the report for fa:: names)
     # the deterministic backward, one case per run (a sanitizer failure ends the process): several key blocks per CTA
-    # stop racecheck with an internal "hardware exception" (docs/perf-cuda.md); which cases, and whether without the
-    # async-copy tracking or under synccheck too
+    # stop racecheck with an internal "hardware exception", with or without its async-copy tracking (docs/perf-cuda.md);
+    # which cases, and whether synccheck fails too
     racecheck-det)
       for c in deterministic-blocks-per-cta-hdim64 deterministic-blocks-per-cta-hdim128 deterministic-gqa-causal \
                deterministic-window splitd-deterministic; do
