@@ -57,7 +57,13 @@ struct AttnArgs {
   float* lse2;
   float* dsum;
   float* dq_accum;
-  int deterministic;             // 1: each CTA owns dq_accum slice blockIdx.x and adds without atomics
+  // Deterministic mode: each CTA owns dq_accum slice blockIdx.x and adds to it in step order, or, where dq_turns is set
+  // (Hopper, head dim >= 128), one dq_accum whose row blocks take their additions in a fixed key-block order:
+  // dq_turns (one int per lse row, zeroed) counts the key blocks that have added to the row block starting at that
+  // row; the persistent grid (bwd_sm90.cuh, Sm90BwdWalk) has dq_slots x dq_lanes CTAs.
+  int deterministic;
+  int* dq_turns;
+  int dq_slots, dq_lanes;
   int64_t lse_rows;              // batch * heads_q * seqlen_q (padded) or heads_q * total_q (varlen)
   // fp8 forward: q, k, v are fp8 numbers times these factors, and o is written in fp16 (out_fp16) or bf16
   DevDescale q_descale, k_descale, v_descale;

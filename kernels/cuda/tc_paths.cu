@@ -65,6 +65,7 @@ struct TileInfo {
   int fwd_bm = 0, fwd_bn = 0, fwd_bn_windowed = 0, bwd_bn = 0;
   size_t fwd_smem = 0, bwd_smem = 0;
   bool fwd_persistent = false;  // the forward kernel can run one CTA per SM over a tile counter
+  bool bwd_dq_turns = false;    // deterministic backward: additions in turns to one dq_accum, not one slice per CTA
 };
 
 // ---- the two kernel families ---------------------------------------------------------------------------------------
@@ -121,6 +122,7 @@ struct Sm90 {
 #define FA_SM90_BWD(T, D)                                                                                       \
   if (dtype_code<T>() == FA_DTYPE_F16 && best.d != 0 && D >= best.d && (best.bwd_d == 0 || D < best.bwd_d)) {   \
     best.bwd_d = D, best.bwd_bn = Sm90BwdTile<D>::BN, best.bwd_smem = Sm90BwdTile<D>::smem_bytes();               \
+    best.bwd_dq_turns = Sm90BwdTile<D>::kDqTurns;                                                               \
   }
 #include "sm90_instances.inc"
 #undef FA_SM90_FWD
@@ -421,25 +423,50 @@ gpuError_t launch_bwd_aux(const AttnArgs& a, int grid_keys, int d, int dq_slices
 
 template <typename F>
 int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
-  AttnArgs a = make_args(p);
   const TileInfo tile = F::tile_for(p.head_dim);
   const int key_blocks = ceil_div(std::max(p.seqlen_k, 1), tile.bwd_bn);
-  // Deterministic: a bounded number of CTAs per (batch, kv head), each owning one dq_accum slice.
-  int grid_keys = key_blocks, slices = 1;
-  if (p.deterministic) {
-    const int64_t per_head = std::max<int64_t>(1, 2LL * ctx.caps->multiprocessors / (static_cast<int64_t>(p.batch) * p.heads_kv));
-    grid_keys = slices = static_cast<int>(std::min<int64_t>(key_blocks, std::min<int64_t>(per_head, 16)));
+  const size_t rows = static_cast<size_t>(make_args(p).lse_rows);
+  // Deterministic: one dq_accum whose row blocks take their additions in turns (Hopper, head dim >= 128: a persistent
+  // grid of one CTA per SM, bwd_sm90.cuh's Sm90BwdWalk, launched cooperatively), or, where the turns cannot run (other
+  // kernels, or a cooperative launch the GPU refuses, as under an MPS share), a bounded number of CTAs per (batch, kv
+  // head), each owning one dq_accum slice.
+  auto attempt = [&](bool turns) -> gpuError_t {
+    AttnArgs a = make_args(p);
+    int grid_ctas = key_blocks, slices = 1;
+    const int64_t pairs = static_cast<int64_t>(p.batch) * p.heads_kv;
+    if (turns) {
+      // Lanes per pair: up to 16 key blocks side by side (their starts are staggered by a step each, once per call);
+      // slots: as many pairs at once as fit, evened out over the rounds; then every place left goes to lanes.
+      const int capacity = ctx.caps->multiprocessors;
+      const int64_t first_slots = std::max<int64_t>(1, std::min<int64_t>(pairs, capacity / std::min(key_blocks, 16)));
+      const int64_t rounds = (pairs + first_slots - 1) / first_slots;
+      a.dq_slots = static_cast<int>((pairs + rounds - 1) / rounds);
+      a.dq_lanes = std::min(key_blocks, capacity / a.dq_slots);
+      grid_ctas = a.dq_slots * a.dq_lanes;
+      a.dq_turns = static_cast<int*>(ctx.workspace.get(2, sizeof(int) * rows));
+      if (a.dq_turns == nullptr) return gpuErrorMemoryAllocation;
+      const gpuError_t zero = gpuMemsetAsync(a.dq_turns, 0, sizeof(int) * rows, ctx.stream);
+      if (zero != gpuSuccess) return zero;
+    } else if (p.deterministic) {
+      const int64_t per_head = std::max<int64_t>(1, 2LL * ctx.caps->multiprocessors / pairs);
+      grid_ctas = slices = static_cast<int>(std::min<int64_t>(key_blocks, std::min<int64_t>(per_head, 16)));
+    }
+    a.dq_accum = static_cast<float*>(ctx.workspace.get(0, sizeof(float) * rows * p.head_dim * slices));
+    float* stats = static_cast<float*>(ctx.workspace.get(1, sizeof(float) * rows * 2));
+    if (a.dq_accum == nullptr || stats == nullptr) return gpuErrorMemoryAllocation;
+    a.lse2 = stats;
+    a.dsum = stats + rows;
+    const gpuError_t err = gpuMemsetAsync(a.dq_accum, 0, sizeof(float) * rows * p.head_dim * slices, ctx.stream);
+    if (err != gpuSuccess) return err;
+    return p.dtype == FA_DTYPE_F16 ? launch_bwd_aux<F, half_t>(a, grid_ctas, tile.bwd_d, slices, ctx.stream)
+                                   : launch_bwd_aux<F, bf16_t>(a, grid_ctas, tile.bwd_d, slices, ctx.stream);
+  };
+  gpuError_t err = attempt(p.deterministic && tile.bwd_dq_turns);
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    (void)gpuGetLastError();  // not sticky: the slices run instead
+    err = attempt(false);
   }
-  const size_t rows = static_cast<size_t>(a.lse_rows);
-  a.dq_accum = static_cast<float*>(ctx.workspace.get(0, sizeof(float) * rows * p.head_dim * slices));
-  float* stats = static_cast<float*>(ctx.workspace.get(1, sizeof(float) * rows * 2));
-  if (a.dq_accum == nullptr || stats == nullptr) return FA_ERR_OUT_OF_MEMORY;
-  a.lse2 = stats;
-  a.dsum = stats + rows;
-  gpuError_t err = gpuMemsetAsync(a.dq_accum, 0, sizeof(float) * rows * p.head_dim * slices, ctx.stream);
-  if (err == gpuSuccess)
-    err = p.dtype == FA_DTYPE_F16 ? launch_bwd_aux<F, half_t>(a, grid_keys, tile.bwd_d, slices, ctx.stream)
-                                  : launch_bwd_aux<F, bf16_t>(a, grid_keys, tile.bwd_d, slices, ctx.stream);
+  if (err == gpuErrorMemoryAllocation) return FA_ERR_OUT_OF_MEMORY;
   if (err != gpuSuccess) return vendor_fail(err, "launching the tensor-core backward kernels");
   return FA_OK;
 }

@@ -220,6 +220,22 @@ template <int N>
 __device__ __forceinline__ void bulk_wait_group_read() { asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory"); }
 template <int N>
 __device__ __forceinline__ void bulk_wait_group() { asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory"); }
+// Orders this thread's generic-proxy accesses to global memory with its async-proxy ones (bulk copies, reductions).
+__device__ __forceinline__ void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;\n" ::: "memory"); }
+
+// A turn counter in global memory shared by the CTAs of a grid: wait until it reads `turn` (acquire, GPU scope), and
+// pass the turn on (release, GPU scope).
+__device__ __forceinline__ void wait_for_turn(const int* counter, int turn) {
+  while (true) {
+    int now;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(now) : "l"(counter) : "memory");
+    if (now == turn) return;
+    __nanosleep(64);
+  }
+}
+__device__ __forceinline__ void pass_turn(int* counter) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter) : "memory");
+}
 
 // ---- warp specialisation ------------------------------------------------------------------------------------------
 // A producer warpgroup copies tiles with cp.async while consumer warpgroups multiply. Each ring slot has a "full"
