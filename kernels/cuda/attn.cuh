@@ -307,15 +307,11 @@ __device__ __forceinline__ float row_lse(float max_log2, float l, bool direct) {
 // of n-tile j of O): O / l and LSE (a row with no visible key, l = 0, gets O = 0 and LSE = +inf), written to o / lse,
 // or as fp32 partials of split `split`. The direct path stages the rows in the warp's own rows of `stage` (row length
 // D + kPad; no other warp touches them) and stores 16-byte chunks.
-// kSwizzled: the stage rows are D long with their 16-byte chunks xor-swizzled by row % 8 instead of padded (the same
-// conflict-free stores and loads in D / 8 fewer bytes per row).
-template <typename T, int D, bool kSwizzled = false, typename Acc>
+template <typename T, int D, typename Acc>
 __device__ __forceinline__ void store_output_rows(const AttnArgs& a, const SeqInfo& s, int b, int h, int split, int m0,
                                                   int row0, Acc&& acc, const float (&row_max)[2],
                                                   const float (&row_sum)[2], float mult, T* stage) {
-  constexpr int LD = kSwizzled ? D : D + kPad;
-  // element offset of (row r, column col) in the stage; col a multiple of 2
-  auto at = [](int r, int col) { return r * LD + (kSwizzled ? (((col / 8) ^ (r % 8)) * 8 + col % 8) : col); };
+  constexpr int LD = D + kPad;
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t lrow0 = lse_row0(a, s, b, h);
   const bool direct = a.num_splits == 1;
@@ -331,7 +327,7 @@ __device__ __forceinline__ void store_output_rows(const AttnArgs& a, const SeqIn
       const float x0 = acc(j, 2 * hf) * inv, x1 = acc(j, 2 * hf + 1) * inv;
       const int col = j * 8 + 2 * t;
       if (direct) {
-        *reinterpret_cast<uint32_t*>(stage + at(r, col)) = pack2<T>(x0, x1);
+        *reinterpret_cast<uint32_t*>(stage + r * LD + col) = pack2<T>(x0, x1);
       } else if (i < s.sq && col < a.head_dim) {
         float* dst = a.o_part + (static_cast<int64_t>(split) * a.lse_rows + lrow0 + i) * a.head_dim + col;
         *reinterpret_cast<float2*>(dst) = make_float2(x0, x1);
@@ -348,7 +344,7 @@ __device__ __forceinline__ void store_output_rows(const AttnArgs& a, const SeqIn
   for (int c = lane; c < kChunks; c += 32) {
     const int r = row0 + c / (D / 8), col = (c % (D / 8)) * 8, i = m0 + r;
     if (i < s.sq && col < a.head_dim)
-      *reinterpret_cast<uint4*>(o + static_cast<int64_t>(i) * a.o.row_stride + col) = *reinterpret_cast<const uint4*>(stage + at(r, col));
+      *reinterpret_cast<uint4*>(o + static_cast<int64_t>(i) * a.o.row_stride + col) = *reinterpret_cast<const uint4*>(stage + r * LD + col);
   }
 }
 

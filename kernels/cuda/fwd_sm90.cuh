@@ -65,16 +65,10 @@ struct Sm90FwdTile {
   // head dim 256 that is 128 + 16 + 64 registers, and ptxas spilled and serialised the wgmmas (C7512). There the two
   // products of a block run one after the other, and the other consumer's turn fills the gap.
   static constexpr bool kOverlapPV = !(kFp8 && D == 256);
-  // A persistent CTA runs its tiles as one pipeline: a tile's first S = Q K^T is issued with the previous tile's
-  // last P V, and the previous tile is written out while it runs (fwd_sm90_boundary).
-  static constexpr bool kPipelined = kPersistent && kOverlapPV;
   // A persistent CTA keeps two Q slots (the next tile's Q lands during this one) and stages its output in rows of its
   // own (the next tile's copies may be landing in Q and K); a one-tile CTA stages over Q and the K slots at the end.
-  // From head dim 128 the staging rows are swizzled rather than padded (store_output_rows), which is what lets a
-  // persistent hdim-128 CTA fit: 2 Q + 4 K / V + 32 KB of rows is 224 KB.
   static constexpr int kQSlots = kPersistent ? 2 : 1;
-  static constexpr bool kSwizzledStage = kPersistent && D >= 128;
-  static constexpr int kStage = kPersistent ? BM * (kSwizzledStage ? D : D + kPad) * 2 : 0;
+  static constexpr int kStage = kPersistent ? BM * (D + kPad) * 2 : 0;
   // Q and tile-index full / empty, two of each, K and V full / empty, kStages of each; then the two published tile
   // indices.
   static constexpr int kBarriers = 8 + 4 * kStages;
@@ -101,7 +95,7 @@ struct Sm90FwdTile {
 // 256); the persistent hdim-64 kernel lost 4-5% with them and the fp8 hdim-128 one 1-2% (docs/perf-cuda.md).
 template <typename T, int D, bool kFp8 = Sm90Element<T>::kFp8> struct Sm90FwdTileFor;
 template <typename T> struct Sm90FwdTileFor<T, 64, false> { using type = Sm90FwdTile<T, 64, 128, true>; };
-template <typename T> struct Sm90FwdTileFor<T, 128, false> { using type = Sm90FwdTile<T, 128, 128, true, 2, 0, true>; };
+template <typename T> struct Sm90FwdTileFor<T, 128, false> { using type = Sm90FwdTile<T, 128, 128, false, 2, 0, true>; };
 template <typename T> struct Sm90FwdTileFor<T, 192, false> { using type = Sm90FwdTile<T, 192, 64, false, 2, 0, true>; };
 template <typename T> struct Sm90FwdTileFor<T, 256, false> { using type = Sm90FwdTile<T, 256, 64, false, 2, 0, true>; };
 template <typename T> struct Sm90FwdTileFor<T, 128, true> { using type = Sm90FwdTile<T, 128, 128, false, 4, 3>; };
@@ -431,13 +425,11 @@ __device__ __forceinline__ void sm90_issue_qk(float (&sc)[Tile::BN / 2], uint64_
 
 // O += P V (64 x D += 64 x BN . BN x D): RS, P from registers; V N-major, or for fp8 V^T K-major (keys permuted).
 template <typename T, typename Tile>
-__device__ __forceinline__ void sm90_issue_pv(float (&o)[Tile::D / 2], const uint32_t (&p)[Tile::kPSteps][4], uint64_t v_desc,
-                                              bool first = false) {
+__device__ __forceinline__ void sm90_issue_pv(float (&o)[Tile::D / 2], const uint32_t (&p)[Tile::kPSteps][4], uint64_t v_desc) {
 #pragma unroll
   for (int kk = 0; kk < Tile::kPSteps; ++kk) {
-    const int accumulate = kk > 0 || !first;
-    if constexpr (Tile::kFp8) WgmmaFp8<Tile::D, fp8_e4m3_t, T>::rs(o, p[kk], desc_k_major<Tile::D>(v_desc, 0, kk), accumulate);
-    else Wgmma<Tile::D, T>::template rs<1>(o, p[kk], desc_mn_major<Tile::BN>(v_desc, kk), accumulate);
+    if constexpr (Tile::kFp8) WgmmaFp8<Tile::D, fp8_e4m3_t, T>::rs(o, p[kk], desc_k_major<Tile::D>(v_desc, 0, kk), 1);
+    else Wgmma<Tile::D, T>::template rs<1>(o, p[kk], desc_mn_major<Tile::BN>(v_desc, kk), 1);
   }
   wgmma_commit();
 }
@@ -508,12 +500,12 @@ struct Sm90FwdRole {
 template <typename T, typename Tile, bool kTransform>
 __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh, const Sm90FwdRole<T, Tile>& role,
                                                   const Sm90FwdWork& w, float mult, float qk_descale, int& qi, int& gi,
-                                                  Sm90FwdRegisters<Tile> r, float (&alpha)[2]) {
+                                                  Sm90FwdRegisters<Tile> r) {
   constexpr int D = Tile::D, BN = Tile::BN, NT = BN / 8, QS = Tile::kQSlots;
   const SeqInfo& s = w.s;
-  const int m0 = w.m0, hi = w.blocks.hi, n = w.blocks.hi - w.blocks.lo, base = gi;
+  const int m0 = w.m0, hi = w.blocks.hi, n = w.blocks.hi - w.blocks.lo, base = gi, qs = qi % QS;
   const float slope = alibi_slope_log2(a, w.b, w.h);
-
+  const uint64_t q_desc = tile_desc_k_major(sh.q_buf(qi));
   auto softmax = [&](int it, float (&alpha)[2]) {
     const int n0 = (hi - 1 - it) * BN;
     const bool masked = tile_needs_mask(a, s, m0 + role.wg_row0, 64, n0, BN);
@@ -526,21 +518,18 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
                              [&](int hf) { return ScoreRow{i0 + hf * 8, slope}; }, n0, kTransform, masked, mult, r.row_max,
                              r.row_sum, alpha);
   };
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) r.o[i] = 0.f;
   r.row_max[0] = r.row_max[1] = -INFINITY, r.row_sum[0] = r.row_sum[1] = 0.f;
 
-  // the tile's Q slot (kPipelined: the boundary round waited for it and issued S_0 when the tile has key blocks)
-  const bool carried = Tile::kPipelined && n > 0;
-  const int qs = (carried ? qi - 1 : qi) % QS;
-  const uint64_t q_desc = tile_desc_k_major(sh.q_buf(qs));
-  if (!carried) {
-    mbarrier_wait(sh.q_full + qs, (qi / QS) & 1);
-    fence_async_smem();
-    ++qi;
-  }
+  mbarrier_wait(sh.q_full + qs, (qi / QS) & 1);
+  fence_async_smem();
+  ++qi;
   if (n == 0) mbarrier_arrive(sh.q_empty + qs);
   if constexpr (!Tile::kOverlapPV) {
     for (int it = 0; it < n; ++it) {
       gi = base + it;
+      float alpha[2];
       role.wait_full(sh.k_full, gi);
       role.begin_turn();
       wgmma_fence();
@@ -556,7 +545,7 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
       role.wait_full(sh.v_full, gi);
       role.begin_turn();
       wgmma_fence();
-      sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi), it == 0);
+      sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi));
       role.end_turn();
       wgmma_wait<0>();
       reg_fence(r.o);
@@ -570,17 +559,15 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
   // wait for that product still sits at the top of the softmax in the SASS, though: ptxas takes P_{n-1}'s registers
   // (dead to it once the product is issued) for the softmax's temporaries and the next P, so it must wait first, and
   // the product overlaps only the other consumer's work (docs/perf-cuda.md).
-  alpha[0] = alpha[1] = 1.f;
+  float alpha[2] = {1.f, 1.f};
   if (n > 0) {
-    if (!carried) {
-      role.wait_full(sh.k_full, base);
-      role.begin_turn();
-      wgmma_fence();
-      sm90_issue_qk<T, Tile>(r.sc, q_desc, role.k_desc(base), role.wg_row0);
-      role.end_turn();
-      wgmma_wait<0>();
-      reg_fence(r.sc);
-    }  // else S_0 has landed (fwd_sm90_boundary, then the consumer's wait)
+    role.wait_full(sh.k_full, base);
+    role.begin_turn();
+    wgmma_fence();
+    sm90_issue_qk<T, Tile>(r.sc, q_desc, role.k_desc(base), role.wg_row0);
+    role.end_turn();
+    wgmma_wait<0>();
+    reg_fence(r.sc);
     role.release(sh.k_empty, base);
     if (n == 1) mbarrier_arrive(sh.q_empty + qs);  // the tile's last product from Q has landed
     softmax(0, alpha);
@@ -595,7 +582,7 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     role.begin_turn();
     wgmma_fence();
     sm90_issue_qk<T, Tile>(r.sc, q_desc, role.k_desc(base + it), role.wg_row0);
-    sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1), it == 1);
+    sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1));
     role.end_turn();
     wgmma_wait<1>();  // S(it) landed; P(it - 1) V(it - 1) still runs
     reg_fence(r.sc);
@@ -609,51 +596,17 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     sm90_pack_p<T, Tile>(r.p, r.sc);
   }
   gi = base + n;
-  if (!Tile::kPipelined && n > 0) {
+  if (n > 0) {
     role.wait_full(sh.v_full, gi - 1);
     rescale_o<Tile>(r.o, alpha);
     role.begin_turn();
     wgmma_fence();
-    sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1), n == 1);
+    sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1));
     role.end_turn();
     wgmma_wait<0>();
     reg_fence(r.o);
     role.release(sh.v_empty, gi - 1);
   }
-}
-
-// The round between two tiles of a persistent consumer (kPipelined): the last P V product of the previous tile
-// (`pending`: it ran n_prev key blocks) and the first S = Q K^T of the current one (`has`: it has key blocks), in one
-// turn, so that the tensor cores compute S_0 while this warpgroup writes the previous tile out. Both products are
-// issued on every path, from one place in the code: a product issued on one branch only leaves its accumulators to
-// a copy on the other branch inside the pipeline stage, and ptxas serialises the whole pipeline for it (C7515). Where
-// there is nothing to finish or start, the product runs on whatever the slot holds into registers nobody reads (O
-// of a tile with no key block is written as zeros; S of no tile is never used): once per CTA, or per tile with no key
-// block.
-template <typename T, typename Tile>
-__device__ __forceinline__ void fwd_sm90_boundary(const Sm90FwdShared<T, Tile>& sh, const Sm90FwdRole<T, Tile>& role, bool pending,
-                                                  int n_prev, bool has, int& qi, int gi, Sm90FwdRegisters<Tile> r,
-                                                  const float (&alpha)[2]) {
-  constexpr int QS = Tile::kQSlots;
-  if (pending) {
-    role.wait_full(sh.v_full, gi - 1);
-    rescale_o<Tile>(r.o, alpha);
-  }
-  const uint64_t q_desc = tile_desc_k_major(sh.q_buf(qi));
-  if (has) {
-    mbarrier_wait(sh.q_full + qi % QS, (qi / QS) & 1);
-    fence_async_smem();
-    ++qi;
-    role.wait_full(sh.k_full, gi);  // the tile's first key block is ring iteration gi
-  }
-  role.begin_turn();
-  wgmma_fence();
-  sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1), n_prev == 1);
-  sm90_issue_qk<T, Tile>(r.sc, q_desc, role.k_desc(gi), role.wg_row0);
-  role.end_turn();
-  wgmma_wait<1>();
-  reg_fence(r.o);
-  if (pending) role.release(sh.v_empty, gi - 1);
 }
 
 // O / l and LSE of the tile's rows, to o / lse or the split's partials. A persistent CTA stages O in rows of its own
@@ -664,7 +617,6 @@ __device__ __forceinline__ void fwd_sm90_boundary(const Sm90FwdShared<T, Tile>& 
 template <typename T, typename Tile>
 __device__ __forceinline__ void fwd_sm90_epilogue(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh, const Sm90FwdRole<T, Tile>& role,
                                                   const Sm90FwdWork& w, float mult, float v_descale, const Sm90FwdRegisters<Tile> r) {
-  const bool any = w.blocks.hi > w.blocks.lo;
   T* stage = sh.sStage;
   if constexpr (Tile::kPersistent) {
     __syncwarp();
@@ -675,22 +627,19 @@ __device__ __forceinline__ void fwd_sm90_epilogue(const AttnArgs& a, const Sm90F
   if constexpr (Tile::kFp8) {
     auto store = [&](auto* out_stage) {
       using TOut = std::remove_pointer_t<decltype(out_stage)>;
-      store_output_rows<TOut, Tile::D, Tile::kSwizzledStage>(a, w.s, w.b, w.h, w.split, w.m0, role.warp_row0,
-                                       [&](int j, int e) { return any ? r.o[j * 4 + e] * v_descale : 0.f; }, r.row_max, r.row_sum, mult,
+      store_output_rows<TOut, Tile::D>(a, w.s, w.b, w.h, w.split, w.m0, role.warp_row0,
+                                       [&](int j, int e) { return r.o[j * 4 + e] * v_descale; }, r.row_max, r.row_sum, mult,
                                        out_stage);
     };
     if (a.out_fp16) store(reinterpret_cast<half_t*>(stage));
     else store(reinterpret_cast<bf16_t*>(stage));
   } else {
-    store_output_rows<T, Tile::D, Tile::kSwizzledStage>(a, w.s, w.b, w.h, w.split, w.m0, role.warp_row0, [&](int j, int e) { return any ? r.o[j * 4 + e] : 0.f; },
+    store_output_rows<T, Tile::D>(a, w.s, w.b, w.h, w.split, w.m0, role.warp_row0, [&](int j, int e) { return r.o[j * 4 + e]; },
                                   r.row_max, r.row_sum, mult, stage);
   }
 }
 
-// Warpgroups 1..: 64 query rows of every tile the scheduler gives this CTA, in the producer's order. With kPipelined
-// the tiles run as one pipeline: each turn of fwd_sm90_boundary ends the previous tile (its last P V) and starts the
-// current one (its S_0), and the previous tile is written out while S_0 runs. The next tile's index is read once
-// the current one's key blocks are issued (the producer publishes it after copying them).
+// Warpgroups 1..: 64 query rows of every tile the scheduler gives this CTA, in the producer's order.
 template <typename T, typename Tile, bool kTransform>
 __device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh,
                                                   const Sm90FwdScheduler<Tile>& sched, int wg, int warp, int g) {
@@ -701,47 +650,25 @@ __device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90F
   // V: N-major, or for fp8 the transposed tile, K-major
   const uint64_t v_desc0 = Tile::kFp8 ? tile_desc_k_major(sh.sV) : tile_desc_mn_major<Tile::BN>(sh.sV);
   const Sm90FwdRole<T, Tile> role{cw, cw * 64, cw * 64 + warp * 16, g, tile_desc_k_major(sh.sK), v_desc0};
-  float o[Tile::D / 2], sc[Tile::BN / 2], row_max[2], row_sum[2], alpha[2];
+  float o[Tile::D / 2], sc[Tile::BN / 2], row_max[2], row_sum[2];
   uint32_t p[Tile::kPSteps][4];
   const Sm90FwdRegisters<Tile> r{o, sc, p, row_max, row_sum};
   if (role.cw == NC - 1) named_barrier_arrive(1, 256);
 
-  // the tile before the current one, still to be finished (kPipelined) and written out
-  Sm90FwdWork prev{};
-  bool prev_open = false;
-  float prev_mult = 1.f, prev_v_descale = 1.f;
-  int k = 0;
-  int tile = sched.dynamic ? sched.read_tile(sh, 0) : sched.first_tile;
-  while (true) {
-    Sm90FwdWork w{};
-    w.run = false;
-    if (tile < sched.total) w = sched.work_of(a, tile);
-    if constexpr (Tile::kPipelined) {
-      const int n_prev = prev.blocks.hi - prev.blocks.lo;
-      fwd_sm90_boundary<T, Tile>(sh, role, prev_open && n_prev > 0, n_prev, w.run && w.blocks.hi > w.blocks.lo, qi, gi, r,
-                                 alpha);
-      if (prev_open) fwd_sm90_epilogue<T, Tile>(a, sh, role, prev, prev_mult, prev_v_descale, r);
-      wgmma_wait<0>();  // the current tile's S_0, which ran beside the epilogue
-      reg_fence(r.sc);
-      prev_open = false;
-    }
+  int tile = sched.first_tile;
+  for (int k = 0;; ++k) {
+    if (sched.dynamic) tile = sched.read_tile(sh, k);
     if (tile >= sched.total) break;
-    int next = sched.total;  // one tile per CTA unless the ring brings more
-    if (w.run) {
-      // fp8: the descale factors of this tile's (sequence, kv head); 1 otherwise
-      const int hk = w.h / a.group;
-      const float qk_descale = Tile::kFp8 ? descale_factor(a.q_descale, w.b, hk) * descale_factor(a.k_descale, w.b, hk) : 1.f;
-      const float v_descale = Tile::kFp8 ? descale_factor(a.v_descale, w.b, hk) : 1.f;
-      const float mult = kTransform ? 1.f : a.scale_log2 * qk_descale;  // multiplier from S to log2 units inside exp2
-      fwd_sm90_mainloop<T, Tile, kTransform>(a, sh, role, w, mult, qk_descale, qi, gi, r, alpha);
-      if constexpr (Tile::kPipelined) {
-        prev = w, prev_open = true, prev_mult = mult, prev_v_descale = v_descale;
-      } else {
-        fwd_sm90_epilogue<T, Tile>(a, sh, role, w, mult, v_descale, r);
-      }
-    }
-    if (sched.dynamic) next = sched.read_tile(sh, ++k);
-    tile = next;
+    const Sm90FwdWork w = sched.work_of(a, tile);
+    tile = sched.total;  // one tile per CTA unless the ring brings more
+    if (!w.run) continue;
+    // fp8: the descale factors of this tile's (sequence, kv head); 1 otherwise
+    const int hk = w.h / a.group;
+    const float qk_descale = Tile::kFp8 ? descale_factor(a.q_descale, w.b, hk) * descale_factor(a.k_descale, w.b, hk) : 1.f;
+    const float v_descale = Tile::kFp8 ? descale_factor(a.v_descale, w.b, hk) : 1.f;
+    const float mult = kTransform ? 1.f : a.scale_log2 * qk_descale;  // multiplier from S to log2 units inside exp2
+    fwd_sm90_mainloop<T, Tile, kTransform>(a, sh, role, w, mult, qk_descale, qi, gi, r);
+    fwd_sm90_epilogue<T, Tile>(a, sh, role, w, mult, v_descale, r);
   }
   if (role.cw == 0) named_barrier_sync(1, 256);  // the turn consumer NC - 1 passed on after the last round
 }

@@ -280,23 +280,17 @@ def grid(quick):
                      ("hdim192-deterministic", dict(d=192, deterministic=True, batch=2, sq=500, sk=900, h=4, hk=2)),
                      ("hdim192-window-softcap", dict(d=192, window=(80, 20), softcap=20.0)), ("hdim160", dict(d=160, causal=True))):
         add(f"splitd-{name}", **{"d": 256, **kw})
-    # more tiles than SMs: the persistent forward at hdim 64 and 128 (tile counter, Q ring, tiles that skip, each tile's
-    # first product issued with the previous tile's last) on an H100 / H200
-    for d in (64, 128):
-        sfx = "" if d == 64 else "-hdim128"
-        add(f"persistent{sfx}-small", batch=1, sq=128, sk=256, h=136, hk=8, causal=True, d=d)  # 136 tiles: racecheck-sized
-        add(f"persistent{sfx}-causal", batch=4, sq=1000, sk=1000, h=16, hk=4, causal=True, d=d)
-        add(f"persistent{sfx}-sq!=sk", batch=3, sq=900, sk=700, h=12, hk=12, dtype="fp16", d=d)
-        add(f"persistent{sfx}-varlen", varlen=True, sq=700, sk=700, batch=8, h=16, hk=8, causal=True, d=d)
-        add(f"persistent{sfx}-splits", batch=2, sq=600, sk=2000, h=32, hk=8, splits=3, bwd=False, d=d)
-        # tiles with no key block (rows before the diagonal; empty key sequences) between tiles with some, and tiles of
-        # one key block (whose Q is released by the round that finishes the previous tile)
-        add(f"persistent{sfx}-causal-sq>sk", batch=2, sq=1000, sk=300, h=16, hk=4, causal=True, d=d)
-        add(f"persistent{sfx}-varlen-empty-keys", varlen=True, sq=300, sk=300, batch=8, h=16, hk=8, empty_keys=True, d=d)
-        add(f"persistent{sfx}-one-key-block", batch=2, sq=1024, sk=100, h=16, hk=8, d=d)
-    # the persistent kernels' softcap / ALiBi instantiation, with a window (tiles of different lengths, longest first)
-    add("persistent-hdim128-softcap-window", batch=2, sq=1500, sk=1500, h=32, hk=8, d=128, softcap=20.0, window=(400, 0))
-    add("persistent-hdim64-alibi-causal", batch=2, sq=1500, sk=1500, h=32, hk=8, alibi="head", causal=True)
+    # more tiles than SMs: the persistent hdim-64 forward (tile counter, Q ring, tiles that skip) on an H100 / H200
+    add("persistent-small", batch=1, sq=128, sk=256, h=136, hk=8, causal=True)  # 136 tiles: racecheck-sized
+    add("persistent-causal", batch=4, sq=1000, sk=1000, h=16, hk=4, causal=True)
+    add("persistent-sq!=sk", batch=3, sq=900, sk=700, h=12, hk=12, dtype="fp16")
+    add("persistent-varlen", varlen=True, sq=700, sk=700, batch=8, h=16, hk=8, causal=True)
+    add("persistent-splits", batch=2, sq=600, sk=2000, h=32, hk=8, splits=3, bwd=False)
+    # tiles with no key block (rows before the diagonal; empty key sequences) between tiles with some, and tiles of one
+    # key block (whose Q is released by the round that finishes the previous tile)
+    add("persistent-causal-sq>sk", batch=2, sq=1000, sk=300, h=16, hk=4, causal=True)
+    add("persistent-varlen-empty-keys", varlen=True, sq=300, sk=300, batch=8, h=16, hk=8, empty_keys=True)
+    add("persistent-one-key-block", batch=2, sq=1024, sk=100, h=16, hk=8)
     # decode-shaped requests (cuda-decode: a KV head's query heads packed into the rows, warps splitting the keys,
     # split-KV): GQA / MQA / MHA, a few query rows, padded head dims, every score feature with packed rows
     for (h, hk, sqs) in ((32, 8, (1, 4, 16)), (32, 1, (1, 2)), (8, 8, (1, 7))):
