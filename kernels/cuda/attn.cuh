@@ -205,11 +205,19 @@ struct ScoreRow {
   float slope;
 };
 
+// kLazyMax: how far (log2 units) a row's scores may rise above the max its P is taken against before that max moves.
+// P and the running O and sum then grow by at most 2^8 (fp32 accumulators; P fits fp16 / bf16), and O is rescaled
+// only when a block raises the max by more than this, which after the first block is rare; the result is the same
+// (O / l and LSE do not depend on the reference max). Not for fp8 P: with the exact max a row's largest P is 1, which
+// E4M3 holds exactly, and a peaked row's error is mostly that term's (a decode case went from 1.2e-2 to 2.9e-2).
+constexpr float kMaxSlackLog2 = 8.f;
+
 // One 16-row fragment's share of key block n0 in the online softmax. `sc(j, e)` is C register e of n-tile j of S
 // (row `row_at(e / 2)`, key n0 + 8j + 2t + e % 2; row_at(0) is the lane's row g, row_at(1) row g + 8). Softcap / ALiBi rewrite S into log2 units,
-// masked pairs become -inf; then the running max and (per-lane) sum are updated, S is replaced by
-// P = exp2(S mult - max mult), and alpha[hf] = exp2((old max - new max) mult) is what O's rows must be scaled by.
-template <int NT, typename Scores, typename RowAt>
+// masked pairs become -inf; then the reference max (the running max; with kLazyMax moved only when the block passes it
+// by more than kMaxSlackLog2) and the (per-lane) sum are updated, S is replaced by P = exp2(S mult - max mult), and
+// alpha[hf] = exp2((old max - new max) mult) is what O's rows must be scaled by (exactly 1 when the max stayed).
+template <int NT, bool kLazyMax = false, typename Scores, typename RowAt>
 __device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const SeqInfo& s, Scores&& sc, RowAt&& row_at, int n0,
                                                      bool transform, bool masked, float mult,
                                                      float (&row_max)[2], float (&row_sum)[2], float (&alpha)[2]) {
@@ -244,11 +252,22 @@ __device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const Se
     for (int stride = 1; stride < NT; stride *= 2)
 #pragma unroll
       for (int j = 0; j + stride < NT; j += 2 * stride) part[j] = fmaxf(part[j], part[j + stride]);
-    const float mx = quad_max(fmaxf(row_max[hf], part[0]));
     // A row that has seen only masked keys keeps max -inf; subtract 0 then so exp2 gives 0, not NaN.
-    const float m_scaled = mx == -INFINITY ? 0.f : mx * mult;
-    alpha[hf] = fast_exp2(row_max[hf] * mult - m_scaled);
-    row_max[hf] = mx;
+    float m_scaled;
+    if constexpr (kLazyMax) {
+      const float block_max = quad_max(part[0]);
+      // -inf (no visible key yet) moves to any finite max (mult may be 0: no -inf * 0 here)
+      const bool move = row_max[hf] == -INFINITY ? block_max != -INFINITY : (block_max - row_max[hf]) * mult > kMaxSlackLog2;
+      const float mx = move ? block_max : row_max[hf];
+      m_scaled = mx == -INFINITY ? 0.f : mx * mult;
+      alpha[hf] = move ? fast_exp2(row_max[hf] * mult - m_scaled) : 1.f;
+      row_max[hf] = mx;
+    } else {
+      const float mx = quad_max(fmaxf(row_max[hf], part[0]));
+      m_scaled = mx == -INFINITY ? 0.f : mx * mult;
+      alpha[hf] = fast_exp2(row_max[hf] * mult - m_scaled);
+      row_max[hf] = mx;
+    }
     float sums[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int j = 0; j < NT; ++j)

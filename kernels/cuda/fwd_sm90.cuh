@@ -65,6 +65,10 @@ struct Sm90FwdTile {
   // head dim 256 that is 128 + 16 + 64 registers, and ptxas spilled and serialised the wgmmas (C7512). There the two
   // products of a block run one after the other, and the other consumer's turn fills the gap.
   static constexpr bool kOverlapPV = !(kFp8 && D == 256);
+  // The online softmax's lazy reference max (attn.cuh, kMaxSlackLog2) where it measured faster: 16-bit hdim 256, whose
+  // O rescale is 128 multiplies a thread (H100, same call: +2-6%; hdim 64 -4 to -12%, hdim 128 -1 to -3%, decode -2 to
+  // -5% at b8, where the extra compares cost more than the skipped rescales saved; fp8: see kMaxSlackLog2).
+  static constexpr bool kLazyMax = !kFp8 && D == 256;
   // A persistent CTA keeps two Q slots (the next tile's Q lands during this one) and stages its output in rows of its
   // own (the next tile's copies may be landing in Q and K); a one-tile CTA stages over Q and the K slots at the end.
   static constexpr int kQSlots = kPersistent ? 2 : 1;
@@ -514,7 +518,7 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i) r.sc[i] *= qk_descale;
     }
-    online_softmax_block<NT>(a, s, [&](int j, int e) -> float& { return r.sc[j * 4 + e]; },
+    online_softmax_block<NT, Tile::kLazyMax>(a, s, [&](int j, int e) -> float& { return r.sc[j * 4 + e]; },
                              [&](int hf) { return ScoreRow{i0 + hf * 8, slope}; }, n0, kTransform, masked, mult, r.row_max,
                              r.row_sum, alpha);
   };

@@ -144,12 +144,12 @@ def run_case(lib, case, kernel):
     torch.manual_seed(case["seed"])
     dtype = torch.bfloat16 if case["dtype"] == "bf16" else torch.float16
     q, k, v, cu_q, cu_k, slopes = make_inputs(case, dtype)
-    case["scale"] = 1.0 / math.sqrt(case["d"])
+    case["scale"] = case.get("softmax_scale", 1.0 / math.sqrt(case["d"]))
     varlen = cu_q is not None
     lse_shape = (case["h"], q.shape[0]) if varlen else (case["batch"], case["h"], case["sq"])
     o = torch.full_like(q, float("nan"))
     lse = torch.full(lse_shape, float("nan"), device=DEV, dtype=torch.float32)
-    common = dict(causal=case["causal"], window=case["window"], softcap=case["softcap"], alibi=slopes,
+    common = dict(scale=case["scale"], causal=case["causal"], window=case["window"], softcap=case["softcap"], alibi=slopes,
                   alibi_per_batch=case.get("alibi") == "batch", cu_q=cu_q, cu_k=cu_k, max_q=case["sq"],
                   max_k=case["sk"], num_splits=case.get("splits", 0), deterministic=case.get("deterministic", False))
     if kernel:
@@ -241,6 +241,10 @@ def grid(quick):
     add("window-0-0-sq>sk", sq=203, sk=113, window=(0, 0))  # early rows see no key: O = 0, LSE = +inf
     add("window-left-only", window=(50, -1), causal=True, d=128)
     add("window-huge-bounds", window=(2**31 - 1, 2**31 - 1))  # same as unbounded; no int overflow
+    # a large softmax scale (logits of s.d. 11 instead of 1): a row's max rises past the reference max by more than its
+    # slack in many blocks, and P reaches 2^8 between rescales
+    add("scale-large", softmax_scale=1.0, d=128, sq=300, sk=2000, h=4, hk=2)
+    add("scale-large-causal-hdim64", softmax_scale=1.0, d=64, sq=2000, sk=2000, h=4, hk=2, causal=True)
     add("softcap-30", softcap=30.0, d=128)
     add("softcap-causal", softcap=5.0, causal=True)
     add("alibi-head", alibi="head", causal=True)
@@ -296,6 +300,7 @@ def grid(quick):
     for (h, hk, sqs) in ((32, 8, (1, 4, 16)), (32, 1, (1, 2)), (8, 8, (1, 7))):
         for sq in sqs:
             add(f"decode-h{h}-kv{hk}-sq{sq}", batch=3, sq=sq, sk=5000, h=h, hk=hk, d=128, causal=sq > 1, bwd=False)
+    add("decode-scale-large", batch=2, sq=1, sk=5000, h=32, hk=8, d=128, softmax_scale=1.0, bwd=False)
     for d in (32, 64, 72, 96, 192, 256):
         add(f"decode-hdim{d}", batch=2, sq=1, sk=3001, h=16, hk=4, d=d, bwd=False, dtype="fp16" if d == 72 else "bf16")
     add("decode-window-sq8", batch=2, sq=8, sk=3000, h=16, hk=4, d=128, causal=True, window=(700, 0), bwd=False)
