@@ -5,7 +5,7 @@
 #   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | tma-layout | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | verify-fp8-decode | sanitize | sanitize-fp8 | racecheck-fp8 |
 #          racecheck(128) | racecheck-persistent | racecheck-det | kvcache-sanitize | doctor |
 #          profile | profile-det | profile-bwd64 | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset |
-#          ab-decode | ab-det  (this build against .gpu/ab.so.xz, another commit's library: scripts/device/ab-lib.sh)
+#          ab-decode | ab-det | ab-fwd  (this build against .gpu/ab.so.xz, another commit's library: scripts/device/ab-lib.sh)
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/device/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -41,9 +41,11 @@ AB_XZ=${AB_XZ:-.gpu/ab.so.xz}
 [ -f "$AB_XZ" ] && xz -dc "$AB_XZ" > "$AB_LIB"
 
 # Commands more than one step runs: the decode preset against the fast baselines; the backward sweep of the fa
-# subset without baselines; ncu of the hdim-128 backward at 8k (time, L2 hit rate, DRAM bytes).
+# subset without baselines; the forward over 1k-16k keys at one token count; ncu of the hdim-128 backward at 8k (time,
+# L2 hit rate, DRAM bytes).
 DECODE_BENCH=(bun cli.ts bench --preset decode --baselines sdpa-flash,sdpa-cudnn)
 BWD_BENCH=(bun cli.ts bench --seqlen 2k,8k --hdim 64,128,256 --causal both --direction bwd --baselines none)
+FWD_SWEEP=(bun cli.ts bench --seqlen 1k,2k,4k,8k,16k --hdim 64,128,256 --causal both --direction fwd --warmup 2 --iters 10 --quiet)
 NCU_BWD128=(ncu --clock-control none --kernel-name "regex:bwd_sm90" --launch-skip 1 --launch-count 1
   --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats
   --metrics lts__t_sector_hit_rate.pct,dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum
@@ -200,6 +202,22 @@ for s in "$@"; do
       step ab-ncu-det 120 env FLASHATTN_LIB="$AB_LIB" "${NCU_BWD128[@]}" --deterministic
       step ab-memcheck-det 200 env FLASHATTN_LIB="$AB_LIB" compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py \
         --quick --kernel cuda-wgmma-sm90 --filter determin ;;
+    # the forward over 1k-16k keys at 16k tokens (hdim 64 / 128 / 256, causal and not) of both builds, twice,
+    # alternating, SDPA flash and cuDNN beside the first (a fixed cost per tile shows as the gap closing with length:
+    # docs/perf-cuda.md); then the B build's forward checks
+    ab-fwd)
+      for i in 1 2; do
+        for side in a b; do
+          lib=build/libflashattn_cuda.so; [ $side = b ] && lib=$AB_LIB
+          baselines=none; [ $side$i = a1 ] && baselines=sdpa-flash,sdpa-cudnn
+          step "ab-fwd-$side$i" 150 env FLASHATTN_LIB="$lib" "${FWD_SWEEP[@]}" --baselines $baselines --save "$LOGS/ab-fwd-$side$i.json"
+        done
+      done
+      step ab-verify-fwd 200 env FLASHATTN_LIB="$AB_LIB" python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90
+      step ab-verify-fwd-auto 200 env FLASHATTN_LIB="$AB_LIB" python3 scripts/check/cuda_verify.py --quick --kernel ''
+      step ab-verify-fwd-fp8 200 env FLASHATTN_LIB="$AB_LIB" python3 scripts/check/cuda_fp8.py
+      step ab-memcheck-fwd 200 env FLASHATTN_LIB="$AB_LIB" compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py \
+        --quick --kernel cuda-wgmma-sm90 ;;
     *) echo "unknown step $s" >&2; summary+=("$s: unknown step") ;;
   esac
 done
