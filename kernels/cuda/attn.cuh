@@ -253,22 +253,20 @@ __device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const Se
     for (int stride = 1; stride < NT; stride *= 2)
 #pragma unroll
       for (int j = 0; j + stride < NT; j += 2 * stride) part[j] = fmaxf(part[j], part[j + stride]);
-    // A row that has seen only masked keys keeps max -inf; subtract 0 then so exp2 gives 0, not NaN.
-    float m_scaled;
+    float mx;
+    bool move = true;  // the reference max moves (always, unless kLazyMax)
     if constexpr (kLazyMax) {
       const float block_max = quad_max(part[0]);
       // -inf (no visible key yet) moves to any finite max (mult may be 0: no -inf * 0 here)
-      const bool move = row_max[hf] == -INFINITY ? block_max != -INFINITY : (block_max - row_max[hf]) * mult > kMaxSlackLog2;
-      const float mx = move ? block_max : row_max[hf];
-      m_scaled = mx == -INFINITY ? 0.f : mx * mult;
-      alpha[hf] = move ? fast_exp2(row_max[hf] * mult - m_scaled) : 1.f;
-      row_max[hf] = mx;
+      move = row_max[hf] == -INFINITY ? block_max != -INFINITY : (block_max - row_max[hf]) * mult > kMaxSlackLog2;
+      mx = move ? block_max : row_max[hf];
     } else {
-      const float mx = quad_max(fmaxf(row_max[hf], part[0]));
-      m_scaled = mx == -INFINITY ? 0.f : mx * mult;
-      alpha[hf] = fast_exp2(row_max[hf] * mult - m_scaled);
-      row_max[hf] = mx;
+      mx = quad_max(fmaxf(row_max[hf], part[0]));
     }
+    // A row that has seen only masked keys keeps max -inf; subtract 0 then so exp2 gives 0, not NaN.
+    const float m_scaled = mx == -INFINITY ? 0.f : mx * mult;
+    alpha[hf] = move ? fast_exp2(row_max[hf] * mult - m_scaled) : 1.f;
+    row_max[hf] = mx;
     float sums[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int j = 0; j < NT; ++j)
