@@ -218,8 +218,7 @@ constexpr float kMaxSlackLog2 = 8.f;
 // masked pairs become -inf; then the reference max (the running max; with kLazyMax moved only when the block passes it
 // by more than kMaxSlackLog2) and the (per-lane) sum are updated, S is replaced by P = exp2(S mult - max mult), and
 // alpha[hf] = exp2((old max - new max) mult) is what O's rows must be scaled by (exactly 1 when the max stayed).
-// kRowSum false: row_sum is left alone (the Hopper forward sums P on the tensor cores, fwd_sm90.cuh).
-template <int NT, bool kLazyMax = false, bool kRowSum = true, typename Scores, typename RowAt>
+template <int NT, bool kLazyMax = false, typename Scores, typename RowAt>
 __device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const SeqInfo& s, Scores&& sc, RowAt&& row_at, int n0,
                                                      bool transform, bool masked, float mult,
                                                      float (&row_max)[2], float (&row_sum)[2], float (&alpha)[2]) {
@@ -275,12 +274,10 @@ __device__ __forceinline__ void online_softmax_block(const AttnArgs& a, const Se
       for (int c = 0; c < 2; ++c) {
         const float p = fast_exp2(fmaf(sc(j, 2 * hf + c), mult, -m_scaled));
         sc(j, 2 * hf + c) = p;
-        if constexpr (kRowSum) sums[(2 * j + c) % 4] += p;
+        sums[(2 * j + c) % 4] += p;
       }
-    if constexpr (kRowSum) {
-      const float sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
-      row_sum[hf] = row_sum[hf] * alpha[hf] + sum;  // per-lane partial; reduced over the quad at the end
-    }
+    const float sum = (sums[0] + sums[1]) + (sums[2] + sums[3]);
+    row_sum[hf] = row_sum[hf] * alpha[hf] + sum;  // per-lane partial; reduced over the quad at the end
   }
 }
 

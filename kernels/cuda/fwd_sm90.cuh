@@ -19,9 +19,8 @@
 //     O   += P_{n-1} V_{n-1}            RS wgmma, P from registers, V read N-major; issued right after S_n, meant to
 //                                       run while this warpgroup computes the softmax of S_n (ptxas still waits for
 //                                       it first: fwd_sm90_mainloop says why)
-//     l   += P_{n-1} 1                  RS wgmma m64n8 against a tile of ones, beside P V (the row sums)
-//     m', P_n = exp2(S_n c - m' c)      the online softmax of fwd.cuh (shared helper), base 2, scale folded in
-//     O, l *= exp2((m - m') c)          before the next P V product is issued
+//     m', l, P_n = exp2(S_n c - m' c)   the online softmax of fwd.cuh (shared helper), base 2, scale folded in
+//     O   *= exp2((m - m') c)           before the next P V product is issued
 //   and finally O += P_last V_last, O / l, LSE. The consumers take turns to issue their products (ping-pong over
 //   named barriers): while one warpgroup's exp2s run on the MUFU, the tensor cores work for the other.
 // Work per block and consumer: 4 x 64 BN D flops in two products; exp2 for 64 BN scores.
@@ -30,8 +29,8 @@
 // both be K-major. Q and K are; V is not, so the producer copies each V block into a staging tile and transposes it
 // into the V ring (V^T: D rows of BN keys), permuting the keys of every 32-key step so that a consumer can feed P to
 // the product from the registers it holds the scores in (the fp8 A fragment takes columns 4t..4t+3 where the
-// accumulator has 2t, 2t + 1, 2t + 8, 2t + 9: sm90_pack_p / fp8_transposed_key). P is rounded to E4M3 there, and the
-// row sums add the same rounded P. The descale factors of the tile's (sequence, kv head) fold into the softmax multiplier
+// accumulator has 2t, 2t + 1, 2t + 8, 2t + 9: sm90_pack_p / fp8_transposed_key). P is rounded to E4M3 there; the
+// row sums use the fp32 P. The descale factors of the tile's (sequence, kv head) fold into the softmax multiplier
 // (q x k) and the epilogue (v); o is written in a.out_dtype. One CTA per tile (no persistent grid).
 #pragma once
 
@@ -70,12 +69,6 @@ struct Sm90FwdTile {
   // O rescale is 128 multiplies a thread (H100, same call: +2-6%; hdim 64 -4 to -12%, hdim 128 -1 to -3%, decode -2 to
   // -5% at b8, where the extra compares cost more than the skipped rescales saved; fp8: see kMaxSlackLog2).
   static constexpr bool kLazyMax = !kFp8 && D == 256;
-  // The row sums l = P 1 on the tensor cores: with every P V product the consumer issues P times a tile of ones (m64n8,
-  // 8 equal columns), which takes the BN / 2 additions a thread made per block out of the softmax; each block's sum
-  // lands in fresh accumulators and is added to l in fp32 (fp8 products accumulate with ~14 mantissa bits), and l
-  // then sums the same rounded P (16-bit or E4M3) that the P V product multiplies.
-  static constexpr bool kRowSumMma = true;
-  static constexpr int kOnesBytes = kRowSumMma ? kSwizzleAlign : 0;  // the ones tile: 8 rows of 128 bytes
   // A persistent CTA keeps two Q slots (the next tile's Q lands during this one) and stages its output in rows of its
   // own (the next tile's copies may be landing in Q and K); a one-tile CTA stages over Q and the K slots at the end.
   static constexpr int kQSlots = kPersistent ? 2 : 1;
@@ -85,7 +78,7 @@ struct Sm90FwdTile {
   static constexpr int kBarriers = 8 + 4 * kStages;
   static constexpr size_t smem_bytes() {
     return kSwizzleAlign + kQSlots * kTileQ + (2 * kStages + kVStaging) * static_cast<size_t>(kTileKV) + kStage +
-           kOnesBytes + kBarriers * sizeof(uint64_t) + 2 * sizeof(int);
+           kBarriers * sizeof(uint64_t) + 2 * sizeof(int);
   }
   static_assert(smem_bytes() <= 227 * 1024, "fits an H100's shared memory per block");
   static_assert(D % Element::kSwizzleCols == 0 && BN % 16 == 0 && BN <= 256 && D <= 256,
@@ -115,7 +108,7 @@ template <typename T> struct Sm90FwdTileFor<T, 256, true> { using type = Sm90Fwd
 // ---- shared memory ------------------------------------------------------------------------------------------------
 
 // The CTA's shared memory, in allocation order: the Q slots, the K and V rings, the persistent CTA's output staging
-// rows, fp8's raw V staging tiles, the ones tile of the row sums, the mbarriers (Q and tile-index full / empty, two of each; K and V full / empty, kStages of each) and the two
+// rows, fp8's raw V staging tiles, the mbarriers (Q and tile-index full / empty, two of each; K and V full / empty, kStages of each) and the two
 // published tile indices.
 template <typename T, typename Tile>
 struct Sm90FwdShared {
@@ -125,8 +118,6 @@ struct Sm90FwdShared {
   T* sV;      // [S][BN x D], swizzled
   T* sStage;  // [BM x (D + kPad)] when persistent
   T* sVraw;   // fp8: [2][BN x D], swizzled, V blocks as they arrive
-  T* sOnes;   // kRowSumMma: 8 rows x 128 bytes of ones, the B operand of l = P 1 (1024-aligned: every tile above is
-              // a multiple of 1024 bytes)
   uint64_t *q_full, *q_empty, *tile_full, *tile_empty, *k_full, *v_full, *k_empty, *v_empty;
   int* tile_slot;  // [2] published tile indices
 
@@ -136,8 +127,7 @@ struct Sm90FwdShared {
     sV = sK + S * BN * D;
     sStage = sV + S * BN * D;
     sVraw = reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(sStage) + Tile::kStage);
-    sOnes = reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(sVraw) + Tile::kVStaging * Tile::kTileKV);
-    q_full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(sOnes) + Tile::kOnesBytes);
+    q_full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(sVraw) + Tile::kVStaging * Tile::kTileKV);
     q_empty = q_full + 2;
     tile_full = q_full + 4;
     tile_empty = q_full + 6;
@@ -165,18 +155,6 @@ struct Sm90FwdShared {
   }
 
   // K / V ring iteration gi uses slot gi % S and is that slot's (gi / S)-th filling (the parity its barriers wait for).
-  // The producer warpgroup's 128 threads fill the ones tile (two words each) before the CTA's first barrier; the
-  // fence makes the stores visible to wgmma's async-proxy reads once that barrier has passed. fp8: the product's B is
-  // E4M3 whatever T is.
-  __device__ __forceinline__ void fill_ones() const {
-    if constexpr (Tile::kRowSumMma) {
-      const uint32_t one = Tile::kFp8 ? 0x38383838u : std::is_same_v<T, half_t> ? 0x3C003C00u : 0x3F803F80u;
-      uint32_t* w = reinterpret_cast<uint32_t*>(sOnes);
-      w[threadIdx.x] = one, w[threadIdx.x + 128] = one;
-      fence_async_smem();
-    }
-  }
-
   static __device__ __forceinline__ int slot_of(int gi) { return static_cast<int>(static_cast<unsigned>(gi) % S); }
   static __device__ __forceinline__ uint32_t parity_of(int gi) { return static_cast<uint32_t>(static_cast<unsigned>(gi) / S) & 1; }
   __device__ __forceinline__ T* q_buf(int qi) const { return sQ + (qi % QS) * BM * D; }
@@ -434,8 +412,7 @@ struct Sm90FwdRegisters {
   float (&sc)[Tile::BN / 2];        // S_n, then P_n in fp32 (64 x BN)
   uint32_t (&p)[Tile::kPSteps][4];  // P_{n-1} as the A operand of the P V product
   float (&row_max)[2];              // the online softmax's running max and (per-lane) sum of this thread's two rows
-  float (&row_sum)[2];              // (kRowSumMma: the whole row's sum, in every lane of the quad)
-  float (&block_sum)[4];            // kRowSumMma: P_{n-1} 1, the m64n8 accumulator (columns equal: rows g, g + 8 in 0, 2)
+  float (&row_sum)[2];
 };
 
 // S = Q K^T (64 x BN = 64 x D . (BN x D)^T) of this warpgroup's rows: SS, both operands K-major over the head dim.
@@ -451,29 +428,14 @@ __device__ __forceinline__ void sm90_issue_qk(float (&sc)[Tile::BN / 2], uint64_
 }
 
 // O += P V (64 x D += 64 x BN . BN x D): RS, P from registers; V N-major, or for fp8 V^T K-major (keys permuted).
-// kRowSumMma: also block_sum = P 1 (64 x 8 = 64 x BN . BN x 8 ones; any k-step of the ones tile reads ones).
 template <typename T, typename Tile>
-__device__ __forceinline__ void sm90_issue_pv(float (&o)[Tile::D / 2], float (&block_sum)[4], const uint32_t (&p)[Tile::kPSteps][4],
-                                              uint64_t v_desc, uint64_t ones_desc) {
+__device__ __forceinline__ void sm90_issue_pv(float (&o)[Tile::D / 2], const uint32_t (&p)[Tile::kPSteps][4], uint64_t v_desc) {
 #pragma unroll
   for (int kk = 0; kk < Tile::kPSteps; ++kk) {
     if constexpr (Tile::kFp8) WgmmaFp8<Tile::D, fp8_e4m3_t, T>::rs(o, p[kk], desc_k_major<Tile::D>(v_desc, 0, kk), 1);
     else Wgmma<Tile::D, T>::template rs<1>(o, p[kk], desc_mn_major<Tile::BN>(v_desc, kk), 1);
-    if constexpr (Tile::kRowSumMma) {
-      if constexpr (Tile::kFp8) WgmmaFp8<8, fp8_e4m3_t, fp8_e4m3_t>::rs(block_sum, p[kk], ones_desc, kk > 0);
-      else Wgmma<8, T>::template rs<0>(block_sum, p[kk], ones_desc, kk > 0);
-    }
   }
   wgmma_commit();
-}
-
-// kRowSumMma: a landed P 1 joins the row sums (in the units of the max P was taken against, as O's rows).
-template <typename Tile>
-__device__ __forceinline__ void add_block_sum(float (&row_sum)[2], float (&block_sum)[4]) {
-  if constexpr (Tile::kRowSumMma) {
-    reg_fence(block_sum);
-    row_sum[0] += block_sum[0], row_sum[1] += block_sum[2];
-  }
 }
 
 // P_n (fp32, C layout) to the A fragments of the P V product. 16-bit: k-step kk is n-tiles 2kk, 2kk + 1 (acc_to_a's
@@ -498,15 +460,13 @@ __device__ __forceinline__ void sm90_pack_p(uint32_t (&p)[Tile::kPSteps][4], con
   }
 }
 
-// O *= alpha (per row pair) once the running max has moved, and with kRowSumMma the row sums too (the softmax
-// rescales them otherwise). When no row of the warp moved (alpha == 1 exactly: the same max gives exp2(0)), the
-// multiplies are skipped, warp-uniformly; past the first blocks most are.
+// O *= alpha (per row pair) once the running max has moved. When no row of the warp moved (alpha == 1 exactly: the
+// same max gives exp2(0)), the D / 2 multiplies are skipped, warp-uniformly; past the first blocks most are.
 template <typename Tile>
-__device__ __forceinline__ void rescale_o(float (&o)[Tile::D / 2], float (&row_sum)[2], const float (&alpha)[2]) {
+__device__ __forceinline__ void rescale_o(float (&o)[Tile::D / 2], const float (&alpha)[2]) {
   if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
 #pragma unroll
   for (int i = 0; i < Tile::D / 2; ++i) o[i] *= alpha[(i / 2) % 2];
-  if constexpr (Tile::kRowSumMma) row_sum[0] *= alpha[0], row_sum[1] *= alpha[1];
 }
 
 // A consumer's view of its role: its rows, the K / V ring's slot descriptors, the ring barriers and the ping-pong
@@ -521,7 +481,6 @@ struct Sm90FwdRole {
   int cw, wg_row0, warp_row0, g;  // consumer index, its first tile row, this warp's first row, the lane's row
   // K / V descriptors of ring iteration gi: slot 0's, moved on by whole slots (descriptors count 16-byte units).
   uint64_t k_desc0, v_desc0;
-  uint64_t ones_desc;  // kRowSumMma: the ones tile as the K-major B of P 1
   __device__ __forceinline__ uint64_t k_desc(int gi) const { return slot_desc(k_desc0, gi); }
   __device__ __forceinline__ uint64_t v_desc(int gi) const { return slot_desc(v_desc0, gi); }
   static __device__ __forceinline__ uint64_t slot_desc(uint64_t desc0, int gi) {
@@ -559,7 +518,7 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
 #pragma unroll
       for (int i = 0; i < BN / 2; ++i) r.sc[i] *= qk_descale;
     }
-    online_softmax_block<NT, Tile::kLazyMax, !Tile::kRowSumMma>(a, s, [&](int j, int e) -> float& { return r.sc[j * 4 + e]; },
+    online_softmax_block<NT, Tile::kLazyMax>(a, s, [&](int j, int e) -> float& { return r.sc[j * 4 + e]; },
                              [&](int hf) { return ScoreRow{i0 + hf * 8, slope}; }, n0, kTransform, masked, mult, r.row_max,
                              r.row_sum, alpha);
   };
@@ -585,16 +544,15 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
       role.release(sh.k_empty, gi);
       if (it == n - 1) mbarrier_arrive(sh.q_empty + qs);
       softmax(it, alpha);
-      rescale_o<Tile>(r.o, r.row_sum, alpha);
+      rescale_o<Tile>(r.o, alpha);
       sm90_pack_p<T, Tile>(r.p, r.sc);
       role.wait_full(sh.v_full, gi);
       role.begin_turn();
       wgmma_fence();
-      sm90_issue_pv<T, Tile>(r.o, r.block_sum, r.p, role.v_desc(gi), role.ones_desc);
+      sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi));
       role.end_turn();
       wgmma_wait<0>();
       reg_fence(r.o);
-      add_block_sum<Tile>(r.row_sum, r.block_sum);
       role.release(sh.v_empty, gi);
     }
     gi = base + n;
@@ -624,11 +582,11 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     gi = base + it;
     role.wait_full(sh.k_full, gi);
     role.wait_full(sh.v_full, gi - 1);
-    rescale_o<Tile>(r.o, r.row_sum, alpha);  // into the units of P(it - 1)'s max
+    rescale_o<Tile>(r.o, alpha);  // into the units of P(it - 1)'s max
     role.begin_turn();
     wgmma_fence();
     sm90_issue_qk<T, Tile>(r.sc, q_desc, role.k_desc(base + it), role.wg_row0);
-    sm90_issue_pv<T, Tile>(r.o, r.block_sum, r.p, role.v_desc(gi - 1), role.ones_desc);
+    sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1));
     role.end_turn();
     wgmma_wait<1>();  // S(it) landed; P(it - 1) V(it - 1) still runs
     reg_fence(r.sc);
@@ -638,28 +596,20 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     wgmma_wait<0>();
     reg_fence(r.o);
     reg_fence(r.p);
-    add_block_sum<Tile>(r.row_sum, r.block_sum);
     role.release(sh.v_empty, gi - 1);
     sm90_pack_p<T, Tile>(r.p, r.sc);
   }
   gi = base + n;
   if (n > 0) {
     role.wait_full(sh.v_full, gi - 1);
-    rescale_o<Tile>(r.o, r.row_sum, alpha);
+    rescale_o<Tile>(r.o, alpha);
     role.begin_turn();
     wgmma_fence();
-    sm90_issue_pv<T, Tile>(r.o, r.block_sum, r.p, role.v_desc(gi - 1), role.ones_desc);
+    sm90_issue_pv<T, Tile>(r.o, r.p, role.v_desc(gi - 1));
     role.end_turn();
     wgmma_wait<0>();
     reg_fence(r.o);
-    add_block_sum<Tile>(r.row_sum, r.block_sum);
     role.release(sh.v_empty, gi - 1);
-  }
-  // The epilogue sums a row's four lanes (the softmax's per-lane partials): the tensor cores' sums are whole rows, so
-  // one lane of the quad carries them.
-  if constexpr (Tile::kRowSumMma) {
-    const bool carrier = threadIdx.x % 4 == 0;
-    r.row_sum[0] = carrier ? r.row_sum[0] : 0.f, r.row_sum[1] = carrier ? r.row_sum[1] : 0.f;
   }
 }
 
@@ -703,11 +653,10 @@ __device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90F
   const int cw = wg - 1;
   // V: N-major, or for fp8 the transposed tile, K-major
   const uint64_t v_desc0 = Tile::kFp8 ? tile_desc_k_major(sh.sV) : tile_desc_mn_major<Tile::BN>(sh.sV);
-  const Sm90FwdRole<T, Tile> role{cw, cw * 64, cw * 64 + warp * 16, g, tile_desc_k_major(sh.sK), v_desc0,
-                                  tile_desc_k_major(sh.sOnes)};
-  float o[Tile::D / 2], sc[Tile::BN / 2], row_max[2], row_sum[2], block_sum[4];
+  const Sm90FwdRole<T, Tile> role{cw, cw * 64, cw * 64 + warp * 16, g, tile_desc_k_major(sh.sK), v_desc0};
+  float o[Tile::D / 2], sc[Tile::BN / 2], row_max[2], row_sum[2];
   uint32_t p[Tile::kPSteps][4];
-  const Sm90FwdRegisters<Tile> r{o, sc, p, row_max, row_sum, block_sum};
+  const Sm90FwdRegisters<Tile> r{o, sc, p, row_max, row_sum};
   if (role.cw == NC - 1) named_barrier_arrive(1, 256);
 
   int tile = sched.first_tile;
@@ -740,7 +689,6 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
   const Sm90FwdScheduler<Tile> sched(a);
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, g = (threadIdx.x % 32) / 4;
   if (threadIdx.x == 0) sh.init_barriers(Tile::kTma && maps.enabled);
-  if (wg == 0) sh.fill_ones();
   __syncthreads();
   if (wg == 0) {
     fwd_sm90_producer<T, Tile>(a, maps, sh, sched);

@@ -141,8 +141,8 @@ function generateInstances(): CompileUnit[] {
 }
 
 /** N of the wgmma.m64nNk16 shapes the Hopper kernels issue (key blocks, head dims, dQ column halves; 32: the head-dim-256
- *  backward's S^T per warpgroup; 8: the forward's row sums, P times a column of ones). */
-const wgmmaN = [8, 32, 64, 128, 192, 256];
+ *  backward's S^T per warpgroup). */
+const wgmmaN = [32, 64, 128, 192, 256];
 
 /** The N/2 fp32 accumulators of an m64nN wgmma as asm operands %0.. and their constraints. */
 function accumulators(n: number): { regs: number; dList: string; dOps: string } {
@@ -185,9 +185,8 @@ function wgmmaOps(): string {
       );
     }
   }
-  // fp8: m64nNk32, N = 128 (Q K^T over 128-key blocks; P V at head dim 128), 256 (P V at head dim 256) and 8 (the row
-  // sums, P times a column of ones).
-  for (const n of [8, 128, 256]) {
+  // fp8: m64nNk32, N = 128 (Q K^T over 128-key blocks; P V at head dim 128) and 256 (P V at head dim 256).
+  for (const n of [128, 256]) {
     for (const ta of fp8Dtypes) {
       for (const tb of fp8Dtypes) {
         const { regs, dList, dOps } = accumulators(n);
