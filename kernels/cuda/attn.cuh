@@ -198,17 +198,6 @@ __device__ __forceinline__ KeyBlocks split_key_blocks(const AttnArgs& a, const S
   return KeyBlocks{first + static_cast<int>(all * split / a.num_splits), first + static_cast<int>(all * (split + 1) / a.num_splits)};
 }
 
-// EXPERIMENT (reverted after it ran): a per-tile timeline. Per CTA 32 stamps of the SM's cycle counter: [0] smid,
-// [1] kernel entry, [2] producer done, [3] key blocks of the (last) tile, [4] producer issues the first Q; consumer
-// cw at 8 + 12 cw: start, Q landed, S_0 landed, S_1 landed, last P V landed, epilogue barrier passed, O staged, O
-// stored. Written when FA_TIMELINE names a file (fwd_sm90.cuh's host launcher).
-static __device__ unsigned long long* g_fwd_timeline;
-__device__ __forceinline__ void timeline_stamp(int slot, unsigned long long value) {
-  if (g_fwd_timeline != nullptr) g_fwd_timeline[blockIdx.x * 32ull + slot] = value;
-}
-__device__ __forceinline__ unsigned long long timeline_now() { return static_cast<unsigned long long>(clock64()); }
-__device__ __forceinline__ bool timeline_leader() { return threadIdx.x % 128 == 0; }
-
 // The query and ALiBi slope (log2 units) of one accumulator row. A plain kernel's row is a query of one head; the
 // decode kernel packs a KV head's query heads into the rows, so each row has its own query and head.
 struct ScoreRow {
@@ -364,7 +353,6 @@ __device__ __forceinline__ void store_output_rows(const AttnArgs& a, const SeqIn
     }
   }
   if (!direct) return;
-  if (timeline_leader()) timeline_stamp(8 + 12 * (static_cast<int>(threadIdx.x) / 128 - 1) + 6, timeline_now());
   __syncwarp();
   T* o = static_cast<T*>(a.o.data) + (a.cu_q != nullptr ? static_cast<int64_t>(s.q_start) * a.o.row_stride
                                                         : static_cast<int64_t>(b) * a.o.batch_stride) +

@@ -38,11 +38,7 @@
 #include "tma.cuh"
 #include "wgmma.cuh"
 
-#include <cstdio>
-#include <cstdlib>
-
 namespace fa::tc {
-
 
 template <typename T, int D_, int BN_, bool kPersistent_, int kStages_ = 2, int kVStaging_ = 0, bool kTma_ = false>
 struct Sm90FwdTile {
@@ -361,7 +357,6 @@ __device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90F
     if (sched.dynamic && threadIdx.x == 0) next = gridDim.x + atomicAdd(a.tile_counter, 1);  // lands while we copy
     const Sm90FwdWork w = sched.work_of(a, tile);
     if (w.run) {
-      if (threadIdx.x == 0 && qi == 0) timeline_stamp(4, timeline_now());
       if (issuer) {
         if (qi >= QS) mbarrier_wait(sh.q_empty + qi % QS, ((qi / QS) & 1) ^ 1);
         producer_copy<BM, D>(sh.q_buf(qi), sh.q_full + qi % QS, tma ? &maps.q : nullptr,
@@ -532,7 +527,6 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
   r.row_max[0] = r.row_max[1] = -INFINITY, r.row_sum[0] = r.row_sum[1] = 0.f;
 
   mbarrier_wait(sh.q_full + qs, (qi / QS) & 1);
-  if (timeline_leader()) timeline_stamp(8 + 12 * role.cw + 1, timeline_now()), timeline_stamp(3, n);
   fence_async_smem();
   ++qi;
   if (n == 0) mbarrier_arrive(sh.q_empty + qs);
@@ -580,7 +574,6 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     reg_fence(r.sc);
     role.release(sh.k_empty, base);
     if (n == 1) mbarrier_arrive(sh.q_empty + qs);  // the tile's last product from Q has landed
-    if (timeline_leader()) timeline_stamp(8 + 12 * role.cw + 2, timeline_now());
     softmax(0, alpha);
     alpha[0] = alpha[1] = 1.f;  // O is still zero: nothing to rescale
     sm90_pack_p<T, Tile>(r.p, r.sc);
@@ -599,7 +592,6 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     reg_fence(r.sc);
     role.release(sh.k_empty, gi);
     if (it == n - 1) mbarrier_arrive(sh.q_empty + qs);
-    if (it == 1 && timeline_leader()) timeline_stamp(8 + 12 * role.cw + 3, timeline_now());
     softmax(it, alpha);
     wgmma_wait<0>();
     reg_fence(r.o);
@@ -618,7 +610,6 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
     wgmma_wait<0>();
     reg_fence(r.o);
     role.release(sh.v_empty, gi - 1);
-    if (timeline_leader()) timeline_stamp(8 + 12 * role.cw + 4, timeline_now());
   }
 }
 
@@ -635,7 +626,6 @@ __device__ __forceinline__ void fwd_sm90_epilogue(const AttnArgs& a, const Sm90F
     __syncwarp();
   } else {
     named_barrier_sync(Tile::kConsumers + 1, Tile::kConsumerThreads);
-    if (timeline_leader()) timeline_stamp(8 + 12 * role.cw + 5, timeline_now());
     stage = sh.sQ;
   }
   if constexpr (Tile::kFp8) {
@@ -661,7 +651,6 @@ __device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90F
   int qi = 0, gi = 0;  // ring counters, as the producer's
   warpgroup_claim_registers<Tile::kConsumerRegs>();
   const int cw = wg - 1;
-  if (timeline_leader()) timeline_stamp(8 + 12 * cw, timeline_now());
   // V: N-major, or for fp8 the transposed tile, K-major
   const uint64_t v_desc0 = Tile::kFp8 ? tile_desc_k_major(sh.sV) : tile_desc_mn_major<Tile::BN>(sh.sV);
   const Sm90FwdRole<T, Tile> role{cw, cw * 64, cw * 64 + warp * 16, g, tile_desc_k_major(sh.sK), v_desc0};
@@ -684,7 +673,6 @@ __device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90F
     const float mult = kTransform ? 1.f : a.scale_log2 * qk_descale;  // multiplier from S to log2 units inside exp2
     fwd_sm90_mainloop<T, Tile, kTransform>(a, sh, role, w, mult, qk_descale, qi, gi, r);
     fwd_sm90_epilogue<T, Tile>(a, sh, role, w, mult, v_descale, r);
-    if (timeline_leader()) timeline_stamp(8 + 12 * cw + 7, timeline_now());
   }
   if (role.cw == 0) named_barrier_sync(1, 256);  // the turn consumer NC - 1 passed on after the last round
 }
@@ -700,16 +688,10 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
   const Sm90FwdShared<T, Tile> sh(swizzle_aligned_smem(smem_raw));
   const Sm90FwdScheduler<Tile> sched(a);
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, g = (threadIdx.x % 32) / 4;
-  if (threadIdx.x == 0) {
-    unsigned smid;
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-    timeline_stamp(0, smid), timeline_stamp(1, timeline_now());
-  }
   if (threadIdx.x == 0) sh.init_barriers(Tile::kTma && maps.enabled);
   __syncthreads();
   if (wg == 0) {
     fwd_sm90_producer<T, Tile>(a, maps, sh, sched);
-    if (threadIdx.x == 0) timeline_stamp(2, timeline_now());
     return;
   }
   fwd_sm90_consumer<T, Tile, kTransform>(a, sh, sched, wg, warp, g);
@@ -742,30 +724,8 @@ gpuError_t launch_fwd_sm90(const AttnArgs& a, int m_blocks, gpuStream_t stream) 
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
   Sm90FwdMaps maps{};
   maps.enabled = Tile::kTma && encode_fwd_maps<T, Tile>(&maps, a);
-  const char* timeline_file = std::getenv("FA_TIMELINE");
-  unsigned long long* buf = nullptr;
-  if (timeline_file != nullptr) {
-    cudaMalloc(&buf, ctas * 32 * sizeof(unsigned long long));
-    cudaMemset(buf, 0, ctas * 32 * sizeof(unsigned long long));
-    cudaMemcpyToSymbol(g_fwd_timeline, &buf, sizeof buf);
-  }
-  const gpuError_t err = launch_attention_kernel(transform ? fwd_sm90_kernel<T, Tile, true> : fwd_sm90_kernel<T, Tile, false>,
+  return launch_attention_kernel(transform ? fwd_sm90_kernel<T, Tile, true> : fwd_sm90_kernel<T, Tile, false>,
                                  dim3(static_cast<unsigned>(ctas)), Tile::kThreads, Tile::smem_bytes(), stream, a, maps);
-  if (buf != nullptr) {
-    cudaDeviceSynchronize();
-    const size_t count = static_cast<size_t>(ctas) * 32;
-    unsigned long long* host = static_cast<unsigned long long*>(std::malloc(count * sizeof(unsigned long long)));
-    cudaMemcpy(host, buf, count * sizeof(unsigned long long), cudaMemcpyDeviceToHost);
-    if (FILE* f = std::fopen(timeline_file, "wb")) {
-      std::fwrite(host, sizeof(unsigned long long), count, f);
-      std::fclose(f);
-    }
-    std::free(host);
-    cudaFree(buf);
-    buf = nullptr;
-    cudaMemcpyToSymbol(g_fwd_timeline, &buf, sizeof buf);
-  }
-  return err;
 }
 
 }  // namespace fa::tc
