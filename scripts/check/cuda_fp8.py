@@ -440,6 +440,10 @@ def grid(quick, dev):
     add("packed-qkv", packed=True, sq=257, sk=257, h=4, hk=4, causal=True)
     add("wide-range-e4m3", dist="wide")
     add("wide-range-e5m2-per-head", dist="wide", fmt="e5m2", descale="head", causal=True)
+    # long rows, one split: O accumulated over 128 key blocks by fp8 products that keep ~14 mantissa bits
+    if not quick:
+        add("long-row-16k-d128", batch=1, sq=130, sk=16384, h=2, hk=2, splits=1)
+        add("long-row-16k-d256-causal", batch=1, sq=130, sk=16384, h=2, hk=1, d=256, splits=1, causal=True)
     add("long-e5m2-fp16-d256", sq=1000, sk=1000, d=256, fmt="e5m2", out="fp16", causal=True, h=4, hk=1)
     # decode-shaped (at most 64 query rows per kv head: sq x h / hk), the dispatcher's choice being cuda-decode (fp8
     # converted to fp16 in shared memory, any sm_80+): python3 scripts/check/cuda_fp8.py --kernel cuda-decode --filter decode

@@ -245,6 +245,9 @@ def grid(quick):
     # slack in many blocks, and P reaches 2^8 between rescales
     add("scale-large", softmax_scale=1.0, d=128, sq=300, sk=2000, h=4, hk=2)
     add("scale-large-causal-hdim64", softmax_scale=1.0, d=64, sq=2000, sk=2000, h=4, hk=2, causal=True)
+    # long rows, one split: the online softmax's O and row sums over 128 key blocks, at the forward's head dims
+    for d in () if quick else (64, 128, 256):
+        add(f"long-row-16k-hdim{d}", batch=1, sq=130, sk=16384, h=2, hk=1, d=d, splits=1, bwd=False)
     add("softcap-30", softcap=30.0, d=128)
     add("softcap-causal", softcap=5.0, causal=True)
     add("alibi-head", alibi="head", causal=True)
