@@ -365,16 +365,6 @@ __device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90F
         if (qi >= QS) mbarrier_wait(sh.q_empty + qi % QS, ((qi / QS) & 1) ^ 1);
         producer_copy<BM, D>(sh.q_buf(qi), sh.q_full + qi % QS, tma ? &maps.q : nullptr,
                              row_view<T>(a.q, a, w.b, w.h, w.s.q_start, w.s.sq), w.h, w.m0, w.b);
-        // One tile per CTA: CTAs start in block order, one per SM, so the SM's next CTA is about a.resident_ctas
-        // tiles on. Its Q (the one copy of a tile that comes from DRAM: K and V are shared by the head's row blocks)
-        // is fetched into the L2 now, a tile's time before it is needed.
-        if (tma && !Tile::kPersistent && a.resident_ctas > 0 && tile + a.resident_ctas < sched.total) {
-          const Sm90FwdWork ahead = sched.work_of(a, tile + a.resident_ctas);
-          if (ahead.run)
-#pragma unroll
-            for (int b = 0; b < D * static_cast<int>(sizeof(T)) / kSwizzleRowBytes; ++b)
-              tma_prefetch_box(&maps.q, b * kSwizzleRowBytes / static_cast<int>(sizeof(T)), ahead.h, ahead.m0, ahead.b);
-        }
       }
       ++qi;
       const int hk = w.h / a.group;
