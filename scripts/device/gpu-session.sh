@@ -5,7 +5,8 @@
 #   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | tma-layout | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | verify-fp8-decode | sanitize | sanitize-fp8 | racecheck-fp8 |
 #          racecheck(128) | racecheck-persistent | racecheck-det | kvcache-sanitize | doctor |
 #          profile | profile-det | profile-bwd64 | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset |
-#          ab-decode | ab-det | ab-fwd  (this build against .gpu/ab.so.xz, another commit's library: scripts/device/ab-lib.sh)
+#          ab-decode | ab-det | ab-fwd  (this build against .gpu/ab.so.xz, another commit's library: scripts/device/ab-lib.sh) |
+#          fwd-libs  (this build against each library in FWD_LIBS)
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/device/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -63,7 +64,7 @@ step() { # name, limit (s), command...
   return $rc
 }
 
-case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" bench-quick "* | *" bench-subset "* | *" ab-"*) with_bun ;; esac
+case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" bench-quick "* | *" bench-subset "* | *" fwd-libs "* | *" ab-"*) with_bun ;; esac
 case " $* " in *" ab-"*) [ -f "$AB_LIB" ] || { echo "ab-* steps: no $AB_XZ (scripts/device/ab-lib.sh <commit>)" >&2; exit 2; } ;; esac
 
 for s in "$@"; do
@@ -218,6 +219,29 @@ for s in "$@"; do
       step ab-verify-fwd-fp8 200 env FLASHATTN_LIB="$AB_LIB" python3 scripts/check/cuda_fp8.py
       step ab-memcheck-fwd 200 env FLASHATTN_LIB="$AB_LIB" compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py \
         --quick --kernel cuda-wgmma-sm90 ;;
+    # the forward at 2k / 8k (hdim 64 / 128 / 256, causal and not) of this build and of each library in FWD_LIBS
+    # (xz files, e.g. FWD_LIBS=".gpu/ab-s.so.xz .gpu/ab-p.so.xz" from ab-lib.sh), twice, alternating, SDPA flash and
+    # cuDNN beside the first run; then each library's forward checks: several candidates in one call
+    fwd-libs)
+      libs=(build/libflashattn_cuda.so)
+      for x in ${FWD_LIBS:?fwd-libs: FWD_LIBS names the libraries}; do
+        xz -dc "$x" > "/tmp/$(basename "$x" .xz)" && libs+=("/tmp/$(basename "$x" .xz)")
+      done
+      for i in 1 2; do
+        for lib in "${libs[@]}"; do
+          name=$(basename "$lib" .so); baselines=none
+          [ "$lib$i" = "build/libflashattn_cuda.so1" ] && baselines=sdpa-flash,sdpa-cudnn
+          step "fwd-$name-$i" 120 env FLASHATTN_LIB="$lib" bun cli.ts bench --seqlen 2k,8k --hdim 64,128,256 --causal both \
+            --direction fwd --warmup 2 --iters 10 --quiet --baselines $baselines --save "$LOGS/fwd-$name-$i.json"
+        done
+      done
+      for lib in "${libs[@]:1}"; do
+        name=$(basename "$lib" .so)
+        step "verify-fwd-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90
+        step "verify-auto-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_verify.py --quick --kernel ''
+        step "memcheck-fwd-$name" 200 env FLASHATTN_LIB="$lib" compute-sanitizer --tool memcheck --error-exitcode 1 \
+          python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90
+      done ;;
     *) echo "unknown step $s" >&2; summary+=("$s: unknown step") ;;
   esac
 done
