@@ -221,7 +221,8 @@ for s in "$@"; do
         --quick --kernel cuda-wgmma-sm90 ;;
     # the forward at 2k / 8k (hdim 64 / 128 / 256, causal and not) of this build and of each library in FWD_LIBS
     # (xz files, e.g. FWD_LIBS=".gpu/ab-s.so.xz .gpu/ab-p.so.xz" from ab-lib.sh), twice, alternating, SDPA flash and
-    # cuDNN beside the first run; then each library's forward checks: several candidates in one call
+    # cuDNN beside the first run; then each library's forward checks (16-bit forced and dispatched, fp8, memcheck):
+    # several candidates in one call
     fwd-libs)
       libs=(build/libflashattn_cuda.so)
       for x in ${FWD_LIBS:?fwd-libs: FWD_LIBS names the libraries}; do
@@ -239,6 +240,7 @@ for s in "$@"; do
         name=$(basename "$lib" .so)
         step "verify-fwd-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90
         step "verify-auto-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_verify.py --quick --kernel ''
+        step "verify-fp8-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_fp8.py --quick
         step "memcheck-fwd-$name" 200 env FLASHATTN_LIB="$lib" compute-sanitizer --tool memcheck --error-exitcode 1 \
           python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90
       done ;;
