@@ -455,6 +455,10 @@ __device__ __forceinline__ void bwd_sm90_scores(float (&st)[N / 2], float (&dpt)
 
 // Warpgroups 1 and 2: keys [64 cw, 64 cw + 64) of every key block of this CTA. dK and dV (64 x D each) stay in
 // registers over the block's steps; each step runs the five products and stores its share of dQ into the dQ tile.
+// The key-block and step loop is written out here and in bwd_sm90_consumer_split_d rather than shared: the same
+// loop as one walk helper taking the block and step bodies as lambdas (same logic) made ptxas spill more in every
+// instance (sm_90a, bytes of spill stores: hdim 64 52 -> 96, 128 152 -> 188 and turns 512 -> 544, 256 56 -> 84 and
+// turns 204 -> 344; seventeenth session), and these loops are the backward's hot path.
 template <typename T, typename Tile, bool kTurns>
 __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned char* smem, const SeqInfo& s0, int wg, int warp, int g, int t) {
   constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, MT = BM / 8;
