@@ -237,6 +237,9 @@ struct Sm90FwdScheduler {
 // The producer warpgroup's own named barrier (1..kConsumers: the consumers' turns, kConsumers + 1: their epilogue).
 template <typename Tile>
 constexpr int kProducerBarrier = Tile::kConsumers + 2;
+// Named barriers kConsumerStoreBarrier + cw: consumer cw's 128 threads before its TMA store (fwd_sm90_store_tma).
+template <typename Tile>
+constexpr int kConsumerStoreBarrier = Tile::kConsumers + 3;
 
 // The key at k-slot s of the fp8 P V product's V^T tile. A consumer packs P from its accumulators as it holds them
 // (sm90_pack_p): A-fragment byte i of thread t's register for slots 16 hf + 4t.. of a 32-key step is the score of key
@@ -316,7 +319,8 @@ __device__ __forceinline__ void fp8_staging_sync() {
 // into the next sequence's rows, where cp.async and a per-sequence map give zeros) and tensors the driver will not map.
 struct Sm90FwdMaps {
   CUtensorMap q, k, v;
-  int enabled;
+  CUtensorMap o;  // boxes of one consumer's 64 rows, for the epilogue's TMA stores (o_enabled)
+  int enabled, o_enabled;
 };
 
 // A tile of R rows x D columns from row row0 of `rows` (head `head` of sequence `seq` in `map`) into `dst`, completing
@@ -613,14 +617,54 @@ __device__ __forceinline__ void fwd_sm90_mainloop(const AttnArgs& a, const Sm90F
   }
 }
 
+// With the TMA engine (a one-tile CTA whose o can be mapped, no split): O / l of the consumer's 64 rows go into its own
+// rows of the tile's Q slot in the Q tile's swizzled layout (its products are done with them, and no other
+// warpgroup reads them), and one thread stores them as D / 64 boxes, so no consumer waits for the other and no thread
+// works out a global address. The slot's smem must be read before the CTA exits: the issuing thread waits for that.
+template <typename T, typename Tile>
+__device__ __forceinline__ void fwd_sm90_store_tma(const AttnArgs& a, const Sm90FwdMaps& maps, const Sm90FwdShared<T, Tile>& sh,
+                                                   const Sm90FwdRole<T, Tile>& role, const Sm90FwdWork& w, float mult,
+                                                   const Sm90FwdRegisters<Tile> r) {
+  constexpr int D = Tile::D, BM = Tile::BM;
+  T* q_tile = sh.q_buf(0);
+  const int t = threadIdx.x % 4;
+  const int64_t lrow0 = lse_row0(a, w.s, w.b, w.h);
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const float l = quad_sum(r.row_sum[hf]);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int row = role.warp_row0 + role.g + 8 * hf, i = w.m0 + row;
+    if (a.lse != nullptr && t == 0 && i < w.s.sq) a.lse[lrow0 + i] = row_lse(r.row_max[hf] * mult, l, true);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+      sw128_store_pair<BM>(q_tile, row, 8 * j + 2 * t, pack2<T>(r.o[j * 4 + 2 * hf] * inv, r.o[j * 4 + 2 * hf + 1] * inv));
+  }
+  fence_async_smem();
+  named_barrier_sync(kConsumerStoreBarrier<Tile> + role.cw, 128);
+  if (threadIdx.x % 128 == 0) {
+#pragma unroll
+    for (int b = 0; b < D / 64; ++b)
+      tma_store_box(&maps.o, 64 * b, w.h, w.m0 + role.wg_row0, w.b, q_tile + (b * BM + role.wg_row0) * 64);
+    bulk_commit_group();
+    bulk_wait_group_read<0>();
+  }
+}
+
 // O / l and LSE of the tile's rows, to o / lse or the split's partials. A persistent CTA stages O in rows of its own
-// (each warp its rows; its reads of the previous tile's rows must be done). A one-tile CTA stages over Q and the K
-// slots, which no product reads any more once every consumer is past this barrier (the producer's copies have all
-// landed: every slot was waited for).
+// (each warp its rows; its reads of the previous tile's rows must be done). A one-tile CTA stores with the TMA engine
+// where it can (fwd_sm90_store_tma), else stages over Q and the K slots, which no product reads any more once every
+// consumer is past this barrier (the producer's copies have all landed: every slot was waited for).
 // fp8: O times the tile's v descale factor, written in a.out_dtype (fp16 or bf16).
 template <typename T, typename Tile>
-__device__ __forceinline__ void fwd_sm90_epilogue(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh, const Sm90FwdRole<T, Tile>& role,
-                                                  const Sm90FwdWork& w, float mult, float v_descale, const Sm90FwdRegisters<Tile> r) {
+__device__ __forceinline__ void fwd_sm90_epilogue(const AttnArgs& a, const Sm90FwdMaps& maps, const Sm90FwdShared<T, Tile>& sh,
+                                                  const Sm90FwdRole<T, Tile>& role, const Sm90FwdWork& w, float mult, float v_descale,
+                                                  const Sm90FwdRegisters<Tile> r) {
+  if constexpr (Tile::kTma && !Tile::kPersistent && !Tile::kFp8) {
+    if (maps.o_enabled && a.num_splits == 1) {
+      fwd_sm90_store_tma<T, Tile>(a, maps, sh, role, w, mult, r);
+      return;
+    }
+  }
   T* stage = sh.sStage;
   if constexpr (Tile::kPersistent) {
     __syncwarp();
@@ -645,7 +689,7 @@ __device__ __forceinline__ void fwd_sm90_epilogue(const AttnArgs& a, const Sm90F
 
 // Warpgroups 1..: 64 query rows of every tile the scheduler gives this CTA, in the producer's order.
 template <typename T, typename Tile, bool kTransform>
-__device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90FwdShared<T, Tile>& sh,
+__device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90FwdMaps& maps, const Sm90FwdShared<T, Tile>& sh,
                                                   const Sm90FwdScheduler<Tile>& sched, int wg, int warp, int g) {
   constexpr int NC = Tile::kConsumers;
   int qi = 0, gi = 0;  // ring counters, as the producer's
@@ -672,7 +716,7 @@ __device__ __forceinline__ void fwd_sm90_consumer(const AttnArgs& a, const Sm90F
     const float v_descale = Tile::kFp8 ? descale_factor(a.v_descale, w.b, hk) : 1.f;
     const float mult = kTransform ? 1.f : a.scale_log2 * qk_descale;  // multiplier from S to log2 units inside exp2
     fwd_sm90_mainloop<T, Tile, kTransform>(a, sh, role, w, mult, qk_descale, qi, gi, r);
-    fwd_sm90_epilogue<T, Tile>(a, sh, role, w, mult, v_descale, r);
+    fwd_sm90_epilogue<T, Tile>(a, maps, sh, role, w, mult, v_descale, r);
   }
   if (role.cw == 0) named_barrier_sync(1, 256);  // the turn consumer NC - 1 passed on after the last round
 }
@@ -694,7 +738,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) fwd_sm90_kernel(const __gri
     fwd_sm90_producer<T, Tile>(a, maps, sh, sched);
     return;
   }
-  fwd_sm90_consumer<T, Tile, kTransform>(a, sh, sched, wg, warp, g);
+  fwd_sm90_consumer<T, Tile, kTransform>(a, maps, sh, sched, wg, warp, g);
 #endif
 }
 
@@ -712,6 +756,15 @@ bool encode_fwd_maps(Sm90FwdMaps* maps, const AttnArgs& a) {
          encode(&maps->v, a.v, a.seqlen_k, a.heads_kv, Tile::BN);
 }
 
+// o as boxes of one consumer's 64 rows (fwd_sm90_store_tma): false where the driver refuses it (the epilogue then
+// stores through the threads).
+template <typename T>
+bool encode_fwd_o_map(Sm90FwdMaps* maps, const AttnArgs& a) {
+  const TmaTensor o{tma_data_type<T>(), static_cast<int>(sizeof(T)), a.o.data, a.batch, a.seqlen_q, a.heads_q, a.head_dim,
+                    a.o.batch_stride, a.o.row_stride, a.o.head_stride};
+  return encode_tile_map(&maps->o, o, 64, nullptr);
+}
+
 // Launches the Hopper forward for head dim D (the caller picked D >= head_dim): one CTA per tile, or a.persistent_ctas
 // of them when a.tile_counter (zeroed) is set. Returns the CUDA error of the launch.
 template <typename T, int D>
@@ -724,6 +777,7 @@ gpuError_t launch_fwd_sm90(const AttnArgs& a, int m_blocks, gpuStream_t stream) 
   const bool transform = a.softcap > 0.f || a.alibi != nullptr;
   Sm90FwdMaps maps{};
   maps.enabled = Tile::kTma && encode_fwd_maps<T, Tile>(&maps, a);
+  maps.o_enabled = maps.enabled && !Tile::kPersistent && !Tile::kFp8 && a.num_splits == 1 && encode_fwd_o_map<T>(&maps, a);
   return launch_attention_kernel(transform ? fwd_sm90_kernel<T, Tile, true> : fwd_sm90_kernel<T, Tile, false>,
                                  dim3(static_cast<unsigned>(ctas)), Tile::kThreads, Tile::smem_bytes(), stream, a, maps);
 }

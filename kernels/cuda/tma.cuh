@@ -127,6 +127,14 @@ __device__ __forceinline__ void tma_load_box(void* dst, const CUtensorMap* map, 
       : "memory");
 }
 
+// Stores the 1024-byte aligned swizzled box at `src` (written by the generic proxy and fenced) to the box at (column,
+// head, row, sequence) of `map`, skipping what lies outside the tensor; tracked by this thread's bulk groups.
+__device__ __forceinline__ void tma_store_box(const CUtensorMap* map, int col, int head, int row, int seq, const void* src) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::"l"(map), "r"(col),
+               "r"(head), "r"(row), "r"(seq), "r"(smem_addr(src))
+               : "memory");
+}
+
 // Rows [row0, row0 + R) x columns [0, C) of head `head` of sequence `seq` into a swizzled tile of R rows (C / 64
 // 16-bit column blocks, or C / 128 fp8 ones): C x R x element bytes in all, expected on `bar` by the caller.
 template <int R, int C, int ELEMENT_BYTES>
