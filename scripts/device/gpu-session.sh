@@ -4,7 +4,7 @@
 #
 #   steps: build | tests | gpu-tests | ring-tests | bench-context-parallel | kvcache-tests | layouts | tma-layout | verify | verify-sm90 | verify-decode | verify-auto | verify-fp8 | verify-fp8-decode | sanitize | sanitize-fp8 | racecheck-fp8 |
 #          racecheck(128) | racecheck-persistent | racecheck-det | kvcache-sanitize | doctor |
-#          profile | profile-det | profile-bwd64 | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | bench-quick | bench-subset |
+#          profile | profile-det | profile-bwd64 | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | decode-repeat | bench-quick | bench-subset |
 #          ab-decode | ab-det | ab-fwd  (this build against .gpu/ab.so.xz, another commit's library: scripts/device/ab-lib.sh) |
 #          fwd-libs  (this build against each library in FWD_LIBS)
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
@@ -65,7 +65,7 @@ step() { # name, limit (s), command...
   return $rc
 }
 
-case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" bench-quick "* | *" bench-subset "* | *" fwd-libs "* | *" ab-"*) with_bun ;; esac
+case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" decode-repeat "* | *" bench-quick "* | *" bench-subset "* | *" fwd-libs "* | *" ab-"*) with_bun ;; esac
 case " $* " in *" ab-"*) [ -f "$AB_LIB" ] || { echo "ab-* steps: no $AB_XZ (scripts/device/ab-lib.sh <commit>)" >&2; exit 2; } ;; esac
 
 for s in "$@"; do
@@ -171,6 +171,11 @@ for s in "$@"; do
     bench-decode) step bench-decode 400 bun cli.ts bench --preset decode --max-seconds 330 --save "$LOGS/bench-decode.json" --chart "$LOGS/bench-decode.svg" ;;
     # the same cases against the two fast baselines only (naive and SDPA-math take most of the full preset's time)
     bench-decode-fast) step bench-decode-fast 300 "${DECODE_BENCH[@]}" --max-seconds 200 --save "$LOGS/bench-decode.json" --csv "$LOGS/bench-decode.csv" --chart "$LOGS/bench-decode.svg" ;;
+    # the decode preset three times against the fast baselines, then ours / each baseline per case in every run: at
+    # the bandwidth ceiling a 1% difference is only real when every run shows it
+    decode-repeat)
+      for i in 1 2 3; do step "decode-$i" 150 "${DECODE_BENCH[@]}" --quiet --save "$LOGS/decode-$i.json"; done
+      step decode-compare 30 python3 scripts/perf/bench_compare.py "$LOGS"/decode-{1,2,3}.json ;;
     bench-quick) step bench-quick 200 bun cli.ts bench --preset quick ;;
     bench-subset) step bench-subset 100 bun cli.ts bench --seqlen 2k,8k --hdim 64,128 --causal both --direction fwd,bwd --baselines sdpa-flash,sdpa-cudnn --max-seconds 70 --save "$LOGS/bench-subset.json" --chart "$LOGS/bench-subset.svg" ;;
     # the decode preset (SDPA flash / cuDNN in each run), then the B build's decode checks: cuda_verify, the Bun KV-cache
@@ -237,6 +242,9 @@ for s in "$@"; do
             --direction fwd --warmup 2 --iters 10 --quiet --baselines $baselines --save "$LOGS/fwd-$name-$i.json"
         done
       done
+      groups=()
+      for i in 1 2; do for lib in "${libs[@]}"; do groups+=("$(basename "$lib" .so)=$LOGS/fwd-$(basename "$lib" .so)-$i.json"); done; done
+      step fwd-compare 30 python3 scripts/perf/bench_compare.py "${groups[@]}"
       # FWD_CHECKS picks the checks of each candidate (all four by default), to fit a call's time limit
       for lib in "${libs[@]:1}"; do
         name=$(basename "$lib" .so)
