@@ -380,19 +380,6 @@ __device__ __forceinline__ void fwd_sm90_producer(const AttnArgs& a, const Sm90F
           if (gi >= S) mbarrier_wait(sh.k_empty + slot, reuse_parity);
           producer_copy<BN, D>(sh.k_buf(gi), sh.k_full + slot, tma ? &maps.k : nullptr, k_rows, hk, n * BN, w.b);
         }
-        // One tile per CTA: CTAs start in block order, one per SM, so the SM's next CTA is about a.resident_ctas
-        // tiles on. Its Q (the one copy of a tile that comes from DRAM: K and V are shared by the head's row blocks)
-        // is fetched into the L2 halfway through this tile. The CTAs of a wave start and end together, so every
-        // Q of a wave is asked for at once (4 MB at hdim 128: ~2500 SM cycles of the DRAM's bandwidth, the Q wait the
-        // timeline measured); asked for at the tile's start as well, it doubled that burst.
-        if (tma && !Tile::kPersistent && issuer && n == (w.blocks.lo + w.blocks.hi) / 2 && a.resident_ctas > 0 &&
-            tile + a.resident_ctas < sched.total) {
-          const Sm90FwdWork ahead = sched.work_of(a, tile + a.resident_ctas);
-          if (ahead.run)
-#pragma unroll
-            for (int b = 0; b < D * static_cast<int>(sizeof(T)) / kSwizzleRowBytes; ++b)
-              tma_prefetch_box(&maps.q, b * kSwizzleRowBytes / static_cast<int>(sizeof(T)), ahead.h, ahead.m0, ahead.b);
-        }
         if constexpr (Tile::kFp8) {
           // fp8: this block's V lands in a staging tile while the previous block's is transposed into the ring. With
           // three tiles, the one this block takes was last read (block gi - 3) before the previous iteration's

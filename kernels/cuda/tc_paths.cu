@@ -391,7 +391,6 @@ int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
     if (a.o_part == nullptr || a.lse_part == nullptr) return FA_ERR_OUT_OF_MEMORY;
   }
   const int m_blocks = ceil_div(p.seqlen_q, tile.fwd_bm);
-  a.resident_ctas = ctx.caps->multiprocessors;
   // Persistent only when there are more tiles than SMs (one CTA per SM: the kernels take 384 threads x 168 registers).
   if (tile.fwd_persistent && static_cast<int64_t>(m_blocks) * p.heads_q * p.batch * a.num_splits > ctx.caps->multiprocessors) {
     a.tile_counter = static_cast<int*>(ctx.workspace.get(2, sizeof(int)));

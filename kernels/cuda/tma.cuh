@@ -135,13 +135,6 @@ __device__ __forceinline__ void tma_store_box(const CUtensorMap* map, int col, i
                : "memory");
 }
 
-// Asks the L2 to fetch the box at (column, head, row, sequence) of `map` (no shared memory, no completion to wait for).
-__device__ __forceinline__ void tma_prefetch_box(const CUtensorMap* map, int col, int head, int row, int seq) {
-  asm volatile("cp.async.bulk.prefetch.tensor.4d.L2.global.tile [%0, {%1, %2, %3, %4}];\n" ::"l"(map), "r"(col), "r"(head), "r"(row),
-               "r"(seq)
-               : "memory");
-}
-
 // Rows [row0, row0 + R) x columns [0, C) of head `head` of sequence `seq` into a swizzled tile of R rows (C / 64
 // 16-bit column blocks, or C / 128 fp8 ones): C x R x element bytes in all, expected on `bar` by the caller.
 template <int R, int C, int ELEMENT_BYTES>
