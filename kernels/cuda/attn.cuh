@@ -52,7 +52,6 @@ struct AttnArgs {
   // before the launch) by persistent_ctas CTAs; null = one CTA per tile.
   int* tile_counter;
   int persistent_ctas;
-  int resident_ctas;  // CTAs of a one-CTA-per-SM grid that run at once (the SMs): the Hopper backward's K / V prefetch
   // backward workspaces (lse-row indexed like lse): lse2 = lse * log2(e) (+inf for empty rows, so P = 0),
   // dsum = rowsum(dO * O), dq_accum: [dq_slices][lse row][head_dim] fp32.
   float* lse2;

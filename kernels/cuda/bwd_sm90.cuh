@@ -212,36 +212,6 @@ struct Sm90BwdSteps {
 
 // ---- producer -----------------------------------------------------------------------------------------------------
 
-// Asks the L2 for rows [row0, row0 + ROWS) of `src` (their head_dim columns: a multiple of 16 bytes, as the
-// kernels' alignment rule has it), a bulk prefetch per row spread over NT threads; nothing lands in shared memory.
-template <int ROWS, int NT, typename T>
-__device__ __forceinline__ void prefetch_rows_l2(const RowView<T>& src, int row0) {
-  const uint32_t bytes = static_cast<uint32_t>(src.head_dim * sizeof(T));
-  for (int r = threadIdx.x; r < ROWS && row0 + r < src.rows; r += NT)
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src.base + static_cast<int64_t>(row0 + r) * src.row_stride),
-                 "r"(bytes)
-                 : "memory");
-}
-
-// The normal and sliced grids run one CTA per SM, CTAs start in block order, and (with every key block's work alike,
-// as at non-causal lengths) the CTAs of a wave start together and ask for their K and V at once: 132 x 64 KB = 8.4 MB
-// at hdim 128, ~4900 SM cycles of the DRAM's bandwidth before any product. The CTA the SM probably runs next is
-// resident_ctas further in block order; its key block's K / V are asked for halfway through this CTA's steps, when
-// the DRAM is otherwise idle (the steps' Q, dO and statistics come from the L2: every key block of the head reads them).
-template <typename T, typename Tile>
-__device__ __forceinline__ void prefetch_next_cta_kv(const AttnArgs& a) {
-  constexpr int BN = Tile::BN, NT = Tile::kLoaderThreads;
-  // 32-bit: the validated sizes keep batch x heads_kv x key blocks far below 2^31
-  const uint32_t x = gridDim.x, y = gridDim.y;
-  const uint32_t next = blockIdx.x + x * (blockIdx.y + y * blockIdx.z) + static_cast<uint32_t>(a.resident_ctas);
-  if (a.resident_ctas <= 0 || next >= x * y * gridDim.z) return;
-  const int b = static_cast<int>(next / (x * y)), hk = static_cast<int>(next / x % y), n0 = static_cast<int>(next % x) * BN;
-  const SeqInfo s = seq_info(a, b);
-  if (n0 >= s.sk) return;
-  prefetch_rows_l2<BN, NT>(row_view<T>(a.k, a, b, hk, s.k_start, s.sk), n0);
-  prefetch_rows_l2<BN, NT>(row_view<T>(a.v, a, b, hk, s.k_start, s.sk), n0);
-}
-
 // Warps 0-1 of warpgroup 0: K and V of each key block, then each step's Q, dO and row statistics into the two-slot
 // ring.
 template <typename T, typename Tile, bool kTurns>
@@ -273,9 +243,6 @@ __device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90Bwd
           cp_async_4(sh.sDsum + slot * BM + r, inside ? a.dsum + lrow0 + m0 + r : a.dsum, inside);
         }
         cp_async_arrive(sh.qdo_full + slot);
-        if constexpr (!kTurns) {
-          if (step == steps.count / 2) prefetch_next_cta_kv<T, Tile>(a);
-        }
       }
     }
   });

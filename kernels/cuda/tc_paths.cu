@@ -432,7 +432,6 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
   // head), each owning one dq_accum slice.
   auto attempt = [&](bool turns) -> gpuError_t {
     AttnArgs a = make_args(p);
-    a.resident_ctas = ctx.caps->multiprocessors;
     int grid_ctas = key_blocks, slices = 1;
     const int64_t pairs = static_cast<int64_t>(p.batch) * p.heads_kv;
     if (turns) {
