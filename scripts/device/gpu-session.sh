@@ -6,7 +6,7 @@
 #          racecheck(128) | racecheck-persistent | racecheck-det | kvcache-sanitize | doctor |
 #          profile | profile-det | profile-bwd64 | profile-fwd64 | profile-decode | profile-fp8 | tile-cost | bench-kernels | bench-hdim256 | bench-fp8 | bench-fa | bench-decode | bench-decode-fast | decode-repeat | bench-quick | bench-subset |
 #          ab-decode | ab-det | ab-fwd  (this build against .gpu/ab.so.xz, another commit's library: scripts/device/ab-lib.sh) |
-#          fwd-libs  (this build against each library in FWD_LIBS)
+#          fwd-libs / bwd-libs  (this build against each library in FWD_LIBS / BWD_LIBS)
 #   e.g.   bash scripts/device/gpu-session.sh build tests doctor bench-fa
 #
 # Carry [".gpu"] (made by scripts/device/pack-gpu.sh) for the steps that run Bun (build, tests, doctor, bench-*); the
@@ -65,8 +65,41 @@ step() { # name, limit (s), command...
   return $rc
 }
 
-case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" decode-repeat "* | *" bench-quick "* | *" bench-subset "* | *" fwd-libs "* | *" ab-"*) with_bun ;; esac
+case " $* " in *" build "* | *" tests "* | *" gpu-tests "* | *" ring-tests "* | *" bench-context-parallel "* | *" kvcache-tests "* | *" kvcache-sanitize "* | *" doctor "* | *" bench-fa "* | *" bench-decode "* | *" bench-decode-fast "* | *" decode-repeat "* | *" bench-quick "* | *" bench-subset "* | *" fwd-libs "* | *" bwd-libs "* | *" ab-"*) with_bun ;; esac
 case " $* " in *" ab-"*) [ -f "$AB_LIB" ] || { echo "ab-* steps: no $AB_XZ (scripts/device/ab-lib.sh <commit>)" >&2; exit 2; } ;; esac
+
+# fwd-libs / bwd-libs: this build against each library of a list (direction, list of .xz files)
+libs_against_build() {
+  local dir=$1 x lib name baselines i c
+  local libs=(build/libflashattn_cuda.so) groups=()
+  for x in $2; do
+    xz -dc "$x" > "/tmp/$(basename "$x" .xz)" && libs+=("/tmp/$(basename "$x" .xz)")
+  done
+  for i in 1 2; do
+    for lib in "${libs[@]}"; do
+      name=$(basename "$lib" .so); baselines=none
+      [ "$lib$i" = "build/libflashattn_cuda.so1" ] && baselines=sdpa-flash,sdpa-cudnn
+      step "$dir-$name-$i" 150 env FLASHATTN_LIB="$lib" bun cli.ts bench --seqlen 2k,8k --hdim 64,128,256 --causal both \
+        --direction "$dir" --warmup 2 --iters 10 --quiet --baselines $baselines --save "$LOGS/$dir-$name-$i.json"
+      groups+=("$name=$LOGS/$dir-$name-$i.json")
+    done
+  done
+  step "$dir-compare" 30 python3 scripts/perf/bench_compare.py "${groups[@]}"
+  # FWD_CHECKS picks the checks of each candidate (all four by default), to fit a call's time limit
+  for lib in "${libs[@]:1}"; do
+    name=$(basename "$lib" .so)
+    for c in ${FWD_CHECKS:-verify auto fp8 memcheck}; do
+      case $c in
+        verify) step "verify-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 ;;
+        auto) step "verify-auto-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_verify.py --quick --kernel '' ;;
+        fp8) step "verify-fp8-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_fp8.py --quick ;;
+        memcheck) step "memcheck-$name" 200 env FLASHATTN_LIB="$lib" compute-sanitizer --tool memcheck --error-exitcode 1 \
+          python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
+        *) summary+=("$dir-libs: unknown check $c") ;;
+      esac
+    done
+  done
+}
 
 for s in "$@"; do
   case "$s" in
@@ -225,40 +258,12 @@ for s in "$@"; do
       step ab-verify-fwd-fp8 200 env FLASHATTN_LIB="$AB_LIB" python3 scripts/check/cuda_fp8.py
       step ab-memcheck-fwd 200 env FLASHATTN_LIB="$AB_LIB" compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/check/cuda_verify.py \
         --quick --kernel cuda-wgmma-sm90 ;;
-    # the forward at 2k / 8k (hdim 64 / 128 / 256, causal and not) of this build and of each library in FWD_LIBS
-    # (xz files, e.g. FWD_LIBS=".gpu/ab-s.so.xz .gpu/ab-p.so.xz" from ab-lib.sh), twice, alternating, SDPA flash and
-    # cuDNN beside the first run; then each library's forward checks (16-bit forced and dispatched, fp8, memcheck):
-    # several candidates in one call
-    fwd-libs)
-      libs=(build/libflashattn_cuda.so)
-      for x in ${FWD_LIBS:?fwd-libs: FWD_LIBS names the libraries}; do
-        xz -dc "$x" > "/tmp/$(basename "$x" .xz)" && libs+=("/tmp/$(basename "$x" .xz)")
-      done
-      for i in 1 2; do
-        for lib in "${libs[@]}"; do
-          name=$(basename "$lib" .so); baselines=none
-          [ "$lib$i" = "build/libflashattn_cuda.so1" ] && baselines=sdpa-flash,sdpa-cudnn
-          step "fwd-$name-$i" 120 env FLASHATTN_LIB="$lib" bun cli.ts bench --seqlen 2k,8k --hdim 64,128,256 --causal both \
-            --direction fwd --warmup 2 --iters 10 --quiet --baselines $baselines --save "$LOGS/fwd-$name-$i.json"
-        done
-      done
-      groups=()
-      for i in 1 2; do for lib in "${libs[@]}"; do groups+=("$(basename "$lib" .so)=$LOGS/fwd-$(basename "$lib" .so)-$i.json"); done; done
-      step fwd-compare 30 python3 scripts/perf/bench_compare.py "${groups[@]}"
-      # FWD_CHECKS picks the checks of each candidate (all four by default), to fit a call's time limit
-      for lib in "${libs[@]:1}"; do
-        name=$(basename "$lib" .so)
-        for c in ${FWD_CHECKS:-verify auto fp8 memcheck}; do
-          case $c in
-            verify) step "verify-fwd-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 ;;
-            auto) step "verify-auto-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_verify.py --quick --kernel '' ;;
-            fp8) step "verify-fp8-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_fp8.py --quick ;;
-            memcheck) step "memcheck-fwd-$name" 200 env FLASHATTN_LIB="$lib" compute-sanitizer --tool memcheck --error-exitcode 1 \
-              python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
-            *) summary+=("fwd-libs: unknown check $c") ;;
-          esac
-        done
-      done ;;
+    # the forward (fwd-libs) or the backward (bwd-libs) at 2k / 8k (hdim 64 / 128 / 256, causal and not) of this build
+    # and of each library in FWD_LIBS / BWD_LIBS (xz files from ab-lib.sh, e.g. FWD_LIBS=".gpu/ab-s.so.xz
+    # .gpu/ab-p.so.xz"), twice, alternating, SDPA flash and cuDNN beside the first run; then each library's checks
+    # (16-bit forced and dispatched, fp8, memcheck): several candidates in one call
+    fwd-libs) libs_against_build fwd "${FWD_LIBS:?fwd-libs: FWD_LIBS names the libraries}" ;;
+    bwd-libs) libs_against_build bwd "${BWD_LIBS:?bwd-libs: BWD_LIBS names the libraries}" ;;
     *) echo "unknown step $s" >&2; summary+=("$s: unknown step") ;;
   esac
 done
