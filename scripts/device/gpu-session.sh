@@ -16,10 +16,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/flashattn-out}
-# Every log and result goes to a folder outside $OUT, packed into $OUT/session.tgz after each step: the device tool
-# brings back at most 8 files, and a call cut at its time limit still brings back every step that finished.
-LOGS=/tmp/flashattn-logs
+# Every log and result goes to a folder outside $OUT, packed into $OUT/session-<first step>.tgz after each step: the
+# device tool brings back at most 8 files, a call cut at its time limit still brings back every step that finished,
+# and two sessions in one call (different first steps) keep their own archives.
+TAG=${1:-none}
+LOGS=/tmp/flashattn-logs/$TAG
 rm -rf "$LOGS" && mkdir -p "$LOGS"  # a warm machine keeps /tmp between calls
+export FLASHATTN_SESSION_LOGS=$LOGS  # kvcache-sanitize.sh logs under it
 summary=()
 
 # Bun and the JS dependencies from .gpu/, for the steps that run TypeScript (the Python steps need neither).
@@ -61,7 +64,7 @@ step() { # name, limit (s), command...
   local rc=$?
   summary+=("$(printf '%-14s rc=%-3s %4ss' "$name" "$rc" "$((SECONDS - t0))")")
   tail -n 15 "$LOGS/$name.log" >&2
-  tar -czf "$OUT/session.tgz" -C "$LOGS" .
+  tar -czf "$OUT/session-$TAG.tgz" -C "$LOGS" .
   return $rc
 }
 
@@ -271,4 +274,4 @@ done
 echo
 echo "== summary"
 printf '%s\n' "${summary[@]}"
-tar -czf "$OUT/session.tgz" -C "$LOGS" .
+tar -czf "$OUT/session-$TAG.tgz" -C "$LOGS" .

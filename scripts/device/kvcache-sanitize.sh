@@ -6,7 +6,7 @@
 # FLASHATTN_KERNEL, so the sanitizer sees the real library calls (validation, append, rotary, attention, split merge)
 # and --check proves the numbers of the same run.
 #
-#   bash scripts/device/kvcache-sanitize.sh            # every kvcache path; logs under /tmp/flashattn-logs/kvcache-sanitize (packed by gpu-session.sh)
+#   bash scripts/device/kvcache-sanitize.sh            # every kvcache path; logs under $FLASHATTN_SESSION_LOGS/kvcache-sanitize (gpu-session.sh packs them)
 #   KV_PATHS="portable" bash scripts/device/kvcache-sanitize.sh   # only these paths (space-separated names)
 #
 # Prints one line per (tool, path, case) and a last line "N cases, N clean, N refused, N failed"; exits 1 when any
@@ -16,7 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/flashattn-out}
-LOGS=/tmp/flashattn-logs/kvcache-sanitize
+LOGS=${FLASHATTN_SESSION_LOGS:-/tmp/flashattn-logs}/kvcache-sanitize
 mkdir -p "$LOGS"
 
 die() { echo "kvcache-sanitize: $1" >&2; exit 3; }
