@@ -582,9 +582,11 @@ int32_t choose_splits(int requested, int64_t ctas, int batch, int key_capacity, 
 // hdim 128, kernel bench in one call: b8 16k-128k +3%, b1 32k-128k +2%, b1 4k +6%, b1 16k -2%). Everything else
 // keeps as many as shared memory holds: paged caches (scattered pages want more CTAs in flight: pages of 16 fell to
 // 1.27-1.61x contiguous with one), the grid that follows an append kernel (1.10x), and more rows per CTA (seqlen_q
-// 8 / 16 at GQA 4 lost 6% / 40% with one). Other head dims and fp8 are not measured with one.
+// 8 / 16 at GQA 4 lost 6% / 40% with one). hdim 64 the same (H100, product decode bench, two runs each in one call:
+// b1 8k / 32k / 128k +19 / +8 / +3%, b8 +4 / +1.5 / 0%, seqlen_q 2 / 4 at GQA 4 +7-11% at b1). Other head dims and fp8
+// are not measured with one.
 int per_sm_cap(int32_t dtype, int d, int rows, bool paged, bool appended) {
-  return !is_fp8(dtype) && d == 128 && rows <= 16 && !paged && !appended ? 1 : 0;
+  return !is_fp8(dtype) && (d == 64 || d == 128) && rows <= 16 && !paged && !appended ? 1 : 0;
 }
 
 // Whether K / V enter the L2 as evict-first (decode.cuh KvCopy): where the step's K / V stream is about the L2's size,
