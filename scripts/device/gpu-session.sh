@@ -88,10 +88,10 @@ libs_against_build() {
     done
   done
   step "$dir-compare" 30 python3 scripts/perf/bench_compare.py "${groups[@]}"
-  # FWD_CHECKS picks the checks of each candidate (all four by default), to fit a call's time limit
+  # LIB_CHECKS picks the checks of each candidate (all four by default), to fit a call's time limit
   for lib in "${libs[@]:1}"; do
     name=$(basename "$lib" .so)
-    for c in ${FWD_CHECKS:-verify auto fp8 memcheck}; do
+    for c in ${LIB_CHECKS:-verify auto fp8 memcheck}; do
       case $c in
         verify) step "verify-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_verify.py --kernel cuda-wgmma-sm90 ;;
         auto) step "verify-auto-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_verify.py --quick --kernel '' ;;
