@@ -2,25 +2,25 @@
 // (dtype, head dim 64, 128, 192 or 256).
 //
 // Grid (key blocks, heads_kv, batch), as the mma.sync backward: a CTA owns a block of keys of one kv head and walks
-// every (query head of the GQA group, query block of BM = 64 rows) that can see them, so dK / dV of the group are
+// every (query head of the GQA group, query block of BM rows) that can see them, so dK / dV of the group are
 // summed in registers and written once. Warp-specialised like the forward: warps 0-1 of warpgroup 0 (the loader) copy
 // K and V of the key block and each step's Q, dO and row statistics into a two-slot ring of 128B-swizzled tiles
 // (wgmma.cuh) guarded by full / empty mbarriers; warps 2-3 (the dQ writer) add each step's dQ tile from shared memory
 // to dq_accum with bulk reductions, one row per thread, so the math warps issue no atomics; warpgroups 1 and 2 are the
 // consumers.
 //
-// Head dim 64 / 128 (row tiles): BN = 128 keys, each consumer owns 64 of them. Per step and consumer:
+// Head dim 64 / 128 (row tiles): BN = 128 keys, each consumer owns 64 of them; a step is BM = 128 queries at head dim
+// 64, 64 at 128 (S^T and dP^T of 128 queries are 128 fp32 a thread beside dK / dV's 64 there). Per step and consumer:
 //   S^T  = K_w Q^T                 SS, m64 x BM                 P^T = exp2(S^T c - lse2[q])  (0 where masked)
 //   dP^T = V_w dO^T                SS, issued with S^T          dS^T = P^T (dP^T - dsum[q])  (x (1 - tanh^2) softcap)
 //   dV  += P^T dO                  RS, P^T from registers, dO N-major; runs while dS^T is computed
 //   dK  += dS^T Q                  RS (times scale at the end)
-//   dQ  += dS K                    SS from the dS^T tile in smem (M-major, imm-trans-a) and K (N-major), fp32 into
+//   dQ  += dS K                    SS from the dS^T tile in smem (M-major, imm-trans-a) and K (N-major), over all
+//                                  128 keys after a consumer barrier (both consumers' dS^T rows are in), fp32 into
 //                                  the dQ tile in smem: head dim 128 splits dQ's columns between the consumers (64
-//                                  each, over all 128 keys, after a consumer barrier); at head dim 64 each consumer
-//                                  multiplies its own 64 keys and the two partials are summed through smem, each
-//                                  consumer storing 32 columns. dS^T and that exchange are double-buffered by ring
-//                                  slot, so one consumer barrier per step orders them. The dQ tile has one slot: the
-//                                  writer has read it (dq_empty) long before the next step's dQ product ends.
+//                                  each), head dim 64 its 128 queries (64 each, every column). dS^T is double-
+//                                  buffered by ring slot, so that one barrier per step orders it. The dQ tile has one
+//                                  slot: the writer has read it (dq_empty) long before the next step's dQ product ends.
 // Head dim 256 (split D): dK and dV of 64 keys x 256 columns (2 x 128 fp32 per thread of one warpgroup) do not fit
 // in registers, so BN = 64 keys shared by both consumers, consumer w owning columns [128 w, 128 w + 128) of dK, dV
 // and dQ. Per step, consumer w:
@@ -46,7 +46,7 @@ template <int D_>
 struct Sm90BwdTile {
   // Split D (head dim 256): both consumers share the block's 64 keys and split the columns (header comment).
   static constexpr bool kSplitD = D_ > 128;
-  static constexpr int D = D_, BN = kSplitD ? 64 : 128, BM = 64;
+  static constexpr int D = D_, BN = kSplitD ? 64 : 128, BM = D == 64 ? 128 : 64;
   static constexpr int DH = kSplitD ? D / 2 : D;  // columns of dK / dV per consumer
   // Split D's columns per consumer as one wide product (n128 at 256, n64 at 192) and, at 192, a narrow n32 one: consumer
   // 0 owns [0, 64) + [64, 96), consumer 1 [96, 128) + [128, 192), so the narrow one of consumer 1 starts 64 bytes into
@@ -67,19 +67,16 @@ struct Sm90BwdTile {
   static_assert(128 * kProducerRegs + kConsumerThreads * kConsumerRegs <= kThreads * kLaunchRegs,
                 "the consumers' registers come from the producer's");
   static_assert(2 * kThreads * kLaunchRegs > 65536, "one CTA per SM (the deterministic turns' persistent grid counts on it)");
-  static constexpr bool kDqPerWarpgroupKeys = D == 64;  // else: consumer w computes dQ columns [64w, 64w + 64)
+  // Consumer w's share of dQ: queries [64w, 64w + 64) x every column (head dim 64, BM = 128), else columns [64w, 64w + 64).
+  static constexpr bool kDqByQueries = BM == 128;
   // Deterministic mode adds dQ in turns (Sm90BwdWalk) from head dim 128 on; head dim 64 keeps one slice per CTA (its
   // steps are half as long, so a wait weighs twice as much: with turns 0.66-0.77 of the normal backward against the
   // slices' 0.88-0.95, H100, thirteenth session).
   static constexpr bool kDqTurns = D >= 128;
   static constexpr int kTileKV = BN * D * 2, kTileQ = BM * D * 2, kTileDs = BN * BM * 2;  // bytes
   static constexpr int kTilePt = kSplitD ? kTileDs : 0;  // split D: the P^T tile beside dS^T
-  // Head dim 64: the fp32 dQ halves the consumers hand each other, [2 slots][2][BM rows][kRedLd] (rows padded by 8
-  // floats, so the float2 accesses of a half-warp hit 32 distinct banks).
-  static constexpr int kRedLd = 32 + 8;
-  static constexpr size_t kRedBytes = kDqPerWarpgroupKeys ? 4 * BM * kRedLd * sizeof(float) : 0;
-  // The fp32 dQ tile [BM rows][kDqLd]: rows padded by 8 floats for the consumers' float2 stores (as kRedLd); each row
-  // is one bulk reduction of head_dim floats (16-byte aligned: kDqLd is a multiple of 4).
+  // The fp32 dQ tile [BM rows][kDqLd]: rows padded by 8 floats for the consumers' float2 stores (a half-warp's hit 32
+  // distinct banks); each row is one bulk reduction of head_dim floats (16-byte aligned: kDqLd is a multiple of 4).
   // Split D stages dQ in the Q / dO slot instead (bwd_sm90_split_dq_box).
   static constexpr int kDqLd = D + 8;
   static constexpr size_t kDqBytes = kDqInSlot ? 0
@@ -88,9 +85,9 @@ struct Sm90BwdTile {
   static constexpr int kBarriers = 9;  // K/V full, empty; Q/dO full, empty per slot; dQ full per slot, dQ empty
   static constexpr size_t smem_bytes() {
     return kSwizzleAlign + 2 * static_cast<size_t>(kTileKV) + 4 * kTileQ + 2 * (kTileDs + kTilePt) + 4 * BM * sizeof(float) +
-           kRedBytes + kDqBytes + kBarriers * sizeof(uint64_t);
+           kDqBytes + kBarriers * sizeof(uint64_t);
   }
-  static_assert(BM == kDqWriterThreads, "the dQ writer adds one row per thread");
+  static_assert(BM % kDqWriterThreads == 0, "the dQ writer adds whole rows, BM / 64 per thread");
   static_assert(D == 64 || D == 128 || D == 192 || D == 256, "row tiles up to head dim 128, split D at 192 and 256");
   static_assert(!kDqInSlot || (DH == 128 && BN == 64), "dQ in the slot: its half is 64 rows x 128 fp32 (2 x 16 KB)");
   static_assert(!kSplitD || kNarrowN == 0 || kNarrowN == 32, "split D: one wide and at most one n32 product per consumer");
@@ -99,7 +96,7 @@ struct Sm90BwdTile {
 // ---- shared memory ------------------------------------------------------------------------------------------------
 
 // The CTA's shared memory, in allocation order: K and V of the key block, the two-slot ring of Q, dO, lse2 and dsum,
-// the double-buffered dS^T tile, head dim 64's dQ exchange, the dQ tile, and the mbarriers.
+// the double-buffered dS^T tile, the dQ tile, and the mbarriers.
 template <typename T, typename Tile>
 struct Sm90BwdShared {
   static constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM;
@@ -111,7 +108,6 @@ struct Sm90BwdShared {
   T* sPt;        // split D: [2][BN keys x BM queries]: P^T, the K-major A of dV
   float* sLse2;  // [2][BM]
   float* sDsum;  // [2][BM]
-  float* sRed;   // head dim 64: [2][2][BM][kRedLd]
   float* sdQ;    // [BM][kDqLd]
   uint64_t *kv_full, *kv_empty;
   uint64_t *qdo_full, *qdo_empty;  // [2] each
@@ -127,8 +123,7 @@ struct Sm90BwdShared {
     sPt = sdS + 2 * BN * BM;
     sLse2 = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sPt) + 2 * Tile::kTilePt);
     sDsum = sLse2 + 2 * BM;
-    sRed = sDsum + 2 * BM;
-    sdQ = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(sRed) + Tile::kRedBytes);
+    sdQ = sDsum + 2 * BM;
     kv_full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(sdQ) + Tile::kDqBytes);
     kv_empty = kv_full + 1;
     qdo_full = kv_full + 2;
@@ -235,9 +230,10 @@ __device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90Bwd
         load_tile_sw128_async<BM, D, NT>(sh.sdO + slot * BM * D, row_view<T>(a.dout, a, b, h, s.q_start, s.sq), m0);
         // Rows past the end come in as zeros: their Q and dO rows are zero too, so they add nothing to dK / dV.
         const int64_t lrow0 = lse_row0(a, s, b, h);
-        static_assert(BM <= NT, "one row statistic per loader thread");
-        if (threadIdx.x < BM) {
-          const int r = threadIdx.x;
+#pragma unroll
+        for (int k = 0; k < ceil_div(BM, NT); ++k) {
+          const int r = threadIdx.x + k * NT;
+          if (r >= BM) break;
           const bool inside = m0 + r < s.sq;
           cp_async_4(sh.sLse2 + slot * BM + r, inside ? a.lse2 + lrow0 + m0 + r : a.lse2, inside);
           cp_async_4(sh.sDsum + slot * BM + r, inside ? a.dsum + lrow0 + m0 + r : a.dsum, inside);
@@ -275,8 +271,8 @@ __device__ __forceinline__ int last_key_block_seeing(const AttnArgs& a, const Se
 
 // Warps 2-3 of warpgroup 0: per step, once the consumers have stored the step's dQ, add it to dq_accum and release
 // what held it when the reductions have read it (deterministic mode: when they have completed, so the CTA's slice
-// sees its rows' additions in step order). Row tiles: thread r adds tile row r with one bulk reduction and releases
-// the dQ tile. Split D: thread 0 adds the eight boxes with TMA tensor reductions (rows past the sequence hold exact
+// sees its rows' additions in step order). Row tiles: thread r adds tile rows r, r + 64, ... with one bulk reduction
+// each and releases the dQ tile. Split D: thread 0 adds the eight boxes with TMA tensor reductions (rows past the sequence hold exact
 // zeros: their Q, dO and so dS are zero) and all release the Q / dO slot.
 // Turns (a.dq_turns, one counter per dq_accum row block, zeroed): a step's row block takes its additions from the key
 // blocks that see it in descending order: the counter counts the key blocks that have added, so key block nb waits
@@ -324,10 +320,13 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
           }
         } else {
           mbarrier_wait(sh.dq_full, ring & 1);
-          if (m0 + r < s.sq) {
-            bulk_reduce_add_f32(a.dq_accum + (row0 + r) * a.head_dim, sh.sdQ + r * Tile::kDqLd, static_cast<uint32_t>(a.head_dim) * sizeof(float));
-            issued = true;
-          }
+#pragma unroll
+          for (int k = 0; k < BM / Tile::kDqWriterThreads; ++k)
+            if (const int rr = r + k * Tile::kDqWriterThreads; m0 + rr < s.sq) {
+              bulk_reduce_add_f32(a.dq_accum + (row0 + rr) * a.head_dim, sh.sdQ + rr * Tile::kDqLd,
+                                  static_cast<uint32_t>(a.head_dim) * sizeof(float));
+              issued = true;
+            }
         }
         if (issued) {
           bulk_commit_group();
@@ -382,49 +381,23 @@ struct Sm90BwdSlot {
         pt_tile(sh.sPt + buf * Tile::BN * Tile::BM) {}
 };
 
-// Stores a consumer's dQ of one step (64 queries x 64 columns, C layout in dq) into the dQ tile and hands the tile to
-// the writer once it has released the previous step's (ring > 0).
+// Stores a consumer's dQ of one step (64 queries x 64 columns, C layout in dq) into its part of the dQ tile (rows
+// [64 cw, + 64) at head dim 64, columns [64 cw, + 64) at 128) and hands the tile to the writer once it has released
+// the previous step's (ring > 0).
 template <typename T, typename Tile>
-__device__ __forceinline__ void bwd_sm90_store_dq(const Sm90BwdShared<T, Tile>& sh, int ring, int buf, int cw, const float (&dq)[32]) {
-  constexpr int BM = Tile::BM;
+__device__ __forceinline__ void bwd_sm90_store_dq(const Sm90BwdShared<T, Tile>& sh, int ring, int cw, const float (&dq)[32]) {
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int row0 = Tile::kDqByQueries ? 64 * cw : 0, col0 = Tile::kDqByQueries ? 0 : 64 * cw;
+  if (ring > 0) mbarrier_wait(sh.dq_empty, (ring - 1) & 1);
   // Thread (warp, g, t) holds rows 16 warp + g (+ 8) and columns 8j + 2t, +1 of its n-tiles j.
-  auto store_row_pairs = [&](int col0, int nj, auto&& pair) {
-    if (ring > 0) mbarrier_wait(sh.dq_empty, (ring - 1) & 1);
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf)
+  for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
-      for (int j = 0; j < nj; ++j)
-        *reinterpret_cast<float2*>(sh.sdQ + (warp * 16 + g + 8 * hf) * Tile::kDqLd + col0 + 8 * j + 2 * t) = pair(j, hf);
-    fence_async_smem();
-    mbarrier_arrive(sh.dq_full);
-  };
-  if constexpr (Tile::kDqPerWarpgroupKeys) {
-    // Each partial covers all 64 columns over one consumer's keys. Consumer w owns columns [32w, 32w + 32): it
-    // hands the other's 32 columns over through smem (the partner thread, same warp and lane, holds the same
-    // rows and columns) and stores the sum of its own, so the tile holds the step's whole dQ.
-    float* red = sh.sRed + buf * 2 * BM * Tile::kRedLd;
-    float* handed = red + cw * BM * Tile::kRedLd;
-    const float* received = red + (1 - cw) * BM * Tile::kRedLd;
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        // n-tile j + 4 other, with compile-time register indices (a run-time one would spill dq to local memory)
-        const int e0 = j * 4 + 2 * hf, e1 = (j + 4) * 4 + 2 * hf;
-        const float2 pair = cw == 0 ? make_float2(dq[e1], dq[e1 + 1]) : make_float2(dq[e0], dq[e0 + 1]);
-        *reinterpret_cast<float2*>(handed + (warp * 16 + g + 8 * hf) * Tile::kRedLd + 8 * j + 2 * t) = pair;
-      }
-    named_barrier_sync(1, Tile::kConsumerThreads);
-    store_row_pairs(32 * cw, 4, [&](int j, int hf) {
-      const int e0 = j * 4 + 2 * hf, e1 = (j + 4) * 4 + 2 * hf;  // compile-time register indices, as above
-      const float2 own = cw == 0 ? make_float2(dq[e0], dq[e0 + 1]) : make_float2(dq[e1], dq[e1 + 1]);
-      const float2 other = *reinterpret_cast<const float2*>(received + (warp * 16 + g + 8 * hf) * Tile::kRedLd + 8 * j + 2 * t);
-      return make_float2(own.x + other.x, own.y + other.y);
-    });
-  } else {
-    store_row_pairs(64 * cw, 8, [&](int j, int hf) { return make_float2(dq[j * 4 + 2 * hf], dq[j * 4 + 2 * hf + 1]); });
-  }
+    for (int j = 0; j < 8; ++j)
+      *reinterpret_cast<float2*>(sh.sdQ + (row0 + warp * 16 + g + 8 * hf) * Tile::kDqLd + col0 + 8 * j + 2 * t) =
+          make_float2(dq[j * 4 + 2 * hf], dq[j * 4 + 2 * hf + 1]);
+  fence_async_smem();
+  mbarrier_arrive(sh.dq_full);
 }
 
 // The epilogue of a key block: dK (times scale) and dV of this warp's 16 keys from key0.
@@ -461,7 +434,7 @@ __device__ __forceinline__ void bwd_sm90_scores(float (&st)[N / 2], float (&dpt)
 // turns 204 -> 344; seventeenth session), and these loops are the backward's hot path.
 template <typename T, typename Tile, bool kTurns>
 __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned char* smem, const SeqInfo& s0, int wg, int warp, int g, int t) {
-  constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, MT = BM / 8;
+  constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, kPasses = BM / 64;
   const Sm90BwdShared<T, Tile> sh(smem);
   warpgroup_claim_registers<Tile::kConsumerRegs>();
   const int cw = wg - 1;        // consumer index
@@ -489,99 +462,100 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
         const Sm90BwdDescs<T, Tile> d = descs.at(buf);
         const Sm90BwdSlot<T, Tile> slot(sh, buf);
 
-        float st[BM / 2], dpt[BM / 2];
-        bwd_sm90_scores<BM>(st, dpt, d, wg_key0, 0);
+        // The step's queries in passes of 64 (S^T and dP^T of one pass are 64 fp32 a thread). dS^T of pass p is the
+        // A operand of its dK product, still running when pass p + 1 starts: its registers live until then.
+        uint32_t dsa[kPasses][4][4];
+#pragma unroll
+        for (int pass = 0; pass < kPasses; ++pass) {
+          const int q0 = 64 * pass;  // the pass's first query of the step
+          float st[32], dpt[32];
+          bwd_sm90_scores<64>(st, dpt, d, wg_key0, q0);
+          if (pass > 0) reg_fence(dsa[pass - 1]);  // the previous pass's dK product is done (S^T's wait covers it)
 
-        // P^T (packed for the dV product) and P^T (1 - tanh^2) kept in st for dS. Thread columns (queries) are the
-        // pairs 8j + 2t, +1, so their statistics come as float2.
-        const bool masked = tile_needs_mask(a, s, m0, BM, n0 + wg_key0, 64);
-        const float2* lse2_pairs = reinterpret_cast<const float2*>(slot.lse2) + t;  // [4 j] = queries 8j + 2t, +1
-        uint32_t pa[BM / 16][4];
-        if (!transform && !masked) {  // the common interior tile: one FFMA and one exp2 per score
+          // P^T (packed for the dV product) and P^T (1 - tanh^2) kept in st for dS. Thread columns (queries) are the
+          // pairs 8j + 2t, +1, so their statistics come as float2.
+          const bool masked = tile_needs_mask(a, s, m0 + q0, 64, n0 + wg_key0, 64);
+          const float2* lse2_pairs = reinterpret_cast<const float2*>(slot.lse2 + q0) + t;  // [4 j] = queries 8j + 2t, +1
+          uint32_t pa[4][4];
+          if (!transform && !masked) {  // the common interior tile: one FFMA and one exp2 per score
 #pragma unroll
-          for (int j = 0; j < MT; ++j) {
-            const float2 l2 = lse2_pairs[4 * j];
+            for (int j = 0; j < 8; ++j) {
+              const float2 l2 = lse2_pairs[4 * j];
 #pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-              const int e = j * 4 + 2 * hf;
-              st[e] = fast_exp2(fmaf(st[e], a.scale_log2, -l2.x));
-              st[e + 1] = fast_exp2(fmaf(st[e + 1], a.scale_log2, -l2.y));
-              pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(st[e], st[e + 1]);
-            }
-          }
-        } else {
-          const float slope = alibi_slope_log2(a, b, h);
-#pragma unroll
-          for (int j = 0; j < MT; ++j)
-#pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-              const int key = n0 + wg_key0 + warp * 16 + g + hf * 8;
-              int lo = INT_MIN, hi = INT_MAX;
-              if (masked) visible_query_range(a, s, key, lo, hi);
-              float p[2];
-#pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                const int e = j * 4 + 2 * hf + c;
-                const int qr = j * 8 + 2 * t + c, i = m0 + qr;
-                float th = 0.f;
-                const float x = transform ? transformed_logit(a, st[e], slope, i + s.diag - key, th) : st[e] * a.scale_log2;
-                p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - slot.lse2[qr]);
-                st[e] = p[c] * (1.f - th * th);
+              for (int hf = 0; hf < 2; ++hf) {
+                const int e = j * 4 + 2 * hf;
+                st[e] = fast_exp2(fmaf(st[e], a.scale_log2, -l2.x));
+                st[e + 1] = fast_exp2(fmaf(st[e + 1], a.scale_log2, -l2.y));
+                pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(st[e], st[e + 1]);
               }
-              pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(p[0], p[1]);
             }
-        }
-        wgmma_fence();
+          } else {
+            const float slope = alibi_slope_log2(a, b, h);
 #pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dv, pa[kk], desc_mn_major<BM>(d.do_nmaj, kk), 1);
-        wgmma_commit();
-        wgmma_wait<1>();  // dP^T landed; dV still runs
-        reg_fence(dpt);
-
-        // dS^T = P^T (dP^T - dsum): A fragments for dK, and the smem tile dQ reads.
-        uint32_t dsa[BM / 16][4];
-        const float2* dsum_pairs = reinterpret_cast<const float2*>(slot.dsum) + t;
+            for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int j = 0; j < MT; ++j)
+              for (int hf = 0; hf < 2; ++hf) {
+                const int key = n0 + wg_key0 + warp * 16 + g + hf * 8;
+                int lo = INT_MIN, hi = INT_MAX;
+                if (masked) visible_query_range(a, s, key, lo, hi);
+                float p[2];
 #pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const int qr = j * 8 + 2 * t, e = j * 4 + 2 * hf;
-            const float2 ds = dsum_pairs[4 * j];
-            const uint32_t packed = pack2<T>(st[e] * (dpt[e] - ds.x), st[e + 1] * (dpt[e + 1] - ds.y));
-            dsa[j / 2][(j % 2) * 2 + hf] = packed;
-            sw128_store_pair<BN>(slot.ds_tile, wg_key0 + warp * 16 + g + hf * 8, qr, packed);
+                for (int c = 0; c < 2; ++c) {
+                  const int e = j * 4 + 2 * hf + c;
+                  const int qr = q0 + j * 8 + 2 * t + c, i = m0 + qr;
+                  float th = 0.f;
+                  const float x = transform ? transformed_logit(a, st[e], slope, i + s.diag - key, th) : st[e] * a.scale_log2;
+                  p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - slot.lse2[qr]);
+                  st[e] = p[c] * (1.f - th * th);
+                }
+                pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(p[0], p[1]);
+              }
           }
-        wgmma_fence();
+          wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < BM / 16; ++kk) Wgmma<D, T>::template rs<1>(dk, dsa[kk], desc_mn_major<BM>(d.q_nmaj, kk), 1);
-        wgmma_commit();
-        wgmma_wait<1>();  // dV is done: its P^T registers are free for dQ's accumulators
-        reg_fence(dv);
-        reg_fence(pa);
+          for (int kk = 0; kk < 4; ++kk) Wgmma<D, T>::template rs<1>(dv, pa[kk], desc_mn_major<BM>(d.do_nmaj, q0 / 16 + kk), 1);
+          wgmma_commit();
+          wgmma_wait<1>();  // dP^T landed; dV still runs
+          reg_fence(dpt);
 
-        // dQ (64 queries x 64 columns per consumer) = dS K over this consumer's keys or over all of them.
+          // dS^T = P^T (dP^T - dsum): A fragments for dK, and the smem tile dQ reads.
+          const float2* dsum_pairs = reinterpret_cast<const float2*>(slot.dsum + q0) + t;
+#pragma unroll
+          for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              const int qr = q0 + j * 8 + 2 * t, e = j * 4 + 2 * hf;
+              const float2 ds = dsum_pairs[4 * j];
+              const uint32_t packed = pack2<T>(st[e] * (dpt[e] - ds.x), st[e + 1] * (dpt[e + 1] - ds.y));
+              dsa[pass][j / 2][(j % 2) * 2 + hf] = packed;
+              sw128_store_pair<BN>(slot.ds_tile, wg_key0 + warp * 16 + g + hf * 8, qr, packed);
+            }
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) Wgmma<D, T>::template rs<1>(dk, dsa[pass][kk], desc_mn_major<BM>(d.q_nmaj, q0 / 16 + kk), 1);
+          wgmma_commit();
+          wgmma_wait<1>();  // dV is done: its P^T registers are free (for the next pass, or dQ's accumulators)
+          reg_fence(dv);
+          reg_fence(pa);
+        }
+
+        // dQ (64 queries x 64 columns per consumer) = dS K over all the block's keys: the queries of 64-column block
+        // cw of dS^T and every column of K (head dim 64), or every query and column block cw of K (128).
         fence_async_smem();
         float dq[32];
-        if constexpr (Tile::kDqPerWarpgroupKeys) {
-          warpgroup_sync(wg);  // this consumer's dS^T rows are in smem
-          wgmma_fence();
+        named_barrier_sync(1, Tile::kConsumerThreads);  // both consumers' dS^T rows are in smem
+        wgmma_fence();
+        const int ds_block = Tile::kDqByQueries ? cw : 0, k_block = Tile::kDqByQueries ? 0 : cw;
 #pragma unroll
-          for (int kk = 0; kk < 4; ++kk)
-            Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(d.ds_mmaj, cw * 4 + kk), desc_mn_major<BN>(d.k_nmaj, cw * 4 + kk), kk > 0);
-        } else {
-          named_barrier_sync(1, Tile::kConsumerThreads);  // both consumers' dS^T rows are in smem
-          wgmma_fence();
-#pragma unroll
-          for (int kk = 0; kk < BN / 16; ++kk)
-            Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(d.ds_mmaj, kk), desc_mn_major<BN>(d.k_nmaj, kk, cw), kk > 0);
-        }
+        for (int kk = 0; kk < BN / 16; ++kk)
+          Wgmma<64, T>::template ss<1, 1>(dq, desc_mn_major<BN>(d.ds_mmaj, kk, ds_block), desc_mn_major<BN>(d.k_nmaj, kk, k_block), kk > 0);
         wgmma_commit();
         wgmma_wait<0>();
         reg_fence(dq);
         reg_fence(dk);
-        reg_fence(dsa);
+        reg_fence(dsa[kPasses - 1]);
         mbarrier_arrive(sh.qdo_empty + buf);  // every product of this step has read its Q / dO slot
-        bwd_sm90_store_dq<T, Tile>(sh, ring, buf, cw, dq);
+        bwd_sm90_store_dq<T, Tile>(sh, ring, cw, dq);
       }
       mbarrier_arrive(sh.kv_empty);  // the last dQ product has read K
 
