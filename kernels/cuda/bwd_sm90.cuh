@@ -433,26 +433,6 @@ __device__ __forceinline__ void bwd_sm90_epilogue(const AttnArgs& a, const SeqIn
   store_key_rows<T, Tile::D / 8>(a.dv, a, s, b, hk, key0, 0, [&](int j, int e) { return dv[j * 4 + e]; }, 1.f);
 }
 
-// P^T of one pair of scores on the general path (softcap / ALiBi, masks): st[e], st[e + 1] are key `key` against
-// queries qr, qr + 1 of the step from row m0 (lse2: the step's rows). P^T = exp2(transformed score - lse2), 0 where
-// masked; st keeps P^T (1 - tanh^2) for dS; returns the pair packed.
-template <typename T, int N>
-__device__ __forceinline__ uint32_t bwd_sm90_probs_pair(const AttnArgs& a, const SeqInfo& s, float (&st)[N], int e, int key, int qr,
-                                                        int m0, const float* lse2, float slope, bool masked, bool transform) {
-  int lo = INT_MIN, hi = INT_MAX;
-  if (masked) visible_query_range(a, s, key, lo, hi);
-  float p[2];
-#pragma unroll
-  for (int c = 0; c < 2; ++c) {
-    const int i = m0 + qr + c;
-    float th = 0.f;
-    const float x = transform ? transformed_logit(a, st[e + c], slope, i + s.diag - key, th) : st[e + c] * a.scale_log2;
-    p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - lse2[qr + c]);
-    st[e + c] = p[c] * (1.f - th * th);
-  }
-  return pack2<T>(p[0], p[1]);
-}
-
 // A step's first two products, for this warpgroup's 64 keys from key0 of the block and N queries from q0 of the step:
 //   S^T = K Q^T, then dP^T = V dO^T (both SS, k over the head dim), committed as two groups; returns once S^T has
 // landed, dP^T still running (the caller waits for it with wgmma_wait<0>).
@@ -539,9 +519,22 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
 #pragma unroll
             for (int j = 0; j < 8; ++j)
 #pragma unroll
-              for (int hf = 0; hf < 2; ++hf)
-                pa[j / 2][(j % 2) * 2 + hf] = bwd_sm90_probs_pair<T>(a, s, st, j * 4 + 2 * hf, n0 + wg_key0 + warp * 16 + g + hf * 8,
-                                                                    q0 + j * 8 + 2 * t, m0, slot.lse2, slope, masked, transform);
+              for (int hf = 0; hf < 2; ++hf) {
+                const int key = n0 + wg_key0 + warp * 16 + g + hf * 8;
+                int lo = INT_MIN, hi = INT_MAX;
+                if (masked) visible_query_range(a, s, key, lo, hi);
+                float p[2];
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  const int e = j * 4 + 2 * hf + c;
+                  const int qr = q0 + j * 8 + 2 * t + c, i = m0 + qr;
+                  float th = 0.f;
+                  const float x = transform ? transformed_logit(a, st[e], slope, i + s.diag - key, th) : st[e] * a.scale_log2;
+                  p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - slot.lse2[qr]);
+                  st[e] = p[c] * (1.f - th * th);
+                }
+                pa[j / 2][(j % 2) * 2 + hf] = pack2<T>(p[0], p[1]);
+              }
           }
           wgmma_fence();
 #pragma unroll
@@ -661,9 +654,20 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
           for (int j = 0; j < QW / 8; ++j)
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
-              sw128_store_pair<BN>(slot.pt_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t,
-                                   bwd_sm90_probs_pair<T>(a, s, st, j * 4 + 2 * hf, n0 + key_row + hf * 8, q0 + j * 8 + 2 * t, m0,
-                                                          slot.lse2, slope, masked, transform));
+              const int key = n0 + key_row + hf * 8;
+              int lo = INT_MIN, hi = INT_MAX;
+              if (masked) visible_query_range(a, s, key, lo, hi);
+              float p[2];
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int e = j * 4 + 2 * hf + c;
+                const int qr = q0 + j * 8 + 2 * t + c, i = m0 + qr;
+                float th = 0.f;
+                const float x = transform ? transformed_logit(a, st[e], slope, i + s.diag - key, th) : st[e] * a.scale_log2;
+                p[c] = (i < lo || i > hi) ? 0.f : fast_exp2(x - slot.lse2[qr]);
+                st[e] = p[c] * (1.f - th * th);
+              }
+              sw128_store_pair<BN>(slot.pt_tile, key_row + 8 * hf, q0 + 8 * j + 2 * t, pack2<T>(p[0], p[1]));
             }
         }
         wgmma_wait<0>();  // dP^T landed
