@@ -178,12 +178,6 @@ struct Sm90BwdWalk;
 struct Sm90BwdItem {
   int nb, hk, b;
 };
-// Worked out once by the whole CTA before the roles split (the producer's few registers hold the result, not the
-// arithmetic): the normal and sliced grids' item and its sequence; unused by the turns' walk.
-struct Sm90BwdStart {
-  Sm90BwdItem item;
-  SeqInfo s;
-};
 __device__ __forceinline__ Sm90BwdItem bwd_sm90_item(const AttnArgs& a) {
   const int n = gridDim.x, heads = gridDim.y;
   if (a.deterministic || (a.win_left < 0 && a.win_right < 0))
@@ -198,8 +192,9 @@ __device__ __forceinline__ Sm90BwdItem bwd_sm90_item(const AttnArgs& a) {
 template <int BN>
 struct Sm90BwdWalk<BN, false> {
   template <typename Body>  // body(sequence, batch, KV head, first key block, key block step)
-  __device__ __forceinline__ static void run(const AttnArgs&, const Sm90BwdStart& start, Body&& body) {
-    body(start.s, start.item.b, start.item.hk, start.item.nb, static_cast<int>(gridDim.x));
+  __device__ __forceinline__ static void run(const AttnArgs& a, const SeqInfo& s, Body&& body) {
+    const Sm90BwdItem item = bwd_sm90_item(a);
+    body(s, item.b, item.hk, item.nb, static_cast<int>(gridDim.x));
   }
   __device__ __forceinline__ static bool more(int nb, const SeqInfo& s) { return nb * BN < s.sk; }
 };
@@ -208,7 +203,7 @@ struct Sm90BwdWalk<BN, false> {
 template <int BN>
 struct Sm90BwdWalk<BN, true> {
   template <typename Body>
-  __device__ __forceinline__ static void run(const AttnArgs& a, const Sm90BwdStart&, Body&& body) {
+  __device__ __forceinline__ static void run(const AttnArgs& a, const SeqInfo&, Body&& body) {
     const int lanes = a.dq_lanes;
     for (int pair = static_cast<int>(blockIdx.x) / lanes; pair < a.batch * a.heads_kv; pair += a.dq_slots) {
       const int b = pair / a.heads_kv;
@@ -235,10 +230,10 @@ struct Sm90BwdSteps {
 // Warps 0-1 of warpgroup 0: K and V of each key block, then each step's Q, dO and row statistics into the two-slot
 // ring.
 template <typename T, typename Tile, bool kTurns>
-__device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const Sm90BwdStart& start) {
+__device__ __forceinline__ void bwd_sm90_loader(const AttnArgs& a, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s0) {
   constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, NT = Tile::kLoaderThreads;
   int ring = 0, kb = 0;
-  Sm90BwdWalk<BN, kTurns>::run(a, start, [&](const SeqInfo& s, int b, int hk, int nb0, int nb_step) {
+  Sm90BwdWalk<BN, kTurns>::run(a, s0, [&](const SeqInfo& s, int b, int hk, int nb0, int nb_step) {
     for (int nb = nb0; Sm90BwdWalk<BN, kTurns>::more(nb, s); nb += nb_step, ++kb) {
       const int n0 = nb * BN;
       const RowView<T> k = row_view<T>(a.k, a, b, hk, s.k_start, s.sk);
@@ -303,14 +298,14 @@ __device__ __forceinline__ int last_key_block_seeing(const AttnArgs& a, const Se
 // blocks that see it in descending order: the counter counts the key blocks that have added, so key block nb waits
 // for (last key block seeing the row block) - nb, adds, and passes the turn on once its reductions have landed.
 template <typename T, typename Tile, bool kTurns>
-__device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdMaps& maps, const Sm90BwdShared<T, Tile>& sh, const Sm90BwdStart& start) {
+__device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdMaps& maps, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s0) {
   constexpr int BN = Tile::BN, BM = Tile::BM;
   constexpr int kWriterBarrier = 4;  // named barrier of the writer's two warps (1-3: the consumers')
   const int r = threadIdx.x - Tile::kLoaderThreads;
   const bool sliced = a.deterministic && !kTurns;
   const int64_t slice_row0 = sliced ? static_cast<int64_t>(blockIdx.x) * a.lse_rows : 0;  // the CTA's slice
   int ring = 0;
-  Sm90BwdWalk<BN, kTurns>::run(a, start, [&](const SeqInfo& s, int b, int hk, int nb0, int nb_step) {
+  Sm90BwdWalk<BN, kTurns>::run(a, s0, [&](const SeqInfo& s, int b, int hk, int nb0, int nb_step) {
     for (int nb = nb0; Sm90BwdWalk<BN, kTurns>::more(nb, s); nb += nb_step) {
       const Sm90BwdSteps steps(a, s, nb * BN, BN, BM);
       for (int step = 0; step < steps.count; ++step, ++ring) {
@@ -458,7 +453,7 @@ __device__ __forceinline__ void bwd_sm90_scores(float (&st)[N / 2], float (&dpt)
 // instance (sm_90a, bytes of spill stores: hdim 64 52 -> 96, 128 152 -> 188 and turns 512 -> 544, 256 56 -> 84 and
 // turns 204 -> 344; seventeenth session), and these loops are the backward's hot path.
 template <typename T, typename Tile, bool kTurns>
-__device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned char* smem, const Sm90BwdStart& start, int wg, int warp, int g, int t) {
+__device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned char* smem, const SeqInfo& s0, int wg, int warp, int g, int t) {
   constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM, kPasses = BM / 64;
   const Sm90BwdShared<T, Tile> sh(smem);
   warpgroup_claim_registers<Tile::kConsumerRegs>();
@@ -469,7 +464,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
   const Sm90BwdDescs<T, Tile> descs(sh);
 
   int ring = 0, kb = 0;
-  Sm90BwdWalk<BN, kTurns>::run(a, start, [&](const SeqInfo& s, int b, int hk, int nb0, int nb_step) {
+  Sm90BwdWalk<BN, kTurns>::run(a, s0, [&](const SeqInfo& s, int b, int hk, int nb0, int nb_step) {
     for (int nb = nb0; Sm90BwdWalk<BN, kTurns>::more(nb, s); nb += nb_step, ++kb) {
       const int n0 = nb * BN;
       const Sm90BwdSteps steps(a, s, n0, BN, BM);
@@ -592,7 +587,7 @@ __device__ __forceinline__ void bwd_sm90_consumer(const AttnArgs& a, unsigned ch
 // Split D (head dim 256): warpgroups 1 and 2 share the block's 64 keys; consumer cw computes S^T and dP^T for queries
 // [32 cw, 32 cw + 32) of each step, and dK, dV, dQ for columns [128 cw, 128 cw + 128) (header comment).
 template <typename T, typename Tile, bool kTurns>
-__device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, unsigned char* smem, const Sm90BwdStart& start, int wg, int warp, int g, int t) {
+__device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, unsigned char* smem, const SeqInfo& s0, int wg, int warp, int g, int t) {
   constexpr int D = Tile::D, BN = Tile::BN, BM = Tile::BM;
   constexpr int QW = BM / 2;  // queries of S^T / dP^T per consumer
   const Sm90BwdShared<T, Tile> sh(smem);
@@ -608,7 +603,7 @@ __device__ __forceinline__ void bwd_sm90_consumer_split_d(const AttnArgs& a, uns
   const Sm90BwdDescs<T, Tile> descs(sh);
 
   int ring = 0, kb = 0;
-  Sm90BwdWalk<BN, kTurns>::run(a, start, [&](const SeqInfo& s, int b, int hk, int nb0, int nb_step) {
+  Sm90BwdWalk<BN, kTurns>::run(a, s0, [&](const SeqInfo& s, int b, int hk, int nb0, int nb_step) {
     for (int nb = nb0; Sm90BwdWalk<BN, kTurns>::more(nb, s); nb += nb_step, ++kb) {
       const int n0 = nb * BN;
       const Sm90BwdSteps steps(a, s, n0, BN, BM);
@@ -779,19 +774,18 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
   extern __shared__ unsigned char smem_raw[];
   unsigned char* smem = swizzle_aligned_smem(smem_raw);  // each role takes its own Sm90BwdShared view of it
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  // The normal and sliced grids' item and sequence (the turns' walk reads each pair's)
-  Sm90BwdStart start{};
-  if constexpr (!kTurns) start.item = bwd_sm90_item(a), start.s = seq_info(a, start.item.b);
+  // The normal and sliced grids' sequence (the turns' walk reads each pair's)
+  const SeqInfo s0 = kTurns ? SeqInfo{} : seq_info(a, bwd_sm90_item(a).b);
   if (threadIdx.x == 0) Sm90BwdShared<T, Tile>(smem).init_barriers();
   __syncthreads();
   if (wg == 0) {
     warpgroup_release_registers<Tile::kProducerRegs>();
-    if (warp < 2) bwd_sm90_loader<T, Tile, kTurns>(a, Sm90BwdShared<T, Tile>(smem), start);
-    else bwd_sm90_dq_writer<T, Tile, kTurns>(a, maps, Sm90BwdShared<T, Tile>(smem), start);
+    if (warp < 2) bwd_sm90_loader<T, Tile, kTurns>(a, Sm90BwdShared<T, Tile>(smem), s0);
+    else bwd_sm90_dq_writer<T, Tile, kTurns>(a, maps, Sm90BwdShared<T, Tile>(smem), s0);
     return;
   }
-  if constexpr (Tile::kSplitD) bwd_sm90_consumer_split_d<T, Tile, kTurns>(a, smem, start, wg, warp, g, t);
-  else bwd_sm90_consumer<T, Tile, kTurns>(a, smem, start, wg, warp, g, t);
+  if constexpr (Tile::kSplitD) bwd_sm90_consumer_split_d<T, Tile, kTurns>(a, smem, s0, wg, warp, g, t);
+  else bwd_sm90_consumer<T, Tile, kTurns>(a, smem, s0, wg, warp, g, t);
 #endif
 }
 
