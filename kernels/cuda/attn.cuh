@@ -52,9 +52,6 @@ struct AttnArgs {
   // before the launch) by persistent_ctas CTAs; null = one CTA per tile.
   int* tile_counter;
   int persistent_ctas;
-  // Grids whose tiles differ in work (a causal or window mask; fwd_sm90.cuh, bwd_sm90.cuh): heads are taken in groups of
-  // head_group, the heaviest tiles of a group first (tile_order_group in tc_paths.cu); 1 = one head after another.
-  int head_group;
   // backward workspaces (lse-row indexed like lse): lse2 = lse * log2(e) (+inf for empty rows, so P = 0),
   // dsum = rowsum(dO * O), dq_accum: [dq_slices][lse row][head_dim] fp32.
   float* lse2;

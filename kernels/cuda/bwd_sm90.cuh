@@ -169,32 +169,12 @@ struct Sm90BwdShared {
 template <int BN, bool kTurns>
 struct Sm90BwdWalk;
 
-// A normal or sliced grid's item: key block nb (and, sliced, nb + gridDim.x, ...) of KV head hk of sequence b. Sliced,
-// and where every key block has the same work, the block index as it is. Under a causal or window mask key block 0
-// sees the most query blocks: the normal grid (CTAs start in block order) then takes the (batch, KV head) pairs in
-// groups of a.head_group with the key blocks first to last and the pairs fastest, so that the grid's items come nearly
-// longest first and the SMs finish together (one pair after another left the heaviest blocks of the last pairs for
-// the end).
-struct Sm90BwdItem {
-  int nb, hk, b;
-};
-__device__ __forceinline__ Sm90BwdItem bwd_sm90_item(const AttnArgs& a) {
-  const int n = gridDim.x, heads = gridDim.y;
-  if (a.deterministic || (a.win_left < 0 && a.win_right < 0))
-    return {static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z)};
-  const int linear = blockIdx.x + n * (blockIdx.y + heads * blockIdx.z), pairs = heads * gridDim.z;
-  const int group = linear / (n * a.head_group), in = linear - group * n * a.head_group;
-  const int width = min(a.head_group, pairs - group * a.head_group), pair = group * a.head_group + in % width;
-  return {in / width, pair % heads, pair / heads};
-}
-
-// The normal and sliced grids: bwd_sm90_item's (batch, KV head) and key blocks nb, + gridDim.x, ...
+// The normal and sliced grids: the (batch, KV head) of blockIdx.z / y, key blocks blockIdx.x, + gridDim.x, ...
 template <int BN>
 struct Sm90BwdWalk<BN, false> {
   template <typename Body>  // body(sequence, batch, KV head, first key block, key block step)
-  __device__ __forceinline__ static void run(const AttnArgs& a, const SeqInfo& s, Body&& body) {
-    const Sm90BwdItem item = bwd_sm90_item(a);
-    body(s, item.b, item.hk, item.nb, static_cast<int>(gridDim.x));
+  __device__ __forceinline__ static void run(const AttnArgs&, const SeqInfo& s, Body&& body) {
+    body(s, static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x));
   }
   __device__ __forceinline__ static bool more(int nb, const SeqInfo& s) { return nb * BN < s.sk; }
 };
@@ -775,7 +755,7 @@ __global__ void __launch_bounds__(Tile::kThreads, 1) bwd_sm90_kernel(const __gri
   unsigned char* smem = swizzle_aligned_smem(smem_raw);  // each role takes its own Sm90BwdShared view of it
   const int wg = threadIdx.x / 128, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // The normal and sliced grids' sequence (the turns' walk reads each pair's)
-  const SeqInfo s0 = kTurns ? SeqInfo{} : seq_info(a, bwd_sm90_item(a).b);
+  const SeqInfo s0 = kTurns ? SeqInfo{} : seq_info(a, blockIdx.z);
   if (threadIdx.x == 0) Sm90BwdShared<T, Tile>(smem).init_barriers();
   __syncthreads();
   if (wg == 0) {

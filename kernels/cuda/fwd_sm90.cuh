@@ -7,8 +7,7 @@
 // L2; or (kPersistent, when there are more tiles than SMs) one CTA per SM that takes tile after tile from a global
 // counter: each SM then starts its next tile while the current one drains (its Q and first K / V are already in
 // flight); with a causal or window mask the tiles come nearly longest first over the whole grid (row blocks
-// heaviest first within groups of a.head_group heads), so that the work ends level on every SM; a one-tile grid with a
-// mask takes its tiles in the same order (CTAs start in block order).
+// heaviest first within groups of kHeadGroup heads), so that the work ends level on every SM.
 // It is warp-specialised (FA3's schedule):
 //   warpgroup 0, the producer: fetches the next tile index and publishes it in a two-slot ring, copies each tile's Q
 //     (a Q ring of kQSlots) and K / V into a ring of kStages 128B-swizzled tiles (wgmma.cuh) that runs on across
@@ -47,6 +46,7 @@ struct Sm90FwdTile {
   static constexpr bool kFp8 = Element::kFp8;
   static constexpr int D = D_, BN = BN_, kConsumers = 2, BM = 64 * kConsumers;
   static constexpr int kStages = kStages_;  // slots of the K / V ring (16-bit: 2; 3 at hdim 64: -2%, docs/perf-cuda.md v6)
+  static constexpr int kHeadGroup = 16;     // a persistent grid's tile order (fwd_sm90_kernel's work_of)
   static constexpr bool kPersistent = kPersistent_;
   // The producer copies with the TMA engine when the tensors can be mapped (Sm90FwdMaps), else with cp.async.
   static constexpr bool kTma = kTma_;
@@ -194,13 +194,12 @@ struct Sm90FwdScheduler {
   __device__ __forceinline__ Sm90FwdWork work_of(const AttnArgs& a, int tile) const {
     Sm90FwdWork w;
     int x, hz;  // row block from the heaviest, and head + heads x (batch x split + ...)
-    if (masked_grid) {
-      // Tiles of different lengths (causal / window): heads in groups of a.head_group; in a group, row blocks heaviest
+    if (dynamic && masked_grid) {
+      // Tiles of different lengths (causal / window): heads in groups of kHeadGroup; in a group, row blocks heaviest
       // first with the heads fastest. The CTAs running together still share the K / V of a few heads in L2, and over
       // the whole grid the tiles come nearly longest first, so the CTAs' last tiles are short ones and they finish
-      // together (one head after another left the heaviest tiles of the last heads for the end). Tiles of one length
-      // keep the row block fastest: fewer heads at a time in L2.
-      const int W = a.head_group;
+      // together. (Tiles of one length keep the row block fastest: fewer heads at a time in L2.)
+      constexpr int W = Tile::kHeadGroup;
       const int group = tile / (m_count * W), in = tile - group * (m_count * W);
       const int width = min(W, a.heads_q * a.batch * a.num_splits - group * W);
       x = in / width, hz = group * W + in % width;

@@ -295,7 +295,6 @@ AttnArgs make_args(const fa_attn_params& p) {
   a.win_left = r.win_left > reach ? -1 : r.win_left;
   a.win_right = r.win_right > reach ? -1 : r.win_right;
   a.num_splits = 1;
-  a.head_group = 1;
   a.deterministic = p.deterministic;
   a.lse_rows = is_varlen(p) ? static_cast<int64_t>(p.heads_q) * p.total_q
                             : static_cast<int64_t>(p.batch) * p.heads_q * p.seqlen_q;
@@ -381,14 +380,6 @@ gpuError_t launch_combine(const AttnArgs& a, const DeviceCaps& caps, gpuStream_t
   return a.out_fp16 ? launch_combine_as<half_t>(a, caps, stream) : launch_combine_as<bf16_t>(a, caps, stream);
 }
 
-// The head group of a grid whose tiles differ in work (AttnArgs::head_group), for `blocks` tiles per head: enough heads
-// that a group holds two waves of tiles, so that the heaviest tiles of the last group start early enough to end with
-// the rest (one head after another, 2k causal, the last heads' heaviest tiles ran 5-13% past the others in a
-// list-scheduling count over 132 SMs), and no more than 16 at a time sharing the L2.
-int tile_order_group(int blocks, const DeviceCaps& caps) {
-  return std::clamp(ceil_div(2 * caps.multiprocessors, std::max(blocks, 1)), 1, 16);
-}
-
 template <typename F>
 int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
   AttnArgs a = make_args(p);
@@ -400,7 +391,6 @@ int32_t forward(fa_attn_params& p, const LaunchContext& ctx) {
     if (a.o_part == nullptr || a.lse_part == nullptr) return FA_ERR_OUT_OF_MEMORY;
   }
   const int m_blocks = ceil_div(p.seqlen_q, tile.fwd_bm);
-  a.head_group = tile_order_group(m_blocks, *ctx.caps);
   // Persistent only when there are more tiles than SMs (one CTA per SM: the kernels take 384 threads x 168 registers).
   if (tile.fwd_persistent && static_cast<int64_t>(m_blocks) * p.heads_q * p.batch * a.num_splits > ctx.caps->multiprocessors) {
     a.tile_counter = static_cast<int*>(ctx.workspace.get(2, sizeof(int)));
@@ -442,7 +432,6 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
   // head), each owning one dq_accum slice.
   auto attempt = [&](bool turns) -> gpuError_t {
     AttnArgs a = make_args(p);
-    a.head_group = tile_order_group(key_blocks, *ctx.caps);
     int grid_ctas = key_blocks, slices = 1;
     const int64_t pairs = static_cast<int64_t>(p.batch) * p.heads_kv;
     if (turns) {
