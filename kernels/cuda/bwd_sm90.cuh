@@ -10,11 +10,14 @@
 // consumers.
 //
 // Head dim 64 / 128 (row tiles): BN = 128 keys, each consumer owns 64 of them; a step is BM = 128 queries at head dim
-// 64, 64 at 128 (S^T and dP^T of 128 queries are 128 fp32 a thread beside dK / dV's 64 there). Per step and consumer:
-//   S^T  = K_w Q^T                 SS, m64 x BM                 P^T = exp2(S^T c - lse2[q])  (0 where masked)
+// 64, run as two passes of 64 (S^T and dP^T of all 128 at once, 128 fp32 a thread beside dK / dV, made ptxas spill and
+// serialise the products), and 64 at head dim 128 (slots of 128 rows of Q and dO would not fit beside K and V). Per
+// pass of 64 queries and consumer:
+//   S^T  = K_w Q^T                 SS, m64n64                   P^T = exp2(S^T c - lse2[q])  (0 where masked)
 //   dP^T = V_w dO^T                SS, issued with S^T          dS^T = P^T (dP^T - dsum[q])  (x (1 - tanh^2) softcap)
 //   dV  += P^T dO                  RS, P^T from registers, dO N-major; runs while dS^T is computed
 //   dK  += dS^T Q                  RS (times scale at the end)
+// and once per step:
 //   dQ  += dS K                    SS from the dS^T tile in smem (M-major, imm-trans-a) and K (N-major), over all
 //                                  128 keys after a consumer barrier (both consumers' dS^T rows are in), fp32 into
 //                                  the dQ tile in smem: head dim 128 splits dQ's columns between the consumers (64
