@@ -88,7 +88,19 @@ libs_against_build() {
     done
   done
   step "$dir-compare" 30 python3 scripts/perf/bench_compare.py "${groups[@]}"
-  # LIB_CHECKS picks the checks of each candidate (all four by default), to fit a call's time limit
+  # The backward: the deterministic mode of every library once too (#17 holds it within 15% of the normal one)
+  if [ "$dir" = bwd ]; then
+    groups=()
+    for lib in "${libs[@]}"; do
+      name=$(basename "$lib" .so)
+      step "bwd-det-$name" 150 env FLASHATTN_LIB="$lib" bun cli.ts bench --seqlen 2k,8k --hdim 64,128,256 --causal both \
+        --direction bwd --deterministic --warmup 2 --iters 10 --quiet --baselines none --save "$LOGS/bwd-det-$name.json"
+      groups+=("$name=$LOGS/bwd-det-$name.json")
+    done
+    step "bwd-det-compare" 30 python3 scripts/perf/bench_compare.py "${groups[@]}"
+  fi
+  # LIB_CHECKS picks the checks of each candidate (verify, auto, fp8, memcheck by default; racecheck: the quick grid's
+  # hdim-64 and hdim-128 cases, whole reports in the logs), to fit a call's time limit
   for lib in "${libs[@]:1}"; do
     name=$(basename "$lib" .so)
     for c in ${LIB_CHECKS:-verify auto fp8 memcheck}; do
@@ -98,6 +110,11 @@ libs_against_build() {
         fp8) step "verify-fp8-$name" 200 env FLASHATTN_LIB="$lib" python3 scripts/check/cuda_fp8.py --quick ;;
         memcheck) step "memcheck-$name" 200 env FLASHATTN_LIB="$lib" compute-sanitizer --tool memcheck --error-exitcode 1 \
           python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 ;;
+        racecheck)
+          for d in 64 128; do
+            step "racecheck$d-$name" 200 env FLASHATTN_LIB="$lib" compute-sanitizer --tool racecheck --error-exitcode 1 \
+              python3 scripts/check/cuda_verify.py --quick --kernel cuda-wgmma-sm90 --filter "hdim$d"
+          done ;;
         *) summary+=("$dir-libs: unknown check $c") ;;
       esac
     done
