@@ -78,25 +78,26 @@ libs_against_build() {
   for x in $2; do
     xz -dc "$x" > "/tmp/$(basename "$x" .xz)" && libs+=("/tmp/$(basename "$x" .xz)")
   done
+  # the #17 points of one library: label, library, baselines, then extra bench flags; the report joins `groups`
+  time_lib() {
+    local label=$1 lib=$2 against=$3
+    shift 3
+    step "$label" 150 env FLASHATTN_LIB="$lib" bun cli.ts bench --seqlen 2k,8k --hdim 64,128,256 --causal both \
+      --warmup 2 --iters 10 --quiet --baselines "$against" --save "$LOGS/$label.json" "$@"
+    groups+=("$(basename "$lib" .so)=$LOGS/$label.json")
+  }
   for i in 1 2; do
     for lib in "${libs[@]}"; do
-      name=$(basename "$lib" .so); baselines=none
+      baselines=none
       [ "$lib$i" = "build/libflashattn_cuda.so1" ] && baselines=sdpa-flash,sdpa-cudnn
-      step "$dir-$name-$i" 150 env FLASHATTN_LIB="$lib" bun cli.ts bench --seqlen 2k,8k --hdim 64,128,256 --causal both \
-        --direction "$dir" --warmup 2 --iters 10 --quiet --baselines $baselines --save "$LOGS/$dir-$name-$i.json"
-      groups+=("$name=$LOGS/$dir-$name-$i.json")
+      time_lib "$dir-$(basename "$lib" .so)-$i" "$lib" "$baselines" --direction "$dir"
     done
   done
   step "$dir-compare" 30 python3 scripts/perf/bench_compare.py "${groups[@]}"
   # The backward: the deterministic mode of every library once too (#17 holds it within 15% of the normal one)
   if [ "$dir" = bwd ]; then
     groups=()
-    for lib in "${libs[@]}"; do
-      name=$(basename "$lib" .so)
-      step "bwd-det-$name" 150 env FLASHATTN_LIB="$lib" bun cli.ts bench --seqlen 2k,8k --hdim 64,128,256 --causal both \
-        --direction bwd --deterministic --warmup 2 --iters 10 --quiet --baselines none --save "$LOGS/bwd-det-$name.json"
-      groups+=("$name=$LOGS/bwd-det-$name.json")
-    done
+    for lib in "${libs[@]}"; do time_lib "bwd-det-$(basename "$lib" .so)" "$lib" none --direction bwd --deterministic; done
     step "bwd-det-compare" 30 python3 scripts/perf/bench_compare.py "${groups[@]}"
   fi
   # LIB_CHECKS picks the checks of each candidate (verify, auto, fp8, memcheck by default; racecheck: the quick grid's
@@ -280,8 +281,8 @@ for s in "$@"; do
         --quick --kernel cuda-wgmma-sm90 ;;
     # the forward (fwd-libs) or the backward (bwd-libs) at 2k / 8k (hdim 64 / 128 / 256, causal and not) of this build
     # and of each library in FWD_LIBS / BWD_LIBS (xz files from ab-lib.sh, e.g. FWD_LIBS=".gpu/ab-s.so.xz
-    # .gpu/ab-p.so.xz"), twice, alternating, SDPA flash and cuDNN beside the first run; then each library's checks
-    # (16-bit forced and dispatched, fp8, memcheck): several candidates in one call
+    # .gpu/ab-p.so.xz"), twice, alternating, SDPA flash and cuDNN beside the first run (the backward: each library's
+    # deterministic mode once more); then each candidate's checks (LIB_CHECKS): several candidates in one call
     fwd-libs) libs_against_build fwd "${FWD_LIBS:?fwd-libs: FWD_LIBS names the libraries}" ;;
     bwd-libs) libs_against_build bwd "${BWD_LIBS:?bwd-libs: BWD_LIBS names the libraries}" ;;
     *) echo "unknown step $s" >&2; summary+=("$s: unknown step") ;;
