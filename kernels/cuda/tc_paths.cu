@@ -439,7 +439,7 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
       // each (lanes - 1 hand-offs per pair); fewer lanes run more pairs at once, whose Q, dO and dq_accum share the L2
       // (scripts/perf/turns_count.py counts the first, not the second: docs/perf-cuda.md). Slots: as many pairs at
       // once as fit, evened out over the rounds; then every place left goes to lanes.
-      constexpr int kMaxLanes = 4;
+      constexpr int kMaxLanes = 8;
       const int capacity = ctx.caps->multiprocessors;
       const int64_t first_slots = std::max<int64_t>(1, std::min<int64_t>(pairs, capacity / std::min(key_blocks, kMaxLanes)));
       const int64_t rounds = (pairs + first_slots - 1) / first_slots;
