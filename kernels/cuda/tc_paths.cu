@@ -435,13 +435,10 @@ int32_t backward(fa_attn_params& p, const LaunchContext& ctx) {
     int grid_ctas = key_blocks, slices = 1;
     const int64_t pairs = static_cast<int64_t>(p.batch) * p.heads_kv;
     if (turns) {
-      // Lanes per pair: up to kMaxLanes key blocks side by side. A pair's lanes start staggered by a turn hand-off
-      // each (lanes - 1 hand-offs per pair); fewer lanes run more pairs at once, whose Q, dO and dq_accum share the L2
-      // (scripts/perf/turns_count.py counts the first, not the second: docs/perf-cuda.md). Slots: as many pairs at
-      // once as fit, evened out over the rounds; then every place left goes to lanes.
-      constexpr int kMaxLanes = 8;
+      // Lanes per pair: up to 16 key blocks side by side (their starts are staggered by a step each, once per call);
+      // slots: as many pairs at once as fit, evened out over the rounds; then every place left goes to lanes.
       const int capacity = ctx.caps->multiprocessors;
-      const int64_t first_slots = std::max<int64_t>(1, std::min<int64_t>(pairs, capacity / std::min(key_blocks, kMaxLanes)));
+      const int64_t first_slots = std::max<int64_t>(1, std::min<int64_t>(pairs, capacity / std::min(key_blocks, 16)));
       const int64_t rounds = (pairs + first_slots - 1) / first_slots;
       a.dq_slots = static_cast<int>((pairs + rounds - 1) / rounds);
       a.dq_lanes = std::min(key_blocks, capacity / a.dq_slots);
