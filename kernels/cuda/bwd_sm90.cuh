@@ -279,11 +279,7 @@ __device__ __forceinline__ int last_key_block_seeing(const AttnArgs& a, const Se
 // zeros: their Q, dO and so dS are zero) and all release the Q / dO slot.
 // Turns (a.dq_turns, one counter per dq_accum row block, zeroed): a step's row block takes its additions from the key
 // blocks that see it in descending order: the counter counts the key blocks that have added, so key block nb waits
-// for (last key block seeing the row block) - nb, adds, and passes the turn on once its reductions have landed. The
-// dQ tile goes back to the consumers once the reductions have read it, and a step's turn is held until the next step's
-// reductions are issued (their landing is waited for one step later, so the wait overlaps the consumers' next step
-// instead of holding up the writer); but a writer never waits for a turn while it holds one (the key block waiting
-// for the held turn may be the one this turn waits for): then the held turn is completed and passed first.
+// for (last key block seeing the row block) - nb, adds, and passes the turn on once its reductions have landed.
 template <typename T, typename Tile, bool kTurns>
 __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90BwdMaps& maps, const Sm90BwdShared<T, Tile>& sh, const SeqInfo& s0) {
   constexpr int BN = Tile::BN, BM = Tile::BM;
@@ -292,15 +288,6 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
   const bool sliced = a.deterministic && !kTurns;
   const int64_t slice_row0 = sliced ? static_cast<int64_t>(blockIdx.x) * a.lse_rows : 0;  // the CTA's slice
   int ring = 0;
-  int* held = nullptr;  // turns: the previous step's counter, passed once that step's reductions have landed
-  const auto pass_held_turn = [&] {
-    if (held == nullptr) return;
-    bulk_wait_group<0>();
-    fence_proxy_async_global();  // the landed reductions before the release
-    named_barrier_sync(kWriterBarrier, Tile::kDqWriterThreads);
-    if (r == 0) pass_turn(held);
-    held = nullptr;
-  };
   Sm90BwdWalk<BN, kTurns>::run(a, s0, [&](const SeqInfo& s, int b, int hk, int nb0, int nb_step) {
     for (int nb = nb0; Sm90BwdWalk<BN, kTurns>::more(nb, s); nb += nb_step) {
       const Sm90BwdSteps steps(a, s, nb * BN, BN, BM);
@@ -309,13 +296,8 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
         const int64_t row0 = slice_row0 + lse_row0(a, s, b, steps.head(a, hk, step)) + m0;  // of dq_accum
         int* turn = kTurns ? a.dq_turns + row0 : nullptr;
         if constexpr (kTurns) {
-          const int mine = last_key_block_seeing(a, s, m0 / BM, nb, BN, BM) - nb;
-          // thread 0's acquire (the first look or the wait), then the barrier: every thread's reductions after it
-          if (named_barrier_any(kWriterBarrier, Tile::kDqWriterThreads, r == 0 && !turn_reached(turn, mine))) {
-            pass_held_turn();
-            if (r == 0) wait_for_turn(turn, mine);
-            named_barrier_sync(kWriterBarrier, Tile::kDqWriterThreads);
-          }
+          if (r == 0) wait_for_turn(turn, last_key_block_seeing(a, s, m0 / BM, nb, BN, BM) - nb);
+          named_barrier_sync(kWriterBarrier, Tile::kDqWriterThreads);
           fence_proxy_async_global();  // this thread's reductions come after the turn's acquire
         }
         bool issued = false;
@@ -349,29 +331,20 @@ __device__ __forceinline__ void bwd_sm90_dq_writer(const AttnArgs& a, const Sm90
               issued = true;
             }
         }
-        if constexpr (kTurns) {
-          bulk_commit_group();  // one group a step, even an empty one: the wait below leaves exactly this step's
-          bulk_wait_group_read<0>();
-          mbarrier_arrive(Tile::kDqInSlot ? sh.qdo_empty + slot : sh.dq_empty);
-          if (held != nullptr) {
-            bulk_wait_group<1>();  // the previous step's reductions have landed
-            fence_proxy_async_global();
-            named_barrier_sync(kWriterBarrier, Tile::kDqWriterThreads);
-            if (r == 0) pass_turn(held);
-          }
-          held = turn;
-        } else {
-          if (issued) {
-            bulk_commit_group();
-            if (a.deterministic) bulk_wait_group<0>();
-            else bulk_wait_group_read<0>();
-          }
-          mbarrier_arrive(Tile::kDqInSlot ? sh.qdo_empty + slot : sh.dq_empty);
+        if (issued) {
+          bulk_commit_group();
+          if (a.deterministic) bulk_wait_group<0>();
+          else bulk_wait_group_read<0>();
         }
+        if constexpr (kTurns) {
+          fence_proxy_async_global();  // the landed reductions before the release
+          named_barrier_sync(kWriterBarrier, Tile::kDqWriterThreads);
+          if (r == 0) pass_turn(turn);
+        }
+        mbarrier_arrive(Tile::kDqInSlot ? sh.qdo_empty + slot : sh.dq_empty);
       }
     }
   });
-  pass_held_turn();
   bulk_wait_group<0>();  // every reduction has landed before the thread exits
 }
 

@@ -205,16 +205,6 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 // Barrier among the 128 threads of warpgroup wg (named barrier wg + 1).
-// A named barrier that also tells every thread whether any of them passed true (bar.red.or).
-__device__ __forceinline__ bool named_barrier_any(int id, int threads, bool pred) {
-  uint32_t any;
-  asm volatile(
-      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.or.pred q, %2, %3, p;\n selp.u32 %0, 1, 0, q;\n}\n"
-      : "=r"(any)
-      : "r"(static_cast<uint32_t>(pred)), "r"(id), "r"(threads)
-      : "memory");
-  return any != 0;
-}
 __device__ __forceinline__ void warpgroup_sync(int wg) { named_barrier_sync(wg + 1, 128); }
 
 // Bulk reductions (sm_90): one instruction, issued by one thread, adds `bytes` / 4 floats of shared memory into global
@@ -233,15 +223,15 @@ __device__ __forceinline__ void bulk_wait_group() { asm volatile("cp.async.bulk.
 // Orders this thread's generic-proxy accesses to global memory with its async-proxy ones (bulk copies, reductions).
 __device__ __forceinline__ void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;\n" ::: "memory"); }
 
-// A turn counter in global memory shared by the CTAs of a grid: whether it reads `turn` (acquire, GPU scope), wait
-// until it does, and pass the turn on (release, GPU scope).
-__device__ __forceinline__ bool turn_reached(const int* counter, int turn) {
-  int now;
-  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(now) : "l"(counter) : "memory");
-  return now == turn;
-}
+// A turn counter in global memory shared by the CTAs of a grid: wait until it reads `turn` (acquire, GPU scope), and
+// pass the turn on (release, GPU scope).
 __device__ __forceinline__ void wait_for_turn(const int* counter, int turn) {
-  while (!turn_reached(counter, turn)) __nanosleep(64);
+  while (true) {
+    int now;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(now) : "l"(counter) : "memory");
+    if (now == turn) return;
+    __nanosleep(64);
+  }
 }
 __device__ __forceinline__ void pass_turn(int* counter) {
   asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter) : "memory");
