@@ -14,11 +14,20 @@ Prints, per shape and lane count, the time of the grid's steps spread evenly (st
 1.0 = neither the turns nor the uneven causal walks cost anything (the normal grid comes close to it).
 
 Usage: python3 scripts/perf/turns_count.py [--step 2.9] [--land 3.5] [--hand 1.0] [--read 0.5] [--sms 132]
+       [--walk rotate|zigzag]
 """
 import argparse
 
 
-def count(pairs, key_blocks, query_blocks, lanes, slots, causal, held, step, read, land, hand, bn=128, bm=64):
+def lane_blocks(walk, lanes, lane, pair, key_blocks):
+    """The key blocks lane `lane` takes of a pair, in the order it walks them (highest first)."""
+    if walk == "zigzag":  # blocks lane and 2 lanes - 1 - lane of every 2 lanes: a heavy and a light one under a causal mask
+        return [nb for nb in range(key_blocks - 1, -1, -1) if nb % (2 * lanes) in (lane, 2 * lanes - 1 - lane)]
+    first = (lane + pair) % lanes  # the kernel's walk: the residue turns with the pair
+    return list(range(first + (key_blocks - 1 - first) // lanes * lanes, -1, -lanes)) if key_blocks > first else []
+
+
+def count(pairs, key_blocks, query_blocks, lanes, slots, causal, held, step, read, land, hand, walk="rotate", bn=128, bm=64):
     def rows(nb):  # the query blocks key block nb sees (bottom-right causal with sq = sk)
         return range((nb * bn) // bm if causal else 0, query_blocks)
 
@@ -29,9 +38,7 @@ def count(pairs, key_blocks, query_blocks, lanes, slots, causal, held, step, rea
     for cta in range(slots * lanes):
         items = []
         for pair in range(cta // lanes, pairs, slots):
-            first = (cta % lanes + pair) % lanes
-            if key_blocks > first:
-                items += [(pair, nb) for nb in range(first + (key_blocks - 1 - first) // lanes * lanes, -1, -lanes)]
+            items += [(pair, nb) for nb in lane_blocks(walk, lanes, cta % lanes, pair, key_blocks)]
         walks.append([(pair, nb, m) for pair, nb in items for m in rows(nb)])
 
     landed = {}  # (pair, key block, row block) -> when its turn was passed
@@ -92,6 +99,8 @@ def main():
     ap.add_argument("--hand", type=float, default=1.0, help="from a passed turn to the next key block seeing it, us")
     ap.add_argument("--read", type=float, default=0.5, help="from issue to the tile read, us")
     ap.add_argument("--sms", type=int, default=132)
+    ap.add_argument("--walk", choices=("rotate", "zigzag"), default="rotate",
+                    help="rotate: the kernel's lanes (residue (lane + pair) mod lanes); zigzag: lane r takes blocks r and 2 lanes - 1 - r")
     args = ap.parse_args()
     print("shape (16k tokens, 16 heads)  " + "  ".join(f"{lanes:2d} lanes passed / held" for lanes in (16, 8, 4)))
     for name, seqlen, pairs in (("2k", 2048, 128), ("8k", 8192, 32)):
@@ -100,7 +109,7 @@ def main():
             for lanes in (16, 8, 4):
                 slots = min(pairs, args.sms // lanes)
                 pair_of = [count(pairs, seqlen // 128, seqlen // 64, lanes, slots, causal, held, args.step, args.read,
-                                 args.land, args.hand) for held in (False, True)]
+                                 args.land, args.hand, args.walk) for held in (False, True)]
                 cells.append(f"{pair_of[0]:17.2f} / {pair_of[1]:4.2f}")
             print(f"{name} {'causal' if causal else 'full  '}" + " " * 20 + "  ".join(cells))
 
