@@ -58,9 +58,9 @@ def count(pairs, key_blocks, query_blocks, lanes, slots, causal, held, step, rea
     moved = True
     while moved:  # each CTA runs until its next turn is not yet passed; repeat until every CTA is done
         moved = False
-        for c, walk in enumerate(walks):
-            while at[c] < len(walk):
-                pair, nb, m = walk[at[c]]
+        for c, steps in enumerate(walks):
+            while at[c] < len(steps):
+                pair, nb, m = steps[at[c]]
                 stored = max(consumer[c] + step, tile_free[c])
                 ready = max(stored, writer[c])
                 turn = 0.0
@@ -85,10 +85,10 @@ def count(pairs, key_blocks, query_blocks, lanes, slots, causal, held, step, rea
                 end = max(end, start + land)
                 at[c] += 1
                 moved = True
-            if at[c] == len(walk) and holding[c]:
+            if at[c] == len(steps) and holding[c]:
                 end = max(end, pass_held(c, writer[c]))
                 moved = True
-    assert all(at[c] == len(w) for c, w in enumerate(walks)), "a turn was never passed"
+    assert all(at[c] == len(steps) for c, steps in enumerate(walks)), "a turn was never passed"
     return sum(len(w) for w in walks) * step / len(walks) / end
 
 
